@@ -1,0 +1,111 @@
+// Python bindings of Model and KVCache. Every call that computes releases the GIL.
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include "bindings.h"
+#include "errors.h"
+#include "model.h"
+
+namespace py = pybind11;
+
+namespace pygpt {
+
+namespace {
+
+using IdArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+DType parse_dtype(const std::string& s) {
+    if (s == "f32") return DType::F32;
+    if (s == "f16") return DType::F16;
+    if (s == "bf16") return DType::BF16;
+    if (s == "int8") return DType::Q8;
+    if (s == "int4") return DType::Q4;
+    throw FormatError("unknown dtype '" + s + "'");
+}
+
+std::vector<int32_t> to_ids(const IdArray& ids) {
+    if (ids.ndim() != 1) throw std::invalid_argument("token ids must be a 1-D sequence");
+    return std::vector<int32_t>(ids.data(), ids.data() + ids.size());
+}
+
+// Runs one sequence's tokens through the model, returning its logits ([n, V] or [1, V]).
+py::array_t<float> run(Model& model, KVCache& cache, const std::vector<int32_t>& ids, bool all_logits) {
+    if (ids.empty()) throw std::invalid_argument("empty input: at least one token id is needed");
+    const int64_t V = model.config().vocab_size;
+    const int64_t rows = all_logits ? (int64_t)ids.size() : 1;
+    py::array_t<float> out({rows, V});
+    float* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        SeqStep step;
+        step.cache = &cache;
+        step.tokens = ids.data();
+        step.n_tokens = (int64_t)ids.size();
+        step.all_logits = all_logits;
+        model.forward({step}, dst);
+    }
+    return out;
+}
+
+}  // namespace
+
+void bind_model(py::module_& m) {
+    py::class_<KVCache, std::shared_ptr<KVCache>>(m, "KVCache", "Keys and values of one sequence.")
+        .def_readonly("pos", &KVCache::pos, "Positions filled so far.")
+        .def_readonly("n_ctx", &KVCache::n_ctx)
+        .def("fork", [](const KVCache& c) {
+            auto copy = std::make_shared<KVCache>(c.n_layer, c.n_ctx, c.C);
+            copy->copy_from(c);
+            return copy;
+        }, "A new cache holding the same prefix.");
+
+    py::class_<Model, std::shared_ptr<Model>>(m, "Model")
+        .def(py::init([](const std::string& path, py::dict cfg, const std::vector<py::tuple>& tensors, int n_threads,
+                         const std::string& isa) {
+                 ModelConfig c;
+                 c.n_layer = cfg["n_layer"].cast<int64_t>();
+                 c.n_head = cfg["n_head"].cast<int64_t>();
+                 c.n_embd = cfg["n_embd"].cast<int64_t>();
+                 c.n_ctx = cfg["n_ctx"].cast<int64_t>();
+                 c.vocab_size = cfg["vocab_size"].cast<int64_t>();
+                 c.layer_norm_epsilon = cfg["layer_norm_epsilon"].cast<float>();
+                 const auto act = cfg["activation"].cast<std::string>();
+                 if (act == "gelu_tanh") c.activation = Activation::GeluTanh;
+                 else if (act == "gelu_erf") c.activation = Activation::GeluErf;
+                 else throw FormatError("unknown activation '" + act + "'");
+                 c.bias = cfg["bias"].cast<bool>();
+                 c.dtype = parse_dtype(cfg["dtype"].cast<std::string>());
+                 c.group = cfg.contains("quant_group_size") ? cfg["quant_group_size"].cast<int64_t>() : 0;
+                 std::vector<TensorInfo> infos;
+                 for (const auto& t : tensors) {
+                     TensorInfo info;
+                     info.name = t[0].cast<std::string>();
+                     info.dtype = t[1].cast<std::string>();
+                     info.shape = t[2].cast<std::vector<int64_t>>();
+                     info.begin = t[3].cast<int64_t>();
+                     info.end = t[4].cast<int64_t>();
+                     infos.push_back(std::move(info));
+                 }
+                 py::gil_scoped_release release;
+                 return std::make_shared<Model>(path, c, infos, n_threads, isa);
+             }),
+             py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_threads"), py::arg("isa") = "",
+             "Maps model.safetensors at `path`. `tensors`: (name, dtype, shape, begin, end) as validated by "
+             "pygpt._format, offsets from the start of the file.")
+        .def_property_readonly("isa", [](const Model& m) { return std::string(m.kernels().name); })
+        .def_property_readonly("n_threads", &Model::n_threads)
+        .def_property_readonly("file_bytes", &Model::file_bytes)
+        .def_property_readonly("copied_bytes", &Model::copied_bytes,
+                               "Bytes of weights copied out of the mapping to realign them (0 for our files).")
+        .def("new_cache", [](const Model& m) { return std::shared_ptr<KVCache>(m.new_cache()); })
+        .def("logits", [](Model& m, const IdArray& ids) {
+            auto cache = m.new_cache();
+            return run(m, *cache, to_ids(ids), true);
+        }, py::arg("ids"), "Logits [n, V] for every position of a fresh sequence.")
+        .def("forward", [](Model& m, KVCache& cache, const IdArray& ids, bool all_logits) {
+            return run(m, cache, to_ids(ids), all_logits);
+        }, py::arg("cache"), py::arg("ids"), py::arg("all_logits") = false,
+           "Appends ids to the cache's sequence; logits of every new token or of the last one.");
+}
+
+}  // namespace pygpt

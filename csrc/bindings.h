@@ -1,0 +1,7 @@
+// Each concern registers its own Python bindings; bindings.cpp calls them in order.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace pygpt {
+void bind_model(pybind11::module_& m);      // bind_model.cpp
+}  // namespace pygpt

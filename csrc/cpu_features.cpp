@@ -1,0 +1,83 @@
+// Picks the kernel table once per model load: the best ISA the CPU supports, or the one
+// named by PYGPT_ISA / the isa argument.
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "kernels.h"
+
+namespace pygpt {
+
+bool cpu_has_avx2() {
+#if defined(PYGPT_X86)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+#else
+    return false;
+#endif
+}
+
+bool cpu_has_avx512() {
+#if defined(PYGPT_X86)
+    // The avx512 path also uses the bf16 and VNNI dot-product instructions.
+    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16");
+#else
+    return false;
+#endif
+}
+
+const Kernels& select_kernels(const char* isa) {
+    std::string want = isa ? isa : "";
+    if (want.empty()) {
+        const char* env = std::getenv("PYGPT_ISA");
+        if (env) want = env;
+    }
+    if (want.empty() || want == "auto") {
+#if defined(PYGPT_X86)
+        if (cpu_has_avx512()) return avx512::kernel_table();
+        if (cpu_has_avx2()) return avx2::kernel_table();
+#endif
+        return scalar::kernel_table();
+    }
+    if (want == "scalar") return scalar::kernel_table();
+#if defined(PYGPT_X86)
+    if (want == "avx2") {
+        if (!cpu_has_avx2()) throw std::invalid_argument("PYGPT_ISA=avx2: this CPU lacks AVX2/FMA/F16C");
+        return avx2::kernel_table();
+    }
+    if (want == "avx512") {
+        if (!cpu_has_avx512())
+            throw std::invalid_argument("PYGPT_ISA=avx512: this CPU lacks AVX-512 (F/BW/VL/DQ/VNNI/BF16)");
+        return avx512::kernel_table();
+    }
+#endif
+    throw std::invalid_argument("unknown ISA '" + want + "' (expected scalar, avx2, avx512 or auto)");
+}
+
+// Physical cores: distinct (package, core) pairs in /proc/cpuinfo; falls back to the
+// logical count where that file says nothing.
+int physical_cores() {
+    std::ifstream f("/proc/cpuinfo");
+    std::set<std::pair<int, int>> cores;
+    int phys = 0, core = -1;
+    std::string line;
+    while (std::getline(f, line)) {
+        auto value = [&]() { return std::atoi(line.c_str() + line.find(':') + 1); };
+        if (line.rfind("physical id", 0) == 0) phys = value();
+        else if (line.rfind("core id", 0) == 0) core = value();
+        else if (line.empty() && core >= 0) { cores.insert({phys, core}); core = -1; }
+    }
+    if (core >= 0) cores.insert({phys, core});
+    if (!cores.empty()) return static_cast<int>(cores.size());
+    unsigned n = std::thread::hardware_concurrency();
+    return n ? static_cast<int>(n) : 1;
+}
+
+}  // namespace pygpt

@@ -1,0 +1,70 @@
+// The kernel interface: one table of function pointers per ISA (scalar, avx2, avx512).
+// Every file in csrc/kernels/ is compiled once per ISA with that ISA's flags, inside
+// namespace pygpt::<isa> (the macro PYGPT_KERNEL_NS), and exposes kernel_table().
+// cpu_features.cpp picks one table at model load (PYGPT_ISA=scalar|avx2|avx512 forces one).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace pygpt {
+
+// Storage type of a weight matrix. Layouts are documented in docs/FORMAT.md.
+enum class DType : int32_t { F32 = 0, F16 = 1, BF16 = 2, Q8 = 3, Q4 = 4 };
+
+// The weight of a linear layer, W [n_out, n_in]: one output feature per row, so a
+// matrix-vector product streams each row once.
+struct Matrix {
+    DType dtype = DType::F32;
+    int64_t n_out = 0, n_in = 0;
+    const void* data = nullptr;     // f32/f16/bf16: [n_out, n_in] row-major; q8/q4: see FORMAT.md
+    const float* scales = nullptr;  // q8/q4: [n_out, n_in / group]
+    int64_t group = 0;              // q8/q4: inputs per scale
+};
+
+struct Kernels {
+    const char* name;  // "scalar", "avx2", "avx512"
+
+    // y[t, o] = x[t, :] . W[o, :] + (bias ? bias[o] : 0)   for t < T, o < n_out.
+    // x: f32 [T, n_in]; y: f32 [T, n_out]. Threads its own work over n_threads (OpenMP).
+    // Contract: each y[t, o] is bitwise the same whatever T and n_threads are, so a
+    // sequence gives the same tokens alone or in a batch, on 1 thread or many.
+    void (*linear)(const Matrix& w, const float* bias, const float* x, int64_t T, float* y,
+                   int n_threads);
+
+    // out[0 : n_in] = W[row, :] as f32 (the token embedding lookup).
+    void (*matrix_row)(const Matrix& w, int64_t row, float* out);
+
+    // out = (x - mean) / sqrt(var + eps) * gamma + beta   over C channels (beta may be null;
+    // out may be x).
+    void (*layernorm)(float* out, const float* x, const float* gamma, const float* beta,
+                      int64_t C, float eps);
+
+    // in place: GELU, tanh approximation (GPT-2's gelu_new) and exact erf form (nn.GELU()).
+    void (*gelu_tanh)(float* x, int64_t n);
+    void (*gelu_erf)(float* x, int64_t n);
+
+    // y += x
+    void (*add)(float* y, const float* x, int64_t n);
+
+    // One query row of one head of causal attention:
+    //   s_j = scale * q . k_j  (j < n_keys),  p = softmax(s),  out = sum_j p_j v_j
+    // k_j = k + j * ld, v_j = v + j * ld (rows of the KV cache); scratch holds n_keys floats.
+    void (*attention_row)(float* out, const float* q, const float* k, const float* v,
+                          int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
+                          float* scratch);
+};
+
+namespace scalar { const Kernels& kernel_table(); }
+namespace avx2 { const Kernels& kernel_table(); }
+namespace avx512 { const Kernels& kernel_table(); }
+
+// Kernels for the ISA named by `isa` ("" = best this CPU supports, or $PYGPT_ISA when set).
+// Throws std::invalid_argument for an unknown name or one this CPU cannot run.
+const Kernels& select_kernels(const char* isa);
+
+// What the CPU supports, for pygpt.system_info().
+bool cpu_has_avx2();
+bool cpu_has_avx512();
+int physical_cores();
+
+}  // namespace pygpt

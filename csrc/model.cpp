@@ -1,0 +1,320 @@
+// GPT-2 forward pass over a ragged batch of sequences, each with its own KV cache.
+//
+// B = sequences in the call, T = new tokens over all of them (rows), C = n_embd,
+// NH = n_head, HS = C / NH, V = vocab_size. Every row is one token of one sequence at that
+// sequence's own position: there is no padding.
+#include "model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <omp.h>
+#include <set>
+
+#include "errors.h"
+
+namespace pygpt {
+
+// ----------------------------------------------------------------------------
+// KV cache
+
+KVCache::KVCache(int64_t n_layer_, int64_t n_ctx_, int64_t C_)
+    : n_layer(n_layer_), n_ctx(n_ctx_), C(C_), k(n_layer_ * n_ctx_ * C_), v(n_layer_ * n_ctx_ * C_) {}
+
+void KVCache::copy_from(const KVCache& o) {
+    if (o.n_layer != n_layer || o.n_ctx != n_ctx || o.C != C)
+        throw std::invalid_argument("KV caches of different models");
+    for (int64_t l = 0; l < n_layer; l++) {
+        const size_t off = l * n_ctx * C, n = o.pos * C;
+        std::copy(o.k.begin() + off, o.k.begin() + off + n, k.begin() + off);
+        std::copy(o.v.begin() + off, o.v.begin() + off + n, v.begin() + off);
+    }
+    pos = o.pos;
+}
+
+// ----------------------------------------------------------------------------
+// Loading: tensors are views into the mapped file
+
+namespace {
+
+size_t dtype_size(const std::string& dt) {
+    if (dt == "F32") return 4;
+    if (dt == "F16" || dt == "BF16") return 2;
+    if (dt == "I8" || dt == "U8") return 1;
+    throw FormatError("unsupported tensor dtype " + dt);
+}
+
+const char* dtype_name(DType d) {
+    switch (d) {
+        case DType::F32: return "F32";
+        case DType::F16: return "F16";
+        case DType::BF16: return "BF16";
+        case DType::Q8: return "I8";
+        case DType::Q4: return "U8";
+    }
+    return "?";
+}
+
+// Bytes of one row of n_in weights stored as d.
+int64_t row_bytes(DType d, int64_t n_in) {
+    switch (d) {
+        case DType::F32: return 4 * n_in;
+        case DType::F16:
+        case DType::BF16: return 2 * n_in;
+        case DType::Q8: return n_in;
+        case DType::Q4: return (n_in + 1) / 2;
+    }
+    return 0;
+}
+
+class TensorTable {
+public:
+    TensorTable(const MappedFile& file, const std::vector<TensorInfo>& tensors,
+                std::vector<std::vector<uint8_t>>& copies, size_t& copied_bytes)
+        : file_(file), copies_(copies), copied_bytes_(copied_bytes) {
+        // Python validated the header; check again against the real mapping, so nothing
+        // here can ever read outside the file.
+        std::vector<std::pair<int64_t, int64_t>> ranges;
+        for (const auto& t : tensors) {
+            if (t.begin < 8 || t.end < t.begin || (uint64_t)t.end > file.size())
+                throw FormatError("tensor '" + t.name + "': data offsets outside the file");
+            int64_t n = 1;
+            for (int64_t d : t.shape) {
+                if (d < 0 || (d > 0 && n > INT64_MAX / d)) throw FormatError("tensor '" + t.name + "': bad shape");
+                n *= d;
+            }
+            if ((uint64_t)n > (uint64_t)INT64_MAX / dtype_size(t.dtype) ||
+                (int64_t)(n * dtype_size(t.dtype)) != t.end - t.begin)
+                throw FormatError("tensor '" + t.name + "': byte size does not match its shape and dtype");
+            if (!by_name_.emplace(t.name, t).second) throw FormatError("duplicate tensor '" + t.name + "'");
+            ranges.push_back({t.begin, t.end});
+        }
+        std::sort(ranges.begin(), ranges.end());
+        for (size_t i = 1; i < ranges.size(); i++)
+            if (ranges[i].first < ranges[i - 1].second) throw FormatError("tensor data ranges overlap");
+    }
+
+    // The tensor's data, checked for dtype and shape; copied to aligned memory if the file
+    // placed it at an address its element type cannot be read from.
+    const void* get(const std::string& name, const std::string& dtype, std::vector<int64_t> shape) {
+        auto it = by_name_.find(name);
+        if (it == by_name_.end()) throw FormatError("missing tensor '" + name + "'");
+        const TensorInfo& t = it->second;
+        if (t.dtype != dtype)
+            throw FormatError("tensor '" + name + "': dtype " + t.dtype + ", expected " + dtype);
+        if (t.shape != shape) throw FormatError("tensor '" + name + "': shape does not match config.json");
+        used_.insert(name);
+        const uint8_t* p = file_.data() + t.begin;
+        const size_t align = dtype_size(dtype);
+        if (reinterpret_cast<uintptr_t>(p) % align == 0) return p;
+        copies_.emplace_back(p, p + (t.end - t.begin) + align);  // vector storage is malloc-aligned
+        copied_bytes_ += t.end - t.begin;
+        return copies_.back().data();
+    }
+    const float* f32(const std::string& name, std::vector<int64_t> shape) {
+        return static_cast<const float*>(get(name, "F32", std::move(shape)));
+    }
+    bool has(const std::string& name) const { return by_name_.count(name) != 0; }
+
+    void check_all_used() const {
+        for (const auto& kv : by_name_)
+            if (!used_.count(kv.first)) throw FormatError("unexpected tensor '" + kv.first + "'");
+    }
+
+private:
+    const MappedFile& file_;
+    std::vector<std::vector<uint8_t>>& copies_;
+    size_t& copied_bytes_;
+    std::map<std::string, TensorInfo> by_name_;
+    std::set<std::string> used_;
+};
+
+Matrix load_matrix(TensorTable& tt, const std::string& name, const ModelConfig& cfg, int64_t n_out, int64_t n_in) {
+    Matrix m;
+    m.dtype = cfg.dtype;
+    m.n_out = n_out;
+    m.n_in = n_in;
+    if (cfg.dtype == DType::Q8 || cfg.dtype == DType::Q4) {
+        if (cfg.group <= 0 || n_in % cfg.group != 0)
+            throw FormatError("tensor '" + name + "': group size does not divide its " + std::to_string(n_in) +
+                              " inputs");
+        m.group = cfg.group;
+        m.data = tt.get(name, dtype_name(cfg.dtype), {n_out, row_bytes(cfg.dtype, n_in)});
+        m.scales = tt.f32(name + "_scales", {n_out, n_in / cfg.group});
+    } else {
+        m.data = tt.get(name, dtype_name(cfg.dtype), {n_out, n_in});
+    }
+    return m;
+}
+
+}  // namespace
+
+Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<TensorInfo>& tensors, int n_threads,
+             const std::string& isa)
+    : config_(cfg), kernels_(&select_kernels(isa.c_str())), n_threads_(n_threads) {
+    const int64_t C = cfg.n_embd, L = cfg.n_layer, V = cfg.vocab_size;
+    if (C <= 0 || L <= 0 || V <= 0 || cfg.n_ctx <= 0 || cfg.n_head <= 0 || C % cfg.n_head != 0)
+        throw FormatError("invalid model dimensions");
+    if (n_threads_ < 1) throw std::invalid_argument("n_threads must be >= 1");
+    file_ = std::make_unique<MappedFile>(path);
+
+    TensorTable tt(*file_, tensors, copies_, copied_bytes_);
+    auto layer_norm = [&](const std::string& name) {
+        LayerNorm ln;
+        ln.w = tt.f32(name + ".weight", {C});
+        if (cfg.bias) ln.b = tt.f32(name + ".bias", {C});
+        return ln;
+    };
+    auto linear = [&](const std::string& name, int64_t n_out, int64_t n_in) {
+        Linear lin;
+        lin.w = load_matrix(tt, name + ".weight", cfg, n_out, n_in);
+        if (cfg.bias) lin.b = tt.f32(name + ".bias", {n_out});
+        return lin;
+    };
+
+    w_.wte = load_matrix(tt, "wte.weight", cfg, V, C);
+    w_.wpe = tt.f32("wpe.weight", {cfg.n_ctx, C});
+    for (int64_t l = 0; l < L; l++) {
+        const std::string p = "h." + std::to_string(l) + ".";
+        Block b;
+        b.ln_1 = layer_norm(p + "ln_1");
+        b.c_attn = linear(p + "attn.c_attn", 3 * C, C);
+        b.attn_proj = linear(p + "attn.c_proj", C, C);
+        b.ln_2 = layer_norm(p + "ln_2");
+        b.c_fc = linear(p + "mlp.c_fc", 4 * C, C);
+        b.mlp_proj = linear(p + "mlp.c_proj", C, 4 * C);
+        w_.h.push_back(b);
+    }
+    w_.ln_f = layer_norm("ln_f");
+    tt.check_all_used();
+}
+
+std::unique_ptr<KVCache> Model::new_cache() const {
+    return std::make_unique<KVCache>(config_.n_layer, config_.n_ctx, config_.n_embd);
+}
+
+int64_t Model::logit_rows(const std::vector<SeqStep>& steps) {
+    int64_t rows = 0;
+    for (const auto& s : steps) rows += s.all_logits ? s.n_tokens : 1;
+    return rows;
+}
+
+void Model::linear(const Linear& lin, const float* x, int64_t T, float* y) const {
+    kernels_->linear(lin.w, lin.b, x, T, y, n_threads_);
+}
+
+// ----------------------------------------------------------------------------
+// Forward pass
+
+void Model::forward(const std::vector<SeqStep>& steps, float* logits) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const ModelConfig& cfg = config_;
+    const Kernels& k = *kernels_;
+    const int64_t C = cfg.n_embd, NH = cfg.n_head, HS = C / NH, V = cfg.vocab_size;
+
+    // which sequence and position each row is
+    int64_t T = 0;
+    std::set<const KVCache*> caches;
+    for (const auto& s : steps) {
+        if (!s.cache || s.n_tokens < 1) throw std::invalid_argument("forward: each sequence needs at least one token");
+        if (s.cache->n_ctx != cfg.n_ctx || s.cache->C != C || s.cache->n_layer != cfg.n_layer)
+            throw std::invalid_argument("forward: KV cache belongs to another model");
+        if (!caches.insert(s.cache).second) throw std::invalid_argument("forward: a KV cache appears twice");
+        if (s.cache->pos + s.n_tokens > cfg.n_ctx)
+            throw std::invalid_argument("sequence of " + std::to_string(s.cache->pos + s.n_tokens) +
+                                        " tokens is longer than n_ctx = " + std::to_string(cfg.n_ctx));
+        for (int64_t i = 0; i < s.n_tokens; i++)
+            if (s.tokens[i] < 0 || s.tokens[i] >= V)
+                throw std::invalid_argument("token id " + std::to_string(s.tokens[i]) + " out of range [0, " +
+                                            std::to_string(V) + ")");
+        T += s.n_tokens;
+    }
+    if (T == 0) return;
+    row_seq_.resize(T);
+    row_pos_.resize(T);
+    for (int64_t si = 0, r = 0; si < (int64_t)steps.size(); si++)
+        for (int64_t i = 0; i < steps[si].n_tokens; i++, r++) {
+            row_seq_[r] = si;
+            row_pos_[r] = steps[si].cache->pos + i;
+        }
+
+    x_.resize(T * C);       // residual stream
+    xn_.resize(T * C);      // normalised input of a sublayer / its output
+    qkv_.resize(T * 3 * C);
+    att_.resize(T * C);
+    fc_.resize(T * 4 * C);
+    scores_.resize((size_t)n_threads_ * cfg.n_ctx);
+    float* x = x_.data();
+    float* xn = xn_.data();
+    float* qkv = qkv_.data();
+    float* att = att_.data();
+    float* fc = fc_.data();
+
+    // x = wte[token] + wpe[position]
+    for (int64_t r = 0; r < T; r++) {
+        const SeqStep& s = steps[row_seq_[r]];
+        k.matrix_row(w_.wte, s.tokens[row_pos_[r] - s.cache->pos], x + r * C);
+        k.add(x + r * C, w_.wpe + row_pos_[r] * C, C);
+    }
+
+    for (int64_t l = 0; l < cfg.n_layer; l++) {
+        const Block& b = w_.h[l];
+
+        // x = x + attn(ln_1(x))
+        layernorm_rows(b.ln_1, x, T, xn);
+        linear(b.c_attn, xn, T, qkv);                 // [T, 3C]: q | k | v
+        for (int64_t r = 0; r < T; r++) {             // append k, v to each sequence's cache
+            KVCache* cache = steps[row_seq_[r]].cache;
+            std::memcpy(cache->k_at(l, row_pos_[r]), qkv + r * 3 * C + C, C * sizeof(float));
+            std::memcpy(cache->v_at(l, row_pos_[r]), qkv + r * 3 * C + 2 * C, C * sizeof(float));
+        }
+        attention(steps, l, qkv, T, att);             // [T, C]
+        linear(b.attn_proj, att, T, xn);
+        k.add(x, xn, T * C);
+
+        // x = x + mlp(ln_2(x))
+        layernorm_rows(b.ln_2, x, T, xn);
+        linear(b.c_fc, xn, T, fc);                    // [T, 4C]
+        if (cfg.activation == Activation::GeluTanh) k.gelu_tanh(fc, T * 4 * C);
+        else k.gelu_erf(fc, T * 4 * C);
+        linear(b.mlp_proj, fc, T, xn);
+        k.add(x, xn, T * C);
+    }
+    for (const auto& s : steps) s.cache->pos += s.n_tokens;
+
+    // logits = ln_f(x) @ wte^T, only for the rows asked for
+    const int64_t R = logit_rows(steps);
+    last_.resize(R * C);
+    for (int64_t si = 0, r = 0, out = 0; si < (int64_t)steps.size(); si++) {
+        const SeqStep& s = steps[si];
+        for (int64_t i = 0; i < s.n_tokens; i++, r++)
+            if (s.all_logits || i == s.n_tokens - 1) std::memcpy(last_.data() + (out++) * C, x + r * C, C * sizeof(float));
+    }
+    layernorm_rows(w_.ln_f, last_.data(), R, last_.data());
+    kernels_->linear(w_.wte, nullptr, last_.data(), R, logits, n_threads_);
+}
+
+void Model::layernorm_rows(const LayerNorm& ln, const float* x, int64_t T, float* out) const {
+    const int64_t C = config_.n_embd;
+#pragma omp parallel for num_threads(n_threads_) schedule(static) if (T > 1)
+    for (int64_t r = 0; r < T; r++)
+        kernels_->layernorm(out + r * C, x + r * C, ln.w, ln.b, C, config_.layer_norm_epsilon);
+}
+
+// Causal self-attention of every row against its own sequence's cache, head by head.
+// Attention is the only layer that mixes information across positions.
+void Model::attention(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, float* out) {
+    const int64_t C = config_.n_embd, NH = config_.n_head, HS = C / NH;
+    const float scale = 1.0f / std::sqrt((float)HS);
+#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1)
+    for (int64_t rh = 0; rh < T * NH; rh++) {
+        const int64_t r = rh / NH, h = rh % NH;
+        KVCache* cache = steps[row_seq_[r]].cache;
+        float* scratch = scores_.data() + (size_t)omp_get_thread_num() * config_.n_ctx;
+        kernels_->attention_row(out + r * C + h * HS, qkv + r * 3 * C + h * HS, cache->k_at(l, 0) + h * HS,
+                                cache->v_at(l, 0) + h * HS, C, row_pos_[r] + 1, HS, scale, scratch);
+    }
+}
+
+}  // namespace pygpt

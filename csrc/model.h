@@ -1,0 +1,123 @@
+// GPT-2: configuration, weights (views into the mmapped safetensors file), KV cache and
+// the forward pass. The forward pass in model.cpp reads top to bottom like the math.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "mapped_file.h"
+
+namespace pygpt {
+
+enum class Activation { GeluTanh, GeluErf };
+
+struct ModelConfig {
+    int64_t n_layer = 0, n_head = 0, n_embd = 0, n_ctx = 0, vocab_size = 0;
+    float layer_norm_epsilon = 1e-5f;
+    Activation activation = Activation::GeluTanh;
+    bool bias = true;  // linear layers and layer norms have biases (nanoGPT bias=False: none)
+    DType dtype = DType::F32;  // storage type of the linear weights and wte
+    int64_t group = 0;         // q8/q4 group size
+};
+
+// One tensor of model.safetensors, as parsed and validated by Python (pygpt/_format.py).
+// begin/end are byte offsets from the start of the file (header included).
+struct TensorInfo {
+    std::string name;
+    std::string dtype;  // safetensors dtype string: "F32", "F16", "BF16", "I8", "U8"
+    std::vector<int64_t> shape;
+    int64_t begin = 0, end = 0;
+};
+
+struct Linear {
+    Matrix w;                     // [n_out, n_in]
+    const float* b = nullptr;     // [n_out] or null
+};
+
+struct LayerNorm {
+    const float* w = nullptr;     // [C]
+    const float* b = nullptr;     // [C] or null
+};
+
+struct Block {
+    LayerNorm ln_1;
+    Linear c_attn;                // [3C, C]  -> q, k, v
+    Linear attn_proj;             // [C, C]
+    LayerNorm ln_2;
+    Linear c_fc;                  // [4C, C]
+    Linear mlp_proj;              // [C, 4C]
+};
+
+struct Weights {
+    Matrix wte;                   // [V, C]  token embedding, also the LM head (tied)
+    const float* wpe = nullptr;   // [n_ctx, C]  position embedding
+    std::vector<Block> h;         // n_layer blocks
+    LayerNorm ln_f;
+};
+
+// Keys and values of one sequence, preallocated for n_ctx positions.
+struct KVCache {
+    int64_t n_layer = 0, n_ctx = 0, C = 0;
+    int64_t pos = 0;              // number of positions filled
+    std::vector<float> k, v;      // [n_layer, n_ctx, C]
+
+    KVCache(int64_t n_layer, int64_t n_ctx, int64_t C);
+    float* k_at(int64_t l, int64_t t) { return k.data() + (l * n_ctx + t) * C; }
+    float* v_at(int64_t l, int64_t t) { return v.data() + (l * n_ctx + t) * C; }
+    void copy_from(const KVCache& other);  // fork: same prefix, own storage
+};
+
+// New tokens of one sequence for one forward call.
+struct SeqStep {
+    KVCache* cache = nullptr;     // appended to: positions cache->pos .. cache->pos + n_tokens - 1
+    const int32_t* tokens = nullptr;
+    int64_t n_tokens = 0;
+    bool all_logits = false;      // logits for every new token, or only for the last one
+};
+
+class Model {
+public:
+    Model(const std::string& path, const ModelConfig& config, const std::vector<TensorInfo>& tensors,
+          int n_threads, const std::string& isa);
+
+    const ModelConfig& config() const { return config_; }
+    const Kernels& kernels() const { return *kernels_; }
+    int n_threads() const { return n_threads_; }
+    size_t file_bytes() const { return file_->size(); }
+    size_t copied_bytes() const { return copied_bytes_; }
+
+    std::unique_ptr<KVCache> new_cache() const;
+
+    // Runs the new tokens of every sequence through the network (ragged: each sequence at
+    // its own positions, no padding) and appends their keys/values to each cache.
+    // Writes logits rows to `logits` in step order: n_tokens rows for a step with
+    // all_logits, else one row. Throws std::invalid_argument on bad ids or cache overflow.
+    // Thread-safe: calls on one model are serialised.
+    void forward(const std::vector<SeqStep>& steps, float* logits);
+
+    // Rows `forward` will write for these steps.
+    static int64_t logit_rows(const std::vector<SeqStep>& steps);
+
+private:
+    void linear(const Linear& lin, const float* x, int64_t T, float* y) const;
+    void layernorm_rows(const LayerNorm& ln, const float* x, int64_t T, float* out) const;
+    void attention(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, float* out);
+
+    ModelConfig config_;
+    const Kernels* kernels_;
+    int n_threads_;
+    std::unique_ptr<MappedFile> file_;
+    std::vector<std::vector<uint8_t>> copies_;  // tensors that had to be realigned
+    size_t copied_bytes_ = 0;
+    Weights w_;
+    std::mutex mutex_;
+
+    // activations, grown as needed and reused across calls (no allocation per token)
+    std::vector<float> x_, xn_, qkv_, att_, fc_, last_, scores_;
+    std::vector<int64_t> row_seq_, row_pos_;  // sequence index and position of each row
+};
+
+}  // namespace pygpt
