@@ -1,0 +1,364 @@
+"""Converts a PyTorch GPT-2 into a pygpt model folder.
+
+Sources:
+  * a Hugging Face model id ("gpt2", "distilgpt2", ...; downloaded when online)
+  * a local Hugging Face folder (save_pretrained: model.safetensors or pytorch_model.bin)
+  * a nanoGPT checkpoint (ckpt.pt with "model_args" and "model")
+  * an llm.c checkpoint (gpt2_124M.bin: fp32 version 3 or bf16 version 5)
+  * a plain state_dict (.pt, .bin or .safetensors) with `config=` (a config.json)
+
+Every source becomes the same canonical tensors (docs/FORMAT.md): linear weights as
+[n_out, n_in] (Hugging Face's Conv1D stores [n_in, n_out] and is transposed), the tied
+token embedding stored once, buffers that are not weights dropped. torch is needed here
+and only here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+
+from ._format import DTYPES, FORMAT_VERSION, expected_tensors, validate_config
+
+
+class ConversionError(ValueError):
+    """The source is not a GPT-2 model this converter understands."""
+
+
+HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+                  "gelu": "gelu_erf"}
+LLMC_MAGIC = 20240326
+_MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
+
+
+# -- reading sources ------------------------------------------------------------------------
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("converting needs PyTorch: pip install 'pygpt[convert]'") from None
+    return torch
+
+
+def _load_pickle(path):
+    torch = _torch()
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad source
+        raise ConversionError(f"{path}: cannot load as a PyTorch checkpoint with weights_only=True: {e}") from None
+
+
+def _load_state_file(path):
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as e:  # noqa: BLE001
+            raise ConversionError(f"{path}: cannot read safetensors: {e}") from None
+    sd = _load_pickle(path)
+    if not isinstance(sd, dict):
+        raise ConversionError(f"{path}: expected a state_dict (a dict of tensors), got {type(sd).__name__}")
+    return sd
+
+
+def _config_from_hf(hf: dict, where: str) -> dict:
+    if hf.get("model_type") not in (None, "gpt2"):
+        raise ConversionError(f"{where}: model_type {hf.get('model_type')!r} is not GPT-2")
+    try:
+        act = hf.get("activation_function", "gelu_new")
+        if act not in HF_ACTIVATIONS:
+            raise ConversionError(f"{where}: activation_function {act!r} is not supported")
+        return {
+            "n_layer": hf["n_layer"], "n_head": hf["n_head"], "n_embd": hf["n_embd"],
+            "n_ctx": hf.get("n_positions", hf.get("n_ctx")), "vocab_size": hf["vocab_size"],
+            "layer_norm_epsilon": hf.get("layer_norm_epsilon", 1e-5), "activation": HF_ACTIVATIONS[act],
+        }
+    except KeyError as e:
+        raise ConversionError(f"{where}: GPT-2 config lacks {e}") from None
+
+
+def _read_hf_folder(folder):
+    cfg_path = os.path.join(folder, "config.json")
+    with open(cfg_path) as f:
+        hf = json.load(f)
+    if "format" in hf and hf.get("format") == "pygpt":
+        raise ConversionError(f"{folder} is already a pygpt model folder")
+    config = _config_from_hf(hf, cfg_path)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        p = os.path.join(folder, name)
+        if os.path.isfile(p):
+            return _load_state_file(p), config
+    raise ConversionError(f"{folder}: no model.safetensors or pytorch_model.bin")
+
+
+def _read_hf_hub(model_id):
+    try:
+        from transformers import GPT2LMHeadModel
+    except ImportError:
+        raise ImportError("converting a Hugging Face model id needs transformers: pip install 'pygpt[convert]'") from None
+    try:
+        model = GPT2LMHeadModel.from_pretrained(model_id)  # downloads when online
+    except Exception as e:  # noqa: BLE001
+        raise ConversionError(f"cannot load '{model_id}' as a local path or a Hugging Face GPT-2 model: {e}") from None
+    return model.state_dict(), _config_from_hf(model.config.to_dict(), model_id)
+
+
+def _read_nanogpt(ckpt, where):
+    args = ckpt["model_args"]
+    try:
+        config = {
+            "n_layer": args["n_layer"], "n_head": args["n_head"], "n_embd": args["n_embd"],
+            "n_ctx": args["block_size"], "vocab_size": args["vocab_size"],
+            "layer_norm_epsilon": 1e-5, "activation": "gelu_erf",  # nanoGPT: nn.GELU(), exact erf
+        }
+    except KeyError as e:
+        raise ConversionError(f"{where}: nanoGPT model_args lacks {e}") from None
+    sd = ckpt.get("model")
+    if not isinstance(sd, dict):
+        raise ConversionError(f"{where}: nanoGPT checkpoint has no 'model' state_dict")
+    sd = {k.removeprefix("_orig_mod."): v for k, v in sd.items()}  # torch.compile's prefix
+    return sd, config
+
+
+def _read_llmc(path):
+    """llm.c's checkpoint: a 256 x int32 header, then every parameter in a fixed order."""
+    torch = _torch()
+    header = np.fromfile(path, dtype="<i4", count=256)
+    if header.size < 256 or header[0] != LLMC_MAGIC:
+        raise ConversionError(f"{path}: not an llm.c checkpoint (bad magic)")
+    version = int(header[1])
+    if version not in (3, 5):
+        raise ConversionError(f"{path}: llm.c version {version} is not supported (3 = fp32, 5 = bf16)")
+    maxT, V, L, NH, C, Vp = (int(v) for v in header[2:8])
+    C3, C4 = 3 * C, 4 * C
+    shapes = [("wte", (Vp, C)), ("wpe", (maxT, C)), ("ln_1.weight", (L, C)), ("ln_1.bias", (L, C)),
+              ("attn.c_attn.weight", (L, C3, C)), ("attn.c_attn.bias", (L, C3)),
+              ("attn.c_proj.weight", (L, C, C)), ("attn.c_proj.bias", (L, C)),
+              ("ln_2.weight", (L, C)), ("ln_2.bias", (L, C)),
+              ("mlp.c_fc.weight", (L, C4, C)), ("mlp.c_fc.bias", (L, C4)),
+              ("mlp.c_proj.weight", (L, C, C4)), ("mlp.c_proj.bias", (L, C)),
+              ("ln_f.weight", (C,)), ("ln_f.bias", (C,))]
+    count = sum(int(np.prod(s)) for _, s in shapes)
+    raw = np.fromfile(path, dtype="<f4" if version == 3 else "<u2", offset=256 * 4)
+    if raw.size < count:
+        raise ConversionError(f"{path}: truncated llm.c checkpoint ({raw.size} of {count} parameters)")
+    if version == 5:  # bf16: the high half of an f32
+        raw = (raw[:count].astype(np.uint32) << 16).view(np.float32)
+    sd, off = {}, 0
+    for name, shape in shapes:
+        n = int(np.prod(shape))
+        t = torch.from_numpy(raw[off:off + n].reshape(shape).copy())
+        off += n
+        if name in ("wte", "wpe"):
+            sd[f"transformer.{name}.weight"] = t
+        elif name.startswith("ln_f"):
+            sd[f"transformer.{name}"] = t
+        else:
+            for i in range(L):
+                sd[f"transformer.h.{i}.{name}"] = t[i]
+    config = {"n_layer": L, "n_head": NH, "n_embd": C, "n_ctx": maxT, "vocab_size": V,
+              "layer_norm_epsilon": 1e-5, "activation": "gelu_tanh"}  # llm.c: GELU, tanh form
+    return sd, config
+
+
+def read_source(source, config=None):
+    """(state_dict, partial config, tokenizer folder or None) from any supported source."""
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        if not os.path.isfile(os.path.join(source, "config.json")):
+            raise ConversionError(f"{source}: a folder without config.json is not a Hugging Face model")
+        sd, cfg = _read_hf_folder(source)
+        return sd, cfg, source
+    if os.path.isfile(source):
+        if config is not None:  # a plain state_dict
+            with open(config) as f:
+                raw = json.load(f)
+            cfg = raw if "activation" in raw else _config_from_hf(raw, config)
+            return _load_state_file(source), cfg, None
+        if source.endswith(".bin"):
+            with open(source, "rb") as f:
+                magic = int.from_bytes(f.read(4), "little")
+            if magic == LLMC_MAGIC:
+                sd, cfg = _read_llmc(source)
+                return sd, cfg, None
+        obj = _load_state_file(source)
+        if "model_args" in obj:
+            sd, cfg = _read_nanogpt(obj, source)
+            return sd, cfg, None
+        raise ConversionError(f"{source}: a plain state_dict needs config= (--config) with its GPT-2 config")
+    if os.sep in source or source.startswith(".") or source.endswith((".pt", ".bin", ".safetensors")):
+        raise FileNotFoundError(f"no such file or folder: {source}")
+    sd, cfg = _read_hf_hub(source)
+    return sd, cfg, None
+
+
+# -- canonical tensors ----------------------------------------------------------------------
+
+def _canonical(sd: dict, cfg: dict) -> dict:
+    """Maps HF / nanoGPT / llm.c names to ours; float32 numpy arrays, linear weights [out, in]."""
+    out = {}
+    for key, t in sd.items():
+        if not hasattr(t, "shape"):
+            continue
+        name = key.removeprefix("transformer.")
+        if _MASK_BUFFER.fullmatch(name):
+            continue  # the causal-mask buffers of older Hugging Face checkpoints, not weights
+        out[name] = t
+    C = cfg["n_embd"]
+    if "wte.weight" not in out:
+        raise ConversionError("not a GPT-2 state_dict: no token embedding (wte.weight)")
+    if "h.0.attn.c_attn.weight" not in out:
+        raise ConversionError("not a GPT-2 state_dict: no h.0.attn.c_attn.weight")
+    # Conv1D (Hugging Face / OpenAI) stores [in, out]; nn.Linear (nanoGPT, llm.c) [out, in].
+    conv1d = tuple(out["h.0.attn.c_attn.weight"].shape) == (C, 3 * C)
+    lm_head = out.pop("lm_head.weight", None)
+    wte = out["wte.weight"]
+    if lm_head is not None and lm_head.shape == wte.shape and not bool((lm_head == wte).all()):
+        raise ConversionError("the LM head is not tied to the token embedding: not a GPT-2 model pygpt supports")
+    arrays = {}
+    for name, t in out.items():
+        a = t.detach().float().cpu().numpy()
+        if conv1d and name.startswith("h.") and a.ndim == 2:
+            a = a.T
+        arrays[name] = np.ascontiguousarray(a, dtype=np.float32)
+    return arrays
+
+
+def _quantize_into(tensors: dict, name: str, w: np.ndarray, dtype: str, group: int) -> None:
+    torch = _torch()
+    if dtype == "f32":
+        tensors[name] = torch.from_numpy(w)
+    elif dtype == "f16":
+        tensors[name] = torch.from_numpy(w).to(torch.float16)
+    elif dtype == "bf16":
+        tensors[name] = torch.from_numpy(w).to(torch.bfloat16)  # round to nearest even
+    else:
+        from . import quantize
+
+        for tname, arr in quantize.quantize(name, w, dtype, group).items():
+            tensors[tname] = torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _find_tokenizer(folder):
+    if folder is None:
+        return None
+    for files in TOKENIZER_FILES:
+        if all(os.path.isfile(os.path.join(folder, f)) for f in files):
+            return folder
+    return None
+
+
+def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, group_size: int = 32,
+            vocab_size: int | None = None, verbose: bool = False) -> str:
+    """Converts `source` into the pygpt model folder `out_dir`; returns out_dir."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if tokenizer is not None and _find_tokenizer(os.fspath(tokenizer)) is None:
+        raise FileNotFoundError(f"{tokenizer}: no vocab.json + merges.txt (or encoder.json + vocab.bpe)")
+    sd, cfg, tok_src = read_source(source, config)
+    tok_dir = _find_tokenizer(os.fspath(tokenizer)) if tokenizer is not None else _find_tokenizer(tok_src)
+
+    arrays = _canonical(sd, cfg)
+    bias = "h.0.attn.c_attn.bias" in arrays
+    cfg = dict(cfg)
+    # nanoGPT and llm.c pad the vocabulary (50257 -> 50304) for speed: trim to the real size
+    if vocab_size is None and tok_dir is not None:
+        vocab_size = _tokenizer_size(tok_dir)
+    if vocab_size is not None and arrays["wte.weight"].shape[0] > vocab_size >= 1:
+        arrays["wte.weight"] = np.ascontiguousarray(arrays["wte.weight"][:vocab_size])
+        cfg["vocab_size"] = vocab_size
+    cfg["vocab_size"] = min(cfg["vocab_size"], arrays["wte.weight"].shape[0])
+    if arrays["wte.weight"].shape[0] != cfg["vocab_size"]:
+        arrays["wte.weight"] = np.ascontiguousarray(arrays["wte.weight"][: cfg["vocab_size"]])
+
+    config_json = {
+        "format": "pygpt", "format_version": FORMAT_VERSION, "architecture": "gpt2",
+        "n_layer": int(cfg["n_layer"]), "n_head": int(cfg["n_head"]), "n_embd": int(cfg["n_embd"]),
+        "n_ctx": int(cfg["n_ctx"]), "vocab_size": int(cfg["vocab_size"]),
+        "layer_norm_epsilon": float(cfg["layer_norm_epsilon"]), "activation": cfg["activation"],
+        "bias": bias, "dtype": dtype,
+    }
+    if dtype in ("int8", "int4"):
+        config_json["quant_group_size"] = int(group_size)
+    try:
+        validated = validate_config(config_json)
+    except ValueError as e:
+        raise ConversionError(f"not a valid GPT-2 config: {e}") from None
+
+    # check every tensor against the shapes the config implies, then store
+    expected = expected_tensors({**validated, "dtype": "f32"})
+    for name, (_, shape) in expected.items():
+        if name not in arrays:
+            raise ConversionError(f"source lacks tensor '{name}' (expected shape {shape})")
+        if list(arrays[name].shape) != list(shape):
+            raise ConversionError(f"tensor '{name}' has shape {list(arrays[name].shape)}, expected {shape}")
+    extra = sorted(set(arrays) - set(expected))
+    if extra:
+        raise ConversionError(f"source has tensors a GPT-2 does not: {extra[:5]}")
+
+    torch = _torch()
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name in expected:
+        w = arrays[name]
+        if name == "wte.weight" or (name.endswith(".weight") and w.ndim == 2 and name != "wpe.weight"):
+            _quantize_into(tensors, name, w, dtype, group_size)
+        else:
+            tensors[name] = torch.from_numpy(w)
+
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pygpt"})
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump({**config_json, "source": os.path.basename(os.fspath(source).rstrip("/"))}, f, indent=2)
+        f.write("\n")
+    if tok_dir is not None:
+        for files in TOKENIZER_FILES:
+            if all(os.path.isfile(os.path.join(tok_dir, f)) for f in files):
+                for fname in files:
+                    shutil.copyfile(os.path.join(tok_dir, fname), os.path.join(out_dir, fname))
+                break
+    elif verbose:
+        print("warning: no tokenizer files found; pass tokenizer=DIR to add vocab.json + merges.txt")
+    return out_dir
+
+
+def _tokenizer_size(folder) -> int:
+    for vocab_name in ("vocab.json", "encoder.json"):
+        p = os.path.join(folder, vocab_name)
+        if os.path.isfile(p):
+            with open(p, encoding="utf-8") as f:
+                return len(json.load(f))
+    raise FileNotFoundError(f"{folder}: no vocab.json")
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(
+        prog="convert.py", description="Convert a PyTorch GPT-2 (Hugging Face id or folder, nanoGPT ckpt.pt, "
+        "llm.c .bin, or a plain state_dict with --config) into a pygpt model folder.")
+    p.add_argument("source", help="model id, Hugging Face folder, or checkpoint file")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--dtype", choices=DTYPES, default="f32", help="weight storage type (default f32)")
+    p.add_argument("--group-size", type=int, default=32, help="int8/int4: weights per scale (default 32)")
+    p.add_argument("--tokenizer", help="folder with vocab.json + merges.txt when the source has none")
+    p.add_argument("--config", help="config.json for a plain state_dict")
+    p.add_argument("--vocab-size", type=int, help="trim a padded vocabulary to this size")
+    args = p.parse_args(argv)
+    try:
+        convert(args.source, args.out, dtype=args.dtype, tokenizer=args.tokenizer, config=args.config,
+                group_size=args.group_size, vocab_size=args.vocab_size, verbose=True)
+    except (ValueError, FileNotFoundError, ImportError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,127 @@
+"""pygpt.load() and the Model class: a converted GPT-2 running in the C++ core."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from . import _core, _format
+from ._core import ModelFormatError
+
+DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
+
+
+def default_threads() -> int:
+    """Physical cores (not logical ones), capped by the CPUs this process may run on."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        allowed = os.cpu_count() or 1
+    return max(1, min(_core.physical_cores(), allowed))
+
+
+class Model:
+    """A GPT-2 model loaded from a pygpt model folder (see docs/FORMAT.md).
+
+    The weights stay in the memory-mapped model.safetensors; every computation runs in
+    C++ with the GIL released. Calls on one model from several Python threads are safe
+    and are serialised, so they never oversubscribe the cores.
+    """
+
+    def __init__(self, path: str, n_threads: int | None = None, isa: str | None = None):
+        t0 = time.perf_counter()
+        path = os.fspath(path)
+        self.path = path
+        self.config = _format.read_config(path)
+        st_path = os.path.join(path, "model.safetensors")
+        tensors = _format.read_safetensors_header(st_path)
+        _format.check_tensors(tensors, self.config)
+        if n_threads is None:
+            n_threads = default_threads()
+        if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
+            raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
+        self._core = _core.Model(st_path, self.config, tensors, n_threads, isa or "")
+        self.tokenizer = self._load_tokenizer(path)
+        self.load_seconds = time.perf_counter() - t0
+
+    def _load_tokenizer(self, path):
+        if not (os.path.isfile(os.path.join(path, "vocab.json")) or
+                os.path.isfile(os.path.join(path, "encoder.json"))):
+            return None
+        from .tokenizer import Tokenizer
+
+        tok = Tokenizer.from_dir(path)
+        if tok.vocab_size > self.config["vocab_size"]:
+            raise ModelFormatError(f"{path}: tokenizer has {tok.vocab_size} tokens but the model only "
+                                   f"{self.config['vocab_size']}")
+        return tok
+
+    # -- facts ---------------------------------------------------------------------------
+    @property
+    def n_threads(self) -> int:
+        return self._core.n_threads
+
+    @property
+    def isa(self) -> str:
+        return self._core.isa
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"pygpt.Model({self.path!r}, n_layer={c['n_layer']}, n_embd={c['n_embd']}, "
+                f"vocab_size={c['vocab_size']}, dtype={c['dtype']}, isa={self.isa}, n_threads={self.n_threads})")
+
+    # -- computation ---------------------------------------------------------------------
+    def _ids(self, ids) -> np.ndarray:
+        if isinstance(ids, str):
+            raise TypeError("logits() takes token ids; encode text with model.tokenizer.encode() first")
+        arr = np.asarray(ids)
+        if arr.ndim != 1:
+            raise ValueError(f"token ids must be a 1-D sequence, got shape {arr.shape}")
+        if arr.size == 0:
+            raise ValueError("empty input: at least one token id is needed")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
+        V = self.config["vocab_size"]
+        bad = (arr < 0) | (arr >= V)
+        if bad.any():
+            raise ValueError(f"token id {int(arr[bad][0])} out of range [0, {V})")
+        if arr.size > self.config["n_ctx"]:
+            raise ValueError(f"{arr.size} tokens is more than n_ctx = {self.config['n_ctx']}")
+        return arr.astype(np.int32)
+
+    def logits(self, ids) -> np.ndarray:
+        """Logits float32 [len(ids), vocab_size] for every position of the sequence."""
+        return self._core.logits(self._ids(ids))
+
+    def generate(self, prompt, **kwargs):
+        """Generates a continuation; see pygpt.generation.generate for every option."""
+        from . import generation
+
+        return generation.generate(self, prompt, **kwargs)
+
+    def stream(self, prompt, **kwargs):
+        """Yields the generated text piece by piece (valid UTF-8 only)."""
+        from . import generation
+
+        return generation.stream(self, prompt, **kwargs)
+
+    def close(self) -> None:
+        """Unmaps the weights. The model cannot be used afterwards."""
+        self._core = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def load(path: str | os.PathLike | None = None, n_threads: int | None = None) -> Model:
+    """Loads a pygpt model folder; with no path, the small model shipped in the package."""
+    if path is None:
+        if not os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "config.json")):
+            raise FileNotFoundError("this pygpt install ships no default model; pass a model folder")
+        path = DEFAULT_MODEL_DIR
+    return Model(path, n_threads=n_threads)

@@ -1,0 +1,55 @@
+"""Shared fixtures: random-weight GPT-2 models in Hugging Face format, converted by our
+converter. Real pretrained weights cannot be downloaded here; random weights with the
+real shapes exercise the same code."""
+
+import os
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "data")
+GPT2_TOKENIZER = os.path.join(DATA, "gpt2-tokenizer")
+
+# name -> GPT2Config arguments
+SHAPES = {
+    "tiny": dict(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257),
+    "odd": dict(n_layer=3, n_head=3, n_embd=36, n_positions=37, vocab_size=1001, bos_token_id=0, eos_token_id=0),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257),
+}
+
+
+def make_hf_model(path, seed=0, **shape):
+    """A GPT2LMHeadModel with seeded random weights, saved with save_pretrained."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(**shape)
+    model = GPT2LMHeadModel(config).eval()
+    # the default init leaves biases and LayerNorm at 0/1: randomise them so they are tested
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias") or ".ln_" in name:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(path)
+    return model
+
+
+@pytest.fixture(scope="session")
+def hf_model_factory(tmp_path_factory):
+    """hf_model_factory(name) -> (torch model, hf folder, pygpt folder), built once per session."""
+    import pygpt.convert
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            base = tmp_path_factory.mktemp(name)
+            hf_dir, out_dir = str(base / "hf"), str(base / "pygpt")
+            model = make_hf_model(hf_dir, **SHAPES[name])
+            tok = GPT2_TOKENIZER if SHAPES[name]["vocab_size"] == 50257 else None
+            pygpt.convert.convert(hf_dir, out_dir, tokenizer=tok)
+            cache[name] = (model, hf_dir, out_dir)
+        return cache[name]
+
+    return get

@@ -1,0 +1,65 @@
+"""A pure-NumPy GPT-2: the independent oracle for the C++ forward pass.
+
+Reads a pygpt model folder (f32) with safetensors' numpy loader and recomputes the
+logits with no cache, float64 throughout. Shapes: T tokens, C channels, V vocabulary.
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+from safetensors.numpy import load_file
+
+
+def layer_norm(x, w, b, eps):  # [T, C] -> [T, C]
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    y = (x - mean) / np.sqrt(var + eps) * w
+    return y + b if b is not None else y
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def gelu_erf(x):
+    erf = np.vectorize(math.erf)
+    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+
+
+def linear(x, w, b):  # [T, in], [out, in], [out] -> [T, out]
+    y = x @ w.T
+    return y + b if b is not None else y
+
+
+def attention(q, k, v):  # [T, hs] x3 -> [T, hs]
+    T = q.shape[0]
+    scores = q @ k.T / math.sqrt(q.shape[-1])  # [T, T]
+    scores = scores + np.triu(np.full((T, T), -np.inf), 1)  # causal mask: no looking ahead
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+def gpt2_logits(model_dir, ids):  # [T] -> [T, V]
+    with open(os.path.join(model_dir, "config.json")) as f:
+        cfg = json.load(f)
+    assert cfg["dtype"] == "f32", "the reference reads f32 folders"
+    w = {k: v.astype(np.float64) for k, v in load_file(os.path.join(model_dir, "model.safetensors")).items()}
+    g = w.get  # biases are absent when the model has none
+    eps, nh = cfg["layer_norm_epsilon"], cfg["n_head"]
+    act = gelu_tanh if cfg["activation"] == "gelu_tanh" else gelu_erf
+    ids = np.asarray(ids)
+    x = w["wte.weight"][ids] + w["wpe.weight"][: len(ids)]  # [T, C]
+    for i in range(cfg["n_layer"]):
+        p = f"h.{i}."
+        h = layer_norm(x, w[p + "ln_1.weight"], g(p + "ln_1.bias"), eps)
+        q, k, v = np.split(linear(h, w[p + "attn.c_attn.weight"], g(p + "attn.c_attn.bias")), 3, axis=-1)
+        heads = [attention(qh, kh, vh) for qh, kh, vh in
+                 zip(np.split(q, nh, -1), np.split(k, nh, -1), np.split(v, nh, -1))]
+        x = x + linear(np.concatenate(heads, -1), w[p + "attn.c_proj.weight"], g(p + "attn.c_proj.bias"))
+        h = layer_norm(x, w[p + "ln_2.weight"], g(p + "ln_2.bias"), eps)
+        h = act(linear(h, w[p + "mlp.c_fc.weight"], g(p + "mlp.c_fc.bias")))
+        x = x + linear(h, w[p + "mlp.c_proj.weight"], g(p + "mlp.c_proj.bias"))
+    x = layer_norm(x, w["ln_f.weight"], g("ln_f.bias"), eps)
+    return x @ w["wte.weight"].T  # tied LM head

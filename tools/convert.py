@@ -1,0 +1,19 @@
+#!/usr/bin/env python3
+"""Convert a PyTorch GPT-2 into a pygpt model folder.
+
+  python tools/convert.py gpt2 out/gpt2                    # Hugging Face model id (online)
+  python tools/convert.py path/to/hf_folder out/m          # save_pretrained folder
+  python tools/convert.py ckpt.pt out/m --tokenizer DIR    # nanoGPT checkpoint
+  python tools/convert.py gpt2_124M.bin out/m --tokenizer DIR   # llm.c checkpoint
+  python tools/convert.py weights.pt out/m --config config.json --tokenizer DIR
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from pygpt.convert import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
