@@ -30,4 +30,5 @@ PYBIND11_MODULE(_core, m) {
           py::arg("isa") = "", "Name of the ISA path a model loaded now would use.");
 
     pygpt::bind_model(m);
+    pygpt::bind_generate(m);
 }

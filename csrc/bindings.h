@@ -4,4 +4,5 @@
 
 namespace pygpt {
 void bind_model(pybind11::module_& m);      // bind_model.cpp
+void bind_generate(pybind11::module_& m);   // bind_generate.cpp
 }  // namespace pygpt

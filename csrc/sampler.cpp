@@ -1,0 +1,273 @@
+// Logits processors and the token draw. See sampler.h for the order and the transformers
+// processor each step mirrors.
+#include "sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <unordered_set>
+
+namespace pygpt {
+
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// splitmix64 (Vigna): a 64-bit mixer, used to expand a seed into a full generator state.
+uint64_t splitmix64(uint64_t& x) {
+    uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+std::string str(double v) { return std::to_string(v); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Rng
+
+Rng::Rng(uint64_t seed, uint64_t stream) {
+    // key = mix(seed) ^ stream, then four splitmix64 outputs: distinct (seed, stream) pairs get
+    // unrelated states, and the state is never all zero in practice.
+    uint64_t x = seed;
+    uint64_t key = splitmix64(x) ^ stream;
+    for (auto& w : s_) w = splitmix64(key);
+}
+
+uint64_t Rng::next_u64() {
+    // xoshiro256** 1.0
+    const uint64_t result = rotl(s_[1] * 5, 7) * 9;
+    const uint64_t t = s_[1] << 17;
+    s_[2] ^= s_[0];
+    s_[3] ^= s_[1];
+    s_[1] ^= s_[2];
+    s_[0] ^= s_[3];
+    s_[2] ^= t;
+    s_[3] = rotl(s_[3], 45);
+    return result;
+}
+
+double Rng::uniform() { return double(next_u64() >> 11) * 0x1.0p-53; }
+
+// ---------------------------------------------------------------------------------------------
+// SamplingParams
+
+void SamplingParams::validate(int64_t vocab_size) const {
+    auto bad = [](const std::string& what) { throw std::invalid_argument(what); };
+    if (!(temperature >= 0.0f) || !std::isfinite(temperature))
+        bad("temperature must be a finite number >= 0 (0 = greedy), got " + str(temperature));
+    if (top_k < 0) bad("top_k must be >= 0 (0 = off), got " + std::to_string(top_k));
+    if (!(top_p >= 0.0 && top_p <= 1.0)) bad("top_p must be in [0, 1], got " + str(top_p));
+    if (!(min_p >= 0.0 && min_p <= 1.0)) bad("min_p must be in [0, 1], got " + str(min_p));
+    if (!(typical_p > 0.0 && typical_p <= 1.0)) bad("typical_p must be in (0, 1], got " + str(typical_p));
+    if (!(repetition_penalty > 0.0f) || !std::isfinite(repetition_penalty))
+        bad("repetition_penalty must be a finite number > 0 (1 = off), got " + str(repetition_penalty));
+    if (!std::isfinite(presence_penalty)) bad("presence_penalty must be finite");
+    if (!std::isfinite(frequency_penalty)) bad("frequency_penalty must be finite");
+    if (no_repeat_ngram_size < 0)
+        bad("no_repeat_ngram_size must be >= 0 (0 = off), got " + std::to_string(no_repeat_ngram_size));
+    std::unordered_set<int32_t> seen;
+    for (const auto& [id, bias] : logit_bias) {
+        if (id < 0 || id >= vocab_size)
+            bad("logit_bias token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                std::to_string(vocab_size) + ")");
+        if (std::isnan(bias) || bias == std::numeric_limits<float>::infinity())
+            bad("logit_bias for token " + std::to_string(id) + " must be a number or -inf");
+        if (!seen.insert(id).second) bad("logit_bias lists token " + std::to_string(id) + " twice");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sampler
+
+Sampler::Sampler(const SamplingParams& params, int64_t vocab_size, uint64_t seed, uint64_t stream)
+    : params_(params), V_(vocab_size), rng_(seed, stream) {
+    params_.validate(vocab_size);
+    counts_.assign(size_t(V_), 0);
+}
+
+void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_prompt) {
+    for (int32_t t : history)
+        if (t < 0 || t >= V_) throw std::invalid_argument("token id " + std::to_string(t) + " is outside the vocabulary");
+    apply_penalties(s, history, std::min(n_prompt, history.size()));
+    if (params_.no_repeat_ngram_size > 0) ban_repeated_ngrams(s, history);
+    if (params_.greedy()) return;  // the filters below only shape a random draw
+
+    if (params_.temperature != 1.0f)
+        for (int64_t i = 0; i < V_; i++) s[i] /= params_.temperature;
+    if (params_.top_k > 0) keep_top_k(s);
+    if (params_.top_p < 1.0) keep_top_p(s);
+    if (params_.min_p > 0.0) keep_min_p(s);
+    if (params_.typical_p < 1.0) keep_typical(s);
+}
+
+int32_t Sampler::sample(float* s, const std::vector<int32_t>& history, size_t n_prompt) {
+    process(s, history, n_prompt);
+    return params_.greedy() ? argmax(s) : draw(s);
+}
+
+void Sampler::apply_penalties(float* s, const std::vector<int32_t>& history, size_t n_prompt) {
+    for (const auto& [id, bias] : params_.logit_bias) s[id] += bias;
+
+    // repetition penalty: once per distinct token of the whole sequence
+    if (params_.repetition_penalty != 1.0f) {
+        const float p = params_.repetition_penalty;
+        for (int32_t t : history)
+            if (counts_[t]++ == 0) s[t] = s[t] < 0 ? s[t] * p : s[t] / p;
+        for (int32_t t : history) counts_[t] = 0;
+    }
+
+    // presence / frequency penalties: generated tokens only (OpenAI's definition)
+    if (params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f) {
+        for (size_t i = n_prompt; i < history.size(); i++) counts_[history[i]]++;
+        for (size_t i = n_prompt; i < history.size(); i++) {
+            const int32_t t = history[i];
+            if (counts_[t] == 0) continue;  // already applied
+            s[t] -= float(counts_[t]) * params_.frequency_penalty + params_.presence_penalty;
+            counts_[t] = 0;
+        }
+    }
+}
+
+// An n-gram can only be completed by the next token if its first n-1 tokens equal the last
+// n-1 tokens of the sequence: every earlier window that starts that way bans its last token.
+void Sampler::ban_repeated_ngrams(float* s, const std::vector<int32_t>& h) {
+    const size_t n = size_t(params_.no_repeat_ngram_size), L = h.size();
+    if (L < n) return;
+    const size_t prefix = L + 1 - n;  // start of the last n-1 tokens
+    for (size_t w = 0; w + n <= L; w++) {
+        if (std::equal(h.begin() + w, h.begin() + w + n - 1, h.begin() + prefix)) s[h[w + n - 1]] = kNegInf;
+    }
+}
+
+void Sampler::keep_top_k(float* s) {
+    const int64_t k = std::min<int64_t>(params_.top_k, V_);
+    p_.assign(s, s + V_);
+    std::nth_element(p_.begin(), p_.begin() + (k - 1), p_.end(), std::greater<double>());
+    const double kth = p_[size_t(k - 1)];
+    for (int64_t i = 0; i < V_; i++)
+        if (double(s[i]) < kth) s[i] = kNegInf;  // ties with the k-th are kept, as in torch
+}
+
+// Keeps the most likely tokens while the mass before them is below top_p (at least one):
+// the same set as transformers' "remove where the ascending cumulative mass <= 1 - top_p".
+void Sampler::keep_top_p(float* s) {
+    float m = kNegInf;
+    for (int64_t i = 0; i < V_; i++) m = std::max(m, s[i]);
+    if (m == kNegInf) return;
+    idx_.clear();
+    double Z = 0.0;
+    for (int64_t i = 0; i < V_; i++) {
+        if (s[i] == kNegInf) continue;
+        idx_.push_back(int32_t(i));
+        Z += std::exp(double(s[i]) - double(m));
+    }
+    auto by_score = [s](int32_t a, int32_t b) { return s[a] > s[b] || (s[a] == s[b] && a < b); };
+    // The kept set is usually small: sort a growing head of the candidates, not all of them.
+    const size_t n = idx_.size();
+    size_t keep = n;
+    for (size_t head = std::min<size_t>(n, 256);; head = std::min(n, head * 8)) {
+        std::partial_sort(idx_.begin(), idx_.begin() + head, idx_.end(), by_score);
+        double before = 0.0;
+        size_t k = 0;
+        for (; k < head; k++) {
+            if (k > 0 && before / Z >= params_.top_p) break;
+            before += std::exp(double(s[idx_[k]]) - double(m));
+        }
+        if (k < head || head == n) {
+            keep = k;
+            break;
+        }
+    }
+    for (size_t k = keep; k < n; k++) s[idx_[k]] = kNegInf;
+}
+
+void Sampler::keep_min_p(float* s) {
+    float m = kNegInf;
+    for (int64_t i = 0; i < V_; i++) m = std::max(m, s[i]);
+    if (m == kNegInf) return;
+    double Z = 0.0;
+    for (int64_t i = 0; i < V_; i++) Z += std::exp(double(s[i]) - double(m));
+    const double threshold = params_.min_p * (1.0 / Z);  // min_p * largest probability
+    for (int64_t i = 0; i < V_; i++)
+        if (std::exp(double(s[i]) - double(m)) / Z < threshold) s[i] = kNegInf;
+}
+
+// Typical decoding (Meister et al. 2022), step for step as TypicalLogitsWarper: rank tokens by
+// |surprise - entropy|, keep them in that order until the mass reaches typical_p, plus every
+// token as close to the entropy as the last one kept.
+void Sampler::keep_typical(float* s) {
+    float m = kNegInf;
+    for (int64_t i = 0; i < V_; i++) m = std::max(m, s[i]);
+    if (m == kNegInf) return;
+    double Z = 0.0;
+    for (int64_t i = 0; i < V_; i++) Z += std::exp(double(s[i]) - double(m));
+    const double logZ = std::log(Z);
+    double entropy = 0.0;
+    for (int64_t i = 0; i < V_; i++) {
+        if (s[i] == kNegInf) continue;
+        const double logp = double(s[i]) - double(m) - logZ;
+        entropy -= logp * std::exp(logp);
+    }
+    p_.resize(size_t(V_));  // |surprise - entropy|, +inf for filtered tokens
+    for (int64_t i = 0; i < V_; i++) {
+        const double logp = double(s[i]) - double(m) - logZ;
+        p_[i] = s[i] == kNegInf ? std::numeric_limits<double>::infinity() : std::fabs(-logp - entropy);
+    }
+    idx_.resize(size_t(V_));
+    std::iota(idx_.begin(), idx_.end(), 0);
+    std::stable_sort(idx_.begin(), idx_.end(), [this](int32_t a, int32_t b) { return p_[a] < p_[b]; });
+    size_t last = 0;  // number of tokens whose cumulative mass is below typical_p
+    double cum = 0.0;
+    for (; last < size_t(V_); last++) {
+        cum += std::exp(double(s[idx_[last]]) - double(m)) / Z;
+        if (!(cum < params_.typical_p)) break;
+    }
+    last = std::min(last, size_t(V_ - 1));
+    const double limit = p_[idx_[last]];
+    for (size_t k = 1; k < size_t(V_); k++)
+        if (p_[idx_[k]] > limit) s[idx_[k]] = kNegInf;
+}
+
+int32_t Sampler::argmax(const float* s) const {
+    int64_t best = -1;
+    for (int64_t i = 0; i < V_; i++)
+        if (s[i] != kNegInf && !std::isnan(s[i]) && (best < 0 || s[i] > s[best])) best = i;
+    if (best < 0) throw std::invalid_argument("every token was filtered out: nothing left to generate");
+    return int32_t(best);
+}
+
+// Inverse-CDF draw over softmax(s), walking token ids in order: the result depends only on the
+// scores and this sequence's random stream.
+int32_t Sampler::draw(const float* s) {
+    float m = kNegInf;
+    for (int64_t i = 0; i < V_; i++)
+        if (!std::isnan(s[i])) m = std::max(m, s[i]);
+    if (m == kNegInf) throw std::invalid_argument("every token was filtered out: nothing left to generate");
+    p_.resize(size_t(V_));
+    double total = 0.0;
+    for (int64_t i = 0; i < V_; i++) {
+        const double w = std::isnan(s[i]) ? 0.0 : std::exp(double(s[i]) - double(m));
+        p_[i] = w;
+        total += w;
+    }
+    const double u = rng_.uniform() * total;
+    double acc = 0.0;
+    int64_t last = -1;
+    for (int64_t i = 0; i < V_; i++) {
+        if (p_[i] <= 0.0) continue;
+        acc += p_[i];
+        last = i;
+        if (acc > u) return int32_t(i);
+    }
+    return int32_t(last);  // u within rounding of the total
+}
+
+}  // namespace pygpt

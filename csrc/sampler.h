@@ -1,0 +1,99 @@
+// Choosing the next token: logits processors, then greedy argmax or a seeded random draw.
+//
+// The processors run in the order transformers' generate() uses for the options they share
+// (its _get_logits_processor), so a processed distribution can be checked against the
+// matching transformers LogitsProcessor:
+//
+//   logit_bias          scores[id] += bias                      (SequenceBiasLogitsProcessor, 1-token keys)
+//   repetition_penalty  every token seen so far (prompt included): s < 0 ? s * p : s / p
+//                                                               (RepetitionPenaltyLogitsProcessor)
+//   presence/frequency  OpenAI's penalties, over generated tokens only:
+//                       s -= count * frequency_penalty + (count > 0) * presence_penalty
+//   no_repeat_ngram     bans a token that would repeat an n-gram already in the sequence
+//                                                               (NoRepeatNGramLogitsProcessor)
+//   --- sampling only (temperature > 0): the former "warpers" ---
+//   temperature         s /= T                                  (TemperatureLogitsWarper)
+//   top_k               keep s >= k-th largest                  (TopKLogitsWarper)
+//   top_p               keep the smallest top set whose mass reaches top_p  (TopPLogitsWarper)
+//   min_p               keep p >= min_p * p_max                 (MinPLogitsWarper)
+//   typical_p           keep the tokens whose surprise is closest to the entropy, up to
+//                       mass typical_p                          (TypicalLogitsWarper)
+//
+// A filtered token gets -inf. With temperature 0 the next token is the argmax of the processed
+// scores (ties: lowest id, as torch.argmax); the sampling filters do not apply, as in
+// transformers' greedy search. Otherwise it is drawn from softmax(processed scores).
+// Probabilities, sums and thresholds are computed in double precision.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+namespace pygpt {
+
+// Random numbers: xoshiro256** 1.0 (Blackman & Vigna, https://prng.di.unimi.it/), its 256-bit
+// state filled by splitmix64. Each sequence owns one, keyed by (seed, stream), so a sequence's
+// draws never depend on which other sequences run beside it or on the thread count.
+class Rng {
+public:
+    Rng(uint64_t seed, uint64_t stream);
+    uint64_t next_u64();
+    double uniform();  // in [0, 1), 53 random bits
+
+private:
+    uint64_t s_[4];
+};
+
+struct SamplingParams {
+    float temperature = 0.0f;        // 0: greedy
+    int64_t top_k = 0;               // 0: off
+    // thresholds on probabilities are kept in double, as Python passes them
+    double top_p = 1.0;              // 1: off
+    double min_p = 0.0;              // 0: off
+    double typical_p = 1.0;          // 1: off
+    float repetition_penalty = 1.0f; // 1: off
+    float presence_penalty = 0.0f;
+    float frequency_penalty = 0.0f;
+    int64_t no_repeat_ngram_size = 0;  // 0: off
+    std::vector<std::pair<int32_t, float>> logit_bias;
+
+    // Throws std::invalid_argument naming the first bad value.
+    void validate(int64_t vocab_size) const;
+    bool greedy() const { return temperature == 0.0f; }
+};
+
+class Sampler {
+public:
+    // `stream` selects this sequence's random stream for `seed` (see Rng).
+    Sampler(const SamplingParams& params, int64_t vocab_size, uint64_t seed, uint64_t stream);
+
+    // Processes scores[0 : vocab_size] in place (logits in, processed scores out, -inf =
+    // filtered). history: the tokens so far, prompt first; its first n_prompt are the prompt.
+    void process(float* scores, const std::vector<int32_t>& history, size_t n_prompt);
+
+    // process(), then the greedy choice or a draw. Throws std::invalid_argument when every
+    // token was filtered out (for instance by logit_bias of -inf on all of them).
+    int32_t sample(float* scores, const std::vector<int32_t>& history, size_t n_prompt);
+
+    const SamplingParams& params() const { return params_; }
+
+private:
+    void apply_penalties(float* s, const std::vector<int32_t>& history, size_t n_prompt);
+    void ban_repeated_ngrams(float* s, const std::vector<int32_t>& history);
+    void keep_top_k(float* s);
+    void keep_top_p(float* s);
+    void keep_min_p(float* s);
+    void keep_typical(float* s);
+    int32_t argmax(const float* s) const;
+    int32_t draw(const float* s);
+
+    SamplingParams params_;
+    int64_t V_;
+    Rng rng_;
+    // scratch, reused across calls
+    std::vector<int32_t> idx_;
+    std::vector<double> p_;
+    std::vector<int32_t> counts_;
+};
+
+}  // namespace pygpt
