@@ -31,4 +31,5 @@ PYBIND11_MODULE(_core, m) {
 
     pygpt::bind_model(m);
     pygpt::bind_generate(m);
+    pygpt::bind_tokenizer(m);
 }

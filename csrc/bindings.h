@@ -5,4 +5,5 @@
 namespace pygpt {
 void bind_model(pybind11::module_& m);      // bind_model.cpp
 void bind_generate(pybind11::module_& m);   // bind_generate.cpp
+void bind_tokenizer(pybind11::module_& m);  // bind_tokenizer.cpp
 }  // namespace pygpt

@@ -1,0 +1,662 @@
+// GPT-2 byte-level BPE (see tokenizer.h for the pipeline).
+//
+// Speed comes from three things: the pre-tokenizer is a hand-written matcher instead of a regex
+// engine; a piece that is itself a token (most English words) is one hash lookup; and BPE works
+// on integer pairs, (left id, right id) -> (rank, merged id), with a per-session cache of words
+// already merged.
+#include "tokenizer.h"
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cstring>
+#include <exception>
+#include <queue>
+#include <stdexcept>
+#include <thread>
+
+#include "unicode_tables.h"
+
+namespace pygpt {
+
+namespace {
+
+using unicode::CharClass;
+
+// ---------------------------------------------------------------------------------------------
+// hashing
+
+inline uint64_t mix64(uint64_t x) {
+    x ^= x >> 31;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 29;
+    return x;
+}
+
+inline uint64_t hash_bytes(const uint8_t* p, size_t n) {
+    uint64_t h = 0x9e3779b97f4a7c15ull * (n + 1);
+    while (n >= 8) {
+        uint64_t v;
+        std::memcpy(&v, p, 8);
+        h = mix64(h ^ v) * 0x94d049bb133111ebull;
+        p += 8;
+        n -= 8;
+    }
+    if (n) {
+        uint64_t v = 0;
+        std::memcpy(&v, p, n);
+        h = mix64(h ^ v) * 0x94d049bb133111ebull;
+    }
+    return h ^ (h >> 32);
+}
+
+inline size_t table_size_for(size_t n) {
+    size_t cap = 16;
+    while (cap < 2 * n) cap <<= 1;
+    return cap;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Immutable lookup tables, built once by the constructor.
+
+struct Tokenizer::Tables {
+    // bytes -> id of every non-special token. Slot: (hash tag << 32) | flags | (id + 1); 0 = empty.
+    // kWhole marks a token that BPE of its own bytes yields unchanged, so a pre-tokenizer piece
+    // with those bytes can skip BPE. (Not true of every token in every vocabulary.)
+    static constexpr uint32_t kWhole = 0x80000000u;
+    std::vector<uint64_t> vocab;
+    uint64_t vocab_mask = 0;
+
+    // (left id, right id) -> rank and merged id. Empty slot: key == kNoKey.
+    static constexpr uint64_t kNoKey = ~0ull;
+    struct Pair {
+        uint64_t key;
+        int32_t rank;
+        int32_t merged;
+    };
+    std::vector<Pair> pairs;
+    uint64_t pairs_mask = 0;
+
+    // returns the slot index, or -1
+    int64_t find_vocab(const uint8_t* p, size_t n, uint64_t h, const std::vector<std::string>& tokens) const {
+        const uint32_t tag = static_cast<uint32_t>(h >> 32);
+        for (uint64_t i = h & vocab_mask;; i = (i + 1) & vocab_mask) {
+            const uint64_t e = vocab[i];
+            if (e == 0) return -1;
+            if (static_cast<uint32_t>(e >> 32) == tag) {
+                const std::string& t = tokens[(static_cast<uint32_t>(e) & ~kWhole) - 1];
+                if (t.size() == n && std::memcmp(t.data(), p, n) == 0) return static_cast<int64_t>(i);
+            }
+        }
+    }
+    static int32_t slot_id(uint64_t e) { return static_cast<int32_t>((static_cast<uint32_t>(e) & ~kWhole) - 1); }
+    static bool slot_whole(uint64_t e) { return (static_cast<uint32_t>(e) & kWhole) != 0; }
+
+    static uint64_t pair_key(int32_t a, int32_t b) {
+        return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+    }
+    const Pair* find_pair(int32_t a, int32_t b) const {
+        const uint64_t key = pair_key(a, b);
+        for (uint64_t i = mix64(key * 0x9e3779b97f4a7c15ull) & pairs_mask;; i = (i + 1) & pairs_mask) {
+            const Pair& e = pairs[i];
+            if (e.key == key) return &e;
+            if (e.key == kNoKey) return nullptr;
+        }
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Per-call scratch: BPE work arrays and a cache of merged words (piece bytes -> ids).
+
+class Tokenizer::Session {
+public:
+    static constexpr size_t kMaxCachedPiece = 64;  // longer pieces are rare and not cached
+    static constexpr size_t kCacheSlots = size_t(1) << 13;
+
+    Session() : slots_(kCacheSlots) {}
+
+    bool find(const uint8_t* p, size_t n, uint64_t h, std::vector<int32_t>& out) const {
+        const uint64_t mask = slots_.size() - 1;
+        for (uint64_t i = h & mask;; i = (i + 1) & mask) {
+            const Entry& e = slots_[i];
+            if (e.hash == 0) return false;
+            if (e.hash == (h | 1) && e.key_len == n && std::memcmp(keys_.data() + e.key_off, p, n) == 0) {
+                out.insert(out.end(), vals_.begin() + e.val_off, vals_.begin() + e.val_off + e.val_len);
+                return true;
+            }
+        }
+    }
+
+    void insert(const uint8_t* p, size_t n, uint64_t h, const int32_t* ids, size_t m) {
+        if (2 * (used_ + 1) > slots_.size()) clear();  // bounded memory: start over when half full
+        const uint64_t mask = slots_.size() - 1;
+        uint64_t i = h & mask;
+        while (slots_[i].hash != 0) i = (i + 1) & mask;
+        slots_[i] = Entry{h | 1, static_cast<uint32_t>(keys_.size()), static_cast<uint32_t>(n),
+                          static_cast<uint32_t>(vals_.size()), static_cast<uint32_t>(m)};
+        keys_.append(reinterpret_cast<const char*>(p), n);
+        vals_.insert(vals_.end(), ids, ids + m);
+        ++used_;
+    }
+
+    // BPE scratch, reused across pieces
+    std::vector<int32_t> ids, ranks, merged;
+    struct Node {
+        int32_t id, prev, next;
+    };
+    std::vector<Node> nodes;
+
+private:
+    struct Entry {
+        uint64_t hash;  // 0 = empty
+        uint32_t key_off, key_len, val_off, val_len;
+    };
+    void clear() {
+        std::fill(slots_.begin(), slots_.end(), Entry{0, 0, 0, 0, 0});
+        keys_.clear();
+        vals_.clear();
+        used_ = 0;
+    }
+    std::vector<Entry> slots_;
+    std::string keys_;
+    std::vector<int32_t> vals_;
+    size_t used_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// construction
+
+Tokenizer::~Tokenizer() = default;
+
+Tokenizer::Tokenizer(std::vector<std::string> token_bytes, const std::vector<std::pair<int32_t, int32_t>>& merges,
+                     std::vector<std::pair<std::string, int32_t>> specials)
+    : tokens_(std::move(token_bytes)), specials_(std::move(specials)), tables_(std::make_unique<Tables>()) {
+    const size_t n_vocab = tokens_.size();
+    if (n_vocab < 256 || n_vocab > size_t(INT32_MAX / 2))
+        throw std::invalid_argument("vocabulary must have between 256 and 2^30 tokens, got " +
+                                    std::to_string(n_vocab));
+    for (size_t id = 0; id < n_vocab; ++id)
+        if (tokens_[id].empty()) throw std::invalid_argument("token " + std::to_string(id) + " is empty");
+
+    std::vector<bool> is_special(n_vocab, false);
+    for (const auto& [text, id] : specials_) {
+        if (id < 0 || size_t(id) >= n_vocab)
+            throw std::invalid_argument("special token '" + text + "' has id " + std::to_string(id) +
+                                        " outside the vocabulary");
+        if (tokens_[id] != text)
+            throw std::invalid_argument("special token '" + text + "' does not match the bytes of token " +
+                                        std::to_string(id));
+        is_special[id] = true;
+        if (text == "<|endoftext|>") eot_id_ = id;
+    }
+
+    // bytes -> id for ordinary tokens
+    Tables& t = *tables_;
+    t.vocab.assign(table_size_for(n_vocab), 0);
+    t.vocab_mask = t.vocab.size() - 1;
+    for (size_t id = 0; id < n_vocab; ++id) {
+        if (is_special[id]) continue;
+        const auto* p = reinterpret_cast<const uint8_t*>(tokens_[id].data());
+        const uint64_t h = hash_bytes(p, tokens_[id].size());
+        if (t.find_vocab(p, tokens_[id].size(), h, tokens_) >= 0)
+            throw std::invalid_argument("token " + std::to_string(id) + " has the same bytes as another token");
+        uint64_t i = h & t.vocab_mask;
+        while (t.vocab[i] != 0) i = (i + 1) & t.vocab_mask;
+        t.vocab[i] = (h >> 32 << 32) | static_cast<uint32_t>(id + 1);
+    }
+    for (int b = 0; b < 256; ++b) {
+        const uint8_t byte = static_cast<uint8_t>(b);
+        const int64_t slot = t.find_vocab(&byte, 1, hash_bytes(&byte, 1), tokens_);
+        if (slot < 0)
+            throw std::invalid_argument("vocabulary has no token for byte " + std::to_string(b) +
+                                        " (not a byte-level BPE vocabulary)");
+        byte_id_[b] = Tables::slot_id(t.vocab[slot]);
+    }
+
+    // (left, right) -> (rank, merged). A repeated pair keeps its first (lowest) rank.
+    t.pairs.assign(table_size_for(merges.size()), Tables::Pair{Tables::kNoKey, 0, 0});
+    t.pairs_mask = t.pairs.size() - 1;
+    for (size_t rank = 0; rank < merges.size(); ++rank) {
+        const auto [a, b] = merges[rank];
+        for (int32_t x : {a, b}) {
+            if (x < 0 || size_t(x) >= n_vocab)
+                throw std::invalid_argument("merge " + std::to_string(rank) + " uses id " + std::to_string(x) +
+                                            ", outside the vocabulary");
+            if (is_special[x])
+                throw std::invalid_argument("merge " + std::to_string(rank) + " uses special token " +
+                                            std::to_string(x));
+        }
+        const std::string joined = tokens_[a] + tokens_[b];
+        const auto* p = reinterpret_cast<const uint8_t*>(joined.data());
+        const int64_t slot = t.find_vocab(p, joined.size(), hash_bytes(p, joined.size()), tokens_);
+        if (slot < 0)
+            throw std::invalid_argument("merge " + std::to_string(rank) + " (" + std::to_string(a) + ", " +
+                                        std::to_string(b) + ") makes a token that is not in the vocabulary");
+        const uint64_t key = Tables::pair_key(a, b);
+        uint64_t i = mix64(key * 0x9e3779b97f4a7c15ull) & t.pairs_mask;
+        while (t.pairs[i].key != Tables::kNoKey && t.pairs[i].key != key) i = (i + 1) & t.pairs_mask;
+        if (t.pairs[i].key == key) continue;
+        t.pairs[i] = Tables::Pair{key, static_cast<int32_t>(rank), Tables::slot_id(t.vocab[slot])};
+    }
+    n_merges_ = static_cast<int32_t>(merges.size());
+
+    // Which tokens come back unchanged from BPE of their own bytes (the whole-piece shortcut).
+    Session s;
+    std::vector<int32_t> out;
+    for (uint64_t& e : t.vocab) {
+        if (e == 0) continue;
+        const int32_t id = Tables::slot_id(e);
+        out.clear();
+        if (tokens_[id].size() == 1)
+            out.push_back(id);
+        else
+            bpe(reinterpret_cast<const uint8_t*>(tokens_[id].data()), tokens_[id].size(), s, out);
+        if (out.size() == 1 && out[0] == id) e |= Tables::kWhole;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// BPE: repeatedly merge the adjacent pair with the lowest rank (leftmost first among equals).
+
+void Tokenizer::bpe(const uint8_t* p, size_t n, Session& s, std::vector<int32_t>& out) const {
+    const Tables& t = *tables_;
+    constexpr size_t kSmall = 48;  // short pieces: O(n^2) scan over arrays; long ones: a heap
+    if (n <= kSmall) {
+        int32_t ids[kSmall], ranks[kSmall], merged[kSmall];  // ranks[i]: pair (i, i+1)
+        size_t m = n;
+        for (size_t i = 0; i < n; ++i) ids[i] = byte_id_[p[i]];
+        auto set_pair = [&](size_t i) {
+            const Tables::Pair* e = t.find_pair(ids[i], ids[i + 1]);
+            ranks[i] = e ? e->rank : INT32_MAX;
+            merged[i] = e ? e->merged : -1;
+        };
+        for (size_t i = 0; i + 1 < m; ++i) set_pair(i);
+        while (m > 1) {
+            size_t best = 0;
+            for (size_t i = 1; i + 1 < m; ++i)
+                if (ranks[i] < ranks[best]) best = i;
+            if (ranks[best] == INT32_MAX) break;
+            ids[best] = merged[best];
+            const size_t tail = m - best - 2;  // elements after best+1
+            std::memmove(ids + best + 1, ids + best + 2, tail * sizeof(int32_t));
+            std::memmove(ranks + best + 1, ranks + best + 2, tail * sizeof(int32_t));
+            std::memmove(merged + best + 1, merged + best + 2, tail * sizeof(int32_t));
+            --m;
+            if (best + 1 < m) set_pair(best);
+            if (best > 0) set_pair(best - 1);
+        }
+        out.insert(out.end(), ids, ids + m);
+        return;
+    }
+
+    // Long pieces (e.g. 100 KB without a space): doubly linked list + min-heap of candidate
+    // merges ordered by (rank, position). Stale candidates are skipped when popped.
+    struct Cand {
+        int32_t rank, left, right, left_id, right_id, merged;
+        bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
+    };
+    auto& nodes = s.nodes;
+    nodes.resize(n);
+    for (size_t i = 0; i < n; ++i)
+        nodes[i] = Session::Node{byte_id_[p[i]], static_cast<int32_t>(i) - 1,
+                                 i + 1 < n ? static_cast<int32_t>(i + 1) : -1};
+    std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+    auto push = [&](int32_t l, int32_t r) {
+        if (l < 0 || r < 0) return;
+        if (const Tables::Pair* e = t.find_pair(nodes[l].id, nodes[r].id))
+            heap.push(Cand{e->rank, l, r, nodes[l].id, nodes[r].id, e->merged});
+    };
+    for (size_t i = 0; i + 1 < n; ++i) push(static_cast<int32_t>(i), static_cast<int32_t>(i + 1));
+    while (!heap.empty()) {
+        const Cand c = heap.top();
+        heap.pop();
+        Session::Node& l = nodes[c.left];
+        if (l.id != c.left_id || l.next != c.right || nodes[c.right].id != c.right_id) continue;  // stale
+        l.id = c.merged;
+        nodes[c.right].id = -1;
+        l.next = nodes[c.right].next;
+        if (l.next >= 0) nodes[l.next].prev = c.left;
+        push(l.prev, c.left);
+        push(c.left, l.next);
+    }
+    for (int32_t i = 0; i >= 0; i = nodes[i].next) out.push_back(nodes[i].id);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pre-tokenizer. GPT-2 regex (tried left to right at each position, first alternative wins):
+//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+
+namespace {
+
+constexpr uint8_t ascii_class(uint8_t c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ? unicode::kLetter
+           : (c >= '0' && c <= '9')                          ? unicode::kNumber
+           : (c >= 9 && c <= 13) || c == ' '                 ? unicode::kSpace
+                                                             : unicode::kOther;
+}
+
+struct AsciiClasses {
+    uint8_t cls[128];
+    constexpr AsciiClasses() : cls() {
+        for (int c = 0; c < 128; ++c) cls[c] = ascii_class(static_cast<uint8_t>(c));
+    }
+};
+constexpr AsciiClasses kAscii;
+
+[[noreturn]] void bad_utf8(size_t i) {
+    throw std::invalid_argument("text is not valid UTF-8 (byte offset " + std::to_string(i) + ")");
+}
+
+// Decodes (and validates) the code point at b[i] and returns its class; len = its byte length.
+inline CharClass class_at(const uint8_t* b, size_t n, size_t i, uint32_t& len) {
+    const uint32_t c = b[i];
+    if (c < 0x80) {
+        len = 1;
+        return static_cast<CharClass>(kAscii.cls[c]);
+    }
+    uint32_t cp;
+    auto cont = [&](size_t k) {
+        if (i + k >= n || (b[i + k] & 0xC0) != 0x80) bad_utf8(i);
+        return static_cast<uint32_t>(b[i + k] & 0x3F);
+    };
+    if (c < 0xC2) {
+        bad_utf8(i);
+    } else if (c < 0xE0) {
+        cp = ((c & 0x1F) << 6) | cont(1);
+        len = 2;
+    } else if (c < 0xF0) {
+        cp = ((c & 0x0F) << 12) | (cont(1) << 6) | cont(2);
+        if (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF)) bad_utf8(i);  // overlong, surrogate
+        len = 3;
+    } else if (c < 0xF5) {
+        cp = ((c & 0x07) << 18) | (cont(1) << 12) | (cont(2) << 6) | cont(3);
+        if (cp < 0x10000 || cp > 0x10FFFF) bad_utf8(i);
+        len = 4;
+    } else {
+        bad_utf8(i);
+    }
+    return unicode::char_class(cp);
+}
+
+// End (byte offset) of the piece that starts at b[i].
+inline size_t next_piece(const uint8_t* b, size_t n, size_t i) {
+    uint32_t len0;
+    const CharClass c0 = class_at(b, n, i, len0);
+
+    // 's|'t|'re|'ve|'m|'ll|'d
+    if (b[i] == '\'' && i + 1 < n) {
+        const uint8_t x = b[i + 1];
+        if (x == 's' || x == 't' || x == 'm' || x == 'd') return i + 2;
+        if (i + 2 < n) {
+            const uint8_t y = b[i + 2];
+            if ((x == 'r' && y == 'e') || (x == 'v' && y == 'e') || (x == 'l' && y == 'l')) return i + 3;
+        }
+    }
+
+    // ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+ : an optional space, then a run of one class
+    size_t j;
+    CharClass run;
+    if (c0 != unicode::kSpace) {
+        run = c0;
+        j = i + len0;
+    } else if (b[i] == ' ' && i + 1 < n) {
+        uint32_t len1;
+        run = class_at(b, n, i + 1, len1);
+        j = i + 1 + len1;
+    } else {
+        run = unicode::kSpace;
+        j = i;
+    }
+    if (run != unicode::kSpace) {
+        uint32_t len;
+        while (j < n && class_at(b, n, j, len) == run) j += len;
+        return j;
+    }
+
+    // \s+(?!\S)|\s+ : a whitespace run; if a non-space follows a run of two or more, the last
+    // whitespace character is left for the next piece (so " word" stays together).
+    size_t last = i;
+    j = i + len0;
+    uint32_t len;
+    while (j < n && class_at(b, n, j, len) == unicode::kSpace) {
+        last = j;
+        j += len;
+    }
+    if (j == n || last == i) return j;
+    return last;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// encode
+
+void Tokenizer::encode_ordinary(std::string_view text, Session& s, std::vector<int32_t>& out) const {
+    const auto* b = reinterpret_cast<const uint8_t*>(text.data());
+    const size_t n = text.size();
+    const Tables& t = *tables_;
+    for (size_t i = 0; i < n;) {
+        const size_t end = next_piece(b, n, i);
+        const uint8_t* p = b + i;
+        const size_t m = end - i;
+        i = end;
+        if (m == 1) {
+            out.push_back(byte_id_[p[0]]);
+            continue;
+        }
+        const uint64_t h = hash_bytes(p, m);
+        const int64_t slot = t.find_vocab(p, m, h, tokens_);
+        if (slot >= 0 && Tables::slot_whole(t.vocab[slot])) {
+            out.push_back(Tables::slot_id(t.vocab[slot]));
+            continue;
+        }
+        if (m > Session::kMaxCachedPiece) {
+            bpe(p, m, s, out);
+            continue;
+        }
+        if (s.find(p, m, h, out)) continue;
+        const size_t before = out.size();
+        bpe(p, m, s, out);
+        s.insert(p, m, h, out.data() + before, out.size() - before);
+    }
+}
+
+void Tokenizer::encode_with_specials(std::string_view text, const std::vector<bool>& allowed, Session& s,
+                                     std::vector<int32_t>& out) const {
+    constexpr size_t kUnknown = std::string_view::npos - 1;
+    std::vector<size_t> next(specials_.size(), kUnknown);  // next occurrence of each special at or after pos
+    size_t pos = 0;
+    while (pos < text.size()) {
+        size_t best = std::string_view::npos, best_k = 0;
+        for (size_t k = 0; k < specials_.size(); ++k) {
+            if (!allowed[k]) continue;
+            if (next[k] == kUnknown || (next[k] != std::string_view::npos && next[k] < pos))
+                next[k] = text.find(specials_[k].first, pos);
+            const size_t f = next[k];
+            if (f == std::string_view::npos) continue;
+            if (f < best || (f == best && specials_[k].first.size() > specials_[best_k].first.size())) {
+                best = f;
+                best_k = k;
+            }
+        }
+        if (best == std::string_view::npos) break;
+        encode_ordinary(text.substr(pos, best - pos), s, out);
+        out.push_back(specials_[best_k].second);
+        pos = best + specials_[best_k].first.size();
+    }
+    if (pos < text.size()) encode_ordinary(text.substr(pos), s, out);
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view utf8, bool allow_special) const {
+    std::vector<int32_t> out;
+    out.reserve(utf8.size() / 4 + 8);
+    Session s;
+    if (allow_special && !specials_.empty())
+        encode_with_specials(utf8, std::vector<bool>(specials_.size(), true), s, out);
+    else
+        encode_ordinary(utf8, s, out);
+    return out;
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view utf8, const std::vector<int32_t>& allowed_special_ids) const {
+    std::vector<bool> allowed(specials_.size(), false);
+    bool any = false;
+    for (int32_t id : allowed_special_ids) {
+        bool found = false;
+        for (size_t k = 0; k < specials_.size(); ++k)
+            if (specials_[k].second == id) allowed[k] = any = found = true;
+        if (!found) throw std::invalid_argument("id " + std::to_string(id) + " is not a special token");
+    }
+    std::vector<int32_t> out;
+    out.reserve(utf8.size() / 4 + 8);
+    Session s;
+    if (any)
+        encode_with_specials(utf8, allowed, s, out);
+    else
+        encode_ordinary(utf8, s, out);
+    return out;
+}
+
+std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std::string_view>& texts,
+                                                          bool allow_special, int n_threads) const {
+    std::vector<std::vector<int32_t>> results(texts.size());
+    if (n_threads <= 0) n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    n_threads = static_cast<int>(std::min<size_t>(static_cast<size_t>(n_threads), std::max<size_t>(texts.size(), 1)));
+    const std::vector<bool> all(specials_.size(), true);
+    const bool with_specials = allow_special && !specials_.empty();
+    std::atomic<size_t> next{0};
+    std::vector<std::exception_ptr> errors(texts.size());
+    auto work = [&] {
+        Session s;  // one per thread: the word cache is shared by that thread's texts
+        for (size_t i; (i = next.fetch_add(1)) < texts.size();) {
+            try {
+                results[i].reserve(texts[i].size() / 4 + 8);
+                if (with_specials)
+                    encode_with_specials(texts[i], all, s, results[i]);
+                else
+                    encode_ordinary(texts[i], s, results[i]);
+            } catch (...) {
+                errors[i] = std::current_exception();
+            }
+        }
+    };
+    if (n_threads == 1) {
+        work();
+    } else {
+        std::vector<std::thread> pool;
+        for (int k = 0; k < n_threads; ++k) pool.emplace_back(work);
+        for (auto& th : pool) th.join();
+    }
+    for (size_t i = 0; i < texts.size(); ++i) {
+        if (!errors[i]) continue;
+        try {
+            std::rethrow_exception(errors[i]);
+        } catch (const std::invalid_argument& e) {
+            throw std::invalid_argument("text " + std::to_string(i) + ": " + e.what());
+        }
+    }
+    return results;
+}
+
+// ---------------------------------------------------------------------------------------------
+// decode
+
+const std::string& Tokenizer::token_bytes(int32_t id) const {
+    if (id < 0 || static_cast<size_t>(id) >= tokens_.size())
+        throw std::invalid_argument("token id " + std::to_string(id) + " is out of range [0, " +
+                                    std::to_string(tokens_.size()) + ")");
+    return tokens_[id];
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+    size_t total = 0;
+    for (int32_t id : ids) total += token_bytes(id).size();  // validates every id first
+    std::string out;
+    out.reserve(total);
+    for (int32_t id : ids) out += tokens_[id];
+    return out;
+}
+
+std::string Tokenizer::decode_utf8(const std::vector<int32_t>& ids) const {
+    const std::string raw = decode(ids);
+    std::string out;
+    out.reserve(raw.size());
+    utf8_replace(raw, out, true);
+    return out;
+}
+
+size_t utf8_replace(std::string_view in, std::string& out, bool final) {
+    static constexpr char kReplacement[] = "\xEF\xBF\xBD";  // U+FFFD
+    const auto* b = reinterpret_cast<const uint8_t*>(in.data());
+    const size_t n = in.size();
+    size_t i = 0;
+    while (i < n) {
+        const uint8_t c = b[i];
+        if (c < 0x80) {
+            size_t j = i + 1;
+            while (j < n && b[j] < 0x80) ++j;
+            out.append(in.data() + i, j - i);
+            i = j;
+            continue;
+        }
+        // continuation bytes needed, and the allowed range of the first one (Unicode Table 3-7)
+        size_t need;
+        uint8_t lo = 0x80, hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) {
+            need = 1;
+        } else if (c == 0xE0) {
+            need = 2;
+            lo = 0xA0;
+        } else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) {
+            need = 2;
+        } else if (c == 0xED) {
+            need = 2;
+            hi = 0x9F;
+        } else if (c == 0xF0) {
+            need = 3;
+            lo = 0x90;
+        } else if (c >= 0xF1 && c <= 0xF3) {
+            need = 3;
+        } else if (c == 0xF4) {
+            need = 3;
+            hi = 0x8F;
+        } else {
+            out += kReplacement;  // 80..C1, F5..FF never start a sequence
+            ++i;
+            continue;
+        }
+        size_t k = 1;  // bytes of the sequence that fit so far
+        while (k <= need && i + k < n) {
+            const uint8_t d = b[i + k];
+            if (d < (k == 1 ? lo : 0x80) || d > (k == 1 ? hi : 0xBF)) break;
+            ++k;
+        }
+        if (k == need + 1) {
+            out.append(in.data() + i, k);
+        } else if (i + k == n && !final) {
+            return i;  // unfinished: the next bytes may complete it
+        } else {
+            out += kReplacement;  // one U+FFFD for the maximal subpart
+        }
+        i += k;
+    }
+    return n;
+}
+
+std::string StreamDecoder::push(int32_t id) {
+    pending_ += tok_->token_bytes(id);
+    std::string out;
+    pending_.erase(0, utf8_replace(pending_, out, false));
+    return out;
+}
+
+std::string StreamDecoder::flush() {
+    std::string out;
+    utf8_replace(pending_, out, true);
+    pending_.clear();
+    return out;
+}
+
+}  // namespace pygpt
