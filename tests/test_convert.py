@@ -1,0 +1,194 @@
+"""The converter's other sources: nanoGPT (bias=False, padded vocab), llm.c, a plain
+state_dict; and sources that are not GPT-2."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import pygpt
+import pygpt.convert
+from conftest import GPT2_TOKENIZER
+
+
+# -- a small nanoGPT-compatible module (same parameter names and math as nanoGPT's model.py)
+class LayerNorm(nn.Module):
+    def __init__(self, n, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+        self.bias = nn.Parameter(torch.zeros(n)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class Block(nn.Module):
+    def __init__(self, C, nh, bias):
+        super().__init__()
+        self.nh = nh
+        self.ln_1, self.ln_2 = LayerNorm(C, bias), LayerNorm(C, bias)
+        self.attn = nn.Module()
+        self.attn.c_attn = nn.Linear(C, 3 * C, bias=bias)
+        self.attn.c_proj = nn.Linear(C, C, bias=bias)
+        self.mlp = nn.Module()
+        self.mlp.c_fc = nn.Linear(C, 4 * C, bias=bias)
+        self.mlp.c_proj = nn.Linear(4 * C, C, bias=bias)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.attn.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.nh, C // self.nh).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        x = x + self.attn.c_proj(y)
+        return x + self.mlp.c_proj(F.gelu(self.mlp.c_fc(self.ln_2(x))))  # nn.GELU(): exact erf
+
+
+class NanoGPT(nn.Module):
+    def __init__(self, n_layer, n_head, n_embd, block_size, vocab_size, bias):
+        super().__init__()
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(vocab_size, n_embd), wpe=nn.Embedding(block_size, n_embd),
+            h=nn.ModuleList([Block(n_embd, n_head, bias) for _ in range(n_layer)]), ln_f=LayerNorm(n_embd, bias)))
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied
+        for p in self.parameters():
+            nn.init.normal_(p, 0.0, 0.2 if p.dim() > 1 else 0.1)
+
+    def forward(self, idx):
+        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(idx.shape[1]))
+        for block in self.transformer.h:
+            x = block(x)
+        return self.lm_head(self.transformer.ln_f(x))
+
+
+def save_nanogpt(path, bias, vocab_size=50304, compiled=False):
+    torch.manual_seed(1)
+    args = dict(n_layer=2, n_head=3, n_embd=48, block_size=40, vocab_size=vocab_size, bias=bias, dropout=0.0)
+    model = NanoGPT(**{k: v for k, v in args.items() if k != "dropout"}).eval()
+    sd = model.state_dict()
+    if compiled:
+        sd = {"_orig_mod." + k: v for k, v in sd.items()}
+    torch.save({"model": sd, "model_args": args, "iter_num": 0}, path)
+    return model
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_nanogpt_checkpoint_matches_its_pytorch_forward(tmp_path, bias):
+    ckpt = str(tmp_path / "ckpt.pt")
+    model = save_nanogpt(ckpt, bias=bias, compiled=True)
+    out = pygpt.convert.convert(ckpt, str(tmp_path / "out"), tokenizer=GPT2_TOKENIZER)
+    m = pygpt.load(out)
+    assert m.config["bias"] is bias and m.config["activation"] == "gelu_erf"
+    assert m.config["vocab_size"] == 50257  # padded 50304 trimmed to the tokenizer's size
+    ids = np.random.default_rng(0).integers(0, 50257, 40)
+    with torch.no_grad():
+        ref = model(torch.tensor(ids)[None])[0, :, :50257].numpy()
+    assert np.abs(m.logits(ids) - ref).max() <= 1e-4
+
+
+def write_llmc(path, model, version):
+    """Writes a transformers GPT-2 in llm.c's checkpoint layout (padded vocab, Linear [out, in])."""
+    cfg = model.config
+    C, L, V, Vp, T = cfg.n_embd, cfg.n_layer, cfg.vocab_size, 50304, cfg.n_positions
+    sd = {k.removeprefix("transformer."): v.detach().float() for k, v in model.state_dict().items()}
+    header = np.zeros(256, np.int32)
+    header[:8] = [20240326, version, T, V, L, cfg.n_head, C, Vp]
+    wte = torch.zeros(Vp, C)
+    wte[:V] = sd["wte.weight"]
+
+    def stack(name, transpose=False):
+        return torch.stack([sd[f"h.{i}.{name}"].T if transpose else sd[f"h.{i}.{name}"] for i in range(L)])
+
+    parts = [wte, sd["wpe.weight"], stack("ln_1.weight"), stack("ln_1.bias"),
+             stack("attn.c_attn.weight", True), stack("attn.c_attn.bias"),
+             stack("attn.c_proj.weight", True), stack("attn.c_proj.bias"), stack("ln_2.weight"), stack("ln_2.bias"),
+             stack("mlp.c_fc.weight", True), stack("mlp.c_fc.bias"), stack("mlp.c_proj.weight", True),
+             stack("mlp.c_proj.bias"), sd["ln_f.weight"], sd["ln_f.bias"]]
+    flat = torch.cat([p.reshape(-1) for p in parts]).numpy()
+    if version == 5:
+        flat = torch.from_numpy(flat).to(torch.bfloat16).view(torch.int16).numpy()
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(flat.tobytes())
+
+
+@pytest.mark.parametrize("version", [3, 5])
+def test_llmc_checkpoint(tmp_path, hf_model_factory, version):
+    model, hf_dir, ref_out = hf_model_factory("tiny")
+    path = str(tmp_path / "gpt2_tiny.bin")
+    write_llmc(path, model, version)
+    out = pygpt.convert.convert(path, str(tmp_path / "out"), tokenizer=GPT2_TOKENIZER)
+    m = pygpt.load(out)
+    assert m.config["vocab_size"] == 50257 and m.config["activation"] == "gelu_tanh"
+    ids = np.arange(0, 50000, 997)[:40]
+    tol = 1e-4 if version == 3 else 0.5  # bf16 weights are a lossy copy
+    assert np.abs(m.logits(ids) - pygpt.load(ref_out).logits(ids)).max() <= tol
+
+
+def test_plain_state_dict_with_config(tmp_path, hf_model_factory):
+    model, hf_dir, ref_out = hf_model_factory("tiny")
+    sd_path = str(tmp_path / "weights.pt")
+    torch.save(model.state_dict(), sd_path)
+    out = pygpt.convert.convert(sd_path, str(tmp_path / "out"), config=os.path.join(hf_dir, "config.json"))
+    ids = [1, 2, 3, 4]
+    assert np.array_equal(pygpt.load(out).logits(ids), pygpt.load(ref_out).logits(ids))
+
+
+def test_pytorch_model_bin_folder(tmp_path, hf_model_factory):
+    model, hf_dir, ref_out = hf_model_factory("tiny")
+    folder = tmp_path / "binfolder"
+    folder.mkdir()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    (folder / "config.json").write_text(open(os.path.join(hf_dir, "config.json")).read())
+    out = pygpt.convert.convert(str(folder), str(tmp_path / "out"))
+    assert np.array_equal(pygpt.load(out).logits([5, 6]), pygpt.load(ref_out).logits([5, 6]))
+
+
+@pytest.mark.parametrize("dtype,tol", [("f16", 0.05), ("bf16", 0.3)])
+def test_half_precision_conversions_stay_close(tmp_path, hf_model_factory, dtype, tol):
+    _, hf_dir, ref_out = hf_model_factory("tiny")
+    out = pygpt.convert.convert(hf_dir, str(tmp_path / dtype), dtype=dtype)
+    m = pygpt.load(out)
+    assert m.config["dtype"] == dtype
+    ids = list(range(100, 140))
+    assert np.abs(m.logits(ids) - pygpt.load(ref_out).logits(ids)).max() <= tol
+
+
+def test_not_a_gpt2_source_is_a_clear_error(tmp_path):
+    p = tmp_path / "notgpt.pt"
+    torch.save({"encoder.weight": torch.zeros(3, 3)}, p)
+    with pytest.raises(ValueError, match="config"):
+        pygpt.convert.convert(str(p), str(tmp_path / "o"))
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "bert", "n_layer": 1}))
+    with pytest.raises(ValueError, match="not GPT-2"):
+        pygpt.convert.convert(str(p), str(tmp_path / "o"), config=str(cfg))
+    cfg.write_text(json.dumps({"n_layer": 1, "n_head": 1, "n_embd": 3, "n_positions": 4, "vocab_size": 3}))
+    with pytest.raises(ValueError, match="wte"):
+        pygpt.convert.convert(str(p), str(tmp_path / "o"), config=str(cfg))
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError):
+        pygpt.convert.convert(str(junk), str(tmp_path / "o"))
+    with pytest.raises(FileNotFoundError):
+        pygpt.convert.convert(str(tmp_path / "missing.pt"), str(tmp_path / "o"))
+
+
+def test_cli_converts(tmp_path, hf_model_factory):
+    import subprocess
+    import sys
+
+    _, hf_dir, _ = hf_model_factory("tiny")
+    tool = os.path.join(os.path.dirname(__file__), "..", "tools", "convert.py")
+    r = subprocess.run([sys.executable, tool, hf_dir, str(tmp_path / "o"), "--dtype", "f16"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(tmp_path / "o" / "config.json"))["dtype"] == "f16"
+    r = subprocess.run([sys.executable, tool, str(tmp_path / "nope"), str(tmp_path / "o2")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
