@@ -3,6 +3,7 @@
 from . import _core
 from ._core import ModelFormatError
 from .model import Model, load
+from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 
@@ -20,4 +21,4 @@ def system_info() -> dict:
     }
 
 
-__all__ = ["Model", "ModelFormatError", "load", "system_info", "__version__"]
+__all__ = ["Model", "ModelFormatError", "Tokenizer", "load", "system_info", "__version__"]
