@@ -3,9 +3,12 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <cmath>
+#include <memory>
 
 #include "bindings.h"
+#include "generate.h"
 #include "sampler.h"
 
 namespace py = pybind11;
@@ -22,6 +25,45 @@ std::vector<float> to_logits(const FloatArray& logits) {
     for (float x : v)
         if (std::isnan(x)) throw std::invalid_argument("logits contain NaN");
     return v;
+}
+
+// A Generation that keeps its model and tokenizer alive, and refuses concurrent use.
+struct PyGeneration {
+    std::shared_ptr<Model> model;
+    std::shared_ptr<Tokenizer> tokenizer;
+    std::unique_ptr<Generation> gen;
+    std::atomic<bool> busy{false};
+};
+
+struct BusyGuard {
+    std::atomic<bool>& flag;
+    explicit BusyGuard(std::atomic<bool>& f) : flag(f) {
+        if (flag.exchange(true)) throw std::runtime_error("this generation is already running in another thread");
+    }
+    ~BusyGuard() { flag = false; }
+};
+
+py::list top_list(const std::vector<TopLogprobs>& tops) {
+    py::list out;
+    for (const auto& top : tops) {
+        py::list row;
+        for (const auto& [id, lp] : top) row.append(py::make_tuple(id, lp));
+        out.append(row);
+    }
+    return out;
+}
+
+py::dict result_dict(const SequenceResult& r) {
+    py::dict d;
+    d["prompt_index"] = r.prompt_index;
+    d["tokens"] = r.tokens;
+    d["text"] = py::str(r.text);
+    d["finish_reason"] = r.finish_reason.empty() ? py::object(py::none()) : py::object(py::str(r.finish_reason));
+    d["logprobs"] = r.logprobs;
+    d["top_logprobs"] = top_list(r.top_logprobs);
+    d["prompt_logprobs"] = r.prompt_logprobs;
+    d["prompt_top_logprobs"] = top_list(r.prompt_top_logprobs);
+    return d;
 }
 
 }  // namespace
@@ -76,6 +118,69 @@ void bind_generate(py::module_& m) {
         py::arg("logits"), py::arg("history"), py::arg("n_prompt"), py::arg("params"), py::arg("seed"),
         py::arg("stream"), py::arg("n"),
         "n successive choices of one sampler on the same logits (its random stream advancing), for tests.");
+
+    py::class_<GenerateOptions>(m, "GenerateOptions", "Options of one generate call (see csrc/generate.h).")
+        .def(py::init<>())
+        .def_readwrite("sampling", &GenerateOptions::sampling)
+        .def_readwrite("max_new_tokens", &GenerateOptions::max_new_tokens)
+        .def_readwrite("stop", &GenerateOptions::stop)
+        .def_readwrite("stop_token_ids", &GenerateOptions::stop_token_ids)
+        .def_readwrite("ignore_eos", &GenerateOptions::ignore_eos)
+        .def_readwrite("seed", &GenerateOptions::seed)
+        .def_readwrite("logprobs", &GenerateOptions::logprobs)
+        .def_readwrite("top_logprobs", &GenerateOptions::top_logprobs)
+        .def_readwrite("prompt_logprobs", &GenerateOptions::prompt_logprobs)
+        .def_readwrite("num_return_sequences", &GenerateOptions::num_return_sequences);
+
+    py::class_<PyGeneration>(m, "Generation", R"pbdoc(
+        One batched generation: prompts (lists of token ids) in, sequences out, prompt-major
+        (prompt p, sample j is sequence p * num_return_sequences + j). step() and run() release
+        the GIL; run() checks for Ctrl-C between tokens and raises KeyboardInterrupt.)pbdoc")
+        .def(py::init([](std::shared_ptr<Model> model, std::shared_ptr<Tokenizer> tokenizer,
+                         std::vector<std::vector<int32_t>> prompts, const GenerateOptions& options) {
+                 if (!model) throw std::invalid_argument("model must not be None");
+                 auto g = std::make_unique<PyGeneration>();
+                 g->model = std::move(model);
+                 g->tokenizer = std::move(tokenizer);
+                 g->gen = std::make_unique<Generation>(*g->model, g->tokenizer.get(), std::move(prompts), options);
+                 return g;
+             }),
+             py::arg("model"), py::arg("tokenizer"), py::arg("prompts"), py::arg("options"))
+        .def(
+            "step",
+            [](PyGeneration& g) {
+                BusyGuard busy(g.busy);
+                py::gil_scoped_release unlocked;
+                return g.gen->step();
+            },
+            "Prefill on the first call, then one token for every live sequence; False once all are done.")
+        .def(
+            "run",
+            [](PyGeneration& g) {
+                BusyGuard busy(g.busy);
+                py::gil_scoped_release unlocked;
+                g.gen->run([] {
+                    // a Ctrl-C is seen here within one token: raise what its handler raised
+                    py::gil_scoped_acquire locked;
+                    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+                });
+            },
+            "Steps to the end. A pending signal (Ctrl-C) stops it between two tokens and is raised.")
+        .def("take_text", [](PyGeneration& g, size_t i) { return py::str(g.gen->take_text(i)); }, py::arg("i"),
+             "Text sequence i produced since the last call (never a partial character or stop string).")
+        .def_property_readonly("done", [](const PyGeneration& g) { return g.gen->done(); })
+        .def("__len__", [](const PyGeneration& g) { return g.gen->size(); })
+        .def("result", [](const PyGeneration& g, size_t i) { return result_dict(g.gen->result(i)); }, py::arg("i"))
+        .def_property_readonly("timings", [](const PyGeneration& g) {
+            const Timings& t = g.gen->timings();
+            py::dict d;
+            d["prefill_tokens"] = t.prefill_tokens;
+            d["decode_tokens"] = t.decode_tokens;
+            d["prefill_seconds"] = t.prefill_seconds;
+            d["decode_seconds"] = t.decode_seconds;
+            d["first_token_seconds"] = t.first_token_seconds;
+            return d;
+        });
 }
 
 }  // namespace pygpt

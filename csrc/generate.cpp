@@ -1,0 +1,316 @@
+// The decode loop (see generate.h): prefill, then one batched forward call per token.
+#include "generate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <stdexcept>
+#include <string_view>
+
+#include <omp.h>
+
+namespace pygpt {
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// log(sum(exp(row))) in double.
+double log_sum_exp(const float* row, int64_t V) {
+    float m = row[0];
+    for (int64_t i = 1; i < V; i++) m = std::max(m, row[i]);
+    double z = 0.0;
+    for (int64_t i = 0; i < V; i++) z += std::exp(double(row[i]) - double(m));
+    return double(m) + std::log(z);
+}
+
+// The k most likely tokens of a logits row (ties: lower id first) with their log-probs.
+TopLogprobs top_logprobs(const float* row, int64_t V, int64_t k, double lse, std::vector<int32_t>& idx) {
+    idx.resize(size_t(V));
+    for (int64_t i = 0; i < V; i++) idx[i] = int32_t(i);
+    k = std::min(k, V);
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                      [row](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+    TopLogprobs out;
+    out.reserve(size_t(k));
+    for (int64_t i = 0; i < k; i++) out.emplace_back(idx[i], float(double(row[idx[i]]) - lse));
+    return out;
+}
+
+}  // namespace
+
+struct Generation::Seq {
+    SequenceResult r;
+    std::unique_ptr<KVCache> cache;
+    Sampler sampler;
+    std::vector<int32_t> history;  // prompt, then generated tokens
+    size_t n_prompt = 0;
+    bool live = true;
+    int32_t next_input = -1;       // the token the next decode step feeds
+    std::string bytes;             // raw bytes of the generated text so far
+    size_t released = 0;           // bytes[0 : released] are already in r.text
+    std::string pending;           // released text not yet taken by take_text
+    // filled by sample_all (in parallel), consumed by accept
+    std::vector<float> scores;
+    int32_t chosen = -1;
+    float logprob = 0.0f;
+    TopLogprobs top;
+    std::vector<int32_t> idx;
+
+    Seq(const SamplingParams& p, int64_t V, uint64_t seed, uint64_t stream) : sampler(p, V, seed, stream) {}
+};
+
+Generation::Generation(Model& model, const Tokenizer* tokenizer, std::vector<std::vector<int32_t>> prompts,
+                       GenerateOptions options)
+    : model_(model), tok_(tokenizer), opt_(std::move(options)), prompts_(std::move(prompts)) {
+    V_ = model_.config().vocab_size;
+    n_ctx_ = model_.config().n_ctx;
+    auto bad = [](const std::string& what) { throw std::invalid_argument(what); };
+
+    opt_.sampling.validate(V_);
+    if (opt_.max_new_tokens < 0) bad("max_new_tokens must be >= 0");
+    if (opt_.num_return_sequences < 1) bad("num_return_sequences must be >= 1");
+    if (opt_.top_logprobs < 0 || opt_.top_logprobs > V_) bad("top_logprobs must be in [0, vocab_size]");
+    for (const auto& s : opt_.stop) {
+        if (s.empty()) bad("stop strings must not be empty");
+        max_stop_ = std::max(max_stop_, s.size());
+    }
+    if (!opt_.stop.empty() && !tok_) bad("stop strings need a model with a tokenizer");
+    for (int32_t t : opt_.stop_token_ids)
+        if (t < 0 || t >= V_) bad("stop_token_ids: token id " + std::to_string(t) + " is outside the vocabulary");
+    if (prompts_.empty()) bad("no prompt to generate from");
+    for (size_t p = 0; p < prompts_.size(); p++) {
+        const auto& ids = prompts_[p];
+        if (ids.empty()) bad("prompt " + std::to_string(p) + " is empty: at least one token is needed");
+        if (int64_t(ids.size()) > n_ctx_)
+            bad("prompt " + std::to_string(p) + " has " + std::to_string(ids.size()) +
+                " tokens, more than the model's context of " + std::to_string(n_ctx_));
+        for (int32_t t : ids)
+            if (t < 0 || t >= V_)
+                bad("prompt " + std::to_string(p) + ": token id " + std::to_string(t) + " is outside the vocabulary");
+    }
+
+    const int64_t n = opt_.num_return_sequences;
+    for (size_t p = 0; p < prompts_.size(); p++) {
+        for (int64_t j = 0; j < n; j++) {
+            auto s = std::make_unique<Seq>(opt_.sampling, V_, opt_.seed, uint64_t(j));
+            s->r.prompt_index = p;
+            s->history = prompts_[p];
+            s->n_prompt = prompts_[p].size();
+            if (j == 0) s->cache = model_.new_cache();  // the others fork it after the prefill
+            seqs_.push_back(std::move(s));
+        }
+    }
+    n_live_ = seqs_.size();
+}
+
+Generation::~Generation() = default;
+
+const SequenceResult& Generation::result(size_t i) const {
+    if (i >= seqs_.size()) throw std::out_of_range("sequence index out of range");
+    return seqs_[i]->r;
+}
+
+bool Generation::step() {
+    if (failed_) throw std::runtime_error("this generation failed earlier and cannot continue");
+    try {
+        return step_unchecked();
+    } catch (...) {
+        failed_ = true;
+        throw;
+    }
+}
+
+bool Generation::step_unchecked() {
+    if (!started_) {
+        started_ = true;
+        t_start_ = std::chrono::steady_clock::now();
+        prefill();
+    } else if (n_live_ > 0) {
+        decode();
+    }
+    return n_live_ > 0;
+}
+
+void Generation::run(const std::function<void()>& between_steps) {
+    while (step())
+        if (between_steps) between_steps();
+}
+
+std::string Generation::take_text(size_t i) {
+    if (i >= seqs_.size()) throw std::out_of_range("sequence index out of range");
+    std::string out;
+    out.swap(seqs_[i]->pending);
+    return out;
+}
+
+void Generation::prefill() {
+    const auto t0 = std::chrono::steady_clock::now();
+    const int64_t n = opt_.num_return_sequences;
+    std::vector<SeqStep> steps;
+    for (size_t p = 0; p < prompts_.size(); p++) {
+        SeqStep st;
+        st.cache = seqs_[p * n]->cache.get();
+        st.tokens = prompts_[p].data();
+        st.n_tokens = int64_t(prompts_[p].size());
+        st.all_logits = opt_.prompt_logprobs;
+        steps.push_back(st);
+        timings_.prefill_tokens += st.n_tokens;
+    }
+    logits_.resize(size_t(Model::logit_rows(steps) * V_));
+    model_.forward(steps, logits_.data());
+
+    std::vector<Seq*> to_sample;
+    std::vector<const float*> rows;
+    int64_t row0 = 0;  // first logits row of prompt p
+    for (size_t p = 0; p < prompts_.size(); p++) {
+        const auto& ids = prompts_[p];
+        const int64_t len = int64_t(ids.size());
+        const float* last = logits_.data() + (row0 + (opt_.prompt_logprobs ? len - 1 : 0)) * V_;
+        Seq& first = *seqs_[p * n];
+        if (opt_.prompt_logprobs) {
+            for (int64_t i = 0; i + 1 < len; i++) {  // row i predicts token i + 1
+                const float* row = logits_.data() + (row0 + i) * V_;
+                const double lse = log_sum_exp(row, V_);
+                first.r.prompt_logprobs.push_back(float(double(row[ids[i + 1]]) - lse));
+                if (opt_.top_logprobs > 0)
+                    first.r.prompt_top_logprobs.push_back(top_logprobs(row, V_, opt_.top_logprobs, lse, first.idx));
+            }
+        }
+        row0 += opt_.prompt_logprobs ? len : 1;
+        const bool no_room = opt_.max_new_tokens == 0 || len >= n_ctx_;
+        for (int64_t j = 1; j < n && !no_room; j++) {
+            Seq& s = *seqs_[p * n + j];
+            s.cache = model_.new_cache();
+            s.cache->copy_from(*first.cache);
+        }
+        for (int64_t j = 0; j < n; j++) {
+            Seq& s = *seqs_[p * n + j];
+            if (j > 0) {
+                s.r.prompt_logprobs = first.r.prompt_logprobs;
+                s.r.prompt_top_logprobs = first.r.prompt_top_logprobs;
+            }
+            if (no_room) {
+                finish(s, "length");
+            } else {
+                to_sample.push_back(&s);
+                rows.push_back(last);
+            }
+        }
+    }
+    sample_all(to_sample, rows);
+    timings_.prefill_seconds = seconds_since(t0);
+    timings_.first_token_seconds = seconds_since(t_start_);
+}
+
+void Generation::decode() {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<Seq*> live;
+    std::vector<SeqStep> steps;
+    for (auto& s : seqs_) {
+        if (!s->live) continue;
+        live.push_back(s.get());
+        SeqStep st;
+        st.cache = s->cache.get();
+        st.tokens = &s->next_input;
+        st.n_tokens = 1;
+        steps.push_back(st);
+    }
+    logits_.resize(live.size() * size_t(V_));
+    model_.forward(steps, logits_.data());
+    std::vector<const float*> rows;
+    for (size_t i = 0; i < live.size(); i++) rows.push_back(logits_.data() + int64_t(i) * V_);
+    sample_all(live, rows);
+    timings_.decode_tokens += int64_t(live.size());
+    timings_.decode_seconds += seconds_since(t0);
+}
+
+// Chooses the next token of every sequence (in parallel: each has its own sampler and random
+// stream, so the result does not depend on the thread count), then applies them in order.
+void Generation::sample_all(const std::vector<Seq*>& seqs, const std::vector<const float*>& rows) {
+    const int64_t B = int64_t(seqs.size());
+    std::exception_ptr error;
+#pragma omp parallel for num_threads(std::max<int64_t>(1, std::min<int64_t>(B, model_.n_threads()))) schedule(static, 1)
+    for (int64_t b = 0; b < B; b++) {
+        try {
+            Seq& s = *seqs[b];
+            const float* row = rows[b];
+            s.scores.assign(row, row + V_);
+            s.chosen = s.sampler.sample(s.scores.data(), s.history, s.n_prompt);
+            if (opt_.logprobs) {
+                const double lse = log_sum_exp(row, V_);
+                s.logprob = float(double(row[s.chosen]) - lse);
+                if (opt_.top_logprobs > 0) s.top = top_logprobs(row, V_, opt_.top_logprobs, lse, s.idx);
+            }
+        } catch (...) {
+#pragma omp critical
+            if (!error) error = std::current_exception();
+        }
+    }
+    if (error) std::rethrow_exception(error);
+    for (int64_t b = 0; b < B; b++) accept(*seqs[b], seqs[b]->chosen);
+}
+
+void Generation::accept(Seq& s, int32_t token) {
+    s.r.tokens.push_back(token);
+    s.history.push_back(token);
+    if (opt_.logprobs) {
+        s.r.logprobs.push_back(s.logprob);
+        if (opt_.top_logprobs > 0) s.r.top_logprobs.push_back(std::move(s.top));
+    }
+    if (std::find(opt_.stop_token_ids.begin(), opt_.stop_token_ids.end(), token) != opt_.stop_token_ids.end())
+        return finish(s, "stop");
+    if (tok_ && !opt_.ignore_eos && token == tok_->eot_id()) return finish(s, "eos");
+    if (tok_ && token < tok_->vocab_size()) {
+        const size_t old = s.bytes.size();
+        s.bytes += tok_->token_bytes(token);
+        // a stop string ending in the new bytes starts at most max_stop_ - 1 bytes before them
+        const size_t from = old >= max_stop_ ? old - (max_stop_ - 1) : 0;
+        size_t hit = std::string::npos;
+        for (const auto& stop : opt_.stop) hit = std::min(hit, s.bytes.find(stop, from));
+        if (hit != std::string::npos) {
+            s.bytes.resize(hit);
+            return finish(s, "stop");
+        }
+    }
+    if (int64_t(s.r.tokens.size()) >= opt_.max_new_tokens || int64_t(s.history.size()) >= n_ctx_)
+        return finish(s, "length");
+    s.next_input = token;
+    release_text(s, false);
+}
+
+void Generation::finish(Seq& s, const char* reason) {
+    s.live = false;
+    s.r.finish_reason = reason;
+    s.cache.reset();  // frees n_ctx positions of keys and values
+    release_text(s, true);
+    n_live_--;
+}
+
+// Moves the bytes that can no longer change into r.text and pending: all of them when
+// final; otherwise not a suffix that may still grow into a stop string, nor an unfinished
+// UTF-8 character.
+void Generation::release_text(Seq& s, bool final) {
+    if (!tok_) return;
+    size_t limit = s.bytes.size();
+    if (!final) {
+        const size_t most = std::min(max_stop_ == 0 ? 0 : max_stop_ - 1, limit - s.released);
+        for (size_t k = most; k >= 1; k--) {
+            const std::string_view tail(s.bytes.data() + limit - k, k);
+            bool prefix = false;
+            for (const auto& stop : opt_.stop) prefix = prefix || std::string_view(stop).substr(0, k) == tail;
+            if (prefix) {
+                limit -= k;
+                break;
+            }
+        }
+    }
+    std::string text;
+    s.released += utf8_replace(std::string_view(s.bytes).substr(s.released, limit - s.released), text, final);
+    s.r.text += text;
+    s.pending += text;
+}
+
+}  // namespace pygpt
