@@ -30,7 +30,8 @@ class Model:
     and are serialised, so they never oversubscribe the cores.
     """
 
-    def __init__(self, path: str, n_threads: int | None = None, isa: str | None = None):
+    def __init__(self, path: str, n_threads: int | None = None, isa: str | None = None,
+                 check_finite: bool = False):
         t0 = time.perf_counter()
         path = os.fspath(path)
         self.path = path
@@ -38,6 +39,10 @@ class Model:
         st_path = os.path.join(path, "model.safetensors")
         tensors = _format.read_safetensors_header(st_path)
         _format.check_tensors(tensors, self.config)
+        if check_finite:  # opt-in: reads every weight once (pygpt/_checks.py)
+            from ._checks import check_finite as _check_finite
+
+            _check_finite(st_path, tensors)
         if n_threads is None:
             n_threads = default_threads()
         if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
@@ -118,10 +123,13 @@ class Model:
         self.close()
 
 
-def load(path: str | os.PathLike | None = None, n_threads: int | None = None) -> Model:
-    """Loads a pygpt model folder; with no path, the small model shipped in the package."""
+def load(path: str | os.PathLike | None = None, n_threads: int | None = None, check_finite: bool = False) -> Model:
+    """Loads a pygpt model folder; with no path, the small model shipped in the package.
+
+    check_finite=True also reads every weight and raises ModelFormatError naming the first
+    tensor that holds NaN or Inf (costs one full read of the file)."""
     if path is None:
         if not os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "config.json")):
             raise FileNotFoundError("this pygpt install ships no default model; pass a model folder")
         path = DEFAULT_MODEL_DIR
-    return Model(path, n_threads=n_threads)
+    return Model(path, n_threads=n_threads, check_finite=check_finite)
