@@ -107,7 +107,19 @@ def _read_hf_hub(model_id):
         model = GPT2LMHeadModel.from_pretrained(model_id)  # downloads when online
     except Exception as e:  # noqa: BLE001
         raise ConversionError(f"cannot load '{model_id}' as a local path or a Hugging Face GPT-2 model: {e}") from None
-    return model.state_dict(), _config_from_hf(model.config.to_dict(), model_id)
+    return model.state_dict(), _config_from_hf(model.config.to_dict(), model_id), _hub_tokenizer(model_id)
+
+
+def _hub_tokenizer(model_id):
+    """The folder (in the Hugging Face cache) holding the model's vocab.json + merges.txt."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        vocab = hf_hub_download(model_id, "vocab.json")
+        hf_hub_download(model_id, "merges.txt")
+    except Exception:  # noqa: BLE001 - a model without tokenizer files converts without them
+        return None
+    return os.path.dirname(vocab)
 
 
 def _read_nanogpt(ckpt, where):
@@ -195,8 +207,7 @@ def read_source(source, config=None):
         raise ConversionError(f"{source}: a plain state_dict needs config= (--config) with its GPT-2 config")
     if os.sep in source or source.startswith(".") or source.endswith((".pt", ".bin", ".safetensors")):
         raise FileNotFoundError(f"no such file or folder: {source}")
-    sd, cfg = _read_hf_hub(source)
-    return sd, cfg, None
+    return _read_hf_hub(source)
 
 
 # -- canonical tensors ----------------------------------------------------------------------
