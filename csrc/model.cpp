@@ -63,7 +63,7 @@ int64_t row_bytes(DType d, int64_t n_in) {
         case DType::F16:
         case DType::BF16: return 2 * n_in;
         case DType::Q8: return n_in;
-        case DType::Q4: return (n_in + 1) / 2;
+        case DType::Q4: return (n_in + 63) / 64 * 32;  // blocks of 64 inputs in 32 bytes (FORMAT.md)
     }
     return 0;
 }
@@ -136,12 +136,15 @@ Matrix load_matrix(TensorTable& tt, const std::string& name, const ModelConfig& 
     m.n_out = n_out;
     m.n_in = n_in;
     if (cfg.dtype == DType::Q8 || cfg.dtype == DType::Q4) {
-        if (cfg.group <= 0 || n_in % cfg.group != 0)
-            throw FormatError("tensor '" + name + "': group size does not divide its " + std::to_string(n_in) +
+        // group 0: one scale per row; else a multiple of 64 dividing n_in (the kernels step 64 inputs)
+        const int64_t group = cfg.group == 0 ? n_in : cfg.group;
+        if (group < 0 || n_in % group != 0 || (group != n_in && group % 64 != 0))
+            throw FormatError("tensor '" + name + "': quant_group_size " + std::to_string(cfg.group) +
+                              " must be 0 (per row) or a multiple of 64 dividing its " + std::to_string(n_in) +
                               " inputs");
-        m.group = cfg.group;
+        m.group = group;
         m.data = tt.get(name, dtype_name(cfg.dtype), {n_out, row_bytes(cfg.dtype, n_in)});
-        m.scales = tt.f32(name + "_scales", {n_out, n_in / cfg.group});
+        m.scales = tt.f32(name + "_scales", {n_out, n_in / group});
     } else {
         m.data = tt.get(name, dtype_name(cfg.dtype), {n_out, n_in});
     }

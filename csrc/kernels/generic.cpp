@@ -71,13 +71,86 @@ void matrix_row(const Matrix& w, int64_t row, float* out) {
             for (int64_t i = 0; i < n; i++) out[i] = bf16_to_f32(src[i]);
             return;
         }
+        case DType::Q8:
+        case DType::Q4: {
+            check_quant(w);
+            const int64_t n_groups = n / w.group;
+            for (int64_t k = 0; k < n; k++)
+                out[k] = (float)quant_weight(w, row, k) * w.scales[row * n_groups + k / w.group];
+            return;
+        }
         default:
             throw std::invalid_argument("matrix_row: unsupported weight dtype");
     }
 }
 
+void check_quant(const Matrix& w) {
+    if (w.dtype != DType::Q8 && w.dtype != DType::Q4) throw std::invalid_argument("not a quantized matrix");
+    if (!w.scales || w.group <= 0 || w.n_in % w.group != 0 || (w.group != w.n_in && w.group % 64 != 0))
+        throw std::invalid_argument("quantized matrix: group size must be n_in or a multiple of 64 dividing n_in");
+}
+
+// q8: int8 [n_out, n_in]. q4: per row, blocks of 64 inputs in 32 bytes, byte j holding
+// input j (low nibble) and input j + 32 (high nibble) of the block, as w + 8.
+int quant_weight(const Matrix& w, int64_t row, int64_t k) {
+    if (w.dtype == DType::Q8) return ((const int8_t*)w.data)[row * w.n_in + k];
+    const int64_t row_bytes = (w.n_in + 63) / 64 * 32, j = k % 64;
+    const uint8_t b = ((const uint8_t*)w.data)[row * row_bytes + k / 64 * 32 + j % 32];
+    return (j < 32 ? (b & 0x0f) : (b >> 4)) - 8;
+}
+
+float quantize_row(const float* x, int64_t n, int8_t* xq) {
+    float m = 0.0f;
+    for (int64_t k = 0; k < n; k++) m = std::fmax(m, std::fabs(x[k]));
+    const float inv = m > 0.0f ? 127.0f / m : 0.0f;
+    for (int64_t k = 0; k < n; k++) {
+        float q = std::nearbyint(x[k] * inv);
+        xq[k] = (int8_t)(q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q));
+    }
+    return m > 0.0f ? m / 127.0f : 0.0f;
+}
+
+// q8/q4: y[t, o] = sx[t] * sum_g scale[o, g] * (integer dot of group g) + b[o], the
+// integer dot products taken over the int8-quantized activations.
+static void quant_linear(const Matrix& w, const float* bias, const float* x, int64_t T, float* y, int n_threads) {
+    check_quant(w);
+    const int64_t n_in = w.n_in, n_out = w.n_out, n_groups = n_in / w.group;
+    int8_t* xq = (int8_t*)std::malloc(T * n_in + 1);
+    float* sx = (float*)std::malloc(T * sizeof(float));
+    if (!xq || !sx) {
+        std::free(xq);
+        std::free(sx);
+        throw std::bad_alloc();
+    }
+    for (int64_t t = 0; t < T; t++) sx[t] = quantize_row(x + t * n_in, n_in, xq + t * n_in);
+#pragma omp parallel num_threads(n_threads)
+    {
+        int* wrow = (int*)std::malloc(n_in * sizeof(int));
+#pragma omp for schedule(static)
+        for (int64_t o = 0; o < n_out; o++) {
+            for (int64_t k = 0; k < n_in; k++) wrow[k] = quant_weight(w, o, k);
+            for (int64_t t = 0; t < T; t++) {
+                float acc = 0.0f;
+                for (int64_t g = 0; g < n_groups; g++) {
+                    int32_t isum = 0;
+                    for (int64_t k = g * w.group; k < (g + 1) * w.group; k++) isum += wrow[k] * xq[t * n_in + k];
+                    acc += w.scales[o * n_groups + g] * (float)isum;
+                }
+                y[t * n_out + o] = acc * sx[t] + (bias ? bias[o] : 0.0f);
+            }
+        }
+        std::free(wrow);
+    }
+    std::free(xq);
+    std::free(sx);
+}
+
 void linear(const Matrix& w, const float* bias, const float* x, int64_t T, float* y, int n_threads) {
     const int64_t n_in = w.n_in, n_out = w.n_out;
+    if (w.dtype == DType::Q8 || w.dtype == DType::Q4) {
+        quant_linear(w, bias, x, T, y, n_threads);
+        return;
+    }
     if (w.dtype != DType::F32 && w.dtype != DType::F16 && w.dtype != DType::BF16)
         throw std::invalid_argument("linear: unsupported weight dtype");
 #pragma omp parallel num_threads(n_threads)

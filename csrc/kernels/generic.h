@@ -11,6 +11,14 @@ float dot(const float* a, const float* b, int64_t n);
 float f16_to_f32(uint16_t h);
 float bf16_to_f32(uint16_t h);
 void matrix_row(const Matrix& w, int64_t row, float* out);
+// Throws std::invalid_argument unless w's quantized layout is one the kernels read:
+// group == n_in (one scale per row) or a multiple of 64 dividing n_in.
+void check_quant(const Matrix& w);
+// Weight k of row `row` of a q8/q4 matrix, as the stored signed integer (scale not applied).
+int quant_weight(const Matrix& w, int64_t row, int64_t k);
+// Activation row quantized to int8: xq[k] = round(x[k] * 127 / max|x|) (ties to even);
+// returns the scale max|x| / 127 (0 for an all-zero row).
+float quantize_row(const float* x, int64_t n, int8_t* xq);
 void linear(const Matrix& w, const float* bias, const float* x, int64_t T, float* y, int n_threads);
 void layernorm(float* out, const float* x, const float* gamma, const float* beta, int64_t C, float eps);
 void gelu_tanh(float* x, int64_t n);

@@ -1,6 +1,10 @@
-// This ISA's kernel table: which implementation serves each entry.
+// This ISA's kernel table: which implementation serves each entry. The AVX2 and AVX-512
+// builds use the hand-written kernels (linear.cpp, ops.cpp); the scalar build, and the
+// entries nobody hand-wrote, use the portable reference (generic.cpp).
 #include "kernels.h"
 #include "kernels/generic.h"
+#include "kernels/linear.h"
+#include "kernels/ops.h"
 
 #define PYGPT_STR2(x) #x
 #define PYGPT_STR(x) PYGPT_STR2(x)
@@ -9,6 +13,18 @@ namespace pygpt {
 namespace PYGPT_KERNEL_NS {
 
 const Kernels& kernel_table() {
+#if defined(__AVX2__)
+    static const Kernels table = {
+        /* .name          = */ PYGPT_STR(PYGPT_KERNEL_NS),
+        /* .linear        = */ simd::linear,
+        /* .matrix_row    = */ generic::matrix_row,
+        /* .layernorm     = */ simd::layernorm,
+        /* .gelu_tanh     = */ simd::gelu_tanh,
+        /* .gelu_erf      = */ generic::gelu_erf,
+        /* .add           = */ simd::add,
+        /* .attention_row = */ simd::attention_row,
+    };
+#else
     static const Kernels table = {
         /* .name          = */ PYGPT_STR(PYGPT_KERNEL_NS),
         /* .linear        = */ generic::linear,
@@ -19,6 +35,7 @@ const Kernels& kernel_table() {
         /* .add           = */ generic::add,
         /* .attention_row = */ generic::attention_row,
     };
+#endif
     return table;
 }
 

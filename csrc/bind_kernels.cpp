@@ -1,0 +1,154 @@
+// Test-only bindings of the kernel tables: tests call one ISA's kernel directly, on any
+// shape, and compare it with the scalar reference and with NumPy. Not part of the public
+// API (names start with an underscore).
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "bindings.h"
+#include "kernels.h"
+
+namespace py = pybind11;
+
+namespace pygpt {
+
+namespace {
+
+using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using U8 = py::array_t<uint8_t, py::array::c_style>;
+
+DType kernel_dtype(const std::string& s) {
+    if (s == "f32") return DType::F32;
+    if (s == "f16") return DType::F16;
+    if (s == "bf16") return DType::BF16;
+    if (s == "int8") return DType::Q8;
+    if (s == "int4") return DType::Q4;
+    throw std::invalid_argument("unknown dtype '" + s + "'");
+}
+
+int64_t stored_row_bytes(DType d, int64_t n_in) {
+    switch (d) {
+        case DType::F32: return 4 * n_in;
+        case DType::F16:
+        case DType::BF16: return 2 * n_in;
+        case DType::Q8: return n_in;
+        case DType::Q4: return (n_in + 63) / 64 * 32;
+    }
+    return 0;
+}
+
+// A Matrix over the numpy buffers, validated so no kernel reads outside them.
+Matrix make_matrix(const std::string& dtype, const U8& w, const F32* scales, int64_t n_out, int64_t n_in,
+                   int64_t group) {
+    Matrix m;
+    m.dtype = kernel_dtype(dtype);
+    m.n_out = n_out;
+    m.n_in = n_in;
+    if (n_out < 1 || n_in < 1) throw std::invalid_argument("n_out and n_in must be >= 1");
+    if (w.size() != n_out * stored_row_bytes(m.dtype, n_in))
+        throw std::invalid_argument("weight buffer has " + std::to_string(w.size()) + " bytes, expected " +
+                                    std::to_string(n_out * stored_row_bytes(m.dtype, n_in)));
+    m.data = w.data();
+    if (m.dtype == DType::Q8 || m.dtype == DType::Q4) {
+        if (group <= 0 || n_in % group != 0) throw std::invalid_argument("group must divide n_in");
+        if (!scales || scales->size() != n_out * (n_in / group))
+            throw std::invalid_argument("scales must have n_out * n_in / group values");
+        m.scales = scales->data();
+        m.group = group;
+    }
+    return m;
+}
+
+}  // namespace
+
+void bind_kernels(py::module_& m) {
+    m.def(
+        "_kernel_linear",
+        [](const std::string& isa, const std::string& dtype, const U8& w, const py::object& scales,
+           const py::object& bias, const F32& x, int64_t n_out, int64_t group, int n_threads) {
+            if (x.ndim() != 2) throw std::invalid_argument("x must be [T, n_in]");
+            const int64_t T = x.shape(0), n_in = x.shape(1);
+            F32 s;
+            if (!scales.is_none()) s = scales.cast<F32>();
+            Matrix mat = make_matrix(dtype, w, scales.is_none() ? nullptr : &s, n_out, n_in, group);
+            F32 b;
+            if (!bias.is_none()) {
+                b = bias.cast<F32>();
+                if (b.size() != n_out) throw std::invalid_argument("bias must have n_out values");
+            }
+            if (n_threads < 1) throw std::invalid_argument("n_threads must be >= 1");
+            const Kernels& k = select_kernels(isa.c_str());
+            F32 y({T, n_out});
+            float* yp = y.mutable_data();
+            const float* bp = bias.is_none() ? nullptr : b.data();
+            {
+                py::gil_scoped_release release;
+                k.linear(mat, bp, x.data(), T, yp, n_threads);
+            }
+            return y;
+        },
+        py::arg("isa"), py::arg("dtype"), py::arg("w"), py::arg("scales"), py::arg("bias"), py::arg("x"),
+        py::arg("n_out"), py::arg("group") = 0, py::arg("n_threads") = 1);
+
+    m.def(
+        "_kernel_matrix_row",
+        [](const std::string& isa, const std::string& dtype, const U8& w, const py::object& scales, int64_t n_out,
+           int64_t n_in, int64_t group, int64_t row) {
+            F32 s;
+            if (!scales.is_none()) s = scales.cast<F32>();
+            Matrix mat = make_matrix(dtype, w, scales.is_none() ? nullptr : &s, n_out, n_in, group);
+            if (row < 0 || row >= n_out) throw std::invalid_argument("row out of range");
+            F32 out(n_in);
+            select_kernels(isa.c_str()).matrix_row(mat, row, out.mutable_data());
+            return out;
+        });
+
+    m.def("_kernel_layernorm", [](const std::string& isa, const F32& x, const F32& gamma, const py::object& beta,
+                                  float eps) {
+        const int64_t C = x.size();
+        F32 b;
+        if (!beta.is_none()) b = beta.cast<F32>();
+        if (gamma.size() != C || (!beta.is_none() && b.size() != C))
+            throw std::invalid_argument("gamma and beta must match x");
+        F32 out(C);
+        select_kernels(isa.c_str()).layernorm(out.mutable_data(), x.data(), gamma.data(),
+                                              beta.is_none() ? nullptr : b.data(), C, eps);
+        return out;
+    });
+
+    m.def("_kernel_gelu", [](const std::string& isa, const std::string& kind, const F32& x) {
+        F32 out(x.size());
+        std::memcpy(out.mutable_data(), x.data(), x.size() * sizeof(float));
+        const Kernels& k = select_kernels(isa.c_str());
+        if (kind == "tanh") k.gelu_tanh(out.mutable_data(), x.size());
+        else if (kind == "erf") k.gelu_erf(out.mutable_data(), x.size());
+        else throw std::invalid_argument("kind must be 'tanh' or 'erf'");
+        return out;
+    });
+
+    m.def("_kernel_add", [](const std::string& isa, const F32& y, const F32& x) {
+        if (y.size() != x.size()) throw std::invalid_argument("x and y differ in size");
+        F32 out(y.size());
+        std::memcpy(out.mutable_data(), y.data(), y.size() * sizeof(float));
+        select_kernels(isa.c_str()).add(out.mutable_data(), x.data(), x.size());
+        return out;
+    });
+
+    // q [HS]; k, v [n_keys, ld] with the head in columns [0, HS).
+    m.def("_kernel_attention_row", [](const std::string& isa, const F32& q, const F32& k, const F32& v, float scale) {
+        if (k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1))
+            throw std::invalid_argument("k and v must be [n_keys, ld] of one shape");
+        const int64_t HS = q.size(), n_keys = k.shape(0), ld = k.shape(1);
+        if (n_keys < 1 || HS < 1 || HS > ld) throw std::invalid_argument("need n_keys >= 1 and 1 <= HS <= ld");
+        F32 out(HS);
+        py::array_t<float> scratch(n_keys);
+        select_kernels(isa.c_str()).attention_row(out.mutable_data(), q.data(), k.data(), v.data(), ld, n_keys, HS,
+                                                  scale, scratch.mutable_data());
+        return out;
+    });
+}
+
+}  // namespace pygpt

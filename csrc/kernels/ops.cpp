@@ -1,0 +1,211 @@
+// Small ops hand-written for AVX-512 and AVX2 (the scalar path uses generic.cpp):
+// layer norm, GELU (tanh form), y += x and one query row of causal attention.
+// V is this ISA's f32 vector (16 or 8 lanes); the Vec helpers below hide the width.
+#include <cmath>
+#include <cstring>
+
+#include "kernels.h"
+#include "kernels/generic.h"
+#include "kernels/ops.h"
+#include "kernels/simd.h"
+
+#if defined(__AVX2__)
+
+namespace pygpt {
+namespace PYGPT_KERNEL_NS {
+namespace simd {
+
+namespace {
+
+#if defined(__AVX512F__)
+using V = __m512;
+constexpr int N = 16;
+static inline V vload(const float* p) { return _mm512_loadu_ps(p); }
+static inline V vload_n(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(tail_mask16(n), p); }
+static inline void vstore(float* p, V v) { _mm512_storeu_ps(p, v); }
+static inline void vstore_n(float* p, V v, int64_t n) { _mm512_mask_storeu_ps(p, tail_mask16(n), v); }
+static inline V vset(float f) { return _mm512_set1_ps(f); }
+static inline V vzero() { return _mm512_setzero_ps(); }
+static inline V vadd(V a, V b) { return _mm512_add_ps(a, b); }
+static inline V vsub(V a, V b) { return _mm512_sub_ps(a, b); }
+static inline V vmul(V a, V b) { return _mm512_mul_ps(a, b); }
+static inline V vdiv(V a, V b) { return _mm512_div_ps(a, b); }
+static inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+static inline V vmax(V a, V b) { return _mm512_max_ps(a, b); }
+static inline V vabs(V a) { return _mm512_abs_ps(a); }
+static inline V vcopysign(V mag, V sign) {
+    const __m512i m = _mm512_set1_epi32(0x80000000);
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_andnot_si512(m, _mm512_castps_si512(mag)),
+                                               _mm512_and_si512(m, _mm512_castps_si512(sign))));
+}
+static inline float vmax_lanes(V v) { return _mm512_reduce_max_ps(v); }
+static inline V vkeep_n(V v, int64_t n) { return _mm512_maskz_mov_ps(tail_mask16(n), v); }
+#else
+using V = __m256;
+constexpr int N = 8;
+static inline __m256i mask_n(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline V vload(const float* p) { return _mm256_loadu_ps(p); }
+static inline V vload_n(const float* p, int64_t n) { return _mm256_maskload_ps(p, mask_n(n)); }
+static inline V vkeep_n(V v, int64_t n) { return _mm256_and_ps(v, _mm256_castsi256_ps(mask_n(n))); }
+static inline void vstore(float* p, V v) { _mm256_storeu_ps(p, v); }
+static inline void vstore_n(float* p, V v, int64_t n) { _mm256_maskstore_ps(p, mask_n(n), v); }
+static inline V vset(float f) { return _mm256_set1_ps(f); }
+static inline V vzero() { return _mm256_setzero_ps(); }
+static inline V vadd(V a, V b) { return _mm256_add_ps(a, b); }
+static inline V vsub(V a, V b) { return _mm256_sub_ps(a, b); }
+static inline V vmul(V a, V b) { return _mm256_mul_ps(a, b); }
+static inline V vdiv(V a, V b) { return _mm256_div_ps(a, b); }
+static inline V vfma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+static inline V vmax(V a, V b) { return _mm256_max_ps(a, b); }
+static inline V vabs(V a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+static inline V vcopysign(V mag, V sign) {
+    const V m = _mm256_set1_ps(-0.0f);
+    return _mm256_or_ps(_mm256_andnot_ps(m, mag), _mm256_and_ps(m, sign));
+}
+static inline float vmax_lanes(V v) {
+    float t[8];
+    _mm256_storeu_ps(t, v);
+    float m = t[0];
+    for (int i = 1; i < 8; i++) m = std::fmax(m, t[i]);
+    return m;
+}
+#endif
+
+// Sum of x[0:n] with the lane contract of simd.h.
+float sum(const float* x, int64_t n) {
+    V acc = vzero();
+    int64_t i = 0;
+    for (; i + N <= n; i += N) acc = vadd(acc, vload(x + i));
+    if (i < n) acc = vadd(acc, vload_n(x + i, n - i));
+    return hsum(acc);
+}
+
+}  // namespace
+
+void layernorm(float* out, const float* x, const float* gamma, const float* beta, int64_t C, float eps) {
+    const float mean = sum(x, C) / (float)C;
+    const V m = vset(mean);
+    V acc = vzero();
+    int64_t i = 0;
+    for (; i + N <= C; i += N) {
+        const V d = vsub(vload(x + i), m);
+        acc = vfma(d, d, acc);
+    }
+    if (i < C) {
+        const V d = vkeep_n(vsub(vload_n(x + i, C - i), m), C - i);  // lanes past C stay 0
+        acc = vfma(d, d, acc);
+    }
+    const float var = hsum(acc) / (float)C;
+    const V rstd = vset(1.0f / std::sqrt(var + eps));
+    for (i = 0; i + N <= C; i += N) {
+        V v = vmul(vmul(vsub(vload(x + i), m), rstd), vload(gamma + i));
+        if (beta) v = vadd(v, vload(beta + i));
+        vstore(out + i, v);
+    }
+    if (i < C) {
+        const int64_t n = C - i;
+        V v = vmul(vmul(vsub(vload_n(x + i, n), m), rstd), vload_n(gamma + i, n));
+        if (beta) v = vadd(v, vload_n(beta + i, n));
+        vstore_n(out + i, v, n);
+    }
+}
+
+// 0.5 v (1 + tanh(u)), u = sqrt(2/pi) (v + 0.044715 v^3); tanh(u) = sign(u) (1 - e) / (1 + e)
+// with e = exp(-2|u|), which never overflows.
+static inline V gelu_vec(V v) {
+    const V u = vmul(vset(0.7978845608028654f), vfma(vmul(vset(0.044715f), vmul(v, v)), v, v));
+    const V e = exp_neg(vmul(vset(-2.0f), vabs(u)));
+    const V th = vcopysign(vdiv(vsub(vset(1.0f), e), vadd(vset(1.0f), e)), u);
+    return vmul(vmul(vset(0.5f), v), vadd(vset(1.0f), th));
+}
+
+void gelu_tanh(float* x, int64_t n) {
+    int64_t i = 0;
+    for (; i + N <= n; i += N) vstore(x + i, gelu_vec(vload(x + i)));
+    if (i < n) vstore_n(x + i, gelu_vec(vload_n(x + i, n - i)), n - i);
+}
+
+void add(float* y, const float* x, int64_t n) {
+    int64_t i = 0;
+    for (; i + N <= n; i += N) vstore(y + i, vadd(vload(y + i), vload(x + i)));
+    if (i < n) vstore_n(y + i, vadd(vload_n(y + i, n - i), vload_n(x + i, n - i)), n - i);
+}
+
+// Scores of N keys at once (one accumulator per key, reduced together), a vectorised
+// softmax, then out = sum_j p_j v_j in chunks of 4 vectors of head dims.
+void attention_row(float* out, const float* q, const float* k, const float* v, int64_t ld, int64_t n_keys,
+                   int64_t head_dim, float scale, float* scores) {
+    const int64_t full = head_dim / N * N, rem = head_dim - full;
+    for (int64_t j0 = 0; j0 < n_keys; j0 += N) {
+        const int nk = n_keys - j0 < N ? (int)(n_keys - j0) : N;
+        V acc[N];
+        for (int j = 0; j < nk; j++) {
+            const float* kj = k + (j0 + j) * ld;
+            V a = vzero();
+            for (int64_t d = 0; d < full; d += N) a = vfma(vload(q + d), vload(kj + d), a);
+            if (rem) a = vfma(vload_n(q + full, rem), vload_n(kj + full, rem), a);
+            acc[j] = a;
+        }
+        reduce_n(acc, nk, scores + j0);
+    }
+    V vm = vset(-INFINITY);
+    int64_t j = 0;
+    const V vs = vset(scale);
+    for (; j + N <= n_keys; j += N) {
+        const V s = vmul(vload(scores + j), vs);
+        vstore(scores + j, s);
+        vm = vmax(vm, s);
+    }
+    float mx = vmax_lanes(vm);
+    for (; j < n_keys; j++) {
+        scores[j] *= scale;
+        mx = std::fmax(mx, scores[j]);
+    }
+    const V m = vset(mx);
+    V vsum = vzero();
+    for (j = 0; j + N <= n_keys; j += N) {
+        const V e = exp_neg(vsub(vload(scores + j), m));
+        vstore(scores + j, e);
+        vsum = vadd(vsum, e);
+    }
+    if (j < n_keys) {
+        const int64_t n = n_keys - j;
+        const V e = exp_neg(vsub(vload_n(scores + j, n), m));
+        vstore_n(scores + j, e, n);
+        vsum = vadd(vsum, vload_n(scores + j, n));
+    }
+    const float inv = 1.0f / hsum(vsum);
+    for (int64_t d0 = 0; d0 < head_dim; d0 += 4 * N) {
+        const int64_t nd = head_dim - d0 < 4 * N ? head_dim - d0 : 4 * N;
+        V o[4] = {vzero(), vzero(), vzero(), vzero()};
+        if (nd == 4 * N) {
+            for (j = 0; j < n_keys; j++) {
+                const V p = vset(scores[j] * inv);
+                const float* vj = v + j * ld + d0;
+                for (int c = 0; c < 4; c++) o[c] = vfma(p, vload(vj + c * N), o[c]);
+            }
+            for (int c = 0; c < 4; c++) vstore(out + d0 + c * N, o[c]);
+        } else {
+            for (j = 0; j < n_keys; j++) {
+                const V p = vset(scores[j] * inv);
+                const float* vj = v + j * ld + d0;
+                for (int c = 0; c * N < nd; c++) {
+                    const int64_t n = nd - c * N < N ? nd - c * N : N;
+                    o[c] = vfma(p, vload_n(vj + c * N, n), o[c]);
+                }
+            }
+            for (int c = 0; c * N < nd; c++) {
+                const int64_t n = nd - c * N < N ? nd - c * N : N;
+                vstore_n(out + d0 + c * N, o[c], n);
+            }
+        }
+    }
+}
+
+}  // namespace simd
+}  // namespace PYGPT_KERNEL_NS
+}  // namespace pygpt
+
+#endif  // __AVX2__

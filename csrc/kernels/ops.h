@@ -1,0 +1,16 @@
+// The hand-written small ops of this ISA (ops.cpp; AVX2 and AVX-512 builds only). Same
+// contracts as the Kernels entries of the same names.
+#pragma once
+#include <cstdint>
+
+namespace pygpt {
+namespace PYGPT_KERNEL_NS {
+namespace simd {
+void layernorm(float* out, const float* x, const float* gamma, const float* beta, int64_t C, float eps);
+void gelu_tanh(float* x, int64_t n);
+void add(float* y, const float* x, int64_t n);
+void attention_row(float* out, const float* q, const float* k, const float* v, int64_t ld, int64_t n_keys,
+                   int64_t head_dim, float scale, float* scores);
+}  // namespace simd
+}  // namespace PYGPT_KERNEL_NS
+}  // namespace pygpt

@@ -1,0 +1,108 @@
+"""Weight quantizers used by the converter (NumPy only; the runtime never re-quantizes).
+
+A quantized linear weight W [n_out, n_in] is stored as two safetensors tensors (layouts in
+docs/FORMAT.md, "Quantized layouts"):
+
+* ``<name>``         int8: I8 [n_out, n_in], the signed values q (|q| <= 127);
+                     int4: U8 [n_out, ceil(n_in / 64) * 32], q + 8 as nibbles (q in [-8, 7]),
+                     each block of 64 inputs in 32 bytes: byte j holds input j (low nibble)
+                     and input j + 32 (high nibble);
+* ``<name>_scales``  F32 [n_out, n_in / group]: W[o, k] ~= q[o, k] * scales[o, k // group].
+
+``group`` is the number of inputs per scale: 0 means one scale per row (group = n_in),
+otherwise a multiple of 64 that divides n_in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DTYPES = ("int8", "int4")
+#: group used when the converter is not given one: int8 per row, int4 per 64 inputs
+DEFAULT_GROUP = {"int8": 0, "int4": 64}
+BLOCK = 64  # inputs per int4 block (and per SIMD step of the integer kernels)
+
+
+def _group(n_in: int, group: int) -> int:
+    """The effective group size, validated."""
+    if group == 0:
+        return n_in
+    if group < 0 or n_in % group != 0 or (group != n_in and group % BLOCK != 0):
+        raise ValueError(
+            f"group size {group} does not fit {n_in} inputs: use 0 (one scale per row) "
+            f"or a multiple of {BLOCK} that divides {n_in}"
+        )
+    return group
+
+
+def _check(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown quantized dtype {dtype!r}: expected one of {DTYPES}")
+
+
+def tensor_specs(name: str, n_out: int, n_in: int, dtype: str, group: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The tensors a quantized weight is stored as: {tensor name: (safetensors dtype, shape)}."""
+    _check(dtype)
+    g = _group(n_in, group)
+    if dtype == "int8":
+        data = ("I8", (n_out, n_in))
+    else:
+        data = ("U8", (n_out, -(-n_in // BLOCK) * BLOCK // 2))
+    return {name: data, name + "_scales": ("F32", (n_out, n_in // g))}
+
+
+def quantize(w: np.ndarray, dtype: str, group: int = -1) -> dict[str, np.ndarray]:
+    """Quantizes W [n_out, n_in] (float) to {"": data, "_scales": scales} (suffixes of the name).
+
+    int8: symmetric, scale = max|W| / 127 per group, q = round(W / scale).
+    int4: symmetric, scale = -(the value of largest magnitude) / 8 per group, so that value
+    maps to -8 exactly and the rest of [-8, 7] is used (as in llama.cpp's q4_0);
+    q = clip(round(W / scale), -8, 7). A group of zeros gets scale 0.
+    """
+    _check(dtype)
+    if group == -1:
+        group = DEFAULT_GROUP[dtype]
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"expected a 2-D weight, got shape {w.shape}")
+    n_out, n_in = w.shape
+    g = _group(n_in, group)
+    blocks = w.reshape(n_out, n_in // g, g)
+    if dtype == "int8":
+        scale = np.abs(blocks).max(axis=2) / np.float32(127)
+        inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
+        q = np.clip(np.rint(blocks * inv[..., None]), -127, 127).astype(np.int8).reshape(n_out, n_in)
+        return {"": q, "_scales": scale.astype(np.float32)}
+    idx = np.abs(blocks).argmax(axis=2)
+    extreme = np.take_along_axis(blocks, idx[..., None], axis=2)[..., 0]
+    scale = (extreme / np.float32(-8)).astype(np.float32)
+    inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
+    q = np.clip(np.rint(blocks * inv[..., None]), -8, 7).astype(np.int8).reshape(n_out, n_in)
+    return {"": pack_int4(q), "_scales": scale}
+
+
+def pack_int4(q: np.ndarray) -> np.ndarray:
+    """int4 values q [n_out, n_in] in [-8, 7] -> U8 [n_out, ceil(n_in / 64) * 32] (see module doc)."""
+    n_out, n_in = q.shape
+    n_pad = -(-n_in // BLOCK) * BLOCK
+    u = np.zeros((n_out, n_pad), dtype=np.uint8)  # padding: 0, met by zero-padded activations
+    u[:, :n_in] = (q.astype(np.int16) + 8).astype(np.uint8)
+    u = u.reshape(n_out, n_pad // BLOCK, 2, BLOCK // 2)
+    return (u[:, :, 0, :] | (u[:, :, 1, :] << 4)).reshape(n_out, n_pad // 2)
+
+
+def unpack_int4(data: np.ndarray, n_in: int) -> np.ndarray:
+    """The inverse of pack_int4: int8 [n_out, n_in] values in [-8, 7]."""
+    n_out = data.shape[0]
+    b = data.reshape(n_out, -1, BLOCK // 2)
+    q = np.stack([b & 0x0F, b >> 4], axis=2).reshape(n_out, -1)[:, :n_in]
+    return q.astype(np.int8) - 8
+
+
+def dequantize(parts: dict[str, np.ndarray], dtype: str, n_in: int) -> np.ndarray:
+    """W [n_out, n_in] float32 as the runtime sees it: q * scale."""
+    _check(dtype)
+    data, scales = parts[""], parts["_scales"]
+    q = data.astype(np.float32) if dtype == "int8" else unpack_int4(data, n_in).astype(np.float32)
+    g = n_in // scales.shape[1]
+    return (q.reshape(q.shape[0], -1, g) * scales[..., None]).reshape(q.shape[0], n_in)

@@ -1,0 +1,214 @@
+"""Each ISA's kernels against NumPy and the scalar reference, on odd sizes (not multiples of
+any vector width), plus the batch/thread-invariance contract of linear."""
+
+import numpy as np
+import pytest
+
+from pygpt import _core
+from pygpt import quantize as qz
+
+ISAS = ["scalar"]
+if _core.cpu_has_avx2():
+    ISAS.append("avx2")
+if _core.cpu_has_avx512():
+    ISAS.append("avx512")
+else:  # pragma: no cover - depends on the host
+    pass
+
+# Relative tolerance (against the largest |W||x| row norm) of a kernel's f32 accumulation
+# versus float64: sums of a few hundred products in f32, any order.
+RTOL_F32_SUM = 2e-6 * 8
+# bf16 weights on AVX-512 meet activations rounded to bf16 (8 bits of mantissa): the
+# reference rounds them too, so only the f32 accumulation differs.
+
+
+def bf16_round(a):
+    """float32 -> nearest bf16 (ties to even), returned as float32."""
+    u = np.asarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16
+    return u.astype(np.uint32).view(np.float32)
+
+
+def encode(w, dtype, group=0):
+    """(weight bytes, scales, W as the kernels see it) for a float W [n_out, n_in]."""
+    if dtype == "f32":
+        return w.astype(np.float32).view(np.uint8).ravel(), None, w.astype(np.float32)
+    if dtype == "f16":
+        h = w.astype(np.float16)
+        return h.view(np.uint8).ravel(), None, h.astype(np.float32)
+    if dtype == "bf16":
+        b = bf16_round(w)
+        return (b.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).ravel(), None, b
+    parts = qz.quantize(w, dtype, group)
+    return parts[""].view(np.uint8).ravel(), parts["_scales"], qz.dequantize(parts, dtype, w.shape[1])
+
+
+def quantize_rows(x):
+    """The kernels' activation quantization: per row, scale max|x| / 127, ties to even (f32 math)."""
+    x = x.astype(np.float32)
+    m = np.abs(x).max(axis=1)
+    inv = np.where(m > 0, np.float32(127) / np.where(m > 0, m, 1), 0).astype(np.float32)
+    q = np.clip(np.rint(x * inv[:, None]), -127, 127)
+    return q, (m / np.float32(127)).astype(np.float32)
+
+
+def reference(w, dtype, group, x, bias, isa):
+    """float64 reference of the linear kernel for one ISA."""
+    _, scales, wf = encode(w, dtype, group)
+    if dtype in ("int8", "int4"):
+        q, sx = quantize_rows(x)
+        if dtype == "int8":
+            wq = np.asarray(qz.quantize(w, "int8", group)[""], np.float64)
+        else:
+            wq = qz.unpack_int4(qz.quantize(w, "int4", group)[""], w.shape[1]).astype(np.float64)
+        g = w.shape[1] // scales.shape[1]
+        isum = np.einsum("tgk,ogk->tog", q.reshape(len(x), -1, g).astype(np.float64), wq.reshape(len(w), -1, g))
+        y = (isum * scales[None].astype(np.float64)).sum(axis=2) * sx[:, None]
+    else:
+        xa = bf16_round(x) if (dtype == "bf16" and isa == "avx512") else x
+        y = xa.astype(np.float64) @ wf.astype(np.float64).T
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def run_linear(isa, dtype, w, group, x, bias, n_threads=1):
+    data, scales, _ = encode(w, dtype, group)
+    g = group if group else w.shape[1]
+    return _core._kernel_linear(isa, dtype, data, scales, bias, x, w.shape[0], g if scales is not None else 0, n_threads)
+
+
+CASES = [  # dtype, n_out, n_in, group
+    ("f32", 37, 67, 0),
+    ("f32", 9, 16, 0),
+    ("f16", 37, 67, 0),
+    ("bf16", 37, 67, 0),
+    ("bf16", 5, 129, 0),
+    ("int8", 37, 67, 0),
+    ("int8", 23, 192, 64),
+    ("int8", 11, 300, 0),
+    ("int4", 37, 100, 0),
+    ("int4", 21, 192, 64),
+    ("int4", 6, 256, 128),
+]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype,n_out,n_in,group", CASES)
+@pytest.mark.parametrize("T", [1, 7])
+def test_linear_matches_reference(isa, dtype, n_out, n_in, group, T):
+    rng = np.random.default_rng(n_out * 1000 + n_in + T)
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    x = rng.standard_normal((T, n_in)).astype(np.float32)
+    bias = rng.standard_normal(n_out).astype(np.float32)
+    y = run_linear(isa, dtype, w, group, x, bias)
+    ref = reference(w, dtype, group, x, bias, isa)
+    _, _, wf = encode(w, dtype, group)
+    scale = np.abs(x).max() * np.abs(wf).sum(axis=1).max()
+    err = np.abs(y - ref).max() / scale
+    assert err < RTOL_F32_SUM, f"{isa} {dtype}: max error {err:.3g} of |W||x| = {scale:.3g}"
+    # and close to the scalar reference (the oracle of the C++ side)
+    y0 = run_linear("scalar", dtype, w, group, x, bias)
+    if not (dtype == "bf16" and isa == "avx512"):
+        assert np.abs(y - y0).max() / scale < RTOL_F32_SUM
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype,n_out,n_in,group", [c for c in CASES if c[1] > 9])
+def test_linear_batch_and_thread_invariant(isa, dtype, n_out, n_in, group):
+    """y[t, o] is bitwise the same for any T and any n_threads."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    x = rng.standard_normal((13, n_in)).astype(np.float32)
+    full = run_linear(isa, dtype, w, group, x, None, n_threads=2)
+    assert np.array_equal(full, run_linear(isa, dtype, w, group, x, None, n_threads=1))
+    assert np.array_equal(full, run_linear(isa, dtype, w, group, x, None, n_threads=3))
+    for t in range(13):
+        assert np.array_equal(full[t], run_linear(isa, dtype, w, group, x[t : t + 1], None)[0]), f"row {t}"
+    assert np.array_equal(full[5:9], run_linear(isa, dtype, w, group, x[5:9], None, n_threads=2))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_linear_large_prefill_shape(isa):
+    """More tokens than one token block and rows not a multiple of the tile."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((45, 768)).astype(np.float32)
+    x = rng.standard_normal((700, 768)).astype(np.float32)
+    y = run_linear(isa, "f32", w, 0, x, None, n_threads=2)
+    ref = x.astype(np.float64) @ w.astype(np.float64).T
+    assert np.abs(y - ref).max() < 1e-3
+    assert np.array_equal(y[650:], run_linear(isa, "f32", w, 0, x[650:], None))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype,n_out,n_in,group", CASES)
+def test_matrix_row(isa, dtype, n_out, n_in, group):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    data, scales, wf = encode(w, dtype, group)
+    g = (group or n_in) if scales is not None else 0
+    for row in (0, n_out - 1):
+        out = _core._kernel_matrix_row(isa, dtype, data, scales, n_out, n_in, g, row)
+        np.testing.assert_allclose(out, wf[row], rtol=1e-6, atol=1e-7)
+
+
+def test_linear_rejects_bad_buffers():
+    x = np.zeros((1, 64), np.float32)
+    with pytest.raises(ValueError, match="bytes"):
+        _core._kernel_linear("scalar", "f32", np.zeros(10, np.uint8), None, None, x, 3)
+    with pytest.raises(ValueError, match="scales"):
+        _core._kernel_linear("scalar", "int8", np.zeros(3 * 64, np.uint8), None, None, x, 3, 64)
+    with pytest.raises(ValueError, match="group"):
+        _core._kernel_linear("scalar", "int8", np.zeros(3 * 64, np.uint8), np.zeros(6, np.float32), None, x, 3, 32)
+    with pytest.raises(ValueError, match="ISA"):
+        _core._kernel_linear("sse9", "f32", np.zeros(3 * 256, np.uint8), None, None, x, 3)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("C", [1, 13, 64, 100])
+@pytest.mark.parametrize("with_beta", [True, False])
+def test_layernorm(isa, C, with_beta):
+    rng = np.random.default_rng(C)
+    x = (rng.standard_normal(C) * 3 + 1.5).astype(np.float32)
+    g = rng.standard_normal(C).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32) if with_beta else None
+    out = _core._kernel_layernorm(isa, x, g, b, 1e-5)
+    xd = x.astype(np.float64)
+    ref = (xd - xd.mean()) / np.sqrt(xd.var() + 1e-5) * g + (b if with_beta else 0)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n", [1, 15, 77])
+def test_gelu(isa, n):
+    from math import erf
+
+    x = np.linspace(-12, 12, n).astype(np.float32) if n > 1 else np.array([0.3], np.float32)
+    xd = x.astype(np.float64)
+    tanh_ref = 0.5 * xd * (1 + np.tanh(np.sqrt(2 / np.pi) * (xd + 0.044715 * xd**3)))
+    np.testing.assert_allclose(_core._kernel_gelu(isa, "tanh", x), tanh_ref, rtol=2e-6, atol=2e-7)
+    erf_ref = np.array([0.5 * v * (1 + erf(v / np.sqrt(2))) for v in xd])
+    np.testing.assert_allclose(_core._kernel_gelu(isa, "erf", x), erf_ref, rtol=2e-6, atol=2e-7)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_add(isa):
+    rng = np.random.default_rng(0)
+    for n in (1, 17, 100):
+        y, x = rng.standard_normal((2, n)).astype(np.float32)
+        np.testing.assert_array_equal(_core._kernel_add(isa, y, x), y + x)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n_keys,hs,ld", [(1, 64, 64), (5, 7, 13), (33, 64, 192), (100, 80, 97), (17, 130, 131)])
+def test_attention_row(isa, n_keys, hs, ld):
+    rng = np.random.default_rng(n_keys + hs)
+    q = rng.standard_normal(hs).astype(np.float32)
+    k = (rng.standard_normal((n_keys, ld)) * 2).astype(np.float32)
+    v = rng.standard_normal((n_keys, ld)).astype(np.float32)
+    scale = 1 / np.sqrt(hs)
+    out = _core._kernel_attention_row(isa, q, k, v, scale)
+    s = k[:, :hs].astype(np.float64) @ q * scale
+    p = np.exp(s - s.max())
+    p /= p.sum()
+    np.testing.assert_allclose(out, p @ v[:, :hs], rtol=1e-5, atol=1e-5)
