@@ -108,7 +108,7 @@ public:
         const uint8_t* p = file_.data() + t.begin;
         const size_t align = dtype_size(dtype);
         if (reinterpret_cast<uintptr_t>(p) % align == 0) return p;
-        copies_.emplace_back(p, p + (t.end - t.begin) + align);  // vector storage is malloc-aligned
+        copies_.emplace_back(p, p + (t.end - t.begin));  // vector storage is malloc-aligned
         copied_bytes_ += t.end - t.begin;
         return copies_.back().data();
     }
