@@ -34,7 +34,7 @@ def read_config(model_dir: str) -> dict:
     try:
         with open(path, "rb") as f:
             cfg = json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: deep nesting
         raise ModelFormatError(f"{path}: not valid JSON: {e}") from None
     return validate_config(cfg, path)
 
