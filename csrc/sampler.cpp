@@ -170,11 +170,14 @@ void Sampler::keep_top_p(float* s) {
         Z += std::exp(double(s[i]) - double(m));
     }
     auto by_score = [s](int32_t a, int32_t b) { return s[a] > s[b] || (s[a] == s[b] && a < b); };
-    // The kept set is usually small: sort a growing head of the candidates, not all of them.
+    // The kept set is usually small: sort a head of the candidates first, all of them if needed.
     const size_t n = idx_.size();
     size_t keep = n;
-    for (size_t head = std::min<size_t>(n, 256);; head = std::min(n, head * 8)) {
-        std::partial_sort(idx_.begin(), idx_.begin() + head, idx_.end(), by_score);
+    for (size_t head = std::min<size_t>(n, 128);; head = n) {
+        if (head < n)
+            std::partial_sort(idx_.begin(), idx_.begin() + head, idx_.end(), by_score);
+        else
+            std::sort(idx_.begin(), idx_.end(), by_score);
         double before = 0.0;
         size_t k = 0;
         for (; k < head; k++) {

@@ -2,6 +2,7 @@
 
 from . import _core
 from ._core import ModelFormatError
+from .generation import GenerationOutput, Timings, generate_text as generate
 from .model import Model, load
 from .tokenizer import Tokenizer
 
@@ -21,4 +22,5 @@ def system_info() -> dict:
     }
 
 
-__all__ = ["Model", "ModelFormatError", "Tokenizer", "load", "system_info", "__version__"]
+__all__ = ["GenerationOutput", "Model", "ModelFormatError", "Timings", "Tokenizer", "generate", "load", "system_info",
+           "__version__"]

@@ -1,0 +1,415 @@
+"""Text generation: ``model.generate``, ``model.stream`` and ``pygpt.generate``.
+
+Arguments are checked here and handed to the C++ decode loop (csrc/generate.cpp), which runs
+prefill, sampling (csrc/sampler.cpp) and stop matching without the GIL. The defaults are
+transformers' for GPT-2: greedy decoding with every filter off.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _core
+
+Prompt = Union[str, Sequence[int]]
+
+DEFAULT_MAX_NEW_TOKENS = 50
+FINISH_REASONS = ("length", "stop", "eos")
+
+
+@dataclass
+class Timings:
+    """Where the time went in one generate call (shared by the outputs of a batch)."""
+
+    prefill_tokens: int           # prompt tokens run through the model (once per distinct prompt)
+    prefill_seconds: float        # the prefill forward pass and the first draws
+    decode_tokens: int            # tokens generated after the first one of each sequence
+    decode_seconds: float
+    time_to_first_token: float    # seconds from the start to the first generated token
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prefill_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (f"prefill {self.prefill_tokens} tokens at {self.prefill_tokens_per_s:.1f} tok/s, "
+                f"decode {self.decode_tokens} tokens at {self.decode_tokens_per_s:.1f} tok/s, "
+                f"first token after {self.time_to_first_token * 1000:.1f} ms")
+
+
+@dataclass
+class GenerationOutput:
+    """One generated sequence.
+
+    text:          the generated text (the prompt's text first when echo=True); never holds
+                   what stopped generation (a stop string, a stop token, eos). None when the
+                   model has no tokenizer.
+    tokens:        the generated token ids (prompt ids first when echo=True), the token(s)
+                   that stopped generation included.
+    finish_reason: "length" (max_new_tokens or the context is full), "stop" (a stop string or
+                   one of stop_token_ids) or "eos" (<|endoftext|>).
+    logprobs:      with logprobs=True, the log-probability of each token in `tokens` under the
+                   model's distribution (softmax of the raw logits, before any processor);
+                   None for the first prompt token when echo=True.
+    top_logprobs:  with top_logprobs=k, for each token the k most likely (id, log-probability)
+                   pairs, most likely first (None for the first prompt token with echo).
+    prompt_tokens: the prompt's ids as run (after truncation).
+    """
+
+    text: Optional[str]
+    tokens: List[int]
+    finish_reason: str
+    timings: Timings
+    prompt_tokens: List[int] = field(default_factory=list)
+    logprobs: Optional[List[Optional[float]]] = None
+    top_logprobs: Optional[List[Optional[List[Tuple[int, float]]]]] = None
+
+    def __str__(self) -> str:
+        return self.text if self.text is not None else str(self.tokens)
+
+
+# -- argument checks -----------------------------------------------------------------------------
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _int(name, v, lo=None, hi=None, none_ok=False):
+    if v is None and none_ok:
+        return None
+    if not _is_int(v):
+        raise TypeError(f"{name} must be an integer, got {type(v).__name__} {v!r}")
+    v = int(v)
+    if lo is not None and v < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {v}")
+    return v
+
+
+def _float(name, v, lo=None, hi=None, lo_open=False, none_ok=False, allow_neg_inf=False):
+    if v is None and none_ok:
+        return None
+    if not isinstance(v, (numbers.Real, np.floating, np.integer)) or isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a number, got {type(v).__name__} {v!r}")
+    v = float(v)
+    if math.isnan(v) or v == math.inf or (v == -math.inf and not allow_neg_inf):
+        raise ValueError(f"{name} must be a finite number, got {v}")
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {v}")
+    return v
+
+
+def _bool(name, v):
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(v).__name__} {v!r}")
+    return bool(v)
+
+
+def sampling_params(vocab_size: int, *, temperature=0.0, top_k=None, top_p=None, min_p=None,
+                    typical_p=None, repetition_penalty=None, presence_penalty=None,
+                    frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None) -> "_core.SamplingParams":
+    """Checked logits-processor settings for the C++ sampler. None means off."""
+    p = _core.SamplingParams()
+    p.temperature = _float("temperature", temperature, lo=0.0)
+    p.top_k = _int("top_k", top_k, lo=0, none_ok=True) or 0
+    p.top_p = 1.0 if top_p is None else _float("top_p", top_p, lo=0.0, hi=1.0)
+    p.min_p = 0.0 if min_p is None else _float("min_p", min_p, lo=0.0, hi=1.0)
+    p.typical_p = 1.0 if typical_p is None else _float("typical_p", typical_p, lo=0.0, hi=1.0, lo_open=True)
+    p.repetition_penalty = (1.0 if repetition_penalty is None else
+                            _float("repetition_penalty", repetition_penalty, lo=0.0, lo_open=True))
+    p.presence_penalty = 0.0 if presence_penalty is None else _float("presence_penalty", presence_penalty)
+    p.frequency_penalty = 0.0 if frequency_penalty is None else _float("frequency_penalty", frequency_penalty)
+    p.no_repeat_ngram_size = _int("no_repeat_ngram_size", no_repeat_ngram_size, lo=0, none_ok=True) or 0
+    bias = []
+    if logit_bias is not None:
+        if not isinstance(logit_bias, dict):
+            raise TypeError(f"logit_bias must be a dict {{token id: bias}}, got {type(logit_bias).__name__}")
+        for k, b in logit_bias.items():
+            tid = _int("logit_bias token id", k, lo=0, hi=vocab_size - 1)
+            bias.append((tid, _float(f"logit_bias[{tid}]", b, allow_neg_inf=True)))
+    p.logit_bias = bias
+    p.validate(vocab_size)
+    return p
+
+
+def _token_list(name, ids, vocab_size):
+    if isinstance(ids, np.ndarray):
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"{name} must be a 1-D array of integer token ids")
+        ids = ids.tolist()
+    out = []
+    for t in ids:
+        if not _is_int(t):
+            raise TypeError(f"{name} must hold integer token ids, got {type(t).__name__} {t!r}")
+        t = int(t)
+        if not 0 <= t < vocab_size:
+            raise ValueError(f"{name}: token id {t} is outside the vocabulary [0, {vocab_size})")
+        out.append(t)
+    return out
+
+
+def _split_prompts(prompt) -> Tuple[list, bool]:
+    """(list of prompts, whether the input was a batch)."""
+    if isinstance(prompt, str):
+        return [prompt], False
+    if isinstance(prompt, (bytes, bytearray)):
+        raise TypeError("prompt must be str or token ids, not bytes: decode it first")
+    if isinstance(prompt, np.ndarray):
+        if prompt.ndim == 1:
+            return [prompt], False
+        if prompt.ndim == 2:
+            return list(prompt), True
+        raise ValueError(f"a prompt array must be 1-D (ids) or 2-D (a batch), got shape {prompt.shape}")
+    try:
+        items = list(prompt)
+    except TypeError:
+        raise TypeError(f"prompt must be a str, a list of token ids, or a list of either; "
+                        f"got {type(prompt).__name__}") from None
+    if not items:
+        raise ValueError("empty prompt: give a str (possibly '') or at least one token id")
+    if all(_is_int(t) for t in items):
+        return [items], False
+    for i, p in enumerate(items):
+        if isinstance(p, (str, np.ndarray)) or (isinstance(p, (list, tuple)) and all(_is_int(t) for t in p)):
+            continue
+        raise TypeError(f"prompt {i} of the batch must be a str or a list of token ids, got {p!r:.80}")
+    return items, True
+
+
+class _Request:
+    """Everything one generate/stream call needs, checked."""
+
+    def __init__(self, model, prompt, *, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=0.0, top_k=None,
+                 top_p=None, min_p=None, typical_p=None, repetition_penalty=None, presence_penalty=None,
+                 frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None, stop=None,
+                 stop_token_ids=None, ignore_eos=False, seed=None, logprobs=False, top_logprobs=0,
+                 echo=False, num_return_sequences=1, truncate=None):
+        core = getattr(model, "_core", None)
+        if core is None or not hasattr(model, "config"):
+            raise TypeError(f"model must be a pygpt.Model (from pygpt.load), got {type(model).__name__}")
+        self.model = model
+        self.tokenizer = getattr(model, "tokenizer", None)
+        V = int(model.config["vocab_size"])
+        n_ctx = int(model.config["n_ctx"])
+
+        opt = _core.GenerateOptions()
+        opt.sampling = sampling_params(
+            V, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+            repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+            logit_bias=logit_bias)
+        opt.max_new_tokens = _int("max_new_tokens", max_new_tokens, lo=0)
+        if stop is None:
+            stop = []
+        elif isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+            raise TypeError("stop must be a str or a list of str")
+        if any(s == "" for s in stop):
+            raise ValueError("stop strings must not be empty")
+        if stop and self.tokenizer is None:
+            raise ValueError("stop strings need a model with a tokenizer (vocab.json + merges.txt)")
+        opt.stop = list(stop)
+        if stop_token_ids is None:
+            stop_token_ids = []
+        if _is_int(stop_token_ids) or not isinstance(stop_token_ids, (list, tuple, set, frozenset, np.ndarray)):
+            raise TypeError("stop_token_ids must be a list of token ids")
+        opt.stop_token_ids = _token_list("stop_token_ids", list(stop_token_ids), V)
+        opt.ignore_eos = _bool("ignore_eos", ignore_eos)
+        if seed is None:
+            seed = secrets.randbits(64)
+        opt.seed = _int("seed", seed, lo=0, hi=2 ** 64 - 1)
+        self.logprobs = _bool("logprobs", logprobs)
+        opt.top_logprobs = _int("top_logprobs", top_logprobs, lo=0, hi=V)
+        opt.logprobs = self.logprobs or opt.top_logprobs > 0
+        self.echo = _bool("echo", echo)
+        opt.prompt_logprobs = self.echo and opt.logprobs
+        opt.num_return_sequences = _int("num_return_sequences", num_return_sequences, lo=1)
+        if truncate not in (None, "left"):
+            raise ValueError(f"truncate must be None or 'left', got {truncate!r}")
+        self.options = opt
+
+        items, self.batch = _split_prompts(prompt)
+        self.prompts = []
+        for i, p in enumerate(items):
+            name = "prompt" if not self.batch else f"prompt {i}"
+            if isinstance(p, str):
+                if self.tokenizer is None:
+                    raise ValueError("this model has no tokenizer: give the prompt as token ids")
+                ids = self.tokenizer.encode(p, allowed_special="all") if p else []
+                if not ids:  # generate from scratch: GPT-2 starts a document with <|endoftext|>
+                    if self.tokenizer.eot_id < 0:
+                        raise ValueError(f"{name} is empty and the tokenizer has no <|endoftext|> to start from")
+                    ids = [self.tokenizer.eot_id]
+            else:
+                ids = _token_list(name, p, V)
+                if not ids:
+                    raise ValueError(f"{name} is empty: give at least one token id")
+            if truncate == "left":
+                keep = max(1, n_ctx - opt.max_new_tokens)
+                ids = ids[-keep:]
+            elif len(ids) > n_ctx:
+                raise ValueError(f"{name} has {len(ids)} tokens, more than the model's context of {n_ctx}; "
+                                 f"pass truncate='left' to keep its end")
+            self.prompts.append(ids)
+
+    def start(self) -> "_core.Generation":
+        tok_core = self.tokenizer._core if self.tokenizer is not None else None
+        return _core.Generation(self.model._core, tok_core, self.prompts, self.options)
+
+    def prompt_text(self, p: int) -> Optional[str]:
+        return self.tokenizer.decode(self.prompts[p]) if self.tokenizer is not None else None
+
+    def outputs(self, gen, text_of=None) -> list:
+        """GenerationOutput of every sequence of gen, prompt-major."""
+        t = gen.timings
+        timings = Timings(t["prefill_tokens"], t["prefill_seconds"], t["decode_tokens"], t["decode_seconds"],
+                          t["first_token_seconds"])
+        outs = []
+        for i in range(len(gen)):
+            r = gen.result(i)
+            p = r["prompt_index"]
+            prompt = self.prompts[p]
+            text = r["text"] if self.tokenizer is not None else None
+            tokens = list(r["tokens"])
+            lps = tops = None
+            if self.options.logprobs:
+                lps = list(r["logprobs"])
+                tops = [list(map(tuple, row)) for row in r["top_logprobs"]] if self.options.top_logprobs else None
+            if self.echo:
+                if text is not None:
+                    text = self.prompt_text(p) + text
+                tokens = prompt + tokens
+                if lps is not None:
+                    lps = [None] + list(r["prompt_logprobs"]) + lps
+                    if tops is not None:
+                        tops = [None] + [list(map(tuple, row)) for row in r["prompt_top_logprobs"]] + tops
+            outs.append(GenerationOutput(text=text, tokens=tokens, finish_reason=r["finish_reason"],
+                                         timings=timings, prompt_tokens=list(prompt), logprobs=lps,
+                                         top_logprobs=tops))
+        return outs
+
+    def shape(self, outs: list):
+        """The outputs laid out like the input: one, n, a batch, or a batch of n each."""
+        n = self.options.num_return_sequences
+        per_prompt = [outs[i * n:(i + 1) * n] for i in range(len(self.prompts))]
+        if not self.batch:
+            return per_prompt[0][0] if n == 1 else per_prompt[0]
+        return [group[0] for group in per_prompt] if n == 1 else per_prompt
+
+
+# -- public API ----------------------------------------------------------------------------------
+
+
+def generate(model, prompt, **options):
+    """Generates a continuation of prompt with model (a pygpt.Model).
+
+    prompt: a str, a list of token ids, or a list of either (a batch, run together).
+    Returns a GenerationOutput; a list of them for a batch or num_return_sequences > 1 (a list
+    per prompt when both). Options (all keyword-only):
+
+      max_new_tokens=50       tokens to generate at most
+      temperature=0.0         0 = greedy (the default); > 0 samples from softmax(logits / T)
+      top_k, top_p, min_p, typical_p      sampling filters (None = off)
+      repetition_penalty      > 1 discourages every token already in prompt + output
+      presence_penalty, frequency_penalty OpenAI's penalties on generated tokens
+      no_repeat_ngram_size    never repeat an n-gram of this size
+      logit_bias              {token id: bias added to its logit} (-inf bans it)
+      stop                    str or list of str: stop when the text contains one (not included)
+      stop_token_ids          stop after one of these tokens (not in the text)
+      ignore_eos=False        keep going past <|endoftext|>
+      seed                    int: the same seed gives the same tokens, whatever the batch or
+                              thread count; None: a random seed
+      logprobs=False, top_logprobs=0      log-probabilities of the tokens (see GenerationOutput)
+      echo=False              prepend the prompt to text and tokens
+      num_return_sequences=1  samples per prompt (the prompt is run once, its cache forked)
+      truncate=None           'left': cut the prompt's start so prompt + max_new_tokens fits
+                              the context; otherwise a prompt longer than it is a ValueError
+
+    Generation stops at the model's context (finish_reason "length"). Ctrl-C stops it within
+    one token and raises KeyboardInterrupt; the model stays usable.
+    """
+    req = _Request(model, prompt, **options)
+    gen = req.start()
+    gen.run()
+    return req.shape(req.outputs(gen))
+
+
+class TextStream:
+    """Iterator over the text pieces of one generation (see stream()). Once exhausted,
+    .output holds the GenerationOutput; "".join(pieces) == output.text."""
+
+    def __init__(self, req: _Request):
+        self._req = req
+        self._gen = req.start()
+        self._pending_echo = req.echo
+        self._finished = False
+        self.output: Optional[GenerationOutput] = None
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        if self._pending_echo:
+            self._pending_echo = False
+            text = self._req.prompt_text(0)
+            if text:
+                return text
+        while not self._finished:
+            more = self._gen.step()
+            piece = self._gen.take_text(0)
+            if not more:
+                self._finished = True
+                self.output = self._req.outputs(self._gen)[0]
+            if piece:
+                return piece
+        raise StopIteration
+
+
+def stream(model, prompt, **options) -> TextStream:
+    """Like generate() for one prompt, but yields the text as it is generated: valid UTF-8
+    pieces that never include a partial character or the start of a possible stop string.
+    Breaking out of the loop stops generation; so does Ctrl-C (KeyboardInterrupt)."""
+    req = _Request(model, prompt, **options)
+    if req.batch:
+        raise ValueError("stream() takes one prompt; use generate() for a batch")
+    if req.options.num_return_sequences != 1:
+        raise ValueError("stream() generates one sequence: num_return_sequences must be 1")
+    if req.tokenizer is None:
+        raise ValueError("stream() yields text and this model has no tokenizer; use generate()")
+    return TextStream(req)
+
+
+def generate_text(prompt, model=None, **options):
+    """One call from text to text: loads model (a folder, a pygpt.Model, or None for the
+    default model), generates, and returns the text (a list of texts for a batch or
+    num_return_sequences > 1). Options as for generate()."""
+    from .model import Model, load
+
+    if model is None or isinstance(model, (str, os.PathLike)):
+        model = load(model)
+    elif not isinstance(model, Model):
+        raise TypeError(f"model must be a folder path, a pygpt.Model or None, got {type(model).__name__}")
+    out = generate(model, prompt, **options)
+
+    def text(o):
+        if isinstance(o, list):
+            return [text(x) for x in o]
+        return o.text
+
+    return text(out)

@@ -1,0 +1,322 @@
+"""The C++ sampler (csrc/sampler.cpp) against transformers' logits processors, and its draws
+against the processed distribution (chi-square, fixed seed)."""
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+tlp = pytest.importorskip("transformers.generation.logits_process")
+
+from pygpt import _core  # noqa: E402
+from pygpt.generation import sampling_params  # noqa: E402
+
+V = 50257
+# Elementwise processors (temperature, penalties, bias) are single float32 operations on both
+# sides, up to torch computing x / c as x * (1 / c): a few ulps.
+RTOL_ELEMENTWISE = 1e-6
+# Filters compare cumulative probabilities with a threshold. We compute them in double;
+# transformers is run in float64 on the same float32 logits, so the kept sets must be equal.
+
+
+def random_logits(seed, n=V, scale=2.0):
+    return (np.random.default_rng(seed).standard_normal(n) * scale).astype(np.float32)
+
+
+def lm_like_logits(seed, n=V):
+    """Shaped like a language model's: a few tokens far ahead, a long Zipf-like tail."""
+    rng = np.random.default_rng(seed)
+    ranks = rng.permutation(n) + 1
+    return (-1.3 * np.log(ranks) * 2.0 + rng.standard_normal(n) * 0.5 + 8).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model_logits(hf_model_factory):
+    """Logits of a real forward pass: a small random GPT-2 (tests/conftest.py) run by pygpt."""
+    import pygpt
+
+    _, _, path = hf_model_factory("tiny")
+    m = pygpt.load(path)
+    return m.logits([464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290])[-1].astype(np.float32)
+
+
+LOGITS = {
+    "random": lambda: random_logits(0),
+    "lm_like": lambda: lm_like_logits(1),
+    "small_vocab": lambda: random_logits(2, n=1000, scale=3.0),
+}
+
+
+def ours(logits, history=(), n_prompt=None, **kw):
+    history = list(history)
+    n_prompt = len(history) if n_prompt is None else n_prompt
+    return _core.process_logits(logits, history, n_prompt, sampling_params(len(logits), **kw))
+
+
+def theirs(processor, logits, history=(), dtype=torch.float32):
+    ids = torch.tensor([list(history) or [0]], dtype=torch.long)
+    scores = torch.from_numpy(logits.astype(np.float32)).to(dtype)[None, :]
+    return processor(ids, scores)[0].double().numpy()
+
+
+def assert_same_scores(got, want, rtol=RTOL_ELEMENTWISE):
+    got = np.asarray(got, dtype=np.float64)
+    kept_got, kept_want = np.isfinite(got), np.isfinite(want)
+    diff = np.flatnonzero(kept_got != kept_want)
+    assert diff.size == 0, (f"kept sets differ at {diff.size} ids, first {diff[:5].tolist()}: "
+                            f"ours {got[diff[:5]].tolist()} theirs {want[diff[:5]].tolist()}")
+    assert np.all(got[~kept_got] == -np.inf)
+    np.testing.assert_allclose(got[kept_got], want[kept_want], rtol=rtol, atol=0)
+
+
+# -- each processor against transformers -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", LOGITS)
+@pytest.mark.parametrize("t", [0.3, 0.7, 1.5])
+def test_temperature(kind, t):
+    x = LOGITS[kind]()
+    assert_same_scores(ours(x, temperature=t), theirs(tlp.TemperatureLogitsWarper(t), x))
+
+
+@pytest.mark.parametrize("kind", LOGITS)
+@pytest.mark.parametrize("k", [1, 7, 50, 5000])
+def test_top_k(kind, k):
+    x = LOGITS[kind]()
+    assert_same_scores(ours(x, temperature=1.0, top_k=k), theirs(tlp.TopKLogitsWarper(k), x))
+
+
+def test_top_k_keeps_ties_like_torch():
+    x = np.array([1.0, 3.0, 2.0, 3.0, 2.0, 0.5], dtype=np.float32)
+    assert_same_scores(ours(x, temperature=1.0, top_k=3), theirs(tlp.TopKLogitsWarper(3), x))
+    assert np.isfinite(ours(x, temperature=1.0, top_k=3)).sum() == 4  # both 2.0s tie for third
+
+
+@pytest.mark.parametrize("kind", LOGITS)
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.9, 0.95, 0.999])
+def test_top_p(kind, p):
+    x = LOGITS[kind]()
+    got = ours(x, temperature=1.0, top_p=p)
+    assert_same_scores(got, theirs(tlp.TopPLogitsWarper(p), x, dtype=torch.float64))
+    assert np.isfinite(got).sum() >= 1
+
+
+@pytest.mark.parametrize("kind", LOGITS)
+@pytest.mark.parametrize("p", [0.01, 0.1, 0.5, 1.0])
+def test_min_p(kind, p):
+    x = LOGITS[kind]()
+    assert_same_scores(ours(x, temperature=1.0, min_p=p), theirs(tlp.MinPLogitsWarper(p), x, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind", LOGITS)
+@pytest.mark.parametrize("mass", [0.2, 0.5, 0.9, 0.99])
+def test_typical_p(kind, mass):
+    x = LOGITS[kind]()
+    assert_same_scores(ours(x, temperature=1.0, typical_p=mass),
+                       theirs(tlp.TypicalLogitsWarper(mass), x, dtype=torch.float64))
+
+
+HISTORY = [5, 17, 5, 999, 3, 17, 42, 5, 17]
+
+
+@pytest.mark.parametrize("kind", LOGITS)
+@pytest.mark.parametrize("penalty", [0.5, 1.2, 2.0])
+def test_repetition_penalty(kind, penalty):
+    x = LOGITS[kind]()
+    # transformers penalises the whole sequence, prompt included: so do we
+    got = ours(x, HISTORY, n_prompt=4, repetition_penalty=penalty)
+    assert_same_scores(got, theirs(tlp.RepetitionPenaltyLogitsProcessor(penalty), x, HISTORY))
+    assert not np.array_equal(got, x)
+
+
+@pytest.mark.parametrize("kind", LOGITS)
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_no_repeat_ngram(kind, n):
+    x = LOGITS[kind]()
+    got = ours(x, HISTORY, no_repeat_ngram_size=n)
+    assert_same_scores(got, theirs(tlp.NoRepeatNGramLogitsProcessor(n), x, HISTORY))
+    if n == 2:  # the sequence ends in 17; "17 5" and "17 42" were seen
+        assert np.isneginf(got[[5, 42]]).all() and np.isfinite(got[999])
+
+
+@pytest.mark.parametrize("kind", LOGITS)
+def test_logit_bias(kind):
+    x = LOGITS[kind]()
+    bias = {3: 5.0, 10: -2.5, 11: -math.inf, 500: 0.25}
+    want = theirs(tlp.SequenceBiasLogitsProcessor([[[k], v] for k, v in bias.items()]), x)
+    assert_same_scores(ours(x, logit_bias=bias), want)
+
+
+def test_presence_and_frequency_penalties_follow_openai():
+    x = random_logits(3, n=100)
+    history, n_prompt = [1, 2, 3, 4, 5, 6, 7, 7, 7, 9, 3], 6  # generated: 7 7 7 9 3
+    got = ours(x, history, n_prompt=n_prompt, presence_penalty=0.5, frequency_penalty=0.25)
+    want = x.astype(np.float64).copy()
+    counts = np.bincount(history[n_prompt:], minlength=100)
+    want -= counts * 0.25 + (counts > 0) * 0.5  # OpenAI's definition, generated tokens only
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got[1] == x[1]  # prompt-only tokens are not penalised
+
+
+def test_processors_chain_in_transformers_order():
+    x = lm_like_logits(4)
+    history = [10, 20, 30, 10, 20]
+    kw = dict(temperature=0.8, top_k=40, top_p=0.9, min_p=0.02, typical_p=0.95, repetition_penalty=1.3,
+              no_repeat_ngram_size=2, logit_bias={7: 1.5})
+    chain = tlp.LogitsProcessorList([
+        tlp.SequenceBiasLogitsProcessor([[[7], 1.5]]),
+        tlp.RepetitionPenaltyLogitsProcessor(1.3),
+        tlp.NoRepeatNGramLogitsProcessor(2),
+        tlp.TemperatureLogitsWarper(0.8),
+        tlp.TopKLogitsWarper(40),
+        tlp.TopPLogitsWarper(0.9),
+        tlp.MinPLogitsWarper(0.02),
+        tlp.TypicalLogitsWarper(0.95),
+    ])
+    got = ours(x, history, **kw)
+    assert_same_scores(got, theirs(chain, x, history), rtol=1e-5)
+    assert 1 < np.isfinite(got).sum() < 40
+
+
+def test_model_logits_match_transformers(model_logits):
+    x = model_logits
+    history = [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290]
+    for proc, kw, dtype in [
+        (tlp.TopPLogitsWarper(0.9), dict(top_p=0.9), torch.float64),
+        (tlp.TopKLogitsWarper(20), dict(top_k=20), torch.float32),
+        (tlp.MinPLogitsWarper(0.1), dict(min_p=0.1), torch.float64),
+        (tlp.TypicalLogitsWarper(0.9), dict(typical_p=0.9), torch.float64),
+        (tlp.RepetitionPenaltyLogitsProcessor(1.5), dict(repetition_penalty=1.5), torch.float32),
+        (tlp.NoRepeatNGramLogitsProcessor(1), dict(no_repeat_ngram_size=1), torch.float32),
+    ]:
+        assert_same_scores(ours(x, history, temperature=1.0, **kw), theirs(proc, x, history, dtype=dtype))
+
+
+# -- greedy ---------------------------------------------------------------------------------------
+
+
+def test_greedy_ignores_the_sampling_filters():
+    x = lm_like_logits(5)
+    got = ours(x, temperature=0.0, top_k=3, top_p=0.5, typical_p=0.2, min_p=0.5)
+    np.testing.assert_array_equal(got, x)  # warpers only shape a random draw, as in transformers
+    p = sampling_params(V, temperature=0.0, typical_p=0.2)
+    assert _core.sample_tokens(x, [], 0, p, 0, 0, 3).tolist() == [int(np.argmax(x))] * 3
+
+
+def test_greedy_applies_penalties_and_takes_lowest_id_on_ties():
+    x = np.array([1.0, 4.0, 4.0, 2.0], dtype=np.float32)
+    assert _core.sample_tokens(x, [], 0, sampling_params(4), 0, 0, 1)[0] == 1  # like torch.argmax
+    p = sampling_params(4, repetition_penalty=4.0)
+    assert _core.sample_tokens(x, [1], 1, p, 0, 0, 1)[0] == 2
+
+
+# -- draws ----------------------------------------------------------------------------------------
+
+
+# A correct sampler fails a chi-square test at this level with probability 1e-4 per seed (the
+# seeds are fixed, so the tests are deterministic).
+CHI2_P_VALUE = 1e-4
+
+
+def chi2_p_value(stat, df):
+    """P(X >= stat) for X ~ chi-square(df): the regularized upper incomplete gamma Q(df/2, stat/2)."""
+    return torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64),
+                                   torch.tensor(stat / 2, dtype=torch.float64)).item()
+
+
+def chi2_statistic(counts, probs):
+    expected = counts.sum() * probs
+    return float((((counts - expected) ** 2) / expected).sum())
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_draws_follow_the_processed_distribution(seed):
+    x = random_logits(10, n=64, scale=1.5)
+    kw = dict(temperature=0.8, top_k=40, top_p=0.95, repetition_penalty=1.2)
+    history = [3, 4, 5]
+    scores = ours(x, history, **kw).astype(np.float64)
+    kept = np.isfinite(scores)
+    probs = np.exp(scores[kept] - scores[kept].max())
+    probs /= probs.sum()
+    assert probs.min() * 200_000 > 5  # every expected count is large enough for the test
+
+    n = 200_000
+    draws = _core.sample_tokens(x, history, len(history), sampling_params(64, **kw), seed, 0, n)
+    counts = np.bincount(draws, minlength=64)
+    assert counts[~kept].sum() == 0, "drew a filtered token"
+    df = int(kept.sum()) - 1
+    stat = chi2_statistic(counts[kept].astype(np.float64), probs)
+    assert chi2_p_value(stat, df) > CHI2_P_VALUE, f"chi2 = {stat:.1f} with {df} degrees of freedom"
+
+    # the same test tells a wrong distribution apart (the unprocessed softmax over the kept set)
+    raw = np.exp(x[kept].astype(np.float64) - x[kept].max())
+    wrong = chi2_statistic(counts[kept].astype(np.float64), raw / raw.sum())
+    assert chi2_p_value(wrong, df) < 1e-12
+
+
+def test_chi2_p_value():
+    # tabulated 0.9999 quantiles of chi-square: df 10 -> 35.56, df 1 -> 15.14
+    assert chi2_p_value(35.56, 10) == pytest.approx(1e-4, rel=0.01)
+    assert chi2_p_value(15.14, 1) == pytest.approx(1e-4, rel=0.01)
+
+
+def test_same_seed_same_draws_and_streams_differ():
+    x = lm_like_logits(6)
+    p = sampling_params(V, temperature=1.0, top_p=0.95)
+    a = _core.sample_tokens(x, [], 0, p, 1234, 0, 50)
+    np.testing.assert_array_equal(a, _core.sample_tokens(x, [], 0, p, 1234, 0, 50))
+    assert not np.array_equal(a, _core.sample_tokens(x, [], 0, p, 1234, 1, 50))
+    assert not np.array_equal(a, _core.sample_tokens(x, [], 0, p, 1235, 0, 50))
+
+
+def test_uniform_logits_give_uniform_draws():
+    n_bins, n = 256, 256 * 200
+    draws = _core.sample_tokens(np.zeros(n_bins, np.float32), [], 0, sampling_params(n_bins, temperature=1.0), 7, 0, n)
+    stat = chi2_statistic(np.bincount(draws, minlength=n_bins).astype(np.float64), np.full(n_bins, 1 / n_bins))
+    assert chi2_p_value(stat, n_bins - 1) > CHI2_P_VALUE
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw, exc", [
+    (dict(temperature=-0.1), ValueError),
+    (dict(temperature=float("nan")), ValueError),
+    (dict(temperature="hot"), TypeError),
+    (dict(top_k=-1), ValueError),
+    (dict(top_k=2.5), TypeError),
+    (dict(top_k=True), TypeError),
+    (dict(top_p=1.5), ValueError),
+    (dict(min_p=-0.1), ValueError),
+    (dict(typical_p=0.0), ValueError),
+    (dict(repetition_penalty=0.0), ValueError),
+    (dict(presence_penalty=float("inf")), ValueError),
+    (dict(no_repeat_ngram_size=-2), ValueError),
+    (dict(logit_bias={V: 1.0}), ValueError),
+    (dict(logit_bias={-1: 1.0}), ValueError),
+    (dict(logit_bias={"5": 1.0}), TypeError),
+    (dict(logit_bias={5: float("nan")}), ValueError),
+    (dict(logit_bias=[(5, 1.0)]), TypeError),
+])
+def test_bad_parameters(kw, exc):
+    with pytest.raises(exc):
+        sampling_params(V, **kw)
+
+
+def test_core_validates_too():
+    p = _core.SamplingParams()
+    p.top_p = 2.0
+    with pytest.raises(ValueError, match="top_p"):
+        _core.process_logits(np.zeros(10, np.float32), [], 0, p)
+    with pytest.raises(ValueError, match="NaN"):
+        _core.process_logits(np.array([0.0, np.nan], np.float32), [], 0, _core.SamplingParams())
+    with pytest.raises(ValueError, match="vocabulary"):
+        _core.process_logits(np.zeros(10, np.float32), [10], 0, _core.SamplingParams())
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_everything_filtered_is_a_value_error(temperature):
+    p = sampling_params(3, temperature=temperature, logit_bias={0: -math.inf, 1: -math.inf, 2: -math.inf})
+    with pytest.raises(ValueError, match="filtered out"):
+        _core.sample_tokens(np.zeros(3, np.float32), [], 0, p, 0, 0, 1)
