@@ -112,12 +112,12 @@ struct Tokenizer::Tables {
 
 class Tokenizer::Session {
 public:
-    static constexpr size_t kMaxCachedPiece = 64;  // longer pieces are rare and not cached
-    static constexpr size_t kCacheSlots = size_t(1) << 13;
-
-    Session() : slots_(kCacheSlots) {}
+    static constexpr size_t kMaxCachedPiece = 64;       // longer pieces are rare and not cached
+    static constexpr size_t kMinSlots = 256;            // the table starts small (short texts) ...
+    static constexpr size_t kMaxSlots = size_t(1) << 14;  // ... and is cleared when this is half full
 
     bool find(const uint8_t* p, size_t n, uint64_t h, std::vector<int32_t>& out) const {
+        if (slots_.empty()) return false;
         const uint64_t mask = slots_.size() - 1;
         for (uint64_t i = h & mask;; i = (i + 1) & mask) {
             const Entry& e = slots_[i];
@@ -130,19 +130,20 @@ public:
     }
 
     void insert(const uint8_t* p, size_t n, uint64_t h, const int32_t* ids, size_t m) {
-        if (2 * (used_ + 1) > slots_.size()) clear();  // bounded memory: start over when half full
-        const uint64_t mask = slots_.size() - 1;
-        uint64_t i = h & mask;
-        while (slots_[i].hash != 0) i = (i + 1) & mask;
-        slots_[i] = Entry{h | 1, static_cast<uint32_t>(keys_.size()), static_cast<uint32_t>(n),
-                          static_cast<uint32_t>(vals_.size()), static_cast<uint32_t>(m)};
+        if (2 * (used_ + 1) > slots_.size()) {
+            if (slots_.size() < kMaxSlots)
+                grow();
+            else
+                clear();  // bounded memory: start over
+        }
+        slots_[free_slot(h | 1)] = Entry{h | 1, static_cast<uint32_t>(keys_.size()), static_cast<uint32_t>(n),
+                                         static_cast<uint32_t>(vals_.size()), static_cast<uint32_t>(m)};
         keys_.append(reinterpret_cast<const char*>(p), n);
         vals_.insert(vals_.end(), ids, ids + m);
         ++used_;
     }
 
     // BPE scratch, reused across pieces
-    std::vector<int32_t> ids, ranks, merged;
     struct Node {
         int32_t id, prev, next;
     };
@@ -150,9 +151,21 @@ public:
 
 private:
     struct Entry {
-        uint64_t hash;  // 0 = empty
+        uint64_t hash;  // 0 = empty (stored hashes have the low bit set)
         uint32_t key_off, key_len, val_off, val_len;
     };
+    size_t free_slot(uint64_t hash) const {
+        const uint64_t mask = slots_.size() - 1;
+        uint64_t i = hash & mask;
+        while (slots_[i].hash != 0) i = (i + 1) & mask;
+        return i;
+    }
+    void grow() {
+        std::vector<Entry> old = std::move(slots_);
+        slots_.assign(old.empty() ? kMinSlots : 2 * old.size(), Entry{0, 0, 0, 0, 0});
+        for (const Entry& e : old)
+            if (e.hash != 0) slots_[free_slot(e.hash)] = e;
+    }
     void clear() {
         std::fill(slots_.begin(), slots_.end(), Entry{0, 0, 0, 0, 0});
         keys_.clear();
@@ -180,7 +193,6 @@ Tokenizer::Tokenizer(std::vector<std::string> token_bytes, const std::vector<std
     for (size_t id = 0; id < n_vocab; ++id)
         if (tokens_[id].empty()) throw std::invalid_argument("token " + std::to_string(id) + " is empty");
 
-    std::vector<bool> is_special(n_vocab, false);
     for (const auto& [text, id] : specials_) {
         if (id < 0 || size_t(id) >= n_vocab)
             throw std::invalid_argument("special token '" + text + "' has id " + std::to_string(id) +
@@ -188,16 +200,16 @@ Tokenizer::Tokenizer(std::vector<std::string> token_bytes, const std::vector<std
         if (tokens_[id] != text)
             throw std::invalid_argument("special token '" + text + "' does not match the bytes of token " +
                                         std::to_string(id));
-        is_special[id] = true;
         if (text == "<|endoftext|>") eot_id_ = id;
     }
 
-    // bytes -> id for ordinary tokens
+    // bytes -> id of every token. Special tokens are in it too (a vocabulary may mark a token that
+    // merges make as special); "<|endoftext|>" is not whole (BPE splits it), so it never comes
+    // out of ordinary text.
     Tables& t = *tables_;
     t.vocab.assign(table_size_for(n_vocab), 0);
     t.vocab_mask = t.vocab.size() - 1;
     for (size_t id = 0; id < n_vocab; ++id) {
-        if (is_special[id]) continue;
         const auto* p = reinterpret_cast<const uint8_t*>(tokens_[id].data());
         const uint64_t h = hash_bytes(p, tokens_[id].size());
         if (t.find_vocab(p, tokens_[id].size(), h, tokens_) >= 0)
@@ -224,9 +236,6 @@ Tokenizer::Tokenizer(std::vector<std::string> token_bytes, const std::vector<std
             if (x < 0 || size_t(x) >= n_vocab)
                 throw std::invalid_argument("merge " + std::to_string(rank) + " uses id " + std::to_string(x) +
                                             ", outside the vocabulary");
-            if (is_special[x])
-                throw std::invalid_argument("merge " + std::to_string(rank) + " uses special token " +
-                                            std::to_string(x));
         }
         const std::string joined = tokens_[a] + tokens_[b];
         const auto* p = reinterpret_cast<const uint8_t*>(joined.data());
