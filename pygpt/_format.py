@@ -157,7 +157,7 @@ def read_safetensors_header(path: str) -> list:
         if not isinstance(info, dict):
             raise ModelFormatError(f"tensor '{name}': header entry is not an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in ST_DTYPE_SIZE:
+        if not isinstance(dtype, str) or dtype not in ST_DTYPE_SIZE:  # (a list is unhashable)
             raise ModelFormatError(f"tensor '{name}': unsupported dtype {dtype!r}")
         if (not isinstance(shape, list) or
                 not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
