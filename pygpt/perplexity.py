@@ -73,8 +73,8 @@ def negative_log_likelihood(model, ids: Sequence[int], stride: Optional[int] = N
     nll, count = 0.0, 0
     try:
         for begin, end, first in wins:
-            logits = np.asarray(model.logits(ids[begin:end]), dtype=np.float64)  # [end - begin, V]
-            pred = logits[first - 1 - begin:end - 1 - begin]                    # rows that predict first..end-1
+            logits = model.logits(ids[begin:end])                               # [end - begin, V]
+            pred = np.asarray(logits[first - 1 - begin:end - 1 - begin], dtype=np.float64)  # predict first..end-1
             m = pred.max(axis=1, keepdims=True)
             logz = m[:, 0] + np.log(np.exp(pred - m).sum(axis=1))              # log-sum-exp per row
             target = np.asarray(ids[first:end])

@@ -192,7 +192,7 @@ def test_finetune_lowers_loss_and_exports(tok_dir, tmp_path):
     with torch.no_grad():
         expected = after.eval()(torch.tensor(ids[:50])[None])[0][0].numpy()
     np.testing.assert_allclose(m.logits(ids[:50]), expected, rtol=1e-3, atol=1e-3)
-    text = m.generate("COUNTESS.\n", max_new_tokens=12, temperature=0)
+    text = m.generate("COUNTESS.\n", max_new_tokens=12, temperature=0).text
     assert isinstance(text, str) and len(text) > 0
 
     # the exported folder is itself a valid --init-from source
@@ -233,7 +233,7 @@ def test_default_model_greedy_sample_reads_like_the_corpus():
     import pygpt
 
     m = pygpt.load()
-    text = m.generate("ROMEO.\n", max_new_tokens=40, temperature=0)
+    text = m.generate("ROMEO.\n", max_new_tokens=40, temperature=0).text
     words = text.split()
     assert len(words) >= 10
     vocab = json.load(open(os.path.join(m.path, "vocab.json"), encoding="utf-8"))
