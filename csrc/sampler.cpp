@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <stdexcept>
@@ -156,6 +157,34 @@ void Sampler::keep_top_k(float* s) {
         if (double(s[i]) < kth) s[i] = kNegInf;  // ties with the k-th are kept, as in torch
 }
 
+// Sorts idx_ (candidate ids, ascending) by score, highest first, ties by id: a stable LSD
+// radix sort on the scores' bits (three passes of 11 bits), so a full vocabulary costs well
+// under a millisecond.
+void Sampler::sort_by_score_desc(const float* s) {
+    const size_t n = idx_.size();
+    keys_.resize(n);
+    for (size_t k = 0; k < n; k++) {
+        uint32_t u;
+        std::memcpy(&u, &s[idx_[k]], 4);
+        const uint32_t ascending = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // float order as uint order
+        keys_[k] = ~ascending;
+    }
+    tmp_keys_.resize(n);
+    tmp_idx_.resize(n);
+    for (int shift = 0; shift < 32; shift += 11) {
+        size_t count[2049] = {0};
+        for (size_t k = 0; k < n; k++) count[((keys_[k] >> shift) & 2047u) + 1]++;
+        for (size_t d = 1; d < 2049; d++) count[d] += count[d - 1];
+        for (size_t k = 0; k < n; k++) {
+            const size_t at = count[(keys_[k] >> shift) & 2047u]++;
+            tmp_keys_[at] = keys_[k];
+            tmp_idx_[at] = idx_[k];
+        }
+        keys_.swap(tmp_keys_);
+        idx_.swap(tmp_idx_);
+    }
+}
+
 // Keeps the most likely tokens while the mass before them is below top_p (at least one):
 // the same set as transformers' "remove where the ascending cumulative mass <= 1 - top_p".
 void Sampler::keep_top_p(float* s) {
@@ -169,25 +198,13 @@ void Sampler::keep_top_p(float* s) {
         idx_.push_back(int32_t(i));
         Z += std::exp(double(s[i]) - double(m));
     }
-    auto by_score = [s](int32_t a, int32_t b) { return s[a] > s[b] || (s[a] == s[b] && a < b); };
-    // The kept set is usually small: sort a head of the candidates first, all of them if needed.
+    sort_by_score_desc(s);
     const size_t n = idx_.size();
-    size_t keep = n;
-    for (size_t head = std::min<size_t>(n, 128);; head = n) {
-        if (head < n)
-            std::partial_sort(idx_.begin(), idx_.begin() + head, idx_.end(), by_score);
-        else
-            std::sort(idx_.begin(), idx_.end(), by_score);
-        double before = 0.0;
-        size_t k = 0;
-        for (; k < head; k++) {
-            if (k > 0 && before / Z >= params_.top_p) break;
-            before += std::exp(double(s[idx_[k]]) - double(m));
-        }
-        if (k < head || head == n) {
-            keep = k;
-            break;
-        }
+    double before = 0.0;  // mass of the tokens ranked above k
+    size_t keep = 0;
+    for (; keep < n; keep++) {
+        if (keep > 0 && before / Z >= params_.top_p) break;
+        before += std::exp(double(s[idx_[keep]]) - double(m));
     }
     for (size_t k = keep; k < n; k++) s[idx_[k]] = kNegInf;
 }

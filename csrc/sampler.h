@@ -81,6 +81,7 @@ private:
     void apply_penalties(float* s, const std::vector<int32_t>& history, size_t n_prompt);
     void ban_repeated_ngrams(float* s, const std::vector<int32_t>& history);
     void keep_top_k(float* s);
+    void sort_by_score_desc(const float* s);
     void keep_top_p(float* s);
     void keep_min_p(float* s);
     void keep_typical(float* s);
@@ -91,7 +92,8 @@ private:
     int64_t V_;
     Rng rng_;
     // scratch, reused across calls
-    std::vector<int32_t> idx_;
+    std::vector<int32_t> idx_, tmp_idx_;
+    std::vector<uint32_t> keys_, tmp_keys_;
     std::vector<double> p_;
     std::vector<int32_t> counts_;
 };
