@@ -101,3 +101,58 @@ def perplexity(model, text: Union[str, Sequence[int]], stride: Optional[int] = N
         ids = list(text)
     nll, count = negative_log_likelihood(model, ids, stride=stride, progress=progress)
     return math.exp(nll / count)
+
+
+# -- command line: `pygpt perplexity -m DIR FILE` (also `python -m pygpt.perplexity`) ----------
+
+
+def add_arguments(p) -> None:
+    """The arguments of the perplexity command, on an argparse parser."""
+    p.add_argument("file", help="UTF-8 text file to score")
+    p.add_argument("-m", "--model", default=None, help="pygpt model folder (default: the shipped model)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="tokens between window starts, 1..n_ctx (default n_ctx: disjoint windows)")
+    p.add_argument("--threads", type=int, default=None, help="threads (default: physical cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    """Runs the perplexity command for parsed `args`; prints the result, returns 0."""
+    import os
+
+    from .model import load
+
+    if not os.path.isfile(args.file):
+        raise FileNotFoundError(f"no such file: {args.file}")
+    with open(args.file, encoding="utf-8") as f:
+        text = f.read()
+    model = load(args.model, n_threads=args.threads)
+    if model.tokenizer is None:
+        raise ValueError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
+    ids = model.tokenizer.encode(text)
+    nll, count = negative_log_likelihood(model, ids, stride=args.stride,
+                                         progress=False if args.no_progress else None)
+    stride = args.stride or model.config["n_ctx"]
+    print(f"perplexity {math.exp(nll / count):.4f}  (loss {nll / count:.4f} nats/token over {count} "
+          f"scored tokens of {len(ids)}; n_ctx {model.config['n_ctx']}, stride {stride})")
+    return 0
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="pygpt perplexity",
+                                description="Perplexity of a text file under a model (strided sliding windows, "
+                                "scored like the Hugging Face perplexity guide).")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -146,3 +146,26 @@ def test_default_model_matches_torch():
     for stride in (None, n_ctx // 2):
         expected, _ = torch_guide_perplexity(lambda x: ref(x)[0], ids, n_ctx, stride or n_ctx)
         assert m.perplexity(text, stride=stride) == pytest.approx(expected, rel=REL_TOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def test_command_line(hf_model_factory, tmp_path, capsys):
+    import pygpt
+    from pygpt import perplexity as ppl_mod
+
+    out = hf_model_factory("tiny")[2]
+    f = tmp_path / "t.txt"
+    f.write_text(open(HELD_OUT, encoding="utf-8").read()[:800], encoding="utf-8")
+    assert ppl_mod.main(["-m", out, str(f), "--stride", "32", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    expected = perplexity(pygpt.load(out), f.read_text(encoding="utf-8"), stride=32)
+    assert printed.startswith("perplexity ") and float(printed.split()[1]) == pytest.approx(expected, rel=1e-4)
+    assert "stride 32" in printed
+
+    assert ppl_mod.main(["-m", out, str(tmp_path / "missing.txt")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert ppl_mod.main(["-m", out, str(f), "--stride", "65"]) == 1
+    assert "stride" in capsys.readouterr().err
