@@ -84,7 +84,10 @@ def _matrix_specs(name: str, n_out: int, n_in: int, cfg: dict) -> dict:
         return {name: (ST_DTYPE_OF[dtype], [n_out, n_in])}
     from . import quantize
 
-    return quantize.tensor_specs(name, n_out, n_in, dtype, cfg["quant_group_size"])
+    try:
+        return quantize.tensor_specs(name, n_out, n_in, dtype, cfg["quant_group_size"])
+    except ValueError as e:  # a group size that does not fit this matrix: the config is wrong
+        raise ModelFormatError(f"config.json: tensor '{name}': {e}") from None
 
 
 def expected_tensors(cfg: dict) -> dict:

@@ -450,6 +450,9 @@ CONFIG_CASES += [
     ("int8-group-0", {"dtype": "int8", "quant_group_size": 0}, "quant_group_size"),
     ("int4-group-neg", {"dtype": "int4", "quant_group_size": -32}, "quant_group_size"),
     ("int4-group-str", {"dtype": "int4", "quant_group_size": "32"}, "quant_group_size"),
+    ("int8-group-8", {"dtype": "int8", "quant_group_size": 8}, "group size 8"),
+    ("int4-group-48", {"dtype": "int4", "quant_group_size": 48}, "group size 48"),
+    ("int8-group-2^20", {"dtype": "int8", "quant_group_size": 2**20}, "group size"),
     # valid configs that do not match the tensors
     ("n_layer=2-vs-file", {"n_layer": 2}, r"h\.1\..*missing"),
     ("vocab-vs-file", {"vocab_size": 299}, r"wte\.weight.*shape"),
