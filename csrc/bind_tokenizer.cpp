@@ -60,11 +60,35 @@ std::vector<int32_t> ids_of(py::handle obj, int32_t n_vocab) {
     return ids;
 }
 
+// Python int objects for ids 0..n-1, made once: a list of ids then costs a reference count per
+// id instead of an allocation (half the time of encode() on English text). Ints are immutable and
+// this is only touched with the GIL held; it grows to the largest vocabulary loaded.
+std::vector<PyObject*>& int_cache() {
+    static std::vector<PyObject*> cache;
+    return cache;
+}
+
+void reserve_ints(int32_t n) {
+    auto& cache = int_cache();
+    while (cache.size() < static_cast<size_t>(n)) {
+        PyObject* v = PyLong_FromLong(static_cast<long>(cache.size()));
+        if (v == nullptr) throw py::error_already_set();
+        cache.push_back(v);
+    }
+}
+
 py::list to_list(const std::vector<int32_t>& ids) {
+    const auto& cache = int_cache();
     py::list out(ids.size());
     for (size_t i = 0; i < ids.size(); ++i) {
-        PyObject* v = PyLong_FromLong(ids[i]);
-        if (v == nullptr) throw py::error_already_set();
+        PyObject* v;
+        if (static_cast<size_t>(ids[i]) < cache.size()) {
+            v = cache[ids[i]];
+            Py_INCREF(v);
+        } else {
+            v = PyLong_FromLong(ids[i]);
+            if (v == nullptr) throw py::error_already_set();
+        }
         PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), v);
     }
     return out;
@@ -123,7 +147,9 @@ void bind_tokenizer(py::module_& m) {
         specials: list of (text, id).)pbdoc")
         .def(py::init([](std::vector<std::string> token_bytes, const std::vector<std::pair<int32_t, int32_t>>& merges,
                          std::vector<std::pair<std::string, int32_t>> specials) {
-                 return std::make_shared<Tokenizer>(std::move(token_bytes), merges, std::move(specials));
+                 auto tok = std::make_shared<Tokenizer>(std::move(token_bytes), merges, std::move(specials));
+                 reserve_ints(tok->vocab_size());
+                 return tok;
              }),
              py::arg("token_bytes"), py::arg("merges"), py::arg("specials"))
         .def("encode", &encode, py::arg("text"), py::arg("allowed_special") = py::none(),

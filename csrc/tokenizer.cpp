@@ -33,21 +33,35 @@ inline uint64_t mix64(uint64_t x) {
     return x;
 }
 
-inline uint64_t hash_bytes(const uint8_t* p, size_t n) {
-    uint64_t h = 0x9e3779b97f4a7c15ull * (n + 1);
-    while (n >= 8) {
-        uint64_t v;
+// k (1..8) bytes at p as a little-endian word, zero-padded. Reads 8 bytes at once when the
+// buffer (which ends at `end`) has them, which is all but the last few bytes of a text.
+inline uint64_t load_word(const uint8_t* p, size_t k, const uint8_t* end) {
+    uint64_t v = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (end - p >= 8) {
         std::memcpy(&v, p, 8);
-        h = mix64(h ^ v) * 0x94d049bb133111ebull;
-        p += 8;
-        n -= 8;
+        return k >= 8 ? v : v & ((uint64_t(1) << (8 * k)) - 1);
     }
-    if (n) {
-        uint64_t v = 0;
-        std::memcpy(&v, p, n);
-        h = mix64(h ^ v) * 0x94d049bb133111ebull;
-    }
-    return h ^ (h >> 32);
+#endif
+    std::memcpy(&v, p, k < 8 ? k : 8);
+    return v;
+}
+
+// Hash of a byte string and its first (up to) 8 bytes, which the tables compare directly.
+struct Key {
+    uint64_t word, hash;
+};
+
+inline Key make_key(const uint8_t* p, size_t n, const uint8_t* end) {
+    const uint64_t word = load_word(p, n, end);
+    uint64_t h = mix64(word ^ (n * 0x9e3779b97f4a7c15ull)) * 0x94d049bb133111ebull;
+    for (size_t k = 8; k < n; k += 8) h = mix64(h ^ load_word(p + k, n - k, end)) * 0x94d049bb133111ebull;
+    return Key{word, h ^ (h >> 32)};
+}
+
+inline Key make_key(const std::string& s) {
+    const auto* p = reinterpret_cast<const uint8_t*>(s.data());
+    return make_key(p, s.size(), p + s.size());
 }
 
 inline size_t table_size_for(size_t n) {
@@ -62,11 +76,19 @@ inline size_t table_size_for(size_t n) {
 // Immutable lookup tables, built once by the constructor.
 
 struct Tokenizer::Tables {
-    // bytes -> id of every non-special token. Slot: (hash tag << 32) | flags | (id + 1); 0 = empty.
+    // bytes -> id of every token, open addressing. A slot holds the first 8 bytes of the token, so
+    // the common short piece is matched without touching the token's string.
     // kWhole marks a token that BPE of its own bytes yields unchanged, so a pre-tokenizer piece
     // with those bytes can skip BPE. (Not true of every token in every vocabulary.)
     static constexpr uint32_t kWhole = 0x80000000u;
-    std::vector<uint64_t> vocab;
+    struct Slot {
+        uint64_t word;   // first 8 bytes, zero-padded
+        uint32_t len;
+        uint32_t id1;    // (id + 1) | kWhole; 0 = empty
+        int32_t id() const { return static_cast<int32_t>((id1 & ~kWhole) - 1); }
+        bool whole() const { return (id1 & kWhole) != 0; }
+    };
+    std::vector<Slot> vocab;
     uint64_t vocab_mask = 0;
 
     // (left id, right id) -> rank and merged id. Empty slot: key == kNoKey.
@@ -79,21 +101,16 @@ struct Tokenizer::Tables {
     std::vector<Pair> pairs;
     uint64_t pairs_mask = 0;
 
-    // returns the slot index, or -1
-    int64_t find_vocab(const uint8_t* p, size_t n, uint64_t h, const std::vector<std::string>& tokens) const {
-        const uint32_t tag = static_cast<uint32_t>(h >> 32);
-        for (uint64_t i = h & vocab_mask;; i = (i + 1) & vocab_mask) {
-            const uint64_t e = vocab[i];
-            if (e == 0) return -1;
-            if (static_cast<uint32_t>(e >> 32) == tag) {
-                const std::string& t = tokens[(static_cast<uint32_t>(e) & ~kWhole) - 1];
-                if (t.size() == n && std::memcmp(t.data(), p, n) == 0) return static_cast<int64_t>(i);
-            }
+    // the slot of the token with bytes p[0..n), or null
+    const Slot* find_vocab(const uint8_t* p, size_t n, Key key, const std::vector<std::string>& tokens) const {
+        for (uint64_t i = key.hash & vocab_mask;; i = (i + 1) & vocab_mask) {
+            const Slot& e = vocab[i];
+            if (e.id1 == 0) return nullptr;
+            if (e.word == key.word && e.len == n &&
+                (n <= 8 || std::memcmp(tokens[e.id()].data() + 8, p + 8, n - 8) == 0))
+                return &e;
         }
     }
-    static int32_t slot_id(uint64_t e) { return static_cast<int32_t>((static_cast<uint32_t>(e) & ~kWhole) - 1); }
-    static bool slot_whole(uint64_t e) { return (static_cast<uint32_t>(e) & kWhole) != 0; }
-
     static uint64_t pair_key(int32_t a, int32_t b) {
         return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
     }
@@ -123,7 +140,7 @@ public:
             const Entry& e = slots_[i];
             if (e.hash == 0) return false;
             if (e.hash == (h | 1) && e.key_len == n && std::memcmp(keys_.data() + e.key_off, p, n) == 0) {
-                out.insert(out.end(), vals_.begin() + e.val_off, vals_.begin() + e.val_off + e.val_len);
+                for (uint32_t k = 0; k < e.val_len; ++k) out.push_back(vals_[e.val_off + k]);  // few ids
                 return true;
             }
         }
@@ -207,24 +224,24 @@ Tokenizer::Tokenizer(std::vector<std::string> token_bytes, const std::vector<std
     // merges make as special); "<|endoftext|>" is not whole (BPE splits it), so it never comes
     // out of ordinary text.
     Tables& t = *tables_;
-    t.vocab.assign(table_size_for(n_vocab), 0);
+    t.vocab.assign(table_size_for(n_vocab), Tables::Slot{0, 0, 0});
     t.vocab_mask = t.vocab.size() - 1;
     for (size_t id = 0; id < n_vocab; ++id) {
-        const auto* p = reinterpret_cast<const uint8_t*>(tokens_[id].data());
-        const uint64_t h = hash_bytes(p, tokens_[id].size());
-        if (t.find_vocab(p, tokens_[id].size(), h, tokens_) >= 0)
+        const std::string& tb = tokens_[id];
+        const Key key = make_key(tb);
+        if (t.find_vocab(reinterpret_cast<const uint8_t*>(tb.data()), tb.size(), key, tokens_))
             throw std::invalid_argument("token " + std::to_string(id) + " has the same bytes as another token");
-        uint64_t i = h & t.vocab_mask;
-        while (t.vocab[i] != 0) i = (i + 1) & t.vocab_mask;
-        t.vocab[i] = (h >> 32 << 32) | static_cast<uint32_t>(id + 1);
+        uint64_t i = key.hash & t.vocab_mask;
+        while (t.vocab[i].id1 != 0) i = (i + 1) & t.vocab_mask;
+        t.vocab[i] = Tables::Slot{key.word, static_cast<uint32_t>(tb.size()), static_cast<uint32_t>(id + 1)};
     }
     for (int b = 0; b < 256; ++b) {
         const uint8_t byte = static_cast<uint8_t>(b);
-        const int64_t slot = t.find_vocab(&byte, 1, hash_bytes(&byte, 1), tokens_);
-        if (slot < 0)
+        const Tables::Slot* slot = t.find_vocab(&byte, 1, make_key(&byte, 1, &byte + 1), tokens_);
+        if (!slot)
             throw std::invalid_argument("vocabulary has no token for byte " + std::to_string(b) +
                                         " (not a byte-level BPE vocabulary)");
-        byte_id_[b] = Tables::slot_id(t.vocab[slot]);
+        byte_id_[b] = slot->id();
     }
 
     // (left, right) -> (rank, merged). A repeated pair keeps its first (lowest) rank.
@@ -238,31 +255,31 @@ Tokenizer::Tokenizer(std::vector<std::string> token_bytes, const std::vector<std
                                             ", outside the vocabulary");
         }
         const std::string joined = tokens_[a] + tokens_[b];
-        const auto* p = reinterpret_cast<const uint8_t*>(joined.data());
-        const int64_t slot = t.find_vocab(p, joined.size(), hash_bytes(p, joined.size()), tokens_);
-        if (slot < 0)
+        const Tables::Slot* slot =
+            t.find_vocab(reinterpret_cast<const uint8_t*>(joined.data()), joined.size(), make_key(joined), tokens_);
+        if (!slot)
             throw std::invalid_argument("merge " + std::to_string(rank) + " (" + std::to_string(a) + ", " +
                                         std::to_string(b) + ") makes a token that is not in the vocabulary");
         const uint64_t key = Tables::pair_key(a, b);
         uint64_t i = mix64(key * 0x9e3779b97f4a7c15ull) & t.pairs_mask;
         while (t.pairs[i].key != Tables::kNoKey && t.pairs[i].key != key) i = (i + 1) & t.pairs_mask;
         if (t.pairs[i].key == key) continue;
-        t.pairs[i] = Tables::Pair{key, static_cast<int32_t>(rank), Tables::slot_id(t.vocab[slot])};
+        t.pairs[i] = Tables::Pair{key, static_cast<int32_t>(rank), slot->id()};
     }
     n_merges_ = static_cast<int32_t>(merges.size());
 
     // Which tokens come back unchanged from BPE of their own bytes (the whole-piece shortcut).
     Session s;
     std::vector<int32_t> out;
-    for (uint64_t& e : t.vocab) {
-        if (e == 0) continue;
-        const int32_t id = Tables::slot_id(e);
+    for (Tables::Slot& e : t.vocab) {
+        if (e.id1 == 0) continue;
+        const int32_t id = e.id();
         out.clear();
         if (tokens_[id].size() == 1)
             out.push_back(id);
         else
             bpe(reinterpret_cast<const uint8_t*>(tokens_[id].data()), tokens_[id].size(), s, out);
-        if (out.size() == 1 && out[0] == id) e |= Tables::kWhole;
+        if (out.size() == 1 && out[0] == id) e.id1 |= Tables::kWhole;
     }
 }
 
@@ -288,10 +305,11 @@ void Tokenizer::bpe(const uint8_t* p, size_t n, Session& s, std::vector<int32_t>
                 if (ranks[i] < ranks[best]) best = i;
             if (ranks[best] == INT32_MAX) break;
             ids[best] = merged[best];
-            const size_t tail = m - best - 2;  // elements after best+1
-            std::memmove(ids + best + 1, ids + best + 2, tail * sizeof(int32_t));
-            std::memmove(ranks + best + 1, ranks + best + 2, tail * sizeof(int32_t));
-            std::memmove(merged + best + 1, merged + best + 2, tail * sizeof(int32_t));
+            for (size_t i = best + 1; i + 1 < m; ++i) {  // drop element best + 1 (short: no memmove call)
+                ids[i] = ids[i + 1];
+                ranks[i] = ranks[i + 1];
+                merged[i] = merged[i + 1];
+            }
             --m;
             if (best + 1 < m) set_pair(best);
             if (best > 0) set_pair(best - 1);
@@ -419,8 +437,16 @@ inline size_t next_piece(const uint8_t* b, size_t n, size_t i) {
         j = i;
     }
     if (run != unicode::kSpace) {
-        uint32_t len;
-        while (j < n && class_at(b, n, j, len) == run) j += len;
+        while (j < n) {
+            if (b[j] < 0x80) {  // ASCII: no decoding
+                if (kAscii.cls[b[j]] != run) break;
+                ++j;
+            } else {
+                uint32_t len;
+                if (class_at(b, n, j, len) != run) break;
+                j += len;
+            }
+        }
         return j;
     }
 
@@ -455,20 +481,20 @@ void Tokenizer::encode_ordinary(std::string_view text, Session& s, std::vector<i
             out.push_back(byte_id_[p[0]]);
             continue;
         }
-        const uint64_t h = hash_bytes(p, m);
-        const int64_t slot = t.find_vocab(p, m, h, tokens_);
-        if (slot >= 0 && Tables::slot_whole(t.vocab[slot])) {
-            out.push_back(Tables::slot_id(t.vocab[slot]));
+        const Key key = make_key(p, m, b + n);
+        const Tables::Slot* slot = t.find_vocab(p, m, key, tokens_);
+        if (slot && slot->whole()) {
+            out.push_back(slot->id());
             continue;
         }
         if (m > Session::kMaxCachedPiece) {
             bpe(p, m, s, out);
             continue;
         }
-        if (s.find(p, m, h, out)) continue;
+        if (s.find(p, m, key.hash, out)) continue;
         const size_t before = out.size();
         bpe(p, m, s, out);
-        s.insert(p, m, h, out.data() + before, out.size() - before);
+        s.insert(p, m, key.hash, out.data() + before, out.size() - before);
     }
 }
 
