@@ -10,6 +10,7 @@ bytes for encode, output bytes for decode), best of --repeat runs:
                      on --threads threads (pygpt encode_batch, tiktoken encode_ordinary_batch,
                      HF encode_batch with RAYON_NUM_THREADS)
   decode 1 thread    ids of each file back to str
+  short call         microseconds per encode of one 40-byte sentence (per-call overhead)
 
     python tools/bench_tokenizer.py                      # ../shared/data/corpus
     python tools/bench_tokenizer.py --corpus DIR --repeat 5 --threads 2 --json out.json
@@ -22,6 +23,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHORT = "Hello world, this is a short sentence."
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
@@ -135,10 +137,12 @@ def main():
             reference = (name, ids, batch_ids)
         elif (ids, batch_ids) != reference[1:]:
             sys.exit(f"{name} and {reference[0]} give different ids: the comparison would be meaningless")
+        calls = 2000
+        t_short, _ = best_time(lambda: [lib["encode"](SHORT) for _ in range(calls)], args.repeat)
         n_tokens = sum(map(len, ids))
         results[name] = dict(version=lib["version"], tokens=n_tokens,
                              encode_mb_s=n_bytes / t_enc / 1e6, encode_batch_mb_s=n_bytes / t_batch / 1e6,
-                             decode_mb_s=n_bytes / t_dec / 1e6)
+                             decode_mb_s=n_bytes / t_dec / 1e6, short_us=t_short / calls * 1e6)
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -153,11 +157,12 @@ def main():
     print(f"corpus: {n_bytes / 1e6:.2f} MB in {len(texts)} files ({len(chunks)} chunks of ~{args.chunk_bytes} B "
           f"for batch), {results[next(iter(results))]['tokens']:,} tokens; {cpu}, {os.cpu_count()} cores, "
           f"batch threads {args.threads}, best of {args.repeat}, load avg {os.getloadavg()[0]:.1f}")
-    print("| library | version | encode 1 thread MB/s | encode batch MB/s | decode 1 thread MB/s |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    print("| library | version | encode 1 thread MB/s | encode batch MB/s | decode 1 thread MB/s | "
+          "short call µs |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
         print(f"| {name} | {r['version']} | {r['encode_mb_s']:.1f} | {r['encode_batch_mb_s']:.1f} | "
-              f"{r['decode_mb_s']:.1f} |")
+              f"{r['decode_mb_s']:.1f} | {r['short_us']:.1f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(info=info, results=results), f, indent=2)
