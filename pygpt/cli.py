@@ -1,0 +1,238 @@
+"""The `pygpt` command (also `python -m pygpt`): generate, info, tokenize.
+
+Errors are reported as one line on stderr with a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# The command line samples by default, which reads better than greedy decoding; the Python
+# API keeps transformers' greedy default.
+CLI_TEMPERATURE = 0.8
+CLI_TOP_P = 0.95
+CLI_MAX_NEW_TOKENS = 100
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+
+
+class CliError(Exception):
+    """A user error with a message fit for one line on stderr."""
+
+
+def _write(stream, text: str) -> None:
+    # UTF-8 whatever the locale: generated text can hold any character
+    buf = getattr(stream, "buffer", None)
+    if buf is not None:
+        stream.flush()
+        buf.write(text.encode("utf-8", errors="replace"))
+        buf.flush()
+    else:
+        stream.write(text)
+        stream.flush()
+
+
+def _read_prompt(prompt: str) -> str:
+    if prompt != "-":
+        return prompt
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CliError(f"the prompt on stdin is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    return text[:-1] if text.endswith("\n") else text  # the newline `echo` adds
+
+
+def _load(path, threads):
+    import pygpt
+
+    if path is not None and not os.path.isdir(path):
+        raise CliError(f"{path}: no such model folder" if not os.path.exists(path) else f"{path}: not a folder")
+    return pygpt.load(path, n_threads=threads)
+
+
+# -- subcommands ---------------------------------------------------------------------------------
+
+
+def cmd_generate(args) -> int:
+    prompt = _read_prompt(args.prompt)
+    model = _load(args.model, args.threads)
+    if model.tokenizer is None:
+        raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
+    stream = model.stream(
+        prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, min_p=args.min_p, typical_p=args.typical_p, repetition_penalty=args.repetition_penalty,
+        presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size, stop=args.stop or None, ignore_eos=args.ignore_eos,
+        seed=args.seed, echo=args.echo, truncate="left" if args.truncate else None)
+    wrote = ""
+    for piece in stream:
+        _write(sys.stdout, piece)
+        wrote = piece
+    if sys.stdout.isatty() and not wrote.endswith("\n"):
+        _write(sys.stdout, "\n")
+    if args.stats:
+        out = stream.output
+        _write(sys.stderr, f"[{len(out.tokens)} tokens, finish_reason={out.finish_reason}; {out.timings}]\n")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import pygpt
+
+    model = _load(args.model, args.threads)
+    c = model.config
+    n_params = c["n_layer"] * 12 * c["n_embd"] ** 2 + (c["vocab_size"] + c["n_ctx"]) * c["n_embd"]
+    rows = [
+        ("model", os.path.abspath(model.path)),
+        ("architecture", "GPT-2"),
+        ("n_layer", c["n_layer"]),
+        ("n_head", c["n_head"]),
+        ("n_embd", c["n_embd"]),
+        ("n_ctx", c["n_ctx"]),
+        ("vocab_size", c["vocab_size"]),
+        ("parameters", f"~{n_params / 1e6:.1f} M"),
+        ("dtype", c["dtype"]),
+        ("file size", f"{model._core.file_bytes / 2 ** 20:.1f} MiB"),
+        ("tokenizer", f"{model.tokenizer.vocab_size} tokens" if model.tokenizer is not None else "none"),
+        ("isa", model.isa),
+        ("threads", model.n_threads),
+        ("pygpt", pygpt.__version__),
+    ]
+    width = max(len(k) for k, _ in rows)
+    _write(sys.stdout, "".join(f"{k:<{width}}  {v}\n" for k, v in rows))
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    from .tokenizer import Tokenizer
+
+    if not os.path.isdir(args.model):
+        raise CliError(f"{args.model}: no such model folder")
+    tok = Tokenizer.from_dir(args.model)
+    ids = tok.encode(_read_prompt(args.text), allowed_special="all" if args.special else frozenset())
+    if args.pieces:
+        _write(sys.stdout, "".join(f"{i}\t{tok.token_bytes(i)!r}\n" for i in ids))
+    else:
+        _write(sys.stdout, " ".join(map(str, ids)) + "\n")
+    return 0
+
+
+# -- argument parsing ----------------------------------------------------------------------------
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _non_negative_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pygpt", description="Fast CPU inference for GPT-2.",
+        epilog="Run 'pygpt COMMAND --help' for the options of each command.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"pygpt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    model_help = "model folder (from pygpt convert); default: the model shipped with pygpt"
+    g = sub.add_parser(
+        "generate", help="continue a prompt, streaming the text to stdout",
+        description="Continue PROMPT and stream the generated text to stdout. The command line samples "
+                    f"with temperature {CLI_TEMPERATURE} and top-p {CLI_TOP_P} by default (the Python API "
+                    "is greedy by default); --temperature 0 gives greedy decoding.")
+    g.add_argument("prompt", metavar="PROMPT", help="the text to continue; '-' reads it from stdin "
+                                                   "(one trailing newline is dropped)")
+    g.add_argument("-m", "--model", metavar="DIR", default=None, help=model_help)
+    g.add_argument("-n", "--max-new-tokens", type=_non_negative_int, default=CLI_MAX_NEW_TOKENS, metavar="N",
+                   help="generate at most N tokens; fewer at the end of the context (default: %(default)s)")
+    s = g.add_argument_group("sampling")
+    s.add_argument("-t", "--temperature", type=float, default=CLI_TEMPERATURE, help="0 = greedy (default: %(default)s)")
+    s.add_argument("--top-k", type=int, default=None, help="keep the K most likely tokens (default: off)")
+    s.add_argument("--top-p", type=float, default=CLI_TOP_P, help="nucleus sampling: keep the most likely "
+                                                                  "tokens up to this probability mass; 1 = off (default: %(default)s)")
+    s.add_argument("--min-p", type=float, default=None, help="drop tokens less likely than this times the top one (default: off)")
+    s.add_argument("--typical-p", type=float, default=None, help="typical sampling: keep this mass of the most typical tokens (default: off)")
+    s.add_argument("--repetition-penalty", type=float, default=None,
+                   help="> 1 discourages tokens already in the text (default: off)")
+    s.add_argument("--presence-penalty", type=float, default=None, help="subtract this from the logit of every token generated so far (default: 0)")
+    s.add_argument("--frequency-penalty", type=float, default=None, help="subtract this times its count from the logit of every generated token (default: 0)")
+    s.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N", help="never repeat an N-gram (default: off)")
+    s.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text "
+                                                         "(default: a new one each run)")
+    st = g.add_argument_group("stopping and output")
+    st.add_argument("--stop", action="append", metavar="TEXT",
+                    help="stop when the text contains TEXT (not printed); may be repeated")
+    st.add_argument("--ignore-eos", action="store_true", help="keep going past <|endoftext|>")
+    st.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
+    st.add_argument("--truncate", action="store_true",
+                    help="drop the start of a prompt too long for the context instead of failing")
+    st.add_argument("--stats", action="store_true",
+                    help="print token counts, finish reason and speed to stderr at the end")
+    g.add_argument("--threads", type=_positive_int, default=None, help="threads (default: physical cores)")
+    g.set_defaults(func=cmd_generate)
+
+    i = sub.add_parser("info", help="show a model's configuration, size, ISA path and threads",
+                       description="Show a model's configuration, data type, file size, the SIMD path (ISA) "
+                                   "its kernels use on this CPU and the thread count.")
+    i.add_argument("model", metavar="DIR", nargs="?", default=None, help=model_help)
+    i.add_argument("--threads", type=_positive_int, default=None, help="threads (default: physical cores)")
+    i.set_defaults(func=cmd_info)
+
+    t = sub.add_parser("tokenize", help="print the token ids of a text",
+                       description="Print the GPT-2 token ids of TEXT, using the tokenizer in DIR.")
+    t.add_argument("model", metavar="DIR", help="model (or tokenizer) folder with vocab.json + merges.txt")
+    t.add_argument("text", metavar="TEXT", help="the text; '-' reads it from stdin (one trailing newline dropped)")
+    t.add_argument("--pieces", action="store_true", help="one token per line: id and its bytes")
+    t.add_argument("--special", action="store_true",
+                   help="turn special token texts such as <|endoftext|> into their ids (default: plain text)")
+    t.set_defaults(func=cmd_tokenize)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        _write(sys.stderr, "\npygpt: interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (| head): stop quietly, and keep Python from complaining at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    except CliError as e:
+        print(f"pygpt: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as e:
+        # FileNotFoundError, pygpt.ModelFormatError (a ValueError), bad options...
+        msg = str(e) or type(e).__name__
+        if isinstance(e, OSError) and e.filename and e.strerror:
+            msg = f"{e.filename}: {e.strerror}"
+        print(f"pygpt: error: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

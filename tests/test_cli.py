@@ -1,0 +1,265 @@
+"""The `pygpt` command, run as a real console script in a subprocess."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import pygpt
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+GPT2_TOKENIZER = os.path.join(HERE, "data", "gpt2-tokenizer")
+PROMPT = "The meaning of life is"
+
+
+def console_script_entry():
+    """'module:function' of the pygpt script in pyproject.toml."""
+    with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        m = re.search(r'^pygpt\s*=\s*"([\w.]+):(\w+)"', f.read(), re.M)
+    assert m, "pyproject.toml has no [project.scripts] pygpt entry"
+    return m.group(1), m.group(2)
+
+
+@pytest.fixture(scope="module")
+def pygpt_cmd(tmp_path_factory):
+    """The installed `pygpt` script; in a source tree without an install, a launcher written
+    the way pip writes console scripts, from the pyproject.toml entry point."""
+    import shutil
+
+    found = shutil.which("pygpt")
+    if found:
+        return [found]
+    module, func = console_script_entry()
+    path = tmp_path_factory.mktemp("bin") / "pygpt"
+    path.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {func}\nsys.exit({func}())\n")
+    path.chmod(0o755)
+    return [str(path)]
+
+
+def env():
+    e = dict(os.environ)
+    e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+def run(cmd, *args, input=None, timeout=120):
+    return subprocess.run(cmd + list(args), input=input, capture_output=True, timeout=timeout, env=env())
+
+
+@pytest.fixture(scope="module")
+def model_dir(hf_model_factory, tmp_path_factory):
+    import pygpt.convert
+
+    _, hf_dir, _ = hf_model_factory("tiny")
+    out = str(tmp_path_factory.mktemp("cli_model"))
+    pygpt.convert.convert(hf_dir, out, tokenizer=GPT2_TOKENIZER)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return pygpt.load(model_dir)
+
+
+def assert_one_line_error(r, *fragments):
+    err = r.stderr.decode()
+    assert r.returncode != 0
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("pygpt: error:"), err
+    for f in fragments:
+        assert f in lines[0], err
+
+
+# -- help -----------------------------------------------------------------------------------------
+
+
+def test_help(pygpt_cmd):
+    r = run(pygpt_cmd, "--help")
+    assert r.returncode == 0
+    out = r.stdout.decode()
+    for command in ("generate", "info", "tokenize"):
+        assert command in out
+
+
+def test_generate_help_states_the_sampling_defaults(pygpt_cmd):
+    out = run(pygpt_cmd, "generate", "--help").stdout.decode()
+    out = " ".join(out.split())
+    assert "temperature 0.8" in out and "top-p 0.95" in out and "greedy" in out
+    for option in ("--max-new-tokens", "--top-k", "--top-p", "--min-p", "--typical-p", "--repetition-penalty",
+                   "--presence-penalty", "--frequency-penalty", "--no-repeat-ngram-size", "--seed", "--stop",
+                   "--ignore-eos", "--echo", "--truncate", "--threads", "--model"):
+        assert option in out
+
+
+@pytest.mark.parametrize("command", ["info", "tokenize"])
+def test_subcommand_help(pygpt_cmd, command):
+    r = run(pygpt_cmd, command, "--help")
+    assert r.returncode == 0 and b"DIR" in r.stdout
+
+
+def test_version(pygpt_cmd):
+    assert run(pygpt_cmd, "--version").stdout.decode().strip() == f"pygpt {pygpt.__version__}"
+
+
+# -- generate -------------------------------------------------------------------------------------
+
+
+def test_generate_greedy_prints_the_api_text(pygpt_cmd, model_dir, model):
+    r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "20", "--temperature", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode("utf-8") == model.generate(PROMPT, max_new_tokens=20).text
+
+
+def test_generate_samples_with_the_cli_defaults(pygpt_cmd, model_dir, model):
+    r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "15", "--seed", "7")
+    assert r.returncode == 0, r.stderr
+    want = model.generate(PROMPT, max_new_tokens=15, temperature=0.8, top_p=0.95, seed=7).text
+    assert r.stdout.decode("utf-8") == want
+    again = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "15", "--seed", "7")
+    assert again.stdout == r.stdout
+
+
+def test_generate_options_reach_the_api(pygpt_cmd, model_dir, model):
+    args = ["--top-k", "50", "--top-p", "0.9", "--temperature", "1.2", "--repetition-penalty", "1.3",
+            "--no-repeat-ngram-size", "2", "--seed", "3", "--ignore-eos"]
+    r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "12", *args)
+    want = model.generate(PROMPT, max_new_tokens=12, top_k=50, top_p=0.9, temperature=1.2,
+                          repetition_penalty=1.3, no_repeat_ngram_size=2, seed=3, ignore_eos=True).text
+    assert r.stdout.decode("utf-8") == want
+
+
+def test_generate_reads_the_prompt_from_stdin(pygpt_cmd, model_dir, model):
+    r = run(pygpt_cmd, "generate", "-m", model_dir, "-", "-n", "10", "-t", "0", input=(PROMPT + "\n").encode())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode("utf-8") == model.generate(PROMPT, max_new_tokens=10).text
+
+
+def test_generate_stop_echo_and_stats(pygpt_cmd, model_dir, model):
+    full = model.generate(PROMPT, max_new_tokens=20, ignore_eos=True).text
+    stop = full[5:9]
+    r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "20", "-t", "0", "--ignore-eos",
+            "--stop", stop, "--echo", "--stats")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode("utf-8") == PROMPT + full[:full.find(stop)]
+    stats = r.stderr.decode()
+    assert "finish_reason=stop" in stats and "tok/s" in stats
+
+
+def test_python_dash_m(model_dir, model):
+    r = run([sys.executable, "-m", "pygpt"], "generate", "-m", model_dir, PROMPT, "-n", "5", "-t", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode("utf-8") == model.generate(PROMPT, max_new_tokens=5).text
+
+
+def test_generate_ctrl_c(pygpt_cmd, tmp_path_factory):
+    """SIGINT while streaming: exit status 130, a short note, no traceback."""
+    from conftest import make_hf_model
+    import pygpt.convert
+
+    base = tmp_path_factory.mktemp("cli_long")
+    make_hf_model(str(base / "hf"), n_layer=1, n_head=2, n_embd=64, n_positions=1024, vocab_size=50257)
+    pygpt.convert.convert(str(base / "hf"), str(base / "m"), tokenizer=GPT2_TOKENIZER)
+    p = subprocess.Popen(pygpt_cmd + ["generate", "-m", str(base / "m"), PROMPT, "-n", "1000", "--ignore-eos"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+    try:
+        assert p.stdout.read(1)  # it is streaming
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130
+    assert b"Traceback" not in err and b"interrupted" in err
+
+
+def test_generate_into_a_closed_pipe(pygpt_cmd, model_dir):
+    p = subprocess.Popen(pygpt_cmd + ["generate", "-m", model_dir, PROMPT, "-n", "60", "--ignore-eos"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+    p.stdout.read(1)
+    p.stdout.close()  # like `| head -c 1`
+    err = p.stderr.read()
+    p.wait(timeout=60)
+    assert b"Traceback" not in err
+
+
+# -- info, tokenize -------------------------------------------------------------------------------
+
+
+def test_info(pygpt_cmd, model_dir, model):
+    r = run(pygpt_cmd, "info", model_dir, "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    fields = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in r.stdout.decode().splitlines())
+    c = model.config
+    for key in ("n_layer", "n_head", "n_embd", "n_ctx", "vocab_size"):
+        assert fields[key] == str(c[key])
+    assert fields["dtype"] == c["dtype"]
+    assert fields["isa"] == model.isa
+    assert fields["threads"] == "1"
+    assert fields["file size"].endswith("MiB")
+
+
+def test_tokenize(pygpt_cmd, model_dir, model):
+    text = "Hello world! <|endoftext|> héllo"
+    r = run(pygpt_cmd, "tokenize", model_dir, text)
+    assert r.returncode == 0, r.stderr
+    assert [int(t) for t in r.stdout.split()] == model.tokenizer.encode(text)
+    r = run(pygpt_cmd, "tokenize", model_dir, text, "--special")
+    assert 50256 in [int(t) for t in r.stdout.split()]
+    r = run(pygpt_cmd, "tokenize", model_dir, "-", "--pieces", input=b"Hi there\n")
+    assert r.stdout.decode().splitlines() == ["17250\tb'Hi'", "612\tb' there'"]
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def test_missing_model_folder(pygpt_cmd, tmp_path):
+    assert_one_line_error(run(pygpt_cmd, "generate", "-m", str(tmp_path / "nope"), "hi"), "nope")
+    assert_one_line_error(run(pygpt_cmd, "info", str(tmp_path / "nope")), "nope")
+    assert_one_line_error(run(pygpt_cmd, "tokenize", str(tmp_path / "nope"), "hi"), "nope")
+
+
+def test_folder_that_is_not_a_model(pygpt_cmd, tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    assert_one_line_error(run(pygpt_cmd, "generate", "-m", str(tmp_path), "hi"))
+    assert_one_line_error(run(pygpt_cmd, "tokenize", str(tmp_path), "hi"))
+
+
+def test_bad_option_values(pygpt_cmd, model_dir):
+    assert_one_line_error(run(pygpt_cmd, "generate", "-m", model_dir, "hi", "--top-p", "2"), "top_p")
+    assert_one_line_error(run(pygpt_cmd, "generate", "-m", model_dir, "hi", "--temperature", "-1"), "temperature")
+    assert_one_line_error(run(pygpt_cmd, "generate", "-m", model_dir, "hi", "--stop", ""), "stop")
+
+
+def test_prompt_too_long(pygpt_cmd, model_dir, model):
+    long_prompt = " word" * (model.config["n_ctx"] + 5)
+    assert_one_line_error(run(pygpt_cmd, "generate", "-m", model_dir, long_prompt, "-n", "3"), "truncate")
+    r = run(pygpt_cmd, "generate", "-m", model_dir, long_prompt, "-n", "3", "--truncate", "-t", "0")
+    assert r.returncode == 0, r.stderr
+
+
+def test_prompt_on_stdin_must_be_utf8(pygpt_cmd, model_dir):
+    assert_one_line_error(run(pygpt_cmd, "generate", "-m", model_dir, "-", input=b"\xff\xfe"), "UTF-8")
+
+
+@pytest.mark.parametrize("args", [[], ["generate"], ["generate", "-m", "x", "hi", "-n", "lots"], ["frobnicate"]])
+def test_usage_errors(pygpt_cmd, args):
+    r = run(pygpt_cmd, *args)
+    assert r.returncode == 2  # argparse's usage error
+    assert b"Traceback" not in r.stderr and b"usage: pygpt" in r.stderr
+
+
+def test_default_model(pygpt_cmd):
+    from pygpt.model import DEFAULT_MODEL_DIR
+
+    r = run(pygpt_cmd, "generate", "Hello", "-n", "3")
+    if os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "config.json")):
+        assert r.returncode == 0, r.stderr
+        assert r.stdout
+    else:
+        assert_one_line_error(r, "default model")
