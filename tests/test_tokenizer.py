@@ -470,3 +470,18 @@ def test_byte_to_unicode_table():
     table = bytes_to_unicode()
     assert len(table) == 256 and len(set(table.values())) == 256
     assert table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ" and table[ord("a")] == "a"
+
+
+def test_overlapping_special_tokens():
+    # two specials, one a prefix of the other: at the same position the longer one wins
+    token_bytes = [bytes([b]) for b in range(256)] + [b"<|x|>", b"<|x|>y"]
+    t = Tokenizer(token_bytes, [], {"<|x|>": 256, "<|x|>y": 257})
+    text = "<|x|>y<|x|>z<|x|"
+    tail = [ord(c) for c in "z<|x|"]
+    assert t.encode(text, allowed_special="all") == [257, 256] + tail
+    assert t.encode(text, allowed_special={"<|x|>"}) == [256, ord("y"), 256] + tail
+    assert t.encode(text, allowed_special={"<|x|>y"}) == [257] + [ord(c) for c in "<|x|>"] + tail
+    assert t.encode_batch([text, "y"], allowed_special={"<|x|>"}) == [t.encode(text, allowed_special={"<|x|>"}),
+                                                                    [ord("y")]]
+    assert t.encode(text) == list(text.encode())
+    assert t.decode(t.encode(text, allowed_special="all")) == text
