@@ -199,9 +199,10 @@ class _Request:
                  frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None, stop=None,
                  stop_token_ids=None, ignore_eos=False, seed=None, logprobs=False, top_logprobs=0,
                  echo=False, num_return_sequences=1, truncate=None):
-        core = getattr(model, "_core", None)
-        if core is None or not hasattr(model, "config"):
+        if not hasattr(model, "_core") or not hasattr(model, "config"):
             raise TypeError(f"model must be a pygpt.Model (from pygpt.load), got {type(model).__name__}")
+        if model._core is None:
+            raise ValueError("the model is closed")
         self.model = model
         self.tokenizer = getattr(model, "tokenizer", None)
         V = int(model.config["vocab_size"])

@@ -428,6 +428,53 @@ def test_generation_runs_without_the_gil(model):
     assert ticks
 
 
+def test_threads_can_share_a_model(model):
+    want = [model.generate(p, max_new_tokens=10, **SAMPLING).tokens for p in PROMPTS]
+    got = [None] * len(PROMPTS)
+
+    def work(i):
+        got[i] = model.generate(PROMPTS[i], max_new_tokens=10, **SAMPLING).tokens
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == want
+
+
+def test_a_generation_runs_in_one_thread_at_a_time(model):
+    req = generation._Request(model, PROMPTS[0], max_new_tokens=200, ignore_eos=True)
+    gen = req.start()
+    errors = []
+
+    def other():
+        try:
+            while gen.step():
+                pass
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        while gen.step():
+            pass
+    except RuntimeError as e:
+        errors.append(str(e))
+    t.join()
+    assert all("another thread" in e for e in errors)
+    # whoever was refused stopped; the other ran the generation to its end, undisturbed
+    assert gen.result(0)["tokens"] == model.generate(PROMPTS[0], max_new_tokens=200, ignore_eos=True).tokens
+
+
+def test_closed_model(tiny):
+    m = pygpt.load(tiny[1])
+    m.close()
+    with pytest.raises(ValueError, match="closed"):
+        m.generate("hi")
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 
