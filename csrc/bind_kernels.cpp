@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -14,6 +15,17 @@
 namespace py = pybind11;
 
 namespace pygpt {
+#define PYGPT_DECLARE_PROBES(ns)                                                \
+    namespace ns {                                                              \
+    float probe_read(const float* a, int64_t n, int reps, int n_threads);      \
+    double probe_fma(int64_t iters, int n_threads);                            \
+    }
+PYGPT_DECLARE_PROBES(scalar)
+#if defined(PYGPT_X86)
+PYGPT_DECLARE_PROBES(avx2)
+PYGPT_DECLARE_PROBES(avx512)
+#endif
+#undef PYGPT_DECLARE_PROBES
 
 namespace {
 
@@ -148,6 +160,38 @@ void bind_kernels(py::module_& m) {
         select_kernels(isa.c_str()).attention_row(out.mutable_data(), q.data(), k.data(), v.data(), ld, n_keys, HS,
                                                   scale, scratch.mutable_data());
         return out;
+    });
+
+    // Benchmark probes (tools/bench.py): seconds to read `a` reps times; seconds and FLOPs
+    // of `iters` FMA rounds per thread. The GIL is released while they run.
+    m.def("_probe_read_seconds", [](const F32& a, int reps, int n_threads, const std::string& isa) {
+        const std::string name = select_kernels(isa.c_str()).name;
+        auto fn = &scalar::probe_read;
+#if defined(PYGPT_X86)
+        if (name == "avx512") fn = &avx512::probe_read;
+        else if (name == "avx2") fn = &avx2::probe_read;
+#endif
+        py::gil_scoped_release release;
+        const auto t0 = std::chrono::steady_clock::now();
+        volatile float sink = fn(a.data(), a.size(), reps, n_threads);
+        (void)sink;
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    });
+    m.def("_probe_fma", [](int64_t iters, int n_threads, const std::string& isa) {
+        const std::string name = select_kernels(isa.c_str()).name;
+        auto fn = &scalar::probe_fma;
+#if defined(PYGPT_X86)
+        if (name == "avx512") fn = &avx512::probe_fma;
+        else if (name == "avx2") fn = &avx2::probe_fma;
+#endif
+        double flops, seconds;
+        {
+            py::gil_scoped_release release;
+            const auto t0 = std::chrono::steady_clock::now();
+            flops = fn(iters, n_threads);
+            seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        }
+        return py::make_tuple(seconds, flops);
     });
 }
 

@@ -38,6 +38,11 @@ namespace simd {
 
 namespace {
 
+#ifndef PYGPT_PREFETCH
+#define PYGPT_PREFETCH 4096
+#endif
+constexpr int64_t PREFETCH_BYTES = PYGPT_PREFETCH;
+
 // Rows [begin, end) of n_rows in units of `unit`, for thread `id` of `n`.
 void split_rows(int64_t n_rows, int64_t unit, int id, int n, int64_t* begin, int64_t* end) {
     const int64_t units = (n_rows + unit - 1) / unit;
@@ -65,6 +70,7 @@ struct WF32 {
     using X = float;  // activation element
     using V = __m512;
     static constexpr int K = 16;  // inputs per step
+    static constexpr int BYTES = 4;  // bytes per stored weight
     static V load(const void* w, int64_t k) { return _mm512_loadu_ps((const float*)w + k); }
     static V load_tail(const void* w, int64_t k, int64_t n) {
         return _mm512_maskz_loadu_ps(tail_mask16(n), (const float*)w + k);
@@ -75,6 +81,7 @@ struct WF32 {
 };
 
 struct WF16 : WF32 {
+    static constexpr int BYTES = 2;
     static V load(const void* w, int64_t k) {
         return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)((const uint16_t*)w + k)));
     }
@@ -87,6 +94,7 @@ struct WBF16 {
     using X = uint16_t;  // activations rounded to bf16
     using V = __m512i;
     static constexpr int K = 32;
+    static constexpr int BYTES = 2;
     static V load(const void* w, int64_t k) { return _mm512_loadu_si512((const uint16_t*)w + k); }
     static V load_tail(const void* w, int64_t k, int64_t n) {
         return _mm512_maskz_loadu_epi16(tail_mask32(n), (const uint16_t*)w + k);
@@ -130,6 +138,7 @@ struct WF32 {
     using X = float;
     using V = __m256;
     static constexpr int K = 8;
+    static constexpr int BYTES = 4;
     static V load(const void* w, int64_t k) { return _mm256_loadu_ps((const float*)w + k); }
     static V load_tail(const void* w, int64_t k, int64_t n) {
         float buf[8];
@@ -144,6 +153,7 @@ struct WF32 {
 };
 
 struct WF16 : WF32 {
+    static constexpr int BYTES = 2;
     static V load(const void* w, int64_t k) {
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)w + k)));
     }
@@ -154,6 +164,7 @@ struct WF16 : WF32 {
 };
 
 struct WBF16 : WF32 {
+    static constexpr int BYTES = 2;
     static V widen(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
     static V load(const void* w, int64_t k) {
         return widen(_mm_loadu_si128((const __m128i*)((const uint16_t*)w + k)));
@@ -174,8 +185,14 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
     VecF acc[TT * R];
     for (int i = 0; i < TT * R; i++) acc[i] = vzero();
     int64_t k = 0;
+    // decode (one token): the loads alone do not keep enough memory requests in flight;
+    // prefetch PREFETCH_BYTES ahead in this thread's contiguous run of rows (the R rows
+    // shifted by a constant cover a contiguous range of the rows that follow)
     for (; k + W::K <= n_in; k += W::K) {
         typename W::V wv[R];
+        if (TT == 1)
+            for (int r = 0; r < R; r++)
+                _mm_prefetch((const char*)w + r * w_stride + k * W::BYTES + PREFETCH_BYTES, _MM_HINT_T0);
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) wv[r] = W::load(w + r * w_stride, k);
 #pragma GCC unroll 8
@@ -289,6 +306,9 @@ static inline void quant_tile(const uint8_t* w, int64_t w_stride, const float* s
         }
         for (int64_t b = 0; b < blocks_per_group; b++, block++) {
             __m512i wv[R];
+            if (TT == 1)  // decode: prefetch the next row panel (see float_tile)
+                for (int r = 0; r < R; r++)
+                    _mm_prefetch((const char*)w + r * w_stride + block * (Q4 ? 32 : 64) + PREFETCH_BYTES, _MM_HINT_T0);
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) wv[r] = load_wblock<Q4>(w + r * w_stride, block, n_in);
 #pragma GCC unroll 8

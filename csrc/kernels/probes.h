@@ -1,0 +1,14 @@
+// Hardware probes for the benchmark (tools/bench.py): this machine's memory read bandwidth
+// and peak f32 FMA rate, measured with this ISA's vectors. Not used by the model.
+#pragma once
+#include <cstdint>
+
+namespace pygpt {
+namespace PYGPT_KERNEL_NS {
+// Reads a[0:n] `reps` times with n_threads threads (each a contiguous slice); returns a sum
+// of the data so the reads cannot be optimised away.
+float probe_read(const float* a, int64_t n, int reps, int n_threads);
+// Runs `iters` rounds of independent FMA chains per thread; returns the f32 FLOPs done.
+double probe_fma(int64_t iters, int n_threads);
+}  // namespace PYGPT_KERNEL_NS
+}  // namespace pygpt
