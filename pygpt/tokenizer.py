@@ -11,7 +11,9 @@ version tiktoken's regex engine uses (`pygpt._core.unicode_version`).
 
 Special tokens follow tiktoken's contract: by default "<|endoftext|>" in the text is encoded
 as plain text; `allowed_special={"<|endoftext|>"}` or `allowed_special="all"` turns it into
-its id. (Unlike tiktoken, nothing is "disallowed": a special token's text never raises.)
+its id. One difference: tiktoken's default is `disallowed_special="all"` (a special token's
+text raises ValueError); ours is `disallowed_special=()`, and passing "all" gives tiktoken's
+behaviour.
 
 The files are parsed here with the json module; the C++ core receives plain, validated data
 (the bytes of every token, merges as id pairs) and checks it again.
@@ -231,13 +233,37 @@ class Tokenizer:
             return True
         return [self._specials[name] for name in names]
 
-    def encode(self, text: str, *, allowed_special: AllowedSpecial = frozenset()) -> list:
+    def _check_disallowed(self, text, allowed, disallowed_special):
+        """tiktoken's disallowed_special: raise if text holds a special token that is disallowed."""
+        if disallowed_special == "all":  # every special token that is not allowed
+            if allowed is True:
+                return
+            disallowed = {name for name, i in self._specials.items() if not (allowed and i in allowed)}
+        elif isinstance(disallowed_special, str):
+            raise ValueError(f"disallowed_special must be 'all' or a set of special token strings, "
+                             f"got {disallowed_special!r}")
+        else:
+            disallowed = set(disallowed_special)
+        if isinstance(text, str):
+            for name in disallowed:
+                if name in text:
+                    raise ValueError(f"text contains the special token {name!r}, which is disallowed; pass "
+                                     f"allowed_special={{{name!r}}} to encode it as a special token, or "
+                                     "disallowed_special=() to encode it as text")
+
+    def encode(self, text: str, *, allowed_special: AllowedSpecial = frozenset(),
+               disallowed_special: AllowedSpecial = ()) -> list:
         """Token ids of text. Special token texts are plain text unless listed in allowed_special
-        (a set of strings, or "all"). Raises TypeError for non-str, ValueError for a str that is
-        not valid Unicode (lone surrogates)."""
-        if not allowed_special:
+        (a set of strings, or "all"). disallowed_special (a set, or "all" = every special not
+        allowed) makes such texts raise ValueError instead, as tiktoken does by default.
+        Raises TypeError for non-str, ValueError for a str that is not valid Unicode (lone
+        surrogates)."""
+        if not allowed_special and not disallowed_special:
             return self._core.encode(text, False)
-        return self._core.encode(text, self._allowed(allowed_special))
+        allowed = self._allowed(allowed_special) if allowed_special else False
+        if disallowed_special:
+            self._check_disallowed(text, allowed, disallowed_special)
+        return self._core.encode(text, allowed)
 
     def encode_ordinary(self, text: str) -> list:
         """encode(text) with every special token text treated as plain text."""

@@ -142,6 +142,18 @@ def test_endoftext_is_plain_text_by_default(tok):
         assert 50256 not in tok.encode(near, allowed_special="all")
 
 
+def test_disallowed_special(tok):
+    text = f"a{EOT}"
+    with pytest.raises(ValueError, match="disallowed"):
+        tok.encode(text, disallowed_special="all")
+    with pytest.raises(ValueError, match="disallowed"):
+        tok.encode(text, disallowed_special={EOT})
+    assert tok.encode(text, allowed_special="all", disallowed_special="all") == [64, 50256]
+    assert tok.encode("plain", disallowed_special="all") == tok.encode("plain")
+    with pytest.raises(ValueError, match="'all'"):
+        tok.encode(text, disallowed_special="none")
+
+
 def test_special_segments_are_encoded_separately(tok):
     # text on each side of a special token is encoded on its own, as tiktoken does
     assert tok.encode(f" {EOT} world", allowed_special="all") == tok.encode(" ") + [50256] + tok.encode(" world")

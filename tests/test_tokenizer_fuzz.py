@@ -122,6 +122,15 @@ def test_special_tokens_match_tiktoken(tok, ref, parts):
     assert tok.encode(text, allowed_special="all") == ref.encode(text, allowed_special="all")
     assert tok.encode(text, allowed_special={EOT}) == ref.encode(text, allowed_special={EOT})
     assert tok.encode(text) == ref.encode_ordinary(text)  # default: special text is plain text
+    assert tok.encode(text, disallowed_special=()) == ref.encode(text, disallowed_special=())
+    for allowed in (set(), {EOT}):  # tiktoken's default, disallowed_special="all"
+        try:
+            expect = ref.encode(text, allowed_special=allowed)
+        except ValueError:
+            with pytest.raises(ValueError, match="disallowed"):
+                tok.encode(text, allowed_special=allowed, disallowed_special="all")
+        else:
+            assert tok.encode(text, allowed_special=allowed, disallowed_special="all") == expect
 
 
 @settings(max_examples=40, deadline=None)
