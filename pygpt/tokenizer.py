@@ -270,13 +270,17 @@ class Tokenizer:
         return self._core.encode(text, False)
 
     def encode_batch(self, texts: Sequence[str], *, allowed_special: AllowedSpecial = frozenset(),
-                     n_threads: int = None) -> list:
+                     disallowed_special: AllowedSpecial = (), n_threads: int = None) -> list:
         """encode() of each text, in parallel on n_threads threads (default: all cores)."""
         if n_threads is None:
             n_threads = 0
         elif isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
             raise ValueError(f"n_threads must be a positive int or None, got {n_threads!r}")
         allowed = self._allowed(allowed_special) if allowed_special else False
+        if disallowed_special and not isinstance(texts, str):
+            texts = list(texts)
+            for text in texts:
+                self._check_disallowed(text, allowed, disallowed_special)
         if isinstance(allowed, list):  # a strict subset of the specials: not batched in C++
             if isinstance(texts, str):
                 raise TypeError("texts must be a sequence of str, not str")

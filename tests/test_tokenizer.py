@@ -152,6 +152,9 @@ def test_disallowed_special(tok):
     assert tok.encode("plain", disallowed_special="all") == tok.encode("plain")
     with pytest.raises(ValueError, match="'all'"):
         tok.encode(text, disallowed_special="none")
+    with pytest.raises(ValueError, match="disallowed"):
+        tok.encode_batch(["fine", text], disallowed_special="all")
+    assert tok.encode_batch(["fine", text], allowed_special="all", disallowed_special="all")[1] == [64, 50256]
 
 
 def test_special_segments_are_encoded_separately(tok):
