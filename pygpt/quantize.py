@@ -51,7 +51,14 @@ def tensor_specs(name: str, n_out: int, n_in: int, dtype: str, group: int) -> di
     return {name: data, name + "_scales": ("F32", (n_out, n_in // g))}
 
 
-def quantize(w: np.ndarray, dtype: str, group: int = -1) -> dict[str, np.ndarray]:
+def quantize(name: str, w: np.ndarray, dtype: str, group: int = -1) -> dict[str, np.ndarray]:
+    """The tensors of weight `name` quantized: {name: data, name + "_scales": scales}.
+
+    group -1: DEFAULT_GROUP[dtype]; 0: one scale per row. See quantize_matrix."""
+    return {name + suffix: arr for suffix, arr in quantize_matrix(w, dtype, group).items()}
+
+
+def quantize_matrix(w: np.ndarray, dtype: str, group: int = -1) -> dict[str, np.ndarray]:
     """Quantizes W [n_out, n_in] (float) to {"": data, "_scales": scales} (suffixes of the name).
 
     int8: symmetric, scale = max|W| / 127 per group, q = round(W / scale).

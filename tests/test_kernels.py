@@ -39,7 +39,7 @@ def encode(w, dtype, group=0):
     if dtype == "bf16":
         b = bf16_round(w)
         return (b.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).ravel(), None, b
-    parts = qz.quantize(w, dtype, group)
+    parts = qz.quantize_matrix(w, dtype, group)
     return parts[""].view(np.uint8).ravel(), parts["_scales"], qz.dequantize(parts, dtype, w.shape[1])
 
 
@@ -58,9 +58,9 @@ def reference(w, dtype, group, x, bias, isa):
     if dtype in ("int8", "int4"):
         q, sx = quantize_rows(x)
         if dtype == "int8":
-            wq = np.asarray(qz.quantize(w, "int8", group)[""], np.float64)
+            wq = np.asarray(qz.quantize_matrix(w, "int8", group)[""], np.float64)
         else:
-            wq = qz.unpack_int4(qz.quantize(w, "int4", group)[""], w.shape[1]).astype(np.float64)
+            wq = qz.unpack_int4(qz.quantize_matrix(w, "int4", group)[""], w.shape[1]).astype(np.float64)
         g = w.shape[1] // scales.shape[1]
         isum = np.einsum("tgk,ogk->tog", q.reshape(len(x), -1, g).astype(np.float64), wq.reshape(len(w), -1, g))
         y = (isum * scales[None].astype(np.float64)).sum(axis=2) * sx[:, None]
