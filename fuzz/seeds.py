@@ -1,0 +1,53 @@
+"""The smallest valid model folder, shared by the fuzz targets and their seed corpora.
+
+    python fuzz/seeds.py        # (re)writes the seed inputs into fuzz/corpus/<target>/
+"""
+
+import json
+import os
+import struct
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.append(os.path.join(HERE, ".."))  # pygpt: whatever is importable first (a sanitized build), else the tree
+
+import hostile_files as hf  # noqa: E402
+
+CFG = hf.tiny_config(n_layer=1, n_head=1, n_embd=4, n_ctx=4, vocab_size=8)
+
+
+def write_folder(path: str) -> None:
+    hf.write_model(path, cfg=CFG, seed=0)
+
+
+def main() -> None:
+    raw, header = hf.pack_safetensors(hf.tiny_tensors(CFG))
+    cfg = json.dumps(CFG).encode()
+    fmt = {
+        "st-valid": b"\x00" + raw,
+        "st-valid-checked": b"\x02" + raw,
+        "st-header-only": b"\x00" + raw[:8 + struct.unpack("<Q", raw[:8])[0]],
+        "st-empty-object": b"\x00" + hf.pack_raw(b"{}", b""),
+        "config-valid": b"\x01" + cfg,
+        "config-int8": b"\x01" + json.dumps(dict(CFG, dtype="int8", quant_group_size=64)).encode(),
+        "config-nested": b"\x01" + b'{"a": [[[{"b": 1e999}]]]}',
+    }
+    tok = {
+        "encode-ascii": b"\x00Hello world, it's 2024!  \n\tok",
+        "encode-unicode": b"\x00" + "naïve café — 日本語 🙂\u200b x".encode(),
+        "encode-special": b"\x01<|endoftext|>the<|endoftext|>",
+        "surrogates": b"\x02abc\xed\xa0\x80def\xff",
+        "decode": b"\x03" + struct.pack("<8i", 15496, 995, 50256, 220, 94, 127, 4, 50257),
+        "files": b"\x04" + json.dumps({"a": 0, "b": 1, "ab": 2}).encode() + b"\x00a b\n",
+    }
+    for target, seeds in (("format", fmt), ("tokenizer", tok)):
+        d = os.path.join(HERE, "corpus", target)
+        os.makedirs(d, exist_ok=True)
+        for name, data in seeds.items():
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(data)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds pygpt._core with AddressSanitizer + UndefinedBehaviorSanitizer (-DPYGPT_SANITIZE=ON)
+# into its own build folder and runs the tests that exercise the C++ core under it, with the
+# sanitized module staged in a private copy of the package (the working tree's pygpt/_core*.so
+# is not touched).
+#
+#   tools/sanitize.sh                       # build + the default C++-touching test subset
+#   tools/sanitize.sh tests/test_hostile.py # build + these tests (any pytest arguments)
+#   FUZZ_REPLAY=1 tools/sanitize.sh         # also replay the saved fuzz corpora (fuzz/corpus/)
+#
+# Python itself is not instrumented, so libasan is preloaded; leak detection is off (CPython
+# and torch keep memory alive until exit by design); any ASan or UBSan report aborts the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${SANITIZE_BUILD:-build/sanitize}
+stage=$build/stage
+
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPYGPT_SANITIZE=ON \
+  -Dpybind11_DIR="$(python -c 'import pybind11; print(pybind11.get_cmake_dir())')" >/dev/null
+nice cmake --build "$build" -j"${JOBS:-2}"
+
+rm -rf "$stage" && mkdir -p "$stage/pygpt"
+cp pygpt/*.py "$stage/pygpt/"
+cp "$build"/_core*.so "$stage/pygpt/"
+
+libasan=$(${CXX:-c++} -print-file-name=libasan.so)
+export LD_PRELOAD="$libasan${LD_PRELOAD:+:$LD_PRELOAD}"
+export ASAN_OPTIONS="detect_leaks=0:alloc_dealloc_mismatch=0:abort_on_error=1:halt_on_error=1:${ASAN_OPTIONS:-}"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:${UBSAN_OPTIONS:-}"
+export PYTHONPATH="$PWD/$stage"
+export PYGPT_SANITIZED=1  # lets timing- or RSS-based tests know they run instrumented
+
+# -P: do not put the working directory (with the unsanitized pygpt/) first on sys.path
+python -P -c 'import pygpt, sys; f = pygpt._core.__file__; print("sanitized module:", f); sys.exit("stage" not in f)'
+
+if [[ $# -eq 0 ]]; then
+  set -- tests/test_errors.py tests/test_hostile.py tests/test_limits.py tests/test_concurrency.py \
+         tests/test_fuzz_regressions.py
+  for t in tests/test_tokenizer*.py tests/test_sampler*.py tests/test_generat*.py tests/test_kernel*.py; do
+    [[ -e "$t" ]] && set -- "$@" "$t"
+  done
+fi
+python -P -m pytest -q -p no:cacheprovider "$@"
+
+if [[ "${FUZZ_REPLAY:-0}" == 1 ]]; then
+  for target in format tokenizer; do
+    echo "replaying fuzz/corpus/$target"
+    python -P "fuzz/fuzz_$target.py" -runs=0 "fuzz/corpus/$target"
+  done
+fi
+echo "sanitizers: clean"
