@@ -11,7 +11,7 @@
 #include <climits>
 #include <cstring>
 #include <exception>
-#include <queue>
+#include <functional>
 #include <stdexcept>
 #include <thread>
 
@@ -164,7 +164,12 @@ public:
     struct Node {
         int32_t id, prev, next;
     };
+    struct Cand {  // a possible merge of nodes left and right (ids as they were when pushed)
+        int32_t rank, left, right, left_id, right_id, merged;
+        bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
+    };
     std::vector<Node> nodes;
+    std::vector<Cand> heap;
 
 private:
     struct Entry {
@@ -320,25 +325,30 @@ void Tokenizer::bpe(const uint8_t* p, size_t n, Session& s, std::vector<int32_t>
 
     // Long pieces (e.g. 100 KB without a space): doubly linked list + min-heap of candidate
     // merges ordered by (rank, position). Stale candidates are skipped when popped.
-    struct Cand {
-        int32_t rank, left, right, left_id, right_id, merged;
-        bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
-    };
+    using Cand = Session::Cand;
     auto& nodes = s.nodes;
     nodes.resize(n);
     for (size_t i = 0; i < n; ++i)
         nodes[i] = Session::Node{byte_id_[p[i]], static_cast<int32_t>(i) - 1,
                                  i + 1 < n ? static_cast<int32_t>(i + 1) : -1};
-    std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+    auto& heap = s.heap;  // min-heap by (rank, left)
+    heap.clear();
     auto push = [&](int32_t l, int32_t r) {
         if (l < 0 || r < 0) return;
-        if (const Tables::Pair* e = t.find_pair(nodes[l].id, nodes[r].id))
-            heap.push(Cand{e->rank, l, r, nodes[l].id, nodes[r].id, e->merged});
+        if (const Tables::Pair* e = t.find_pair(nodes[l].id, nodes[r].id)) {
+            heap.push_back(Cand{e->rank, l, r, nodes[l].id, nodes[r].id, e->merged});
+            std::push_heap(heap.begin(), heap.end(), std::greater<Cand>());
+        }
     };
-    for (size_t i = 0; i + 1 < n; ++i) push(static_cast<int32_t>(i), static_cast<int32_t>(i + 1));
+    for (size_t i = 0; i + 1 < n; ++i) {
+        const Tables::Pair* e = t.find_pair(nodes[i].id, nodes[i + 1].id);
+        if (e) heap.push_back(Cand{e->rank, int32_t(i), int32_t(i + 1), nodes[i].id, nodes[i + 1].id, e->merged});
+    }
+    std::make_heap(heap.begin(), heap.end(), std::greater<Cand>());
     while (!heap.empty()) {
-        const Cand c = heap.top();
-        heap.pop();
+        std::pop_heap(heap.begin(), heap.end(), std::greater<Cand>());
+        const Cand c = heap.back();
+        heap.pop_back();
         Session::Node& l = nodes[c.left];
         if (l.id != c.left_id || l.next != c.right || nodes[c.right].id != c.right_id) continue;  // stale
         l.id = c.merged;
