@@ -206,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--special", action="store_true",
                    help="turn special token texts such as <|endoftext|> into their ids (default: plain text)")
     t.set_defaults(func=cmd_tokenize)
+
+    from . import perplexity
+
+    pp = sub.add_parser("perplexity", help="perplexity of a text file under a model",
+                        description="Perplexity of FILE under a model: strided sliding windows of n_ctx "
+                                    "tokens, scored like the Hugging Face perplexity guide (pygpt/perplexity.py).")
+    perplexity.add_arguments(pp)
+    pp.set_defaults(func=perplexity.run)
     return parser
 
 

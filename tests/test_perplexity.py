@@ -169,3 +169,11 @@ def test_command_line(hf_model_factory, tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert ppl_mod.main(["-m", out, str(f), "--stride", "65"]) == 1
     assert "stride" in capsys.readouterr().err
+
+    # the same as a subcommand of `pygpt`
+    from pygpt import cli
+
+    assert cli.main(["perplexity", "-m", out, str(f), "--stride", "32", "--no-progress"]) == 0
+    assert capsys.readouterr().out == printed
+    assert cli.main(["perplexity", "-m", str(tmp_path / "no-model"), str(f)]) == 1
+    assert "pygpt: error:" in capsys.readouterr().err
