@@ -10,9 +10,10 @@ constexpr const char* kUnicodeVersion = "16.0.0";
 
 enum CharClass : uint8_t { kOther = 0, kLetter = 1, kNumber = 2, kSpace = 3 };
 
+// Two stages: kStage1[cp >> kBlockShift] is the block that holds cp's class in kStage2.
 constexpr uint32_t kBlockShift = 7;  // 128 code points per block
-extern const uint8_t kStage1[8704];             // block index per 128 code points
-extern const uint8_t kStage2[26624];           // 208 distinct blocks of classes
+extern const uint8_t kStage1[8704];  // block of each 128 code points (0x110000 / 128)
+extern const uint8_t kStage2[26624];  // 208 distinct blocks of 128 classes
 
 // Class of a Unicode scalar value (cp <= 0x10FFFF; callers decode and validate UTF-8 first).
 inline CharClass char_class(uint32_t cp) {

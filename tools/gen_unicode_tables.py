@@ -78,9 +78,10 @@ constexpr const char* kUnicodeVersion = "{UNICODE_VERSION}";
 
 enum CharClass : uint8_t {{ kOther = {OTHER}, kLetter = {LETTER}, kNumber = {NUMBER}, kSpace = {SPACE} }};
 
+// Two stages: kStage1[cp >> kBlockShift] is the block that holds cp's class in kStage2.
 constexpr uint32_t kBlockShift = {BLOCK.bit_length() - 1};  // {BLOCK} code points per block
-extern const uint8_t kStage1[{len(stage1)}];             // block index per {BLOCK} code points
-extern const uint8_t kStage2[{len(flat)}];           // {len(stage2)} distinct blocks of classes
+extern const uint8_t kStage1[{len(stage1)}];  // block of each {BLOCK} code points (0x110000 / {BLOCK})
+extern const uint8_t kStage2[{len(flat)}];  // {len(stage2)} distinct blocks of {BLOCK} classes
 
 // Class of a Unicode scalar value (cp <= 0x10FFFF; callers decode and validate UTF-8 first).
 inline CharClass char_class(uint32_t cp) {{
