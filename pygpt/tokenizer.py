@@ -83,6 +83,8 @@ def _load_vocab(path: str) -> dict:
         vocab = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise ModelFormatError(f"{path}: not valid JSON: {e}") from None
+    except RecursionError:  # e.g. "[[[[..." nested deeper than the json module can parse
+        raise ModelFormatError(f"{path}: not a vocabulary (JSON nested too deeply)") from None
     if not isinstance(vocab, dict) or not vocab:
         raise ModelFormatError(f"{path}: expected a JSON object mapping each token to its id")
     n = len(vocab)

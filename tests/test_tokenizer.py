@@ -408,6 +408,8 @@ def test_missing_files(tmp_path):
         ('{"a": 0, "b": 5}', "outside"),
         ('{"a": 0, "b": -1}', "outside"),
         ('{"a": 0, "b": 0}', "same id"),
+        ("[" * 100_000, "nested too deeply"),
+        ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
     ],
 )
 def test_malformed_vocab(tmp_path, vocab_text, match):
