@@ -267,10 +267,13 @@ void Generation::accept(Seq& s, int32_t token) {
         const size_t old = s.bytes.size();
         s.bytes += tok_->token_bytes(token);
         // a stop string ending in the new bytes starts at most max_stop_ - 1 bytes before them
-        const size_t from = old >= max_stop_ ? old - (max_stop_ - 1) : 0;
+        const size_t from = old + 1 > max_stop_ ? old + 1 - max_stop_ : 0;
         size_t hit = std::string::npos;
         for (const auto& stop : opt_.stop) hit = std::min(hit, s.bytes.find(stop, from));
         if (hit != std::string::npos) {
+            // text before a stop string is never released early (release_text holds back any
+            // suffix that may begin one), so the cut never takes back text already handed out
+            hit = std::max(hit, s.released);
             s.bytes.resize(hit);
             return finish(s, "stop");
         }

@@ -82,10 +82,10 @@ def test_greedy_penalties_match_transformers(tiny, model):
     assert out.tokens != plain.tokens  # the penalties changed something
 
 
-def test_greedy_matches_transformers_124m_shape(hf_model_factory, tmp_path_factory):
-    hf_model, hf_dir, _ = hf_model_factory("gpt2")
-    m = pygpt.load(_convert_with_tokenizer(hf_dir, str(tmp_path_factory.mktemp("gen_124m"))))
-    ids = m.tokenizer.encode("Once upon a time, there was")
+def test_greedy_matches_transformers_124m_shape(hf_model_factory):
+    hf_model, _, path = hf_model_factory("gpt2")  # converted without a tokenizer: prompt as ids
+    m = pygpt.load(path)
+    ids = pygpt.Tokenizer.from_dir(GPT2_TOKENIZER).encode("Once upon a time, there was")
     out = m.generate(ids, max_new_tokens=16)
     assert out.tokens == hf_greedy(hf_model, ids, 16)
 
@@ -193,6 +193,31 @@ def test_stop_string_split_across_tokens(model):
     pieces_out = list(streamed)
     assert "".join(pieces_out) == out.text == streamed.output.text
     assert streamed.output.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_stop_strings(model, seed):
+    """Stop strings cut anywhere in sampled text (inside tokens, across them, multi-byte
+    characters included): the text ends right before the first occurrence, streamed or not."""
+    rng = np.random.default_rng(seed)
+    kw = dict(max_new_tokens=30, ignore_eos=True, temperature=1.0, seed=seed)
+    ref = model.generate(PROMPTS[seed % 3], **kw)
+    raw = model.tokenizer.decode_bytes(ref.tokens)
+    for _ in range(3):
+        a = int(rng.integers(0, max(1, len(ref.text) - 1)))
+        stop = ref.text[a:a + int(rng.integers(1, 7))].replace("\ufffd", "") or "x"
+        stops = [stop, "\u2603 never"]
+        out = model.generate(PROMPTS[seed % 3], stop=stops, **kw)
+        hit = raw.find(stop.encode())
+        if hit < 0:
+            assert out.text == ref.text and out.finish_reason == "length"
+            continue
+        assert out.text == raw[:hit].decode("utf-8", errors="replace")
+        assert out.finish_reason == "stop"
+        end = next(k for k in range(1, len(ref.tokens) + 1)
+                   if model.tokenizer.decode_bytes(ref.tokens[:k]).find(stop.encode()) >= 0)
+        assert out.tokens == ref.tokens[:end]
+        assert "".join(model.stream(PROMPTS[seed % 3], stop=stops, **kw)) == out.text
 
 
 def test_stop_string_in_the_first_token_gives_empty_text(model):
