@@ -118,7 +118,11 @@ py::list encode_batch(const Tokenizer& tok, py::handle texts, bool allow_special
     const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.ptr());
     PyObject** items = PySequence_Fast_ITEMS(seq.ptr());
     std::vector<std::string_view> views(static_cast<size_t>(n));
-    for (Py_ssize_t i = 0; i < n; ++i) views[i] = utf8_of(items[i]);  // seq keeps every str alive
+    std::vector<py::object> keep(static_cast<size_t>(n));  // own each str: another thread may edit the list
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        keep[i] = py::reinterpret_borrow<py::object>(items[i]);
+        views[i] = utf8_of(items[i]);
+    }
     std::vector<std::vector<int32_t>> results;
     {
         py::gil_scoped_release unlocked;
