@@ -500,6 +500,22 @@ def test_closed_model(tiny):
         m.generate("hi")
 
 
+def test_model_without_a_tokenizer(tiny, model, tmp_path):
+    for name in ("config.json", "model.safetensors"):  # no vocab.json / merges.txt
+        os.symlink(os.path.join(tiny[1], name), tmp_path / name)
+    bare = pygpt.load(str(tmp_path))
+    assert bare.tokenizer is None
+    ids = model.tokenizer.encode(PROMPTS[0])
+    out = bare.generate(ids, max_new_tokens=8)
+    assert out.text is None and out.tokens == model.generate(ids, max_new_tokens=8).tokens
+    assert out.finish_reason == "length"  # no tokenizer, no <|endoftext|> to stop at
+    for call, match in [(lambda: bare.generate("text"), "tokenizer"),
+                        (lambda: bare.generate(ids, stop=["x"]), "tokenizer"),
+                        (lambda: bare.stream(ids), "tokenizer")]:
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 
