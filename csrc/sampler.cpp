@@ -103,6 +103,10 @@ void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_pr
 
     if (params_.temperature != 1.0f)
         for (int64_t i = 0; i < V_; i++) s[i] /= params_.temperature;
+    // A tiny temperature (or a huge bias) can overflow a score to +inf, and inf - inf is NaN in
+    // every softmax below: cap at the largest float, which keeps the order.
+    for (int64_t i = 0; i < V_; i++)
+        if (s[i] == std::numeric_limits<float>::infinity()) s[i] = std::numeric_limits<float>::max();
     if (params_.top_k > 0) keep_top_k(s);
     if (params_.top_p < 1.0) keep_top_p(s);
     if (params_.min_p > 0.0) keep_min_p(s);

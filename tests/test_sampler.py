@@ -277,6 +277,14 @@ def test_uniform_logits_give_uniform_draws():
     assert chi2_p_value(stat, n_bins - 1) > CHI2_P_VALUE
 
 
+def test_tiny_temperature_draws_the_top_token():
+    x = lm_like_logits(8, n=500)
+    x -= x.max() + 1.0  # all negative: they overflow to -inf
+    x[123] = 0.5        # this one to +inf
+    p = sampling_params(500, temperature=1e-38, top_p=0.9, min_p=0.1, typical_p=0.9)  # scores overflow to inf
+    assert _core.sample_tokens(x, [], 0, p, 5, 0, 20).tolist() == [123] * 20
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 
