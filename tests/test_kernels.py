@@ -212,3 +212,17 @@ def test_attention_row(isa, n_keys, hs, ld):
     p = np.exp(s - s.max())
     p /= p.sum()
     np.testing.assert_allclose(out, p @ v[:, :hs], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype,group", [("f32", 0), ("f16", 0), ("bf16", 0), ("int8", 0), ("int4", 64)])
+def test_linear_thread_invariant_when_split(isa, dtype, group):
+    """Big enough that linear really splits rows across threads (small products run on
+    fewer threads): results are bitwise equal for 1, 2 and 3 threads and any T."""
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((301, 640)).astype(np.float32)
+    x = rng.standard_normal((9, 640)).astype(np.float32)
+    y1 = run_linear(isa, dtype, w, group, x, None, n_threads=1)
+    for n in (2, 3):
+        assert np.array_equal(y1, run_linear(isa, dtype, w, group, x, None, n_threads=n)), f"{n} threads"
+    assert np.array_equal(y1[4], run_linear(isa, dtype, w, group, x[4:5], None, n_threads=3)[0])

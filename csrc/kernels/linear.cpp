@@ -43,6 +43,15 @@ namespace {
 #endif
 constexpr int64_t PREFETCH_BYTES = PYGPT_PREFETCH;
 
+// Threads worth waking for a product of this many multiply-adds: a parallel region costs
+// microseconds (far more when the machine is oversubscribed and a thread is descheduled), so
+// small products run on fewer threads. Results do not depend on the thread count.
+int threads_for(int64_t macs, int n_threads) {
+    constexpr int64_t MIN_MACS_PER_THREAD = 1 << 18;
+    const int64_t useful = macs / MIN_MACS_PER_THREAD;
+    return useful < 1 ? 1 : (useful < n_threads ? (int)useful : n_threads);
+}
+
 // Rows [begin, end) of n_rows in units of `unit`, for thread `id` of `n`.
 void split_rows(int64_t n_rows, int64_t unit, int id, int n, int64_t* begin, int64_t* end) {
     const int64_t units = (n_rows + unit - 1) / unit;
@@ -245,6 +254,7 @@ void float_linear(const Matrix& m, const float* bias, const float* x_f32, const 
     const int64_t n_in = m.n_in, n_out = m.n_out, w_stride = n_in * elem_bytes;
     const int64_t tb = token_block(x_stride * (int64_t)sizeof(typename W::X), TT_F);
     (void)x_f32;
+    n_threads = threads_for(n_in * n_out * T, n_threads);
 #pragma omp parallel num_threads(n_threads)
     {
 #if defined(__AVX512F__)
@@ -400,6 +410,7 @@ void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
     float* sx = (float*)(scratch + xq_bytes + nc_bytes);
     const int64_t tb = token_block(n_pad + n_groups * 64, TT_Q);
     const uint8_t* w = (const uint8_t*)m.data;
+    n_threads = threads_for(n_in * n_out * T, n_threads);
 #pragma omp parallel num_threads(n_threads)
     {
 #pragma omp for schedule(static)

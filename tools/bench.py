@@ -1,0 +1,573 @@
+#!/usr/bin/env python
+"""Speed of pygpt at every weight dtype next to transformers (torch) and CTranslate2, on
+randomly initialised models with the exact gpt2 (124M) and gpt2-medium (355M) shapes.
+
+One run measures, per engine / dtype / thread count (batch 1): load time, prefill tokens/s
+on a 128-token prompt, time to first token, decode tokens/s over 128 new tokens and peak RSS
+(each case runs in its own process); pygpt also batch-8 decode. It measures this machine's
+memory read bandwidth (before and after every case; arrays far larger than the caches) and
+peak f32 FMA rate, and prints each pygpt figure as a share of its limit:
+  decode:  tokens/s / (bandwidth / bytes read per token)      (weights + the KV cache read)
+  prefill: FLOPs per token * tokens/s / compute peak          (bf16: 2x, int8/int4: 4x the f32 peak,
+                                                               the rates of vdpbf16ps / vpdpbusd)
+Medians of --runs runs. Writes a markdown report (--update BENCHMARKS.md replaces the text
+between the bench.py:speed markers), a JSON file and a chart of decode tokens/s per engine
+and dtype with each dtype's bandwidth ceiling.
+
+--quality SOURCE instead reports, for a trained model (anything pygpt.convert reads), the
+perplexity of --text at each dtype and the mean KL divergence and top-1 agreement of each
+dtype's next-token distribution against f32 (the "bench.py:quality" markers).
+
+Needs: torch, transformers, matplotlib; ctranslate2 for its rows (pip install ctranslate2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+SHAPES = {  # name: (n_layer, n_head, n_embd)
+    "124M": (12, 12, 768),
+    "355M": (24, 16, 1024),
+    "12x64": (12, 4, 64),  # per-token overhead: arithmetic negligible, the 50257-row LM head stays
+}
+VOCAB, N_CTX = 50257, 1024
+PYGPT_DTYPES = ["f32", "bf16", "f16", "int8", "int4"]
+QUANT_GROUP = {"int8": 0, "int4": 64}  # 0: one scale per output row
+TOKENIZER_DIR = os.path.join(ROOT, "tests", "data", "gpt2-tokenizer")
+
+
+# ----------------------------------------------------------------------------------------
+# machine
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def read_bandwidth(n_threads: int, mib: int = 512, reps: int = 3) -> float:
+    """Bytes/s reading an array of `mib` MiB (far larger than L3), best of `reps` passes."""
+    from pygpt import _core
+
+    a = np.ones(mib * 2**20 // 4, np.float32)
+    _core._probe_read_seconds(a, 1, n_threads, "")  # fault the pages in
+    best = min(_core._probe_read_seconds(a, 1, n_threads, "") for _ in range(reps))
+    return a.nbytes / best
+
+
+def fma_peak(n_threads: int) -> float:
+    """f32 FLOP/s of independent FMA chains on n_threads threads, best of 3."""
+    from pygpt import _core
+
+    best = 0.0
+    for _ in range(3):
+        seconds, flops = _core._probe_fma(20_000_000, n_threads, "")
+        best = max(best, flops / seconds)
+    return best
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM: unlike ru_maxrss, not inherited across exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def idle_cpu_percent(seconds: float = 1.0) -> float:
+    """CPU this process uses while the caller sleeps (OpenMP threads spinning after a call)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    time.sleep(seconds)
+    return 100 * (time.process_time() - c0) / (time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------
+# models
+
+
+def make_models(workdir: str, shape: str, dtypes, want_ct2: bool, log) -> dict:
+    """Random HF GPT-2 of this shape (seed 0) + its pygpt conversions + CTranslate2 ones."""
+    import torch
+    import transformers
+
+    L, H, C = SHAPES[shape]
+    hf_dir = os.path.join(workdir, f"hf-{shape}")
+    if not os.path.isfile(os.path.join(hf_dir, "config.json")):
+        log(f"creating random {shape} model in {hf_dir}")
+        torch.manual_seed(0)
+        cfg = transformers.GPT2Config(n_layer=L, n_head=H, n_embd=C, n_positions=N_CTX, vocab_size=VOCAB)
+        transformers.GPT2LMHeadModel(cfg).eval().save_pretrained(hf_dir)
+        with open(os.path.join(TOKENIZER_DIR, "vocab.json"), encoding="utf-8") as f:
+            vocab = json.load(f)
+        with open(os.path.join(TOKENIZER_DIR, "merges.txt"), encoding="utf-8") as f:
+            merges = [tuple(ln.split()) for ln in f.read().splitlines()[1:] if ln]
+        transformers.GPT2TokenizerFast(vocab=vocab, merges=merges).save_pretrained(hf_dir)
+    paths = {"hf": hf_dir}
+    from pygpt import convert
+
+    for dt in dtypes:
+        out = os.path.join(workdir, f"pygpt-{shape}-{dt}")
+        if not os.path.isfile(os.path.join(out, "config.json")):
+            log(f"converting {shape} to pygpt {dt}")
+            try:
+                convert.convert(hf_dir, out, dtype=dt, tokenizer=TOKENIZER_DIR, group_size=QUANT_GROUP.get(dt, 0))
+            except ValueError as e:  # a converter that does not take group 0 (per row) yet
+                if QUANT_GROUP.get(dt) != 0:
+                    raise
+                log(f"per-row int8 refused ({e}); using groups of n_embd = {C}")
+                convert.convert(hf_dir, out, dtype=dt, tokenizer=TOKENIZER_DIR, group_size=C)
+        paths[dt] = out
+    if want_ct2:
+        import ctranslate2.converters
+
+        for q in ("float32", "int8"):
+            out = os.path.join(workdir, f"ct2-{shape}-{q}")
+            if not os.path.isfile(os.path.join(out, "model.bin")):
+                log(f"converting {shape} to CTranslate2 {q}")
+                ctranslate2.converters.TransformersConverter(hf_dir).convert(out, quantization=q, force=True)
+            paths["ct2-" + q] = out
+    return paths
+
+
+def weight_bytes_per_token(model_dir: str) -> int:
+    """Bytes of weights one decode step reads: everything but the position embedding (one
+    row of it is read)."""
+    from pygpt import _format
+
+    total = 0
+    for name, _dtype, _shape, begin, end in _format.read_safetensors_header(os.path.join(model_dir, "model.safetensors")):
+        if name != "wpe.weight":
+            total += end - begin
+    return total
+
+
+def kv_bytes_per_token(shape: str, prompt: int, new: int) -> float:
+    """Mean bytes of keys and values one decode step reads over the decode run (f32 cache)."""
+    L, _, C = SHAPES[shape]
+    mean_pos = prompt + (new - 1) / 2
+    return L * 2 * C * 4 * mean_pos
+
+
+def flops_per_prompt_token(shape: str, prompt: int) -> float:
+    """Multiply-adds x 2 per prompt token: the linear layers, attention over the mean
+    causal span, the LM head for the last position only (as run)."""
+    L, _, C = SHAPES[shape]
+    linear = L * (3 * C * C + C * C + 4 * C * C + 4 * C * C)
+    attention = L * 2 * C * (prompt + 1) / 2
+    lm_head = VOCAB * C / prompt
+    return 2 * (linear + attention + lm_head)
+
+
+# ----------------------------------------------------------------------------------------
+# workers: one case per process (peak RSS is per process)
+
+
+def prompt_ids(n: int, seed: int = 1) -> list:
+    return np.random.default_rng(seed).integers(0, VOCAB - 1, n).tolist()
+
+
+def worker_pygpt(a: dict) -> dict:
+    import pygpt
+
+    loads = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        model = pygpt.load(a["path"], n_threads=a["threads"])
+        loads.append(time.perf_counter() - t0)
+    ids = prompt_ids(a["prompt"])
+    model.generate(ids[:8], max_new_tokens=4, ignore_eos=True)  # warm-up: fault the weights in
+    pre, dec, ttft = [], [], []
+    for _ in range(a["runs"]):
+        t = model.generate(ids, max_new_tokens=a["new"], ignore_eos=True).timings
+        pre.append(t.prefill_tokens_per_s)
+        dec.append(t.decode_tokens_per_s)
+        ttft.append(t.time_to_first_token)
+    out = {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
+           "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft)}
+    if a.get("batch"):
+        prompts = [prompt_ids(a["prompt"], seed=10 + i) for i in range(a["batch"])]
+        bt = []
+        for _ in range(a["runs"]):
+            outs = model.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)
+            bt.append(outs[0].timings.decode_tokens_per_s)
+        out["batch_decode_tok_s"] = statistics.median(bt)
+    model.generate(ids[:8], max_new_tokens=2, ignore_eos=True)
+    out["idle_cpu_pct_after_call"] = idle_cpu_percent()
+    out["peak_rss_mib"] = peak_rss_mib()
+    return out
+
+
+def worker_transformers(a: dict) -> dict:
+    import torch
+    import transformers
+
+    torch.set_num_threads(a["threads"])
+    loads = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        model = transformers.GPT2LMHeadModel.from_pretrained(a["path"], torch_dtype=torch.float32).eval()
+        loads.append(time.perf_counter() - t0)
+    ids = torch.tensor([prompt_ids(a["prompt"])])
+    kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+    pre, dec, ttft = [], [], []
+    with torch.inference_mode():
+        model.generate(ids[:, :8], max_new_tokens=4, min_new_tokens=4, **kw)
+        for _ in range(a["runs"]):
+            t0 = time.perf_counter()
+            model(ids, use_cache=True)
+            pre.append(a["prompt"] / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
+            first = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            model.generate(ids, max_new_tokens=a["new"] + 1, min_new_tokens=a["new"] + 1, **kw)
+            total = time.perf_counter() - t0
+            ttft.append(first)
+            dec.append(a["new"] / max(total - first, 1e-9))
+    return {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
+            "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
+            "peak_rss_mib": peak_rss_mib()}
+
+
+def worker_ct2(a: dict) -> dict:
+    import ctranslate2
+    import transformers
+
+    tok = transformers.GPT2TokenizerFast.from_pretrained(a["hf"])
+    loads = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        gen = ctranslate2.Generator(a["path"], device="cpu", compute_type=a["compute_type"],
+                                    intra_threads=a["threads"], inter_threads=1)
+        loads.append(time.perf_counter() - t0)
+    tokens = tok.convert_ids_to_tokens(prompt_ids(a["prompt"]))
+
+    def run(n_new):
+        t0 = time.perf_counter()
+        gen.generate_batch([tokens], max_length=n_new, min_length=n_new, sampling_topk=1,
+                           include_prompt_in_result=False)
+        return time.perf_counter() - t0
+
+    run(4)
+    pre, dec, ttft = [], [], []
+    for _ in range(a["runs"]):
+        t0 = time.perf_counter()
+        gen.forward_batch([tokens])  # prefill only: logits of every position
+        pre.append(a["prompt"] / (time.perf_counter() - t0))
+        first = run(1)
+        total = run(a["new"] + 1)
+        ttft.append(first)
+        dec.append(a["new"] / max(total - first, 1e-9))
+    return {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
+            "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
+            "peak_rss_mib": peak_rss_mib()}
+
+
+WORKERS = {"pygpt": worker_pygpt, "transformers": worker_transformers, "ctranslate2": worker_ct2}
+
+
+def run_case(args: dict, timeout: float = 1800) -> dict:
+    """Runs one worker in a fresh process; returns its result (or {"error": ...})."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env["OMP_NUM_THREADS"] = str(args["threads"])
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(args)],
+                       capture_output=True, text=True, timeout=timeout, env=env)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if p.returncode != 0 or not lines:
+        return {"error": (p.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+# ----------------------------------------------------------------------------------------
+# report
+
+
+def fmt(v, spec=".0f", suffix=""):
+    return "n/a" if v is None else f"{v:{spec}}{suffix}"
+
+
+def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
+    out = [f"Run of `tools/bench.py` on {meta['date']}: {meta['cpu']}, {meta['cores']} cores, "
+           f"pygpt ISA {meta['isa']}; prompt {meta['prompt']} tokens, {meta['new']} new tokens, "
+           f"batch 1, greedy, medians of {meta['runs']} runs. Random weights with the exact model shapes.",
+           "",
+           "Machine limits measured in this run: read bandwidth "
+           + ", ".join(f"{t} thread{'s' if t > 1 else ''} {bw / 1e9:.1f} GB/s" for t, bw in meta["bandwidth"].items())
+           + " (at the start; each decode row uses the higher of the probes right before and after it); "
+           + "f32 FMA peak " + ", ".join(f"{t} thr {p / 1e9:.0f} GFLOP/s" for t, p in meta["fma_peak"].items()) + ".",
+           ""]
+    for shape in meta["shapes"]:
+        out += [f"### {shape} (n_layer {SHAPES[shape][0]}, n_embd {SHAPES[shape][2]})", "",
+                "| engine | weights | threads | load s | prefill tok/s | % peak | TTFT ms | decode tok/s "
+                "| % BW ceiling | ceiling tok/s | batch-8 decode tok/s | peak RSS MiB |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["shape"] != shape:
+                continue
+            if "error" in r:
+                out.append(f"| {r['engine']} | {r['dtype']} | {r['threads']} | error: {r['error'][:80]} |"
+                           " | | | | | | | |")
+                continue
+            out.append("| {engine} | {dtype} | {threads} | {load} | {pre} | {pp} | {ttft} | {dec} | {dp} | {ceil} | "
+                       "{b8} | {rss} |".format(
+                           engine=r["engine"], dtype=r["dtype"], threads=r["threads"], load=fmt(r["load_s"], ".2f"),
+                           pre=fmt(r["prefill_tok_s"]), pp=fmt(r.get("prefill_pct"), ".0f", "%"),
+                           ttft=fmt(r["ttft_s"] * 1e3, ".0f"), dec=fmt(r["decode_tok_s"], ".1f"),
+                           dp=fmt(r.get("decode_pct"), ".0f", "%"), ceil=fmt(r.get("ceiling_tok_s"), ".0f"),
+                           b8=fmt(r.get("batch_decode_tok_s"), ".0f"), rss=fmt(r["peak_rss_mib"], ".0f")))
+        if shape == "12x64":
+            out.append("")
+            out.append("Per-token overhead (decode step, ms): " + ", ".join(
+                f"{r['engine']} {r['dtype']} {r['threads']} thr {1e3 / r['decode_tok_s']:.2f}"
+                for r in rows if r["shape"] == shape and "error" not in r))
+        idle = [r for r in rows if r["shape"] == shape and r.get("idle_cpu_pct_after_call") is not None]
+        if idle:
+            out.append("")
+            out.append("pygpt CPU use in the second after a call returns (OpenMP threads idle): " + ", ".join(
+                f"{r['dtype']} {r['threads']} thr {r['idle_cpu_pct_after_call']:.1f}%" for r in idle))
+        out.append("")
+        ratios = ratio_lines(rows, shape, max(meta["threads"]))
+        if ratios:
+            out += ratios + [""]
+    if chart:
+        out += [f"![decode tokens/s per engine and dtype]({chart})", ""]
+    return "\n".join(out)
+
+
+def ratio_lines(rows, shape, threads) -> list:
+    def get(engine, dtype):
+        for r in rows:
+            if r["shape"] == shape and r["engine"] == engine and r["dtype"] == dtype and r["threads"] == threads \
+                    and "error" not in r:
+                return r
+        return None
+
+    lines = []
+    pairs = [("f32", "transformers", "f32"), ("f32", "ctranslate2", "f32"), ("int8", "ctranslate2", "int8"),
+             ("bf16", "transformers", "f32"), ("int4", "ctranslate2", "int8")]
+    for mine, engine, theirs in pairs:
+        a, b = get("pygpt", mine), get(engine, theirs)
+        if a and b:
+            lines.append(f"- {shape}, {threads} threads: pygpt {mine} / {engine} {theirs}: decode "
+                         f"{a['decode_tok_s'] / b['decode_tok_s']:.2f}x, prefill {a['prefill_tok_s'] / b['prefill_tok_s']:.2f}x")
+    b1 = [r for r in rows if r["shape"] == shape and r["engine"] == "pygpt" and r.get("batch_decode_tok_s")
+          and r["threads"] == threads]
+    for r in b1:
+        lines.append(f"- {shape}, {threads} threads, pygpt {r['dtype']}: batch-8 decode throughput "
+                     f"{r['batch_decode_tok_s'] / r['decode_tok_s']:.1f}x batch 1")
+    return lines
+
+
+def draw_chart(rows, meta, shape, threads, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in rows if r["shape"] == shape and r["threads"] == threads and "error" not in r]
+    if not sel:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    colors = {"pygpt": "#1f77b4", "transformers": "#ff7f0e", "ctranslate2": "#2ca02c"}
+    labels = [f"{r['engine']}\n{r['dtype']}" for r in sel]
+    xs = np.arange(len(sel))
+    ax.bar(xs, [r["decode_tok_s"] for r in sel], color=[colors[r["engine"]] for r in sel])
+    for x, r in zip(xs, sel):
+        if r.get("ceiling_tok_s"):
+            ax.hlines(r["ceiling_tok_s"], x - 0.45, x + 0.45, colors="black", linestyles="dashed")
+            ax.text(x, r["ceiling_tok_s"], f"{r['ceiling_tok_s']:.0f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(xs, labels, fontsize=7)
+    ax.set_ylabel("decode tokens/s (batch 1)")
+    ax.set_title(f"GPT-2 {shape}, {threads} threads, {meta['date'][:10]}: bars = measured, "
+                 "dashed = memory-bandwidth ceiling of that dtype", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def replace_section(md_path: str, marker: str, text: str) -> None:
+    begin, end = f"<!-- bench.py:{marker}:begin -->", f"<!-- bench.py:{marker}:end -->"
+    with open(md_path) as f:
+        doc = f.read()
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"{md_path}: markers {begin} / {end} not found")
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    with open(md_path, "w") as f:
+        f.write(head + begin + "\n" + text.rstrip() + "\n" + end + tail)
+
+
+# ----------------------------------------------------------------------------------------
+# quality
+
+
+def quality(args, log) -> str:
+    import pygpt
+    from pygpt import convert, perplexity
+
+    with open(args.text, encoding="utf-8") as f:
+        text = f.read()
+    rows, ref_model = [], None
+    for dt in args.dtypes:
+        out = os.path.join(args.workdir, f"quality-{dt}")
+        if not os.path.isfile(os.path.join(out, "config.json")):
+            log(f"converting {args.quality} to {dt}")
+            convert.convert(args.quality, out, dtype=dt, tokenizer=args.tokenizer, group_size=QUANT_GROUP.get(dt, 0))
+        m = pygpt.load(out)
+        ids = m.tokenizer.encode(text)
+        n_ctx = m.config["n_ctx"]
+        ppl = perplexity.perplexity(m, ids)
+        window = ids[:n_ctx]
+        lg = m.logits(window).astype(np.float64)
+        if ref_model is None:
+            ref_model, ref_logits = dt, lg
+        p = np.exp(ref_logits - ref_logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        logq = lg - lg.max(1, keepdims=True)
+        logq -= np.log(np.exp(logq).sum(1, keepdims=True))
+        kl = float((p * (np.log(p) - logq)).sum(1).mean())
+        top1 = float((lg.argmax(1) == ref_logits.argmax(1)).mean())
+        size = os.path.getsize(os.path.join(out, "model.safetensors"))
+        rows.append((dt, ppl, kl, top1, float(np.abs(lg - ref_logits).max()), size, len(ids), len(window)))
+        log(f"{dt}: ppl {ppl:.3f} KL {kl:.2e} top1 {top1:.4f}")
+    base = rows[0][1]
+    lines = [f"Trained model `{os.path.basename(os.path.normpath(args.quality))}` "
+             f"({json.load(open(os.path.join(args.workdir, 'quality-' + rows[0][0], 'config.json')))['n_layer']} layers), "
+             f"text `{os.path.basename(args.text)}` ({rows[0][6]} tokens), run of `tools/bench.py --quality` on "
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Perplexity over the whole text "
+             f"(disjoint windows of n_ctx); KL(f32 || dtype), top-1 agreement and max |logit difference| over the "
+             f"first {rows[0][7]} positions.", "",
+             "| weights | file MB | perplexity | vs f32 | mean KL vs f32 (nats) | top-1 agreement | max abs logit diff |",
+             "|---|---|---|---|---|---|---|"]
+    for dt, ppl, kl, top1, maxdiff, size, _, _ in rows:
+        lines.append(f"| {dt} | {size / 1e6:.1f} | {ppl:.3f} | {100 * (ppl / base - 1):+.2f}% | {kl:.2e} | "
+                     f"{100 * top1:.2f}% | {maxdiff:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="124M,355M,12x64",
+                    help="model shapes (comma-separated): 124M, 355M, 12x64 (per-token overhead)")
+    ap.add_argument("--threads", default="1,2", help="thread counts (comma-separated)")
+    ap.add_argument("--dtypes", default=",".join(PYGPT_DTYPES), help="pygpt weight dtypes")
+    ap.add_argument("--peers", default="transformers,ctranslate2", help="peer engines ('' for none)")
+    ap.add_argument("--prompt", type=int, default=128, help="prompt tokens")
+    ap.add_argument("--new", type=int, default=128, help="new tokens to decode")
+    ap.add_argument("--runs", type=int, default=3, help="runs per case (medians)")
+    ap.add_argument("--batch", type=int, default=8, help="batched-decode size for pygpt (largest shape: skipped)")
+    ap.add_argument("--workdir", default="/tmp/pygpt-bench", help="where models are created and converted")
+    ap.add_argument("--json", default=None, help="write all figures to this JSON file")
+    ap.add_argument("--chart", default=os.path.join(ROOT, "docs", "bench-decode.png"), help="chart PNG path")
+    ap.add_argument("--update", default=None, help="markdown file whose bench.py section to replace")
+    ap.add_argument("--quality", default=None, help="trained model source: run the quality report instead")
+    ap.add_argument("--tokenizer", default=None, help="--quality: tokenizer folder of that model")
+    ap.add_argument("--text", default=os.path.join(ROOT, "tests", "data", "corpus", "eval-areopagitica.txt"),
+                    help="--quality: evaluation text")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        a = json.loads(args.worker)
+        print("RESULT " + json.dumps(WORKERS[a["engine"]](a)), flush=True)
+        return 0
+
+    def log(msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    os.makedirs(args.workdir, exist_ok=True)
+    args.dtypes = [d for d in args.dtypes.split(",") if d]
+    if args.quality:
+        md = quality(args, log)
+        print(md)
+        if args.update:
+            replace_section(args.update, "quality", md)
+        return 0
+
+    import pygpt
+
+    shapes = [s for s in args.shapes.split(",") if s]
+    threads = [int(t) for t in args.threads.split(",") if t]
+    peers = [p for p in args.peers.split(",") if p]
+    info = pygpt.system_info()
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(),
+            "cores": info["physical_cores"], "isa": info["isa"], "prompt": args.prompt, "new": args.new,
+            "runs": args.runs, "shapes": shapes, "threads": threads,
+            "bandwidth": {t: read_bandwidth(t) for t in threads}, "fma_peak": {t: fma_peak(t) for t in threads}}
+    log(f"bandwidth {meta['bandwidth']}, FMA peak {meta['fma_peak']}")
+    mult = {"f32": 1, "f16": 1, "bf16": 2 if info["isa"] == "avx512" else 1,
+            "int8": 4 if info["isa"] == "avx512" else 1, "int4": 4 if info["isa"] == "avx512" else 1}
+    rows = []
+    for shape in shapes:
+        paths = make_models(args.workdir, shape, args.dtypes if shape != "12x64" else ["f32"], "ctranslate2" in peers,
+                            log)
+        cases = [("pygpt", dt, paths[dt]) for dt in (args.dtypes if shape != "12x64" else ["f32"])]
+        if "transformers" in peers:
+            cases.append(("transformers", "f32", paths["hf"]))
+        if "ctranslate2" in peers:
+            cases += [("ctranslate2", "f32", paths["ct2-float32"]), ("ctranslate2", "int8", paths["ct2-int8"])]
+        for t in threads:
+            for engine, dt, path in cases:
+                a = {"engine": engine, "path": path, "threads": t, "prompt": args.prompt, "new": args.new,
+                     "runs": args.runs, "hf": paths["hf"], "compute_type": "int8" if dt == "int8" else "float32"}
+                if engine == "pygpt" and t == max(threads) and shape == "124M":
+                    a["batch"] = args.batch
+                bw_before = read_bandwidth(t)
+                log(f"{shape} {engine} {dt} {t} threads ...")
+                r = run_case(a)
+                bw_after = read_bandwidth(t)
+                r.update(engine=engine, dtype=dt, threads=t, shape=shape, bw=max(bw_before, bw_after))
+                if engine == "pygpt" and "error" not in r:
+                    per_tok = weight_bytes_per_token(path) + kv_bytes_per_token(shape, args.prompt, args.new)
+                    r["bytes_per_token"] = per_tok
+                    r["ceiling_tok_s"] = r["bw"] / per_tok
+                    r["decode_pct"] = 100 * r["decode_tok_s"] / r["ceiling_tok_s"]
+                    peak = meta["fma_peak"][t] * mult[dt]
+                    r["prefill_pct"] = 100 * r["prefill_tok_s"] * flops_per_prompt_token(shape, args.prompt) / peak
+                log(f"  -> {json.dumps({k: v for k, v in r.items() if k not in ('engine', 'shape')})}")
+                rows.append(r)
+    chart = None
+    if args.chart:
+        os.makedirs(os.path.dirname(os.path.abspath(args.chart)), exist_ok=True)
+        chart = draw_chart(rows, meta, shapes[0], max(threads), args.chart)
+    rel_chart = os.path.relpath(chart, os.path.dirname(os.path.abspath(args.update))) if (chart and args.update) else chart
+    md = speed_markdown(meta, rows, rel_chart)
+    print(md)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    if args.update:
+        replace_section(args.update, "speed", md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
