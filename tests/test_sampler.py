@@ -2,6 +2,7 @@
 against the processed distribution (chi-square, fixed seed)."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -31,14 +32,25 @@ def lm_like_logits(seed, n=V):
     return (-1.3 * np.log(ranks) * 2.0 + rng.standard_normal(n) * 0.5 + 8).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def model_logits(hf_model_factory):
-    """Logits of a real forward pass: a small random GPT-2 (tests/conftest.py) run by pygpt."""
-    import pygpt
+HISTORY_IDS = [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290]  # "The quick brown fox jumps over the lazy dog"
 
-    _, _, path = hf_model_factory("tiny")
-    m = pygpt.load(path)
-    return m.logits([464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290])[-1].astype(np.float32)
+
+@pytest.fixture(scope="module", params=["random_model", "shipped_model"])
+def model_logits(request, hf_model_factory):
+    """Logits of real forward passes: a small random GPT-2 (tests/conftest.py), and the trained
+    model shipped in the package when this tree has it."""
+    import pygpt
+    from pygpt.model import DEFAULT_MODEL_DIR
+
+    if request.param == "random_model":
+        m = pygpt.load(hf_model_factory("tiny")[2])
+        ids = HISTORY_IDS
+    else:
+        if not os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "config.json")):
+            pytest.skip("no model shipped in this tree")
+        m = pygpt.load()
+        ids = m.tokenizer.encode("ROMEO: But soft, what light through yonder window breaks?\nJULIET:")
+    return m.logits(ids)[-1].astype(np.float32), ids
 
 
 LOGITS = {
@@ -180,8 +192,7 @@ def test_processors_chain_in_transformers_order():
 
 
 def test_model_logits_match_transformers(model_logits):
-    x = model_logits
-    history = [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290]
+    x, history = model_logits
     for proc, kw, dtype in [
         (tlp.TopPLogitsWarper(0.9), dict(top_p=0.9), torch.float64),
         (tlp.TopKLogitsWarper(20), dict(top_k=20), torch.float32),
