@@ -54,8 +54,9 @@ def tiny_tensors(cfg: dict, seed: int = 0) -> dict:
 def pack_safetensors(tensors: dict, header_pad: int = 0, align: int = 8, metadata=None):
     """(file bytes, header dict) of a safetensors file holding tensors in the given order.
 
-    header_pad: extra spaces after the JSON (the header stays valid JSON); align: the data of
-    every tensor starts at a multiple of `align` from the start of the data area.
+    The JSON is padded with spaces so that the data area starts at a multiple of 8 (as the
+    safetensors writer does), then header_pad more spaces (1..7 misalign every tensor);
+    align: the data of every tensor starts at a multiple of `align` within the data area.
     """
     header, chunks, pos = {}, [], 0
     if metadata is not None:
@@ -67,7 +68,9 @@ def pack_safetensors(tensors: dict, header_pad: int = 0, align: int = 8, metadat
         header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [pos, pos + len(raw)]}
         chunks.append(raw)
         pos += len(raw)
-    return pack_raw(json.dumps(header).encode() + b" " * header_pad, b"".join(chunks)), header
+    text = json.dumps(header).encode()
+    text += b" " * ((-(8 + len(text))) % 8 + header_pad)
+    return pack_raw(text, b"".join(chunks)), header
 
 
 def pack_raw(header_bytes: bytes, data: bytes, header_len: int | None = None) -> bytes:

@@ -149,6 +149,7 @@ def test_close_and_del_unmap_and_return_memory(big):
     st = os.path.join(big, "model.safetensors")
     size = os.path.getsize(st)
     assert size > 20 * MB
+    assert pygpt.load(big)._core.copied_bytes == 0  # the weights live in the mapping only
     for how in ("close", "del", "context manager"):
         gc.collect()
         base = rss()
@@ -198,6 +199,7 @@ CHILD = textwrap.dedent("""
     import pygpt
     m = pygpt.load(sys.argv[1], n_threads=1)
     m.logits([1, 2, 3])          # every weight read: all pages of the file resident
+    assert m._core.copied_bytes == 0  # weights used in place from the mapping, not copied
     print("ready", flush=True)
     sys.stdin.readline()         # hold the mapping until the parent has looked
 """)

@@ -114,7 +114,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         step.all_logits = true;
         std::vector<float> logits(2 * cfg.vocab_size);
         model.forward({step}, logits.data());
-        if ((++g_loaded & (g_loaded - 1)) == 0) std::fprintf(stderr, "valid models loaded and run: %zu\n", g_loaded);
+        ++g_loaded;
+        if ((g_loaded & (g_loaded - 1)) == 0) std::fprintf(stderr, "valid models loaded and run: %zu\n", g_loaded);
     } catch (const FormatError&) {
     } catch (const FileNotFound&) {
     } catch (const std::invalid_argument&) {
