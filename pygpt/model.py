@@ -112,6 +112,13 @@ class Model:
 
         return generation.stream(self, prompt, **kwargs)
 
+    def perplexity(self, text, stride: int | None = None, progress: bool | None = None) -> float:
+        """Perplexity of a text (or token ids), scored in strided windows of n_ctx tokens the
+        way the Hugging Face perplexity guide does; see pygpt.perplexity."""
+        from . import perplexity
+
+        return perplexity.perplexity(self, text, stride=stride, progress=progress)
+
     def close(self) -> None:
         """Unmaps the weights. The model cannot be used afterwards."""
         self._core = None

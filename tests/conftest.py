@@ -35,6 +35,26 @@ def make_hf_model(path, seed=0, **shape):
     return model
 
 
+@pytest.fixture(scope="session", autouse=True)
+def subprocesses_import_the_tested_pygpt():
+    """Child Pythons (CLI, tools, isolation tests) must import the pygpt under test. With
+    `python -c` or `-m`, Python puts the working directory first on sys.path, and in CI that
+    is a source tree whose pygpt/ has no compiled _core: PYTHONSAFEPATH (3.11+) turns that
+    off, and PYTHONPATH names the tested package's parent."""
+    import pygpt
+
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(pygpt.__file__)))
+    old = {k: os.environ.get(k) for k in ("PYTHONSAFEPATH", "PYTHONPATH")}
+    os.environ["PYTHONSAFEPATH"] = "1"
+    os.environ["PYTHONPATH"] = parent + (os.pathsep + old["PYTHONPATH"] if old["PYTHONPATH"] else "")
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def hf_model_factory(tmp_path_factory):
     """hf_model_factory(name) -> (torch model, hf folder, pygpt folder), built once per session."""

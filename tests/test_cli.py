@@ -42,8 +42,10 @@ def pygpt_cmd(tmp_path_factory):
 
 
 def env():
+    # the pygpt this test process imported: the in-place build in a source tree, the installed
+    # package in CI (where the source tree's pygpt/ has no compiled _core)
     e = dict(os.environ)
-    e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
+    e["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(pygpt.__file__))) + os.pathsep + e.get("PYTHONPATH", "")
     return e
 
 

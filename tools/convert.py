@@ -8,12 +8,9 @@
   python tools/convert.py weights.pt out/m --config config.json --tokenizer DIR
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from pygpt.convert import main  # noqa: E402
+from pygpt.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())
