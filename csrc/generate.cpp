@@ -99,7 +99,6 @@ Generation::Generation(Model& model, const Tokenizer* tokenizer, std::vector<std
             s->r.prompt_index = p;
             s->history = prompts_[p];
             s->n_prompt = prompts_[p].size();
-            if (j == 0) s->cache = model_.new_cache();  // the others fork it after the prefill
             seqs_.push_back(std::move(s));
         }
     }
@@ -151,6 +150,8 @@ void Generation::prefill() {
     const int64_t n = opt_.num_return_sequences;
     std::vector<SeqStep> steps;
     for (size_t p = 0; p < prompts_.size(); p++) {
+        // caches are allocated here, without the GIL; the prompt's other samples fork this one
+        seqs_[p * n]->cache = model_.new_cache();
         SeqStep st;
         st.cache = seqs_[p * n]->cache.get();
         st.tokens = prompts_[p].data();
