@@ -133,13 +133,7 @@ def make_models(workdir: str, shape: str, dtypes, want_ct2: bool, log) -> dict:
         out = os.path.join(workdir, f"pygpt-{shape}-{dt}")
         if not os.path.isfile(os.path.join(out, "config.json")):
             log(f"converting {shape} to pygpt {dt}")
-            try:
-                convert.convert(hf_dir, out, dtype=dt, tokenizer=TOKENIZER_DIR, group_size=QUANT_GROUP.get(dt, 0))
-            except ValueError as e:  # a converter that does not take group 0 (per row) yet
-                if QUANT_GROUP.get(dt) != 0:
-                    raise
-                log(f"per-row int8 refused ({e}); using groups of n_embd = {C}")
-                convert.convert(hf_dir, out, dtype=dt, tokenizer=TOKENIZER_DIR, group_size=C)
+            convert_to(hf_dir, out, dt, TOKENIZER_DIR, fallback_group=C, log=log)
         paths[dt] = out
     if want_ct2:
         import ctranslate2.converters
@@ -151,6 +145,19 @@ def make_models(workdir: str, shape: str, dtypes, want_ct2: bool, log) -> dict:
                 ctranslate2.converters.TransformersConverter(hf_dir).convert(out, quantization=q, force=True)
             paths["ct2-" + q] = out
     return paths
+
+
+def convert_to(src, out, dt, tokenizer, fallback_group, log):
+    """pygpt.convert with this benchmark's group sizes (int8 per row, int4 64)."""
+    from pygpt import convert
+
+    try:
+        convert.convert(src, out, dtype=dt, tokenizer=tokenizer, group_size=QUANT_GROUP.get(dt, 0))
+    except ValueError as e:  # a converter that does not take group 0 (per row)
+        if QUANT_GROUP.get(dt) != 0:
+            raise
+        log(f"per-row int8 refused ({e}); using groups of {fallback_group}")
+        convert.convert(src, out, dtype=dt, tokenizer=tokenizer, group_size=fallback_group)
 
 
 def weight_bytes_per_token(model_dir: str) -> int:
@@ -428,7 +435,7 @@ def replace_section(md_path: str, marker: str, text: str) -> None:
 
 def quality(args, log) -> str:
     import pygpt
-    from pygpt import convert, perplexity
+    from pygpt import perplexity
 
     with open(args.text, encoding="utf-8") as f:
         text = f.read()
@@ -437,27 +444,31 @@ def quality(args, log) -> str:
         out = os.path.join(args.workdir, f"quality-{dt}")
         if not os.path.isfile(os.path.join(out, "config.json")):
             log(f"converting {args.quality} to {dt}")
-            convert.convert(args.quality, out, dtype=dt, tokenizer=args.tokenizer, group_size=QUANT_GROUP.get(dt, 0))
+            convert_to(args.quality, out, dt, args.tokenizer, fallback_group=64, log=log)
         m = pygpt.load(out)
         ids = m.tokenizer.encode(text)
         n_ctx = m.config["n_ctx"]
-        ppl = perplexity.perplexity(m, ids)
-        window = ids[:n_ctx]
-        lg = m.logits(window).astype(np.float64)
+        ppl = perplexity.perplexity(m, ids, progress=False)
+        wins = [ids[i:i + n_ctx] for i in range(0, min(len(ids), 4 * n_ctx), n_ctx)]  # first 4 windows
+        window = sum(wins, [])
+        lg = np.concatenate([m.logits(w) for w in wins]).astype(np.float64)
         if ref_model is None:
             ref_model, ref_logits = dt, lg
         p = np.exp(ref_logits - ref_logits.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         logq = lg - lg.max(1, keepdims=True)
         logq -= np.log(np.exp(logq).sum(1, keepdims=True))
-        kl = float((p * (np.log(p) - logq)).sum(1).mean())
+        kl = max(0.0, float((p * (np.log(p) - logq)).sum(1).mean()))
         top1 = float((lg.argmax(1) == ref_logits.argmax(1)).mean())
         size = os.path.getsize(os.path.join(out, "model.safetensors"))
-        rows.append((dt, ppl, kl, top1, float(np.abs(lg - ref_logits).max()), size, len(ids), len(window)))
+        group = m.config.get("quant_group_size")
+        label = dt if group is None else f"{dt} (group {group or 'row'})"
+        rows.append((label, ppl, kl, top1, float(np.abs(lg - ref_logits).max()), size, len(ids), len(window)))
         log(f"{dt}: ppl {ppl:.3f} KL {kl:.2e} top1 {top1:.4f}")
     base = rows[0][1]
+    n_layer, n_embd = m.config["n_layer"], m.config["n_embd"]
     lines = [f"Trained model `{os.path.basename(os.path.normpath(args.quality))}` "
-             f"({json.load(open(os.path.join(args.workdir, 'quality-' + rows[0][0], 'config.json')))['n_layer']} layers), "
+             f"({n_layer} layers, n_embd {n_embd}), "
              f"text `{os.path.basename(args.text)}` ({rows[0][6]} tokens), run of `tools/bench.py --quality` on "
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. Perplexity over the whole text "
              f"(disjoint windows of n_ctx); KL(f32 || dtype), top-1 agreement and max |logit difference| over the "
@@ -478,6 +489,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="124M,355M,12x64",
                     help="model shapes (comma-separated): 124M, 355M, 12x64 (per-token overhead)")
     ap.add_argument("--threads", default="1,2", help="thread counts (comma-separated)")
+    ap.add_argument("--large-threads", default=None,
+                    help="thread counts for the 355M shape (default: --threads), to bound the run time")
     ap.add_argument("--dtypes", default=",".join(PYGPT_DTYPES), help="pygpt weight dtypes")
     ap.add_argument("--peers", default="transformers,ctranslate2", help="peer engines ('' for none)")
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens")
@@ -534,7 +547,10 @@ def main(argv=None) -> int:
             cases.append(("transformers", "f32", paths["hf"]))
         if "ctranslate2" in peers:
             cases += [("ctranslate2", "f32", paths["ct2-float32"]), ("ctranslate2", "int8", paths["ct2-int8"])]
-        for t in threads:
+        shape_threads = threads
+        if shape == "355M" and args.large_threads:
+            shape_threads = [int(t) for t in args.large_threads.split(",") if t]
+        for t in shape_threads:
             for engine, dt, path in cases:
                 a = {"engine": engine, "path": path, "threads": t, "prompt": args.prompt, "new": args.new,
                      "runs": args.runs, "hf": paths["hf"], "compute_type": "int8" if dt == "int8" else "float32"}
