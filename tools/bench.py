@@ -534,7 +534,9 @@ def main(argv=None) -> int:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(),
             "cores": info["physical_cores"], "isa": info["isa"], "prompt": args.prompt, "new": args.new,
             "runs": args.runs, "shapes": shapes, "threads": threads,
-            "bandwidth": {t: read_bandwidth(t) for t in threads}, "fma_peak": {t: fma_peak(t) for t in threads}}
+            "bandwidth": {t: read_bandwidth(t) for t in threads}, "fma_peak": {}}
+    all_threads = sorted(set(threads) | {int(t) for t in (args.large_threads or "").split(",") if t})
+    meta["fma_peak"] = {t: fma_peak(t) for t in all_threads}
     log(f"bandwidth {meta['bandwidth']}, FMA peak {meta['fma_peak']}")
     mult = {"f32": 1, "f16": 1, "bf16": 2 if info["isa"] == "avx512" else 1,
             "int8": 4 if info["isa"] == "avx512" else 1, "int4": 4 if info["isa"] == "avx512" else 1}
