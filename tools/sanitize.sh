@@ -7,6 +7,7 @@
 #   tools/sanitize.sh                       # build + the default C++-touching test subset
 #   tools/sanitize.sh tests/test_hostile.py # build + these tests (any pytest arguments)
 #   FUZZ_REPLAY=1 tools/sanitize.sh         # also replay the saved fuzz corpora (fuzz/corpus/)
+#   FUZZ_SECONDS=120 tools/sanitize.sh      # ... and fuzz each atheris target that long under ASan
 #
 # Python itself is not instrumented, so libasan is preloaded; leak detection is off (CPython
 # and torch keep memory alive until exit by design); any ASan or UBSan report aborts the run.
@@ -23,8 +24,11 @@ rm -rf "$stage" && mkdir -p "$stage/pygpt"
 cp pygpt/*.py "$stage/pygpt/"
 cp "$build"/_core*.so "$stage/pygpt/"
 
+# libstdc++ too: python is not linked against it, and ASan's __cxa_throw interceptor must find
+# it at start-up ("CHECK failed: real___cxa_throw != 0" on the first C++ exception otherwise)
 libasan=$(${CXX:-c++} -print-file-name=libasan.so)
-export LD_PRELOAD="$libasan${LD_PRELOAD:+:$LD_PRELOAD}"
+libstdcxx=$(${CXX:-c++} -print-file-name=libstdc++.so)
+export LD_PRELOAD="$libasan:$libstdcxx${LD_PRELOAD:+:$LD_PRELOAD}"
 export ASAN_OPTIONS="detect_leaks=0:alloc_dealloc_mismatch=0:abort_on_error=1:halt_on_error=1:${ASAN_OPTIONS:-}"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:${UBSAN_OPTIONS:-}"
 export PYTHONPATH="$PWD/$stage"
@@ -42,10 +46,16 @@ if [[ $# -eq 0 ]]; then
 fi
 python -P -m pytest -q -p no:cacheprovider "$@"
 
-if [[ "${FUZZ_REPLAY:-0}" == 1 ]]; then
+if [[ "${FUZZ_REPLAY:-0}" == 1 || -n "${FUZZ_SECONDS:-}" ]]; then
   for target in format tokenizer; do
     echo "replaying fuzz/corpus/$target"
     python -P "fuzz/fuzz_$target.py" -runs=0 "fuzz/corpus/$target"
+    if [[ -n "${FUZZ_SECONDS:-}" ]]; then  # and fuzz the sanitized build for that long
+      work=$build/fuzz-corpus/$target
+      mkdir -p "$work" && cp -n "fuzz/corpus/$target"/* "$work"/
+      nice python -P "fuzz/fuzz_$target.py" "$work" -max_total_time="$FUZZ_SECONDS" -max_len=8192 \
+        -rss_limit_mb=8192 -print_final_stats=1
+    fi
   done
 fi
 echo "sanitizers: clean"
