@@ -84,6 +84,9 @@ CASES = [  # dtype, n_out, n_in, group
     ("f16", 37, 67, 0),
     ("bf16", 37, 67, 0),
     ("bf16", 5, 129, 0),
+    ("f32", 19, 1100, 0),  # long rows: processed in chunks of k when T > 1
+    ("f16", 11, 2048, 0),  # rows 8 KiB apart: activations copied with padding
+    ("bf16", 19, 2080, 0),
     ("int8", 37, 67, 0),
     ("int8", 23, 192, 64),
     ("int8", 11, 300, 0),

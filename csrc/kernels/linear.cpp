@@ -73,7 +73,11 @@ int64_t token_block(int64_t x_row_bytes, int64_t tt) {
 #if defined(__AVX512F__)
 using VecF = __m512;
 constexpr int LANES = 16;
-constexpr int R_F = 4, TT_F = 6;  // 24 accumulators + 4 weights + 1 activation of 32 registers
+#ifndef PYGPT_RF
+#define PYGPT_RF 4
+#define PYGPT_TTF 6
+#endif
+constexpr int R_F = PYGPT_RF, TT_F = PYGPT_TTF;  // 24 accumulators + 4 weights + 1 activation of 32 registers
 
 struct WF32 {
     using X = float;  // activation element
@@ -187,18 +191,25 @@ struct WBF16 : WF32 {
 static inline VecF vzero() { return _mm256_setzero_ps(); }
 #endif
 
-// The R x TT tile: y[t, o0 + r] for r < R, t < TT.
+// The R x TT tile over inputs [k0, k1): y[t, o0 + r] for r < R, t < TT. The accumulators
+// start from zero (k0 == 0) or from `part`, and end reduced into y (k1 == n_in) or stored
+// back to `part`: splitting k this way keeps every lane's sequence of FMAs unchanged.
 template <class W, int R, int TT>
 static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename W::X* x, int64_t x_stride,
-                              int64_t n_in, const float* bias, float* y, int64_t ldy) {
+                              int64_t n_in, int64_t k0, int64_t k1, VecF* part, const float* bias, float* y,
+                              int64_t ldy) {
     VecF acc[TT * R];
-    for (int i = 0; i < TT * R; i++) acc[i] = vzero();
-    int64_t k = 0;
-    // decode (one token): the loads alone do not keep enough memory requests in flight;
-    // prefetch PREFETCH_BYTES ahead in this thread's contiguous run of rows (the R rows
-    // shifted by a constant cover a contiguous range of the rows that follow)
-    for (; k + W::K <= n_in; k += W::K) {
+    if (k0 == 0)
+        for (int i = 0; i < TT * R; i++) acc[i] = vzero();
+    else
+        for (int i = 0; i < TT * R; i++) acc[i] = part[i];
+    int64_t k = k0;
+    const int64_t k_end = k1 < n_in ? k1 : n_in - (n_in - k0) % W::K;
+    for (; k < k_end; k += W::K) {
         typename W::V wv[R];
+        // decode (one token): the loads alone do not keep enough memory requests in flight;
+        // prefetch PREFETCH_BYTES ahead in this thread's contiguous run of rows (the R rows
+        // shifted by a constant cover a contiguous range of the rows that follow)
         if (TT == 1)
             for (int r = 0; r < R; r++)
                 _mm_prefetch((const char*)w + r * w_stride + k * W::BYTES + PREFETCH_BYTES, _MM_HINT_T0);
@@ -210,6 +221,10 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) acc[t * R + r] = W::madd(acc[t * R + r], wv[r], xv);
         }
+    }
+    if (k1 < n_in) {
+        for (int i = 0; i < TT * R; i++) part[i] = acc[i];
+        return;
     }
     if (k < n_in) {
         const int64_t n = n_in - k;
@@ -227,24 +242,33 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
         for (int r = 0; r < R; r++) y[t * ldy + r] = sums[t * R + r] + (bias ? bias[r] : 0.0f);
 }
 
-// Tiles of TT tokens, then one tile of the T % TT remaining ones.
+// Tiles of TT tokens, then one tile of the T % TT remaining ones; long rows in chunks of
+// K_CHUNK inputs so that a chunk of the R weight rows stays in L1 across the token tiles.
+constexpr int64_t K_CHUNK = 512;
+
 template <class W, int R>
 static inline void float_row_panel(const uint8_t* w, int64_t w_stride, const typename W::X* x, int64_t x_stride,
-                                   int64_t T, int64_t n_in, const float* bias, float* y, int64_t ldy) {
-    int64_t t = 0;
-    for (; t + TT_F <= T; t += TT_F)
-        float_tile<W, R, TT_F>(w, w_stride, x + t * x_stride, x_stride, n_in, bias, y + t * ldy, ldy);
-    const typename W::X* xt = x + t * x_stride;
-    float* yt = y + t * ldy;
-    switch (T - t) {
-        case 0: break;
-        case 1: float_tile<W, R, 1>(w, w_stride, xt, x_stride, n_in, bias, yt, ldy); break;
-        case 2: float_tile<W, R, 2>(w, w_stride, xt, x_stride, n_in, bias, yt, ldy); break;
-        case 3: float_tile<W, R, 3>(w, w_stride, xt, x_stride, n_in, bias, yt, ldy); break;
+                                   int64_t T, int64_t n_in, const float* bias, float* y, int64_t ldy, VecF* part) {
+    const int64_t chunk = (T > 1 && n_in > 2 * K_CHUNK) ? K_CHUNK : n_in;
+    for (int64_t k0 = 0; k0 < n_in; k0 += chunk) {
+        const int64_t k1 = k0 + chunk < n_in ? k0 + chunk : n_in;
+        int64_t t = 0;
+        for (; t + TT_F <= T; t += TT_F)
+            float_tile<W, R, TT_F>(w, w_stride, x + t * x_stride, x_stride, n_in, k0, k1, part + t * R, bias,
+                                   y + t * ldy, ldy);
+        const typename W::X* xt = x + t * x_stride;
+        float* yt = y + t * ldy;
+        VecF* pt = part + t * R;
+        switch (T - t) {
+            case 0: break;
+            case 1: float_tile<W, R, 1>(w, w_stride, xt, x_stride, n_in, k0, k1, pt, bias, yt, ldy); break;
+            case 2: float_tile<W, R, 2>(w, w_stride, xt, x_stride, n_in, k0, k1, pt, bias, yt, ldy); break;
+            case 3: float_tile<W, R, 3>(w, w_stride, xt, x_stride, n_in, k0, k1, pt, bias, yt, ldy); break;
 #if defined(__AVX512F__)
-        case 4: float_tile<W, R, 4>(w, w_stride, xt, x_stride, n_in, bias, yt, ldy); break;
-        case 5: float_tile<W, R, 5>(w, w_stride, xt, x_stride, n_in, bias, yt, ldy); break;
+            case 4: float_tile<W, R, 4>(w, w_stride, xt, x_stride, n_in, k0, k1, pt, bias, yt, ldy); break;
+            case 5: float_tile<W, R, 5>(w, w_stride, xt, x_stride, n_in, k0, k1, pt, bias, yt, ldy); break;
 #endif
+        }
     }
 }
 
@@ -255,28 +279,39 @@ void float_linear(const Matrix& m, const float* bias, const float* x_f32, const 
     const int64_t tb = token_block(x_stride * (int64_t)sizeof(typename W::X), TT_F);
     (void)x_f32;
     n_threads = threads_for(n_in * n_out * T, n_threads);
+    bool failed = false;  // a thread could not get scratch memory (set under no lock: only ever to true)
 #pragma omp parallel num_threads(n_threads)
     {
-#if defined(__AVX512F__)
-        if (x != (const void*)x_f32) {  // bf16 activations
+        if (x != (const void*)x_f32) {  // activations copied to the caller's scratch
 #pragma omp for schedule(static)
-            for (int64_t t = 0; t < T; t++) to_bf16(x_f32 + t * n_in, n_in, (uint16_t*)x + t * x_stride);
-        }
+            for (int64_t t = 0; t < T; t++) {
+#if defined(__AVX512F__)
+                if (sizeof(typename W::X) == 2) {  // bf16
+                    to_bf16(x_f32 + t * n_in, n_in, (uint16_t*)x + t * x_stride);
+                    continue;
+                }
 #endif
+                std::memcpy((void*)(x + t * x_stride), x_f32 + t * n_in, n_in * sizeof(float));
+            }
+        }
         int64_t o_begin, o_end;
         split_rows(n_out, R_F, omp_get_thread_num(), omp_get_num_threads(), &o_begin, &o_end);
-        for (int64_t t0 = 0; t0 < T; t0 += tb) {
+        // partial accumulators of a row panel over one token block (chunked rows only)
+        VecF* part = (VecF*)thread_scratch(1, (size_t)(tb + TT_F) * R_F * sizeof(VecF));
+        for (int64_t t0 = 0; part && t0 < T; t0 += tb) {
             const int64_t nt = T - t0 < tb ? T - t0 : tb;
             int64_t o = o_begin;
             const uint8_t* w = (const uint8_t*)m.data;
             for (; o + R_F <= o_end; o += R_F)
                 float_row_panel<W, R_F>(w + o * w_stride, w_stride, x + t0 * x_stride, x_stride, nt, n_in,
-                                        bias ? bias + o : nullptr, y + t0 * n_out + o, n_out);
+                                        bias ? bias + o : nullptr, y + t0 * n_out + o, n_out, part);
             for (; o < o_end; o++)
                 float_row_panel<W, 1>(w + o * w_stride, w_stride, x + t0 * x_stride, x_stride, nt, n_in,
-                                      bias ? bias + o : nullptr, y + t0 * n_out + o, n_out);
+                                      bias ? bias + o : nullptr, y + t0 * n_out + o, n_out, part);
         }
+        if (!part) failed = true;
     }
+    if (failed) throw std::bad_alloc();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -301,22 +336,28 @@ static inline __m512i load_wblock(const uint8_t* row, int64_t block, int64_t n_i
     return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
 }
 
+// The R x TT tile: per group, integer sums in 16 lanes, then scaled into f32 lanes.
 template <bool Q4, int R, int TT>
-static inline void quant_tile(const uint8_t* w, int64_t w_stride, const float* sw, int64_t n_groups,
-                              int64_t blocks_per_group, int64_t n_in, const int8_t* xq, int64_t xq_stride,
-                              const int32_t* negcorr, const float* sx, const float* bias, float* y, int64_t ldy) {
+static inline void quant_tile_groups(const uint8_t* w, int64_t w_stride, const float* sw, int64_t n_groups,
+                                     int64_t blocks_per_group, int64_t n_in, const int8_t* xq, int64_t xq_stride,
+                                     const int32_t* negcorr, const float* sx, const float* bias, float* y,
+                                     int64_t ldy) {
     __m512 facc[TT * R];
+    #pragma GCC unroll 32
     for (int i = 0; i < TT * R; i++) facc[i] = _mm512_setzero_ps();
     int64_t block = 0;
     for (int64_t g = 0; g < n_groups; g++) {
         __m512i iacc[TT * R];
+        #pragma GCC unroll 32
         for (int t = 0; t < TT; t++) {
             const __m512i c = _mm512_loadu_si512(negcorr + (t * n_groups + g) * 16);
+            #pragma GCC unroll 32
             for (int r = 0; r < R; r++) iacc[t * R + r] = c;
         }
         for (int64_t b = 0; b < blocks_per_group; b++, block++) {
             __m512i wv[R];
-            if (TT == 1)  // decode: prefetch the next row panel (see float_tile)
+            if (TT == 1)  // decode: prefetch ahead (see float_tile)
+                #pragma GCC unroll 32
                 for (int r = 0; r < R; r++)
                     _mm_prefetch((const char*)w + r * w_stride + block * (Q4 ? 32 : 64) + PREFETCH_BYTES, _MM_HINT_T0);
 #pragma GCC unroll 8
@@ -328,15 +369,20 @@ static inline void quant_tile(const uint8_t* w, int64_t w_stride, const float* s
                 for (int r = 0; r < R; r++) iacc[t * R + r] = _mm512_dpbusd_epi32(iacc[t * R + r], wv[r], xv);
             }
         }
+        #pragma GCC unroll 32
         for (int r = 0; r < R; r++) {
             const __m512 s = _mm512_set1_ps(sw[r * n_groups + g]);
+            #pragma GCC unroll 32
             for (int t = 0; t < TT; t++)
                 facc[t * R + r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[t * R + r]), s, facc[t * R + r]);
         }
     }
     float sums[TT * R];
+    #pragma GCC unroll 32
     for (int i = 0; i < TT * R; i += 16) reduce_n(facc + i, TT * R - i < 16 ? TT * R - i : 16, sums + i);
+    #pragma GCC unroll 32
     for (int t = 0; t < TT; t++)
+        #pragma GCC unroll 32
         for (int r = 0; r < R; r++) y[t * ldy + r] = sums[t * R + r] * sx[t] + (bias ? bias[r] : 0.0f);
 }
 
@@ -376,22 +422,33 @@ static inline void quant_row_panel(const uint8_t* w, int64_t w_stride, const flo
                                    int64_t bpg, int64_t n_in, const int8_t* xq, int64_t xq_stride,
                                    const int32_t* negcorr, const float* sx, int64_t T, const float* bias, float* y,
                                    int64_t ldy) {
+    constexpr int TT = TT_Q;
     const int64_t nc = n_groups * 16;
     int64_t t = 0;
-    for (; t + TT_Q <= T; t += TT_Q)
-        quant_tile<Q4, R, TT_Q>(w, w_stride, sw, n_groups, bpg, n_in, xq + t * xq_stride, xq_stride, negcorr + t * nc,
-                                sx + t, bias, y + t * ldy, ldy);
+    for (; t + TT <= T; t += TT)
+        quant_tile_groups<Q4, R, TT>(w, w_stride, sw, n_groups, bpg, n_in, xq + t * xq_stride, xq_stride,
+                                      negcorr + t * nc, sx + t, bias, y + t * ldy, ldy);
+    const int8_t* xt = xq + t * xq_stride;
+    const int32_t* ct = negcorr + t * nc;
+    float* yt = y + t * ldy;
     switch (T - t) {
         case 0: break;
-        case 1:
-            quant_tile<Q4, R, 1>(w, w_stride, sw, n_groups, bpg, n_in, xq + t * xq_stride, xq_stride, negcorr + t * nc,
-                                 sx + t, bias, y + t * ldy, ldy);
-            break;
-        case 2:
-            quant_tile<Q4, R, 2>(w, w_stride, sw, n_groups, bpg, n_in, xq + t * xq_stride, xq_stride, negcorr + t * nc,
-                                 sx + t, bias, y + t * ldy, ldy);
-            break;
+        case 1: quant_tile_groups<Q4, R, 1>(w, w_stride, sw, n_groups, bpg, n_in, xt, xq_stride, ct, sx + t, bias, yt, ldy); break;
+        case 2: quant_tile_groups<Q4, R, 2>(w, w_stride, sw, n_groups, bpg, n_in, xt, xq_stride, ct, sx + t, bias, yt, ldy); break;
     }
+}
+
+template <bool Q4>
+static void quant_rows(const uint8_t* w, int64_t w_stride, const float* scales, int64_t n_groups, int64_t bpg,
+                       int64_t n_in, const int8_t* xq, int64_t xq_stride, const int32_t* negcorr, const float* sx,
+                       int64_t T, const float* bias, float* y, int64_t n_out, int64_t o_begin, int64_t o_end) {
+    int64_t o = o_begin;
+    for (; o + R_Q <= o_end; o += R_Q)
+        quant_row_panel<Q4, R_Q>(w + o * w_stride, w_stride, scales + o * n_groups, n_groups, bpg, n_in, xq,
+                                         xq_stride, negcorr, sx, T, bias ? bias + o : nullptr, y + o, n_out);
+    for (; o < o_end; o++)
+        quant_row_panel<Q4, 1>(w + o * w_stride, w_stride, scales + o * n_groups, n_groups, bpg, n_in, xq,
+                                       xq_stride, negcorr, sx, T, bias ? bias + o : nullptr, y + o, n_out);
 }
 
 template <bool Q4>
@@ -403,7 +460,7 @@ void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
     const int64_t w_stride = Q4 ? n_pad / 2 : n_in;
     // scratch: xq [T, n_pad] int8 | negcorr [T, n_groups, 16] int32 | sx [T]
     const int64_t xq_bytes = round_up(T * n_pad, 64), nc_bytes = T * n_groups * 64;
-    uint8_t* scratch = (uint8_t*)thread_scratch(xq_bytes + nc_bytes + T * sizeof(float));
+    uint8_t* scratch = (uint8_t*)thread_scratch(0, xq_bytes + nc_bytes + T * sizeof(float));
     if (!scratch) throw std::bad_alloc();
     int8_t* xq = (int8_t*)scratch;
     int32_t* negcorr = (int32_t*)(scratch + xq_bytes);
@@ -423,13 +480,8 @@ void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
             const int64_t nt = T - t0 < tb ? T - t0 : tb;
             const int8_t* xq0 = xq + t0 * n_pad;
             const int32_t* nc0 = negcorr + t0 * n_groups * 16;
-            int64_t o = o_begin;
-            for (; o + R_Q <= o_end; o += R_Q)
-                quant_row_panel<Q4, R_Q>(w + o * w_stride, w_stride, m.scales + o * n_groups, n_groups, bpg, n_in, xq0,
-                                         n_pad, nc0, sx + t0, nt, bias ? bias + o : nullptr, y + t0 * n_out + o, n_out);
-            for (; o < o_end; o++)
-                quant_row_panel<Q4, 1>(w + o * w_stride, w_stride, m.scales + o * n_groups, n_groups, bpg, n_in, xq0,
-                                       n_pad, nc0, sx + t0, nt, bias ? bias + o : nullptr, y + t0 * n_out + o, n_out);
+            quant_rows<Q4>(w, w_stride, m.scales, n_groups, bpg, n_in, xq0, n_pad, nc0, sx + t0, nt, bias,
+                           y + t0 * n_out, n_out, o_begin, o_end);
         }
     }
 }
@@ -441,15 +493,21 @@ void linear(const Matrix& m, const float* bias, const float* x, int64_t T, float
     if (T <= 0) return;
     switch (m.dtype) {
         case DType::F32:
-            float_linear<WF32>(m, bias, x, x, m.n_in, T, y, n_threads, 4);
+        case DType::F16: {
+            // rows of x a multiple of 4 KiB apart all fall in one L1 set: pad them apart
+            const bool pad = T > 1 && (m.n_in * 4) % 4096 == 0;
+            const int64_t stride = pad ? m.n_in + 16 : m.n_in;
+            const float* xs = x;
+            if (pad && !(xs = (const float*)thread_scratch(0, T * stride * sizeof(float)))) throw std::bad_alloc();
+            if (m.dtype == DType::F32) float_linear<WF32>(m, bias, x, xs, stride, T, y, n_threads, 4);
+            else float_linear<WF16>(m, bias, x, xs, stride, T, y, n_threads, 2);
             return;
-        case DType::F16:
-            float_linear<WF16>(m, bias, x, x, m.n_in, T, y, n_threads, 2);
-            return;
+        }
         case DType::BF16: {
 #if defined(__AVX512F__)
-            const int64_t stride = round_up(m.n_in, 32);
-            uint16_t* xb = (uint16_t*)thread_scratch(T * stride * sizeof(uint16_t));
+            int64_t stride = round_up(m.n_in, 32);
+            if ((stride * 2) % 4096 == 0) stride += 32;  // see F32
+            uint16_t* xb = (uint16_t*)thread_scratch(0, T * stride * sizeof(uint16_t));
             if (!xb) throw std::bad_alloc();
             float_linear<WBF16>(m, bias, x, xb, stride, T, y, n_threads, 2);
 #else
