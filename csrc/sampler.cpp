@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <unordered_set>
@@ -95,6 +94,7 @@ Sampler::Sampler(const SamplingParams& params, int64_t vocab_size, uint64_t seed
 }
 
 void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_prompt) {
+    have_weights_ = false;
     for (int32_t t : history)
         if (t < 0 || t >= V_) throw std::invalid_argument("token id " + std::to_string(t) + " is outside the vocabulary");
     apply_penalties(s, history, std::min(n_prompt, history.size()));
@@ -108,6 +108,7 @@ void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_pr
     for (int64_t i = 0; i < V_; i++)
         if (s[i] == std::numeric_limits<float>::infinity()) s[i] = std::numeric_limits<float>::max();
     if (params_.top_k > 0) keep_top_k(s);
+    if (params_.top_p < 1.0 || params_.min_p > 0.0 || params_.typical_p < 1.0) compute_weights(s);
     if (params_.top_p < 1.0) keep_top_p(s);
     if (params_.min_p > 0.0) keep_min_p(s);
     if (params_.typical_p < 1.0) keep_typical(s);
@@ -161,22 +162,15 @@ void Sampler::keep_top_k(float* s) {
         if (double(s[i]) < kth) s[i] = kNegInf;  // ties with the k-th are kept, as in torch
 }
 
-// Sorts idx_ (candidate ids, ascending) by score, highest first, ties by id: a stable LSD
-// radix sort on the scores' bits (three passes of 11 bits), so a full vocabulary costs well
-// under a millisecond.
-void Sampler::sort_by_score_desc(const float* s) {
+// Stable LSD radix sort of idx_ by keys_ (ascending), 11 bits per pass over the low `bits`
+// bits: a full vocabulary sorts in well under a millisecond, and equal keys keep id order.
+void Sampler::radix_sort(int bits) {
     const size_t n = idx_.size();
-    keys_.resize(n);
-    for (size_t k = 0; k < n; k++) {
-        uint32_t u;
-        std::memcpy(&u, &s[idx_[k]], 4);
-        const uint32_t ascending = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // float order as uint order
-        keys_[k] = ~ascending;
-    }
     tmp_keys_.resize(n);
     tmp_idx_.resize(n);
-    for (int shift = 0; shift < 32; shift += 11) {
-        size_t count[2049] = {0};
+    std::vector<size_t>& count = count_;
+    for (int shift = 0; shift < bits; shift += 11) {
+        count.assign(2049, 0);
         for (size_t k = 0; k < n; k++) count[((keys_[k] >> shift) & 2047u) + 1]++;
         for (size_t d = 1; d < 2049; d++) count[d] += count[d - 1];
         for (size_t k = 0; k < n; k++) {
@@ -189,75 +183,94 @@ void Sampler::sort_by_score_desc(const float* s) {
     }
 }
 
+// w_[i] = exp(s[i] - max s): the unnormalised probabilities every filter below and the draw
+// share, computed once per token. Filters keep them in step with the scores they remove.
+void Sampler::compute_weights(const float* s) {
+    float m = kNegInf;
+    for (int64_t i = 0; i < V_; i++)
+        if (!std::isnan(s[i])) m = std::max(m, s[i]);
+    w_max_ = m;
+    w_.resize(size_t(V_));
+    for (int64_t i = 0; i < V_; i++)
+        w_[i] = (m == kNegInf || std::isnan(s[i])) ? 0.0 : std::exp(double(s[i]) - double(m));
+    have_weights_ = true;
+}
+
+double Sampler::weight_sum() const {
+    double Z = 0.0;
+    for (double w : w_) Z += w;
+    return Z;
+}
+
+void Sampler::remove(float* s, int32_t i) {
+    s[i] = kNegInf;
+    w_[i] = 0.0;
+}
+
 // Keeps the most likely tokens while the mass before them is below top_p (at least one):
 // the same set as transformers' "remove where the ascending cumulative mass <= 1 - top_p".
 void Sampler::keep_top_p(float* s) {
-    float m = kNegInf;
-    for (int64_t i = 0; i < V_; i++) m = std::max(m, s[i]);
-    if (m == kNegInf) return;
+    if (w_max_ == kNegInf) return;
+    const double Z = weight_sum();
     idx_.clear();
-    double Z = 0.0;
+    keys_.clear();
     for (int64_t i = 0; i < V_; i++) {
-        if (s[i] == kNegInf) continue;
+        if (s[i] == kNegInf || std::isnan(s[i])) continue;
+        uint32_t u;
+        std::memcpy(&u, &s[i], 4);
+        const uint32_t ascending = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // float order as uint order
         idx_.push_back(int32_t(i));
-        Z += std::exp(double(s[i]) - double(m));
+        keys_.push_back(~ascending);  // highest score first
     }
-    sort_by_score_desc(s);
+    radix_sort(32);
     const size_t n = idx_.size();
     double before = 0.0;  // mass of the tokens ranked above k
     size_t keep = 0;
     for (; keep < n; keep++) {
         if (keep > 0 && before / Z >= params_.top_p) break;
-        before += std::exp(double(s[idx_[keep]]) - double(m));
+        before += w_[idx_[keep]];
     }
-    for (size_t k = keep; k < n; k++) s[idx_[k]] = kNegInf;
+    for (size_t k = keep; k < n; k++) remove(s, idx_[k]);
 }
 
 void Sampler::keep_min_p(float* s) {
-    float m = kNegInf;
-    for (int64_t i = 0; i < V_; i++) m = std::max(m, s[i]);
-    if (m == kNegInf) return;
-    double Z = 0.0;
-    for (int64_t i = 0; i < V_; i++) Z += std::exp(double(s[i]) - double(m));
+    if (w_max_ == kNegInf) return;
+    const double Z = weight_sum();
     const double threshold = params_.min_p * (1.0 / Z);  // min_p * largest probability
     for (int64_t i = 0; i < V_; i++)
-        if (std::exp(double(s[i]) - double(m)) / Z < threshold) s[i] = kNegInf;
+        if (s[i] != kNegInf && w_[i] / Z < threshold) remove(s, int32_t(i));
 }
 
 // Typical decoding (Meister et al. 2022), step for step as TypicalLogitsWarper: rank tokens by
 // |surprise - entropy|, keep them in that order until the mass reaches typical_p, plus every
 // token as close to the entropy as the last one kept.
 void Sampler::keep_typical(float* s) {
-    float m = kNegInf;
-    for (int64_t i = 0; i < V_; i++) m = std::max(m, s[i]);
-    if (m == kNegInf) return;
-    double Z = 0.0;
-    for (int64_t i = 0; i < V_; i++) Z += std::exp(double(s[i]) - double(m));
-    const double logZ = std::log(Z);
+    if (w_max_ == kNegInf) return;
+    const double Z = weight_sum(), logZ = std::log(Z), m = double(w_max_);
     double entropy = 0.0;
-    for (int64_t i = 0; i < V_; i++) {
-        if (s[i] == kNegInf) continue;
-        const double logp = double(s[i]) - double(m) - logZ;
-        entropy -= logp * std::exp(logp);
-    }
-    p_.resize(size_t(V_));  // |surprise - entropy|, +inf for filtered tokens
-    for (int64_t i = 0; i < V_; i++) {
-        const double logp = double(s[i]) - double(m) - logZ;
-        p_[i] = s[i] == kNegInf ? std::numeric_limits<double>::infinity() : std::fabs(-logp - entropy);
-    }
+    for (int64_t i = 0; i < V_; i++)
+        if (s[i] != kNegInf) entropy -= (double(s[i]) - m - logZ) * (w_[i] / Z);
+    // |surprise - entropy| (+inf for filtered tokens) as sortable bits: for doubles >= 0 the
+    // bit patterns are in the same order as the values
     idx_.resize(size_t(V_));
-    std::iota(idx_.begin(), idx_.end(), 0);
-    std::stable_sort(idx_.begin(), idx_.end(), [this](int32_t a, int32_t b) { return p_[a] < p_[b]; });
+    keys_.resize(size_t(V_));
+    for (int64_t i = 0; i < V_; i++) {
+        const double d = s[i] == kNegInf ? std::numeric_limits<double>::infinity()
+                                         : std::fabs(-(double(s[i]) - m - logZ) - entropy);
+        idx_[i] = int32_t(i);
+        std::memcpy(&keys_[i], &d, 8);
+    }
+    radix_sort(64);
     size_t last = 0;  // number of tokens whose cumulative mass is below typical_p
     double cum = 0.0;
     for (; last < size_t(V_); last++) {
-        cum += std::exp(double(s[idx_[last]]) - double(m)) / Z;
+        cum += w_[idx_[last]] / Z;
         if (!(cum < params_.typical_p)) break;
     }
     last = std::min(last, size_t(V_ - 1));
-    const double limit = p_[idx_[last]];
+    const uint64_t limit = keys_[last];
     for (size_t k = 1; k < size_t(V_); k++)
-        if (p_[idx_[k]] > limit) s[idx_[k]] = kNegInf;
+        if (keys_[k] > limit) remove(s, idx_[k]);
 }
 
 int32_t Sampler::argmax(const float* s) const {
@@ -271,23 +284,15 @@ int32_t Sampler::argmax(const float* s) const {
 // Inverse-CDF draw over softmax(s), walking token ids in order: the result depends only on the
 // scores and this sequence's random stream.
 int32_t Sampler::draw(const float* s) {
-    float m = kNegInf;
-    for (int64_t i = 0; i < V_; i++)
-        if (!std::isnan(s[i])) m = std::max(m, s[i]);
-    if (m == kNegInf) throw std::invalid_argument("every token was filtered out: nothing left to generate");
-    p_.resize(size_t(V_));
-    double total = 0.0;
-    for (int64_t i = 0; i < V_; i++) {
-        const double w = std::isnan(s[i]) ? 0.0 : std::exp(double(s[i]) - double(m));
-        p_[i] = w;
-        total += w;
-    }
+    if (!have_weights_) compute_weights(s);
+    const double total = weight_sum();
+    if (!(total > 0.0)) throw std::invalid_argument("every token was filtered out: nothing left to generate");
     const double u = rng_.uniform() * total;
     double acc = 0.0;
     int64_t last = -1;
     for (int64_t i = 0; i < V_; i++) {
-        if (p_[i] <= 0.0) continue;
-        acc += p_[i];
+        if (w_[i] <= 0.0) continue;
+        acc += w_[i];
         last = i;
         if (acc > u) return int32_t(i);
     }

@@ -81,7 +81,10 @@ private:
     void apply_penalties(float* s, const std::vector<int32_t>& history, size_t n_prompt);
     void ban_repeated_ngrams(float* s, const std::vector<int32_t>& history);
     void keep_top_k(float* s);
-    void sort_by_score_desc(const float* s);
+    void radix_sort(int bits);
+    void compute_weights(const float* s);
+    double weight_sum() const;
+    void remove(float* s, int32_t i);
     void keep_top_p(float* s);
     void keep_min_p(float* s);
     void keep_typical(float* s);
@@ -91,9 +94,14 @@ private:
     SamplingParams params_;
     int64_t V_;
     Rng rng_;
+    // exp(score - max score) of the current scores, shared by the filters and the draw
+    std::vector<double> w_;
+    float w_max_ = 0.0f;
+    bool have_weights_ = false;
     // scratch, reused across calls
     std::vector<int32_t> idx_, tmp_idx_;
-    std::vector<uint32_t> keys_, tmp_keys_;
+    std::vector<uint64_t> keys_, tmp_keys_;
+    std::vector<size_t> count_;
     std::vector<double> p_;
     std::vector<int32_t> counts_;
 };
