@@ -18,10 +18,9 @@ import numpy as np
 
 from . import _core
 
-Prompt = Union[str, Sequence[int]]
+Prompt = Union[str, Sequence[int]]  # one prompt; a batch is a sequence of them
 
 DEFAULT_MAX_NEW_TOKENS = 50
-FINISH_REASONS = ("length", "stop", "eos")
 
 
 @dataclass
@@ -317,7 +316,7 @@ class _Request:
 # -- public API ----------------------------------------------------------------------------------
 
 
-def generate(model, prompt, **options):
+def generate(model, prompt: Union[Prompt, Sequence[Prompt]], **options):
     """Generates a continuation of prompt with model (a pygpt.Model).
 
     prompt: a str, a list of token ids, or a list of either (a batch, run together).
@@ -382,7 +381,7 @@ class TextStream:
         raise StopIteration
 
 
-def stream(model, prompt, **options) -> TextStream:
+def stream(model, prompt: Prompt, **options) -> TextStream:
     """Like generate() for one prompt, but yields the text as it is generated: valid UTF-8
     pieces that never include a partial character or the start of a possible stop string.
     Breaking out of the loop stops generation; so does Ctrl-C (KeyboardInterrupt)."""
@@ -396,7 +395,7 @@ def stream(model, prompt, **options) -> TextStream:
     return TextStream(req)
 
 
-def generate_text(prompt, model=None, **options):
+def generate_text(prompt: Union[Prompt, Sequence[Prompt]], model=None, **options):
     """One call from text to text: loads model (a folder, a pygpt.Model, or None for the
     default model), generates, and returns the text (a list of texts for a batch or
     num_return_sequences > 1). Options as for generate()."""
