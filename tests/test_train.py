@@ -126,6 +126,12 @@ def test_train_from_scratch_lowers_loss(tok_dir, tmp_path):
     assert ckpt["history"]["val"][-1][1] < ckpt["history"]["val"][0][1]
     assert (out / "loss.png").stat().st_size > 1000
     assert (out / "vocab.json").is_file() and (out / "merges.txt").is_file()
+    # the checkpoint is an --init-from source too (through the converter), tokenizer included
+    model, tok = train.load_init(str(out / "ckpt.pt"), dropout=0.0)
+    direct = train.gpt_from_checkpoint(ckpt)
+    for k, v in direct.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v)
+    assert (tok / "vocab.json").read_bytes() == (out / "vocab.json").read_bytes()
 
 
 def test_resume_continues_exactly(tok_dir, tmp_path):
