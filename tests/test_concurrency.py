@@ -181,14 +181,21 @@ def test_close_while_other_threads_run(folder):
 
 
 def test_no_thread_explosion(folder):
-    """Threads the process holds after many concurrent calls: bounded, not growing per call."""
+    """Threads the process holds after many rounds of concurrent calls: back to where it was.
+    (OpenMP gives each calling thread its own worker pool; the workers leave with their thread,
+    asynchronously, so the count is polled for a moment.)"""
     m = pygpt.load(folder, n_threads=2)
 
     def count():
         return len(os.listdir("/proc/self/task"))
 
-    run_threads(lambda i: m.generate(PROMPTS[i], max_new_tokens=8, ignore_eos=True))
-    after_first = count()
-    for _ in range(3):
+    def settled(limit):
+        deadline = time.monotonic() + 5
+        while count() > limit and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return count()
+
+    before = count()
+    for _ in range(4):
         run_threads(lambda i: m.generate(PROMPTS[i], max_new_tokens=8, ignore_eos=True))
-    assert count() <= after_first
+    assert settled(before + 1) <= before + 1  # (+1: the main thread's pool, if it made one)
