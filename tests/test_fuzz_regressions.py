@@ -126,6 +126,55 @@ def test_closed_model_gives_a_clear_error(tmp_path):
         m.logits([1])
 
 
+LIMITED_CHILD = textwrap.dedent("""
+    import resource, sys, tempfile
+    # a process that may not map more than 6 GB: creating thousands of threads (8 MB stacks) fails
+    resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+    sys.path.append(sys.argv[2])
+    import pygpt
+    try:
+        if sys.argv[1] == "tokenizer":
+            from pygpt.tokenizer import Tokenizer
+            tok = Tokenizer.from_dir(sys.argv[3])
+            tok.encode_batch(["hello world"] * 5000, n_threads=5000)
+        else:
+            import hostile_files as hf
+            m = pygpt.load(hf.write_model(tempfile.mkdtemp()), n_threads=5000)
+            m.logits([1, 2, 3])
+        print("ran")
+    except Exception as e:  # a clear Python error is fine too
+        print("raised", type(e).__name__, e)
+""")
+
+
+def _limited_child(what):
+    if os.environ.get("PYGPT_SANITIZED"):
+        pytest.skip("ASan cannot run under an address-space limit")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(pygpt.__file__))))
+    tests = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run([sys.executable, "-c", LIMITED_CHILD, what, tests, os.path.join(tests, "data", "gpt2-tokenizer")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, f"the process died ({r.returncode}): {r.stderr[-500:]}"
+    assert r.stdout.startswith(("ran", "raised")), r.stdout
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="csrc/tokenizer.cpp Tokenizer::encode_batch starts min(n_threads, len(texts)) "
+                          "std::threads; when one cannot be created, std::system_error leaves the others "
+                          "joinable and std::terminate aborts the process (n_threads has no upper bound in "
+                          "pygpt/tokenizer.py either)")
+def test_encode_batch_with_more_threads_than_the_system_allows():
+    _limited_child("tokenizer")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="n_threads has no upper bound (pygpt/model.py, csrc/model.cpp): OpenMP is asked for "
+                          "5000 threads, libgomp cannot create them and exits the process ('Thread creation "
+                          "failed', exit status 1)")
+def test_model_with_more_threads_than_the_system_allows():
+    _limited_child("model")
+
+
 # -- behaviour around the open bug that already holds ---------------------------------------------
 
 
