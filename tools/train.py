@@ -193,12 +193,13 @@ def gpt_from_pygpt_folder(folder) -> GPT:
     return model
 
 
-def load_init(source: str, dropout: float):
+def load_init(source: str, dropout: float, tok_dest=None):
     """(model, tokenizer folder or None) for --init-from SOURCE.
 
     A pygpt folder is read directly; anything else goes through pygpt's converter first
     (a Hugging Face name or folder, a nanoGPT ckpt.pt, an llm.c .bin), so --init-from
-    accepts exactly what tools/convert.py accepts.
+    accepts exactly what tools/convert.py accepts. The converted source's tokenizer files
+    are kept in tok_dest (default: a new temporary folder).
     """
     import tempfile
 
@@ -214,7 +215,8 @@ def load_init(source: str, dropout: float):
             model = gpt_from_pygpt_folder(tmp)
             tok = None
             if (Path(tmp) / "vocab.json").is_file():  # keep the tokenizer beyond the temporary folder
-                tok = Path(tempfile.mkdtemp(prefix="pygpt-tok-"))
+                tok = Path(tok_dest) if tok_dest else Path(tempfile.mkdtemp(prefix="pygpt-tok-"))
+                tok.mkdir(parents=True, exist_ok=True)
                 for name in ("vocab.json", "merges.txt"):
                     shutil.copyfile(Path(tmp) / name, tok / name)
     model.config.dropout = dropout
@@ -397,7 +399,7 @@ def main(argv=None):
         start_iter, best_val = resume_ckpt["iter_num"], resume_ckpt["best_val_loss"]
         history = resume_ckpt.get("history", history)
     elif args.init_from:
-        model, tok_dir = load_init(args.init_from, args.dropout)
+        model, tok_dir = load_init(args.init_from, args.dropout, tok_dest=out)
         tok_dir = Path(args.tokenizer) if args.tokenizer else tok_dir
         if tok_dir is None:
             raise ValueError(f"--init-from {args.init_from}: no vocab.json/merges.txt found; pass --tokenizer DIR")
