@@ -74,7 +74,10 @@ def validate_config(cfg, where: str = "config.json") -> dict:
     if cfg.get("dtype") not in DTYPES:
         raise ModelFormatError(f"{where}: 'dtype' must be one of {DTYPES}, got {cfg.get('dtype')!r}")
     if cfg["dtype"] in ("int8", "int4"):
-        out["quant_group_size"] = positive_int("quant_group_size", MAX_DIM)
+        g = cfg.get("quant_group_size")  # 0: one scale per row
+        if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g <= MAX_DIM:
+            raise ModelFormatError(f"{where}: 'quant_group_size' must be an integer in 0..{MAX_DIM}, got {g!r}")
+        out["quant_group_size"] = g
     return out
 
 

@@ -128,7 +128,9 @@ def _read_nanogpt(ckpt, where):
         config = {
             "n_layer": args["n_layer"], "n_head": args["n_head"], "n_embd": args["n_embd"],
             "n_ctx": args["block_size"], "vocab_size": args["vocab_size"],
-            "layer_norm_epsilon": 1e-5, "activation": "gelu_erf",  # nanoGPT: nn.GELU(), exact erf
+            "layer_norm_epsilon": 1e-5,
+            # nanoGPT's MLP uses nn.GELU(), the exact erf form; tools/train.py records its own
+            "activation": args.get("activation", "gelu_erf"),
         }
     except KeyError as e:
         raise ConversionError(f"{where}: nanoGPT model_args lacks {e}") from None
@@ -266,7 +268,7 @@ def _find_tokenizer(folder):
     return None
 
 
-def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, group_size: int = 32,
+def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, group_size: int | None = None,
             vocab_size: int | None = None, verbose: bool = False) -> str:
     """Converts `source` into the pygpt model folder `out_dir`; returns out_dir."""
     if dtype not in DTYPES:
@@ -297,6 +299,12 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
         "bias": bias, "dtype": dtype,
     }
     if dtype in ("int8", "int4"):
+        from . import quantize
+
+        if group_size is None:  # the default group, or one scale per row where it does not fit
+            group_size = quantize.DEFAULT_GROUP[dtype]
+            if group_size and cfg["n_embd"] % group_size:
+                group_size = 0
         config_json["quant_group_size"] = int(group_size)
     try:
         validated = validate_config(config_json)
@@ -360,7 +368,9 @@ def main(argv=None) -> int:
     p.add_argument("source", help="model id, Hugging Face folder, or checkpoint file")
     p.add_argument("out", help="output folder")
     p.add_argument("--dtype", choices=DTYPES, default="f32", help="weight storage type (default f32)")
-    p.add_argument("--group-size", type=int, default=32, help="int8/int4: weights per scale (default 32)")
+    p.add_argument("--group-size", type=int, default=None,
+                   help="int8/int4: inputs per scale, 0 = one scale per row, else a multiple of 64 "
+                        "(default: int8 per row, int4 64)")
     p.add_argument("--tokenizer", help="folder with vocab.json + merges.txt when the source has none")
     p.add_argument("--config", help="config.json for a plain state_dict")
     p.add_argument("--vocab-size", type=int, help="trim a padded vocabulary to this size")

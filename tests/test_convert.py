@@ -192,3 +192,31 @@ def test_cli_converts(tmp_path, hf_model_factory):
     r = subprocess.run([sys.executable, tool, str(tmp_path / "nope"), str(tmp_path / "o2")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+@pytest.mark.parametrize("name", ["tiny", "odd"])
+def test_quantized_conversion_default_group(tmp_path, hf_model_factory, dtype, name):
+    """The default group fits any width: one scale per row where 64 does not divide n_embd."""
+    _, hf_dir, ref_out = hf_model_factory(name)
+    m = pygpt.load(pygpt.convert.convert(hf_dir, str(tmp_path / dtype), dtype=dtype))
+    assert m.config["dtype"] == dtype and m.config["quant_group_size"] == 0
+    ids = list(range(30))
+    ref = pygpt.load(ref_out).logits(ids)
+    assert np.abs(m.logits(ids) - ref).max() <= 0.25 * np.abs(ref).max()
+
+
+def test_quantized_group_that_does_not_fit_is_a_clear_error(tmp_path, hf_model_factory):
+    _, hf_dir, _ = hf_model_factory("tiny")
+    with pytest.raises(ValueError, match="group size 48"):
+        pygpt.convert.convert(hf_dir, str(tmp_path / "q"), dtype="int8", group_size=48)
+
+
+def test_nanogpt_activation_recorded_in_model_args(tmp_path):
+    ckpt = str(tmp_path / "ckpt.pt")
+    save_nanogpt(ckpt, bias=True)
+    obj = torch.load(ckpt, weights_only=True)
+    obj["model_args"]["activation"] = "gelu_tanh"
+    torch.save(obj, ckpt)
+    out = pygpt.convert.convert(ckpt, str(tmp_path / "out"), tokenizer=GPT2_TOKENIZER)
+    assert pygpt.load(out).config["activation"] == "gelu_tanh"
