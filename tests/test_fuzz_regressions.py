@@ -14,10 +14,11 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 import pygpt
-from pygpt import ModelFormatError
+from pygpt import ModelFormatError, _core
 
 import hostile_files as hf
 
@@ -173,6 +174,30 @@ def test_encode_batch_with_more_threads_than_the_system_allows():
                           "failed', exit status 1)")
 def test_model_with_more_threads_than_the_system_allows():
     _limited_child("model")
+
+
+def _isa_param(isa):
+    supported = {"scalar": True, "avx2": _core.cpu_has_avx2(), "avx512": _core.cpu_has_avx512()}[isa]
+    marks = [pytest.mark.skipif(not supported, reason=f"this CPU cannot run {isa}")]
+    if isa != "scalar":
+        marks.append(pytest.mark.xfail(
+            strict=True, reason="SIMD softmax in attention (csrc/kernels/simd.h exp_neg: _mm512/_mm256_max_ps(x, -87) "
+                                "returns -87 when x is NaN) turns NaN scores into ~0 weights: NaN weights give "
+                                "finite, wrong logits, where the scalar path and torch give NaN"))
+    return pytest.param(isa, marks=marks)
+
+
+@pytest.mark.parametrize("isa", [_isa_param(i) for i in ("scalar", "avx2", "avx512")])
+def test_nan_in_attention_propagates_on_every_isa(tmp_path, isa):
+    cfg = hf.tiny_config()
+    dtype, raw, shape = hf.tiny_tensors(cfg)["h.0.attn.c_attn.weight"]
+    tensors = hf.tiny_tensors(cfg)
+    a = np.frombuffer(raw, "<f4").copy()
+    a[3] = np.nan  # row 0: a query feature of head 0
+    tensors["h.0.attn.c_attn.weight"] = (dtype, a.tobytes(), shape)
+    m = pygpt.Model(hf.write_model(tmp_path / "m", cfg=cfg, tensors=tensors), isa=isa)
+    assert m.isa == isa
+    assert np.isnan(m.logits([1, 2, 3])).all()
 
 
 # -- behaviour around the open bug that already holds ---------------------------------------------

@@ -674,7 +674,7 @@ def test_hostile_file_count():
 
 
 @pytest.mark.parametrize("name,value", [("ln_f.weight", float("nan")), ("h.0.mlp.c_fc.bias", float("nan")),
-                                        ("h.0.attn.c_attn.weight", float("nan"))])
+                                        ("h.0.mlp.c_proj.weight", float("nan"))])
 def test_nonfinite_weights_without_the_check_never_give_silent_tokens(tmp_path, name, value):
     """Unchecked NaN weights make NaN logits; generation refuses them (greedy or sampled) with a
     ValueError rather than returning tokens drawn from garbage. (An infinite logit is a limit
