@@ -193,6 +193,12 @@ def flops_per_prompt_token(shape: str, prompt: int) -> float:
 # workers: one case per process (peak RSS is per process)
 
 
+def cpu_share(c0: float, w0: float, threads: int) -> float:
+    """CPU time this process got since (c0, w0) over what `threads` busy threads would use:
+    well below 1 means the machine was busy with other work (or the engine idled)."""
+    return (time.process_time() - c0) / max((time.perf_counter() - w0) * threads, 1e-9)
+
+
 def prompt_ids(n: int, seed: int = 1) -> list:
     return np.random.default_rng(seed).integers(0, VOCAB - 1, n).tolist()
 
@@ -208,13 +214,15 @@ def worker_pygpt(a: dict) -> dict:
     ids = prompt_ids(a["prompt"])
     model.generate(ids[:8], max_new_tokens=4, ignore_eos=True)  # warm-up: fault the weights in
     pre, dec, ttft = [], [], []
+    c0, w0 = time.process_time(), time.perf_counter()
     for _ in range(a["runs"]):
         t = model.generate(ids, max_new_tokens=a["new"], ignore_eos=True).timings
         pre.append(t.prefill_tokens_per_s)
         dec.append(t.decode_tokens_per_s)
         ttft.append(t.time_to_first_token)
     out = {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
-           "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft)}
+           "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
+           "cpu_share": cpu_share(c0, w0, a["threads"])}
     if a.get("batch"):
         prompts = [prompt_ids(a["prompt"], seed=10 + i) for i in range(a["batch"])]
         bt = []
@@ -243,6 +251,7 @@ def worker_transformers(a: dict) -> dict:
     pre, dec, ttft = [], [], []
     with torch.inference_mode():
         model.generate(ids[:, :8], max_new_tokens=4, min_new_tokens=4, **kw)
+        c0, w0 = time.process_time(), time.perf_counter()
         for _ in range(a["runs"]):
             t0 = time.perf_counter()
             model(ids, use_cache=True)
@@ -255,8 +264,9 @@ def worker_transformers(a: dict) -> dict:
             total = time.perf_counter() - t0
             ttft.append(first)
             dec.append(a["new"] / max(total - first, 1e-9))
+        share = cpu_share(c0, w0, a["threads"])
     return {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
-            "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
+            "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft), "cpu_share": share,
             "peak_rss_mib": peak_rss_mib()}
 
 
@@ -281,6 +291,7 @@ def worker_ct2(a: dict) -> dict:
 
     run(4)
     pre, dec, ttft = [], [], []
+    c0, w0 = time.process_time(), time.perf_counter()
     for _ in range(a["runs"]):
         t0 = time.perf_counter()
         gen.forward_batch([tokens])  # prefill only: logits of every position
@@ -291,7 +302,7 @@ def worker_ct2(a: dict) -> dict:
         dec.append(a["new"] / max(total - first, 1e-9))
     return {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
             "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
-            "peak_rss_mib": peak_rss_mib()}
+            "cpu_share": cpu_share(c0, w0, a["threads"]), "peak_rss_mib": peak_rss_mib()}
 
 
 WORKERS = {"pygpt": worker_pygpt, "transformers": worker_transformers, "ctranslate2": worker_ct2}
@@ -330,22 +341,23 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
     for shape in meta["shapes"]:
         out += [f"### {shape} (n_layer {SHAPES[shape][0]}, n_embd {SHAPES[shape][2]})", "",
                 "| engine | weights | threads | load s | prefill tok/s | % peak | TTFT ms | decode tok/s "
-                "| % BW ceiling | ceiling tok/s | batch-8 decode tok/s | peak RSS MiB |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| % BW ceiling | ceiling tok/s | batch-8 decode tok/s | peak RSS MiB | CPU share |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             if r["shape"] != shape:
                 continue
             if "error" in r:
                 out.append(f"| {r['engine']} | {r['dtype']} | {r['threads']} | error: {r['error'][:80]} |"
-                           " | | | | | | | |")
+                           " | | | | | | | | |")
                 continue
             out.append("| {engine} | {dtype} | {threads} | {load} | {pre} | {pp} | {ttft} | {dec} | {dp} | {ceil} | "
-                       "{b8} | {rss} |".format(
+                       "{b8} | {rss} | {share} |".format(
                            engine=r["engine"], dtype=r["dtype"], threads=r["threads"], load=fmt(r["load_s"], ".2f"),
                            pre=fmt(r["prefill_tok_s"]), pp=fmt(r.get("prefill_pct"), ".0f", "%"),
                            ttft=fmt(r["ttft_s"] * 1e3, ".0f"), dec=fmt(r["decode_tok_s"], ".1f"),
                            dp=fmt(r.get("decode_pct"), ".0f", "%"), ceil=fmt(r.get("ceiling_tok_s"), ".0f"),
-                           b8=fmt(r.get("batch_decode_tok_s"), ".0f"), rss=fmt(r["peak_rss_mib"], ".0f")))
+                           b8=fmt(r.get("batch_decode_tok_s"), ".0f"), rss=fmt(r["peak_rss_mib"], ".0f"),
+                           share=fmt(100 * r["cpu_share"] if r.get("cpu_share") is not None else None, ".0f", "%")))
         if shape == "12x64":
             out.append("")
             out.append("Per-token overhead (decode step, ms): " + ", ".join(

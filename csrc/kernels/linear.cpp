@@ -17,9 +17,10 @@
 //   bf16  AVX-512: 32 weights per vdpbf16ps against activations rounded to bf16 (so bf16
 //         models see bf16 activations in their linear layers, as on bf16 hardware);
 //         AVX2: 8 weights widened to f32, FMA with f32 activations;
-//   q8/q4 AVX-512: activations quantized per token to int8 (scale max|x| / 127), integer
-//         dot products with vpdpbusd over blocks of 64 inputs, converted to f32 and scaled
-//         once per weight group. See quantized_linear below and docs/FORMAT.md.
+//   q8/q4 activations quantized per token to int8 (scale max|x| / 127), exact integer dot
+//         products over blocks of 64 inputs (AVX-512: vpdpbusd; AVX2: vpmaddubsw +
+//         vpmaddwd), converted to f32 and scaled once per weight group. See quant_linear
+//         below and docs/FORMAT.md.
 #include <cmath>
 #include <cstring>
 #include <omp.h>
@@ -39,7 +40,7 @@ namespace simd {
 namespace {
 
 #ifndef PYGPT_PREFETCH
-#define PYGPT_PREFETCH 4096
+#define PYGPT_PREFETCH 1024
 #endif
 constexpr int64_t PREFETCH_BYTES = PYGPT_PREFETCH;
 
@@ -315,7 +316,7 @@ void float_linear(const Matrix& m, const float* bias, const float* x_f32, const 
 }
 
 // ---------------------------------------------------------------------------------------
-// Quantized weights (AVX-512 VNNI)
+// Quantized weights (AVX-512: VNNI; AVX2: vpmaddubsw)
 
 #if defined(__AVX512F__)
 constexpr int R_Q = 4, TT_Q = 3;  // 12 int + 12 float accumulators + 4 weights
@@ -417,6 +418,93 @@ static float quantize_row(const float* x, int64_t n_in, int64_t n_pad, int64_t b
     return m > 0.0f ? m / 127.0f : 0.0f;
 }
 
+#else  // AVX2: no VNNI; byte products with vpmaddubsw
+
+constexpr int R_Q = 2, TT_Q = 2;
+
+// 32 weights of a 64-input block as bytes: q8 signed; q4 unsigned q + 8 (half 0: inputs
+// 0-31 of the block, half 1: 32-63).
+template <bool Q4>
+static inline __m256i load_whalf(const uint8_t* row, int64_t block, int half, int64_t n_in) {
+    if (Q4) {
+        const __m256i v = _mm256_loadu_si256((const __m256i*)(row + block * 32));
+        return _mm256_and_si256(half ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0f));
+    }
+    const int64_t k = block * 64 + half * 32;
+    if (n_in - k >= 32) return _mm256_loadu_si256((const __m256i*)(row + k));
+    alignas(32) uint8_t buf[32] = {0};
+    if (n_in > k) std::memcpy(buf, row + k, n_in - k);
+    return _mm256_load_si256((const __m256i*)buf);
+}
+
+// Integer dot of 32 weight bytes with 32 activation bytes into 8 int32 lanes. q8: |x| times
+// w * sign(x) (pairs at most 2 * 127 * 127: no saturation); q4: (q + 8) times x (pairs at
+// most 2 * 15 * 127), the offset removed by the precomputed correction.
+template <bool Q4>
+static inline __m256i dot32(__m256i w, __m256i x) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (Q4) return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x)), ones);
+}
+
+// The R x TT tile: per group, integer sums in 8 lanes, then scaled into f32 lanes.
+template <bool Q4, int R, int TT>
+static inline void quant_tile_groups(const uint8_t* w, int64_t w_stride, const float* sw, int64_t n_groups,
+                                     int64_t blocks_per_group, int64_t n_in, const int8_t* xq, int64_t xq_stride,
+                                     const int32_t* negcorr, const float* sx, const float* bias, float* y,
+                                     int64_t ldy) {
+    __m256 facc[TT * R];
+    for (int i = 0; i < TT * R; i++) facc[i] = _mm256_setzero_ps();
+    int64_t block = 0;
+    for (int64_t g = 0; g < n_groups; g++) {
+        __m256i iacc[TT * R];
+        for (int t = 0; t < TT; t++) {
+            const __m256i c = Q4 ? _mm256_loadu_si256((const __m256i*)(negcorr + (t * n_groups + g) * 16))
+                                 : _mm256_setzero_si256();
+            for (int r = 0; r < R; r++) iacc[t * R + r] = c;
+        }
+        for (int64_t b = 0; b < blocks_per_group; b++, block++) {
+            for (int half = 0; half < 2; half++) {
+                __m256i wv[R];
+                for (int r = 0; r < R; r++) wv[r] = load_whalf<Q4>(w + r * w_stride, block, half, n_in);
+                for (int t = 0; t < TT; t++) {
+                    const __m256i xv =
+                        _mm256_loadu_si256((const __m256i*)(xq + t * xq_stride + block * 64 + half * 32));
+                    for (int r = 0; r < R; r++)
+                        iacc[t * R + r] = _mm256_add_epi32(iacc[t * R + r], dot32<Q4>(wv[r], xv));
+                }
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            const __m256 s = _mm256_set1_ps(sw[r * n_groups + g]);
+            for (int t = 0; t < TT; t++)
+                facc[t * R + r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[t * R + r]), s, facc[t * R + r]);
+        }
+    }
+    float sums[TT * R];
+    reduce_n(facc, TT * R, sums);
+    for (int t = 0; t < TT; t++)
+        for (int r = 0; r < R; r++) y[t * ldy + r] = sums[t * R + r] * sx[t] + (bias ? bias[r] : 0.0f);
+}
+
+// generic::quantize_row, zero padding to n_pad, and for q4 the per-lane correction
+// -8 * (sum of the activations each lane of dot32 sees) of each group.
+static float quantize_row(const float* x, int64_t n_in, int64_t n_pad, int64_t blocks_per_group, int64_t n_groups,
+                          int offset, int8_t* xq, int32_t* negcorr) {
+    const float sx = generic::quantize_row(x, n_in, xq);
+    std::memset(xq + n_in, 0, n_pad - n_in);
+    if (offset == 8) {
+        for (int64_t g = 0, block = 0; g < n_groups; g++) {
+            int32_t lane[8] = {0};
+            for (int64_t b = 0; b < blocks_per_group; b++, block++)
+                for (int j = 0; j < 64; j++) lane[(j % 32) / 4] += xq[block * 64 + j];
+            for (int l = 0; l < 8; l++) negcorr[g * 16 + l] = -8 * lane[l];
+        }
+    }
+    return sx;
+}
+#endif  // __AVX512F__
+
 template <bool Q4, int R>
 static inline void quant_row_panel(const uint8_t* w, int64_t w_stride, const float* sw, int64_t n_groups,
                                    int64_t bpg, int64_t n_in, const int8_t* xq, int64_t xq_stride,
@@ -485,7 +573,6 @@ void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
         }
     }
 }
-#endif  // __AVX512F__
 
 }  // namespace
 
@@ -518,12 +605,8 @@ void linear(const Matrix& m, const float* bias, const float* x, int64_t T, float
         case DType::Q8:
         case DType::Q4:
             generic::check_quant(m);
-#if defined(__AVX512F__)
             if (m.dtype == DType::Q8) quant_linear<false>(m, bias, x, T, y, n_threads);
             else quant_linear<true>(m, bias, x, T, y, n_threads);
-#else
-            generic::linear(m, bias, x, T, y, n_threads);
-#endif
             return;
     }
     throw std::invalid_argument("linear: unsupported weight dtype");
