@@ -450,7 +450,7 @@ CONFIG_CASES += [
     *[(f"version={v!r}", {"format_version": v}, "format_version") for v in (0, 2, "1", None, -1)],
     # int8/int4 need a group size
     ("int8-no-group", {"dtype": "int8"}, "quant_group_size"),
-    ("int8-group-0", {"dtype": "int8", "quant_group_size": 0}, "quant_group_size"),
+    ("int8-group-0-vs-file", {"dtype": "int8", "quant_group_size": 0}, "dtype F32"),  # 0: one scale per row
     ("int4-group-neg", {"dtype": "int4", "quant_group_size": -32}, "quant_group_size"),
     ("int4-group-str", {"dtype": "int4", "quant_group_size": "32"}, "quant_group_size"),
     ("int8-group-8", {"dtype": "int8", "quant_group_size": 8}, "group size 8"),
