@@ -210,6 +210,9 @@ void Model::linear(const Linear& lin, const float* x, int64_t T, float* y) const
 // ----------------------------------------------------------------------------
 // Forward pass
 
+// Below this many multiply-adds a loop runs on the calling thread alone.
+constexpr int64_t kMinParallelWork = 1 << 16;
+
 void Model::forward(const std::vector<SeqStep>& steps, float* logits) {
     std::lock_guard<std::mutex> lock(mutex_);
     const ModelConfig& cfg = config_;
@@ -300,7 +303,7 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits) {
 
 void Model::layernorm_rows(const LayerNorm& ln, const float* x, int64_t T, float* out) const {
     const int64_t C = config_.n_embd;
-#pragma omp parallel for num_threads(n_threads_) schedule(static) if (T > 1)
+#pragma omp parallel for num_threads(n_threads_) schedule(static) if (n_threads_ > 1 && T * C >= kMinParallelWork / 8)
     for (int64_t r = 0; r < T; r++)
         kernels_->layernorm(out + r * C, x + r * C, ln.w, ln.b, C, config_.layer_norm_epsilon);
 }
@@ -310,7 +313,12 @@ void Model::layernorm_rows(const LayerNorm& ln, const float* x, int64_t T, float
 void Model::attention(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, float* out) {
     const int64_t C = config_.n_embd, NH = config_.n_head, HS = C / NH;
     const float scale = 1.0f / std::sqrt((float)HS);
-#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1)
+    // Waking threads costs microseconds: worth it only when there is enough work (short
+    // decode steps of small models run on the calling thread). Results do not depend on it.
+    int64_t work = 0;  // multiply-adds
+    for (int64_t r = 0; r < T; r++) work += 2 * (row_pos_[r] + 1) * C;
+    const bool parallel = n_threads_ > 1 && work >= kMinParallelWork;
+#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (parallel)
     for (int64_t rh = 0; rh < T * NH; rh++) {
         const int64_t r = rh / NH, h = rh % NH;
         KVCache* cache = steps[row_seq_[r]].cache;
