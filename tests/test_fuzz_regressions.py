@@ -67,13 +67,15 @@ def test_misaligned_last_tensor_reads_nothing_past_the_file(tmp_path):
     folder = hf.write_model(tmp_path / "m", cfg=cfg, tensors=tensors)
     (tmp_path / "m" / "model.safetensors").write_bytes(raw)
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(pygpt.__file__))))
-    r = subprocess.run([sys.executable, "-c", GUARD_CHILD, folder, str(len(raw))], capture_output=True, text=True,
-                       env=env, timeout=120)
-    assert r.returncode == 0, f"child died ({r.returncode}): {r.stderr[-2000:]}"
-    where, copied = r.stdout.split()
-    assert int(copied) > 0
-    if where != "guarded":
-        pytest.skip("the kernel did not place the mapping under the guard page")
+    for _ in range(5):  # the kernel usually, not always, puts the mapping in the hole: retry
+        r = subprocess.run([sys.executable, "-c", GUARD_CHILD, folder, str(len(raw))], capture_output=True,
+                           text=True, env=env, timeout=120)
+        assert r.returncode == 0, f"child died ({r.returncode}): {r.stderr[-2000:]}"
+        where, copied = r.stdout.split()
+        assert int(copied) > 0
+        if where == "guarded":
+            return
+    pytest.skip("the kernel did not place the mapping under the guard page")
 
 
 def test_deeply_nested_config_is_a_format_error(tmp_path):
@@ -140,8 +142,9 @@ LIMITED_CHILD = textwrap.dedent("""
             tok.encode_batch(["hello world"] * 5000, n_threads=5000)
         else:
             import hostile_files as hf
-            m = pygpt.load(hf.write_model(tempfile.mkdtemp()), n_threads=5000)
-            m.logits([1, 2, 3])
+            cfg = hf.tiny_config(n_embd=256, n_head=4, n_ctx=64)  # enough work for every parallel region
+            m = pygpt.load(hf.write_model(tempfile.mkdtemp(), cfg=cfg), n_threads=5000)
+            m.logits(list(range(64)))
         print("ran")
     except Exception as e:  # a clear Python error is fine too
         print("raised", type(e).__name__, e)
