@@ -273,6 +273,32 @@ static inline void float_row_panel(const uint8_t* w, int64_t w_stride, const typ
     }
 }
 
+// One token (decode): the rows one after another, so each thread reads one sequential
+// stream (the hardware prefetchers follow it best), the accumulators of LANES rows reduced
+// together. Per output the same steps as float_tile with TT = 1, so the same result.
+template <class W>
+static void float_rows_one_token(const uint8_t* w, int64_t w_stride, const typename W::X* x, int64_t n_in,
+                                 const float* bias, float* y, int64_t o_begin, int64_t o_end) {
+    for (int64_t o0 = o_begin; o0 < o_end; o0 += LANES) {
+        const int n = o_end - o0 < LANES ? (int)(o_end - o0) : LANES;
+        VecF acc[LANES];
+        for (int r = 0; r < n; r++) {
+            const uint8_t* wr = w + (o0 + r) * w_stride;
+            VecF a = vzero();
+            int64_t k = 0;
+            for (; k + W::K <= n_in; k += W::K) {
+                _mm_prefetch((const char*)wr + k * W::BYTES + PREFETCH_BYTES, _MM_HINT_T0);
+                a = W::madd(a, W::load(wr, k), W::loadx(x, k));
+            }
+            if (k < n_in) a = W::madd(a, W::load_tail(wr, k, n_in - k), W::loadx_tail(x, k, n_in - k));
+            acc[r] = a;
+        }
+        float sums[LANES];
+        reduce_n(acc, n, sums);
+        for (int r = 0; r < n; r++) y[o0 + r] = sums[r] + (bias ? bias[o0 + r] : 0.0f);
+    }
+}
+
 template <class W>
 void float_linear(const Matrix& m, const float* bias, const float* x_f32, const typename W::X* x, int64_t x_stride,
                   int64_t T, float* y, int n_threads, int64_t elem_bytes) {
@@ -303,6 +329,10 @@ void float_linear(const Matrix& m, const float* bias, const float* x_f32, const 
             const int64_t nt = T - t0 < tb ? T - t0 : tb;
             int64_t o = o_begin;
             const uint8_t* w = (const uint8_t*)m.data;
+            if (nt == 1) {
+                float_rows_one_token<W>(w, w_stride, x + t0 * x_stride, n_in, bias, y + t0 * n_out, o_begin, o_end);
+                continue;
+            }
             for (; o + R_F <= o_end; o += R_F)
                 float_row_panel<W, R_F>(w + o * w_stride, w_stride, x + t0 * x_stride, x_stride, nt, n_in,
                                         bias ? bias + o : nullptr, y + t0 * n_out + o, n_out, part);
@@ -385,6 +415,24 @@ static inline void quant_tile_groups(const uint8_t* w, int64_t w_stride, const f
     for (int t = 0; t < TT; t++)
         #pragma GCC unroll 32
         for (int r = 0; r < R; r++) y[t * ldy + r] = sums[t * R + r] * sx[t] + (bias ? bias[r] : 0.0f);
+}
+
+// One row, one token: the float accumulator of quant_tile_groups<Q4, 1, 1>, step for step.
+using VecQ = __m512;
+template <bool Q4>
+static inline void quant_tile_groups_acc(const uint8_t* w, const float* sw, int64_t n_groups, int64_t bpg,
+                                         int64_t n_in, const int8_t* xq, const int32_t* negcorr, __m512* out) {
+    __m512 facc = _mm512_setzero_ps();
+    int64_t block = 0;
+    for (int64_t g = 0; g < n_groups; g++) {
+        __m512i iacc = _mm512_loadu_si512(negcorr + g * 16);
+        for (int64_t b = 0; b < bpg; b++, block++) {
+            _mm_prefetch((const char*)w + block * (Q4 ? 32 : 64) + PREFETCH_BYTES, _MM_HINT_T0);
+            iacc = _mm512_dpbusd_epi32(iacc, load_wblock<Q4>(w, block, n_in), _mm512_loadu_si512(xq + block * 64));
+        }
+        facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc), _mm512_set1_ps(sw[g]), facc);
+    }
+    *out = facc;
 }
 
 // Quantizes one activation row (generic::quantize_row, vectorised: bitwise the same) and
@@ -487,6 +535,25 @@ static inline void quant_tile_groups(const uint8_t* w, int64_t w_stride, const f
         for (int r = 0; r < R; r++) y[t * ldy + r] = sums[t * R + r] * sx[t] + (bias ? bias[r] : 0.0f);
 }
 
+// One row, one token: the float accumulator of quant_tile_groups<Q4, 1, 1>, step for step.
+using VecQ = __m256;
+template <bool Q4>
+static inline void quant_tile_groups_acc(const uint8_t* w, const float* sw, int64_t n_groups, int64_t bpg,
+                                         int64_t n_in, const int8_t* xq, const int32_t* negcorr, __m256* out) {
+    __m256 facc = _mm256_setzero_ps();
+    int64_t block = 0;
+    for (int64_t g = 0; g < n_groups; g++) {
+        __m256i iacc = Q4 ? _mm256_loadu_si256((const __m256i*)(negcorr + g * 16)) : _mm256_setzero_si256();
+        for (int64_t b = 0; b < bpg; b++, block++)
+            for (int half = 0; half < 2; half++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + block * 64 + half * 32));
+                iacc = _mm256_add_epi32(iacc, dot32<Q4>(load_whalf<Q4>(w, block, half, n_in), xv));
+            }
+        facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc), _mm256_set1_ps(sw[g]), facc);
+    }
+    *out = facc;
+}
+
 // generic::quantize_row, zero padding to n_pad, and for q4 the per-lane correction
 // -8 * (sum of the activations each lane of dot32 sees) of each group.
 static float quantize_row(const float* x, int64_t n_in, int64_t n_pad, int64_t blocks_per_group, int64_t n_groups,
@@ -539,6 +606,25 @@ static void quant_rows(const uint8_t* w, int64_t w_stride, const float* scales, 
                                        xq_stride, negcorr, sx, T, bias ? bias + o : nullptr, y + o, n_out);
 }
 
+// One token (decode): rows one after another (see float_rows_one_token); per output the
+// same steps as quant_tile_groups with TT = 1.
+template <bool Q4>
+static void quant_rows_one_token(const uint8_t* w, int64_t w_stride, const float* scales, int64_t n_groups,
+                                 int64_t bpg, int64_t n_in, const int8_t* xq, const int32_t* negcorr, float sx,
+                                 const float* bias, float* y, int64_t o_begin, int64_t o_end) {
+    constexpr int G = sizeof(VecQ) / sizeof(float);
+    for (int64_t o0 = o_begin; o0 < o_end; o0 += G) {
+        const int n = o_end - o0 < G ? (int)(o_end - o0) : G;
+        VecQ facc[G];
+        for (int r = 0; r < n; r++)
+            quant_tile_groups_acc<Q4>(w + (o0 + r) * w_stride, scales + (o0 + r) * n_groups, n_groups, bpg, n_in, xq,
+                                      negcorr, &facc[r]);
+        float sums[G];
+        reduce_n(facc, n, sums);
+        for (int r = 0; r < n; r++) y[o0 + r] = sums[r] * sx + (bias ? bias[o0 + r] : 0.0f);
+    }
+}
+
 template <bool Q4>
 void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int n_threads) {
     const int64_t n_in = m.n_in, n_out = m.n_out, group = m.group;
@@ -568,8 +654,12 @@ void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
             const int64_t nt = T - t0 < tb ? T - t0 : tb;
             const int8_t* xq0 = xq + t0 * n_pad;
             const int32_t* nc0 = negcorr + t0 * n_groups * 16;
-            quant_rows<Q4>(w, w_stride, m.scales, n_groups, bpg, n_in, xq0, n_pad, nc0, sx + t0, nt, bias,
-                           y + t0 * n_out, n_out, o_begin, o_end);
+            if (nt == 1)
+                quant_rows_one_token<Q4>(w, w_stride, m.scales, n_groups, bpg, n_in, xq0, nc0, sx[t0], bias,
+                                         y + t0 * n_out, o_begin, o_end);
+            else
+                quant_rows<Q4>(w, w_stride, m.scales, n_groups, bpg, n_in, xq0, n_pad, nc0, sx + t0, nt, bias,
+                               y + t0 * n_out, n_out, o_begin, o_end);
         }
     }
 }
