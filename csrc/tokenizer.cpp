@@ -13,6 +13,7 @@
 #include <exception>
 #include <functional>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 
 #include "unicode_tables.h"
@@ -591,7 +592,13 @@ std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std:
         work();
     } else {
         std::vector<std::thread> pool;
-        for (int k = 0; k < n_threads; ++k) pool.emplace_back(work);
+        pool.reserve(n_threads);
+        try {
+            for (int k = 0; k < n_threads; ++k) pool.emplace_back(work);
+        } catch (const std::system_error&) {
+            // the system gave fewer threads than asked: the ones running share out all the texts
+        }
+        if (pool.empty()) work();
         for (auto& th : pool) th.join();
     }
     for (size_t i = 0; i < texts.size(); ++i) {

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 def system_info() -> dict:
     """Which kernel path (ISA) a model loaded now would use, and the default thread count."""
-    from .model import default_threads
+    from ._threads import default_threads
 
     return {
         "isa": _core.select_isa(""),

@@ -8,18 +8,10 @@ import time
 import numpy as np
 
 from . import _core, _format
+from ._threads import check_threads, default_threads
 from ._core import ModelFormatError
 
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
-
-
-def default_threads() -> int:
-    """Physical cores (not logical ones), capped by the CPUs this process may run on."""
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        allowed = os.cpu_count() or 1
-    return max(1, min(_core.physical_cores(), allowed))
 
 
 class Model:
@@ -45,8 +37,7 @@ class Model:
             _check_finite(st_path, tensors)
         if n_threads is None:
             n_threads = default_threads()
-        if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
-            raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
+        check_threads(n_threads)
         self._core = _core.Model(st_path, self.config, tensors, n_threads, isa or "")
         self.tokenizer = self._load_tokenizer(path)
         self.load_seconds = time.perf_counter() - t0
@@ -66,13 +57,20 @@ class Model:
     # -- facts ---------------------------------------------------------------------------
     @property
     def n_threads(self) -> int:
-        return self._core.n_threads
+        return self._live().n_threads
 
     @property
     def isa(self) -> str:
-        return self._core.isa
+        return self._live().isa
+
+    def _live(self):
+        if self._core is None:
+            raise ValueError("the model is closed")
+        return self._core
 
     def __repr__(self) -> str:
+        if self._core is None:
+            return f"pygpt.Model({self.path!r}, closed)"
         c = self.config
         return (f"pygpt.Model({self.path!r}, n_layer={c['n_layer']}, n_embd={c['n_embd']}, "
                 f"vocab_size={c['vocab_size']}, dtype={c['dtype']}, isa={self.isa}, n_threads={self.n_threads})")
@@ -98,7 +96,7 @@ class Model:
 
     def logits(self, ids) -> np.ndarray:
         """Logits float32 [len(ids), vocab_size] for every position of the sequence."""
-        return self._core.logits(self._ids(ids))
+        return self._live().logits(self._ids(ids))
 
     def generate(self, prompt, **kwargs):
         """Generates a continuation; see pygpt.generation.generate for every option."""

@@ -26,6 +26,7 @@ import os
 from typing import AbstractSet, Iterable, Sequence, Union
 
 from . import _core
+from ._threads import check_threads
 from ._core import ModelFormatError
 
 ENDOFTEXT = "<|endoftext|>"
@@ -276,8 +277,8 @@ class Tokenizer:
         """encode() of each text, in parallel on n_threads threads (default: all cores)."""
         if n_threads is None:
             n_threads = 0
-        elif isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
-            raise ValueError(f"n_threads must be a positive int or None, got {n_threads!r}")
+        else:
+            check_threads(n_threads)
         allowed = self._allowed(allowed_special) if allowed_special else False
         if disallowed_special and not isinstance(texts, str):
             texts = list(texts)

@@ -151,6 +151,14 @@ def test_bad_token_inputs(folder):
 
 
 def test_bad_thread_count(folder):
-    for n in (0, -2, 1.5, True):
+    for n in (0, -2, 1.5, True, 10**6):
         with pytest.raises(ValueError):
             pygpt.load(folder, n_threads=n)
+
+
+def test_closed_model(folder):
+    m = pygpt.load(folder)
+    m.close()
+    assert "closed" in repr(m)
+    with pytest.raises(ValueError, match="closed"):
+        m.logits([1])
