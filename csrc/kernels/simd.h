@@ -21,22 +21,23 @@ namespace pygpt {
 namespace PYGPT_KERNEL_NS {
 namespace simd {
 
-// Per-thread scratch that grows and is reused (no allocation per call once warm). Each
-// calling thread has its own, so concurrent calls on different models never share it.
-// The memory is reclaimed at process exit (a few KB to MB per calling thread).
-static inline void* thread_scratch(size_t bytes) {
-    static thread_local void* ptr = nullptr;
-    static thread_local size_t size = 0;
-    if (bytes > size) {
-        std::free(ptr);
-        size = (bytes + 4095) & ~(size_t)4095;
-        ptr = std::aligned_alloc(64, size);
-        if (!ptr) {
-            size = 0;
+// Per-thread scratch that grows and is reused (no allocation per call once warm): `slot` 0
+// is used by the calling thread for a call's shared buffers, slot 1 by each OpenMP thread
+// for its own. Each thread has its own, so concurrent calls never share one. The memory
+// is reclaimed at process exit (a few KB to MB per thread).
+static inline void* thread_scratch(int slot, size_t bytes) {
+    static thread_local void* ptr[2] = {nullptr, nullptr};
+    static thread_local size_t size[2] = {0, 0};
+    if (bytes > size[slot]) {
+        std::free(ptr[slot]);
+        size[slot] = (bytes + 4095) & ~(size_t)4095;
+        ptr[slot] = std::aligned_alloc(64, size[slot]);
+        if (!ptr[slot]) {
+            size[slot] = 0;
             return nullptr;
         }
     }
-    return ptr;
+    return ptr[slot];
 }
 
 static inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
