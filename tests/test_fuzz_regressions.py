@@ -170,11 +170,6 @@ def test_model_with_more_threads_than_the_system_allows():
 def _isa_param(isa):
     supported = {"scalar": True, "avx2": _core.cpu_has_avx2(), "avx512": _core.cpu_has_avx512()}[isa]
     marks = [pytest.mark.skipif(not supported, reason=f"this CPU cannot run {isa}")]
-    if isa != "scalar":
-        marks.append(pytest.mark.xfail(
-            strict=True, reason="SIMD softmax in attention (csrc/kernels/simd.h exp_neg: _mm512/_mm256_max_ps(x, -87) "
-                                "returns -87 when x is NaN) turns NaN scores into ~0 weights: NaN weights give "
-                                "finite, wrong logits, where the scalar path and torch give NaN"))
     return pytest.param(isa, marks=marks)
 
 
