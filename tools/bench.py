@@ -38,6 +38,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# importing pygpt sets OMP_WAIT_POLICY=passive for its own OpenMP: the peers' worker processes
+# get the environment as it was before, so each engine runs with its own default
+USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 
 SHAPES = {  # name: (n_layer, n_head, n_embd)
     "124M": (12, 12, 768),
@@ -312,6 +315,10 @@ def run_case(args: dict, timeout: float = 1800) -> dict:
     """Runs one worker in a fresh process; returns its result (or {"error": ...})."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env["OMP_NUM_THREADS"] = str(args["threads"])
+    if args["engine"] != "pygpt":
+        env.pop("OMP_WAIT_POLICY", None)
+        if USER_OMP_WAIT_POLICY is not None:
+            env["OMP_WAIT_POLICY"] = USER_OMP_WAIT_POLICY
     p = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(args)],
                        capture_output=True, text=True, timeout=timeout, env=env)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
