@@ -32,37 +32,17 @@ namespace {
 using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using U8 = py::array_t<uint8_t, py::array::c_style>;
 
-DType kernel_dtype(const std::string& s) {
-    if (s == "f32") return DType::F32;
-    if (s == "f16") return DType::F16;
-    if (s == "bf16") return DType::BF16;
-    if (s == "int8") return DType::Q8;
-    if (s == "int4") return DType::Q4;
-    throw std::invalid_argument("unknown dtype '" + s + "'");
-}
-
-int64_t stored_row_bytes(DType d, int64_t n_in) {
-    switch (d) {
-        case DType::F32: return 4 * n_in;
-        case DType::F16:
-        case DType::BF16: return 2 * n_in;
-        case DType::Q8: return n_in;
-        case DType::Q4: return (n_in + 63) / 64 * 32;
-    }
-    return 0;
-}
-
 // A Matrix over the numpy buffers, validated so no kernel reads outside them.
 Matrix make_matrix(const std::string& dtype, const U8& w, const F32* scales, int64_t n_out, int64_t n_in,
                    int64_t group) {
     Matrix m;
-    m.dtype = kernel_dtype(dtype);
+    if (!dtype_from_name(dtype, &m.dtype)) throw std::invalid_argument("unknown dtype '" + dtype + "'");
     m.n_out = n_out;
     m.n_in = n_in;
     if (n_out < 1 || n_in < 1) throw std::invalid_argument("n_out and n_in must be >= 1");
-    if (w.size() != n_out * stored_row_bytes(m.dtype, n_in))
+    if (w.size() != n_out * matrix_row_bytes(m.dtype, n_in))
         throw std::invalid_argument("weight buffer has " + std::to_string(w.size()) + " bytes, expected " +
-                                    std::to_string(n_out * stored_row_bytes(m.dtype, n_in)));
+                                    std::to_string(n_out * matrix_row_bytes(m.dtype, n_in)));
     m.data = w.data();
     if (m.dtype == DType::Q8 || m.dtype == DType::Q4) {
         if (group <= 0 || n_in % group != 0) throw std::invalid_argument("group must divide n_in");

@@ -15,12 +15,9 @@ namespace {
 using IdArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 
 DType parse_dtype(const std::string& s) {
-    if (s == "f32") return DType::F32;
-    if (s == "f16") return DType::F16;
-    if (s == "bf16") return DType::BF16;
-    if (s == "int8") return DType::Q8;
-    if (s == "int4") return DType::Q4;
-    throw FormatError("unknown dtype '" + s + "'");
+    DType d;
+    if (!dtype_from_name(s, &d)) throw FormatError("unknown dtype '" + s + "'");
+    return d;
 }
 
 std::vector<int32_t> to_ids(const IdArray& ids) {

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace pygpt {
 
@@ -53,6 +54,11 @@ struct Kernels {
                           int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
                           float* scratch);
 };
+
+// "f32" | "f16" | "bf16" | "int8" | "int4" -> DType; false for any other name (dtype.cpp).
+bool dtype_from_name(const std::string& name, DType* out);
+// Bytes of one stored row of n_in weights of a Matrix of this dtype (dtype.cpp).
+int64_t matrix_row_bytes(DType d, int64_t n_in);
 
 namespace scalar { const Kernels& kernel_table(); }
 namespace avx2 { const Kernels& kernel_table(); }

@@ -56,18 +56,6 @@ const char* dtype_name(DType d) {
     return "?";
 }
 
-// Bytes of one row of n_in weights stored as d.
-int64_t row_bytes(DType d, int64_t n_in) {
-    switch (d) {
-        case DType::F32: return 4 * n_in;
-        case DType::F16:
-        case DType::BF16: return 2 * n_in;
-        case DType::Q8: return n_in;
-        case DType::Q4: return (n_in + 63) / 64 * 32;  // blocks of 64 inputs in 32 bytes (FORMAT.md)
-    }
-    return 0;
-}
-
 class TensorTable {
 public:
     TensorTable(const MappedFile& file, const std::vector<TensorInfo>& tensors,
@@ -143,7 +131,7 @@ Matrix load_matrix(TensorTable& tt, const std::string& name, const ModelConfig& 
                               " must be 0 (per row) or a multiple of 64 dividing its " + std::to_string(n_in) +
                               " inputs");
         m.group = group;
-        m.data = tt.get(name, dtype_name(cfg.dtype), {n_out, row_bytes(cfg.dtype, n_in)});
+        m.data = tt.get(name, dtype_name(cfg.dtype), {n_out, matrix_row_bytes(cfg.dtype, n_in)});
         m.scales = tt.f32(name + "_scales", {n_out, n_in / group});
     } else {
         m.data = tt.get(name, dtype_name(cfg.dtype), {n_out, n_in});
