@@ -11,6 +11,7 @@
 
 #include "bindings.h"
 #include "kernels.h"
+#include "threads.h"
 
 namespace py = pybind11;
 
@@ -78,7 +79,12 @@ void bind_kernels(py::module_& m) {
             const float* bp = bias.is_none() ? nullptr : b.data();
             {
                 py::gil_scoped_release release;
-                k.linear(mat, bp, x.data(), T, yp, n_threads);
+                // thread shares cut at any row (unit 1), so the tests see odd range boundaries
+                run_team(n_threads, [&](const Team& team) {
+                    int64_t o0, o1;
+                    team.split(n_out, 1, &o0, &o1);
+                    k.linear(mat, bp, x.data(), T, yp, o0, o1);
+                });
             }
             return y;
         },

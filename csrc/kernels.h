@@ -25,12 +25,13 @@ struct Matrix {
 struct Kernels {
     const char* name;  // "scalar", "avx2", "avx512"
 
-    // y[t, o] = x[t, :] . W[o, :] + (bias ? bias[o] : 0)   for t < T, o < n_out.
-    // x: f32 [T, n_in]; y: f32 [T, n_out]. Threads its own work over n_threads (OpenMP).
-    // Contract: each y[t, o] is bitwise the same whatever T and n_threads are, so a
+    // y[t, o] = x[t, :] . W[o, :] + (bias ? bias[o] : 0)   for t < T, o_begin <= o < o_end.
+    // x: f32 [T, n_in]; y: f32 [T, n_out] (only columns [o_begin, o_end) are written).
+    // Runs on the calling thread: the caller splits [0, n_out) among its threads (threads.h).
+    // Contract: each y[t, o] is bitwise the same whatever T and the range are, so a
     // sequence gives the same tokens alone or in a batch, on 1 thread or many.
     void (*linear)(const Matrix& w, const float* bias, const float* x, int64_t T, float* y,
-                   int n_threads);
+                   int64_t o_begin, int64_t o_end);
 
     // out[0 : n_in] = W[row, :] as f32 (the token embedding lookup).
     void (*matrix_row)(const Matrix& w, int64_t row, float* out);

@@ -9,10 +9,10 @@
 #include <cmath>
 #include <cstring>
 #include <map>
-#include <omp.h>
 #include <set>
 
 #include "errors.h"
+#include "threads.h"
 
 namespace pygpt {
 
@@ -191,21 +191,21 @@ int64_t Model::logit_rows(const std::vector<SeqStep>& steps) {
     return rows;
 }
 
-void Model::linear(const Linear& lin, const float* x, int64_t T, float* y) const {
-    kernels_->linear(lin.w, lin.b, x, T, y, n_threads_);
-}
-
 // ----------------------------------------------------------------------------
 // Forward pass
+//
+// One team of threads (threads.h) runs the whole pass; each step splits its work among the
+// threads and ends at a barrier (team.sync) when the next step reads what other threads
+// wrote. A thread's share never changes a value: each output is computed by one thread, the
+// same way whatever the thread count, so logits are bitwise identical for any n_threads.
 
-// Below this many multiply-adds a loop runs on the calling thread alone.
-constexpr int64_t kMinParallelWork = 1 << 16;
+// Output columns are split among threads in units of 16 floats (one cache line).
+constexpr int64_t kColumnUnit = 16;
 
 void Model::forward(const std::vector<SeqStep>& steps, float* logits) {
     std::lock_guard<std::mutex> lock(mutex_);
     const ModelConfig& cfg = config_;
-    const Kernels& k = *kernels_;
-    const int64_t C = cfg.n_embd, NH = cfg.n_head, HS = C / NH, V = cfg.vocab_size;
+    const int64_t C = cfg.n_embd, V = cfg.vocab_size;
 
     // which sequence and position each row is
     int64_t T = 0;
@@ -232,21 +232,38 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits) {
             row_seq_[r] = si;
             row_pos_[r] = steps[si].cache->pos + i;
         }
+    // rows whose logits are asked for
+    last_rows_.clear();
+    for (int64_t si = 0, r = 0; si < (int64_t)steps.size(); si++)
+        for (int64_t i = 0; i < steps[si].n_tokens; i++, r++)
+            if (steps[si].all_logits || i == steps[si].n_tokens - 1) last_rows_.push_back(r);
 
     x_.resize(T * C);       // residual stream
     xn_.resize(T * C);      // normalised input of a sublayer / its output
     qkv_.resize(T * 3 * C);
     att_.resize(T * C);
     fc_.resize(T * 4 * C);
+    last_.resize(last_rows_.size() * C);
     scores_.resize((size_t)n_threads_ * cfg.n_ctx);
+
+    run_team(n_threads_, [&](const Team& team) { forward_team(team, steps, T, logits); });
+    for (const auto& s : steps) s.cache->pos += s.n_tokens;
+}
+
+void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, int64_t T, float* logits) {
+    const ModelConfig& cfg = config_;
+    const Kernels& k = *kernels_;
+    const int64_t C = cfg.n_embd;
     float* x = x_.data();
     float* xn = xn_.data();
     float* qkv = qkv_.data();
     float* att = att_.data();
     float* fc = fc_.data();
+    int64_t r0, r1;  // this thread's rows (tokens)
+    team.split(T, 1, &r0, &r1);
 
     // x = wte[token] + wpe[position]
-    for (int64_t r = 0; r < T; r++) {
+    for (int64_t r = r0; r < r1; r++) {
         const SeqStep& s = steps[row_seq_[r]];
         k.matrix_row(w_.wte, s.tokens[row_pos_[r] - s.cache->pos], x + r * C);
         k.add(x + r * C, w_.wpe + row_pos_[r] * C, C);
@@ -255,62 +272,84 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits) {
     for (int64_t l = 0; l < cfg.n_layer; l++) {
         const Block& b = w_.h[l];
 
-        // x = x + attn(ln_1(x))
-        layernorm_rows(b.ln_1, x, T, xn);
-        linear(b.c_attn, xn, T, qkv);                 // [T, 3C]: q | k | v
-        for (int64_t r = 0; r < T; r++) {             // append k, v to each sequence's cache
-            KVCache* cache = steps[row_seq_[r]].cache;
-            std::memcpy(cache->k_at(l, row_pos_[r]), qkv + r * 3 * C + C, C * sizeof(float));
-            std::memcpy(cache->v_at(l, row_pos_[r]), qkv + r * 3 * C + 2 * C, C * sizeof(float));
-        }
-        attention(steps, l, qkv, T, att);             // [T, C]
-        linear(b.attn_proj, att, T, xn);
-        k.add(x, xn, T * C);
+        // x = x + attn(ln_1(x))          (this thread's rows of x are up to date: same split)
+        layernorm_rows(b.ln_1, x, r0, r1, xn);
+        team.sync();
+        int64_t o0, o1;
+        linear(team, b.c_attn, xn, T, qkv, &o0, &o1);  // [T, 3C]: q | k | v
+        append_kv(steps, l, qkv, T, o0, o1);          // this thread's columns of k, v to the caches
+        team.sync();
+        attention(team, steps, l, qkv, T, att);       // [T, C]
+        team.sync();
+        linear(team, b.attn_proj, att, T, xn, &o0, &o1);
+        team.sync();
+        for (int64_t r = r0; r < r1; r++) k.add(x + r * C, xn + r * C, C);
 
         // x = x + mlp(ln_2(x))
-        layernorm_rows(b.ln_2, x, T, xn);
-        linear(b.c_fc, xn, T, fc);                    // [T, 4C]
-        if (cfg.activation == Activation::GeluTanh) k.gelu_tanh(fc, T * 4 * C);
-        else k.gelu_erf(fc, T * 4 * C);
-        linear(b.mlp_proj, fc, T, xn);
-        k.add(x, xn, T * C);
+        layernorm_rows(b.ln_2, x, r0, r1, xn);
+        team.sync();
+        linear(team, b.c_fc, xn, T, fc, &o0, &o1);    // [T, 4C], then GELU on this thread's columns
+        for (int64_t r = 0; r < T; r++) {
+            if (cfg.activation == Activation::GeluTanh) k.gelu_tanh(fc + r * 4 * C + o0, o1 - o0);
+            else k.gelu_erf(fc + r * 4 * C + o0, o1 - o0);
+        }
+        team.sync();
+        linear(team, b.mlp_proj, fc, T, xn, &o0, &o1);
+        team.sync();
+        for (int64_t r = r0; r < r1; r++) k.add(x + r * C, xn + r * C, C);
     }
-    for (const auto& s : steps) s.cache->pos += s.n_tokens;
 
     // logits = ln_f(x) @ wte^T, only for the rows asked for
-    const int64_t R = logit_rows(steps);
-    last_.resize(R * C);
-    for (int64_t si = 0, r = 0, out = 0; si < (int64_t)steps.size(); si++) {
-        const SeqStep& s = steps[si];
-        for (int64_t i = 0; i < s.n_tokens; i++, r++)
-            if (s.all_logits || i == s.n_tokens - 1) std::memcpy(last_.data() + (out++) * C, x + r * C, C * sizeof(float));
-    }
-    layernorm_rows(w_.ln_f, last_.data(), R, last_.data());
-    kernels_->linear(w_.wte, nullptr, last_.data(), R, logits, n_threads_);
+    const int64_t R = (int64_t)last_rows_.size();
+    int64_t l0, l1;
+    team.split(R, 1, &l0, &l1);
+    team.sync();  // rows of x were finished by their own threads; the logit rows may be others'
+    for (int64_t i = l0; i < l1; i++)
+        k.layernorm(last_.data() + i * C, x + last_rows_[i] * C, w_.ln_f.w, w_.ln_f.b, C, cfg.layer_norm_epsilon);
+    team.sync();
+    int64_t v0, v1;
+    team.split(cfg.vocab_size, kColumnUnit, &v0, &v1);
+    k.linear(w_.wte, nullptr, last_.data(), R, logits, v0, v1);
 }
 
-void Model::layernorm_rows(const LayerNorm& ln, const float* x, int64_t T, float* out) const {
+// This thread's share of the output columns of y = x W^T + b; returns the range it wrote.
+void Model::linear(const Team& team, const Linear& lin, const float* x, int64_t T, float* y, int64_t* o0,
+                   int64_t* o1) const {
+    team.split(lin.w.n_out, kColumnUnit, o0, o1);
+    kernels_->linear(lin.w, lin.b, x, T, y, *o0, *o1);
+}
+
+void Model::layernorm_rows(const LayerNorm& ln, const float* x, int64_t r0, int64_t r1, float* out) const {
     const int64_t C = config_.n_embd;
-#pragma omp parallel for num_threads(n_threads_) schedule(static) if (n_threads_ > 1 && T * C >= kMinParallelWork / 8)
-    for (int64_t r = 0; r < T; r++)
+    for (int64_t r = r0; r < r1; r++)
         kernels_->layernorm(out + r * C, x + r * C, ln.w, ln.b, C, config_.layer_norm_epsilon);
 }
 
+// Columns [o0, o1) of qkv that are keys or values, copied to each row's sequence cache.
+void Model::append_kv(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, int64_t o0,
+                      int64_t o1) {
+    const int64_t C = config_.n_embd;
+    const int64_t k0 = std::max(o0, C), k1 = std::min(o1, 2 * C);      // key columns
+    const int64_t v0 = std::max(o0, 2 * C), v1 = std::min(o1, 3 * C);  // value columns
+    for (int64_t r = 0; r < T; r++) {
+        KVCache* cache = steps[row_seq_[r]].cache;
+        if (k0 < k1) std::memcpy(cache->k_at(l, row_pos_[r]) + (k0 - C), qkv + r * 3 * C + k0, (k1 - k0) * sizeof(float));
+        if (v0 < v1)
+            std::memcpy(cache->v_at(l, row_pos_[r]) + (v0 - 2 * C), qkv + r * 3 * C + v0, (v1 - v0) * sizeof(float));
+    }
+}
+
 // Causal self-attention of every row against its own sequence's cache, head by head.
-// Attention is the only layer that mixes information across positions.
-void Model::attention(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, float* out) {
+// Attention is the only layer that mixes information across positions. (row, head) pairs
+// are dealt to threads in turn, so long and short rows of a prompt spread evenly.
+void Model::attention(const Team& team, const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T,
+                      float* out) {
     const int64_t C = config_.n_embd, NH = config_.n_head, HS = C / NH;
     const float scale = 1.0f / std::sqrt((float)HS);
-    // Waking threads costs microseconds: worth it only when there is enough work (short
-    // decode steps of small models run on the calling thread). Results do not depend on it.
-    int64_t work = 0;  // multiply-adds
-    for (int64_t r = 0; r < T; r++) work += 2 * (row_pos_[r] + 1) * C;
-    const bool parallel = n_threads_ > 1 && work >= kMinParallelWork;
-#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (parallel)
-    for (int64_t rh = 0; rh < T * NH; rh++) {
+    float* scratch = scores_.data() + (size_t)team.id * config_.n_ctx;
+    for (int64_t rh = team.id; rh < T * NH; rh += team.n) {
         const int64_t r = rh / NH, h = rh % NH;
         KVCache* cache = steps[row_seq_[r]].cache;
-        float* scratch = scores_.data() + (size_t)omp_get_thread_num() * config_.n_ctx;
         kernels_->attention_row(out + r * C + h * HS, qkv + r * 3 * C + h * HS, cache->k_at(l, 0) + h * HS,
                                 cache->v_at(l, 0) + h * HS, C, row_pos_[r] + 1, HS, scale, scratch);
     }

@@ -9,6 +9,7 @@
 
 #include "kernels.h"
 #include "mapped_file.h"
+#include "threads.h"
 
 namespace pygpt {
 
@@ -102,9 +103,13 @@ public:
     static int64_t logit_rows(const std::vector<SeqStep>& steps);
 
 private:
-    void linear(const Linear& lin, const float* x, int64_t T, float* y) const;
-    void layernorm_rows(const LayerNorm& ln, const float* x, int64_t T, float* out) const;
-    void attention(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, float* out);
+    void forward_team(const Team& team, const std::vector<SeqStep>& steps, int64_t T, float* logits);
+    void linear(const Team& team, const Linear& lin, const float* x, int64_t T, float* y, int64_t* o0,
+                int64_t* o1) const;
+    void layernorm_rows(const LayerNorm& ln, const float* x, int64_t r0, int64_t r1, float* out) const;
+    void append_kv(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, int64_t o0, int64_t o1);
+    void attention(const Team& team, const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T,
+                   float* out);
 
     ModelConfig config_;
     const Kernels* kernels_;
@@ -118,6 +123,7 @@ private:
     // activations, grown as needed and reused across calls (no allocation per token)
     std::vector<float> x_, xn_, qkv_, att_, fc_, last_, scores_;
     std::vector<int64_t> row_seq_, row_pos_;  // sequence index and position of each row
+    std::vector<int64_t> last_rows_;          // rows whose logits are asked for
 };
 
 }  // namespace pygpt

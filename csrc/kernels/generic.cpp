@@ -112,66 +112,62 @@ float quantize_row(const float* x, int64_t n, int8_t* xq) {
 
 // q8/q4: y[t, o] = sx[t] * sum_g scale[o, g] * (integer dot of group g) + b[o], the
 // integer dot products taken over the int8-quantized activations.
-static void quant_linear(const Matrix& w, const float* bias, const float* x, int64_t T, float* y, int n_threads) {
+static void quant_linear(const Matrix& w, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
+                         int64_t o_end) {
     check_quant(w);
     const int64_t n_in = w.n_in, n_out = w.n_out, n_groups = n_in / w.group;
     int8_t* xq = (int8_t*)std::malloc(T * n_in + 1);
     float* sx = (float*)std::malloc(T * sizeof(float));
-    if (!xq || !sx) {
+    int* wrow = (int*)std::malloc(n_in * sizeof(int));
+    if (!xq || !sx || !wrow) {
         std::free(xq);
         std::free(sx);
+        std::free(wrow);
         throw std::bad_alloc();
     }
     for (int64_t t = 0; t < T; t++) sx[t] = quantize_row(x + t * n_in, n_in, xq + t * n_in);
-#pragma omp parallel num_threads(n_threads)
-    {
-        int* wrow = (int*)std::malloc(n_in * sizeof(int));
-#pragma omp for schedule(static)
-        for (int64_t o = 0; o < n_out; o++) {
-            for (int64_t k = 0; k < n_in; k++) wrow[k] = quant_weight(w, o, k);
-            for (int64_t t = 0; t < T; t++) {
-                float acc = 0.0f;
-                for (int64_t g = 0; g < n_groups; g++) {
-                    int32_t isum = 0;
-                    for (int64_t k = g * w.group; k < (g + 1) * w.group; k++) isum += wrow[k] * xq[t * n_in + k];
-                    acc += w.scales[o * n_groups + g] * (float)isum;
-                }
-                y[t * n_out + o] = acc * sx[t] + (bias ? bias[o] : 0.0f);
+    for (int64_t o = o_begin; o < o_end; o++) {
+        for (int64_t k = 0; k < n_in; k++) wrow[k] = quant_weight(w, o, k);
+        for (int64_t t = 0; t < T; t++) {
+            float acc = 0.0f;
+            for (int64_t g = 0; g < n_groups; g++) {
+                int32_t isum = 0;
+                for (int64_t k = g * w.group; k < (g + 1) * w.group; k++) isum += wrow[k] * xq[t * n_in + k];
+                acc += w.scales[o * n_groups + g] * (float)isum;
             }
+            y[t * n_out + o] = acc * sx[t] + (bias ? bias[o] : 0.0f);
         }
-        std::free(wrow);
     }
+    std::free(wrow);
     std::free(xq);
     std::free(sx);
 }
 
-void linear(const Matrix& w, const float* bias, const float* x, int64_t T, float* y, int n_threads) {
+void linear(const Matrix& w, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
+            int64_t o_end) {
     const int64_t n_in = w.n_in, n_out = w.n_out;
     if (w.dtype == DType::Q8 || w.dtype == DType::Q4) {
-        quant_linear(w, bias, x, T, y, n_threads);
+        quant_linear(w, bias, x, T, y, o_begin, o_end);
         return;
     }
     if (w.dtype != DType::F32 && w.dtype != DType::F16 && w.dtype != DType::BF16)
         throw std::invalid_argument("linear: unsupported weight dtype");
-#pragma omp parallel num_threads(n_threads)
-    {
-        // plain malloc, not std::vector: a template instantiated in this TU would be built with
-        // this ISA's flags and could be picked by the linker for the other ISA paths too.
-        float* row = w.dtype == DType::F32 ? nullptr : (float*)std::malloc(n_in * sizeof(float));
-#pragma omp for schedule(static)
-        for (int64_t o = 0; o < n_out; o++) {
-            const float* w_o;
-            if (w.dtype == DType::F32) {
-                w_o = (const float*)w.data + o * n_in;
-            } else {
-                matrix_row(w, o, row);
-                w_o = row;
-            }
-            const float b = bias ? bias[o] : 0.0f;
-            for (int64_t t = 0; t < T; t++) y[t * n_out + o] = dot(x + t * n_in, w_o, n_in) + b;
+    // plain malloc, not std::vector: a template instantiated in this TU would be built with
+    // this ISA's flags and could be picked by the linker for the other ISA paths too.
+    float* row = nullptr;
+    if (w.dtype != DType::F32 && !(row = (float*)std::malloc(n_in * sizeof(float)))) throw std::bad_alloc();
+    for (int64_t o = o_begin; o < o_end; o++) {
+        const float* w_o;
+        if (w.dtype == DType::F32) {
+            w_o = (const float*)w.data + o * n_in;
+        } else {
+            matrix_row(w, o, row);
+            w_o = row;
         }
-        std::free(row);
+        const float b = bias ? bias[o] : 0.0f;
+        for (int64_t t = 0; t < T; t++) y[t * n_out + o] = dot(x + t * n_in, w_o, n_in) + b;
     }
+    std::free(row);
 }
 
 void layernorm(float* out, const float* x, const float* gamma, const float* beta, int64_t C, float eps) {

@@ -19,7 +19,8 @@ int quant_weight(const Matrix& w, int64_t row, int64_t k);
 // Activation row quantized to int8: xq[k] = round(x[k] * 127 / max|x|) (ties to even);
 // returns the scale max|x| / 127 (0 for an all-zero row).
 float quantize_row(const float* x, int64_t n, int8_t* xq);
-void linear(const Matrix& w, const float* bias, const float* x, int64_t T, float* y, int n_threads);
+void linear(const Matrix& w, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
+            int64_t o_end);
 void layernorm(float* out, const float* x, const float* gamma, const float* beta, int64_t C, float eps);
 void gelu_tanh(float* x, int64_t n);
 void gelu_erf(float* x, int64_t n);

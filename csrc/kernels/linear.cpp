@@ -2,8 +2,8 @@
 // AVX-512 and AVX2 (the scalar path uses generic::linear).
 //
 // One loop nest serves decode (T = 1) and prefill / batched decode (T > 1):
-//   threads   split the output rows into contiguous ranges (each weight byte is read by
-//             one thread);
+//   threads   the caller gives each thread a contiguous range of output rows (each weight
+//             byte is read by one thread); nothing here synchronises;
 //   token blocks of TB tokens keep their activations in L2 while a thread's weights
 //             stream through once per block;
 //   tiles     of R rows x TT tokens: R weight vectors are loaded once per k step and
@@ -23,7 +23,6 @@
 //         below and docs/FORMAT.md.
 #include <cmath>
 #include <cstring>
-#include <omp.h>
 #include <stdexcept>
 
 #include "kernels.h"
@@ -43,23 +42,6 @@ namespace {
 #define PYGPT_PREFETCH 1024
 #endif
 constexpr int64_t PREFETCH_BYTES = PYGPT_PREFETCH;
-
-// Threads worth waking for a product of this many multiply-adds: a parallel region costs
-// microseconds (far more when the machine is oversubscribed and a thread is descheduled), so
-// small products run on fewer threads. Results do not depend on the thread count.
-int threads_for(int64_t macs, int n_threads) {
-    constexpr int64_t MIN_MACS_PER_THREAD = 1 << 18;
-    const int64_t useful = macs / MIN_MACS_PER_THREAD;
-    return useful < 1 ? 1 : (useful < n_threads ? (int)useful : n_threads);
-}
-
-// Rows [begin, end) of n_rows in units of `unit`, for thread `id` of `n`.
-void split_rows(int64_t n_rows, int64_t unit, int id, int n, int64_t* begin, int64_t* end) {
-    const int64_t units = (n_rows + unit - 1) / unit;
-    const int64_t b = units * id / n, e = units * (id + 1) / n;
-    *begin = b * unit < n_rows ? b * unit : n_rows;
-    *end = e * unit < n_rows ? e * unit : n_rows;
-}
 
 // Tokens per block: activations of a block about half of L2.
 int64_t token_block(int64_t x_row_bytes, int64_t tt) {
@@ -301,48 +283,38 @@ static void float_rows_one_token(const uint8_t* w, int64_t w_stride, const typen
 
 template <class W>
 void float_linear(const Matrix& m, const float* bias, const float* x_f32, const typename W::X* x, int64_t x_stride,
-                  int64_t T, float* y, int n_threads, int64_t elem_bytes) {
+                  int64_t T, float* y, int64_t o_begin, int64_t o_end, int64_t elem_bytes) {
     const int64_t n_in = m.n_in, n_out = m.n_out, w_stride = n_in * elem_bytes;
     const int64_t tb = token_block(x_stride * (int64_t)sizeof(typename W::X), TT_F);
-    (void)x_f32;
-    n_threads = threads_for(n_in * n_out * T, n_threads);
-    bool failed = false;  // a thread could not get scratch memory (set under no lock: only ever to true)
-#pragma omp parallel num_threads(n_threads)
-    {
-        if (x != (const void*)x_f32) {  // activations copied to the caller's scratch
-#pragma omp for schedule(static)
-            for (int64_t t = 0; t < T; t++) {
+    if (x != (const void*)x_f32) {  // activations copied to this thread's scratch
+        for (int64_t t = 0; t < T; t++) {
 #if defined(__AVX512F__)
-                if (sizeof(typename W::X) == 2) {  // bf16
-                    to_bf16(x_f32 + t * n_in, n_in, (uint16_t*)x + t * x_stride);
-                    continue;
-                }
-#endif
-                std::memcpy((void*)(x + t * x_stride), x_f32 + t * n_in, n_in * sizeof(float));
-            }
-        }
-        int64_t o_begin, o_end;
-        split_rows(n_out, R_F, omp_get_thread_num(), omp_get_num_threads(), &o_begin, &o_end);
-        // partial accumulators of a row panel over one token block (chunked rows only)
-        VecF* part = (VecF*)thread_scratch(1, (size_t)(tb + TT_F) * R_F * sizeof(VecF));
-        for (int64_t t0 = 0; part && t0 < T; t0 += tb) {
-            const int64_t nt = T - t0 < tb ? T - t0 : tb;
-            int64_t o = o_begin;
-            const uint8_t* w = (const uint8_t*)m.data;
-            if (nt == 1) {
-                float_rows_one_token<W>(w, w_stride, x + t0 * x_stride, n_in, bias, y + t0 * n_out, o_begin, o_end);
+            if (sizeof(typename W::X) == 2) {  // bf16
+                to_bf16(x_f32 + t * n_in, n_in, (uint16_t*)x + t * x_stride);
                 continue;
             }
-            for (; o + R_F <= o_end; o += R_F)
-                float_row_panel<W, R_F>(w + o * w_stride, w_stride, x + t0 * x_stride, x_stride, nt, n_in,
-                                        bias ? bias + o : nullptr, y + t0 * n_out + o, n_out, part);
-            for (; o < o_end; o++)
-                float_row_panel<W, 1>(w + o * w_stride, w_stride, x + t0 * x_stride, x_stride, nt, n_in,
-                                      bias ? bias + o : nullptr, y + t0 * n_out + o, n_out, part);
+#endif
+            std::memcpy((void*)(x + t * x_stride), x_f32 + t * n_in, n_in * sizeof(float));
         }
-        if (!part) failed = true;
     }
-    if (failed) throw std::bad_alloc();
+    // partial accumulators of a row panel over one token block (chunked rows only)
+    VecF* part = nullptr;
+    if (T > 1 && !(part = (VecF*)thread_scratch(1, (size_t)(tb + TT_F) * R_F * sizeof(VecF)))) throw std::bad_alloc();
+    const uint8_t* w = (const uint8_t*)m.data;
+    for (int64_t t0 = 0; t0 < T; t0 += tb) {
+        const int64_t nt = T - t0 < tb ? T - t0 : tb;
+        if (nt == 1) {
+            float_rows_one_token<W>(w, w_stride, x + t0 * x_stride, n_in, bias, y + t0 * n_out, o_begin, o_end);
+            continue;
+        }
+        int64_t o = o_begin;
+        for (; o + R_F <= o_end; o += R_F)
+            float_row_panel<W, R_F>(w + o * w_stride, w_stride, x + t0 * x_stride, x_stride, nt, n_in,
+                                    bias ? bias + o : nullptr, y + t0 * n_out + o, n_out, part);
+        for (; o < o_end; o++)
+            float_row_panel<W, 1>(w + o * w_stride, w_stride, x + t0 * x_stride, x_stride, nt, n_in,
+                                  bias ? bias + o : nullptr, y + t0 * n_out + o, n_out, part);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -626,13 +598,14 @@ static void quant_rows_one_token(const uint8_t* w, int64_t w_stride, const float
 }
 
 template <bool Q4>
-void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int n_threads) {
+void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
+                  int64_t o_end) {
     const int64_t n_in = m.n_in, n_out = m.n_out, group = m.group;
     const int64_t n_groups = n_in / group;
     const int64_t bpg = (group + 63) / 64;  // blocks of 64 inputs per group
     const int64_t n_pad = round_up(n_in, 64);
     const int64_t w_stride = Q4 ? n_pad / 2 : n_in;
-    // scratch: xq [T, n_pad] int8 | negcorr [T, n_groups, 16] int32 | sx [T]
+    // this thread's scratch: xq [T, n_pad] int8 | negcorr [T, n_groups, 16] int32 | sx [T]
     const int64_t xq_bytes = round_up(T * n_pad, 64), nc_bytes = T * n_groups * 64;
     uint8_t* scratch = (uint8_t*)thread_scratch(0, xq_bytes + nc_bytes + T * sizeof(float));
     if (!scratch) throw std::bad_alloc();
@@ -641,33 +614,28 @@ void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
     float* sx = (float*)(scratch + xq_bytes + nc_bytes);
     const int64_t tb = token_block(n_pad + n_groups * 64, TT_Q);
     const uint8_t* w = (const uint8_t*)m.data;
-    n_threads = threads_for(n_in * n_out * T, n_threads);
-#pragma omp parallel num_threads(n_threads)
-    {
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < T; t++)
-            sx[t] = quantize_row(x + t * n_in, n_in, n_pad, bpg, n_groups, Q4 ? 8 : 128, xq + t * n_pad,
-                                 negcorr + t * n_groups * 16);
-        int64_t o_begin, o_end;
-        split_rows(n_out, R_Q, omp_get_thread_num(), omp_get_num_threads(), &o_begin, &o_end);
-        for (int64_t t0 = 0; t0 < T; t0 += tb) {
-            const int64_t nt = T - t0 < tb ? T - t0 : tb;
-            const int8_t* xq0 = xq + t0 * n_pad;
-            const int32_t* nc0 = negcorr + t0 * n_groups * 16;
-            if (nt == 1)
-                quant_rows_one_token<Q4>(w, w_stride, m.scales, n_groups, bpg, n_in, xq0, nc0, sx[t0], bias,
-                                         y + t0 * n_out, o_begin, o_end);
-            else
-                quant_rows<Q4>(w, w_stride, m.scales, n_groups, bpg, n_in, xq0, n_pad, nc0, sx + t0, nt, bias,
-                               y + t0 * n_out, n_out, o_begin, o_end);
-        }
+    // every thread quantizes all T rows itself: a few microseconds, and no barrier
+    for (int64_t t = 0; t < T; t++)
+        sx[t] = quantize_row(x + t * n_in, n_in, n_pad, bpg, n_groups, Q4 ? 8 : 128, xq + t * n_pad,
+                             negcorr + t * n_groups * 16);
+    for (int64_t t0 = 0; t0 < T; t0 += tb) {
+        const int64_t nt = T - t0 < tb ? T - t0 : tb;
+        const int8_t* xq0 = xq + t0 * n_pad;
+        const int32_t* nc0 = negcorr + t0 * n_groups * 16;
+        if (nt == 1)
+            quant_rows_one_token<Q4>(w, w_stride, m.scales, n_groups, bpg, n_in, xq0, nc0, sx[t0], bias,
+                                     y + t0 * n_out, o_begin, o_end);
+        else
+            quant_rows<Q4>(w, w_stride, m.scales, n_groups, bpg, n_in, xq0, n_pad, nc0, sx + t0, nt, bias,
+                           y + t0 * n_out, n_out, o_begin, o_end);
     }
 }
 
 }  // namespace
 
-void linear(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int n_threads) {
-    if (T <= 0) return;
+void linear(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
+            int64_t o_end) {
+    if (T <= 0 || o_begin >= o_end) return;
     switch (m.dtype) {
         case DType::F32:
         case DType::F16: {
@@ -676,8 +644,8 @@ void linear(const Matrix& m, const float* bias, const float* x, int64_t T, float
             const int64_t stride = pad ? m.n_in + 16 : m.n_in;
             const float* xs = x;
             if (pad && !(xs = (const float*)thread_scratch(0, T * stride * sizeof(float)))) throw std::bad_alloc();
-            if (m.dtype == DType::F32) float_linear<WF32>(m, bias, x, xs, stride, T, y, n_threads, 4);
-            else float_linear<WF16>(m, bias, x, xs, stride, T, y, n_threads, 2);
+            if (m.dtype == DType::F32) float_linear<WF32>(m, bias, x, xs, stride, T, y, o_begin, o_end, 4);
+            else float_linear<WF16>(m, bias, x, xs, stride, T, y, o_begin, o_end, 2);
             return;
         }
         case DType::BF16: {
@@ -686,17 +654,17 @@ void linear(const Matrix& m, const float* bias, const float* x, int64_t T, float
             if ((stride * 2) % 4096 == 0) stride += 32;  // see F32
             uint16_t* xb = (uint16_t*)thread_scratch(0, T * stride * sizeof(uint16_t));
             if (!xb) throw std::bad_alloc();
-            float_linear<WBF16>(m, bias, x, xb, stride, T, y, n_threads, 2);
+            float_linear<WBF16>(m, bias, x, xb, stride, T, y, o_begin, o_end, 2);
 #else
-            float_linear<WBF16>(m, bias, x, x, m.n_in, T, y, n_threads, 2);
+            float_linear<WBF16>(m, bias, x, x, m.n_in, T, y, o_begin, o_end, 2);
 #endif
             return;
         }
         case DType::Q8:
         case DType::Q4:
             generic::check_quant(m);
-            if (m.dtype == DType::Q8) quant_linear<false>(m, bias, x, T, y, n_threads);
-            else quant_linear<true>(m, bias, x, T, y, n_threads);
+            if (m.dtype == DType::Q8) quant_linear<false>(m, bias, x, T, y, o_begin, o_end);
+            else quant_linear<true>(m, bias, x, T, y, o_begin, o_end);
             return;
     }
     throw std::invalid_argument("linear: unsupported weight dtype");
