@@ -20,15 +20,15 @@ namespace pygpt {
 // KV cache
 
 KVCache::KVCache(int64_t n_layer_, int64_t n_ctx_, int64_t C_)
-    : n_layer(n_layer_), n_ctx(n_ctx_), C(C_), k(n_layer_ * n_ctx_ * C_), v(n_layer_ * n_ctx_ * C_) {}
+    : n_layer(n_layer_), n_ctx(n_ctx_), C(C_), k(new float[n_layer_ * n_ctx_ * C_]), v(new float[n_layer_ * n_ctx_ * C_]) {}
 
 void KVCache::copy_from(const KVCache& o) {
     if (o.n_layer != n_layer || o.n_ctx != n_ctx || o.C != C)
         throw std::invalid_argument("KV caches of different models");
     for (int64_t l = 0; l < n_layer; l++) {
         const size_t off = l * n_ctx * C, n = o.pos * C;
-        std::copy(o.k.begin() + off, o.k.begin() + off + n, k.begin() + off);
-        std::copy(o.v.begin() + off, o.v.begin() + off + n, v.begin() + off);
+        std::memcpy(k.get() + off, o.k.get() + off, n * sizeof(float));
+        std::memcpy(v.get() + off, o.v.get() + off, n * sizeof(float));
     }
     pos = o.pos;
 }

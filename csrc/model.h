@@ -63,11 +63,14 @@ struct Weights {
 struct KVCache {
     int64_t n_layer = 0, n_ctx = 0, C = 0;
     int64_t pos = 0;              // number of positions filled
-    std::vector<float> k, v;      // [n_layer, n_ctx, C]
+    // [n_layer, n_ctx, C], left uninitialised: a position is written before it is read, and
+    // the pages of positions never reached are never touched (75 MB per sequence for gpt2
+    // at n_ctx 1024; zero-filling them cost milliseconds per call)
+    std::unique_ptr<float[]> k, v;
 
     KVCache(int64_t n_layer, int64_t n_ctx, int64_t C);
-    float* k_at(int64_t l, int64_t t) { return k.data() + (l * n_ctx + t) * C; }
-    float* v_at(int64_t l, int64_t t) { return v.data() + (l * n_ctx + t) * C; }
+    float* k_at(int64_t l, int64_t t) { return k.get() + (l * n_ctx + t) * C; }
+    float* v_at(int64_t l, int64_t t) { return v.get() + (l * n_ctx + t) * C; }
     void copy_from(const KVCache& other);  // fork: same prefix, own storage
 };
 
