@@ -3,7 +3,14 @@
 #include <exception>
 #include <mutex>
 #include <omp.h>
+#include <chrono>
+#include <climits>
 #include <thread>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <immintrin.h>
 #endif
@@ -20,26 +27,61 @@ inline void cpu_relax() {
 #endif
 }
 
-// Spin this many rounds before yielding the core: steps of a forward pass are tens of
-// microseconds apart, so a waiting thread usually spins; if the thread it waits for has
-// been descheduled (a shared machine), yielding lets it run.
-constexpr int kSpinRounds = 4000;
+// A waiting thread spins this long, then sleeps. Steps of a forward pass are tens to
+// hundreds of microseconds long and threads finish them within microseconds of each
+// other, so a wait usually ends while spinning; when a thread of the team has been
+// descheduled (a busy machine), the others stop burning the cores it needs.
+constexpr auto kSpinTime = std::chrono::microseconds(30);
+
+// Sleep until *word != expected (or a spurious wake-up).
+void sleep_while_equal(std::atomic<uint32_t>* word, uint32_t expected) {
+#if defined(__linux__)
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+#else
+    (void)word;
+    (void)expected;
+    std::this_thread::yield();
+#endif
+}
+
+void wake_all(std::atomic<uint32_t>* word) {
+#if defined(__linux__)
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr, nullptr, 0);
+#else
+    (void)word;
+#endif
+}
 
 }  // namespace
 
 void Barrier::wait() {
-    const uint32_t phase = phase_.load(std::memory_order_acquire);
-    if (aborted_.load(std::memory_order_acquire)) throw TeamAborted();
-    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_.load(std::memory_order_relaxed)) {
+    const uint32_t phase = phase_.load();
+    if (aborted_.load()) throw TeamAborted();
+    if (arrived_.fetch_add(1) + 1 == n_.load(std::memory_order_relaxed)) {
         arrived_.store(0, std::memory_order_relaxed);
-        phase_.store(phase + 1, std::memory_order_release);
+        phase_.store(phase + 1);
+        if (sleepers_.load() > 0) wake_all(&phase_);
         return;
     }
-    for (int round = 0; phase_.load(std::memory_order_acquire) == phase; round++) {
-        if (aborted_.load(std::memory_order_acquire)) throw TeamAborted();
-        if (round < kSpinRounds) cpu_relax();
-        else std::this_thread::yield();
+    const auto deadline = std::chrono::steady_clock::now() + kSpinTime;
+    for (int round = 1; phase_.load(std::memory_order_acquire) == phase; round++) {
+        if (round % 64 != 0) {
+            cpu_relax();
+        } else if (std::chrono::steady_clock::now() > deadline) {
+            sleepers_.fetch_add(1);
+            // seq_cst: either the waker's store of phase_ is seen here, or our count is seen
+            // by the waker (which then wakes us)
+            if (phase_.load() == phase) sleep_while_equal(&phase_, phase);
+            sleepers_.fetch_sub(1);
+        }
     }
+    if (aborted_.load()) throw TeamAborted();
+}
+
+void Barrier::abort() {
+    aborted_.store(true);
+    phase_.fetch_add(1);  // release every waiter; each sees aborted_ and throws
+    wake_all(&phase_);
 }
 
 void run_team(int n_threads, const std::function<void(const Team&)>& body) {

@@ -5,7 +5,7 @@
 // waking sleeping OpenMP workers costs tens of microseconds each time on a shared machine
 // (pygpt sets OMP_WAIT_POLICY=passive so that idle workers sleep: an app embedding pygpt
 // must see 0% CPU between calls). Here workers are woken once per call; between steps they
-// spin briefly (then yield), and when the call returns they sleep again.
+// spin briefly (then sleep on a futex), and when the call returns they sleep again.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -21,12 +21,13 @@ public:
     void set_size(int n) { n_.store(n, std::memory_order_relaxed); }
     // Returns when all n threads have called wait(); throws TeamAborted after abort().
     void wait();
-    void abort() { aborted_.store(true, std::memory_order_release); }
+    void abort();
 
 private:
     std::atomic<int> n_{1};
     std::atomic<int> arrived_{0};
     std::atomic<uint32_t> phase_{0};
+    std::atomic<int> sleepers_{0};
     std::atomic<bool> aborted_{false};
 };
 
