@@ -51,7 +51,7 @@ void bind_model(py::module_& m) {
         .def_readonly("pos", &KVCache::pos, "Positions filled so far.")
         .def_readonly("n_ctx", &KVCache::n_ctx)
         .def("fork", [](const KVCache& c) {
-            auto copy = std::make_shared<KVCache>(c.n_layer, c.n_ctx, c.C);
+            auto copy = std::make_shared<KVCache>(c.n_layer, c.n_head, c.n_ctx, c.head_dim);
             copy->copy_from(c);
             return copy;
         }, "A new cache holding the same prefix.");

@@ -19,17 +19,18 @@ namespace pygpt {
 // ----------------------------------------------------------------------------
 // KV cache
 
-KVCache::KVCache(int64_t n_layer_, int64_t n_ctx_, int64_t C_)
-    : n_layer(n_layer_), n_ctx(n_ctx_), C(C_), k(new float[n_layer_ * n_ctx_ * C_]), v(new float[n_layer_ * n_ctx_ * C_]) {}
+KVCache::KVCache(int64_t n_layer_, int64_t n_head_, int64_t n_ctx_, int64_t head_dim_)
+    : n_layer(n_layer_), n_head(n_head_), n_ctx(n_ctx_), head_dim(head_dim_),
+      k(new float[n_layer_ * n_head_ * n_ctx_ * head_dim_]), v(new float[n_layer_ * n_head_ * n_ctx_ * head_dim_]) {}
 
 void KVCache::copy_from(const KVCache& o) {
-    if (o.n_layer != n_layer || o.n_ctx != n_ctx || o.C != C)
+    if (o.n_layer != n_layer || o.n_head != n_head || o.n_ctx != n_ctx || o.head_dim != head_dim)
         throw std::invalid_argument("KV caches of different models");
-    for (int64_t l = 0; l < n_layer; l++) {
-        const size_t off = l * n_ctx * C, n = o.pos * C;
-        std::memcpy(k.get() + off, o.k.get() + off, n * sizeof(float));
-        std::memcpy(v.get() + off, o.v.get() + off, n * sizeof(float));
-    }
+    for (int64_t l = 0; l < n_layer; l++)
+        for (int64_t h = 0; h < n_head; h++) {
+            std::memcpy(k_at(l, h, 0), o.k_at(l, h, 0), o.pos * head_dim * sizeof(float));
+            std::memcpy(v_at(l, h, 0), o.v_at(l, h, 0), o.pos * head_dim * sizeof(float));
+        }
     pos = o.pos;
 }
 
@@ -182,7 +183,7 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
 }
 
 std::unique_ptr<KVCache> Model::new_cache() const {
-    return std::make_unique<KVCache>(config_.n_layer, config_.n_ctx, config_.n_embd);
+    return std::make_unique<KVCache>(config_.n_layer, config_.n_head, config_.n_ctx, config_.n_embd / config_.n_head);
 }
 
 int64_t Model::logit_rows(const std::vector<SeqStep>& steps) {
@@ -212,7 +213,8 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits) {
     std::set<const KVCache*> caches;
     for (const auto& s : steps) {
         if (!s.cache || s.n_tokens < 1) throw std::invalid_argument("forward: each sequence needs at least one token");
-        if (s.cache->n_ctx != cfg.n_ctx || s.cache->C != C || s.cache->n_layer != cfg.n_layer)
+        if (s.cache->n_ctx != cfg.n_ctx || s.cache->n_head != cfg.n_head || s.cache->head_dim != C / cfg.n_head ||
+            s.cache->n_layer != cfg.n_layer)
             throw std::invalid_argument("forward: KV cache belongs to another model");
         if (!caches.insert(s.cache).second) throw std::invalid_argument("forward: a KV cache appears twice");
         if (s.cache->pos + s.n_tokens > cfg.n_ctx)
@@ -328,14 +330,19 @@ void Model::layernorm_rows(const LayerNorm& ln, const float* x, int64_t r0, int6
 // Columns [o0, o1) of qkv that are keys or values, copied to each row's sequence cache.
 void Model::append_kv(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, int64_t o0,
                       int64_t o1) {
-    const int64_t C = config_.n_embd;
-    const int64_t k0 = std::max(o0, C), k1 = std::min(o1, 2 * C);      // key columns
-    const int64_t v0 = std::max(o0, 2 * C), v1 = std::min(o1, 3 * C);  // value columns
-    for (int64_t r = 0; r < T; r++) {
-        KVCache* cache = steps[row_seq_[r]].cache;
-        if (k0 < k1) std::memcpy(cache->k_at(l, row_pos_[r]) + (k0 - C), qkv + r * 3 * C + k0, (k1 - k0) * sizeof(float));
-        if (v0 < v1)
-            std::memcpy(cache->v_at(l, row_pos_[r]) + (v0 - 2 * C), qkv + r * 3 * C + v0, (v1 - v0) * sizeof(float));
+    const int64_t C = config_.n_embd, HS = C / config_.n_head;
+    for (int64_t part = 1; part <= 2; part++) {  // 1: keys, 2: values
+        const int64_t c0 = std::max(o0, part * C) - part * C, c1 = std::min(o1, (part + 1) * C) - part * C;
+        for (int64_t r = 0; r < T && c0 < c1; r++) {
+            KVCache* cache = steps[row_seq_[r]].cache;
+            const float* src = qkv + r * 3 * C + part * C;
+            for (int64_t c = c0; c < c1;) {  // the pieces of [c0, c1) within one head
+                const int64_t h = c / HS, d = c % HS, n = std::min(c1 - c, HS - d);
+                float* dst = part == 1 ? cache->k_at(l, h, row_pos_[r]) : cache->v_at(l, h, row_pos_[r]);
+                std::memcpy(dst + d, src + c, n * sizeof(float));
+                c += n;
+            }
+        }
     }
 }
 
@@ -350,8 +357,8 @@ void Model::attention(const Team& team, const std::vector<SeqStep>& steps, int64
     for (int64_t rh = team.id; rh < T * NH; rh += team.n) {
         const int64_t r = rh / NH, h = rh % NH;
         KVCache* cache = steps[row_seq_[r]].cache;
-        kernels_->attention_row(out + r * C + h * HS, qkv + r * 3 * C + h * HS, cache->k_at(l, 0) + h * HS,
-                                cache->v_at(l, 0) + h * HS, C, row_pos_[r] + 1, HS, scale, scratch);
+        kernels_->attention_row(out + r * C + h * HS, qkv + r * 3 * C + h * HS, cache->k_at(l, h, 0),
+                                cache->v_at(l, h, 0), HS, row_pos_[r] + 1, HS, scale, scratch);
     }
 }
 

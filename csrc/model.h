@@ -59,18 +59,21 @@ struct Weights {
     LayerNorm ln_f;
 };
 
-// Keys and values of one sequence, preallocated for n_ctx positions.
+// Keys and values of one sequence, preallocated for n_ctx positions. Each head's keys (and
+// values) are contiguous over positions, so attention streams them.
 struct KVCache {
-    int64_t n_layer = 0, n_ctx = 0, C = 0;
+    int64_t n_layer = 0, n_head = 0, n_ctx = 0, head_dim = 0;
     int64_t pos = 0;              // number of positions filled
-    // [n_layer, n_ctx, C], left uninitialised: a position is written before it is read, and
-    // the pages of positions never reached are never touched (75 MB per sequence for gpt2
-    // at n_ctx 1024; zero-filling them cost milliseconds per call)
+    // [n_layer, n_head, n_ctx, head_dim], left uninitialised: a position is written before it
+    // is read, and the pages of positions never reached are never touched (75 MB per
+    // sequence for gpt2 at n_ctx 1024; zero-filling them cost milliseconds per call)
     std::unique_ptr<float[]> k, v;
 
-    KVCache(int64_t n_layer, int64_t n_ctx, int64_t C);
-    float* k_at(int64_t l, int64_t t) { return k.get() + (l * n_ctx + t) * C; }
-    float* v_at(int64_t l, int64_t t) { return v.get() + (l * n_ctx + t) * C; }
+    KVCache(int64_t n_layer, int64_t n_head, int64_t n_ctx, int64_t head_dim);
+    float* k_at(int64_t l, int64_t h, int64_t t) { return k.get() + ((l * n_head + h) * n_ctx + t) * head_dim; }
+    float* v_at(int64_t l, int64_t h, int64_t t) { return v.get() + ((l * n_head + h) * n_ctx + t) * head_dim; }
+    const float* k_at(int64_t l, int64_t h, int64_t t) const { return const_cast<KVCache*>(this)->k_at(l, h, t); }
+    const float* v_at(int64_t l, int64_t h, int64_t t) const { return const_cast<KVCache*>(this)->v_at(l, h, t); }
     void copy_from(const KVCache& other);  // fork: same prefix, own storage
 };
 
