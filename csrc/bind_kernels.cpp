@@ -4,10 +4,12 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "bindings.h"
 #include "kernels.h"
@@ -115,6 +117,28 @@ void bind_kernels(py::module_& m) {
         select_kernels(isa.c_str()).layernorm(out.mutable_data(), x.data(), gamma.data(),
                                               beta.is_none() ? nullptr : b.data(), C, eps);
         return out;
+    });
+
+    // The team of threads (threads.h): each of `rounds` rounds, every thread counts itself in,
+    // waits at the barrier, then checks that the whole team counted in before anyone passed.
+    // Thread `fail_thread` throws at round `fail_round` (-1: never). Returns the team size.
+    m.def("_team_selftest", [](int n_threads, int rounds, int fail_thread, int fail_round) {
+        if (n_threads < 1 || rounds < 0) throw std::invalid_argument("bad arguments");
+        std::vector<std::atomic<int>> counts(rounds);
+        for (auto& c : counts) c.store(0);
+        std::atomic<int> team_size{0};
+        py::gil_scoped_release release;
+        run_team(n_threads, [&](const Team& team) {
+            team_size.store(team.n);
+            for (int r = 0; r < rounds; r++) {
+                if (team.id == fail_thread && r == fail_round)
+                    throw std::runtime_error("thread " + std::to_string(team.id) + " failed at round " + std::to_string(r));
+                counts[r].fetch_add(1);
+                team.sync();
+                if (counts[r].load() != team.n) throw std::logic_error("a thread passed the barrier early");
+            }
+        });
+        return team_size.load();
     });
 
     m.def("_kernel_gelu", [](const std::string& isa, const std::string& kind, const F32& x) {
