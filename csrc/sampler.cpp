@@ -274,9 +274,15 @@ void Sampler::keep_typical(float* s) {
 }
 
 int32_t Sampler::argmax(const float* s) const {
+    // the first largest score; NaN and -inf (filtered out) never compare greater, so are never
+    // chosen. One predictable branch per token: greedy decoding runs this once per step.
     int64_t best = -1;
+    float best_score = kNegInf;
     for (int64_t i = 0; i < V_; i++)
-        if (s[i] != kNegInf && !std::isnan(s[i]) && (best < 0 || s[i] > s[best])) best = i;
+        if (s[i] > best_score) {
+            best_score = s[i];
+            best = i;
+        }
     if (best < 0) throw std::invalid_argument("every token was filtered out: nothing left to generate");
     return int32_t(best);
 }
