@@ -339,3 +339,14 @@ def test_everything_filtered_is_a_value_error(temperature):
     p = sampling_params(3, temperature=temperature, logit_bias={0: -math.inf, 1: -math.inf, 2: -math.inf})
     with pytest.raises(ValueError, match="filtered out"):
         _core.sample_tokens(np.zeros(3, np.float32), [], 0, p, 0, 0, 1)
+
+
+@pytest.mark.parametrize("logits,expected", [
+    ([1.0, 3.0, 3.0, 2.0], 1),                      # ties: the first largest
+    ([-math.inf, -5.0, -math.inf], 1),              # filtered tokens are never chosen
+    ([0.0, math.inf, math.inf, 1.0], 1),            # +inf is a score like any other
+    ([-3.0] * 37 + [-2.5] + [-3.0] * 10, 37),
+])
+def test_greedy_picks_the_first_largest_score(logits, expected):
+    p = sampling_params(len(logits), temperature=0.0)
+    assert list(_core.sample_tokens(np.array(logits, np.float32), [], 0, p, 0, 0, 2)) == [expected, expected]
