@@ -195,10 +195,13 @@ int64_t Model::logit_rows(const std::vector<SeqStep>& steps) {
 // ----------------------------------------------------------------------------
 // Forward pass
 //
-// One team of threads (threads.h) runs the whole pass; each step splits its work among the
-// threads and ends at a barrier (team.sync) when the next step reads what other threads
-// wrote. A thread's share never changes a value: each output is computed by one thread, the
-// same way whatever the thread count, so logits are bitwise identical for any n_threads.
+// One team of threads (threads.h) runs the whole pass. The matrix products, attention and
+// the LM head split their work among the threads and end at a barrier (team.sync) before a
+// step reads what other threads wrote. The cheap row-wise steps (embedding, residual adds,
+// layer norms) are done by every thread for every row, into its own copy of the residual
+// stream: recomputing them costs less than the two barriers per layer they would need.
+// A thread's share never changes a value: each output is computed the same way whatever
+// the thread count, so logits are bitwise identical for any n_threads.
 
 // Output columns are split among threads in units of 16 floats (one cache line).
 constexpr int64_t kColumnUnit = 16;
@@ -240,12 +243,13 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits) {
         for (int64_t i = 0; i < steps[si].n_tokens; i++, r++)
             if (steps[si].all_logits || i == steps[si].n_tokens - 1) last_rows_.push_back(r);
 
-    x_.resize(T * C);       // residual stream
-    xn_.resize(T * C);      // normalised input of a sublayer / its output
+    x_.resize(n_threads_ * T * C);   // residual stream: one copy per thread
+    xn_.resize(n_threads_ * T * C);  // layer-norm output: one copy per thread
     qkv_.resize(T * 3 * C);
     att_.resize(T * C);
+    proj_.resize(T * C);             // output of a sublayer's projection
     fc_.resize(T * 4 * C);
-    last_.resize(last_rows_.size() * C);
+    last_.resize(n_threads_ * last_rows_.size() * C);
     scores_.resize((size_t)n_threads_ * cfg.n_ctx);
 
     run_team(n_threads_, [&](const Team& team) { forward_team(team, steps, T, logits); });
@@ -255,17 +259,18 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits) {
 void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, int64_t T, float* logits) {
     const ModelConfig& cfg = config_;
     const Kernels& k = *kernels_;
-    const int64_t C = cfg.n_embd;
-    float* x = x_.data();
-    float* xn = xn_.data();
-    float* qkv = qkv_.data();
+    const int64_t C = cfg.n_embd, R = (int64_t)last_rows_.size();
+    float* x = x_.data() + team.id * T * C;     // this thread's copies
+    float* xn = xn_.data() + team.id * T * C;
+    float* last = last_.data() + team.id * R * C;
+    float* qkv = qkv_.data();                   // shared: each thread writes its columns
     float* att = att_.data();
+    float* proj = proj_.data();
     float* fc = fc_.data();
-    int64_t r0, r1;  // this thread's rows (tokens)
-    team.split(T, 1, &r0, &r1);
+    int64_t o0, o1;                             // the columns this thread computed
 
     // x = wte[token] + wpe[position]
-    for (int64_t r = r0; r < r1; r++) {
+    for (int64_t r = 0; r < T; r++) {
         const SeqStep& s = steps[row_seq_[r]];
         k.matrix_row(w_.wte, s.tokens[row_pos_[r] - s.cache->pos], x + r * C);
         k.add(x + r * C, w_.wpe + row_pos_[r] * C, C);
@@ -274,44 +279,35 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
     for (int64_t l = 0; l < cfg.n_layer; l++) {
         const Block& b = w_.h[l];
 
-        // x = x + attn(ln_1(x))          (this thread's rows of x are up to date: same split)
-        layernorm_rows(b.ln_1, x, r0, r1, xn);
-        team.sync();
-        int64_t o0, o1;
+        // x = x + attn(ln_1(x))
+        layernorm_rows(b.ln_1, x, T, xn);
         linear(team, b.c_attn, xn, T, qkv, &o0, &o1);  // [T, 3C]: q | k | v
         append_kv(steps, l, qkv, T, o0, o1);          // this thread's columns of k, v to the caches
         team.sync();
         attention(team, steps, l, qkv, T, att);       // [T, C]
         team.sync();
-        linear(team, b.attn_proj, att, T, xn, &o0, &o1);
+        linear(team, b.attn_proj, att, T, proj, &o0, &o1);
         team.sync();
-        for (int64_t r = r0; r < r1; r++) k.add(x + r * C, xn + r * C, C);
+        k.add(x, proj, T * C);
 
         // x = x + mlp(ln_2(x))
-        layernorm_rows(b.ln_2, x, r0, r1, xn);
-        team.sync();
+        layernorm_rows(b.ln_2, x, T, xn);
         linear(team, b.c_fc, xn, T, fc, &o0, &o1);    // [T, 4C], then GELU on this thread's columns
         for (int64_t r = 0; r < T; r++) {
             if (cfg.activation == Activation::GeluTanh) k.gelu_tanh(fc + r * 4 * C + o0, o1 - o0);
             else k.gelu_erf(fc + r * 4 * C + o0, o1 - o0);
         }
         team.sync();
-        linear(team, b.mlp_proj, fc, T, xn, &o0, &o1);
+        linear(team, b.mlp_proj, fc, T, proj, &o0, &o1);
         team.sync();
-        for (int64_t r = r0; r < r1; r++) k.add(x + r * C, xn + r * C, C);
+        k.add(x, proj, T * C);
     }
 
     // logits = ln_f(x) @ wte^T, only for the rows asked for
-    const int64_t R = (int64_t)last_rows_.size();
-    int64_t l0, l1;
-    team.split(R, 1, &l0, &l1);
-    team.sync();  // rows of x were finished by their own threads; the logit rows may be others'
-    for (int64_t i = l0; i < l1; i++)
-        k.layernorm(last_.data() + i * C, x + last_rows_[i] * C, w_.ln_f.w, w_.ln_f.b, C, cfg.layer_norm_epsilon);
-    team.sync();
-    int64_t v0, v1;
-    team.split(cfg.vocab_size, kColumnUnit, &v0, &v1);
-    k.linear(w_.wte, nullptr, last_.data(), R, logits, v0, v1);
+    for (int64_t i = 0; i < R; i++)
+        k.layernorm(last + i * C, x + last_rows_[i] * C, w_.ln_f.w, w_.ln_f.b, C, cfg.layer_norm_epsilon);
+    team.split(cfg.vocab_size, kColumnUnit, &o0, &o1);
+    k.linear(w_.wte, nullptr, last, R, logits, o0, o1);
 }
 
 // This thread's share of the output columns of y = x W^T + b; returns the range it wrote.
@@ -321,9 +317,9 @@ void Model::linear(const Team& team, const Linear& lin, const float* x, int64_t 
     kernels_->linear(lin.w, lin.b, x, T, y, *o0, *o1);
 }
 
-void Model::layernorm_rows(const LayerNorm& ln, const float* x, int64_t r0, int64_t r1, float* out) const {
+void Model::layernorm_rows(const LayerNorm& ln, const float* x, int64_t T, float* out) const {
     const int64_t C = config_.n_embd;
-    for (int64_t r = r0; r < r1; r++)
+    for (int64_t r = 0; r < T; r++)
         kernels_->layernorm(out + r * C, x + r * C, ln.w, ln.b, C, config_.layer_norm_epsilon);
 }
 

@@ -112,7 +112,7 @@ private:
     void forward_team(const Team& team, const std::vector<SeqStep>& steps, int64_t T, float* logits);
     void linear(const Team& team, const Linear& lin, const float* x, int64_t T, float* y, int64_t* o0,
                 int64_t* o1) const;
-    void layernorm_rows(const LayerNorm& ln, const float* x, int64_t r0, int64_t r1, float* out) const;
+    void layernorm_rows(const LayerNorm& ln, const float* x, int64_t T, float* out) const;
     void append_kv(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, int64_t o0, int64_t o1);
     void attention(const Team& team, const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T,
                    float* out);
@@ -127,7 +127,7 @@ private:
     std::mutex mutex_;
 
     // activations, grown as needed and reused across calls (no allocation per token)
-    std::vector<float> x_, xn_, qkv_, att_, fc_, last_, scores_;
+    std::vector<float> x_, xn_, qkv_, att_, proj_, fc_, last_, scores_;
     std::vector<int64_t> row_seq_, row_pos_;  // sequence index and position of each row
     std::vector<int64_t> last_rows_;          // rows whose logits are asked for
 };
