@@ -87,6 +87,12 @@ CASES = [  # dtype, n_out, n_in, group
     ("f32", 19, 1100, 0),  # long rows: processed in chunks of k when T > 1
     ("f16", 11, 2048, 0),  # rows 8 KiB apart: activations copied with padding
     ("bf16", 19, 2080, 0),
+    ("f32", 11, 8300, 0),  # rows longer than 2 K_CHUNK: chunks of k when T > 1
+    ("f16", 10, 8250, 0),
+    ("bf16", 11, 8200, 0),
+    ("f32", 35, 768, 0),  # the tiles of a gpt2 width, rows not a multiple of the tile
+    ("f16", 35, 768, 0),
+    ("bf16", 35, 768, 0),
     ("int8", 37, 67, 0),
     ("int8", 23, 192, 64),
     ("int8", 11, 300, 0),
