@@ -165,6 +165,11 @@ static void pack_tile(const float* x, int64_t n_in, int64_t tt, typename W::X* o
 }
 
 constexpr int X_AHEAD = 8;  // activation steps prefetched ahead by a tile
+// Weight rows prefetched ahead by the tiles (float_row_panel): the row panel PF_PANELS
+// ahead, into L2 (prefetcht1). Into L1 (prefetcht0) they hold L1 miss buffers, too few
+// to cover DRAM latency: batched decode T = 4 (LM head, f16) ran ~1.9x the time of T = 1
+// with prefetcht0 one panel ahead, ~1.1-1.5x with this.
+constexpr int PF_PANELS = 2;
 
 // The R x TT tile over inputs [k0, k1): y[t, o0 + r] for r < R, t < TT, activations packed
 // (pack_tile). The accumulators start from zero (k0 == 0) or from `part`, and end reduced
@@ -173,7 +178,7 @@ constexpr int X_AHEAD = 8;  // activation steps prefetched ahead by a tile
 template <class W, int R, int TT>
 static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename W::X* xp, int64_t n_in, int64_t k0,
                               int64_t k1, VecF* part, const float* bias, float* y, int64_t ldy,
-                              const uint8_t* pf_w = nullptr) {
+                              const uint8_t* pf_w, int pf_rows) {
     VecF acc[TT * R];
     if (k0 == 0)
         for (int i = 0; i < TT * R; i++) acc[i] = vzero();
@@ -184,12 +189,12 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
     const typename W::X* xk = xp + k0 * TT;
     for (; k < k_end; k += W::K, xk += TT * W::K) {
         typename W::V wv[R];
-        // the packed activations X_AHEAD steps ahead (from L2), and the row given in pf_w
+        // the packed activations X_AHEAD steps ahead (from L2), and pf_rows rows from pf_w
         if (TT > 1) {
 #pragma GCC unroll 8
             for (int t = 0; t < TT; t++) _mm_prefetch((const char*)(xk + (X_AHEAD * TT + t) * W::K), _MM_HINT_T0);
         }
-        if (pf_w) _mm_prefetch((const char*)pf_w + k * W::BYTES, _MM_HINT_T0);
+        for (int j = 0; j < pf_rows; j++) _mm_prefetch((const char*)pf_w + j * w_stride + k * W::BYTES, _MM_HINT_T1);
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) wv[r] = W::load(w + r * w_stride, k);
 #pragma GCC unroll 8
@@ -237,32 +242,43 @@ static inline void float_row_panel(const uint8_t* w, int64_t w_stride, const typ
     const int64_t kp = packed_row<W>(n_in);
     for (int64_t k0 = 0; k0 < n_in; k0 += chunk) {
         const int64_t k1 = k0 + chunk < n_in ? k0 + chunk : n_in;
+        // The rows of the panel PF_PANELS ahead are prefetched, spread over this panel's
+        // tiles (one tile of up to R rows at T <= 4: batched decode, weights from DRAM; a
+        // row per tile in a few of the tiles of prefill, weights from L3). The R rows read
+        // side by side are R short streams that the hardware prefetchers follow badly.
+        const int64_t n_tiles = (T + TT_F - 1) / TT_F;
+        const uint8_t* pf = w + PF_PANELS * R * w_stride;
         int64_t t = 0;
         for (; t + TT_F <= T; t += TT_F) {
-            // the next row panel's weights, one row per tile, into L1 ahead of use
-            const int64_t i = t / TT_F;
-            const uint8_t* pf = i < R ? w + (R + i) * w_stride : nullptr;
-            float_tile<W, R, TT_F>(w, w_stride, xp + t * kp, n_in, k0, k1, part + t * R, bias, y + t * ldy, ldy, pf);
+            const int64_t i = t / TT_F, r0 = i * R / n_tiles, r1 = (i + 1) * R / n_tiles;
+            float_tile<W, R, TT_F>(w, w_stride, xp + t * kp, n_in, k0, k1, part + t * R, bias, y + t * ldy, ldy,
+                                   pf + r0 * w_stride, (int)(r1 - r0));
         }
         const typename W::X* xt = xp + t * kp;
         float* yt = y + t * ldy;
         VecF* pt = part + t * R;
+        const int64_t r0 = (n_tiles - 1) * R / n_tiles;
+        const uint8_t* pft = pf + r0 * w_stride;
+        const int pr = (int)(R - r0);
         switch (T - t) {
             case 0: break;
-            case 1: float_tile<W, R, 1>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy); break;
-            case 2: float_tile<W, R, 2>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy); break;
-            case 3: float_tile<W, R, 3>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy); break;
+            case 1: float_tile<W, R, 1>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
+            case 2: float_tile<W, R, 2>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
+            case 3: float_tile<W, R, 3>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
 #if defined(__AVX512F__)
-            case 4: float_tile<W, R, 4>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy); break;
-            case 5: float_tile<W, R, 5>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy); break;
+            case 4: float_tile<W, R, 4>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
+            case 5: float_tile<W, R, 5>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
 #endif
         }
     }
 }
 
 // One token (decode): the rows one after another, so each thread reads one sequential
-// stream (the hardware prefetchers follow it best), the accumulators of LANES rows reduced
-// together. Per output the same steps as float_tile with TT = 1, so the same result.
+// stream, the accumulators of LANES rows reduced together. Per output the same steps as
+// float_tile with TT = 1, so the same result. No prefetch instructions: the hardware
+// prefetchers follow one stream best alone (LM head, one thread, side by side: f32 ~13
+// -> ~17 GB/s, bf16 ~12 -> ~14 GB/s without a prefetcht0 1 KB ahead), and reading two or
+// four rows side by side (to overlap their FMA chains) halved the bandwidth.
 template <class W>
 static void float_rows_one_token(const uint8_t* w, int64_t w_stride, const typename W::X* x, int64_t n_in,
                                  const float* bias, float* y, int64_t o_begin, int64_t o_end) {
@@ -273,10 +289,7 @@ static void float_rows_one_token(const uint8_t* w, int64_t w_stride, const typen
             const uint8_t* wr = w + (o0 + r) * w_stride;
             VecF a = vzero();
             int64_t k = 0;
-            for (; k + W::K <= n_in; k += W::K) {
-                _mm_prefetch((const char*)wr + k * W::BYTES + PREFETCH_BYTES, _MM_HINT_T0);
-                a = W::madd(a, W::load(wr, k), W::loadx(x, k));
-            }
+            for (; k + W::K <= n_in; k += W::K) a = W::madd(a, W::load(wr, k), W::loadx(x, k));
             if (k < n_in) a = W::madd(a, W::load_tail(wr, k, n_in - k), W::loadx_tail(x, k, n_in - k));
             acc[r] = a;
         }
