@@ -164,7 +164,6 @@ static void pack_tile(const float* x, int64_t n_in, int64_t tt, typename W::X* o
     }
 }
 
-constexpr int X_AHEAD = 8;  // activation steps prefetched ahead by a tile
 // Weight rows prefetched ahead by the tiles (float_row_panel): the row panel PF_PANELS
 // ahead, into L2 (prefetcht1). Into L1 (prefetcht0) they hold L1 miss buffers, too few
 // to cover DRAM latency: batched decode T = 4 (LM head, f16) ran ~1.9x the time of T = 1
@@ -189,11 +188,9 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
     const typename W::X* xk = xp + k0 * TT;
     for (; k < k_end; k += W::K, xk += TT * W::K) {
         typename W::V wv[R];
-        // the packed activations X_AHEAD steps ahead (from L2), and pf_rows rows from pf_w
-        if (TT > 1) {
-#pragma GCC unroll 8
-            for (int t = 0; t < TT; t++) _mm_prefetch((const char*)(xk + (X_AHEAD * TT + t) * W::K), _MM_HINT_T0);
-        }
+        // pf_rows rows from pf_w (see float_row_panel); the packed activations are one
+        // sequential stream that the hardware prefetchers follow (prefetching them too made
+        // no difference)
         for (int j = 0; j < pf_rows; j++) _mm_prefetch((const char*)pf_w + j * w_stride + k * W::BYTES, _MM_HINT_T1);
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) wv[r] = W::load(w + r * w_stride, k);
