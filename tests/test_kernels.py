@@ -87,6 +87,12 @@ CASES = [  # dtype, n_out, n_in, group
     ("f32", 19, 1100, 0),  # long rows: processed in chunks of k when T > 1
     ("f16", 11, 2048, 0),  # rows 8 KiB apart: activations copied with padding
     ("bf16", 19, 2080, 0),
+    ("f32", 11, 8300, 0),  # rows longer than 2 K_CHUNK: chunks of k when T > 1
+    ("f16", 10, 8250, 0),
+    ("bf16", 11, 8200, 0),
+    ("f32", 35, 768, 0),  # the tiles of a gpt2 width, rows not a multiple of the tile
+    ("f16", 35, 768, 0),
+    ("bf16", 35, 768, 0),
     ("int8", 37, 67, 0),
     ("int8", 23, 192, 64),
     ("int8", 11, 300, 0),
@@ -229,3 +235,20 @@ def test_linear_thread_invariant_when_split(isa, dtype, group):
     for n in (2, 3):
         assert np.array_equal(y1, run_linear(isa, dtype, w, group, x, None, n_threads=n)), f"{n} threads"
     assert np.array_equal(y1[4], run_linear(isa, dtype, w, group, x[4:5], None, n_threads=3)[0])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+def test_linear_batched_decode_sizes(isa, dtype):
+    """Batched decode (T = 2..8 sequences) gives each sequence the bits of its own T = 1 pass,
+    at a gpt2 width, rows not a multiple of the tile, on 1 and 2 threads."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((203, 768)).astype(np.float32)
+    x = rng.standard_normal((8, 768)).astype(np.float32)
+    bias = rng.standard_normal(203).astype(np.float32)
+    rows = [run_linear(isa, dtype, w, 0, x[t : t + 1], bias)[0] for t in range(8)]
+    for T in range(2, 9):
+        for n in (1, 2):
+            y = run_linear(isa, dtype, w, 0, x[:T], bias, n_threads=n)
+            for t in range(T):
+                assert np.array_equal(y[t], rows[t]), f"T={T} n_threads={n} row {t}"

@@ -24,9 +24,13 @@ using VecF = __m512;
 constexpr int LANES = 16;
 #ifndef PYGPT_RF
 #define PYGPT_RF 4
-#define PYGPT_TTF 6
+#define PYGPT_TTF 4
 #endif
-constexpr int R_F = PYGPT_RF, TT_F = PYGPT_TTF;  // 24 accumulators + 4 weights + 1 activation of 32 registers
+// 16 accumulators + 4 weights + 1 activation of 32 registers: 4 x 6 (24 accumulators) has
+// fewer loads per FMA but its 24 outputs need two 16-wide reductions (one half empty), and
+// the reductions, not the loads, are what a tile over 768 inputs waits on (4 x 4: ~92
+// GFLOP/s on 3072 x 768 at T = 128 vs ~88 for 4 x 6, one thread)
+constexpr int R_F = PYGPT_RF, TT_F = PYGPT_TTF;
 
 struct WF32 {
     using X = float;  // activation element
@@ -65,21 +69,6 @@ struct WBF16 {
     static V loadx_tail(const X* x, int64_t k, int64_t n) { return _mm512_maskz_loadu_epi16(tail_mask32(n), x + k); }
     static VecF madd(VecF acc, V w, V x) { return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x); }
 };
-
-// x[0:n] rounded to bf16 (round to nearest even), zero-padded to a multiple of 32.
-void to_bf16(const float* x, int64_t n, uint16_t* out) {
-    int64_t k = 0;
-    for (; k + 32 <= n; k += 32) {
-        __m512bh b = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + k + 16), _mm512_loadu_ps(x + k));
-        _mm512_storeu_si512(out + k, (__m512i)b);
-    }
-    if (k < n) {
-        const int64_t r = n - k;
-        __m512 lo = _mm512_maskz_loadu_ps(tail_mask16(r < 16 ? r : 16), x + k);
-        __m512 hi = r > 16 ? _mm512_maskz_loadu_ps(tail_mask16(r - 16), x + k + 16) : _mm512_setzero_ps();
-        _mm512_storeu_si512(out + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-    }
-}
 
 static inline VecF vzero() { return _mm512_setzero_ps(); }
 
@@ -140,13 +129,55 @@ struct WBF16 : WF32 {
 static inline VecF vzero() { return _mm256_setzero_ps(); }
 #endif
 
-// The R x TT tile over inputs [k0, k1): y[t, o0 + r] for r < R, t < TT. The accumulators
-// start from zero (k0 == 0) or from `part`, and end reduced into y (k1 == n_in) or stored
-// back to `part`: splitting k this way keeps every lane's sequence of FMAs unchanged.
+// Activations of a token block packed tile by tile: the TT tokens of a tile interleaved
+// by vector steps, element (t, k) of a tile of tt tokens at ((k / K) * tt + t) * K + k % K,
+// zero-padded to a whole step. A tile then reads one sequential stream (the L1 prefetcher
+// follows it; TT separate rows from L2 were the bottleneck of the tile) and one base
+// pointer. A tile of one token is the plain zero-padded row.
+template <class W>
+static inline int64_t packed_row(int64_t n_in) {
+    return round_up(n_in, W::K);
+}
+
+template <class W>
+static void pack_tile(const float* x, int64_t n_in, int64_t tt, typename W::X* out) {
+    const int64_t kp = packed_row<W>(n_in);
+    for (int64_t t = 0; t < tt; t++) {
+        const float* xt = x + t * n_in;
+        for (int64_t k = 0; k < kp; k += W::K) {
+            typename W::X* o = out + (k / W::K * tt + t) * W::K;
+            const int64_t n = n_in - k < W::K ? n_in - k : W::K;
+#if defined(__AVX512F__)
+            if (sizeof(typename W::X) == 2) {  // bf16: round to nearest even, 32 per step
+                __m512 lo = _mm512_maskz_loadu_ps(tail_mask16(n < 16 ? n : 16), xt + k);
+                __m512 hi = n > 16 ? _mm512_maskz_loadu_ps(tail_mask16(n - 16), xt + k + 16) : _mm512_setzero_ps();
+                _mm512_storeu_si512(o, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+                continue;
+            }
+#endif
+            if (n == W::K) std::memcpy(o, xt + k, W::K * sizeof(float));
+            else {
+                std::memset(o, 0, W::K * sizeof(float));
+                std::memcpy(o, xt + k, n * sizeof(float));
+            }
+        }
+    }
+}
+
+// Weight rows prefetched ahead by the tiles (float_row_panel): the row panel PF_PANELS
+// ahead, into L2 (prefetcht1). Into L1 (prefetcht0) they hold L1 miss buffers, too few
+// to cover DRAM latency: batched decode T = 4 (LM head, f16) ran ~1.9x the time of T = 1
+// with prefetcht0 one panel ahead, ~1.1-1.5x with this.
+constexpr int PF_PANELS = 2;
+
+// The R x TT tile over inputs [k0, k1): y[t, o0 + r] for r < R, t < TT, activations packed
+// (pack_tile). The accumulators start from zero (k0 == 0) or from `part`, and end reduced
+// into y (k1 == n_in) or stored back to `part`: splitting k this way keeps every lane's
+// sequence of FMAs unchanged.
 template <class W, int R, int TT>
-static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename W::X* x, int64_t x_stride,
-                              int64_t n_in, int64_t k0, int64_t k1, VecF* part, const float* bias, float* y,
-                              int64_t ldy) {
+static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename W::X* xp, int64_t n_in, int64_t k0,
+                              int64_t k1, VecF* part, const float* bias, float* y, int64_t ldy,
+                              const uint8_t* pf_w, int pf_rows) {
     VecF acc[TT * R];
     if (k0 == 0)
         for (int i = 0; i < TT * R; i++) acc[i] = vzero();
@@ -154,19 +185,18 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
         for (int i = 0; i < TT * R; i++) acc[i] = part[i];
     int64_t k = k0;
     const int64_t k_end = k1 < n_in ? k1 : n_in - (n_in - k0) % W::K;
-    for (; k < k_end; k += W::K) {
+    const typename W::X* xk = xp + k0 * TT;
+    for (; k < k_end; k += W::K, xk += TT * W::K) {
         typename W::V wv[R];
-        // decode (one token): the loads alone do not keep enough memory requests in flight;
-        // prefetch PREFETCH_BYTES ahead in this thread's contiguous run of rows (the R rows
-        // shifted by a constant cover a contiguous range of the rows that follow)
-        if (TT == 1)
-            for (int r = 0; r < R; r++)
-                _mm_prefetch((const char*)w + r * w_stride + k * W::BYTES + PREFETCH_BYTES, _MM_HINT_T0);
+        // pf_rows rows from pf_w (see float_row_panel); the packed activations are one
+        // sequential stream that the hardware prefetchers follow (prefetching them too made
+        // no difference)
+        for (int j = 0; j < pf_rows; j++) _mm_prefetch((const char*)pf_w + j * w_stride + k * W::BYTES, _MM_HINT_T1);
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) wv[r] = W::load(w + r * w_stride, k);
 #pragma GCC unroll 8
         for (int t = 0; t < TT; t++) {
-            const typename W::V xv = W::loadx(x + t * x_stride, k);
+            const typename W::V xv = W::loadx(xk + t * W::K, 0);
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) acc[t * R + r] = W::madd(acc[t * R + r], wv[r], xv);
         }
@@ -175,12 +205,12 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
         for (int i = 0; i < TT * R; i++) part[i] = acc[i];
         return;
     }
-    if (k < n_in) {
+    if (k < n_in) {  // the packed activations are zero-padded: only the weights need a mask
         const int64_t n = n_in - k;
         typename W::V wv[R];
         for (int r = 0; r < R; r++) wv[r] = W::load_tail(w + r * w_stride, k, n);
         for (int t = 0; t < TT; t++) {
-            const typename W::V xv = W::loadx_tail(x + t * x_stride, k, n);
+            const typename W::V xv = W::loadx(xk + t * W::K, 0);
             for (int r = 0; r < R; r++) acc[t * R + r] = W::madd(acc[t * R + r], wv[r], xv);
         }
     }
@@ -191,39 +221,61 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
         for (int r = 0; r < R; r++) y[t * ldy + r] = sums[t * R + r] + (bias ? bias[r] : 0.0f);
 }
 
-// Tiles of TT tokens, then one tile of the T % TT remaining ones; long rows in chunks of
-// K_CHUNK inputs so that a chunk of the R weight rows stays in L1 across the token tiles.
-constexpr int64_t K_CHUNK = 512;
+// Tiles of TT tokens, then one tile of the T % TT remaining ones; very long rows in chunks
+// of K_CHUNK inputs so that a chunk of the R weight rows stays in L2 across the token tiles.
+// Chunks are for very long rows only: each chunk costs a store and reload of the
+// accumulators, and the weights of a tile over 3072 inputs stream well enough from L2
+// (768 x 3072 at T = 128, one thread: f32 ~80 -> ~95 GFLOP/s, bf16 ~150 -> ~200 without
+// chunks of 512).
+#ifndef PYGPT_KCHUNK
+#define PYGPT_KCHUNK 4096
+#endif
+constexpr int64_t K_CHUNK = PYGPT_KCHUNK;
 
 template <class W, int R>
-static inline void float_row_panel(const uint8_t* w, int64_t w_stride, const typename W::X* x, int64_t x_stride,
-                                   int64_t T, int64_t n_in, const float* bias, float* y, int64_t ldy, VecF* part) {
+static inline void float_row_panel(const uint8_t* w, int64_t w_stride, const typename W::X* xp, int64_t T,
+                                   int64_t n_in, const float* bias, float* y, int64_t ldy, VecF* part) {
     const int64_t chunk = (T > 1 && n_in > 2 * K_CHUNK) ? K_CHUNK : n_in;
+    const int64_t kp = packed_row<W>(n_in);
     for (int64_t k0 = 0; k0 < n_in; k0 += chunk) {
         const int64_t k1 = k0 + chunk < n_in ? k0 + chunk : n_in;
+        // The rows of the panel PF_PANELS ahead are prefetched, spread over this panel's
+        // tiles (one tile of up to R rows at T <= 4: batched decode, weights from DRAM; a
+        // row per tile in a few of the tiles of prefill, weights from L3). The R rows read
+        // side by side are R short streams that the hardware prefetchers follow badly.
+        const int64_t n_tiles = (T + TT_F - 1) / TT_F;
+        const uint8_t* pf = w + PF_PANELS * R * w_stride;
         int64_t t = 0;
-        for (; t + TT_F <= T; t += TT_F)
-            float_tile<W, R, TT_F>(w, w_stride, x + t * x_stride, x_stride, n_in, k0, k1, part + t * R, bias,
-                                   y + t * ldy, ldy);
-        const typename W::X* xt = x + t * x_stride;
+        for (; t + TT_F <= T; t += TT_F) {
+            const int64_t i = t / TT_F, r0 = i * R / n_tiles, r1 = (i + 1) * R / n_tiles;
+            float_tile<W, R, TT_F>(w, w_stride, xp + t * kp, n_in, k0, k1, part + t * R, bias, y + t * ldy, ldy,
+                                   pf + r0 * w_stride, (int)(r1 - r0));
+        }
+        const typename W::X* xt = xp + t * kp;
         float* yt = y + t * ldy;
         VecF* pt = part + t * R;
+        const int64_t r0 = (n_tiles - 1) * R / n_tiles;
+        const uint8_t* pft = pf + r0 * w_stride;
+        const int pr = (int)(R - r0);
         switch (T - t) {
             case 0: break;
-            case 1: float_tile<W, R, 1>(w, w_stride, xt, x_stride, n_in, k0, k1, pt, bias, yt, ldy); break;
-            case 2: float_tile<W, R, 2>(w, w_stride, xt, x_stride, n_in, k0, k1, pt, bias, yt, ldy); break;
-            case 3: float_tile<W, R, 3>(w, w_stride, xt, x_stride, n_in, k0, k1, pt, bias, yt, ldy); break;
+            case 1: float_tile<W, R, 1>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
+            case 2: float_tile<W, R, 2>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
+            case 3: float_tile<W, R, 3>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
 #if defined(__AVX512F__)
-            case 4: float_tile<W, R, 4>(w, w_stride, xt, x_stride, n_in, k0, k1, pt, bias, yt, ldy); break;
-            case 5: float_tile<W, R, 5>(w, w_stride, xt, x_stride, n_in, k0, k1, pt, bias, yt, ldy); break;
+            case 4: float_tile<W, R, 4>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
+            case 5: float_tile<W, R, 5>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
 #endif
         }
     }
 }
 
 // One token (decode): the rows one after another, so each thread reads one sequential
-// stream (the hardware prefetchers follow it best), the accumulators of LANES rows reduced
-// together. Per output the same steps as float_tile with TT = 1, so the same result.
+// stream, the accumulators of LANES rows reduced together. Per output the same steps as
+// float_tile with TT = 1, so the same result. No prefetch instructions: the hardware
+// prefetchers follow one stream best alone (LM head, one thread, side by side: f32 ~13
+// -> ~17 GB/s, bf16 ~12 -> ~14 GB/s without a prefetcht0 1 KB ahead), and reading two or
+// four rows side by side (to overlap their FMA chains) halved the bandwidth.
 template <class W>
 static void float_rows_one_token(const uint8_t* w, int64_t w_stride, const typename W::X* x, int64_t n_in,
                                  const float* bias, float* y, int64_t o_begin, int64_t o_end) {
@@ -234,10 +286,7 @@ static void float_rows_one_token(const uint8_t* w, int64_t w_stride, const typen
             const uint8_t* wr = w + (o0 + r) * w_stride;
             VecF a = vzero();
             int64_t k = 0;
-            for (; k + W::K <= n_in; k += W::K) {
-                _mm_prefetch((const char*)wr + k * W::BYTES + PREFETCH_BYTES, _MM_HINT_T0);
-                a = W::madd(a, W::load(wr, k), W::loadx(x, k));
-            }
+            for (; k + W::K <= n_in; k += W::K) a = W::madd(a, W::load(wr, k), W::loadx(x, k));
             if (k < n_in) a = W::madd(a, W::load_tail(wr, k, n_in - k), W::loadx_tail(x, k, n_in - k));
             acc[r] = a;
         }
@@ -248,38 +297,37 @@ static void float_rows_one_token(const uint8_t* w, int64_t w_stride, const typen
 }
 
 template <class W>
-void float_linear(const Matrix& m, const float* bias, const float* x_f32, const typename W::X* x, int64_t x_stride,
-                  int64_t T, float* y, int64_t o_begin, int64_t o_end, int64_t elem_bytes) {
-    const int64_t n_in = m.n_in, n_out = m.n_out, w_stride = n_in * elem_bytes;
-    const int64_t tb = token_block(x_stride * (int64_t)sizeof(typename W::X), TT_F);
-    if (x != (const void*)x_f32) {  // activations copied to this thread's scratch
-        for (int64_t t = 0; t < T; t++) {
-#if defined(__AVX512F__)
-            if (sizeof(typename W::X) == 2) {  // bf16
-                to_bf16(x_f32 + t * n_in, n_in, (uint16_t*)x + t * x_stride);
-                continue;
-            }
-#endif
-            std::memcpy((void*)(x + t * x_stride), x_f32 + t * n_in, n_in * sizeof(float));
-        }
+void float_linear(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
+                  int64_t o_end, int64_t elem_bytes) {
+    using X = typename W::X;
+    const int64_t n_in = m.n_in, n_out = m.n_out, w_stride = n_in * elem_bytes, kp = packed_row<W>(n_in);
+    const int64_t tb = token_block(kp * (int64_t)sizeof(X), TT_F);
+    const uint8_t* w = (const uint8_t*)m.data;
+    if (T == 1 && sizeof(X) == sizeof(float)) {  // f32 activations used in place
+        float_rows_one_token<W>(w, w_stride, (const X*)x, n_in, bias, y, o_begin, o_end);
+        return;
     }
-    // partial accumulators of a row panel over one token block (chunked rows only)
+    // this thread's packed activations of one token block, and the partial accumulators of
+    // a row panel over it (chunked rows only)
+    X* xp = (X*)thread_scratch(0, (size_t)(T < tb ? T : tb) * kp * sizeof(X));
+    if (!xp) throw std::bad_alloc();
     VecF* part = nullptr;
     if (T > 1 && !(part = (VecF*)thread_scratch(1, (size_t)(tb + TT_F) * R_F * sizeof(VecF)))) throw std::bad_alloc();
-    const uint8_t* w = (const uint8_t*)m.data;
     for (int64_t t0 = 0; t0 < T; t0 += tb) {
         const int64_t nt = T - t0 < tb ? T - t0 : tb;
+        for (int64_t t = 0; t < nt; t += TT_F)
+            pack_tile<W>(x + (t0 + t) * n_in, n_in, nt - t < TT_F ? nt - t : TT_F, xp + t * kp);
         if (nt == 1) {
-            float_rows_one_token<W>(w, w_stride, x + t0 * x_stride, n_in, bias, y + t0 * n_out, o_begin, o_end);
+            float_rows_one_token<W>(w, w_stride, xp, n_in, bias, y + t0 * n_out, o_begin, o_end);
             continue;
         }
         int64_t o = o_begin;
         for (; o + R_F <= o_end; o += R_F)
-            float_row_panel<W, R_F>(w + o * w_stride, w_stride, x + t0 * x_stride, x_stride, nt, n_in,
-                                    bias ? bias + o : nullptr, y + t0 * n_out + o, n_out, part);
+            float_row_panel<W, R_F>(w + o * w_stride, w_stride, xp, nt, n_in, bias ? bias + o : nullptr,
+                                    y + t0 * n_out + o, n_out, part);
         for (; o < o_end; o++)
-            float_row_panel<W, 1>(w + o * w_stride, w_stride, x + t0 * x_stride, x_stride, nt, n_in,
-                                  bias ? bias + o : nullptr, y + t0 * n_out + o, n_out, part);
+            float_row_panel<W, 1>(w + o * w_stride, w_stride, xp, nt, n_in, bias ? bias + o : nullptr,
+                                  y + t0 * n_out + o, n_out, part);
     }
 }
 
@@ -288,31 +336,10 @@ void float_linear(const Matrix& m, const float* bias, const float* x_f32, const 
 void linear_float(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
                   int64_t o_end) {
     switch (m.dtype) {
-        case DType::F32:
-        case DType::F16: {
-            // rows of x a multiple of 4 KiB apart all fall in one L1 set: pad them apart
-            const bool pad = T > 1 && (m.n_in * 4) % 4096 == 0;
-            const int64_t stride = pad ? m.n_in + 16 : m.n_in;
-            const float* xs = x;
-            if (pad && !(xs = (const float*)thread_scratch(0, T * stride * sizeof(float)))) throw std::bad_alloc();
-            if (m.dtype == DType::F32) float_linear<WF32>(m, bias, x, xs, stride, T, y, o_begin, o_end, 4);
-            else float_linear<WF16>(m, bias, x, xs, stride, T, y, o_begin, o_end, 2);
-            return;
-        }
-        case DType::BF16: {
-#if defined(__AVX512F__)
-            int64_t stride = round_up(m.n_in, 32);
-            if ((stride * 2) % 4096 == 0) stride += 32;  // see F32
-            uint16_t* xb = (uint16_t*)thread_scratch(0, T * stride * sizeof(uint16_t));
-            if (!xb) throw std::bad_alloc();
-            float_linear<WBF16>(m, bias, x, xb, stride, T, y, o_begin, o_end, 2);
-#else
-            float_linear<WBF16>(m, bias, x, x, m.n_in, T, y, o_begin, o_end, 2);
-#endif
-            return;
-        }
-        default:
-            throw std::invalid_argument("linear_float: not a float weight dtype");
+        case DType::F32: float_linear<WF32>(m, bias, x, T, y, o_begin, o_end, 4); return;
+        case DType::F16: float_linear<WF16>(m, bias, x, T, y, o_begin, o_end, 2); return;
+        case DType::BF16: float_linear<WBF16>(m, bias, x, T, y, o_begin, o_end, 2); return;
+        default: throw std::invalid_argument("linear_float: not a float weight dtype");
     }
 }
 
