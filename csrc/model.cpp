@@ -197,11 +197,15 @@ int64_t Model::logit_rows(const std::vector<SeqStep>& steps) {
 //
 // One team of threads (threads.h) runs the whole pass. The matrix products, attention and
 // the LM head split their work among the threads and end at a barrier (team.sync) before a
-// step reads what other threads wrote. The cheap row-wise steps (embedding, residual adds,
-// layer norms) are done by every thread for every row, into its own copy of the residual
-// stream: recomputing them costs less than the two barriers per layer they would need.
+// step reads what other threads wrote. The row-wise steps (embedding, residual adds, layer
+// norms) are cheap: in a decode step (few rows) every thread does all of them on its own
+// copy of the residual stream, which saves two barriers per layer; for a prompt the rows are
+// split among the threads, which share one copy, and a barrier follows.
 // A thread's share never changes a value: each output is computed the same way whatever
 // the thread count, so logits are bitwise identical for any n_threads.
+
+// Rows up to which every thread keeps its own copy of the residual stream.
+constexpr int64_t kMaxOwnCopyRows = 16;
 
 // Output columns are split among threads in units of 16 floats (one cache line).
 constexpr int64_t kColumnUnit = 16;
@@ -243,13 +247,14 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits) {
         for (int64_t i = 0; i < steps[si].n_tokens; i++, r++)
             if (steps[si].all_logits || i == steps[si].n_tokens - 1) last_rows_.push_back(r);
 
-    x_.resize(n_threads_ * T * C);   // residual stream: one copy per thread
-    xn_.resize(n_threads_ * T * C);  // layer-norm output: one copy per thread
+    const int64_t copies = T <= kMaxOwnCopyRows ? n_threads_ : 1;
+    x_.resize(copies * T * C);   // residual stream
+    xn_.resize(copies * T * C);  // layer-norm output
     qkv_.resize(T * 3 * C);
     att_.resize(T * C);
     proj_.resize(T * C);             // output of a sublayer's projection
     fc_.resize(T * 4 * C);
-    last_.resize(n_threads_ * last_rows_.size() * C);
+    last_.resize(copies * last_rows_.size() * C);
     scores_.resize((size_t)n_threads_ * cfg.n_ctx);
 
     run_team(n_threads_, [&](const Team& team) { forward_team(team, steps, T, logits); });
@@ -260,17 +265,24 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
     const ModelConfig& cfg = config_;
     const Kernels& k = *kernels_;
     const int64_t C = cfg.n_embd, R = (int64_t)last_rows_.size();
-    float* x = x_.data() + team.id * T * C;     // this thread's copies
-    float* xn = xn_.data() + team.id * T * C;
-    float* last = last_.data() + team.id * R * C;
+    const bool own_copy = T <= kMaxOwnCopyRows;
+    const int64_t copy = own_copy ? team.id : 0;
+    float* x = x_.data() + copy * T * C;        // this thread's copy, or the shared one
+    float* xn = xn_.data() + copy * T * C;
+    float* last = last_.data() + copy * R * C;
     float* qkv = qkv_.data();                   // shared: each thread writes its columns
     float* att = att_.data();
     float* proj = proj_.data();
     float* fc = fc_.data();
+    int64_t r0 = 0, r1 = T;                     // the rows of the row-wise steps
+    if (!own_copy) team.split(T, 1, &r0, &r1);
+    auto rows_done = [&] {
+        if (!own_copy) team.sync();
+    };
     int64_t o0, o1;                             // the columns this thread computed
 
     // x = wte[token] + wpe[position]
-    for (int64_t r = 0; r < T; r++) {
+    for (int64_t r = r0; r < r1; r++) {
         const SeqStep& s = steps[row_seq_[r]];
         k.matrix_row(w_.wte, s.tokens[row_pos_[r] - s.cache->pos], x + r * C);
         k.add(x + r * C, w_.wpe + row_pos_[r] * C, C);
@@ -280,7 +292,8 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
         const Block& b = w_.h[l];
 
         // x = x + attn(ln_1(x))
-        layernorm_rows(b.ln_1, x, T, xn);
+        layernorm_rows(b.ln_1, x, r0, r1, xn);
+        rows_done();
         linear(team, b.c_attn, xn, T, qkv, &o0, &o1);  // [T, 3C]: q | k | v
         append_kv(steps, l, qkv, T, o0, o1);          // this thread's columns of k, v to the caches
         team.sync();
@@ -288,10 +301,11 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
         team.sync();
         linear(team, b.attn_proj, att, T, proj, &o0, &o1);
         team.sync();
-        k.add(x, proj, T * C);
+        k.add(x + r0 * C, proj + r0 * C, (r1 - r0) * C);
 
         // x = x + mlp(ln_2(x))
-        layernorm_rows(b.ln_2, x, T, xn);
+        layernorm_rows(b.ln_2, x, r0, r1, xn);
+        rows_done();
         linear(team, b.c_fc, xn, T, fc, &o0, &o1);    // [T, 4C], then GELU on this thread's columns
         for (int64_t r = 0; r < T; r++) {
             if (cfg.activation == Activation::GeluTanh) k.gelu_tanh(fc + r * 4 * C + o0, o1 - o0);
@@ -300,12 +314,18 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
         team.sync();
         linear(team, b.mlp_proj, fc, T, proj, &o0, &o1);
         team.sync();
-        k.add(x, proj, T * C);
+        k.add(x + r0 * C, proj + r0 * C, (r1 - r0) * C);
     }
 
     // logits = ln_f(x) @ wte^T, only for the rows asked for
-    for (int64_t i = 0; i < R; i++)
+    int64_t i0 = 0, i1 = R;
+    if (!own_copy) {
+        team.sync();  // the rows asked for may be other threads'
+        team.split(R, 1, &i0, &i1);
+    }
+    for (int64_t i = i0; i < i1; i++)
         k.layernorm(last + i * C, x + last_rows_[i] * C, w_.ln_f.w, w_.ln_f.b, C, cfg.layer_norm_epsilon);
+    rows_done();
     team.split(cfg.vocab_size, kColumnUnit, &o0, &o1);
     k.linear(w_.wte, nullptr, last, R, logits, o0, o1);
 }
@@ -317,9 +337,9 @@ void Model::linear(const Team& team, const Linear& lin, const float* x, int64_t 
     kernels_->linear(lin.w, lin.b, x, T, y, *o0, *o1);
 }
 
-void Model::layernorm_rows(const LayerNorm& ln, const float* x, int64_t T, float* out) const {
+void Model::layernorm_rows(const LayerNorm& ln, const float* x, int64_t r0, int64_t r1, float* out) const {
     const int64_t C = config_.n_embd;
-    for (int64_t r = 0; r < T; r++)
+    for (int64_t r = r0; r < r1; r++)
         kernels_->layernorm(out + r * C, x + r * C, ln.w, ln.b, C, config_.layer_norm_epsilon);
 }
 

@@ -112,7 +112,7 @@ private:
     void forward_team(const Team& team, const std::vector<SeqStep>& steps, int64_t T, float* logits);
     void linear(const Team& team, const Linear& lin, const float* x, int64_t T, float* y, int64_t* o0,
                 int64_t* o1) const;
-    void layernorm_rows(const LayerNorm& ln, const float* x, int64_t T, float* out) const;
+    void layernorm_rows(const LayerNorm& ln, const float* x, int64_t r0, int64_t r1, float* out) const;
     void append_kv(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, int64_t o0, int64_t o1);
     void attention(const Team& team, const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T,
                    float* out);
