@@ -1,5 +1,22 @@
 // Linear layers with quantized weights (q8, q4): activations quantized per token to int8,
 // integer dot products per block of 64 inputs (see linear.cpp and docs/FORMAT.md).
+//
+// Accumulation contract (the same as generic::quant_linear, so every path here is bitwise
+// equal to the scalar reference, whatever the tile, T or column range):
+//   isum[t, o, g] = the EXACT int32 dot product of group g (integer sums: any order),
+//   acc = 0; for g = 0, 1, ...: acc = fma(scale[o, g], float(isum), acc);
+//   y[t, o] = fma(acc, sx[t], bias[o] or 0).
+// Since the integer sums are exact, a kernel is free to lay them out as it likes:
+//   AVX-512, T >= 2 (prefill, batched decode): a panel of 16 rows is repacked once per
+//     token block so that one 64-byte vector holds 4 consecutive weights of each of the 16
+//     rows (a 16 x 16 dword transpose per 64-input block; q4 nibbles unpacked there, once);
+//     vpdpbusd against 4 activation bytes broadcast then gives 16 outputs' partial sums in
+//     the 16 lanes: no horizontal reduction at all, and the per-group scaling is one FMA
+//     per 16 outputs.
+//   AVX-512, T = 1 (decode): rows are streamed as stored (16 rows at a time, lanes over the
+//     inputs), and the 16 rows' integer lanes are reduced together by a transpose-add tree
+//     into one vector of 16 outputs; q4 reads 64 bytes (two blocks) per row and step.
+//   AVX2: per (row, token, group) integer lanes, reduced exactly, scaled in scalar FMAs.
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -16,14 +33,22 @@ namespace PYGPT_KERNEL_NS {
 namespace simd {
 
 namespace {
-// ---------------------------------------------------------------------------------------
-// Quantized weights (AVX-512: VNNI; AVX2: vpmaddubsw)
+
+// The shape of one call's quantized product.
+struct QShape {
+    int64_t n_in, n_out, n_groups;
+    int64_t bpg;       // blocks of 64 inputs per group
+    int64_t nb;        // blocks of 64 inputs per row (n_in padded)
+    int64_t xs;        // stride of the quantized activations: n_in padded to 128 with zeros
+    int64_t w_stride;  // bytes per stored weight row
+};
 
 #if defined(__AVX512F__)
-constexpr int R_Q = 4, TT_Q = 3;  // 12 int + 12 float accumulators + 4 weights
+// ---------------------------------------------------------------------------------------
+// AVX-512 (VNNI): weights as unsigned bytes (q8 w + 128, q4 w + 8), activations signed;
+// the offset times the group's activation sum is subtracted exactly (corr).
 
-// One block of 64 weights of row w as unsigned bytes: q8 stored as int8 w -> w + 128;
-// q4 stored as nibbles w + 8 (byte j: element j low, element j + 32 high).
+// One block of 64 weights of row w as unsigned bytes, in input order.
 template <bool Q4>
 static inline __m512i load_wblock(const uint8_t* row, int64_t block, int64_t n_in) {
     if (Q4) {
@@ -38,80 +63,10 @@ static inline __m512i load_wblock(const uint8_t* row, int64_t block, int64_t n_i
     return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
 }
 
-// The R x TT tile: per group, integer sums in 16 lanes, then scaled into f32 lanes.
-template <bool Q4, int R, int TT>
-static inline void quant_tile_groups(const uint8_t* w, int64_t w_stride, const float* sw, int64_t n_groups,
-                                     int64_t blocks_per_group, int64_t n_in, const int8_t* xq, int64_t xq_stride,
-                                     const int32_t* negcorr, const float* sx, const float* bias, float* y,
-                                     int64_t ldy) {
-    __m512 facc[TT * R];
-    #pragma GCC unroll 32
-    for (int i = 0; i < TT * R; i++) facc[i] = _mm512_setzero_ps();
-    int64_t block = 0;
-    for (int64_t g = 0; g < n_groups; g++) {
-        __m512i iacc[TT * R];
-        #pragma GCC unroll 32
-        for (int t = 0; t < TT; t++) {
-            const __m512i c = _mm512_loadu_si512(negcorr + (t * n_groups + g) * 16);
-            #pragma GCC unroll 32
-            for (int r = 0; r < R; r++) iacc[t * R + r] = c;
-        }
-        for (int64_t b = 0; b < blocks_per_group; b++, block++) {
-            __m512i wv[R];
-            if (TT == 1)  // decode: prefetch ahead (see float_tile)
-                #pragma GCC unroll 32
-                for (int r = 0; r < R; r++)
-                    _mm_prefetch((const char*)w + r * w_stride + block * (Q4 ? 32 : 64) + PREFETCH_BYTES, _MM_HINT_T0);
-#pragma GCC unroll 8
-            for (int r = 0; r < R; r++) wv[r] = load_wblock<Q4>(w + r * w_stride, block, n_in);
-#pragma GCC unroll 8
-            for (int t = 0; t < TT; t++) {
-                const __m512i xv = _mm512_loadu_si512(xq + t * xq_stride + block * 64);
-#pragma GCC unroll 8
-                for (int r = 0; r < R; r++) iacc[t * R + r] = _mm512_dpbusd_epi32(iacc[t * R + r], wv[r], xv);
-            }
-        }
-        #pragma GCC unroll 32
-        for (int r = 0; r < R; r++) {
-            const __m512 s = _mm512_set1_ps(sw[r * n_groups + g]);
-            #pragma GCC unroll 32
-            for (int t = 0; t < TT; t++)
-                facc[t * R + r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[t * R + r]), s, facc[t * R + r]);
-        }
-    }
-    float sums[TT * R];
-    #pragma GCC unroll 32
-    for (int i = 0; i < TT * R; i += 16) reduce_n(facc + i, TT * R - i < 16 ? TT * R - i : 16, sums + i);
-    #pragma GCC unroll 32
-    for (int t = 0; t < TT; t++)
-        #pragma GCC unroll 32
-        for (int r = 0; r < R; r++) y[t * ldy + r] = sums[t * R + r] * sx[t] + (bias ? bias[r] : 0.0f);
-}
-
-// One row, one token: the float accumulator of quant_tile_groups<Q4, 1, 1>, step for step.
-using VecQ = __m512;
-template <bool Q4>
-static inline void quant_tile_groups_acc(const uint8_t* w, const float* sw, int64_t n_groups, int64_t bpg,
-                                         int64_t n_in, const int8_t* xq, const int32_t* negcorr, __m512* out) {
-    __m512 facc = _mm512_setzero_ps();
-    int64_t block = 0;
-    for (int64_t g = 0; g < n_groups; g++) {
-        __m512i iacc = _mm512_loadu_si512(negcorr + g * 16);
-        for (int64_t b = 0; b < bpg; b++, block++) {
-            _mm_prefetch((const char*)w + block * (Q4 ? 32 : 64) + PREFETCH_BYTES, _MM_HINT_T0);
-            iacc = _mm512_dpbusd_epi32(iacc, load_wblock<Q4>(w, block, n_in), _mm512_loadu_si512(xq + block * 64));
-        }
-        facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc), _mm512_set1_ps(sw[g]), facc);
-    }
-    *out = facc;
-}
-
-// Quantizes one activation row (generic::quantize_row, vectorised: bitwise the same) and
-// writes the per-lane correction -c * sum(x) of each group (c = 128 for q8, 8 for q4: the
-// offset of the unsigned weights), so that vpdpbusd over unsigned weights gives the
-// signed dot product exactly.
-static float quantize_row(const float* x, int64_t n_in, int64_t n_pad, int64_t blocks_per_group, int64_t n_groups,
-                          int offset, int8_t* xq, int32_t* negcorr) {
+// generic::quantize_row, vectorised (bitwise the same), zero padding to xs, and per group
+// corr[g] = -offset * (sum of the group's quantized activations).
+static float quantize_row(const float* x, const QShape& s, int offset, int8_t* xq, int32_t* corr) {
+    const int64_t n_in = s.n_in;
     __m512 amax = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 16 <= n_in; k += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
@@ -119,7 +74,7 @@ static float quantize_row(const float* x, int64_t n_in, int64_t n_pad, int64_t b
     const float m = _mm512_reduce_max_ps(amax);
     const float inv = m > 0.0f ? 127.0f / m : 0.0f;
     const __m512 vinv = _mm512_set1_ps(inv);
-    for (k = 0; k < n_pad; k += 16) {
+    for (k = 0; k < s.xs; k += 16) {
         const __m512 v = n_in - k >= 16 ? _mm512_loadu_ps(x + k)
                                         : (k < n_in ? _mm512_maskz_loadu_ps(tail_mask16(n_in - k), x + k)
                                                     : _mm512_setzero_ps());
@@ -128,13 +83,270 @@ static float quantize_row(const float* x, int64_t n_in, int64_t n_pad, int64_t b
         _mm_storeu_si128((__m128i*)(xq + k), _mm512_cvtepi32_epi8(q));
     }
     const __m512i off = _mm512_set1_epi8((char)offset);
-    for (int64_t g = 0, block = 0; g < n_groups; g++) {
+    for (int64_t g = 0, block = 0; g < s.n_groups; g++) {
         __m512i c = _mm512_setzero_si512();
-        for (int64_t b = 0; b < blocks_per_group; b++, block++)
-            c = _mm512_dpbusd_epi32(c, off, _mm512_loadu_si512(xq + block * 64));
-        _mm512_storeu_si512(negcorr + g * 16, _mm512_sub_epi32(_mm512_setzero_si512(), c));
+        for (int64_t b = 0; b < s.bpg; b++, block++) c = _mm512_dpbusd_epi32(c, off, _mm512_loadu_si512(xq + block * 64));
+        corr[g] = -_mm512_reduce_add_epi32(c);
     }
     return m > 0.0f ? m / 127.0f : 0.0f;
+}
+
+// ---- T >= 2: repacked panels ------------------------------------------------------------
+
+constexpr int PANEL = 16;       // rows per panel (one vector of outputs)
+constexpr int NP_Q = 2;         // panels per tile
+constexpr int TT_Q = 6;         // tokens per tile: 12 int + 12 float accumulators
+
+// 16 x 16 transpose of 32-bit elements: v[r] lane s -> v[s] lane r.
+static inline void transpose16(__m512i* v) {
+    __m512i t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+    // r[4i + j], 128-bit chunk c: rows 4i..4i+3, element 4c + j
+    __m512i r[16];
+    for (int i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int j = 0; j < 4; j++) {  // 4 x 4 transpose of 128-bit chunks of r[j], r[4+j], r[8+j], r[12+j]
+        const __m512i e0 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x44), e1 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xEE);
+        const __m512i f0 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x44);
+        const __m512i f1 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xEE);
+        v[j] = _mm512_shuffle_i32x4(e0, f0, 0x88);
+        v[4 + j] = _mm512_shuffle_i32x4(e0, f0, 0xDD);
+        v[8 + j] = _mm512_shuffle_i32x4(e1, f1, 0x88);
+        v[12 + j] = _mm512_shuffle_i32x4(e1, f1, 0xDD);
+    }
+}
+
+// Rows [o, o + rows) (rows <= 16) repacked: out[b * 16 + s] lane r = weights 64b + 4s ..
+// 64b + 4s + 3 of row o + r (unsigned bytes); missing rows are zero. ps[g * stride + r] =
+// scale of row o + r, group g.
+template <bool Q4>
+static void pack_panel(const uint8_t* w, const float* scales, int rows, const QShape& s, __m512i* out, float* ps,
+                       int64_t ps_stride) {
+    for (int64_t b = 0; b < s.nb; b++) {
+        __m512i v[16];
+        for (int r = 0; r < 16; r++)
+            v[r] = r < rows ? load_wblock<Q4>(w + r * s.w_stride, b, s.n_in) : _mm512_setzero_si512();
+        transpose16(v);
+        for (int j = 0; j < 16; j++) _mm512_store_si512(out + b * 16 + j, v[j]);
+    }
+    for (int64_t g = 0; g < s.n_groups; g++)
+        for (int r = 0; r < 16; r++) ps[g * ps_stride + r] = r < rows ? scales[r * s.n_groups + g] : 0.0f;
+}
+
+// NP panels x TT tokens: acc[t][p] over all groups (the contract's float sequence, 16
+// outputs per vector), then y = fma(acc, sx, bias).
+template <int NP, int TT>
+static inline void packed_tile(const __m512i* pw, int64_t pstride, const float* ps, int64_t ps_stride,
+                               const QShape& s, const int8_t* xq, const int32_t* corr, const float* sx,
+                               const __m512* bias, float* y, int64_t ldy, __mmask16 last_mask) {
+    __m512 facc[TT][NP];
+    for (int t = 0; t < TT; t++)
+        for (int p = 0; p < NP; p++) facc[t][p] = _mm512_setzero_ps();
+    const int64_t steps = s.bpg * 16;  // 4-input steps per group
+    const int8_t* xg = xq;
+    const __m512i* wg = pw;
+    for (int64_t g = 0; g < s.n_groups; g++, xg += steps * 4, wg += steps) {
+        __m512i iacc[TT][NP];
+        for (int t = 0; t < TT; t++) {
+            const __m512i c = _mm512_set1_epi32(corr[t * s.n_groups + g]);
+            for (int p = 0; p < NP; p++) iacc[t][p] = c;
+        }
+        for (int64_t k = 0; k < steps; k++) {
+            __m512i wv[NP];
+            for (int p = 0; p < NP; p++) wv[p] = _mm512_load_si512(wg + p * pstride + k);
+            for (int t = 0; t < TT; t++) {
+                int32_t x4;
+                std::memcpy(&x4, xg + t * s.xs + 4 * k, 4);
+                const __m512i xb = _mm512_set1_epi32(x4);
+                for (int p = 0; p < NP; p++) iacc[t][p] = _mm512_dpbusd_epi32(iacc[t][p], wv[p], xb);
+            }
+        }
+        for (int p = 0; p < NP; p++) {
+            const __m512 sc = _mm512_loadu_ps(ps + g * ps_stride + p * 16);
+            for (int t = 0; t < TT; t++) facc[t][p] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(iacc[t][p]), facc[t][p]);
+        }
+    }
+    for (int t = 0; t < TT; t++)
+        for (int p = 0; p < NP; p++) {
+            const __m512 v = _mm512_fmadd_ps(facc[t][p], _mm512_set1_ps(sx[t]), bias[p]);
+            if (p == NP - 1) _mm512_mask_storeu_ps(y + t * ldy + p * 16, last_mask, v);
+            else _mm512_storeu_ps(y + t * ldy + p * 16, v);
+        }
+}
+
+template <int NP>
+static void packed_tokens(const __m512i* pw, int64_t pstride, const float* ps, int64_t ps_stride, const QShape& s,
+                          const int8_t* xq, const int32_t* corr, const float* sx, int64_t T, const __m512* bias,
+                          float* y, __mmask16 last_mask) {
+    const int64_t ldy = s.n_out, ng = s.n_groups;
+    int64_t t = 0;
+    for (; t + TT_Q <= T; t += TT_Q)
+        packed_tile<NP, TT_Q>(pw, pstride, ps, ps_stride, s, xq + t * s.xs, corr + t * ng, sx + t, bias, y + t * ldy,
+                              ldy, last_mask);
+    const int8_t* xt = xq + t * s.xs;
+    const int32_t* ct = corr + t * ng;
+    float* yt = y + t * ldy;
+    switch (T - t) {
+        case 0: break;
+        case 1: packed_tile<NP, 1>(pw, pstride, ps, ps_stride, s, xt, ct, sx + t, bias, yt, ldy, last_mask); break;
+        case 2: packed_tile<NP, 2>(pw, pstride, ps, ps_stride, s, xt, ct, sx + t, bias, yt, ldy, last_mask); break;
+        case 3: packed_tile<NP, 3>(pw, pstride, ps, ps_stride, s, xt, ct, sx + t, bias, yt, ldy, last_mask); break;
+        case 4: packed_tile<NP, 4>(pw, pstride, ps, ps_stride, s, xt, ct, sx + t, bias, yt, ldy, last_mask); break;
+        case 5: packed_tile<NP, 5>(pw, pstride, ps, ps_stride, s, xt, ct, sx + t, bias, yt, ldy, last_mask); break;
+    }
+}
+
+// Rows [o_begin, o_end) for T tokens: NP_Q panels at a time, each repacked once.
+template <bool Q4>
+static void packed_rows(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq, const int32_t* corr,
+                        const float* sx, int64_t T, const float* bias, float* y, int64_t o_begin, int64_t o_end,
+                        __m512i* pw, float* ps) {
+    const int64_t pstride = s.nb * 16, ps_stride = NP_Q * 16;
+    for (int64_t o = o_begin; o < o_end; o += NP_Q * 16) {
+        const int64_t rows = o_end - o < NP_Q * 16 ? o_end - o : NP_Q * 16;
+        const int np = (int)((rows + 15) / 16);
+        __m512 bv[NP_Q];
+        for (int p = 0; p < np; p++) {
+            const int64_t r = rows - p * 16 < 16 ? rows - p * 16 : 16;
+            pack_panel<Q4>(w + (o + p * 16) * s.w_stride, scales + (o + p * 16) * s.n_groups, (int)r, s,
+                           pw + p * pstride, ps + p * 16, ps_stride);
+            bv[p] = bias ? _mm512_maskz_loadu_ps(tail_mask16(r), bias + o + p * 16) : _mm512_setzero_ps();
+        }
+        const int64_t last_rows = rows - (np - 1) * 16;
+        const __mmask16 last_mask = last_rows >= 16 ? (__mmask16)0xffff : tail_mask16(last_rows);
+        if (np == 2) packed_tokens<2>(pw, pstride, ps, ps_stride, s, xq, corr, sx, T, bv, y + o, last_mask);
+        else packed_tokens<1>(pw, pstride, ps, ps_stride, s, xq, corr, sx, T, bv, y + o, last_mask);
+    }
+}
+
+// ---- T = 1: rows as stored, integer lanes reduced across 16 rows ------------------------
+
+static inline __m512i add_ps_as_epi32(__m512 a, __m512 b) {
+    return _mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b));
+}
+
+// out lane r = sum of the 16 lanes of z[r] (exact).
+static inline __m512i reduce16_epi32(const __m512i* z) {
+    __m512i s1[8], s2[4], s3[2];
+    for (int i = 0; i < 8; i++)
+        s1[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(z[2 * i], z[2 * i + 1], 0x44),
+                                 _mm512_shuffle_i32x4(z[2 * i], z[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++)
+        s2[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(s1[2 * i], s1[2 * i + 1], 0x88),
+                                 _mm512_shuffle_i32x4(s1[2 * i], s1[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; i++)
+        s3[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(s2[2 * i], s2[2 * i + 1]),
+                                 _mm512_unpackhi_epi64(s2[2 * i], s2[2 * i + 1]));
+    const __m512 a = _mm512_castsi512_ps(s3[0]), b = _mm512_castsi512_ps(s3[1]);
+    // lane 4c + e is the sum of z[4e + c]
+    const __m512i s4 = add_ps_as_epi32(_mm512_shuffle_ps(a, b, 0x88), _mm512_shuffle_ps(a, b, 0xDD));
+    return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), s4);
+}
+
+// z[r]: lanes 0-7 partial sums of block A, lanes 8-15 of block B, of row r. Out: a lane r =
+// block A sum of row r, b lane r = block B sum (exact).
+static inline void reduce16_pairs_epi32(const __m512i* z, __m512i* a_out, __m512i* b_out) {
+    __m512i s1[8], s2[4], s3[2];
+    for (int i = 0; i < 8; i++)  // (l, l+4) within each half
+        s1[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(z[2 * i], z[2 * i + 1], 0x88),
+                                 _mm512_shuffle_i32x4(z[2 * i], z[2 * i + 1], 0xDD));
+    for (int i = 0; i < 4; i++)  // (l, l+2)
+        s2[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(s1[2 * i], s1[2 * i + 1]),
+                                 _mm512_unpackhi_epi64(s1[2 * i], s1[2 * i + 1]));
+    for (int i = 0; i < 2; i++) {  // (l, l+1)
+        const __m512 a = _mm512_castsi512_ps(s2[2 * i]), b = _mm512_castsi512_ps(s2[2 * i + 1]);
+        s3[i] = add_ps_as_epi32(_mm512_shuffle_ps(a, b, 0x88), _mm512_shuffle_ps(a, b, 0xDD));
+    }
+    // where each (row, block) ended up (worked out by following the lanes through the tree)
+    const __m512i ia = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 16, 24, 17, 25, 18, 26, 19, 27);
+    const __m512i ib = _mm512_setr_epi32(4, 12, 5, 13, 6, 14, 7, 15, 20, 28, 21, 29, 22, 30, 23, 31);
+    *a_out = _mm512_permutex2var_epi32(s3[0], ia, s3[1]);
+    *b_out = _mm512_permutex2var_epi32(s3[0], ib, s3[1]);
+}
+
+// The contract's per-group step for 16 rows: acc = fma(scale, float(isum + corr), acc).
+static inline __m512 scale_group(__m512 acc, __m512i isum, int32_t corr, const float* scales, __m512i gidx, int64_t g,
+                                 int64_t n_groups, __mmask16 mask) {
+    const __m512 sc = n_groups == 1 ? _mm512_maskz_loadu_ps(mask, scales)
+                                    : _mm512_i32gather_ps(_mm512_add_epi32(gidx, _mm512_set1_epi32((int)g)), scales, 4);
+    return _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(_mm512_add_epi32(isum, _mm512_set1_epi32(corr))), acc);
+}
+
+// One token, rows [o, o + rows), rows <= 16.
+template <bool Q4>
+static void decode_panel(const uint8_t* w, const float* scales, int rows, const QShape& s, const int8_t* xq,
+                         const int32_t* corr, float sx, const float* bias, float* y) {
+    const uint8_t* rp[16];
+    int32_t gi[16];
+    for (int r = 0; r < 16; r++) {
+        const int rr = r < rows ? r : 0;  // missing rows re-read row 0; their lanes are not stored
+        rp[r] = w + rr * s.w_stride;
+        gi[r] = (int32_t)(rr * s.n_groups);
+    }
+    const __mmask16 mask = tail_mask16(rows);
+    const __m512i gidx = _mm512_loadu_si512(gi);
+    // prefetch the next panel (16 * w_stride contiguous bytes) spread over this one's steps
+    const char* next = (const char*)w + 16 * s.w_stride;
+    __m512 acc = _mm512_setzero_ps();
+    if (!Q4) {
+        int64_t b = 0;
+        for (int64_t g = 0; g < s.n_groups; g++) {
+            __m512i z[16];
+            for (int r = 0; r < 16; r++) z[r] = _mm512_setzero_si512();
+            for (int64_t bb = 0; bb < s.bpg; bb++, b++) {
+                const __m512i xv = _mm512_loadu_si512(xq + b * 64);
+                for (int r = 0; r < 16; r++) _mm_prefetch(next + b * 1024 + r * 64, _MM_HINT_T0);
+                for (int r = 0; r < 16; r++) z[r] = _mm512_dpbusd_epi32(z[r], load_wblock<false>(rp[r], b, s.n_in), xv);
+            }
+            acc = scale_group(acc, reduce16_epi32(z), corr[g], scales, gidx, g, s.n_groups, mask);
+        }
+    } else {
+        const __m512i m4 = _mm512_set1_epi8(0x0f);
+        __m512i gs = _mm512_setzero_si512();  // integer sum of the current group
+        for (int64_t p = 0; 2 * p < s.nb; p++) {
+            const bool two = 2 * p + 1 < s.nb;
+            const __m512i x0 = _mm512_loadu_si512(xq + p * 128), x1 = _mm512_loadu_si512(xq + p * 128 + 64);
+            const __m512i xlo = _mm512_shuffle_i32x4(x0, x1, 0x44), xhi = _mm512_shuffle_i32x4(x0, x1, 0xEE);
+            for (int r = 0; r < 16; r++) _mm_prefetch(next + p * 1024 + r * 64, _MM_HINT_T0);
+            __m512i z[16];
+            for (int r = 0; r < 16; r++) {
+                const __m512i v = two ? _mm512_loadu_si512(rp[r] + p * 64)
+                                      : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)(rp[r] + p * 64)));
+                const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                z[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo), hi, xhi);
+            }
+            __m512i bs[2];
+            reduce16_pairs_epi32(z, &bs[0], &bs[1]);
+            for (int h = 0; h < (two ? 2 : 1); h++) {
+                const int64_t b = 2 * p + h;
+                gs = _mm512_add_epi32(gs, bs[h]);
+                if ((b + 1) % s.bpg == 0) {
+                    const int64_t g = b / s.bpg;
+                    acc = scale_group(acc, gs, corr[g], scales, gidx, g, s.n_groups, mask);
+                    gs = _mm512_setzero_si512();
+                }
+            }
+        }
+    }
+    const __m512 bv = bias ? _mm512_maskz_loadu_ps(mask, bias) : _mm512_setzero_ps();
+    _mm512_mask_storeu_ps(y, mask, _mm512_fmadd_ps(acc, _mm512_set1_ps(sx), bv));
+}
+
+template <bool Q4>
+static void decode_rows(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq, const int32_t* corr,
+                        float sx, const float* bias, float* y, int64_t o_begin, int64_t o_end) {
+    for (int64_t o = o_begin; o < o_end; o += 16) {
+        const int rows = o_end - o < 16 ? (int)(o_end - o) : 16;
+        decode_panel<Q4>(w + o * s.w_stride, scales + o * s.n_groups, rows, s, xq, corr, sx, bias ? bias + o : nullptr,
+                         y + o);
+    }
 }
 
 #else  // AVX2: no VNNI; byte products with vpmaddubsw
@@ -158,7 +370,7 @@ static inline __m256i load_whalf(const uint8_t* row, int64_t block, int half, in
 
 // Integer dot of 32 weight bytes with 32 activation bytes into 8 int32 lanes. q8: |x| times
 // w * sign(x) (pairs at most 2 * 127 * 127: no saturation); q4: (q + 8) times x (pairs at
-// most 2 * 15 * 127), the offset removed by the precomputed correction.
+// most 2 * 15 * 127), the offset removed by the group's correction.
 template <bool Q4>
 static inline __m256i dot32(__m256i w, __m256i x) {
     const __m256i ones = _mm256_set1_epi16(1);
@@ -166,167 +378,123 @@ static inline __m256i dot32(__m256i w, __m256i x) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x)), ones);
 }
 
-// The R x TT tile: per group, integer sums in 8 lanes, then scaled into f32 lanes.
+static inline int32_t hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+// The R x TT tile: per group, exact integer sums, then the contract's scalar FMA.
 template <bool Q4, int R, int TT>
-static inline void quant_tile_groups(const uint8_t* w, int64_t w_stride, const float* sw, int64_t n_groups,
-                                     int64_t blocks_per_group, int64_t n_in, const int8_t* xq, int64_t xq_stride,
-                                     const int32_t* negcorr, const float* sx, const float* bias, float* y,
-                                     int64_t ldy) {
-    __m256 facc[TT * R];
-    for (int i = 0; i < TT * R; i++) facc[i] = _mm256_setzero_ps();
+static inline void quant_tile(const uint8_t* w, const float* sw, const QShape& s, const int8_t* xq,
+                              const int32_t* corr, const float* sx, const float* bias, float* y, int64_t ldy) {
+    float acc[TT * R];
+    for (int i = 0; i < TT * R; i++) acc[i] = 0.0f;
     int64_t block = 0;
-    for (int64_t g = 0; g < n_groups; g++) {
+    for (int64_t g = 0; g < s.n_groups; g++) {
         __m256i iacc[TT * R];
-        for (int t = 0; t < TT; t++) {
-            const __m256i c = Q4 ? _mm256_loadu_si256((const __m256i*)(negcorr + (t * n_groups + g) * 16))
-                                 : _mm256_setzero_si256();
-            for (int r = 0; r < R; r++) iacc[t * R + r] = c;
-        }
-        for (int64_t b = 0; b < blocks_per_group; b++, block++) {
+        for (int i = 0; i < TT * R; i++) iacc[i] = _mm256_setzero_si256();
+        for (int64_t b = 0; b < s.bpg; b++, block++) {
             for (int half = 0; half < 2; half++) {
                 __m256i wv[R];
-                for (int r = 0; r < R; r++) wv[r] = load_whalf<Q4>(w + r * w_stride, block, half, n_in);
+                for (int r = 0; r < R; r++) wv[r] = load_whalf<Q4>(w + r * s.w_stride, block, half, s.n_in);
                 for (int t = 0; t < TT; t++) {
-                    const __m256i xv =
-                        _mm256_loadu_si256((const __m256i*)(xq + t * xq_stride + block * 64 + half * 32));
+                    const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + t * s.xs + block * 64 + half * 32));
                     for (int r = 0; r < R; r++)
                         iacc[t * R + r] = _mm256_add_epi32(iacc[t * R + r], dot32<Q4>(wv[r], xv));
                 }
             }
         }
-        for (int r = 0; r < R; r++) {
-            const __m256 s = _mm256_set1_ps(sw[r * n_groups + g]);
-            for (int t = 0; t < TT; t++)
-                facc[t * R + r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[t * R + r]), s, facc[t * R + r]);
-        }
-    }
-    float sums[TT * R];
-    reduce_n(facc, TT * R, sums);
-    for (int t = 0; t < TT; t++)
-        for (int r = 0; r < R; r++) y[t * ldy + r] = sums[t * R + r] * sx[t] + (bias ? bias[r] : 0.0f);
-}
-
-// One row, one token: the float accumulator of quant_tile_groups<Q4, 1, 1>, step for step.
-using VecQ = __m256;
-template <bool Q4>
-static inline void quant_tile_groups_acc(const uint8_t* w, const float* sw, int64_t n_groups, int64_t bpg,
-                                         int64_t n_in, const int8_t* xq, const int32_t* negcorr, __m256* out) {
-    __m256 facc = _mm256_setzero_ps();
-    int64_t block = 0;
-    for (int64_t g = 0; g < n_groups; g++) {
-        __m256i iacc = Q4 ? _mm256_loadu_si256((const __m256i*)(negcorr + g * 16)) : _mm256_setzero_si256();
-        for (int64_t b = 0; b < bpg; b++, block++)
-            for (int half = 0; half < 2; half++) {
-                const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + block * 64 + half * 32));
-                iacc = _mm256_add_epi32(iacc, dot32<Q4>(load_whalf<Q4>(w, block, half, n_in), xv));
+        for (int t = 0; t < TT; t++)
+            for (int r = 0; r < R; r++) {
+                const int32_t isum = hsum_epi32(iacc[t * R + r]) + corr[t * s.n_groups + g];
+                acc[t * R + r] = std::fma(sw[r * s.n_groups + g], (float)isum, acc[t * R + r]);
             }
-        facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc), _mm256_set1_ps(sw[g]), facc);
     }
-    *out = facc;
+    for (int t = 0; t < TT; t++)
+        for (int r = 0; r < R; r++) y[t * ldy + r] = std::fma(acc[t * R + r], sx[t], bias ? bias[r] : 0.0f);
 }
 
-// generic::quantize_row, zero padding to n_pad, and for q4 the per-lane correction
-// -8 * (sum of the activations each lane of dot32 sees) of each group.
-static float quantize_row(const float* x, int64_t n_in, int64_t n_pad, int64_t blocks_per_group, int64_t n_groups,
-                          int offset, int8_t* xq, int32_t* negcorr) {
-    const float sx = generic::quantize_row(x, n_in, xq);
-    std::memset(xq + n_in, 0, n_pad - n_in);
-    if (offset == 8) {
-        for (int64_t g = 0, block = 0; g < n_groups; g++) {
-            int32_t lane[8] = {0};
-            for (int64_t b = 0; b < blocks_per_group; b++, block++)
-                for (int j = 0; j < 64; j++) lane[(j % 32) / 4] += xq[block * 64 + j];
-            for (int l = 0; l < 8; l++) negcorr[g * 16 + l] = -8 * lane[l];
-        }
+template <bool Q4, int R>
+static inline void quant_row_panel(const uint8_t* w, const float* sw, const QShape& s, const int8_t* xq,
+                                   const int32_t* corr, const float* sx, int64_t T, const float* bias, float* y) {
+    const int64_t ldy = s.n_out;
+    int64_t t = 0;
+    for (; t + TT_Q <= T; t += TT_Q)
+        quant_tile<Q4, R, TT_Q>(w, sw, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bias, y + t * ldy, ldy);
+    if (T - t == 1) quant_tile<Q4, R, 1>(w, sw, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bias, y + t * ldy, ldy);
+}
+
+// generic::quantize_row, zero padding to xs, and per group the correction of q4's offset:
+// -8 * (sum of the group's activations); q8 multiplies signed bytes, no correction.
+static float quantize_row(const float* x, const QShape& s, int offset, int8_t* xq, int32_t* corr) {
+    const float sx = generic::quantize_row(x, s.n_in, xq);
+    std::memset(xq + s.n_in, 0, s.xs - s.n_in);
+    for (int64_t g = 0; g < s.n_groups; g++) {
+        int32_t sum = 0;
+        if (offset == 8)
+            for (int64_t k = g * s.bpg * 64; k < (g + 1) * s.bpg * 64; k++) sum += xq[k];
+        corr[g] = -8 * sum;
     }
     return sx;
 }
 #endif  // __AVX512F__
 
-template <bool Q4, int R>
-static inline void quant_row_panel(const uint8_t* w, int64_t w_stride, const float* sw, int64_t n_groups,
-                                   int64_t bpg, int64_t n_in, const int8_t* xq, int64_t xq_stride,
-                                   const int32_t* negcorr, const float* sx, int64_t T, const float* bias, float* y,
-                                   int64_t ldy) {
-    constexpr int TT = TT_Q;
-    const int64_t nc = n_groups * 16;
-    int64_t t = 0;
-    for (; t + TT <= T; t += TT)
-        quant_tile_groups<Q4, R, TT>(w, w_stride, sw, n_groups, bpg, n_in, xq + t * xq_stride, xq_stride,
-                                      negcorr + t * nc, sx + t, bias, y + t * ldy, ldy);
-    const int8_t* xt = xq + t * xq_stride;
-    const int32_t* ct = negcorr + t * nc;
-    float* yt = y + t * ldy;
-    switch (T - t) {
-        case 0: break;
-        case 1: quant_tile_groups<Q4, R, 1>(w, w_stride, sw, n_groups, bpg, n_in, xt, xq_stride, ct, sx + t, bias, yt, ldy); break;
-        case 2: quant_tile_groups<Q4, R, 2>(w, w_stride, sw, n_groups, bpg, n_in, xt, xq_stride, ct, sx + t, bias, yt, ldy); break;
-    }
-}
-
-template <bool Q4>
-static void quant_rows(const uint8_t* w, int64_t w_stride, const float* scales, int64_t n_groups, int64_t bpg,
-                       int64_t n_in, const int8_t* xq, int64_t xq_stride, const int32_t* negcorr, const float* sx,
-                       int64_t T, const float* bias, float* y, int64_t n_out, int64_t o_begin, int64_t o_end) {
-    int64_t o = o_begin;
-    for (; o + R_Q <= o_end; o += R_Q)
-        quant_row_panel<Q4, R_Q>(w + o * w_stride, w_stride, scales + o * n_groups, n_groups, bpg, n_in, xq,
-                                         xq_stride, negcorr, sx, T, bias ? bias + o : nullptr, y + o, n_out);
-    for (; o < o_end; o++)
-        quant_row_panel<Q4, 1>(w + o * w_stride, w_stride, scales + o * n_groups, n_groups, bpg, n_in, xq,
-                                       xq_stride, negcorr, sx, T, bias ? bias + o : nullptr, y + o, n_out);
-}
-
-// One token (decode): rows one after another (see float_rows_one_token); per output the
-// same steps as quant_tile_groups with TT = 1.
-template <bool Q4>
-static void quant_rows_one_token(const uint8_t* w, int64_t w_stride, const float* scales, int64_t n_groups,
-                                 int64_t bpg, int64_t n_in, const int8_t* xq, const int32_t* negcorr, float sx,
-                                 const float* bias, float* y, int64_t o_begin, int64_t o_end) {
-    constexpr int G = sizeof(VecQ) / sizeof(float);
-    for (int64_t o0 = o_begin; o0 < o_end; o0 += G) {
-        const int n = o_end - o0 < G ? (int)(o_end - o0) : G;
-        VecQ facc[G];
-        for (int r = 0; r < n; r++)
-            quant_tile_groups_acc<Q4>(w + (o0 + r) * w_stride, scales + (o0 + r) * n_groups, n_groups, bpg, n_in, xq,
-                                      negcorr, &facc[r]);
-        float sums[G];
-        reduce_n(facc, n, sums);
-        for (int r = 0; r < n; r++) y[o0 + r] = sums[r] * sx + (bias ? bias[o0 + r] : 0.0f);
-    }
-}
-
 template <bool Q4>
 void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
                   int64_t o_end) {
-    const int64_t n_in = m.n_in, n_out = m.n_out, group = m.group;
-    const int64_t n_groups = n_in / group;
-    const int64_t bpg = (group + 63) / 64;  // blocks of 64 inputs per group
-    const int64_t n_pad = round_up(n_in, 64);
-    const int64_t w_stride = Q4 ? n_pad / 2 : n_in;
-    // this thread's scratch: xq [T, n_pad] int8 | negcorr [T, n_groups, 16] int32 | sx [T]
-    const int64_t xq_bytes = round_up(T * n_pad, 64), nc_bytes = T * n_groups * 64;
-    uint8_t* scratch = (uint8_t*)thread_scratch(0, xq_bytes + nc_bytes + T * sizeof(float));
-    if (!scratch) throw std::bad_alloc();
-    int8_t* xq = (int8_t*)scratch;
-    int32_t* negcorr = (int32_t*)(scratch + xq_bytes);
-    float* sx = (float*)(scratch + xq_bytes + nc_bytes);
-    const int64_t tb = token_block(n_pad + n_groups * 64, TT_Q);
+    QShape s;
+    s.n_in = m.n_in;
+    s.n_out = m.n_out;
+    s.n_groups = m.n_in / m.group;
+    s.bpg = (m.group + 63) / 64;
+    s.nb = (m.n_in + 63) / 64;
+    s.xs = round_up(m.n_in, 128);
+    s.w_stride = Q4 ? s.nb * 32 : m.n_in;
     const uint8_t* w = (const uint8_t*)m.data;
-    // every thread quantizes all T rows itself: a few microseconds, and no barrier
+    const int64_t tb = token_block(s.xs + s.n_groups * 4, TT_Q);
+#if defined(__AVX512F__)
+    const size_t pack_bytes = T > 1 ? (size_t)NP_Q * s.nb * 16 * 64 : 0;
+    const size_t ps_bytes = T > 1 ? (size_t)round_up(s.n_groups * NP_Q * 16 * 4, 64) : 0;
+#else
+    const size_t pack_bytes = 0, ps_bytes = 0;
+#endif
+    // this thread's scratch: [packed panels | panel scales |] xq [T, xs] int8 | corr [T, n_groups] | sx [T]
+    const size_t xq_bytes = round_up(T * s.xs, 64), corr_bytes = round_up(T * s.n_groups * 4, 64);
+    uint8_t* scratch = (uint8_t*)thread_scratch(0, pack_bytes + ps_bytes + xq_bytes + corr_bytes + T * sizeof(float));
+    if (!scratch) throw std::bad_alloc();
+    uint8_t* p = scratch;
+#if defined(__AVX512F__)
+    __m512i* pw = (__m512i*)p;
+    float* ps = (float*)(p + pack_bytes);
+#endif
+    p += pack_bytes + ps_bytes;
+    int8_t* xq = (int8_t*)p;
+    int32_t* corr = (int32_t*)(p + xq_bytes);
+    float* sx = (float*)(p + xq_bytes + corr_bytes);
+    // every thread quantizes all T rows itself: no barrier between threads
     for (int64_t t = 0; t < T; t++)
-        sx[t] = quantize_row(x + t * n_in, n_in, n_pad, bpg, n_groups, Q4 ? 8 : 128, xq + t * n_pad,
-                             negcorr + t * n_groups * 16);
+        sx[t] = quantize_row(x + t * s.n_in, s, Q4 ? 8 : 128, xq + t * s.xs, corr + t * s.n_groups);
     for (int64_t t0 = 0; t0 < T; t0 += tb) {
         const int64_t nt = T - t0 < tb ? T - t0 : tb;
-        const int8_t* xq0 = xq + t0 * n_pad;
-        const int32_t* nc0 = negcorr + t0 * n_groups * 16;
+        const int8_t* xq0 = xq + t0 * s.xs;
+        const int32_t* c0 = corr + t0 * s.n_groups;
+        float* y0 = y + t0 * s.n_out;
+#if defined(__AVX512F__)
         if (nt == 1)
-            quant_rows_one_token<Q4>(w, w_stride, m.scales, n_groups, bpg, n_in, xq0, nc0, sx[t0], bias,
-                                     y + t0 * n_out, o_begin, o_end);
+            decode_rows<Q4>(w, m.scales, s, xq0, c0, sx[t0], bias, y0, o_begin, o_end);
         else
-            quant_rows<Q4>(w, w_stride, m.scales, n_groups, bpg, n_in, xq0, n_pad, nc0, sx + t0, nt, bias,
-                           y + t0 * n_out, n_out, o_begin, o_end);
+            packed_rows<Q4>(w, m.scales, s, xq0, c0, sx + t0, nt, bias, y0, o_begin, o_end, pw, ps);
+#else
+        int64_t o = o_begin;
+        for (; o + R_Q <= o_end; o += R_Q)
+            quant_row_panel<Q4, R_Q>(w + o * s.w_stride, m.scales + o * s.n_groups, s, xq0, c0, sx + t0, nt,
+                                     bias ? bias + o : nullptr, y0 + o);
+        for (; o < o_end; o++)
+            quant_row_panel<Q4, 1>(w + o * s.w_stride, m.scales + o * s.n_groups, s, xq0, c0, sx + t0, nt,
+                                   bias ? bias + o : nullptr, y0 + o);
+#endif
     }
 }
 
