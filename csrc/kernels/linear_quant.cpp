@@ -123,6 +123,20 @@ static inline void transpose16(__m512i* v) {
     }
 }
 
+// ps[g * ps_stride + r] = scales[r * n_groups + g] for r < rows (rows <= 16), else 0: the
+// scales of 16 rows, one vector per group (a transpose per 16 groups, not a gather per group).
+static void transpose_scales(const float* scales, int rows, int64_t n_groups, float* ps, int64_t ps_stride) {
+    for (int64_t g0 = 0; g0 < n_groups; g0 += 16) {
+        const int64_t ng = n_groups - g0 < 16 ? n_groups - g0 : 16;
+        __m512i v[16];
+        for (int r = 0; r < 16; r++)
+            v[r] = r < rows ? _mm512_castps_si512(_mm512_maskz_loadu_ps(tail_mask16(ng), scales + r * n_groups + g0))
+                            : _mm512_setzero_si512();
+        transpose16(v);
+        for (int64_t j = 0; j < ng; j++) _mm512_storeu_si512(ps + (g0 + j) * ps_stride, v[j]);
+    }
+}
+
 // Rows [o, o + rows) (rows <= 16) repacked: out[b * 16 + s] lane r = weights 64b + 4s ..
 // 64b + 4s + 3 of row o + r (unsigned bytes); missing rows are zero. ps[g * stride + r] =
 // scale of row o + r, group g.
@@ -136,8 +150,7 @@ static void pack_panel(const uint8_t* w, const float* scales, int rows, const QS
         transpose16(v);
         for (int j = 0; j < 16; j++) _mm512_store_si512(out + b * 16 + j, v[j]);
     }
-    for (int64_t g = 0; g < s.n_groups; g++)
-        for (int r = 0; r < 16; r++) ps[g * ps_stride + r] = r < rows ? scales[r * s.n_groups + g] : 0.0f;
+    transpose_scales(scales, rows, s.n_groups, ps, ps_stride);
 }
 
 // NP panels x TT tokens: acc[t][p] over all groups (the contract's float sequence, 16
@@ -272,44 +285,26 @@ static inline void reduce16_pairs_epi32(const __m512i* z, __m512i* a_out, __m512
 }
 
 // The contract's per-group step for 16 rows: acc = fma(scale, float(isum + corr), acc).
-static inline __m512 scale_group(__m512 acc, __m512i isum, int32_t corr, const float* scales, __m512i gidx, int64_t g,
-                                 int64_t n_groups, __mmask16 mask) {
-    const __m512 sc = n_groups == 1 ? _mm512_maskz_loadu_ps(mask, scales)
-                                    : _mm512_i32gather_ps(_mm512_add_epi32(gidx, _mm512_set1_epi32((int)g)), scales, 4);
-    return _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(_mm512_add_epi32(isum, _mm512_set1_epi32(corr))), acc);
+static inline __m512 scale_group(__m512 acc, __m512i isum, int32_t corr, const float* scale16) {
+    return _mm512_fmadd_ps(_mm512_loadu_ps(scale16), _mm512_cvtepi32_ps(_mm512_add_epi32(isum, _mm512_set1_epi32(corr))),
+                           acc);
 }
 
 // One token, rows [o, o + rows), rows <= 16.
 template <bool Q4>
 static void decode_panel(const uint8_t* w, const float* scales, int rows, const QShape& s, const int8_t* xq,
-                         const int32_t* corr, float sx, const float* bias, float* y) {
+                         const int32_t* corr, float sx, const float* bias, float* y, float* ps) {
     const uint8_t* rp[16];
-    int32_t gi[16];
-    for (int r = 0; r < 16; r++) {
-        const int rr = r < rows ? r : 0;  // missing rows re-read row 0; their lanes are not stored
-        rp[r] = w + rr * s.w_stride;
-        gi[r] = (int32_t)(rr * s.n_groups);
-    }
+    for (int r = 0; r < 16; r++) rp[r] = w + (r < rows ? r : 0) * s.w_stride;  // missing rows: lanes not stored
     const __mmask16 mask = tail_mask16(rows);
-    const __m512i gidx = _mm512_loadu_si512(gi);
+    transpose_scales(scales, rows, s.n_groups, ps, 16);
     // prefetch the next panel (16 * w_stride contiguous bytes) spread over this one's steps
     const char* next = (const char*)w + 16 * s.w_stride;
     __m512 acc = _mm512_setzero_ps();
-    if (!Q4) {
-        int64_t b = 0;
-        for (int64_t g = 0; g < s.n_groups; g++) {
-            __m512i z[16];
-            for (int r = 0; r < 16; r++) z[r] = _mm512_setzero_si512();
-            for (int64_t bb = 0; bb < s.bpg; bb++, b++) {
-                const __m512i xv = _mm512_loadu_si512(xq + b * 64);
-                for (int r = 0; r < 16; r++) _mm_prefetch(next + b * 1024 + r * 64, _MM_HINT_T0);
-                for (int r = 0; r < 16; r++) z[r] = _mm512_dpbusd_epi32(z[r], load_wblock<false>(rp[r], b, s.n_in), xv);
-            }
-            acc = scale_group(acc, reduce16_epi32(z), corr[g], scales, gidx, g, s.n_groups, mask);
-        }
-    } else {
+    {
         const __m512i m4 = _mm512_set1_epi8(0x0f);
-        __m512i gs = _mm512_setzero_si512();  // integer sum of the current group
+        __m512i gs = _mm512_setzero_si512();  // integer sum of group g so far (in_group blocks)
+        int64_t g = 0, in_group = 0;
         for (int64_t p = 0; 2 * p < s.nb; p++) {
             const bool two = 2 * p + 1 < s.nb;
             const __m512i x0 = _mm512_loadu_si512(xq + p * 128), x1 = _mm512_loadu_si512(xq + p * 128 + 64);
@@ -325,12 +320,12 @@ static void decode_panel(const uint8_t* w, const float* scales, int rows, const 
             __m512i bs[2];
             reduce16_pairs_epi32(z, &bs[0], &bs[1]);
             for (int h = 0; h < (two ? 2 : 1); h++) {
-                const int64_t b = 2 * p + h;
                 gs = _mm512_add_epi32(gs, bs[h]);
-                if ((b + 1) % s.bpg == 0) {
-                    const int64_t g = b / s.bpg;
-                    acc = scale_group(acc, gs, corr[g], scales, gidx, g, s.n_groups, mask);
+                if (++in_group == s.bpg) {
+                    acc = scale_group(acc, gs, corr[g], ps + g * 16);
                     gs = _mm512_setzero_si512();
+                    in_group = 0;
+                    g++;
                 }
             }
         }
@@ -339,13 +334,43 @@ static void decode_panel(const uint8_t* w, const float* scales, int rows, const 
     _mm512_mask_storeu_ps(y, mask, _mm512_fmadd_ps(acc, _mm512_set1_ps(sx), bv));
 }
 
+// q8, one token: row after row (one memory stream, as stored), two accumulator chains per
+// row, the exact group sum reduced in the lanes, the contract's float steps in scalar.
+static void decode_rows_q8(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq,
+                           const int32_t* corr, float sx, const float* bias, float* y, int64_t o_begin,
+                           int64_t o_end) {
+    for (int64_t o = o_begin; o < o_end; o++) {
+        const uint8_t* row = w + o * s.w_stride;
+        float acc = 0.0f;
+        for (int64_t g = 0, b = 0; g < s.n_groups; g++) {
+            __m512i z0 = _mm512_setzero_si512(), z1 = _mm512_setzero_si512();
+            const int64_t b_end = b + s.bpg;
+            for (; b + 2 <= b_end; b += 2) {
+                _mm_prefetch((const char*)row + b * 64 + PREFETCH_BYTES, _MM_HINT_T0);
+                _mm_prefetch((const char*)row + b * 64 + 64 + PREFETCH_BYTES, _MM_HINT_T0);
+                z0 = _mm512_dpbusd_epi32(z0, load_wblock<false>(row, b, s.n_in), _mm512_loadu_si512(xq + b * 64));
+                z1 = _mm512_dpbusd_epi32(z1, load_wblock<false>(row, b + 1, s.n_in),
+                                         _mm512_loadu_si512(xq + b * 64 + 64));
+            }
+            if (b < b_end) {
+                _mm_prefetch((const char*)row + b * 64 + PREFETCH_BYTES, _MM_HINT_T0);
+                z0 = _mm512_dpbusd_epi32(z0, load_wblock<false>(row, b, s.n_in), _mm512_loadu_si512(xq + b * 64));
+                b++;
+            }
+            const int32_t isum = _mm512_reduce_add_epi32(_mm512_add_epi32(z0, z1)) + corr[g];
+            acc = std::fma(scales[o * s.n_groups + g], (float)isum, acc);
+        }
+        y[o] = std::fma(acc, sx, bias ? bias[o] : 0.0f);
+    }
+}
+
 template <bool Q4>
 static void decode_rows(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq, const int32_t* corr,
-                        float sx, const float* bias, float* y, int64_t o_begin, int64_t o_end) {
+                        float sx, const float* bias, float* y, int64_t o_begin, int64_t o_end, float* ps) {
     for (int64_t o = o_begin; o < o_end; o += 16) {
         const int rows = o_end - o < 16 ? (int)(o_end - o) : 16;
         decode_panel<Q4>(w + o * s.w_stride, scales + o * s.n_groups, rows, s, xq, corr, sx, bias ? bias + o : nullptr,
-                         y + o);
+                         y + o, ps);
     }
 }
 
@@ -456,7 +481,7 @@ void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
     const int64_t tb = token_block(s.xs + s.n_groups * 4, TT_Q);
 #if defined(__AVX512F__)
     const size_t pack_bytes = T > 1 ? (size_t)NP_Q * s.nb * 16 * 64 : 0;
-    const size_t ps_bytes = T > 1 ? (size_t)round_up(s.n_groups * NP_Q * 16 * 4, 64) : 0;
+    const size_t ps_bytes = (size_t)round_up(s.n_groups * NP_Q * 16 * 4, 64);
 #else
     const size_t pack_bytes = 0, ps_bytes = 0;
 #endif
@@ -482,8 +507,10 @@ void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
         const int32_t* c0 = corr + t0 * s.n_groups;
         float* y0 = y + t0 * s.n_out;
 #if defined(__AVX512F__)
-        if (nt == 1)
-            decode_rows<Q4>(w, m.scales, s, xq0, c0, sx[t0], bias, y0, o_begin, o_end);
+        if (nt == 1 && !Q4)
+            decode_rows_q8(w, m.scales, s, xq0, c0, sx[t0], bias, y0, o_begin, o_end);
+        else if (nt == 1)
+            decode_rows<Q4>(w, m.scales, s, xq0, c0, sx[t0], bias, y0, o_begin, o_end, ps);
         else
             packed_rows<Q4>(w, m.scales, s, xq0, c0, sx + t0, nt, bias, y0, o_begin, o_end, pw, ps);
 #else
