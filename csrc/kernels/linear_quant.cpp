@@ -137,6 +137,40 @@ static void transpose_scales(const float* scales, int rows, int64_t n_groups, fl
     }
 }
 
+// One q4 block (32 bytes per row at w + r * stride) of 16 rows repacked like pack_panel:
+// the stored bytes are transposed first (16 x 8 dwords: half the work of transposing the
+// unpacked 16 x 16), then dword s of the transposed block gives the steps of inputs
+// 4s..4s+3 (low nibbles) and 32+4s..32+4s+3 (high nibbles).
+static inline void pack_block_q4(const uint8_t* w, int64_t stride, int rows, __m512i* out) {
+    __m512i v[8];  // v[i] = row i | row i + 8
+    for (int i = 0; i < 8; i++) {
+        const __m256i a = i < rows ? _mm256_loadu_si256((const __m256i*)(w + i * stride)) : _mm256_setzero_si256();
+        const __m256i b = i + 8 < rows ? _mm256_loadu_si256((const __m256i*)(w + (i + 8) * stride)) : _mm256_setzero_si256();
+        v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+    }
+    __m512i t[8], r[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+    // r[4i + j], 128-bit chunk 2h + c: rows 8h + 4i .. 8h + 4i + 3, dword 4c + j
+    for (int i = 0; i < 2; i++) {
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    const __m512i c0 = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), c1 = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    for (int j = 0; j < 4; j++)
+        for (int c = 0; c < 2; c++) {
+            const int sd = 4 * c + j;  // lane r of u = dword sd of row r
+            const __m512i u = _mm512_permutex2var_epi64(r[j], c ? c1 : c0, r[4 + j]);
+            _mm512_store_si512(out + sd, _mm512_and_si512(u, m4));
+            _mm512_store_si512(out + 8 + sd, _mm512_and_si512(_mm512_srli_epi16(u, 4), m4));
+        }
+}
+
 // Rows [o, o + rows) (rows <= 16) repacked: out[b * 16 + s] lane r = weights 64b + 4s ..
 // 64b + 4s + 3 of row o + r (unsigned bytes); missing rows are zero. ps[g * stride + r] =
 // scale of row o + r, group g.
@@ -144,6 +178,10 @@ template <bool Q4>
 static void pack_panel(const uint8_t* w, const float* scales, int rows, const QShape& s, __m512i* out, float* ps,
                        int64_t ps_stride) {
     for (int64_t b = 0; b < s.nb; b++) {
+        if (Q4) {
+            pack_block_q4(w + b * 32, s.w_stride, rows, out + b * 16);
+            continue;
+        }
         __m512i v[16];
         for (int r = 0; r < 16; r++)
             v[r] = r < rows ? load_wblock<Q4>(w + r * s.w_stride, b, s.n_in) : _mm512_setzero_si512();
