@@ -239,3 +239,19 @@ def test_linear_thread_invariant_when_split(isa, dtype, group):
     for n in (2, 3):
         assert np.array_equal(y1, run_linear(isa, dtype, w, group, x, None, n_threads=n)), f"{n} threads"
     assert np.array_equal(y1[4], run_linear(isa, dtype, w, group, x[4:5], None, n_threads=3)[0])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype,group", [("int8", 0), ("int8", 128), ("int4", 64), ("int4", 256)])
+def test_quant_linear_many_tokens_exact(isa, dtype, group):
+    """Prefill-sized T (the repacked-panel paths) and partial panels at odd thread splits:
+    bitwise the scalar reference, and each token as computed alone."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((53, 768)).astype(np.float32)
+    x = rng.standard_normal((40, 768)).astype(np.float32)
+    bias = rng.standard_normal(53).astype(np.float32)
+    y = run_linear(isa, dtype, w, group, x, bias, n_threads=3)
+    assert np.array_equal(y, run_linear("scalar", dtype, w, group, x, bias))
+    for t in (0, 17, 39):
+        assert np.array_equal(y[t], run_linear(isa, dtype, w, group, x[t : t + 1], bias)[0])
+    assert np.array_equal(y[3:11], run_linear(isa, dtype, w, group, x[3:11], bias, n_threads=2))

@@ -372,33 +372,76 @@ static void decode_panel(const uint8_t* w, const float* scales, int rows, const 
     _mm512_mask_storeu_ps(y, mask, _mm512_fmadd_ps(acc, _mm512_set1_ps(sx), bv));
 }
 
-// q8, one token: row after row (one memory stream, as stored), two accumulator chains per
-// row, the exact group sum reduced in the lanes, the contract's float steps in scalar.
-static void decode_rows_q8(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq,
-                           const int32_t* corr, float sx, const float* bias, float* y, int64_t o_begin,
-                           int64_t o_end) {
-    for (int64_t o = o_begin; o < o_end; o++) {
-        const uint8_t* row = w + o * s.w_stride;
-        float acc = 0.0f;
-        for (int64_t g = 0, b = 0; g < s.n_groups; g++) {
-            __m512i z0 = _mm512_setzero_si512(), z1 = _mm512_setzero_si512();
-            const int64_t b_end = b + s.bpg;
-            for (; b + 2 <= b_end; b += 2) {
-                _mm_prefetch((const char*)row + b * 64 + PREFETCH_BYTES, _MM_HINT_T0);
-                _mm_prefetch((const char*)row + b * 64 + 64 + PREFETCH_BYTES, _MM_HINT_T0);
-                z0 = _mm512_dpbusd_epi32(z0, load_wblock<false>(row, b, s.n_in), _mm512_loadu_si512(xq + b * 64));
-                z1 = _mm512_dpbusd_epi32(z1, load_wblock<false>(row, b + 1, s.n_in),
-                                         _mm512_loadu_si512(xq + b * 64 + 64));
-            }
-            if (b < b_end) {
-                _mm_prefetch((const char*)row + b * 64 + PREFETCH_BYTES, _MM_HINT_T0);
-                z0 = _mm512_dpbusd_epi32(z0, load_wblock<false>(row, b, s.n_in), _mm512_loadu_si512(xq + b * 64));
-                b++;
-            }
-            const int32_t isum = _mm512_reduce_add_epi32(_mm512_add_epi32(z0, z1)) + corr[g];
-            acc = std::fma(scales[o * s.n_groups + g], (float)isum, acc);
+// q8, rows [o, o + rows) (rows <= 16) for TT tokens (k in lanes, no repacking): per group,
+// for each row R rows at a time, integer lanes over the group's blocks (each row read in
+// order), then the 16 (row, token) lane vectors of a chunk reduced together by a tree.
+template <int R, int TT>
+static inline void q8_rows_tile(const uint8_t* w, const float* ps, int rows, const QShape& s, const int8_t* xq,
+                                const int32_t* corr, const float* sx, const float* bias, float* y) {
+    static_assert(R * TT <= 16, "one reduction tree per group");
+    __m512 acc[TT];  // lane r: row r (16 rows), one vector per token
+    for (int t = 0; t < TT; t++) acc[t] = _mm512_setzero_ps();
+    const __mmask16 mask = tail_mask16(rows);
+    for (int64_t g = 0, b0 = 0; g < s.n_groups; g++, b0 += s.bpg) {
+        alignas(64) int32_t isum[TT][16];
+        for (int r0 = 0; r0 < 16; r0 += R) {
+            const uint8_t* rp[R];
+            for (int r = 0; r < R; r++) rp[r] = w + (r0 + r < rows ? r0 + r : 0) * s.w_stride;
+            __m512i z[16];
+            for (int i = 0; i < 16; i++) z[i] = _mm512_setzero_si512();
+            if (r0 < rows)
+                for (int64_t b = b0; b < b0 + s.bpg; b++) {
+                    __m512i wv[R];
+                    for (int r = 0; r < R; r++) {
+                        _mm_prefetch((const char*)rp[r] + b * 64 + PREFETCH_BYTES, _MM_HINT_T0);
+                        wv[r] = load_wblock<false>(rp[r], b, s.n_in);
+                    }
+                    for (int t = 0; t < TT; t++) {
+                        const __m512i xv = _mm512_loadu_si512(xq + t * s.xs + b * 64);
+                        for (int r = 0; r < R; r++) z[t * R + r] = _mm512_dpbusd_epi32(z[t * R + r], wv[r], xv);
+                    }
+                }
+            alignas(64) int32_t red[16];
+            _mm512_store_si512(red, reduce16_epi32(z));
+            for (int t = 0; t < TT; t++)
+                for (int r = 0; r < R; r++) isum[t][r0 + r] = red[t * R + r];
         }
-        y[o] = std::fma(acc, sx, bias ? bias[o] : 0.0f);
+        const __m512 sc = _mm512_loadu_ps(ps + g * 16);
+        for (int t = 0; t < TT; t++) {
+            const __m512i v = _mm512_add_epi32(_mm512_load_si512(isum[t]), _mm512_set1_epi32(corr[t * s.n_groups + g]));
+            acc[t] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(v), acc[t]);
+        }
+    }
+    const __m512 bv = bias ? _mm512_maskz_loadu_ps(mask, bias) : _mm512_setzero_ps();
+    for (int t = 0; t < TT; t++)
+        _mm512_mask_storeu_ps(y + t * s.n_out, mask, _mm512_fmadd_ps(acc[t], _mm512_set1_ps(sx[t]), bv));
+}
+
+// q8 for T tokens without repacking: 16-row panels, tokens TT_Q8 at a time.
+constexpr int TT_Q8 = 4;
+// Up to this many tokens q8 reads its rows as stored: repacking a panel (a 16 x 16 transpose
+// per block) costs about as much as 12 tokens' products (measured on [3072, 768]).
+constexpr int64_t Q8_UNPACKED_MAX_T = 12;
+static void q8_rows(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq, const int32_t* corr,
+                    const float* sx, int64_t T, const float* bias, float* y, int64_t o_begin, int64_t o_end, float* ps) {
+    for (int64_t o = o_begin; o < o_end; o += 16) {
+        const int rows = o_end - o < 16 ? (int)(o_end - o) : 16;
+        const uint8_t* wo = w + o * s.w_stride;
+        const float* bo = bias ? bias + o : nullptr;
+        transpose_scales(scales + o * s.n_groups, rows, s.n_groups, ps, 16);
+        int64_t t = 0;
+        for (; t + TT_Q8 <= T; t += TT_Q8)
+            q8_rows_tile<4, TT_Q8>(wo, ps, rows, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bo,
+                                   y + t * s.n_out + o);
+        const int8_t* xt = xq + t * s.xs;
+        const int32_t* ct = corr + t * s.n_groups;
+        float* yt = y + t * s.n_out + o;
+        switch (T - t) {
+            case 0: break;
+            case 1: q8_rows_tile<8, 1>(wo, ps, rows, s, xt, ct, sx + t, bo, yt); break;
+            case 2: q8_rows_tile<8, 2>(wo, ps, rows, s, xt, ct, sx + t, bo, yt); break;
+            case 3: q8_rows_tile<4, 3>(wo, ps, rows, s, xt, ct, sx + t, bo, yt); break;
+        }
     }
 }
 
@@ -545,8 +588,8 @@ void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
         const int32_t* c0 = corr + t0 * s.n_groups;
         float* y0 = y + t0 * s.n_out;
 #if defined(__AVX512F__)
-        if (nt == 1 && !Q4)
-            decode_rows_q8(w, m.scales, s, xq0, c0, sx[t0], bias, y0, o_begin, o_end);
+        if (!Q4 && nt <= Q8_UNPACKED_MAX_T)
+            q8_rows(w, m.scales, s, xq0, c0, sx + t0, nt, bias, y0, o_begin, o_end, ps);
         else if (nt == 1)
             decode_rows<Q4>(w, m.scales, s, xq0, c0, sx[t0], bias, y0, o_begin, o_end, ps);
         else
