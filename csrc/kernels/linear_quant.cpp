@@ -93,7 +93,6 @@ static float quantize_row(const float* x, const QShape& s, int offset, int8_t* x
 
 // ---- T >= 2: repacked panels ------------------------------------------------------------
 
-constexpr int PANEL = 16;       // rows per panel (one vector of outputs)
 constexpr int NP_Q = 2;         // panels per tile
 constexpr int TT_Q = 6;         // tokens per tile: 12 int + 12 float accumulators
 
@@ -328,87 +327,45 @@ static inline __m512 scale_group(__m512 acc, __m512i isum, int32_t corr, const f
                            acc);
 }
 
-// One token, rows [o, o + rows), rows <= 16.
-template <bool Q4>
-static void decode_panel(const uint8_t* w, const float* scales, int rows, const QShape& s, const int8_t* xq,
-                         const int32_t* corr, float sx, const float* bias, float* y, float* ps) {
-    const uint8_t* rp[16];
-    for (int r = 0; r < 16; r++) rp[r] = w + (r < rows ? r : 0) * s.w_stride;  // missing rows: lanes not stored
-    const __mmask16 mask = tail_mask16(rows);
-    transpose_scales(scales, rows, s.n_groups, ps, 16);
-    // prefetch the next panel (16 * w_stride contiguous bytes) spread over this one's steps
-    const char* next = (const char*)w + 16 * s.w_stride;
-    __m512 acc = _mm512_setzero_ps();
-    {
-        const __m512i m4 = _mm512_set1_epi8(0x0f);
-        __m512i gs = _mm512_setzero_si512();  // integer sum of group g so far (in_group blocks)
-        int64_t g = 0, in_group = 0;
-        for (int64_t p = 0; 2 * p < s.nb; p++) {
-            const bool two = 2 * p + 1 < s.nb;
-            const __m512i x0 = _mm512_loadu_si512(xq + p * 128), x1 = _mm512_loadu_si512(xq + p * 128 + 64);
-            const __m512i xlo = _mm512_shuffle_i32x4(x0, x1, 0x44), xhi = _mm512_shuffle_i32x4(x0, x1, 0xEE);
-            for (int r = 0; r < 16; r++) _mm_prefetch(next + p * 1024 + r * 64, _MM_HINT_T0);
-            __m512i z[16];
-            for (int r = 0; r < 16; r++) {
-                const __m512i v = two ? _mm512_loadu_si512(rp[r] + p * 64)
-                                      : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)(rp[r] + p * 64)));
-                const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-                z[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo), hi, xhi);
-            }
-            __m512i bs[2];
-            reduce16_pairs_epi32(z, &bs[0], &bs[1]);
-            for (int h = 0; h < (two ? 2 : 1); h++) {
-                gs = _mm512_add_epi32(gs, bs[h]);
-                if (++in_group == s.bpg) {
-                    acc = scale_group(acc, gs, corr[g], ps + g * 16);
-                    gs = _mm512_setzero_si512();
-                    in_group = 0;
-                    g++;
-                }
-            }
-        }
-    }
-    const __m512 bv = bias ? _mm512_maskz_loadu_ps(mask, bias) : _mm512_setzero_ps();
-    _mm512_mask_storeu_ps(y, mask, _mm512_fmadd_ps(acc, _mm512_set1_ps(sx), bv));
-}
 
 // q8, rows [o, o + rows) (rows <= 16) for TT tokens (k in lanes, no repacking): per group,
-// for each row R rows at a time, integer lanes over the group's blocks (each row read in
-// order), then the 16 (row, token) lane vectors of a chunk reduced together by a tree.
-template <int R, int TT>
+// row after row (the panel's bytes read in memory order: one stream the hardware
+// prefetcher follows; interleaving 16 rows halved the DRAM throughput), each weight vector
+// used for the TT tokens; the 16 rows' integer lanes then reduced together by a tree.
+template <int TT>
 static inline void q8_rows_tile(const uint8_t* w, const float* ps, int rows, const QShape& s, const int8_t* xq,
                                 const int32_t* corr, const float* sx, const float* bias, float* y) {
-    static_assert(R * TT <= 16, "one reduction tree per group");
-    __m512 acc[TT];  // lane r: row r (16 rows), one vector per token
+    constexpr int C = TT == 1 ? 2 : 1;  // chains per token (one token: two, for the dpbusd latency)
+    __m512 acc[TT];                      // lane r: row r, one vector per token
     for (int t = 0; t < TT; t++) acc[t] = _mm512_setzero_ps();
     const __mmask16 mask = tail_mask16(rows);
     for (int64_t g = 0, b0 = 0; g < s.n_groups; g++, b0 += s.bpg) {
-        alignas(64) int32_t isum[TT][16];
-        for (int r0 = 0; r0 < 16; r0 += R) {
-            const uint8_t* rp[R];
-            for (int r = 0; r < R; r++) rp[r] = w + (r0 + r < rows ? r0 + r : 0) * s.w_stride;
-            __m512i z[16];
-            for (int i = 0; i < 16; i++) z[i] = _mm512_setzero_si512();
-            if (r0 < rows)
-                for (int64_t b = b0; b < b0 + s.bpg; b++) {
-                    __m512i wv[R];
-                    for (int r = 0; r < R; r++) {
-                        _mm_prefetch((const char*)rp[r] + b * 64 + PREFETCH_BYTES, _MM_HINT_T0);
-                        wv[r] = load_wblock<false>(rp[r], b, s.n_in);
-                    }
-                    for (int t = 0; t < TT; t++) {
-                        const __m512i xv = _mm512_loadu_si512(xq + t * s.xs + b * 64);
-                        for (int r = 0; r < R; r++) z[t * R + r] = _mm512_dpbusd_epi32(z[t * R + r], wv[r], xv);
-                    }
-                }
-            alignas(64) int32_t red[16];
-            _mm512_store_si512(red, reduce16_epi32(z));
+        __m512i zb[TT][16];
+        for (int r = 0; r < 16; r++) {
+            __m512i z[TT][C];
             for (int t = 0; t < TT; t++)
-                for (int r = 0; r < R; r++) isum[t][r0 + r] = red[t * R + r];
+                for (int c = 0; c < C; c++) z[t][c] = _mm512_setzero_si512();
+            if (r < rows) {
+                const uint8_t* row = w + r * s.w_stride;
+                int64_t b = b0;
+                for (; b + C <= b0 + s.bpg; b += C)
+                    for (int c = 0; c < C; c++) {
+                        _mm_prefetch((const char*)row + (b + c) * 64 + PREFETCH_BYTES, _MM_HINT_T0);
+                        const __m512i wv = load_wblock<false>(row, b + c, s.n_in);
+                        for (int t = 0; t < TT; t++)
+                            z[t][c] = _mm512_dpbusd_epi32(z[t][c], wv, _mm512_loadu_si512(xq + t * s.xs + (b + c) * 64));
+                    }
+                for (; b < b0 + s.bpg; b++) {
+                    const __m512i wv = load_wblock<false>(row, b, s.n_in);
+                    for (int t = 0; t < TT; t++)
+                        z[t][0] = _mm512_dpbusd_epi32(z[t][0], wv, _mm512_loadu_si512(xq + t * s.xs + b * 64));
+                }
+            }
+            for (int t = 0; t < TT; t++) zb[t][r] = C == 2 ? _mm512_add_epi32(z[t][0], z[t][C - 1]) : z[t][0];
         }
         const __m512 sc = _mm512_loadu_ps(ps + g * 16);
         for (int t = 0; t < TT; t++) {
-            const __m512i v = _mm512_add_epi32(_mm512_load_si512(isum[t]), _mm512_set1_epi32(corr[t * s.n_groups + g]));
+            const __m512i v = _mm512_add_epi32(reduce16_epi32(zb[t]), _mm512_set1_epi32(corr[t * s.n_groups + g]));
             acc[t] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(v), acc[t]);
         }
     }
@@ -418,7 +375,7 @@ static inline void q8_rows_tile(const uint8_t* w, const float* ps, int rows, con
 }
 
 // q8 for T tokens without repacking: 16-row panels, tokens TT_Q8 at a time.
-constexpr int TT_Q8 = 4;
+constexpr int TT_Q8 = 6;
 // Up to this many tokens q8 reads its rows as stored: repacking a panel (a 16 x 16 transpose
 // per block) costs about as much as 12 tokens' products (measured on [3072, 768]).
 constexpr int64_t Q8_UNPACKED_MAX_T = 12;
@@ -431,29 +388,77 @@ static void q8_rows(const uint8_t* w, const float* scales, const QShape& s, cons
         transpose_scales(scales + o * s.n_groups, rows, s.n_groups, ps, 16);
         int64_t t = 0;
         for (; t + TT_Q8 <= T; t += TT_Q8)
-            q8_rows_tile<4, TT_Q8>(wo, ps, rows, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bo,
+            q8_rows_tile<TT_Q8>(wo, ps, rows, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bo,
                                    y + t * s.n_out + o);
         const int8_t* xt = xq + t * s.xs;
         const int32_t* ct = corr + t * s.n_groups;
         float* yt = y + t * s.n_out + o;
         switch (T - t) {
             case 0: break;
-            case 1: q8_rows_tile<8, 1>(wo, ps, rows, s, xt, ct, sx + t, bo, yt); break;
-            case 2: q8_rows_tile<8, 2>(wo, ps, rows, s, xt, ct, sx + t, bo, yt); break;
-            case 3: q8_rows_tile<4, 3>(wo, ps, rows, s, xt, ct, sx + t, bo, yt); break;
+            case 1: q8_rows_tile<1>(wo, ps, rows, s, xt, ct, sx + t, bo, yt); break;
+            case 2: q8_rows_tile<2>(wo, ps, rows, s, xt, ct, sx + t, bo, yt); break;
+            case 3: q8_rows_tile<3>(wo, ps, rows, s, xt, ct, sx + t, bo, yt); break;
+            case 4: q8_rows_tile<4>(wo, ps, rows, s, xt, ct, sx + t, bo, yt); break;
+            case 5: q8_rows_tile<5>(wo, ps, rows, s, xt, ct, sx + t, bo, yt); break;
         }
     }
 }
 
-template <bool Q4>
-static void decode_rows(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq, const int32_t* corr,
-                        float sx, const float* bias, float* y, int64_t o_begin, int64_t o_end, float* ps) {
+// q4, one token, rows [o, o + rows) (rows <= 16): per pair of blocks, one 64-byte load per
+// row (the two blocks' low nibbles, then their high nibbles, against activations arranged
+// to match), the 16 rows' lane vectors reduced together into block sums, summed per group,
+// scaled. (Reading row after row instead, parking the lane vectors, was 1.5x slower in
+// cache and no faster from DRAM.)
+static void decode_panel_q4(const uint8_t* w, const float* scales, int rows, const QShape& s, const int8_t* xq,
+                            const int32_t* corr, float sx, const float* bias, float* y, float* ps) {
+    const uint8_t* rp[16];
+    for (int r = 0; r < 16; r++) rp[r] = w + (r < rows ? r : 0) * s.w_stride;  // missing rows: lanes not stored
+    const __mmask16 mask = tail_mask16(rows);
+    transpose_scales(scales, rows, s.n_groups, ps, 16);
+    // prefetch the next panel (16 * w_stride contiguous bytes) spread over this one's steps
+    const char* next = (const char*)w + 16 * s.w_stride;
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    __m512 acc = _mm512_setzero_ps();
+    __m512i gs = _mm512_setzero_si512();  // integer sum of group g so far (in_group blocks)
+    int64_t g = 0, in_group = 0;
+    for (int64_t p = 0; 2 * p < s.nb; p++) {
+        const bool two = 2 * p + 1 < s.nb;
+        const __m512i x0 = _mm512_loadu_si512(xq + p * 128), x1 = _mm512_loadu_si512(xq + p * 128 + 64);
+        const __m512i xlo = _mm512_shuffle_i32x4(x0, x1, 0x44), xhi = _mm512_shuffle_i32x4(x0, x1, 0xEE);
+        for (int r = 0; r < 16; r++) _mm_prefetch(next + p * 1024 + r * 64, _MM_HINT_T0);
+        __m512i z[16];
+        for (int r = 0; r < 16; r++) {
+            const __m512i v = two ? _mm512_loadu_si512(rp[r] + p * 64)
+                                  : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)(rp[r] + p * 64)));
+            const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            z[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo), hi, xhi);
+        }
+        __m512i bs[2];
+        reduce16_pairs_epi32(z, &bs[0], &bs[1]);
+        for (int h = 0; h < (two ? 2 : 1); h++) {
+            gs = _mm512_add_epi32(gs, bs[h]);
+            if (++in_group == s.bpg) {
+                acc = scale_group(acc, gs, corr[g], ps + g * 16);
+                gs = _mm512_setzero_si512();
+                in_group = 0;
+                g++;
+            }
+        }
+    }
+    const __m512 bv = bias ? _mm512_maskz_loadu_ps(mask, bias) : _mm512_setzero_ps();
+    _mm512_mask_storeu_ps(y, mask, _mm512_fmadd_ps(acc, _mm512_set1_ps(sx), bv));
+}
+
+static void decode_rows_q4(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq,
+                           const int32_t* corr, float sx, const float* bias, float* y, int64_t o_begin, int64_t o_end,
+                           float* ps) {
     for (int64_t o = o_begin; o < o_end; o += 16) {
         const int rows = o_end - o < 16 ? (int)(o_end - o) : 16;
-        decode_panel<Q4>(w + o * s.w_stride, scales + o * s.n_groups, rows, s, xq, corr, sx, bias ? bias + o : nullptr,
-                         y + o, ps);
+        decode_panel_q4(w + o * s.w_stride, scales + o * s.n_groups, rows, s, xq, corr, sx, bias ? bias + o : nullptr,
+                        y + o, ps);
     }
 }
+
 
 #else  // AVX2: no VNNI; byte products with vpmaddubsw
 
@@ -591,7 +596,7 @@ void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
         if (!Q4 && nt <= Q8_UNPACKED_MAX_T)
             q8_rows(w, m.scales, s, xq0, c0, sx + t0, nt, bias, y0, o_begin, o_end, ps);
         else if (nt == 1)
-            decode_rows<Q4>(w, m.scales, s, xq0, c0, sx[t0], bias, y0, o_begin, o_end, ps);
+            decode_rows_q4(w, m.scales, s, xq0, c0, sx[t0], bias, y0, o_begin, o_end, ps);
         else
             packed_rows<Q4>(w, m.scales, s, xq0, c0, sx + t0, nt, bias, y0, o_begin, o_end, pw, ps);
 #else
