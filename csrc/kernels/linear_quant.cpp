@@ -404,6 +404,94 @@ static void q8_rows(const uint8_t* w, const float* scales, const QShape& s, cons
     }
 }
 
+// q4, small batches: 16 rows transposed block by block as in pack_block_q4, but used at
+// once from registers for the TT tokens instead of being stored (for a few tokens, storing
+// and reloading the panel cost more than the products). Per token, C chains of integer
+// accumulators (C = 2 for few tokens: the vpdpbusd latency), summed at the group's end.
+template <int TT>
+static void q4_rows_tile(const uint8_t* w, const float* ps, int rows, const QShape& s, const int8_t* xq,
+                         const int32_t* corr, const float* sx, const float* bias, float* y) {
+    constexpr int C = TT <= 4 ? 2 : 1;
+    const __mmask16 mask = tail_mask16(rows);
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i c0 = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), c1 = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    __m512 facc[TT];
+    __m512i iacc[TT][C];
+    for (int t = 0; t < TT; t++) facc[t] = _mm512_setzero_ps();
+    int64_t g = 0, in_group = 0;
+    for (int64_t b = 0; b < s.nb; b++) {
+        if (in_group == 0)
+            for (int t = 0; t < TT; t++) {
+                iacc[t][0] = _mm512_set1_epi32(corr[t * s.n_groups + g]);
+                if (C == 2) iacc[t][C - 1] = _mm512_setzero_si512();
+            }
+        const uint8_t* wb = w + b * 32;
+        __m512i v[8];  // v[i] = row i | row i + 8
+        for (int i = 0; i < 8; i++) {
+            const __m256i a = i < rows ? _mm256_loadu_si256((const __m256i*)(wb + i * s.w_stride)) : _mm256_setzero_si256();
+            const __m256i c = i + 8 < rows ? _mm256_loadu_si256((const __m256i*)(wb + (i + 8) * s.w_stride))
+                                           : _mm256_setzero_si256();
+            v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(a), c, 1);
+        }
+        __m512i t8[8], r[8];
+        for (int i = 0; i < 4; i++) {
+            t8[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+            t8[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+        }
+        for (int i = 0; i < 2; i++) {
+            r[4 * i] = _mm512_unpacklo_epi64(t8[4 * i], t8[4 * i + 2]);
+            r[4 * i + 1] = _mm512_unpackhi_epi64(t8[4 * i], t8[4 * i + 2]);
+            r[4 * i + 2] = _mm512_unpacklo_epi64(t8[4 * i + 1], t8[4 * i + 3]);
+            r[4 * i + 3] = _mm512_unpackhi_epi64(t8[4 * i + 1], t8[4 * i + 3]);
+        }
+        const int8_t* xb = xq + b * 64;
+        for (int j = 0; j < 4; j++)
+            for (int c = 0; c < 2; c++) {
+                const int sd = 4 * c + j;  // lane r of u = dword sd of row r's block
+                const __m512i u = _mm512_permutex2var_epi64(r[j], c ? c1 : c0, r[4 + j]);
+                const __m512i lo = _mm512_and_si512(u, m4), hi = _mm512_and_si512(_mm512_srli_epi16(u, 4), m4);
+                for (int t = 0; t < TT; t++) {
+                    int32_t xl, xh;
+                    std::memcpy(&xl, xb + t * s.xs + 4 * sd, 4);
+                    std::memcpy(&xh, xb + t * s.xs + 32 + 4 * sd, 4);
+                    iacc[t][0] = _mm512_dpbusd_epi32(iacc[t][0], lo, _mm512_set1_epi32(xl));
+                    iacc[t][C - 1] = _mm512_dpbusd_epi32(iacc[t][C - 1], hi, _mm512_set1_epi32(xh));
+                }
+            }
+        if (++in_group == s.bpg) {
+            const __m512 sc = _mm512_loadu_ps(ps + g * 16);
+            for (int t = 0; t < TT; t++) {
+                const __m512i isum = C == 2 ? _mm512_add_epi32(iacc[t][0], iacc[t][C - 1]) : iacc[t][0];
+                facc[t] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(isum), facc[t]);
+            }
+            in_group = 0;
+            g++;
+        }
+    }
+    const __m512 bv = bias ? _mm512_maskz_loadu_ps(mask, bias) : _mm512_setzero_ps();
+    for (int t = 0; t < TT; t++)
+        _mm512_mask_storeu_ps(y + t * s.n_out, mask, _mm512_fmadd_ps(facc[t], _mm512_set1_ps(sx[t]), bv));
+}
+
+// Up to this many tokens q4 uses q4_rows_tile (one tile) rather than stored panels.
+constexpr int64_t Q4_UNPACKED_MAX_T = 4;  // equal speed from 5 to 8 ([3072, 768])
+static void q4_rows(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq, const int32_t* corr,
+                    const float* sx, int64_t T, const float* bias, float* y, int64_t o_begin, int64_t o_end, float* ps) {
+    for (int64_t o = o_begin; o < o_end; o += 16) {
+        const int rows = o_end - o < 16 ? (int)(o_end - o) : 16;
+        const uint8_t* wo = w + o * s.w_stride;
+        const float* bo = bias ? bias + o : nullptr;
+        float* yo = y + o;
+        transpose_scales(scales + o * s.n_groups, rows, s.n_groups, ps, 16);
+        switch (T) {
+            case 2: q4_rows_tile<2>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
+            case 3: q4_rows_tile<3>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
+            case 4: q4_rows_tile<4>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
+            default: throw std::logic_error("q4_rows: 2 to Q4_UNPACKED_MAX_T tokens");
+        }
+    }
+}
+
 // q4, one token, rows [o, o + rows) (rows <= 16): per pair of blocks, one 64-byte load per
 // row (the two blocks' low nibbles, then their high nibbles, against activations arranged
 // to match), the 16 rows' lane vectors reduced together into block sums, summed per group,
@@ -595,6 +683,8 @@ void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
 #if defined(__AVX512F__)
         if (!Q4 && nt <= Q8_UNPACKED_MAX_T)
             q8_rows(w, m.scales, s, xq0, c0, sx + t0, nt, bias, y0, o_begin, o_end, ps);
+        else if (Q4 && nt >= 2 && nt <= Q4_UNPACKED_MAX_T)
+            q4_rows(w, m.scales, s, xq0, c0, sx + t0, nt, bias, y0, o_begin, o_end, ps);
         else if (nt == 1)
             decode_rows_q4(w, m.scales, s, xq0, c0, sx[t0], bias, y0, o_begin, o_end, ps);
         else
