@@ -577,23 +577,23 @@ static inline __m256i dot32(__m256i w, __m256i x) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x)), ones);
 }
 
-static inline int32_t hsum_epi32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
+// The sums of the lanes of v[0..3] (exact): three vphaddd and one 128-bit add.
+static inline __m128i hsum4_epi32(const __m256i* v) {
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
-// The R x TT tile: per group, exact integer sums, then the contract's scalar FMA.
+// The R x TT tile (R * TT <= 4): per group, exact integer sums, then the contract's FMA for
+// the tile's 4 (token, row) pairs in one vector.
 template <bool Q4, int R, int TT>
 static inline void quant_tile(const uint8_t* w, const float* sw, const QShape& s, const int8_t* xq,
                               const int32_t* corr, const float* sx, const float* bias, float* y, int64_t ldy) {
-    float acc[TT * R];
-    for (int i = 0; i < TT * R; i++) acc[i] = 0.0f;
+    static_assert(R * TT <= 4, "one vector of (token, row) pairs");
+    __m128 acc = _mm_setzero_ps();  // lane t * R + r
     int64_t block = 0;
     for (int64_t g = 0; g < s.n_groups; g++) {
-        __m256i iacc[TT * R];
-        for (int i = 0; i < TT * R; i++) iacc[i] = _mm256_setzero_si256();
+        __m256i iacc[4];
+        for (int i = 0; i < 4; i++) iacc[i] = _mm256_setzero_si256();
         for (int64_t b = 0; b < s.bpg; b++, block++) {
             for (int half = 0; half < 2; half++) {
                 __m256i wv[R];
@@ -605,14 +605,17 @@ static inline void quant_tile(const uint8_t* w, const float* sw, const QShape& s
                 }
             }
         }
-        for (int t = 0; t < TT; t++)
-            for (int r = 0; r < R; r++) {
-                const int32_t isum = hsum_epi32(iacc[t * R + r]) + corr[t * s.n_groups + g];
-                acc[t * R + r] = std::fma(sw[r * s.n_groups + g], (float)isum, acc[t * R + r]);
-            }
+        // lane i = t * R + r (built in registers: scalar stores then a vector load would
+        // stall on store forwarding once per group)
+        auto c = [&](int i) { return i < TT * R ? corr[(i / R) * s.n_groups + g] : 0; };
+        auto sc = [&](int i) { return i < TT * R ? sw[(i % R) * s.n_groups + g] : 0.0f; };
+        const __m128i isum = _mm_add_epi32(hsum4_epi32(iacc), _mm_setr_epi32(c(0), c(1), c(2), c(3)));
+        acc = _mm_fmadd_ps(_mm_setr_ps(sc(0), sc(1), sc(2), sc(3)), _mm_cvtepi32_ps(isum), acc);
     }
+    alignas(16) float a4[4];
+    _mm_store_ps(a4, acc);
     for (int t = 0; t < TT; t++)
-        for (int r = 0; r < R; r++) y[t * ldy + r] = std::fma(acc[t * R + r], sx[t], bias ? bias[r] : 0.0f);
+        for (int r = 0; r < R; r++) y[t * ldy + r] = std::fma(a4[t * R + r], sx[t], bias ? bias[r] : 0.0f);
 }
 
 template <bool Q4, int R>
