@@ -348,15 +348,19 @@ static inline void q8_rows_tile(const uint8_t* w, const float* ps, int rows, con
             if (r < rows) {
                 const uint8_t* row = w + r * s.w_stride;
                 int64_t b = b0;
+                // (unrolled: z must stay in registers, not round-trip through the stack)
                 for (; b + C <= b0 + s.bpg; b += C)
+#pragma GCC unroll 2
                     for (int c = 0; c < C; c++) {
-                        _mm_prefetch((const char*)row + (b + c) * 64 + PREFETCH_BYTES, _MM_HINT_T0);
+                        _mm_prefetch((const char*)row + (b + c) * 64 + PREFETCH_BYTES, _MM_HINT_T1);
                         const __m512i wv = load_wblock<false>(row, b + c, s.n_in);
+#pragma GCC unroll 8
                         for (int t = 0; t < TT; t++)
                             z[t][c] = _mm512_dpbusd_epi32(z[t][c], wv, _mm512_loadu_si512(xq + t * s.xs + (b + c) * 64));
                     }
                 for (; b < b0 + s.bpg; b++) {
                     const __m512i wv = load_wblock<false>(row, b, s.n_in);
+#pragma GCC unroll 8
                     for (int t = 0; t < TT; t++)
                         z[t][0] = _mm512_dpbusd_epi32(z[t][0], wv, _mm512_loadu_si512(xq + t * s.xs + b * 64));
                 }
@@ -503,8 +507,9 @@ static void decode_panel_q4(const uint8_t* w, const float* scales, int rows, con
     for (int r = 0; r < 16; r++) rp[r] = w + (r < rows ? r : 0) * s.w_stride;  // missing rows: lanes not stored
     const __mmask16 mask = tail_mask16(rows);
     transpose_scales(scales, rows, s.n_groups, ps, 16);
-    // prefetch the next panel (16 * w_stride contiguous bytes) spread over this one's steps
-    const char* next = (const char*)w + 16 * s.w_stride;
+    // prefetch the panel after next (16 * w_stride contiguous bytes) into L2, spread over this
+    // panel's steps: 1.1-1.7x the DRAM throughput of prefetching the next panel into L1
+    const char* next = (const char*)w + 32 * s.w_stride;
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     __m512 acc = _mm512_setzero_ps();
     __m512i gs = _mm512_setzero_si512();  // integer sum of group g so far (in_group blocks)
@@ -513,7 +518,7 @@ static void decode_panel_q4(const uint8_t* w, const float* scales, int rows, con
         const bool two = 2 * p + 1 < s.nb;
         const __m512i x0 = _mm512_loadu_si512(xq + p * 128), x1 = _mm512_loadu_si512(xq + p * 128 + 64);
         const __m512i xlo = _mm512_shuffle_i32x4(x0, x1, 0x44), xhi = _mm512_shuffle_i32x4(x0, x1, 0xEE);
-        for (int r = 0; r < 16; r++) _mm_prefetch(next + p * 1024 + r * 64, _MM_HINT_T0);
+        for (int r = 0; r < 16; r++) _mm_prefetch(next + p * 1024 + r * 64, _MM_HINT_T1);
         __m512i z[16];
         for (int r = 0; r < 16; r++) {
             const __m512i v = two ? _mm512_loadu_si512(rp[r] + p * 64)
