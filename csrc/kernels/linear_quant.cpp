@@ -176,7 +176,12 @@ static inline void pack_block_q4(const uint8_t* w, int64_t stride, int rows, __m
 template <bool Q4>
 static void pack_panel(const uint8_t* w, const float* scales, int rows, const QShape& s, __m512i* out, float* ps,
                        int64_t ps_stride) {
+    // the 16 rows' blocks are 16 short streams the hardware prefetcher does not follow from
+    // DRAM: prefetch the panel NP_Q panels ahead (the next call's) into L2, spread over the blocks
+    const char* ahead = (const char*)w + NP_Q * 16 * s.w_stride;
+    const int64_t step = 16 * s.w_stride / s.nb;  // bytes of that panel per block
     for (int64_t b = 0; b < s.nb; b++) {
+        for (int64_t i = 0; i < step; i += 64) _mm_prefetch(ahead + b * step + i, _MM_HINT_T1);
         if (Q4) {
             pack_block_q4(w + b * 32, s.w_stride, rows, out + b * 16);
             continue;
@@ -423,7 +428,9 @@ static void q4_rows_tile(const uint8_t* w, const float* ps, int rows, const QSha
     __m512i iacc[TT][C];
     for (int t = 0; t < TT; t++) facc[t] = _mm512_setzero_ps();
     int64_t g = 0, in_group = 0;
+    const char* ahead = (const char*)w + 32 * s.w_stride;  // as in pack_panel: two panels ahead, into L2
     for (int64_t b = 0; b < s.nb; b++) {
+        for (int i = 0; i < 512; i += 64) _mm_prefetch(ahead + b * 512 + i, _MM_HINT_T1);  // 16 * w_stride / nb
         if (in_group == 0)
             for (int t = 0; t < TT; t++) {
                 iacc[t][0] = _mm512_set1_epi32(corr[t * s.n_groups + g]);
