@@ -7,16 +7,22 @@
 //   acc = 0; for g = 0, 1, ...: acc = fma(scale[o, g], float(isum), acc);
 //   y[t, o] = fma(acc, sx[t], bias[o] or 0).
 // Since the integer sums are exact, a kernel is free to lay them out as it likes:
-//   AVX-512, T >= 2 (prefill, batched decode): a panel of 16 rows is repacked once per
-//     token block so that one 64-byte vector holds 4 consecutive weights of each of the 16
-//     rows (a 16 x 16 dword transpose per 64-input block; q4 nibbles unpacked there, once);
+//   AVX-512 prefill (q8 T > 12, q4 T > 4): a panel of 16 rows is repacked once per token
+//     block so that one 64-byte vector holds 4 consecutive weights of each of the 16 rows
+//     (a 16 x 16 dword transpose per 64-input block; q4 nibbles unpacked there, once);
 //     vpdpbusd against 4 activation bytes broadcast then gives 16 outputs' partial sums in
 //     the 16 lanes: no horizontal reduction at all, and the per-group scaling is one FMA
-//     per 16 outputs.
-//   AVX-512, T = 1 (decode): rows are streamed as stored (16 rows at a time, lanes over the
-//     inputs), and the 16 rows' integer lanes are reduced together by a transpose-add tree
-//     into one vector of 16 outputs; q4 reads 64 bytes (two blocks) per row and step.
-//   AVX2: per (row, token, group) integer lanes, reduced exactly, scaled in scalar FMAs.
+//     per 16 outputs (q8_rows / q4_rows below cover smaller batches, where repacking
+//     cost more than it saved).
+//   AVX-512 q8, T <= 12: rows read as stored, one row after another (one memory stream:
+//     reading 2, 4 or 16 rows interleaved was 1.3-4x slower from DRAM), lanes over the
+//     inputs, each weight vector used for up to 6 tokens; the 16 rows' integer lanes are
+//     reduced together by a transpose-add tree into one vector of 16 outputs.
+//   AVX-512 q4, T = 1: 16 rows per step of two blocks (one 64-byte load per row), reduced
+//     by a tree into per-block sums; T = 2..4: the panel transposed block by block and used
+//     from registers.
+//   AVX2: per (token, row, group) integer lanes; four groups' sums reduced together by
+//     vphaddd and scaled in one vector FMA.
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
