@@ -7,7 +7,7 @@
 //   acc = 0; for g = 0, 1, ...: acc = fma(scale[o, g], float(isum), acc);
 //   y[t, o] = fma(acc, sx[t], bias[o] or 0).
 // Since the integer sums are exact, a kernel is free to lay them out as it likes:
-//   AVX-512 prefill (q8 T > 12, q4 T > 4): a panel of 16 rows is repacked once per token
+//   AVX-512 prefill (q8 T > 12, q4 T > 8): a panel of 16 rows is repacked once per token
 //     block so that one 64-byte vector holds 4 consecutive weights of each of the 16 rows
 //     (a 16 x 16 dword transpose per 64-input block; q4 nibbles unpacked there, once);
 //     vpdpbusd against 4 activation bytes broadcast then gives 16 outputs' partial sums in
@@ -19,7 +19,7 @@
 //     inputs, each weight vector used for up to 6 tokens; the 16 rows' integer lanes are
 //     reduced together by a transpose-add tree into one vector of 16 outputs.
 //   AVX-512 q4, T = 1: 16 rows per step of two blocks (one 64-byte load per row), reduced
-//     by a tree into per-block sums; T = 2..4: the panel transposed block by block and used
+//     by a tree into per-block sums; T = 2..8: the panel transposed block by block and used
 //     from registers.
 //   AVX2: per (token, row, group) integer lanes; four groups' sums reduced together by
 //     vphaddd and scaled in one vector FMA.
@@ -494,7 +494,7 @@ static void q4_rows_tile(const uint8_t* w, const float* ps, int rows, const QSha
 }
 
 // Up to this many tokens q4 uses q4_rows_tile (one tile) rather than stored panels.
-constexpr int64_t Q4_UNPACKED_MAX_T = 4;  // equal speed from 5 to 8 ([3072, 768])
+constexpr int64_t Q4_UNPACKED_MAX_T = 8;  // T = 5..8: 1.2-1.6x the stored panels, in and out of cache
 static void q4_rows(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq, const int32_t* corr,
                     const float* sx, int64_t T, const float* bias, float* y, int64_t o_begin, int64_t o_end, float* ps) {
     for (int64_t o = o_begin; o < o_end; o += 16) {
@@ -507,6 +507,10 @@ static void q4_rows(const uint8_t* w, const float* scales, const QShape& s, cons
             case 2: q4_rows_tile<2>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
             case 3: q4_rows_tile<3>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
             case 4: q4_rows_tile<4>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
+            case 5: q4_rows_tile<5>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
+            case 6: q4_rows_tile<6>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
+            case 7: q4_rows_tile<7>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
+            case 8: q4_rows_tile<8>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
             default: throw std::logic_error("q4_rows: 2 to Q4_UNPACKED_MAX_T tokens");
         }
     }
