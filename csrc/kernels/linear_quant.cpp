@@ -131,6 +131,10 @@ static inline void transpose16(__m512i* v) {
 // ps[g * ps_stride + r] = scales[r * n_groups + g] for r < rows (rows <= 16), else 0: the
 // scales of 16 rows, one vector per group (a transpose per 16 groups, not a gather per group).
 static void transpose_scales(const float* scales, int rows, int64_t n_groups, float* ps, int64_t ps_stride) {
+    if (n_groups == 1) {  // one scale per row (q8's default): already one vector
+        _mm512_storeu_ps(ps, _mm512_maskz_loadu_ps(tail_mask16(rows), scales));
+        return;
+    }
     for (int64_t g0 = 0; g0 < n_groups; g0 += 16) {
         const int64_t ng = n_groups - g0 < 16 ? n_groups - g0 : 16;
         __m512i v[16];
