@@ -80,13 +80,21 @@ static float quantize_row(const float* x, const QShape& s, int offset, int8_t* x
     const float m = _mm512_reduce_max_ps(amax);
     const float inv = m > 0.0f ? 127.0f / m : 0.0f;
     const __m512 vinv = _mm512_set1_ps(inv);
-    for (k = 0; k < s.xs; k += 16) {
-        const __m512 v = n_in - k >= 16 ? _mm512_loadu_ps(x + k)
-                                        : (k < n_in ? _mm512_maskz_loadu_ps(tail_mask16(n_in - k), x + k)
-                                                    : _mm512_setzero_ps());
-        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v, vinv));
-        q = _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
-        _mm_storeu_si128((__m128i*)(xq + k), _mm512_cvtepi32_epi8(q));
+    // 64 at a time: int32 -> int8 by two saturating packs (clamp to [-128, 127]) and a max
+    // with -127, the same as clamping the int32 to [-127, 127]; the packs interleave 128-bit
+    // lanes, one permute puts them back in order
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    for (k = 0; k < s.xs; k += 64) {
+        __m512i q[4];
+        for (int i = 0; i < 4; i++) {
+            const int64_t ki = k + 16 * i;
+            const __m512 v = n_in - ki >= 16 ? _mm512_loadu_ps(x + ki)
+                                             : (ki < n_in ? _mm512_maskz_loadu_ps(tail_mask16(n_in - ki), x + ki)
+                                                          : _mm512_setzero_ps());
+            q[i] = _mm512_cvtps_epi32(_mm512_mul_ps(v, vinv));
+        }
+        const __m512i b = _mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+        _mm512_storeu_si512(xq + k, _mm512_permutexvar_epi32(order, _mm512_max_epi8(b, _mm512_set1_epi8(-127))));
     }
     const __m512i off = _mm512_set1_epi8((char)offset);
     for (int64_t g = 0, block = 0; g < s.n_groups; g++) {
