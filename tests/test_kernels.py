@@ -257,3 +257,17 @@ def test_quant_linear_many_tokens_exact(isa, dtype, group):
     # every small-batch tile size: 2-8 tokens, 12, 13
     for t0, t1 in ((3, 5), (3, 6), (3, 7), (3, 8), (3, 9), (3, 10), (3, 11), (3, 15), (3, 16)):
         assert np.array_equal(y[t0:t1], run_linear(isa, dtype, w, group, x[t0:t1], bias, n_threads=2)), (t0, t1)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype,group", [("int8", 0), ("int4", 64)])
+def test_quant_linear_token_blocks_exact(isa, dtype, group):
+    """More tokens than one token block of the quantized kernels (168 tokens at n_in 3072
+    for int8, 156 for int4 g 64), the last block a small batch or a single token: bitwise
+    the scalar reference."""
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((21, 3072)).astype(np.float32)
+    for T in (337, 313, 170):
+        x = rng.standard_normal((T, 3072)).astype(np.float32)
+        y = run_linear(isa, dtype, w, group, x, None, n_threads=2)
+        assert np.array_equal(y, run_linear("scalar", dtype, w, group, x, None)), T
