@@ -99,6 +99,12 @@ CASES = [  # dtype, n_out, n_in, group
     ("int4", 37, 100, 0),
     ("int4", 21, 192, 64),
     ("int4", 6, 256, 128),
+    ("int8", 45, 768, 0),  # more than two 16-row panels, a partial one
+    ("int8", 33, 384, 192),  # groups of 3 blocks
+    ("int4", 35, 768, 64),  # decode: 6 pairs of blocks, one group per block
+    ("int4", 17, 320, 64),  # an odd number of blocks: the last pair is half empty
+    ("int4", 18, 384, 192),  # groups of 3 blocks straddle the pairs
+    ("int4", 16, 512, 256),
 ]
 
 
@@ -118,7 +124,11 @@ def test_linear_matches_reference(isa, dtype, n_out, n_in, group, T):
     assert err < RTOL_F32_SUM, f"{isa} {dtype}: max error {err:.3g} of |W||x| = {scale:.3g}"
     # and close to the scalar reference (the oracle of the C++ side)
     y0 = run_linear("scalar", dtype, w, group, x, bias)
-    if not (dtype == "bf16" and isa == "avx512"):
+    if dtype in ("int8", "int4"):
+        # exact integer sums per group and a fixed float sequence (docs/FORMAT.md): every
+        # ISA gives the scalar reference's bits
+        assert np.array_equal(y, y0), f"{isa} {dtype}: differs from the scalar reference"
+    elif not (dtype == "bf16" and isa == "avx512"):
         assert np.abs(y - y0).max() / scale < RTOL_F32_SUM
 
 
@@ -252,3 +262,35 @@ def test_linear_batched_decode_sizes(isa, dtype):
             y = run_linear(isa, dtype, w, 0, x[:T], bias, n_threads=n)
             for t in range(T):
                 assert np.array_equal(y[t], rows[t]), f"T={T} n_threads={n} row {t}"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype,group", [("int8", 0), ("int8", 128), ("int4", 64), ("int4", 256)])
+def test_quant_linear_many_tokens_exact(isa, dtype, group):
+    """Prefill-sized T (the repacked-panel paths) and partial panels at odd thread splits:
+    bitwise the scalar reference, and each token as computed alone."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((53, 768)).astype(np.float32)
+    x = rng.standard_normal((40, 768)).astype(np.float32)
+    bias = rng.standard_normal(53).astype(np.float32)
+    y = run_linear(isa, dtype, w, group, x, bias, n_threads=3)
+    assert np.array_equal(y, run_linear("scalar", dtype, w, group, x, bias))
+    for t in (0, 17, 39):
+        assert np.array_equal(y[t], run_linear(isa, dtype, w, group, x[t : t + 1], bias)[0])
+    # every small-batch tile size: 2-8 tokens, 12, 13
+    for t0, t1 in ((3, 5), (3, 6), (3, 7), (3, 8), (3, 9), (3, 10), (3, 11), (3, 15), (3, 16)):
+        assert np.array_equal(y[t0:t1], run_linear(isa, dtype, w, group, x[t0:t1], bias, n_threads=2)), (t0, t1)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype,group", [("int8", 0), ("int4", 64)])
+def test_quant_linear_token_blocks_exact(isa, dtype, group):
+    """More tokens than one token block of the quantized kernels (168 tokens at n_in 3072
+    for int8, 156 for int4 g 64), the last block a small batch or a single token: bitwise
+    the scalar reference."""
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((21, 3072)).astype(np.float32)
+    for T in (337, 313, 170):
+        x = rng.standard_normal((T, 3072)).astype(np.float32)
+        y = run_linear(isa, dtype, w, group, x, None, n_threads=2)
+        assert np.array_equal(y, run_linear("scalar", dtype, w, group, x, None)), T

@@ -111,7 +111,10 @@ float quantize_row(const float* x, int64_t n, int8_t* xq) {
 }
 
 // q8/q4: y[t, o] = sx[t] * sum_g scale[o, g] * (integer dot of group g) + b[o], the
-// integer dot products taken over the int8-quantized activations.
+// integer dot products taken over the int8-quantized activations. The float steps are
+// fixed (docs/FORMAT.md): acc = fma(scale, float(isum), acc) for g = 0, 1, ..., then
+// y = fma(acc, sx, b), so that the SIMD kernels, which compute the same exact integer
+// sums, give bitwise the same results.
 static void quant_linear(const Matrix& w, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
                          int64_t o_end) {
     check_quant(w);
@@ -133,9 +136,9 @@ static void quant_linear(const Matrix& w, const float* bias, const float* x, int
             for (int64_t g = 0; g < n_groups; g++) {
                 int32_t isum = 0;
                 for (int64_t k = g * w.group; k < (g + 1) * w.group; k++) isum += wrow[k] * xq[t * n_in + k];
-                acc += w.scales[o * n_groups + g] * (float)isum;
+                acc = std::fma(w.scales[o * n_groups + g], (float)isum, acc);
             }
-            y[t * n_out + o] = acc * sx[t] + (bias ? bias[o] : 0.0f);
+            y[t * n_out + o] = std::fma(acc, sx[t], bias ? bias[o] : 0.0f);
         }
     }
     std::free(wrow);
