@@ -1,26 +1,29 @@
 // Linear layers y[T, n_out] = x[T, n_in] W^T + b for every weight dtype, hand-written for
-// AVX-512 and AVX2 (the scalar path uses generic::linear).
+// AVX-512 and AVX2 (the scalar path uses generic::linear). This file dispatches on the
+// weight dtype:
+//   linear_float.cpp  f32, f16, bf16 weights;
+//   linear_quant.cpp  q8, q4 weights (docs/FORMAT.md has the layouts).
 //
-// One loop nest serves decode (T = 1) and prefill / batched decode (T > 1):
+// Both serve decode (T = 1), batched decode (T = 2..12) and prefill (T large) with their own
+// loop nests, and share this shape:
 //   threads   the caller gives each thread a contiguous range of output rows (each weight
-//             byte is read by one thread); nothing here synchronises;
-//   token blocks of TB tokens keep their activations in L2 while a thread's weights
-//             stream through once per block;
-//   tiles     of R rows x TT tokens: R weight vectors are loaded once per k step and
-//             reused for TT tokens, TT * R accumulators live in registers.
-// Every output has its own accumulator with the lane structure of simd.h, so the tile
-// shape, T and the thread count never change a result (the batch-invariance contract).
+//             byte is read by one thread); nothing here synchronises, and each thread
+//             prepares (packs, rounds to bf16 or quantizes) the activations it reads itself;
+//   T = 1     the rows streamed one after another (one sequential stream per thread: the
+//             hardware prefetchers follow it best);
+//   T > 1     tiles of rows x tokens with the accumulators in registers, each weight vector
+//             loaded once per tile and used for every token of it.
 //
-// Weight steps (one vector of accumulators, AVX-512 / AVX2):
-//   f32   16 / 8 weights, FMA with f32 activations;
-//   f16   16 / 8 weights converted by F16C, FMA;
-//   bf16  AVX-512: 32 weights per vdpbf16ps against activations rounded to bf16 (so bf16
-//         models see bf16 activations in their linear layers, as on bf16 hardware);
-//         AVX2: 8 weights widened to f32, FMA with f32 activations;
-//   q8/q4 activations quantized per token to int8 (scale max|x| / 127), exact integer dot
-//         products over blocks of 64 inputs (AVX-512: vpdpbusd; AVX2: vpmaddubsw +
-//         vpmaddwd), converted to f32 and scaled once per weight group. See quant_linear
-//         below and docs/FORMAT.md.
+// Determinism: each y[t, o] is bitwise the same whatever T and the row range (the
+// batch-invariance contract of kernels.h):
+//   float weights: one vector accumulator per output with the lane structure of simd.h
+//     (f32: FMA over 16 / 8 inputs; f16: weights converted by F16C; bf16: AVX-512 vdpbf16ps
+//     against activations rounded to bf16, AVX2 weights widened to f32), reduced by simd.h's
+//     fixed tree;
+//   quantized weights: activations quantized per token to int8 (scale max|x| / 127), the
+//     exact int32 dot product per (output, group), then scaled and summed over the groups in
+//     order, as generic::quant_linear does: every path equals the scalar reference bit for
+//     bit, so the tiles are free to order the integer sums as they like.
 #include <cmath>
 #include <stdexcept>
 
