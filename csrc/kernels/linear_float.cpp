@@ -37,6 +37,7 @@ struct WF32 {
     using V = __m512;
     static constexpr int K = 16;  // inputs per step
     static constexpr int BYTES = 4;  // bytes per stored weight
+    static constexpr bool WIDEN = false;  // see float_row_panel
     static V load(const void* w, int64_t k) { return _mm512_loadu_ps((const float*)w + k); }
     static V load_tail(const void* w, int64_t k, int64_t n) {
         return _mm512_maskz_loadu_ps(tail_mask16(n), (const float*)w + k);
@@ -61,6 +62,7 @@ struct WBF16 {
     using V = __m512i;
     static constexpr int K = 32;
     static constexpr int BYTES = 2;
+    static constexpr bool WIDEN = false;
     static V load(const void* w, int64_t k) { return _mm512_loadu_si512((const uint16_t*)w + k); }
     static V load_tail(const void* w, int64_t k, int64_t n) {
         return _mm512_maskz_loadu_epi16(tail_mask32(n), (const uint16_t*)w + k);
@@ -90,6 +92,7 @@ struct WF32 {
     using V = __m256;
     static constexpr int K = 8;
     static constexpr int BYTES = 4;
+    static constexpr bool WIDEN = false;
     static V load(const void* w, int64_t k) { return _mm256_loadu_ps((const float*)w + k); }
     static V load_tail(const void* w, int64_t k, int64_t n) {
         float buf[8];
@@ -103,8 +106,12 @@ struct WF32 {
     static VecF madd(VecF acc, V w, V x) { return _mm256_fmadd_ps(w, x, acc); }
 };
 
+// f16 and bf16 weights of a prefill row panel are widened to f32 once (float_row_panel):
+// converting them in the tile costs a register and 1-2 instructions per weight vector, and
+// a 4 x 3 tile has no register to spare (16 ymm)
 struct WF16 : WF32 {
     static constexpr int BYTES = 2;
+    static constexpr bool WIDEN = true;
     static V load(const void* w, int64_t k) {
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)w + k)));
     }
@@ -116,6 +123,7 @@ struct WF16 : WF32 {
 
 struct WBF16 : WF32 {
     static constexpr int BYTES = 2;
+    static constexpr bool WIDEN = true;
     static V widen(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
     static V load(const void* w, int64_t k) {
         return widen(_mm_loadu_si128((const __m128i*)((const uint16_t*)w + k)));
@@ -232,41 +240,82 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
 #endif
 constexpr int64_t K_CHUNK = PYGPT_KCHUNK;
 
+// The tiles of a row panel over inputs [k0, k1): tiles of TT_F tokens, then one tile of
+// the T % TT_F remaining ones. The rows of the panel PF_PANELS ahead (pf, pf_stride apart;
+// pf_rows of them, or none) are prefetched, spread over the tiles (one tile of up to R rows
+// at T <= 4: batched decode, weights from DRAM; a row per tile in a few of the tiles of
+// prefill, weights from L3). The R rows read side by side are R short streams that the
+// hardware prefetchers follow badly.
+template <class W, int R>
+static inline void float_panel_tiles(const uint8_t* w, int64_t w_stride, const typename W::X* xp, int64_t T,
+                                     int64_t n_in, int64_t k0, int64_t k1, const float* bias, float* y, int64_t ldy,
+                                     VecF* part, const uint8_t* pf, int64_t pf_stride, int pf_rows) {
+    const int64_t kp = packed_row<W>(n_in);
+    const int64_t n_tiles = (T + TT_F - 1) / TT_F;
+    int64_t t = 0;
+    for (; t + TT_F <= T; t += TT_F) {
+        const int64_t i = t / TT_F, r0 = i * pf_rows / n_tiles, r1 = (i + 1) * pf_rows / n_tiles;
+        float_tile<W, R, TT_F>(w, w_stride, xp + t * kp, n_in, k0, k1, part + t * R, bias, y + t * ldy, ldy,
+                               pf + r0 * pf_stride, (int)(r1 - r0));
+    }
+    const typename W::X* xt = xp + t * kp;
+    float* yt = y + t * ldy;
+    VecF* pt = part + t * R;
+    const int64_t r0 = (n_tiles - 1) * pf_rows / n_tiles;
+    const uint8_t* pft = pf + r0 * pf_stride;
+    const int pr = (int)(pf_rows - r0);
+    switch (T - t) {
+        case 0: break;
+        case 1: float_tile<W, R, 1>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
+        case 2: float_tile<W, R, 2>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
+        case 3: float_tile<W, R, 3>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
+#if defined(__AVX512F__)
+        case 4: float_tile<W, R, 4>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
+        case 5: float_tile<W, R, 5>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
+#endif
+    }
+}
+
+// Inputs [k0, k1) of R rows widened to f32 (W::load: exact) into `out`, rows kp floats
+// apart, zero-filled past n_in; the rows PF_PANELS panels ahead prefetched into L2 as they
+// go (the tiles over the widened rows then prefetch nothing).
+template <class W, int R>
+static inline void widen_rows(const uint8_t* w, int64_t w_stride, int64_t n_in, int64_t k0, int64_t k1, float* out,
+                              int64_t kp) {
+    const uint8_t* pf = w + PF_PANELS * R * w_stride;
+    for (int r = 0; r < R; r++) {
+        const uint8_t* wr = w + r * w_stride;
+        float* o = out + r * kp;
+        int64_t k = k0;
+        for (; k + W::K <= k1; k += W::K) {
+            if (k % 32 == 0) _mm_prefetch((const char*)pf + r * w_stride + k * W::BYTES, _MM_HINT_T1);
+            _mm256_storeu_ps(o + k, W::load(wr, k));
+        }
+        if (k < k1) _mm256_storeu_ps(o + k, W::load_tail(wr, k, k1 - k));
+    }
+}
+
+// A row panel: R rows (one tile high) over every token, in chunks of K_CHUNK inputs for
+// very long rows (see K_CHUNK). Weights that need widening (W::WIDEN) are widened once
+// per chunk into `wide` (R rows of kp floats) when more than one tile reads them; the
+// tiles then run on f32 weights with the same values, so the same bits.
 template <class W, int R>
 static inline void float_row_panel(const uint8_t* w, int64_t w_stride, const typename W::X* xp, int64_t T,
-                                   int64_t n_in, const float* bias, float* y, int64_t ldy, VecF* part) {
+                                   int64_t n_in, const float* bias, float* y, int64_t ldy, VecF* part, float* wide) {
     const int64_t chunk = (T > 1 && n_in > 2 * K_CHUNK) ? K_CHUNK : n_in;
     const int64_t kp = packed_row<W>(n_in);
+    const uint8_t* pf = w + PF_PANELS * R * w_stride;
     for (int64_t k0 = 0; k0 < n_in; k0 += chunk) {
         const int64_t k1 = k0 + chunk < n_in ? k0 + chunk : n_in;
-        // The rows of the panel PF_PANELS ahead are prefetched, spread over this panel's
-        // tiles (one tile of up to R rows at T <= 4: batched decode, weights from DRAM; a
-        // row per tile in a few of the tiles of prefill, weights from L3). The R rows read
-        // side by side are R short streams that the hardware prefetchers follow badly.
-        const int64_t n_tiles = (T + TT_F - 1) / TT_F;
-        const uint8_t* pf = w + PF_PANELS * R * w_stride;
-        int64_t t = 0;
-        for (; t + TT_F <= T; t += TT_F) {
-            const int64_t i = t / TT_F, r0 = i * R / n_tiles, r1 = (i + 1) * R / n_tiles;
-            float_tile<W, R, TT_F>(w, w_stride, xp + t * kp, n_in, k0, k1, part + t * R, bias, y + t * ldy, ldy,
-                                   pf + r0 * w_stride, (int)(r1 - r0));
+        if constexpr (W::WIDEN) {
+            if (T > TT_F) {
+                widen_rows<W, R>(w, w_stride, n_in, k0, k1, wide, kp);
+                float_panel_tiles<WF32, R>((const uint8_t*)wide, kp * (int64_t)sizeof(float), xp, T, n_in, k0, k1,
+                                           bias, y, ldy, part, pf, w_stride, 0);
+                continue;
+            }
         }
-        const typename W::X* xt = xp + t * kp;
-        float* yt = y + t * ldy;
-        VecF* pt = part + t * R;
-        const int64_t r0 = (n_tiles - 1) * R / n_tiles;
-        const uint8_t* pft = pf + r0 * w_stride;
-        const int pr = (int)(R - r0);
-        switch (T - t) {
-            case 0: break;
-            case 1: float_tile<W, R, 1>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
-            case 2: float_tile<W, R, 2>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
-            case 3: float_tile<W, R, 3>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
-#if defined(__AVX512F__)
-            case 4: float_tile<W, R, 4>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
-            case 5: float_tile<W, R, 5>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
-#endif
-        }
+        float_panel_tiles<W, R>(w, w_stride, xp, T, n_in, k0, k1, bias, y, ldy, part, pf, w_stride, R);
     }
 }
 
@@ -307,12 +356,18 @@ void float_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
         float_rows_one_token<W>(w, w_stride, (const X*)x, n_in, bias, y, o_begin, o_end);
         return;
     }
-    // this thread's packed activations of one token block, and the partial accumulators of
-    // a row panel over it (chunked rows only)
+    // this thread's packed activations of one token block, the partial accumulators of a
+    // row panel over it (chunked rows only) and its widened weights (W::WIDEN), one block
     X* xp = (X*)thread_scratch(0, (size_t)(T < tb ? T : tb) * kp * sizeof(X));
     if (!xp) throw std::bad_alloc();
     VecF* part = nullptr;
-    if (T > 1 && !(part = (VecF*)thread_scratch(1, (size_t)(tb + TT_F) * R_F * sizeof(VecF)))) throw std::bad_alloc();
+    float* wide = nullptr;
+    if (T > 1) {
+        const size_t part_bytes = (size_t)(tb + TT_F) * R_F * sizeof(VecF);
+        const size_t wide_bytes = W::WIDEN && T > TT_F ? (size_t)R_F * kp * sizeof(float) : 0;
+        if (!(part = (VecF*)thread_scratch(1, part_bytes + wide_bytes))) throw std::bad_alloc();
+        if (wide_bytes) wide = (float*)((char*)part + part_bytes);
+    }
     for (int64_t t0 = 0; t0 < T; t0 += tb) {
         const int64_t nt = T - t0 < tb ? T - t0 : tb;
         for (int64_t t = 0; t < nt; t += TT_F)
@@ -324,10 +379,10 @@ void float_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
         int64_t o = o_begin;
         for (; o + R_F <= o_end; o += R_F)
             float_row_panel<W, R_F>(w + o * w_stride, w_stride, xp, nt, n_in, bias ? bias + o : nullptr,
-                                    y + t0 * n_out + o, n_out, part);
+                                    y + t0 * n_out + o, n_out, part, wide);
         for (; o < o_end; o++)
             float_row_panel<W, 1>(w + o * w_stride, w_stride, xp, nt, n_in, bias ? bias + o : nullptr,
-                                  y + t0 * n_out + o, n_out, part);
+                                  y + t0 * n_out + o, n_out, part, wide);
     }
 }
 
