@@ -200,6 +200,22 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
         // sequential stream that the hardware prefetchers follow (prefetching them too made
         // no difference)
         for (int j = 0; j < pf_rows; j++) _mm_prefetch((const char*)pf_w + j * w_stride + k * W::BYTES, _MM_HINT_T1);
+        if (LANES == 8) {
+            // AVX2: the TT activations in registers, then the rows one at a time (12
+            // accumulators + 3 activations + 1 weight of 16 registers: 7 loads per 12 FMAs;
+            // the R weights in registers left none for an activation, which was then
+            // loaded again by each FMA)
+            typename W::V xv[TT];
+#pragma GCC unroll 8
+            for (int t = 0; t < TT; t++) xv[t] = W::loadx(xk + t * W::K, 0);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                const typename W::V wr = W::load(w + r * w_stride, k);
+#pragma GCC unroll 8
+                for (int t = 0; t < TT; t++) acc[t * R + r] = W::madd(acc[t * R + r], wr, xv[t]);
+            }
+            continue;
+        }
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) wv[r] = W::load(w + r * w_stride, k);
 #pragma GCC unroll 8
