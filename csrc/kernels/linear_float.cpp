@@ -74,6 +74,39 @@ struct WBF16 {
 
 static inline VecF vzero() { return _mm512_setzero_ps(); }
 
+#define PYGPT_ALWAYS_INLINE inline __attribute__((always_inline))
+
+// The sums of 8 vectors of 8 lanes by the last three levels of the lane tree of simd.h,
+// (l, l+4), (l, l+2), (0, 1): lane a of the result is the sum of h[a].
+static PYGPT_ALWAYS_INLINE __m256 tree8(__m256 h0, __m256 h1, __m256 h2, __m256 h3, __m256 h4, __m256 h5,
+                                        __m256 h6, __m256 h7) {
+    const __m256 a0 = _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
+    const __m256 a1 = _mm256_add_ps(_mm256_permute2f128_ps(h2, h3, 0x20), _mm256_permute2f128_ps(h2, h3, 0x31));
+    const __m256 a2 = _mm256_add_ps(_mm256_permute2f128_ps(h4, h5, 0x20), _mm256_permute2f128_ps(h4, h5, 0x31));
+    const __m256 a3 = _mm256_add_ps(_mm256_permute2f128_ps(h6, h7, 0x20), _mm256_permute2f128_ps(h6, h7, 0x31));
+    const __m256 b0 = _mm256_add_ps(_mm256_shuffle_ps(a0, a1, 0x44), _mm256_shuffle_ps(a0, a1, 0xEE));
+    const __m256 b1 = _mm256_add_ps(_mm256_shuffle_ps(a2, a3, 0x44), _mm256_shuffle_ps(a2, a3, 0xEE));
+    // lane 4c + e is the sum of h[2e + c]
+    const __m256 c = _mm256_add_ps(_mm256_shuffle_ps(b0, b1, 0x88), _mm256_shuffle_ps(b0, b1, 0xDD));
+    return _mm256_permutevar8x32_ps(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// Lanes (l, l+8) of v: the first level of the tree, the low half first as in reduce16
+static PYGPT_ALWAYS_INLINE __m256 fold_halves(__m512 v) {
+    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+// The 16 sums of a 4 x 4 tile's accumulators (reduce16's tree and operand order, so the
+// same bits), in registers: after the first level the tree runs on 256-bit vectors, which
+// this core shuffles at twice the rate of 512-bit ones, and the accumulators are never
+// stored to memory (reduce16 reads them from it). Returns sums 0-7 and 8-15.
+static PYGPT_ALWAYS_INLINE void reduce16_regs(const __m512 (&v)[16], __m256& lo, __m256& hi) {
+    lo = tree8(fold_halves(v[0]), fold_halves(v[1]), fold_halves(v[2]), fold_halves(v[3]), fold_halves(v[4]),
+               fold_halves(v[5]), fold_halves(v[6]), fold_halves(v[7]));
+    hi = tree8(fold_halves(v[8]), fold_halves(v[9]), fold_halves(v[10]), fold_halves(v[11]), fold_halves(v[12]),
+               fold_halves(v[13]), fold_halves(v[14]), fold_halves(v[15]));
+}
+
 #else  // AVX2
 using VecF = __m256;
 constexpr int LANES = 8;
@@ -186,11 +219,9 @@ template <class W, int R, int TT>
 static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename W::X* xp, int64_t n_in, int64_t k0,
                               int64_t k1, VecF* part, const float* bias, float* y, int64_t ldy,
                               const uint8_t* pf_w, int pf_rows) {
-    VecF acc[TT * R];
-    if (k0 == 0)
-        for (int i = 0; i < TT * R; i++) acc[i] = vzero();
-    else
-        for (int i = 0; i < TT * R; i++) acc[i] = part[i];
+    VecF acc[TT * R];  // constant indices only (loops unrolled): kept in registers
+#pragma GCC unroll 32
+    for (int i = 0; i < TT * R; i++) acc[i] = k0 == 0 ? vzero() : part[i];
     int64_t k = k0;
     const int64_t k_end = k1 < n_in ? k1 : n_in - (n_in - k0) % W::K;
     const typename W::X* xk = xp + k0 * TT;
@@ -226,18 +257,34 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
         }
     }
     if (k1 < n_in) {
+#pragma GCC unroll 32
         for (int i = 0; i < TT * R; i++) part[i] = acc[i];
         return;
     }
     if (k < n_in) {  // the packed activations are zero-padded: only the weights need a mask
         const int64_t n = n_in - k;
         typename W::V wv[R];
+#pragma GCC unroll 8
         for (int r = 0; r < R; r++) wv[r] = W::load_tail(w + r * w_stride, k, n);
+#pragma GCC unroll 8
         for (int t = 0; t < TT; t++) {
             const typename W::V xv = W::loadx(xk + t * W::K, 0);
+#pragma GCC unroll 8
             for (int r = 0; r < R; r++) acc[t * R + r] = W::madd(acc[t * R + r], wv[r], xv);
         }
     }
+#if defined(__AVX512F__)
+    if constexpr (R == 4 && TT == 4) {  // the prefill tile: its row t of outputs is 128 bits
+        __m256 lo, hi;
+        reduce16_regs(acc, lo, hi);
+        const __m128 b = bias ? _mm_loadu_ps(bias) : _mm_setzero_ps();
+        _mm_storeu_ps(y, _mm_add_ps(_mm256_castps256_ps128(lo), b));
+        _mm_storeu_ps(y + ldy, _mm_add_ps(_mm256_extractf128_ps(lo, 1), b));
+        _mm_storeu_ps(y + 2 * ldy, _mm_add_ps(_mm256_castps256_ps128(hi), b));
+        _mm_storeu_ps(y + 3 * ldy, _mm_add_ps(_mm256_extractf128_ps(hi, 1), b));
+        return;
+    }
+#endif
     float sums[TT * R];
     constexpr int G = LANES;  // accumulators reduced together
     for (int i = 0; i < TT * R; i += G) reduce_n(acc + i, TT * R - i < G ? TT * R - i : G, sums + i);
