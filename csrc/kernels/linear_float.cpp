@@ -19,6 +19,24 @@ namespace {
 // ---------------------------------------------------------------------------------------
 // Float weights
 
+#define PYGPT_ALWAYS_INLINE inline __attribute__((always_inline))
+
+// The sums of 8 vectors of 8 lanes by the last three levels of the lane tree of simd.h,
+// (l, l+4), (l, l+2), (0, 1) (on AVX2 the whole tree: reduce8 of simd.h): lane a of the
+// result is the sum of h[a]; each sum involves its own vector only.
+static PYGPT_ALWAYS_INLINE __m256 tree8(__m256 h0, __m256 h1, __m256 h2, __m256 h3, __m256 h4, __m256 h5,
+                                        __m256 h6, __m256 h7) {
+    const __m256 a0 = _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
+    const __m256 a1 = _mm256_add_ps(_mm256_permute2f128_ps(h2, h3, 0x20), _mm256_permute2f128_ps(h2, h3, 0x31));
+    const __m256 a2 = _mm256_add_ps(_mm256_permute2f128_ps(h4, h5, 0x20), _mm256_permute2f128_ps(h4, h5, 0x31));
+    const __m256 a3 = _mm256_add_ps(_mm256_permute2f128_ps(h6, h7, 0x20), _mm256_permute2f128_ps(h6, h7, 0x31));
+    const __m256 b0 = _mm256_add_ps(_mm256_shuffle_ps(a0, a1, 0x44), _mm256_shuffle_ps(a0, a1, 0xEE));
+    const __m256 b1 = _mm256_add_ps(_mm256_shuffle_ps(a2, a3, 0x44), _mm256_shuffle_ps(a2, a3, 0xEE));
+    // lane 4c + e is the sum of h[2e + c]
+    const __m256 c = _mm256_add_ps(_mm256_shuffle_ps(b0, b1, 0x88), _mm256_shuffle_ps(b0, b1, 0xDD));
+    return _mm256_permutevar8x32_ps(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
 #if defined(__AVX512F__)
 using VecF = __m512;
 constexpr int LANES = 16;
@@ -73,23 +91,6 @@ struct WBF16 {
 };
 
 static inline VecF vzero() { return _mm512_setzero_ps(); }
-
-#define PYGPT_ALWAYS_INLINE inline __attribute__((always_inline))
-
-// The sums of 8 vectors of 8 lanes by the last three levels of the lane tree of simd.h,
-// (l, l+4), (l, l+2), (0, 1): lane a of the result is the sum of h[a].
-static PYGPT_ALWAYS_INLINE __m256 tree8(__m256 h0, __m256 h1, __m256 h2, __m256 h3, __m256 h4, __m256 h5,
-                                        __m256 h6, __m256 h7) {
-    const __m256 a0 = _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
-    const __m256 a1 = _mm256_add_ps(_mm256_permute2f128_ps(h2, h3, 0x20), _mm256_permute2f128_ps(h2, h3, 0x31));
-    const __m256 a2 = _mm256_add_ps(_mm256_permute2f128_ps(h4, h5, 0x20), _mm256_permute2f128_ps(h4, h5, 0x31));
-    const __m256 a3 = _mm256_add_ps(_mm256_permute2f128_ps(h6, h7, 0x20), _mm256_permute2f128_ps(h6, h7, 0x31));
-    const __m256 b0 = _mm256_add_ps(_mm256_shuffle_ps(a0, a1, 0x44), _mm256_shuffle_ps(a0, a1, 0xEE));
-    const __m256 b1 = _mm256_add_ps(_mm256_shuffle_ps(a2, a3, 0x44), _mm256_shuffle_ps(a2, a3, 0xEE));
-    // lane 4c + e is the sum of h[2e + c]
-    const __m256 c = _mm256_add_ps(_mm256_shuffle_ps(b0, b1, 0x88), _mm256_shuffle_ps(b0, b1, 0xDD));
-    return _mm256_permutevar8x32_ps(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-}
 
 // Lanes (l, l+8) of v: the first level of the tree, the low half first as in reduce16
 static PYGPT_ALWAYS_INLINE __m256 fold_halves(__m512 v) {
@@ -282,6 +283,17 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
         _mm_storeu_ps(y + ldy, _mm_add_ps(_mm256_extractf128_ps(lo, 1), b));
         _mm_storeu_ps(y + 2 * ldy, _mm_add_ps(_mm256_castps256_ps128(hi), b));
         _mm_storeu_ps(y + 3 * ldy, _mm_add_ps(_mm256_extractf128_ps(hi, 1), b));
+        return;
+    }
+#else
+    if constexpr (R == 4 && TT == 3) {  // the prefill tile, as above (reduce8's tree)
+        const __m256 z = _mm256_setzero_ps();
+        const __m256 lo = tree8(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7]);
+        const __m256 hi = tree8(acc[8], acc[9], acc[10], acc[11], z, z, z, z);
+        const __m128 b = bias ? _mm_loadu_ps(bias) : _mm_setzero_ps();
+        _mm_storeu_ps(y, _mm_add_ps(_mm256_castps256_ps128(lo), b));
+        _mm_storeu_ps(y + ldy, _mm_add_ps(_mm256_extractf128_ps(lo, 1), b));
+        _mm_storeu_ps(y + 2 * ldy, _mm_add_ps(_mm256_castps256_ps128(hi), b));
         return;
     }
 #endif
