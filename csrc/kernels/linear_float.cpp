@@ -304,16 +304,20 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
         for (int r = 0; r < R; r++) y[t * ldy + r] = sums[t * R + r] + (bias ? bias[r] : 0.0f);
 }
 
-// Tiles of TT tokens, then one tile of the T % TT remaining ones; very long rows in chunks
-// of K_CHUNK inputs so that a chunk of the R weight rows stays in L2 across the token tiles.
-// Chunks are for very long rows only: each chunk costs a store and reload of the
-// accumulators, and the weights of a tile over 3072 inputs stream well enough from L2
-// (768 x 3072 at T = 128, one thread: f32 ~80 -> ~95 GFLOP/s, bf16 ~150 -> ~200 without
-// chunks of 512).
-#ifndef PYGPT_KCHUNK
-#define PYGPT_KCHUNK 4096
+// Prefill row panels in chunks of inputs whose R weight rows (as the tiles read them) fit in
+// PANEL_L1_BYTES, so that they stay in L1 across the token tiles while the packed
+// activations stream through from L2; chunks of equal length, a multiple of every step.
+#ifndef PYGPT_PANEL_L1
+#define PYGPT_PANEL_L1 16384
 #endif
-constexpr int64_t K_CHUNK = PYGPT_KCHUNK;
+constexpr int64_t PANEL_L1_BYTES = PYGPT_PANEL_L1;
+
+template <class W, int R>
+static inline int64_t panel_chunk(int64_t n_in) {
+    const int64_t most = PANEL_L1_BYTES / (R * (W::WIDEN ? (int64_t)sizeof(float) : W::BYTES));
+    const int64_t n = (n_in + most - 1) / most;
+    return round_up((n_in + n - 1) / n, 32);
+}
 
 // The tiles of a row panel over inputs [k0, k1): tiles of TT_F tokens, then one tile of
 // the T % TT_F remaining ones. The rows of the panel PF_PANELS ahead (pf, pf_stride apart;
@@ -370,14 +374,14 @@ static inline void widen_rows(const uint8_t* w, int64_t w_stride, int64_t n_in, 
     }
 }
 
-// A row panel: R rows (one tile high) over every token, in chunks of K_CHUNK inputs for
-// very long rows (see K_CHUNK). Weights that need widening (W::WIDEN) are widened once
+// A row panel: R rows (one tile high) over every token, in chunks (panel_chunk) when more
+// than one tile reads them. Weights that need widening (W::WIDEN) are widened once
 // per chunk into `wide` (R rows of kp floats) when more than one tile reads them; the
 // tiles then run on f32 weights with the same values, so the same bits.
 template <class W, int R>
 static inline void float_row_panel(const uint8_t* w, int64_t w_stride, const typename W::X* xp, int64_t T,
                                    int64_t n_in, const float* bias, float* y, int64_t ldy, VecF* part, float* wide) {
-    const int64_t chunk = (T > 1 && n_in > 2 * K_CHUNK) ? K_CHUNK : n_in;
+    const int64_t chunk = T > TT_F ? panel_chunk<W, R>(n_in) : n_in;
     const int64_t kp = packed_row<W>(n_in);
     const uint8_t* pf = w + PF_PANELS * R * w_stride;
     for (int64_t k0 = 0; k0 < n_in; k0 += chunk) {
