@@ -171,6 +171,22 @@ struct WBF16 : WF32 {
 static inline VecF vzero() { return _mm256_setzero_ps(); }
 #endif
 
+// The sums of the first N <= 16 accumulators of a tile (lane tree of simd.h, so the bits of
+// reduce_n), in registers: sums 0-7 in lo, 8-15 in hi. Missing accumulators are zero (each
+// sum involves its own accumulator only).
+template <int N>
+static PYGPT_ALWAYS_INLINE void reduce_tile_regs(const VecF* acc, __m256& lo, __m256& hi) {
+    VecF v[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) v[i] = i < N ? acc[i] : vzero();
+#if defined(__AVX512F__)
+    reduce16_regs(v, lo, hi);
+#else
+    lo = tree8(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
+    hi = N > 8 ? tree8(v[8], v[9], v[10], v[11], v[12], v[13], v[14], v[15]) : _mm256_setzero_ps();
+#endif
+}
+
 // Activations of a token block packed tile by tile: the TT tokens of a tile interleaved
 // by vector steps, element (t, k) of a tile of tt tokens at ((k / K) * tt + t) * K + k % K,
 // zero-padded to a whole step. A tile then reads one sequential stream (the L1 prefetcher
@@ -274,29 +290,18 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
             for (int r = 0; r < R; r++) acc[t * R + r] = W::madd(acc[t * R + r], wv[r], xv);
         }
     }
-#if defined(__AVX512F__)
-    if constexpr (R == 4 && TT == 4) {  // the prefill tile: its row t of outputs is 128 bits
+    if constexpr (R == 4 && TT <= TT_F) {
+        // tiles of 4 rows (every tile of a prefill panel): reduced in registers, the 4 sums of
+        // token t one 128-bit store
         __m256 lo, hi;
-        reduce16_regs(acc, lo, hi);
+        reduce_tile_regs<TT * R>(acc, lo, hi);
         const __m128 b = bias ? _mm_loadu_ps(bias) : _mm_setzero_ps();
         _mm_storeu_ps(y, _mm_add_ps(_mm256_castps256_ps128(lo), b));
-        _mm_storeu_ps(y + ldy, _mm_add_ps(_mm256_extractf128_ps(lo, 1), b));
-        _mm_storeu_ps(y + 2 * ldy, _mm_add_ps(_mm256_castps256_ps128(hi), b));
-        _mm_storeu_ps(y + 3 * ldy, _mm_add_ps(_mm256_extractf128_ps(hi, 1), b));
+        if (TT > 1) _mm_storeu_ps(y + ldy, _mm_add_ps(_mm256_extractf128_ps(lo, 1), b));
+        if (TT > 2) _mm_storeu_ps(y + 2 * ldy, _mm_add_ps(_mm256_castps256_ps128(hi), b));
+        if (TT > 3) _mm_storeu_ps(y + 3 * ldy, _mm_add_ps(_mm256_extractf128_ps(hi, 1), b));
         return;
     }
-#else
-    if constexpr (R == 4 && TT == 3) {  // the prefill tile, as above (reduce8's tree)
-        const __m256 z = _mm256_setzero_ps();
-        const __m256 lo = tree8(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7]);
-        const __m256 hi = tree8(acc[8], acc[9], acc[10], acc[11], z, z, z, z);
-        const __m128 b = bias ? _mm_loadu_ps(bias) : _mm_setzero_ps();
-        _mm_storeu_ps(y, _mm_add_ps(_mm256_castps256_ps128(lo), b));
-        _mm_storeu_ps(y + ldy, _mm_add_ps(_mm256_extractf128_ps(lo, 1), b));
-        _mm_storeu_ps(y + 2 * ldy, _mm_add_ps(_mm256_castps256_ps128(hi), b));
-        return;
-    }
-#endif
     float sums[TT * R];
     constexpr int G = LANES;  // accumulators reduced together
     for (int i = 0; i < TT * R; i += G) reduce_n(acc + i, TT * R - i < G ? TT * R - i : G, sums + i);
