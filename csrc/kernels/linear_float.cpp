@@ -434,7 +434,13 @@ void float_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
                   int64_t o_end, int64_t elem_bytes) {
     using X = typename W::X;
     const int64_t n_in = m.n_in, n_out = m.n_out, w_stride = n_in * elem_bytes, kp = packed_row<W>(n_in);
-    const int64_t tb = token_block(kp * (int64_t)sizeof(X), TT_F);
+    // token blocks of equal size (a multiple of the tile): a short last block would stream
+    // every weight once more for a few tokens
+    int64_t tb = token_block(kp * (int64_t)sizeof(X), TT_F);
+    if (T > tb) {
+        const int64_t n_blocks = (T + tb - 1) / tb;
+        tb = round_up((T + n_blocks - 1) / n_blocks, TT_F);
+    }
     const uint8_t* w = (const uint8_t*)m.data;
     if (T == 1 && sizeof(X) == sizeof(float)) {  // f32 activations used in place
         float_rows_one_token<W>(w, w_stride, (const X*)x, n_in, bias, y, o_begin, o_end);
