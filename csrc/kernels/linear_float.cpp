@@ -111,7 +111,7 @@ static PYGPT_ALWAYS_INLINE void reduce16_regs(const __m512 (&v)[16], __m256& lo,
 #else  // AVX2
 using VecF = __m256;
 constexpr int LANES = 8;
-constexpr int R_F = 4, TT_F = 3;  // 12 accumulators + 4 weights of 16 registers
+constexpr int R_F = 4, TT_F = 3;  // 12 accumulators + 3 activations + 1 weight of 16 registers (float_tile)
 
 // Tails are copied into a zero-padded buffer: AVX2 has no masked 16-bit loads.
 template <class T, int K>
