@@ -294,3 +294,24 @@ def test_quant_linear_token_blocks_exact(isa, dtype, group):
         x = rng.standard_normal((T, 3072)).astype(np.float32)
         y = run_linear(isa, dtype, w, group, x, None, n_threads=2)
         assert np.array_equal(y, run_linear("scalar", dtype, w, group, x, None)), T
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("n_in", [768, 3100])
+def test_linear_float_prefill_panels(isa, dtype, n_in):
+    """Prefill over whole row panels and token tiles (AVX2 f16/bf16 rows widened per panel,
+    long rows in chunks of inputs, outputs reduced in registers): each row of y has the bits
+    of its own T = 1 pass and of a batch cut elsewhere, and agrees with float64."""
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((29, n_in)).astype(np.float32)
+    x = rng.standard_normal((37, n_in)).astype(np.float32)
+    bias = rng.standard_normal(29).astype(np.float32)
+    y = run_linear(isa, dtype, w, 0, x, bias)
+    ref = reference(w, dtype, 0, x, bias, isa)
+    _, _, wf = encode(w, dtype)
+    scale = np.abs(x).max() * np.abs(wf).sum(axis=1).max()
+    assert np.abs(y - ref).max() / scale < RTOL_F32_SUM
+    for t in (0, 5, 17, 36):
+        assert np.array_equal(y[t], run_linear(isa, dtype, w, 0, x[t : t + 1], bias)[0]), f"row {t}"
+    assert np.array_equal(y[3:26], run_linear(isa, dtype, w, 0, x[3:26], bias, n_threads=2))

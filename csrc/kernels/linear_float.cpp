@@ -19,6 +19,24 @@ namespace {
 // ---------------------------------------------------------------------------------------
 // Float weights
 
+#define PYGPT_ALWAYS_INLINE inline __attribute__((always_inline))
+
+// The sums of 8 vectors of 8 lanes by the last three levels of the lane tree of simd.h,
+// (l, l+4), (l, l+2), (0, 1) (on AVX2 the whole tree: reduce8 of simd.h): lane a of the
+// result is the sum of h[a]; each sum involves its own vector only.
+static PYGPT_ALWAYS_INLINE __m256 tree8(__m256 h0, __m256 h1, __m256 h2, __m256 h3, __m256 h4, __m256 h5,
+                                        __m256 h6, __m256 h7) {
+    const __m256 a0 = _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
+    const __m256 a1 = _mm256_add_ps(_mm256_permute2f128_ps(h2, h3, 0x20), _mm256_permute2f128_ps(h2, h3, 0x31));
+    const __m256 a2 = _mm256_add_ps(_mm256_permute2f128_ps(h4, h5, 0x20), _mm256_permute2f128_ps(h4, h5, 0x31));
+    const __m256 a3 = _mm256_add_ps(_mm256_permute2f128_ps(h6, h7, 0x20), _mm256_permute2f128_ps(h6, h7, 0x31));
+    const __m256 b0 = _mm256_add_ps(_mm256_shuffle_ps(a0, a1, 0x44), _mm256_shuffle_ps(a0, a1, 0xEE));
+    const __m256 b1 = _mm256_add_ps(_mm256_shuffle_ps(a2, a3, 0x44), _mm256_shuffle_ps(a2, a3, 0xEE));
+    // lane 4c + e is the sum of h[2e + c]
+    const __m256 c = _mm256_add_ps(_mm256_shuffle_ps(b0, b1, 0x88), _mm256_shuffle_ps(b0, b1, 0xDD));
+    return _mm256_permutevar8x32_ps(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
 #if defined(__AVX512F__)
 using VecF = __m512;
 constexpr int LANES = 16;
@@ -37,6 +55,7 @@ struct WF32 {
     using V = __m512;
     static constexpr int K = 16;  // inputs per step
     static constexpr int BYTES = 4;  // bytes per stored weight
+    static constexpr bool WIDEN = false;  // see float_row_panel
     static V load(const void* w, int64_t k) { return _mm512_loadu_ps((const float*)w + k); }
     static V load_tail(const void* w, int64_t k, int64_t n) {
         return _mm512_maskz_loadu_ps(tail_mask16(n), (const float*)w + k);
@@ -61,6 +80,7 @@ struct WBF16 {
     using V = __m512i;
     static constexpr int K = 32;
     static constexpr int BYTES = 2;
+    static constexpr bool WIDEN = false;
     static V load(const void* w, int64_t k) { return _mm512_loadu_si512((const uint16_t*)w + k); }
     static V load_tail(const void* w, int64_t k, int64_t n) {
         return _mm512_maskz_loadu_epi16(tail_mask32(n), (const uint16_t*)w + k);
@@ -72,10 +92,26 @@ struct WBF16 {
 
 static inline VecF vzero() { return _mm512_setzero_ps(); }
 
+// Lanes (l, l+8) of v: the first level of the tree, the low half first as in reduce16
+static PYGPT_ALWAYS_INLINE __m256 fold_halves(__m512 v) {
+    return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+// The 16 sums of a 4 x 4 tile's accumulators (reduce16's tree and operand order, so the
+// same bits), in registers: after the first level the tree runs on 256-bit vectors, which
+// this core shuffles at twice the rate of 512-bit ones, and the accumulators are never
+// stored to memory (reduce16 reads them from it). Returns sums 0-7 and 8-15.
+static PYGPT_ALWAYS_INLINE void reduce16_regs(const __m512 (&v)[16], __m256& lo, __m256& hi) {
+    lo = tree8(fold_halves(v[0]), fold_halves(v[1]), fold_halves(v[2]), fold_halves(v[3]), fold_halves(v[4]),
+               fold_halves(v[5]), fold_halves(v[6]), fold_halves(v[7]));
+    hi = tree8(fold_halves(v[8]), fold_halves(v[9]), fold_halves(v[10]), fold_halves(v[11]), fold_halves(v[12]),
+               fold_halves(v[13]), fold_halves(v[14]), fold_halves(v[15]));
+}
+
 #else  // AVX2
 using VecF = __m256;
 constexpr int LANES = 8;
-constexpr int R_F = 4, TT_F = 3;  // 12 accumulators + 4 weights of 16 registers
+constexpr int R_F = 4, TT_F = 3;  // 12 accumulators + 3 activations + 1 weight of 16 registers (float_tile)
 
 // Tails are copied into a zero-padded buffer: AVX2 has no masked 16-bit loads.
 template <class T, int K>
@@ -90,6 +126,7 @@ struct WF32 {
     using V = __m256;
     static constexpr int K = 8;
     static constexpr int BYTES = 4;
+    static constexpr bool WIDEN = false;
     static V load(const void* w, int64_t k) { return _mm256_loadu_ps((const float*)w + k); }
     static V load_tail(const void* w, int64_t k, int64_t n) {
         float buf[8];
@@ -103,8 +140,12 @@ struct WF32 {
     static VecF madd(VecF acc, V w, V x) { return _mm256_fmadd_ps(w, x, acc); }
 };
 
+// f16 and bf16 weights of a prefill row panel are widened to f32 once (float_row_panel):
+// converting them in the tile costs a register and 1-2 instructions per weight vector, and
+// a 4 x 3 tile has no register to spare (16 ymm)
 struct WF16 : WF32 {
     static constexpr int BYTES = 2;
+    static constexpr bool WIDEN = true;
     static V load(const void* w, int64_t k) {
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)w + k)));
     }
@@ -116,6 +157,7 @@ struct WF16 : WF32 {
 
 struct WBF16 : WF32 {
     static constexpr int BYTES = 2;
+    static constexpr bool WIDEN = true;
     static V widen(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
     static V load(const void* w, int64_t k) {
         return widen(_mm_loadu_si128((const __m128i*)((const uint16_t*)w + k)));
@@ -128,6 +170,22 @@ struct WBF16 : WF32 {
 
 static inline VecF vzero() { return _mm256_setzero_ps(); }
 #endif
+
+// The sums of the first N <= 16 accumulators of a tile (lane tree of simd.h, so the bits of
+// reduce_n), in registers: sums 0-7 in lo, 8-15 in hi. Missing accumulators are zero (each
+// sum involves its own accumulator only).
+template <int N>
+static PYGPT_ALWAYS_INLINE void reduce_tile_regs(const VecF* acc, __m256& lo, __m256& hi) {
+    VecF v[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) v[i] = i < N ? acc[i] : vzero();
+#if defined(__AVX512F__)
+    reduce16_regs(v, lo, hi);
+#else
+    lo = tree8(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
+    hi = N > 8 ? tree8(v[8], v[9], v[10], v[11], v[12], v[13], v[14], v[15]) : _mm256_setzero_ps();
+#endif
+}
 
 // Activations of a token block packed tile by tile: the TT tokens of a tile interleaved
 // by vector steps, element (t, k) of a tile of tt tokens at ((k / K) * tt + t) * K + k % K,
@@ -178,11 +236,9 @@ template <class W, int R, int TT>
 static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename W::X* xp, int64_t n_in, int64_t k0,
                               int64_t k1, VecF* part, const float* bias, float* y, int64_t ldy,
                               const uint8_t* pf_w, int pf_rows) {
-    VecF acc[TT * R];
-    if (k0 == 0)
-        for (int i = 0; i < TT * R; i++) acc[i] = vzero();
-    else
-        for (int i = 0; i < TT * R; i++) acc[i] = part[i];
+    VecF acc[TT * R];  // constant indices only (loops unrolled): kept in registers
+#pragma GCC unroll 32
+    for (int i = 0; i < TT * R; i++) acc[i] = k0 == 0 ? vzero() : part[i];
     int64_t k = k0;
     const int64_t k_end = k1 < n_in ? k1 : n_in - (n_in - k0) % W::K;
     const typename W::X* xk = xp + k0 * TT;
@@ -192,6 +248,22 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
         // sequential stream that the hardware prefetchers follow (prefetching them too made
         // no difference)
         for (int j = 0; j < pf_rows; j++) _mm_prefetch((const char*)pf_w + j * w_stride + k * W::BYTES, _MM_HINT_T1);
+        if (LANES == 8) {
+            // AVX2: the TT activations in registers, then the rows one at a time (12
+            // accumulators + 3 activations + 1 weight of 16 registers: 7 loads per 12 FMAs;
+            // the R weights in registers left none for an activation, which was then
+            // loaded again by each FMA)
+            typename W::V xv[TT];
+#pragma GCC unroll 8
+            for (int t = 0; t < TT; t++) xv[t] = W::loadx(xk + t * W::K, 0);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                const typename W::V wr = W::load(w + r * w_stride, k);
+#pragma GCC unroll 8
+                for (int t = 0; t < TT; t++) acc[t * R + r] = W::madd(acc[t * R + r], wr, xv[t]);
+            }
+            continue;
+        }
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) wv[r] = W::load(w + r * w_stride, k);
 #pragma GCC unroll 8
@@ -202,17 +274,33 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
         }
     }
     if (k1 < n_in) {
+#pragma GCC unroll 32
         for (int i = 0; i < TT * R; i++) part[i] = acc[i];
         return;
     }
     if (k < n_in) {  // the packed activations are zero-padded: only the weights need a mask
         const int64_t n = n_in - k;
         typename W::V wv[R];
+#pragma GCC unroll 8
         for (int r = 0; r < R; r++) wv[r] = W::load_tail(w + r * w_stride, k, n);
+#pragma GCC unroll 8
         for (int t = 0; t < TT; t++) {
             const typename W::V xv = W::loadx(xk + t * W::K, 0);
+#pragma GCC unroll 8
             for (int r = 0; r < R; r++) acc[t * R + r] = W::madd(acc[t * R + r], wv[r], xv);
         }
+    }
+    if constexpr (R == 4 && TT <= TT_F) {
+        // tiles of 4 rows (every tile of a prefill panel): reduced in registers, the 4 sums of
+        // token t one 128-bit store
+        __m256 lo, hi;
+        reduce_tile_regs<TT * R>(acc, lo, hi);
+        const __m128 b = bias ? _mm_loadu_ps(bias) : _mm_setzero_ps();
+        _mm_storeu_ps(y, _mm_add_ps(_mm256_castps256_ps128(lo), b));
+        if (TT > 1) _mm_storeu_ps(y + ldy, _mm_add_ps(_mm256_extractf128_ps(lo, 1), b));
+        if (TT > 2) _mm_storeu_ps(y + 2 * ldy, _mm_add_ps(_mm256_castps256_ps128(hi), b));
+        if (TT > 3) _mm_storeu_ps(y + 3 * ldy, _mm_add_ps(_mm256_extractf128_ps(hi, 1), b));
+        return;
     }
     float sums[TT * R];
     constexpr int G = LANES;  // accumulators reduced together
@@ -221,52 +309,97 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
         for (int r = 0; r < R; r++) y[t * ldy + r] = sums[t * R + r] + (bias ? bias[r] : 0.0f);
 }
 
-// Tiles of TT tokens, then one tile of the T % TT remaining ones; very long rows in chunks
-// of K_CHUNK inputs so that a chunk of the R weight rows stays in L2 across the token tiles.
-// Chunks are for very long rows only: each chunk costs a store and reload of the
-// accumulators, and the weights of a tile over 3072 inputs stream well enough from L2
-// (768 x 3072 at T = 128, one thread: f32 ~80 -> ~95 GFLOP/s, bf16 ~150 -> ~200 without
-// chunks of 512).
-#ifndef PYGPT_KCHUNK
-#define PYGPT_KCHUNK 4096
+// Prefill row panels in chunks of inputs whose R weight rows (as the tiles read them) fit in
+// PANEL_L1_BYTES, so that they stay in L1 across the token tiles while the packed
+// activations stream through from L2; chunks of equal length, a multiple of every step.
+#ifndef PYGPT_PANEL_L1
+#define PYGPT_PANEL_L1 16384
 #endif
-constexpr int64_t K_CHUNK = PYGPT_KCHUNK;
+constexpr int64_t PANEL_L1_BYTES = PYGPT_PANEL_L1;
 
 template <class W, int R>
-static inline void float_row_panel(const uint8_t* w, int64_t w_stride, const typename W::X* xp, int64_t T,
-                                   int64_t n_in, const float* bias, float* y, int64_t ldy, VecF* part) {
-    const int64_t chunk = (T > 1 && n_in > 2 * K_CHUNK) ? K_CHUNK : n_in;
+static inline int64_t panel_chunk(int64_t n_in) {
+    const int64_t most = PANEL_L1_BYTES / (R * (W::WIDEN ? (int64_t)sizeof(float) : W::BYTES));
+    const int64_t n = (n_in + most - 1) / most;
+    return round_up((n_in + n - 1) / n, 32);
+}
+
+// The tiles of a row panel over inputs [k0, k1): tiles of TT_F tokens, then one tile of
+// the T % TT_F remaining ones. The rows of the panel PF_PANELS ahead (pf, pf_stride apart;
+// pf_rows of them, or none) are prefetched, spread over the tiles (one tile of up to R rows
+// at T <= 4: batched decode, weights from DRAM; a row per tile in a few of the tiles of
+// prefill, weights from L3). The R rows read side by side are R short streams that the
+// hardware prefetchers follow badly.
+template <class W, int R>
+static inline void float_panel_tiles(const uint8_t* w, int64_t w_stride, const typename W::X* xp, int64_t T,
+                                     int64_t n_in, int64_t k0, int64_t k1, const float* bias, float* y, int64_t ldy,
+                                     VecF* part, const uint8_t* pf, int64_t pf_stride, int pf_rows) {
     const int64_t kp = packed_row<W>(n_in);
+    const int64_t n_tiles = (T + TT_F - 1) / TT_F;
+    int64_t t = 0;
+    for (; t + TT_F <= T; t += TT_F) {
+        const int64_t i = t / TT_F, r0 = i * pf_rows / n_tiles, r1 = (i + 1) * pf_rows / n_tiles;
+        float_tile<W, R, TT_F>(w, w_stride, xp + t * kp, n_in, k0, k1, part + t * R, bias, y + t * ldy, ldy,
+                               pf + r0 * pf_stride, (int)(r1 - r0));
+    }
+    const typename W::X* xt = xp + t * kp;
+    float* yt = y + t * ldy;
+    VecF* pt = part + t * R;
+    const int64_t r0 = (n_tiles - 1) * pf_rows / n_tiles;
+    const uint8_t* pft = pf + r0 * pf_stride;
+    const int pr = (int)(pf_rows - r0);
+    switch (T - t) {
+        case 0: break;
+        case 1: float_tile<W, R, 1>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
+        case 2: float_tile<W, R, 2>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
+        case 3: float_tile<W, R, 3>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
+#if defined(__AVX512F__)
+        case 4: float_tile<W, R, 4>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
+        case 5: float_tile<W, R, 5>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
+#endif
+    }
+}
+
+// Inputs [k0, k1) of R rows widened to f32 (W::load: exact) into `out`, rows kp floats
+// apart, zero-filled past n_in; the rows PF_PANELS panels ahead prefetched into L2 as they
+// go (the tiles over the widened rows then prefetch nothing).
+template <class W, int R>
+static inline void widen_rows(const uint8_t* w, int64_t w_stride, int64_t n_in, int64_t k0, int64_t k1, float* out,
+                              int64_t kp) {
+    const uint8_t* pf = w + PF_PANELS * R * w_stride;
+    for (int r = 0; r < R; r++) {
+        const uint8_t* wr = w + r * w_stride;
+        float* o = out + r * kp;
+        int64_t k = k0;
+        for (; k + W::K <= k1; k += W::K) {
+            if (k % 32 == 0) _mm_prefetch((const char*)pf + r * w_stride + k * W::BYTES, _MM_HINT_T1);
+            _mm256_storeu_ps(o + k, W::load(wr, k));
+        }
+        if (k < k1) _mm256_storeu_ps(o + k, W::load_tail(wr, k, k1 - k));
+    }
+}
+
+// A row panel: R rows (one tile high) over every token, in chunks (panel_chunk) when more
+// than one tile reads them. Weights that need widening (W::WIDEN) are widened once
+// per chunk into `wide` (R rows of kp floats) when more than one tile reads them; the
+// tiles then run on f32 weights with the same values, so the same bits.
+template <class W, int R>
+static inline void float_row_panel(const uint8_t* w, int64_t w_stride, const typename W::X* xp, int64_t T,
+                                   int64_t n_in, const float* bias, float* y, int64_t ldy, VecF* part, float* wide) {
+    const int64_t chunk = T > TT_F ? panel_chunk<W, R>(n_in) : n_in;
+    const int64_t kp = packed_row<W>(n_in);
+    const uint8_t* pf = w + PF_PANELS * R * w_stride;
     for (int64_t k0 = 0; k0 < n_in; k0 += chunk) {
         const int64_t k1 = k0 + chunk < n_in ? k0 + chunk : n_in;
-        // The rows of the panel PF_PANELS ahead are prefetched, spread over this panel's
-        // tiles (one tile of up to R rows at T <= 4: batched decode, weights from DRAM; a
-        // row per tile in a few of the tiles of prefill, weights from L3). The R rows read
-        // side by side are R short streams that the hardware prefetchers follow badly.
-        const int64_t n_tiles = (T + TT_F - 1) / TT_F;
-        const uint8_t* pf = w + PF_PANELS * R * w_stride;
-        int64_t t = 0;
-        for (; t + TT_F <= T; t += TT_F) {
-            const int64_t i = t / TT_F, r0 = i * R / n_tiles, r1 = (i + 1) * R / n_tiles;
-            float_tile<W, R, TT_F>(w, w_stride, xp + t * kp, n_in, k0, k1, part + t * R, bias, y + t * ldy, ldy,
-                                   pf + r0 * w_stride, (int)(r1 - r0));
+        if constexpr (W::WIDEN) {
+            if (T > TT_F) {
+                widen_rows<W, R>(w, w_stride, n_in, k0, k1, wide, kp);
+                float_panel_tiles<WF32, R>((const uint8_t*)wide, kp * (int64_t)sizeof(float), xp, T, n_in, k0, k1,
+                                           bias, y, ldy, part, pf, w_stride, 0);
+                continue;
+            }
         }
-        const typename W::X* xt = xp + t * kp;
-        float* yt = y + t * ldy;
-        VecF* pt = part + t * R;
-        const int64_t r0 = (n_tiles - 1) * R / n_tiles;
-        const uint8_t* pft = pf + r0 * w_stride;
-        const int pr = (int)(R - r0);
-        switch (T - t) {
-            case 0: break;
-            case 1: float_tile<W, R, 1>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
-            case 2: float_tile<W, R, 2>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
-            case 3: float_tile<W, R, 3>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
-#if defined(__AVX512F__)
-            case 4: float_tile<W, R, 4>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
-            case 5: float_tile<W, R, 5>(w, w_stride, xt, n_in, k0, k1, pt, bias, yt, ldy, pft, pr); break;
-#endif
-        }
+        float_panel_tiles<W, R>(w, w_stride, xp, T, n_in, k0, k1, bias, y, ldy, part, pf, w_stride, R);
     }
 }
 
@@ -301,18 +434,30 @@ void float_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
                   int64_t o_end, int64_t elem_bytes) {
     using X = typename W::X;
     const int64_t n_in = m.n_in, n_out = m.n_out, w_stride = n_in * elem_bytes, kp = packed_row<W>(n_in);
-    const int64_t tb = token_block(kp * (int64_t)sizeof(X), TT_F);
+    // token blocks of equal size (a multiple of the tile): a short last block would stream
+    // every weight once more for a few tokens
+    int64_t tb = token_block(kp * (int64_t)sizeof(X), TT_F);
+    if (T > tb) {
+        const int64_t n_blocks = (T + tb - 1) / tb;
+        tb = round_up((T + n_blocks - 1) / n_blocks, TT_F);
+    }
     const uint8_t* w = (const uint8_t*)m.data;
     if (T == 1 && sizeof(X) == sizeof(float)) {  // f32 activations used in place
         float_rows_one_token<W>(w, w_stride, (const X*)x, n_in, bias, y, o_begin, o_end);
         return;
     }
-    // this thread's packed activations of one token block, and the partial accumulators of
-    // a row panel over it (chunked rows only)
+    // this thread's packed activations of one token block, the partial accumulators of a
+    // row panel over it (chunked rows only) and its widened weights (W::WIDEN), one block
     X* xp = (X*)thread_scratch(0, (size_t)(T < tb ? T : tb) * kp * sizeof(X));
     if (!xp) throw std::bad_alloc();
     VecF* part = nullptr;
-    if (T > 1 && !(part = (VecF*)thread_scratch(1, (size_t)(tb + TT_F) * R_F * sizeof(VecF)))) throw std::bad_alloc();
+    float* wide = nullptr;
+    if (T > 1) {
+        const size_t part_bytes = (size_t)(tb + TT_F) * R_F * sizeof(VecF);
+        const size_t wide_bytes = W::WIDEN && T > TT_F ? (size_t)R_F * kp * sizeof(float) : 0;
+        if (!(part = (VecF*)thread_scratch(1, part_bytes + wide_bytes))) throw std::bad_alloc();
+        if (wide_bytes) wide = (float*)((char*)part + part_bytes);
+    }
     for (int64_t t0 = 0; t0 < T; t0 += tb) {
         const int64_t nt = T - t0 < tb ? T - t0 : tb;
         for (int64_t t = 0; t < nt; t += TT_F)
@@ -324,10 +469,10 @@ void float_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
         int64_t o = o_begin;
         for (; o + R_F <= o_end; o += R_F)
             float_row_panel<W, R_F>(w + o * w_stride, w_stride, xp, nt, n_in, bias ? bias + o : nullptr,
-                                    y + t0 * n_out + o, n_out, part);
+                                    y + t0 * n_out + o, n_out, part, wide);
         for (; o < o_end; o++)
             float_row_panel<W, 1>(w + o * w_stride, w_stride, xp, nt, n_in, bias ? bias + o : nullptr,
-                                  y + t0 * n_out + o, n_out, part);
+                                  y + t0 * n_out + o, n_out, part, wide);
     }
 }
 
