@@ -158,25 +158,32 @@ static void transpose_scales(const float* scales, int rows, int64_t n_groups, fl
 // the stored bytes are transposed first (16 x 8 dwords: half the work of transposing the
 // unpacked 16 x 16), then dword s of the transposed block gives the steps of inputs
 // 4s..4s+3 (low nibbles) and 32+4s..32+4s+3 (high nibbles).
-static inline void pack_block_q4(const uint8_t* w, int64_t stride, int rows, __m512i* out) {
+// The 32 stored bytes of one q4 block of 16 rows (w + i * stride, rows past `rows` zero),
+// transposed as dwords: r[4i + j], 128-bit chunk 2h + c, holds rows 8h + 4i .. 8h + 4i + 3,
+// dword 4c + j.
+static inline void transpose_q4_block(const uint8_t* w, int64_t stride, int rows, __m512i* r) {
     __m512i v[8];  // v[i] = row i | row i + 8
     for (int i = 0; i < 8; i++) {
         const __m256i a = i < rows ? _mm256_loadu_si256((const __m256i*)(w + i * stride)) : _mm256_setzero_si256();
         const __m256i b = i + 8 < rows ? _mm256_loadu_si256((const __m256i*)(w + (i + 8) * stride)) : _mm256_setzero_si256();
         v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
     }
-    __m512i t[8], r[8];
+    __m512i t[8];
     for (int i = 0; i < 4; i++) {
         t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
         t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
     }
-    // r[4i + j], 128-bit chunk 2h + c: rows 8h + 4i .. 8h + 4i + 3, dword 4c + j
     for (int i = 0; i < 2; i++) {
         r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
         r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
         r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
         r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
     }
+}
+
+static inline void pack_block_q4(const uint8_t* w, int64_t stride, int rows, __m512i* out) {
+    __m512i r[8];
+    transpose_q4_block(w, stride, rows, r);
     const __m512i c0 = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), c1 = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     for (int j = 0; j < 4; j++)
@@ -458,24 +465,8 @@ static void q4_rows_tile(const uint8_t* w, const float* ps, int rows, const QSha
                 if (C == 2) iacc[t][C - 1] = _mm512_setzero_si512();
             }
         const uint8_t* wb = w + b * 32;
-        __m512i v[8];  // v[i] = row i | row i + 8
-        for (int i = 0; i < 8; i++) {
-            const __m256i a = i < rows ? _mm256_loadu_si256((const __m256i*)(wb + i * s.w_stride)) : _mm256_setzero_si256();
-            const __m256i c = i + 8 < rows ? _mm256_loadu_si256((const __m256i*)(wb + (i + 8) * s.w_stride))
-                                           : _mm256_setzero_si256();
-            v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(a), c, 1);
-        }
-        __m512i t8[8], r[8];
-        for (int i = 0; i < 4; i++) {
-            t8[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
-            t8[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
-        }
-        for (int i = 0; i < 2; i++) {
-            r[4 * i] = _mm512_unpacklo_epi64(t8[4 * i], t8[4 * i + 2]);
-            r[4 * i + 1] = _mm512_unpackhi_epi64(t8[4 * i], t8[4 * i + 2]);
-            r[4 * i + 2] = _mm512_unpacklo_epi64(t8[4 * i + 1], t8[4 * i + 3]);
-            r[4 * i + 3] = _mm512_unpackhi_epi64(t8[4 * i + 1], t8[4 * i + 3]);
-        }
+        __m512i r[8];
+        transpose_q4_block(wb, s.w_stride, rows, r);
         const int8_t* xb = xq + b * 64;
         for (int j = 0; j < 4; j++)
             for (int c = 0; c < 2; c++) {
