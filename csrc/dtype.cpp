@@ -14,6 +14,17 @@ bool dtype_from_name(const std::string& name, DType* out) {
     return false;
 }
 
+const char* storage_dtype(DType d) {
+    switch (d) {
+        case DType::F32: return "F32";
+        case DType::F16: return "F16";
+        case DType::BF16: return "BF16";
+        case DType::Q8: return "I8";
+        case DType::Q4: return "U8";
+    }
+    return "?";
+}
+
 int64_t matrix_row_bytes(DType d, int64_t n_in) {
     switch (d) {
         case DType::F32: return 4 * n_in;

@@ -58,6 +58,9 @@ struct Kernels {
 
 // "f32" | "f16" | "bf16" | "int8" | "int4" -> DType; false for any other name (dtype.cpp).
 bool dtype_from_name(const std::string& name, DType* out);
+// The safetensors dtype a matrix of this dtype is stored as: "F32", "F16", "BF16", "I8", "U8"
+// (dtype.cpp).
+const char* storage_dtype(DType d);
 // Bytes of one stored row of n_in weights of a Matrix of this dtype (dtype.cpp).
 int64_t matrix_row_bytes(DType d, int64_t n_in);
 

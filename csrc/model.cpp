@@ -46,17 +46,6 @@ size_t dtype_size(const std::string& dt) {
     throw FormatError("unsupported tensor dtype " + dt);
 }
 
-const char* dtype_name(DType d) {
-    switch (d) {
-        case DType::F32: return "F32";
-        case DType::F16: return "F16";
-        case DType::BF16: return "BF16";
-        case DType::Q8: return "I8";
-        case DType::Q4: return "U8";
-    }
-    return "?";
-}
-
 class TensorTable {
 public:
     TensorTable(const MappedFile& file, const std::vector<TensorInfo>& tensors,
@@ -132,10 +121,10 @@ Matrix load_matrix(TensorTable& tt, const std::string& name, const ModelConfig& 
                               " must be 0 (per row) or a multiple of 64 dividing its " + std::to_string(n_in) +
                               " inputs");
         m.group = group;
-        m.data = tt.get(name, dtype_name(cfg.dtype), {n_out, matrix_row_bytes(cfg.dtype, n_in)});
+        m.data = tt.get(name, storage_dtype(cfg.dtype), {n_out, matrix_row_bytes(cfg.dtype, n_in)});
         m.scales = tt.f32(name + "_scales", {n_out, n_in / group});
     } else {
-        m.data = tt.get(name, dtype_name(cfg.dtype), {n_out, n_in});
+        m.data = tt.get(name, storage_dtype(cfg.dtype), {n_out, n_in});
     }
     return m;
 }

@@ -25,5 +25,5 @@ done
 "$CXX" "${flags[@]}" -fsanitize=fuzzer fuzz/cpp/fuzz_tokenizer.cpp csrc/tokenizer.cpp csrc/unicode_tables.cpp \
   -o "$out/fuzz_tokenizer" -lpthread
 "$CXX" "${flags[@]}" -fsanitize=fuzzer -fopenmp fuzz/cpp/fuzz_model_load.cpp csrc/model.cpp csrc/mapped_file.cpp \
-  csrc/cpu_features.cpp "${objs[@]}" -o "$out/fuzz_model_load"
+  csrc/cpu_features.cpp csrc/dtype.cpp csrc/threads.cpp "${objs[@]}" -o "$out/fuzz_model_load"
 echo "built $out/fuzz_tokenizer $out/fuzz_model_load"

@@ -29,17 +29,6 @@ size_t g_loaded = 0;  // inputs that made a valid model (reported at powers of t
 
 const char* kDtypes[] = {"F32", "F16", "BF16", "I8", "U8", "F64", ""};
 
-const char* st_dtype(DType d) {
-    switch (d) {
-        case DType::F32: return "F32";
-        case DType::F16: return "F16";
-        case DType::BF16: return "BF16";
-        case DType::Q8: return "I8";
-        case DType::Q4: return "U8";
-    }
-    return "";
-}
-
 int64_t width(const std::string& dtype) {
     return dtype == "F32" ? 4 : (dtype == "F16" || dtype == "BF16") ? 2 : 1;
 }
@@ -56,8 +45,9 @@ std::vector<TensorInfo> valid_table(const ModelConfig& c) {
         out.push_back(std::move(t));
     };
     auto matrix = [&](const std::string& name, int64_t n_out, int64_t n_in) {
-        const int64_t row = c.dtype == DType::Q4 ? (n_in + 1) / 2 : n_in;
-        add(name, st_dtype(c.dtype), {n_out, row});
+        // elements of a stored row: bytes for the quantized (byte) dtypes, else n_in
+        const int64_t row = quant ? matrix_row_bytes(c.dtype, n_in) : n_in;
+        add(name, storage_dtype(c.dtype), {n_out, row});
         if (quant) add(name + "_scales", "F32", {n_out, c.group > 0 ? n_in / c.group : 0});
     };
     auto norm = [&](const std::string& name) {
