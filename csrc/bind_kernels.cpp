@@ -63,7 +63,7 @@ void bind_kernels(py::module_& m) {
     m.def(
         "_kernel_linear",
         [](const std::string& isa, const std::string& dtype, const U8& w, const py::object& scales,
-           const py::object& bias, const F32& x, int64_t n_out, int64_t group, int n_threads) {
+           const py::object& bias, const F32& x, int64_t n_out, int64_t group, int n_threads, int64_t chunk) {
             if (x.ndim() != 2) throw std::invalid_argument("x must be [T, n_in]");
             const int64_t T = x.shape(0), n_in = x.shape(1);
             F32 s;
@@ -81,17 +81,31 @@ void bind_kernels(py::module_& m) {
             const float* bp = bias.is_none() ? nullptr : b.data();
             {
                 py::gil_scoped_release release;
-                // thread shares cut at any row (unit 1), so the tests see odd range boundaries
-                run_team(n_threads, [&](const Team& team) {
-                    int64_t o0, o1;
-                    team.split(n_out, 1, &o0, &o1);
-                    k.linear(mat, bp, x.data(), T, yp, o0, o1);
-                });
+                if (chunk <= 0) {
+                    // thread shares cut at any row (unit 1), so the tests see odd range boundaries
+                    run_team(n_threads, [&](const Team& team) {
+                        int64_t o0, o1;
+                        team.split(n_out, 1, &o0, &o1);
+                        k.linear(mat, bp, x.data(), T, yp, o0, o1);
+                    });
+                } else {
+                    // as a prompt's products run (Model::linear): rows prepared by all threads
+                    // into one buffer, then columns claimed in chunks of `chunk`
+                    std::unique_ptr<uint8_t[]> prep(new uint8_t[k.prepared_bytes(mat, T) + 64]);
+                    void* p = prep.get() + (64 - reinterpret_cast<uintptr_t>(prep.get()) % 64) % 64;
+                    run_team(n_threads, [&](const Team& team) {
+                        int64_t r0, r1, c0, c1;
+                        team.split(T, k.prepare_rows, &r0, &r1);
+                        k.prepare(mat, x.data(), T, r0, r1, p);
+                        team.sync();
+                        while (team.next_chunk(n_out, chunk, &c0, &c1)) k.linear_prepared(mat, bp, p, T, yp, c0, c1);
+                    });
+                }
             }
             return y;
         },
         py::arg("isa"), py::arg("dtype"), py::arg("w"), py::arg("scales"), py::arg("bias"), py::arg("x"),
-        py::arg("n_out"), py::arg("group") = 0, py::arg("n_threads") = 1);
+        py::arg("n_out"), py::arg("group") = 0, py::arg("n_threads") = 1, py::arg("chunk") = 0);
 
     m.def(
         "_kernel_matrix_row",

@@ -32,6 +32,19 @@ struct Kernels {
     // sequence gives the same tokens alone or in a batch, on 1 thread or many.
     void (*linear)(const Matrix& w, const float* bias, const float* x, int64_t T, float* y,
                    int64_t o_begin, int64_t o_end);
+    // linear() in two steps, so that many threads share one preparation of the activations
+    // (packed into tiles, rounded to bf16 or quantized to int8, in a layout private to this
+    // table) instead of each redoing it for its columns:
+    //   prepare(w, x, T, r_begin, r_end, prep) writes rows [r_begin, r_end) of x, prepared for
+    //     products with w, into prep (prepared_bytes(w, T) bytes, 64-byte aligned); threads
+    //     may prepare disjoint row ranges whose ends are multiples of prepare_rows (or T);
+    //   linear_prepared(w, bias, prep, T, y, o_begin, o_end) then equals
+    //     linear(w, bias, x, T, y, o_begin, o_end), bit for bit.
+    int64_t prepare_rows;
+    size_t (*prepared_bytes)(const Matrix& w, int64_t T);
+    void (*prepare)(const Matrix& w, const float* x, int64_t T, int64_t r_begin, int64_t r_end, void* prep);
+    void (*linear_prepared)(const Matrix& w, const float* bias, const void* prep, int64_t T, float* y,
+                            int64_t o_begin, int64_t o_end);
 
     // out[0 : n_in] = W[row, :] as f32 (the token embedding lookup).
     void (*matrix_row)(const Matrix& w, int64_t row, float* out);

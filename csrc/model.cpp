@@ -199,6 +199,10 @@ constexpr int64_t kMaxOwnCopyRows = 16;
 // Output columns are split among threads in units of 16 floats (one cache line).
 constexpr int64_t kColumnUnit = 16;
 
+// Chunks of columns per thread in a prompt's products: enough that a slowed thread's lag is
+// taken up by the others, few enough that a chunk is long against claiming it.
+constexpr int64_t kChunksPerThread = 8;
+
 void Model::forward(const std::vector<SeqStep>& steps, float* logits) {
     std::lock_guard<std::mutex> lock(mutex_);
     const ModelConfig& cfg = config_;
@@ -245,6 +249,17 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits) {
     fc_.resize(T * 4 * C);
     last_.resize(copies * last_rows_.size() * C);
     scores_.resize((size_t)n_threads_ * cfg.n_ctx);
+    if (copies == 1) {  // a prompt: activations prepared once for all threads (linear)
+        size_t bytes = 0;
+        for (const Block& b : w_.h)
+            for (const Linear* lin : {&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj})
+                bytes = std::max(bytes, kernels_->prepared_bytes(lin->w, T));
+        if (bytes > prep_bytes_) {
+            prep_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+            if (!prep_) throw std::bad_alloc();
+            prep_bytes_ = bytes;
+        }
+    }
 
     run_team(n_threads_, [&](const Team& team) { forward_team(team, steps, T, logits); });
     for (const auto& s : steps) s.cache->pos += s.n_tokens;
@@ -264,11 +279,11 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
     float* proj = proj_.data();
     float* fc = fc_.data();
     int64_t r0 = 0, r1 = T;                     // the rows of the row-wise steps
-    if (!own_copy) team.split(T, 1, &r0, &r1);
+    if (!own_copy) team.split(T, k.prepare_rows, &r0, &r1);
     auto rows_done = [&] {
         if (!own_copy) team.sync();
     };
-    int64_t o0, o1;                             // the columns this thread computed
+    auto no_epilogue = [](int64_t, int64_t) {};
 
     // x = wte[token] + wpe[position]
     for (int64_t r = r0; r < r1; r++) {
@@ -282,26 +297,26 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
 
         // x = x + attn(ln_1(x))
         layernorm_rows(b.ln_1, x, r0, r1, xn);
-        rows_done();
-        linear(team, b.c_attn, xn, T, qkv, &o0, &o1);  // [T, 3C]: q | k | v
-        append_kv(steps, l, qkv, T, o0, o1);          // this thread's columns of k, v to the caches
+        linear(team, b.c_attn, xn, T, qkv, r0, r1, [&](int64_t c0, int64_t c1) {  // [T, 3C]: q | k | v
+            append_kv(steps, l, qkv, T, c0, c1);  // these columns of k, v to the caches
+        });
         team.sync();
         attention(team, steps, l, qkv, T, att);       // [T, C]
         team.sync();
-        linear(team, b.attn_proj, att, T, proj, &o0, &o1);
+        linear(team, b.attn_proj, att, T, proj, r0, r1, no_epilogue);
         team.sync();
         k.add(x + r0 * C, proj + r0 * C, (r1 - r0) * C);
 
         // x = x + mlp(ln_2(x))
         layernorm_rows(b.ln_2, x, r0, r1, xn);
-        rows_done();
-        linear(team, b.c_fc, xn, T, fc, &o0, &o1);    // [T, 4C], then GELU on this thread's columns
-        for (int64_t r = 0; r < T; r++) {
-            if (cfg.activation == Activation::GeluTanh) k.gelu_tanh(fc + r * 4 * C + o0, o1 - o0);
-            else k.gelu_erf(fc + r * 4 * C + o0, o1 - o0);
-        }
+        linear(team, b.c_fc, xn, T, fc, r0, r1, [&](int64_t c0, int64_t c1) {  // [T, 4C], then GELU
+            for (int64_t r = 0; r < T; r++) {
+                if (cfg.activation == Activation::GeluTanh) k.gelu_tanh(fc + r * 4 * C + c0, c1 - c0);
+                else k.gelu_erf(fc + r * 4 * C + c0, c1 - c0);
+            }
+        });
         team.sync();
-        linear(team, b.mlp_proj, fc, T, proj, &o0, &o1);
+        linear(team, b.mlp_proj, fc, T, proj, r0, r1, no_epilogue);
         team.sync();
         k.add(x + r0 * C, proj + r0 * C, (r1 - r0) * C);
     }
@@ -315,15 +330,38 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
     for (int64_t i = i0; i < i1; i++)
         k.layernorm(last + i * C, x + last_rows_[i] * C, w_.ln_f.w, w_.ln_f.b, C, cfg.layer_norm_epsilon);
     rows_done();
+    int64_t o0, o1;
     team.split(cfg.vocab_size, kColumnUnit, &o0, &o1);
     k.linear(w_.wte, nullptr, last, R, logits, o0, o1);
 }
 
-// This thread's share of the output columns of y = x W^T + b; returns the range it wrote.
-void Model::linear(const Team& team, const Linear& lin, const float* x, int64_t T, float* y, int64_t* o0,
-                   int64_t* o1) const {
-    team.split(lin.w.n_out, kColumnUnit, o0, o1);
-    kernels_->linear(lin.w, lin.b, x, T, y, *o0, *o1);
+// y = x W^T + b, this thread's part; epilogue(c0, c1) runs on each range of columns it wrote.
+//   Few rows (each thread has its own copy of x): a static share of the columns, the
+//   activations prepared by each thread for itself inside the kernel.
+//   A prompt: the threads prepare the activations once, each its rows [r0, r1), then claim
+//   chunks of columns as they go (Team::next_chunk), so a thread slowed by the OS or the
+//   host does fewer of them.
+template <class Epilogue>
+void Model::linear(const Team& team, const Linear& lin, const float* x, int64_t T, float* y, int64_t r0, int64_t r1,
+                   Epilogue&& epilogue) {
+    const Kernels& k = *kernels_;
+    const int64_t n_out = lin.w.n_out;
+    if (T <= kMaxOwnCopyRows) {
+        int64_t o0, o1;
+        team.split(n_out, kColumnUnit, &o0, &o1);
+        k.linear(lin.w, lin.b, x, T, y, o0, o1);
+        epilogue(o0, o1);
+        return;
+    }
+    k.prepare(lin.w, x, T, r0, r1, prep_.get());
+    team.sync();
+    const int64_t units = (n_out + kColumnUnit - 1) / kColumnUnit;
+    const int64_t chunk = team.n == 1 ? n_out : std::max<int64_t>(1, units / (team.n * kChunksPerThread)) * kColumnUnit;
+    int64_t c0, c1;
+    while (team.next_chunk(n_out, chunk, &c0, &c1)) {
+        k.linear_prepared(lin.w, lin.b, prep_.get(), T, y, c0, c1);
+        epilogue(c0, c1);
+    }
 }
 
 void Model::layernorm_rows(const LayerNorm& ln, const float* x, int64_t r0, int64_t r1, float* out) const {

@@ -2,6 +2,7 @@
 // the forward pass. The forward pass in model.cpp reads top to bottom like the math.
 #pragma once
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -110,8 +111,9 @@ public:
 
 private:
     void forward_team(const Team& team, const std::vector<SeqStep>& steps, int64_t T, float* logits);
-    void linear(const Team& team, const Linear& lin, const float* x, int64_t T, float* y, int64_t* o0,
-                int64_t* o1) const;
+    template <class Epilogue>
+    void linear(const Team& team, const Linear& lin, const float* x, int64_t T, float* y, int64_t r0, int64_t r1,
+                Epilogue&& epilogue);
     void layernorm_rows(const LayerNorm& ln, const float* x, int64_t r0, int64_t r1, float* out) const;
     void append_kv(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, int64_t o0, int64_t o1);
     void attention(const Team& team, const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T,
@@ -128,6 +130,11 @@ private:
 
     // activations, grown as needed and reused across calls (no allocation per token)
     std::vector<float> x_, xn_, qkv_, att_, proj_, fc_, last_, scores_;
+    struct FreeDeleter {
+        void operator()(uint8_t* p) const { std::free(p); }
+    };
+    std::unique_ptr<uint8_t[], FreeDeleter> prep_;  // a prompt's prepared activations (Kernels::prepare)
+    size_t prep_bytes_ = 0;
     std::vector<int64_t> row_seq_, row_pos_;  // sequence index and position of each row
     std::vector<int64_t> last_rows_;          // rows whose logits are asked for
 };

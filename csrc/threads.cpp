@@ -59,6 +59,7 @@ void Barrier::wait() {
     if (aborted_.load()) throw TeamAborted();
     if (arrived_.fetch_add(1) + 1 == n_.load(std::memory_order_relaxed)) {
         arrived_.store(0, std::memory_order_relaxed);
+        work_.store(0, std::memory_order_relaxed);  // every thread is here: no dynamic step runs
         phase_.store(phase + 1);
         if (sleepers_.load() > 0) wake_all(&phase_);
         return;
@@ -85,11 +86,13 @@ void Barrier::abort() {
 }
 
 void run_team(int n_threads, const std::function<void(const Team&)>& body) {
+    Barrier barrier;
     if (n_threads <= 1) {
-        body(Team{});
+        Team team;
+        team.barrier = &barrier;
+        body(team);
         return;
     }
-    Barrier barrier;
     std::exception_ptr error;
     std::mutex error_mutex;
 #pragma omp parallel num_threads(n_threads)

@@ -22,6 +22,8 @@ public:
     // Returns when all n threads have called wait(); throws TeamAborted after abort().
     void wait();
     void abort();
+    // Work counter of dynamic steps (Team::next_chunk): zero whenever threads leave a wait().
+    std::atomic<int64_t>& work() { return work_; }
 
 private:
     std::atomic<int> n_{1};
@@ -29,6 +31,7 @@ private:
     std::atomic<uint32_t> phase_{0};
     std::atomic<int> sleepers_{0};
     std::atomic<bool> aborted_{false};
+    std::atomic<int64_t> work_{0};
 };
 
 // One thread's view of the team.
@@ -38,6 +41,7 @@ struct Team {
 
     void sync() const {
         if (n > 1) barrier->wait();
+        else if (barrier) barrier->work().store(0, std::memory_order_relaxed);
     }
     // This thread's share [*begin, *end) of n_items, cut at multiples of `unit` (contiguous,
     // in thread order, the last share ending at n_items).
@@ -46,6 +50,18 @@ struct Team {
         const int64_t b = units * id / n * unit, e = units * (id + 1) / n * unit;
         *begin = b < n_items ? b : n_items;
         *end = e < n_items ? e : n_items;
+    }
+    // Dynamic share: the next unclaimed chunk [*begin, *end) of n_items (chunks of `chunk`
+    // items, the last one shorter), or false when all are claimed. Threads claim chunks as
+    // they finish the last one, so a thread the OS or the host slows down simply does fewer:
+    // on a shared machine a static split waits for the slowest thread at every barrier.
+    // Between two dynamic steps there must be a sync(), which starts the count again.
+    bool next_chunk(int64_t n_items, int64_t chunk, int64_t* begin, int64_t* end) const {
+        const int64_t b = barrier->work().fetch_add(chunk, std::memory_order_relaxed);
+        if (b >= n_items) return false;
+        *begin = b;
+        *end = b + chunk < n_items ? b + chunk : n_items;
+        return true;
     }
 };
 

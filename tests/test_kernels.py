@@ -72,10 +72,11 @@ def reference(w, dtype, group, x, bias, isa):
     return y
 
 
-def run_linear(isa, dtype, w, group, x, bias, n_threads=1):
+def run_linear(isa, dtype, w, group, x, bias, n_threads=1, chunk=0):
     data, scales, _ = encode(w, dtype, group)
     g = group if group else w.shape[1]
-    return _core._kernel_linear(isa, dtype, data, scales, bias, x, w.shape[0], g if scales is not None else 0, n_threads)
+    return _core._kernel_linear(isa, dtype, data, scales, bias, x, w.shape[0], g if scales is not None else 0,
+                                n_threads, chunk)
 
 
 CASES = [  # dtype, n_out, n_in, group
@@ -245,6 +246,23 @@ def test_linear_thread_invariant_when_split(isa, dtype, group):
     for n in (2, 3):
         assert np.array_equal(y1, run_linear(isa, dtype, w, group, x, None, n_threads=n)), f"{n} threads"
     assert np.array_equal(y1[4], run_linear(isa, dtype, w, group, x[4:5], None, n_threads=3)[0])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype,group", [("f32", 0), ("f16", 0), ("bf16", 0), ("int8", 0), ("int4", 64)])
+@pytest.mark.parametrize("T", [1, 2, 7, 37, 200])
+def test_linear_prepared_once_claimed_in_chunks(isa, dtype, group, T):
+    """A prompt's products: the threads prepare the activations once, each a share of the
+    rows, then claim columns in chunks (here of odd sizes): bitwise the same as one thread
+    computing everything itself."""
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((83, 640)).astype(np.float32)
+    x = rng.standard_normal((T, 640)).astype(np.float32)
+    bias = rng.standard_normal(83).astype(np.float32)
+    ref = run_linear(isa, dtype, w, group, x, bias)
+    for n_threads, chunk in ((1, 83), (2, 7), (3, 16), (4, 1)):
+        y = run_linear(isa, dtype, w, group, x, bias, n_threads=n_threads, chunk=chunk)
+        assert np.array_equal(y, ref), f"{n_threads} threads, chunks of {chunk}"
 
 
 @pytest.mark.parametrize("isa", ISAS)

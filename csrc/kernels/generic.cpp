@@ -173,6 +173,21 @@ void linear(const Matrix& w, const float* bias, const float* x, int64_t T, float
     std::free(row);
 }
 
+size_t prepared_bytes(const Matrix& w, int64_t T) {
+    return ((size_t)(T * w.n_in) * sizeof(float) + 63) / 64 * 64;
+}
+
+void prepare(const Matrix& w, const float* x, int64_t T, int64_t r_begin, int64_t r_end, void* prep) {
+    (void)T;
+    if (r_begin < r_end)
+        std::memcpy((float*)prep + r_begin * w.n_in, x + r_begin * w.n_in, (r_end - r_begin) * w.n_in * sizeof(float));
+}
+
+void linear_prepared(const Matrix& w, const float* bias, const void* prep, int64_t T, float* y, int64_t o_begin,
+                     int64_t o_end) {
+    linear(w, bias, (const float*)prep, T, y, o_begin, o_end);
+}
+
 void layernorm(float* out, const float* x, const float* gamma, const float* beta, int64_t C, float eps) {
     double mean = 0.0;
     for (int64_t i = 0; i < C; i++) mean += x[i];

@@ -1,5 +1,6 @@
 // Portable kernels (generic.cpp), declared inside the ISA namespace of the including file.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels.h"
@@ -21,6 +22,11 @@ int quant_weight(const Matrix& w, int64_t row, int64_t k);
 float quantize_row(const float* x, int64_t n, int8_t* xq);
 void linear(const Matrix& w, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
             int64_t o_end);
+// The prepared activations of the scalar path are the f32 rows themselves.
+size_t prepared_bytes(const Matrix& w, int64_t T);
+void prepare(const Matrix& w, const float* x, int64_t T, int64_t r_begin, int64_t r_end, void* prep);
+void linear_prepared(const Matrix& w, const float* bias, const void* prep, int64_t T, float* y, int64_t o_begin,
+                     int64_t o_end);
 void layernorm(float* out, const float* x, const float* gamma, const float* beta, int64_t C, float eps);
 void gelu_tanh(float* x, int64_t n);
 void gelu_erf(float* x, int64_t n);

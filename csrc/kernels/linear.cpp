@@ -49,6 +49,29 @@ void linear(const Matrix& m, const float* bias, const float* x, int64_t T, float
     throw std::invalid_argument("linear: unsupported weight dtype");
 }
 
+static bool is_quant(const Matrix& m) {
+    if (m.dtype == DType::Q8 || m.dtype == DType::Q4) return true;
+    if (m.dtype == DType::F32 || m.dtype == DType::F16 || m.dtype == DType::BF16) return false;
+    throw std::invalid_argument("linear: unsupported weight dtype");
+}
+
+size_t prepared_bytes(const Matrix& m, int64_t T) {
+    return is_quant(m) ? quant_prepared_bytes(m, T) : float_prepared_bytes(m, T);
+}
+
+void prepare(const Matrix& m, const float* x, int64_t T, int64_t r_begin, int64_t r_end, void* prep) {
+    if (r_begin >= r_end) return;
+    if (is_quant(m)) quant_prepare(m, x, T, r_begin, r_end, prep);
+    else float_prepare(m, x, T, r_begin, r_end, prep);
+}
+
+void linear_prepared(const Matrix& m, const float* bias, const void* prep, int64_t T, float* y, int64_t o_begin,
+                     int64_t o_end) {
+    if (T <= 0 || o_begin >= o_end) return;
+    if (is_quant(m)) quant_linear_prepared(m, bias, prep, T, y, o_begin, o_end);
+    else float_linear_prepared(m, bias, prep, T, y, o_begin, o_end);
+}
+
 }  // namespace simd
 }  // namespace PYGPT_KERNEL_NS
 }  // namespace pygpt

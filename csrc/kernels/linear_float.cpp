@@ -434,27 +434,49 @@ static void float_rows_one_token(const uint8_t* w, int64_t w_stride, const typen
     }
 }
 
+// Token blocks of equal size (a multiple of the tile), each small enough that its packed
+// activations stay in L2 while the rows stream past: a short last block would stream every
+// weight once more for a few tokens.
 template <class W>
-void float_linear(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
-                  int64_t o_end, int64_t elem_bytes) {
-    using X = typename W::X;
-    const int64_t n_in = m.n_in, n_out = m.n_out, w_stride = n_in * elem_bytes, kp = packed_row<W>(n_in);
-    // token blocks of equal size (a multiple of the tile): a short last block would stream
-    // every weight once more for a few tokens
-    int64_t tb = token_block(kp * (int64_t)sizeof(X), TT_F);
+static int64_t float_token_block(int64_t n_in, int64_t T) {
+    const int64_t kp = packed_row<W>(n_in);
+    int64_t tb = token_block(kp * (int64_t)sizeof(typename W::X), TT_F);
     if (T > tb) {
         const int64_t n_blocks = (T + tb - 1) / tb;
         tb = round_up((T + n_blocks - 1) / n_blocks, TT_F);
     }
-    const uint8_t* w = (const uint8_t*)m.data;
-    if (T == 1 && sizeof(X) == sizeof(float)) {  // f32 activations used in place
-        float_rows_one_token<W>(w, w_stride, (const X*)x, n_in, bias, y, o_begin, o_end);
-        return;
+    return tb;
+}
+
+// Prepared activations: all T tokens packed tile by tile (pack_tile), the tile starting at
+// token t at xp + t * packed_row; tiles start at multiples of TT_F and end at a block end.
+template <class W>
+size_t float_prepared_bytes(const Matrix& m, int64_t T) {
+    return (size_t)round_up(T * packed_row<W>(m.n_in) * (int64_t)sizeof(typename W::X), 64);
+}
+
+template <class W>
+void float_prepare(const Matrix& m, const float* x, int64_t T, int64_t r_begin, int64_t r_end, void* prep) {
+    const int64_t n_in = m.n_in, kp = packed_row<W>(n_in), tb = float_token_block<W>(n_in, T);
+    typename W::X* xp = (typename W::X*)prep;
+    for (int64_t t = r_begin; t < r_end;) {
+        const int64_t block_end = t / tb * tb + tb < T ? t / tb * tb + tb : T;
+        const int64_t tt = block_end - t < TT_F ? block_end - t : TT_F;
+        pack_tile<W>(x + t * n_in, n_in, tt, xp + t * kp);
+        t += tt;
     }
-    // this thread's packed activations of one token block, the partial accumulators of a
-    // row panel over it (chunked rows only) and its widened weights (W::WIDEN), one block
-    X* xp = (X*)thread_scratch(0, (size_t)(T < tb ? T : tb) * kp * sizeof(X));
-    if (!xp) throw std::bad_alloc();
+}
+
+template <class W>
+void float_linear_prepared(const Matrix& m, const float* bias, const void* prep, int64_t T, float* y,
+                           int64_t o_begin, int64_t o_end, int64_t elem_bytes) {
+    using X = typename W::X;
+    const int64_t n_in = m.n_in, n_out = m.n_out, w_stride = n_in * elem_bytes, kp = packed_row<W>(n_in);
+    const int64_t tb = float_token_block<W>(n_in, T);
+    const uint8_t* w = (const uint8_t*)m.data;
+    const X* xp = (const X*)prep;
+    // this thread's partial accumulators of a row panel over one block (chunked rows only)
+    // and its widened weights (W::WIDEN)
     VecF* part = nullptr;
     float* wide = nullptr;
     if (T > 1) {
@@ -465,20 +487,34 @@ void float_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
     }
     for (int64_t t0 = 0; t0 < T; t0 += tb) {
         const int64_t nt = T - t0 < tb ? T - t0 : tb;
-        for (int64_t t = 0; t < nt; t += TT_F)
-            pack_tile<W>(x + (t0 + t) * n_in, n_in, nt - t < TT_F ? nt - t : TT_F, xp + t * kp);
+        const X* xb = xp + t0 * kp;
         if (nt == 1) {
-            float_rows_one_token<W>(w, w_stride, xp, n_in, bias, y + t0 * n_out, o_begin, o_end);
+            float_rows_one_token<W>(w, w_stride, xb, n_in, bias, y + t0 * n_out, o_begin, o_end);
             continue;
         }
         int64_t o = o_begin;
         for (; o + R_F <= o_end; o += R_F)
-            float_row_panel<W, R_F>(w + o * w_stride, w_stride, xp, nt, n_in, bias ? bias + o : nullptr,
+            float_row_panel<W, R_F>(w + o * w_stride, w_stride, xb, nt, n_in, bias ? bias + o : nullptr,
                                     y + t0 * n_out + o, n_out, part, wide);
         for (; o < o_end; o++)
-            float_row_panel<W, 1>(w + o * w_stride, w_stride, xp, nt, n_in, bias ? bias + o : nullptr,
+            float_row_panel<W, 1>(w + o * w_stride, w_stride, xb, nt, n_in, bias ? bias + o : nullptr,
                                   y + t0 * n_out + o, n_out, part, wide);
     }
+}
+
+template <class W>
+void float_linear(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
+                  int64_t o_end, int64_t elem_bytes) {
+    if (T == 1 && sizeof(typename W::X) == sizeof(float)) {  // f32 activations used in place
+        float_rows_one_token<W>((const uint8_t*)m.data, m.n_in * elem_bytes, (const typename W::X*)x, m.n_in, bias,
+                                y, o_begin, o_end);
+        return;
+    }
+    // this thread prepares all the activations itself, in its own scratch
+    void* prep = thread_scratch(0, float_prepared_bytes<W>(m, T));
+    if (!prep) throw std::bad_alloc();
+    float_prepare<W>(m, x, T, 0, T, prep);
+    float_linear_prepared<W>(m, bias, prep, T, y, o_begin, o_end, elem_bytes);
 }
 
 }  // namespace
@@ -490,6 +526,36 @@ void linear_float(const Matrix& m, const float* bias, const float* x, int64_t T,
         case DType::F16: float_linear<WF16>(m, bias, x, T, y, o_begin, o_end, 2); return;
         case DType::BF16: float_linear<WBF16>(m, bias, x, T, y, o_begin, o_end, 2); return;
         default: throw std::invalid_argument("linear_float: not a float weight dtype");
+    }
+}
+
+int64_t prepare_rows() { return TT_F; }
+
+size_t float_prepared_bytes(const Matrix& m, int64_t T) {
+    switch (m.dtype) {
+        case DType::F32: return float_prepared_bytes<WF32>(m, T);
+        case DType::F16: return float_prepared_bytes<WF16>(m, T);
+        case DType::BF16: return float_prepared_bytes<WBF16>(m, T);
+        default: throw std::invalid_argument("float_prepared_bytes: not a float weight dtype");
+    }
+}
+
+void float_prepare(const Matrix& m, const float* x, int64_t T, int64_t r_begin, int64_t r_end, void* prep) {
+    switch (m.dtype) {
+        case DType::F32: float_prepare<WF32>(m, x, T, r_begin, r_end, prep); return;
+        case DType::F16: float_prepare<WF16>(m, x, T, r_begin, r_end, prep); return;
+        case DType::BF16: float_prepare<WBF16>(m, x, T, r_begin, r_end, prep); return;
+        default: throw std::invalid_argument("float_prepare: not a float weight dtype");
+    }
+}
+
+void float_linear_prepared(const Matrix& m, const float* bias, const void* prep, int64_t T, float* y,
+                           int64_t o_begin, int64_t o_end) {
+    switch (m.dtype) {
+        case DType::F32: float_linear_prepared<WF32>(m, bias, prep, T, y, o_begin, o_end, 4); return;
+        case DType::F16: float_linear_prepared<WF16>(m, bias, prep, T, y, o_begin, o_end, 2); return;
+        case DType::BF16: float_linear_prepared<WBF16>(m, bias, prep, T, y, o_begin, o_end, 2); return;
+        default: throw std::invalid_argument("float_linear_prepared: not a float weight dtype");
     }
 }
 

@@ -671,9 +671,7 @@ static float quantize_row(const float* x, const QShape& s, int offset, int8_t* x
 }
 #endif  // __AVX512F__
 
-template <bool Q4>
-void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
-                  int64_t o_end) {
+static QShape quant_shape(const Matrix& m, bool q4) {
     QShape s;
     s.n_in = m.n_in;
     s.n_out = m.n_out;
@@ -681,52 +679,73 @@ void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
     s.bpg = (m.group + 63) / 64;
     s.nb = (m.n_in + 63) / 64;
     s.xs = round_up(m.n_in, 128);
-    s.w_stride = Q4 ? s.nb * 32 : m.n_in;
+    s.w_stride = q4 ? s.nb * 32 : m.n_in;
+    return s;
+}
+
+// Prepared activations, row by row: xq [T, xs] int8 | corr [T, n_groups] int32 | sx [T] f32.
+struct QPrepared {
+    int8_t* xq;
+    int32_t* corr;
+    float* sx;
+};
+
+static size_t quant_prepared_bytes(const QShape& s, int64_t T) {
+    return round_up(T * s.xs, 64) + round_up(T * s.n_groups * 4, 64) + round_up(T * 4, 64);
+}
+
+static QPrepared quant_prepared(const QShape& s, int64_t T, void* prep) {
+    uint8_t* p = (uint8_t*)prep;
+    const int64_t xq_bytes = round_up(T * s.xs, 64), corr_bytes = round_up(T * s.n_groups * 4, 64);
+    return {(int8_t*)p, (int32_t*)(p + xq_bytes), (float*)(p + xq_bytes + corr_bytes)};
+}
+
+static void quantize_rows(const Matrix& m, const float* x, int64_t T, int64_t r_begin, int64_t r_end, void* prep) {
+    const bool q4 = m.dtype == DType::Q4;
+    const QShape s = quant_shape(m, q4);
+    const QPrepared a = quant_prepared(s, T, prep);
+    for (int64_t t = r_begin; t < r_end; t++)
+        a.sx[t] = quantize_row(x + t * s.n_in, s, q4 ? 8 : 128, a.xq + t * s.xs, a.corr + t * s.n_groups);
+}
+
+template <bool Q4>
+void quant_linear_prepared(const Matrix& m, const float* bias, const void* prep, int64_t T, float* y,
+                           int64_t o_begin, int64_t o_end) {
+    const QShape s = quant_shape(m, Q4);
+    const QPrepared a = quant_prepared(s, T, const_cast<void*>(prep));
     const uint8_t* w = (const uint8_t*)m.data;
     const int64_t tb = token_block(s.xs + s.n_groups * 4, TT_Q);
 #if defined(__AVX512F__)
+    // this thread's scratch: packed panels | panel scales
     const size_t pack_bytes = T > 1 ? (size_t)NP_Q * s.nb * 16 * 64 : 0;
     const size_t ps_bytes = (size_t)round_up(s.n_groups * NP_Q * 16 * 4, 64);
-#else
-    const size_t pack_bytes = 0, ps_bytes = 0;
-#endif
-    // this thread's scratch: [packed panels | panel scales |] xq [T, xs] int8 | corr [T, n_groups] | sx [T]
-    const size_t xq_bytes = round_up(T * s.xs, 64), corr_bytes = round_up(T * s.n_groups * 4, 64);
-    uint8_t* scratch = (uint8_t*)thread_scratch(0, pack_bytes + ps_bytes + xq_bytes + corr_bytes + T * sizeof(float));
+    uint8_t* scratch = (uint8_t*)thread_scratch(0, pack_bytes + ps_bytes);
     if (!scratch) throw std::bad_alloc();
-    uint8_t* p = scratch;
-#if defined(__AVX512F__)
-    __m512i* pw = (__m512i*)p;
-    float* ps = (float*)(p + pack_bytes);
+    __m512i* pw = (__m512i*)scratch;
+    float* ps = (float*)(scratch + pack_bytes);
 #endif
-    p += pack_bytes + ps_bytes;
-    int8_t* xq = (int8_t*)p;
-    int32_t* corr = (int32_t*)(p + xq_bytes);
-    float* sx = (float*)(p + xq_bytes + corr_bytes);
-    // every thread quantizes all T rows itself: no barrier between threads
-    for (int64_t t = 0; t < T; t++)
-        sx[t] = quantize_row(x + t * s.n_in, s, Q4 ? 8 : 128, xq + t * s.xs, corr + t * s.n_groups);
     for (int64_t t0 = 0; t0 < T; t0 += tb) {
         const int64_t nt = T - t0 < tb ? T - t0 : tb;
-        const int8_t* xq0 = xq + t0 * s.xs;
-        const int32_t* c0 = corr + t0 * s.n_groups;
+        const int8_t* xq0 = a.xq + t0 * s.xs;
+        const int32_t* c0 = a.corr + t0 * s.n_groups;
+        const float* sx0 = a.sx + t0;
         float* y0 = y + t0 * s.n_out;
 #if defined(__AVX512F__)
         if (!Q4 && nt <= Q8_UNPACKED_MAX_T)
-            q8_rows(w, m.scales, s, xq0, c0, sx + t0, nt, bias, y0, o_begin, o_end, ps);
+            q8_rows(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end, ps);
         else if (Q4 && nt >= 2 && nt <= Q4_UNPACKED_MAX_T)
-            q4_rows(w, m.scales, s, xq0, c0, sx + t0, nt, bias, y0, o_begin, o_end, ps);
+            q4_rows(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end, ps);
         else if (nt == 1)
-            decode_rows_q4(w, m.scales, s, xq0, c0, sx[t0], bias, y0, o_begin, o_end, ps);
+            decode_rows_q4(w, m.scales, s, xq0, c0, sx0[0], bias, y0, o_begin, o_end, ps);
         else
-            packed_rows<Q4>(w, m.scales, s, xq0, c0, sx + t0, nt, bias, y0, o_begin, o_end, pw, ps);
+            packed_rows<Q4>(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end, pw, ps);
 #else
         int64_t o = o_begin;
         for (; o + R_Q <= o_end; o += R_Q)
-            quant_row_panel<Q4, R_Q>(w + o * s.w_stride, m.scales + o * s.n_groups, s, xq0, c0, sx + t0, nt,
+            quant_row_panel<Q4, R_Q>(w + o * s.w_stride, m.scales + o * s.n_groups, s, xq0, c0, sx0, nt,
                                      bias ? bias + o : nullptr, y0 + o);
         for (; o < o_end; o++)
-            quant_row_panel<Q4, 1>(w + o * s.w_stride, m.scales + o * s.n_groups, s, xq0, c0, sx + t0, nt,
+            quant_row_panel<Q4, 1>(w + o * s.w_stride, m.scales + o * s.n_groups, s, xq0, c0, sx0, nt,
                                    bias ? bias + o : nullptr, y0 + o);
 #endif
     }
@@ -734,12 +753,31 @@ void quant_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
 
 }  // namespace
 
+size_t quant_prepared_bytes(const Matrix& m, int64_t T) {
+    generic::check_quant(m);
+    return quant_prepared_bytes(quant_shape(m, m.dtype == DType::Q4), T);
+}
+
+void quant_prepare(const Matrix& m, const float* x, int64_t T, int64_t r_begin, int64_t r_end, void* prep) {
+    generic::check_quant(m);
+    quantize_rows(m, x, T, r_begin, r_end, prep);
+}
+
+void quant_linear_prepared(const Matrix& m, const float* bias, const void* prep, int64_t T, float* y,
+                           int64_t o_begin, int64_t o_end) {
+    generic::check_quant(m);
+    if (m.dtype == DType::Q8) quant_linear_prepared<false>(m, bias, prep, T, y, o_begin, o_end);
+    else if (m.dtype == DType::Q4) quant_linear_prepared<true>(m, bias, prep, T, y, o_begin, o_end);
+    else throw std::invalid_argument("linear_quant: not a quantized weight dtype");
+}
+
 void linear_quant(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
                   int64_t o_end) {
-    generic::check_quant(m);
-    if (m.dtype == DType::Q8) quant_linear<false>(m, bias, x, T, y, o_begin, o_end);
-    else if (m.dtype == DType::Q4) quant_linear<true>(m, bias, x, T, y, o_begin, o_end);
-    else throw std::invalid_argument("linear_quant: not a quantized weight dtype");
+    // this thread prepares all the activations itself, in its own scratch
+    void* prep = thread_scratch(1, quant_prepared_bytes(m, T));
+    if (!prep) throw std::bad_alloc();
+    quant_prepare(m, x, T, 0, T, prep);
+    quant_linear_prepared(m, bias, prep, T, y, o_begin, o_end);
 }
 
 }  // namespace simd

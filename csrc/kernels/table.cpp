@@ -17,6 +17,10 @@ const Kernels& kernel_table() {
     static const Kernels table = {
         /* .name          = */ PYGPT_STR(PYGPT_KERNEL_NS),
         /* .linear        = */ simd::linear,
+        /* .prepare_rows  = */ simd::prepare_rows(),
+        /* .prepared_bytes= */ simd::prepared_bytes,
+        /* .prepare       = */ simd::prepare,
+        /* .linear_prepared = */ simd::linear_prepared,
         /* .matrix_row    = */ generic::matrix_row,
         /* .layernorm     = */ simd::layernorm,
         /* .gelu_tanh     = */ simd::gelu_tanh,
@@ -28,6 +32,10 @@ const Kernels& kernel_table() {
     static const Kernels table = {
         /* .name          = */ PYGPT_STR(PYGPT_KERNEL_NS),
         /* .linear        = */ generic::linear,
+        /* .prepare_rows  = */ 1,
+        /* .prepared_bytes= */ generic::prepared_bytes,
+        /* .prepare       = */ generic::prepare,
+        /* .linear_prepared = */ generic::linear_prepared,
         /* .matrix_row    = */ generic::matrix_row,
         /* .layernorm     = */ generic::layernorm,
         /* .gelu_tanh     = */ generic::gelu_tanh,
