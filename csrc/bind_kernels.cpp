@@ -34,6 +34,7 @@ namespace {
 
 using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using U8 = py::array_t<uint8_t, py::array::c_style>;
+using U16 = py::array_t<uint16_t, py::array::c_style>;
 
 // A Matrix over the numpy buffers, validated so no kernel reads outside them.
 Matrix make_matrix(const std::string& dtype, const U8& w, const F32* scales, int64_t n_out, int64_t n_in,
@@ -183,6 +184,24 @@ void bind_kernels(py::module_& m) {
         py::array_t<float> scratch(n_keys);
         select_kernels(isa.c_str()).attention_row(out.mutable_data(), q.data(), k.data(), v.data(), ld, n_keys, HS,
                                                   scale, scratch.mutable_data());
+        return out;
+    });
+
+    m.def("_kernel_attention_row_f16", [](const std::string& isa, const F32& q, const U16& k, const U16& v, float scale) {
+        if (k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1))
+            throw std::invalid_argument("k and v must be [n_keys, ld] of one shape");
+        const int64_t HS = q.size(), n_keys = k.shape(0), ld = k.shape(1);
+        if (n_keys < 1 || HS < 1 || HS > ld) throw std::invalid_argument("need n_keys >= 1 and 1 <= HS <= ld");
+        F32 out(HS);
+        py::array_t<float> scratch(n_keys);
+        select_kernels(isa.c_str()).attention_row_f16(out.mutable_data(), q.data(), k.data(), v.data(), ld, n_keys, HS,
+                                                      scale, scratch.mutable_data());
+        return out;
+    });
+
+    m.def("_kernel_to_f16", [](const std::string& isa, const F32& x) {
+        U16 out(x.size());
+        select_kernels(isa.c_str()).to_f16(x.data(), out.mutable_data(), x.size());
         return out;
     });
 

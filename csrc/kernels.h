@@ -67,6 +67,12 @@ struct Kernels {
     void (*attention_row)(float* out, const float* q, const float* k, const float* v,
                           int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
                           float* scratch);
+    // The same over an f16 KV cache (keys and values stored as IEEE half floats).
+    void (*attention_row_f16)(float* out, const float* q, const uint16_t* k, const uint16_t* v,
+                              int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
+                              float* scratch);
+    // out[i] = x[i] as IEEE half, rounded to nearest even (the same bits on every ISA).
+    void (*to_f16)(const float* x, uint16_t* out, int64_t n);
 };
 
 // "f32" | "f16" | "bf16" | "int8" | "int4" -> DType; false for any other name (dtype.cpp).

@@ -19,17 +19,18 @@ namespace pygpt {
 // ----------------------------------------------------------------------------
 // KV cache
 
-KVCache::KVCache(int64_t n_layer_, int64_t n_head_, int64_t n_ctx_, int64_t head_dim_)
-    : n_layer(n_layer_), n_head(n_head_), n_ctx(n_ctx_), head_dim(head_dim_),
-      k(new float[n_layer_ * n_head_ * n_ctx_ * head_dim_]), v(new float[n_layer_ * n_head_ * n_ctx_ * head_dim_]) {}
+KVCache::KVCache(int64_t n_layer_, int64_t n_head_, int64_t n_ctx_, int64_t head_dim_, bool f16_)
+    : n_layer(n_layer_), n_head(n_head_), n_ctx(n_ctx_), head_dim(head_dim_), f16(f16_),
+      k(new uint8_t[n_layer_ * n_head_ * n_ctx_ * head_dim_ * elem_bytes()]),
+      v(new uint8_t[n_layer_ * n_head_ * n_ctx_ * head_dim_ * elem_bytes()]) {}
 
 void KVCache::copy_from(const KVCache& o) {
-    if (o.n_layer != n_layer || o.n_head != n_head || o.n_ctx != n_ctx || o.head_dim != head_dim)
+    if (o.n_layer != n_layer || o.n_head != n_head || o.n_ctx != n_ctx || o.head_dim != head_dim || o.f16 != f16)
         throw std::invalid_argument("KV caches of different models");
     for (int64_t l = 0; l < n_layer; l++)
         for (int64_t h = 0; h < n_head; h++) {
-            std::memcpy(k_at(l, h, 0), o.k_at(l, h, 0), o.pos * head_dim * sizeof(float));
-            std::memcpy(v_at(l, h, 0), o.v_at(l, h, 0), o.pos * head_dim * sizeof(float));
+            std::memcpy(k_at(l, h, 0), o.k_at(l, h, 0), o.pos * head_dim * elem_bytes());
+            std::memcpy(v_at(l, h, 0), o.v_at(l, h, 0), o.pos * head_dim * elem_bytes());
         }
     pos = o.pos;
 }
@@ -132,8 +133,8 @@ Matrix load_matrix(TensorTable& tt, const std::string& name, const ModelConfig& 
 }  // namespace
 
 Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<TensorInfo>& tensors, int n_threads,
-             const std::string& isa)
-    : config_(cfg), kernels_(&select_kernels(isa.c_str())), n_threads_(n_threads) {
+             const std::string& isa, bool kv_f16)
+    : config_(cfg), kernels_(&select_kernels(isa.c_str())), n_threads_(n_threads), kv_f16_(kv_f16) {
     const int64_t C = cfg.n_embd, L = cfg.n_layer, V = cfg.vocab_size;
     if (C <= 0 || L <= 0 || V <= 0 || cfg.n_ctx <= 0 || cfg.n_head <= 0 || C % cfg.n_head != 0)
         throw FormatError("invalid model dimensions");
@@ -172,7 +173,8 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
 }
 
 std::unique_ptr<KVCache> Model::new_cache() const {
-    return std::make_unique<KVCache>(config_.n_layer, config_.n_head, config_.n_ctx, config_.n_embd / config_.n_head);
+    return std::make_unique<KVCache>(config_.n_layer, config_.n_head, config_.n_ctx, config_.n_embd / config_.n_head,
+                                     kv_f16_);
 }
 
 int64_t Model::logit_rows(const std::vector<SeqStep>& steps) {
@@ -381,8 +383,9 @@ void Model::append_kv(const std::vector<SeqStep>& steps, int64_t l, const float*
             const float* src = qkv + r * 3 * C + part * C;
             for (int64_t c = c0; c < c1;) {  // the pieces of [c0, c1) within one head
                 const int64_t h = c / HS, d = c % HS, n = std::min(c1 - c, HS - d);
-                float* dst = part == 1 ? cache->k_at(l, h, row_pos_[r]) : cache->v_at(l, h, row_pos_[r]);
-                std::memcpy(dst + d, src + c, n * sizeof(float));
+                uint8_t* dst = part == 1 ? cache->k_at(l, h, row_pos_[r]) : cache->v_at(l, h, row_pos_[r]);
+                if (cache->f16) kernels_->to_f16(src + c, (uint16_t*)dst + d, n);
+                else std::memcpy((float*)dst + d, src + c, n * sizeof(float));
                 c += n;
             }
         }
@@ -400,8 +403,14 @@ void Model::attention(const Team& team, const std::vector<SeqStep>& steps, int64
     for (int64_t rh = team.id; rh < T * NH; rh += team.n) {
         const int64_t r = rh / NH, h = rh % NH;
         KVCache* cache = steps[row_seq_[r]].cache;
-        kernels_->attention_row(out + r * C + h * HS, qkv + r * 3 * C + h * HS, cache->k_at(l, h, 0),
-                                cache->v_at(l, h, 0), HS, row_pos_[r] + 1, HS, scale, scratch);
+        float* o = out + r * C + h * HS;
+        const float* q = qkv + r * 3 * C + h * HS;
+        if (cache->f16)
+            kernels_->attention_row_f16(o, q, (const uint16_t*)cache->k_at(l, h, 0), (const uint16_t*)cache->v_at(l, h, 0),
+                                        HS, row_pos_[r] + 1, HS, scale, scratch);
+        else
+            kernels_->attention_row(o, q, (const float*)cache->k_at(l, h, 0), (const float*)cache->v_at(l, h, 0), HS,
+                                    row_pos_[r] + 1, HS, scale, scratch);
     }
 }
 

@@ -64,18 +64,26 @@ struct Weights {
 // values) are contiguous over positions, so attention streams them.
 struct KVCache {
     int64_t n_layer = 0, n_head = 0, n_ctx = 0, head_dim = 0;
+    bool f16 = false;             // stored as IEEE half floats (half the memory and the reads) or f32
     int64_t pos = 0;              // number of positions filled
-    // [n_layer, n_head, n_ctx, head_dim], left uninitialised: a position is written before it
-    // is read, and the pages of positions never reached are never touched (75 MB per
-    // sequence for gpt2 at n_ctx 1024; zero-filling them cost milliseconds per call)
-    std::unique_ptr<float[]> k, v;
+    // [n_layer, n_head, n_ctx, head_dim] of f32 or f16, left uninitialised: a position is
+    // written before it is read, and the pages of positions never reached are never touched
+    // (75 MB per f32 sequence for gpt2 at n_ctx 1024; zero-filling them cost milliseconds per
+    // call)
+    std::unique_ptr<uint8_t[]> k, v;
 
-    KVCache(int64_t n_layer, int64_t n_head, int64_t n_ctx, int64_t head_dim);
-    float* k_at(int64_t l, int64_t h, int64_t t) { return k.get() + ((l * n_head + h) * n_ctx + t) * head_dim; }
-    float* v_at(int64_t l, int64_t h, int64_t t) { return v.get() + ((l * n_head + h) * n_ctx + t) * head_dim; }
-    const float* k_at(int64_t l, int64_t h, int64_t t) const { return const_cast<KVCache*>(this)->k_at(l, h, t); }
-    const float* v_at(int64_t l, int64_t h, int64_t t) const { return const_cast<KVCache*>(this)->v_at(l, h, t); }
+    KVCache(int64_t n_layer, int64_t n_head, int64_t n_ctx, int64_t head_dim, bool f16 = false);
+    int64_t elem_bytes() const { return f16 ? 2 : 4; }
+    uint8_t* k_at(int64_t l, int64_t h, int64_t t) { return k.get() + offset(l, h, t); }
+    uint8_t* v_at(int64_t l, int64_t h, int64_t t) { return v.get() + offset(l, h, t); }
+    const uint8_t* k_at(int64_t l, int64_t h, int64_t t) const { return k.get() + offset(l, h, t); }
+    const uint8_t* v_at(int64_t l, int64_t h, int64_t t) const { return v.get() + offset(l, h, t); }
     void copy_from(const KVCache& other);  // fork: same prefix, own storage
+
+private:
+    int64_t offset(int64_t l, int64_t h, int64_t t) const {
+        return ((l * n_head + h) * n_ctx + t) * head_dim * elem_bytes();
+    }
 };
 
 // New tokens of one sequence for one forward call.
@@ -89,11 +97,12 @@ struct SeqStep {
 class Model {
 public:
     Model(const std::string& path, const ModelConfig& config, const std::vector<TensorInfo>& tensors,
-          int n_threads, const std::string& isa);
+          int n_threads, const std::string& isa, bool kv_f16 = false);
 
     const ModelConfig& config() const { return config_; }
     const Kernels& kernels() const { return *kernels_; }
     int n_threads() const { return n_threads_; }
+    bool kv_f16() const { return kv_f16_; }  // new caches store keys and values as f16
     size_t file_bytes() const { return file_->size(); }
     size_t copied_bytes() const { return copied_bytes_; }
 
@@ -122,6 +131,7 @@ private:
     ModelConfig config_;
     const Kernels* kernels_;
     int n_threads_;
+    bool kv_f16_;
     std::unique_ptr<MappedFile> file_;
     std::vector<std::vector<uint8_t>> copies_;  // tensors that had to be realigned
     size_t copied_bytes_ = 0;

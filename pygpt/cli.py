@@ -46,12 +46,12 @@ def _read_prompt(prompt: str) -> str:
     return text[:-1] if text.endswith("\n") else text  # the newline `echo` adds
 
 
-def _load(path, threads):
+def _load(path, threads, kv_cache="f32"):
     import pygpt
 
     if path is not None and not os.path.isdir(path):
         raise CliError(f"{path}: no such model folder" if not os.path.exists(path) else f"{path}: not a folder")
-    return pygpt.load(path, n_threads=threads)
+    return pygpt.load(path, n_threads=threads, kv_cache=kv_cache)
 
 
 # -- subcommands ---------------------------------------------------------------------------------
@@ -59,7 +59,7 @@ def _load(path, threads):
 
 def cmd_generate(args) -> int:
     prompt = _read_prompt(args.prompt)
-    model = _load(args.model, args.threads)
+    model = _load(args.model, args.threads, args.kv_cache)
     if model.tokenizer is None:
         raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
     stream = model.stream(
@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--stats", action="store_true",
                     help="print token counts, finish reason and speed to stderr at the end")
     g.add_argument("--threads", type=_positive_int, default=None, help="threads (default: physical cores)")
+    g.add_argument("--kv-cache", choices=("f32", "f16"), default="f32",
+                   help="how the KV cache stores keys and values; f16 halves its memory and reads (default: %(default)s)")
     g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("info", help="show a model's configuration, size, ISA path and threads",

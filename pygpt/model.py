@@ -23,7 +23,7 @@ class Model:
     """
 
     def __init__(self, path: str, n_threads: int | None = None, isa: str | None = None,
-                 check_finite: bool = False):
+                 check_finite: bool = False, kv_cache: str = "f32"):
         t0 = time.perf_counter()
         path = os.fspath(path)
         self.path = path
@@ -38,7 +38,9 @@ class Model:
         if n_threads is None:
             n_threads = default_threads()
         check_threads(n_threads)
-        self._core = _core.Model(st_path, self.config, tensors, n_threads, isa or "")
+        if kv_cache not in ("f32", "f16"):
+            raise ValueError(f"kv_cache must be 'f32' or 'f16', not {kv_cache!r}")
+        self._core = _core.Model(st_path, self.config, tensors, n_threads, isa or "", kv_cache)
         self.tokenizer = self._load_tokenizer(path)
         self.load_seconds = time.perf_counter() - t0
 
@@ -58,6 +60,11 @@ class Model:
     @property
     def n_threads(self) -> int:
         return self._live().n_threads
+
+    @property
+    def kv_cache(self) -> str:
+        """How the KV cache stores keys and values: 'f32' or 'f16'."""
+        return self._live().kv_cache
 
     @property
     def isa(self) -> str:
@@ -128,13 +135,17 @@ class Model:
         self.close()
 
 
-def load(path: str | os.PathLike | None = None, n_threads: int | None = None, check_finite: bool = False) -> Model:
+def load(path: str | os.PathLike | None = None, n_threads: int | None = None, check_finite: bool = False,
+         kv_cache: str = "f32") -> Model:
     """Loads a pygpt model folder; with no path, the small model shipped in the package.
 
     check_finite=True also reads every weight and raises ModelFormatError naming the first
-    tensor that holds NaN or Inf (costs one full read of the file)."""
+    tensor that holds NaN or Inf (costs one full read of the file).
+    kv_cache="f16" stores the keys and values of every sequence as half floats: half the
+    memory per sequence and half the bytes attention reads per token (batches and long
+    sequences decode faster), at a small cost in precision (docs/GENERATION.md)."""
     if path is None:
         if not os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "config.json")):
             raise FileNotFoundError("this pygpt install ships no default model; pass a model folder")
         path = DEFAULT_MODEL_DIR
-    return Model(path, n_threads=n_threads, check_finite=check_finite)
+    return Model(path, n_threads=n_threads, check_finite=check_finite, kv_cache=kv_cache)

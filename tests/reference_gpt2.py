@@ -41,7 +41,8 @@ def attention(q, k, v):  # [T, hs] x3 -> [T, hs]
     return (p / p.sum(-1, keepdims=True)) @ v
 
 
-def gpt2_logits(model_dir, ids):  # [T] -> [T, V]
+def gpt2_logits(model_dir, ids, kv_cache="f32"):  # [T] -> [T, V]
+    """kv_cache="f16": keys and values rounded to half floats, as pygpt's f16 KV cache stores them."""
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
     assert cfg["dtype"] == "f32", "the reference reads f32 folders"
@@ -55,6 +56,8 @@ def gpt2_logits(model_dir, ids):  # [T] -> [T, V]
         p = f"h.{i}."
         h = layer_norm(x, w[p + "ln_1.weight"], g(p + "ln_1.bias"), eps)
         q, k, v = np.split(linear(h, w[p + "attn.c_attn.weight"], g(p + "attn.c_attn.bias")), 3, axis=-1)
+        if kv_cache == "f16":
+            k, v = (a.astype(np.float16).astype(np.float64) for a in (k, v))
         heads = [attention(qh, kh, vh) for qh, kh, vh in
                  zip(np.split(q, nh, -1), np.split(k, nh, -1), np.split(v, nh, -1))]
         x = x + linear(np.concatenate(heads, -1), w[p + "attn.c_proj.weight"], g(p + "attn.c_proj.bias"))

@@ -135,6 +135,15 @@ def test_generate_options_reach_the_api(pygpt_cmd, model_dir, model):
     assert r.stdout.decode("utf-8") == want
 
 
+def test_generate_with_an_f16_kv_cache(pygpt_cmd, model_dir):
+    r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "12", "-t", "0", "--kv-cache", "f16")
+    assert r.returncode == 0, r.stderr
+    want = pygpt.load(model_dir, kv_cache="f16").generate(PROMPT, max_new_tokens=12, temperature=0).text
+    assert r.stdout.decode("utf-8") == want
+    bad = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "--kv-cache", "f8")
+    assert bad.returncode == 2 and b"--kv-cache" in bad.stderr
+
+
 def test_generate_reads_the_prompt_from_stdin(pygpt_cmd, model_dir, model):
     r = run(pygpt_cmd, "generate", "-m", model_dir, "-", "-n", "10", "-t", "0", input=(PROMPT + "\n").encode())
     assert r.returncode == 0, r.stderr

@@ -235,6 +235,41 @@ def test_attention_row(isa, n_keys, hs, ld):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n_keys,hs,ld", [(1, 64, 64), (5, 7, 13), (33, 64, 192), (100, 80, 97), (17, 130, 131)])
+def test_attention_row_f16(isa, n_keys, hs, ld):
+    """Attention over an f16 KV cache: the f16 keys and values, widened exactly, as in f32."""
+    rng = np.random.default_rng(n_keys + hs + 1)
+    q = rng.standard_normal(hs).astype(np.float32)
+    k = (rng.standard_normal((n_keys, ld)) * 2).astype(np.float16)
+    v = rng.standard_normal((n_keys, ld)).astype(np.float16)
+    scale = 1 / np.sqrt(hs)
+    out = _core._kernel_attention_row_f16(isa, q, k.view(np.uint16), v.view(np.uint16), scale)
+    s = k[:, :hs].astype(np.float64) @ q * scale
+    p = np.exp(s - s.max())
+    p /= p.sum()
+    np.testing.assert_allclose(out, p @ v[:, :hs].astype(np.float64), rtol=1e-5, atol=1e-5)
+    f32 = _core._kernel_attention_row(isa, q, k.astype(np.float32), v.astype(np.float32), scale)
+    np.testing.assert_allclose(out, f32, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_to_f16_rounds_like_numpy(isa):
+    """f32 -> f16 rounds to nearest even on every ISA, subnormals, overflow and ties included."""
+    rng = np.random.default_rng(2)
+    bits = rng.integers(0, 2**32, 20000, dtype=np.uint64).astype(np.uint32)
+    x = bits.view(np.float32)
+    x = x[np.isfinite(x)]
+    special = np.array([0.0, -0.0, 65504.0, 65519.99, 65520.0, -70000.0, np.inf, -np.inf, 2.0**-24, 2.0**-25,
+                        3 * 2.0**-25, 2.0**-14 - 2.0**-25, 1 + 2.0**-11, 1 + 3 * 2.0**-11, 6.1e-5, 1e-8], np.float32)
+    scaled = (rng.standard_normal(5000) * np.exp(rng.uniform(-20, 12, 5000))).astype(np.float32)
+    x = np.concatenate([x, special, scaled]).astype(np.float32)
+    for n in (len(x), 7):  # full vectors and a tail
+        with np.errstate(over="ignore"):
+            want = x[:n].astype(np.float16).view(np.uint16)
+        np.testing.assert_array_equal(_core._kernel_to_f16(isa, x[:n]), want)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype,group", [("f32", 0), ("f16", 0), ("bf16", 0), ("int8", 0), ("int4", 64)])
 def test_linear_thread_invariant_when_split(isa, dtype, group):
     """Big enough that linear really splits rows across threads (small products run on

@@ -221,13 +221,22 @@ void add(float* y, const float* x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }
 
-void attention_row(float* out, const float* q, const float* k, const float* v, int64_t ld, int64_t n_keys,
-                   int64_t head_dim, float scale, float* scores) {
+// Keys and values as f32 whatever they are stored as.
+static inline float kv_value(float x) { return x; }
+static inline float kv_value(uint16_t x) { return f16_to_f32(x); }
+
+template <class E>
+static void attention_row_t(float* out, const float* q, const E* k, const E* v, int64_t ld, int64_t n_keys,
+                            int64_t head_dim, float scale, float* scores) {
+    float* kj = (float*)std::malloc(head_dim * sizeof(float));  // key j as f32 (dot's lane order)
+    if (!kj) throw std::bad_alloc();
     float max = -INFINITY;
     for (int64_t j = 0; j < n_keys; j++) {
-        scores[j] = scale * dot(q, k + j * ld, head_dim);
+        for (int64_t d = 0; d < head_dim; d++) kj[d] = kv_value(k[j * ld + d]);
+        scores[j] = scale * dot(q, kj, head_dim);
         max = std::fmax(max, scores[j]);
     }
+    std::free(kj);
     float sum = 0.0f;
     for (int64_t j = 0; j < n_keys; j++) {
         scores[j] = std::exp(scores[j] - max);
@@ -237,9 +246,41 @@ void attention_row(float* out, const float* q, const float* k, const float* v, i
     for (int64_t d = 0; d < head_dim; d++) out[d] = 0.0f;
     for (int64_t j = 0; j < n_keys; j++) {
         const float p = scores[j] * inv;
-        const float* v_j = v + j * ld;
-        for (int64_t d = 0; d < head_dim; d++) out[d] += p * v_j[d];
+        const E* v_j = v + j * ld;
+        for (int64_t d = 0; d < head_dim; d++) out[d] += p * kv_value(v_j[d]);
     }
+}
+
+void attention_row(float* out, const float* q, const float* k, const float* v, int64_t ld, int64_t n_keys,
+                   int64_t head_dim, float scale, float* scores) {
+    attention_row_t(out, q, k, v, ld, n_keys, head_dim, scale, scores);
+}
+
+void attention_row_f16(float* out, const float* q, const uint16_t* k, const uint16_t* v, int64_t ld, int64_t n_keys,
+                       int64_t head_dim, float scale, float* scores) {
+    attention_row_t(out, q, k, v, ld, n_keys, head_dim, scale, scores);
+}
+
+// IEEE half, rounded to nearest even, as F16C's vcvtps2ph does (NaN stays a quiet NaN).
+uint16_t f32_to_f16(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    const uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return sign | 0x7e00 | (uint16_t)((ax >> 13) & 0x3ff);  // NaN
+    if (ax >= 0x477ff000u) return sign | 0x7c00;                                 // rounds to >= 65520: inf
+    if (ax < 0x38800000u) {  // below 2^-14: a subnormal half (or zero), units of 2^-24
+        float a;
+        std::memcpy(&a, &ax, 4);
+        return sign | (uint16_t)std::nearbyint(a * 16777216.0f);  // exact product; ties to even
+    }
+    uint32_t m = ax - 0x38000000u;  // exponent rebiased from 127 to 15
+    m += 0xfffu + ((m >> 13) & 1u);  // round the 13 dropped bits to nearest even
+    return sign | (uint16_t)(m >> 13);
+}
+
+void to_f16(const float* x, uint16_t* out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = f32_to_f16(x[i]);
 }
 
 }  // namespace generic

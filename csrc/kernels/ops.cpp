@@ -40,6 +40,10 @@ static inline V vcopysign(V mag, V sign) {
 }
 static inline float vmax_lanes(V v) { return _mm512_reduce_max_ps(v); }
 static inline V vkeep_n(V v, int64_t n) { return _mm512_maskz_mov_ps(tail_mask16(n), v); }
+static inline V vload(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
+static inline V vload_n(const uint16_t* p, int64_t n) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail_mask16(n), p));
+}
 #else
 using V = __m256;
 constexpr int N = 8;
@@ -49,6 +53,12 @@ static inline __m256i mask_n(int64_t n) {
 static inline V vload(const float* p) { return _mm256_loadu_ps(p); }
 static inline V vload_n(const float* p, int64_t n) { return _mm256_maskload_ps(p, mask_n(n)); }
 static inline V vkeep_n(V v, int64_t n) { return _mm256_and_ps(v, _mm256_castsi256_ps(mask_n(n))); }
+static inline V vload(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+static inline V vload_n(const uint16_t* p, int64_t n) {
+    alignas(16) uint16_t buf[8] = {0};
+    std::memcpy(buf, p, n * sizeof(uint16_t));
+    return _mm256_cvtph_ps(_mm_load_si128((const __m128i*)buf));
+}
 static inline void vstore(float* p, V v) { _mm256_storeu_ps(p, v); }
 static inline void vstore_n(float* p, V v, int64_t n) { _mm256_maskstore_ps(p, mask_n(n), v); }
 static inline V vset(float f) { return _mm256_set1_ps(f); }
@@ -135,14 +145,15 @@ void add(float* y, const float* x, int64_t n) {
 
 // Scores of N keys at once (one accumulator per key, reduced together), a vectorised
 // softmax, then out = sum_j p_j v_j in chunks of 4 vectors of head dims.
-void attention_row(float* out, const float* q, const float* k, const float* v, int64_t ld, int64_t n_keys,
-                   int64_t head_dim, float scale, float* scores) {
+template <class E>
+static void attention_row_t(float* out, const float* q, const E* k, const E* v, int64_t ld, int64_t n_keys,
+                            int64_t head_dim, float scale, float* scores) {
     const int64_t full = head_dim / N * N, rem = head_dim - full;
     for (int64_t j0 = 0; j0 < n_keys; j0 += N) {
         const int nk = n_keys - j0 < N ? (int)(n_keys - j0) : N;
         V acc[N];
         for (int j = 0; j < nk; j++) {
-            const float* kj = k + (j0 + j) * ld;
+            const E* kj = k + (j0 + j) * ld;
             V a = vzero();
             for (int64_t d = 0; d < full; d += N) a = vfma(vload(q + d), vload(kj + d), a);
             if (rem) a = vfma(vload_n(q + full, rem), vload_n(kj + full, rem), a);
@@ -183,14 +194,14 @@ void attention_row(float* out, const float* q, const float* k, const float* v, i
         if (nd == 4 * N) {
             for (j = 0; j < n_keys; j++) {
                 const V p = vset(scores[j] * inv);
-                const float* vj = v + j * ld + d0;
+                const E* vj = v + j * ld + d0;
                 for (int c = 0; c < 4; c++) o[c] = vfma(p, vload(vj + c * N), o[c]);
             }
             for (int c = 0; c < 4; c++) vstore(out + d0 + c * N, o[c]);
         } else {
             for (j = 0; j < n_keys; j++) {
                 const V p = vset(scores[j] * inv);
-                const float* vj = v + j * ld + d0;
+                const E* vj = v + j * ld + d0;
                 for (int c = 0; c * N < nd; c++) {
                     const int64_t n = nd - c * N < N ? nd - c * N : N;
                     o[c] = vfma(p, vload_n(vj + c * N, n), o[c]);
@@ -202,6 +213,30 @@ void attention_row(float* out, const float* q, const float* k, const float* v, i
             }
         }
     }
+}
+
+
+void attention_row(float* out, const float* q, const float* k, const float* v, int64_t ld, int64_t n_keys,
+                   int64_t head_dim, float scale, float* scores) {
+    attention_row_t(out, q, k, v, ld, n_keys, head_dim, scale, scores);
+}
+
+void attention_row_f16(float* out, const float* q, const uint16_t* k, const uint16_t* v, int64_t ld, int64_t n_keys,
+                       int64_t head_dim, float scale, float* scores) {
+    attention_row_t(out, q, k, v, ld, n_keys, head_dim, scale, scores);
+}
+
+// f32 -> f16 with F16C, rounded to nearest even (generic::f32_to_f16 gives the same bits).
+void to_f16(const float* x, uint16_t* out, int64_t n) {
+    int64_t i = 0;
+    for (; i + N <= n; i += N) {
+#if defined(__AVX512F__)
+        _mm256_storeu_si256((__m256i*)(out + i), _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+#else
+        _mm_storeu_si128((__m128i*)(out + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    }
+    for (; i < n; i++) out[i] = generic::f32_to_f16(x[i]);
 }
 
 }  // namespace simd

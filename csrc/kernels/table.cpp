@@ -27,6 +27,8 @@ const Kernels& kernel_table() {
         /* .gelu_erf      = */ generic::gelu_erf,
         /* .add           = */ simd::add,
         /* .attention_row = */ simd::attention_row,
+        /* .attention_row_f16 = */ simd::attention_row_f16,
+        /* .to_f16        = */ simd::to_f16,
     };
 #else
     static const Kernels table = {
@@ -42,6 +44,8 @@ const Kernels& kernel_table() {
         /* .gelu_erf      = */ generic::gelu_erf,
         /* .add           = */ generic::add,
         /* .attention_row = */ generic::attention_row,
+        /* .attention_row_f16 = */ generic::attention_row_f16,
+        /* .to_f16        = */ generic::to_f16,
     };
 #endif
     return table;

@@ -1,0 +1,69 @@
+"""The f16 KV cache (pygpt.load(..., kv_cache="f16")): keys and values stored as half floats."""
+
+import numpy as np
+import pytest
+
+import pygpt
+from reference_gpt2 import gpt2_logits
+
+PROMPT = "The meaning of life is"
+
+
+def ids_for(m, n, seed=0):
+    return np.random.default_rng(seed).integers(0, m.config["vocab_size"], n).tolist()
+
+
+def std_error(a, b):
+    return np.abs(a - b).max() / b.std()
+
+
+@pytest.mark.parametrize("name", ["tiny", "odd"])
+def test_f16_cache_matches_the_reference_with_half_keys_and_values(hf_model_factory, name):
+    """The NumPy oracle with keys and values rounded to f16 agrees as closely as the f32 cache
+    agrees with the plain oracle; the f32 oracle is further away (the cache really is f16)."""
+    _, _, out = hf_model_factory(name)
+    m16 = pygpt.load(out, kv_cache="f16")
+    assert m16.kv_cache == "f16" and pygpt.load(out).kv_cache == "f32"
+    ids = ids_for(m16, min(40, m16.config["n_ctx"]), seed=1)
+    logits = m16.logits(ids)
+    ref16 = gpt2_logits(out, ids, kv_cache="f16")
+    assert np.abs(logits - ref16).max() <= 1e-4
+    assert np.abs(logits - gpt2_logits(out, ids)).max() > np.abs(logits - ref16).max()
+
+
+def test_f16_cache_close_to_f32(hf_model_factory):
+    _, _, out = hf_model_factory("gpt2")
+    m32, m16 = pygpt.load(out), pygpt.load(out, kv_cache="f16")
+    ids = ids_for(m32, 64)
+    a, b = m16.logits(ids), m32.logits(ids)
+    assert 0 < std_error(a, b) < 2e-3
+
+
+def test_f16_cache_identical_for_any_thread_count_and_batch(hf_model_factory):
+    _, _, out = hf_model_factory("tiny")
+    one = pygpt.load(out, n_threads=1, kv_cache="f16")
+    ids = ids_for(one, 37, seed=4)
+    ref = one.logits(ids)
+    prompts = [ids, ids[:5], ids[:20]]
+    alone = [one.generate(p, max_new_tokens=6, ignore_eos=True).tokens for p in prompts]
+    for n in (2, 3):
+        m = pygpt.load(out, n_threads=n, kv_cache="f16")
+        assert np.array_equal(m.logits(ids), ref), f"n_threads={n}"
+        assert [o.tokens for o in m.generate(prompts, max_new_tokens=6, ignore_eos=True)] == alone
+
+
+def test_f16_cache_forks_for_several_return_sequences(hf_model_factory):
+    _, _, out = hf_model_factory("tiny")
+    m = pygpt.load(out, kv_cache="f16")
+    outs = m.generate(PROMPT, max_new_tokens=8, num_return_sequences=3, temperature=1.0, seed=5, ignore_eos=True)
+    again = m.generate(PROMPT, max_new_tokens=8, num_return_sequences=3, temperature=1.0, seed=5, ignore_eos=True)
+    assert [o.tokens for o in outs] == [o.tokens for o in again]
+    cache = m._core.new_cache()
+    assert cache.dtype == "f16" and cache.fork().dtype == "f16"
+
+
+@pytest.mark.parametrize("bad", ["f8", "F16", "", None, 16])
+def test_bad_kv_cache_is_a_value_error(hf_model_factory, bad):
+    _, _, out = hf_model_factory("tiny")
+    with pytest.raises(ValueError, match="kv_cache"):
+        pygpt.load(out, kv_cache=bad)
