@@ -233,6 +233,17 @@ def worker_pygpt(a: dict) -> dict:
             outs = model.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)
             bt.append(outs[0].timings.decode_tokens_per_s)
         out["batch_decode_tok_s"] = statistics.median(bt)
+        # the same with the f16 KV cache, against batch 1 with it: 8 sequences read 8 caches
+        # per step, as many bytes as 8-bit weights at these lengths when stored as f32
+        m16 = pygpt.load(a["path"], n_threads=a["threads"], kv_cache="f16")
+        m16.generate(ids[:8], max_new_tokens=4, ignore_eos=True)
+        d16, b16 = [], []
+        for _ in range(a["runs"]):
+            d16.append(m16.generate(ids, max_new_tokens=a["new"], ignore_eos=True).timings.decode_tokens_per_s)
+            b16.append(m16.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)[0].timings.decode_tokens_per_s)
+        out["decode_f16kv_tok_s"] = statistics.median(d16)
+        out["batch_decode_f16kv_tok_s"] = statistics.median(b16)
+        m16.close()
     model.generate(ids[:8], max_new_tokens=2, ignore_eos=True)
     out["idle_cpu_pct_after_call"] = idle_cpu_percent()
     out["peak_rss_mib"] = peak_rss_mib()
@@ -348,17 +359,20 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
     for shape in meta["shapes"]:
         out += [f"### {shape} (n_layer {SHAPES[shape][0]}, n_embd {SHAPES[shape][2]})", "",
                 "| engine | weights | threads | load s | prefill tok/s | % peak | TTFT ms | decode tok/s "
-                "| % BW ceiling | ceiling tok/s | batch-8 decode tok/s | peak RSS MiB | CPU share |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| % BW ceiling | ceiling tok/s | batch-8 decode tok/s | f16 KV: decode / batch-8 tok/s "
+                "| peak RSS MiB | CPU share |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             if r["shape"] != shape:
                 continue
             if "error" in r:
                 out.append(f"| {r['engine']} | {r['dtype']} | {r['threads']} | error: {r['error'][:80]} |"
-                           " | | | | | | | | |")
+                           " | | | | | | | | | |")
                 continue
+            f16kv = (f"{r['decode_f16kv_tok_s']:.1f} / {r['batch_decode_f16kv_tok_s']:.0f}"
+                     if r.get("batch_decode_f16kv_tok_s") else "n/a")
             out.append("| {engine} | {dtype} | {threads} | {load} | {pre} | {pp} | {ttft} | {dec} | {dp} | {ceil} | "
-                       "{b8} | {rss} | {share} |".format(
+                       "{b8} | {f16kv} | {rss} | {share} |".format(f16kv=f16kv,
                            engine=r["engine"], dtype=r["dtype"], threads=r["threads"], load=fmt(r["load_s"], ".2f"),
                            pre=fmt(r["prefill_tok_s"]), pp=fmt(r.get("prefill_pct"), ".0f", "%"),
                            ttft=fmt(r["ttft_s"] * 1e3, ".0f"), dec=fmt(r["decode_tok_s"], ".1f"),
@@ -403,8 +417,11 @@ def ratio_lines(rows, shape, threads) -> list:
     b1 = [r for r in rows if r["shape"] == shape and r["engine"] == "pygpt" and r.get("batch_decode_tok_s")
           and r["threads"] == threads]
     for r in b1:
-        lines.append(f"- {shape}, {threads} threads, pygpt {r['dtype']}: batch-8 decode throughput "
-                     f"{r['batch_decode_tok_s'] / r['decode_tok_s']:.1f}x batch 1")
+        line = (f"- {shape}, {threads} threads, pygpt {r['dtype']}: batch-8 decode throughput "
+                f"{r['batch_decode_tok_s'] / r['decode_tok_s']:.1f}x batch 1")
+        if r.get("batch_decode_f16kv_tok_s"):
+            line += f"; with the f16 KV cache {r['batch_decode_f16kv_tok_s'] / r['decode_f16kv_tok_s']:.1f}x"
+        lines.append(line)
     return lines
 
 
