@@ -82,6 +82,8 @@ class GenerationOutput:
 
 
 def _is_int(v) -> bool:
+    if type(v) is int:  # the common case, without the ABC checks (0.4 ms per 128 ids)
+        return True
     return isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
