@@ -199,6 +199,29 @@ void bind_kernels(py::module_& m) {
         return out;
     });
 
+    m.def("_kernel_attention_rows", [](const std::string& isa, const F32& q, const py::array& k, const py::array& v,
+                                       float scale, int64_t n_keys) {
+        // q [n_rows, HS]; k, v [n_keys + n_rows - 1 or more, ld] as f32 or as f16 bits (uint16)
+        if (q.ndim() != 2 || k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1))
+            throw std::invalid_argument("q must be [n_rows, HS], k and v [n, ld] of one shape");
+        const int64_t R = q.shape(0), HS = q.shape(1), ld = k.shape(1);
+        if (R < 1 || R > 4 || HS < 1 || HS > ld || n_keys < 1 || n_keys + R - 1 > k.shape(0))
+            throw std::invalid_argument("need 1 <= n_rows <= 4, 1 <= HS <= ld, n_keys + n_rows - 1 <= len(k)");
+        F32 out({R, HS});
+        std::vector<float> scratch(R * (n_keys + R));
+        const Kernels& kt = select_kernels(isa.c_str());
+        if (py::isinstance<py::array_t<uint16_t>>(k)) {
+            auto k16 = k.cast<U16>(), v16 = v.cast<U16>();
+            kt.attention_rows_f16(out.mutable_data(), HS, q.data(), HS, R, k16.data(), v16.data(), ld, n_keys, HS, scale,
+                                  scratch.data());
+        } else {
+            auto k32 = k.cast<F32>(), v32 = v.cast<F32>();
+            kt.attention_rows(out.mutable_data(), HS, q.data(), HS, R, k32.data(), v32.data(), ld, n_keys, HS, scale,
+                              scratch.data());
+        }
+        return out;
+    });
+
     m.def("_kernel_to_f16", [](const std::string& isa, const F32& x) {
         U16 out(x.size());
         select_kernels(isa.c_str()).to_f16(x.data(), out.mutable_data(), x.size());

@@ -71,6 +71,16 @@ struct Kernels {
     void (*attention_row_f16)(float* out, const float* q, const uint16_t* k, const uint16_t* v,
                               int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
                               float* scratch);
+    // Rows of a prompt against one head's cache: query row r (at q + r * ld_q, output at
+    // out + r * ld_out) attends to the first n_keys + r keys, for r < n_rows <= 4. Each row
+    // is bitwise attention_row's; the rows share the loads of the keys and values. scratch
+    // holds n_rows * (n_keys + n_rows) floats.
+    void (*attention_rows)(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows,
+                           const float* k, const float* v, int64_t ld, int64_t n_keys, int64_t head_dim,
+                           float scale, float* scratch);
+    void (*attention_rows_f16)(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows,
+                               const uint16_t* k, const uint16_t* v, int64_t ld, int64_t n_keys,
+                               int64_t head_dim, float scale, float* scratch);
     // out[i] = x[i] as IEEE half, rounded to nearest even (the same bits on every ISA).
     void (*to_f16)(const float* x, uint16_t* out, int64_t n);
 };

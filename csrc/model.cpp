@@ -198,6 +198,9 @@ int64_t Model::logit_rows(const std::vector<SeqStep>& steps) {
 // Rows up to which every thread keeps its own copy of the residual stream.
 constexpr int64_t kMaxOwnCopyRows = 16;
 
+// Rows of a prompt that attention handles together (at most 4: Kernels::attention_rows).
+constexpr int64_t kAttentionRows = 4;
+
 // Output columns are split among threads in units of 16 floats (one cache line).
 constexpr int64_t kColumnUnit = 16;
 
@@ -250,7 +253,11 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits) {
     proj_.resize(T * C);             // output of a sublayer's projection
     fc_.resize(T * 4 * C);
     last_.resize(copies * last_rows_.size() * C);
-    scores_.resize((size_t)n_threads_ * cfg.n_ctx);
+    scores_.resize((size_t)n_threads_ * kAttentionRows * (cfg.n_ctx + kAttentionRows));
+    att_blocks_.clear();  // attention: runs of up to kAttentionRows rows of one sequence
+    for (int64_t si = 0, r = 0; si < (int64_t)steps.size(); r += steps[si].n_tokens, si++)
+        for (int64_t i = 0; i < steps[si].n_tokens; i += kAttentionRows)
+            att_blocks_.emplace_back(r + i, std::min(kAttentionRows, steps[si].n_tokens - i));
     if (copies == 1) {  // a prompt: activations prepared once for all threads (linear)
         size_t bytes = 0;
         for (const Block& b : w_.h)
@@ -393,24 +400,28 @@ void Model::append_kv(const std::vector<SeqStep>& steps, int64_t l, const float*
 }
 
 // Causal self-attention of every row against its own sequence's cache, head by head.
-// Attention is the only layer that mixes information across positions. (row, head) pairs
-// are dealt to threads in turn, so long and short rows of a prompt spread evenly.
+// Attention is the only layer that mixes information across positions. A prompt's rows go
+// in blocks of up to kAttentionRows consecutive positions, which share the reads of the
+// keys and values (Kernels::attention_rows); (block, head) pairs are dealt to threads in
+// turn, so long and short rows of a prompt spread evenly.
 void Model::attention(const Team& team, const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T,
                       float* out) {
+    (void)T;
     const int64_t C = config_.n_embd, NH = config_.n_head, HS = C / NH;
     const float scale = 1.0f / std::sqrt((float)HS);
-    float* scratch = scores_.data() + (size_t)team.id * config_.n_ctx;
-    for (int64_t rh = team.id; rh < T * NH; rh += team.n) {
-        const int64_t r = rh / NH, h = rh % NH;
-        KVCache* cache = steps[row_seq_[r]].cache;
+    float* scratch = scores_.data() + (size_t)team.id * kAttentionRows * (config_.n_ctx + kAttentionRows);
+    const int64_t n_items = (int64_t)att_blocks_.size() * NH;
+    for (int64_t i = team.id; i < n_items; i += team.n) {
+        const int64_t r = att_blocks_[i / NH].first, n_rows = att_blocks_[i / NH].second, h = i % NH;
+        const KVCache* cache = steps[row_seq_[r]].cache;
         float* o = out + r * C + h * HS;
         const float* q = qkv + r * 3 * C + h * HS;
         if (cache->f16)
-            kernels_->attention_row_f16(o, q, (const uint16_t*)cache->k_at(l, h, 0), (const uint16_t*)cache->v_at(l, h, 0),
-                                        HS, row_pos_[r] + 1, HS, scale, scratch);
+            kernels_->attention_rows_f16(o, C, q, 3 * C, n_rows, (const uint16_t*)cache->k_at(l, h, 0),
+                                         (const uint16_t*)cache->v_at(l, h, 0), HS, row_pos_[r] + 1, HS, scale, scratch);
         else
-            kernels_->attention_row(o, q, (const float*)cache->k_at(l, h, 0), (const float*)cache->v_at(l, h, 0), HS,
-                                    row_pos_[r] + 1, HS, scale, scratch);
+            kernels_->attention_rows(o, C, q, 3 * C, n_rows, (const float*)cache->k_at(l, h, 0),
+                                     (const float*)cache->v_at(l, h, 0), HS, row_pos_[r] + 1, HS, scale, scratch);
     }
 }
 

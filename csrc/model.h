@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels.h"
@@ -147,6 +148,7 @@ private:
     size_t prep_bytes_ = 0;
     std::vector<int64_t> row_seq_, row_pos_;  // sequence index and position of each row
     std::vector<int64_t> last_rows_;          // rows whose logits are asked for
+    std::vector<std::pair<int64_t, int64_t>> att_blocks_;  // attention: (first row, rows)
 };
 
 }  // namespace pygpt

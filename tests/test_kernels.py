@@ -253,6 +253,29 @@ def test_attention_row_f16(isa, n_keys, hs, ld):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kv", ["f32", "f16"])
+@pytest.mark.parametrize("n_keys,hs,ld", [(1, 64, 64), (1, 64, 192), (17, 64, 64), (40, 128, 130), (9, 7, 13)])
+def test_attention_rows_equal_attention_row(isa, kv, n_keys, hs, ld):
+    """A prompt's rows in blocks (row r attends to n_keys + r keys): each row's bits are the
+    row kernel's, for 1 to 4 rows per block."""
+    rng = np.random.default_rng(n_keys * 7 + hs)
+    k = (rng.standard_normal((n_keys + 3, ld)) * 2).astype(np.float32)
+    v = rng.standard_normal((n_keys + 3, ld)).astype(np.float32)
+    q = rng.standard_normal((4, hs)).astype(np.float32)
+    if kv == "f16":
+        k, v = k.astype(np.float16).view(np.uint16), v.astype(np.float16).view(np.uint16)
+    scale = 1 / np.sqrt(hs)
+    for n_rows in (1, 2, 3, 4):
+        out = _core._kernel_attention_rows(isa, q[:n_rows], k, v, scale, n_keys)
+        for r in range(n_rows):
+            if kv == "f16":
+                row = _core._kernel_attention_row_f16(isa, q[r], k[: n_keys + r], v[: n_keys + r], scale)
+            else:
+                row = _core._kernel_attention_row(isa, q[r], k[: n_keys + r], v[: n_keys + r], scale)
+            np.testing.assert_array_equal(out[r], row, err_msg=f"{n_rows} rows, row {r}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_to_f16_rounds_like_numpy(isa):
     """f32 -> f16 rounds to nearest even on every ISA, subnormals, overflow and ties included."""
     rng = np.random.default_rng(2)

@@ -261,6 +261,18 @@ void attention_row_f16(float* out, const float* q, const uint16_t* k, const uint
     attention_row_t(out, q, k, v, ld, n_keys, head_dim, scale, scores);
 }
 
+void attention_rows(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const float* k,
+                    const float* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
+    for (int64_t r = 0; r < n_rows; r++)
+        attention_row_t(out + r * ld_out, q + r * ld_q, k, v, ld, n_keys + r, head_dim, scale, scores);
+}
+
+void attention_rows_f16(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const uint16_t* k,
+                        const uint16_t* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
+    for (int64_t r = 0; r < n_rows; r++)
+        attention_row_t(out + r * ld_out, q + r * ld_q, k, v, ld, n_keys + r, head_dim, scale, scores);
+}
+
 // IEEE half, rounded to nearest even, as F16C's vcvtps2ph does (NaN stays a quiet NaN).
 uint16_t f32_to_f16(float f) {
     uint32_t x;

@@ -32,6 +32,10 @@ void gelu_tanh(float* x, int64_t n);
 void gelu_erf(float* x, int64_t n);
 void add(float* y, const float* x, int64_t n);
 uint16_t f32_to_f16(float f);
+void attention_rows(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const float* k,
+                    const float* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores);
+void attention_rows_f16(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const uint16_t* k,
+                        const uint16_t* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores);
 void to_f16(const float* x, uint16_t* out, int64_t n);
 void attention_row_f16(float* out, const float* q, const uint16_t* k, const uint16_t* v, int64_t ld, int64_t n_keys,
                        int64_t head_dim, float scale, float* scores);

@@ -143,24 +143,8 @@ void add(float* y, const float* x, int64_t n) {
     if (i < n) vstore_n(y + i, vadd(vload_n(y + i, n - i), vload_n(x + i, n - i)), n - i);
 }
 
-// Scores of N keys at once (one accumulator per key, reduced together), a vectorised
-// softmax, then out = sum_j p_j v_j in chunks of 4 vectors of head dims.
-template <class E>
-static void attention_row_t(float* out, const float* q, const E* k, const E* v, int64_t ld, int64_t n_keys,
-                            int64_t head_dim, float scale, float* scores) {
-    const int64_t full = head_dim / N * N, rem = head_dim - full;
-    for (int64_t j0 = 0; j0 < n_keys; j0 += N) {
-        const int nk = n_keys - j0 < N ? (int)(n_keys - j0) : N;
-        V acc[N];
-        for (int j = 0; j < nk; j++) {
-            const E* kj = k + (j0 + j) * ld;
-            V a = vzero();
-            for (int64_t d = 0; d < full; d += N) a = vfma(vload(q + d), vload(kj + d), a);
-            if (rem) a = vfma(vload_n(q + full, rem), vload_n(kj + full, rem), a);
-            acc[j] = a;
-        }
-        reduce_n(acc, nk, scores + j0);
-    }
+// scores[j] = exp(scale * scores[j] - max) for j < n_keys; returns 1 / their sum.
+static float softmax_scores(float* scores, int64_t n_keys, float scale) {
     V vm = vset(-INFINITY);
     int64_t j = 0;
     const V vs = vset(scale);
@@ -187,7 +171,29 @@ static void attention_row_t(float* out, const float* q, const E* k, const E* v, 
         vstore_n(scores + j, e, n);
         vsum = vadd(vsum, vload_n(scores + j, n));
     }
-    const float inv = 1.0f / hsum(vsum);
+    return 1.0f / hsum(vsum);
+}
+
+// Scores of N keys at once (one accumulator per key, reduced together), a vectorised
+// softmax, then out = sum_j p_j v_j in chunks of 4 vectors of head dims.
+template <class E>
+static void attention_row_t(float* out, const float* q, const E* k, const E* v, int64_t ld, int64_t n_keys,
+                            int64_t head_dim, float scale, float* scores) {
+    const int64_t full = head_dim / N * N, rem = head_dim - full;
+    for (int64_t j0 = 0; j0 < n_keys; j0 += N) {
+        const int nk = n_keys - j0 < N ? (int)(n_keys - j0) : N;
+        V acc[N];
+        for (int j = 0; j < nk; j++) {
+            const E* kj = k + (j0 + j) * ld;
+            V a = vzero();
+            for (int64_t d = 0; d < full; d += N) a = vfma(vload(q + d), vload(kj + d), a);
+            if (rem) a = vfma(vload_n(q + full, rem), vload_n(kj + full, rem), a);
+            acc[j] = a;
+        }
+        reduce_n(acc, nk, scores + j0);
+    }
+    const float inv = softmax_scores(scores, n_keys, scale);
+    int64_t j;
     for (int64_t d0 = 0; d0 < head_dim; d0 += 4 * N) {
         const int64_t nd = head_dim - d0 < 4 * N ? head_dim - d0 : 4 * N;
         V o[4] = {vzero(), vzero(), vzero(), vzero()};
@@ -216,6 +222,61 @@ static void attention_row_t(float* out, const float* q, const E* k, const E* v, 
 }
 
 
+// Up to ATT_ROWS query rows of one head against the same keys: row i attends to the first
+// n_keys + i keys (consecutive positions of a prompt). Each key and value vector is loaded
+// once for all the rows (the row kernel, once per row, waited on those loads), and every row
+// gets attention_row_t's operations in attention_row_t's order: the same bits.
+constexpr int ATT_ROWS = 4;
+template <class E>
+static void attention_rows_t(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const E* k,
+                             const E* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
+    if (n_rows == 1 || head_dim % (4 * N) != 0) {  // GPT-2's heads are 64 wide: the blocked case
+        for (int64_t r = 0; r < n_rows; r++)
+            attention_row_t(out + r * ld_out, q + r * ld_q, k, v, ld, n_keys + r, head_dim, scale, scores);
+        return;
+    }
+    const int R = (int)n_rows;
+    const int64_t n_max = n_keys + R - 1, ld_s = n_max;  // row r's scores at scores + r * ld_s
+    for (int64_t j0 = 0; j0 < n_max; j0 += N) {
+        const int nk = n_max - j0 < N ? (int)(n_max - j0) : N;
+        V acc[ATT_ROWS][N];
+        for (int j = 0; j < nk; j++) {
+            const E* kj = k + (j0 + j) * ld;
+            V a[ATT_ROWS];
+            for (int r = 0; r < ATT_ROWS; r++) a[r] = vzero();
+            for (int64_t d = 0; d < head_dim; d += N) {
+                const V kv = vload(kj + d);
+                for (int r = 0; r < ATT_ROWS; r++)
+                    if (r < R) a[r] = vfma(vload(q + r * ld_q + d), kv, a[r]);
+            }
+            for (int r = 0; r < ATT_ROWS; r++) acc[r][j] = a[r];
+        }
+        for (int r = 0; r < R; r++) {  // keys past row r's are computed but not kept
+            const int64_t keep = n_keys + r - j0 < nk ? n_keys + r - j0 : nk;
+            if (keep > 0) reduce_n(acc[r], (int)keep, scores + r * ld_s + j0);
+        }
+    }
+    float inv[ATT_ROWS];
+    for (int r = 0; r < R; r++) inv[r] = softmax_scores(scores + r * ld_s, n_keys + r, scale);
+    for (int64_t d0 = 0; d0 < head_dim; d0 += 4 * N) {
+        V o[ATT_ROWS][4];
+        for (int r = 0; r < ATT_ROWS; r++)
+            for (int c = 0; c < 4; c++) o[r][c] = vzero();
+        for (int64_t j = 0; j < n_max; j++) {
+            const E* vj = v + j * ld + d0;
+            V vv[4];
+            for (int c = 0; c < 4; c++) vv[c] = vload(vj + c * N);
+            for (int r = 0; r < ATT_ROWS; r++) {
+                if (r >= R || j >= n_keys + r) continue;
+                const V p = vset(scores[r * ld_s + j] * inv[r]);
+                for (int c = 0; c < 4; c++) o[r][c] = vfma(p, vv[c], o[r][c]);
+            }
+        }
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < 4; c++) vstore(out + r * ld_out + d0 + c * N, o[r][c]);
+    }
+}
+
 void attention_row(float* out, const float* q, const float* k, const float* v, int64_t ld, int64_t n_keys,
                    int64_t head_dim, float scale, float* scores) {
     attention_row_t(out, q, k, v, ld, n_keys, head_dim, scale, scores);
@@ -224,6 +285,16 @@ void attention_row(float* out, const float* q, const float* k, const float* v, i
 void attention_row_f16(float* out, const float* q, const uint16_t* k, const uint16_t* v, int64_t ld, int64_t n_keys,
                        int64_t head_dim, float scale, float* scores) {
     attention_row_t(out, q, k, v, ld, n_keys, head_dim, scale, scores);
+}
+
+void attention_rows(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const float* k,
+                    const float* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
+    attention_rows_t(out, ld_out, q, ld_q, n_rows, k, v, ld, n_keys, head_dim, scale, scores);
+}
+
+void attention_rows_f16(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const uint16_t* k,
+                        const uint16_t* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
+    attention_rows_t(out, ld_out, q, ld_q, n_rows, k, v, ld, n_keys, head_dim, scale, scores);
 }
 
 // f32 -> f16 with F16C, rounded to nearest even (generic::f32_to_f16 gives the same bits).

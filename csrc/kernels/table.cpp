@@ -28,6 +28,8 @@ const Kernels& kernel_table() {
         /* .add           = */ simd::add,
         /* .attention_row = */ simd::attention_row,
         /* .attention_row_f16 = */ simd::attention_row_f16,
+        /* .attention_rows = */ simd::attention_rows,
+        /* .attention_rows_f16 = */ simd::attention_rows_f16,
         /* .to_f16        = */ simd::to_f16,
     };
 #else
@@ -45,6 +47,8 @@ const Kernels& kernel_table() {
         /* .add           = */ generic::add,
         /* .attention_row = */ generic::attention_row,
         /* .attention_row_f16 = */ generic::attention_row_f16,
+        /* .attention_rows = */ generic::attention_rows,
+        /* .attention_rows_f16 = */ generic::attention_rows_f16,
         /* .to_f16        = */ generic::to_f16,
     };
 #endif
