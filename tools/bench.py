@@ -475,32 +475,36 @@ def quality(args, log) -> str:
 
     with open(args.text, encoding="utf-8") as f:
         text = f.read()
-    rows, ref_model = [], None
-    for dt in args.dtypes:
-        out = os.path.join(args.workdir, f"quality-{dt}")
-        if not os.path.isfile(os.path.join(out, "config.json")):
-            log(f"converting {args.quality} to {dt}")
-            convert_to(args.quality, out, dt, args.tokenizer, fallback_group=64, log=log)
-        m = pygpt.load(out)
+    rows, ref = [], {}
+
+    def measure(label, m, size):
         ids = m.tokenizer.encode(text)
         n_ctx = m.config["n_ctx"]
         ppl = perplexity.perplexity(m, ids, progress=False)
         wins = [ids[i:i + n_ctx] for i in range(0, min(len(ids), 4 * n_ctx), n_ctx)]  # first 4 windows
         window = sum(wins, [])
         lg = np.concatenate([m.logits(w) for w in wins]).astype(np.float64)
-        if ref_model is None:
-            ref_model, ref_logits = dt, lg
+        ref_logits = ref.setdefault("logits", lg)
         p = np.exp(ref_logits - ref_logits.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         logq = lg - lg.max(1, keepdims=True)
         logq -= np.log(np.exp(logq).sum(1, keepdims=True))
         kl = max(0.0, float((p * (np.log(p) - logq)).sum(1).mean()))
         top1 = float((lg.argmax(1) == ref_logits.argmax(1)).mean())
-        size = os.path.getsize(os.path.join(out, "model.safetensors"))
-        group = m.config.get("quant_group_size")
-        label = dt if group is None else f"{dt} (group {group or 'row'})"
         rows.append((label, ppl, kl, top1, float(np.abs(lg - ref_logits).max()), size, len(ids), len(window)))
-        log(f"{dt}: ppl {ppl:.3f} KL {kl:.2e} top1 {top1:.4f}")
+        log(f"{label}: ppl {ppl:.3f} KL {kl:.2e} top1 {top1:.4f}")
+
+    for dt in args.dtypes:
+        out = os.path.join(args.workdir, f"quality-{dt}")
+        if not os.path.isfile(os.path.join(out, "config.json")):
+            log(f"converting {args.quality} to {dt}")
+            convert_to(args.quality, out, dt, args.tokenizer, fallback_group=64, log=log)
+        m = pygpt.load(out)
+        group = m.config.get("quant_group_size")
+        size = os.path.getsize(os.path.join(out, "model.safetensors"))
+        measure(dt if group is None else f"{dt} (group {group or 'row'})", m, size)
+        if dt == "f32":  # the same weights with keys and values stored as f16
+            measure("f32, f16 KV cache", pygpt.load(out, kv_cache="f16"), size)
     base = rows[0][1]
     n_layer, n_embd = m.config["n_layer"], m.config["n_embd"]
     lines = [f"Trained model `{os.path.basename(os.path.normpath(args.quality))}` "
