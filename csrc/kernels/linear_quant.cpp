@@ -456,54 +456,61 @@ static void q8_rows(const uint8_t* w, const float* scales, const QShape& s, cons
     }
 }
 
+// acc + the dword products of w (unsigned bytes) and the 4 bytes at x (signed) broadcast,
+// the broadcast folded into vpdpbusd as a memory operand (GCC emits a separate vpbroadcastd).
+static inline __m512i dpbusd_bcst(__m512i acc, __m512i w, const int8_t* x) {
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const int32_t*)x));
+    return acc;
+}
+
 // q4, small batches: 16 rows transposed block by block as in pack_block_q4, but used at
 // once from registers for the TT tokens instead of being stored (for a few tokens, storing
 // and reloading the panel cost more than the products). Per token, C chains of integer
 // accumulators (C = 2 for few tokens: the vpdpbusd latency), summed at the group's end.
+// The products of one q4 block (32 bytes per row at wb + r * stride) of 16 rows with TT
+// tokens' activations (xb + t * xs), added to iacc: the block transposed as in pack_block_q4,
+// each 16-row vector of unpacked nibbles used at once for the TT tokens.
+template <int TT, int C>
+static inline void q4_block_products(const uint8_t* wb, int64_t stride, int rows, const int8_t* xb, int64_t xs,
+                                     __m512i (&iacc)[TT][C]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i c0 = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), c1 = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    __m512i r[8];
+    transpose_q4_block(wb, stride, rows, r);
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++)
+#pragma GCC unroll 2
+        for (int c = 0; c < 2; c++) {
+            const int sd = 4 * c + j;  // lane r of u = dword sd of row r's block
+            const __m512i u = _mm512_permutex2var_epi64(r[j], c ? c1 : c0, r[4 + j]);
+            const __m512i lo = _mm512_and_si512(u, m4), hi = _mm512_and_si512(_mm512_srli_epi16(u, 4), m4);
+            for (int t = 0; t < TT; t++) iacc[t][0] = dpbusd_bcst(iacc[t][0], lo, xb + t * xs + 4 * sd);
+            for (int t = 0; t < TT; t++) iacc[t][C - 1] = dpbusd_bcst(iacc[t][C - 1], hi, xb + t * xs + 32 + 4 * sd);
+        }
+}
+
 template <int TT>
 static void q4_rows_tile(const uint8_t* w, const float* ps, int rows, const QShape& s, const int8_t* xq,
                          const int32_t* corr, const float* sx, const float* bias, float* y) {
     constexpr int C = TT <= 4 ? 2 : 1;
     const __mmask16 mask = tail_mask16(rows);
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
-    const __m512i c0 = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), c1 = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
     __m512 facc[TT];
-    __m512i iacc[TT][C];
     for (int t = 0; t < TT; t++) facc[t] = _mm512_setzero_ps();
-    int64_t g = 0, in_group = 0;
     const char* ahead = (const char*)w + 32 * s.w_stride;  // as in pack_panel: two panels ahead, into L2
-    for (int64_t b = 0; b < s.nb; b++) {
-        for (int i = 0; i < 512; i += 64) _mm_prefetch(ahead + b * 512 + i, _MM_HINT_T1);  // 16 * w_stride / nb
-        if (in_group == 0)
-            for (int t = 0; t < TT; t++) {
-                iacc[t][0] = _mm512_set1_epi32(corr[t * s.n_groups + g]);
-                if (C == 2) iacc[t][C - 1] = _mm512_setzero_si512();
-            }
-        const uint8_t* wb = w + b * 32;
-        __m512i r[8];
-        transpose_q4_block(wb, s.w_stride, rows, r);
-        const int8_t* xb = xq + b * 64;
-        for (int j = 0; j < 4; j++)
-            for (int c = 0; c < 2; c++) {
-                const int sd = 4 * c + j;  // lane r of u = dword sd of row r's block
-                const __m512i u = _mm512_permutex2var_epi64(r[j], c ? c1 : c0, r[4 + j]);
-                const __m512i lo = _mm512_and_si512(u, m4), hi = _mm512_and_si512(_mm512_srli_epi16(u, 4), m4);
-                for (int t = 0; t < TT; t++) {
-                    int32_t xl, xh;
-                    std::memcpy(&xl, xb + t * s.xs + 4 * sd, 4);
-                    std::memcpy(&xh, xb + t * s.xs + 32 + 4 * sd, 4);
-                    iacc[t][0] = _mm512_dpbusd_epi32(iacc[t][0], lo, _mm512_set1_epi32(xl));
-                    iacc[t][C - 1] = _mm512_dpbusd_epi32(iacc[t][C - 1], hi, _mm512_set1_epi32(xh));
-                }
-            }
-        if (++in_group == s.bpg) {
-            const __m512 sc = _mm512_loadu_ps(ps + g * 16);
-            for (int t = 0; t < TT; t++) {
-                const __m512i isum = C == 2 ? _mm512_add_epi32(iacc[t][0], iacc[t][C - 1]) : iacc[t][0];
-                facc[t] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(isum), facc[t]);
-            }
-            in_group = 0;
-            g++;
+    for (int64_t g = 0, b = 0; g < s.n_groups; g++) {
+        __m512i iacc[TT][C];
+        for (int t = 0; t < TT; t++) {
+            iacc[t][0] = _mm512_set1_epi32(corr[t * s.n_groups + g]);
+            if (C == 2) iacc[t][C - 1] = _mm512_setzero_si512();
+        }
+        for (const int64_t b_end = b + s.bpg; b < b_end; b++) {
+            for (int i = 0; i < 512; i += 64) _mm_prefetch(ahead + b * 512 + i, _MM_HINT_T1);  // 16 * w_stride / nb
+            q4_block_products<TT, C>(w + b * 32, s.w_stride, rows, xq + b * 64, s.xs, iacc);
+        }
+        const __m512 sc = _mm512_loadu_ps(ps + g * 16);
+        for (int t = 0; t < TT; t++) {
+            const __m512i isum = C == 2 ? _mm512_add_epi32(iacc[t][0], iacc[t][C - 1]) : iacc[t][0];
+            facc[t] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(isum), facc[t]);
         }
     }
     const __m512 bv = bias ? _mm512_maskz_loadu_ps(mask, bias) : _mm512_setzero_ps();
