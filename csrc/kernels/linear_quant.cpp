@@ -471,12 +471,28 @@ static inline __m512i dpbusd_bcst(__m512i acc, __m512i w, const int8_t* x) {
 // tokens' activations (xb + t * xs), added to iacc: the block transposed as in pack_block_q4,
 // each 16-row vector of unpacked nibbles used at once for the TT tokens.
 template <int TT, int C>
-static inline void q4_block_products(const uint8_t* wb, int64_t stride, int rows, const int8_t* xb, int64_t xs,
+static inline void q4_block_products(const uint8_t* const* rp, int64_t off, const int8_t* xb, int64_t xs,
                                      __m512i (&iacc)[TT][C]) {
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const __m512i c0 = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), c1 = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
     __m512i r[8];
-    transpose_q4_block(wb, stride, rows, r);
+    {  // transpose_q4_block, rows from rp (no per-row tests: missing rows repeat a real one)
+        __m512i v[8];
+        for (int i = 0; i < 8; i++)
+            v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(rp[i] + off))),
+                                      _mm256_loadu_si256((const __m256i*)(rp[i + 8] + off)), 1);
+        __m512i t[8];
+        for (int i = 0; i < 4; i++) {
+            t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+        }
+        for (int i = 0; i < 2; i++) {
+            r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+            r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+            r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+            r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+        }
+    }
 #pragma GCC unroll 4
     for (int j = 0; j < 4; j++)
 #pragma GCC unroll 2
@@ -497,6 +513,8 @@ static void q4_rows_tile(const uint8_t* w, const float* ps, int rows, const QSha
     __m512 facc[TT];
     for (int t = 0; t < TT; t++) facc[t] = _mm512_setzero_ps();
     const char* ahead = (const char*)w + 32 * s.w_stride;  // as in pack_panel: two panels ahead, into L2
+    const uint8_t* rp[16];  // rows past `rows` repeat row 0: their lanes are not stored
+    for (int r = 0; r < 16; r++) rp[r] = w + (r < rows ? r : 0) * s.w_stride;
     for (int64_t g = 0, b = 0; g < s.n_groups; g++) {
         __m512i iacc[TT][C];
         for (int t = 0; t < TT; t++) {
@@ -505,7 +523,7 @@ static void q4_rows_tile(const uint8_t* w, const float* ps, int rows, const QSha
         }
         for (const int64_t b_end = b + s.bpg; b < b_end; b++) {
             for (int i = 0; i < 512; i += 64) _mm_prefetch(ahead + b * 512 + i, _MM_HINT_T1);  // 16 * w_stride / nb
-            q4_block_products<TT, C>(w + b * 32, s.w_stride, rows, xq + b * 64, s.xs, iacc);
+            q4_block_products<TT, C>(rp, b * 32, xq + b * 64, s.xs, iacc);
         }
         const __m512 sc = _mm512_loadu_ps(ps + g * 16);
         for (int t = 0; t < TT; t++) {
