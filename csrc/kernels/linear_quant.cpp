@@ -470,12 +470,7 @@ static inline __m512i dpbusd_bcst(__m512i acc, __m512i w, const int8_t* x) {
 // The products of one q4 block (32 bytes per row at wb + r * stride) of 16 rows with TT
 // tokens' activations (xb + t * xs), added to iacc: the block transposed as in pack_block_q4,
 // each 16-row vector of unpacked nibbles used at once for the TT tokens.
-template <int TT, int C>
-static inline void q4_block_products(const uint8_t* const* rp, int64_t off, const int8_t* xb, int64_t xs,
-                                     __m512i (&iacc)[TT][C]) {
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
-    const __m512i c0 = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), c1 = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
-    __m512i r[8];
+static inline void transpose_q4_rows(const uint8_t* const* rp, int64_t off, __m512i* r) {
     {  // transpose_q4_block, rows from rp (no per-row tests: missing rows repeat a real one)
         __m512i v[8];
         for (int i = 0; i < 8; i++)
@@ -493,6 +488,12 @@ static inline void q4_block_products(const uint8_t* const* rp, int64_t off, cons
             r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
         }
     }
+}
+
+template <int TT, int C>
+static inline void q4_block_products(const __m512i* r, const int8_t* xb, int64_t xs, __m512i (&iacc)[TT][C]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i c0 = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), c1 = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
 #pragma GCC unroll 4
     for (int j = 0; j < 4; j++)
 #pragma GCC unroll 2
@@ -515,6 +516,12 @@ static void q4_rows_tile(const uint8_t* w, const float* ps, int rows, const QSha
     const char* ahead = (const char*)w + 32 * s.w_stride;  // as in pack_panel: two panels ahead, into L2
     const uint8_t* rp[16];  // rows past `rows` repeat row 0: their lanes are not stored
     for (int r = 0; r < 16; r++) rp[r] = w + (r < rows ? r : 0) * s.w_stride;
+    // PIPE: block b + 1 transposed before block b's products (its loads and shuffles then
+    // overlap them instead of waiting behind them): TT = 2..4 5-10% faster; for more tokens
+    // the 8 extra live vectors cost more than that saves (TT = 5..8: 2-4% slower)
+    constexpr bool PIPE = TT <= 4;
+    __m512i rc[8];
+    if (PIPE) transpose_q4_rows(rp, 0, rc);
     for (int64_t g = 0, b = 0; g < s.n_groups; g++) {
         __m512i iacc[TT][C];
         for (int t = 0; t < TT; t++) {
@@ -523,7 +530,15 @@ static void q4_rows_tile(const uint8_t* w, const float* ps, int rows, const QSha
         }
         for (const int64_t b_end = b + s.bpg; b < b_end; b++) {
             for (int i = 0; i < 512; i += 64) _mm_prefetch(ahead + b * 512 + i, _MM_HINT_T1);  // 16 * w_stride / nb
-            q4_block_products<TT, C>(rp, b * 32, xq + b * 64, s.xs, iacc);
+            if (PIPE) {
+                __m512i rn[8];
+                transpose_q4_rows(rp, (b + 1 < s.nb ? b + 1 : b) * 32, rn);
+                q4_block_products<TT, C>(rc, xq + b * 64, s.xs, iacc);
+                for (int k = 0; k < 8; k++) rc[k] = rn[k];
+            } else {
+                transpose_q4_rows(rp, b * 32, rc);
+                q4_block_products<TT, C>(rc, xq + b * 64, s.xs, iacc);
+            }
         }
         const __m512 sc = _mm512_loadu_ps(ps + g * 16);
         for (int t = 0; t < TT; t++) {
