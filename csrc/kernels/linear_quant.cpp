@@ -493,13 +493,12 @@ static inline void transpose_q4_rows(const uint8_t* const* rp, int64_t off, __m5
 template <int TT, int C>
 static inline void q4_block_products(const __m512i* r, const int8_t* xb, int64_t xs, __m512i (&iacc)[TT][C]) {
     const __m512i m4 = _mm512_set1_epi8(0x0f);
-    const __m512i c0 = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), c1 = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
 #pragma GCC unroll 4
     for (int j = 0; j < 4; j++)
 #pragma GCC unroll 2
         for (int c = 0; c < 2; c++) {
             const int sd = 4 * c + j;  // lane r of u = dword sd of row r's block
-            const __m512i u = _mm512_permutex2var_epi64(r[j], c ? c1 : c0, r[4 + j]);
+            const __m512i u = c ? _mm512_shuffle_i32x4(r[j], r[4 + j], 0xDD) : _mm512_shuffle_i32x4(r[j], r[4 + j], 0x88);
             const __m512i lo = _mm512_and_si512(u, m4), hi = _mm512_and_si512(_mm512_srli_epi16(u, 4), m4);
             for (int t = 0; t < TT; t++) iacc[t][0] = dpbusd_bcst(iacc[t][0], lo, xb + t * xs + 4 * sd);
             for (int t = 0; t < TT; t++) iacc[t][C - 1] = dpbusd_bcst(iacc[t][C - 1], hi, xb + t * xs + 32 + 4 * sd);
@@ -515,7 +514,10 @@ static void q4_rows_tile(const uint8_t* w, const float* ps, int rows, const QSha
     for (int t = 0; t < TT; t++) facc[t] = _mm512_setzero_ps();
     const char* ahead = (const char*)w + 32 * s.w_stride;  // as in pack_panel: two panels ahead, into L2
     const uint8_t* rp[16];  // rows past `rows` repeat row 0: their lanes are not stored
-    for (int r = 0; r < 16; r++) rp[r] = w + (r < rows ? r : 0) * s.w_stride;
+    for (int i = 0; i < 16; i++) {
+        const int r = i >= 4 && i < 12 ? i ^ 12 : i;
+        rp[i] = w + (r < rows ? r : 0) * s.w_stride;
+    }
     // PIPE: block b + 1 transposed before block b's products (its loads and shuffles then
     // overlap them instead of waiting behind them): TT = 2..4 5-10% faster; for more tokens
     // the 8 extra live vectors cost more than that saves (TT = 5..8: 2-4% slower)
