@@ -391,3 +391,18 @@ def test_linear_float_prefill_panels(isa, dtype, n_in):
     for t in (0, 5, 17, 36):
         assert np.array_equal(y[t], run_linear(isa, dtype, w, 0, x[t : t + 1], bias)[0]), f"row {t}"
     assert np.array_equal(y[3:26], run_linear(isa, dtype, w, 0, x[3:26], bias, n_threads=2))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n_out,n_in,group", [(35, 768, 64), (17, 320, 64), (18, 384, 192), (37, 100, 0), (6, 256, 128)])
+def test_q4_small_batches_match_scalar(isa, n_out, n_in, group):
+    """int4 small batches (T = 2..8: their own tiles on AVX-512) give the scalar reference's bits."""
+    rng = np.random.default_rng(n_out + n_in)
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    bias = rng.standard_normal(n_out).astype(np.float32)
+    for T in range(2, 9):
+        x = rng.standard_normal((T, n_in)).astype(np.float32)
+        y = run_linear(isa, "int4", w, group, x, bias)
+        assert np.array_equal(y, run_linear("scalar", "int4", w, group, x, bias)), f"{isa} T={T}"
+        for n_threads in (2, 3):
+            assert np.array_equal(y, run_linear(isa, "int4", w, group, x, bias, n_threads=n_threads)), f"T={T}"
