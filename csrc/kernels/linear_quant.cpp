@@ -465,31 +465,42 @@ static inline __m512i dpbusd_bcst(__m512i acc, __m512i w, const int8_t* x) {
 
 // q4, small batches: 16 rows transposed block by block as in pack_block_q4, but used at
 // once from registers for the TT tokens instead of being stored (for a few tokens, storing
-// and reloading the panel cost more than the products). Per token, C chains of integer
-// accumulators (C = 2 for few tokens: the vpdpbusd latency), summed at the group's end.
-// The products of one q4 block (32 bytes per row at wb + r * stride) of 16 rows with TT
-// tokens' activations (xb + t * xs), added to iacc: the block transposed as in pack_block_q4,
-// each 16-row vector of unpacked nibbles used at once for the TT tokens.
+// and reloading the panel cost more than the products: a two-block buffer in L1 was 1.0-1.25x
+// slower too). Per token, C chains of integer accumulators (C = 2 for few tokens: the
+// vpdpbusd latency), summed at the group's end.
+//
+// The stored bytes of one q4 block of 16 rows (rp[i] + off, 32 bytes each; no per-row tests:
+// rows past the panel's end repeat a real one) transposed as dwords like transpose_q4_block:
+// r[4i + j], 128-bit chunk 2h + c, holds the rows of slots 8h + 4i .. 8h + 4i + 3, dword 4c + j.
 static inline void transpose_q4_rows(const uint8_t* const* rp, int64_t off, __m512i* r) {
-    {  // transpose_q4_block, rows from rp (no per-row tests: missing rows repeat a real one)
-        __m512i v[8];
-        for (int i = 0; i < 8; i++)
-            v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(rp[i] + off))),
-                                      _mm256_loadu_si256((const __m256i*)(rp[i + 8] + off)), 1);
-        __m512i t[8];
-        for (int i = 0; i < 4; i++) {
-            t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
-            t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
-        }
-        for (int i = 0; i < 2; i++) {
-            r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-            r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-            r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-            r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-        }
+    __m512i v[8];  // v[i] = slot i | slot i + 8
+    for (int i = 0; i < 8; i++)
+        v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(rp[i] + off))),
+                                  _mm256_loadu_si256((const __m256i*)(rp[i + 8] + off)), 1);
+    __m512i t[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
     }
 }
 
+// Slot i of transpose_q4_rows holding row q4_slot_row(i): with the chunks of r[j] and r[4 + j]
+// picked by vshufi32x4 (chunks 0, 2 of each, or 1, 3), lane L of the result then comes from
+// slot L for L in 0..3 and 12..15 but from slot L + 4 / L - 4 for L in 4..7 / 8..11; loading
+// rows 4..7 and 8..11 swapped puts row L in lane L. (vpermt2q, which keeps the slot order,
+// cost 6-9% more time per block: it competes with vpdpbusd for the vector pipes.)
+static inline int q4_slot_row(int i) { return i >= 4 && i < 12 ? i ^ 12 : i; }
+
+// The products of one block of 16 rows (transposed by transpose_q4_rows) with TT tokens'
+// activations (xb + t * xs), added to iacc: per dword sd, one vector of the 16 rows' low
+// nibbles (inputs 4sd..4sd+3) and one of their high nibbles (32+4sd..), each used at once
+// for the TT tokens against their 4 activation bytes broadcast.
 template <int TT, int C>
 static inline void q4_block_products(const __m512i* r, const int8_t* xb, int64_t xs, __m512i (&iacc)[TT][C]) {
     const __m512i m4 = _mm512_set1_epi8(0x0f);
@@ -497,7 +508,7 @@ static inline void q4_block_products(const __m512i* r, const int8_t* xb, int64_t
     for (int j = 0; j < 4; j++)
 #pragma GCC unroll 2
         for (int c = 0; c < 2; c++) {
-            const int sd = 4 * c + j;  // lane r of u = dword sd of row r's block
+            const int sd = 4 * c + j;  // lane r of u = dword sd of row r's block (q4_slot_row)
             const __m512i u = c ? _mm512_shuffle_i32x4(r[j], r[4 + j], 0xDD) : _mm512_shuffle_i32x4(r[j], r[4 + j], 0x88);
             const __m512i lo = _mm512_and_si512(u, m4), hi = _mm512_and_si512(_mm512_srli_epi16(u, 4), m4);
             for (int t = 0; t < TT; t++) iacc[t][0] = dpbusd_bcst(iacc[t][0], lo, xb + t * xs + 4 * sd);
@@ -515,7 +526,7 @@ static void q4_rows_tile(const uint8_t* w, const float* ps, int rows, const QSha
     const char* ahead = (const char*)w + 32 * s.w_stride;  // as in pack_panel: two panels ahead, into L2
     const uint8_t* rp[16];  // rows past `rows` repeat row 0: their lanes are not stored
     for (int i = 0; i < 16; i++) {
-        const int r = i >= 4 && i < 12 ? i ^ 12 : i;
+        const int r = q4_slot_row(i);
         rp[i] = w + (r < rows ? r : 0) * s.w_stride;
     }
     // PIPE: block b + 1 transposed before block b's products (its loads and shuffles then
