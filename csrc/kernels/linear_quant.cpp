@@ -530,9 +530,9 @@ static void q4_rows_tile(const uint8_t* w, const float* ps, int rows, const QSha
         rp[i] = w + (r < rows ? r : 0) * s.w_stride;
     }
     // PIPE: block b + 1 transposed before block b's products (its loads and shuffles then
-    // overlap them instead of waiting behind them): TT = 2..4 5-10% faster; for more tokens
-    // the 8 extra live vectors cost more than that saves (TT = 5..8: 2-4% slower)
-    constexpr bool PIPE = TT <= 4;
+    // overlap them instead of waiting behind them): TT = 2..6 5-10% faster; for more tokens
+    // the 8 extra live vectors cost more than that saves (TT = 8: 2-6% slower)
+    constexpr bool PIPE = TT <= 6;
     __m512i rc[8];
     if (PIPE) transpose_q4_rows(rp, 0, rc);
     for (int64_t g = 0, b = 0; g < s.n_groups; g++) {
