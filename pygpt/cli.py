@@ -80,6 +80,13 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _huge_pages(model) -> str:
+    n = model.huge_page_bytes()
+    if n is None:
+        return "unknown"
+    return f"{n / 2 ** 20:.1f} MiB ({100 * n / model._core.file_bytes:.0f}%)"
+
+
 def cmd_info(args) -> int:
     import pygpt
 
@@ -97,6 +104,7 @@ def cmd_info(args) -> int:
         ("parameters", f"~{n_params / 1e6:.1f} M"),
         ("dtype", c["dtype"]),
         ("file size", f"{model._core.file_bytes / 2 ** 20:.1f} MiB"),
+        ("in 2 MiB pages", _huge_pages(model)),
         ("tokenizer", f"{model.tokenizer.vocab_size} tokens" if model.tokenizer is not None else "none"),
         ("isa", model.isa),
         ("threads", model.n_threads),

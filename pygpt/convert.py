@@ -268,6 +268,21 @@ def _find_tokenizer(folder):
     return None
 
 
+def _drop_from_page_cache(path):
+    """Writes the file out and drops it from the page cache, so that the first pygpt.load
+    reads it back into 2 MiB folios (the loader asks for them): the folios a write leaves
+    are mostly small, and decode reads weights 15-25% faster through 2 MiB pages
+    (docs/DESIGN.md, "Memory"). Best effort: a system without it loses nothing."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+
+
 def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, group_size: int | None = None,
             vocab_size: int | None = None, verbose: bool = False) -> str:
     """Converts `source` into the pygpt model folder `out_dir`; returns out_dir."""
@@ -334,7 +349,9 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
             tensors[name] = torch.from_numpy(w)
 
     os.makedirs(out_dir, exist_ok=True)
-    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pygpt"})
+    st_path = os.path.join(out_dir, "model.safetensors")
+    save_file(tensors, st_path, metadata={"format": "pygpt"})
+    _drop_from_page_cache(st_path)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump({**config_json, "source": os.path.basename(os.fspath(source).rstrip("/"))}, f, indent=2)
         f.write("\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import numpy as np
@@ -10,6 +11,8 @@ import numpy as np
 from . import _core, _format
 from ._threads import check_threads, default_threads
 from ._core import ModelFormatError
+
+_SMAPS_HEADER = re.compile(r"^[0-9a-f]+-[0-9a-f]+$")
 
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
 
@@ -60,6 +63,28 @@ class Model:
     @property
     def n_threads(self) -> int:
         return self._live().n_threads
+
+    def huge_page_bytes(self) -> int | None:
+        """Bytes of the weights file mapped with 2 MiB pages (Linux: FilePmdMapped of the
+        mapping in /proc/self/smaps), or None where that cannot be read. Decode reads weights
+        15-25% faster through them; a file the page cache already holds in small pieces (a
+        copy made with cp, say) gets them once the kernel has dropped it (docs/DESIGN.md)."""
+        self._live()
+        st_path = os.path.realpath(os.path.join(self.path, "model.safetensors"))
+        try:
+            with open("/proc/self/smaps") as f:
+                text = f.read()
+        except OSError:
+            return None
+        total, found, mine = 0, False, False
+        for line in text.split("\n"):
+            fields = line.split(None, 5)
+            if fields and _SMAPS_HEADER.match(fields[0]):  # a mapping: "start-end perms offset dev inode [path]"
+                mine = len(fields) == 6 and fields[5] == st_path
+            elif mine and line.startswith("FilePmdMapped:"):
+                total += int(fields[1]) * 1024
+                found = True
+        return total if found else None
 
     @property
     def kv_cache(self) -> str:

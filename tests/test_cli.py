@@ -212,6 +212,7 @@ def test_info(pygpt_cmd, model_dir, model):
     assert fields["isa"] == model.isa
     assert fields["threads"] == "1"
     assert fields["file size"].endswith("MiB")
+    assert fields["in 2 MiB pages"] == "unknown" or re.fullmatch(r"[0-9.]+ MiB \([0-9]+%\)", fields["in 2 MiB pages"])
 
 
 def test_tokenize(pygpt_cmd, model_dir, model):

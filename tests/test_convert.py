@@ -159,6 +159,21 @@ def test_half_precision_conversions_stay_close(tmp_path, hf_model_factory, dtype
     assert np.abs(m.logits(ids) - pygpt.load(ref_out).logits(ids)).max() <= tol
 
 
+def test_converted_file_leaves_the_page_cache(tmp_path, hf_model_factory, monkeypatch):
+    """convert.py drops the weights it wrote from the page cache, so the first load reads them
+    back into 2 MiB folios; the loaded model says how much of its file is in 2 MiB pages."""
+    _, hf_dir, _ = hf_model_factory("tiny")
+    calls = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: (calls.append(advice), real(fd, off, n, advice)))
+    out = str(tmp_path / "m")
+    pygpt.convert.convert(hf_dir, out)
+    assert os.POSIX_FADV_DONTNEED in calls
+    m = pygpt.load(out)
+    n = m.huge_page_bytes()
+    assert n is None or 0 <= n <= os.path.getsize(os.path.join(out, "model.safetensors"))
+
+
 def test_not_a_gpt2_source_is_a_clear_error(tmp_path):
     p = tmp_path / "notgpt.pt"
     torch.save({"encoder.weight": torch.zeros(3, 3)}, p)

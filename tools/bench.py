@@ -322,6 +322,18 @@ def worker_ct2(a: dict) -> dict:
 WORKERS = {"pygpt": worker_pygpt, "transformers": worker_transformers, "ctranslate2": worker_ct2}
 
 
+def drop_page_cache(path: str) -> None:
+    """Drops a model file (or every file of a model folder) from the page cache, so every
+    case starts from the state convert.py leaves a pygpt model in, and peers start cold too.
+    pygpt then reads its weights into 2 MiB pages (docs/DESIGN.md, "Memory"); the medians of
+    three loads hide the cold first one."""
+    files = [path] if os.path.isfile(path) else [os.path.join(path, f) for f in os.listdir(path)]
+    for f in files:
+        if os.path.isfile(f):
+            with open(f, "rb") as fh:
+                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 def run_case(args: dict, timeout: float = 1800) -> dict:
     """Runs one worker in a fresh process; returns its result (or {"error": ...})."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -600,6 +612,7 @@ def main(argv=None) -> int:
                     a["batch"] = args.batch
                 bw_before = read_bandwidth(t)
                 log(f"{shape} {engine} {dt} {t} threads ...")
+                drop_page_cache(path)
                 r = run_case(a)
                 bw_after = read_bandwidth(t)
                 r.update(engine=engine, dtype=dt, threads=t, shape=shape, bw=max(bw_before, bw_after))
