@@ -58,6 +58,19 @@ Matrix make_matrix(const std::string& dtype, const U8& w, const F32* scales, int
     return m;
 }
 
+// One query row of attention through `kernel` (Kernels::attention_row or its f16 form).
+template <class Array, class Kernel>
+F32 attention_row_binding(Kernel kernel, const F32& q, const Array& k, const Array& v, float scale) {
+    if (k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1))
+        throw std::invalid_argument("k and v must be [n_keys, ld] of one shape");
+    const int64_t HS = q.size(), n_keys = k.shape(0), ld = k.shape(1);
+    if (n_keys < 1 || HS < 1 || HS > ld) throw std::invalid_argument("need n_keys >= 1 and 1 <= HS <= ld");
+    F32 out(HS);
+    std::vector<float> scratch(n_keys);
+    kernel(out.mutable_data(), q.data(), k.data(), v.data(), ld, n_keys, HS, scale, scratch.data());
+    return out;
+}
+
 }  // namespace
 
 void bind_kernels(py::module_& m) {
@@ -174,29 +187,12 @@ void bind_kernels(py::module_& m) {
         return out;
     });
 
-    // q [HS]; k, v [n_keys, ld] with the head in columns [0, HS).
+    // q [HS]; k, v [n_keys, ld] with the head in columns [0, HS), as f32 or as f16 bits.
     m.def("_kernel_attention_row", [](const std::string& isa, const F32& q, const F32& k, const F32& v, float scale) {
-        if (k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1))
-            throw std::invalid_argument("k and v must be [n_keys, ld] of one shape");
-        const int64_t HS = q.size(), n_keys = k.shape(0), ld = k.shape(1);
-        if (n_keys < 1 || HS < 1 || HS > ld) throw std::invalid_argument("need n_keys >= 1 and 1 <= HS <= ld");
-        F32 out(HS);
-        py::array_t<float> scratch(n_keys);
-        select_kernels(isa.c_str()).attention_row(out.mutable_data(), q.data(), k.data(), v.data(), ld, n_keys, HS,
-                                                  scale, scratch.mutable_data());
-        return out;
+        return attention_row_binding(select_kernels(isa.c_str()).attention_row, q, k, v, scale);
     });
-
     m.def("_kernel_attention_row_f16", [](const std::string& isa, const F32& q, const U16& k, const U16& v, float scale) {
-        if (k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1))
-            throw std::invalid_argument("k and v must be [n_keys, ld] of one shape");
-        const int64_t HS = q.size(), n_keys = k.shape(0), ld = k.shape(1);
-        if (n_keys < 1 || HS < 1 || HS > ld) throw std::invalid_argument("need n_keys >= 1 and 1 <= HS <= ld");
-        F32 out(HS);
-        py::array_t<float> scratch(n_keys);
-        select_kernels(isa.c_str()).attention_row_f16(out.mutable_data(), q.data(), k.data(), v.data(), ld, n_keys, HS,
-                                                      scale, scratch.mutable_data());
-        return out;
+        return attention_row_binding(select_kernels(isa.c_str()).attention_row_f16, q, k, v, scale);
     });
 
     m.def("_kernel_attention_rows", [](const std::string& isa, const F32& q, const py::array& k, const py::array& v,

@@ -169,13 +169,9 @@ static void transpose_scales(const float* scales, int rows, int64_t n_groups, fl
 // The 32 stored bytes of one q4 block of 16 rows (w + i * stride, rows past `rows` zero),
 // transposed as dwords: r[4i + j], 128-bit chunk 2h + c, holds rows 8h + 4i .. 8h + 4i + 3,
 // dword 4c + j.
-static inline void transpose_q4_block(const uint8_t* w, int64_t stride, int rows, __m512i* r) {
-    __m512i v[8];  // v[i] = row i | row i + 8
-    for (int i = 0; i < 8; i++) {
-        const __m256i a = i < rows ? _mm256_loadu_si256((const __m256i*)(w + i * stride)) : _mm256_setzero_si256();
-        const __m256i b = i + 8 < rows ? _mm256_loadu_si256((const __m256i*)(w + (i + 8) * stride)) : _mm256_setzero_si256();
-        v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
-    }
+// v[i] = the 32 bytes of row (or slot) i | those of i + 8, transposed as dwords into r (the
+// layout transpose_q4_block describes).
+static inline void transpose_q4_dwords(const __m512i* v, __m512i* r) {
     __m512i t[8];
     for (int i = 0; i < 4; i++) {
         t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
@@ -187,6 +183,16 @@ static inline void transpose_q4_block(const uint8_t* w, int64_t stride, int rows
         r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
         r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
     }
+}
+
+static inline void transpose_q4_block(const uint8_t* w, int64_t stride, int rows, __m512i* r) {
+    __m512i v[8];  // v[i] = row i | row i + 8
+    for (int i = 0; i < 8; i++) {
+        const __m256i a = i < rows ? _mm256_loadu_si256((const __m256i*)(w + i * stride)) : _mm256_setzero_si256();
+        const __m256i b = i + 8 < rows ? _mm256_loadu_si256((const __m256i*)(w + (i + 8) * stride)) : _mm256_setzero_si256();
+        v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+    }
+    transpose_q4_dwords(v, r);
 }
 
 static inline void pack_block_q4(const uint8_t* w, int64_t stride, int rows, __m512i* out) {
@@ -477,17 +483,7 @@ static inline void transpose_q4_rows(const uint8_t* const* rp, int64_t off, __m5
     for (int i = 0; i < 8; i++)
         v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(rp[i] + off))),
                                   _mm256_loadu_si256((const __m256i*)(rp[i + 8] + off)), 1);
-    __m512i t[8];
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
-    }
-    for (int i = 0; i < 2; i++) {
-        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
+    transpose_q4_dwords(v, r);
 }
 
 // Slot i of transpose_q4_rows holding row q4_slot_row(i): with the chunks of r[j] and r[4 + j]
