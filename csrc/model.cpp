@@ -310,7 +310,7 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
             append_kv(steps, l, qkv, T, c0, c1);  // these columns of k, v to the caches
         });
         team.sync();
-        attention(team, steps, l, qkv, T, att);       // [T, C]
+        attention(team, steps, l, qkv, att);          // [T, C]
         team.sync();
         linear(team, b.attn_proj, att, T, proj, r0, r1, no_epilogue);
         team.sync();
@@ -404,9 +404,7 @@ void Model::append_kv(const std::vector<SeqStep>& steps, int64_t l, const float*
 // in blocks of up to kAttentionRows consecutive positions, which share the reads of the
 // keys and values (Kernels::attention_rows); (block, head) pairs are dealt to threads in
 // turn, so long and short rows of a prompt spread evenly.
-void Model::attention(const Team& team, const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T,
-                      float* out) {
-    (void)T;
+void Model::attention(const Team& team, const std::vector<SeqStep>& steps, int64_t l, const float* qkv, float* out) {
     const int64_t C = config_.n_embd, NH = config_.n_head, HS = C / NH;
     const float scale = 1.0f / std::sqrt((float)HS);
     float* scratch = scores_.data() + (size_t)team.id * kAttentionRows * (config_.n_ctx + kAttentionRows);

@@ -126,8 +126,7 @@ private:
                 Epilogue&& epilogue);
     void layernorm_rows(const LayerNorm& ln, const float* x, int64_t r0, int64_t r1, float* out) const;
     void append_kv(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, int64_t o0, int64_t o1);
-    void attention(const Team& team, const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T,
-                   float* out);
+    void attention(const Team& team, const std::vector<SeqStep>& steps, int64_t l, const float* qkv, float* out);
 
     ModelConfig config_;
     const Kernels* kernels_;

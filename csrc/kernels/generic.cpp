@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <type_traits>
 #include <cstdlib>
 
 #include "kernels.h"
@@ -228,12 +229,20 @@ static inline float kv_value(uint16_t x) { return f16_to_f32(x); }
 template <class E>
 static void attention_row_t(float* out, const float* q, const E* k, const E* v, int64_t ld, int64_t n_keys,
                             int64_t head_dim, float scale, float* scores) {
-    float* kj = (float*)std::malloc(head_dim * sizeof(float));  // key j as f32 (dot's lane order)
-    if (!kj) throw std::bad_alloc();
+    // f16 keys are widened one at a time for dot (f32 keys are read in place)
+    float* kj = nullptr;
+    if (!std::is_same<E, float>::value && !(kj = (float*)std::malloc(head_dim * sizeof(float))))
+        throw std::bad_alloc();
     float max = -INFINITY;
     for (int64_t j = 0; j < n_keys; j++) {
-        for (int64_t d = 0; d < head_dim; d++) kj[d] = kv_value(k[j * ld + d]);
-        scores[j] = scale * dot(q, kj, head_dim);
+        const float* key;
+        if constexpr (std::is_same<E, float>::value) {
+            key = k + j * ld;
+        } else {
+            for (int64_t d = 0; d < head_dim; d++) kj[d] = kv_value(k[j * ld + d]);
+            key = kj;
+        }
+        scores[j] = scale * dot(q, key, head_dim);
         max = std::fmax(max, scores[j]);
     }
     std::free(kj);

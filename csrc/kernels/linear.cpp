@@ -6,9 +6,10 @@
 //
 // Both serve decode (T = 1), batched decode (T = 2..12) and prefill (T large) with their own
 // loop nests, and share this shape:
-//   threads   the caller gives each thread a contiguous range of output rows (each weight
-//             byte is read by one thread); nothing here synchronises, and each thread
-//             prepares (packs, rounds to bf16 or quantizes) the activations it reads itself;
+//   threads   the caller gives each thread ranges of output rows (each weight byte is read
+//             by one thread); nothing here synchronises. The activations are prepared
+//             (packed, rounded to bf16 or quantized) before the products: by linear() on the
+//             calling thread, or once for all threads through prepare() + linear_prepared();
 //   T = 1     the rows streamed one after another (one sequential stream per thread: the
 //             hardware prefetchers follow it best);
 //   T > 1     tiles of rows x tokens with the accumulators in registers, each weight vector
@@ -36,23 +37,17 @@ namespace pygpt {
 namespace PYGPT_KERNEL_NS {
 namespace simd {
 
-void linear(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
-            int64_t o_end) {
-    if (T <= 0 || o_begin >= o_end) return;
-    switch (m.dtype) {
-        case DType::F32:
-        case DType::F16:
-        case DType::BF16: linear_float(m, bias, x, T, y, o_begin, o_end); return;
-        case DType::Q8:
-        case DType::Q4: linear_quant(m, bias, x, T, y, o_begin, o_end); return;
-    }
-    throw std::invalid_argument("linear: unsupported weight dtype");
-}
-
 static bool is_quant(const Matrix& m) {
     if (m.dtype == DType::Q8 || m.dtype == DType::Q4) return true;
     if (m.dtype == DType::F32 || m.dtype == DType::F16 || m.dtype == DType::BF16) return false;
     throw std::invalid_argument("linear: unsupported weight dtype");
+}
+
+void linear(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
+            int64_t o_end) {
+    if (T <= 0 || o_begin >= o_end) return;
+    if (is_quant(m)) linear_quant(m, bias, x, T, y, o_begin, o_end);
+    else linear_float(m, bias, x, T, y, o_begin, o_end);
 }
 
 size_t prepared_bytes(const Matrix& m, int64_t T) {

@@ -469,9 +469,9 @@ void float_prepare(const Matrix& m, const float* x, int64_t T, int64_t r_begin, 
 
 template <class W>
 void float_linear_prepared(const Matrix& m, const float* bias, const void* prep, int64_t T, float* y,
-                           int64_t o_begin, int64_t o_end, int64_t elem_bytes) {
+                           int64_t o_begin, int64_t o_end) {
     using X = typename W::X;
-    const int64_t n_in = m.n_in, n_out = m.n_out, w_stride = n_in * elem_bytes, kp = packed_row<W>(n_in);
+    const int64_t n_in = m.n_in, n_out = m.n_out, w_stride = n_in * W::BYTES, kp = packed_row<W>(n_in);
     const int64_t tb = float_token_block<W>(n_in, T);
     const uint8_t* w = (const uint8_t*)m.data;
     const X* xp = (const X*)prep;
@@ -504,9 +504,9 @@ void float_linear_prepared(const Matrix& m, const float* bias, const void* prep,
 
 template <class W>
 void float_linear(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
-                  int64_t o_end, int64_t elem_bytes) {
+                  int64_t o_end) {
     if (T == 1 && sizeof(typename W::X) == sizeof(float)) {  // f32 activations used in place
-        float_rows_one_token<W>((const uint8_t*)m.data, m.n_in * elem_bytes, (const typename W::X*)x, m.n_in, bias,
+        float_rows_one_token<W>((const uint8_t*)m.data, m.n_in * W::BYTES, (const typename W::X*)x, m.n_in, bias,
                                 y, o_begin, o_end);
         return;
     }
@@ -514,49 +514,40 @@ void float_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
     void* prep = thread_scratch(0, float_prepared_bytes<W>(m, T));
     if (!prep) throw std::bad_alloc();
     float_prepare<W>(m, x, T, 0, T, prep);
-    float_linear_prepared<W>(m, bias, prep, T, y, o_begin, o_end, elem_bytes);
+    float_linear_prepared<W>(m, bias, prep, T, y, o_begin, o_end);
+}
+
+// f(W{}) with W the weight type of m's dtype.
+template <class F>
+static auto on_weight_type(const Matrix& m, F&& f) {
+    switch (m.dtype) {
+        case DType::F32: return f(WF32{});
+        case DType::F16: return f(WF16{});
+        case DType::BF16: return f(WBF16{});
+        default: throw std::invalid_argument("linear_float: not a float weight dtype");
+    }
 }
 
 }  // namespace
 
 void linear_float(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
                   int64_t o_end) {
-    switch (m.dtype) {
-        case DType::F32: float_linear<WF32>(m, bias, x, T, y, o_begin, o_end, 4); return;
-        case DType::F16: float_linear<WF16>(m, bias, x, T, y, o_begin, o_end, 2); return;
-        case DType::BF16: float_linear<WBF16>(m, bias, x, T, y, o_begin, o_end, 2); return;
-        default: throw std::invalid_argument("linear_float: not a float weight dtype");
-    }
+    on_weight_type(m, [&](auto w) { float_linear<decltype(w)>(m, bias, x, T, y, o_begin, o_end); });
 }
 
 int64_t prepare_rows() { return TT_F; }
 
 size_t float_prepared_bytes(const Matrix& m, int64_t T) {
-    switch (m.dtype) {
-        case DType::F32: return float_prepared_bytes<WF32>(m, T);
-        case DType::F16: return float_prepared_bytes<WF16>(m, T);
-        case DType::BF16: return float_prepared_bytes<WBF16>(m, T);
-        default: throw std::invalid_argument("float_prepared_bytes: not a float weight dtype");
-    }
+    return on_weight_type(m, [&](auto w) { return float_prepared_bytes<decltype(w)>(m, T); });
 }
 
 void float_prepare(const Matrix& m, const float* x, int64_t T, int64_t r_begin, int64_t r_end, void* prep) {
-    switch (m.dtype) {
-        case DType::F32: float_prepare<WF32>(m, x, T, r_begin, r_end, prep); return;
-        case DType::F16: float_prepare<WF16>(m, x, T, r_begin, r_end, prep); return;
-        case DType::BF16: float_prepare<WBF16>(m, x, T, r_begin, r_end, prep); return;
-        default: throw std::invalid_argument("float_prepare: not a float weight dtype");
-    }
+    on_weight_type(m, [&](auto w) { float_prepare<decltype(w)>(m, x, T, r_begin, r_end, prep); });
 }
 
 void float_linear_prepared(const Matrix& m, const float* bias, const void* prep, int64_t T, float* y,
                            int64_t o_begin, int64_t o_end) {
-    switch (m.dtype) {
-        case DType::F32: float_linear_prepared<WF32>(m, bias, prep, T, y, o_begin, o_end, 4); return;
-        case DType::F16: float_linear_prepared<WF16>(m, bias, prep, T, y, o_begin, o_end, 2); return;
-        case DType::BF16: float_linear_prepared<WBF16>(m, bias, prep, T, y, o_begin, o_end, 2); return;
-        default: throw std::invalid_argument("float_linear_prepared: not a float weight dtype");
-    }
+    on_weight_type(m, [&](auto w) { float_linear_prepared<decltype(w)>(m, bias, prep, T, y, o_begin, o_end); });
 }
 
 }  // namespace simd

@@ -136,14 +136,6 @@ static inline void transpose16(__m512i* v) {
     }
 }
 
-// The scales of the 16-row panel two panels after the one at `scales` (rows of n_groups
-// floats), into L2, as the weights are: a separate stream the hardware prefetchers did not
-// cover (int4 decode spent 15% of its time in transpose_scales, waiting on them).
-static inline void prefetch_panel_scales(const float* scales, int64_t n_groups) {
-    const char* p = (const char*)(scales + 32 * n_groups);
-    for (int64_t i = 0; i < 16 * n_groups * 4; i += 64) _mm_prefetch(p + i, _MM_HINT_T1);
-}
-
 // ps[g * ps_stride + r] = scales[r * n_groups + g] for r < rows (rows <= 16), else 0: the
 // scales of 16 rows, one vector per group (a transpose per 16 groups, not a gather per group).
 static void transpose_scales(const float* scales, int rows, int64_t n_groups, float* ps, int64_t ps_stride) {
@@ -160,6 +152,16 @@ static void transpose_scales(const float* scales, int rows, int64_t n_groups, fl
         transpose16(v);
         for (int64_t j = 0; j < ng; j++) _mm512_storeu_si512(ps + (g0 + j) * ps_stride, v[j]);
     }
+}
+
+// A decode or small-batch panel's scales (rows of n_groups floats at `scales`), transposed
+// into ps (stride 16). The scales of the panel two ahead are prefetched into L2, as the
+// weights are: a separate stream the hardware prefetchers did not cover (int4 decode spent
+// 15% of its time in transpose_scales, waiting on them).
+static inline void stream_panel_scales(const float* scales, int rows, int64_t n_groups, float* ps) {
+    const char* ahead = (const char*)(scales + 32 * n_groups);
+    for (int64_t i = 0; i < 16 * n_groups * 4; i += 64) _mm_prefetch(ahead + i, _MM_HINT_T1);
+    transpose_scales(scales, rows, n_groups, ps, 16);
 }
 
 // One q4 block (32 bytes per row at w + r * stride) of 16 rows repacked like pack_panel:
@@ -440,8 +442,7 @@ static void q8_rows(const uint8_t* w, const float* scales, const QShape& s, cons
         const int rows = o_end - o < 16 ? (int)(o_end - o) : 16;
         const uint8_t* wo = w + o * s.w_stride;
         const float* bo = bias ? bias + o : nullptr;
-        prefetch_panel_scales(scales + o * s.n_groups, s.n_groups);
-        transpose_scales(scales + o * s.n_groups, rows, s.n_groups, ps, 16);
+        stream_panel_scales(scales + o * s.n_groups, rows, s.n_groups, ps);
         int64_t t = 0;
         for (; t + TT_Q8 <= T; t += TT_Q8)
             q8_rows_tile<TT_Q8>(wo, ps, rows, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bo,
@@ -569,8 +570,7 @@ static void q4_rows(const uint8_t* w, const float* scales, const QShape& s, cons
         const uint8_t* wo = w + o * s.w_stride;
         const float* bo = bias ? bias + o : nullptr;
         float* yo = y + o;
-        prefetch_panel_scales(scales + o * s.n_groups, s.n_groups);
-        transpose_scales(scales + o * s.n_groups, rows, s.n_groups, ps, 16);
+        stream_panel_scales(scales + o * s.n_groups, rows, s.n_groups, ps);
         switch (T) {
             case 2: q4_rows_tile<2>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
             case 3: q4_rows_tile<3>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
@@ -594,7 +594,7 @@ static void decode_panel_q4(const uint8_t* w, const float* scales, int rows, con
     const uint8_t* rp[16];
     for (int r = 0; r < 16; r++) rp[r] = w + (r < rows ? r : 0) * s.w_stride;  // missing rows: lanes not stored
     const __mmask16 mask = tail_mask16(rows);
-    transpose_scales(scales, rows, s.n_groups, ps, 16);
+    stream_panel_scales(scales, rows, s.n_groups, ps);
     // prefetch the panel after next (16 * w_stride contiguous bytes) into L2, spread over this
     // panel's steps: 1.1-1.7x the DRAM throughput of prefetching the next panel into L1
     const char* next = (const char*)w + 32 * s.w_stride;
@@ -635,7 +635,6 @@ static void decode_rows_q4(const uint8_t* w, const float* scales, const QShape& 
                            float* ps) {
     for (int64_t o = o_begin; o < o_end; o += 16) {
         const int rows = o_end - o < 16 ? (int)(o_end - o) : 16;
-        prefetch_panel_scales(scales + o * s.n_groups, s.n_groups);
         decode_panel_q4(w + o * s.w_stride, scales + o * s.n_groups, rows, s, xq, corr, sx, bias ? bias + o : nullptr,
                         y + o, ps);
     }
