@@ -141,6 +141,8 @@ def read_safetensors_header(path: str) -> list:
         raise FileNotFoundError(f"no such file: {path}")
     size = os.path.getsize(path)
     with open(path, "rb") as f:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
         head = f.read(8)
         if len(head) < 8:
             raise ModelFormatError(f"{path}: truncated file ({size} bytes, no safetensors header)")
