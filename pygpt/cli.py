@@ -46,7 +46,7 @@ def _read_prompt(prompt: str) -> str:
     return text[:-1] if text.endswith("\n") else text  # the newline `echo` adds
 
 
-def _load(path, threads, kv_cache="f32"):
+def _load(path, threads, kv_cache="auto"):
     import pygpt
 
     if path is not None and not os.path.isdir(path):
@@ -197,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--stats", action="store_true",
                     help="print token counts, finish reason and speed to stderr at the end")
     g.add_argument("--threads", type=_positive_int, default=None, help="threads (default: physical cores)")
-    g.add_argument("--kv-cache", choices=("f32", "f16"), default="f32",
-                   help="how the KV cache stores keys and values; f16 halves its memory and reads (default: %(default)s)")
+    g.add_argument("--kv-cache", choices=("auto", "f32", "f16"), default="auto",
+                   help="how the KV cache stores keys and values; f16 halves its memory and reads; auto: f32 for "
+                        "f32 weights, f16 for the others (default: %(default)s)")
     g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("info", help="show a model's configuration, size, ISA path and threads",

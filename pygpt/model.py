@@ -26,7 +26,7 @@ class Model:
     """
 
     def __init__(self, path: str, n_threads: int | None = None, isa: str | None = None,
-                 check_finite: bool = False, kv_cache: str = "f32"):
+                 check_finite: bool = False, kv_cache: str = "auto"):
         t0 = time.perf_counter()
         path = os.fspath(path)
         self.path = path
@@ -41,8 +41,10 @@ class Model:
         if n_threads is None:
             n_threads = default_threads()
         check_threads(n_threads)
-        if kv_cache not in ("f32", "f16"):
-            raise ValueError(f"kv_cache must be 'f32' or 'f16', not {kv_cache!r}")
+        if kv_cache not in ("auto", "f32", "f16"):
+            raise ValueError(f"kv_cache must be 'auto', 'f32' or 'f16', not {kv_cache!r}")
+        if kv_cache == "auto":
+            kv_cache = auto_kv_cache(self.config["dtype"])
         self._core = _core.Model(st_path, self.config, tensors, n_threads, isa or "", kv_cache)
         self.tokenizer = self._load_tokenizer(path)
         self.load_seconds = time.perf_counter() - t0
@@ -160,15 +162,25 @@ class Model:
         self.close()
 
 
+def auto_kv_cache(weights_dtype: str) -> str:
+    """The KV cache `kv_cache="auto"` picks for weights of this dtype: f32 for f32 weights
+    (logits as transformers computes them), f16 for every smaller dtype (bf16, f16, int8,
+    int4), whose weights are approximations already: as llama.cpp, and as transformers
+    keeping a half-precision model's cache in its dtype (docs/GENERATION.md, "KV cache")."""
+    return "f32" if weights_dtype == "f32" else "f16"
+
+
 def load(path: str | os.PathLike | None = None, n_threads: int | None = None, check_finite: bool = False,
-         kv_cache: str = "f32") -> Model:
+         kv_cache: str = "auto") -> Model:
     """Loads a pygpt model folder; with no path, the small model shipped in the package.
 
     check_finite=True also reads every weight and raises ModelFormatError naming the first
     tensor that holds NaN or Inf (costs one full read of the file).
     kv_cache="f16" stores the keys and values of every sequence as half floats: half the
     memory per sequence and half the bytes attention reads per token (batches and long
-    sequences decode faster), at a small cost in precision (docs/GENERATION.md)."""
+    sequences decode faster), at a small cost in precision; "f32" keeps them as computed;
+    "auto" (the default) is f32 for f32 weights, f16 for the others (auto_kv_cache,
+    docs/GENERATION.md)."""
     if path is None:
         if not os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "config.json")):
             raise FileNotFoundError("this pygpt install ships no default model; pass a model folder")

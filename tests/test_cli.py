@@ -142,6 +142,9 @@ def test_generate_with_an_f16_kv_cache(pygpt_cmd, model_dir):
     assert r.stdout.decode("utf-8") == want
     bad = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "--kv-cache", "f8")
     assert bad.returncode == 2 and b"--kv-cache" in bad.stderr
+    auto = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "12", "-t", "0", "--kv-cache", "auto")
+    f32 = pygpt.load(model_dir, kv_cache="f32").generate(PROMPT, max_new_tokens=12, temperature=0).text
+    assert pygpt.load(model_dir).config["dtype"] == "f32" and auto.stdout.decode("utf-8") == f32
 
 
 def test_generate_reads_the_prompt_from_stdin(pygpt_cmd, model_dir, model):

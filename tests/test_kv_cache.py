@@ -1,4 +1,5 @@
-"""The f16 KV cache (pygpt.load(..., kv_cache="f16")): keys and values stored as half floats."""
+"""The f16 KV cache (pygpt.load(..., kv_cache="f16")): keys and values stored as half floats;
+kv_cache="auto" (the default) picks it for every weight dtype but f32."""
 
 import numpy as np
 import pytest
@@ -60,6 +61,24 @@ def test_f16_cache_forks_for_several_return_sequences(hf_model_factory):
     assert [o.tokens for o in outs] == [o.tokens for o in again]
     cache = m._core.new_cache()
     assert cache.dtype == "f16" and cache.fork().dtype == "f16"
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16", "int8", "int4"])
+def test_auto_cache_is_f16_below_f32_weights(hf_model_factory, tmp_path, dtype):
+    """The default (kv_cache="auto") gives f32 weights an f32 cache (tested above: transformers'
+    logits) and every smaller dtype an f16 one: the same logits, bit for bit, as asking for it."""
+    import pygpt.convert
+
+    _, hf_dir, f32_dir = hf_model_factory("tiny")
+    assert pygpt.load(f32_dir).kv_cache == "f32" and pygpt.model.auto_kv_cache("f32") == "f32"
+    out = str(tmp_path / dtype)
+    pygpt.convert.convert(hf_dir, out, dtype=dtype)
+    auto = pygpt.load(out)
+    assert auto.kv_cache == "f16" and pygpt.model.auto_kv_cache(dtype) == "f16"
+    ids = ids_for(auto, 30, seed=2)
+    logits = auto.logits(ids)
+    assert np.array_equal(logits, pygpt.load(out, kv_cache="f16").logits(ids))
+    assert not np.array_equal(logits, pygpt.load(out, kv_cache="f32").logits(ids))
 
 
 @pytest.mark.parametrize("bad", ["f8", "F16", "", None, 16])

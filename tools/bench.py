@@ -175,11 +175,11 @@ def weight_bytes_per_token(model_dir: str) -> int:
     return total
 
 
-def kv_bytes_per_token(shape: str, prompt: int, new: int) -> float:
-    """Mean bytes of keys and values one decode step reads over the decode run (f32 cache)."""
+def kv_bytes_per_token(shape: str, prompt: int, new: int, kv_cache: str = "f32") -> float:
+    """Mean bytes of keys and values one decode step reads over the decode run."""
     L, _, C = SHAPES[shape]
     mean_pos = prompt + (new - 1) / 2
-    return L * 2 * C * 4 * mean_pos
+    return L * 2 * C * (4 if kv_cache == "f32" else 2) * mean_pos
 
 
 def flops_per_prompt_token(shape: str, prompt: int) -> float:
@@ -225,7 +225,7 @@ def worker_pygpt(a: dict) -> dict:
         ttft.append(t.time_to_first_token)
     out = {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
            "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
-           "cpu_share": cpu_share(c0, w0, a["threads"])}
+           "cpu_share": cpu_share(c0, w0, a["threads"]), "kv_cache": model.kv_cache}
     if a.get("batch"):
         prompts = [prompt_ids(a["prompt"], seed=10 + i) for i in range(a["batch"])]
         bt = []
@@ -233,8 +233,9 @@ def worker_pygpt(a: dict) -> dict:
             outs = model.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)
             bt.append(outs[0].timings.decode_tokens_per_s)
         out["batch_decode_tok_s"] = statistics.median(bt)
-        # the same with the f16 KV cache, against batch 1 with it: 8 sequences read 8 caches
-        # per step, as many bytes as 8-bit weights at these lengths when stored as f32
+    if a.get("batch") and model.kv_cache == "f32":
+        # f32 weights: the same with the f16 KV cache (the default of the other dtypes),
+        # against batch 1 with it: 8 sequences read 8 caches per step
         m16 = pygpt.load(a["path"], n_threads=a["threads"], kv_cache="f16")
         m16.generate(ids[:8], max_new_tokens=4, ignore_eos=True)
         d16, b16 = [], []
@@ -374,6 +375,7 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
                 "| % BW ceiling | ceiling tok/s | batch-8 decode tok/s | f16 KV: decode / batch-8 tok/s "
                 "| peak RSS MiB | CPU share |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        # pygpt rows: the weights' dtype and, in brackets, the KV cache the default ("auto") gave them
         for r in rows:
             if r["shape"] != shape:
                 continue
@@ -383,9 +385,10 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
                 continue
             f16kv = (f"{r['decode_f16kv_tok_s']:.1f} / {r['batch_decode_f16kv_tok_s']:.0f}"
                      if r.get("batch_decode_f16kv_tok_s") else "n/a")
+            dtype = r["dtype"] + (f" ({r['kv_cache']} KV)" if r.get("kv_cache") else "")
             out.append("| {engine} | {dtype} | {threads} | {load} | {pre} | {pp} | {ttft} | {dec} | {dp} | {ceil} | "
                        "{b8} | {f16kv} | {rss} | {share} |".format(f16kv=f16kv,
-                           engine=r["engine"], dtype=r["dtype"], threads=r["threads"], load=fmt(r["load_s"], ".2f"),
+                           engine=r["engine"], dtype=dtype, threads=r["threads"], load=fmt(r["load_s"], ".2f"),
                            pre=fmt(r["prefill_tok_s"]), pp=fmt(r.get("prefill_pct"), ".0f", "%"),
                            ttft=fmt(r["ttft_s"] * 1e3, ".0f"), dec=fmt(r["decode_tok_s"], ".1f"),
                            dp=fmt(r.get("decode_pct"), ".0f", "%"), ceil=fmt(r.get("ceiling_tok_s"), ".0f"),
@@ -514,7 +517,8 @@ def quality(args, log) -> str:
         m = pygpt.load(out)
         group = m.config.get("quant_group_size")
         size = os.path.getsize(os.path.join(out, "model.safetensors"))
-        measure(dt if group is None else f"{dt} (group {group or 'row'})", m, size)
+        label = dt if group is None else f"{dt} (group {group or 'row'})"
+        measure(label + ("" if m.kv_cache == "f32" else f", {m.kv_cache} KV cache"), m, size)
         if dt == "f32":  # the same weights with keys and values stored as f16
             measure("f32, f16 KV cache", pygpt.load(out, kv_cache="f16"), size)
     base = rows[0][1]
@@ -617,7 +621,8 @@ def main(argv=None) -> int:
                 bw_after = read_bandwidth(t)
                 r.update(engine=engine, dtype=dt, threads=t, shape=shape, bw=max(bw_before, bw_after))
                 if engine == "pygpt" and "error" not in r:
-                    per_tok = weight_bytes_per_token(path) + kv_bytes_per_token(shape, args.prompt, args.new)
+                    per_tok = weight_bytes_per_token(path) + kv_bytes_per_token(shape, args.prompt, args.new,
+                                                                                r["kv_cache"])
                     r["bytes_per_token"] = per_tok
                     r["ceiling_tok_s"] = r["bw"] / per_tok
                     r["decode_pct"] = 100 * r["decode_tok_s"] / r["ceiling_tok_s"]
