@@ -44,14 +44,18 @@ Matrix make_matrix(const std::string& dtype, const U8& w, const F32* scales, int
     m.n_out = n_out;
     m.n_in = n_in;
     if (n_out < 1 || n_in < 1) throw std::invalid_argument("n_out and n_in must be >= 1");
-    if (w.size() != n_out * matrix_row_bytes(m.dtype, n_in))
+    const bool quant = m.dtype == DType::Q8 || m.dtype == DType::Q4;
+    if (quant && (group <= 0 || n_in % group != 0)) throw std::invalid_argument("group must divide n_in");
+    const StoredShape s = stored_shape(m.dtype, n_out, n_in, quant ? group : 1);
+    const int64_t bytes = s.data_rows * s.data_cols * (m.dtype == DType::F32 ? 4 : m.dtype == DType::F16 || m.dtype == DType::BF16 ? 2 : 1);
+    if (w.size() != bytes)
         throw std::invalid_argument("weight buffer has " + std::to_string(w.size()) + " bytes, expected " +
-                                    std::to_string(n_out * matrix_row_bytes(m.dtype, n_in)));
+                                    std::to_string(bytes));
     m.data = w.data();
-    if (m.dtype == DType::Q8 || m.dtype == DType::Q4) {
-        if (group <= 0 || n_in % group != 0) throw std::invalid_argument("group must divide n_in");
-        if (!scales || scales->size() != n_out * (n_in / group))
-            throw std::invalid_argument("scales must have n_out * n_in / group values");
+    if (quant) {
+        if (!scales || scales->size() != s.scale_rows * s.scale_cols)
+            throw std::invalid_argument("scales must have " + std::to_string(s.scale_rows * s.scale_cols) +
+                                        " values (docs/FORMAT.md)");
         m.scales = scales->data();
         m.group = group;
     }

@@ -25,15 +25,13 @@ const char* storage_dtype(DType d) {
     return "?";
 }
 
-int64_t matrix_row_bytes(DType d, int64_t n_in) {
-    switch (d) {
-        case DType::F32: return 4 * n_in;
-        case DType::F16:
-        case DType::BF16: return 2 * n_in;
-        case DType::Q8: return n_in;
-        case DType::Q4: return (n_in + 63) / 64 * 32;  // blocks of 64 inputs in 32 bytes
+StoredShape stored_shape(DType d, int64_t n_out, int64_t n_in, int64_t group) {
+    const int64_t n_groups = d == DType::Q8 || d == DType::Q4 ? n_in / group : 0;
+    if (d == DType::Q4) {
+        const int64_t panels = (n_out + kQ4Panel - 1) / kQ4Panel;
+        return {panels, (n_in + 63) / 64 * 32 * kQ4Panel, panels, n_groups * kQ4Panel};
     }
-    return 0;
+    return {n_out, n_in, d == DType::Q8 ? n_out : 0, n_groups};
 }
 
 }  // namespace pygpt

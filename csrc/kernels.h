@@ -17,8 +17,9 @@ enum class DType : int32_t { F32 = 0, F16 = 1, BF16 = 2, Q8 = 3, Q4 = 4 };
 struct Matrix {
     DType dtype = DType::F32;
     int64_t n_out = 0, n_in = 0;
-    const void* data = nullptr;     // f32/f16/bf16: [n_out, n_in] row-major; q8/q4: see FORMAT.md
-    const float* scales = nullptr;  // q8/q4: [n_out, n_in / group]
+    const void* data = nullptr;     // f32/f16/bf16/q8: [n_out, n_in] row-major; q4: panels of 16
+                                    // rows (see FORMAT.md and stored_shape)
+    const float* scales = nullptr;  // q8: [n_out, n_in / group]; q4: panels of 16 rows (stored_shape)
     int64_t group = 0;              // q8/q4: inputs per scale
 };
 
@@ -90,8 +91,15 @@ bool dtype_from_name(const std::string& name, DType* out);
 // The safetensors dtype a matrix of this dtype is stored as: "F32", "F16", "BF16", "I8", "U8"
 // (dtype.cpp).
 const char* storage_dtype(DType d);
-// Bytes of one stored row of n_in weights of a Matrix of this dtype (dtype.cpp).
-int64_t matrix_row_bytes(DType d, int64_t n_in);
+// The shapes a Matrix's weights and scales are stored in (docs/FORMAT.md; dtype.cpp):
+//   data: [data_rows, data_cols] elements of storage_dtype; scales: [scale_rows, scale_cols]
+//   floats (q8/q4 only, group = inputs per scale). f32/f16/bf16/q8: one row per output;
+//   q4: one row per panel of 16 outputs (kQ4Panel), blocks of 64 inputs in 512 bytes.
+struct StoredShape {
+    int64_t data_rows, data_cols, scale_rows, scale_cols;
+};
+constexpr int64_t kQ4Panel = 16;
+StoredShape stored_shape(DType d, int64_t n_out, int64_t n_in, int64_t group);
 
 namespace scalar { const Kernels& kernel_table(); }
 namespace avx2 { const Kernels& kernel_table(); }

@@ -122,8 +122,9 @@ Matrix load_matrix(TensorTable& tt, const std::string& name, const ModelConfig& 
                               " must be 0 (per row) or a multiple of 64 dividing its " + std::to_string(n_in) +
                               " inputs");
         m.group = group;
-        m.data = tt.get(name, storage_dtype(cfg.dtype), {n_out, matrix_row_bytes(cfg.dtype, n_in)});
-        m.scales = tt.f32(name + "_scales", {n_out, n_in / group});
+        const StoredShape s = stored_shape(cfg.dtype, n_out, n_in, group);
+        m.data = tt.get(name, storage_dtype(cfg.dtype), {s.data_rows, s.data_cols});
+        m.scales = tt.f32(name + "_scales", {s.scale_rows, s.scale_cols});
     } else {
         m.data = tt.get(name, storage_dtype(cfg.dtype), {n_out, n_in});
     }

@@ -4,13 +4,17 @@ A quantized linear weight W [n_out, n_in] is stored as two safetensors tensors (
 docs/FORMAT.md, "Quantized layouts"):
 
 * ``<name>``         int8: I8 [n_out, n_in], the signed values q (|q| <= 127);
-                     int4: U8 [n_out, ceil(n_in / 64) * 32], q + 8 as nibbles (q in [-8, 7]),
-                     each block of 64 inputs in 32 bytes: byte j holds input j (low nibble)
-                     and input j + 32 (high nibble);
-* ``<name>_scales``  F32 [n_out, n_in / group]: W[o, k] ~= q[o, k] * scales[o, k // group].
+                     int4: U8 [ceil(n_out / 16), ceil(n_in / 64) * 512], q + 8 as nibbles
+                     (q in [-8, 7]) in panels of 16 rows: per block of 64 inputs, 8 runs of
+                     64 bytes, run j holding 4 bytes of each of the 16 rows, byte i of row r
+                     = input 4j + i (low nibble) and input 32 + 4j + i (high nibble);
+* ``<name>_scales``  F32: W[o, k] ~= q[o, k] * scale(o, k // group), stored
+                     int8: [n_out, n_groups], scale(o, g) at [o, g];
+                     int4: [ceil(n_out / 16), n_groups * 16], scale(o, g) at [o // 16, g * 16 + o % 16].
 
 ``group`` is the number of inputs per scale: 0 means one scale per row (group = n_in),
-otherwise a multiple of 64 that divides n_in.
+otherwise a multiple of 64 that divides n_in. Rows past n_out in the last int4 panel are
+zero bytes with scale 0.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ DTYPES = ("int8", "int4")
 #: group used when the converter is not given one: int8 per row, int4 per 64 inputs
 DEFAULT_GROUP = {"int8": 0, "int4": 64}
 BLOCK = 64  # inputs per int4 block (and per SIMD step of the integer kernels)
+PANEL = 16  # int4 rows per panel (one 32-bit lane per row in a 64-byte vector)
 
 
 def _group(n_in: int, group: int) -> int:
@@ -45,10 +50,10 @@ def tensor_specs(name: str, n_out: int, n_in: int, dtype: str, group: int) -> di
     _check(dtype)
     g = _group(n_in, group)
     if dtype == "int8":
-        data = ("I8", (n_out, n_in))
-    else:
-        data = ("U8", (n_out, -(-n_in // BLOCK) * BLOCK // 2))
-    return {name: data, name + "_scales": ("F32", (n_out, n_in // g))}
+        return {name: ("I8", (n_out, n_in)), name + "_scales": ("F32", (n_out, n_in // g))}
+    panels = -(-n_out // PANEL)
+    return {name: ("U8", (panels, -(-n_in // BLOCK) * BLOCK * PANEL // 2)),
+            name + "_scales": ("F32", (panels, n_in // g * PANEL))}
 
 
 def quantize(name: str, w: np.ndarray, dtype: str, group: int = -1) -> dict[str, np.ndarray]:
@@ -85,31 +90,52 @@ def quantize_matrix(w: np.ndarray, dtype: str, group: int = -1) -> dict[str, np.
     scale = (extreme / np.float32(-8)).astype(np.float32)
     inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
     q = np.clip(np.rint(blocks * inv[..., None]), -8, 7).astype(np.int8).reshape(n_out, n_in)
-    return {"": pack_int4(q), "_scales": scale}
+    return {"": pack_int4(q), "_scales": panel_scales(scale)}
 
 
 def pack_int4(q: np.ndarray) -> np.ndarray:
-    """int4 values q [n_out, n_in] in [-8, 7] -> U8 [n_out, ceil(n_in / 64) * 32] (see module doc)."""
+    """int4 values q [n_out, n_in] in [-8, 7] -> U8 [ceil(n_out / 16), ceil(n_in / 64) * 512]
+    (see module doc)."""
     n_out, n_in = q.shape
-    n_pad = -(-n_in // BLOCK) * BLOCK
-    u = np.zeros((n_out, n_pad), dtype=np.uint8)  # padding: 0, met by zero-padded activations
-    u[:, :n_in] = (q.astype(np.int16) + 8).astype(np.uint8)
-    u = u.reshape(n_out, n_pad // BLOCK, 2, BLOCK // 2)
-    return (u[:, :, 0, :] | (u[:, :, 1, :] << 4)).reshape(n_out, n_pad // 2)
+    panels, blocks = -(-n_out // PANEL), -(-n_in // BLOCK)
+    # padding: rows 0 (never stored), inputs 0 (met by zero-padded activations)
+    u = np.zeros((panels * PANEL, blocks * BLOCK), dtype=np.uint8)
+    u[:n_out, :n_in] = (q.astype(np.int16) + 8).astype(np.uint8)
+    u = u.reshape(panels, PANEL, blocks, 2, 8, 4)  # [panel, row, block, half, run j, byte i]
+    nib = u[:, :, :, 0] | (u[:, :, :, 1] << 4)  # [panel, row, block, j, i]
+    return np.ascontiguousarray(nib.transpose(0, 2, 3, 1, 4)).reshape(panels, blocks * BLOCK * PANEL // 2)
 
 
-def unpack_int4(data: np.ndarray, n_in: int) -> np.ndarray:
+def unpack_int4(data: np.ndarray, n_out: int, n_in: int) -> np.ndarray:
     """The inverse of pack_int4: int8 [n_out, n_in] values in [-8, 7]."""
-    n_out = data.shape[0]
-    b = data.reshape(n_out, -1, BLOCK // 2)
-    q = np.stack([b & 0x0F, b >> 4], axis=2).reshape(n_out, -1)[:, :n_in]
-    return q.astype(np.int8) - 8
+    panels = data.shape[0]
+    nib = data.reshape(panels, -1, 8, PANEL, 4).transpose(0, 3, 1, 2, 4)  # [panel, row, block, j, i]
+    q = np.stack([nib & 0x0F, nib >> 4], axis=3)  # [panel, row, block, half, j, i]
+    return q.reshape(panels * PANEL, -1)[:n_out, :n_in].astype(np.int8) - 8
 
 
-def dequantize(parts: dict[str, np.ndarray], dtype: str, n_in: int) -> np.ndarray:
+def panel_scales(scale: np.ndarray) -> np.ndarray:
+    """int4 scales [n_out, n_groups] -> [ceil(n_out / 16), n_groups * 16] (see module doc)."""
+    n_out, n_groups = scale.shape
+    panels = -(-n_out // PANEL)
+    out = np.zeros((panels * PANEL, n_groups), dtype=np.float32)
+    out[:n_out] = scale
+    return np.ascontiguousarray(out.reshape(panels, PANEL, n_groups).transpose(0, 2, 1)).reshape(panels, -1)
+
+
+def row_scales(scales: np.ndarray, n_out: int) -> np.ndarray:
+    """The inverse of panel_scales: [n_out, n_groups]."""
+    panels = scales.shape[0]
+    return scales.reshape(panels, -1, PANEL).transpose(0, 2, 1).reshape(panels * PANEL, -1)[:n_out]
+
+
+def dequantize(parts: dict[str, np.ndarray], dtype: str, n_out: int, n_in: int) -> np.ndarray:
     """W [n_out, n_in] float32 as the runtime sees it: q * scale."""
     _check(dtype)
     data, scales = parts[""], parts["_scales"]
-    q = data.astype(np.float32) if dtype == "int8" else unpack_int4(data, n_in).astype(np.float32)
+    if dtype == "int8":
+        q = data.astype(np.float32)
+    else:
+        q, scales = unpack_int4(data, n_out, n_in).astype(np.float32), row_scales(scales, n_out)
     g = n_in // scales.shape[1]
-    return (q.reshape(q.shape[0], -1, g) * scales[..., None]).reshape(q.shape[0], n_in)
+    return (q.reshape(n_out, -1, g) * scales[..., None]).reshape(n_out, n_in)

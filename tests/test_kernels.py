@@ -40,7 +40,7 @@ def encode(w, dtype, group=0):
         b = bf16_round(w)
         return (b.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).ravel(), None, b
     parts = qz.quantize_matrix(w, dtype, group)
-    return parts[""].view(np.uint8).ravel(), parts["_scales"], qz.dequantize(parts, dtype, w.shape[1])
+    return parts[""].view(np.uint8).ravel(), parts["_scales"], qz.dequantize(parts, dtype, *w.shape)
 
 
 def quantize_rows(x):
@@ -60,7 +60,8 @@ def reference(w, dtype, group, x, bias, isa):
         if dtype == "int8":
             wq = np.asarray(qz.quantize_matrix(w, "int8", group)[""], np.float64)
         else:
-            wq = qz.unpack_int4(qz.quantize_matrix(w, "int4", group)[""], w.shape[1]).astype(np.float64)
+            wq = qz.unpack_int4(qz.quantize_matrix(w, "int4", group)[""], *w.shape).astype(np.float64)
+            scales = qz.row_scales(scales, w.shape[0])
         g = w.shape[1] // scales.shape[1]
         isum = np.einsum("tgk,ogk->tog", q.reshape(len(x), -1, g).astype(np.float64), wq.reshape(len(w), -1, g))
         y = (isum * scales[None].astype(np.float64)).sum(axis=2) * sx[:, None]

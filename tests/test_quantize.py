@@ -11,9 +11,10 @@ def test_round_trip_error_is_bounded(dtype, group):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((9, 256)).astype(np.float32)
     parts = qz.quantize_matrix(w, dtype, group)
-    back = qz.dequantize(parts, dtype, 256)
+    back = qz.dequantize(parts, dtype, 9, 256)
     g = group or 256
-    scales = np.repeat(parts["_scales"], g, axis=1)
+    row_scales = parts["_scales"] if dtype == "int8" else qz.row_scales(parts["_scales"], 9)
+    scales = np.repeat(row_scales, g, axis=1)
     # rounding to the nearest level: at most half a step (int4: the clip at +7 costs one step at most)
     bound = 0.5 * np.abs(scales) if dtype == "int8" else 1.0 * np.abs(scales)
     assert np.all(np.abs(back - w) <= bound + 1e-7)
@@ -41,29 +42,49 @@ def test_int8_layout():
 
 
 def test_int4_layout_nibbles():
-    """Block of 64: byte j = input j (low nibble) | input j + 32 (high nibble), stored as q + 8."""
+    """Panels of 16 rows; per block of 64 inputs 8 runs of 64 bytes, run j holding 4 bytes of
+    each row (row r at 4r), byte i = input 4j + i (low nibble) | input 32 + 4j + i (high
+    nibble), stored as q + 8 (docs/FORMAT.md)."""
     q = np.arange(64) % 16 - 8
     parts = qz.quantize_matrix(-q.astype(np.float32)[None], "int4", 64)
     # the value of largest magnitude (8, at index 0) maps to -8: scale -1, so q comes back
-    assert parts["_scales"][0, 0] == -1.0
-    np.testing.assert_array_equal(qz.unpack_int4(parts[""], 64)[0], q)
+    assert parts["_scales"].shape == (1, 16) and parts["_scales"][0, 0] == -1.0
+    assert not parts["_scales"][0, 1:].any()  # rows 1..15 of the panel: padding
+    np.testing.assert_array_equal(qz.unpack_int4(parts[""], 1, 64)[0], q)
     b = parts[""][0]
+    assert b.shape == (512,)
     assert b[0] == (q[0] + 8) | ((q[32] + 8) << 4)
-    assert b[5] == (q[5] + 8) | ((q[37] + 8) << 4)
+    assert b[3] == (q[3] + 8) | ((q[35] + 8) << 4)
+    assert b[64 + 1] == (q[5] + 8) | ((q[37] + 8) << 4)  # run 1, row 0, byte 1
+    assert not b[4:64].any()  # the other rows of run 0: padding
+
+
+def test_int4_panels_of_16_rows():
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((35, 128)).astype(np.float32)  # 3 panels (the last holds 3 rows), 2 blocks
+    parts = qz.quantize_matrix(w, "int4", 64)
+    assert parts[""].shape == (3, 1024) and parts["_scales"].shape == (3, 32)
+    q = qz.unpack_int4(parts[""], 35, 128)
+    row, k = 21, 64 + 32 + 4 * 5 + 2  # panel 1, row 5 of it; block 1, high nibble of run 5, byte 2
+    assert parts[""][1, 512 + 5 * 64 + 5 * 4 + 2] >> 4 == q[row, k] + 8
+    assert parts["_scales"][1, 1 * 16 + 5] == qz.row_scales(parts["_scales"], 35)[row, 1]
+    assert parts["_scales"][2, 3:16].tolist() == [0] * 13 and not parts[""][2].reshape(2, 8, 16, 4)[:, :, 3:].any()
+    np.testing.assert_allclose(qz.dequantize(parts, "int4", 35, 128), q * np.repeat(
+        qz.row_scales(parts["_scales"], 35), 64, axis=1))
 
 
 def test_int4_pads_rows_to_blocks_of_64():
     w = np.ones((3, 100), np.float32)
     parts = qz.quantize_matrix(w, "int4", 0)
-    assert parts[""].shape == (3, 64)
-    np.testing.assert_allclose(qz.dequantize(parts, "int4", 100), w)
+    assert parts[""].shape == (1, 1024)
+    np.testing.assert_allclose(qz.dequantize(parts, "int4", 3, 100), w)
 
 
 def test_zero_weights():
     for dtype in qz.DTYPES:
         parts = qz.quantize_matrix(np.zeros((2, 64), np.float32), dtype, 64)
         assert not parts["_scales"].any()
-        np.testing.assert_array_equal(qz.dequantize(parts, dtype, 64), 0)
+        np.testing.assert_array_equal(qz.dequantize(parts, dtype, 2, 64), 0)
 
 
 @pytest.mark.parametrize("group", [32, 50, -2, 100])

@@ -75,9 +75,7 @@ void matrix_row(const Matrix& w, int64_t row, float* out) {
         case DType::Q8:
         case DType::Q4: {
             check_quant(w);
-            const int64_t n_groups = n / w.group;
-            for (int64_t k = 0; k < n; k++)
-                out[k] = (float)quant_weight(w, row, k) * w.scales[row * n_groups + k / w.group];
+            for (int64_t k = 0; k < n; k++) out[k] = (float)quant_weight(w, row, k) * quant_scale(w, row, k / w.group);
             return;
         }
         default:
@@ -91,13 +89,22 @@ void check_quant(const Matrix& w) {
         throw std::invalid_argument("quantized matrix: group size must be n_in or a multiple of 64 dividing n_in");
 }
 
-// q8: int8 [n_out, n_in]. q4: per row, blocks of 64 inputs in 32 bytes, byte j holding
-// input j (low nibble) and input j + 32 (high nibble) of the block, as w + 8.
+// q8: int8 [n_out, n_in]. q4: panels of 16 rows; per block of 64 inputs, 8 runs of 64
+// bytes, run j holding 4 bytes per row (row r at 4r), byte i holding input 4j + i (low
+// nibble) and input 32 + 4j + i (high nibble) of the block, as w + 8.
 int quant_weight(const Matrix& w, int64_t row, int64_t k) {
     if (w.dtype == DType::Q8) return ((const int8_t*)w.data)[row * w.n_in + k];
-    const int64_t row_bytes = (w.n_in + 63) / 64 * 32, j = k % 64;
-    const uint8_t b = ((const uint8_t*)w.data)[row * row_bytes + k / 64 * 32 + j % 32];
-    return (j < 32 ? (b & 0x0f) : (b >> 4)) - 8;
+    const int64_t panel_bytes = (w.n_in + 63) / 64 * 32 * kQ4Panel, j = k % 64 % 32;
+    const uint8_t b = ((const uint8_t*)w.data)[row / kQ4Panel * panel_bytes + k / 64 * 512 + j / 4 * 64 +
+                                               row % kQ4Panel * 4 + j % 4];
+    return (k % 64 < 32 ? (b & 0x0f) : (b >> 4)) - 8;
+}
+
+// q8: scales [n_out, n_groups]. q4: panels of 16 rows, [panel, group, row in panel].
+float quant_scale(const Matrix& w, int64_t row, int64_t g) {
+    const int64_t n_groups = w.n_in / w.group;
+    if (w.dtype == DType::Q8) return w.scales[row * n_groups + g];
+    return w.scales[(row / kQ4Panel * n_groups + g) * kQ4Panel + row % kQ4Panel];
 }
 
 float quantize_row(const float* x, int64_t n, int8_t* xq) {
@@ -137,7 +144,7 @@ static void quant_linear(const Matrix& w, const float* bias, const float* x, int
             for (int64_t g = 0; g < n_groups; g++) {
                 int32_t isum = 0;
                 for (int64_t k = g * w.group; k < (g + 1) * w.group; k++) isum += wrow[k] * xq[t * n_in + k];
-                acc = std::fma(w.scales[o * n_groups + g], (float)isum, acc);
+                acc = std::fma(quant_scale(w, o, g), (float)isum, acc);
             }
             y[t * n_out + o] = std::fma(acc, sx[t], bias ? bias[o] : 0.0f);
         }

@@ -17,6 +17,8 @@ void matrix_row(const Matrix& w, int64_t row, float* out);
 void check_quant(const Matrix& w);
 // Weight k of row `row` of a q8/q4 matrix, as the stored signed integer (scale not applied).
 int quant_weight(const Matrix& w, int64_t row, int64_t k);
+// The scale of group g of row `row` of a q8/q4 matrix.
+float quant_scale(const Matrix& w, int64_t row, int64_t g);
 // Activation row quantized to int8: xq[k] = round(x[k] * 127 / max|x|) (ties to even);
 // returns the scale max|x| / 127 (0 for an all-zero row).
 float quantize_row(const float* x, int64_t n, int8_t* xq);

@@ -9,19 +9,23 @@
 // Since the integer sums are exact, a kernel is free to lay them out as it likes:
 //   AVX-512 prefill (q8 T > 12, q4 T > 8): a panel of 16 rows is repacked once per token
 //     block so that one 64-byte vector holds 4 consecutive weights of each of the 16 rows
-//     (a 16 x 16 dword transpose per 64-input block; q4 nibbles unpacked there, once);
+//     (q8: a 16 x 16 dword transpose per 64-input block; q4, stored so already: its
+//     nibbles unpacked, once);
 //     vpdpbusd against 4 activation bytes broadcast then gives 16 outputs' partial sums in
 //     the 16 lanes: no horizontal reduction at all, and the per-group scaling is one FMA
-//     per 16 outputs (q8_rows / q4_rows below cover smaller batches, where repacking
+//     per 16 outputs (q8_rows / q4_panels_few below cover smaller batches, where repacking
 //     cost more than it saved).
 //   AVX-512 q8, T <= 12: rows read as stored, one row after another (one memory stream:
 //     reading 2, 4 or 16 rows interleaved was 1.3-4x slower from DRAM), lanes over the
 //     inputs, each weight vector used for up to 6 tokens; the 16 rows' integer lanes are
 //     reduced together by a transpose-add tree into one vector of 16 outputs.
-//   AVX-512 q4, T = 1: 16 rows per step of two blocks (one 64-byte load per row), reduced
-//     by a tree into per-block sums; T = 2..8: the panel transposed block by block and used
-//     from registers.
-//   AVX2: per (token, row, group) integer lanes; four groups' sums reduced together by
+//   q4 is stored in panels of 16 rows (docs/FORMAT.md): one 64-byte vector holds 4 bytes
+//     (8 inputs) of each of the 16 rows, so every q4 path has the rows in the lanes and no
+//     horizontal reduction: AVX-512 T = 1 multiplies the high nibbles in place (v & 0xf0,
+//     16 times the value; the block's exact sum shifted back), T = 2..8 unpacks each vector
+//     once for all tokens, T > 8 unpacks the panel into the prefill layout; AVX2 does the
+//     same 8 rows at a time with vpmaddubsw.
+//   AVX2 q8: per (token, row, group) integer lanes; four groups' sums reduced together by
 //     vphaddd and scaled in one vector FMA.
 #include <cmath>
 #include <cstring>
@@ -46,23 +50,32 @@ struct QShape {
     int64_t bpg;       // blocks of 64 inputs per group
     int64_t nb;        // blocks of 64 inputs per row (n_in padded)
     int64_t xs;        // stride of the quantized activations: n_in padded to 128 with zeros
-    int64_t w_stride;  // bytes per stored weight row
+    int64_t w_stride;  // bytes per stored weight row (q4: per panel of 16 rows)
 };
+
+// The panel of 16 q4 rows starting at output o = 16p, and the lanes of it that [o_begin,
+// o_end) covers (docs/FORMAT.md: rows past n_out are padding and never stored).
+struct Q4Panel {
+    const uint8_t* w;  // the panel's bytes
+    const float* ps;   // its scales: 16 per group, one per row
+    int64_t o;         // its first output
+    uint32_t mask;     // bit r: row o + r is in [o_begin, o_end)
+};
+
+static inline Q4Panel q4_panel(const uint8_t* w, const float* scales, const QShape& s, int64_t p, int64_t o_begin,
+                               int64_t o_end) {
+    const int64_t o = p * kQ4Panel;
+    const int64_t lo = o_begin > o ? o_begin - o : 0, hi = o_end < o + kQ4Panel ? o_end - o : kQ4Panel;
+    return {w + p * s.w_stride, scales + p * s.n_groups * kQ4Panel, o, ((1u << hi) - 1) & ~((1u << lo) - 1)};
+}
 
 #if defined(__AVX512F__)
 // ---------------------------------------------------------------------------------------
 // AVX-512 (VNNI): weights as unsigned bytes (q8 w + 128, q4 w + 8), activations signed;
 // the offset times the group's activation sum is subtracted exactly (corr).
 
-// One block of 64 weights of row w as unsigned bytes, in input order.
-template <bool Q4>
+// One block of 64 q8 weights of row w as unsigned bytes, in input order.
 static inline __m512i load_wblock(const uint8_t* row, int64_t block, int64_t n_in) {
-    if (Q4) {
-        const __m256i v = _mm256_loadu_si256((const __m256i*)(row + block * 32));
-        const __m256i lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f));
-        return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-    }
     const int64_t k = block * 64;
     const __m512i v = n_in - k >= 64 ? _mm512_loadu_si512(row + k)
                                      : _mm512_maskz_loadu_epi8(tail_mask64(n_in - k), row + k);
@@ -164,76 +177,41 @@ static inline void stream_panel_scales(const float* scales, int rows, int64_t n_
     transpose_scales(scales, rows, n_groups, ps, 16);
 }
 
-// One q4 block (32 bytes per row at w + r * stride) of 16 rows repacked like pack_panel:
-// the stored bytes are transposed first (16 x 8 dwords: half the work of transposing the
-// unpacked 16 x 16), then dword s of the transposed block gives the steps of inputs
-// 4s..4s+3 (low nibbles) and 32+4s..32+4s+3 (high nibbles).
-// The 32 stored bytes of one q4 block of 16 rows (w + i * stride, rows past `rows` zero),
-// transposed as dwords: r[4i + j], 128-bit chunk 2h + c, holds rows 8h + 4i .. 8h + 4i + 3,
-// dword 4c + j.
-// v[i] = the 32 bytes of row (or slot) i | those of i + 8, transposed as dwords into r (the
-// layout transpose_q4_block describes).
-static inline void transpose_q4_dwords(const __m512i* v, __m512i* r) {
-    __m512i t[8];
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
-    }
-    for (int i = 0; i < 2; i++) {
-        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-}
-
-static inline void transpose_q4_block(const uint8_t* w, int64_t stride, int rows, __m512i* r) {
-    __m512i v[8];  // v[i] = row i | row i + 8
-    for (int i = 0; i < 8; i++) {
-        const __m256i a = i < rows ? _mm256_loadu_si256((const __m256i*)(w + i * stride)) : _mm256_setzero_si256();
-        const __m256i b = i + 8 < rows ? _mm256_loadu_si256((const __m256i*)(w + (i + 8) * stride)) : _mm256_setzero_si256();
-        v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
-    }
-    transpose_q4_dwords(v, r);
-}
-
-static inline void pack_block_q4(const uint8_t* w, int64_t stride, int rows, __m512i* out) {
-    __m512i r[8];
-    transpose_q4_block(w, stride, rows, r);
-    const __m512i c0 = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), c1 = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
-    for (int j = 0; j < 4; j++)
-        for (int c = 0; c < 2; c++) {
-            const int sd = 4 * c + j;  // lane r of u = dword sd of row r
-            const __m512i u = _mm512_permutex2var_epi64(r[j], c ? c1 : c0, r[4 + j]);
-            _mm512_store_si512(out + sd, _mm512_and_si512(u, m4));
-            _mm512_store_si512(out + 8 + sd, _mm512_and_si512(_mm512_srli_epi16(u, 4), m4));
-        }
-}
-
-// Rows [o, o + rows) (rows <= 16) repacked: out[b * 16 + s] lane r = weights 64b + 4s ..
-// 64b + 4s + 3 of row o + r (unsigned bytes); missing rows are zero. ps[g * stride + r] =
+// Rows [o, o + rows) (rows <= 16) of q8 repacked: out[b * 16 + s] lane r = weights 64b + 4s
+// .. 64b + 4s + 3 of row o + r (unsigned bytes); missing rows are zero. ps[g * stride + r] =
 // scale of row o + r, group g.
-template <bool Q4>
-static void pack_panel(const uint8_t* w, const float* scales, int rows, const QShape& s, __m512i* out, float* ps,
-                       int64_t ps_stride) {
+static void pack_panel_q8(const uint8_t* w, const float* scales, int rows, const QShape& s, __m512i* out, float* ps,
+                          int64_t ps_stride) {
     // the 16 rows' blocks are 16 short streams the hardware prefetcher does not follow from
     // DRAM: prefetch the panel NP_Q panels ahead (the next call's) into L2, spread over the blocks
     const char* ahead = (const char*)w + NP_Q * 16 * s.w_stride;
     const int64_t step = 16 * s.w_stride / s.nb;  // bytes of that panel per block
     for (int64_t b = 0; b < s.nb; b++) {
         for (int64_t i = 0; i < step; i += 64) _mm_prefetch(ahead + b * step + i, _MM_HINT_T1);
-        if (Q4) {
-            pack_block_q4(w + b * 32, s.w_stride, rows, out + b * 16);
-            continue;
-        }
         __m512i v[16];
         for (int r = 0; r < 16; r++)
-            v[r] = r < rows ? load_wblock<Q4>(w + r * s.w_stride, b, s.n_in) : _mm512_setzero_si512();
+            v[r] = r < rows ? load_wblock(w + r * s.w_stride, b, s.n_in) : _mm512_setzero_si512();
         transpose16(v);
         for (int j = 0; j < 16; j++) _mm512_store_si512(out + b * 16 + j, v[j]);
     }
     transpose_scales(scales, rows, s.n_groups, ps, ps_stride);
+}
+
+// A q4 panel in the same layout: its stored vector j of block b is already lane r = bytes
+// 4j..4j+3 of row r, whose low nibbles are inputs 4j.. (out[b * 16 + j]) and high nibbles
+// inputs 32 + 4j.. (out[b * 16 + 8 + j]); its scales are already one vector per group.
+static void pack_panel_q4(const Q4Panel& P, const QShape& s, __m512i* out, float* ps, int64_t ps_stride) {
+    const char* ahead = (const char*)P.w + NP_Q * s.w_stride;  // as pack_panel_q8
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    for (int64_t b = 0; b < s.nb; b++) {
+        for (int i = 0; i < 512; i += 64) _mm_prefetch(ahead + b * 512 + i, _MM_HINT_T1);
+        for (int j = 0; j < 8; j++) {
+            const __m512i v = _mm512_loadu_si512(P.w + b * 512 + j * 64);
+            _mm512_store_si512(out + b * 16 + j, _mm512_and_si512(v, m4));
+            _mm512_store_si512(out + b * 16 + 8 + j, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+        }
+    }
+    for (int64_t g = 0; g < s.n_groups; g++) _mm512_storeu_ps(ps + g * ps_stride, _mm512_loadu_ps(P.ps + g * 16));
 }
 
 // NP panels x TT tokens: acc[t][p] over all groups (the contract's float sequence, 16
@@ -241,7 +219,7 @@ static void pack_panel(const uint8_t* w, const float* scales, int rows, const QS
 template <int NP, int TT>
 static inline void packed_tile(const __m512i* pw, int64_t pstride, const float* ps, int64_t ps_stride,
                                const QShape& s, const int8_t* xq, const int32_t* corr, const float* sx,
-                               const __m512* bias, float* y, int64_t ldy, __mmask16 last_mask) {
+                               const __m512* bias, float* y, int64_t ldy, const __mmask16* masks) {
     __m512 facc[TT][NP];
     for (int t = 0; t < TT; t++)
         for (int p = 0; p < NP; p++) facc[t][p] = _mm512_setzero_ps();
@@ -272,53 +250,72 @@ static inline void packed_tile(const __m512i* pw, int64_t pstride, const float* 
     for (int t = 0; t < TT; t++)
         for (int p = 0; p < NP; p++) {
             const __m512 v = _mm512_fmadd_ps(facc[t][p], _mm512_set1_ps(sx[t]), bias[p]);
-            if (p == NP - 1) _mm512_mask_storeu_ps(y + t * ldy + p * 16, last_mask, v);
-            else _mm512_storeu_ps(y + t * ldy + p * 16, v);
+            _mm512_mask_storeu_ps(y + t * ldy + p * 16, masks[p], v);
         }
 }
 
 template <int NP>
 static void packed_tokens(const __m512i* pw, int64_t pstride, const float* ps, int64_t ps_stride, const QShape& s,
                           const int8_t* xq, const int32_t* corr, const float* sx, int64_t T, const __m512* bias,
-                          float* y, __mmask16 last_mask) {
+                          float* y, const __mmask16* masks) {
     const int64_t ldy = s.n_out, ng = s.n_groups;
     int64_t t = 0;
     for (; t + TT_Q <= T; t += TT_Q)
         packed_tile<NP, TT_Q>(pw, pstride, ps, ps_stride, s, xq + t * s.xs, corr + t * ng, sx + t, bias, y + t * ldy,
-                              ldy, last_mask);
+                              ldy, masks);
     const int8_t* xt = xq + t * s.xs;
     const int32_t* ct = corr + t * ng;
     float* yt = y + t * ldy;
     switch (T - t) {
         case 0: break;
-        case 1: packed_tile<NP, 1>(pw, pstride, ps, ps_stride, s, xt, ct, sx + t, bias, yt, ldy, last_mask); break;
-        case 2: packed_tile<NP, 2>(pw, pstride, ps, ps_stride, s, xt, ct, sx + t, bias, yt, ldy, last_mask); break;
-        case 3: packed_tile<NP, 3>(pw, pstride, ps, ps_stride, s, xt, ct, sx + t, bias, yt, ldy, last_mask); break;
-        case 4: packed_tile<NP, 4>(pw, pstride, ps, ps_stride, s, xt, ct, sx + t, bias, yt, ldy, last_mask); break;
-        case 5: packed_tile<NP, 5>(pw, pstride, ps, ps_stride, s, xt, ct, sx + t, bias, yt, ldy, last_mask); break;
+        case 1: packed_tile<NP, 1>(pw, pstride, ps, ps_stride, s, xt, ct, sx + t, bias, yt, ldy, masks); break;
+        case 2: packed_tile<NP, 2>(pw, pstride, ps, ps_stride, s, xt, ct, sx + t, bias, yt, ldy, masks); break;
+        case 3: packed_tile<NP, 3>(pw, pstride, ps, ps_stride, s, xt, ct, sx + t, bias, yt, ldy, masks); break;
+        case 4: packed_tile<NP, 4>(pw, pstride, ps, ps_stride, s, xt, ct, sx + t, bias, yt, ldy, masks); break;
+        case 5: packed_tile<NP, 5>(pw, pstride, ps, ps_stride, s, xt, ct, sx + t, bias, yt, ldy, masks); break;
     }
 }
 
-// Rows [o_begin, o_end) for T tokens: NP_Q panels at a time, each repacked once.
-template <bool Q4>
-static void packed_rows(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq, const int32_t* corr,
-                        const float* sx, int64_t T, const float* bias, float* y, int64_t o_begin, int64_t o_end,
-                        __m512i* pw, float* ps) {
+// q8 rows [o_begin, o_end) for T tokens: NP_Q panels of 16 rows at a time, each repacked once.
+static void packed_rows_q8(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq,
+                           const int32_t* corr, const float* sx, int64_t T, const float* bias, float* y,
+                           int64_t o_begin, int64_t o_end, __m512i* pw, float* ps) {
     const int64_t pstride = s.nb * 16, ps_stride = NP_Q * 16;
     for (int64_t o = o_begin; o < o_end; o += NP_Q * 16) {
         const int64_t rows = o_end - o < NP_Q * 16 ? o_end - o : NP_Q * 16;
         const int np = (int)((rows + 15) / 16);
         __m512 bv[NP_Q];
+        __mmask16 masks[NP_Q];
         for (int p = 0; p < np; p++) {
             const int64_t r = rows - p * 16 < 16 ? rows - p * 16 : 16;
-            pack_panel<Q4>(w + (o + p * 16) * s.w_stride, scales + (o + p * 16) * s.n_groups, (int)r, s,
-                           pw + p * pstride, ps + p * 16, ps_stride);
-            bv[p] = bias ? _mm512_maskz_loadu_ps(tail_mask16(r), bias + o + p * 16) : _mm512_setzero_ps();
+            pack_panel_q8(w + (o + p * 16) * s.w_stride, scales + (o + p * 16) * s.n_groups, (int)r, s,
+                          pw + p * pstride, ps + p * 16, ps_stride);
+            masks[p] = tail_mask16(r);
+            bv[p] = bias ? _mm512_maskz_loadu_ps(masks[p], bias + o + p * 16) : _mm512_setzero_ps();
         }
-        const int64_t last_rows = rows - (np - 1) * 16;
-        const __mmask16 last_mask = last_rows >= 16 ? (__mmask16)0xffff : tail_mask16(last_rows);
-        if (np == 2) packed_tokens<2>(pw, pstride, ps, ps_stride, s, xq, corr, sx, T, bv, y + o, last_mask);
-        else packed_tokens<1>(pw, pstride, ps, ps_stride, s, xq, corr, sx, T, bv, y + o, last_mask);
+        if (np == 2) packed_tokens<2>(pw, pstride, ps, ps_stride, s, xq, corr, sx, T, bv, y + o, masks);
+        else packed_tokens<1>(pw, pstride, ps, ps_stride, s, xq, corr, sx, T, bv, y + o, masks);
+    }
+}
+
+// q4 rows [o_begin, o_end) for T tokens: the panels covering them, NP_Q at a time, unpacked
+// once (pack_panel_q4).
+static void packed_panels_q4(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq,
+                             const int32_t* corr, const float* sx, int64_t T, const float* bias, float* y,
+                             int64_t o_begin, int64_t o_end, __m512i* pw, float* ps) {
+    const int64_t pstride = s.nb * 16, ps_stride = NP_Q * 16, p_end = (o_end + 15) / 16;
+    for (int64_t p0 = o_begin / 16; p0 < p_end; p0 += NP_Q) {
+        const int np = p_end - p0 < NP_Q ? (int)(p_end - p0) : NP_Q;
+        __m512 bv[NP_Q];
+        __mmask16 masks[NP_Q];
+        for (int p = 0; p < np; p++) {
+            const Q4Panel P = q4_panel(w, scales, s, p0 + p, o_begin, o_end);
+            pack_panel_q4(P, s, pw + p * pstride, ps + p * 16, ps_stride);
+            masks[p] = (__mmask16)P.mask;
+            bv[p] = bias ? _mm512_maskz_loadu_ps(masks[p], bias + P.o) : _mm512_setzero_ps();
+        }
+        if (np == 2) packed_tokens<2>(pw, pstride, ps, ps_stride, s, xq, corr, sx, T, bv, y + p0 * 16, masks);
+        else packed_tokens<1>(pw, pstride, ps, ps_stride, s, xq, corr, sx, T, bv, y + p0 * 16, masks);
     }
 }
 
@@ -344,27 +341,6 @@ static inline __m512i reduce16_epi32(const __m512i* z) {
     // lane 4c + e is the sum of z[4e + c]
     const __m512i s4 = add_ps_as_epi32(_mm512_shuffle_ps(a, b, 0x88), _mm512_shuffle_ps(a, b, 0xDD));
     return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), s4);
-}
-
-// z[r]: lanes 0-7 partial sums of block A, lanes 8-15 of block B, of row r. Out: a lane r =
-// block A sum of row r, b lane r = block B sum (exact).
-static inline void reduce16_pairs_epi32(const __m512i* z, __m512i* a_out, __m512i* b_out) {
-    __m512i s1[8], s2[4], s3[2];
-    for (int i = 0; i < 8; i++)  // (l, l+4) within each half
-        s1[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(z[2 * i], z[2 * i + 1], 0x88),
-                                 _mm512_shuffle_i32x4(z[2 * i], z[2 * i + 1], 0xDD));
-    for (int i = 0; i < 4; i++)  // (l, l+2)
-        s2[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(s1[2 * i], s1[2 * i + 1]),
-                                 _mm512_unpackhi_epi64(s1[2 * i], s1[2 * i + 1]));
-    for (int i = 0; i < 2; i++) {  // (l, l+1)
-        const __m512 a = _mm512_castsi512_ps(s2[2 * i]), b = _mm512_castsi512_ps(s2[2 * i + 1]);
-        s3[i] = add_ps_as_epi32(_mm512_shuffle_ps(a, b, 0x88), _mm512_shuffle_ps(a, b, 0xDD));
-    }
-    // where each (row, block) ended up (worked out by following the lanes through the tree)
-    const __m512i ia = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 16, 24, 17, 25, 18, 26, 19, 27);
-    const __m512i ib = _mm512_setr_epi32(4, 12, 5, 13, 6, 14, 7, 15, 20, 28, 21, 29, 22, 30, 23, 31);
-    *a_out = _mm512_permutex2var_epi32(s3[0], ia, s3[1]);
-    *b_out = _mm512_permutex2var_epi32(s3[0], ib, s3[1]);
 }
 
 // The contract's per-group step for 16 rows: acc = fma(scale, float(isum + corr), acc).
@@ -405,13 +381,13 @@ static inline void q8_rows_tile(const uint8_t* w, const float* ps, int rows, con
                     for (int c = 0; c < C; c++) {
                         _mm_prefetch((const char*)row + (b + c) * 64 + (TT == 1 ? PREFETCH_BYTES : Q8_BATCH_PREFETCH_BYTES),
                                      _MM_HINT_T1);
-                        const __m512i wv = load_wblock<false>(row, b + c, s.n_in);
+                        const __m512i wv = load_wblock(row, b + c, s.n_in);
 #pragma GCC unroll 8
                         for (int t = 0; t < TT; t++)
                             z[t][c] = _mm512_dpbusd_epi32(z[t][c], wv, _mm512_loadu_si512(xq + t * s.xs + (b + c) * 64));
                     }
                 for (; b < b0 + s.bpg; b++) {
-                    const __m512i wv = load_wblock<false>(row, b, s.n_in);
+                    const __m512i wv = load_wblock(row, b, s.n_in);
 #pragma GCC unroll 8
                     for (int t = 0; t < TT; t++)
                         z[t][0] = _mm512_dpbusd_epi32(z[t][0], wv, _mm512_loadu_si512(xq + t * s.xs + b * 64));
@@ -470,68 +446,18 @@ static inline __m512i dpbusd_bcst(__m512i acc, __m512i w, const int8_t* x) {
     return acc;
 }
 
-// q4, small batches: 16 rows transposed block by block as in pack_block_q4, but used at
-// once from registers for the TT tokens instead of being stored (for a few tokens, storing
-// and reloading the panel cost more than the products: a two-block buffer in L1 was 1.0-1.25x
-// slower too). Per token, C chains of integer accumulators (C = 2 for few tokens: the
-// vpdpbusd latency), summed at the group's end.
-//
-// The stored bytes of one q4 block of 16 rows (rp[i] + off, 32 bytes each; no per-row tests:
-// rows past the panel's end repeat a real one) transposed as dwords like transpose_q4_block:
-// r[4i + j], 128-bit chunk 2h + c, holds the rows of slots 8h + 4i .. 8h + 4i + 3, dword 4c + j.
-static inline void transpose_q4_rows(const uint8_t* const* rp, int64_t off, __m512i* r) {
-    __m512i v[8];  // v[i] = slot i | slot i + 8
-    for (int i = 0; i < 8; i++)
-        v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(rp[i] + off))),
-                                  _mm256_loadu_si256((const __m256i*)(rp[i + 8] + off)), 1);
-    transpose_q4_dwords(v, r);
-}
-
-// Slot i of transpose_q4_rows holding row q4_slot_row(i): with the chunks of r[j] and r[4 + j]
-// picked by vshufi32x4 (chunks 0, 2 of each, or 1, 3), lane L of the result then comes from
-// slot L for L in 0..3 and 12..15 but from slot L + 4 / L - 4 for L in 4..7 / 8..11; loading
-// rows 4..7 and 8..11 swapped puts row L in lane L. (vpermt2q, which keeps the slot order,
-// cost 6-9% more time per block: it competes with vpdpbusd for the vector pipes.)
-static inline int q4_slot_row(int i) { return i >= 4 && i < 12 ? i ^ 12 : i; }
-
-// The products of one block of 16 rows (transposed by transpose_q4_rows) with TT tokens'
-// activations (xb + t * xs), added to iacc: per dword sd, one vector of the 16 rows' low
-// nibbles (inputs 4sd..4sd+3) and one of their high nibbles (32+4sd..), each used at once
-// for the TT tokens against their 4 activation bytes broadcast.
-template <int TT, int C>
-static inline void q4_block_products(const __m512i* r, const int8_t* xb, int64_t xs, __m512i (&iacc)[TT][C]) {
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; j++)
-#pragma GCC unroll 2
-        for (int c = 0; c < 2; c++) {
-            const int sd = 4 * c + j;  // lane r of u = dword sd of row r's block (q4_slot_row)
-            const __m512i u = c ? _mm512_shuffle_i32x4(r[j], r[4 + j], 0xDD) : _mm512_shuffle_i32x4(r[j], r[4 + j], 0x88);
-            const __m512i lo = _mm512_and_si512(u, m4), hi = _mm512_and_si512(_mm512_srli_epi16(u, 4), m4);
-            for (int t = 0; t < TT; t++) iacc[t][0] = dpbusd_bcst(iacc[t][0], lo, xb + t * xs + 4 * sd);
-            for (int t = 0; t < TT; t++) iacc[t][C - 1] = dpbusd_bcst(iacc[t][C - 1], hi, xb + t * xs + 32 + 4 * sd);
-        }
-}
-
+// q4, T = 2..8 tokens, one panel: each stored vector (4 bytes of each of the 16 rows)
+// unpacked once into its low and high nibbles and used at once for the TT tokens, against
+// their 4 activation bytes broadcast. Per token C chains of integer accumulators (C = 2 for
+// few tokens: the vpdpbusd latency), summed at the group's end.
 template <int TT>
-static void q4_rows_tile(const uint8_t* w, const float* ps, int rows, const QShape& s, const int8_t* xq,
-                         const int32_t* corr, const float* sx, const float* bias, float* y) {
+static void q4_panel_tile(const Q4Panel& P, const QShape& s, const int8_t* xq, const int32_t* corr, const float* sx,
+                          const float* bias, float* y) {
     constexpr int C = TT <= 4 ? 2 : 1;
-    const __mmask16 mask = tail_mask16(rows);
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const char* ahead = (const char*)P.w + 2 * s.w_stride;  // the panel two ahead, into L2
     __m512 facc[TT];
     for (int t = 0; t < TT; t++) facc[t] = _mm512_setzero_ps();
-    const char* ahead = (const char*)w + 32 * s.w_stride;  // as in pack_panel: two panels ahead, into L2
-    const uint8_t* rp[16];  // rows past `rows` repeat row 0: their lanes are not stored
-    for (int i = 0; i < 16; i++) {
-        const int r = q4_slot_row(i);
-        rp[i] = w + (r < rows ? r : 0) * s.w_stride;
-    }
-    // PIPE: block b + 1 transposed before block b's products (its loads and shuffles then
-    // overlap them instead of waiting behind them): TT = 2..6 5-10% faster; for more tokens
-    // the 8 extra live vectors cost more than that saves (TT = 8: 2-6% slower)
-    constexpr bool PIPE = TT <= 6;
-    __m512i rc[8];
-    if (PIPE) transpose_q4_rows(rp, 0, rc);
     for (int64_t g = 0, b = 0; g < s.n_groups; g++) {
         __m512i iacc[TT][C];
         for (int t = 0; t < TT; t++) {
@@ -539,120 +465,97 @@ static void q4_rows_tile(const uint8_t* w, const float* ps, int rows, const QSha
             if (C == 2) iacc[t][C - 1] = _mm512_setzero_si512();
         }
         for (const int64_t b_end = b + s.bpg; b < b_end; b++) {
-            for (int i = 0; i < 512; i += 64) _mm_prefetch(ahead + b * 512 + i, _MM_HINT_T1);  // 16 * w_stride / nb
-            if (PIPE) {
-                __m512i rn[8];
-                transpose_q4_rows(rp, (b + 1 < s.nb ? b + 1 : b) * 32, rn);
-                q4_block_products<TT, C>(rc, xq + b * 64, s.xs, iacc);
-                for (int k = 0; k < 8; k++) rc[k] = rn[k];
-            } else {
-                transpose_q4_rows(rp, b * 32, rc);
-                q4_block_products<TT, C>(rc, xq + b * 64, s.xs, iacc);
+            for (int i = 0; i < 512; i += 64) _mm_prefetch(ahead + b * 512 + i, _MM_HINT_T1);
+            const uint8_t* wb = P.w + b * 512;
+            const int8_t* xb = xq + b * 64;
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) {
+                const __m512i v = _mm512_loadu_si512(wb + j * 64);
+                const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                for (int t = 0; t < TT; t++) iacc[t][0] = dpbusd_bcst(iacc[t][0], lo, xb + t * s.xs + 4 * j);
+                for (int t = 0; t < TT; t++)
+                    iacc[t][C - 1] = dpbusd_bcst(iacc[t][C - 1], hi, xb + t * s.xs + 32 + 4 * j);
             }
         }
-        const __m512 sc = _mm512_loadu_ps(ps + g * 16);
+        const __m512 sc = _mm512_loadu_ps(P.ps + g * 16);
         for (int t = 0; t < TT; t++) {
             const __m512i isum = C == 2 ? _mm512_add_epi32(iacc[t][0], iacc[t][C - 1]) : iacc[t][0];
             facc[t] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(isum), facc[t]);
         }
     }
-    const __m512 bv = bias ? _mm512_maskz_loadu_ps(mask, bias) : _mm512_setzero_ps();
+    const __mmask16 mask = (__mmask16)P.mask;
+    const __m512 bv = bias ? _mm512_maskz_loadu_ps(mask, bias + P.o) : _mm512_setzero_ps();
     for (int t = 0; t < TT; t++)
-        _mm512_mask_storeu_ps(y + t * s.n_out, mask, _mm512_fmadd_ps(facc[t], _mm512_set1_ps(sx[t]), bv));
+        _mm512_mask_storeu_ps(y + t * s.n_out + P.o, mask, _mm512_fmadd_ps(facc[t], _mm512_set1_ps(sx[t]), bv));
 }
 
-// Up to this many tokens q4 uses q4_rows_tile (one tile) rather than stored panels.
-constexpr int64_t Q4_UNPACKED_MAX_T = 8;  // T = 5..8: 1.2-1.6x the stored panels, in and out of cache
-static void q4_rows(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq, const int32_t* corr,
-                    const float* sx, int64_t T, const float* bias, float* y, int64_t o_begin, int64_t o_end, float* ps) {
-    for (int64_t o = o_begin; o < o_end; o += 16) {
-        const int rows = o_end - o < 16 ? (int)(o_end - o) : 16;
-        const uint8_t* wo = w + o * s.w_stride;
-        const float* bo = bias ? bias + o : nullptr;
-        float* yo = y + o;
-        stream_panel_scales(scales + o * s.n_groups, rows, s.n_groups, ps);
+// Up to this many tokens q4 uses q4_panel_tile (one tile) rather than unpacked panels.
+constexpr int64_t Q4_UNPACKED_MAX_T = 8;
+static void q4_panels_few(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq,
+                          const int32_t* corr, const float* sx, int64_t T, const float* bias, float* y,
+                          int64_t o_begin, int64_t o_end) {
+    for (int64_t p = o_begin / 16; p * 16 < o_end; p++) {
+        const Q4Panel P = q4_panel(w, scales, s, p, o_begin, o_end);
         switch (T) {
-            case 2: q4_rows_tile<2>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
-            case 3: q4_rows_tile<3>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
-            case 4: q4_rows_tile<4>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
-            case 5: q4_rows_tile<5>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
-            case 6: q4_rows_tile<6>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
-            case 7: q4_rows_tile<7>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
-            case 8: q4_rows_tile<8>(wo, ps, rows, s, xq, corr, sx, bo, yo); break;
-            default: throw std::logic_error("q4_rows: 2 to Q4_UNPACKED_MAX_T tokens");
+            case 2: q4_panel_tile<2>(P, s, xq, corr, sx, bias, y); break;
+            case 3: q4_panel_tile<3>(P, s, xq, corr, sx, bias, y); break;
+            case 4: q4_panel_tile<4>(P, s, xq, corr, sx, bias, y); break;
+            case 5: q4_panel_tile<5>(P, s, xq, corr, sx, bias, y); break;
+            case 6: q4_panel_tile<6>(P, s, xq, corr, sx, bias, y); break;
+            case 7: q4_panel_tile<7>(P, s, xq, corr, sx, bias, y); break;
+            case 8: q4_panel_tile<8>(P, s, xq, corr, sx, bias, y); break;
+            default: throw std::logic_error("q4_panels_few: 2 to Q4_UNPACKED_MAX_T tokens");
         }
     }
 }
 
-// q4, one token, rows [o, o + rows) (rows <= 16): per pair of blocks, one 64-byte load per
-// row (the two blocks' low nibbles, then their high nibbles, against activations arranged
-// to match), the 16 rows' lane vectors reduced together into block sums, summed per group,
-// scaled. (Reading row after row instead, parking the lane vectors, was 1.5x slower in
-// cache and no faster from DRAM.)
-static void decode_panel_q4(const uint8_t* w, const float* scales, int rows, const QShape& s, const int8_t* xq,
-                            const int32_t* corr, float sx, const float* bias, float* y, float* ps) {
-    const uint8_t* rp[16];
-    for (int r = 0; r < 16; r++) rp[r] = w + (r < rows ? r : 0) * s.w_stride;  // missing rows: lanes not stored
-    const __mmask16 mask = tail_mask16(rows);
-    stream_panel_scales(scales, rows, s.n_groups, ps);
-    // prefetch the panel after next (16 * w_stride contiguous bytes) into L2, spread over this
-    // panel's steps: 1.1-1.7x the DRAM throughput of prefetching the next panel into L1
-    const char* next = (const char*)w + 32 * s.w_stride;
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
+// q4, one token, one panel: per block 8 stored vectors, each against 4 activation bytes
+// broadcast twice: its low nibbles (v & 0x0f) and its high nibbles left in place (v & 0xf0,
+// 16 times their value: one instruction fewer than shifting them down); the block's exact
+// high sum is then shifted back (exact: a multiple of 16, at most 240 * 127 * 32 per lane
+// and block, far from overflow). Four accumulator chains for the vpdpbusd latency.
+static void q4_decode_panel(const Q4Panel& P, const QShape& s, const int8_t* xq, const int32_t* corr, float sx,
+                            const float* bias, float* y) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m4h = _mm512_set1_epi8((char)0xf0);
+    const char* ahead = (const char*)P.w + 2 * s.w_stride;  // the panel two ahead, into L2
     __m512 acc = _mm512_setzero_ps();
-    __m512i gs = _mm512_setzero_si512();  // integer sum of group g so far (in_group blocks)
-    int64_t g = 0, in_group = 0;
-    for (int64_t p = 0; 2 * p < s.nb; p++) {
-        const bool two = 2 * p + 1 < s.nb;
-        const __m512i x0 = _mm512_loadu_si512(xq + p * 128), x1 = _mm512_loadu_si512(xq + p * 128 + 64);
-        const __m512i xlo = _mm512_shuffle_i32x4(x0, x1, 0x44), xhi = _mm512_shuffle_i32x4(x0, x1, 0xEE);
-        for (int r = 0; r < 16; r++) _mm_prefetch(next + p * 1024 + r * 64, _MM_HINT_T1);
-        __m512i z[16];
-        for (int r = 0; r < 16; r++) {
-            const __m512i v = two ? _mm512_loadu_si512(rp[r] + p * 64)
-                                  : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i*)(rp[r] + p * 64)));
-            const __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-            z[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo), hi, xhi);
-        }
-        __m512i bs[2];
-        reduce16_pairs_epi32(z, &bs[0], &bs[1]);
-        for (int h = 0; h < (two ? 2 : 1); h++) {
-            gs = _mm512_add_epi32(gs, bs[h]);
-            if (++in_group == s.bpg) {
-                acc = scale_group(acc, gs, corr[g], ps + g * 16);
-                gs = _mm512_setzero_si512();
-                in_group = 0;
-                g++;
+    for (int64_t g = 0, b = 0; g < s.n_groups; g++) {
+        __m512i lo0 = _mm512_set1_epi32(corr[g]), lo1 = _mm512_setzero_si512();
+        for (const int64_t b_end = b + s.bpg; b < b_end; b++) {
+            for (int i = 0; i < 512; i += 64) _mm_prefetch(ahead + b * 512 + i, _MM_HINT_T1);
+            const uint8_t* wb = P.w + b * 512;
+            const int8_t* xb = xq + b * 64;
+            __m512i hi0 = _mm512_setzero_si512(), hi1 = hi0;
+#pragma GCC unroll 4
+            for (int j = 0; j < 8; j += 2) {
+                const __m512i v0 = _mm512_loadu_si512(wb + j * 64), v1 = _mm512_loadu_si512(wb + j * 64 + 64);
+                lo0 = dpbusd_bcst(lo0, _mm512_and_si512(v0, m4), xb + 4 * j);
+                hi0 = dpbusd_bcst(hi0, _mm512_and_si512(v0, m4h), xb + 32 + 4 * j);
+                lo1 = dpbusd_bcst(lo1, _mm512_and_si512(v1, m4), xb + 4 * j + 4);
+                hi1 = dpbusd_bcst(hi1, _mm512_and_si512(v1, m4h), xb + 36 + 4 * j);
             }
+            lo0 = _mm512_add_epi32(lo0, _mm512_srai_epi32(_mm512_add_epi32(hi0, hi1), 4));
         }
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(P.ps + g * 16), _mm512_cvtepi32_ps(_mm512_add_epi32(lo0, lo1)), acc);
     }
-    const __m512 bv = bias ? _mm512_maskz_loadu_ps(mask, bias) : _mm512_setzero_ps();
-    _mm512_mask_storeu_ps(y, mask, _mm512_fmadd_ps(acc, _mm512_set1_ps(sx), bv));
+    const __mmask16 mask = (__mmask16)P.mask;
+    const __m512 bv = bias ? _mm512_maskz_loadu_ps(mask, bias + P.o) : _mm512_setzero_ps();
+    _mm512_mask_storeu_ps(y + P.o, mask, _mm512_fmadd_ps(acc, _mm512_set1_ps(sx), bv));
 }
 
-static void decode_rows_q4(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq,
-                           const int32_t* corr, float sx, const float* bias, float* y, int64_t o_begin, int64_t o_end,
-                           float* ps) {
-    for (int64_t o = o_begin; o < o_end; o += 16) {
-        const int rows = o_end - o < 16 ? (int)(o_end - o) : 16;
-        decode_panel_q4(w + o * s.w_stride, scales + o * s.n_groups, rows, s, xq, corr, sx, bias ? bias + o : nullptr,
-                        y + o, ps);
-    }
+static void q4_decode_panels(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq,
+                             const int32_t* corr, float sx, const float* bias, float* y, int64_t o_begin,
+                             int64_t o_end) {
+    for (int64_t p = o_begin / 16; p * 16 < o_end; p++)
+        q4_decode_panel(q4_panel(w, scales, s, p, o_begin, o_end), s, xq, corr, sx, bias, y);
 }
-
 
 #else  // AVX2: no VNNI; byte products with vpmaddubsw
 
 constexpr int R_Q = 2, TT_Q = 2;
 
-// 32 weights of a 64-input block as bytes: q8 signed; q4 unsigned q + 8 (half 0: inputs
-// 0-31 of the block, half 1: 32-63).
-template <bool Q4>
+// 32 q8 weights of a 64-input block as signed bytes (half 0: inputs 0-31, half 1: 32-63).
 static inline __m256i load_whalf(const uint8_t* row, int64_t block, int half, int64_t n_in) {
-    if (Q4) {
-        const __m256i v = _mm256_loadu_si256((const __m256i*)(row + block * 32));
-        return _mm256_and_si256(half ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0f));
-    }
     const int64_t k = block * 64 + half * 32;
     if (n_in - k >= 32) return _mm256_loadu_si256((const __m256i*)(row + k));
     alignas(32) uint8_t buf[32] = {0};
@@ -660,14 +563,10 @@ static inline __m256i load_whalf(const uint8_t* row, int64_t block, int half, in
     return _mm256_load_si256((const __m256i*)buf);
 }
 
-// Integer dot of 32 weight bytes with 32 activation bytes into 8 int32 lanes. q8: |x| times
-// w * sign(x) (pairs at most 2 * 127 * 127: no saturation); q4: (q + 8) times x (pairs at
-// most 2 * 15 * 127), the offset removed by the group's correction.
-template <bool Q4>
+// Integer dot of 32 q8 weight bytes with 32 activation bytes into 8 int32 lanes: |x| times
+// w * sign(x) (pairs at most 2 * 127 * 127: no saturation).
 static inline __m256i dot32(__m256i w, __m256i x) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    if (Q4) return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x)), ones);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(w, x)), _mm256_set1_epi16(1));
 }
 
 // The sums of the lanes of v[0..3] (exact): three vphaddd and one 128-bit add.
@@ -676,9 +575,9 @@ static inline __m128i hsum4_epi32(const __m256i* v) {
     return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
-// The R x TT tile (R * TT <= 4): per group, exact integer sums, then the contract's FMA for
-// the tile's 4 (token, row) pairs in one vector.
-template <bool Q4, int R, int TT>
+// q8, the R x TT tile (R * TT <= 4): per group, exact integer sums, then the contract's FMA
+// for the tile's 4 (token, row) pairs in one vector.
+template <int R, int TT>
 static inline void quant_tile(const uint8_t* w, const float* sw, const QShape& s, const int8_t* xq,
                               const int32_t* corr, const float* sx, const float* bias, float* y, int64_t ldy) {
     static_assert(R * TT <= 4, "one vector of (token, row) pairs");
@@ -690,11 +589,10 @@ static inline void quant_tile(const uint8_t* w, const float* sw, const QShape& s
         for (int64_t b = 0; b < s.bpg; b++, block++) {
             for (int half = 0; half < 2; half++) {
                 __m256i wv[R];
-                for (int r = 0; r < R; r++) wv[r] = load_whalf<Q4>(w + r * s.w_stride, block, half, s.n_in);
+                for (int r = 0; r < R; r++) wv[r] = load_whalf(w + r * s.w_stride, block, half, s.n_in);
                 for (int t = 0; t < TT; t++) {
                     const __m256i xv = _mm256_loadu_si256((const __m256i*)(xq + t * s.xs + block * 64 + half * 32));
-                    for (int r = 0; r < R; r++)
-                        iacc[t * R + r] = _mm256_add_epi32(iacc[t * R + r], dot32<Q4>(wv[r], xv));
+                    for (int r = 0; r < R; r++) iacc[t * R + r] = _mm256_add_epi32(iacc[t * R + r], dot32(wv[r], xv));
                 }
             }
         }
@@ -711,14 +609,74 @@ static inline void quant_tile(const uint8_t* w, const float* sw, const QShape& s
         for (int r = 0; r < R; r++) y[t * ldy + r] = std::fma(a4[t * R + r], sx[t], bias ? bias[r] : 0.0f);
 }
 
-template <bool Q4, int R>
+template <int R>
 static inline void quant_row_panel(const uint8_t* w, const float* sw, const QShape& s, const int8_t* xq,
                                    const int32_t* corr, const float* sx, int64_t T, const float* bias, float* y) {
     const int64_t ldy = s.n_out;
     int64_t t = 0;
     for (; t + TT_Q <= T; t += TT_Q)
-        quant_tile<Q4, R, TT_Q>(w, sw, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bias, y + t * ldy, ldy);
-    if (T - t == 1) quant_tile<Q4, R, 1>(w, sw, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bias, y + t * ldy, ldy);
+        quant_tile<R, TT_Q>(w, sw, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bias, y + t * ldy, ldy);
+    if (T - t == 1) quant_tile<R, 1>(w, sw, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bias, y + t * ldy, ldy);
+}
+
+// q4, one panel, TT tokens: 8 rows at a time (half h of each stored vector), one row per
+// lane, so no horizontal sums. Each half vector (4 bytes of each of 8 rows) is unpacked
+// once for the TT tokens; vpmaddubsw of nibbles and activation bytes gives pairs of at most
+// 2 * 15 * 127 = 3810, so 8 of them (4 vectors' low and high nibbles) add up exactly in
+// 16 bits before one vpmaddwd widens them.
+template <int TT>
+static void q4_panel_tile(const Q4Panel& P, const QShape& s, const int8_t* xq, const int32_t* corr, const float* sx,
+                          const float* bias, float* y) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const __m256i lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    for (int h = 0; h < 2; h++) {
+        const __m256i hbits = _mm256_set1_epi32((int)((P.mask >> (8 * h)) & 0xff));
+        const __m256i lanes = _mm256_cmpeq_epi32(_mm256_and_si256(hbits, lane_bits), lane_bits);
+        if (_mm256_testz_si256(lanes, lanes)) continue;
+        __m256 acc[TT];
+        for (int t = 0; t < TT; t++) acc[t] = _mm256_setzero_ps();
+        for (int64_t g = 0, b = 0; g < s.n_groups; g++) {
+            __m256i iacc[TT];
+            for (int t = 0; t < TT; t++) iacc[t] = _mm256_set1_epi32(corr[t * s.n_groups + g]);
+            for (const int64_t b_end = b + s.bpg; b < b_end; b++) {
+                const uint8_t* wb = P.w + b * 512 + h * 32;
+                const int8_t* xb = xq + b * 64;
+                for (int j0 = 0; j0 < 8; j0 += 4) {
+                    __m256i s16[TT];
+                    for (int t = 0; t < TT; t++) s16[t] = _mm256_setzero_si256();
+                    for (int j = j0; j < j0 + 4; j++) {
+                        const __m256i v = _mm256_loadu_si256((const __m256i*)(wb + j * 64));
+                        const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                        for (int t = 0; t < TT; t++) {
+                            int32_t xl, xh;
+                            std::memcpy(&xl, xb + t * s.xs + 4 * j, 4);
+                            std::memcpy(&xh, xb + t * s.xs + 32 + 4 * j, 4);
+                            s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xl)));
+                            s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xh)));
+                        }
+                    }
+                    for (int t = 0; t < TT; t++) iacc[t] = _mm256_add_epi32(iacc[t], _mm256_madd_epi16(s16[t], ones));
+                }
+            }
+            const __m256 sc = _mm256_loadu_ps(P.ps + g * 16 + 8 * h);
+            for (int t = 0; t < TT; t++) acc[t] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(iacc[t]), acc[t]);
+        }
+        const int64_t o = P.o + 8 * h;
+        const __m256 bv = bias ? _mm256_maskload_ps(bias + o, lanes) : _mm256_setzero_ps();
+        for (int t = 0; t < TT; t++)
+            _mm256_maskstore_ps(y + t * s.n_out + o, lanes, _mm256_fmadd_ps(acc[t], _mm256_set1_ps(sx[t]), bv));
+    }
+}
+
+static void q4_panels(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq, const int32_t* corr,
+                      const float* sx, int64_t T, const float* bias, float* y, int64_t o_begin, int64_t o_end) {
+    for (int64_t p = o_begin / 16; p * 16 < o_end; p++) {
+        const Q4Panel P = q4_panel(w, scales, s, p, o_begin, o_end);
+        int64_t t = 0;
+        for (; t + TT_Q <= T; t += TT_Q)
+            q4_panel_tile<TT_Q>(P, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bias, y + t * s.n_out);
+        if (T - t == 1) q4_panel_tile<1>(P, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bias, y + t * s.n_out);
+    }
 }
 
 // generic::quantize_row, zero padding to xs, and per group the correction of q4's offset:
@@ -744,7 +702,7 @@ static QShape quant_shape(const Matrix& m, bool q4) {
     s.bpg = (m.group + 63) / 64;
     s.nb = (m.n_in + 63) / 64;
     s.xs = round_up(m.n_in, 128);
-    s.w_stride = q4 ? s.nb * 32 : m.n_in;
+    s.w_stride = q4 ? s.nb * 32 * kQ4Panel : m.n_in;
     return s;
 }
 
@@ -798,19 +756,25 @@ void quant_linear_prepared(const Matrix& m, const float* bias, const void* prep,
 #if defined(__AVX512F__)
         if (!Q4 && nt <= Q8_UNPACKED_MAX_T)
             q8_rows(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end, ps);
-        else if (Q4 && nt >= 2 && nt <= Q4_UNPACKED_MAX_T)
-            q4_rows(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end, ps);
+        else if (!Q4)
+            packed_rows_q8(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end, pw, ps);
         else if (nt == 1)
-            decode_rows_q4(w, m.scales, s, xq0, c0, sx0[0], bias, y0, o_begin, o_end, ps);
+            q4_decode_panels(w, m.scales, s, xq0, c0, sx0[0], bias, y0, o_begin, o_end);
+        else if (nt <= Q4_UNPACKED_MAX_T)
+            q4_panels_few(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end);
         else
-            packed_rows<Q4>(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end, pw, ps);
+            packed_panels_q4(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end, pw, ps);
 #else
+        if (Q4) {
+            q4_panels(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end);
+            continue;
+        }
         int64_t o = o_begin;
         for (; o + R_Q <= o_end; o += R_Q)
-            quant_row_panel<Q4, R_Q>(w + o * s.w_stride, m.scales + o * s.n_groups, s, xq0, c0, sx0, nt,
+            quant_row_panel<R_Q>(w + o * s.w_stride, m.scales + o * s.n_groups, s, xq0, c0, sx0, nt,
                                      bias ? bias + o : nullptr, y0 + o);
         for (; o < o_end; o++)
-            quant_row_panel<Q4, 1>(w + o * s.w_stride, m.scales + o * s.n_groups, s, xq0, c0, sx0, nt,
+            quant_row_panel<1>(w + o * s.w_stride, m.scales + o * s.n_groups, s, xq0, c0, sx0, nt,
                                    bias ? bias + o : nullptr, y0 + o);
 #endif
     }
