@@ -176,6 +176,23 @@ static float softmax_scores(float* scores, int64_t n_keys, float scale) {
 
 // Scores of N keys at once (one accumulator per key, reduced together), a vectorised
 // softmax, then out = sum_j p_j v_j in chunks of 4 vectors of head dims.
+// Keys and values come from DRAM (the weights streamed since evicted them), in short runs
+// (a head's keys are n_keys rows, a few KB to a few tens of KB) that the hardware prefetchers
+// barely ramp up on: scoring a key waited on its load. So while key j is scored, the key
+// ATT_PREFETCH_KEYS ahead is prefetched into L1 and value j into L2, ready for the second pass.
+#ifndef PYGPT_ATT_PF
+#define PYGPT_ATT_PF 8
+#endif
+constexpr int64_t ATT_PREFETCH_KEYS = PYGPT_ATT_PF;
+template <class E>
+static inline void prefetch_kv(const E* k, const E* v, int64_t ld, int64_t j, int64_t n_keys, int64_t head_dim) {
+    if (!ATT_PREFETCH_KEYS) return;
+    const int64_t bytes = head_dim * (int64_t)sizeof(E);
+    if (j + ATT_PREFETCH_KEYS < n_keys)
+        for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch((const char*)(k + (j + ATT_PREFETCH_KEYS) * ld) + b, _MM_HINT_T0);
+    for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch((const char*)(v + j * ld) + b, _MM_HINT_T1);
+}
+
 template <class E>
 static void attention_row_t(float* out, const float* q, const E* k, const E* v, int64_t ld, int64_t n_keys,
                             int64_t head_dim, float scale, float* scores) {
@@ -184,6 +201,7 @@ static void attention_row_t(float* out, const float* q, const E* k, const E* v, 
         const int nk = n_keys - j0 < N ? (int)(n_keys - j0) : N;
         V acc[N];
         for (int j = 0; j < nk; j++) {
+            prefetch_kv(k, v, ld, j0 + j, n_keys, head_dim);
             const E* kj = k + (j0 + j) * ld;
             V a = vzero();
             for (int64_t d = 0; d < full; d += N) a = vfma(vload(q + d), vload(kj + d), a);
@@ -241,6 +259,7 @@ static void attention_rows_t(float* out, int64_t ld_out, const float* q, int64_t
         const int nk = n_max - j0 < N ? (int)(n_max - j0) : N;
         V acc[ATT_ROWS][N];
         for (int j = 0; j < nk; j++) {
+            prefetch_kv(k, v, ld, j0 + j, n_max, head_dim);
             const E* kj = k + (j0 + j) * ld;
             V a[ATT_ROWS];
             for (int r = 0; r < ATT_ROWS; r++) a[r] = vzero();
