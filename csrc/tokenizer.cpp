@@ -223,6 +223,10 @@ Tokenizer::Tokenizer(std::vector<std::string> token_bytes, const std::vector<std
         if (tokens_[id] != text)
             throw std::invalid_argument("special token '" + text + "' does not match the bytes of token " +
                                         std::to_string(id));
+        std::string valid;  // a special is matched in (valid UTF-8) text: it must be text itself
+        utf8_replace(text, valid, true);
+        if (valid != text)
+            throw std::invalid_argument("special token " + std::to_string(id) + " is not valid UTF-8");
         if (text == "<|endoftext|>") eot_id_ = id;
     }
 

@@ -481,6 +481,11 @@ def test_core_validates_plain_data():
         Tokenizer(byte_tokens + [b"<|x|>"], [], {"<|y|>": 256})
     with pytest.raises(ValueError, match="outside the vocabulary"):
         Tokenizer(byte_tokens, [], {"<|y|>": 300})
+    # the C++ core itself refuses a special that is not text (the Python class only passes str)
+    from pygpt import _core
+
+    with pytest.raises(ValueError, match="special token 256 is not valid UTF-8"):
+        _core.Tokenizer(byte_tokens + [b"<\xff>"], [], [(b"<\xff>", 256)])
 
 
 def test_byte_to_unicode_table():
