@@ -19,19 +19,18 @@ const char* storage_dtype(DType d) {
         case DType::F32: return "F32";
         case DType::F16: return "F16";
         case DType::BF16: return "BF16";
-        case DType::Q8: return "I8";
+        case DType::Q8: return "U8";
         case DType::Q4: return "U8";
     }
     return "?";
 }
 
 StoredShape stored_shape(DType d, int64_t n_out, int64_t n_in, int64_t group) {
-    const int64_t n_groups = d == DType::Q8 || d == DType::Q4 ? n_in / group : 0;
-    if (d == DType::Q4) {
-        const int64_t panels = (n_out + kQ4Panel - 1) / kQ4Panel;
-        return {panels, (n_in + 63) / 64 * 32 * kQ4Panel, panels, n_groups * kQ4Panel};
+    if (d == DType::Q8 || d == DType::Q4) {
+        const int64_t panels = (n_out + kPanel - 1) / kPanel, block_bytes = d == DType::Q8 ? 64 : 32;
+        return {panels, (n_in + 63) / 64 * block_bytes * kPanel, panels, n_in / group * kPanel};
     }
-    return {n_out, n_in, d == DType::Q8 ? n_out : 0, n_groups};
+    return {n_out, n_in, 0, 0};
 }
 
 }  // namespace pygpt

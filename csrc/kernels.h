@@ -17,9 +17,9 @@ enum class DType : int32_t { F32 = 0, F16 = 1, BF16 = 2, Q8 = 3, Q4 = 4 };
 struct Matrix {
     DType dtype = DType::F32;
     int64_t n_out = 0, n_in = 0;
-    const void* data = nullptr;     // f32/f16/bf16/q8: [n_out, n_in] row-major; q4: panels of 16
+    const void* data = nullptr;     // f32/f16/bf16: [n_out, n_in] row-major; q8/q4: panels of 16
                                     // rows (see FORMAT.md and stored_shape)
-    const float* scales = nullptr;  // q8: [n_out, n_in / group]; q4: panels of 16 rows (stored_shape)
+    const float* scales = nullptr;  // q8/q4: panels of 16 rows, 16 per group (stored_shape)
     int64_t group = 0;              // q8/q4: inputs per scale
 };
 
@@ -93,12 +93,12 @@ bool dtype_from_name(const std::string& name, DType* out);
 const char* storage_dtype(DType d);
 // The shapes a Matrix's weights and scales are stored in (docs/FORMAT.md; dtype.cpp):
 //   data: [data_rows, data_cols] elements of storage_dtype; scales: [scale_rows, scale_cols]
-//   floats (q8/q4 only, group = inputs per scale). f32/f16/bf16/q8: one row per output;
-//   q4: one row per panel of 16 outputs (kQ4Panel), blocks of 64 inputs in 512 bytes.
+//   floats (q8/q4 only, group = inputs per scale). f32/f16/bf16: one row per output; q8/q4:
+//   one row per panel of 16 outputs (kPanel), blocks of 64 inputs in 1024 / 512 bytes.
 struct StoredShape {
     int64_t data_rows, data_cols, scale_rows, scale_cols;
 };
-constexpr int64_t kQ4Panel = 16;
+constexpr int64_t kPanel = 16;
 StoredShape stored_shape(DType d, int64_t n_out, int64_t n_in, int64_t group);
 
 namespace scalar { const Kernels& kernel_table(); }

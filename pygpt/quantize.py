@@ -3,18 +3,19 @@
 A quantized linear weight W [n_out, n_in] is stored as two safetensors tensors (layouts in
 docs/FORMAT.md, "Quantized layouts"):
 
-* ``<name>``         int8: I8 [n_out, n_in], the signed values q (|q| <= 127);
-                     int4: U8 [ceil(n_out / 16), ceil(n_in / 64) * 512], q + 8 as nibbles
-                     (q in [-8, 7]) in panels of 16 rows: per block of 64 inputs, 8 runs of
-                     64 bytes, run j holding 4 bytes of each of the 16 rows, byte i of row r
-                     = input 4j + i (low nibble) and input 32 + 4j + i (high nibble);
-* ``<name>_scales``  F32: W[o, k] ~= q[o, k] * scale(o, k // group), stored
-                     int8: [n_out, n_groups], scale(o, g) at [o, g];
-                     int4: [ceil(n_out / 16), n_groups * 16], scale(o, g) at [o // 16, g * 16 + o % 16].
+* ``<name>``         U8, in panels of 16 rows, per panel blocks of 64 inputs:
+                     int8: [ceil(n_out / 16), ceil(n_in / 64) * 1024], q + 128 (|q| <= 127):
+                     16 runs of 64 bytes per block, run j holding 4 bytes of each of the 16
+                     rows (row r at 4r), byte i = input 4j + i;
+                     int4: [ceil(n_out / 16), ceil(n_in / 64) * 512], q + 8 as nibbles
+                     (q in [-8, 7]): 8 runs of 64 bytes per block, run j holding 4 bytes of
+                     each row, byte i = input 4j + i (low nibble) and input 32 + 4j + i (high);
+* ``<name>_scales``  F32 [ceil(n_out / 16), n_groups * 16]: W[o, k] ~= q[o, k] * scale(o, k // group),
+                     scale(o, g) at [o // 16, g * 16 + o % 16].
 
 ``group`` is the number of inputs per scale: 0 means one scale per row (group = n_in),
-otherwise a multiple of 64 that divides n_in. Rows past n_out in the last int4 panel are
-zero bytes with scale 0.
+otherwise a multiple of 64 that divides n_in. Rows past n_out in the last panel and inputs
+past n_in in the last block hold q = 0 (scale 0 for the rows).
 """
 
 from __future__ import annotations
@@ -49,10 +50,8 @@ def tensor_specs(name: str, n_out: int, n_in: int, dtype: str, group: int) -> di
     """The tensors a quantized weight is stored as: {tensor name: (safetensors dtype, shape)}."""
     _check(dtype)
     g = _group(n_in, group)
-    if dtype == "int8":
-        return {name: ("I8", (n_out, n_in)), name + "_scales": ("F32", (n_out, n_in // g))}
-    panels = -(-n_out // PANEL)
-    return {name: ("U8", (panels, -(-n_in // BLOCK) * BLOCK * PANEL // 2)),
+    panels, padded = -(-n_out // PANEL), -(-n_in // BLOCK) * BLOCK
+    return {name: ("U8", (panels, padded * PANEL // (1 if dtype == "int8" else 2))),
             name + "_scales": ("F32", (panels, n_in // g * PANEL))}
 
 
@@ -84,7 +83,7 @@ def quantize_matrix(w: np.ndarray, dtype: str, group: int = -1) -> dict[str, np.
         scale = np.abs(blocks).max(axis=2) / np.float32(127)
         inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
         q = np.clip(np.rint(blocks * inv[..., None]), -127, 127).astype(np.int8).reshape(n_out, n_in)
-        return {"": q, "_scales": scale.astype(np.float32)}
+        return {"": pack_int8(q), "_scales": panel_scales(scale.astype(np.float32))}
     idx = np.abs(blocks).argmax(axis=2)
     extreme = np.take_along_axis(blocks, idx[..., None], axis=2)[..., 0]
     scale = (extreme / np.float32(-8)).astype(np.float32)
@@ -93,17 +92,40 @@ def quantize_matrix(w: np.ndarray, dtype: str, group: int = -1) -> dict[str, np.
     return {"": pack_int4(q), "_scales": panel_scales(scale)}
 
 
+def _panel_rows(q: np.ndarray, offset: int) -> np.ndarray:
+    """q [n_out, n_in] + offset as U8, padded with q = 0 to whole panels and blocks:
+    [panels, 16, blocks, 64]."""
+    n_out, n_in = q.shape
+    panels, blocks = -(-n_out // PANEL), -(-n_in // BLOCK)
+    u = np.full((panels * PANEL, blocks * BLOCK), offset, dtype=np.uint8)
+    u[:n_out, :n_in] = (q.astype(np.int16) + offset).astype(np.uint8)
+    return u.reshape(panels, PANEL, blocks, BLOCK)
+
+
+def pack_int8(q: np.ndarray) -> np.ndarray:
+    """int8 values q [n_out, n_in] in [-127, 127] -> U8 [ceil(n_out / 16), ceil(n_in / 64) * 1024]
+    (see module doc)."""
+    u = _panel_rows(q, 128)
+    panels, _, blocks, _ = u.shape
+    runs = u.reshape(panels, PANEL, blocks, 16, 4)  # [panel, row, block, run j, byte i]
+    return np.ascontiguousarray(runs.transpose(0, 2, 3, 1, 4)).reshape(panels, -1)
+
+
+def unpack_int8(data: np.ndarray, n_out: int, n_in: int) -> np.ndarray:
+    """The inverse of pack_int8: int8 [n_out, n_in]."""
+    panels = data.shape[0]
+    u = data.reshape(panels, -1, 16, PANEL, 4).transpose(0, 3, 1, 2, 4)  # [panel, row, block, j, i]
+    return (u.reshape(panels * PANEL, -1)[:n_out, :n_in].astype(np.int16) - 128).astype(np.int8)
+
+
 def pack_int4(q: np.ndarray) -> np.ndarray:
     """int4 values q [n_out, n_in] in [-8, 7] -> U8 [ceil(n_out / 16), ceil(n_in / 64) * 512]
     (see module doc)."""
-    n_out, n_in = q.shape
-    panels, blocks = -(-n_out // PANEL), -(-n_in // BLOCK)
-    # padding: rows 0 (never stored), inputs 0 (met by zero-padded activations)
-    u = np.zeros((panels * PANEL, blocks * BLOCK), dtype=np.uint8)
-    u[:n_out, :n_in] = (q.astype(np.int16) + 8).astype(np.uint8)
+    u = _panel_rows(q, 8)
+    panels, _, blocks, _ = u.shape
     u = u.reshape(panels, PANEL, blocks, 2, 8, 4)  # [panel, row, block, half, run j, byte i]
     nib = u[:, :, :, 0] | (u[:, :, :, 1] << 4)  # [panel, row, block, j, i]
-    return np.ascontiguousarray(nib.transpose(0, 2, 3, 1, 4)).reshape(panels, blocks * BLOCK * PANEL // 2)
+    return np.ascontiguousarray(nib.transpose(0, 2, 3, 1, 4)).reshape(panels, -1)
 
 
 def unpack_int4(data: np.ndarray, n_out: int, n_in: int) -> np.ndarray:
@@ -133,9 +155,7 @@ def dequantize(parts: dict[str, np.ndarray], dtype: str, n_out: int, n_in: int) 
     """W [n_out, n_in] float32 as the runtime sees it: q * scale."""
     _check(dtype)
     data, scales = parts[""], parts["_scales"]
-    if dtype == "int8":
-        q = data.astype(np.float32)
-    else:
-        q, scales = unpack_int4(data, n_out, n_in).astype(np.float32), row_scales(scales, n_out)
+    unpack = unpack_int8 if dtype == "int8" else unpack_int4
+    q, scales = unpack(data, n_out, n_in).astype(np.float32), row_scales(scales, n_out)
     g = n_in // scales.shape[1]
     return (q.reshape(n_out, -1, g) * scales[..., None]).reshape(n_out, n_in)

@@ -57,11 +57,9 @@ def reference(w, dtype, group, x, bias, isa):
     _, scales, wf = encode(w, dtype, group)
     if dtype in ("int8", "int4"):
         q, sx = quantize_rows(x)
-        if dtype == "int8":
-            wq = np.asarray(qz.quantize_matrix(w, "int8", group)[""], np.float64)
-        else:
-            wq = qz.unpack_int4(qz.quantize_matrix(w, "int4", group)[""], *w.shape).astype(np.float64)
-            scales = qz.row_scales(scales, w.shape[0])
+        unpack = qz.unpack_int8 if dtype == "int8" else qz.unpack_int4
+        wq = unpack(qz.quantize_matrix(w, dtype, group)[""], *w.shape).astype(np.float64)
+        scales = qz.row_scales(scales, w.shape[0])
         g = w.shape[1] // scales.shape[1]
         isum = np.einsum("tgk,ogk->tog", q.reshape(len(x), -1, g).astype(np.float64), wq.reshape(len(w), -1, g))
         y = (isum * scales[None].astype(np.float64)).sum(axis=2) * sx[:, None]
@@ -177,10 +175,14 @@ def test_linear_rejects_bad_buffers():
     x = np.zeros((1, 64), np.float32)
     with pytest.raises(ValueError, match="bytes"):
         _core._kernel_linear("scalar", "f32", np.zeros(10, np.uint8), None, None, x, 3)
+    with pytest.raises(ValueError, match="bytes"):  # int8: one panel of 16 rows x 64 inputs
+        _core._kernel_linear("scalar", "int8", np.zeros(3 * 64, np.uint8), np.zeros(16, np.float32), None, x, 3, 64)
     with pytest.raises(ValueError, match="scales"):
-        _core._kernel_linear("scalar", "int8", np.zeros(3 * 64, np.uint8), None, None, x, 3, 64)
+        _core._kernel_linear("scalar", "int8", np.zeros(1024, np.uint8), None, None, x, 3, 64)
+    with pytest.raises(ValueError, match="scales"):
+        _core._kernel_linear("scalar", "int8", np.zeros(1024, np.uint8), np.zeros(3, np.float32), None, x, 3, 64)
     with pytest.raises(ValueError, match="group"):
-        _core._kernel_linear("scalar", "int8", np.zeros(3 * 64, np.uint8), np.zeros(6, np.float32), None, x, 3, 32)
+        _core._kernel_linear("scalar", "int8", np.zeros(1024, np.uint8), np.zeros(32, np.float32), None, x, 3, 32)
     with pytest.raises(ValueError, match="ISA"):
         _core._kernel_linear("sse9", "f32", np.zeros(3 * 256, np.uint8), None, None, x, 3)
 

@@ -13,8 +13,7 @@ def test_round_trip_error_is_bounded(dtype, group):
     parts = qz.quantize_matrix(w, dtype, group)
     back = qz.dequantize(parts, dtype, 9, 256)
     g = group or 256
-    row_scales = parts["_scales"] if dtype == "int8" else qz.row_scales(parts["_scales"], 9)
-    scales = np.repeat(row_scales, g, axis=1)
+    scales = np.repeat(qz.row_scales(parts["_scales"], 9), g, axis=1)
     # rounding to the nearest level: at most half a step (int4: the clip at +7 costs one step at most)
     bound = 0.5 * np.abs(scales) if dtype == "int8" else 1.0 * np.abs(scales)
     assert np.all(np.abs(back - w) <= bound + 1e-7)
@@ -35,10 +34,18 @@ def test_shapes_match_tensor_specs():
 
 
 def test_int8_layout():
-    w = np.array([[1.0, -0.5, 0.25, 0.0], [0, 0, 0, 0]], np.float32)
+    """Panels of 16 rows; per block of 64 inputs 16 runs of 64 bytes, run j holding 4 bytes of
+    each row (row r at 4r), byte i = input 4j + i, stored as q + 128 (docs/FORMAT.md)."""
+    w = np.array([[1.0, -0.5, 0.25, 0.0, 0.5], [0, 0, 0, 0, 0]], np.float32)
     parts = qz.quantize_matrix(w, "int8", 0)
-    assert parts[""].tolist() == [[127, -64, 32, 0], [0, 0, 0, 0]]  # -63.5 rounds to even
-    np.testing.assert_allclose(parts["_scales"][:, 0], [1 / 127, 0])
+    assert parts[""].shape == (1, 1024) and parts["_scales"].shape == (1, 16)
+    assert qz.unpack_int8(parts[""], 2, 5).tolist() == [[127, -64, 32, 0, 64], [0] * 5]  # -63.5 rounds to even
+    b = parts[""][0]
+    assert b[:4].tolist() == [255, 64, 160, 128] and b[4:8].tolist() == [128] * 4  # run 0: rows 0, 1
+    assert b[64] == 64 + 128  # run 1, row 0, byte 0: input 4
+    assert (b[8:64] == 128).all() and (b[65:] == 128).all()  # padding rows and inputs: q = 0
+    np.testing.assert_allclose(parts["_scales"][0, :2], [1 / 127, 0])
+    assert not parts["_scales"][0, 2:].any()
 
 
 def test_int4_layout_nibbles():
@@ -56,7 +63,7 @@ def test_int4_layout_nibbles():
     assert b[0] == (q[0] + 8) | ((q[32] + 8) << 4)
     assert b[3] == (q[3] + 8) | ((q[35] + 8) << 4)
     assert b[64 + 1] == (q[5] + 8) | ((q[37] + 8) << 4)  # run 1, row 0, byte 1
-    assert not b[4:64].any()  # the other rows of run 0: padding
+    assert (b[4:64] == 0x88).all()  # the other rows of run 0: padding, q = 0
 
 
 def test_int4_panels_of_16_rows():
@@ -68,7 +75,8 @@ def test_int4_panels_of_16_rows():
     row, k = 21, 64 + 32 + 4 * 5 + 2  # panel 1, row 5 of it; block 1, high nibble of run 5, byte 2
     assert parts[""][1, 512 + 5 * 64 + 5 * 4 + 2] >> 4 == q[row, k] + 8
     assert parts["_scales"][1, 1 * 16 + 5] == qz.row_scales(parts["_scales"], 35)[row, 1]
-    assert parts["_scales"][2, 3:16].tolist() == [0] * 13 and not parts[""][2].reshape(2, 8, 16, 4)[:, :, 3:].any()
+    assert parts["_scales"][2, 3:16].tolist() == [0] * 13
+    assert (parts[""][2].reshape(2, 8, 16, 4)[:, :, 3:] == 0x88).all()  # padding rows: q = 0
     np.testing.assert_allclose(qz.dequantize(parts, "int4", 35, 128), q * np.repeat(
         qz.row_scales(parts["_scales"], 35), 64, axis=1))
 

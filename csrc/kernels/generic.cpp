@@ -89,22 +89,21 @@ void check_quant(const Matrix& w) {
         throw std::invalid_argument("quantized matrix: group size must be n_in or a multiple of 64 dividing n_in");
 }
 
-// q8: int8 [n_out, n_in]. q4: panels of 16 rows; per block of 64 inputs, 8 runs of 64
-// bytes, run j holding 4 bytes per row (row r at 4r), byte i holding input 4j + i (low
-// nibble) and input 32 + 4j + i (high nibble) of the block, as w + 8.
+// Panels of 16 rows; per block of 64 inputs, runs of 64 bytes, run j holding 4 bytes per
+// row (row r at 4r). q8: 16 runs, byte i = input 4j + i as w + 128. q4: 8 runs, byte i =
+// input 4j + i (low nibble) and input 32 + 4j + i (high nibble), as w + 8.
 int quant_weight(const Matrix& w, int64_t row, int64_t k) {
-    if (w.dtype == DType::Q8) return ((const int8_t*)w.data)[row * w.n_in + k];
-    const int64_t panel_bytes = (w.n_in + 63) / 64 * 32 * kQ4Panel, j = k % 64 % 32;
-    const uint8_t b = ((const uint8_t*)w.data)[row / kQ4Panel * panel_bytes + k / 64 * 512 + j / 4 * 64 +
-                                               row % kQ4Panel * 4 + j % 4];
+    const bool q8 = w.dtype == DType::Q8;
+    const int64_t block_bytes = (q8 ? 64 : 32) * kPanel, j = q8 ? k % 64 : k % 64 % 32;
+    const uint8_t b = ((const uint8_t*)w.data)[row / kPanel * ((w.n_in + 63) / 64 * block_bytes) +
+                                               k / 64 * block_bytes + j / 4 * 64 + row % kPanel * 4 + j % 4];
+    if (q8) return b - 128;
     return (k % 64 < 32 ? (b & 0x0f) : (b >> 4)) - 8;
 }
 
-// q8: scales [n_out, n_groups]. q4: panels of 16 rows, [panel, group, row in panel].
+// Panels of 16 rows: [panel, group, row in panel].
 float quant_scale(const Matrix& w, int64_t row, int64_t g) {
-    const int64_t n_groups = w.n_in / w.group;
-    if (w.dtype == DType::Q8) return w.scales[row * n_groups + g];
-    return w.scales[(row / kQ4Panel * n_groups + g) * kQ4Panel + row % kQ4Panel];
+    return w.scales[(row / kPanel * (w.n_in / w.group) + g) * kPanel + row % kPanel];
 }
 
 float quantize_row(const float* x, int64_t n, int8_t* xq) {

@@ -97,7 +97,6 @@ static inline float hsum(__m512 v) {
 
 static inline __mmask16 tail_mask16(int64_t n) { return (__mmask16)((1u << n) - 1u); }
 static inline __mmask32 tail_mask32(int64_t n) { return n >= 32 ? 0xffffffffu : (__mmask32)((1u << n) - 1u); }
-static inline __mmask64 tail_mask64(int64_t n) { return n >= 64 ? ~0ull : (__mmask64)((1ull << n) - 1ull); }
 
 // exp(x) for x <= 0 (softmax): Cody-Waite range reduction and a degree-6 polynomial,
 // ~1 ulp; x below -87 gives 0.
