@@ -103,6 +103,7 @@ def cmd_info(args) -> int:
         ("vocab_size", c["vocab_size"]),
         ("parameters", f"~{n_params / 1e6:.1f} M"),
         ("dtype", c["dtype"]),
+        ("kv cache", f"{model.kv_cache} (auto)"),
         ("file size", f"{model._core.file_bytes / 2 ** 20:.1f} MiB"),
         ("in 2 MiB pages", _huge_pages(model)),
         ("tokenizer", f"{model.tokenizer.vocab_size} tokens" if model.tokenizer is not None else "none"),
