@@ -199,11 +199,16 @@ def check_tensors(tensors: list, cfg: dict) -> None:
         if name not in found:
             raise ModelFormatError(f"tensor '{name}': missing from model.safetensors")
         _, fdtype, fshape, _, _ = found[name]
+        # quantized matrices changed layout once (rows -> panels of 16 rows): say so
+        quantized = cfg["dtype"] in ("int8", "int4") and (name.endswith("_scales") or name + "_scales" in expected)
+        hint = (" (int8/int4 weights are stored in panels of 16 rows, docs/FORMAT.md; a folder converted "
+                "by an earlier pygpt build must be converted again)") if quantized else ""
         if fdtype != dtype:
             raise ModelFormatError(f"tensor '{name}': dtype {fdtype}, but config.json (dtype "
-                                   f"{cfg['dtype']}) needs {dtype}")
+                                   f"{cfg['dtype']}) needs {dtype}" + hint)
         if list(fshape) != list(shape):
-            raise ModelFormatError(f"tensor '{name}': shape {list(fshape)}, but config.json needs {list(shape)}")
+            raise ModelFormatError(f"tensor '{name}': shape {list(fshape)}, but config.json needs {list(shape)}"
+                                   + hint)
     for name in found:
         if name not in expected:
             raise ModelFormatError(f"tensor '{name}': not part of a GPT-2 with this config")

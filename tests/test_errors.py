@@ -77,6 +77,30 @@ def test_shape_mismatch_names_the_tensor(folder):
         pygpt.load(folder)
 
 
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_quantized_folder_in_the_old_row_layout(hf_model_factory, tmp_path, dtype):
+    """int8/int4 folders written before the panel layout (one stored row per output, int8 as
+    I8) fail with a ModelFormatError that says to convert them again."""
+    from safetensors.numpy import load_file, save_file
+
+    import pygpt.convert
+    from pygpt import quantize as qz
+
+    _, hf_dir, _ = hf_model_factory("odd")
+    out = tmp_path / dtype
+    pygpt.convert.convert(hf_dir, str(out), dtype=dtype)
+    st = str(out / "model.safetensors")
+    tensors = load_file(st)
+    w = tensors["h.0.mlp.c_fc.weight"]  # -> as the row layout stored it
+    n_in = json.loads((out / "config.json").read_text())["n_embd"]
+    n_out = 4 * n_in
+    q = (qz.unpack_int8 if dtype == "int8" else qz.unpack_int4)(w, n_out, n_in)
+    tensors["h.0.mlp.c_fc.weight"] = q if dtype == "int8" else np.zeros((n_out, -(-n_in // 64) * 32), np.uint8)
+    save_file(tensors, st)
+    with pytest.raises(ModelFormatError, match=r"h\.0\.mlp\.c_fc\.weight.*convert.*again"):
+        pygpt.load(out)
+
+
 def test_unknown_dtype(folder):
     st = folder / "model.safetensors"
     header, data = read_st(st)
