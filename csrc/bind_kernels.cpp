@@ -46,8 +46,8 @@ Matrix make_matrix(const std::string& dtype, const U8& w, const F32* scales, int
     if (n_out < 1 || n_in < 1) throw std::invalid_argument("n_out and n_in must be >= 1");
     const bool quant = m.dtype == DType::Q8 || m.dtype == DType::Q4;
     if (quant && (group <= 0 || n_in % group != 0)) throw std::invalid_argument("group must divide n_in");
-    const StoredShape s = stored_shape(m.dtype, n_out, n_in, quant ? group : 1);
-    const int64_t bytes = s.data_rows * s.data_cols * (m.dtype == DType::F32 ? 4 : m.dtype == DType::F16 || m.dtype == DType::BF16 ? 2 : 1);
+    const StoredShape s = stored_shape(m.dtype, n_out, n_in, group);
+    const int64_t bytes = s.data_rows * s.data_cols * s.elem_bytes;
     if (w.size() != bytes)
         throw std::invalid_argument("weight buffer has " + std::to_string(w.size()) + " bytes, expected " +
                                     std::to_string(bytes));

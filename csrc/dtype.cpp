@@ -28,9 +28,9 @@ const char* storage_dtype(DType d) {
 StoredShape stored_shape(DType d, int64_t n_out, int64_t n_in, int64_t group) {
     if (d == DType::Q8 || d == DType::Q4) {
         const int64_t panels = (n_out + kPanel - 1) / kPanel, block_bytes = d == DType::Q8 ? 64 : 32;
-        return {panels, (n_in + 63) / 64 * block_bytes * kPanel, panels, n_in / group * kPanel};
+        return {panels, (n_in + 63) / 64 * block_bytes * kPanel, 1, panels, n_in / group * kPanel};
     }
-    return {n_out, n_in, 0, 0};
+    return {n_out, n_in, d == DType::F32 ? 4 : 2, 0, 0};
 }
 
 }  // namespace pygpt

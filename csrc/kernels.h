@@ -92,11 +92,12 @@ bool dtype_from_name(const std::string& name, DType* out);
 // (dtype.cpp).
 const char* storage_dtype(DType d);
 // The shapes a Matrix's weights and scales are stored in (docs/FORMAT.md; dtype.cpp):
-//   data: [data_rows, data_cols] elements of storage_dtype; scales: [scale_rows, scale_cols]
-//   floats (q8/q4 only, group = inputs per scale). f32/f16/bf16: one row per output; q8/q4:
-//   one row per panel of 16 outputs (kPanel), blocks of 64 inputs in 1024 / 512 bytes.
+//   data: [data_rows, data_cols] elements of storage_dtype, elem_bytes each; scales:
+//   [scale_rows, scale_cols] floats (q8/q4 only, group = inputs per scale). f32/f16/bf16: one
+//   row per output; q8/q4: one row per panel of 16 outputs (kPanel), blocks of 64 inputs in
+//   1024 / 512 bytes.
 struct StoredShape {
-    int64_t data_rows, data_cols, scale_rows, scale_cols;
+    int64_t data_rows, data_cols, elem_bytes, scale_rows, scale_cols;
 };
 constexpr int64_t kPanel = 16;
 StoredShape stored_shape(DType d, int64_t n_out, int64_t n_in, int64_t group);

@@ -25,8 +25,8 @@ import numpy as np
 DTYPES = ("int8", "int4")
 #: group used when the converter is not given one: int8 per row, int4 per 64 inputs
 DEFAULT_GROUP = {"int8": 0, "int4": 64}
-BLOCK = 64  # inputs per int4 block (and per SIMD step of the integer kernels)
-PANEL = 16  # int4 rows per panel (one 32-bit lane per row in a 64-byte vector)
+BLOCK = 64  # inputs per block (and per SIMD step of the integer kernels)
+PANEL = 16  # rows per panel (one 32-bit lane per row in a 64-byte vector)
 
 
 def _group(n_in: int, group: int) -> int:
@@ -137,7 +137,7 @@ def unpack_int4(data: np.ndarray, n_out: int, n_in: int) -> np.ndarray:
 
 
 def panel_scales(scale: np.ndarray) -> np.ndarray:
-    """int4 scales [n_out, n_groups] -> [ceil(n_out / 16), n_groups * 16] (see module doc)."""
+    """Scales [n_out, n_groups] -> [ceil(n_out / 16), n_groups * 16] (see module doc)."""
     n_out, n_groups = scale.shape
     panels = -(-n_out // PANEL)
     out = np.zeros((panels * PANEL, n_groups), dtype=np.float32)

@@ -68,14 +68,21 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def read_bandwidth(n_threads: int, mib: int = 512, reps: int = 3) -> float:
-    """Bytes/s reading an array of `mib` MiB (far larger than L3), best of `reps` passes."""
+def _probe_array(n_threads: int, mib: int) -> np.ndarray:
+    """An array of `mib` MiB (far larger than L3), its pages faulted in by one read."""
     from pygpt import _core
 
     a = np.ones(mib * 2**20 // 4, np.float32)
-    _core._probe_read_seconds(a, 1, n_threads, "")  # fault the pages in
-    best = min(_core._probe_read_seconds(a, 1, n_threads, "") for _ in range(reps))
-    return a.nbytes / best
+    _core._probe_read_seconds(a, 1, n_threads, "")
+    return a
+
+
+def read_bandwidth(n_threads: int, mib: int = 512, reps: int = 3) -> float:
+    """Bytes/s reading an array of `mib` MiB, best of `reps` single passes."""
+    from pygpt import _core
+
+    a = _probe_array(n_threads, mib)
+    return a.nbytes / min(_core._probe_read_seconds(a, 1, n_threads, "") for _ in range(reps))
 
 
 def sustained_bandwidth(n_threads: int, mib: int = 512, passes: int = 40) -> float:
@@ -85,8 +92,7 @@ def sustained_bandwidth(n_threads: int, mib: int = 512, passes: int = 40) -> flo
     the fast ones."""
     from pygpt import _core
 
-    a = np.ones(mib * 2**20 // 4, np.float32)
-    _core._probe_read_seconds(a, 1, n_threads, "")  # fault the pages in
+    a = _probe_array(n_threads, mib)
     return passes * a.nbytes / _core._probe_read_seconds(a, passes, n_threads, "")
 
 
