@@ -42,12 +42,6 @@ static inline void* thread_scratch(int slot, size_t bytes) {
 
 static inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-// Decode (one token) streams weights with software prefetch this many bytes ahead.
-#ifndef PYGPT_PREFETCH
-#define PYGPT_PREFETCH 1024
-#endif
-constexpr int64_t PREFETCH_BYTES = PYGPT_PREFETCH;
-
 // Tokens per block of a linear layer: activations of a block about half of L2 (a multiple
 // of the tile's tt tokens).
 static inline int64_t token_block(int64_t x_row_bytes, int64_t tt) {
