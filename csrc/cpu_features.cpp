@@ -11,12 +11,24 @@
 
 #include "kernels.h"
 
+#if defined(PYGPT_X86)
+#include <cpuid.h>
+#endif
+
 namespace pygpt {
+
+#if defined(PYGPT_X86)
+// F16C is CPUID.1:ECX bit 29; read directly, since clang before 15 has no "f16c" for
+// __builtin_cpu_supports (the AVX check below covers the OS's saving of the registers).
+static bool cpu_has_f16c() {
+    unsigned eax, ebx, ecx, edx;
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
+}
+#endif
 
 bool cpu_has_avx2() {
 #if defined(PYGPT_X86)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
 #else
     return false;
 #endif
