@@ -35,6 +35,7 @@ namespace {
 using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using U8 = py::array_t<uint8_t, py::array::c_style>;
 using U16 = py::array_t<uint16_t, py::array::c_style>;
+using I8 = py::array_t<int8_t, py::array::c_style>;
 
 // A Matrix over the numpy buffers, validated so no kernel reads outside them.
 Matrix make_matrix(const std::string& dtype, const U8& w, const F32* scales, int64_t n_out, int64_t n_in,
@@ -199,9 +200,27 @@ void bind_kernels(py::module_& m) {
         return attention_row_binding(select_kernels(isa.c_str()).attention_row_f16, q, k, v, scale);
     });
 
+    // int8: k, v [n_keys, ld] int8 with their rows' scales k_scale, v_scale [n_keys]
+    m.def("_kernel_attention_row_int8", [](const std::string& isa, const F32& q, const I8& k, const I8& v,
+                                           const F32& k_scale, const F32& v_scale, float scale) {
+        if (k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1))
+            throw std::invalid_argument("k and v must be [n_keys, ld] of one shape");
+        const int64_t HS = q.size(), n_keys = k.shape(0), ld = k.shape(1);
+        if (n_keys < 1 || HS < 1 || HS > ld) throw std::invalid_argument("need n_keys >= 1 and 1 <= HS <= ld");
+        if (k_scale.size() != n_keys || v_scale.size() != n_keys)
+            throw std::invalid_argument("k_scale and v_scale need one scale per key");
+        F32 out(HS);
+        std::vector<float> scratch(n_keys);
+        select_kernels(isa.c_str()).attention_row_int8(out.mutable_data(), q.data(), k.data(), v.data(), k_scale.data(),
+                                                       v_scale.data(), ld, n_keys, HS, scale, scratch.data());
+        return out;
+    });
+
     m.def("_kernel_attention_rows", [](const std::string& isa, const F32& q, const py::array& k, const py::array& v,
-                                       float scale, int64_t n_keys) {
-        // q [n_rows, HS]; k, v [n_keys + n_rows - 1 or more, ld] as f32 or as f16 bits (uint16)
+                                       float scale, int64_t n_keys, const py::object& k_scale,
+                                       const py::object& v_scale) {
+        // q [n_rows, HS]; k, v [n_keys + n_rows - 1 or more, ld] as f32, as f16 bits (uint16) or
+        // as int8 with k_scale, v_scale (one per key)
         if (q.ndim() != 2 || k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1))
             throw std::invalid_argument("q must be [n_rows, HS], k and v [n, ld] of one shape");
         const int64_t R = q.shape(0), HS = q.shape(1), ld = k.shape(1);
@@ -210,7 +229,15 @@ void bind_kernels(py::module_& m) {
         F32 out({R, HS});
         std::vector<float> scratch(R * (n_keys + R));
         const Kernels& kt = select_kernels(isa.c_str());
-        if (py::isinstance<py::array_t<uint16_t>>(k)) {
+        if (py::isinstance<py::array_t<int8_t>>(k)) {
+            auto k8 = k.cast<I8>(), v8 = v.cast<I8>();
+            if (k_scale.is_none() || v_scale.is_none()) throw std::invalid_argument("int8 keys and values need scales");
+            auto ks = k_scale.cast<F32>(), vs = v_scale.cast<F32>();
+            if (ks.size() != k.shape(0) || vs.size() != k.shape(0))
+                throw std::invalid_argument("k_scale and v_scale need one scale per key");
+            kt.attention_rows_int8(out.mutable_data(), HS, q.data(), HS, R, k8.data(), v8.data(), ks.data(), vs.data(),
+                                   ld, n_keys, HS, scale, scratch.data());
+        } else if (py::isinstance<py::array_t<uint16_t>>(k)) {
             auto k16 = k.cast<U16>(), v16 = v.cast<U16>();
             kt.attention_rows_f16(out.mutable_data(), HS, q.data(), HS, R, k16.data(), v16.data(), ld, n_keys, HS, scale,
                                   scratch.data());
@@ -220,6 +247,14 @@ void bind_kernels(py::module_& m) {
                               scratch.data());
         }
         return out;
+    }, py::arg("isa"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("n_keys"),
+       py::arg("k_scale") = py::none(), py::arg("v_scale") = py::none());
+
+    // One head's row for an int8 KV cache: (q int8, scale)
+    m.def("_kernel_quantize_kv", [](const std::string& isa, const F32& x) {
+        I8 q(x.size());
+        const float s = select_kernels(isa.c_str()).quantize_kv(x.data(), q.mutable_data(), x.size());
+        return py::make_tuple(q, s);
     });
 
     m.def("_kernel_to_f16", [](const std::string& isa, const F32& x) {

@@ -50,10 +50,10 @@ void bind_model(py::module_& m) {
     py::class_<KVCache, std::shared_ptr<KVCache>>(m, "KVCache", "Keys and values of one sequence.")
         .def_readonly("pos", &KVCache::pos, "Positions filled so far.")
         .def_readonly("n_ctx", &KVCache::n_ctx)
-        .def_property_readonly("dtype", [](const KVCache& c) { return std::string(c.f16 ? "f16" : "f32"); },
-                               "How keys and values are stored: 'f32' or 'f16'.")
+        .def_property_readonly("dtype", [](const KVCache& c) { return std::string(kv_type_name(c.type)); },
+                               "How keys and values are stored: 'f32', 'f16' or 'int8'.")
         .def("fork", [](const KVCache& c) {
-            auto copy = std::make_shared<KVCache>(c.n_layer, c.n_head, c.n_ctx, c.head_dim, c.f16);
+            auto copy = std::make_shared<KVCache>(c.n_layer, c.n_head, c.n_ctx, c.head_dim, c.type);
             copy->copy_from(c);
             return copy;
         }, "A new cache holding the same prefix.");
@@ -61,8 +61,9 @@ void bind_model(py::module_& m) {
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
         .def(py::init([](const std::string& path, py::dict cfg, const std::vector<py::tuple>& tensors, int n_threads,
                          const std::string& isa, const std::string& kv_cache) {
-                 if (kv_cache != "f32" && kv_cache != "f16")
-                     throw std::invalid_argument("kv_cache must be 'f32' or 'f16', not '" + kv_cache + "'");
+                 KVType kv_type;
+                 if (!kv_type_from_name(kv_cache, &kv_type))
+                     throw std::invalid_argument("kv_cache must be 'f32', 'f16' or 'int8', not '" + kv_cache + "'");
                  ModelConfig c;
                  c.n_layer = cfg["n_layer"].cast<int64_t>();
                  c.n_head = cfg["n_head"].cast<int64_t>();
@@ -88,7 +89,7 @@ void bind_model(py::module_& m) {
                      infos.push_back(std::move(info));
                  }
                  py::gil_scoped_release release;
-                 return std::make_shared<Model>(path, c, infos, n_threads, isa, kv_cache == "f16");
+                 return std::make_shared<Model>(path, c, infos, n_threads, isa, kv_type);
              }),
              py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_threads"), py::arg("isa") = "",
              py::arg("kv_cache") = "f32",
@@ -96,7 +97,7 @@ void bind_model(py::module_& m) {
              "pygpt._format, offsets from the start of the file.")
         .def_property_readonly("isa", [](const Model& m) { return std::string(m.kernels().name); })
         .def_property_readonly("n_threads", &Model::n_threads)
-        .def_property_readonly("kv_cache", [](const Model& m) { return std::string(m.kv_f16() ? "f16" : "f32"); })
+        .def_property_readonly("kv_cache", [](const Model& m) { return std::string(kv_type_name(m.kv_type())); })
         .def_property_readonly("file_bytes", &Model::file_bytes)
         .def_property_readonly("copied_bytes", &Model::copied_bytes,
                                "Bytes of weights copied out of the mapping to realign them (0 for our files).")

@@ -82,8 +82,20 @@ struct Kernels {
     void (*attention_rows_f16)(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows,
                                const uint16_t* k, const uint16_t* v, int64_t ld, int64_t n_keys,
                                int64_t head_dim, float scale, float* scratch);
+    // The same over an int8 KV cache: key j is k_scale[j] * k_j, value j v_scale[j] * v_j
+    // (quantize_kv). attention_rows_int8's rows are bitwise attention_row_int8's.
+    void (*attention_row_int8)(float* out, const float* q, const int8_t* k, const int8_t* v,
+                               const float* k_scale, const float* v_scale, int64_t ld, int64_t n_keys,
+                               int64_t head_dim, float scale, float* scratch);
+    void (*attention_rows_int8)(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows,
+                                const int8_t* k, const int8_t* v, const float* k_scale, const float* v_scale,
+                                int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scratch);
     // out[i] = x[i] as IEEE half, rounded to nearest even (the same bits on every ISA).
     void (*to_f16)(const float* x, uint16_t* out, int64_t n);
+    // One head's key or value row for an int8 KV cache: q[i] = round(x[i] * 127 / m) (to
+    // nearest even), m = max |x[i]|; returns the scale m / 127 (0 for a row of zeros, NaN
+    // with q = 0 for a row holding an infinity or NaN). The same bits on every ISA.
+    float (*quantize_kv)(const float* x, int8_t* q, int64_t n);
 };
 
 // "f32" | "f16" | "bf16" | "int8" | "int4" -> DType; false for any other name (dtype.cpp).

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <numeric>
 #include <set>
 
 #include "errors.h"
@@ -16,21 +17,45 @@
 
 namespace pygpt {
 
+// Output columns are split among threads in units of 16 floats (one cache line); c_attn's
+// in whole heads too (Model::qkv_unit_), so that append_kv quantizes whole heads.
+constexpr int64_t kColumnUnit = 16;
+
 // ----------------------------------------------------------------------------
 // KV cache
 
-KVCache::KVCache(int64_t n_layer_, int64_t n_head_, int64_t n_ctx_, int64_t head_dim_, bool f16_)
-    : n_layer(n_layer_), n_head(n_head_), n_ctx(n_ctx_), head_dim(head_dim_), f16(f16_),
+const char* kv_type_name(KVType t) { return t == KVType::F32 ? "f32" : t == KVType::F16 ? "f16" : "int8"; }
+
+bool kv_type_from_name(const std::string& name, KVType* out) {
+    for (KVType t : {KVType::F32, KVType::F16, KVType::Int8})
+        if (name == kv_type_name(t)) {
+            *out = t;
+            return true;
+        }
+    return false;
+}
+
+KVCache::KVCache(int64_t n_layer_, int64_t n_head_, int64_t n_ctx_, int64_t head_dim_, KVType type_)
+    : n_layer(n_layer_), n_head(n_head_), n_ctx(n_ctx_), head_dim(head_dim_), type(type_),
       k(new uint8_t[n_layer_ * n_head_ * n_ctx_ * head_dim_ * elem_bytes()]),
-      v(new uint8_t[n_layer_ * n_head_ * n_ctx_ * head_dim_ * elem_bytes()]) {}
+      v(new uint8_t[n_layer_ * n_head_ * n_ctx_ * head_dim_ * elem_bytes()]) {
+    if (type == KVType::Int8) {
+        k_scale.reset(new float[n_layer * n_head * n_ctx]);
+        v_scale.reset(new float[n_layer * n_head * n_ctx]);
+    }
+}
 
 void KVCache::copy_from(const KVCache& o) {
-    if (o.n_layer != n_layer || o.n_head != n_head || o.n_ctx != n_ctx || o.head_dim != head_dim || o.f16 != f16)
+    if (o.n_layer != n_layer || o.n_head != n_head || o.n_ctx != n_ctx || o.head_dim != head_dim || o.type != type)
         throw std::invalid_argument("KV caches of different models");
     for (int64_t l = 0; l < n_layer; l++)
         for (int64_t h = 0; h < n_head; h++) {
             std::memcpy(k_at(l, h, 0), o.k_at(l, h, 0), o.pos * head_dim * elem_bytes());
             std::memcpy(v_at(l, h, 0), o.v_at(l, h, 0), o.pos * head_dim * elem_bytes());
+            if (type == KVType::Int8) {
+                std::memcpy(k_scale_at(l, h, 0), o.k_scale_at(l, h, 0), o.pos * sizeof(float));
+                std::memcpy(v_scale_at(l, h, 0), o.v_scale_at(l, h, 0), o.pos * sizeof(float));
+            }
         }
     pos = o.pos;
 }
@@ -134,11 +159,12 @@ Matrix load_matrix(TensorTable& tt, const std::string& name, const ModelConfig& 
 }  // namespace
 
 Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<TensorInfo>& tensors, int n_threads,
-             const std::string& isa, bool kv_f16)
-    : config_(cfg), kernels_(&select_kernels(isa.c_str())), n_threads_(n_threads), kv_f16_(kv_f16) {
+             const std::string& isa, KVType kv_type)
+    : config_(cfg), kernels_(&select_kernels(isa.c_str())), n_threads_(n_threads), kv_type_(kv_type) {
     const int64_t C = cfg.n_embd, L = cfg.n_layer, V = cfg.vocab_size;
     if (C <= 0 || L <= 0 || V <= 0 || cfg.n_ctx <= 0 || cfg.n_head <= 0 || C % cfg.n_head != 0)
         throw FormatError("invalid model dimensions");
+    qkv_unit_ = std::lcm(kColumnUnit, C / cfg.n_head);
     if (n_threads_ < 1) throw std::invalid_argument("n_threads must be >= 1");
     file_ = std::make_unique<MappedFile>(path);
 
@@ -175,7 +201,7 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
 
 std::unique_ptr<KVCache> Model::new_cache() const {
     return std::make_unique<KVCache>(config_.n_layer, config_.n_head, config_.n_ctx, config_.n_embd / config_.n_head,
-                                     kv_f16_);
+                                     kv_type_);
 }
 
 int64_t Model::logit_rows(const std::vector<SeqStep>& steps) {
@@ -201,9 +227,6 @@ constexpr int64_t kMaxOwnCopyRows = 16;
 
 // Rows of a prompt that attention handles together (at most 4: Kernels::attention_rows).
 constexpr int64_t kAttentionRows = 4;
-
-// Output columns are split among threads in units of 16 floats (one cache line).
-constexpr int64_t kColumnUnit = 16;
 
 // Chunks of columns per thread in a prompt's products: enough that a slowed thread's lag is
 // taken up by the others, few enough that a chunk is long against claiming it.
@@ -309,11 +332,11 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
         layernorm_rows(b.ln_1, x, r0, r1, xn);
         linear(team, b.c_attn, xn, T, qkv, r0, r1, [&](int64_t c0, int64_t c1) {  // [T, 3C]: q | k | v
             append_kv(steps, l, qkv, T, c0, c1);  // these columns of k, v to the caches
-        });
+        }, qkv_unit_);
         team.sync();
         attention(team, steps, l, qkv, att);          // [T, C]
         team.sync();
-        linear(team, b.attn_proj, att, T, proj, r0, r1, no_epilogue);
+        linear(team, b.attn_proj, att, T, proj, r0, r1, no_epilogue, kColumnUnit);
         team.sync();
         k.add(x + r0 * C, proj + r0 * C, (r1 - r0) * C);
 
@@ -324,9 +347,9 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
                 if (cfg.activation == Activation::GeluTanh) k.gelu_tanh(fc + r * 4 * C + c0, c1 - c0);
                 else k.gelu_erf(fc + r * 4 * C + c0, c1 - c0);
             }
-        });
+        }, kColumnUnit);
         team.sync();
-        linear(team, b.mlp_proj, fc, T, proj, r0, r1, no_epilogue);
+        linear(team, b.mlp_proj, fc, T, proj, r0, r1, no_epilogue, kColumnUnit);
         team.sync();
         k.add(x + r0 * C, proj + r0 * C, (r1 - r0) * C);
     }
@@ -351,22 +374,23 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
 //   A prompt: the threads prepare the activations once, each its rows [r0, r1), then claim
 //   chunks of columns as they go (Team::next_chunk), so a thread slowed by the OS or the
 //   host does fewer of them.
+// Columns are split in multiples of `unit`.
 template <class Epilogue>
 void Model::linear(const Team& team, const Linear& lin, const float* x, int64_t T, float* y, int64_t r0, int64_t r1,
-                   Epilogue&& epilogue) {
+                   Epilogue&& epilogue, int64_t unit) {
     const Kernels& k = *kernels_;
     const int64_t n_out = lin.w.n_out;
     if (T <= kMaxOwnCopyRows) {
         int64_t o0, o1;
-        team.split(n_out, kColumnUnit, &o0, &o1);
+        team.split(n_out, unit, &o0, &o1);
         k.linear(lin.w, lin.b, x, T, y, o0, o1);
         epilogue(o0, o1);
         return;
     }
     k.prepare(lin.w, x, T, r0, r1, prep_.get());
     team.sync();
-    const int64_t units = (n_out + kColumnUnit - 1) / kColumnUnit;
-    const int64_t chunk = team.n == 1 ? n_out : std::max<int64_t>(1, units / (team.n * kChunksPerThread)) * kColumnUnit;
+    const int64_t units = (n_out + unit - 1) / unit;
+    const int64_t chunk = team.n == 1 ? n_out : std::max<int64_t>(1, units / (team.n * kChunksPerThread)) * unit;
     int64_t c0, c1;
     while (team.next_chunk(n_out, chunk, &c0, &c1)) {
         k.linear_prepared(lin.w, lin.b, prep_.get(), T, y, c0, c1);
@@ -380,7 +404,8 @@ void Model::layernorm_rows(const LayerNorm& ln, const float* x, int64_t r0, int6
         kernels_->layernorm(out + r * C, x + r * C, ln.w, ln.b, C, config_.layer_norm_epsilon);
 }
 
-// Columns [o0, o1) of qkv that are keys or values, copied to each row's sequence cache.
+// Columns [o0, o1) of qkv that are keys or values, copied to each row's sequence cache
+// (int8 caches: quantized head by head; c_attn's columns are split in whole heads).
 void Model::append_kv(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, int64_t o0,
                       int64_t o1) {
     const int64_t C = config_.n_embd, HS = C / config_.n_head;
@@ -388,12 +413,20 @@ void Model::append_kv(const std::vector<SeqStep>& steps, int64_t l, const float*
         const int64_t c0 = std::max(o0, part * C) - part * C, c1 = std::min(o1, (part + 1) * C) - part * C;
         for (int64_t r = 0; r < T && c0 < c1; r++) {
             KVCache* cache = steps[row_seq_[r]].cache;
+            const int64_t t = row_pos_[r];
             const float* src = qkv + r * 3 * C + part * C;
             for (int64_t c = c0; c < c1;) {  // the pieces of [c0, c1) within one head
                 const int64_t h = c / HS, d = c % HS, n = std::min(c1 - c, HS - d);
-                uint8_t* dst = part == 1 ? cache->k_at(l, h, row_pos_[r]) : cache->v_at(l, h, row_pos_[r]);
-                if (cache->f16) kernels_->to_f16(src + c, (uint16_t*)dst + d, n);
-                else std::memcpy((float*)dst + d, src + c, n * sizeof(float));
+                uint8_t* dst = part == 1 ? cache->k_at(l, h, t) : cache->v_at(l, h, t);
+                switch (cache->type) {
+                    case KVType::F32: std::memcpy((float*)dst + d, src + c, n * sizeof(float)); break;
+                    case KVType::F16: kernels_->to_f16(src + c, (uint16_t*)dst + d, n); break;
+                    case KVType::Int8:
+                        if (d != 0 || n != HS) throw std::logic_error("append_kv: part of a head");
+                        *(part == 1 ? cache->k_scale_at(l, h, t) : cache->v_scale_at(l, h, t)) =
+                            kernels_->quantize_kv(src + c, (int8_t*)dst, HS);
+                        break;
+                }
                 c += n;
             }
         }
@@ -415,12 +448,22 @@ void Model::attention(const Team& team, const std::vector<SeqStep>& steps, int64
         const KVCache* cache = steps[row_seq_[r]].cache;
         float* o = out + r * C + h * HS;
         const float* q = qkv + r * 3 * C + h * HS;
-        if (cache->f16)
-            kernels_->attention_rows_f16(o, C, q, 3 * C, n_rows, (const uint16_t*)cache->k_at(l, h, 0),
-                                         (const uint16_t*)cache->v_at(l, h, 0), HS, row_pos_[r] + 1, HS, scale, scratch);
-        else
-            kernels_->attention_rows(o, C, q, 3 * C, n_rows, (const float*)cache->k_at(l, h, 0),
-                                     (const float*)cache->v_at(l, h, 0), HS, row_pos_[r] + 1, HS, scale, scratch);
+        const int64_t n_keys = row_pos_[r] + 1;
+        switch (cache->type) {
+            case KVType::F32:
+                kernels_->attention_rows(o, C, q, 3 * C, n_rows, (const float*)cache->k_at(l, h, 0),
+                                         (const float*)cache->v_at(l, h, 0), HS, n_keys, HS, scale, scratch);
+                break;
+            case KVType::F16:
+                kernels_->attention_rows_f16(o, C, q, 3 * C, n_rows, (const uint16_t*)cache->k_at(l, h, 0),
+                                             (const uint16_t*)cache->v_at(l, h, 0), HS, n_keys, HS, scale, scratch);
+                break;
+            case KVType::Int8:
+                kernels_->attention_rows_int8(o, C, q, 3 * C, n_rows, (const int8_t*)cache->k_at(l, h, 0),
+                                              (const int8_t*)cache->v_at(l, h, 0), cache->k_scale_at(l, h, 0),
+                                              cache->v_scale_at(l, h, 0), HS, n_keys, HS, scale, scratch);
+                break;
+        }
     }
 }
 

@@ -61,24 +61,36 @@ struct Weights {
     LayerNorm ln_f;
 };
 
+// How a KV cache stores keys and values: f32; IEEE half floats (half the memory and the
+// reads); or int8 with one f32 scale per position and head (x ~= q * scale, q = round(x /
+// scale), scale = max|x| / 127 over the head's head_dim values: a little over a quarter of
+// the f32 bytes).
+enum class KVType { F32, F16, Int8 };
+const char* kv_type_name(KVType t);                // "f32", "f16", "int8"
+bool kv_type_from_name(const std::string& name, KVType* out);
+
 // Keys and values of one sequence, preallocated for n_ctx positions. Each head's keys (and
 // values) are contiguous over positions, so attention streams them.
 struct KVCache {
     int64_t n_layer = 0, n_head = 0, n_ctx = 0, head_dim = 0;
-    bool f16 = false;             // stored as IEEE half floats (half the memory and the reads) or f32
+    KVType type = KVType::F32;
     int64_t pos = 0;              // number of positions filled
-    // [n_layer, n_head, n_ctx, head_dim] of f32 or f16, left uninitialised: a position is
-    // written before it is read, and the pages of positions never reached are never touched
-    // (75 MB per f32 sequence for gpt2 at n_ctx 1024; zero-filling them cost milliseconds per
-    // call)
+    // [n_layer, n_head, n_ctx, head_dim] of f32, f16 or int8, left uninitialised: a position
+    // is written before it is read, and the pages of positions never reached are never
+    // touched (75 MB per f32 sequence for gpt2 at n_ctx 1024; zero-filling them cost
+    // milliseconds per call)
     std::unique_ptr<uint8_t[]> k, v;
+    // int8 only: the scales, [n_layer, n_head, n_ctx]
+    std::unique_ptr<float[]> k_scale, v_scale;
 
-    KVCache(int64_t n_layer, int64_t n_head, int64_t n_ctx, int64_t head_dim, bool f16 = false);
-    int64_t elem_bytes() const { return f16 ? 2 : 4; }
+    KVCache(int64_t n_layer, int64_t n_head, int64_t n_ctx, int64_t head_dim, KVType type = KVType::F32);
+    int64_t elem_bytes() const { return type == KVType::F32 ? 4 : type == KVType::F16 ? 2 : 1; }
     uint8_t* k_at(int64_t l, int64_t h, int64_t t) { return k.get() + offset(l, h, t); }
     uint8_t* v_at(int64_t l, int64_t h, int64_t t) { return v.get() + offset(l, h, t); }
     const uint8_t* k_at(int64_t l, int64_t h, int64_t t) const { return k.get() + offset(l, h, t); }
     const uint8_t* v_at(int64_t l, int64_t h, int64_t t) const { return v.get() + offset(l, h, t); }
+    float* k_scale_at(int64_t l, int64_t h, int64_t t) const { return k_scale.get() + (l * n_head + h) * n_ctx + t; }
+    float* v_scale_at(int64_t l, int64_t h, int64_t t) const { return v_scale.get() + (l * n_head + h) * n_ctx + t; }
     void copy_from(const KVCache& other);  // fork: same prefix, own storage
 
 private:
@@ -98,12 +110,12 @@ struct SeqStep {
 class Model {
 public:
     Model(const std::string& path, const ModelConfig& config, const std::vector<TensorInfo>& tensors,
-          int n_threads, const std::string& isa, bool kv_f16 = false);
+          int n_threads, const std::string& isa, KVType kv_type = KVType::F32);
 
     const ModelConfig& config() const { return config_; }
     const Kernels& kernels() const { return *kernels_; }
     int n_threads() const { return n_threads_; }
-    bool kv_f16() const { return kv_f16_; }  // new caches store keys and values as f16
+    KVType kv_type() const { return kv_type_; }  // how new caches store keys and values
     size_t file_bytes() const { return file_->size(); }
     size_t copied_bytes() const { return copied_bytes_; }
 
@@ -123,7 +135,7 @@ private:
     void forward_team(const Team& team, const std::vector<SeqStep>& steps, int64_t T, float* logits);
     template <class Epilogue>
     void linear(const Team& team, const Linear& lin, const float* x, int64_t T, float* y, int64_t r0, int64_t r1,
-                Epilogue&& epilogue);
+                Epilogue&& epilogue, int64_t unit);
     void layernorm_rows(const LayerNorm& ln, const float* x, int64_t r0, int64_t r1, float* out) const;
     void append_kv(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, int64_t o0, int64_t o1);
     void attention(const Team& team, const std::vector<SeqStep>& steps, int64_t l, const float* qkv, float* out);
@@ -131,7 +143,8 @@ private:
     ModelConfig config_;
     const Kernels* kernels_;
     int n_threads_;
-    bool kv_f16_;
+    KVType kv_type_;
+    int64_t qkv_unit_;  // column unit of c_attn's split: whole heads (append_kv)
     std::unique_ptr<MappedFile> file_;
     std::vector<std::vector<uint8_t>> copies_;  // tensors that had to be realigned
     size_t copied_bytes_ = 0;

@@ -41,8 +41,8 @@ class Model:
         if n_threads is None:
             n_threads = default_threads()
         check_threads(n_threads)
-        if kv_cache not in ("auto", "f32", "f16"):
-            raise ValueError(f"kv_cache must be 'auto', 'f32' or 'f16', not {kv_cache!r}")
+        if kv_cache not in ("auto", "f32", "f16", "int8"):
+            raise ValueError(f"kv_cache must be 'auto', 'f32', 'f16' or 'int8', not {kv_cache!r}")
         if kv_cache == "auto":
             kv_cache = auto_kv_cache(self.config["dtype"])
         self._core = _core.Model(st_path, self.config, tensors, n_threads, isa or "", kv_cache)
@@ -178,9 +178,10 @@ def load(path: str | os.PathLike | None = None, n_threads: int | None = None, ch
     tensor that holds NaN or Inf (costs one full read of the file).
     kv_cache="f16" stores the keys and values of every sequence as half floats: half the
     memory per sequence and half the bytes attention reads per token (batches and long
-    sequences decode faster), at a small cost in precision; "f32" keeps them as computed;
-    "auto" (the default) is f32 for f32 weights, f16 for the others (auto_kv_cache,
-    docs/GENERATION.md)."""
+    sequences decode faster), at a small cost in precision; "int8" as 8-bit integers with a
+    scale per position and head (a little over a quarter of the f32 bytes; llama.cpp's q8_0
+    cache type, at a larger cost in precision); "f32" keeps them as computed; "auto" (the
+    default) is f32 for f32 weights, f16 for the others (auto_kv_cache, docs/GENERATION.md)."""
     if path is None:
         if not os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "config.json")):
             raise FileNotFoundError("this pygpt install ships no default model; pass a model folder")

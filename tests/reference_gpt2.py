@@ -41,8 +41,20 @@ def attention(q, k, v):  # [T, hs] x3 -> [T, hs]
     return (p / p.sum(-1, keepdims=True)) @ v
 
 
+def int8_rows(a, nh):
+    """Keys or values [T, C] as an int8 KV cache holds them: each head's row quantized to
+    round(x * 127 / max|x|) (float32 arithmetic, ties to even) times max|x| / 127."""
+    t, c = a.shape
+    x = a.reshape(t, nh, c // nh).astype(np.float32)
+    m = np.abs(x).max(-1, keepdims=True)
+    inv = np.where(m > 0, np.float32(127) / np.where(m > 0, m, 1), 0).astype(np.float32)
+    q = np.rint(x * inv)
+    return (q.astype(np.float64) * (m / np.float32(127)).astype(np.float32)).reshape(t, c)
+
+
 def gpt2_logits(model_dir, ids, kv_cache="f32"):  # [T] -> [T, V]
-    """kv_cache="f16": keys and values rounded to half floats, as pygpt's f16 KV cache stores them."""
+    """kv_cache="f16": keys and values rounded to half floats, as pygpt's f16 KV cache stores
+    them; "int8": quantized as its int8 cache stores them (int8_rows)."""
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
     assert cfg["dtype"] == "f32", "the reference reads f32 folders"
@@ -58,6 +70,8 @@ def gpt2_logits(model_dir, ids, kv_cache="f32"):  # [T] -> [T, V]
         q, k, v = np.split(linear(h, w[p + "attn.c_attn.weight"], g(p + "attn.c_attn.bias")), 3, axis=-1)
         if kv_cache == "f16":
             k, v = (a.astype(np.float16).astype(np.float64) for a in (k, v))
+        if kv_cache == "int8":
+            k, v = int8_rows(k, nh), int8_rows(v, nh)
         heads = [attention(qh, kh, vh) for qh, kh, vh in
                  zip(np.split(q, nh, -1), np.split(k, nh, -1), np.split(v, nh, -1))]
         x = x + linear(np.concatenate(heads, -1), w[p + "attn.c_proj.weight"], g(p + "attn.c_proj.bias"))

@@ -147,6 +147,13 @@ def test_generate_with_an_f16_kv_cache(pygpt_cmd, model_dir):
     assert pygpt.load(model_dir).config["dtype"] == "f32" and auto.stdout.decode("utf-8") == f32
 
 
+def test_generate_with_an_int8_kv_cache(pygpt_cmd, model_dir):
+    r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "12", "-t", "0", "--kv-cache", "int8")
+    assert r.returncode == 0, r.stderr
+    want = pygpt.load(model_dir, kv_cache="int8").generate(PROMPT, max_new_tokens=12, temperature=0).text
+    assert r.stdout.decode("utf-8") == want
+
+
 def test_generate_reads_the_prompt_from_stdin(pygpt_cmd, model_dir, model):
     r = run(pygpt_cmd, "generate", "-m", model_dir, "-", "-n", "10", "-t", "0", input=(PROMPT + "\n").encode())
     assert r.returncode == 0, r.stderr

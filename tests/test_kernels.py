@@ -255,8 +255,66 @@ def test_attention_row_f16(isa, n_keys, hs, ld):
     np.testing.assert_allclose(out, f32, rtol=1e-6, atol=1e-6)
 
 
+def quantize_kv_rows(x):
+    """NumPy model of Kernels::quantize_kv, row by row: (int8 q, float32 scales)."""
+    x = np.asarray(x, np.float32)
+    m = np.abs(x).max(-1)
+    inv = np.where(m > 0, np.float32(127) / np.where(m > 0, m, 1), 0).astype(np.float32)
+    q = np.rint(x * inv[:, None]).astype(np.int8)  # float32 product, ties to even
+    return q, (m / np.float32(127)).astype(np.float32)
+
+
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("kv", ["f32", "f16"])
+@pytest.mark.parametrize("n", [1, 7, 64, 131])
+def test_quantize_kv(isa, n):
+    """One head's row for an int8 cache: round(x * 127 / max|x|) to nearest even, scale
+    max|x| / 127, the same bits as NumPy's float32 arithmetic; zeros give scale 0, a row with
+    an infinity or NaN scale NaN (so attention over it is NaN, as with f32 keys)."""
+    rng = np.random.default_rng(n)
+    rows = [rng.standard_normal(n) * 3, np.zeros(n), np.full(n, -2.5), rng.standard_normal(n) * 1e-30]
+    rows.append(np.resize(np.array([127, 2.5, -3.5, 0.5, -0.5, 1.5, 126.5]), n))  # inv = 1: exact ties
+    for x in rows:
+        x = np.asarray(x, np.float32)
+        q, scale = _core._kernel_quantize_kv(isa, x)
+        want_q, want_s = quantize_kv_rows(x[None])
+        np.testing.assert_array_equal(q, want_q[0])
+        assert np.float32(scale) == want_s[0]
+        assert np.abs(q.astype(np.float32) * np.float32(scale) - x).max() <= np.abs(x).max() / 254 * (1 + 1e-6)
+    for bad in (np.inf, -np.inf, np.nan):
+        x = rng.standard_normal(n).astype(np.float32)
+        x[n // 2] = bad
+        q, scale = _core._kernel_quantize_kv(isa, x)
+        assert np.isnan(scale) and not q.any()
+
+
+def int8_kv(rng, n_keys, ld):
+    """Random keys and values as an int8 cache holds them: (k, v, k_scale, v_scale)."""
+    k, ks = quantize_kv_rows(rng.standard_normal((n_keys, ld)) * 2)
+    v, vs = quantize_kv_rows(rng.standard_normal((n_keys, ld)))
+    return k, v, ks, vs
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n_keys,hs,ld", [(1, 64, 64), (5, 7, 13), (33, 64, 192), (100, 80, 97), (17, 130, 131)])
+def test_attention_row_int8(isa, n_keys, hs, ld):
+    """Attention over an int8 KV cache: the keys and values it stands for (q * scale, row by
+    row), as in f32."""
+    rng = np.random.default_rng(n_keys + hs + 2)
+    q = rng.standard_normal(hs).astype(np.float32)
+    k, v, ks, vs = int8_kv(rng, n_keys, ld)
+    scale = 1 / np.sqrt(hs)
+    out = _core._kernel_attention_row_int8(isa, q, k, v, ks, vs, scale)
+    kf, vf = k.astype(np.float64) * ks[:, None], v.astype(np.float64) * vs[:, None]
+    s = kf[:, :hs] @ q * scale
+    p = np.exp(s - s.max())
+    p /= p.sum()
+    np.testing.assert_allclose(out, p @ vf[:, :hs], rtol=1e-5, atol=1e-5)
+    f32 = _core._kernel_attention_row(isa, q, kf.astype(np.float32), vf.astype(np.float32), scale)
+    np.testing.assert_allclose(out, f32, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kv", ["f32", "f16", "int8"])
 @pytest.mark.parametrize("n_keys,hs,ld", [(1, 64, 64), (1, 64, 192), (17, 64, 64), (40, 128, 130), (9, 7, 13)])
 def test_attention_rows_equal_attention_row(isa, kv, n_keys, hs, ld):
     """A prompt's rows in blocks (row r attends to n_keys + r keys): each row's bits are the
@@ -265,17 +323,33 @@ def test_attention_rows_equal_attention_row(isa, kv, n_keys, hs, ld):
     k = (rng.standard_normal((n_keys + 3, ld)) * 2).astype(np.float32)
     v = rng.standard_normal((n_keys + 3, ld)).astype(np.float32)
     q = rng.standard_normal((4, hs)).astype(np.float32)
+    ks = vs = None
     if kv == "f16":
         k, v = k.astype(np.float16).view(np.uint16), v.astype(np.float16).view(np.uint16)
+    if kv == "int8":
+        (k, ks), (v, vs) = quantize_kv_rows(k), quantize_kv_rows(v)
     scale = 1 / np.sqrt(hs)
     for n_rows in (1, 2, 3, 4):
-        out = _core._kernel_attention_rows(isa, q[:n_rows], k, v, scale, n_keys)
+        out = _core._kernel_attention_rows(isa, q[:n_rows], k, v, scale, n_keys, ks, vs)
         for r in range(n_rows):
+            n = n_keys + r
             if kv == "f16":
-                row = _core._kernel_attention_row_f16(isa, q[r], k[: n_keys + r], v[: n_keys + r], scale)
+                row = _core._kernel_attention_row_f16(isa, q[r], k[:n], v[:n], scale)
+            elif kv == "int8":
+                row = _core._kernel_attention_row_int8(isa, q[r], k[:n], v[:n], ks[:n], vs[:n], scale)
             else:
-                row = _core._kernel_attention_row(isa, q[r], k[: n_keys + r], v[: n_keys + r], scale)
+                row = _core._kernel_attention_row(isa, q[r], k[:n], v[:n], scale)
             np.testing.assert_array_equal(out[r], row, err_msg=f"{n_rows} rows, row {r}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_attention_int8_bad_scales_are_value_errors(isa):
+    q = np.zeros(8, np.float32)
+    k = v = np.zeros((3, 8), np.int8)
+    with pytest.raises(ValueError, match="scale"):
+        _core._kernel_attention_row_int8(isa, q, k, v, np.ones(2, np.float32), np.ones(3, np.float32), 1.0)
+    with pytest.raises(ValueError, match="scale"):
+        _core._kernel_attention_rows(isa, q[None], k, v, 1.0, 3)
 
 
 @pytest.mark.parametrize("isa", ISAS)

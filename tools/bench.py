@@ -195,9 +195,10 @@ def weight_bytes_per_token(model_dir: str) -> int:
 
 def kv_bytes_per_token(shape: str, prompt: int, new: int, kv_cache: str = "f32") -> float:
     """Mean bytes of keys and values one decode step reads over the decode run."""
-    L, _, C = SHAPES[shape]
+    L, H, C = SHAPES[shape]
     mean_pos = prompt + (new - 1) / 2
-    return L * 2 * C * (4 if kv_cache == "f32" else 2) * mean_pos
+    per_value = {"f32": 4, "f16": 2, "int8": 1 + 4 / (C // H)}[kv_cache]  # int8: an f32 scale per head
+    return L * 2 * C * per_value * mean_pos
 
 
 def flops_per_prompt_token(shape: str, prompt: int) -> float:
@@ -251,18 +252,20 @@ def worker_pygpt(a: dict) -> dict:
             outs = model.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)
             bt.append(outs[0].timings.decode_tokens_per_s)
         out["batch_decode_tok_s"] = statistics.median(bt)
-    if a.get("batch") and model.kv_cache == "f32":
-        # f32 weights: the same with the f16 KV cache (the default of the other dtypes),
-        # against batch 1 with it: 8 sequences read 8 caches per step
-        m16 = pygpt.load(a["path"], n_threads=a["threads"], kv_cache="f16")
-        m16.generate(ids[:8], max_new_tokens=4, ignore_eos=True)
-        d16, b16 = [], []
+    if a.get("batch"):
+        # the same with the next smaller KV cache (f32 weights: f16, the default of the other
+        # dtypes; the others: int8), batch 1 and batch 8: 8 sequences read 8 caches per step
+        alt_kv = "f16" if model.kv_cache == "f32" else "int8"
+        m2 = pygpt.load(a["path"], n_threads=a["threads"], kv_cache=alt_kv)
+        m2.generate(ids[:8], max_new_tokens=4, ignore_eos=True)
+        d2, b2 = [], []
         for _ in range(a["runs"]):
-            d16.append(m16.generate(ids, max_new_tokens=a["new"], ignore_eos=True).timings.decode_tokens_per_s)
-            b16.append(m16.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)[0].timings.decode_tokens_per_s)
-        out["decode_f16kv_tok_s"] = statistics.median(d16)
-        out["batch_decode_f16kv_tok_s"] = statistics.median(b16)
-        m16.close()
+            d2.append(m2.generate(ids, max_new_tokens=a["new"], ignore_eos=True).timings.decode_tokens_per_s)
+            b2.append(m2.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)[0].timings.decode_tokens_per_s)
+        out["alt_kv"] = alt_kv
+        out["decode_altkv_tok_s"] = statistics.median(d2)
+        out["batch_decode_altkv_tok_s"] = statistics.median(b2)
+        m2.close()
     model.generate(ids[:8], max_new_tokens=2, ignore_eos=True)
     out["idle_cpu_pct_after_call"] = idle_cpu_percent()
     out["peak_rss_mib"] = peak_rss_mib()
@@ -390,7 +393,7 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
     for shape in meta["shapes"]:
         out += [f"### {shape} (n_layer {SHAPES[shape][0]}, n_embd {SHAPES[shape][2]})", "",
                 "| engine | weights | threads | load s | prefill tok/s | % peak | TTFT ms | decode tok/s "
-                "| % BW ceiling | ceiling tok/s | batch-8 decode tok/s | f16 KV: decode / batch-8 tok/s "
+                "| % BW ceiling | ceiling tok/s | batch-8 decode tok/s | smaller KV: decode / batch-8 tok/s "
                 "| peak RSS MiB | CPU share |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         # pygpt rows: the weights' dtype and, in brackets, the KV cache the default ("auto") gave them
@@ -401,11 +404,11 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
                 out.append(f"| {r['engine']} | {r['dtype']} | {r['threads']} | error: {r['error'][:80]} |"
                            " | | | | | | | | | |")
                 continue
-            f16kv = (f"{r['decode_f16kv_tok_s']:.1f} / {r['batch_decode_f16kv_tok_s']:.0f}"
-                     if r.get("batch_decode_f16kv_tok_s") else "n/a")
+            altkv = (f"{r['alt_kv']}: {r['decode_altkv_tok_s']:.1f} / {r['batch_decode_altkv_tok_s']:.0f}"
+                     if r.get("batch_decode_altkv_tok_s") else "n/a")
             dtype = r["dtype"] + (f" ({r['kv_cache']} KV)" if r.get("kv_cache") else "")
             out.append("| {engine} | {dtype} | {threads} | {load} | {pre} | {pp} | {ttft} | {dec} | {dp} | {ceil} | "
-                       "{b8} | {f16kv} | {rss} | {share} |".format(f16kv=f16kv,
+                       "{b8} | {altkv} | {rss} | {share} |".format(altkv=altkv,
                            engine=r["engine"], dtype=dtype, threads=r["threads"], load=fmt(r["load_s"], ".2f"),
                            pre=fmt(r["prefill_tok_s"]), pp=fmt(r.get("prefill_pct"), ".0f", "%"),
                            ttft=fmt(r["ttft_s"] * 1e3, ".0f"), dec=fmt(r["decode_tok_s"], ".1f"),
@@ -459,8 +462,9 @@ def ratio_lines(rows, shape, threads) -> list:
     for r in b1:
         line = (f"- {shape}, {threads} threads, pygpt {r['dtype']}: batch-8 decode throughput "
                 f"{r['batch_decode_tok_s'] / r['decode_tok_s']:.1f}x batch 1")
-        if r.get("batch_decode_f16kv_tok_s"):
-            line += f"; with the f16 KV cache {r['batch_decode_f16kv_tok_s'] / r['decode_f16kv_tok_s']:.1f}x"
+        if r.get("batch_decode_altkv_tok_s"):
+            line += (f"; with the {r['alt_kv']} KV cache {r['batch_decode_altkv_tok_s'] / r['decode_altkv_tok_s']:.1f}x"
+                     f" ({r['decode_altkv_tok_s']:.0f} / {r['batch_decode_altkv_tok_s']:.0f} tok/s)")
         lines.append(line)
     return lines
 
@@ -544,8 +548,11 @@ def quality(args, log) -> str:
         size = os.path.getsize(os.path.join(out, "model.safetensors"))
         label = dt if group is None else f"{dt} (group {group or 'row'})"
         measure(label + ("" if m.kv_cache == "f32" else f", {m.kv_cache} KV cache"), m, size)
-        if dt == "f32":  # the same weights with keys and values stored as f16
+        if dt == "f32":  # the same weights with keys and values stored as f16, then int8
             measure("f32, f16 KV cache", pygpt.load(out, kv_cache="f16"), size)
+            measure("f32, int8 KV cache", pygpt.load(out, kv_cache="int8"), size)
+        if dt == "int4":  # the smallest weights with the smallest cache
+            measure(label + ", int8 KV cache", pygpt.load(out, kv_cache="int8"), size)
     base = rows[0][1]
     n_layer, n_embd = m.config["n_layer"], m.config["n_embd"]
     lines = [f"Trained model `{os.path.basename(os.path.normpath(args.quality))}` "

@@ -228,14 +228,17 @@ void add(float* y, const float* x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }
 
-// Keys and values as f32 whatever they are stored as.
+// Keys and values as f32 whatever they are stored as (int8: before the row's scale).
 static inline float kv_value(float x) { return x; }
 static inline float kv_value(uint16_t x) { return f16_to_f32(x); }
+static inline float kv_value(int8_t x) { return (float)x; }
 
+// k_scale, v_scale: the rows' scales (int8 caches) or null.
 template <class E>
-static void attention_row_t(float* out, const float* q, const E* k, const E* v, int64_t ld, int64_t n_keys,
-                            int64_t head_dim, float scale, float* scores) {
-    // f16 keys are widened one at a time for dot (f32 keys are read in place)
+static void attention_row_t(float* out, const float* q, const E* k, const E* v, const float* k_scale,
+                            const float* v_scale, int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
+                            float* scores) {
+    // f16 and int8 keys are widened one at a time for dot (f32 keys are read in place)
     float* kj = nullptr;
     if (!std::is_same<E, float>::value && !(kj = (float*)std::malloc(head_dim * sizeof(float))))
         throw std::bad_alloc();
@@ -248,7 +251,8 @@ static void attention_row_t(float* out, const float* q, const E* k, const E* v, 
             for (int64_t d = 0; d < head_dim; d++) kj[d] = kv_value(k[j * ld + d]);
             key = kj;
         }
-        scores[j] = scale * dot(q, key, head_dim);
+        const float s = dot(q, key, head_dim);
+        scores[j] = scale * (k_scale ? s * k_scale[j] : s);
         max = std::fmax(max, scores[j]);
     }
     std::free(kj);
@@ -260,7 +264,7 @@ static void attention_row_t(float* out, const float* q, const E* k, const E* v, 
     const float inv = 1.0f / sum;
     for (int64_t d = 0; d < head_dim; d++) out[d] = 0.0f;
     for (int64_t j = 0; j < n_keys; j++) {
-        const float p = scores[j] * inv;
+        const float p = v_scale ? scores[j] * inv * v_scale[j] : scores[j] * inv;
         const E* v_j = v + j * ld;
         for (int64_t d = 0; d < head_dim; d++) out[d] += p * kv_value(v_j[d]);
     }
@@ -268,24 +272,60 @@ static void attention_row_t(float* out, const float* q, const E* k, const E* v, 
 
 void attention_row(float* out, const float* q, const float* k, const float* v, int64_t ld, int64_t n_keys,
                    int64_t head_dim, float scale, float* scores) {
-    attention_row_t(out, q, k, v, ld, n_keys, head_dim, scale, scores);
+    attention_row_t(out, q, k, v, nullptr, nullptr, ld, n_keys, head_dim, scale, scores);
 }
 
 void attention_row_f16(float* out, const float* q, const uint16_t* k, const uint16_t* v, int64_t ld, int64_t n_keys,
                        int64_t head_dim, float scale, float* scores) {
-    attention_row_t(out, q, k, v, ld, n_keys, head_dim, scale, scores);
+    attention_row_t(out, q, k, v, nullptr, nullptr, ld, n_keys, head_dim, scale, scores);
+}
+
+void attention_row_int8(float* out, const float* q, const int8_t* k, const int8_t* v, const float* k_scale,
+                        const float* v_scale, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
+    attention_row_t(out, q, k, v, k_scale, v_scale, ld, n_keys, head_dim, scale, scores);
 }
 
 void attention_rows(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const float* k,
                     const float* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
     for (int64_t r = 0; r < n_rows; r++)
-        attention_row_t(out + r * ld_out, q + r * ld_q, k, v, ld, n_keys + r, head_dim, scale, scores);
+        attention_row_t(out + r * ld_out, q + r * ld_q, k, v, nullptr, nullptr, ld, n_keys + r, head_dim, scale,
+                        scores);
 }
 
 void attention_rows_f16(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const uint16_t* k,
                         const uint16_t* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
     for (int64_t r = 0; r < n_rows; r++)
-        attention_row_t(out + r * ld_out, q + r * ld_q, k, v, ld, n_keys + r, head_dim, scale, scores);
+        attention_row_t(out + r * ld_out, q + r * ld_q, k, v, nullptr, nullptr, ld, n_keys + r, head_dim, scale,
+                        scores);
+}
+
+void attention_rows_int8(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const int8_t* k,
+                         const int8_t* v, const float* k_scale, const float* v_scale, int64_t ld, int64_t n_keys,
+                         int64_t head_dim, float scale, float* scores) {
+    for (int64_t r = 0; r < n_rows; r++)
+        attention_row_t(out + r * ld_out, q + r * ld_q, k, v, k_scale, v_scale, ld, n_keys + r, head_dim, scale,
+                        scores);
+}
+
+float quantize_kv(const float* x, int8_t* q, int64_t n) {
+    if (n <= 0) return 0.0f;
+    float m = 0.0f;
+    bool finite = true;
+    for (int64_t i = 0; i < n; i++) {
+        finite = finite && std::isfinite(x[i]);
+        m = std::fmax(m, std::fabs(x[i]));
+    }
+    if (!finite || m == 0.0f) {
+        std::memset(q, 0, n);
+        return finite ? 0.0f : NAN;
+    }
+    const float inv = 127.0f / m;
+    for (int64_t i = 0; i < n; i++) {
+        // |x * inv| <= 127 up to rounding: the clamp only guards the conversion
+        const float r = std::nearbyint(x[i] * inv);
+        q[i] = (int8_t)(r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r);
+    }
+    return m / 127.0f;
 }
 
 // IEEE half, rounded to nearest even, as F16C's vcvtps2ph does (NaN stays a quiet NaN).

@@ -3,6 +3,7 @@
 // V is this ISA's f32 vector (16 or 8 lanes); the Vec helpers below hide the width.
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels.h"
 #include "kernels/generic.h"
@@ -44,6 +45,12 @@ static inline V vload(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_s
 static inline V vload_n(const uint16_t* p, int64_t n) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail_mask16(n), p));
 }
+static inline V vload(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+}
+static inline V vload_n(const int8_t* p, int64_t n) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(tail_mask16(n), p)));
+}
 #else
 using V = __m256;
 constexpr int N = 8;
@@ -58,6 +65,14 @@ static inline V vload_n(const uint16_t* p, int64_t n) {
     alignas(16) uint16_t buf[8] = {0};
     std::memcpy(buf, p, n * sizeof(uint16_t));
     return _mm256_cvtph_ps(_mm_load_si128((const __m128i*)buf));
+}
+static inline V vload(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
+static inline V vload_n(const int8_t* p, int64_t n) {
+    alignas(16) int8_t buf[16] = {0};
+    std::memcpy(buf, p, n);
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_load_si128((const __m128i*)buf)));
 }
 static inline void vstore(float* p, V v) { _mm256_storeu_ps(p, v); }
 static inline void vstore_n(float* p, V v, int64_t n) { _mm256_maskstore_ps(p, mask_n(n), v); }
@@ -193,9 +208,16 @@ static inline void prefetch_kv(const E* k, const E* v, int64_t ld, int64_t j, in
     for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch((const char*)(v + j * ld) + b, _MM_HINT_T1);
 }
 
+// Whether keys and values of type E carry a scale per row (int8 caches).
 template <class E>
-static void attention_row_t(float* out, const float* q, const E* k, const E* v, int64_t ld, int64_t n_keys,
-                            int64_t head_dim, float scale, float* scores) {
+constexpr bool kScaled = std::is_same<E, int8_t>::value;
+
+// k_scale, v_scale: the rows' scales of an int8 cache (null otherwise). A key's score is
+// its reduced dot product times its scale; a value's weight p_j times its scale.
+template <class E>
+static void attention_row_t(float* out, const float* q, const E* k, const E* v, const float* k_scale,
+                            const float* v_scale, int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
+                            float* scores) {
     const int64_t full = head_dim / N * N, rem = head_dim - full;
     for (int64_t j0 = 0; j0 < n_keys; j0 += N) {
         const int nk = n_keys - j0 < N ? (int)(n_keys - j0) : N;
@@ -209,6 +231,8 @@ static void attention_row_t(float* out, const float* q, const E* k, const E* v, 
             acc[j] = a;
         }
         reduce_n(acc, nk, scores + j0);
+        if (kScaled<E>)
+            for (int j = 0; j < nk; j++) scores[j0 + j] *= k_scale[j0 + j];
     }
     const float inv = softmax_scores(scores, n_keys, scale);
     int64_t j;
@@ -217,14 +241,14 @@ static void attention_row_t(float* out, const float* q, const E* k, const E* v, 
         V o[4] = {vzero(), vzero(), vzero(), vzero()};
         if (nd == 4 * N) {
             for (j = 0; j < n_keys; j++) {
-                const V p = vset(scores[j] * inv);
+                const V p = vset(kScaled<E> ? scores[j] * inv * v_scale[j] : scores[j] * inv);
                 const E* vj = v + j * ld + d0;
                 for (int c = 0; c < 4; c++) o[c] = vfma(p, vload(vj + c * N), o[c]);
             }
             for (int c = 0; c < 4; c++) vstore(out + d0 + c * N, o[c]);
         } else {
             for (j = 0; j < n_keys; j++) {
-                const V p = vset(scores[j] * inv);
+                const V p = vset(kScaled<E> ? scores[j] * inv * v_scale[j] : scores[j] * inv);
                 const E* vj = v + j * ld + d0;
                 for (int c = 0; c * N < nd; c++) {
                     const int64_t n = nd - c * N < N ? nd - c * N : N;
@@ -247,10 +271,12 @@ static void attention_row_t(float* out, const float* q, const E* k, const E* v, 
 constexpr int ATT_ROWS = 4;
 template <class E>
 static void attention_rows_t(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const E* k,
-                             const E* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
+                             const E* v, const float* k_scale, const float* v_scale, int64_t ld, int64_t n_keys,
+                             int64_t head_dim, float scale, float* scores) {
     if (n_rows == 1 || head_dim % (4 * N) != 0) {  // GPT-2's heads are 64 wide: the blocked case
         for (int64_t r = 0; r < n_rows; r++)
-            attention_row_t(out + r * ld_out, q + r * ld_q, k, v, ld, n_keys + r, head_dim, scale, scores);
+            attention_row_t(out + r * ld_out, q + r * ld_q, k, v, k_scale, v_scale, ld, n_keys + r, head_dim, scale,
+                            scores);
         return;
     }
     const int R = (int)n_rows;
@@ -272,7 +298,10 @@ static void attention_rows_t(float* out, int64_t ld_out, const float* q, int64_t
         }
         for (int r = 0; r < R; r++) {  // keys past row r's are computed but not kept
             const int64_t keep = n_keys + r - j0 < nk ? n_keys + r - j0 : nk;
-            if (keep > 0) reduce_n(acc[r], (int)keep, scores + r * ld_s + j0);
+            if (keep <= 0) continue;
+            reduce_n(acc[r], (int)keep, scores + r * ld_s + j0);
+            if (kScaled<E>)
+                for (int j = 0; j < keep; j++) scores[r * ld_s + j0 + j] *= k_scale[j0 + j];
         }
     }
     float inv[ATT_ROWS];
@@ -287,7 +316,7 @@ static void attention_rows_t(float* out, int64_t ld_out, const float* q, int64_t
             for (int c = 0; c < 4; c++) vv[c] = vload(vj + c * N);
             for (int r = 0; r < ATT_ROWS; r++) {
                 if (r >= R || j >= n_keys + r) continue;
-                const V p = vset(scores[r * ld_s + j] * inv[r]);
+                const V p = vset(kScaled<E> ? scores[r * ld_s + j] * inv[r] * v_scale[j] : scores[r * ld_s + j] * inv[r]);
                 for (int c = 0; c < 4; c++) o[r][c] = vfma(p, vv[c], o[r][c]);
             }
         }
@@ -298,22 +327,73 @@ static void attention_rows_t(float* out, int64_t ld_out, const float* q, int64_t
 
 void attention_row(float* out, const float* q, const float* k, const float* v, int64_t ld, int64_t n_keys,
                    int64_t head_dim, float scale, float* scores) {
-    attention_row_t(out, q, k, v, ld, n_keys, head_dim, scale, scores);
+    attention_row_t(out, q, k, v, nullptr, nullptr, ld, n_keys, head_dim, scale, scores);
 }
 
 void attention_row_f16(float* out, const float* q, const uint16_t* k, const uint16_t* v, int64_t ld, int64_t n_keys,
                        int64_t head_dim, float scale, float* scores) {
-    attention_row_t(out, q, k, v, ld, n_keys, head_dim, scale, scores);
+    attention_row_t(out, q, k, v, nullptr, nullptr, ld, n_keys, head_dim, scale, scores);
 }
 
 void attention_rows(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const float* k,
                     const float* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
-    attention_rows_t(out, ld_out, q, ld_q, n_rows, k, v, ld, n_keys, head_dim, scale, scores);
+    attention_rows_t(out, ld_out, q, ld_q, n_rows, k, v, nullptr, nullptr, ld, n_keys, head_dim, scale, scores);
 }
 
 void attention_rows_f16(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const uint16_t* k,
                         const uint16_t* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
-    attention_rows_t(out, ld_out, q, ld_q, n_rows, k, v, ld, n_keys, head_dim, scale, scores);
+    attention_rows_t(out, ld_out, q, ld_q, n_rows, k, v, nullptr, nullptr, ld, n_keys, head_dim, scale, scores);
+}
+
+void attention_row_int8(float* out, const float* q, const int8_t* k, const int8_t* v, const float* k_scale,
+                        const float* v_scale, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
+    attention_row_t(out, q, k, v, k_scale, v_scale, ld, n_keys, head_dim, scale, scores);
+}
+
+void attention_rows_int8(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const int8_t* k,
+                         const int8_t* v, const float* k_scale, const float* v_scale, int64_t ld, int64_t n_keys,
+                         int64_t head_dim, float scale, float* scores) {
+    attention_rows_t(out, ld_out, q, ld_q, n_rows, k, v, k_scale, v_scale, ld, n_keys, head_dim, scale, scores);
+}
+
+// generic::quantize_kv, vectorised: the same operations (an exact max, one product per
+// value, conversion rounding to nearest even as nearbyint does), so the same bits. A value
+// is finite when |x| <= FLT_MAX (false for infinities and NaN).
+float quantize_kv(const float* x, int8_t* q, int64_t n) {
+    if (n <= 0) return 0.0f;
+    const V big = vset(3.40282347e38f);
+    V vm = vzero();
+    bool finite = true;
+    int64_t i = 0;
+    for (; i < n; i += N) {
+        const V a = vabs(i + N <= n ? vload(x + i) : vload_n(x + i, n - i));
+#if defined(__AVX512F__)
+        finite = finite && _mm512_cmp_ps_mask(a, big, _CMP_LE_OQ) == 0xFFFF;
+#else
+        finite = finite && _mm256_movemask_ps(_mm256_cmp_ps(a, big, _CMP_LE_OQ)) == 0xFF;
+#endif
+        vm = vmax(vm, a);
+    }
+    const float m = vmax_lanes(vm);
+    if (!finite || m == 0.0f) {
+        std::memset(q, 0, n);
+        return finite ? 0.0f : NAN;
+    }
+    const V inv = vset(127.0f / m);
+    for (i = 0; i < n; i += N) {
+        const int64_t k = n - i < N ? n - i : N;
+        const V v = vmul(k == N ? vload(x + i) : vload_n(x + i, k), inv);  // |v| <= 127 (+ rounding)
+#if defined(__AVX512F__)
+        const __m512i r = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(v), _mm512_set1_epi32(-127)),
+                                           _mm512_set1_epi32(127));
+        _mm_mask_storeu_epi8(q + i, tail_mask16(k), _mm512_cvtepi32_epi8(r));
+#else
+        alignas(32) int32_t r[8];
+        _mm256_store_si256((__m256i*)r, _mm256_cvtps_epi32(v));
+        for (int64_t j = 0; j < k; j++) q[i + j] = (int8_t)(r[j] > 127 ? 127 : r[j] < -127 ? -127 : r[j]);
+#endif
+    }
+    return m / 127.0f;
 }
 
 // f32 -> f16 with F16C, rounded to nearest even (generic::f32_to_f16 gives the same bits).

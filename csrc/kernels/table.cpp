@@ -30,7 +30,10 @@ const Kernels& kernel_table() {
         /* .attention_row_f16 = */ simd::attention_row_f16,
         /* .attention_rows = */ simd::attention_rows,
         /* .attention_rows_f16 = */ simd::attention_rows_f16,
+        /* .attention_row_int8 = */ simd::attention_row_int8,
+        /* .attention_rows_int8 = */ simd::attention_rows_int8,
         /* .to_f16        = */ simd::to_f16,
+        /* .quantize_kv   = */ simd::quantize_kv,
     };
 #else
     static const Kernels table = {
@@ -49,7 +52,10 @@ const Kernels& kernel_table() {
         /* .attention_row_f16 = */ generic::attention_row_f16,
         /* .attention_rows = */ generic::attention_rows,
         /* .attention_rows_f16 = */ generic::attention_rows_f16,
+        /* .attention_row_int8 = */ generic::attention_row_int8,
+        /* .attention_rows_int8 = */ generic::attention_rows_int8,
         /* .to_f16        = */ generic::to_f16,
+        /* .quantize_kv   = */ generic::quantize_kv,
     };
 #endif
     return table;
