@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kv-cache", choices=("auto", "f32", "f16", "int8"), default="auto",
                    help="how the KV cache stores keys and values; f16 halves its memory and reads, int8 (a scale per "
                         "position and head) leaves 27%%; auto: f32 for "
-                        "f32 weights, f16 for the others (default: %(default)s)")
+                        "f32 weights, f16 for bf16/f16, int8 for int8/int4 (default: %(default)s)")
     g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("info", help="show a model's configuration, size, ISA path and threads",

@@ -164,10 +164,10 @@ class Model:
 
 def auto_kv_cache(weights_dtype: str) -> str:
     """The KV cache `kv_cache="auto"` picks for weights of this dtype: f32 for f32 weights
-    (logits as transformers computes them), f16 for every smaller dtype (bf16, f16, int8,
-    int4), whose weights are approximations already: as llama.cpp, and as transformers
-    keeping a half-precision model's cache in its dtype (docs/GENERATION.md, "KV cache")."""
-    return "f32" if weights_dtype == "f32" else "f16"
+    (logits as transformers computes them); f16 for bf16 and f16 weights, as transformers
+    keeps a half-precision model's cache in its dtype; int8 for int8 and int4 weights, whose
+    own error is hundreds of times what an int8 cache adds (docs/GENERATION.md, "KV cache")."""
+    return {"f32": "f32", "bf16": "f16", "f16": "f16"}.get(weights_dtype, "int8")
 
 
 def load(path: str | os.PathLike | None = None, n_threads: int | None = None, check_finite: bool = False,
@@ -181,7 +181,8 @@ def load(path: str | os.PathLike | None = None, n_threads: int | None = None, ch
     sequences decode faster), at a small cost in precision; "int8" as 8-bit integers with a
     scale per position and head (a little over a quarter of the f32 bytes; llama.cpp's q8_0
     cache type, at a larger cost in precision); "f32" keeps them as computed; "auto" (the
-    default) is f32 for f32 weights, f16 for the others (auto_kv_cache, docs/GENERATION.md)."""
+    default) is f32 for f32 weights, f16 for bf16 and f16, int8 for int8 and int4 (auto_kv_cache,
+    docs/GENERATION.md)."""
     if path is None:
         if not os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "config.json")):
             raise FileNotFoundError("this pygpt install ships no default model; pass a model folder")

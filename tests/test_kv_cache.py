@@ -1,6 +1,6 @@
 """The f16 and int8 KV caches (pygpt.load(..., kv_cache="f16" or "int8")): keys and values
 stored as half floats, or as 8-bit integers with a scale per position and head;
-kv_cache="auto" (the default) picks f16 for every weight dtype but f32."""
+kv_cache="auto" (the default) picks f16 for bf16 and f16 weights, int8 for int8 and int4."""
 
 import numpy as np
 import pytest
@@ -64,10 +64,11 @@ def test_f16_cache_forks_for_several_return_sequences(hf_model_factory):
     assert cache.dtype == "f16" and cache.fork().dtype == "f16"
 
 
-@pytest.mark.parametrize("dtype", ["f16", "bf16", "int8", "int4"])
-def test_auto_cache_is_f16_below_f32_weights(hf_model_factory, tmp_path, dtype):
+@pytest.mark.parametrize("dtype,kv", [("f16", "f16"), ("bf16", "f16"), ("int8", "int8"), ("int4", "int8")])
+def test_auto_cache_follows_the_weights(hf_model_factory, tmp_path, dtype, kv):
     """The default (kv_cache="auto") gives f32 weights an f32 cache (tested above: transformers'
-    logits) and every smaller dtype an f16 one: the same logits, bit for bit, as asking for it."""
+    logits), bf16 and f16 weights an f16 one and int8 and int4 weights an int8 one: the same
+    logits, bit for bit, as asking for it."""
     import pygpt.convert
 
     _, hf_dir, f32_dir = hf_model_factory("tiny")
@@ -75,11 +76,12 @@ def test_auto_cache_is_f16_below_f32_weights(hf_model_factory, tmp_path, dtype):
     out = str(tmp_path / dtype)
     pygpt.convert.convert(hf_dir, out, dtype=dtype)
     auto = pygpt.load(out)
-    assert auto.kv_cache == "f16" and pygpt.model.auto_kv_cache(dtype) == "f16"
+    assert auto.kv_cache == kv and pygpt.model.auto_kv_cache(dtype) == kv
     ids = ids_for(auto, 30, seed=2)
     logits = auto.logits(ids)
-    assert np.array_equal(logits, pygpt.load(out, kv_cache="f16").logits(ids))
-    assert not np.array_equal(logits, pygpt.load(out, kv_cache="f32").logits(ids))
+    assert np.array_equal(logits, pygpt.load(out, kv_cache=kv).logits(ids))
+    other = "f32" if kv == "int8" else "int8"
+    assert not np.array_equal(logits, pygpt.load(out, kv_cache=other).logits(ids))
 
 
 @pytest.mark.parametrize("bad", ["f8", "F16", "q8", "INT8", "", None, 16])

@@ -253,9 +253,10 @@ def worker_pygpt(a: dict) -> dict:
             bt.append(outs[0].timings.decode_tokens_per_s)
         out["batch_decode_tok_s"] = statistics.median(bt)
     if a.get("batch"):
-        # the same with the next smaller KV cache (f32 weights: f16, the default of the other
-        # dtypes; the others: int8), batch 1 and batch 8: 8 sequences read 8 caches per step
-        alt_kv = "f16" if model.kv_cache == "f32" else "int8"
+        # the same with another KV cache (f32 weights: f16; bf16/f16 weights: int8; int8/int4
+        # weights, whose default is int8: f16), batch 1 and batch 8: 8 sequences read 8
+        # caches per step
+        alt_kv = {"f32": "f16", "f16": "int8", "int8": "f16"}[model.kv_cache]
         m2 = pygpt.load(a["path"], n_threads=a["threads"], kv_cache=alt_kv)
         m2.generate(ids[:8], max_new_tokens=4, ignore_eos=True)
         d2, b2 = [], []
@@ -393,7 +394,7 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
     for shape in meta["shapes"]:
         out += [f"### {shape} (n_layer {SHAPES[shape][0]}, n_embd {SHAPES[shape][2]})", "",
                 "| engine | weights | threads | load s | prefill tok/s | % peak | TTFT ms | decode tok/s "
-                "| % BW ceiling | ceiling tok/s | batch-8 decode tok/s | smaller KV: decode / batch-8 tok/s "
+                "| % BW ceiling | ceiling tok/s | batch-8 decode tok/s | other KV: decode / batch-8 tok/s "
                 "| peak RSS MiB | CPU share |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         # pygpt rows: the weights' dtype and, in brackets, the KV cache the default ("auto") gave them
@@ -551,8 +552,8 @@ def quality(args, log) -> str:
         if dt == "f32":  # the same weights with keys and values stored as f16, then int8
             measure("f32, f16 KV cache", pygpt.load(out, kv_cache="f16"), size)
             measure("f32, int8 KV cache", pygpt.load(out, kv_cache="int8"), size)
-        if dt == "int4":  # the smallest weights with the smallest cache
-            measure(label + ", int8 KV cache", pygpt.load(out, kv_cache="int8"), size)
+        if dt in ("int8", "int4"):  # against the f16 cache (their default is int8)
+            measure(label + ", f16 KV cache", pygpt.load(out, kv_cache="f16"), size)
     base = rows[0][1]
     n_layer, n_embd = m.config["n_layer"], m.config["n_embd"]
     lines = [f"Trained model `{os.path.basename(os.path.normpath(args.quality))}` "
