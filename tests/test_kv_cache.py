@@ -41,27 +41,33 @@ def test_f16_cache_close_to_f32(hf_model_factory):
     assert 0 < std_error(a, b) < 2e-3
 
 
-def test_f16_cache_identical_for_any_thread_count_and_batch(hf_model_factory):
+@pytest.mark.parametrize("kv", ["f16", "int8"])
+def test_cache_identical_for_any_thread_count_and_batch(hf_model_factory, kv):
     _, _, out = hf_model_factory("tiny")
-    one = pygpt.load(out, n_threads=1, kv_cache="f16")
+    one = pygpt.load(out, n_threads=1, kv_cache=kv)
     ids = ids_for(one, 37, seed=4)
     ref = one.logits(ids)
     prompts = [ids, ids[:5], ids[:20]]
     alone = [one.generate(p, max_new_tokens=6, ignore_eos=True).tokens for p in prompts]
-    for n in (2, 3):
-        m = pygpt.load(out, n_threads=n, kv_cache="f16")
+    for n in (2, 3, 5):
+        m = pygpt.load(out, n_threads=n, kv_cache=kv)
         assert np.array_equal(m.logits(ids), ref), f"n_threads={n}"
         assert [o.tokens for o in m.generate(prompts, max_new_tokens=6, ignore_eos=True)] == alone
 
 
-def test_f16_cache_forks_for_several_return_sequences(hf_model_factory):
+@pytest.mark.parametrize("kv", ["f16", "int8"])
+def test_cache_forks_for_several_return_sequences(hf_model_factory, kv):
     _, _, out = hf_model_factory("tiny")
-    m = pygpt.load(out, kv_cache="f16")
+    m = pygpt.load(out, kv_cache=kv)
     outs = m.generate(PROMPT, max_new_tokens=8, num_return_sequences=3, temperature=1.0, seed=5, ignore_eos=True)
     again = m.generate(PROMPT, max_new_tokens=8, num_return_sequences=3, temperature=1.0, seed=5, ignore_eos=True)
     assert [o.tokens for o in outs] == [o.tokens for o in again]
     cache = m._core.new_cache()
-    assert cache.dtype == "f16" and cache.fork().dtype == "f16"
+    m._core.forward(cache, ids_for(m, 9), False)
+    fork = cache.fork()
+    assert cache.dtype == kv and fork.dtype == kv and fork.pos == 9
+    nxt = ids_for(m, 3, seed=8)
+    assert np.array_equal(m._core.forward(fork, nxt, True), m._core.forward(cache, nxt, True))
 
 
 @pytest.mark.parametrize("dtype,kv", [("f16", "f16"), ("bf16", "f16"), ("int8", "int8"), ("int4", "int8")])
@@ -117,19 +123,6 @@ def test_int8_cache_close_to_f32_and_f16(hf_model_factory):
     assert 0 < e16 < e8 < 5e-2
 
 
-def test_int8_cache_identical_for_any_thread_count_and_batch(hf_model_factory):
-    _, _, out = hf_model_factory("tiny")
-    one = pygpt.load(out, n_threads=1, kv_cache="int8")
-    ids = ids_for(one, 37, seed=4)
-    ref = one.logits(ids)
-    prompts = [ids, ids[:5], ids[:20]]
-    alone = [one.generate(p, max_new_tokens=6, ignore_eos=True).tokens for p in prompts]
-    for n in (2, 3, 5):
-        m = pygpt.load(out, n_threads=n, kv_cache="int8")
-        assert np.array_equal(m.logits(ids), ref), f"n_threads={n}"
-        assert [o.tokens for o in m.generate(prompts, max_new_tokens=6, ignore_eos=True)] == alone
-
-
 def test_int8_cache_step_by_step_equals_one_prompt(hf_model_factory):
     """Keys and values appended one token at a time (decode) are quantized exactly as in one
     prompt: the last logits agree bit for bit."""
@@ -140,17 +133,3 @@ def test_int8_cache_step_by_step_equals_one_prompt(hf_model_factory):
     cache = m._core.new_cache()
     steps = [m._core.forward(cache, [t], False) for t in ids]
     assert np.array_equal(np.concatenate(steps), whole)
-
-
-def test_int8_cache_forks_for_several_return_sequences(hf_model_factory):
-    _, _, out = hf_model_factory("tiny")
-    m = pygpt.load(out, kv_cache="int8")
-    outs = m.generate(PROMPT, max_new_tokens=8, num_return_sequences=3, temperature=1.0, seed=5, ignore_eos=True)
-    again = m.generate(PROMPT, max_new_tokens=8, num_return_sequences=3, temperature=1.0, seed=5, ignore_eos=True)
-    assert [o.tokens for o in outs] == [o.tokens for o in again]
-    cache = m._core.new_cache()
-    m._core.forward(cache, ids_for(m, 9), False)
-    fork = cache.fork()
-    assert cache.dtype == "int8" and fork.dtype == "int8" and fork.pos == 9
-    nxt = ids_for(m, 3, seed=8)
-    assert np.array_equal(m._core.forward(fork, nxt, True), m._core.forward(cache, nxt, True))
