@@ -281,7 +281,8 @@ void attention_row_f16(float* out, const float* q, const uint16_t* k, const uint
 }
 
 void attention_row_int8(float* out, const float* q, const int8_t* k, const int8_t* v, const float* k_scale,
-                        const float* v_scale, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
+                        const float* v_scale, int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
+                        float* scores) {
     attention_row_t(out, q, k, v, k_scale, v_scale, ld, n_keys, head_dim, scale, scores);
 }
 

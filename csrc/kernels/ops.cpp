@@ -316,7 +316,8 @@ static void attention_rows_t(float* out, int64_t ld_out, const float* q, int64_t
             for (int c = 0; c < 4; c++) vv[c] = vload(vj + c * N);
             for (int r = 0; r < ATT_ROWS; r++) {
                 if (r >= R || j >= n_keys + r) continue;
-                const V p = vset(kScaled<E> ? scores[r * ld_s + j] * inv[r] * v_scale[j] : scores[r * ld_s + j] * inv[r]);
+                const float s = scores[r * ld_s + j] * inv[r];
+                const V p = vset(kScaled<E> ? s * v_scale[j] : s);
                 for (int c = 0; c < 4; c++) o[r][c] = vfma(p, vv[c], o[r][c]);
             }
         }
@@ -346,7 +347,8 @@ void attention_rows_f16(float* out, int64_t ld_out, const float* q, int64_t ld_q
 }
 
 void attention_row_int8(float* out, const float* q, const int8_t* k, const int8_t* v, const float* k_scale,
-                        const float* v_scale, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
+                        const float* v_scale, int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
+                        float* scores) {
     attention_row_t(out, q, k, v, k_scale, v_scale, ld, n_keys, head_dim, scale, scores);
 }
 
