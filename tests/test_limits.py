@@ -174,10 +174,13 @@ def test_prompt_of_exactly_n_ctx(model):
         model.logits(prompt + [0])
 
 
-def test_kv_cache_at_the_limit(model):
-    """The core alone: filling the cache token by token up to n_ctx, then one more is refused."""
-    core = model._core
+@pytest.mark.parametrize("kv", ["f32", "f16", "int8"])
+def test_kv_cache_at_the_limit(model, kv):
+    """The core alone: filling the cache up to n_ctx, then one more is refused (every cache
+    type: the int8 one's scales fill to n_ctx too)."""
+    core = pygpt.load(model.path, n_threads=2, kv_cache=kv)._core
     cache = core.new_cache()
+    assert cache.dtype == kv
     ids = np.arange(CFG["n_ctx"], dtype=np.int32) % 300
     for i in range(0, CFG["n_ctx"], 64):
         core.forward(cache, ids[i:i + 64])
