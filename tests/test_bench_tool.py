@@ -1,0 +1,50 @@
+"""tools/bench.py's pygpt worker and report: the KV-cache bytes it counts in each ceiling, the
+"other KV" measurement beside each batch row, and the table and ratio lines it renders."""
+
+import importlib.util
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench", os.path.join(ROOT, "tools", "bench.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kv_bytes_per_token(bench):
+    L, H, C = bench.SHAPES["124M"]
+    mean_pos = 128 + (128 - 1) / 2
+    assert bench.kv_bytes_per_token("124M", 128, 128, "f32") == L * 2 * C * 4 * mean_pos
+    assert bench.kv_bytes_per_token("124M", 128, 128, "f16") == L * 2 * C * 2 * mean_pos
+    # int8: one byte per value plus an f32 scale per head of C / H values
+    assert bench.kv_bytes_per_token("124M", 128, 128, "int8") == pytest.approx(L * 2 * C * (1 + 4 / 64) * mean_pos)
+
+
+@pytest.mark.parametrize("dtype,kv,alt", [("f32", "f32", "f16"), ("int8", "int8", "f16")])
+def test_worker_measures_the_other_kv_cache_and_the_table_shows_it(bench, hf_model_factory, tmp_path, dtype, kv,
+                                                                   alt):
+    import pygpt.convert
+
+    _, hf_dir, f32_dir = hf_model_factory("tiny")
+    path = f32_dir
+    if dtype != "f32":
+        path = str(tmp_path / dtype)
+        pygpt.convert.convert(hf_dir, path, dtype=dtype)
+    r = bench.worker_pygpt({"path": path, "threads": 1, "prompt": 8, "new": 4, "runs": 1, "batch": 2})
+    assert r["kv_cache"] == kv and r["alt_kv"] == alt
+    assert r["decode_tok_s"] > 0 and r["batch_decode_tok_s"] > 0
+    assert r["decode_altkv_tok_s"] > 0 and r["batch_decode_altkv_tok_s"] > 0
+    r.update(engine="pygpt", dtype=dtype, threads=1, shape="124M")
+    meta = {"date": "today", "cpu": "cpu", "cores": 2, "isa": "avx2", "prompt": 8, "new": 4, "runs": 1,
+            "shapes": ["124M"], "threads": [1], "bandwidth": {1: 1e10}, "fma_peak": {1: 1e11}}
+    md = bench.speed_markdown(meta, [r], None)
+    row = [line for line in md.splitlines() if line.startswith("| pygpt")][0]
+    assert f"| {dtype} ({kv} KV) |" in row
+    assert f"| {alt}: {r['decode_altkv_tok_s']:.1f} / {r['batch_decode_altkv_tok_s']:.0f} |" in row
+    assert f"with the {alt} KV cache" in md
