@@ -63,7 +63,8 @@ Matrix make_matrix(const std::string& dtype, const U8& w, const F32* scales, int
     return m;
 }
 
-// One query row of attention through `kernel` (Kernels::attention_row or its f16 form).
+// One query row of attention through `kernel` (Kernels::attention_row, its f16 form, or a
+// callable of the same arguments).
 template <class Array, class Kernel>
 F32 attention_row_binding(Kernel kernel, const F32& q, const Array& k, const Array& v, float scale) {
     if (k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1))
@@ -203,17 +204,13 @@ void bind_kernels(py::module_& m) {
     // int8: k, v [n_keys, ld] int8 with their rows' scales k_scale, v_scale [n_keys]
     m.def("_kernel_attention_row_int8", [](const std::string& isa, const F32& q, const I8& k, const I8& v,
                                            const F32& k_scale, const F32& v_scale, float scale) {
-        if (k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1))
-            throw std::invalid_argument("k and v must be [n_keys, ld] of one shape");
-        const int64_t HS = q.size(), n_keys = k.shape(0), ld = k.shape(1);
-        if (n_keys < 1 || HS < 1 || HS > ld) throw std::invalid_argument("need n_keys >= 1 and 1 <= HS <= ld");
-        if (k_scale.size() != n_keys || v_scale.size() != n_keys)
-            throw std::invalid_argument("k_scale and v_scale need one scale per key");
-        F32 out(HS);
-        std::vector<float> scratch(n_keys);
-        select_kernels(isa.c_str()).attention_row_int8(out.mutable_data(), q.data(), k.data(), v.data(), k_scale.data(),
-                                                       v_scale.data(), ld, n_keys, HS, scale, scratch.data());
-        return out;
+        const auto kernel = select_kernels(isa.c_str()).attention_row_int8;
+        return attention_row_binding([&](float* out, const float* qd, const int8_t* kd, const int8_t* vd, int64_t ld,
+                                         int64_t n_keys, int64_t HS, float sc, float* scratch) {
+            if (k_scale.size() != n_keys || v_scale.size() != n_keys)
+                throw std::invalid_argument("k_scale and v_scale need one scale per key");
+            kernel(out, qd, kd, vd, k_scale.data(), v_scale.data(), ld, n_keys, HS, sc, scratch);
+        }, q, k, v, scale);
     });
 
     m.def("_kernel_attention_rows", [](const std::string& isa, const F32& q, const py::array& k, const py::array& v,
