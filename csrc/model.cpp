@@ -18,7 +18,7 @@
 namespace pygpt {
 
 // Output columns are split among threads in units of 16 floats (one cache line); c_attn's
-// in whole heads too (Model::qkv_unit_), so that append_kv quantizes whole heads.
+// in whole heads too (qkv_unit in forward_team), so that append_kv quantizes whole heads.
 constexpr int64_t kColumnUnit = 16;
 
 // ----------------------------------------------------------------------------
@@ -164,7 +164,6 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
     const int64_t C = cfg.n_embd, L = cfg.n_layer, V = cfg.vocab_size;
     if (C <= 0 || L <= 0 || V <= 0 || cfg.n_ctx <= 0 || cfg.n_head <= 0 || C % cfg.n_head != 0)
         throw FormatError("invalid model dimensions");
-    qkv_unit_ = std::lcm(kColumnUnit, C / cfg.n_head);
     if (n_threads_ < 1) throw std::invalid_argument("n_threads must be >= 1");
     file_ = std::make_unique<MappedFile>(path);
 
@@ -316,6 +315,7 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
     auto rows_done = [&] {
         if (!own_copy) team.sync();
     };
+    const int64_t qkv_unit = std::lcm(kColumnUnit, C / cfg.n_head);  // c_attn: whole heads too
     auto no_epilogue = [](int64_t, int64_t) {};
 
     // x = wte[token] + wpe[position]
@@ -332,7 +332,7 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
         layernorm_rows(b.ln_1, x, r0, r1, xn);
         linear(team, b.c_attn, xn, T, qkv, r0, r1, [&](int64_t c0, int64_t c1) {  // [T, 3C]: q | k | v
             append_kv(steps, l, qkv, T, c0, c1);  // these columns of k, v to the caches
-        }, qkv_unit_);
+        }, qkv_unit);
         team.sync();
         attention(team, steps, l, qkv, att);          // [T, C]
         team.sync();

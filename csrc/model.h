@@ -144,7 +144,6 @@ private:
     const Kernels* kernels_;
     int n_threads_;
     KVType kv_type_;
-    int64_t qkv_unit_;  // column unit of c_attn's split: whole heads (append_kv)
     std::unique_ptr<MappedFile> file_;
     std::vector<std::vector<uint8_t>> copies_;  // tensors that had to be realigned
     size_t copied_bytes_ = 0;
