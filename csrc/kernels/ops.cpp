@@ -3,6 +3,7 @@
 // V is this ISA's f32 vector (16 or 8 lanes); the Vec helpers below hide the width.
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "kernels.h"
@@ -363,7 +364,7 @@ void attention_rows_int8(float* out, int64_t ld_out, const float* q, int64_t ld_
 // is finite when |x| <= FLT_MAX (false for infinities and NaN).
 float quantize_kv(const float* x, int8_t* q, int64_t n) {
     if (n <= 0) return 0.0f;
-    const V big = vset(3.40282347e38f);
+    const V big = vset(std::numeric_limits<float>::max());
     V vm = vzero();
     bool finite = true;
     int64_t i = 0;

@@ -20,7 +20,8 @@ void attention_rows(float* out, int64_t ld_out, const float* q, int64_t ld_q, in
 void attention_rows_f16(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const uint16_t* k,
                         const uint16_t* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores);
 void attention_row_int8(float* out, const float* q, const int8_t* k, const int8_t* v, const float* k_scale,
-                        const float* v_scale, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores);
+                        const float* v_scale, int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
+                        float* scores);
 void attention_rows_int8(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const int8_t* k,
                          const int8_t* v, const float* k_scale, const float* v_scale, int64_t ld, int64_t n_keys,
                          int64_t head_dim, float scale, float* scores);
