@@ -41,15 +41,22 @@ def attention(q, k, v):  # [T, hs] x3 -> [T, hs]
     return (p / p.sum(-1, keepdims=True)) @ v
 
 
-def int8_rows(a, nh):
-    """Keys or values [T, C] as an int8 KV cache holds them: each head's row quantized to
-    round(x * 127 / max|x|) (float32 arithmetic, ties to even) times max|x| / 127."""
-    t, c = a.shape
-    x = a.reshape(t, nh, c // nh).astype(np.float32)
-    m = np.abs(x).max(-1, keepdims=True)
+def quantize_kv_rows(x):
+    """NumPy model of Kernels::quantize_kv, row by row: (int8 q, float32 scales), q =
+    round(x * 127 / max|x|) in float32 arithmetic (ties to even), scale max|x| / 127."""
+    x = np.asarray(x, np.float32)
+    m = np.abs(x).max(-1)
     inv = np.where(m > 0, np.float32(127) / np.where(m > 0, m, 1), 0).astype(np.float32)
-    q = np.rint(x * inv)
-    return (q.astype(np.float64) * (m / np.float32(127)).astype(np.float32)).reshape(t, c)
+    q = np.rint(x * inv[:, None]).astype(np.int8)
+    return q, (m / np.float32(127)).astype(np.float32)
+
+
+def int8_rows(a, nh):
+    """Keys or values [T, C] as an int8 KV cache holds them: each head's row quantized
+    (quantize_kv_rows) and scaled back."""
+    t, c = a.shape
+    q, scale = quantize_kv_rows(a.reshape(t * nh, c // nh))
+    return (q.astype(np.float64) * scale[:, None]).reshape(t, c)
 
 
 def gpt2_logits(model_dir, ids, kv_cache="f32"):  # [T] -> [T, V]

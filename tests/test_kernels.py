@@ -6,6 +6,7 @@ import pytest
 
 from pygpt import _core
 from pygpt import quantize as qz
+from reference_gpt2 import quantize_kv_rows
 
 ISAS = ["scalar"]
 if _core.cpu_has_avx2():
@@ -253,15 +254,6 @@ def test_attention_row_f16(isa, n_keys, hs, ld):
     np.testing.assert_allclose(out, p @ v[:, :hs].astype(np.float64), rtol=1e-5, atol=1e-5)
     f32 = _core._kernel_attention_row(isa, q, k.astype(np.float32), v.astype(np.float32), scale)
     np.testing.assert_allclose(out, f32, rtol=1e-6, atol=1e-6)
-
-
-def quantize_kv_rows(x):
-    """NumPy model of Kernels::quantize_kv, row by row: (int8 q, float32 scales)."""
-    x = np.asarray(x, np.float32)
-    m = np.abs(x).max(-1)
-    inv = np.where(m > 0, np.float32(127) / np.where(m > 0, m, 1), 0).astype(np.float32)
-    q = np.rint(x * inv[:, None]).astype(np.int8)  # float32 product, ties to even
-    return q, (m / np.float32(127)).astype(np.float32)
 
 
 @pytest.mark.parametrize("isa", ISAS)
