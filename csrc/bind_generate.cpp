@@ -89,7 +89,7 @@ void bind_generate(py::module_& m) {
         [](const FloatArray& logits, const std::vector<int32_t>& history, size_t n_prompt,
            const SamplingParams& params) {
             std::vector<float> s = to_logits(logits);
-            Sampler sampler(params, int64_t(s.size()), 0, 0);
+            Sampler sampler(params, int64_t(s.size()), 0, 0, select_kernels(""));
             sampler.process(s.data(), history, n_prompt);
             return py::array_t<float>(py::ssize_t(s.size()), s.data());
         },
@@ -99,24 +99,22 @@ void bind_generate(py::module_& m) {
     m.def(
         "sample_tokens",
         [](const FloatArray& logits, const std::vector<int32_t>& history, size_t n_prompt,
-           const SamplingParams& params, uint64_t seed, uint64_t stream, int64_t n) {
+           const SamplingParams& params, uint64_t seed, uint64_t stream, int64_t n, const std::string& isa) {
             if (n < 0) throw std::invalid_argument("n must be >= 0");
+            const Kernels& kernels = select_kernels(isa.c_str());
             const std::vector<float> s0 = to_logits(logits);
             py::array_t<int32_t> out(n);
             int32_t* dst = out.mutable_data();
             {
                 py::gil_scoped_release release;
-                Sampler sampler(params, int64_t(s0.size()), seed, stream);
-                std::vector<float> s;
-                for (int64_t i = 0; i < n; i++) {
-                    s = s0;
-                    dst[i] = sampler.sample(s.data(), history, n_prompt);
-                }
+                Sampler sampler(params, int64_t(s0.size()), seed, stream, kernels);
+                std::vector<float> work;
+                for (int64_t i = 0; i < n; i++) dst[i] = sampler.sample(s0.data(), work, history, n_prompt);
             }
             return out;
         },
         py::arg("logits"), py::arg("history"), py::arg("n_prompt"), py::arg("params"), py::arg("seed"),
-        py::arg("stream"), py::arg("n"),
+        py::arg("stream"), py::arg("n"), py::arg("isa") = "",
         "n successive choices of one sampler on the same logits (its random stream advancing), for tests.");
 
     py::class_<GenerateOptions>(m, "GenerateOptions", "Options of one generate call (see csrc/generate.h).")

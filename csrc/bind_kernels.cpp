@@ -254,6 +254,10 @@ void bind_kernels(py::module_& m) {
         return py::make_tuple(q, s);
     });
 
+    m.def("_kernel_argmax", [](const std::string& isa, const F32& x) {
+        return select_kernels(isa.c_str()).argmax(x.data(), x.size());
+    });
+
     m.def("_kernel_to_f16", [](const std::string& isa, const F32& x) {
         U16 out(x.size());
         select_kernels(isa.c_str()).to_f16(x.data(), out.mutable_data(), x.size());

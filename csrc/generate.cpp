@@ -52,14 +52,15 @@ struct Generation::Seq {
     std::string bytes;             // raw bytes of the generated text so far
     size_t released = 0;           // bytes[0 : released] are already in r.text
     std::string pending;           // released text not yet taken by take_text
-    // filled by sample_all (in parallel), consumed by accept
+    // filled by sample_all (in parallel), consumed by accept; scores: the sampler's work
     std::vector<float> scores;
     int32_t chosen = -1;
     float logprob = 0.0f;
     TopLogprobs top;
     std::vector<int32_t> idx;
 
-    Seq(const SamplingParams& p, int64_t V, uint64_t seed, uint64_t stream) : sampler(p, V, seed, stream) {}
+    Seq(const SamplingParams& p, int64_t V, uint64_t seed, uint64_t stream, const Kernels& kernels)
+        : sampler(p, V, seed, stream, kernels) {}
 };
 
 Generation::Generation(Model& model, const Tokenizer* tokenizer, std::vector<std::vector<int32_t>> prompts,
@@ -95,7 +96,7 @@ Generation::Generation(Model& model, const Tokenizer* tokenizer, std::vector<std
     const int64_t n = opt_.num_return_sequences;
     for (size_t p = 0; p < prompts_.size(); p++) {
         for (int64_t j = 0; j < n; j++) {
-            auto s = std::make_unique<Seq>(opt_.sampling, V_, opt_.seed, uint64_t(j));
+            auto s = std::make_unique<Seq>(opt_.sampling, V_, opt_.seed, uint64_t(j), model_.kernels());
             s->r.prompt_index = p;
             s->history = prompts_[p];
             s->n_prompt = prompts_[p].size();
@@ -238,8 +239,7 @@ void Generation::sample_all(const std::vector<Seq*>& seqs, const std::vector<con
         try {
             Seq& s = *seqs[b];
             const float* row = rows[b];
-            s.scores.assign(row, row + V_);
-            s.chosen = s.sampler.sample(s.scores.data(), s.history, s.n_prompt);
+            s.chosen = s.sampler.sample(row, s.scores, s.history, s.n_prompt);
             if (opt_.logprobs) {
                 const double lse = log_sum_exp(row, V_);
                 s.logprob = float(double(row[s.chosen]) - lse);

@@ -96,6 +96,9 @@ struct Kernels {
     // nearest even), m = max |x[i]|; returns the scale m / 127 (0 for a row of zeros, NaN
     // with q = 0 for a row holding an infinity or NaN). The same bits on every ISA.
     float (*quantize_kv)(const float* x, int8_t* q, int64_t n);
+    // The index of the first largest of x[0:n] (greedy decoding's choice): NaN and -inf are
+    // never chosen; -1 when nothing else is left.
+    int64_t (*argmax)(const float* x, int64_t n);
 };
 
 // "f32" | "f16" | "bf16" | "int8" | "int4" -> DType; false for any other name (dtype.cpp).

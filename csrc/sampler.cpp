@@ -87,16 +87,21 @@ void SamplingParams::validate(int64_t vocab_size) const {
 // ---------------------------------------------------------------------------------------------
 // Sampler
 
-Sampler::Sampler(const SamplingParams& params, int64_t vocab_size, uint64_t seed, uint64_t stream)
-    : params_(params), V_(vocab_size), rng_(seed, stream) {
+Sampler::Sampler(const SamplingParams& params, int64_t vocab_size, uint64_t seed, uint64_t stream,
+                 const Kernels& kernels)
+    : params_(params), V_(vocab_size), argmax_(kernels.argmax), rng_(seed, stream) {
     params_.validate(vocab_size);
     counts_.assign(size_t(V_), 0);
 }
 
-void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_prompt) {
-    have_weights_ = false;
+void Sampler::check_history(const std::vector<int32_t>& history) const {
     for (int32_t t : history)
         if (t < 0 || t >= V_) throw std::invalid_argument("token id " + std::to_string(t) + " is outside the vocabulary");
+}
+
+void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_prompt) {
+    have_weights_ = false;
+    check_history(history);
     apply_penalties(s, history, std::min(n_prompt, history.size()));
     if (params_.no_repeat_ngram_size > 0) ban_repeated_ngrams(s, history);
     if (params_.greedy()) return;  // the filters below only shape a random draw
@@ -114,9 +119,15 @@ void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_pr
     if (params_.typical_p < 1.0) keep_typical(s);
 }
 
-int32_t Sampler::sample(float* s, const std::vector<int32_t>& history, size_t n_prompt) {
-    process(s, history, n_prompt);
-    return params_.greedy() ? argmax(s) : draw(s);
+int32_t Sampler::sample(const float* logits, std::vector<float>& work, const std::vector<int32_t>& history,
+                        size_t n_prompt) {
+    if (params_.greedy() && !params_.changes_logits()) {
+        check_history(history);
+        return argmax(logits);
+    }
+    work.assign(logits, logits + V_);
+    process(work.data(), history, n_prompt);
+    return params_.greedy() ? argmax(work.data()) : draw(work.data());
 }
 
 void Sampler::apply_penalties(float* s, const std::vector<int32_t>& history, size_t n_prompt) {
@@ -274,15 +285,8 @@ void Sampler::keep_typical(float* s) {
 }
 
 int32_t Sampler::argmax(const float* s) const {
-    // the first largest score; NaN and -inf (filtered out) never compare greater, so are never
-    // chosen. One predictable branch per token: greedy decoding runs this once per step.
-    int64_t best = -1;
-    float best_score = kNegInf;
-    for (int64_t i = 0; i < V_; i++)
-        if (s[i] > best_score) {
-            best_score = s[i];
-            best = i;
-        }
+    // the first largest score; NaN and -inf (filtered out) are never chosen
+    const int64_t best = argmax_(s, V_);
     if (best < 0) throw std::invalid_argument("every token was filtered out: nothing left to generate");
     return int32_t(best);
 }

@@ -29,6 +29,8 @@
 #include <utility>
 #include <vector>
 
+#include "kernels.h"
+
 namespace pygpt {
 
 // Random numbers: xoshiro256** 1.0 (Blackman & Vigna, https://prng.di.unimi.it/), its 256-bit
@@ -60,24 +62,34 @@ struct SamplingParams {
     // Throws std::invalid_argument naming the first bad value.
     void validate(int64_t vocab_size) const;
     bool greedy() const { return temperature == 0.0f; }
+    // Whether a processor before the draw changes scores (bias, penalties, n-gram bans).
+    bool changes_logits() const {
+        return !logit_bias.empty() || repetition_penalty != 1.0f || presence_penalty != 0.0f ||
+               frequency_penalty != 0.0f || no_repeat_ngram_size > 0;
+    }
 };
 
 class Sampler {
 public:
-    // `stream` selects this sequence's random stream for `seed` (see Rng).
-    Sampler(const SamplingParams& params, int64_t vocab_size, uint64_t seed, uint64_t stream);
+    // `stream` selects this sequence's random stream for `seed` (see Rng); greedy choices use
+    // the kernels' argmax.
+    Sampler(const SamplingParams& params, int64_t vocab_size, uint64_t seed, uint64_t stream, const Kernels& kernels);
 
     // Processes scores[0 : vocab_size] in place (logits in, processed scores out, -inf =
     // filtered). history: the tokens so far, prompt first; its first n_prompt are the prompt.
     void process(float* scores, const std::vector<int32_t>& history, size_t n_prompt);
 
-    // process(), then the greedy choice or a draw. Throws std::invalid_argument when every
-    // token was filtered out (for instance by logit_bias of -inf on all of them).
-    int32_t sample(float* scores, const std::vector<int32_t>& history, size_t n_prompt);
+    // The next token from logits[0 : vocab_size]: process() on a copy in `work`, then the
+    // greedy choice or a draw (plain greedy decoding takes the logits' argmax, no copy).
+    // Throws std::invalid_argument when every token was filtered out (for instance by
+    // logit_bias of -inf on all of them).
+    int32_t sample(const float* logits, std::vector<float>& work, const std::vector<int32_t>& history,
+                   size_t n_prompt);
 
     const SamplingParams& params() const { return params_; }
 
 private:
+    void check_history(const std::vector<int32_t>& history) const;
     void apply_penalties(float* s, const std::vector<int32_t>& history, size_t n_prompt);
     void ban_repeated_ngrams(float* s, const std::vector<int32_t>& history);
     void keep_top_k(float* s);
@@ -93,6 +105,7 @@ private:
 
     SamplingParams params_;
     int64_t V_;
+    int64_t (*argmax_)(const float* x, int64_t n);
     Rng rng_;
     // exp(score - max score) of the current scores, shared by the filters and the draw
     std::vector<double> w_;

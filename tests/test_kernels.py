@@ -279,6 +279,35 @@ def test_quantize_kv(isa, n):
         assert np.isnan(scale) and not q.any()
 
 
+def first_argmax(x):
+    """NumPy model of Kernels::argmax: the first largest value, NaN and -inf never chosen."""
+    ok = ~np.isnan(x) & (x > -np.inf)
+    return int(np.flatnonzero(ok & (x == x[ok].max()))[0]) if ok.any() else -1
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n", [1, 7, 16, 17, 50257])
+def test_argmax(isa, n):
+    """Greedy decoding's choice: the first of equal largest values in any lane, NaN and -inf
+    skipped, +inf chosen, -1 when nothing else is left."""
+    rng = np.random.default_rng(n)
+    cases = [rng.standard_normal(n), np.zeros(n), np.full(n, -np.inf), np.full(n, np.nan)]
+    x = rng.integers(-3, 3, n).astype(np.float32)  # many ties, in every lane
+    cases += [x, x[::-1].copy()]
+    x = rng.standard_normal(n)
+    x[rng.integers(0, n, max(1, n // 3))] = np.nan
+    cases.append(x)
+    x = np.full(n, -np.inf)
+    x[n - 1] = -1e30  # the only choice, in the tail
+    cases.append(x)
+    x = rng.standard_normal(n)
+    x[n // 2] = np.inf
+    cases.append(x)
+    for x in cases:
+        x = np.asarray(x, np.float32)
+        assert _core._kernel_argmax(isa, x) == first_argmax(x)
+
+
 def int8_kv(rng, n_keys, ld):
     """Random keys and values as an int8 cache holds them: (k, v, k_scale, v_scale)."""
     k, ks = quantize_kv_rows(rng.standard_normal((n_keys, ld)) * 2)

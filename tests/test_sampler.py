@@ -14,6 +14,7 @@ from pygpt import _core  # noqa: E402
 from pygpt.generation import sampling_params  # noqa: E402
 
 V = 50257
+ISAS = ["scalar"] + ["avx2"] * _core.cpu_has_avx2() + ["avx512"] * _core.cpu_has_avx512()
 # Elementwise processors (temperature, penalties, bias) are single float32 operations on both
 # sides, up to torch computing x / c as x * (1 / c): a few ulps.
 RTOL_ELEMENTWISE = 1e-6
@@ -220,6 +221,26 @@ def test_greedy_applies_penalties_and_takes_lowest_id_on_ties():
     assert _core.sample_tokens(x, [], 0, sampling_params(4), 0, 0, 1)[0] == 1  # like torch.argmax
     p = sampling_params(4, repetition_penalty=4.0)
     assert _core.sample_tokens(x, [1], 1, p, 0, 0, 1)[0] == 2
+
+
+def test_greedy_is_the_first_largest_logit_on_every_isa():
+    """Plain greedy decoding takes the kernels' argmax of the logits themselves (no copy, no
+    processing): the first of equal largest values, never -inf, the same as greedy with a
+    processor that leaves every score as it is; ValueError when nothing is left. (NaN logits
+    are refused before sampling; the kernel's NaN rule is tested in test_kernels.)"""
+    rng = np.random.default_rng(3)
+    x = rng.integers(-5, 5, V).astype(np.float32)  # ties in every lane
+    x[rng.integers(0, V, 1000)] = -np.inf
+    want = int(np.flatnonzero(x == x.max())[0])
+    plain = sampling_params(V)
+    processed = sampling_params(V, repetition_penalty=2.0)  # history [] : changes nothing
+    for isa in ISAS:
+        assert _core.sample_tokens(x, [], 0, plain, 0, 0, 2, isa).tolist() == [want] * 2
+        assert _core.sample_tokens(x, [], 0, processed, 0, 0, 1, isa)[0] == want
+        with pytest.raises(ValueError, match="filtered out"):
+            _core.sample_tokens(np.full(V, -np.inf, np.float32), [], 0, plain, 0, 0, 1, isa)
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            _core.sample_tokens(x, [V], 1, plain, 0, 0, 1, isa)
 
 
 # -- draws ----------------------------------------------------------------------------------------

@@ -329,6 +329,17 @@ float quantize_kv(const float* x, int8_t* q, int64_t n) {
     return m / 127.0f;
 }
 
+int64_t argmax(const float* x, int64_t n) {
+    int64_t best = -1;
+    float best_x = -INFINITY;
+    for (int64_t i = 0; i < n; i++)
+        if (x[i] > best_x) {  // false for NaN
+            best_x = x[i];
+            best = i;
+        }
+    return best;
+}
+
 // IEEE half, rounded to nearest even, as F16C's vcvtps2ph does (NaN stays a quiet NaN).
 uint16_t f32_to_f16(float f) {
     uint32_t x;

@@ -44,6 +44,7 @@ void attention_rows_int8(float* out, int64_t ld_out, const float* q, int64_t ld_
                          const int8_t* v, const float* k_scale, const float* v_scale, int64_t ld, int64_t n_keys,
                          int64_t head_dim, float scale, float* scores);
 float quantize_kv(const float* x, int8_t* q, int64_t n);
+int64_t argmax(const float* x, int64_t n);
 void to_f16(const float* x, uint16_t* out, int64_t n);
 void attention_row_f16(float* out, const float* q, const uint16_t* k, const uint16_t* v, int64_t ld, int64_t n_keys,
                        int64_t head_dim, float scale, float* scores);

@@ -399,6 +399,55 @@ float quantize_kv(const float* x, int8_t* q, int64_t n) {
     return m / 127.0f;
 }
 
+// generic::argmax by lanes: lane l keeps the first largest of x[l], x[l + N], ... (a strict
+// compare, so never NaN or -inf) and its index; the first largest overall is the smallest
+// index among the lanes holding the largest value.
+int64_t argmax(const float* x, int64_t n) {
+    if (n > INT32_MAX - N) return generic::argmax(x, n);
+#if defined(__AVX512F__)
+    __m512 best = _mm512_set1_ps(-INFINITY);
+    __m512i at = _mm512_set1_epi32(-1), idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i step = _mm512_set1_epi32(N);
+    for (int64_t i = 0; i < n; i += N) {
+        const __m512 v = i + N <= n ? _mm512_loadu_ps(x + i)
+                                    : _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask16(n - i), x + i);
+        const __mmask16 gt = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);
+        best = _mm512_mask_mov_ps(best, gt, v);
+        at = _mm512_mask_mov_epi32(at, gt, idx);
+        idx = _mm512_add_epi32(idx, step);
+    }
+    alignas(64) float b[N];
+    alignas(64) int32_t a[N];
+    _mm512_store_ps(b, best);
+    _mm512_store_si512(a, at);
+#else
+    __m256 best = _mm256_set1_ps(-INFINITY);
+    __m256i at = _mm256_set1_epi32(-1), idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i step = _mm256_set1_epi32(N);
+    for (int64_t i = 0; i < n; i += N) {
+        const __m256 v = i + N <= n ? _mm256_loadu_ps(x + i)
+                                    : _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), vload_n(x + i, n - i),
+                                                       _mm256_castsi256_ps(mask_n(n - i)));
+        const __m256 gt = _mm256_cmp_ps(v, best, _CMP_GT_OQ);
+        best = _mm256_blendv_ps(best, v, gt);
+        at = _mm256_blendv_epi8(at, idx, _mm256_castps_si256(gt));
+        idx = _mm256_add_epi32(idx, step);
+    }
+    alignas(32) float b[N];
+    alignas(32) int32_t a[N];
+    _mm256_store_ps(b, best);
+    _mm256_store_si256((__m256i*)a, at);
+#endif
+    int64_t found = -1;
+    float found_x = -INFINITY;
+    for (int l = 0; l < N; l++)
+        if (a[l] >= 0 && (b[l] > found_x || (b[l] == found_x && a[l] < found))) {
+            found_x = b[l];
+            found = a[l];
+        }
+    return found;
+}
+
 // f32 -> f16 with F16C, rounded to nearest even (generic::f32_to_f16 gives the same bits).
 void to_f16(const float* x, uint16_t* out, int64_t n) {
     int64_t i = 0;

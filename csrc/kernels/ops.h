@@ -15,6 +15,7 @@ void attention_row_f16(float* out, const float* q, const uint16_t* k, const uint
                        int64_t head_dim, float scale, float* scores);
 void to_f16(const float* x, uint16_t* out, int64_t n);
 float quantize_kv(const float* x, int8_t* q, int64_t n);
+int64_t argmax(const float* x, int64_t n);
 void attention_rows(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const float* k,
                     const float* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores);
 void attention_rows_f16(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const uint16_t* k,

@@ -34,6 +34,7 @@ const Kernels& kernel_table() {
         /* .attention_rows_int8 = */ simd::attention_rows_int8,
         /* .to_f16        = */ simd::to_f16,
         /* .quantize_kv   = */ simd::quantize_kv,
+        /* .argmax        = */ simd::argmax,
     };
 #else
     static const Kernels table = {
@@ -56,6 +57,7 @@ const Kernels& kernel_table() {
         /* .attention_rows_int8 = */ generic::attention_rows_int8,
         /* .to_f16        = */ generic::to_f16,
         /* .quantize_kv   = */ generic::quantize_kv,
+        /* .argmax        = */ generic::argmax,
     };
 #endif
     return table;
