@@ -6,9 +6,11 @@
 #include "model.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <new>
 #include <numeric>
 #include <set>
 
@@ -35,10 +37,17 @@ bool kv_type_from_name(const std::string& name, KVType* out) {
     return false;
 }
 
+// n bytes, 64-byte aligned, uninitialised
+static uint8_t* cache_lines(int64_t n) {
+    auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, (n + 63) / 64 * 64));
+    if (!p) throw std::bad_alloc();
+    return p;
+}
+
 KVCache::KVCache(int64_t n_layer_, int64_t n_head_, int64_t n_ctx_, int64_t head_dim_, KVType type_)
     : n_layer(n_layer_), n_head(n_head_), n_ctx(n_ctx_), head_dim(head_dim_), type(type_),
-      k(new uint8_t[n_layer_ * n_head_ * n_ctx_ * head_dim_ * elem_bytes()]),
-      v(new uint8_t[n_layer_ * n_head_ * n_ctx_ * head_dim_ * elem_bytes()]) {
+      k(cache_lines(n_layer_ * n_head_ * n_ctx_ * head_dim_ * elem_bytes())),
+      v(cache_lines(n_layer_ * n_head_ * n_ctx_ * head_dim_ * elem_bytes())) {
     if (type == KVType::Int8) {
         k_scale.reset(new float[n_layer * n_head * n_ctx]);
         v_scale.reset(new float[n_layer * n_head * n_ctx]);

@@ -69,6 +69,11 @@ enum class KVType { F32, F16, Int8 };
 const char* kv_type_name(KVType t);                // "f32", "f16", "int8"
 bool kv_type_from_name(const std::string& name, KVType* out);
 
+// Frees what std::aligned_alloc gave.
+struct FreeDeleter {
+    void operator()(uint8_t* p) const { std::free(p); }
+};
+
 // Keys and values of one sequence, preallocated for n_ctx positions. Each head's keys (and
 // values) are contiguous over positions, so attention streams them.
 struct KVCache {
@@ -78,8 +83,9 @@ struct KVCache {
     // [n_layer, n_head, n_ctx, head_dim] of f32, f16 or int8, left uninitialised: a position
     // is written before it is read, and the pages of positions never reached are never
     // touched (75 MB per f32 sequence for gpt2 at n_ctx 1024; zero-filling them cost
-    // milliseconds per call)
-    std::unique_ptr<uint8_t[]> k, v;
+    // milliseconds per call). 64-byte aligned, so a head's row at a position starts a cache line
+    // when its bytes are a multiple of 64 (GPT-2's 64 values at any type).
+    std::unique_ptr<uint8_t[], FreeDeleter> k, v;
     // int8 only: the scales, [n_layer, n_head, n_ctx]
     std::unique_ptr<float[]> k_scale, v_scale;
 
@@ -152,9 +158,6 @@ private:
 
     // activations, grown as needed and reused across calls (no allocation per token)
     std::vector<float> x_, xn_, qkv_, att_, proj_, fc_, last_, scores_;
-    struct FreeDeleter {
-        void operator()(uint8_t* p) const { std::free(p); }
-    };
     std::unique_ptr<uint8_t[], FreeDeleter> prep_;  // a prompt's prepared activations (Kernels::prepare)
     size_t prep_bytes_ = 0;
     std::vector<int64_t> row_seq_, row_pos_;  // sequence index and position of each row
