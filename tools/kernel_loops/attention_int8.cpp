@@ -1,19 +1,32 @@
 // attention_row_int8 of csrc/kernels/ops.cpp in a loop, one thread: eight 124M-shaped int8
 // caches (12 layers x 12 heads x 1024 positions x 64) at 192 keys, read from DRAM (the
 // caches together far exceed L3, and a 64 MB buffer is swept between rounds), or one
-// layer of one cache again and again (in cache: any argument).
-//   tools/kernel_loops/build.sh && build/kernel_loops/attention_int8 && build/kernel_loops/attention_int8 cache
+// layer of one cache again and again ("cache"). "read" instead only loads the same bytes
+// in the same order (each head's 12 KB of keys, then its 12 KB of values): the rate of the
+// access pattern itself, whatever the kernel computes.
+//   tools/kernel_loops/build.sh && build/kernel_loops/attention_int8 [cache | read]
 #include "kernels/ops.cpp"
 
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "common.h"
 
 using namespace pygpt::avx512::simd;
 
+// Loads n bytes at k, then n at v (the attention kernel's order), into a sink.
+static __m512i g_sink;
+static void read_only(const int8_t* k, const int8_t* v, int64_t n) {
+    __m512i a = _mm512_setzero_si512();
+    for (int64_t b = 0; b < n; b += 64) a = _mm512_xor_si512(a, _mm512_loadu_si512(k + b));
+    for (int64_t b = 0; b < n; b += 64) a = _mm512_xor_si512(a, _mm512_loadu_si512(v + b));
+    g_sink = _mm512_xor_si512(g_sink, a);
+}
+
 int main(int argc, char** argv) {
-    const bool in_cache = argc > 1;
+    const std::string mode = argc > 1 ? argv[1] : "";
+    const bool in_cache = mode == "cache", read = mode == "read";
     const int64_t L = 12, NH = 12, HS = 64, CTX = 1024, S = 8, NK = 192;
     const int64_t layers = in_cache ? 1 : L, seqs = in_cache ? 1 : S, reps = in_cache ? 200 : 1;
     const size_t per_seq = L * NH * CTX * HS;
@@ -32,11 +45,14 @@ int main(int argc, char** argv) {
                     for (int64_t h = 0; h < NH; h++) {
                         const size_t off = sq * per_seq + (l * NH + h) * CTX * HS;
                         const float* sc = scales.data() + ((sq * L + l) * NH + h) * CTX;
-                        attention_row_int8(out.data(), q.data(), k + off, v + off, sc, sc, HS, NK, HS, 0.125f,
-                                           scratch.data());
+                        if (read)
+                            read_only(k + off, v + off, NK * HS);
+                        else
+                            attention_row_int8(out.data(), q.data(), k + off, v + off, sc, sc, HS, NK, HS, 0.125f,
+                                               scratch.data());
                     }
-        const double read = 2.0 * reps * layers * seqs * NH * NK * HS;
-        std::printf("int8 attention %s: %.1f GB/s\n", in_cache ? "in cache" : "from DRAM",
-                    read / seconds_since(t) / 1e9);
+        const double bytes_read = 2.0 * reps * layers * seqs * NH * NK * HS;
+        std::printf("int8 attention%s %s: %.1f GB/s\n", read ? " (loads only)" : "", in_cache ? "in cache" : "from DRAM",
+                    bytes_read / seconds_since(t) / 1e9);
     }
 }
