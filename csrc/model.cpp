@@ -436,6 +436,11 @@ void Model::append_kv(const std::vector<SeqStep>& steps, int64_t l, const float*
                             kernels_->quantize_kv(src + c, (int8_t*)dst, HS);
                         break;
                 }
+                if (t + 1 < cache->n_ctx) {  // the same piece of the next position, owned (for
+                    // writing) long before the next step writes it there, instead of waiting then
+                    const int64_t e = cache->elem_bytes();
+                    for (int64_t b = 0; b < n * e; b += 64) __builtin_prefetch(dst + (HS + d) * e + b, 1, 2);
+                }
                 c += n;
             }
         }
