@@ -164,7 +164,8 @@ static inline __m512i load_once(const uint8_t* p) {
 // one instruction fewer than shifting them down); the block's exact high sum is then
 // shifted back (exact: a multiple of 16, at most 240 * 127 * 32 per lane and block). Each
 // vector is loaded once (load_once): loaded twice, with the 16 broadcasts, the loads and not
-// vpdpbusd bounded the kernel (a 768 x 768 matrix in L2, one thread: 37 -> 59 GB/s).
+// vpdpbusd bounded the kernel (a 768 x 768 matrix in L2, one thread, in a throwaway loop over
+// 4 KiB pages: 37 -> 59 GB/s; tools/kernel_loops/q4_tiles 768 measures the kept kernel).
 static void q4_decode_panel(const Panel& P, const QShape& s, const int8_t* xq, const int32_t* corr, float sx,
                             const float* bias, float* y) {
     const __m512i m4 = _mm512_set1_epi8(0x0f), m4h = _mm512_set1_epi8((char)0xf0);
