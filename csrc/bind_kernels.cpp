@@ -247,6 +247,46 @@ void bind_kernels(py::module_& m) {
     }, py::arg("isa"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("n_keys"),
        py::arg("k_scale") = py::none(), py::arg("v_scale") = py::none());
 
+    // Single query rows of separate heads (Kernels::attention_heads): q [n, HS]; ks[i], vs[i]
+    // [n_keys_i, ld] of one dtype and ld (f32, f16 bits as uint16, or int8 with k_scales[i],
+    // v_scales[i], one per key). Returns [n, HS].
+    m.def("_kernel_attention_heads", [](const std::string& isa, const F32& q, const std::vector<py::array>& ks,
+                                        const std::vector<py::array>& vs, float scale,
+                                        const std::vector<F32>& k_scales, const std::vector<F32>& v_scales) {
+        if (q.ndim() != 2 || q.shape(0) < 1 || (size_t)q.shape(0) != ks.size() || ks.size() != vs.size())
+            throw std::invalid_argument("q must be [n, HS] with n >= 1 and one k, v per row");
+        const int64_t n = q.shape(0), HS = q.shape(1), ld = ks[0].ndim() == 2 ? ks[0].shape(1) : 0;
+        const py::dtype dt = ks[0].dtype();
+        const bool int8 = dt.is(py::dtype::of<int8_t>());
+        if (!int8 && !dt.is(py::dtype::of<uint16_t>()) && !dt.is(py::dtype::of<float>()))
+            throw std::invalid_argument("keys must be float32, uint16 (f16 bits) or int8");
+        if (HS < 1 || HS > ld) throw std::invalid_argument("need 1 <= HS <= ld");
+        if (int8 && (k_scales.size() != (size_t)n || v_scales.size() != (size_t)n))
+            throw std::invalid_argument("int8 keys and values need one k_scale and v_scale array per row");
+        std::vector<AttentionHead> heads(n);
+        F32 out({n, HS});
+        int64_t total = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const py::array &k = ks[i], &v = vs[i];
+            if (k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != ld || v.shape(1) != ld ||
+                k.shape(0) < 1 || !k.dtype().is(dt) || !v.dtype().is(dt) ||
+                !(k.flags() & py::array::c_style) || !(v.flags() & py::array::c_style))
+                throw std::invalid_argument("each k, v must be a C-contiguous [n_keys >= 1, ld] array of one dtype");
+            if (int8 && (k_scales[i].size() != k.shape(0) || v_scales[i].size() != k.shape(0)))
+                throw std::invalid_argument("k_scale and v_scale need one scale per key");
+            heads[i] = {out.mutable_data(i, 0), q.data(i, 0), k.data(), v.data(), int8 ? k_scales[i].data() : nullptr,
+                        int8 ? v_scales[i].data() : nullptr, k.shape(0)};
+            total += k.shape(0);
+        }
+        std::vector<float> scratch(total);
+        const Kernels& kt = select_kernels(isa.c_str());
+        if (int8) kt.attention_heads_int8(heads.data(), (int)n, ld, HS, scale, scratch.data());
+        else if (dt.is(py::dtype::of<uint16_t>())) kt.attention_heads_f16(heads.data(), (int)n, ld, HS, scale, scratch.data());
+        else kt.attention_heads(heads.data(), (int)n, ld, HS, scale, scratch.data());
+        return out;
+    }, py::arg("isa"), py::arg("q"), py::arg("ks"), py::arg("vs"), py::arg("scale"),
+       py::arg("k_scales") = std::vector<F32>(), py::arg("v_scales") = std::vector<F32>());
+
     // One head's row for an int8 KV cache: (q int8, scale)
     m.def("_kernel_quantize_kv", [](const std::string& isa, const F32& x) {
         I8 q(x.size());

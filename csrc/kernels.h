@@ -23,6 +23,20 @@ struct Matrix {
     int64_t group = 0;              // q8/q4: inputs per scale
 };
 
+// One query row of one head against its own keys and values (attention_heads): k, v point
+// at f32, f16 (uint16_t) or int8 rows as the entry's name says; k_scale, v_scale are the
+// rows' scales of an int8 cache (else unused).
+struct AttentionHead {
+    float* out;
+    const float* q;
+    const void* k;
+    const void* v;
+    const float* k_scale;
+    const float* v_scale;
+    int64_t n_keys;
+};
+constexpr int kAttentionHeads = 4;  // at most this many heads per attention_heads call
+
 struct Kernels {
     const char* name;  // "scalar", "avx2", "avx512"
 
@@ -90,6 +104,18 @@ struct Kernels {
     void (*attention_rows_int8)(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows,
                                 const int8_t* k, const int8_t* v, const float* k_scale, const float* v_scale,
                                 int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scratch);
+    // Up to kAttentionHeads single query rows, each its own head against its own keys
+    // (decode: one head of one sequence each), row i bitwise attention_row*(heads[i].out,
+    // heads[i].q, heads[i].k, heads[i].v, [scales,] ld, heads[i].n_keys, ...). The rows are
+    // scored and summed in step: a head's keys and values are short runs that one core,
+    // reading them alone from DRAM, mostly waits on; several runs at once keep more loads in
+    // flight. scratch holds the sum of the n_keys floats.
+    void (*attention_heads)(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale,
+                            float* scratch);
+    void (*attention_heads_f16)(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale,
+                                float* scratch);
+    void (*attention_heads_int8)(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale,
+                                 float* scratch);
     // out[i] = x[i] as IEEE half, rounded to nearest even (the same bits on every ISA).
     void (*to_f16)(const float* x, uint16_t* out, int64_t n);
     // One head's key or value row for an int8 KV cache: q[i] = round(x[i] * 127 / m) (to

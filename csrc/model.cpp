@@ -451,11 +451,26 @@ void Model::append_kv(const std::vector<SeqStep>& steps, int64_t l, const float*
 // Attention is the only layer that mixes information across positions. A prompt's rows go
 // in blocks of up to kAttentionRows consecutive positions, which share the reads of the
 // keys and values (Kernels::attention_rows); (block, head) pairs are dealt to threads in
-// turn, so long and short rows of a prompt spread evenly.
+// turn, so long and short rows of a prompt spread evenly. A thread's single rows (decode
+// steps) go kAttentionHeads at a time through Kernels::attention_heads, which reads their
+// caches in step; each row's result is the same whichever rows share its call.
+static_assert(kAttentionHeads <= kAttentionRows, "scratch holds kAttentionRows rows of scores");
+
 void Model::attention(const Team& team, const std::vector<SeqStep>& steps, int64_t l, const float* qkv, float* out) {
     const int64_t C = config_.n_embd, NH = config_.n_head, HS = C / NH;
     const float scale = 1.0f / std::sqrt((float)HS);
     float* scratch = scores_.data() + (size_t)team.id * kAttentionRows * (config_.n_ctx + kAttentionRows);
+    AttentionHead heads[kAttentionHeads];
+    int n_heads = 0;
+    KVType heads_type = KVType::F32;
+    auto run_heads = [&] {
+        switch (heads_type) {
+            case KVType::F32: kernels_->attention_heads(heads, n_heads, HS, HS, scale, scratch); break;
+            case KVType::F16: kernels_->attention_heads_f16(heads, n_heads, HS, HS, scale, scratch); break;
+            case KVType::Int8: kernels_->attention_heads_int8(heads, n_heads, HS, HS, scale, scratch); break;
+        }
+        n_heads = 0;
+    };
     const int64_t n_items = (int64_t)att_blocks_.size() * NH;
     for (int64_t i = team.id; i < n_items; i += team.n) {
         const int64_t r = att_blocks_[i / NH].first, n_rows = att_blocks_[i / NH].second, h = i % NH;
@@ -463,6 +478,16 @@ void Model::attention(const Team& team, const std::vector<SeqStep>& steps, int64
         float* o = out + r * C + h * HS;
         const float* q = qkv + r * 3 * C + h * HS;
         const int64_t n_keys = row_pos_[r] + 1;
+        if (n_rows == 1) {
+            if (n_heads > 0 && cache->type != heads_type) run_heads();
+            heads_type = cache->type;
+            const bool int8 = cache->type == KVType::Int8;
+            heads[n_heads++] = {o, q, cache->k_at(l, h, 0), cache->v_at(l, h, 0),
+                                int8 ? cache->k_scale_at(l, h, 0) : nullptr,
+                                int8 ? cache->v_scale_at(l, h, 0) : nullptr, n_keys};
+            if (n_heads == kAttentionHeads) run_heads();
+            continue;
+        }
         switch (cache->type) {
             case KVType::F32:
                 kernels_->attention_rows(o, C, q, 3 * C, n_rows, (const float*)cache->k_at(l, h, 0),
@@ -479,6 +504,7 @@ void Model::attention(const Team& team, const std::vector<SeqStep>& steps, int64
                 break;
         }
     }
+    if (n_heads > 0) run_heads();
 }
 
 }  // namespace pygpt

@@ -233,6 +233,10 @@ static inline float kv_value(float x) { return x; }
 static inline float kv_value(uint16_t x) { return f16_to_f32(x); }
 static inline float kv_value(int8_t x) { return (float)x; }
 
+// Whether keys and values of type E carry a scale per row (int8 caches).
+template <class E>
+constexpr bool kScaled = std::is_same<E, int8_t>::value;
+
 // k_scale, v_scale: the rows' scales (int8 caches) or null.
 template <class E>
 static void attention_row_t(float* out, const float* q, const E* k, const E* v, const float* k_scale,
@@ -306,6 +310,31 @@ void attention_rows_int8(float* out, int64_t ld_out, const float* q, int64_t ld_
     for (int64_t r = 0; r < n_rows; r++)
         attention_row_t(out + r * ld_out, q + r * ld_q, k, v, k_scale, v_scale, ld, n_keys + r, head_dim, scale,
                         scores);
+}
+
+// The heads one after another (the scalar path has no loads to overlap).
+template <class E>
+static void attention_heads_t(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale,
+                              float* scores) {
+    for (int i = 0; i < n; i++) {
+        const AttentionHead& h = heads[i];
+        attention_row_t(h.out, h.q, (const E*)h.k, (const E*)h.v, kScaled<E> ? h.k_scale : nullptr,
+                        kScaled<E> ? h.v_scale : nullptr, ld, h.n_keys, head_dim, scale, scores);
+    }
+}
+
+void attention_heads(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale, float* scratch) {
+    attention_heads_t<float>(heads, n, ld, head_dim, scale, scratch);
+}
+
+void attention_heads_f16(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale,
+                         float* scratch) {
+    attention_heads_t<uint16_t>(heads, n, ld, head_dim, scale, scratch);
+}
+
+void attention_heads_int8(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale,
+                          float* scratch) {
+    attention_heads_t<int8_t>(heads, n, ld, head_dim, scale, scratch);
 }
 
 float quantize_kv(const float* x, int8_t* q, int64_t n) {

@@ -50,6 +50,9 @@ void attention_row_f16(float* out, const float* q, const uint16_t* k, const uint
                        int64_t head_dim, float scale, float* scores);
 void attention_row(float* out, const float* q, const float* k, const float* v, int64_t ld, int64_t n_keys,
                    int64_t head_dim, float scale, float* scores);
+void attention_heads(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale, float* scratch);
+void attention_heads_f16(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale, float* scratch);
+void attention_heads_int8(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale, float* scratch);
 }  // namespace generic
 }  // namespace PYGPT_KERNEL_NS
 }  // namespace pygpt

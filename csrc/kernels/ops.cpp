@@ -1,6 +1,7 @@
 // Small ops hand-written for AVX-512 and AVX2 (the scalar path uses generic.cpp):
 // layer norm, GELU (tanh form), y += x and one query row of causal attention.
 // V is this ISA's f32 vector (16 or 8 lanes); the Vec helpers below hide the width.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -213,57 +214,115 @@ static inline void prefetch_kv(const E* k, const E* v, int64_t ld, int64_t j, in
 template <class E>
 constexpr bool kScaled = std::is_same<E, int8_t>::value;
 
-// k_scale, v_scale: the rows' scales of an int8 cache (null otherwise). A key's score is
-// its reduced dot product times its scale; a value's weight p_j times its scale.
-template <class E>
-static void attention_row_t(float* out, const float* q, const E* k, const E* v, const float* k_scale,
-                            const float* v_scale, int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
-                            float* scores) {
+// G heads' query rows, each against its own keys (heads[g].k, .v as E; heads[g].k_scale,
+// .v_scale: the rows' scales of an int8 cache), in step: key j of every head is scored before
+// key j + 1 of any, and value j of every head summed before value j + 1, so a core has the
+// loads of G short runs in flight at once (one run alone from DRAM mostly waits on them).
+// Each head gets the same operations in the same order whatever G and its companions are:
+// a key's score is its reduced dot product times its scale; a value's weight p_j times its
+// scale. scores: head g's at scores + (the n_keys of heads before g).
+template <class E, int G>
+static void attention_heads_t(const AttentionHead* heads, int64_t ld, int64_t head_dim, float scale, float* scores) {
     const int64_t full = head_dim / N * N, rem = head_dim - full;
-    for (int64_t j0 = 0; j0 < n_keys; j0 += N) {
-        const int nk = n_keys - j0 < N ? (int)(n_keys - j0) : N;
-        V acc[N];
-        for (int j = 0; j < nk; j++) {
-            prefetch_kv(k, v, ld, j0 + j, n_keys, head_dim);
-            const E* kj = k + (j0 + j) * ld;
-            V a = vzero();
-            for (int64_t d = 0; d < full; d += N) a = vfma(vload(q + d), vload(kj + d), a);
-            if (rem) a = vfma(vload_n(q + full, rem), vload_n(kj + full, rem), a);
-            acc[j] = a;
-        }
-        reduce_n(acc, nk, scores + j0);
-        if (kScaled<E>)
-            for (int j = 0; j < nk; j++) scores[j0 + j] *= k_scale[j0 + j];
+    const float* q[G];
+    const E* k[G];
+    const E* v[G];
+    float* s[G];
+    int64_t n_keys[G], n_max = 0;
+    for (int g = 0, off = 0; g < G; g++) {
+        q[g] = heads[g].q;
+        k[g] = (const E*)heads[g].k;
+        v[g] = (const E*)heads[g].v;
+        n_keys[g] = heads[g].n_keys;
+        s[g] = scores + off;
+        off += (int)n_keys[g];
+        n_max = n_keys[g] > n_max ? n_keys[g] : n_max;
     }
-    const float inv = softmax_scores(scores, n_keys, scale);
-    int64_t j;
+    for (int64_t j0 = 0; j0 < n_max; j0 += N) {
+        int nk[G];
+        for (int g = 0; g < G; g++) nk[g] = n_keys[g] - j0 < N ? (int)std::max<int64_t>(n_keys[g] - j0, 0) : N;
+        const int nk_max = n_max - j0 < N ? (int)(n_max - j0) : N;
+        V acc[G][N];
+        for (int j = 0; j < nk_max; j++)
+            for (int g = 0; g < G; g++) {
+                if (G > 1 && j >= nk[g]) continue;
+                prefetch_kv(k[g], v[g], ld, j0 + j, n_keys[g], head_dim);
+                const E* kj = k[g] + (j0 + j) * ld;
+                V a = vzero();
+                for (int64_t d = 0; d < full; d += N) a = vfma(vload(q[g] + d), vload(kj + d), a);
+                if (rem) a = vfma(vload_n(q[g] + full, rem), vload_n(kj + full, rem), a);
+                acc[g][j] = a;
+            }
+        for (int g = 0; g < G; g++) {
+            if (nk[g] == 0) continue;
+            reduce_n(acc[g], nk[g], s[g] + j0);
+            if (kScaled<E>)
+                for (int j = 0; j < nk[g]; j++) s[g][j0 + j] *= heads[g].k_scale[j0 + j];
+        }
+    }
+    float inv[G];
+    for (int g = 0; g < G; g++) inv[g] = softmax_scores(s[g], n_keys[g], scale);
+    auto weight = [&](int g, int64_t j) {
+        return vset(kScaled<E> ? s[g][j] * inv[g] * heads[g].v_scale[j] : s[g][j] * inv[g]);
+    };
     for (int64_t d0 = 0; d0 < head_dim; d0 += 4 * N) {
         const int64_t nd = head_dim - d0 < 4 * N ? head_dim - d0 : 4 * N;
-        V o[4] = {vzero(), vzero(), vzero(), vzero()};
+        V o[G][4];
+        for (int g = 0; g < G; g++)
+            for (int c = 0; c < 4; c++) o[g][c] = vzero();
         if (nd == 4 * N) {
-            for (j = 0; j < n_keys; j++) {
-                const V p = vset(kScaled<E> ? scores[j] * inv * v_scale[j] : scores[j] * inv);
-                const E* vj = v + j * ld + d0;
-                for (int c = 0; c < 4; c++) o[c] = vfma(p, vload(vj + c * N), o[c]);
-            }
-            for (int c = 0; c < 4; c++) vstore(out + d0 + c * N, o[c]);
+            for (int64_t j = 0; j < n_max; j++)
+                for (int g = 0; g < G; g++) {
+                    if (G > 1 && j >= n_keys[g]) continue;
+                    const V p = weight(g, j);
+                    const E* vj = v[g] + j * ld + d0;
+                    for (int c = 0; c < 4; c++) o[g][c] = vfma(p, vload(vj + c * N), o[g][c]);
+                }
+            for (int g = 0; g < G; g++)
+                for (int c = 0; c < 4; c++) vstore(heads[g].out + d0 + c * N, o[g][c]);
         } else {
-            for (j = 0; j < n_keys; j++) {
-                const V p = vset(kScaled<E> ? scores[j] * inv * v_scale[j] : scores[j] * inv);
-                const E* vj = v + j * ld + d0;
+            for (int64_t j = 0; j < n_max; j++)
+                for (int g = 0; g < G; g++) {
+                    if (G > 1 && j >= n_keys[g]) continue;
+                    const V p = weight(g, j);
+                    const E* vj = v[g] + j * ld + d0;
+                    for (int c = 0; c * N < nd; c++) {
+                        const int64_t n = nd - c * N < N ? nd - c * N : N;
+                        o[g][c] = vfma(p, vload_n(vj + c * N, n), o[g][c]);
+                    }
+                }
+            for (int g = 0; g < G; g++)
                 for (int c = 0; c * N < nd; c++) {
                     const int64_t n = nd - c * N < N ? nd - c * N : N;
-                    o[c] = vfma(p, vload_n(vj + c * N, n), o[c]);
+                    vstore_n(heads[g].out + d0 + c * N, o[g][c], n);
                 }
-            }
-            for (int c = 0; c * N < nd; c++) {
-                const int64_t n = nd - c * N < N ? nd - c * N : N;
-                vstore_n(out + d0 + c * N, o[c], n);
-            }
         }
     }
 }
 
+template <class E>
+static void attention_heads_n(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale,
+                              float* scores) {
+    for (int i = 0; i < n; i += kAttentionHeads) {
+        const AttentionHead* h = heads + i;
+        switch (n - i < kAttentionHeads ? n - i : kAttentionHeads) {
+            case 1: attention_heads_t<E, 1>(h, ld, head_dim, scale, scores); break;
+            case 2: attention_heads_t<E, 2>(h, ld, head_dim, scale, scores); break;
+            case 3: attention_heads_t<E, 3>(h, ld, head_dim, scale, scores); break;
+            default: attention_heads_t<E, 4>(h, ld, head_dim, scale, scores); break;
+        }
+    }
+}
+static_assert(kAttentionHeads == 4, "attention_heads_n dispatches up to 4 heads");
+
+// One head alone.
+template <class E>
+static void attention_row_t(float* out, const float* q, const E* k, const E* v, const float* k_scale,
+                            const float* v_scale, int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
+                            float* scores) {
+    const AttentionHead head = {out, q, k, v, k_scale, v_scale, n_keys};
+    attention_heads_t<E, 1>(&head, ld, head_dim, scale, scores);
+}
 
 // Up to ATT_ROWS query rows of one head against the same keys: row i attends to the first
 // n_keys + i keys (consecutive positions of a prompt). Each key and value vector is loaded
@@ -357,6 +416,20 @@ void attention_rows_int8(float* out, int64_t ld_out, const float* q, int64_t ld_
                          const int8_t* v, const float* k_scale, const float* v_scale, int64_t ld, int64_t n_keys,
                          int64_t head_dim, float scale, float* scores) {
     attention_rows_t(out, ld_out, q, ld_q, n_rows, k, v, k_scale, v_scale, ld, n_keys, head_dim, scale, scores);
+}
+
+void attention_heads(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale, float* scratch) {
+    attention_heads_n<float>(heads, n, ld, head_dim, scale, scratch);
+}
+
+void attention_heads_f16(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale,
+                         float* scratch) {
+    attention_heads_n<uint16_t>(heads, n, ld, head_dim, scale, scratch);
+}
+
+void attention_heads_int8(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale,
+                          float* scratch) {
+    attention_heads_n<int8_t>(heads, n, ld, head_dim, scale, scratch);
 }
 
 // generic::quantize_kv, vectorised: the same operations (an exact max, one product per

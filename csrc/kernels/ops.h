@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels.h"
+
 namespace pygpt {
 namespace PYGPT_KERNEL_NS {
 namespace simd {
@@ -26,6 +28,9 @@ void attention_row_int8(float* out, const float* q, const int8_t* k, const int8_
 void attention_rows_int8(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const int8_t* k,
                          const int8_t* v, const float* k_scale, const float* v_scale, int64_t ld, int64_t n_keys,
                          int64_t head_dim, float scale, float* scores);
+void attention_heads(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale, float* scratch);
+void attention_heads_f16(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale, float* scratch);
+void attention_heads_int8(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale, float* scratch);
 }  // namespace simd
 }  // namespace PYGPT_KERNEL_NS
 }  // namespace pygpt

@@ -3,8 +3,9 @@
 // caches together far exceed L3, and a 64 MB buffer is swept between rounds), or one
 // layer of one cache again and again ("cache"). "read" instead only loads the same bytes
 // in the same order (each head's 12 KB of keys, then its 12 KB of values): the rate of the
-// access pattern itself, whatever the kernel computes.
-//   tools/kernel_loops/build.sh && build/kernel_loops/attention_int8 [cache | read]
+// access pattern itself, whatever the kernel computes. "heads" runs the heads 4 at a time
+// through attention_heads_int8 (as a decode step does), which reads 4 runs in step.
+//   tools/kernel_loops/build.sh && build/kernel_loops/attention_int8 [cache | read | heads]
 #include "kernels/ops.cpp"
 
 #include <cstdio>
@@ -26,14 +27,14 @@ static void read_only(const int8_t* k, const int8_t* v, int64_t n) {
 
 int main(int argc, char** argv) {
     const std::string mode = argc > 1 ? argv[1] : "";
-    const bool in_cache = mode == "cache", read = mode == "read";
+    const bool in_cache = mode == "cache", read = mode == "read", heads = mode == "heads";
     const int64_t L = 12, NH = 12, HS = 64, CTX = 1024, S = 8, NK = 192;
     const int64_t layers = in_cache ? 1 : L, seqs = in_cache ? 1 : S, reps = in_cache ? 200 : 1;
     const size_t per_seq = L * NH * CTX * HS;
     size_t bytes;
     const auto* k = reinterpret_cast<const int8_t*>(huge_buffer(S * per_seq, &bytes));
     const auto* v = reinterpret_cast<const int8_t*>(huge_buffer(S * per_seq, &bytes));
-    std::vector<float> scales(S * L * NH * CTX, 0.01f), q(HS, 0.1f), out(HS), scratch(CTX);
+    std::vector<float> scales(S * L * NH * CTX, 0.01f), q(HS, 0.1f), out(4 * HS), scratch(4 * CTX);
     std::vector<char> sweep(64 << 20, 1);
     for (int round = 0; round < 5; round++) {
         if (!in_cache)
@@ -42,17 +43,24 @@ int main(int argc, char** argv) {
         for (int64_t rep = 0; rep < reps; rep++)
             for (int64_t l = 0; l < layers; l++)
                 for (int64_t sq = 0; sq < seqs; sq++)
-                    for (int64_t h = 0; h < NH; h++) {
+                    for (int64_t h = 0; h < NH; h += heads ? 4 : 1) {
                         const size_t off = sq * per_seq + (l * NH + h) * CTX * HS;
                         const float* sc = scales.data() + ((sq * L + l) * NH + h) * CTX;
-                        if (read)
+                        if (heads) {
+                            pygpt::AttentionHead hs[4];
+                            for (int g = 0; g < 4; g++)
+                                hs[g] = {out.data() + g * HS, q.data(), k + off + g * CTX * HS, v + off + g * CTX * HS,
+                                         sc + g * CTX, sc + g * CTX, NK};
+                            attention_heads_int8(hs, 4, HS, HS, 0.125f, scratch.data());
+                        } else if (read)
                             read_only(k + off, v + off, NK * HS);
                         else
                             attention_row_int8(out.data(), q.data(), k + off, v + off, sc, sc, HS, NK, HS, 0.125f,
                                                scratch.data());
                     }
         const double bytes_read = 2.0 * reps * layers * seqs * NH * NK * HS;
-        std::printf("int8 attention%s %s: %.1f GB/s\n", read ? " (loads only)" : "", in_cache ? "in cache" : "from DRAM",
+        std::printf("int8 attention%s %s: %.1f GB/s\n", read ? " (loads only)" : heads ? " (4 heads a call)" : "",
+                    in_cache ? "in cache" : "from DRAM",
                     bytes_read / seconds_since(t) / 1e9);
     }
 }
