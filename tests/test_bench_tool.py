@@ -48,3 +48,14 @@ def test_worker_measures_the_other_kv_cache_and_the_table_shows_it(bench, hf_mod
     assert f"| {dtype} ({kv} KV) |" in row
     assert f"| {alt}: {r['decode_altkv_tok_s']:.1f} / {r['batch_decode_altkv_tok_s']:.0f} |" in row
     assert f"with the {alt} KV cache" in md
+    # decode again between bandwidth probes, one run each: the line under the table
+    assert len(r["probed_runs"]) == 1 and all(x > 0 for x in r["probed_runs"][0])
+    r["decode_pct_per_run"] = bench.decode_pct_per_run(r["probed_runs"], 1e6)
+    assert f"{dtype} 1 thr {r['decode_pct_per_run']:.0f}% (" in bench.speed_markdown(meta, [r], None)
+
+
+def test_decode_pct_per_run_takes_each_runs_higher_probe(bench):
+    runs = [[100.0, 10e9, 20e9], [50.0, 10e9, 5e9], [80.0, 8e9, 8e9]]
+    # 100 tok/s * 100 MB = 10 GB/s of 20: 50%; 5 of 10: 50%; 8 of 8: 100%
+    assert bench.decode_pct_per_run(runs, 100e6) == pytest.approx(50.0)
+    assert bench.decode_pct_per_run(runs[2:], 100e6) == pytest.approx(100.0)

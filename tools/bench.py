@@ -5,8 +5,8 @@ randomly initialised models with the exact gpt2 (124M) and gpt2-medium (355M) sh
 One run measures, per engine / dtype / thread count (batch 1): load time, prefill tokens/s
 on a 128-token prompt, time to first token, decode tokens/s over 128 new tokens and peak RSS
 (each case runs in its own process); pygpt also batch-8 decode. It measures this machine's
-memory read bandwidth (before and after every case; arrays far larger than the caches) and
-peak f32 FMA rate, and prints each pygpt figure as a share of its limit:
+memory read bandwidth (before and after every case, and for pygpt's decode also before and
+after each run; arrays far larger than the caches) and peak f32 FMA rate, and prints each pygpt figure as a share of its limit:
   decode:  tokens/s / (bandwidth / bytes read per token)      (weights + the KV cache read)
   prefill: FLOPs per token * tokens/s / compute peak          (bf16: 2x, int8/int4: 4x the f32 peak,
                                                                the rates of vdpbf16ps / vpdpbusd)
@@ -77,12 +77,16 @@ def _probe_array(n_threads: int, mib: int) -> np.ndarray:
     return a
 
 
-def read_bandwidth(n_threads: int, mib: int = 512, reps: int = 3) -> float:
-    """Bytes/s reading an array of `mib` MiB, best of `reps` single passes."""
+def best_pass(a: np.ndarray, n_threads: int, reps: int = 3) -> float:
+    """Bytes/s of the fastest of `reps` single passes over the array `a`."""
     from pygpt import _core
 
-    a = _probe_array(n_threads, mib)
     return a.nbytes / min(_core._probe_read_seconds(a, 1, n_threads, "") for _ in range(reps))
+
+
+def read_bandwidth(n_threads: int, mib: int = 512, reps: int = 3) -> float:
+    """Bytes/s reading an array of `mib` MiB, best of `reps` single passes."""
+    return best_pass(_probe_array(n_threads, mib), n_threads, reps)
 
 
 def sustained_bandwidth(n_threads: int, mib: int = 512, passes: int = 40) -> float:
@@ -201,6 +205,12 @@ def kv_bytes_per_token(shape: str, prompt: int, new: int, kv_cache: str = "f32")
     return L * 2 * C * per_value * mean_pos
 
 
+def decode_pct_per_run(probed_runs: list, bytes_per_token: float) -> float:
+    """Median over [tok/s, bandwidth before, bandwidth after] runs of each run's decode as a
+    share (%) of its own ceiling: the higher of its two probes / bytes per token."""
+    return statistics.median(100 * tok_s * bytes_per_token / max(bw0, bw1) for tok_s, bw0, bw1 in probed_runs)
+
+
 def flops_per_prompt_token(shape: str, prompt: int) -> float:
     """Multiply-adds x 2 per prompt token: the linear layers, attention over the mean
     causal span, the LM head for the last position only (as run)."""
@@ -270,6 +280,15 @@ def worker_pygpt(a: dict) -> dict:
     model.generate(ids[:8], max_new_tokens=2, ignore_eos=True)
     out["idle_cpu_pct_after_call"] = idle_cpu_percent()
     out["peak_rss_mib"] = peak_rss_mib()
+    # Decode again, each run between two probes of the read bandwidth a few hundred ms
+    # away (the parent's probes are a minute apart, around the whole case, on a host whose
+    # bandwidth moves by the second). After the peak RSS: the probe's array is not pygpt's.
+    probe = _probe_array(a["threads"], 512)
+    out["probed_runs"] = []
+    for _ in range(a["runs"]):
+        bw_before = best_pass(probe, a["threads"])
+        tok_s = model.generate(ids, max_new_tokens=a["new"], ignore_eos=True).timings.decode_tokens_per_s
+        out["probed_runs"].append([tok_s, bw_before, best_pass(probe, a["threads"])])
     return out
 
 
@@ -421,6 +440,16 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
             out.append("Per-token overhead (decode step, ms): " + ", ".join(
                 f"{r['engine']} {r['dtype']} {r['threads']} thr {1e3 / r['decode_tok_s']:.2f}"
                 for r in rows if r["shape"] == shape and "error" not in r))
+        probed = [r for r in rows if r["shape"] == shape and r.get("decode_pct_per_run") is not None]
+        if probed:
+            out.append("")
+            out.append("pygpt decode with the bandwidth probed right before and after each run (the worker decodes "
+                       f"{meta['runs']} more times; median of each run's tok/s against the higher of its own two "
+                       "probes): " + ", ".join(
+                           f"{r['dtype']} {r['threads']} thr {r['decode_pct_per_run']:.0f}% "
+                           f"({statistics.median(p[0] for p in r['probed_runs']):.1f} tok/s, probes "
+                           f"{min(min(p[1:]) for p in r['probed_runs']) / 1e9:.0f}-"
+                           f"{max(max(p[1:]) for p in r['probed_runs']) / 1e9:.0f} GB/s)" for r in probed))
         sus = [r for r in rows if r["shape"] == shape and r.get("decode_pct_sustained") is not None]
         if sus:
             out.append("")
@@ -659,6 +688,7 @@ def main(argv=None) -> int:
                     r["bytes_per_token"] = per_tok
                     r["ceiling_tok_s"] = r["bw"] / per_tok
                     r["decode_pct"] = 100 * r["decode_tok_s"] / r["ceiling_tok_s"]
+                    r["decode_pct_per_run"] = decode_pct_per_run(r["probed_runs"], per_tok)
                     r["bw_sustained"] = sustained_bandwidth(t)
                     r["decode_pct_sustained"] = 100 * r["decode_tok_s"] * per_tok / r["bw_sustained"]
                     peak = meta["fma_peak"][t] * mult[dt]
