@@ -200,19 +200,28 @@ static inline int64_t packed_row(int64_t n_in) {
 template <class W>
 static void pack_tile(const float* x, int64_t n_in, int64_t tt, typename W::X* out) {
     const int64_t kp = packed_row<W>(n_in);
+#if defined(__AVX512F__)
+    if (sizeof(typename W::X) == 2) {  // bf16: round to nearest even, 32 per step
+        // in the order of `out` (one sequential stream of stores): token by token, the stores
+        // tt * 64 bytes apart stalled, 5% of a bf16 prompt's time against 1% this way
+        for (int64_t k = 0; k < kp; k += W::K)
+            for (int64_t t = 0; t < tt; t++) {
+                const float* xt = x + t * n_in;
+                const int64_t n = n_in - k < W::K ? n_in - k : W::K;
+                __m512 lo = _mm512_maskz_loadu_ps(tail_mask16(n < 16 ? n : 16), xt + k);
+                __m512 hi = n > 16 ? _mm512_maskz_loadu_ps(tail_mask16(n - 16), xt + k + 16) : _mm512_setzero_ps();
+                _mm512_storeu_si512(out + (k / W::K * tt + t) * W::K, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+            }
+        return;
+    }
+#endif
+    // f32: token by token (in out's order instead, f32 prompts spent 3.4% of their time here
+    // against 0.9%)
     for (int64_t t = 0; t < tt; t++) {
         const float* xt = x + t * n_in;
         for (int64_t k = 0; k < kp; k += W::K) {
             typename W::X* o = out + (k / W::K * tt + t) * W::K;
             const int64_t n = n_in - k < W::K ? n_in - k : W::K;
-#if defined(__AVX512F__)
-            if (sizeof(typename W::X) == 2) {  // bf16: round to nearest even, 32 per step
-                __m512 lo = _mm512_maskz_loadu_ps(tail_mask16(n < 16 ? n : 16), xt + k);
-                __m512 hi = n > 16 ? _mm512_maskz_loadu_ps(tail_mask16(n - 16), xt + k + 16) : _mm512_setzero_ps();
-                _mm512_storeu_si512(o, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-                continue;
-            }
-#endif
             if (n == W::K) std::memcpy(o, xt + k, W::K * sizeof(float));
             else {
                 std::memset(o, 0, W::K * sizeof(float));
