@@ -36,7 +36,8 @@ def test_worker_measures_the_other_kv_cache_and_the_table_shows_it(bench, hf_mod
     if dtype != "f32":
         path = str(tmp_path / dtype)
         pygpt.convert.convert(hf_dir, path, dtype=dtype)
-    r = bench.worker_pygpt({"path": path, "threads": 1, "prompt": 8, "new": 4, "runs": 1, "batch": 2})
+    r = bench.worker_pygpt({"path": path, "threads": 1, "prompt": 8, "new": 4, "runs": 1, "batch": 2,
+                            "probe_runs": True})
     assert r["kv_cache"] == kv and r["alt_kv"] == alt
     assert r["decode_tok_s"] > 0 and r["batch_decode_tok_s"] > 0
     assert r["decode_altkv_tok_s"] > 0 and r["batch_decode_altkv_tok_s"] > 0
