@@ -49,6 +49,9 @@ def test_worker_measures_the_other_kv_cache_and_the_table_shows_it(bench, hf_mod
     assert f"| {dtype} ({kv} KV) |" in row
     assert f"| {alt}: {r['decode_altkv_tok_s']:.1f} / {r['batch_decode_altkv_tok_s']:.0f} |" in row
     assert f"with the {alt} KV cache" in md
+    # batch 1 and batch 8 again in turns: the median ratio of the pairs, then the pairs
+    (b1, b8), = r["batch_pairs"]
+    assert f"(runs in turns: {b8 / b1:.1f}x, {b8:.0f} / {b1:.0f} tok/s)" in md
     # decode again between bandwidth probes, one run each: the line under the table
     assert len(r["probed_runs"]) == 1 and all(x > 0 for x in r["probed_runs"][0])
     r["decode_pct_per_run"] = bench.decode_pct_per_run(r["probed_runs"], 1e6)

@@ -4,7 +4,8 @@ randomly initialised models with the exact gpt2 (124M) and gpt2-medium (355M) sh
 
 One run measures, per engine / dtype / thread count (batch 1): load time, prefill tokens/s
 on a 128-token prompt, time to first token, decode tokens/s over 128 new tokens and peak RSS
-(each case runs in its own process); pygpt also batch-8 decode. It measures this machine's
+(each case runs in its own process); pygpt also batch-8 decode (and batch 1 and batch 8
+again in turns, for their ratio). It measures this machine's
 memory read bandwidth (before and after every case, and for pygpt's decode also before and
 after each run; arrays far larger than the caches) and peak f32 FMA rate, and prints each pygpt figure as a share of its limit:
   decode:  tokens/s / (bandwidth / bytes read per token)      (weights + the KV cache read)
@@ -257,11 +258,18 @@ def worker_pygpt(a: dict) -> dict:
            "cpu_share": cpu_share(c0, w0, a["threads"]), "kv_cache": model.kv_cache}
     if a.get("batch"):
         prompts = [prompt_ids(a["prompt"], seed=10 + i) for i in range(a["batch"])]
-        bt = []
+        bt, pairs = [], []
         for _ in range(a["runs"]):
             outs = model.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)
             bt.append(outs[0].timings.decode_tokens_per_s)
         out["batch_decode_tok_s"] = statistics.median(bt)
+        # batch 1 and batch 8 again in turns, so that each pair meets the same host (batch 1 is
+        # bound by the bandwidth, which moves by the second; batch 8 by arithmetic)
+        for _ in range(a["runs"]):
+            one = model.generate(ids, max_new_tokens=a["new"], ignore_eos=True).timings.decode_tokens_per_s
+            eight = model.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)[0].timings.decode_tokens_per_s
+            pairs.append([one, eight])
+        out["batch_pairs"] = pairs
     if a.get("batch"):
         # the same with another KV cache (f32 weights: f16; bf16/f16 weights: int8; int8/int4
         # weights, whose default is int8: f16), batch 1 and batch 8: 8 sequences read 8
@@ -494,6 +502,9 @@ def ratio_lines(rows, shape, threads) -> list:
     for r in b1:
         line = (f"- {shape}, {threads} threads, pygpt {r['dtype']}: batch-8 decode throughput "
                 f"{r['batch_decode_tok_s'] / r['decode_tok_s']:.1f}x batch 1")
+        if r.get("batch_pairs"):
+            line += (f" (runs in turns: {statistics.median(b8 / b1 for b1, b8 in r['batch_pairs']):.1f}x, "
+                     + ", ".join(f"{b8:.0f} / {b1:.0f}" for b1, b8 in r["batch_pairs"]) + " tok/s)")
         if r.get("batch_decode_altkv_tok_s"):
             line += (f"; with the {r['alt_kv']} KV cache {r['batch_decode_altkv_tok_s'] / r['decode_altkv_tok_s']:.1f}x"
                      f" ({r['decode_altkv_tok_s']:.0f} / {r['batch_decode_altkv_tok_s']:.0f} tok/s)")
