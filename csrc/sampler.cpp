@@ -103,7 +103,7 @@ void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_pr
     have_weights_ = false;
     check_history(history);
     apply_penalties(s, history, std::min(n_prompt, history.size()));
-    if (params_.no_repeat_ngram_size > 0) ban_repeated_ngrams(s, history);
+    if (params_.bans_ngrams()) ban_repeated_ngrams(s, history);
     if (params_.greedy()) return;  // the filters below only shape a random draw
 
     if (params_.temperature != 1.0f)
@@ -134,7 +134,7 @@ void Sampler::apply_penalties(float* s, const std::vector<int32_t>& history, siz
     for (const auto& [id, bias] : params_.logit_bias) s[id] += bias;
 
     // repetition penalty: once per distinct token of the whole sequence
-    if (params_.repetition_penalty != 1.0f) {
+    if (params_.penalises_repeats()) {
         const float p = params_.repetition_penalty;
         for (int32_t t : history)
             if (counts_[t]++ == 0) s[t] = s[t] < 0 ? s[t] * p : s[t] / p;
@@ -142,7 +142,7 @@ void Sampler::apply_penalties(float* s, const std::vector<int32_t>& history, siz
     }
 
     // presence / frequency penalties: generated tokens only (OpenAI's definition)
-    if (params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f) {
+    if (params_.penalises_counts()) {
         for (size_t i = n_prompt; i < history.size(); i++) counts_[history[i]]++;
         for (size_t i = n_prompt; i < history.size(); i++) {
             const int32_t t = history[i];

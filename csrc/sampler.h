@@ -62,10 +62,13 @@ struct SamplingParams {
     // Throws std::invalid_argument naming the first bad value.
     void validate(int64_t vocab_size) const;
     bool greedy() const { return temperature == 0.0f; }
-    // Whether a processor before the draw changes scores (bias, penalties, n-gram bans).
+    // Which processors before the draw are on; changes_logits(): whether any of them is (a
+    // processor added to Sampler::process belongs in it too).
+    bool penalises_repeats() const { return repetition_penalty != 1.0f; }
+    bool penalises_counts() const { return presence_penalty != 0.0f || frequency_penalty != 0.0f; }
+    bool bans_ngrams() const { return no_repeat_ngram_size > 0; }
     bool changes_logits() const {
-        return !logit_bias.empty() || repetition_penalty != 1.0f || presence_penalty != 0.0f ||
-               frequency_penalty != 0.0f || no_repeat_ngram_size > 0;
+        return !logit_bias.empty() || penalises_repeats() || penalises_counts() || bans_ngrams();
     }
 };
 
