@@ -63,6 +63,12 @@ Matrix make_matrix(const std::string& dtype, const U8& w, const F32* scales, int
     return m;
 }
 
+// An int8 cache's rows' scales: one key scale and one value scale per key.
+void check_kv_scales(const F32& k_scale, const F32& v_scale, int64_t n_keys) {
+    if (k_scale.size() != n_keys || v_scale.size() != n_keys)
+        throw std::invalid_argument("k_scale and v_scale need one scale per key");
+}
+
 // One query row of attention through `kernel` (Kernels::attention_row, its f16 form, or a
 // callable of the same arguments).
 template <class Array, class Kernel>
@@ -207,8 +213,7 @@ void bind_kernels(py::module_& m) {
         const auto kernel = select_kernels(isa.c_str()).attention_row_int8;
         return attention_row_binding([&](float* out, const float* qd, const int8_t* kd, const int8_t* vd, int64_t ld,
                                          int64_t n_keys, int64_t HS, float sc, float* scratch) {
-            if (k_scale.size() != n_keys || v_scale.size() != n_keys)
-                throw std::invalid_argument("k_scale and v_scale need one scale per key");
+            check_kv_scales(k_scale, v_scale, n_keys);
             kernel(out, qd, kd, vd, k_scale.data(), v_scale.data(), ld, n_keys, HS, sc, scratch);
         }, q, k, v, scale);
     });
@@ -230,8 +235,7 @@ void bind_kernels(py::module_& m) {
             auto k8 = k.cast<I8>(), v8 = v.cast<I8>();
             if (k_scale.is_none() || v_scale.is_none()) throw std::invalid_argument("int8 keys and values need scales");
             auto ks = k_scale.cast<F32>(), vs = v_scale.cast<F32>();
-            if (ks.size() != k.shape(0) || vs.size() != k.shape(0))
-                throw std::invalid_argument("k_scale and v_scale need one scale per key");
+            check_kv_scales(ks, vs, k.shape(0));
             kt.attention_rows_int8(out.mutable_data(), HS, q.data(), HS, R, k8.data(), v8.data(), ks.data(), vs.data(),
                                    ld, n_keys, HS, scale, scratch.data());
         } else if (py::isinstance<py::array_t<uint16_t>>(k)) {
@@ -272,8 +276,7 @@ void bind_kernels(py::module_& m) {
                 k.shape(0) < 1 || !k.dtype().is(dt) || !v.dtype().is(dt) ||
                 !(k.flags() & py::array::c_style) || !(v.flags() & py::array::c_style))
                 throw std::invalid_argument("each k, v must be a C-contiguous [n_keys >= 1, ld] array of one dtype");
-            if (int8 && (k_scales[i].size() != k.shape(0) || v_scales[i].size() != k.shape(0)))
-                throw std::invalid_argument("k_scale and v_scale need one scale per key");
+            if (int8) check_kv_scales(k_scales[i], v_scales[i], k.shape(0));
             heads[i] = {out.mutable_data(i, 0), q.data(i, 0), k.data(), v.data(), int8 ? k_scales[i].data() : nullptr,
                         int8 ? v_scales[i].data() : nullptr, k.shape(0)};
             total += k.shape(0);
