@@ -19,11 +19,13 @@ __version__ = "0.1.0"
 
 
 def system_info() -> dict:
-    """Which kernel path (ISA) a model loaded now would use, and the default thread count."""
+    """Which kernel path (ISA) a model loaded now would use, every path this CPU can run (the
+    values PYGPT_ISA accepts here), and the default thread count."""
     from ._threads import default_threads
 
     return {
         "isa": _core.select_isa(""),
+        "isas": ["scalar"] + ["avx2"] * _core.cpu_has_avx2() + ["avx512"] * _core.cpu_has_avx512(),
         "cpu_avx2": _core.cpu_has_avx2(),
         "cpu_avx512": _core.cpu_has_avx512(),
         "physical_cores": _core.physical_cores(),

@@ -4,17 +4,12 @@ any vector width), plus the batch/thread-invariance contract of linear."""
 import numpy as np
 import pytest
 
+import pygpt
 from pygpt import _core
 from pygpt import quantize as qz
 from reference_gpt2 import quantize_kv_rows
 
-ISAS = ["scalar"]
-if _core.cpu_has_avx2():
-    ISAS.append("avx2")
-if _core.cpu_has_avx512():
-    ISAS.append("avx512")
-else:  # pragma: no cover - depends on the host
-    pass
+ISAS = pygpt.system_info()["isas"]
 
 # Relative tolerance (against the largest |W||x| row norm) of a kernel's f32 accumulation
 # versus float64: sums of a few hundred products in f32, any order.

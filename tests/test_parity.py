@@ -8,8 +8,7 @@ import torch
 import pygpt
 from reference_gpt2 import gpt2_logits
 
-ISAS = ["scalar"] + (["avx2"] if pygpt._core.cpu_has_avx2() else []) + (
-    ["avx512"] if pygpt._core.cpu_has_avx512() else [])
+ISAS = pygpt.system_info()["isas"]
 
 
 def torch_logits(model, ids):
@@ -103,9 +102,12 @@ def test_fork_continues_identically(hf_model_factory):
     assert np.array_equal(a, b)
 
 
-def test_system_info_reports_isa_and_threads():
+def test_system_info_reports_isa_and_threads(monkeypatch):
+    monkeypatch.delenv("PYGPT_ISA", raising=False)
     info = pygpt.system_info()
-    assert info["isa"] in ("scalar", "avx2", "avx512")
+    assert info["isa"] == info["isas"][-1]  # the widest path the CPU runs
+    assert info["isas"][0] == "scalar" and set(info["isas"]) <= {"scalar", "avx2", "avx512"}
+    assert ("avx2" in info["isas"]) == info["cpu_avx2"] and ("avx512" in info["isas"]) == info["cpu_avx512"]
     assert info["n_threads"] >= 1
 
 

@@ -10,11 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 tlp = pytest.importorskip("transformers.generation.logits_process")
 
+import pygpt  # noqa: E402
 from pygpt import _core  # noqa: E402
 from pygpt.generation import sampling_params  # noqa: E402
 
 V = 50257
-ISAS = ["scalar"] + ["avx2"] * _core.cpu_has_avx2() + ["avx512"] * _core.cpu_has_avx512()
+ISAS = pygpt.system_info()["isas"]
 # Elementwise processors (temperature, penalties, bias) are single float32 operations on both
 # sides, up to torch computing x / c as x * (1 / c): a few ulps.
 RTOL_ELEMENTWISE = 1e-6
