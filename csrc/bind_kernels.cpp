@@ -69,17 +69,23 @@ void check_kv_scales(const F32& k_scale, const F32& v_scale, int64_t n_keys) {
         throw std::invalid_argument("k_scale and v_scale need one scale per key");
 }
 
-// One query row of attention through `kernel` (Kernels::attention_row, its f16 form, or a
-// callable of the same arguments).
-template <class Array, class Kernel>
-F32 attention_row_binding(Kernel kernel, const F32& q, const Array& k, const Array& v, float scale) {
+using AttentionHeadsKernel = void (*)(const AttentionHead*, int, int64_t, int64_t, float, float*);
+
+// One query row of one head through `kernel` (a Kernels::attention_heads entry, one head a
+// call); k_scale, v_scale: an int8 cache's scales, else null.
+template <class Array>
+F32 attention_row_binding(AttentionHeadsKernel kernel, const F32& q, const Array& k, const Array& v, float scale,
+                          const F32* k_scale = nullptr, const F32* v_scale = nullptr) {
     if (k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1))
         throw std::invalid_argument("k and v must be [n_keys, ld] of one shape");
     const int64_t HS = q.size(), n_keys = k.shape(0), ld = k.shape(1);
     if (n_keys < 1 || HS < 1 || HS > ld) throw std::invalid_argument("need n_keys >= 1 and 1 <= HS <= ld");
+    if (k_scale) check_kv_scales(*k_scale, *v_scale, n_keys);
     F32 out(HS);
     std::vector<float> scratch(n_keys);
-    kernel(out.mutable_data(), q.data(), k.data(), v.data(), ld, n_keys, HS, scale, scratch.data());
+    const AttentionHead head = {out.mutable_data(), q.data(), k.data(), v.data(),
+                                k_scale ? k_scale->data() : nullptr, v_scale ? v_scale->data() : nullptr, n_keys};
+    kernel(&head, 1, ld, HS, scale, scratch.data());
     return out;
 }
 
@@ -201,21 +207,17 @@ void bind_kernels(py::module_& m) {
 
     // q [HS]; k, v [n_keys, ld] with the head in columns [0, HS), as f32 or as f16 bits.
     m.def("_kernel_attention_row", [](const std::string& isa, const F32& q, const F32& k, const F32& v, float scale) {
-        return attention_row_binding(select_kernels(isa.c_str()).attention_row, q, k, v, scale);
+        return attention_row_binding(select_kernels(isa.c_str()).attention_heads, q, k, v, scale);
     });
     m.def("_kernel_attention_row_f16", [](const std::string& isa, const F32& q, const U16& k, const U16& v, float scale) {
-        return attention_row_binding(select_kernels(isa.c_str()).attention_row_f16, q, k, v, scale);
+        return attention_row_binding(select_kernels(isa.c_str()).attention_heads_f16, q, k, v, scale);
     });
 
     // int8: k, v [n_keys, ld] int8 with their rows' scales k_scale, v_scale [n_keys]
     m.def("_kernel_attention_row_int8", [](const std::string& isa, const F32& q, const I8& k, const I8& v,
                                            const F32& k_scale, const F32& v_scale, float scale) {
-        const auto kernel = select_kernels(isa.c_str()).attention_row_int8;
-        return attention_row_binding([&](float* out, const float* qd, const int8_t* kd, const int8_t* vd, int64_t ld,
-                                         int64_t n_keys, int64_t HS, float sc, float* scratch) {
-            check_kv_scales(k_scale, v_scale, n_keys);
-            kernel(out, qd, kd, vd, k_scale.data(), v_scale.data(), ld, n_keys, HS, sc, scratch);
-        }, q, k, v, scale);
+        return attention_row_binding(select_kernels(isa.c_str()).attention_heads_int8, q, k, v, scale, &k_scale,
+                                     &v_scale);
     });
 
     m.def("_kernel_attention_rows", [](const std::string& isa, const F32& q, const py::array& k, const py::array& v,

@@ -76,46 +76,35 @@ struct Kernels {
     // y += x
     void (*add)(float* y, const float* x, int64_t n);
 
-    // One query row of one head of causal attention:
-    //   s_j = scale * q . k_j  (j < n_keys),  p = softmax(s),  out = sum_j p_j v_j
-    // k_j = k + j * ld, v_j = v + j * ld (rows of the KV cache); scratch holds n_keys floats.
-    void (*attention_row)(float* out, const float* q, const float* k, const float* v,
-                          int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
-                          float* scratch);
-    // The same over an f16 KV cache (keys and values stored as IEEE half floats).
-    void (*attention_row_f16)(float* out, const float* q, const uint16_t* k, const uint16_t* v,
-                              int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
-                              float* scratch);
-    // Rows of a prompt against one head's cache: query row r (at q + r * ld_q, output at
-    // out + r * ld_out) attends to the first n_keys + r keys, for r < n_rows <= 4. Each row
-    // is bitwise attention_row's; the rows share the loads of the keys and values. scratch
-    // holds n_rows * (n_keys + n_rows) floats.
-    void (*attention_rows)(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows,
-                           const float* k, const float* v, int64_t ld, int64_t n_keys, int64_t head_dim,
-                           float scale, float* scratch);
-    void (*attention_rows_f16)(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows,
-                               const uint16_t* k, const uint16_t* v, int64_t ld, int64_t n_keys,
-                               int64_t head_dim, float scale, float* scratch);
-    // The same over an int8 KV cache: key j is k_scale[j] * k_j, value j v_scale[j] * v_j
-    // (quantize_kv). attention_rows_int8's rows are bitwise attention_row_int8's.
-    void (*attention_row_int8)(float* out, const float* q, const int8_t* k, const int8_t* v,
-                               const float* k_scale, const float* v_scale, int64_t ld, int64_t n_keys,
-                               int64_t head_dim, float scale, float* scratch);
-    void (*attention_rows_int8)(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows,
-                                const int8_t* k, const int8_t* v, const float* k_scale, const float* v_scale,
-                                int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scratch);
-    // Up to kAttentionHeads single query rows, each its own head against its own keys
-    // (decode: one head of one sequence each), row i bitwise attention_row*(heads[i].out,
-    // heads[i].q, heads[i].k, heads[i].v, [scales,] ld, heads[i].n_keys, ...). The rows are
-    // scored and summed in step: a head's keys and values are short runs that one core,
-    // reading them alone from DRAM, mostly waits on; several runs at once keep more loads in
-    // flight. scratch holds the sum of the n_keys floats.
+    // Single query rows, each its own head of causal attention against its own keys
+    // (decode: one head of one sequence each), for one head h = heads[i]:
+    //   s_j = scale * h.q . k_j  (j < h.n_keys),  p = softmax(s),  h.out = sum_j p_j v_j
+    // k_j = h.k + j * ld, v_j = h.v + j * ld (rows of the KV cache). A row's bits do not
+    // depend on the other heads of the call. Up to kAttentionHeads rows are scored and summed
+    // in step: a head's keys and values are short runs that one core, reading them alone
+    // from DRAM, mostly waits on; several runs at once keep more loads in flight. scratch
+    // holds the sum of the n_keys floats. _f16: an f16 cache (IEEE half floats); _int8: an
+    // int8 cache, key j is h.k_scale[j] * k_j and value j h.v_scale[j] * v_j (quantize_kv).
     void (*attention_heads)(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale,
                             float* scratch);
     void (*attention_heads_f16)(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale,
                                 float* scratch);
     void (*attention_heads_int8)(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale,
                                  float* scratch);
+    // Rows of a prompt against one head's cache: query row r (at q + r * ld_q, output at
+    // out + r * ld_out) attends to the first n_keys + r keys, for r < n_rows <= 4. Each row
+    // is bitwise attention_heads' for that row alone; the rows share the loads of the keys
+    // and values. scratch holds n_rows * (n_keys + n_rows) floats.
+    void (*attention_rows)(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows,
+                           const float* k, const float* v, int64_t ld, int64_t n_keys, int64_t head_dim,
+                           float scale, float* scratch);
+    void (*attention_rows_f16)(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows,
+                               const uint16_t* k, const uint16_t* v, int64_t ld, int64_t n_keys,
+                               int64_t head_dim, float scale, float* scratch);
+    // Over an int8 cache, with the keys' and values' scales k_scale, v_scale (one per key).
+    void (*attention_rows_int8)(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows,
+                                const int8_t* k, const int8_t* v, const float* k_scale, const float* v_scale,
+                                int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scratch);
     // out[i] = x[i] as IEEE half, rounded to nearest even (the same bits on every ISA).
     void (*to_f16)(const float* x, uint16_t* out, int64_t n);
     // One head's key or value row for an int8 KV cache: q[i] = round(x[i] * 127 / m) (to

@@ -274,22 +274,6 @@ static void attention_row_t(float* out, const float* q, const E* k, const E* v, 
     }
 }
 
-void attention_row(float* out, const float* q, const float* k, const float* v, int64_t ld, int64_t n_keys,
-                   int64_t head_dim, float scale, float* scores) {
-    attention_row_t(out, q, k, v, nullptr, nullptr, ld, n_keys, head_dim, scale, scores);
-}
-
-void attention_row_f16(float* out, const float* q, const uint16_t* k, const uint16_t* v, int64_t ld, int64_t n_keys,
-                       int64_t head_dim, float scale, float* scores) {
-    attention_row_t(out, q, k, v, nullptr, nullptr, ld, n_keys, head_dim, scale, scores);
-}
-
-void attention_row_int8(float* out, const float* q, const int8_t* k, const int8_t* v, const float* k_scale,
-                        const float* v_scale, int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
-                        float* scores) {
-    attention_row_t(out, q, k, v, k_scale, v_scale, ld, n_keys, head_dim, scale, scores);
-}
-
 void attention_rows(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const float* k,
                     const float* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
     for (int64_t r = 0; r < n_rows; r++)

@@ -386,16 +386,6 @@ static void attention_rows_t(float* out, int64_t ld_out, const float* q, int64_t
     }
 }
 
-void attention_row(float* out, const float* q, const float* k, const float* v, int64_t ld, int64_t n_keys,
-                   int64_t head_dim, float scale, float* scores) {
-    attention_row_t(out, q, k, v, nullptr, nullptr, ld, n_keys, head_dim, scale, scores);
-}
-
-void attention_row_f16(float* out, const float* q, const uint16_t* k, const uint16_t* v, int64_t ld, int64_t n_keys,
-                       int64_t head_dim, float scale, float* scores) {
-    attention_row_t(out, q, k, v, nullptr, nullptr, ld, n_keys, head_dim, scale, scores);
-}
-
 void attention_rows(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const float* k,
                     const float* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
     attention_rows_t(out, ld_out, q, ld_q, n_rows, k, v, nullptr, nullptr, ld, n_keys, head_dim, scale, scores);
@@ -404,12 +394,6 @@ void attention_rows(float* out, int64_t ld_out, const float* q, int64_t ld_q, in
 void attention_rows_f16(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const uint16_t* k,
                         const uint16_t* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores) {
     attention_rows_t(out, ld_out, q, ld_q, n_rows, k, v, nullptr, nullptr, ld, n_keys, head_dim, scale, scores);
-}
-
-void attention_row_int8(float* out, const float* q, const int8_t* k, const int8_t* v, const float* k_scale,
-                        const float* v_scale, int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
-                        float* scores) {
-    attention_row_t(out, q, k, v, k_scale, v_scale, ld, n_keys, head_dim, scale, scores);
 }
 
 void attention_rows_int8(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const int8_t* k,

@@ -11,10 +11,6 @@ namespace simd {
 void layernorm(float* out, const float* x, const float* gamma, const float* beta, int64_t C, float eps);
 void gelu_tanh(float* x, int64_t n);
 void add(float* y, const float* x, int64_t n);
-void attention_row(float* out, const float* q, const float* k, const float* v, int64_t ld, int64_t n_keys,
-                   int64_t head_dim, float scale, float* scores);
-void attention_row_f16(float* out, const float* q, const uint16_t* k, const uint16_t* v, int64_t ld, int64_t n_keys,
-                       int64_t head_dim, float scale, float* scores);
 void to_f16(const float* x, uint16_t* out, int64_t n);
 float quantize_kv(const float* x, int8_t* q, int64_t n);
 int64_t argmax(const float* x, int64_t n);
@@ -22,9 +18,6 @@ void attention_rows(float* out, int64_t ld_out, const float* q, int64_t ld_q, in
                     const float* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores);
 void attention_rows_f16(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const uint16_t* k,
                         const uint16_t* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores);
-void attention_row_int8(float* out, const float* q, const int8_t* k, const int8_t* v, const float* k_scale,
-                        const float* v_scale, int64_t ld, int64_t n_keys, int64_t head_dim, float scale,
-                        float* scores);
 void attention_rows_int8(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const int8_t* k,
                          const int8_t* v, const float* k_scale, const float* v_scale, int64_t ld, int64_t n_keys,
                          int64_t head_dim, float scale, float* scores);

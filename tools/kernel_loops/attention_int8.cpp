@@ -1,10 +1,11 @@
-// attention_row_int8 of csrc/kernels/ops.cpp in a loop, one thread: eight 124M-shaped int8
-// caches (12 layers x 12 heads x 1024 positions x 64) at 192 keys, read from DRAM (the
-// caches together far exceed L3, and a 64 MB buffer is swept between rounds), or one
-// layer of one cache again and again ("cache"). "read" instead only loads the same bytes
-// in the same order (each head's 12 KB of keys, then its 12 KB of values): the rate of the
-// access pattern itself, whatever the kernel computes. "heads" runs the heads 4 at a time
-// through attention_heads_int8 (as a decode step does), which reads 4 runs in step.
+// One head of int8 attention (attention_row_t of csrc/kernels/ops.cpp) in a loop, one
+// thread: eight 124M-shaped int8 caches (12 layers x 12 heads x 1024 positions x 64) at
+// 192 keys, read from DRAM (the caches together far exceed L3, and a 64 MB buffer is swept
+// between rounds), or one layer of one cache again and again ("cache"). "read" instead
+// only loads the same bytes in the same order (each head's 12 KB of keys, then its 12 KB
+// of values): the rate of the access pattern itself, whatever the kernel computes. "heads"
+// runs the heads 4 at a time through attention_heads_int8 (as a decode step does), which
+// reads 4 runs in step.
 //   tools/kernel_loops/build.sh && build/kernel_loops/attention_int8 [cache | read | heads]
 #include "kernels/ops.cpp"
 
@@ -55,8 +56,8 @@ int main(int argc, char** argv) {
                         } else if (read)
                             read_only(k + off, v + off, NK * HS);
                         else
-                            attention_row_int8(out.data(), q.data(), k + off, v + off, sc, sc, HS, NK, HS, 0.125f,
-                                               scratch.data());
+                            attention_row_t(out.data(), q.data(), k + off, v + off, sc, sc, HS, NK, HS, 0.125f,
+                                            scratch.data());
                     }
         const double bytes_read = 2.0 * reps * layers * seqs * NH * NK * HS;
         std::printf("int8 attention%s %s: %.1f GB/s\n", read ? " (loads only)" : heads ? " (4 heads a call)" : "",
