@@ -3,8 +3,12 @@
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
+
+import hostile_files as hf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,3 +67,20 @@ def test_decode_pct_per_run_takes_each_runs_higher_probe(bench):
     # 100 tok/s * 100 MB = 10 GB/s of 20: 50%; 5 of 10: 50%; 8 of 8: 100%
     assert bench.decode_pct_per_run(runs, 100e6) == pytest.approx(50.0)
     assert bench.decode_pct_per_run(runs[2:], 100e6) == pytest.approx(100.0)
+
+
+def test_worker_peak_rss_is_one_models(bench, tmp_path):
+    """The worker loads the model three times (load time) and again with another KV cache: one
+    model at a time, so the peak RSS counts the mapped weights once, not twice."""
+    cfg = hf.tiny_config(n_layer=1, n_head=4, n_embd=512, n_ctx=64, vocab_size=bench.VOCAB)
+    path = hf.write_model(tmp_path / "m", cfg=cfg)
+    weights_mib = os.path.getsize(os.path.join(path, "model.safetensors")) / 2**20  # ~100 MiB: wte
+    r = bench.run_case({"engine": "pygpt", "path": path, "threads": 1, "prompt": 8, "new": 4, "runs": 1,
+                        "batch": 2}, timeout=300)
+    assert "error" not in r, r
+    # a fresh interpreter with pygpt imported, no model
+    code = ("import pygpt, numpy; print([int(l.split()[1]) for l in open('/proc/self/status') "
+            "if l.startswith('VmHWM:')][0] / 1024)")
+    base_mib = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                    env=dict(os.environ, PYTHONPATH=ROOT)).stdout)
+    assert base_mib + 0.9 * weights_mib < r["peak_rss_mib"] < base_mib + 1.5 * weights_mib, (base_mib, weights_mib)

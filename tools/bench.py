@@ -240,8 +240,10 @@ def prompt_ids(n: int, seed: int = 1) -> list:
 def worker_pygpt(a: dict) -> dict:
     import pygpt
 
-    loads = []
+    loads, model = [], None
     for _ in range(3):
+        if model is not None:
+            model.close()  # one model at a time: two would count their mapped weights twice in the RSS
         t0 = time.perf_counter()
         model = pygpt.load(a["path"], n_threads=a["threads"])
         loads.append(time.perf_counter() - t0)
@@ -256,9 +258,10 @@ def worker_pygpt(a: dict) -> dict:
         ttft.append(t.time_to_first_token)
     out = {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
            "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
-           "cpu_share": cpu_share(c0, w0, a["threads"]), "kv_cache": model.kv_cache}
-    if a.get("batch"):
-        prompts = [prompt_ids(a["prompt"], seed=10 + i) for i in range(a["batch"])]
+           "cpu_share": cpu_share(c0, w0, a["threads"]), "kv_cache": model.kv_cache,
+           "peak_rss_mib": peak_rss_mib()}  # batch 1, as the table's other columns (not batch 8's caches)
+    prompts = [prompt_ids(a["prompt"], seed=10 + i) for i in range(a.get("batch") or 0)]
+    if prompts:
         bt, pairs = [], []
         for _ in range(a["runs"]):
             outs = model.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)
@@ -271,35 +274,35 @@ def worker_pygpt(a: dict) -> dict:
             eight = model.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)[0].timings.decode_tokens_per_s
             pairs.append([one, eight])
         out["batch_pairs"] = pairs
-    if a.get("batch"):
+    model.generate(ids[:8], max_new_tokens=2, ignore_eos=True)
+    out["idle_cpu_pct_after_call"] = idle_cpu_percent()
+    if a.get("probe_runs"):
+        # Decode again, each run between two probes of the read bandwidth a few hundred ms
+        # away (the parent's probes are a minute apart, around the whole case, on a host whose
+        # bandwidth moves by the second). After the peak RSS: the probe's array is not pygpt's.
+        probe = _probe_array(a["threads"], 512)
+        out["probed_runs"] = []
+        for _ in range(a["runs"]):
+            bw_before = best_pass(probe, a["threads"])
+            tok_s = model.generate(ids, max_new_tokens=a["new"], ignore_eos=True).timings.decode_tokens_per_s
+            out["probed_runs"].append([tok_s, bw_before, best_pass(probe, a["threads"])])
+        del probe
+    if prompts:
         # the same with another KV cache (f32 weights: f16; bf16/f16 weights: int8; int8/int4
         # weights, whose default is int8: f16), batch 1 and batch 8: 8 sequences read 8
         # caches per step
         alt_kv = {"f32": "f16", "f16": "int8", "int8": "f16"}[model.kv_cache]
-        m2 = pygpt.load(a["path"], n_threads=a["threads"], kv_cache=alt_kv)
-        m2.generate(ids[:8], max_new_tokens=4, ignore_eos=True)
+        model.close()
+        model = pygpt.load(a["path"], n_threads=a["threads"], kv_cache=alt_kv)
+        model.generate(ids[:8], max_new_tokens=4, ignore_eos=True)
         d2, b2 = [], []
         for _ in range(a["runs"]):
-            d2.append(m2.generate(ids, max_new_tokens=a["new"], ignore_eos=True).timings.decode_tokens_per_s)
-            b2.append(m2.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)[0].timings.decode_tokens_per_s)
+            d2.append(model.generate(ids, max_new_tokens=a["new"], ignore_eos=True).timings.decode_tokens_per_s)
+            b2.append(model.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)[0].timings.decode_tokens_per_s)
         out["alt_kv"] = alt_kv
         out["decode_altkv_tok_s"] = statistics.median(d2)
         out["batch_decode_altkv_tok_s"] = statistics.median(b2)
-        m2.close()
-    model.generate(ids[:8], max_new_tokens=2, ignore_eos=True)
-    out["idle_cpu_pct_after_call"] = idle_cpu_percent()
-    out["peak_rss_mib"] = peak_rss_mib()
-    # Decode again, each run between two probes of the read bandwidth a few hundred ms
-    # away (the parent's probes are a minute apart, around the whole case, on a host whose
-    # bandwidth moves by the second). After the peak RSS: the probe's array is not pygpt's.
-    if not a.get("probe_runs"):
-        return out
-    probe = _probe_array(a["threads"], 512)
-    out["probed_runs"] = []
-    for _ in range(a["runs"]):
-        bw_before = best_pass(probe, a["threads"])
-        tok_s = model.generate(ids, max_new_tokens=a["new"], ignore_eos=True).timings.decode_tokens_per_s
-        out["probed_runs"].append([tok_s, bw_before, best_pass(probe, a["threads"])])
+    model.close()
     return out
 
 
@@ -308,8 +311,9 @@ def worker_transformers(a: dict) -> dict:
     import transformers
 
     torch.set_num_threads(a["threads"])
-    loads = []
+    loads, model = [], None
     for _ in range(3):
+        model = None  # one model at a time (the RSS is one model's)
         t0 = time.perf_counter()
         model = transformers.GPT2LMHeadModel.from_pretrained(a["path"], torch_dtype=torch.float32).eval()
         loads.append(time.perf_counter() - t0)
@@ -342,8 +346,9 @@ def worker_ct2(a: dict) -> dict:
     import transformers
 
     tok = transformers.GPT2TokenizerFast.from_pretrained(a["hf"])
-    loads = []
+    loads, gen = [], None
     for _ in range(3):
+        gen = None  # one model at a time (the RSS is one model's)
         t0 = time.perf_counter()
         gen = ctranslate2.Generator(a["path"], device="cpu", compute_type=a["compute_type"],
                                     intra_threads=a["threads"], inter_threads=1)
