@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import glob
 import json
 import os
 import platform
@@ -39,7 +40,11 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+# This checkout's pygpt when tools/dev_build.sh has built its _core in place, else the
+# installed one (pip install .): the checkout's sources alone cannot load. Workers too.
+CHECKOUT_BUILT = bool(glob.glob(os.path.join(ROOT, "pygpt", "_core*")))
+if CHECKOUT_BUILT:
+    sys.path.insert(0, ROOT)
 # importing pygpt sets OMP_WAIT_POLICY=passive for its own OpenMP: the peers' worker processes
 # get the environment as it was before, so each engine runs with its own default
 USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
@@ -394,7 +399,9 @@ def drop_page_cache(path: str) -> None:
 
 def run_case(args: dict, timeout: float = 1800) -> dict:
     """Runs one worker in a fresh process; returns its result (or {"error": ...})."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ)
+    if CHECKOUT_BUILT:
+        env["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = str(args["threads"])
     if args["engine"] != "pygpt":
         env.pop("OMP_WAIT_POLICY", None)

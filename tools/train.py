@@ -34,8 +34,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+if list((ROOT / "pygpt").glob("_core*")):  # built in place (tools/dev_build.sh): this checkout's pygpt
+    sys.path.insert(0, str(ROOT))
 from train_tokenizer import EOT, load_hf_tokenizer  # noqa: E402
 
 # ----------------------------------------------------------------------------
