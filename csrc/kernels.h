@@ -80,9 +80,9 @@ struct Kernels {
     // (decode: one head of one sequence each), for one head h = heads[i]:
     //   s_j = scale * h.q . k_j  (j < h.n_keys),  p = softmax(s),  h.out = sum_j p_j v_j
     // k_j = h.k + j * ld, v_j = h.v + j * ld (rows of the KV cache). A row's bits do not
-    // depend on the other heads of the call. Up to kAttentionHeads rows are scored and summed
-    // in step: a head's keys and values are short runs that one core, reading them alone
-    // from DRAM, mostly waits on; several runs at once keep more loads in flight. scratch
+    // depend on the other heads of the call. kAttentionHeads rows at a time are scored and
+    // summed in step: a head's keys and values are short runs that one core, reading them
+    // alone from DRAM, mostly waits on; several runs at once keep more loads in flight. scratch
     // holds the sum of the n_keys floats. _f16: an f16 cache (IEEE half floats); _int8: an
     // int8 cache, key j is h.k_scale[j] * k_j and value j h.v_scale[j] * v_j (quantize_kv).
     void (*attention_heads)(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale,
