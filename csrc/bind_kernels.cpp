@@ -69,23 +69,47 @@ void check_kv_scales(const F32& k_scale, const F32& v_scale, int64_t n_keys) {
         throw std::invalid_argument("k_scale and v_scale need one scale per key");
 }
 
-using AttentionHeadsKernel = void (*)(const AttentionHead*, int, int64_t, int64_t, float, float*);
+// Single query rows of separate heads through Kernels::attention_heads*: n rows of HS at q,
+// row i against ks[i], vs[i] [n_keys_i, ld] of one dtype and ld (f32, f16 bits as uint16,
+// or int8 with k_scales[i], v_scales[i], one per key); out [n, HS].
+void attention_heads_binding(const std::string& isa, const float* q, int64_t n, int64_t HS,
+                             const std::vector<py::array>& ks, const std::vector<py::array>& vs, float scale,
+                             const std::vector<F32>& k_scales, const std::vector<F32>& v_scales, float* out) {
+    if (n < 1 || (size_t)n != ks.size() || ks.size() != vs.size())
+        throw std::invalid_argument("q must be [n, HS] with n >= 1 and one k, v per row");
+    const int64_t ld = ks[0].ndim() == 2 ? ks[0].shape(1) : 0;
+    const py::dtype dt = ks[0].dtype();
+    const bool int8 = dt.is(py::dtype::of<int8_t>());
+    if (!int8 && !dt.is(py::dtype::of<uint16_t>()) && !dt.is(py::dtype::of<float>()))
+        throw std::invalid_argument("keys must be float32, uint16 (f16 bits) or int8");
+    if (HS < 1 || HS > ld) throw std::invalid_argument("need 1 <= HS <= ld");
+    if (int8 && (k_scales.size() != (size_t)n || v_scales.size() != (size_t)n))
+        throw std::invalid_argument("int8 keys and values need one k_scale and v_scale array per row");
+    std::vector<AttentionHead> heads(n);
+    int64_t total = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const py::array &k = ks[i], &v = vs[i];
+        if (k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != ld || v.shape(1) != ld ||
+            k.shape(0) < 1 || !k.dtype().is(dt) || !v.dtype().is(dt) ||
+            !(k.flags() & py::array::c_style) || !(v.flags() & py::array::c_style))
+            throw std::invalid_argument("each k, v must be a C-contiguous [n_keys >= 1, ld] array of one dtype");
+        if (int8) check_kv_scales(k_scales[i], v_scales[i], k.shape(0));
+        heads[i] = {out + i * HS, q + i * HS, k.data(), v.data(), int8 ? k_scales[i].data() : nullptr,
+                    int8 ? v_scales[i].data() : nullptr, k.shape(0)};
+        total += k.shape(0);
+    }
+    std::vector<float> scratch(total);
+    const Kernels& kt = select_kernels(isa.c_str());
+    if (int8) kt.attention_heads_int8(heads.data(), (int)n, ld, HS, scale, scratch.data());
+    else if (dt.is(py::dtype::of<uint16_t>())) kt.attention_heads_f16(heads.data(), (int)n, ld, HS, scale, scratch.data());
+    else kt.attention_heads(heads.data(), (int)n, ld, HS, scale, scratch.data());
+}
 
-// One query row of one head through `kernel` (a Kernels::attention_heads entry, one head a
-// call); k_scale, v_scale: an int8 cache's scales, else null.
-template <class Array>
-F32 attention_row_binding(AttentionHeadsKernel kernel, const F32& q, const Array& k, const Array& v, float scale,
-                          const F32* k_scale = nullptr, const F32* v_scale = nullptr) {
-    if (k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1))
-        throw std::invalid_argument("k and v must be [n_keys, ld] of one shape");
-    const int64_t HS = q.size(), n_keys = k.shape(0), ld = k.shape(1);
-    if (n_keys < 1 || HS < 1 || HS > ld) throw std::invalid_argument("need n_keys >= 1 and 1 <= HS <= ld");
-    if (k_scale) check_kv_scales(*k_scale, *v_scale, n_keys);
-    F32 out(HS);
-    std::vector<float> scratch(n_keys);
-    const AttentionHead head = {out.mutable_data(), q.data(), k.data(), v.data(),
-                                k_scale ? k_scale->data() : nullptr, v_scale ? v_scale->data() : nullptr, n_keys};
-    kernel(&head, 1, ld, HS, scale, scratch.data());
+// One query row q [HS] of one head: the heads binding with one head.
+F32 attention_row_binding(const std::string& isa, const F32& q, const py::array& k, const py::array& v, float scale,
+                          const std::vector<F32>& k_scale = {}, const std::vector<F32>& v_scale = {}) {
+    F32 out(q.size());
+    attention_heads_binding(isa, q.data(), 1, q.size(), {k}, {v}, scale, k_scale, v_scale, out.mutable_data());
     return out;
 }
 
@@ -207,17 +231,16 @@ void bind_kernels(py::module_& m) {
 
     // q [HS]; k, v [n_keys, ld] with the head in columns [0, HS), as f32 or as f16 bits.
     m.def("_kernel_attention_row", [](const std::string& isa, const F32& q, const F32& k, const F32& v, float scale) {
-        return attention_row_binding(select_kernels(isa.c_str()).attention_heads, q, k, v, scale);
+        return attention_row_binding(isa, q, k, v, scale);
     });
     m.def("_kernel_attention_row_f16", [](const std::string& isa, const F32& q, const U16& k, const U16& v, float scale) {
-        return attention_row_binding(select_kernels(isa.c_str()).attention_heads_f16, q, k, v, scale);
+        return attention_row_binding(isa, q, k, v, scale);
     });
 
     // int8: k, v [n_keys, ld] int8 with their rows' scales k_scale, v_scale [n_keys]
     m.def("_kernel_attention_row_int8", [](const std::string& isa, const F32& q, const I8& k, const I8& v,
                                            const F32& k_scale, const F32& v_scale, float scale) {
-        return attention_row_binding(select_kernels(isa.c_str()).attention_heads_int8, q, k, v, scale, &k_scale,
-                                     &v_scale);
+        return attention_row_binding(isa, q, k, v, scale, {k_scale}, {v_scale});
     });
 
     m.def("_kernel_attention_rows", [](const std::string& isa, const F32& q, const py::array& k, const py::array& v,
@@ -253,41 +276,14 @@ void bind_kernels(py::module_& m) {
     }, py::arg("isa"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("n_keys"),
        py::arg("k_scale") = py::none(), py::arg("v_scale") = py::none());
 
-    // Single query rows of separate heads (Kernels::attention_heads): q [n, HS]; ks[i], vs[i]
-    // [n_keys_i, ld] of one dtype and ld (f32, f16 bits as uint16, or int8 with k_scales[i],
-    // v_scales[i], one per key). Returns [n, HS].
+    // Single query rows of separate heads: q [n, HS], the rest as attention_heads_binding's.
     m.def("_kernel_attention_heads", [](const std::string& isa, const F32& q, const std::vector<py::array>& ks,
                                         const std::vector<py::array>& vs, float scale,
                                         const std::vector<F32>& k_scales, const std::vector<F32>& v_scales) {
-        if (q.ndim() != 2 || q.shape(0) < 1 || (size_t)q.shape(0) != ks.size() || ks.size() != vs.size())
-            throw std::invalid_argument("q must be [n, HS] with n >= 1 and one k, v per row");
-        const int64_t n = q.shape(0), HS = q.shape(1), ld = ks[0].ndim() == 2 ? ks[0].shape(1) : 0;
-        const py::dtype dt = ks[0].dtype();
-        const bool int8 = dt.is(py::dtype::of<int8_t>());
-        if (!int8 && !dt.is(py::dtype::of<uint16_t>()) && !dt.is(py::dtype::of<float>()))
-            throw std::invalid_argument("keys must be float32, uint16 (f16 bits) or int8");
-        if (HS < 1 || HS > ld) throw std::invalid_argument("need 1 <= HS <= ld");
-        if (int8 && (k_scales.size() != (size_t)n || v_scales.size() != (size_t)n))
-            throw std::invalid_argument("int8 keys and values need one k_scale and v_scale array per row");
-        std::vector<AttentionHead> heads(n);
-        F32 out({n, HS});
-        int64_t total = 0;
-        for (int64_t i = 0; i < n; i++) {
-            const py::array &k = ks[i], &v = vs[i];
-            if (k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != ld || v.shape(1) != ld ||
-                k.shape(0) < 1 || !k.dtype().is(dt) || !v.dtype().is(dt) ||
-                !(k.flags() & py::array::c_style) || !(v.flags() & py::array::c_style))
-                throw std::invalid_argument("each k, v must be a C-contiguous [n_keys >= 1, ld] array of one dtype");
-            if (int8) check_kv_scales(k_scales[i], v_scales[i], k.shape(0));
-            heads[i] = {out.mutable_data(i, 0), q.data(i, 0), k.data(), v.data(), int8 ? k_scales[i].data() : nullptr,
-                        int8 ? v_scales[i].data() : nullptr, k.shape(0)};
-            total += k.shape(0);
-        }
-        std::vector<float> scratch(total);
-        const Kernels& kt = select_kernels(isa.c_str());
-        if (int8) kt.attention_heads_int8(heads.data(), (int)n, ld, HS, scale, scratch.data());
-        else if (dt.is(py::dtype::of<uint16_t>())) kt.attention_heads_f16(heads.data(), (int)n, ld, HS, scale, scratch.data());
-        else kt.attention_heads(heads.data(), (int)n, ld, HS, scale, scratch.data());
+        if (q.ndim() != 2) throw std::invalid_argument("q must be [n, HS] with n >= 1 and one k, v per row");
+        F32 out({q.shape(0), q.shape(1)});
+        attention_heads_binding(isa, q.data(), q.shape(0), q.shape(1), ks, vs, scale, k_scales, v_scales,
+                                out.mutable_data());
         return out;
     }, py::arg("isa"), py::arg("q"), py::arg("ks"), py::arg("vs"), py::arg("scale"),
        py::arg("k_scales") = std::vector<F32>(), py::arg("v_scales") = std::vector<F32>());
