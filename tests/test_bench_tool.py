@@ -81,7 +81,7 @@ def test_worker_peak_rss_is_one_models(bench, tmp_path):
     # a fresh interpreter with pygpt imported, no model
     code = ("import pygpt, numpy; print([int(l.split()[1]) for l in open('/proc/self/status') "
             "if l.startswith('VmHWM:')][0] / 1024)")
-    env = dict(os.environ, PYTHONPATH=ROOT) if bench.CHECKOUT_BUILT else None  # the worker's pygpt
+    env = dict(os.environ, PYTHONPATH=ROOT) if bench.checkout.BUILT else None  # the worker's pygpt
     base_mib = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                     env=env, cwd=tmp_path).stdout)
     assert base_mib + 0.9 * weights_mib < r["peak_rss_mib"] < base_mib + 1.5 * weights_mib, (base_mib, weights_mib)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import json
 import os
 import platform
@@ -39,12 +38,11 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# This checkout's pygpt when tools/dev_build.sh has built its _core in place, else the
-# installed one (pip install .): the checkout's sources alone cannot load. Workers too.
-CHECKOUT_BUILT = bool(glob.glob(os.path.join(ROOT, "pygpt", "_core*")))
-if CHECKOUT_BUILT:
-    sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # also when loaded from a file by the tests
+import checkout  # noqa: E402
+
+ROOT = checkout.ROOT
+checkout.use_if_built()  # and the workers likewise (run_case)
 # importing pygpt sets OMP_WAIT_POLICY=passive for its own OpenMP: the peers' worker processes
 # get the environment as it was before, so each engine runs with its own default
 USER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
@@ -400,7 +398,7 @@ def drop_page_cache(path: str) -> None:
 def run_case(args: dict, timeout: float = 1800) -> dict:
     """Runs one worker in a fresh process; returns its result (or {"error": ...})."""
     env = dict(os.environ)
-    if CHECKOUT_BUILT:
+    if checkout.BUILT:
         env["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = str(args["threads"])
     if args["engine"] != "pygpt":

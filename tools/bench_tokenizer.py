@@ -16,7 +16,6 @@ bytes for encode, output bytes for decode), best of --repeat runs:
     python tools/bench_tokenizer.py --corpus DIR --repeat 5 --threads 2 --json out.json
 """
 import argparse
-import glob
 import json
 import os
 import platform
@@ -70,8 +69,9 @@ def make_libs(names, tok_dir, threads):
         os.environ["RAYON_NUM_THREADS"] = str(threads)  # read when tokenizers starts its pool
         os.environ["TOKENIZERS_PARALLELISM"] = "true"
     if "pygpt" in names:
-        if glob.glob(os.path.join(ROOT, "pygpt", "_core*")):  # built in place: this checkout's pygpt
-            sys.path.insert(0, ROOT)
+        import checkout
+
+        checkout.use_if_built()
         import pygpt
 
         tok = pygpt.Tokenizer.from_dir(tok_dir)

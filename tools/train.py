@@ -34,11 +34,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-if list((ROOT / "pygpt").glob("_core*")):  # built in place (tools/dev_build.sh): this checkout's pygpt
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import checkout  # noqa: E402
 from train_tokenizer import EOT, load_hf_tokenizer  # noqa: E402
+
+checkout.use_if_built()
 
 # ----------------------------------------------------------------------------
 # the model: GPT-2 with nanoGPT's module names, so state_dicts map across by name
