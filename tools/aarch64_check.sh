@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Cross-builds pygpt._core for aarch64 (the scalar kernels: there are no NEON ones yet) and
+# runs tests on an arm64 Debian Python under qemu-user, so that the portable path is checked
+# on a machine that has no ARM CPU. Nothing is installed into the host's Python: the arm64
+# Python, numpy and pytest are Debian packages unpacked into a folder (debootstrap
+# --foreign), safetensors is PyPI's aarch64 wheel, unzipped.
+#
+#   tools/aarch64_check.sh                        # kernel, tokenizer and sampler tests + a generation
+#   tools/aarch64_check.sh tests/test_tokenizer.py -k golden   # these pytest arguments instead
+#
+# Only tests that need neither torch (the model fixtures convert with it) nor child Pythons
+# (nothing registers qemu with binfmt) can run this way. Needs root for apt-get (g++ for
+# aarch64, qemu-user-static, debootstrap), Debian's mirror as apt is set up, and PyPI.
+# Emulated: figures of speed mean nothing here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+work=$(realpath -m "${AARCH64_DIR:-build/aarch64}")
+root=$work/root
+pyv=3.11  # Debian bookworm's Python
+cxx=aarch64-linux-gnu-g++
+
+if ! command -v $cxx >/dev/null || ! command -v qemu-aarch64-static >/dev/null || ! command -v debootstrap >/dev/null; then
+  apt-get update -qq
+  apt-get install -y -qq g++-aarch64-linux-gnu qemu-user-static debootstrap >/dev/null
+fi
+
+if [ ! -x "$root/usr/bin/python$pyv" ]; then
+  # the mirror apt already uses (deb822 or one-line sources)
+  mirror=$( (cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true) |
+           grep -oE '^(URIs:|deb) *https?://[^ ]+' | grep -v security | head -1 | grep -oE 'https?://[^ ]+')
+  rm -rf "$root"
+  debootstrap --arch=arm64 --foreign --variant=minbase \
+    --include=python3,python3-numpy,python3-pytest,libpython$pyv-dev,libgomp1 bookworm "$root" "$mirror" >/dev/null
+  # --foreign leaves the second stage (and so the extra packages) undone: unpack them
+  for deb in "$root"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" "$root"; done
+  # what update-alternatives would have linked for numpy
+  ln -sf blas/libblas.so.3 "$root/usr/lib/aarch64-linux-gnu/libblas.so.3"
+  ln -sf lapack/liblapack.so.3 "$root/usr/lib/aarch64-linux-gnu/liblapack.so.3"
+fi
+
+site=$work/site
+if [ ! -d "$site/safetensors" ]; then
+  rm -rf "$work/wheels" "$site" && mkdir -p "$work/wheels" "$site"
+  pip download -q safetensors --platform manylinux2014_aarch64 --only-binary=:all: --python-version $pyv \
+    --no-deps -d "$work/wheels"
+  python -m zipfile -e "$work"/wheels/safetensors-*.whl "$site"
+fi
+
+# The module, compiled as CMakeLists.txt does it (-O3, C++17, OpenMP; csrc/kernels once, for
+# the scalar namespace) against the arm64 Python's headers. Debian's pyconfig.h includes
+# <aarch64-linux-gnu/python3.11/pyconfig.h>, hence the extra include folder.
+obj=$work/obj inc=$work/include
+rm -rf "$obj" && mkdir -p "$obj" "$inc/aarch64-linux-gnu"
+ln -sfn "$root/usr/include/aarch64-linux-gnu/python$pyv" "$inc/aarch64-linux-gnu/python$pyv"
+flags=(-std=gnu++17 -O3 -DNDEBUG -fPIC -fopenmp -fvisibility=hidden -I"$repo/csrc")
+pybind=$(python -c 'import pybind11; print(pybind11.get_include())')
+pids=()
+for f in csrc/*.cpp; do
+  $cxx "${flags[@]}" -I"$root/usr/include/python$pyv" -I"$inc" -I"$pybind" -c "$f" -o "$obj/$(basename "$f").o" &
+  pids+=($!)
+done
+for f in csrc/kernels/*.cpp; do
+  $cxx "${flags[@]}" -DPYGPT_KERNEL_NS=scalar -c "$f" -o "$obj/kernels_$(basename "$f").o" &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+
+# A private copy of the package and the tests (run from there, so that the checkout's x86
+# pygpt is not the one imported)
+stage=$work/stage
+rm -rf "$stage" && mkdir -p "$stage"
+cp -r pygpt tests "$stage/"
+rm -rf "$stage"/pygpt/_core*.so "$stage"/pygpt/__pycache__ "$stage"/tests/__pycache__
+$cxx -shared -fopenmp "$obj"/*.o -o "$stage/pygpt/_core.cpython-${pyv/./}-aarch64-linux-gnu.so"
+
+run() {
+  (cd "$stage" && PYTHONPATH="$stage:$site:$root/usr/lib/python3/dist-packages" \
+    qemu-aarch64-static -L "$root" "$root/usr/bin/python$pyv" "$@")
+}
+run -c "
+import platform, pygpt
+m = pygpt.load()
+out = m.generate('ROMEO:', max_new_tokens=16)
+print(platform.machine(), pygpt.system_info()['isa'], 'greedy tokens of the shipped model:', out.tokens)
+"
+if [ $# -eq 0 ]; then
+  set -- tests/test_kernels.py tests/test_tokenizer.py tests/test_sampler.py
+fi
+run -m pytest -q -p no:cacheprovider "$@"
