@@ -314,7 +314,7 @@ def worker_transformers(a: dict) -> dict:
     import transformers
 
     torch.set_num_threads(a["threads"])
-    loads, model = [], None
+    loads = []
     for _ in range(3):
         model = None  # one model at a time (the RSS is one model's)
         t0 = time.perf_counter()
@@ -349,7 +349,7 @@ def worker_ct2(a: dict) -> dict:
     import transformers
 
     tok = transformers.GPT2TokenizerFast.from_pretrained(a["hf"])
-    loads, gen = [], None
+    loads = []
     for _ in range(3):
         gen = None  # one model at a time (the RSS is one model's)
         t0 = time.perf_counter()
