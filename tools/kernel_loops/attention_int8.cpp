@@ -5,10 +5,12 @@
 // only loads the same bytes in the same order (each head's 12 KB of keys, then its 12 KB
 // of values): the rate of the access pattern itself, whatever the kernel computes. "heads"
 // runs the heads 4 at a time through attention_heads_int8 (as a decode step does), which
-// reads 4 runs in step.
-//   tools/kernel_loops/build.sh && build/kernel_loops/attention_int8 [cache | read | heads]
+// reads 4 runs in step. CTX=n sets the positions each head's cache holds (192 to 1024: heads
+// from back to back to as far apart as now).
+//   tools/kernel_loops/build.sh && [CTX=n] build/kernel_loops/attention_int8 [cache | read | heads]
 #include "kernels/ops.cpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -29,7 +31,8 @@ static void read_only(const int8_t* k, const int8_t* v, int64_t n) {
 int main(int argc, char** argv) {
     const std::string mode = argc > 1 ? argv[1] : "";
     const bool in_cache = mode == "cache", read = mode == "read", heads = mode == "heads";
-    const int64_t L = 12, NH = 12, HS = 64, CTX = 1024, S = 8, NK = 192;
+    const int64_t L = 12, NH = 12, HS = 64, S = 8, NK = 192;
+    const int64_t CTX = std::getenv("CTX") ? std::max<int64_t>(NK, std::atol(std::getenv("CTX"))) : 1024;
     const int64_t layers = in_cache ? 1 : L, seqs = in_cache ? 1 : S, reps = in_cache ? 200 : 1;
     const size_t per_seq = L * NH * CTX * HS;
     size_t bytes;
