@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import hostile_files as hf
@@ -85,3 +86,81 @@ def test_worker_peak_rss_is_one_models(bench, tmp_path):
     base_mib = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                     env=env, cwd=tmp_path).stdout)
     assert base_mib + 0.9 * weights_mib < r["peak_rss_mib"] < base_mib + 1.5 * weights_mib, (base_mib, weights_mib)
+
+
+def test_write_gguf_stores_each_tensor_as_llama_cpp_names_and_lays_it_out(bench, hf_model_factory, tmp_path):
+    """llama.cpp's rows run a GGUF file bench.py writes from the same HF model: every tensor
+    under llama.cpp's gpt2 name, Conv1D weights transposed to (out, in), the tied LM head
+    written out, the tokenizer and hyperparameters in the metadata."""
+    gguf = pytest.importorskip("gguf")
+    from safetensors.numpy import load_file
+
+    _, hf_dir, _ = hf_model_factory("tiny")
+    out = str(tmp_path / "tiny.gguf")
+    bench.write_gguf(hf_dir, out, tokenizer_dir=os.path.join(ROOT, "tests", "data", "gpt2-tokenizer"))
+    reader = gguf.GGUFReader(out)
+    weights = load_file(os.path.join(hf_dir, "model.safetensors"))
+
+    def field(name):
+        f = reader.fields[name]
+        return f.contents()
+
+    assert field("general.architecture") == "gpt2"
+    assert (field("gpt2.block_count"), field("gpt2.embedding_length"), field("gpt2.attention.head_count"),
+            field("gpt2.context_length"), field("gpt2.feed_forward_length")) == (2, 32, 2, 64, 128)
+    tokens = field("tokenizer.ggml.tokens")
+    assert len(tokens) == 50257 and tokens[50256] == "<|endoftext|>" and tokens[198] == "\u010a"
+    assert field("tokenizer.ggml.merges")[0] == "\u0120 t"
+    assert field("tokenizer.ggml.eos_token_id") == 50256
+    got = {t.name: t for t in reader.tensors}
+    expected = {"token_embd.weight", "position_embd.weight", "output.weight", "output_norm.weight",
+                "output_norm.bias"}
+    for i in range(2):
+        expected |= {f"blk.{i}.{n}.{wb}" for n in ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up",
+                                                   "ffn_down") for wb in ("weight", "bias")}
+    assert set(got) == expected
+
+    def data(name):  # numpy shape (rows, columns) = GGML's (ne[1], ne[0])
+        t = got[name]
+        assert t.tensor_type == gguf.GGMLQuantizationType.F32
+        return np.asarray(t.data).reshape([int(n) for n in reversed(t.shape)])
+
+    np.testing.assert_array_equal(data("blk.1.attn_qkv.weight"), weights["transformer.h.1.attn.c_attn.weight"].T)
+    np.testing.assert_array_equal(data("blk.0.ffn_down.weight"), weights["transformer.h.0.mlp.c_proj.weight"].T)
+    np.testing.assert_array_equal(data("blk.0.ffn_up.bias").ravel(), weights["transformer.h.0.mlp.c_fc.bias"])
+    np.testing.assert_array_equal(data("output.weight"), weights["transformer.wte.weight"])
+    np.testing.assert_array_equal(data("position_embd.weight"), weights["transformer.wpe.weight"])
+
+
+def test_llama_cpp_runs_the_written_gguf_like_transformers(bench, hf_model_factory, tmp_path):
+    """Where llama-cpp-python is installed (a benchmark peer, not a test dependency: it
+    compiles llama.cpp): llama.cpp's logits from bench.py's f32 GGUF equal transformers' to
+    f32 rounding, its quantized files keep the greedy tokens, and the worker reports."""
+    pytest.importorskip("gguf")
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import torch
+
+    model, hf_dir, _ = hf_model_factory("tiny")
+    f32 = str(tmp_path / "tiny-f32.gguf")
+    bench.write_gguf(hf_dir, f32, tokenizer_dir=os.path.join(ROOT, "tests", "data", "gpt2-tokenizer"))
+    ids = list(range(100, 120))
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()
+        greedy = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, pad_token_id=0,
+                                eos_token_id=None)[0, len(ids):].tolist()
+    for q, atol in (("f32", 1e-4), ("f16", None), ("q8_0", None)):
+        path = f32 if q == "f32" else str(tmp_path / f"tiny-{q}.gguf")
+        if q != "f32":
+            bench.llama_quantize(f32, path, q)
+        llm = llama_cpp.Llama(model_path=path, n_ctx=64, logits_all=True, verbose=False)
+        llm.eval(ids)
+        if atol:
+            np.testing.assert_allclose(np.asarray(llm.scores[:len(ids)]), ref, atol=atol, rtol=0)
+        tokens = []
+        for t in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+            tokens.append(t)
+            if len(tokens) == len(greedy):
+                break
+        assert tokens == greedy, q
+    r = bench.worker_llamacpp({"path": f32, "threads": 1, "prompt": 8, "new": 4, "runs": 1})
+    assert r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 and r["ttft_s"] > 0 and r["peak_rss_mib"] > 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Speed of pygpt at every weight dtype next to transformers (torch) and CTranslate2, on
-randomly initialised models with the exact gpt2 (124M) and gpt2-medium (355M) shapes.
+"""Speed of pygpt at every weight dtype next to transformers (torch), CTranslate2 and llama.cpp
+(llama-cpp-python), on randomly initialised models with the exact gpt2 (124M) and gpt2-medium (355M) shapes.
 
 One run measures, per engine / dtype / thread count (batch 1): load time, prefill tokens/s
 on a 128-token prompt, time to first token, decode tokens/s over 128 new tokens and peak RSS
@@ -20,13 +20,18 @@ and dtype with each dtype's bandwidth ceiling.
 perplexity of --text at each dtype and the mean KL divergence and top-1 agreement of each
 dtype's next-token distribution against f32 (the "bench.py:quality" markers).
 
-Needs: torch, transformers, matplotlib; ctranslate2 for its rows (pip install ctranslate2).
+Needs: torch, transformers, matplotlib; ctranslate2 for its rows; llama-cpp-python and gguf
+for llama.cpp's (pip install ".[bench]" installs them all; llama-cpp-python compiles
+llama.cpp for this CPU, some minutes; a peer not installed is skipped). llama.cpp's models are written here from the same HF
+model with gguf's writer and tensor-name map (f32), then quantized by llama.cpp itself
+(llama_model_quantize: f16, bf16, q8_0, q4_0, with its default recipe for each).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -54,6 +59,8 @@ SHAPES = {  # name: (n_layer, n_head, n_embd)
 }
 VOCAB, N_CTX = 50257, 1024
 PYGPT_DTYPES = ["f32", "bf16", "f16", "int8", "int4"]
+LLAMA_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]  # llama.cpp's nearest to each pygpt dtype
+PEER_MODULES = {"transformers": ["transformers"], "ctranslate2": ["ctranslate2"], "llama.cpp": ["llama_cpp", "gguf"]}
 QUANT_GROUP = {"int8": 0, "int4": 64}  # 0: one scale per output row
 TOKENIZER_DIR = os.path.join(ROOT, "tests", "data", "gpt2-tokenizer")
 
@@ -139,8 +146,9 @@ def idle_cpu_percent(seconds: float = 1.0) -> float:
 # models
 
 
-def make_models(workdir: str, shape: str, dtypes, want_ct2: bool, log) -> dict:
-    """Random HF GPT-2 of this shape (seed 0) + its pygpt conversions + CTranslate2 ones."""
+def make_models(workdir: str, shape: str, dtypes, want_ct2: bool, log, llama_types=()) -> dict:
+    """Random HF GPT-2 of this shape (seed 0) + its pygpt conversions + CTranslate2 and
+    llama.cpp (GGUF, `llama_types`) ones."""
     import torch
     import transformers
 
@@ -174,7 +182,100 @@ def make_models(workdir: str, shape: str, dtypes, want_ct2: bool, log) -> dict:
                 log(f"converting {shape} to CTranslate2 {q}")
                 ctranslate2.converters.TransformersConverter(hf_dir).convert(out, quantization=q, force=True)
             paths["ct2-" + q] = out
+    if llama_types:
+        f32 = os.path.join(workdir, f"gguf-{shape}-f32.gguf")
+        if not os.path.isfile(f32):
+            log(f"writing {shape} as GGUF f32")
+            write_gguf(hf_dir, f32, tokenizer_dir=TOKENIZER_DIR)
+        paths["llama.cpp-f32"] = f32
+        for q in (q for q in llama_types if q != "f32"):
+            out = os.path.join(workdir, f"gguf-{shape}-{q}.gguf")
+            if not os.path.isfile(out):
+                log(f"quantizing {shape} to GGUF {q} (llama.cpp)")
+                llama_quantize(f32, out, q)
+            paths["llama.cpp-" + q] = out
     return paths
+
+
+def write_gguf(hf_dir: str, out: str, tokenizer_dir: str | None = None) -> None:
+    """The HF GPT-2 in `hf_dir` as an f32 GGUF file llama.cpp loads (its "gpt2" architecture):
+    gguf's tensor-name map gives the names; Conv1D weights (in, out) are stored as (out, in);
+    the tied LM head is written as output.weight, as llama.cpp's converter does; the
+    tokenizer is the byte-level BPE of `tokenizer_dir` (default `hf_dir`: vocab.json, merges.txt)."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        cfg = json.load(f)
+    tokenizer_dir = tokenizer_dir or hf_dir
+    with open(os.path.join(tokenizer_dir, "vocab.json"), encoding="utf-8") as f:
+        vocab = json.load(f)
+    with open(os.path.join(tokenizer_dir, "merges.txt"), encoding="utf-8") as f:
+        merges = [ln for ln in f.read().splitlines()[1:] if ln]
+    tensors = load_file(os.path.join(hf_dir, "model.safetensors"))
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2, cfg["n_layer"])
+    w = gguf.GGUFWriter(out, "gpt2")
+    w.add_context_length(cfg["n_positions"])
+    w.add_embedding_length(cfg["n_embd"])
+    w.add_feed_forward_length(cfg.get("n_inner") or 4 * cfg["n_embd"])
+    w.add_block_count(cfg["n_layer"])
+    w.add_head_count(cfg["n_head"])
+    w.add_layer_norm_eps(cfg["layer_norm_epsilon"])
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    tokens = sorted(vocab, key=vocab.get)
+    if [vocab[t] for t in tokens] != list(range(len(tokens))):
+        raise ValueError(f"{tokenizer_dir}/vocab.json: ids are not 0..{len(tokens) - 1}")
+    eos = vocab.get("<|endoftext|>", len(tokens) - 1)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if i == eos else gguf.TokenType.NORMAL for i in range(len(tokens))])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(eos)
+    w.add_eos_token_id(eos)
+    conv1d = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+    for name, t in tensors.items():
+        if name.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers of old checkpoints
+            continue
+        new = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise ValueError(f"{hf_dir}: no GGUF name for tensor {name}")
+        t = np.ascontiguousarray(t.T if name.endswith(conv1d) else t, dtype=np.float32)
+        w.add_tensor(new, t)
+        if new == "token_embd.weight" and "lm_head.weight" not in tensors:
+            w.add_tensor("output.weight", t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+LLAMA_FTYPES = {"f16": "LLAMA_FTYPE_MOSTLY_F16", "bf16": "LLAMA_FTYPE_MOSTLY_BF16",
+                "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
+
+
+def llama_quantize(src: str, out: str, qtype: str) -> None:
+    """llama.cpp's own quantizer (what its llama-quantize tool runs), with its defaults. Its
+    line per tensor, written by C to fd 2, goes to /dev/null."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, LLAMA_FTYPES[qtype])
+    params.nthread = os.cpu_count() or 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+    try:
+        rc = llama_cpp.llama_model_quantize(src.encode(), out.encode(), params)
+    finally:
+        for fd, old in zip((1, 2), saved):
+            os.dup2(old, fd)
+            os.close(old)
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize {src} -> {qtype} failed ({rc})")
 
 
 def convert_to(src, out, dt, tokenizer, fallback_group, log):
@@ -380,7 +481,47 @@ def worker_ct2(a: dict) -> dict:
             "cpu_share": cpu_share(c0, w0, a["threads"]), "peak_rss_mib": peak_rss_mib()}
 
 
-WORKERS = {"pygpt": worker_pygpt, "transformers": worker_transformers, "ctranslate2": worker_ct2}
+def worker_llamacpp(a: dict) -> dict:
+    """llama.cpp through llama-cpp-python, as a Python app calls it: Llama.eval for the prompt,
+    Llama.generate (llama.cpp's sampler chain, greedy) for new tokens."""
+    import llama_cpp
+
+    loads = []
+    for _ in range(3):
+        llm = None  # one model at a time (the RSS is one model's)
+        t0 = time.perf_counter()
+        llm = llama_cpp.Llama(model_path=a["path"], n_ctx=N_CTX, n_batch=512, n_threads=a["threads"],
+                              n_threads_batch=a["threads"], verbose=False)
+        loads.append(time.perf_counter() - t0)
+    ids = prompt_ids(a["prompt"])
+
+    def run(n_new):
+        llm.reset()  # no reuse of the previous run's cache for the same prompt
+        t0 = time.perf_counter()
+        for i, _ in enumerate(llm.generate(ids, top_k=1, temp=0.0, reset=True)):
+            if i + 1 == n_new:
+                break
+        return time.perf_counter() - t0
+
+    run(4)
+    pre, dec, ttft = [], [], []
+    c0, w0 = time.process_time(), time.perf_counter()
+    for _ in range(a["runs"]):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids)  # prefill only: logits of the last position
+        pre.append(a["prompt"] / (time.perf_counter() - t0))
+        first = run(1)
+        total = run(a["new"] + 1)
+        ttft.append(first)
+        dec.append(a["new"] / max(total - first, 1e-9))
+    return {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
+            "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
+            "cpu_share": cpu_share(c0, w0, a["threads"]), "peak_rss_mib": peak_rss_mib()}
+
+
+WORKERS = {"pygpt": worker_pygpt, "transformers": worker_transformers, "ctranslate2": worker_ct2,
+           "llama.cpp": worker_llamacpp}
 
 
 def drop_page_cache(path: str) -> None:
@@ -502,7 +643,9 @@ def ratio_lines(rows, shape, threads) -> list:
 
     lines = []
     pairs = [("f32", "transformers", "f32"), ("f32", "ctranslate2", "f32"), ("int8", "ctranslate2", "int8"),
-             ("bf16", "transformers", "f32"), ("int4", "ctranslate2", "int8")]
+             ("bf16", "transformers", "f32"), ("int4", "ctranslate2", "int8"), ("f32", "llama.cpp", "f32"),
+             ("f16", "llama.cpp", "f16"), ("bf16", "llama.cpp", "bf16"), ("int8", "llama.cpp", "q8_0"),
+             ("int4", "llama.cpp", "q4_0")]
     for mine, engine, theirs in pairs:
         a, b = get("pygpt", mine), get(engine, theirs)
         if a and b:
@@ -533,7 +676,7 @@ def draw_chart(rows, meta, shape, threads, path):
     if not sel:
         return None
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    colors = {"pygpt": "#1f77b4", "transformers": "#ff7f0e", "ctranslate2": "#2ca02c"}
+    colors = {"pygpt": "#1f77b4", "transformers": "#ff7f0e", "ctranslate2": "#2ca02c", "llama.cpp": "#d62728"}
     labels = [f"{r['engine']}\n{r['dtype']}" for r in sel]
     xs = np.arange(len(sel))
     ax.bar(xs, [r["decode_tok_s"] for r in sel], color=[colors[r["engine"]] for r in sel])
@@ -634,7 +777,9 @@ def main(argv=None) -> int:
     ap.add_argument("--large-threads", default=None,
                     help="thread counts for the 355M shape (default: --threads), to bound the run time")
     ap.add_argument("--dtypes", default=",".join(PYGPT_DTYPES), help="pygpt weight dtypes")
-    ap.add_argument("--peers", default="transformers,ctranslate2", help="peer engines ('' for none)")
+    ap.add_argument("--peers", default="transformers,ctranslate2,llama.cpp",
+                    help="peer engines ('' for none; one not installed is skipped with a message)")
+    ap.add_argument("--llama-types", default=",".join(LLAMA_TYPES), help="llama.cpp weight types")
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     ap.add_argument("--new", type=int, default=128, help="new tokens to decode")
     ap.add_argument("--runs", type=int, default=3, help="runs per case (medians)")
@@ -671,7 +816,16 @@ def main(argv=None) -> int:
 
     shapes = [s for s in args.shapes.split(",") if s]
     threads = [int(t) for t in args.threads.split(",") if t]
-    peers = [p for p in args.peers.split(",") if p]
+    peers = []
+    for p in (p for p in args.peers.split(",") if p):
+        if p not in PEER_MODULES:
+            raise SystemExit(f"--peers: unknown engine {p!r} (known: {', '.join(PEER_MODULES)})")
+        missing = [m for m in PEER_MODULES[p] if importlib.util.find_spec(m) is None]
+        if missing:
+            log(f"skipping {p}: {', '.join(missing)} not installed")
+        else:
+            peers.append(p)
+    llama_types = [q for q in args.llama_types.split(",") if q] if "llama.cpp" in peers else []
     info = pygpt.system_info()
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(),
             "cores": info["physical_cores"], "isa": info["isa"], "prompt": args.prompt, "new": args.new,
@@ -684,13 +838,15 @@ def main(argv=None) -> int:
             "int8": 4 if info["isa"] == "avx512" else 1, "int4": 4 if info["isa"] == "avx512" else 1}
     rows = []
     for shape in shapes:
+        shape_llama = llama_types if shape != "12x64" else [q for q in llama_types if q == "f32"]
         paths = make_models(args.workdir, shape, args.dtypes if shape != "12x64" else ["f32"], "ctranslate2" in peers,
-                            log)
+                            log, shape_llama)
         cases = [("pygpt", dt, paths[dt]) for dt in (args.dtypes if shape != "12x64" else ["f32"])]
         if "transformers" in peers:
             cases.append(("transformers", "f32", paths["hf"]))
         if "ctranslate2" in peers:
             cases += [("ctranslate2", "f32", paths["ct2-float32"]), ("ctranslate2", "int8", paths["ct2-int8"])]
+        cases += [("llama.cpp", q, paths["llama.cpp-" + q]) for q in shape_llama]
         shape_threads = threads
         if shape == "355M" and args.large_threads:
             shape_threads = [int(t) for t in args.large_threads.split(",") if t]
