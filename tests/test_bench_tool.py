@@ -95,7 +95,7 @@ def test_write_gguf_stores_each_tensor_as_llama_cpp_names_and_lays_it_out(bench,
     gguf = pytest.importorskip("gguf")
     from safetensors.numpy import load_file
 
-    _, hf_dir, _ = hf_model_factory("tiny")
+    _, hf_dir, f32_dir = hf_model_factory("tiny")
     out = str(tmp_path / "tiny.gguf")
     bench.write_gguf(hf_dir, out, tokenizer_dir=os.path.join(ROOT, "tests", "data", "gpt2-tokenizer"))
     reader = gguf.GGUFReader(out)
@@ -130,6 +130,9 @@ def test_write_gguf_stores_each_tensor_as_llama_cpp_names_and_lays_it_out(bench,
     np.testing.assert_array_equal(data("blk.0.ffn_up.bias").ravel(), weights["transformer.h.0.mlp.c_fc.bias"])
     np.testing.assert_array_equal(data("output.weight"), weights["transformer.wte.weight"])
     np.testing.assert_array_equal(data("position_embd.weight"), weights["transformer.wpe.weight"])
+    # a decode step reads the same bytes from both files: all but one row of each embedding
+    # (llama.cpp's output.weight is pygpt's tied wte, read whole as the LM head)
+    assert bench.gguf_weight_bytes_per_token(out) == bench.weight_bytes_per_token(f32_dir)
 
 
 def test_llama_cpp_runs_the_written_gguf_like_transformers(bench, hf_model_factory, tmp_path):
@@ -162,5 +165,6 @@ def test_llama_cpp_runs_the_written_gguf_like_transformers(bench, hf_model_facto
             if len(tokens) == len(greedy):
                 break
         assert tokens == greedy, q
-    r = bench.worker_llamacpp({"path": f32, "threads": 1, "prompt": 8, "new": 4, "runs": 1})
+    r = bench.worker_llamacpp({"path": f32, "threads": 1, "prompt": 8, "new": 4, "runs": 1, "probe_runs": True})
     assert r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 and r["ttft_s"] > 0 and r["peak_rss_mib"] > 0
+    assert r["kv_cache"] == "f16" and len(r["probed_runs"]) == 1 and all(x > 0 for x in r["probed_runs"][0])

@@ -312,6 +312,15 @@ def kv_bytes_per_token(shape: str, prompt: int, new: int, kv_cache: str = "f32")
     return L * 2 * C * per_value * mean_pos
 
 
+def gguf_weight_bytes_per_token(path: str) -> int:
+    """The same for a GGUF file: everything but the two embeddings, of which a step reads one
+    row each (output.weight, the LM head, is read whole)."""
+    import gguf
+
+    return sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors
+               if t.name not in ("token_embd.weight", "position_embd.weight"))
+
+
 def decode_pct_per_run(probed_runs: list, bytes_per_token: float) -> float:
     """Median over [tok/s, bandwidth before, bandwidth after] runs of each run's decode as a
     share (%) of its own ceiling: the higher of its two probes / bytes per token."""
@@ -516,9 +525,17 @@ def worker_llamacpp(a: dict) -> dict:
         total = run(a["new"] + 1)
         ttft.append(first)
         dec.append(a["new"] / max(total - first, 1e-9))
-    return {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
-            "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
-            "cpu_share": cpu_share(c0, w0, a["threads"]), "peak_rss_mib": peak_rss_mib()}
+    out = {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
+           "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
+           "cpu_share": cpu_share(c0, w0, a["threads"]), "peak_rss_mib": peak_rss_mib(), "kv_cache": "f16"}
+    if a.get("probe_runs"):  # as pygpt's worker: each run between two probes (llama.cpp reads as many bytes)
+        probe = _probe_array(a["threads"], 512)
+        out["probed_runs"] = []
+        for _ in range(a["runs"]):
+            bw_before = best_pass(probe, a["threads"])
+            t1, t129 = run(1), run(a["new"] + 1)
+            out["probed_runs"].append([a["new"] / max(t129 - t1, 1e-9), bw_before, best_pass(probe, a["threads"])])
+    return out
 
 
 WORKERS = {"pygpt": worker_pygpt, "transformers": worker_transformers, "ctranslate2": worker_ct2,
@@ -606,10 +623,10 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
         probed = [r for r in rows if r["shape"] == shape and r.get("decode_pct_per_run") is not None]
         if probed:
             out.append("")
-            out.append("pygpt decode with the bandwidth probed right before and after each run (the worker decodes "
-                       f"{meta['runs']} more times; median of each run's tok/s against the higher of its own two "
-                       "probes): " + ", ".join(
-                           f"{r['dtype']} {r['threads']} thr {r['decode_pct_per_run']:.0f}% "
+            out.append("Decode with the bandwidth probed right before and after each run (pygpt's and llama.cpp's "
+                       f"workers decode {meta['runs']} more times; median of each run's tok/s against the higher of "
+                       "its own two probes): " + ", ".join(
+                           f"{r['engine']} {r['dtype']} {r['threads']} thr {r['decode_pct_per_run']:.0f}% "
                            f"({statistics.median(p[0] for p in r['probed_runs']):.1f} tok/s, probes "
                            f"{min(min(p[1:]) for p in r['probed_runs']) / 1e9:.0f}-"
                            f"{max(max(p[1:]) for p in r['probed_runs']) / 1e9:.0f} GB/s)" for r in probed))
@@ -864,14 +881,15 @@ def main(argv=None) -> int:
                 r = run_case(a)
                 bw_after = read_bandwidth(t)
                 r.update(engine=engine, dtype=dt, threads=t, shape=shape, bw=max(bw_before, bw_after))
-                if engine == "pygpt" and "error" not in r:
-                    per_tok = weight_bytes_per_token(path) + kv_bytes_per_token(shape, args.prompt, args.new,
-                                                                                r["kv_cache"])
+                if engine in ("pygpt", "llama.cpp") and "error" not in r:
+                    weights = weight_bytes_per_token(path) if engine == "pygpt" else gguf_weight_bytes_per_token(path)
+                    per_tok = weights + kv_bytes_per_token(shape, args.prompt, args.new, r["kv_cache"])
                     r["bytes_per_token"] = per_tok
                     r["ceiling_tok_s"] = r["bw"] / per_tok
                     r["decode_pct"] = 100 * r["decode_tok_s"] / r["ceiling_tok_s"]
                     if r.get("probed_runs"):
                         r["decode_pct_per_run"] = decode_pct_per_run(r["probed_runs"], per_tok)
+                if engine == "pygpt" and "error" not in r:
                     r["bw_sustained"] = sustained_bandwidth(t)
                     r["decode_pct_sustained"] = 100 * r["decode_tok_s"] * per_tok / r["bw_sustained"]
                     peak = meta["fma_peak"][t] * mult[dt]
