@@ -693,7 +693,7 @@ def draw_chart(rows, meta, shape, threads, path):
     sel = [r for r in rows if r["shape"] == shape and r["threads"] == threads and "error" not in r]
     if not sel:
         return None
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(max(9.0, 0.85 * len(sel)), 4.5))
     colors = {"pygpt": "#1f77b4", "transformers": "#ff7f0e", "ctranslate2": "#2ca02c", "llama.cpp": "#d62728"}
     labels = [f"{r['engine']}\n{r['dtype']}" for r in sel]
     xs = np.arange(len(sel))
