@@ -168,3 +168,21 @@ def test_llama_cpp_runs_the_written_gguf_like_transformers(bench, hf_model_facto
     r = bench.worker_llamacpp({"path": f32, "threads": 1, "prompt": 8, "new": 4, "runs": 1, "probe_runs": True})
     assert r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 and r["ttft_s"] > 0 and r["peak_rss_mib"] > 0
     assert r["kv_cache"] == "f16" and len(r["probed_runs"]) == 1 and all(x > 0 for x in r["probed_runs"][0])
+
+
+def test_in_turns_alternates_two_workers_and_the_report_gives_the_median_ratio(bench, hf_model_factory, tmp_path):
+    """Two engines' decode runs in turns (pygpt against itself here; llama.cpp in the
+    benchmark), and a worker that dies before it is ready raises instead of hanging."""
+    import statistics
+
+    _, _, f32_dir = hf_model_factory("tiny")
+    case = {"engine": "pygpt", "path": f32_dir, "threads": 1, "prompt": 8, "new": 4}
+    pairs = bench.in_turns(case, case, 2)
+    assert len(pairs) == 2 and all(len(p) == 2 and min(p) > 0 for p in pairs)
+    turns = [{"shape": "124M", "threads": 1, "mine": "f32", "engine": "llama.cpp", "theirs": "f32", "pairs": pairs}]
+    ratio = statistics.median(a / b for a, b in pairs)
+    assert bench.ratio_lines([], "124M", 1, turns) == [
+        f"- 124M, 1 threads: pygpt f32 / llama.cpp f32 decode, runs in turns: {ratio:.2f}x "
+        f"({pairs[0][0]:.1f} / {pairs[0][1]:.1f}, {pairs[1][0]:.1f} / {pairs[1][1]:.1f} tok/s)"]
+    with pytest.raises(RuntimeError, match="exited"):
+        bench.in_turns(case, dict(case, path=str(tmp_path / "missing")), 1, timeout=120)

@@ -60,7 +60,8 @@ SHAPES = {  # name: (n_layer, n_head, n_embd)
 }
 VOCAB, N_CTX = 50257, 1024
 PYGPT_DTYPES = ["f32", "bf16", "f16", "int8", "int4"]
-LLAMA_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]  # llama.cpp's nearest to each pygpt dtype
+LLAMA_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
+LLAMA_MATCH = {"f32": "f32", "f16": "f16", "bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}  # nearest to pygpt's
 PEER_MODULES = {"transformers": ["transformers"], "ctranslate2": ["ctranslate2"], "llama.cpp": ["llama_cpp", "gguf"]}
 QUANT_GROUP = {"int8": 0, "int4": 64}  # 0: one scale per output row
 TOKENIZER_DIR = os.path.join(ROOT, "tests", "data", "gpt2-tokenizer")
@@ -363,6 +364,9 @@ def worker_pygpt(a: dict) -> dict:
         loads.append(time.perf_counter() - t0)
     ids = prompt_ids(a["prompt"])
     model.generate(ids[:8], max_new_tokens=4, ignore_eos=True)  # warm-up: fault the weights in
+    if a.get("turns"):
+        return serve_turns(lambda: model.generate(ids, max_new_tokens=a["new"],
+                                                  ignore_eos=True).timings.decode_tokens_per_s)
     pre, dec, ttft = [], [], []
     c0, w0 = time.process_time(), time.perf_counter()
     for _ in range(a["runs"]):
@@ -514,6 +518,8 @@ def worker_llamacpp(a: dict) -> dict:
         return time.perf_counter() - t0
 
     run(4)
+    if a.get("turns"):
+        return serve_turns(lambda: a["new"] / max(-run(1) + run(a["new"] + 1), 1e-9))
     pre, dec, ttft = [], [], []
     c0, w0 = time.process_time(), time.perf_counter()
     for _ in range(a["runs"]):
@@ -536,6 +542,69 @@ def worker_llamacpp(a: dict) -> dict:
             t1, t129 = run(1), run(a["new"] + 1)
             out["probed_runs"].append([a["new"] / max(t129 - t1, 1e-9), bw_before, best_pass(probe, a["threads"])])
     return out
+
+
+def serve_turns(decode_run) -> dict:
+    """Turns mode (see in_turns): after "READY", one decode run (tok/s) per "run" line read."""
+    print("READY", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        print(f"TOKS {decode_run()!r}", flush=True)
+    return {}
+
+
+def in_turns(a: dict, b: dict, n: int, timeout: float = 1800) -> list:
+    """Decode runs of two cases in turns, [tok/s of a, tok/s of b] n times: both workers load
+    and warm up, then run one at a time, back to back (the idle one sleeps: pygpt's OpenMP is
+    passive), so each pair meets the same host. On a host whose bandwidth moves by the second
+    this compares two bandwidth-bound engines more fairly than two cases a minute apart."""
+    env = dict(os.environ)
+    if checkout.BUILT:
+        env["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    procs = []
+    for args in (a, b):
+        e = dict(env, OMP_NUM_THREADS=str(args["threads"]))
+        if args["engine"] != "pygpt":
+            e.pop("OMP_WAIT_POLICY", None)
+            if USER_OMP_WAIT_POLICY is not None:
+                e["OMP_WAIT_POLICY"] = USER_OMP_WAIT_POLICY
+        procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker",
+                                       json.dumps(dict(args, turns=True))], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=e))
+    deadline = time.monotonic() + timeout
+
+    def expect(p, prefix):
+        while time.monotonic() < deadline:
+            line = p.stdout.readline()
+            if not line:
+                raise RuntimeError(f"turns worker exited (waiting for {prefix})")
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+        raise TimeoutError("turns worker")
+
+    try:
+        for p in procs:
+            expect(p, "READY")
+        pairs = []
+        for _ in range(n):
+            pair = []
+            for p in procs:
+                p.stdin.write("run\n")
+                p.stdin.flush()
+                pair.append(float(expect(p, "TOKS ")))
+            pairs.append(pair)
+        return pairs
+    finally:
+        for p in procs:
+            try:
+                p.stdin.close()
+            except OSError:
+                pass
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 WORKERS = {"pygpt": worker_pygpt, "transformers": worker_transformers, "ctranslate2": worker_ct2,
@@ -643,7 +712,7 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
             out.append("pygpt CPU use in the second after a call returns (OpenMP threads idle): " + ", ".join(
                 f"{r['dtype']} {r['threads']} thr {r['idle_cpu_pct_after_call']:.1f}%" for r in idle))
         out.append("")
-        ratios = ratio_lines(rows, shape, max(meta["threads"]))
+        ratios = ratio_lines(rows, shape, max(meta["threads"]), meta.get("turns", ()))
         if ratios:
             out += ratios + [""]
     if chart:
@@ -651,7 +720,7 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
     return "\n".join(out)
 
 
-def ratio_lines(rows, shape, threads) -> list:
+def ratio_lines(rows, shape, threads, turns=()) -> list:
     def get(engine, dtype):
         for r in rows:
             if r["shape"] == shape and r["engine"] == engine and r["dtype"] == dtype and r["threads"] == threads \
@@ -661,14 +730,21 @@ def ratio_lines(rows, shape, threads) -> list:
 
     lines = []
     pairs = [("f32", "transformers", "f32"), ("f32", "ctranslate2", "f32"), ("int8", "ctranslate2", "int8"),
-             ("bf16", "transformers", "f32"), ("int4", "ctranslate2", "int8"), ("f32", "llama.cpp", "f32"),
-             ("f16", "llama.cpp", "f16"), ("bf16", "llama.cpp", "bf16"), ("int8", "llama.cpp", "q8_0"),
-             ("int4", "llama.cpp", "q4_0")]
+             ("bf16", "transformers", "f32"), ("int4", "ctranslate2", "int8")]
+    pairs += [(mine, "llama.cpp", theirs) for mine, theirs in LLAMA_MATCH.items()]
     for mine, engine, theirs in pairs:
         a, b = get("pygpt", mine), get(engine, theirs)
         if a and b:
             lines.append(f"- {shape}, {threads} threads: pygpt {mine} / {engine} {theirs}: decode "
                          f"{a['decode_tok_s'] / b['decode_tok_s']:.2f}x, prefill {a['prefill_tok_s'] / b['prefill_tok_s']:.2f}x")
+    for t in turns:
+        if t["shape"] == shape and t["threads"] == threads and t.get("pairs"):
+            lines.append(f"- {shape}, {threads} threads: pygpt {t['mine']} / {t['engine']} {t['theirs']} decode, runs "
+                         f"in turns: {statistics.median(x / y for x, y in t['pairs']):.2f}x ("
+                         + ", ".join(f"{x:.1f} / {y:.1f}" for x, y in t["pairs"]) + " tok/s)")
+        elif t["shape"] == shape and t["threads"] == threads:
+            lines.append(f"- {shape}, {threads} threads: pygpt {t['mine']} / {t['engine']} {t['theirs']} in turns: "
+                         f"error: {t.get('error', '?')[:80]}")
     b1 = [r for r in rows if r["shape"] == shape and r["engine"] == "pygpt" and r.get("batch_decode_tok_s")
           and r["threads"] == threads]
     for r in b1:
@@ -798,6 +874,8 @@ def main(argv=None) -> int:
     ap.add_argument("--peers", default="transformers,ctranslate2,llama.cpp",
                     help="peer engines ('' for none; one not installed is skipped with a message)")
     ap.add_argument("--llama-types", default=",".join(LLAMA_TYPES), help="llama.cpp weight types")
+    ap.add_argument("--turns", type=int, default=3,
+                    help="decode runs of pygpt and llama.cpp in turns at each matching dtype (most threads; 0: none)")
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     ap.add_argument("--new", type=int, default=128, help="new tokens to decode")
     ap.add_argument("--runs", type=int, default=3, help="runs per case (medians)")
@@ -848,7 +926,7 @@ def main(argv=None) -> int:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(),
             "cores": info["physical_cores"], "isa": info["isa"], "prompt": args.prompt, "new": args.new,
             "runs": args.runs, "shapes": shapes, "threads": threads,
-            "bandwidth": {t: read_bandwidth(t) for t in threads}, "fma_peak": {}}
+            "bandwidth": {t: read_bandwidth(t) for t in threads}, "fma_peak": {}, "turns": []}
     all_threads = sorted(set(threads) | {int(t) for t in (args.large_threads or "").split(",") if t})
     meta["fma_peak"] = {t: fma_peak(t) for t in all_threads}
     log(f"bandwidth {meta['bandwidth']}, FMA peak {meta['fma_peak']}")
@@ -896,6 +974,22 @@ def main(argv=None) -> int:
                     r["prefill_pct"] = 100 * r["prefill_tok_s"] * flops_per_prompt_token(shape, args.prompt) / peak
                 log(f"  -> {json.dumps({k: v for k, v in r.items() if k not in ('engine', 'shape')})}")
                 rows.append(r)
+        if args.turns and shape != "12x64":
+            t = max(shape_threads)
+            for mine, theirs in LLAMA_MATCH.items():
+                if mine not in args.dtypes or theirs not in shape_llama:
+                    continue
+                log(f"{shape} pygpt {mine} and llama.cpp {theirs}, {t} threads, in turns ...")
+                case = {"threads": t, "prompt": args.prompt, "new": args.new}
+                entry = {"shape": shape, "threads": t, "mine": mine, "engine": "llama.cpp", "theirs": theirs}
+                try:
+                    entry["pairs"] = in_turns(dict(case, engine="pygpt", path=paths[mine]),
+                                              dict(case, engine="llama.cpp", path=paths["llama.cpp-" + theirs]),
+                                              args.turns)
+                except (RuntimeError, TimeoutError, OSError) as e:
+                    entry["error"] = str(e)
+                log(f"  -> {entry}")
+                meta["turns"].append(entry)
     chart = None
     if args.chart:
         os.makedirs(os.path.dirname(os.path.abspath(args.chart)), exist_ok=True)
