@@ -559,19 +559,9 @@ def in_turns(a: dict, b: dict, n: int, timeout: float = 1800) -> list:
     and warm up, then run one at a time, back to back (the idle one sleeps: pygpt's OpenMP is
     passive), so each pair meets the same host. On a host whose bandwidth moves by the second
     this compares two bandwidth-bound engines more fairly than two cases a minute apart."""
-    env = dict(os.environ)
-    if checkout.BUILT:
-        env["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
-    procs = []
-    for args in (a, b):
-        e = dict(env, OMP_NUM_THREADS=str(args["threads"]))
-        if args["engine"] != "pygpt":
-            e.pop("OMP_WAIT_POLICY", None)
-            if USER_OMP_WAIT_POLICY is not None:
-                e["OMP_WAIT_POLICY"] = USER_OMP_WAIT_POLICY
-        procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker",
-                                       json.dumps(dict(args, turns=True))], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=e))
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker",
+                               json.dumps(dict(args, turns=True))], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=worker_env(args)) for args in (a, b)]
     deadline = time.monotonic() + timeout
 
     def expect(p, prefix):
@@ -623,8 +613,9 @@ def drop_page_cache(path: str) -> None:
                 os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def run_case(args: dict, timeout: float = 1800) -> dict:
-    """Runs one worker in a fresh process; returns its result (or {"error": ...})."""
+def worker_env(args: dict) -> dict:
+    """A worker process's environment: the checkout's pygpt, the case's thread count, and for
+    peers the OpenMP wait policy as it was before pygpt's import changed it."""
     env = dict(os.environ)
     if checkout.BUILT:
         env["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
@@ -633,8 +624,13 @@ def run_case(args: dict, timeout: float = 1800) -> dict:
         env.pop("OMP_WAIT_POLICY", None)
         if USER_OMP_WAIT_POLICY is not None:
             env["OMP_WAIT_POLICY"] = USER_OMP_WAIT_POLICY
+    return env
+
+
+def run_case(args: dict, timeout: float = 1800) -> dict:
+    """Runs one worker in a fresh process; returns its result (or {"error": ...})."""
     p = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(args)],
-                       capture_output=True, text=True, timeout=timeout, env=env)
+                       capture_output=True, text=True, timeout=timeout, env=worker_env(args))
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if p.returncode != 0 or not lines:
         return {"error": (p.stderr.strip().splitlines() or ["no output"])[-1]}
