@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Speed of pygpt at every weight dtype next to transformers (torch), CTranslate2 and llama.cpp
-(llama-cpp-python), on randomly initialised models with the exact gpt2 (124M) and gpt2-medium (355M) shapes.
+"""Speed of pygpt at every weight dtype next to transformers (torch), CTranslate2 and
+llama.cpp (llama-cpp-python), on randomly initialised models with the exact gpt2 (124M) and
+gpt2-medium (355M) shapes.
 
 One run measures, per engine / dtype / thread count (batch 1): load time, prefill tokens/s
 on a 128-token prompt, time to first token, decode tokens/s over 128 new tokens and peak RSS
