@@ -6,10 +6,11 @@ gpt2-medium (355M) shapes.
 One run measures, per engine / dtype / thread count (batch 1): load time, prefill tokens/s
 on a 128-token prompt, time to first token, decode tokens/s over 128 new tokens and peak RSS
 (each case runs in its own process); pygpt also batch-8 decode (and batch 1 and batch 8
-again in turns, for their ratio). It measures this machine's memory read bandwidth (before
-and after every case, and for pygpt's decode also before and after each run; arrays far
+again in turns, for their ratio), and pygpt's and llama.cpp's decode at matching dtypes in
+turns (--turns). It measures this machine's memory read bandwidth (before and after every
+case, and for pygpt's and llama.cpp's decode also before and after each run; arrays far
 larger than the caches) and peak f32 FMA rate, and prints each pygpt figure as a share of
-its limit:
+its limit (llama.cpp's decode too):
   decode:  tokens/s / (bandwidth / bytes read per token)      (weights + the KV cache read)
   prefill: FLOPs per token * tokens/s / compute peak          (bf16: 2x, int8/int4: 4x the f32 peak,
                                                                the rates of vdpbf16ps / vpdpbusd)
