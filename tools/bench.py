@@ -354,6 +354,19 @@ def prompt_ids(n: int, seed: int = 1) -> list:
     return np.random.default_rng(seed).integers(0, VOCAB - 1, n).tolist()
 
 
+def probed_decode_runs(decode_run, threads: int, runs: int) -> list:
+    """[tok/s, bandwidth before, bandwidth after] of `runs` calls of decode_run, each between
+    two probes of the read bandwidth a few hundred ms away (the parent's probes are a minute
+    apart, around the whole case, on a host whose bandwidth moves by the second)."""
+    probe = _probe_array(threads, 512)
+    out = []
+    for _ in range(runs):
+        bw_before = best_pass(probe, threads)
+        tok_s = decode_run()
+        out.append([tok_s, bw_before, best_pass(probe, threads)])
+    return out
+
+
 def worker_pygpt(a: dict) -> dict:
     import pygpt
 
@@ -366,9 +379,12 @@ def worker_pygpt(a: dict) -> dict:
         loads.append(time.perf_counter() - t0)
     ids = prompt_ids(a["prompt"])
     model.generate(ids[:8], max_new_tokens=4, ignore_eos=True)  # warm-up: fault the weights in
+
+    def decode_run():  # tok/s of one batch-1 decode
+        return model.generate(ids, max_new_tokens=a["new"], ignore_eos=True).timings.decode_tokens_per_s
+
     if a.get("turns"):
-        return serve_turns(lambda: model.generate(ids, max_new_tokens=a["new"],
-                                                  ignore_eos=True).timings.decode_tokens_per_s)
+        return serve_turns(decode_run)
     pre, dec, ttft = [], [], []
     c0, w0 = time.process_time(), time.perf_counter()
     for _ in range(a["runs"]):
@@ -390,23 +406,14 @@ def worker_pygpt(a: dict) -> dict:
         # batch 1 and batch 8 again in turns, so that each pair meets the same host (batch 1 is
         # bound by the bandwidth, which moves by the second; batch 8 by arithmetic)
         for _ in range(a["runs"]):
-            one = model.generate(ids, max_new_tokens=a["new"], ignore_eos=True).timings.decode_tokens_per_s
+            one = decode_run()
             eight = model.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)[0].timings.decode_tokens_per_s
             pairs.append([one, eight])
         out["batch_pairs"] = pairs
     model.generate(ids[:8], max_new_tokens=2, ignore_eos=True)
     out["idle_cpu_pct_after_call"] = idle_cpu_percent()
-    if a.get("probe_runs"):
-        # Decode again, each run between two probes of the read bandwidth a few hundred ms
-        # away (the parent's probes are a minute apart, around the whole case, on a host whose
-        # bandwidth moves by the second). After the peak RSS: the probe's array is not pygpt's.
-        probe = _probe_array(a["threads"], 512)
-        out["probed_runs"] = []
-        for _ in range(a["runs"]):
-            bw_before = best_pass(probe, a["threads"])
-            tok_s = model.generate(ids, max_new_tokens=a["new"], ignore_eos=True).timings.decode_tokens_per_s
-            out["probed_runs"].append([tok_s, bw_before, best_pass(probe, a["threads"])])
-        del probe
+    if a.get("probe_runs"):  # after the peak RSS: the probe's array is not pygpt's
+        out["probed_runs"] = probed_decode_runs(decode_run, a["threads"], a["runs"])
     if prompts:
         # the same with another KV cache (f32 weights: f16; bf16/f16 weights: int8; int8/int4
         # weights, whose default is int8: f16), batch 1 and batch 8: 8 sequences read 8
@@ -519,9 +526,13 @@ def worker_llamacpp(a: dict) -> dict:
                 break
         return time.perf_counter() - t0
 
+    def decode():  # (seconds to the first new token, tok/s over the a["new"] after it)
+        first = run(1)
+        return first, a["new"] / max(run(a["new"] + 1) - first, 1e-9)
+
     run(4)
     if a.get("turns"):
-        return serve_turns(lambda: a["new"] / max(-run(1) + run(a["new"] + 1), 1e-9))
+        return serve_turns(lambda: decode()[1])
     pre, dec, ttft = [], [], []
     c0, w0 = time.process_time(), time.perf_counter()
     for _ in range(a["runs"]):
@@ -529,20 +540,14 @@ def worker_llamacpp(a: dict) -> dict:
         t0 = time.perf_counter()
         llm.eval(ids)  # prefill only: logits of the last position
         pre.append(a["prompt"] / (time.perf_counter() - t0))
-        first = run(1)
-        total = run(a["new"] + 1)
+        first, tok_s = decode()
         ttft.append(first)
-        dec.append(a["new"] / max(total - first, 1e-9))
+        dec.append(tok_s)
     out = {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
            "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
            "cpu_share": cpu_share(c0, w0, a["threads"]), "peak_rss_mib": peak_rss_mib(), "kv_cache": "f16"}
-    if a.get("probe_runs"):  # as pygpt's worker: each run between two probes (llama.cpp reads as many bytes)
-        probe = _probe_array(a["threads"], 512)
-        out["probed_runs"] = []
-        for _ in range(a["runs"]):
-            bw_before = best_pass(probe, a["threads"])
-            t1, t129 = run(1), run(a["new"] + 1)
-            out["probed_runs"].append([a["new"] / max(t129 - t1, 1e-9), bw_before, best_pass(probe, a["threads"])])
+    if a.get("probe_runs"):  # as pygpt's (llama.cpp reads as many bytes a step)
+        out["probed_runs"] = probed_decode_runs(lambda: decode()[1], a["threads"], a["runs"])
     return out
 
 
@@ -736,13 +741,14 @@ def ratio_lines(rows, shape, threads, turns=()) -> list:
             lines.append(f"- {shape}, {threads} threads: pygpt {mine} / {engine} {theirs}: decode "
                          f"{a['decode_tok_s'] / b['decode_tok_s']:.2f}x, prefill {a['prefill_tok_s'] / b['prefill_tok_s']:.2f}x")
     for t in turns:
-        if t["shape"] == shape and t["threads"] == threads and t.get("pairs"):
-            lines.append(f"- {shape}, {threads} threads: pygpt {t['mine']} / {t['engine']} {t['theirs']} decode, runs "
-                         f"in turns: {statistics.median(x / y for x, y in t['pairs']):.2f}x ("
+        if t["shape"] != shape or t["threads"] != threads:
+            continue
+        head = f"- {shape}, {threads} threads: pygpt {t['mine']} / {t['engine']} {t['theirs']}"
+        if t.get("pairs"):
+            lines.append(f"{head} decode, runs in turns: {statistics.median(x / y for x, y in t['pairs']):.2f}x ("
                          + ", ".join(f"{x:.1f} / {y:.1f}" for x, y in t["pairs"]) + " tok/s)")
-        elif t["shape"] == shape and t["threads"] == threads:
-            lines.append(f"- {shape}, {threads} threads: pygpt {t['mine']} / {t['engine']} {t['theirs']} in turns: "
-                         f"error: {t.get('error', '?')[:80]}")
+        else:
+            lines.append(f"{head} in turns: error: {t.get('error', '?')[:80]}")
     b1 = [r for r in rows if r["shape"] == shape and r["engine"] == "pygpt" and r.get("batch_decode_tok_s")
           and r["threads"] == threads]
     for r in b1:
