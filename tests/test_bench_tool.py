@@ -186,3 +186,69 @@ def test_in_turns_alternates_two_workers_and_the_report_gives_the_median_ratio(b
         f"({pairs[0][0]:.1f} / {pairs[0][1]:.1f}, {pairs[1][0]:.1f} / {pairs[1][1]:.1f} tok/s)"]
     with pytest.raises(RuntimeError, match="exited"):
         bench.in_turns(case, dict(case, path=str(tmp_path / "missing")), 1, timeout=120)
+
+
+def test_peers_measure_batched_decode_and_the_report_compares_it(bench, hf_model_factory, tmp_path):
+    """Every engine decodes the same batch of prompts (--batch): transformers and CTranslate2
+    through their generate calls, first token subtracted as at batch 1; the report gives each
+    engine's batch against its batch 1, and pygpt's batch against the peer's, labelled with
+    the batch size the run used."""
+    import shutil
+
+    _, hf_dir, _ = hf_model_factory("tiny")
+    case = {"path": hf_dir, "hf": hf_dir, "threads": 1, "prompt": 8, "new": 4, "runs": 1}
+    assert "batch_decode_tok_s" not in bench.worker_transformers(case)
+    r = bench.worker_transformers(dict(case, batch=2))
+    assert r["batch_decode_tok_s"] > 0
+    if importlib.util.find_spec("ctranslate2") is not None:  # a benchmark peer, not a test dependency
+        import ctranslate2.converters
+
+        hf_tok = str(tmp_path / "hf")
+        shutil.copytree(hf_dir, hf_tok)
+        for f in ("vocab.json", "merges.txt"):
+            shutil.copy(os.path.join(ROOT, "tests", "data", "gpt2-tokenizer", f), hf_tok)
+        ct2 = str(tmp_path / "ct2")
+        ctranslate2.converters.TransformersConverter(hf_tok).convert(ct2, quantization="float32")
+        c = bench.worker_ct2(dict(case, path=ct2, hf=hf_tok, compute_type="float32", batch=2))
+        assert c["decode_tok_s"] > 0 and c["batch_decode_tok_s"] > 0
+
+    mine = {"engine": "pygpt", "dtype": "int4", "decode_tok_s": 100.0, "prefill_tok_s": 1000.0,
+            "batch_decode_tok_s": 300.0}
+    theirs = {"engine": "llama.cpp", "dtype": "q4_0", "decode_tok_s": 50.0, "prefill_tok_s": 500.0,
+              "batch_decode_tok_s": 100.0}
+    rows = [dict(x, shape="124M", threads=2, load_s=0.1, ttft_s=0.01, peak_rss_mib=1.0, cpu_share=1.0)
+            for x in (mine, theirs)]
+    lines = bench.ratio_lines(rows, "124M", 2, (), 4)
+    assert "- 124M, 2 threads: pygpt int4 / llama.cpp q4_0: decode 2.00x, prefill 2.00x, batch-4 decode 3.00x" in lines
+    assert "- 124M, 2 threads, pygpt int4: batch-4 decode throughput 3.0x batch 1" in lines
+    assert "- 124M, 2 threads, llama.cpp q4_0: batch-4 decode throughput 2.0x batch 1" in lines
+    meta = {"date": "today", "cpu": "cpu", "cores": 2, "isa": "avx512", "prompt": 8, "new": 4, "runs": 1,
+            "batch": 4, "shapes": ["124M"], "threads": [2], "bandwidth": {2: 1e10}, "fma_peak": {2: 1e11}}
+    md = bench.speed_markdown(meta, rows, None)
+    assert "| batch-4 decode tok/s | other KV: decode / batch-4 tok/s |" in md and "batch-8" not in md
+    assert "| 300 |" in md and "| 100 |" in md
+
+
+def test_llama_cpp_batch_decodes_every_prompt_as_transformers_does_alone(bench, hf_model_factory, tmp_path):
+    """llama.cpp's batch (LlamaBatch: one context, a KV sequence per prompt, one llama_decode
+    a step) gives each prompt, whatever its length, transformers' greedy tokens for it alone."""
+    pytest.importorskip("gguf")
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import torch
+
+    model, hf_dir, _ = hf_model_factory("tiny")
+    path = str(tmp_path / "tiny-f32.gguf")
+    bench.write_gguf(hf_dir, path, tokenizer_dir=os.path.join(ROOT, "tests", "data", "gpt2-tokenizer"))
+    prompts = [p[:n] for p, n in zip(bench.batch_prompts({"prompt": 12, "batch": 3}), (12, 5, 9))]
+    llm = llama_cpp.Llama(model_path=path, n_ctx=64, verbose=False)
+    with bench.LlamaBatch(llm, prompts, 1) as batch:
+        tokens, tok_s = batch.run(6)
+        assert batch.run(6)[0] == tokens  # the cache is cleared between runs
+    assert tok_s > 0
+    with torch.no_grad():
+        for p, got in zip(prompts, tokens):
+            want = model.generate(torch.tensor([p]), max_new_tokens=7, do_sample=False, pad_token_id=0,
+                                  eos_token_id=None)[0, len(p):].tolist()
+            assert got == want
+    r = bench.worker_llamacpp({"path": path, "threads": 1, "prompt": 8, "new": 4, "runs": 1, "batch": 2})
+    assert r["batch_decode_tok_s"] > 0

@@ -5,12 +5,12 @@ gpt2-medium (355M) shapes.
 
 One run measures, per engine / dtype / thread count (batch 1): load time, prefill tokens/s
 on a 128-token prompt, time to first token, decode tokens/s over 128 new tokens and peak RSS
-(each case runs in its own process); pygpt also batch-8 decode (and batch 1 and batch 8
-again in turns, for their ratio), and pygpt's and llama.cpp's decode at matching dtypes in
-turns (--turns). It measures this machine's memory read bandwidth (before and after every
-case, and for pygpt's and llama.cpp's decode also before and after each run; arrays far
-larger than the caches) and peak f32 FMA rate, and prints each pygpt figure as a share of
-its limit (llama.cpp's decode too):
+(each case runs in its own process); at 124M every engine also batch-8 decode (--batch; pygpt
+also batch 1 and batch 8 again in turns, for their ratio), and pygpt's and llama.cpp's decode
+at matching dtypes in turns (--turns). It measures this machine's memory read bandwidth
+(before and after every case, and for pygpt's and llama.cpp's decode also before and after
+each run; arrays far larger than the caches) and peak f32 FMA rate, and prints each pygpt
+figure as a share of its limit (llama.cpp's decode too):
   decode:  tokens/s / (bandwidth / bytes read per token)      (weights + the KV cache read)
   prefill: FLOPs per token * tokens/s / compute peak          (bf16: 2x, int8/int4: 4x the f32 peak,
                                                                the rates of vdpbf16ps / vpdpbusd)
@@ -354,6 +354,19 @@ def prompt_ids(n: int, seed: int = 1) -> list:
     return np.random.default_rng(seed).integers(0, VOCAB - 1, n).tolist()
 
 
+def batch_prompts(a: dict) -> list:
+    """The a["batch"] prompts of a batched decode (none without one), the same for every engine."""
+    return [prompt_ids(a["prompt"], seed=10 + i) for i in range(a.get("batch") or 0)]
+
+
+def subtracted_decode(run, n_seqs: int, n_new: int) -> tuple:
+    """(seconds to the first new token, tok/s of the n_new tokens after it over n_seqs
+    sequences) of an engine whose call generates all its tokens at once: run(k) is the
+    seconds of one call that generates k tokens per sequence."""
+    first = run(1)
+    return first, n_seqs * n_new / max(run(n_new + 1) - first, 1e-9)
+
+
 def probed_decode_runs(decode_run, threads: int, runs: int) -> list:
     """[tok/s, bandwidth before, bandwidth after] of `runs` calls of decode_run, each between
     two probes of the read bandwidth a few hundred ms away (the parent's probes are a minute
@@ -396,7 +409,7 @@ def worker_pygpt(a: dict) -> dict:
            "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
            "cpu_share": cpu_share(c0, w0, a["threads"]), "kv_cache": model.kv_cache,
            "peak_rss_mib": peak_rss_mib()}  # batch 1, as the table's other columns (not batch 8's caches)
-    prompts = [prompt_ids(a["prompt"], seed=10 + i) for i in range(a.get("batch") or 0)]
+    prompts = batch_prompts(a)
     if prompts:
         bt, pairs = [], []
         for _ in range(a["runs"]):
@@ -446,26 +459,33 @@ def worker_transformers(a: dict) -> dict:
         loads.append(time.perf_counter() - t0)
     ids = torch.tensor([prompt_ids(a["prompt"])])
     kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+
+    def run(batch, n_new):  # seconds of one greedy generate of n_new tokens per sequence
+        t0 = time.perf_counter()
+        model.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=n_new, min_new_tokens=n_new, **kw)
+        return time.perf_counter() - t0
+
     pre, dec, ttft = [], [], []
     with torch.inference_mode():
-        model.generate(ids[:, :8], max_new_tokens=4, min_new_tokens=4, **kw)
+        run(ids[:, :8], 4)
         c0, w0 = time.process_time(), time.perf_counter()
         for _ in range(a["runs"]):
             t0 = time.perf_counter()
             model(ids, use_cache=True)
             pre.append(a["prompt"] / (time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
-            first = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            model.generate(ids, max_new_tokens=a["new"] + 1, min_new_tokens=a["new"] + 1, **kw)
-            total = time.perf_counter() - t0
+            first, tok_s = subtracted_decode(lambda n: run(ids, n), 1, a["new"])
             ttft.append(first)
-            dec.append(a["new"] / max(total - first, 1e-9))
-        share = cpu_share(c0, w0, a["threads"])
-    return {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
-            "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft), "cpu_share": share,
-            "peak_rss_mib": peak_rss_mib()}
+            dec.append(tok_s)
+        out = {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
+               "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
+               "cpu_share": cpu_share(c0, w0, a["threads"]), "peak_rss_mib": peak_rss_mib()}
+        prompts = batch_prompts(a)
+        if prompts:  # equal lengths: no padding
+            batch = torch.tensor(prompts)
+            run(batch, 2)  # warm-up at this shape
+            out["batch_decode_tok_s"] = statistics.median(
+                subtracted_decode(lambda n: run(batch, n), len(prompts), a["new"])[1] for _ in range(a["runs"]))
+    return out
 
 
 def worker_ct2(a: dict) -> dict:
@@ -482,26 +502,31 @@ def worker_ct2(a: dict) -> dict:
         loads.append(time.perf_counter() - t0)
     tokens = tok.convert_ids_to_tokens(prompt_ids(a["prompt"]))
 
-    def run(n_new):
+    def run(batch, n_new):  # seconds of one greedy generate_batch of n_new tokens per sequence
         t0 = time.perf_counter()
-        gen.generate_batch([tokens], max_length=n_new, min_length=n_new, sampling_topk=1,
+        gen.generate_batch(batch, max_length=n_new, min_length=n_new, sampling_topk=1,
                            include_prompt_in_result=False)
         return time.perf_counter() - t0
 
-    run(4)
+    run([tokens], 4)
     pre, dec, ttft = [], [], []
     c0, w0 = time.process_time(), time.perf_counter()
     for _ in range(a["runs"]):
         t0 = time.perf_counter()
         gen.forward_batch([tokens])  # prefill only: logits of every position
         pre.append(a["prompt"] / (time.perf_counter() - t0))
-        first = run(1)
-        total = run(a["new"] + 1)
+        first, tok_s = subtracted_decode(lambda n: run([tokens], n), 1, a["new"])
         ttft.append(first)
-        dec.append(a["new"] / max(total - first, 1e-9))
-    return {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
-            "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
-            "cpu_share": cpu_share(c0, w0, a["threads"]), "peak_rss_mib": peak_rss_mib()}
+        dec.append(tok_s)
+    out = {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
+           "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
+           "cpu_share": cpu_share(c0, w0, a["threads"]), "peak_rss_mib": peak_rss_mib()}
+    prompts = [tok.convert_ids_to_tokens(p) for p in batch_prompts(a)]
+    if prompts:
+        run(prompts, 2)  # warm-up at this shape
+        out["batch_decode_tok_s"] = statistics.median(
+            subtracted_decode(lambda n: run(prompts, n), len(prompts), a["new"])[1] for _ in range(a["runs"]))
+    return out
 
 
 def worker_llamacpp(a: dict) -> dict:
@@ -548,7 +573,67 @@ def worker_llamacpp(a: dict) -> dict:
            "cpu_share": cpu_share(c0, w0, a["threads"]), "peak_rss_mib": peak_rss_mib(), "kv_cache": "f16"}
     if a.get("probe_runs"):  # as pygpt's (llama.cpp reads as many bytes a step)
         out["probed_runs"] = probed_decode_runs(lambda: decode()[1], a["threads"], a["runs"])
+    prompts = batch_prompts(a)
+    if prompts:
+        with LlamaBatch(llm, prompts, a["threads"]) as batch:
+            batch.run(2)  # warm-up
+            out["batch_decode_tok_s"] = statistics.median(batch.run(a["new"])[1] for _ in range(a["runs"]))
     return out
+
+
+class LlamaBatch:
+    """Batched greedy decoding with llama.cpp's C API (llama-cpp-python's Llama object decodes
+    one sequence), as its `batched` example does: one context holding a KV sequence per
+    prompt, all prompts in one llama_decode, then each step one llama_decode of one token per
+    sequence and the argmax of each sequence's logits."""
+
+    def __init__(self, llm, prompts: list, threads: int):
+        import llama_cpp
+
+        self.lib, self.prompts = llama_cpp, prompts
+        params = llama_cpp.llama_context_default_params()
+        params.n_seq_max = len(prompts)
+        params.n_ctx = len(prompts) * N_CTX  # each sequence its own N_CTX positions
+        params.n_batch = max(512, sum(len(p) for p in prompts))
+        params.n_threads = params.n_threads_batch = threads
+        self.ctx = llama_cpp.llama_init_from_model(llm.model, params)
+        if not self.ctx:
+            raise RuntimeError("llama.cpp: no context for a batch")
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(llm.model))
+        self.batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.lib.llama_batch_free(self.batch)
+        self.lib.llama_free(self.ctx)
+
+    def _decode(self, entries) -> list:
+        """One llama_decode of (token, position, sequence, wants logits) entries; the greedy
+        next token of each entry that wants logits."""
+        b = self.batch
+        for i, (tok, pos, seq, logits) in enumerate(entries):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, logits
+            b.seq_id[i][0] = seq
+        b.n_tokens = len(entries)
+        if self.lib.llama_decode(self.ctx, b) != 0:
+            raise RuntimeError("llama.cpp: llama_decode failed")
+        return [int(np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.ctx, i), (self.n_vocab,)).argmax())
+                for i, e in enumerate(entries) if e[3]]
+
+    def run(self, n_new: int) -> tuple:
+        """(the greedy tokens of each prompt, tok/s of the n_new tokens after each one's first)."""
+        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)
+        last = self._decode([(tok, pos, s, pos == len(p) - 1)
+                             for s, p in enumerate(self.prompts) for pos, tok in enumerate(p)])
+        out = [[t] for t in last]
+        t0 = time.perf_counter()
+        for step in range(n_new):
+            last = self._decode([(out[s][-1], len(p) + step, s, True) for s, p in enumerate(self.prompts)])
+            for s, t in enumerate(last):
+                out[s].append(t)
+        return out, len(self.prompts) * n_new / max(time.perf_counter() - t0, 1e-9)
 
 
 def serve_turns(decode_run) -> dict:
@@ -653,6 +738,7 @@ def fmt(v, spec=".0f", suffix=""):
 
 
 def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
+    nb = meta.get("batch", 8)  # JSON of runs before the key: 8
     out = [f"Run of `tools/bench.py` on {meta['date']}: {meta['cpu']}, {meta['cores']} cores, "
            f"pygpt ISA {meta['isa']}; prompt {meta['prompt']} tokens, {meta['new']} new tokens, "
            f"batch 1, greedy, medians of {meta['runs']} runs. Random weights with the exact model shapes.",
@@ -665,7 +751,7 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
     for shape in meta["shapes"]:
         out += [f"### {shape} (n_layer {SHAPES[shape][0]}, n_embd {SHAPES[shape][2]})", "",
                 "| engine | weights | threads | load s | prefill tok/s | % peak | TTFT ms | decode tok/s "
-                "| % BW ceiling | ceiling tok/s | batch-8 decode tok/s | other KV: decode / batch-8 tok/s "
+                f"| % BW ceiling | ceiling tok/s | batch-{nb} decode tok/s | other KV: decode / batch-{nb} tok/s "
                 "| peak RSS MiB | CPU share |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         # pygpt rows: the weights' dtype and, in brackets, the KV cache the default ("auto") gave them
@@ -715,7 +801,7 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
             out.append("pygpt CPU use in the second after a call returns (OpenMP threads idle): " + ", ".join(
                 f"{r['dtype']} {r['threads']} thr {r['idle_cpu_pct_after_call']:.1f}%" for r in idle))
         out.append("")
-        ratios = ratio_lines(rows, shape, max(meta["threads"]), meta.get("turns", ()))
+        ratios = ratio_lines(rows, shape, max(meta["threads"]), meta.get("turns", ()), nb)
         if ratios:
             out += ratios + [""]
     if chart:
@@ -723,7 +809,7 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
     return "\n".join(out)
 
 
-def ratio_lines(rows, shape, threads, turns=()) -> list:
+def ratio_lines(rows, shape, threads, turns=(), nb=8) -> list:
     def get(engine, dtype):
         for r in rows:
             if r["shape"] == shape and r["engine"] == engine and r["dtype"] == dtype and r["threads"] == threads \
@@ -738,8 +824,11 @@ def ratio_lines(rows, shape, threads, turns=()) -> list:
     for mine, engine, theirs in pairs:
         a, b = get("pygpt", mine), get(engine, theirs)
         if a and b:
-            lines.append(f"- {shape}, {threads} threads: pygpt {mine} / {engine} {theirs}: decode "
-                         f"{a['decode_tok_s'] / b['decode_tok_s']:.2f}x, prefill {a['prefill_tok_s'] / b['prefill_tok_s']:.2f}x")
+            line = (f"- {shape}, {threads} threads: pygpt {mine} / {engine} {theirs}: decode "
+                    f"{a['decode_tok_s'] / b['decode_tok_s']:.2f}x, prefill {a['prefill_tok_s'] / b['prefill_tok_s']:.2f}x")
+            if a.get("batch_decode_tok_s") and b.get("batch_decode_tok_s"):
+                line += f", batch-{nb} decode {a['batch_decode_tok_s'] / b['batch_decode_tok_s']:.2f}x"
+            lines.append(line)
     for t in turns:
         if t["shape"] != shape or t["threads"] != threads:
             continue
@@ -749,10 +838,9 @@ def ratio_lines(rows, shape, threads, turns=()) -> list:
                          + ", ".join(f"{x:.1f} / {y:.1f}" for x, y in t["pairs"]) + " tok/s)")
         else:
             lines.append(f"{head} in turns: error: {t.get('error', '?')[:80]}")
-    b1 = [r for r in rows if r["shape"] == shape and r["engine"] == "pygpt" and r.get("batch_decode_tok_s")
-          and r["threads"] == threads]
+    b1 = [r for r in rows if r["shape"] == shape and r.get("batch_decode_tok_s") and r["threads"] == threads]
     for r in b1:
-        line = (f"- {shape}, {threads} threads, pygpt {r['dtype']}: batch-8 decode throughput "
+        line = (f"- {shape}, {threads} threads, {r['engine']} {r['dtype']}: batch-{nb} decode throughput "
                 f"{r['batch_decode_tok_s'] / r['decode_tok_s']:.1f}x batch 1")
         if r.get("batch_pairs"):
             line += (f" (runs in turns: {statistics.median(b8 / b1 for b1, b8 in r['batch_pairs']):.1f}x, "
@@ -883,7 +971,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     ap.add_argument("--new", type=int, default=128, help="new tokens to decode")
     ap.add_argument("--runs", type=int, default=3, help="runs per case (medians)")
-    ap.add_argument("--batch", type=int, default=8, help="batched-decode size for pygpt (largest shape: skipped)")
+    ap.add_argument("--batch", type=int, default=8,
+                    help="batched-decode size (124M shape, most threads; 0: none)")
     ap.add_argument("--workdir", default="/tmp/pygpt-bench", help="where models are created and converted")
     ap.add_argument("--json", default=None, help="write all figures to this JSON file")
     ap.add_argument("--chart", default=os.path.join(ROOT, "docs", "bench-decode.png"), help="chart PNG path")
@@ -929,7 +1018,7 @@ def main(argv=None) -> int:
     info = pygpt.system_info()
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(),
             "cores": info["physical_cores"], "isa": info["isa"], "prompt": args.prompt, "new": args.new,
-            "runs": args.runs, "shapes": shapes, "threads": threads,
+            "runs": args.runs, "batch": args.batch, "shapes": shapes, "threads": threads,
             "bandwidth": {t: read_bandwidth(t) for t in threads}, "fma_peak": {}, "turns": []}
     all_threads = sorted(set(threads) | {int(t) for t in (args.large_threads or "").split(",") if t})
     meta["fma_peak"] = {t: fma_peak(t) for t in all_threads}
@@ -955,7 +1044,7 @@ def main(argv=None) -> int:
                 a = {"engine": engine, "path": path, "threads": t, "prompt": args.prompt, "new": args.new,
                      "runs": args.runs, "hf": paths["hf"], "compute_type": "int8" if dt == "int8" else "float32"}
                 a["probe_runs"] = shape != "12x64"  # its weights sit in the caches: no bandwidth ceiling
-                if engine == "pygpt" and t == max(threads) and shape == "124M":
+                if t == max(threads) and shape == "124M":
                     a["batch"] = args.batch
                 bw_before = read_bandwidth(t)
                 log(f"{shape} {engine} {dt} {t} threads ...")
