@@ -533,7 +533,7 @@ def worker_llamacpp(a: dict) -> dict:
     """llama.cpp through llama-cpp-python, as a Python app calls it: Llama.eval for the prompt,
     Llama.generate (llama.cpp's sampler chain, greedy) for new tokens. Flash attention on, as
     llama.cpp's own tools have it on a CPU ("auto"; the Llama class defaults it off): its
-    q4_0 decode ran 8-18% faster so, f32 the same."""
+    q4_0 decode ran 7-18% faster so, f32 the same."""
     import llama_cpp
 
     loads = []
