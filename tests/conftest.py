@@ -2,6 +2,7 @@
 converter. Real pretrained weights cannot be downloaded here; random weights with the
 real shapes exercise the same code."""
 
+import importlib.util
 import os
 
 import pytest
@@ -73,3 +74,16 @@ def hf_model_factory(tmp_path_factory):
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def load_tool():
+    """load_tool(name) -> the module tools/<name>.py, loaded from its file (tools/ is no package)."""
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(HERE), "tools", name + ".py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,19 +1,11 @@
 """tools/profile_decode.py: the perf report it reads, and the process it profiles."""
 
-import importlib.util
-import os
-
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def prof():
-    spec = importlib.util.spec_from_file_location("profile_decode", os.path.join(ROOT, "tools", "profile_decode.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def prof(load_tool):
+    return load_tool("profile_decode")
 
 
 def test_samples_by_symbol_reads_perf_reports_sample_column(prof):
