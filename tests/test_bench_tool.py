@@ -237,8 +237,8 @@ def test_llama_cpp_batch_decodes_every_prompt_as_transformers_does_alone(bench, 
     path = str(tmp_path / "tiny-f32.gguf")
     bench.write_gguf(hf_dir, path, tokenizer_dir=os.path.join(ROOT, "tests", "data", "gpt2-tokenizer"))
     prompts = [p[:n] for p, n in zip(bench.batch_prompts({"prompt": 12, "batch": 3}), (12, 5, 9))]
-    llm = llama_cpp.Llama(model_path=path, n_ctx=64, verbose=False)
-    with bench.LlamaBatch(llm, prompts, 1) as batch:
+    llm = llama_cpp.Llama(model_path=path, n_ctx=64, n_threads=1, n_threads_batch=1, verbose=False)
+    with bench.LlamaBatch(llm, prompts) as batch:
         tokens, tok_s = batch.run(6)
         assert batch.run(6)[0] == tokens  # the cache is cleared between runs
     assert tok_s > 0

@@ -359,12 +359,27 @@ def batch_prompts(a: dict) -> list:
     return [prompt_ids(a["prompt"], seed=10 + i) for i in range(a.get("batch") or 0)]
 
 
+def case_result(loads, pre, dec, ttft, c0, w0, threads: int) -> dict:
+    """A worker's batch-1 figures: medians of its load times, prefill and decode tok/s and
+    times to the first token, its CPU share since (c0, w0) and its peak RSS so far."""
+    return {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
+            "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
+            "cpu_share": cpu_share(c0, w0, threads), "peak_rss_mib": peak_rss_mib()}
+
+
 def subtracted_decode(run, n_seqs: int, n_new: int) -> tuple:
     """(seconds to the first new token, tok/s of the n_new tokens after it over n_seqs
     sequences) of an engine whose call generates all its tokens at once: run(k) is the
     seconds of one call that generates k tokens per sequence."""
     first = run(1)
     return first, n_seqs * n_new / max(run(n_new + 1) - first, 1e-9)
+
+
+def subtracted_batch_decode(run, n_seqs: int, a: dict) -> float:
+    """Median tok/s over a["runs"] of subtracted_decode for a batch of n_seqs, after a
+    warm-up call at the batch's shape."""
+    run(2)
+    return statistics.median(subtracted_decode(run, n_seqs, a["new"])[1] for _ in range(a["runs"]))
 
 
 def probed_decode_runs(decode_run, threads: int, runs: int) -> list:
@@ -405,10 +420,8 @@ def worker_pygpt(a: dict) -> dict:
         pre.append(t.prefill_tokens_per_s)
         dec.append(t.decode_tokens_per_s)
         ttft.append(t.time_to_first_token)
-    out = {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
-           "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
-           "cpu_share": cpu_share(c0, w0, a["threads"]), "kv_cache": model.kv_cache,
-           "peak_rss_mib": peak_rss_mib()}  # batch 1, as the table's other columns (not batch 8's caches)
+    # batch 1, as the table's other columns (the peak RSS not batch 8's caches)
+    out = dict(case_result(loads, pre, dec, ttft, c0, w0, a["threads"]), kv_cache=model.kv_cache)
     prompts = batch_prompts(a)
     if prompts:
         bt, pairs = [], []
@@ -476,15 +489,11 @@ def worker_transformers(a: dict) -> dict:
             first, tok_s = subtracted_decode(lambda n: run(ids, n), 1, a["new"])
             ttft.append(first)
             dec.append(tok_s)
-        out = {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
-               "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
-               "cpu_share": cpu_share(c0, w0, a["threads"]), "peak_rss_mib": peak_rss_mib()}
+        out = case_result(loads, pre, dec, ttft, c0, w0, a["threads"])
         prompts = batch_prompts(a)
         if prompts:  # equal lengths: no padding
             batch = torch.tensor(prompts)
-            run(batch, 2)  # warm-up at this shape
-            out["batch_decode_tok_s"] = statistics.median(
-                subtracted_decode(lambda n: run(batch, n), len(prompts), a["new"])[1] for _ in range(a["runs"]))
+            out["batch_decode_tok_s"] = subtracted_batch_decode(lambda n: run(batch, n), len(prompts), a)
     return out
 
 
@@ -518,14 +527,10 @@ def worker_ct2(a: dict) -> dict:
         first, tok_s = subtracted_decode(lambda n: run([tokens], n), 1, a["new"])
         ttft.append(first)
         dec.append(tok_s)
-    out = {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
-           "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
-           "cpu_share": cpu_share(c0, w0, a["threads"]), "peak_rss_mib": peak_rss_mib()}
+    out = case_result(loads, pre, dec, ttft, c0, w0, a["threads"])
     prompts = [tok.convert_ids_to_tokens(p) for p in batch_prompts(a)]
     if prompts:
-        run(prompts, 2)  # warm-up at this shape
-        out["batch_decode_tok_s"] = statistics.median(
-            subtracted_decode(lambda n: run(prompts, n), len(prompts), a["new"])[1] for _ in range(a["runs"]))
+        out["batch_decode_tok_s"] = subtracted_batch_decode(lambda n: run(prompts, n), len(prompts), a)
     return out
 
 
@@ -554,8 +559,7 @@ def worker_llamacpp(a: dict) -> dict:
         return time.perf_counter() - t0
 
     def decode():  # (seconds to the first new token, tok/s over the a["new"] after it)
-        first = run(1)
-        return first, a["new"] / max(run(a["new"] + 1) - first, 1e-9)
+        return subtracted_decode(run, 1, a["new"])
 
     run(4)
     if a.get("turns"):
@@ -570,14 +574,12 @@ def worker_llamacpp(a: dict) -> dict:
         first, tok_s = decode()
         ttft.append(first)
         dec.append(tok_s)
-    out = {"load_s": statistics.median(loads), "prefill_tok_s": statistics.median(pre),
-           "decode_tok_s": statistics.median(dec), "ttft_s": statistics.median(ttft),
-           "cpu_share": cpu_share(c0, w0, a["threads"]), "peak_rss_mib": peak_rss_mib(), "kv_cache": "f16"}
+    out = dict(case_result(loads, pre, dec, ttft, c0, w0, a["threads"]), kv_cache="f16")
     if a.get("probe_runs"):  # as pygpt's (llama.cpp reads as many bytes a step)
         out["probed_runs"] = probed_decode_runs(lambda: decode()[1], a["threads"], a["runs"])
     prompts = batch_prompts(a)
     if prompts:
-        with LlamaBatch(llm, prompts, a["threads"]) as batch:
+        with LlamaBatch(llm, prompts) as batch:
             batch.run(2)  # warm-up
             out["batch_decode_tok_s"] = statistics.median(batch.run(a["new"])[1] for _ in range(a["runs"]))
     return out
@@ -589,16 +591,15 @@ class LlamaBatch:
     prompt, all prompts in one llama_decode, then each step one llama_decode of one token per
     sequence and the argmax of each sequence's logits."""
 
-    def __init__(self, llm, prompts: list, threads: int):
+    def __init__(self, llm, prompts: list):
         import llama_cpp
 
         self.lib, self.prompts = llama_cpp, prompts
-        params = llama_cpp.llama_context_default_params()
+        # llm's context settings (threads, flash attention, KV cache types), for more sequences
+        params = type(llm.context_params).from_buffer_copy(llm.context_params)
         params.n_seq_max = len(prompts)
         params.n_ctx = len(prompts) * N_CTX  # each sequence its own N_CTX positions
         params.n_batch = max(512, sum(len(p) for p in prompts))
-        params.n_threads = params.n_threads_batch = threads
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED  # as llm's (worker_llamacpp)
         self.ctx = llama_cpp.llama_init_from_model(llm.model, params)
         if not self.ctx:
             raise RuntimeError("llama.cpp: no context for a batch")
