@@ -220,6 +220,8 @@ def test_replay_python_corpus(targets, name):
     """Each saved input through the atheris target's checks, without atheris (it raises on a finding)."""
     files = _corpus(name)
     assert len(files) >= 5, f"fuzz/corpus/{name} is missing"
+    if name == "tokenizer" and sys.modules["fuzz_tokenizer"].atheris is None:
+        pytest.skip("the tokenizer inputs are read through atheris's FuzzedDataProvider (pip install atheris)")
     for path in files:
         with open(path, "rb") as f:
             data = f.read()
