@@ -27,11 +27,16 @@ inline void cpu_relax() {
 #endif
 }
 
-// A waiting thread spins this long, then sleeps. Steps of a forward pass are tens to
-// hundreds of microseconds long and threads finish them within microseconds of each
-// other, so a wait usually ends while spinning; when a thread of the team has been
-// descheduled (a busy machine), the others stop burning the cores it needs.
-constexpr auto kSpinTime = std::chrono::microseconds(30);
+// A waiting thread spins this long, then sleeps. Steps of a forward pass are tens of
+// microseconds to a few milliseconds long, and on a shared host two threads' shares of one
+// finish up to a few hundred microseconds apart; a thread that slept must then be woken,
+// and on a VM its idle vCPU with it, which costs more than the spin would have. Past
+// this, when a thread of the team has been descheduled (a busy machine), the others stop
+// burning the cores it needs. 300 us against 30 (tools/ab.py, 2 threads, 8-10 rounds):
+// 355M f16 decode 1.14x, 1.02x and 1.12x, 355M bf16 1.05x; 124M int8 0.99x, int4 batch 8
+// 0.95x and 1.05x (the host's noise). Between calls nothing spins: the team's threads are
+// OpenMP's, which sleep (OMP_WAIT_POLICY=passive, pygpt/__init__.py).
+constexpr auto kSpinTime = std::chrono::microseconds(300);
 
 // Sleep until *word != expected (or a spurious wake-up).
 void sleep_while_equal(std::atomic<uint32_t>* word, uint32_t expected) {
