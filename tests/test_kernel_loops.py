@@ -10,19 +10,10 @@ import subprocess
 
 import pytest
 
+from pygpt import _core
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOOPS = ("q4_tiles", "attention_int8", "ports")
-
-
-def _cpu_flags() -> set:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 needs_gxx = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not shutil.which("g++"),
@@ -44,8 +35,7 @@ def test_every_loop_builds(loops):
 
 
 @needs_gxx
-@pytest.mark.skipif(not {"avx512f", "avx512_vnni", "avx512_bf16"} <= _cpu_flags(),
-                    reason="runs AVX-512 VNNI and BF16 instructions")
+@pytest.mark.skipif(not _core.cpu_has_avx512(), reason="runs AVX-512 VNNI and BF16 instructions")
 def test_ports_prints_a_rate_for_every_kind(loops):
     out = subprocess.run([str(loops / "ports"), "1000"], check=True, capture_output=True, text=True,
                          timeout=60).stdout
