@@ -53,11 +53,20 @@ def test_worker_measures_the_other_kv_cache_and_the_table_shows_it(bench, hf_mod
     assert f"with the {alt} KV cache" in md
     # batch 1 and batch 8 again in turns: the median ratio of the pairs, then the pairs
     (b1, b8), = r["batch_pairs"]
-    assert f"(runs in turns: {b8 / b1:.1f}x, {b8:.0f} / {b1:.0f} tok/s)" in md
+    (f0, f1), = r["batch_pair_fma"]
+    assert f0 > 0 and f1 > 0
+    assert (f"(runs in turns: {b8 / b1:.1f}x, {b8:.0f} / {b1:.0f} tok/s; FMA probes around the batch-8 runs "
+            f"{f0 / 1e9:.0f}-{f1 / 1e9:.0f} GFLOP/s)") in md
     # decode again between bandwidth probes, one run each: the line under the table
     assert len(r["probed_runs"]) == 1 and all(x > 0 for x in r["probed_runs"][0])
     r["decode_pct_per_run"] = bench.decode_pct_per_run(r["probed_runs"], 1e6)
     assert f"{dtype} 1 thr {r['decode_pct_per_run']:.0f}% (" in bench.speed_markdown(meta, [r], None)
+    # the prompt again between FMA probes, one run each: its own line
+    assert len(r["probed_prefill_runs"]) == 1 and all(x > 0 for x in r["probed_prefill_runs"][0])
+    r["prefill_pct_per_run"] = bench.prefill_pct_per_run(r["probed_prefill_runs"], 1e6, 4 if dtype == "int8" else 1)
+    tok_s = r["probed_prefill_runs"][0][0]
+    line = [x for x in bench.speed_markdown(meta, [r], None).splitlines() if x.startswith("pygpt prefill with")][0]
+    assert f"{dtype} 1 thr {r['prefill_pct_per_run']:.0f}% ({tok_s:.0f} tok/s, probes " in line
 
 
 def test_decode_pct_per_run_takes_each_runs_higher_probe(bench):
@@ -65,6 +74,14 @@ def test_decode_pct_per_run_takes_each_runs_higher_probe(bench):
     # 100 tok/s * 100 MB = 10 GB/s of 20: 50%; 5 of 10: 50%; 8 of 8: 100%
     assert bench.decode_pct_per_run(runs, 100e6) == pytest.approx(50.0)
     assert bench.decode_pct_per_run(runs[2:], 100e6) == pytest.approx(100.0)
+
+
+def test_prefill_pct_per_run_takes_each_runs_higher_probe_times_the_dtypes_rate(bench):
+    runs = [[100.0, 1e11, 2e11], [50.0, 1e11, 0.5e11], [80.0, 0.8e11, 0.8e11]]
+    # 100 tok/s * 1 GFLOP = 100 GFLOP/s of 200: 50%; 50 of 100: 50%; 80 of 80: 100%
+    assert bench.prefill_pct_per_run(runs, 1e9, 1) == pytest.approx(50.0)
+    assert bench.prefill_pct_per_run(runs[2:], 1e9, 1) == pytest.approx(100.0)
+    assert bench.prefill_pct_per_run(runs[2:], 1e9, 4) == pytest.approx(25.0)  # int8: 4x the f32 rate
 
 
 def test_worker_peak_rss_is_one_models(bench, tmp_path):

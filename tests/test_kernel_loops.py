@@ -13,7 +13,7 @@ import pytest
 from pygpt import _core
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOOPS = ("q4_tiles", "attention_int8", "ports")
+LOOPS = ("q4_tiles", "q8_prompt", "attention_int8", "ports")
 
 
 needs_gxx = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not shutil.which("g++"),

@@ -116,13 +116,14 @@ def sustained_bandwidth(n_threads: int, mib: int = 512, passes: int = 40) -> flo
     return passes * a.nbytes / _core._probe_read_seconds(a, passes, n_threads, "")
 
 
-def fma_peak(n_threads: int) -> float:
-    """f32 FLOP/s of independent FMA chains on n_threads threads, best of 3."""
+def fma_peak(n_threads: int, iters: int = 20_000_000) -> float:
+    """f32 FLOP/s of independent FMA chains on n_threads threads, best of 3 (20M iterations:
+    about 85 ms each at 2 threads; 2M: about 13 ms)."""
     from pygpt import _core
 
     best = 0.0
     for _ in range(3):
-        seconds, flops = _core._probe_fma(20_000_000, n_threads, "")
+        seconds, flops = _core._probe_fma(iters, n_threads, "")
         best = max(best, flops / seconds)
     return best
 
@@ -330,6 +331,12 @@ def decode_pct_per_run(probed_runs: list, bytes_per_token: float) -> float:
     return statistics.median(100 * tok_s * bytes_per_token / max(bw0, bw1) for tok_s, bw0, bw1 in probed_runs)
 
 
+def prefill_pct_per_run(probed_runs: list, flops_per_token: float, mult: float) -> float:
+    """Median over [tok/s, FMA peak before, FMA peak after] runs of each run's prefill as a
+    share (%) of the higher of its two probes (times `mult`: bf16 2, int8/int4 4)."""
+    return statistics.median(100 * tok_s * flops_per_token / (mult * max(p0, p1)) for tok_s, p0, p1 in probed_runs)
+
+
 def flops_per_prompt_token(shape: str, prompt: int) -> float:
     """Multiply-adds x 2 per prompt token: the linear layers, attention over the mean
     causal span, the LM head for the last position only (as run)."""
@@ -395,6 +402,20 @@ def probed_decode_runs(decode_run, threads: int, runs: int) -> list:
     return out
 
 
+def probed_prefill_runs(prefill_run, threads: int, runs: int) -> list:
+    """[tok/s, FMA peak before, FMA peak after] of `runs` calls of prefill_run, each between
+    two short probes of the f32 FMA rate the threads get (best of 3 x 13 ms). On this shared
+    host the rate two threads get moves by the second between about one core's and two
+    cores' worth (BENCHMARKS.md, session 14), so a prompt's share of the peak measured once
+    at the start of the run says as much about the host as about the code."""
+    out = []
+    for _ in range(runs):
+        before = fma_peak(threads, 2_000_000)
+        tok_s = prefill_run()
+        out.append([tok_s, before, fma_peak(threads, 2_000_000)])
+    return out
+
+
 def worker_pygpt(a: dict) -> dict:
     import pygpt
 
@@ -430,16 +451,23 @@ def worker_pygpt(a: dict) -> dict:
             bt.append(outs[0].timings.decode_tokens_per_s)
         out["batch_decode_tok_s"] = statistics.median(bt)
         # batch 1 and batch 8 again in turns, so that each pair meets the same host (batch 1 is
-        # bound by the bandwidth, which moves by the second; batch 8 by arithmetic)
+        # bound by the bandwidth, which moves by the second; batch 8 by arithmetic, so the
+        # f32 FMA rate the threads get is probed right before and after each batch-8 run)
+        fma = []
         for _ in range(a["runs"]):
             one = decode_run()
+            before = fma_peak(a["threads"], 2_000_000)
             eight = model.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)[0].timings.decode_tokens_per_s
+            fma.append([before, fma_peak(a["threads"], 2_000_000)])
             pairs.append([one, eight])
-        out["batch_pairs"] = pairs
+        out["batch_pairs"], out["batch_pair_fma"] = pairs, fma
     model.generate(ids[:8], max_new_tokens=2, ignore_eos=True)
     out["idle_cpu_pct_after_call"] = idle_cpu_percent()
     if a.get("probe_runs"):  # after the peak RSS: the probe's array is not pygpt's
         out["probed_runs"] = probed_decode_runs(decode_run, a["threads"], a["runs"])
+        out["probed_prefill_runs"] = probed_prefill_runs(
+            lambda: model.generate(ids, max_new_tokens=1, ignore_eos=True).timings.prefill_tokens_per_s,
+            a["threads"], a["runs"])
     if prompts:
         # the same with another KV cache (f32 weights: f16; bf16/f16 weights: int8; int8/int4
         # weights, whose default is int8: f16), batch 1 and batch 8: 8 sequences read 8
@@ -792,6 +820,17 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
                            f"({statistics.median(p[0] for p in r['probed_runs']):.1f} tok/s, probes "
                            f"{min(min(p[1:]) for p in r['probed_runs']) / 1e9:.0f}-"
                            f"{max(max(p[1:]) for p in r['probed_runs']) / 1e9:.0f} GB/s)" for r in probed))
+        pprobed = [r for r in rows if r["shape"] == shape and r.get("prefill_pct_per_run") is not None]
+        if pprobed:
+            out.append("")
+            out.append("pygpt prefill with the f32 FMA rate probed right before and after each run (the worker "
+                       f"runs the prompt {meta['runs']} more times; median of each run's share of the higher "
+                       "of its own two probes, times 2 for bf16 and 4 for int8 and int4): " + ", ".join(
+                           f"{r['dtype']} {r['threads']} thr {r['prefill_pct_per_run']:.0f}% "
+                           f"({statistics.median(p[0] for p in r['probed_prefill_runs']):.0f} tok/s, probes "
+                           f"{min(min(p[1:]) for p in r['probed_prefill_runs']) / 1e9:.0f}-"
+                           f"{max(max(p[1:]) for p in r['probed_prefill_runs']) / 1e9:.0f} GFLOP/s)"
+                           for r in pprobed))
         sus = [r for r in rows if r["shape"] == shape and r.get("decode_pct_sustained") is not None]
         if sus:
             out.append("")
@@ -848,7 +887,10 @@ def ratio_lines(rows, shape, threads, turns=(), nb=8) -> list:
                 f"{r['batch_decode_tok_s'] / r['decode_tok_s']:.1f}x batch 1")
         if r.get("batch_pairs"):
             line += (f" (runs in turns: {statistics.median(b8 / b1 for b1, b8 in r['batch_pairs']):.1f}x, "
-                     + ", ".join(f"{b8:.0f} / {b1:.0f}" for b1, b8 in r["batch_pairs"]) + " tok/s)")
+                     + ", ".join(f"{b8:.0f} / {b1:.0f}" for b1, b8 in r["batch_pairs"]) + " tok/s"
+                     + ("; FMA probes around the batch-8 runs " + ", ".join(
+                         f"{f0 / 1e9:.0f}-{f1 / 1e9:.0f}" for f0, f1 in r["batch_pair_fma"]) + " GFLOP/s"
+                        if r.get("batch_pair_fma") else "") + ")")
         if r.get("batch_decode_altkv_tok_s"):
             line += (f"; with the {r['alt_kv']} KV cache {r['batch_decode_altkv_tok_s'] / r['decode_altkv_tok_s']:.1f}x"
                      f" ({r['decode_altkv_tok_s']:.0f} / {r['batch_decode_altkv_tok_s']:.0f} tok/s)")
@@ -1069,6 +1111,9 @@ def main(argv=None) -> int:
                     r["decode_pct_sustained"] = 100 * r["decode_tok_s"] * per_tok / r["bw_sustained"]
                     peak = meta["fma_peak"][t] * mult[dt]
                     r["prefill_pct"] = 100 * r["prefill_tok_s"] * flops_per_prompt_token(shape, args.prompt) / peak
+                    if r.get("probed_prefill_runs"):
+                        r["prefill_pct_per_run"] = prefill_pct_per_run(
+                            r["probed_prefill_runs"], flops_per_prompt_token(shape, args.prompt), mult[dt])
                 log(f"  -> {json.dumps({k: v for k, v in r.items() if k not in ('engine', 'shape')})}")
                 rows.append(r)
         if args.turns and shape != "12x64":

@@ -10,6 +10,8 @@ flags=(-O3 -DNDEBUG -std=c++17 -Icsrc -DPYGPT_KERNEL_NS=avx512 -mavx2 -mfma -mf1
        -mavx512vl -mavx512dq -mavx512vnni -mavx512bf16 -fopenmp)
 ${CXX:-g++} "${flags[@]}" tools/kernel_loops/q4_tiles.cpp csrc/kernels/generic.cpp csrc/kernels/linear.cpp \
   csrc/kernels/linear_float.cpp -o "$out/q4_tiles"
+${CXX:-g++} "${flags[@]}" tools/kernel_loops/q8_prompt.cpp csrc/kernels/generic.cpp csrc/kernels/linear.cpp \
+  csrc/kernels/linear_float.cpp -o "$out/q8_prompt"
 ${CXX:-g++} "${flags[@]}" tools/kernel_loops/ports.cpp -o "$out/ports"
 ${CXX:-g++} "${flags[@]}" tools/kernel_loops/attention_int8.cpp csrc/kernels/generic.cpp -o "$out/attention_int8"
-echo "built $out/q4_tiles $out/attention_int8 $out/ports"
+echo "built $out/q4_tiles $out/q8_prompt $out/attention_int8 $out/ports"
