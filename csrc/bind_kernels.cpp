@@ -251,8 +251,9 @@ void bind_kernels(py::module_& m) {
         if (q.ndim() != 2 || k.ndim() != 2 || v.ndim() != 2 || k.shape(0) != v.shape(0) || k.shape(1) != v.shape(1))
             throw std::invalid_argument("q must be [n_rows, HS], k and v [n, ld] of one shape");
         const int64_t R = q.shape(0), HS = q.shape(1), ld = k.shape(1);
-        if (R < 1 || R > 4 || HS < 1 || HS > ld || n_keys < 1 || n_keys + R - 1 > k.shape(0))
-            throw std::invalid_argument("need 1 <= n_rows <= 4, 1 <= HS <= ld, n_keys + n_rows - 1 <= len(k)");
+        if (R < 1 || R > kAttentionRows || HS < 1 || HS > ld || n_keys < 1 || n_keys + R - 1 > k.shape(0))
+            throw std::invalid_argument("need 1 <= n_rows <= " + std::to_string(kAttentionRows) +
+                                        ", 1 <= HS <= ld, n_keys + n_rows - 1 <= len(k)");
         F32 out({R, HS});
         std::vector<float> scratch(R * (n_keys + R));
         const Kernels& kt = select_kernels(isa.c_str());

@@ -36,6 +36,7 @@ struct AttentionHead {
     int64_t n_keys;
 };
 constexpr int kAttentionHeads = 4;  // at most this many heads per attention_heads call
+constexpr int kAttentionRows = 8;   // at most this many rows per attention_rows call
 
 struct Kernels {
     const char* name;  // "scalar", "avx2", "avx512"
@@ -92,7 +93,7 @@ struct Kernels {
     void (*attention_heads_int8)(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale,
                                  float* scratch);
     // Rows of a prompt against one head's cache: query row r (at q + r * ld_q, output at
-    // out + r * ld_out) attends to the first n_keys + r keys, for r < n_rows <= 4. Each row
+    // out + r * ld_out) attends to the first n_keys + r keys, for r < n_rows <= kAttentionRows. Each row
     // is bitwise attention_heads' for that row alone; the rows share the loads of the keys
     // and values. scratch holds n_rows * (n_keys + n_rows) floats.
     void (*attention_rows)(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows,

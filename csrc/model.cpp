@@ -233,8 +233,6 @@ int64_t Model::logit_rows(const std::vector<SeqStep>& steps) {
 // Rows up to which every thread keeps its own copy of the residual stream.
 constexpr int64_t kMaxOwnCopyRows = 16;
 
-// Rows of a prompt that attention handles together (at most 4: Kernels::attention_rows).
-constexpr int64_t kAttentionRows = 4;
 
 // Chunks of columns per thread in a prompt's products: enough that a slowed thread's lag is
 // taken up by the others, few enough that a chunk is long against claiming it.
@@ -289,7 +287,7 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits) {
     att_blocks_.clear();  // attention: runs of up to kAttentionRows rows of one sequence
     for (int64_t si = 0, r = 0; si < (int64_t)steps.size(); r += steps[si].n_tokens, si++)
         for (int64_t i = 0; i < steps[si].n_tokens; i += kAttentionRows)
-            att_blocks_.emplace_back(r + i, std::min(kAttentionRows, steps[si].n_tokens - i));
+            att_blocks_.emplace_back(r + i, std::min<int64_t>(kAttentionRows, steps[si].n_tokens - i));
     if (copies == 1) {  // a prompt: activations prepared once for all threads (linear)
         size_t bytes = 0;
         for (const Block& b : w_.h)

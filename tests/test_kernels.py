@@ -334,18 +334,19 @@ def test_attention_row_int8(isa, n_keys, hs, ld):
 @pytest.mark.parametrize("n_keys,hs,ld", [(1, 64, 64), (1, 64, 192), (17, 64, 64), (40, 128, 130), (9, 7, 13)])
 def test_attention_rows_equal_attention_row(isa, kv, n_keys, hs, ld):
     """A prompt's rows in blocks (row r attends to n_keys + r keys): each row's bits are the
-    row kernel's, for 1 to 4 rows per block."""
+    row kernel's, for 1 to 8 rows per call (the model's blocks; AVX-512 scores 8 rows
+    together, AVX2 4, so 5-8 rows there are two blocks)."""
     rng = np.random.default_rng(n_keys * 7 + hs)
-    k = (rng.standard_normal((n_keys + 3, ld)) * 2).astype(np.float32)
-    v = rng.standard_normal((n_keys + 3, ld)).astype(np.float32)
-    q = rng.standard_normal((4, hs)).astype(np.float32)
+    k = (rng.standard_normal((n_keys + 7, ld)) * 2).astype(np.float32)
+    v = rng.standard_normal((n_keys + 7, ld)).astype(np.float32)
+    q = rng.standard_normal((8, hs)).astype(np.float32)
     ks = vs = None
     if kv == "f16":
         k, v = k.astype(np.float16).view(np.uint16), v.astype(np.float16).view(np.uint16)
     if kv == "int8":
         (k, ks), (v, vs) = quantize_kv_rows(k), quantize_kv_rows(v)
     scale = 1 / np.sqrt(hs)
-    for n_rows in (1, 2, 3, 4):
+    for n_rows in range(1, 9):
         out = _core._kernel_attention_rows(isa, q[:n_rows], k, v, scale, n_keys, ks, vs)
         for r in range(n_rows):
             n = n_keys + r

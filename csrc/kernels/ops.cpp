@@ -324,37 +324,67 @@ static void attention_row_t(float* out, const float* q, const E* k, const E* v, 
     attention_heads_t<E, 1>(&head, ld, head_dim, scale, scores);
 }
 
-// Up to ATT_ROWS query rows of one head against the same keys: row i attends to the first
-// n_keys + i keys (consecutive positions of a prompt). Each key and value vector is loaded
-// once for all the rows (the row kernel, once per row, waited on those loads), and every row
-// gets attention_row_t's operations in attention_row_t's order: the same bits.
-constexpr int ATT_ROWS = 4;
-template <class E>
-static void attention_rows_t(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const E* k,
-                             const E* v, const float* k_scale, const float* v_scale, int64_t ld, int64_t n_keys,
-                             int64_t head_dim, float scale, float* scores) {
-    if (n_rows == 1 || head_dim % (4 * N) != 0) {  // GPT-2's heads are 64 wide: the blocked case
-        for (int64_t r = 0; r < n_rows; r++)
-            attention_row_t(out + r * ld_out, q + r * ld_q, k, v, k_scale, v_scale, ld, n_keys + r, head_dim, scale,
-                            scores);
-        return;
-    }
-    const int R = (int)n_rows;
-    const int64_t n_max = n_keys + R - 1, ld_s = n_max;  // row r's scores at scores + r * ld_s
-    for (int64_t j0 = 0; j0 < n_max; j0 += N) {
-        const int nk = n_max - j0 < N ? (int)(n_max - j0) : N;
-        V acc[ATT_ROWS][N];
-        for (int j = 0; j < nk; j++) {
-            prefetch_kv(k, v, ld, j0 + j, n_max, head_dim);
-            const E* kj = k + (j0 + j) * ld;
-            V a[ATT_ROWS];
-            for (int r = 0; r < ATT_ROWS; r++) a[r] = vzero();
+// Query rows of one head against the same keys, ATT_ROWS at a time: row i attends to the
+// first n_keys + i keys (consecutive positions of a prompt). Each key and value vector is
+// loaded (and widened) once or twice for the rows of a block, not once per row, and every
+// row gets attention_row_t's operations in attention_row_t's order: the same bits.
+// AVX-512: 8 rows a block. Their scores go 4 rows at a time with the 4 rows' queries held
+// in 16 registers when a head is 4 vectors wide (GPT-2's 64): 16 FMAs a key against 4 loads
+// (8 rows reading their queries from memory were bound by the loads). The values then go
+// once for the 8 rows, 2 vectors of outputs a pass, each row's weights p_j scaled in place
+// beforehand (one broadcast a row and key). AVX2 (16 registers): 4 rows, queries from memory.
+#if defined(__AVX512F__)
+constexpr int ATT_ROWS = 8, ATT_SCORE_ROWS = 4, ATT_OUT_VECS = 2;
+#else
+constexpr int ATT_ROWS = 4, ATT_SCORE_ROWS = 4, ATT_OUT_VECS = 4;
+#endif
+static_assert(ATT_ROWS <= kAttentionRows, "the model's blocks are at most kAttentionRows rows");
+
+// The dot products of query rows [0, RR) with keys j0 .. j0 + nk - 1, unreduced: acc[r][j].
+// ND = head_dim / N with the queries in registers, or 0 (any width; queries from memory).
+template <class E, int RR, int ND>
+static inline void score_keys(V (*acc)[N], const float* q, int64_t ld_q, const E* k, const E* v, int64_t ld,
+                              int64_t j0, int nk, int64_t n_max, int64_t head_dim, bool prefetch) {
+    constexpr int NQ = ND > 0 ? ND : 1;
+    V qv[RR][NQ];
+    if (ND > 0)
+        for (int r = 0; r < RR; r++)
+            for (int d = 0; d < NQ; d++) qv[r][d] = vload(q + r * ld_q + d * N);
+    for (int j = 0; j < nk; j++) {
+        if (prefetch) prefetch_kv(k, v, ld, j0 + j, n_max, head_dim);
+        const E* kj = k + (j0 + j) * ld;
+        V a[RR];
+        for (int r = 0; r < RR; r++) a[r] = vzero();
+        if (ND > 0) {
+            for (int d = 0; d < NQ; d++) {
+                const V kv = vload(kj + d * N);
+                for (int r = 0; r < RR; r++) a[r] = vfma(qv[r][d], kv, a[r]);
+            }
+        } else {
             for (int64_t d = 0; d < head_dim; d += N) {
                 const V kv = vload(kj + d);
-                for (int r = 0; r < ATT_ROWS; r++)
-                    if (r < R) a[r] = vfma(vload(q + r * ld_q + d), kv, a[r]);
+                for (int r = 0; r < RR; r++) a[r] = vfma(vload(q + r * ld_q + d), kv, a[r]);
             }
-            for (int r = 0; r < ATT_ROWS; r++) acc[r][j] = a[r];
+        }
+        for (int r = 0; r < RR; r++) acc[r][j] = a[r];
+    }
+}
+
+template <class E, int R>
+static void attention_block_t(float* out, int64_t ld_out, const float* q, int64_t ld_q, const E* k, const E* v,
+                              const float* k_scale, const float* v_scale, int64_t ld, int64_t n_keys,
+                              int64_t head_dim, float scale, float* scores) {
+    const int64_t n_max = n_keys + R - 1, ld_s = n_max;  // row r's scores at scores + r * ld_s
+    constexpr int S = ATT_SCORE_ROWS < R ? ATT_SCORE_ROWS : R;
+    for (int64_t j0 = 0; j0 < n_max; j0 += N) {
+        const int nk = n_max - j0 < N ? (int)(n_max - j0) : N;
+        V acc[R][N];
+        const bool wide = head_dim == 4 * N;
+        if (wide) score_keys<E, S, 4>(acc, q, ld_q, k, v, ld, j0, nk, n_max, head_dim, true);
+        else score_keys<E, S, 0>(acc, q, ld_q, k, v, ld, j0, nk, n_max, head_dim, true);
+        if constexpr (R > S) {  // the other rows (R <= 2 * S)
+            if (wide) score_keys<E, R - S, 4>(acc + S, q + S * ld_q, ld_q, k, v, ld, j0, nk, n_max, head_dim, false);
+            else score_keys<E, R - S, 0>(acc + S, q + S * ld_q, ld_q, k, v, ld, j0, nk, n_max, head_dim, false);
         }
         for (int r = 0; r < R; r++) {  // keys past row r's are computed but not kept
             const int64_t keep = n_keys + r - j0 < nk ? n_keys + r - j0 : nk;
@@ -364,25 +394,59 @@ static void attention_rows_t(float* out, int64_t ld_out, const float* q, int64_t
                 for (int j = 0; j < keep; j++) scores[r * ld_s + j0 + j] *= k_scale[j0 + j];
         }
     }
-    float inv[ATT_ROWS];
-    for (int r = 0; r < R; r++) inv[r] = softmax_scores(scores + r * ld_s, n_keys + r, scale);
-    for (int64_t d0 = 0; d0 < head_dim; d0 += 4 * N) {
-        V o[ATT_ROWS][4];
-        for (int r = 0; r < ATT_ROWS; r++)
-            for (int c = 0; c < 4; c++) o[r][c] = vzero();
-        for (int64_t j = 0; j < n_max; j++) {
-            const E* vj = v + j * ld + d0;
-            V vv[4];
-            for (int c = 0; c < 4; c++) vv[c] = vload(vj + c * N);
-            for (int r = 0; r < ATT_ROWS; r++) {
-                if (r >= R || j >= n_keys + r) continue;
-                const float s = scores[r * ld_s + j] * inv[r];
-                const V p = vset(kScaled<E> ? s * v_scale[j] : s);
-                for (int c = 0; c < 4; c++) o[r][c] = vfma(p, vv[c], o[r][c]);
-            }
-        }
+    for (int r = 0; r < R; r++) {  // p_j (times value j's scale), as attention_row_t weighs value j
+        float* p = scores + r * ld_s;
+        const int64_t n = n_keys + r;
+        const float inv = softmax_scores(p, n, scale);
+        for (int64_t j = 0; j < n; j++) p[j] = kScaled<E> ? p[j] * inv * v_scale[j] : p[j] * inv;
+    }
+    constexpr int C = ATT_OUT_VECS;
+    for (int64_t d0 = 0; d0 < head_dim; d0 += C * N) {
+        V o[R][C];
         for (int r = 0; r < R; r++)
-            for (int c = 0; c < 4; c++) vstore(out + r * ld_out + d0 + c * N, o[r][c]);
+            for (int c = 0; c < C; c++) o[r][c] = vzero();
+        auto add_value = [&](int64_t j, int r0) {  // value j into rows r0.. (the rows that attend to it)
+            const E* vj = v + j * ld + d0;
+            V vv[C];
+            for (int c = 0; c < C; c++) vv[c] = vload(vj + c * N);
+            for (int r = 0; r < R; r++) {
+                if (r < r0) continue;
+                const V p = vset(scores[r * ld_s + j]);
+                for (int c = 0; c < C; c++) o[r][c] = vfma(p, vv[c], o[r][c]);
+            }
+        };
+        for (int64_t j = 0; j < n_keys; j++) add_value(j, 0);  // keys of every row
+        for (int64_t j = n_keys; j < n_max; j++) add_value(j, (int)(j - n_keys + 1));
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) vstore(out + r * ld_out + d0 + c * N, o[r][c]);
+    }
+}
+
+template <class E>
+static void attention_rows_t(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const E* k,
+                             const E* v, const float* k_scale, const float* v_scale, int64_t ld, int64_t n_keys,
+                             int64_t head_dim, float scale, float* scores) {
+    if (n_rows == 1 || head_dim % (ATT_OUT_VECS * N) != 0) {  // GPT-2's heads are 64 wide: the blocked case
+        for (int64_t r = 0; r < n_rows; r++)
+            attention_row_t(out + r * ld_out, q + r * ld_q, k, v, k_scale, v_scale, ld, n_keys + r, head_dim, scale,
+                            scores);
+        return;
+    }
+    for (int64_t r0 = 0; r0 < n_rows; r0 += ATT_ROWS) {
+        const int64_t rows = n_rows - r0 < ATT_ROWS ? n_rows - r0 : ATT_ROWS;
+        float* o = out + r0 * ld_out;
+        const float* qr = q + r0 * ld_q;
+        const int64_t nk = n_keys + r0;
+        switch (rows) {
+            case 1: attention_row_t(o, qr, k, v, k_scale, v_scale, ld, nk, head_dim, scale, scores); break;
+#define PYGPT_BLOCK(R) \
+            case R: attention_block_t<E, R>(o, ld_out, qr, ld_q, k, v, k_scale, v_scale, ld, nk, head_dim, scale, scores); break;
+            PYGPT_BLOCK(2) PYGPT_BLOCK(3) PYGPT_BLOCK(4)
+#if defined(__AVX512F__)
+            PYGPT_BLOCK(5) PYGPT_BLOCK(6) PYGPT_BLOCK(7) PYGPT_BLOCK(8)
+#endif
+#undef PYGPT_BLOCK
+        }
     }
 }
 
