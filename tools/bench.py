@@ -337,6 +337,13 @@ def prefill_pct_per_run(probed_runs: list, flops_per_token: float, mult: float) 
     return statistics.median(100 * tok_s * flops_per_token / (mult * max(p0, p1)) for tok_s, p0, p1 in probed_runs)
 
 
+def probed_runs_summary(runs: list, tok_fmt: str, unit: str) -> str:
+    """'(median tok/s, probes lo-hi unit)' of [tok/s, probe before, probe after] runs (probes
+    in bytes/s or FLOP/s, printed in G)."""
+    return (f"({statistics.median(p[0] for p in runs):{tok_fmt}} tok/s, probes "
+            f"{min(min(p[1:]) for p in runs) / 1e9:.0f}-{max(max(p[1:]) for p in runs) / 1e9:.0f} {unit})")
+
+
 def flops_per_prompt_token(shape: str, prompt: int) -> float:
     """Multiply-adds x 2 per prompt token: the linear layers, attention over the mean
     causal span, the LM head for the last position only (as run)."""
@@ -810,27 +817,22 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
             out.append("Per-token overhead (decode step, ms): " + ", ".join(
                 f"{r['engine']} {r['dtype']} {r['threads']} thr {1e3 / r['decode_tok_s']:.2f}"
                 for r in rows if r["shape"] == shape and "error" not in r))
-        probed = [r for r in rows if r["shape"] == shape and r.get("decode_pct_per_run") is not None]
-        if probed:
-            out.append("")
-            out.append("Decode with the bandwidth probed right before and after each run (pygpt's and llama.cpp's "
-                       f"workers decode {meta['runs']} more times; median of each run's tok/s against the higher of "
-                       "its own two probes): " + ", ".join(
-                           f"{r['engine']} {r['dtype']} {r['threads']} thr {r['decode_pct_per_run']:.0f}% "
-                           f"({statistics.median(p[0] for p in r['probed_runs']):.1f} tok/s, probes "
-                           f"{min(min(p[1:]) for p in r['probed_runs']) / 1e9:.0f}-"
-                           f"{max(max(p[1:]) for p in r['probed_runs']) / 1e9:.0f} GB/s)" for r in probed))
-        pprobed = [r for r in rows if r["shape"] == shape and r.get("prefill_pct_per_run") is not None]
-        if pprobed:
-            out.append("")
-            out.append("pygpt prefill with the f32 FMA rate probed right before and after each run (the worker "
-                       f"runs the prompt {meta['runs']} more times; median of each run's share of the higher "
-                       "of its own two probes, times 2 for bf16 and 4 for int8 and int4): " + ", ".join(
-                           f"{r['dtype']} {r['threads']} thr {r['prefill_pct_per_run']:.0f}% "
-                           f"({statistics.median(p[0] for p in r['probed_prefill_runs']):.0f} tok/s, probes "
-                           f"{min(min(p[1:]) for p in r['probed_prefill_runs']) / 1e9:.0f}-"
-                           f"{max(max(p[1:]) for p in r['probed_prefill_runs']) / 1e9:.0f} GFLOP/s)"
-                           for r in pprobed))
+        per_run_lines = [  # (head, share key, runs key, engine named, tok/s format, probe unit)
+            ("Decode with the bandwidth probed right before and after each run (pygpt's and llama.cpp's "
+             f"workers decode {meta['runs']} more times; median of each run's tok/s against the higher of "
+             "its own two probes): ", "decode_pct_per_run", "probed_runs", True, ".1f", "GB/s"),
+            ("pygpt prefill with the f32 FMA rate probed right before and after each run (the worker "
+             f"runs the prompt {meta['runs']} more times; median of each run's share of the higher "
+             "of its own two probes, times 2 for bf16 and 4 for int8 and int4): ", "prefill_pct_per_run",
+             "probed_prefill_runs", False, ".0f", "GFLOP/s"),
+        ]
+        for head, pct, runs, named, tok_fmt, unit in per_run_lines:
+            probed = [r for r in rows if r["shape"] == shape and r.get(pct) is not None]
+            if probed:
+                out.append("")
+                out.append(head + ", ".join((f"{r['engine']} " if named else "")
+                                            + f"{r['dtype']} {r['threads']} thr {r[pct]:.0f}% "
+                                            + probed_runs_summary(r[runs], tok_fmt, unit) for r in probed))
         sus = [r for r in rows if r["shape"] == shape and r.get("decode_pct_sustained") is not None]
         if sus:
             out.append("")
