@@ -93,9 +93,9 @@ struct Kernels {
     void (*attention_heads_int8)(const AttentionHead* heads, int n, int64_t ld, int64_t head_dim, float scale,
                                  float* scratch);
     // Rows of a prompt against one head's cache: query row r (at q + r * ld_q, output at
-    // out + r * ld_out) attends to the first n_keys + r keys, for r < n_rows <= kAttentionRows. Each row
-    // is bitwise attention_heads' for that row alone; the rows share the loads of the keys
-    // and values. scratch holds n_rows * (n_keys + n_rows) floats.
+    // out + r * ld_out) attends to the first n_keys + r keys, for r < n_rows <= kAttentionRows.
+    // Each row is bitwise attention_heads' for that row alone; the rows share the loads of
+    // the keys and values. scratch holds n_rows * (n_keys + n_rows) floats.
     void (*attention_rows)(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows,
                            const float* k, const float* v, int64_t ld, int64_t n_keys, int64_t head_dim,
                            float scale, float* scratch);

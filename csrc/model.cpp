@@ -233,7 +233,6 @@ int64_t Model::logit_rows(const std::vector<SeqStep>& steps) {
 // Rows up to which every thread keeps its own copy of the residual stream.
 constexpr int64_t kMaxOwnCopyRows = 16;
 
-
 // Chunks of columns per thread in a prompt's products: enough that a slowed thread's lag is
 // taken up by the others, few enough that a chunk is long against claiming it.
 constexpr int64_t kChunksPerThread = 8;

@@ -396,31 +396,36 @@ def subtracted_batch_decode(run, n_seqs: int, a: dict) -> float:
     return statistics.median(subtracted_decode(run, n_seqs, a["new"])[1] for _ in range(a["runs"]))
 
 
+def between_probes(run, probe, runs: int) -> list:
+    """[result, probe before, probe after] of `runs` calls of run, each between two calls of
+    probe."""
+    out = []
+    for _ in range(runs):
+        before = probe()
+        result = run()
+        out.append([result, before, probe()])
+    return out
+
+
+def fma_probe(threads: int) -> float:
+    """A short probe of the f32 FMA rate the threads get (best of 3 x 13 ms at 2 threads).
+    On this shared host it moves by the second between about one core's and two cores'
+    worth (BENCHMARKS.md, session 14), so a compute-bound run's share of the peak measured
+    once at the start says as much about the host as about the code."""
+    return fma_peak(threads, 2_000_000)
+
+
 def probed_decode_runs(decode_run, threads: int, runs: int) -> list:
     """[tok/s, bandwidth before, bandwidth after] of `runs` calls of decode_run, each between
     two probes of the read bandwidth a few hundred ms away (the parent's probes are a minute
     apart, around the whole case, on a host whose bandwidth moves by the second)."""
     probe = _probe_array(threads, 512)
-    out = []
-    for _ in range(runs):
-        bw_before = best_pass(probe, threads)
-        tok_s = decode_run()
-        out.append([tok_s, bw_before, best_pass(probe, threads)])
-    return out
+    return between_probes(decode_run, lambda: best_pass(probe, threads), runs)
 
 
 def probed_prefill_runs(prefill_run, threads: int, runs: int) -> list:
-    """[tok/s, FMA peak before, FMA peak after] of `runs` calls of prefill_run, each between
-    two short probes of the f32 FMA rate the threads get (best of 3 x 13 ms). On this shared
-    host the rate two threads get moves by the second between about one core's and two
-    cores' worth (BENCHMARKS.md, session 14), so a prompt's share of the peak measured once
-    at the start of the run says as much about the host as about the code."""
-    out = []
-    for _ in range(runs):
-        before = fma_peak(threads, 2_000_000)
-        tok_s = prefill_run()
-        out.append([tok_s, before, fma_peak(threads, 2_000_000)])
-    return out
+    """[tok/s, FMA rate before, FMA rate after] of `runs` calls of prefill_run (fma_probe)."""
+    return between_probes(prefill_run, lambda: fma_probe(threads), runs)
 
 
 def worker_pygpt(a: dict) -> dict:
@@ -460,13 +465,15 @@ def worker_pygpt(a: dict) -> dict:
         # batch 1 and batch 8 again in turns, so that each pair meets the same host (batch 1 is
         # bound by the bandwidth, which moves by the second; batch 8 by arithmetic, so the
         # f32 FMA rate the threads get is probed right before and after each batch-8 run)
+        def batch_run():
+            return model.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)[0].timings.decode_tokens_per_s
+
         fma = []
         for _ in range(a["runs"]):
             one = decode_run()
-            before = fma_peak(a["threads"], 2_000_000)
-            eight = model.generate(prompts, max_new_tokens=a["new"], ignore_eos=True)[0].timings.decode_tokens_per_s
-            fma.append([before, fma_peak(a["threads"], 2_000_000)])
+            (eight, f0, f1), = between_probes(batch_run, lambda: fma_probe(a["threads"]), 1)
             pairs.append([one, eight])
+            fma.append([f0, f1])
         out["batch_pairs"], out["batch_pair_fma"] = pairs, fma
     model.generate(ids[:8], max_new_tokens=2, ignore_eos=True)
     out["idle_cpu_pct_after_call"] = idle_cpu_percent()
@@ -1112,10 +1119,10 @@ def main(argv=None) -> int:
                     r["bw_sustained"] = sustained_bandwidth(t)
                     r["decode_pct_sustained"] = 100 * r["decode_tok_s"] * per_tok / r["bw_sustained"]
                     peak = meta["fma_peak"][t] * mult[dt]
-                    r["prefill_pct"] = 100 * r["prefill_tok_s"] * flops_per_prompt_token(shape, args.prompt) / peak
+                    flops = flops_per_prompt_token(shape, args.prompt)
+                    r["prefill_pct"] = 100 * r["prefill_tok_s"] * flops / peak
                     if r.get("probed_prefill_runs"):
-                        r["prefill_pct_per_run"] = prefill_pct_per_run(
-                            r["probed_prefill_runs"], flops_per_prompt_token(shape, args.prompt), mult[dt])
+                        r["prefill_pct_per_run"] = prefill_pct_per_run(r["probed_prefill_runs"], flops, mult[dt])
                 log(f"  -> {json.dumps({k: v for k, v in r.items() if k not in ('engine', 'shape')})}")
                 rows.append(r)
         if args.turns and shape != "12x64":

@@ -343,8 +343,8 @@ static_assert(ATT_ROWS <= kAttentionRows, "the model's blocks are at most kAtten
 // The dot products of query rows [0, RR) with keys j0 .. j0 + nk - 1, unreduced: acc[r][j].
 // ND = head_dim / N with the queries in registers, or 0 (any width; queries from memory).
 template <class E, int RR, int ND>
-static inline void score_keys(V (*acc)[N], const float* q, int64_t ld_q, const E* k, const E* v, int64_t ld,
-                              int64_t j0, int nk, int64_t n_max, int64_t head_dim, bool prefetch) {
+static inline void score_keys_nd(V (*acc)[N], const float* q, int64_t ld_q, const E* k, const E* v, int64_t ld,
+                                 int64_t j0, int nk, int64_t n_max, int64_t head_dim, bool prefetch) {
     constexpr int NQ = ND > 0 ? ND : 1;
     V qv[RR][NQ];
     if (ND > 0)
@@ -370,22 +370,27 @@ static inline void score_keys(V (*acc)[N], const float* q, int64_t ld_q, const E
     }
 }
 
+// score_keys_nd with the queries in registers when a head is 4 vectors wide (`wide`).
+template <class E, int RR>
+static inline void score_keys(V (*acc)[N], const float* q, int64_t ld_q, const E* k, const E* v, int64_t ld,
+                              int64_t j0, int nk, int64_t n_max, int64_t head_dim, bool wide, bool prefetch) {
+    if (wide) score_keys_nd<E, RR, 4>(acc, q, ld_q, k, v, ld, j0, nk, n_max, head_dim, prefetch);
+    else score_keys_nd<E, RR, 0>(acc, q, ld_q, k, v, ld, j0, nk, n_max, head_dim, prefetch);
+}
+
 template <class E, int R>
 static void attention_block_t(float* out, int64_t ld_out, const float* q, int64_t ld_q, const E* k, const E* v,
                               const float* k_scale, const float* v_scale, int64_t ld, int64_t n_keys,
                               int64_t head_dim, float scale, float* scores) {
     const int64_t n_max = n_keys + R - 1, ld_s = n_max;  // row r's scores at scores + r * ld_s
     constexpr int S = ATT_SCORE_ROWS < R ? ATT_SCORE_ROWS : R;
+    const bool wide = head_dim == 4 * N;  // the queries fit in registers
     for (int64_t j0 = 0; j0 < n_max; j0 += N) {
         const int nk = n_max - j0 < N ? (int)(n_max - j0) : N;
         V acc[R][N];
-        const bool wide = head_dim == 4 * N;
-        if (wide) score_keys<E, S, 4>(acc, q, ld_q, k, v, ld, j0, nk, n_max, head_dim, true);
-        else score_keys<E, S, 0>(acc, q, ld_q, k, v, ld, j0, nk, n_max, head_dim, true);
-        if constexpr (R > S) {  // the other rows (R <= 2 * S)
-            if (wide) score_keys<E, R - S, 4>(acc + S, q + S * ld_q, ld_q, k, v, ld, j0, nk, n_max, head_dim, false);
-            else score_keys<E, R - S, 0>(acc + S, q + S * ld_q, ld_q, k, v, ld, j0, nk, n_max, head_dim, false);
-        }
+        score_keys<E, S>(acc, q, ld_q, k, v, ld, j0, nk, n_max, head_dim, wide, true);
+        if constexpr (R > S)  // the other rows (R <= 2 * S); the keys and values are prefetched once
+            score_keys<E, R - S>(acc + S, q + S * ld_q, ld_q, k, v, ld, j0, nk, n_max, head_dim, wide, false);
         for (int r = 0; r < R; r++) {  // keys past row r's are computed but not kept
             const int64_t keep = n_keys + r - j0 < nk ? n_keys + r - j0 : nk;
             if (keep <= 0) continue;

@@ -17,9 +17,9 @@ int main(int argc, char** argv) {
     const int64_t shapes[4][2] = {{2304, 768}, {768, 768}, {3072, 768}, {768, 3072}};  // n_out, n_in
     for (int round = 0; round < 3; round++)
         for (const auto& shape : shapes) {
-            QShape s;
-            s.q4 = false, s.n_out = shape[0], s.n_in = shape[1], s.n_groups = 1, s.nb = s.n_in / 64;
-            s.bpg = s.nb, s.xs = round_up(s.n_in, 128), s.block_bytes = 1024, s.panel_bytes = s.nb * 1024;
+            pygpt::Matrix m;  // int8, one scale per row (group = n_in), as convert.py writes it
+            m.dtype = pygpt::DType::Q8, m.n_out = shape[0], m.n_in = shape[1], m.group = shape[1];
+            const QShape s = quant_shape(m);
             size_t bytes;
             const uint8_t* w = huge_buffer(s.n_out / pygpt::kPanel * s.panel_bytes, &bytes);
             std::vector<float> scales(s.n_out, 0.01f), sx(T, 1.0f), y(T * s.n_out);
