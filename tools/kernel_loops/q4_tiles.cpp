@@ -13,9 +13,9 @@ using namespace pygpt::avx512::simd;
 
 int main(int argc, char** argv) {
     const int64_t n_in = 768, n_out = argc > 1 ? std::atoll(argv[1]) : 768;
-    QShape s;
-    s.q4 = true, s.n_in = n_in, s.n_out = n_out, s.bpg = 1, s.n_groups = n_in / 64, s.nb = n_in / 64, s.xs = n_in;
-    s.block_bytes = 512, s.panel_bytes = s.nb * s.block_bytes;
+    pygpt::Matrix m;  // int4 in groups of 64, as convert.py writes it
+    m.dtype = pygpt::DType::Q4, m.n_out = n_out, m.n_in = n_in, m.group = 64;
+    const QShape s = quant_shape(m);
     const int64_t panels = n_out / pygpt::kPanel;
     size_t bytes;
     const uint8_t* w = huge_buffer(panels * s.panel_bytes, &bytes);
