@@ -45,6 +45,14 @@ bool cpu_has_avx512() {
 #endif
 }
 
+bool cpu_has_neon() {
+#if defined(PYGPT_AARCH64)
+    return true;
+#else
+    return false;
+#endif
+}
+
 const Kernels& select_kernels(const char* isa) {
     std::string want = isa ? isa : "";
     if (want.empty()) {
@@ -55,6 +63,9 @@ const Kernels& select_kernels(const char* isa) {
 #if defined(PYGPT_X86)
         if (cpu_has_avx512()) return avx512::kernel_table();
         if (cpu_has_avx2()) return avx2::kernel_table();
+#endif
+#if defined(PYGPT_AARCH64)
+        return neon::kernel_table();
 #endif
         return scalar::kernel_table();
     }
@@ -70,7 +81,12 @@ const Kernels& select_kernels(const char* isa) {
         return avx512::kernel_table();
     }
 #endif
-    throw std::invalid_argument("unknown ISA '" + want + "' (expected scalar, avx2, avx512 or auto)");
+#if defined(PYGPT_AARCH64)
+    if (want == "neon") return neon::kernel_table();
+#endif
+    if (want == "avx2" || want == "avx512" || want == "neon")
+        throw std::invalid_argument("PYGPT_ISA=" + want + ": not a kernel path of this CPU architecture");
+    throw std::invalid_argument("unknown ISA '" + want + "' (expected scalar, avx2, avx512, neon or auto)");
 }
 
 // Physical cores: distinct (package, core) pairs in /proc/cpuinfo; falls back to the

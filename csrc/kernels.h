@@ -39,7 +39,7 @@ constexpr int kAttentionHeads = 4;  // at most this many heads per attention_hea
 constexpr int kAttentionRows = 8;   // at most this many rows per attention_rows call
 
 struct Kernels {
-    const char* name;  // "scalar", "avx2", "avx512"
+    const char* name;  // "scalar", "avx2", "avx512", "neon"
 
     // y[t, o] = x[t, :] . W[o, :] + (bias ? bias[o] : 0)   for t < T, o_begin <= o < o_end.
     // x: f32 [T, n_in]; y: f32 [T, n_out] (only columns [o_begin, o_end) are written).
@@ -136,6 +136,7 @@ StoredShape stored_shape(DType d, int64_t n_out, int64_t n_in, int64_t group);
 namespace scalar { const Kernels& kernel_table(); }
 namespace avx2 { const Kernels& kernel_table(); }
 namespace avx512 { const Kernels& kernel_table(); }
+namespace neon { const Kernels& kernel_table(); }
 
 // Kernels for the ISA named by `isa` ("" = best this CPU supports, or $PYGPT_ISA when set).
 // Throws std::invalid_argument for an unknown name or one this CPU cannot run.
@@ -144,6 +145,7 @@ const Kernels& select_kernels(const char* isa);
 // What the CPU supports, for pygpt.system_info().
 bool cpu_has_avx2();
 bool cpu_has_avx512();
+bool cpu_has_neon();  // AArch64 (where NEON is part of the base ISA)
 int physical_cores();
 
 }  // namespace pygpt

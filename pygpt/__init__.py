@@ -25,9 +25,11 @@ def system_info() -> dict:
 
     return {
         "isa": _core.select_isa(""),
-        "isas": ["scalar"] + ["avx2"] * _core.cpu_has_avx2() + ["avx512"] * _core.cpu_has_avx512(),
+        "isas": ["scalar"] + ["avx2"] * _core.cpu_has_avx2() + ["avx512"] * _core.cpu_has_avx512()
+        + ["neon"] * _core.cpu_has_neon(),
         "cpu_avx2": _core.cpu_has_avx2(),
         "cpu_avx512": _core.cpu_has_avx512(),
+        "cpu_neon": _core.cpu_has_neon(),
         "physical_cores": _core.physical_cores(),
         "n_threads": default_threads(),
     }

@@ -1,6 +1,8 @@
 """The C++ forward pass against transformers, the NumPy oracle, itself (KV cache vs
 recompute) and across ISA paths."""
 
+import platform
+
 import numpy as np
 import pytest
 import torch
@@ -106,8 +108,9 @@ def test_system_info_reports_isa_and_threads(monkeypatch):
     monkeypatch.delenv("PYGPT_ISA", raising=False)
     info = pygpt.system_info()
     assert info["isa"] == info["isas"][-1]  # the widest path the CPU runs
-    assert info["isas"][0] == "scalar" and set(info["isas"]) <= {"scalar", "avx2", "avx512"}
+    assert info["isas"][0] == "scalar" and set(info["isas"]) <= {"scalar", "avx2", "avx512", "neon"}
     assert ("avx2" in info["isas"]) == info["cpu_avx2"] and ("avx512" in info["isas"]) == info["cpu_avx512"]
+    assert ("neon" in info["isas"]) == info["cpu_neon"] == (platform.machine() in ("aarch64", "arm64"))
     assert info["n_threads"] >= 1
 
 
@@ -116,3 +119,10 @@ def test_forced_isa_unknown_is_a_clear_error(hf_model_factory, monkeypatch):
     monkeypatch.setenv("PYGPT_ISA", "sse9")
     with pytest.raises(ValueError, match="unknown ISA"):
         pygpt.load(out)
+
+
+def test_forced_isa_of_another_architecture_is_a_clear_error(monkeypatch):
+    other = "avx2" if platform.machine() in ("aarch64", "arm64") else "neon"
+    monkeypatch.setenv("PYGPT_ISA", other)
+    with pytest.raises(ValueError, match=f"PYGPT_ISA={other}: not a kernel path of this CPU architecture"):
+        pygpt.load()

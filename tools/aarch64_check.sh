@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Cross-builds pygpt._core for aarch64 (the scalar kernels: there are no NEON ones yet) and
-# runs tests on an arm64 Debian Python under qemu-user, so that the portable path is checked
-# on a machine that has no ARM CPU. Nothing is installed into the host's Python: the arm64
-# Python, numpy and pytest are Debian packages unpacked into a folder (debootstrap
-# --foreign), safetensors is PyPI's aarch64 wheel, unzipped.
+# Cross-builds pygpt._core for aarch64 (the scalar and neon kernel paths) and runs tests on
+# an arm64 Debian Python under qemu-user, so that both are checked on a machine that has no
+# ARM CPU (the kernel tests run every path against the scalar reference). Nothing is
+# installed into the host's Python: the arm64 Python, numpy and pytest are Debian packages
+# unpacked into a folder (debootstrap --foreign), safetensors is PyPI's aarch64 wheel,
+# unzipped.
 #
 #   tools/aarch64_check.sh                        # kernel and tokenizer tests + a generation
 #   tools/aarch64_check.sh tests/test_tokenizer.py -k golden   # these pytest arguments instead
@@ -48,8 +49,8 @@ if [ ! -d "$site/safetensors" ]; then
 fi
 
 # The module, built by CMakeLists.txt itself with the cross compiler (CMAKE_SYSTEM_PROCESSOR
-# aarch64: the scalar kernels only) against the arm64 Python's headers. Debian's pyconfig.h
-# includes <aarch64-linux-gnu/python3.11/pyconfig.h>, hence the extra include folder.
+# aarch64: the scalar and neon kernels) against the arm64 Python's headers. Debian's
+# pyconfig.h includes <aarch64-linux-gnu/python3.11/pyconfig.h>, hence the extra include folder.
 build=$work/cmake inc=$work/include
 mkdir -p "$inc/aarch64-linux-gnu"
 ln -sfn "$root/usr/include/aarch64-linux-gnu/python$pyv" "$inc/aarch64-linux-gnu/python$pyv"

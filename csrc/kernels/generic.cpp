@@ -29,6 +29,13 @@ float dot(const float* a, const float* b, int64_t n) {
 }
 
 float f16_to_f32(uint16_t h) {
+#if defined(PYGPT_NEON)
+    // AArch64 converts in hardware (FCVT): the same value for every half but a signalling
+    // NaN (quieted), and vectorisable in the attention and row loops of the neon path
+    __fp16 f;
+    std::memcpy(&f, &h, 2);
+    return (float)f;
+#else
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;
     uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
     if (exp == 0) {
@@ -47,6 +54,7 @@ float f16_to_f32(uint16_t h) {
     float f;
     std::memcpy(&f, &bits, 4);
     return f;
+#endif
 }
 
 float bf16_to_f32(uint16_t h) {

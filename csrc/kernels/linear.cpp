@@ -1,8 +1,8 @@
 // Linear layers y[T, n_out] = x[T, n_in] W^T + b for every weight dtype, hand-written for
-// AVX-512 and AVX2 (the scalar path uses generic::linear). This file dispatches on the
-// weight dtype:
-//   linear_float.cpp  f32, f16, bf16 weights;
-//   linear_quant.cpp  q8, q4 weights (docs/FORMAT.md has the layouts).
+// AVX-512, AVX2 and AArch64 NEON (the scalar path uses generic::linear). This file
+// dispatches on the weight dtype:
+//   linear_float.cpp  f32, f16, bf16 weights (linear_float_neon.cpp on NEON);
+//   linear_quant.cpp  q8, q4 weights (docs/FORMAT.md has the layouts; linear_quant_neon.cpp).
 //
 // Both serve decode (T = 1), batched decode (T = 2..12) and prefill (T large) with their own
 // loop nests, and share this shape:
@@ -31,7 +31,7 @@
 #include "kernels.h"
 #include "kernels/linear.h"
 
-#if defined(__AVX2__)
+#if defined(__AVX2__) || defined(PYGPT_NEON)
 
 namespace pygpt {
 namespace PYGPT_KERNEL_NS {
@@ -71,4 +71,4 @@ void linear_prepared(const Matrix& m, const float* bias, const void* prep, int64
 }  // namespace PYGPT_KERNEL_NS
 }  // namespace pygpt
 
-#endif  // __AVX2__
+#endif  // __AVX2__ || PYGPT_NEON

@@ -1,4 +1,4 @@
-// The hand-written linear kernels of this ISA (linear.cpp; AVX2 and AVX-512 builds only).
+// The hand-written linear kernels of this ISA (linear.cpp; AVX2, AVX-512 and NEON builds only).
 #pragma once
 #include <cstddef>
 #include <cstdint>
