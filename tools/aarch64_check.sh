@@ -74,10 +74,17 @@ run() {
     qemu-aarch64-static -L "$root" "$root/usr/bin/python$pyv" "$@")
 }
 run -c "
-import platform, pygpt
+import platform, numpy as np, pygpt
 m = pygpt.load()
 out = m.generate('ROMEO:', max_new_tokens=16)
 print(platform.machine(), pygpt.system_info()['isa'], 'greedy tokens of the shipped model:', out.tokens)
+# every path this build carries against the scalar one, on the shipped model's logits
+ids = m.tokenizer.encode('ROMEO: What say you?')
+ref = pygpt.Model(m.path, isa='scalar').logits(ids)
+for isa in pygpt.system_info()['isas'][1:]:
+    err = float(np.abs(pygpt.Model(m.path, isa=isa).logits(ids) - ref).max())
+    print(isa, 'logits against scalar: max |difference|', err)
+    assert err < 1e-3 * float(np.abs(ref).max())
 "
 if [ $# -eq 0 ]; then
   set -- tests/test_kernels.py tests/test_tokenizer.py
