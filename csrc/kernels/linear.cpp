@@ -26,10 +26,12 @@
 //     order, as generic::quant_linear does: every path equals the scalar reference bit for
 //     bit, so the tiles are free to order the integer sums as they like.
 #include <cmath>
+#include <new>
 #include <stdexcept>
 
 #include "kernels.h"
 #include "kernels/linear.h"
+#include "kernels/simd.h"
 
 #if defined(__AVX2__) || defined(PYGPT_NEON)
 
@@ -46,7 +48,7 @@ static bool is_quant(const Matrix& m) {
 void linear(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
             int64_t o_end) {
     if (T <= 0 || o_begin >= o_end) return;
-    if (is_quant(m)) linear_quant(m, bias, x, T, y, o_begin, o_end);
+    if (is_quant(m)) linear_self_prepared(m, bias, x, T, y, o_begin, o_end);
     else linear_float(m, bias, x, T, y, o_begin, o_end);
 }
 
@@ -65,6 +67,14 @@ void linear_prepared(const Matrix& m, const float* bias, const void* prep, int64
     if (T <= 0 || o_begin >= o_end) return;
     if (is_quant(m)) quant_linear_prepared(m, bias, prep, T, y, o_begin, o_end);
     else float_linear_prepared(m, bias, prep, T, y, o_begin, o_end);
+}
+
+void linear_self_prepared(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
+                          int64_t o_end) {
+    void* prep = thread_scratch(1, prepared_bytes(m, T));
+    if (!prep) throw std::bad_alloc();
+    prepare(m, x, T, 0, T, prep);
+    linear_prepared(m, bias, prep, T, y, o_begin, o_end);
 }
 
 }  // namespace simd

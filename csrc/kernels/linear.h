@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
 
 #include "kernels.h"
 
@@ -19,8 +20,6 @@ void float_prepare(const Matrix& w, const float* x, int64_t T, int64_t r_begin, 
 void float_linear_prepared(const Matrix& w, const float* bias, const void* prep, int64_t T, float* y,
                            int64_t o_begin, int64_t o_end);
 // q8 / q4 weights (linear_quant.cpp).
-void linear_quant(const Matrix& w, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
-                  int64_t o_end);
 size_t quant_prepared_bytes(const Matrix& w, int64_t T);
 void quant_prepare(const Matrix& w, const float* x, int64_t T, int64_t r_begin, int64_t r_end, void* prep);
 void quant_linear_prepared(const Matrix& w, const float* bias, const void* prep, int64_t T, float* y,
@@ -30,8 +29,48 @@ size_t prepared_bytes(const Matrix& w, int64_t T);
 void prepare(const Matrix& w, const float* x, int64_t T, int64_t r_begin, int64_t r_end, void* prep);
 void linear_prepared(const Matrix& w, const float* bias, const void* prep, int64_t T, float* y, int64_t o_begin,
                      int64_t o_end);
+// The shape of one call's quantized product (q8 / q4 panels, docs/FORMAT.md).
+struct QShape {
+    bool q4;
+    int64_t n_in, n_out, n_groups;
+    int64_t bpg;          // blocks of 64 inputs per group
+    int64_t nb;           // blocks of 64 inputs per row (n_in padded)
+    int64_t xs;           // stride of the quantized activations: n_in padded to 128 with zeros
+    int64_t block_bytes;  // bytes of a panel's block: 16 rows x 64 inputs (q8 1024, q4 512)
+    int64_t panel_bytes;  // bytes of a panel: nb blocks
+};
+
+static inline QShape quant_shape(const Matrix& m) {
+    QShape s;
+    s.q4 = m.dtype == DType::Q4;
+    s.n_in = m.n_in;
+    s.n_out = m.n_out;
+    s.n_groups = m.n_in / m.group;
+    s.bpg = (m.group + 63) / 64;
+    s.nb = (m.n_in + 63) / 64;
+    s.xs = (m.n_in + 127) / 128 * 128;
+    s.block_bytes = (s.q4 ? 32 : 64) * kPanel;
+    s.panel_bytes = s.nb * s.block_bytes;
+    return s;
+}
+
 // Rows of a float tile: prepare() splits at multiples of it.
 int64_t prepare_rows();
+// linear() on the calling thread alone: prepare() of all T rows into this thread's scratch
+// slot 1 (the kernels' own scratch, if any, is slot 0), then linear_prepared().
+void linear_self_prepared(const Matrix& w, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
+                          int64_t o_end);
+
+// f(W{}) with W the weight type (of this ISA's float kernels) of m's dtype.
+template <class F32, class F16, class BF16, class F>
+static auto on_float_weight(const Matrix& m, F&& f) {
+    switch (m.dtype) {
+        case DType::F32: return f(F32{});
+        case DType::F16: return f(F16{});
+        case DType::BF16: return f(BF16{});
+        default: throw std::invalid_argument("linear_float: not a float weight dtype");
+    }
+}
 }  // namespace simd
 }  // namespace PYGPT_KERNEL_NS
 }  // namespace pygpt

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <utility>
 
 #include "kernels.h"
 #include "kernels/generic.h"
@@ -524,12 +525,7 @@ void float_linear(const Matrix& m, const float* bias, const float* x, int64_t T,
 // f(W{}) with W the weight type of m's dtype.
 template <class F>
 static auto on_weight_type(const Matrix& m, F&& f) {
-    switch (m.dtype) {
-        case DType::F32: return f(WF32{});
-        case DType::F16: return f(WF16{});
-        case DType::BF16: return f(WBF16{});
-        default: throw std::invalid_argument("linear_float: not a float weight dtype");
-    }
+    return on_float_weight<WF32, WF16, WBF16>(m, std::forward<F>(f));
 }
 
 }  // namespace

@@ -120,16 +120,6 @@ static void float_rows(const uint8_t* w, int64_t n_in, const float* xp, int64_t 
     }
 }
 
-// f(W{}) with W the weight type of m's dtype.
-template <class F>
-static auto on_weight_type(const Matrix& m, F&& f) {
-    switch (m.dtype) {
-        case DType::F32: return f(WF32{});
-        case DType::F16: return f(WF16{});
-        case DType::BF16: return f(WBF16{});
-        default: throw std::invalid_argument("linear_float: not a float weight dtype");
-    }
-}
 
 }  // namespace
 
@@ -150,7 +140,7 @@ void float_prepare(const Matrix& m, const float* x, int64_t T, int64_t r_begin, 
 
 void float_linear_prepared(const Matrix& m, const float* bias, const void* prep, int64_t T, float* y,
                            int64_t o_begin, int64_t o_end) {
-    on_weight_type(m, [&](auto w) {
+    on_float_weight<WF32, WF16, WBF16>(m, [&](auto w) {
         float_rows<decltype(w)>((const uint8_t*)m.data, m.n_in, (const float*)prep, round_up(m.n_in, K), T, bias, y,
                                 m.n_out, o_begin, o_end);
     });
@@ -158,11 +148,7 @@ void float_linear_prepared(const Matrix& m, const float* bias, const void* prep,
 
 void linear_float(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
                   int64_t o_end) {
-    // this thread prepares all the activations itself, in its own scratch
-    void* prep = thread_scratch(1, float_prepared_bytes(m, T));
-    if (!prep) throw std::bad_alloc();
-    float_prepare(m, x, T, 0, T, prep);
-    float_linear_prepared(m, bias, prep, T, y, o_begin, o_end);
+    linear_self_prepared(m, bias, x, T, y, o_begin, o_end);
 }
 
 // Any split of the rows: each is prepared on its own.

@@ -43,17 +43,6 @@ namespace simd {
 
 namespace {
 
-// The shape of one call's quantized product.
-struct QShape {
-    bool q4;
-    int64_t n_in, n_out, n_groups;
-    int64_t bpg;          // blocks of 64 inputs per group
-    int64_t nb;           // blocks of 64 inputs per row (n_in padded)
-    int64_t xs;           // stride of the quantized activations: n_in padded to 128 with zeros
-    int64_t block_bytes;  // bytes of a panel's block: 16 rows x 64 inputs (q8 1024, q4 512)
-    int64_t panel_bytes;  // bytes of a panel: nb blocks
-};
-
 // The panel of 16 rows starting at output o = 16p, and the lanes of it that [o_begin,
 // o_end) covers (rows past n_out are padding and never stored).
 struct Panel {
@@ -468,20 +457,6 @@ static float quantize_row(const float* x, const QShape& s, int offset, int8_t* x
 }
 #endif  // __AVX512F__
 
-static QShape quant_shape(const Matrix& m) {
-    QShape s;
-    s.q4 = m.dtype == DType::Q4;
-    s.n_in = m.n_in;
-    s.n_out = m.n_out;
-    s.n_groups = m.n_in / m.group;
-    s.bpg = (m.group + 63) / 64;
-    s.nb = (m.n_in + 63) / 64;
-    s.xs = round_up(m.n_in, 128);
-    s.block_bytes = (s.q4 ? 32 : 64) * kPanel;
-    s.panel_bytes = s.nb * s.block_bytes;
-    return s;
-}
-
 // Prepared activations, row by row: xq [T, xs] int8 | corr [T, n_groups] int32 | sx [T] f32.
 struct QPrepared {
     int8_t* xq;
@@ -551,15 +526,6 @@ void quant_linear_prepared(const Matrix& m, const float* bias, const void* prep,
     if (m.dtype == DType::Q8) quant_linear_prepared<false>(m, bias, prep, T, y, o_begin, o_end);
     else if (m.dtype == DType::Q4) quant_linear_prepared<true>(m, bias, prep, T, y, o_begin, o_end);
     else throw std::invalid_argument("linear_quant: not a quantized weight dtype");
-}
-
-void linear_quant(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
-                  int64_t o_end) {
-    // this thread prepares all the activations itself, in its own scratch
-    void* prep = thread_scratch(1, quant_prepared_bytes(m, T));
-    if (!prep) throw std::bad_alloc();
-    quant_prepare(m, x, T, 0, T, prep);
-    quant_linear_prepared(m, bias, prep, T, y, o_begin, o_end);
 }
 
 }  // namespace simd

@@ -35,30 +35,6 @@ namespace {
 
 constexpr int TT_Q = 8;  // tokens per block: 16 int32 + 8 f32 accumulators
 
-struct QShape {
-    bool q4;
-    int64_t n_in, n_out, n_groups;
-    int64_t bpg;          // blocks of 64 inputs per group
-    int64_t nb;           // blocks of 64 inputs per row (n_in padded)
-    int64_t xs;           // stride of the quantized activations: n_in padded to 64 with zeros
-    int64_t block_bytes;  // bytes of a panel's block: 16 rows x 64 inputs (q8 1024, q4 512)
-    int64_t panel_bytes;  // bytes of a panel: nb blocks
-};
-
-static QShape quant_shape(const Matrix& m) {
-    QShape s;
-    s.q4 = m.dtype == DType::Q4;
-    s.n_in = m.n_in;
-    s.n_out = m.n_out;
-    s.n_groups = m.n_in / m.group;
-    s.bpg = (m.group + 63) / 64;
-    s.nb = (m.n_in + 63) / 64;
-    s.xs = round_up(m.n_in, 64);
-    s.block_bytes = (s.q4 ? 32 : 64) * kPanel;
-    s.panel_bytes = s.nb * s.block_bytes;
-    return s;
-}
-
 // Prepared activations, row by row: xq [T, xs] int8 | sx [T] f32.
 static size_t prepared_bytes(const QShape& s, int64_t T) { return round_up(T * s.xs, 64) + round_up(T * 4, 64); }
 static float* prepared_scales(const QShape& s, int64_t T, void* prep) {
@@ -199,15 +175,6 @@ void quant_linear_prepared(const Matrix& m, const float* bias, const void* prep,
     const float* sx = prepared_scales(s, T, const_cast<void*>(prep));
     if (s.q4) quant_rows<true>(m, s, xq, sx, T, bias, y, o_begin, o_end);
     else quant_rows<false>(m, s, xq, sx, T, bias, y, o_begin, o_end);
-}
-
-void linear_quant(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
-                  int64_t o_end) {
-    // this thread prepares all the activations itself, in its own scratch
-    void* prep = thread_scratch(1, quant_prepared_bytes(m, T));
-    if (!prep) throw std::bad_alloc();
-    quant_prepare(m, x, T, 0, T, prep);
-    quant_linear_prepared(m, bias, prep, T, y, o_begin, o_end);
 }
 
 }  // namespace simd
