@@ -26,6 +26,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("cpu_has_avx2", &pygpt::cpu_has_avx2);
     m.def("cpu_has_avx512", &pygpt::cpu_has_avx512);
     m.def("cpu_has_neon", &pygpt::cpu_has_neon);
+    m.def("cpu_has_neon_dot", &pygpt::cpu_has_neon_dot);
     m.def("physical_cores", &pygpt::physical_cores);
     m.def("select_isa", [](const std::string& isa) { return std::string(pygpt::select_kernels(isa.c_str()).name); },
           py::arg("isa") = "", "Name of the ISA path a model loaded now would use.");

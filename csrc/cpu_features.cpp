@@ -14,6 +14,12 @@
 #if defined(PYGPT_X86)
 #include <cpuid.h>
 #endif
+#if defined(PYGPT_AARCH64) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
+#if defined(PYGPT_AARCH64) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
 
 namespace pygpt {
 
@@ -53,6 +59,18 @@ bool cpu_has_neon() {
 #endif
 }
 
+bool cpu_has_neon_dot() {
+#if defined(PYGPT_AARCH64) && defined(__linux__)
+    return (getauxval(AT_HWCAP) & (1ul << 20)) != 0;  // HWCAP_ASIMDDP
+#elif defined(PYGPT_AARCH64) && defined(__APPLE__)
+    int has = 0;
+    size_t size = sizeof(has);
+    return sysctlbyname("hw.optional.arm.FEAT_DotProd", &has, &size, nullptr, 0) == 0 && has;
+#else
+    return false;
+#endif
+}
+
 const Kernels& select_kernels(const char* isa) {
     std::string want = isa ? isa : "";
     if (want.empty()) {
@@ -65,7 +83,7 @@ const Kernels& select_kernels(const char* isa) {
         if (cpu_has_avx2()) return avx2::kernel_table();
 #endif
 #if defined(PYGPT_AARCH64)
-        return neon::kernel_table();
+        return cpu_has_neon_dot() ? neondot::kernel_table() : neon::kernel_table();
 #endif
         return scalar::kernel_table();
     }
@@ -83,10 +101,14 @@ const Kernels& select_kernels(const char* isa) {
 #endif
 #if defined(PYGPT_AARCH64)
     if (want == "neon") return neon::kernel_table();
+    if (want == "neondot") {
+        if (!cpu_has_neon_dot()) throw std::invalid_argument("PYGPT_ISA=neondot: this CPU lacks the dot-product instructions");
+        return neondot::kernel_table();
+    }
 #endif
-    if (want == "avx2" || want == "avx512" || want == "neon")
+    if (want == "avx2" || want == "avx512" || want == "neon" || want == "neondot")
         throw std::invalid_argument("PYGPT_ISA=" + want + ": not a kernel path of this CPU architecture");
-    throw std::invalid_argument("unknown ISA '" + want + "' (expected scalar, avx2, avx512, neon or auto)");
+    throw std::invalid_argument("unknown ISA '" + want + "' (expected scalar, avx2, avx512, neon, neondot or auto)");
 }
 
 // Physical cores: distinct (package, core) pairs in /proc/cpuinfo; falls back to the

@@ -39,7 +39,7 @@ constexpr int kAttentionHeads = 4;  // at most this many heads per attention_hea
 constexpr int kAttentionRows = 8;   // at most this many rows per attention_rows call
 
 struct Kernels {
-    const char* name;  // "scalar", "avx2", "avx512", "neon"
+    const char* name;  // "scalar", "avx2", "avx512", "neon", "neondot"
 
     // y[t, o] = x[t, :] . W[o, :] + (bias ? bias[o] : 0)   for t < T, o_begin <= o < o_end.
     // x: f32 [T, n_in]; y: f32 [T, n_out] (only columns [o_begin, o_end) are written).
@@ -137,6 +137,7 @@ namespace scalar { const Kernels& kernel_table(); }
 namespace avx2 { const Kernels& kernel_table(); }
 namespace avx512 { const Kernels& kernel_table(); }
 namespace neon { const Kernels& kernel_table(); }
+namespace neondot { const Kernels& kernel_table(); }
 
 // Kernels for the ISA named by `isa` ("" = best this CPU supports, or $PYGPT_ISA when set).
 // Throws std::invalid_argument for an unknown name or one this CPU cannot run.
@@ -145,7 +146,8 @@ const Kernels& select_kernels(const char* isa);
 // What the CPU supports, for pygpt.system_info().
 bool cpu_has_avx2();
 bool cpu_has_avx512();
-bool cpu_has_neon();  // AArch64 (where NEON is part of the base ISA)
+bool cpu_has_neon();      // AArch64 (where NEON is part of the base ISA)
+bool cpu_has_neon_dot();  // AArch64 with the dot-product instructions (SDOT; ARMv8.2 DotProd)
 int physical_cores();
 
 }  // namespace pygpt

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Cross-builds pygpt._core for aarch64 (the scalar and neon kernel paths) and runs tests on
-# an arm64 Debian Python under qemu-user, so that both are checked on a machine that has no
-# ARM CPU (the kernel tests run every path against the scalar reference). Nothing is
+# Cross-builds pygpt._core for aarch64 (the scalar, neon and neondot kernel paths) and runs
+# tests on an arm64 Debian Python under qemu-user, so that all three are checked on a machine
+# that has no ARM CPU (the kernel tests run every path against the scalar reference). Nothing is
 # installed into the host's Python: the arm64 Python, numpy and pytest are Debian packages
 # unpacked into a folder (debootstrap --foreign), safetensors is PyPI's aarch64 wheel,
 # unzipped.
@@ -49,7 +49,7 @@ if [ ! -d "$site/safetensors" ]; then
 fi
 
 # The module, built by CMakeLists.txt itself with the cross compiler (CMAKE_SYSTEM_PROCESSOR
-# aarch64: the scalar and neon kernels) against the arm64 Python's headers. Debian's
+# aarch64: the scalar, neon and neondot kernels) against the arm64 Python's headers. Debian's
 # pyconfig.h includes <aarch64-linux-gnu/python3.11/pyconfig.h>, hence the extra include folder.
 build=$work/cmake inc=$work/include
 mkdir -p "$inc/aarch64-linux-gnu"
@@ -69,9 +69,10 @@ cp -r pygpt tests "$stage/"
 rm -rf "$stage"/pygpt/_core*.so "$stage"/pygpt/__pycache__ "$stage"/tests/__pycache__
 cp "$build/_core$suffix" "$stage/pygpt/"
 
+# -cpu max: an emulated CPU with the dot-product instructions, so the neondot path runs too
 run() {
   (cd "$stage" && PYTHONPATH="$stage:$site:$root/usr/lib/python3/dist-packages" \
-    qemu-aarch64-static -L "$root" "$root/usr/bin/python$pyv" "$@")
+    qemu-aarch64-static -cpu max -L "$root" "$root/usr/bin/python$pyv" "$@")
 }
 run -c "
 import platform, numpy as np, pygpt

@@ -11,7 +11,9 @@
 // products as int16 (|w| <= 128, |x| <= 127: exact) and SADALP adds them in pairs into
 // int32 lanes, two lanes a row; one ADDP at the group's end leaves the 4 rows' sums in 4
 // lanes, scaled with one FMA. q8 bytes are w + 128 (w = byte ^ 0x80 as int8); q4 nibbles
-// w + 8 (w = nibble - 8). Baseline ARMv8 NEON: no dot-product extension needed.
+// w + 8 (w = nibble - 8). That is baseline ARMv8 (the neon path); the neondot path (built
+// with the ARMv8.2 dot-product extension, chosen where the CPU has it) does a row's 4
+// products and their sum with one SDOT lane.
 // Each stored vector is loaded (q4: unpacked) once per block of up to 8 tokens and used
 // for all of them; the panel stays in L1/L2 while the token blocks pass. One token reads
 // a panel as one sequential stream, every 64-byte vector whole.
@@ -49,10 +51,26 @@ static inline int8x16_t bcast4(const int8_t* x) {
 }
 
 // acc_lo, acc_hi += the products of the 16 signed weights w (4 rows x 4 inputs) and the 4
-// activation bytes x replicated: rows 0, 1 in acc_lo's lane pairs, rows 2, 3 in acc_hi's.
+// activation bytes x replicated. With SDOT (neondot): row i's 4 products summed into lane i
+// of acc_lo; without: rows 0, 1 in acc_lo's lane pairs, rows 2, 3 in acc_hi's.
 static inline void madd16(int32x4_t& acc_lo, int32x4_t& acc_hi, int8x16_t w, int8x16_t x) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    (void)acc_hi;
+    acc_lo = vdotq_s32(acc_lo, w, x);
+#else
     acc_lo = vpadalq_s16(acc_lo, vmull_s8(vget_low_s8(w), vget_low_s8(x)));
     acc_hi = vpadalq_s16(acc_hi, vmull_high_s8(w, x));
+#endif
+}
+
+// The 4 rows' sums in 4 lanes, from madd16's accumulators.
+static inline int32x4_t row_sums(int32x4_t acc_lo, int32x4_t acc_hi) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    (void)acc_hi;
+    return acc_lo;
+#else
+    return vpaddq_s32(acc_lo, acc_hi);
+#endif
 }
 
 // TT tokens x NQ quads of rows (rows 4m .. 4m + 4NQ - 1 of panel pw, scales ps: 16 per
@@ -94,7 +112,7 @@ static void quads_tile(const uint8_t* pw, const float* ps, const QShape& s, int 
         for (int q = 0; q < NQ; q++) {
             const float32x4_t sc = vld1q_f32(ps + g * kPanel + 4 * (m + q));
             for (int t = 0; t < TT; t++)
-                facc[q][t] = vfmaq_f32(facc[q][t], sc, vcvtq_f32_s32(vpaddq_s32(lo[q][t], hi[q][t])));
+                facc[q][t] = vfmaq_f32(facc[q][t], sc, vcvtq_f32_s32(row_sums(lo[q][t], hi[q][t])));
         }
     }
     for (int q = 0; q < NQ; q++)
