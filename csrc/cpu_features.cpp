@@ -102,7 +102,8 @@ const Kernels& select_kernels(const char* isa) {
 #if defined(PYGPT_AARCH64)
     if (want == "neon") return neon::kernel_table();
     if (want == "neondot") {
-        if (!cpu_has_neon_dot()) throw std::invalid_argument("PYGPT_ISA=neondot: this CPU lacks the dot-product instructions");
+        if (!cpu_has_neon_dot())
+            throw std::invalid_argument("PYGPT_ISA=neondot: this CPU lacks the dot-product instructions");
         return neondot::kernel_table();
     }
 #endif

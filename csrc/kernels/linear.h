@@ -57,7 +57,8 @@ static inline QShape quant_shape(const Matrix& m) {
 // Rows of a float tile: prepare() splits at multiples of it.
 int64_t prepare_rows();
 // linear() on the calling thread alone: prepare() of all T rows into this thread's scratch
-// slot 1 (the kernels' own scratch, if any, is slot 0), then linear_prepared().
+// slot 1, then linear_prepared(). For kernels that use no scratch or only slot 0 (x86's
+// quantized ones, NEON's); x86's float linear_prepared uses slot 1 itself (linear_float).
 void linear_self_prepared(const Matrix& w, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
                           int64_t o_end);
 

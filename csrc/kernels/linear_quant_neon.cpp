@@ -43,6 +43,15 @@ static float* prepared_scales(const QShape& s, int64_t T, void* prep) {
     return (float*)((uint8_t*)prep + round_up(T * s.xs, 64));
 }
 
+// Stored bytes as signed weights: q8 bytes are w + 128, q4 nibbles w + 8.
+static inline int8x16_t q8_weights(uint8x16_t v) { return vreinterpretq_s8_u8(veorq_u8(v, vdupq_n_u8(0x80))); }
+static inline int8x16_t q4_low_weights(uint8x16_t v) {
+    return vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), vdupq_n_s8(8));
+}
+static inline int8x16_t q4_high_weights(uint8x16_t v) {
+    return vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vdupq_n_s8(8));
+}
+
 // The 4 activation bytes at x, in every 32-bit lane.
 static inline int8x16_t bcast4(const int8_t* x) {
     uint32_t v;
@@ -94,8 +103,7 @@ static void quads_tile(const uint8_t* pw, const float* ps, const QShape& s, int 
                 for (int j = 0; j < 8; j++)
                     for (int q = 0; q < NQ; q++) {
                         const uint8x16_t v = vld1q_u8(wb + j * 64 + 16 * q);
-                        const int8x16_t wl = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), vdupq_n_s8(8));
-                        const int8x16_t wh = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vdupq_n_s8(8));
+                        const int8x16_t wl = q4_low_weights(v), wh = q4_high_weights(v);
                         for (int t = 0; t < TT; t++) {
                             madd16(lo[q][t], hi[q][t], wl, bcast4(xb + t * s.xs + 4 * j));
                             madd16(lo[q][t], hi[q][t], wh, bcast4(xb + t * s.xs + 32 + 4 * j));
@@ -104,7 +112,7 @@ static void quads_tile(const uint8_t* pw, const float* ps, const QShape& s, int 
             } else {
                 for (int j = 0; j < 16; j++)
                     for (int q = 0; q < NQ; q++) {
-                        const int8x16_t w = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(wb + j * 64 + 16 * q), vdupq_n_u8(0x80)));
+                        const int8x16_t w = q8_weights(vld1q_u8(wb + j * 64 + 16 * q));
                         for (int t = 0; t < TT; t++) madd16(lo[q][t], hi[q][t], w, bcast4(xb + t * s.xs + 4 * j));
                     }
             }
