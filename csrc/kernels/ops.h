@@ -1,5 +1,5 @@
-// The hand-written small ops of this ISA (ops.cpp; AVX2 and AVX-512 builds only). Same
-// contracts as the Kernels entries of the same names.
+// The hand-written small ops of this ISA (ops.cpp; AVX2 and AVX-512 builds only; NEON builds
+// have gelu_tanh alone, ops_neon.cpp). Same contracts as the Kernels entries of the same names.
 #pragma once
 #include <cstdint>
 

@@ -1,6 +1,6 @@
 // This ISA's kernel table: which implementation serves each entry. The AVX2 and AVX-512
-// builds use the hand-written kernels (linear.cpp, ops.cpp); the NEON build its linear
-// layers (linear_*_neon.cpp); the scalar build, and the entries nobody hand-wrote, use the
+// builds use the hand-written kernels (linear.cpp, ops.cpp); the NEON builds their linear
+// layers and GELU (linear_*_neon.cpp, ops_neon.cpp); the scalar build, and the entries nobody hand-wrote, use the
 // portable reference (generic.cpp).
 #include "kernels.h"
 #include "kernels/generic.h"
@@ -47,7 +47,7 @@ const Kernels& kernel_table() {
         /* .linear_prepared = */ simd::linear_prepared,
         /* .matrix_row    = */ generic::matrix_row,
         /* .layernorm     = */ generic::layernorm,
-        /* .gelu_tanh     = */ generic::gelu_tanh,
+        /* .gelu_tanh     = */ simd::gelu_tanh,
         /* .gelu_erf      = */ generic::gelu_erf,
         /* .add           = */ generic::add,
         /* .attention_heads = */ generic::attention_heads,
