@@ -9,6 +9,7 @@
 
 #include "kernels.h"
 #include "kernels/generic.h"
+#include "kernels/neon.h"
 
 namespace pygpt {
 namespace PYGPT_KERNEL_NS {
@@ -241,6 +242,24 @@ static inline float kv_value(float x) { return x; }
 static inline float kv_value(uint16_t x) { return f16_to_f32(x); }
 static inline float kv_value(int8_t x) { return (float)x; }
 
+// s[j] = exp(s[j] - max) for j < n: libm's exp; on the neon paths simd.h's polynomial at 4
+// lanes (neon.h), which the compiler cannot make of libm's.
+static void exp_shifted(float* s, int64_t n, float max) {
+#if defined(PYGPT_NEON)
+    const float32x4_t m = vdupq_n_f32(max);
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) vst1q_f32(s + j, neon_ops::exp_neg(vsubq_f32(vld1q_f32(s + j), m)));
+    if (j < n) {
+        float t[4] = {max, max, max, max};
+        std::memcpy(t, s + j, (n - j) * sizeof(float));
+        vst1q_f32(t, neon_ops::exp_neg(vsubq_f32(vld1q_f32(t), m)));
+        std::memcpy(s + j, t, (n - j) * sizeof(float));
+    }
+#else
+    for (int64_t j = 0; j < n; j++) s[j] = std::exp(s[j] - max);
+#endif
+}
+
 // Whether keys and values of type E carry a scale per row (int8 caches).
 template <class E>
 constexpr bool kScaled = std::is_same<E, int8_t>::value;
@@ -268,11 +287,9 @@ static void attention_row_t(float* out, const float* q, const E* k, const E* v, 
         max = std::fmax(max, scores[j]);
     }
     std::free(kj);
+    exp_shifted(scores, n_keys, max);
     float sum = 0.0f;
-    for (int64_t j = 0; j < n_keys; j++) {
-        scores[j] = std::exp(scores[j] - max);
-        sum += scores[j];
-    }
+    for (int64_t j = 0; j < n_keys; j++) sum += scores[j];
     const float inv = 1.0f / sum;
     for (int64_t d = 0; d < head_dim; d++) out[d] = 0.0f;
     for (int64_t j = 0; j < n_keys; j++) {

@@ -1,6 +1,7 @@
 // This ISA's kernel table: which implementation serves each entry. The AVX2 and AVX-512
 // builds use the hand-written kernels (linear.cpp, ops.cpp); the NEON builds their linear
-// layers and GELU (linear_*_neon.cpp, ops_neon.cpp); the scalar build, and the entries nobody hand-wrote, use the
+// layers and GELU (linear_*_neon.cpp, ops_neon.cpp), and generic.cpp's attention with
+// neon.h's exponential; the scalar build, and the entries nobody hand-wrote, use the
 // portable reference (generic.cpp).
 #include "kernels.h"
 #include "kernels/generic.h"
