@@ -1,6 +1,8 @@
 // Portable kernels in plain C++. Compiled once per ISA (see CMakeLists.txt): the compiler
 // vectorises the fixed-width lane loops with that ISA's registers. They are the reference
-// the hand-written kernels are tested against, and the scalar path's implementation.
+// the hand-written kernels are tested against, and the scalar path's implementation. The
+// NEON paths also run them for what has no NEON kernel; there (PYGPT_NEON) two helpers use
+// what the compiler cannot vectorise from libm: the f16 conversion and the softmax's exp.
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
