@@ -249,14 +249,7 @@ static inline float kv_value(int8_t x) { return (float)x; }
 static void exp_shifted(float* s, int64_t n, float max) {
 #if defined(PYGPT_NEON)
     const float32x4_t m = vdupq_n_f32(max);
-    int64_t j = 0;
-    for (; j + 4 <= n; j += 4) vst1q_f32(s + j, neon_ops::exp_neg(vsubq_f32(vld1q_f32(s + j), m)));
-    if (j < n) {
-        float t[4] = {max, max, max, max};
-        std::memcpy(t, s + j, (n - j) * sizeof(float));
-        vst1q_f32(t, neon_ops::exp_neg(vsubq_f32(vld1q_f32(t), m)));
-        std::memcpy(s + j, t, (n - j) * sizeof(float));
-    }
+    neon_ops::map4(s, n, max, [m](float32x4_t v) { return neon_ops::exp_neg(vsubq_f32(v, m)); });
 #else
     for (int64_t j = 0; j < n; j++) s[j] = std::exp(s[j] - max);
 #endif

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "kernels.h"
+#include "kernels/simd.h"
 
 namespace pygpt {
 namespace PYGPT_KERNEL_NS {
@@ -48,7 +49,7 @@ static inline QShape quant_shape(const Matrix& m) {
     s.n_groups = m.n_in / m.group;
     s.bpg = (m.group + 63) / 64;
     s.nb = (m.n_in + 63) / 64;
-    s.xs = (m.n_in + 127) / 128 * 128;
+    s.xs = round_up(m.n_in, 128);
     s.block_bytes = (s.q4 ? 32 : 64) * kPanel;
     s.panel_bytes = s.nb * s.block_bytes;
     return s;

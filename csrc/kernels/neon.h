@@ -5,6 +5,9 @@
 #if defined(PYGPT_NEON)
 #include <arm_neon.h>
 
+#include <cstdint>
+#include <cstring>
+
 namespace pygpt {
 namespace PYGPT_KERNEL_NS {
 namespace neon_ops {
@@ -25,6 +28,21 @@ static inline float32x4_t exp_neg(float32x4_t x) {
     p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, vmulq_f32(r, r));
     const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23);
     return vmulq_f32(p, vreinterpretq_f32_s32(e));
+}
+
+
+// x[i] = f(x[i]) for i < n, 4 lanes at a time; the last n % 4 through a buffer whose other
+// lanes hold `pad` (a value f takes without trouble).
+template <class F>
+static inline void map4(float* x, int64_t n, float pad, F f) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(x + i, f(vld1q_f32(x + i)));
+    if (i < n) {
+        float t[4] = {pad, pad, pad, pad};
+        std::memcpy(t, x + i, (n - i) * sizeof(float));
+        vst1q_f32(t, f(vld1q_f32(t)));
+        std::memcpy(x + i, t, (n - i) * sizeof(float));
+    }
 }
 
 }  // namespace neon_ops

@@ -1,8 +1,6 @@
 // Small ops hand-written for AArch64 NEON (the neon paths; x86 has ops.cpp): GELU (tanh
 // form), ops.cpp's algorithm at 4 lanes. The other small ops stay generic.cpp's there, whose
 // plain loops the compiler vectorises; GELU's libm tanh it cannot.
-#include <cstring>
-
 #include "kernels.h"
 #include "kernels/neon.h"
 #include "kernels/ops.h"
@@ -29,16 +27,7 @@ static inline float32x4_t gelu_vec(float32x4_t v) {
 
 }  // namespace
 
-void gelu_tanh(float* x, int64_t n) {
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(x + i, gelu_vec(vld1q_f32(x + i)));
-    if (i < n) {
-        float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        std::memcpy(t, x + i, (n - i) * sizeof(float));
-        vst1q_f32(t, gelu_vec(vld1q_f32(t)));
-        std::memcpy(x + i, t, (n - i) * sizeof(float));
-    }
-}
+void gelu_tanh(float* x, int64_t n) { neon_ops::map4(x, n, 0.0f, gelu_vec); }
 
 }  // namespace simd
 }  // namespace PYGPT_KERNEL_NS
