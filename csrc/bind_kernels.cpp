@@ -27,6 +27,7 @@ PYGPT_DECLARE_PROBES(scalar)
 #if defined(PYGPT_X86)
 PYGPT_DECLARE_PROBES(avx2)
 PYGPT_DECLARE_PROBES(avx512)
+PYGPT_DECLARE_PROBES(avx512bf16)
 #endif
 #undef PYGPT_DECLARE_PROBES
 
@@ -312,7 +313,8 @@ void bind_kernels(py::module_& m) {
         const std::string name = select_kernels(isa.c_str()).name;
         auto fn = &scalar::probe_read;
 #if defined(PYGPT_X86)
-        if (name == "avx512") fn = &avx512::probe_read;
+        if (name == "avx512bf16") fn = &avx512bf16::probe_read;
+        else if (name == "avx512") fn = &avx512::probe_read;
         else if (name == "avx2") fn = &avx2::probe_read;
 #endif
         py::gil_scoped_release release;
@@ -325,7 +327,8 @@ void bind_kernels(py::module_& m) {
         const std::string name = select_kernels(isa.c_str()).name;
         auto fn = &scalar::probe_fma;
 #if defined(PYGPT_X86)
-        if (name == "avx512") fn = &avx512::probe_fma;
+        if (name == "avx512bf16") fn = &avx512bf16::probe_fma;
+        else if (name == "avx512") fn = &avx512::probe_fma;
         else if (name == "avx2") fn = &avx2::probe_fma;
 #endif
         double flops, seconds;

@@ -42,10 +42,19 @@ bool cpu_has_avx2() {
 
 bool cpu_has_avx512() {
 #if defined(PYGPT_X86)
-    // The avx512 path also uses the bf16 and VNNI dot-product instructions.
+    // The avx512 paths multiply int8 with VNNI's vpdpbusd: Skylake-SP/X, which lacks it, runs
+    // the avx2 path.
     return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16");
+           __builtin_cpu_supports("avx512vnni");
+#else
+    return false;
+#endif
+}
+
+bool cpu_has_avx512_bf16() {
+#if defined(PYGPT_X86)
+    return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
 #else
     return false;
 #endif
@@ -79,6 +88,7 @@ const Kernels& select_kernels(const char* isa) {
     }
     if (want.empty() || want == "auto") {
 #if defined(PYGPT_X86)
+        if (cpu_has_avx512_bf16()) return avx512bf16::kernel_table();
         if (cpu_has_avx512()) return avx512::kernel_table();
         if (cpu_has_avx2()) return avx2::kernel_table();
 #endif
@@ -95,8 +105,13 @@ const Kernels& select_kernels(const char* isa) {
     }
     if (want == "avx512") {
         if (!cpu_has_avx512())
-            throw std::invalid_argument("PYGPT_ISA=avx512: this CPU lacks AVX-512 (F/BW/VL/DQ/VNNI/BF16)");
+            throw std::invalid_argument("PYGPT_ISA=avx512: this CPU lacks AVX-512 (F/BW/VL/DQ/VNNI)");
         return avx512::kernel_table();
+    }
+    if (want == "avx512bf16") {
+        if (!cpu_has_avx512_bf16())
+            throw std::invalid_argument("PYGPT_ISA=avx512bf16: this CPU lacks AVX-512 (F/BW/VL/DQ/VNNI/BF16)");
+        return avx512bf16::kernel_table();
     }
 #endif
 #if defined(PYGPT_AARCH64)
@@ -107,9 +122,10 @@ const Kernels& select_kernels(const char* isa) {
         return neondot::kernel_table();
     }
 #endif
-    if (want == "avx2" || want == "avx512" || want == "neon" || want == "neondot")
+    if (want == "avx2" || want == "avx512" || want == "avx512bf16" || want == "neon" || want == "neondot")
         throw std::invalid_argument("PYGPT_ISA=" + want + ": not a kernel path of this CPU architecture");
-    throw std::invalid_argument("unknown ISA '" + want + "' (expected scalar, avx2, avx512, neon, neondot or auto)");
+    throw std::invalid_argument("unknown ISA '" + want +
+                                "' (expected scalar, avx2, avx512, avx512bf16, neon, neondot or auto)");
 }
 
 // Physical cores: distinct (package, core) pairs in /proc/cpuinfo; falls back to the

@@ -35,7 +35,7 @@ def test_every_loop_builds(loops):
 
 
 @needs_gxx
-@pytest.mark.skipif(not _core.cpu_has_avx512(), reason="runs AVX-512 VNNI and BF16 instructions")
+@pytest.mark.skipif(not _core.cpu_has_avx512_bf16(), reason="runs AVX-512 VNNI and BF16 instructions")
 def test_ports_prints_a_rate_for_every_kind(loops):
     out = subprocess.run([str(loops / "ports"), "1000"], check=True, capture_output=True, text=True,
                          timeout=60).stdout

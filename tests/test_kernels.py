@@ -14,8 +14,9 @@ ISAS = pygpt.system_info()["isas"]
 # Relative tolerance (against the largest |W||x| row norm) of a kernel's f32 accumulation
 # versus float64: sums of a few hundred products in f32, any order.
 RTOL_F32_SUM = 2e-6 * 8
-# bf16 weights on AVX-512 meet activations rounded to bf16 (8 bits of mantissa): the
-# reference rounds them too, so only the f32 accumulation differs.
+# bf16 weights on the avx512bf16 path meet activations rounded to bf16 (8 bits of mantissa):
+# the reference rounds them too, so only the f32 accumulation differs. Every other path
+# widens bf16 weights to f32 (test_bf16_widened_is_f32_of_the_same_values).
 
 
 def bf16_round(a):
@@ -60,7 +61,7 @@ def reference(w, dtype, group, x, bias, isa):
         isum = np.einsum("tgk,ogk->tog", q.reshape(len(x), -1, g).astype(np.float64), wq.reshape(len(w), -1, g))
         y = (isum * scales[None].astype(np.float64)).sum(axis=2) * sx[:, None]
     else:
-        xa = bf16_round(x) if (dtype == "bf16" and isa == "avx512") else x
+        xa = bf16_round(x) if (dtype == "bf16" and isa == "avx512bf16") else x
         y = xa.astype(np.float64) @ wf.astype(np.float64).T
     if bias is not None:
         y = y + bias
@@ -124,7 +125,7 @@ def test_linear_matches_reference(isa, dtype, n_out, n_in, group, T):
         # exact integer sums per group and a fixed float sequence (docs/FORMAT.md): every
         # ISA gives the scalar reference's bits
         assert np.array_equal(y, y0), f"{isa} {dtype}: differs from the scalar reference"
-    elif not (dtype == "bf16" and isa == "avx512"):
+    elif not (dtype == "bf16" and isa == "avx512bf16"):
         assert np.abs(y - y0).max() / scale < RTOL_F32_SUM
 
 
@@ -556,3 +557,18 @@ def test_q4_small_batches_match_scalar(isa, n_out, n_in, group):
         assert np.array_equal(y, run_linear("scalar", "int4", w, group, x, bias)), f"{isa} T={T}"
         for n_threads in (2, 3):
             assert np.array_equal(y, run_linear(isa, "int4", w, group, x, bias, n_threads=n_threads)), f"T={T}"
+
+
+@pytest.mark.parametrize("isa", [i for i in ISAS if i != "avx512bf16"])
+@pytest.mark.parametrize("n_in", [67, 768, 3100])
+def test_bf16_widened_is_f32_of_the_same_values(isa, n_in):
+    """Without AVX512-BF16, bf16 weights are widened to f32 exactly and multiplied as f32
+    weights: the bits of the f32 linear over the bf16-rounded weights, at any T."""
+    rng = np.random.default_rng(n_in)
+    w = bf16_round(rng.standard_normal((21, n_in)).astype(np.float32))
+    bias = rng.standard_normal(21).astype(np.float32)
+    for T in (1, 3, 8, 13):
+        x = rng.standard_normal((T, n_in)).astype(np.float32)
+        y = run_linear(isa, "bf16", w, 0, x, bias)
+        assert np.array_equal(y, run_linear(isa, "f32", w, 0, x, bias)), f"{isa} T={T}"
+        assert np.array_equal(y, run_linear(isa, "bf16", w, 0, x, bias, n_threads=2)), f"{isa} T={T}"

@@ -108,8 +108,11 @@ def test_system_info_reports_isa_and_threads(monkeypatch):
     monkeypatch.delenv("PYGPT_ISA", raising=False)
     info = pygpt.system_info()
     assert info["isa"] == info["isas"][-1]  # the widest path the CPU runs
-    assert info["isas"][0] == "scalar" and set(info["isas"]) <= {"scalar", "avx2", "avx512", "neon", "neondot"}
+    assert info["isas"][0] == "scalar"
+    assert set(info["isas"]) <= {"scalar", "avx2", "avx512", "avx512bf16", "neon", "neondot"}
     assert ("avx2" in info["isas"]) == info["cpu_avx2"] and ("avx512" in info["isas"]) == info["cpu_avx512"]
+    assert ("avx512bf16" in info["isas"]) == info["cpu_avx512_bf16"] and (info["cpu_avx512"] or not info["cpu_avx512_bf16"])
+    assert info["cpu_avx2"] or not info["cpu_avx512"]
     assert ("neon" in info["isas"]) == info["cpu_neon"] == (platform.machine() in ("aarch64", "arm64"))
     assert ("neondot" in info["isas"]) == info["cpu_neon_dot"] and (info["cpu_neon"] or not info["cpu_neon_dot"])
     assert info["n_threads"] >= 1
@@ -122,7 +125,7 @@ def test_forced_isa_unknown_is_a_clear_error(hf_model_factory, monkeypatch):
         pygpt.load(out)
 
 
-OTHER_ARCH_ISAS = ["avx2", "avx512"] if platform.machine() in ("aarch64", "arm64") else ["neon", "neondot"]
+OTHER_ARCH_ISAS = ["avx2", "avx512", "avx512bf16"] if platform.machine() in ("aarch64", "arm64") else ["neon", "neondot"]
 
 
 @pytest.mark.parametrize("other", OTHER_ARCH_ISAS)

@@ -1078,8 +1078,9 @@ def main(argv=None) -> int:
     all_threads = sorted(set(threads) | {int(t) for t in (args.large_threads or "").split(",") if t})
     meta["fma_peak"] = {t: fma_peak(t) for t in all_threads}
     log(f"bandwidth {meta['bandwidth']}, FMA peak {meta['fma_peak']}")
-    mult = {"f32": 1, "f16": 1, "bf16": 2 if info["isa"] == "avx512" else 1,
-            "int8": 4 if info["isa"] == "avx512" else 1, "int4": 4 if info["isa"] == "avx512" else 1}
+    vnni = info["isa"] in ("avx512", "avx512bf16")
+    mult = {"f32": 1, "f16": 1, "bf16": 2 if info["isa"] == "avx512bf16" else 1,
+            "int8": 4 if vnni else 1, "int4": 4 if vnni else 1}
     rows = []
     for shape in shapes:
         shape_llama = llama_types if shape != "12x64" else [q for q in llama_types if q == "f32"]

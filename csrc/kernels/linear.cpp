@@ -18,9 +18,9 @@
 // Determinism: each y[t, o] is bitwise the same whatever T and the row range (the
 // batch-invariance contract of kernels.h):
 //   float weights: one vector accumulator per output with the lane structure of simd.h
-//     (f32: FMA over 16 / 8 inputs; f16: weights converted by F16C; bf16: AVX-512 vdpbf16ps
-//     against activations rounded to bf16, AVX2 weights widened to f32), reduced by simd.h's
-//     fixed tree;
+//     (f32: FMA over 16 / 8 inputs; f16: weights converted by F16C; bf16: AVX512-BF16's
+//     vdpbf16ps against activations rounded to bf16, or elsewhere weights widened to f32),
+//     reduced by simd.h's fixed tree;
 //   quantized weights: activations quantized per token to int8 (scale max|x| / 127), the
 //     exact int32 dot product per (output, group), then scaled and summed over the groups in
 //     order, as generic::quant_linear does: every path equals the scalar reference bit for

@@ -76,6 +76,8 @@ struct WF16 : WF32 {
     }
 };
 
+#if defined(__AVX512BF16__)
+// bf16 weights against activations rounded to bf16, 32 products per vdpbf16ps
 struct WBF16 {
     using X = uint16_t;  // activations rounded to bf16
     using V = __m512i;
@@ -90,6 +92,21 @@ struct WBF16 {
     static V loadx_tail(const X* x, int64_t k, int64_t n) { return _mm512_maskz_loadu_epi16(tail_mask32(n), x + k); }
     static VecF madd(VecF acc, V w, V x) { return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x); }
 };
+#else
+// AVX-512 without the bf16 instructions (Skylake-SP's successors up to Ice Lake and
+// Tiger Lake): bf16 weights widened to f32 in the tile (exact: a shift), against f32
+// activations, as f16 weights are; the same bits as f32 weights of the same values.
+struct WBF16 : WF32 {
+    static constexpr int BYTES = 2;
+    static V widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+    static V load(const void* w, int64_t k) {
+        return widen(_mm256_loadu_si256((const __m256i*)((const uint16_t*)w + k)));
+    }
+    static V load_tail(const void* w, int64_t k, int64_t n) {
+        return widen(_mm256_maskz_loadu_epi16(tail_mask16(n), (const uint16_t*)w + k));
+    }
+};
+#endif
 
 static inline VecF vzero() { return _mm512_setzero_ps(); }
 
@@ -201,7 +218,7 @@ static inline int64_t packed_row(int64_t n_in) {
 template <class W>
 static void pack_tile(const float* x, int64_t n_in, int64_t tt, typename W::X* out) {
     const int64_t kp = packed_row<W>(n_in);
-#if defined(__AVX512F__)
+#if defined(__AVX512BF16__)
     if (sizeof(typename W::X) == 2) {  // bf16: round to nearest even, 32 per step
         // in the order of `out` (one sequential stream of stores): token by token, the stores
         // tt * 64 bytes apart stalled, 5% of a bf16 prompt's time against 1% this way
@@ -216,7 +233,7 @@ static void pack_tile(const float* x, int64_t n_in, int64_t tt, typename W::X* o
         return;
     }
 #endif
-    // f32 activations (f32 and f16 weights; every float type on AVX2): token by token (in
+    // f32 activations (f32 and f16 weights; bf16 too without AVX512-BF16): token by token (in
     // out's order instead, f32 prompts spent 3.4% of their time here against 0.9%)
     for (int64_t t = 0; t < tt; t++) {
         const float* xt = x + t * n_in;
