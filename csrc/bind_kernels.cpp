@@ -315,7 +315,7 @@ void bind_kernels(py::module_& m) {
 #if defined(PYGPT_X86)
         if (name == "avx512bf16") fn = &avx512bf16::probe_read;
         else if (name == "avx512") fn = &avx512::probe_read;
-        else if (name == "avx2") fn = &avx2::probe_read;
+        else if (name == "avx2" || name == "avx2vnni") fn = &avx2::probe_read;
 #endif
         py::gil_scoped_release release;
         const auto t0 = std::chrono::steady_clock::now();
@@ -329,7 +329,7 @@ void bind_kernels(py::module_& m) {
 #if defined(PYGPT_X86)
         if (name == "avx512bf16") fn = &avx512bf16::probe_fma;
         else if (name == "avx512") fn = &avx512::probe_fma;
-        else if (name == "avx2") fn = &avx2::probe_fma;
+        else if (name == "avx2" || name == "avx2vnni") fn = &avx2::probe_fma;
 #endif
         double flops, seconds;
         {

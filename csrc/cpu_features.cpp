@@ -40,6 +40,18 @@ bool cpu_has_avx2() {
 #endif
 }
 
+bool cpu_has_avx2_vnni() {
+#if defined(PYGPT_AVX2VNNI) && defined(PYGPT_VNNI256_EVEX)
+    // development build: the path's vpdpbusd is the EVEX form (CMakeLists.txt)
+    return cpu_has_avx2() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+#elif defined(PYGPT_AVX2VNNI)
+    unsigned eax, ebx, ecx, edx;  // AVX-VNNI: CPUID.(EAX=7, ECX=1):EAX bit 4
+    return cpu_has_avx2() && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 4));
+#else
+    return false;
+#endif
+}
+
 bool cpu_has_avx512() {
 #if defined(PYGPT_X86)
     // The avx512 paths multiply int8 with VNNI's vpdpbusd: Skylake-SP/X, which lacks it, runs
@@ -90,6 +102,9 @@ const Kernels& select_kernels(const char* isa) {
 #if defined(PYGPT_X86)
         if (cpu_has_avx512_bf16()) return avx512bf16::kernel_table();
         if (cpu_has_avx512()) return avx512::kernel_table();
+#if defined(PYGPT_AVX2VNNI)
+        if (cpu_has_avx2_vnni()) return avx2vnni::kernel_table();
+#endif
         if (cpu_has_avx2()) return avx2::kernel_table();
 #endif
 #if defined(PYGPT_AARCH64)
@@ -102,6 +117,16 @@ const Kernels& select_kernels(const char* isa) {
     if (want == "avx2") {
         if (!cpu_has_avx2()) throw std::invalid_argument("PYGPT_ISA=avx2: this CPU lacks AVX2/FMA/F16C");
         return avx2::kernel_table();
+    }
+    if (want == "avx2vnni") {
+#if defined(PYGPT_AVX2VNNI)
+        if (!cpu_has_avx2_vnni())
+            throw std::invalid_argument("PYGPT_ISA=avx2vnni: this CPU lacks AVX2/FMA/F16C/AVX-VNNI");
+        return avx2vnni::kernel_table();
+#else
+        throw std::invalid_argument(
+            "PYGPT_ISA=avx2vnni: this build has no avx2vnni path (its assembler lacked AVX-VNNI)");
+#endif
     }
     if (want == "avx512") {
         if (!cpu_has_avx512())
@@ -122,10 +147,11 @@ const Kernels& select_kernels(const char* isa) {
         return neondot::kernel_table();
     }
 #endif
-    if (want == "avx2" || want == "avx512" || want == "avx512bf16" || want == "neon" || want == "neondot")
+    if (want == "avx2" || want == "avx2vnni" || want == "avx512" || want == "avx512bf16" || want == "neon" ||
+        want == "neondot")
         throw std::invalid_argument("PYGPT_ISA=" + want + ": not a kernel path of this CPU architecture");
     throw std::invalid_argument("unknown ISA '" + want +
-                                "' (expected scalar, avx2, avx512, avx512bf16, neon, neondot or auto)");
+                                "' (expected scalar, avx2, avx2vnni, avx512, avx512bf16, neon, neondot or auto)");
 }
 
 // Physical cores: distinct (package, core) pairs in /proc/cpuinfo; falls back to the

@@ -25,10 +25,12 @@ def system_info() -> dict:
 
     return {
         "isa": _core.select_isa(""),
-        "isas": ["scalar"] + ["avx2"] * _core.cpu_has_avx2() + ["avx512"] * _core.cpu_has_avx512()
+        "isas": ["scalar"] + ["avx2"] * _core.cpu_has_avx2() + ["avx2vnni"] * _core.cpu_has_avx2_vnni()
+        + ["avx512"] * _core.cpu_has_avx512()
         + ["avx512bf16"] * _core.cpu_has_avx512_bf16() + ["neon"] * _core.cpu_has_neon()
         + ["neondot"] * _core.cpu_has_neon_dot(),
         "cpu_avx2": _core.cpu_has_avx2(),
+        "cpu_avx2_vnni": _core.cpu_has_avx2_vnni(),
         "cpu_avx512": _core.cpu_has_avx512(),
         "cpu_avx512_bf16": _core.cpu_has_avx512_bf16(),
         "cpu_neon": _core.cpu_has_neon(),

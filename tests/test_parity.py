@@ -109,8 +109,9 @@ def test_system_info_reports_isa_and_threads(monkeypatch):
     info = pygpt.system_info()
     assert info["isa"] == info["isas"][-1]  # the widest path the CPU runs
     assert info["isas"][0] == "scalar"
-    assert set(info["isas"]) <= {"scalar", "avx2", "avx512", "avx512bf16", "neon", "neondot"}
+    assert set(info["isas"]) <= {"scalar", "avx2", "avx2vnni", "avx512", "avx512bf16", "neon", "neondot"}
     assert ("avx2" in info["isas"]) == info["cpu_avx2"] and ("avx512" in info["isas"]) == info["cpu_avx512"]
+    assert ("avx2vnni" in info["isas"]) == info["cpu_avx2_vnni"] and (info["cpu_avx2"] or not info["cpu_avx2_vnni"])
     assert ("avx512bf16" in info["isas"]) == info["cpu_avx512_bf16"] and (info["cpu_avx512"] or not info["cpu_avx512_bf16"])
     assert info["cpu_avx2"] or not info["cpu_avx512"]
     assert ("neon" in info["isas"]) == info["cpu_neon"] == (platform.machine() in ("aarch64", "arm64"))
@@ -125,7 +126,20 @@ def test_forced_isa_unknown_is_a_clear_error(hf_model_factory, monkeypatch):
         pygpt.load(out)
 
 
-OTHER_ARCH_ISAS = ["avx2", "avx512", "avx512bf16"] if platform.machine() in ("aarch64", "arm64") else ["neon", "neondot"]
+THIS_ARCH_ISAS = ["neon", "neondot"] if platform.machine() in ("aarch64", "arm64") else [
+    "avx2", "avx2vnni", "avx512", "avx512bf16"]
+
+
+@pytest.mark.parametrize("isa", [i for i in THIS_ARCH_ISAS if i not in ISAS])
+def test_forced_isa_this_cpu_lacks_is_a_clear_error(monkeypatch, isa):
+    """A path of this architecture that the CPU cannot run (here: AVX-VNNI on a CPU with
+    AVX-512 but no AVX-VNNI, such as Zen 4) is a ValueError naming what it lacks."""
+    monkeypatch.setenv("PYGPT_ISA", isa)
+    with pytest.raises(ValueError, match=f"PYGPT_ISA={isa}: this (CPU lacks|build has no)"):
+        pygpt.load()
+
+
+OTHER_ARCH_ISAS = ["avx2", "avx2vnni", "avx512", "avx512bf16"] if platform.machine() in ("aarch64", "arm64") else ["neon", "neondot"]
 
 
 @pytest.mark.parametrize("other", OTHER_ARCH_ISAS)

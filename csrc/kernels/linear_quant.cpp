@@ -25,7 +25,8 @@
 // into L2 as a panel is read; one token leaves it to the hardware prefetchers, which
 // follow one stream better alone (124M decode without the prefetch: int8 +29% at 1 thread
 // and +10% at 2, int4 +4% at 2 threads; with it batch-8 decode was 7-13% faster).
-// AVX2 (no VNNI) does the same 8 rows at a time with vpmaddubsw + vpmaddwd.
+// AVX2 does the same 8 rows at a time, with vpmaddubsw + vpmaddwd, or with AVX-VNNI's
+// 256-bit vpdpbusd where the CPU has it (the avx2vnni path: PYGPT_VNNI256).
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -359,17 +360,37 @@ static void panels_many(const uint8_t* w, const float* scales, const QShape& s, 
     }
 }
 
-#else  // AVX2: no VNNI; byte products with vpmaddubsw
+#else  // AVX2: byte products with vpmaddubsw, or AVX-VNNI's vpdpbusd (avx2vnni)
 
+#if defined(PYGPT_VNNI256)
+// acc + the dword products of w (unsigned bytes) and x (signed bytes), AVX-VNNI's
+// vpdpbusd on ymm registers. Inline assembly rather than the intrinsic, so that a
+// development build (PYGPT_VNNI256_EVEX, CMakeLists.txt) can emit the same instruction in
+// its EVEX form (AVX512-VNNI + VL: the same operation) and test this path on an AVX-512 CPU
+// that lacks AVX-VNNI, with every other instruction of the path unchanged.
+#if defined(PYGPT_VNNI256_EVEX)
+#define PYGPT_VPDPBUSD "%{evex%} vpdpbusd"
+#else
+#define PYGPT_VPDPBUSD "%{vex%} vpdpbusd"
+#endif
+static inline __m256i dpbusd256(__m256i acc, __m256i w, __m256i x) {
+    __asm__(PYGPT_VPDPBUSD " %2, %1, %0" : "+x"(acc) : "x"(w), "x"(x));
+    return acc;
+}
+constexpr int TT_Q = 4;  // tokens per tile: one load (q4: and unpack) serves 4 tokens
+#else
 constexpr int TT_Q = 2;  // tokens per tile
+#endif
 
 // TT tokens, one panel, 8 rows at a time (half h of each stored vector), one row per lane.
 // Each half vector (4 bytes of each of 8 rows) is loaded (q4: unpacked) once for the TT
-// tokens, against 4 activation bytes broadcast; vpmaddubsw then vpmaddwd by ones give each
-// row's 4-input product in its lane. q4: nibbles times activations, pairs of at most
-// 2 * 15 * 127 = 3810, so the 8 products of 4 vectors add up exactly in 16 bits first. q8:
-// |x| times w * sign(x) (w = stored ^ 0x80, pairs at most 2 * 127 * 127), widened at once;
-// its sums are the plain signed products, so q8 gets no offset correction here (corr = 0).
+// tokens, against 4 activation bytes broadcast, each row's 4-input product in its lane:
+// - AVX-VNNI: vpdpbusd on the stored unsigned bytes (q + 128, or nibbles q + 8), the
+//   offset times the activations' sum subtracted through corr, as on AVX-512;
+// - AVX2: vpmaddubsw then vpmaddwd by ones. q4: nibbles times activations, pairs of at most
+//   2 * 15 * 127 = 3810, so the 8 products of 4 vectors add up exactly in 16 bits first.
+//   q8: |x| times w * sign(x) (w = stored ^ 0x80, pairs at most 2 * 127 * 127), widened at
+//   once; its sums are the plain signed products, so q8 gets no offset correction (corr = 0).
 template <bool Q4, int TT>
 static void panel_tile(const Panel& P, const QShape& s, const int8_t* xq, const int32_t* corr, const float* sx,
                        const float* bias, float* y) {
@@ -384,10 +405,44 @@ static void panel_tile(const Panel& P, const QShape& s, const int8_t* xq, const 
         for (int64_t g = 0, b = 0; g < s.n_groups; g++) {
             __m256i iacc[TT];
             for (int t = 0; t < TT; t++) iacc[t] = _mm256_set1_epi32(corr[t * s.n_groups + g]);
+#if defined(PYGPT_VNNI256)
+            // a second chain per token (q4: the high nibbles; q8: odd vectors): vpdpbusd's
+            // latency over one chain per token bounded a tile of 4 tokens
+            __m256i iacc2[TT];
+            for (int t = 0; t < TT; t++) iacc2[t] = _mm256_setzero_si256();
+#endif
             for (const int64_t b_end = b + s.bpg; b < b_end; b++) {
                 if (h == 0 && TT > 1) prefetch_block_ahead(P, s, b);
                 const uint8_t* wb = P.w + b * s.block_bytes + h * 32;
                 const int8_t* xb = xq + b * 64;
+#if defined(PYGPT_VNNI256)
+                if (Q4) {
+                    for (int j = 0; j < 8; j++) {
+                        const __m256i v = _mm256_loadu_si256((const __m256i*)(wb + j * 64));
+                        const __m256i lo = _mm256_and_si256(v, m4);
+                        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                        for (int t = 0; t < TT; t++) {
+                            int32_t xl, xh;
+                            std::memcpy(&xl, xb + t * s.xs + 4 * j, 4);
+                            std::memcpy(&xh, xb + t * s.xs + 32 + 4 * j, 4);
+                            iacc[t] = dpbusd256(iacc[t], lo, _mm256_set1_epi32(xl));
+                            iacc2[t] = dpbusd256(iacc2[t], hi, _mm256_set1_epi32(xh));
+                        }
+                    }
+                } else {
+                    for (int j = 0; j < 16; j += 2) {
+                        const __m256i v0 = _mm256_loadu_si256((const __m256i*)(wb + j * 64));
+                        const __m256i v1 = _mm256_loadu_si256((const __m256i*)(wb + j * 64 + 64));
+                        for (int t = 0; t < TT; t++) {
+                            int32_t x0, x1;
+                            std::memcpy(&x0, xb + t * s.xs + 4 * j, 4);
+                            std::memcpy(&x1, xb + t * s.xs + 4 * j + 4, 4);
+                            iacc[t] = dpbusd256(iacc[t], v0, _mm256_set1_epi32(x0));
+                            iacc2[t] = dpbusd256(iacc2[t], v1, _mm256_set1_epi32(x1));
+                        }
+                    }
+                }
+#else
                 if (Q4) {
                     for (int j0 = 0; j0 < 8; j0 += 4) {
                         __m256i s16[TT];
@@ -418,7 +473,11 @@ static void panel_tile(const Panel& P, const QShape& s, const int8_t* xq, const 
                         }
                     }
                 }
+#endif
             }
+#if defined(PYGPT_VNNI256)
+            for (int t = 0; t < TT; t++) iacc[t] = _mm256_add_epi32(iacc[t], iacc2[t]);
+#endif
             const __m256 sc = _mm256_loadu_ps(P.ps + g * 16 + 8 * h);
             for (int t = 0; t < TT; t++) acc[t] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(iacc[t]), acc[t]);
         }
@@ -438,20 +497,32 @@ static void panels_avx2(const uint8_t* w, const float* scales, const QShape& s, 
         int64_t t = 0;
         for (; t + TT_Q <= T; t += TT_Q)
             panel_tile<Q4, TT_Q>(P, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bias, y + t * s.n_out);
-        if (T - t == 1) panel_tile<Q4, 1>(P, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bias, y + t * s.n_out);
+        const int8_t* xt = xq + t * s.xs;
+        const int32_t* ct = corr + t * s.n_groups;
+        switch (T - t) {
+            case 0: break;
+            case 1: panel_tile<Q4, 1>(P, s, xt, ct, sx + t, bias, y + t * s.n_out); break;
+            case 2: panel_tile<Q4, 2>(P, s, xt, ct, sx + t, bias, y + t * s.n_out); break;
+            case 3: panel_tile<Q4, 3>(P, s, xt, ct, sx + t, bias, y + t * s.n_out); break;
+            default: throw std::logic_error("panels_avx2: a tile of at most TT_Q tokens");
+        }
     }
 }
 
-// generic::quantize_row, zero padding to xs, and per group the correction of q4's offset:
-// -8 * (sum of the group's activations); q8 multiplies signed bytes, no correction.
+// generic::quantize_row, zero padding to xs, and per group the correction of the stored
+// offset, -offset * (sum of the group's activations): q4's 8, and with VNNI q8's 128 (without
+// it q8 multiplies signed bytes and needs none).
 static float quantize_row(const float* x, const QShape& s, int offset, int8_t* xq, int32_t* corr) {
+#if !defined(PYGPT_VNNI256)
+    if (offset == 128) offset = 0;
+#endif
     const float sx = generic::quantize_row(x, s.n_in, xq);
     std::memset(xq + s.n_in, 0, s.xs - s.n_in);
     for (int64_t g = 0; g < s.n_groups; g++) {
         int32_t sum = 0;
-        if (offset == 8)
+        if (offset)
             for (int64_t k = g * s.bpg * 64; k < (g + 1) * s.bpg * 64; k++) sum += xq[k];
-        corr[g] = -8 * sum;
+        corr[g] = -offset * sum;
     }
     return sx;
 }
