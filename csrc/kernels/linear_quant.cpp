@@ -382,6 +382,21 @@ constexpr int TT_Q = 4;  // tokens per tile: one load (q4: and unpack) serves 4 
 constexpr int TT_Q = 2;  // tokens per tile
 #endif
 
+// The 4 activation bytes at p, broadcast to every dword.
+static inline __m256i bcast4(const int8_t* p) {
+    int32_t x;
+    std::memcpy(&x, p, 4);
+    return _mm256_set1_epi32(x);
+}
+
+// Half a stored q4 vector (4 bytes of each of 8 rows) unpacked: its low nibbles (inputs
+// 4j..4j+3 of its block) and its high nibbles (inputs 32 + 4j..), one byte each.
+static inline void unpack_q4_half(const uint8_t* p, __m256i m4, __m256i* lo, __m256i* hi) {
+    const __m256i v = _mm256_loadu_si256((const __m256i*)p);
+    *lo = _mm256_and_si256(v, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+}
+
 // TT tokens, one panel, 8 rows at a time (half h of each stored vector), one row per lane.
 // Each half vector (4 bytes of each of 8 rows) is loaded (q4: unpacked) once for the TT
 // tokens, against 4 activation bytes broadcast, each row's 4-input product in its lane:
@@ -418,15 +433,11 @@ static void panel_tile(const Panel& P, const QShape& s, const int8_t* xq, const 
 #if defined(PYGPT_VNNI256)
                 if (Q4) {
                     for (int j = 0; j < 8; j++) {
-                        const __m256i v = _mm256_loadu_si256((const __m256i*)(wb + j * 64));
-                        const __m256i lo = _mm256_and_si256(v, m4);
-                        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                        __m256i lo, hi;
+                        unpack_q4_half(wb + j * 64, m4, &lo, &hi);
                         for (int t = 0; t < TT; t++) {
-                            int32_t xl, xh;
-                            std::memcpy(&xl, xb + t * s.xs + 4 * j, 4);
-                            std::memcpy(&xh, xb + t * s.xs + 32 + 4 * j, 4);
-                            iacc[t] = dpbusd256(iacc[t], lo, _mm256_set1_epi32(xl));
-                            iacc2[t] = dpbusd256(iacc2[t], hi, _mm256_set1_epi32(xh));
+                            iacc[t] = dpbusd256(iacc[t], lo, bcast4(xb + t * s.xs + 4 * j));
+                            iacc2[t] = dpbusd256(iacc2[t], hi, bcast4(xb + t * s.xs + 32 + 4 * j));
                         }
                     }
                 } else {
@@ -434,11 +445,8 @@ static void panel_tile(const Panel& P, const QShape& s, const int8_t* xq, const 
                         const __m256i v0 = _mm256_loadu_si256((const __m256i*)(wb + j * 64));
                         const __m256i v1 = _mm256_loadu_si256((const __m256i*)(wb + j * 64 + 64));
                         for (int t = 0; t < TT; t++) {
-                            int32_t x0, x1;
-                            std::memcpy(&x0, xb + t * s.xs + 4 * j, 4);
-                            std::memcpy(&x1, xb + t * s.xs + 4 * j + 4, 4);
-                            iacc[t] = dpbusd256(iacc[t], v0, _mm256_set1_epi32(x0));
-                            iacc2[t] = dpbusd256(iacc2[t], v1, _mm256_set1_epi32(x1));
+                            iacc[t] = dpbusd256(iacc[t], v0, bcast4(xb + t * s.xs + 4 * j));
+                            iacc2[t] = dpbusd256(iacc2[t], v1, bcast4(xb + t * s.xs + 4 * j + 4));
                         }
                     }
                 }
@@ -448,15 +456,12 @@ static void panel_tile(const Panel& P, const QShape& s, const int8_t* xq, const 
                         __m256i s16[TT];
                         for (int t = 0; t < TT; t++) s16[t] = _mm256_setzero_si256();
                         for (int j = j0; j < j0 + 4; j++) {
-                            const __m256i v = _mm256_loadu_si256((const __m256i*)(wb + j * 64));
-                            const __m256i lo = _mm256_and_si256(v, m4);
-                            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                            __m256i lo, hi;
+                            unpack_q4_half(wb + j * 64, m4, &lo, &hi);
                             for (int t = 0; t < TT; t++) {
-                                int32_t xl, xh;
-                                std::memcpy(&xl, xb + t * s.xs + 4 * j, 4);
-                                std::memcpy(&xh, xb + t * s.xs + 32 + 4 * j, 4);
-                                s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xl)));
-                                s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xh)));
+                                const __m256i pl = _mm256_maddubs_epi16(lo, bcast4(xb + t * s.xs + 4 * j));
+                                const __m256i ph = _mm256_maddubs_epi16(hi, bcast4(xb + t * s.xs + 32 + 4 * j));
+                                s16[t] = _mm256_add_epi16(_mm256_add_epi16(s16[t], pl), ph);
                             }
                         }
                         for (int t = 0; t < TT; t++) iacc[t] = _mm256_add_epi32(iacc[t], _mm256_madd_epi16(s16[t], ones));
@@ -465,9 +470,7 @@ static void panel_tile(const Panel& P, const QShape& s, const int8_t* xq, const 
                     for (int j = 0; j < 16; j++) {
                         const __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(wb + j * 64)), flip);
                         for (int t = 0; t < TT; t++) {
-                            int32_t x4;
-                            std::memcpy(&x4, xb + t * s.xs + 4 * j, 4);
-                            const __m256i xv = _mm256_set1_epi32(x4);
+                            const __m256i xv = bcast4(xb + t * s.xs + 4 * j);
                             const __m256i p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(v, xv));
                             iacc[t] = _mm256_add_epi32(iacc[t], _mm256_madd_epi16(p16, ones));
                         }
