@@ -572,3 +572,15 @@ def test_bf16_widened_is_f32_of_the_same_values(isa, n_in):
         y = run_linear(isa, "bf16", w, 0, x, bias)
         assert np.array_equal(y, run_linear(isa, "f32", w, 0, x, bias)), f"{isa} T={T}"
         assert np.array_equal(y, run_linear(isa, "bf16", w, 0, x, bias, n_threads=2)), f"{isa} T={T}"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_f16_weights_every_value(isa):
+    """Every f16 value (subnormals, infinities, NaNs included) times 1 gives its float32
+    value: the conversion of each path (F16C, or the scalar path's own) against NumPy's."""
+    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    ref = h.view(np.float16).astype(np.float32)
+    y = _core._kernel_linear(isa, "f16", h.view(np.uint8), None, None, np.ones((1, 1), np.float32), len(h), 0, 1, 0)[0]
+    nan = np.isnan(ref)
+    assert np.array_equal(np.isnan(y), nan)
+    assert np.array_equal(y[~nan], ref[~nan])  # -0.0 == 0.0: the kernel's sum starts from +0

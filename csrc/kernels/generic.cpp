@@ -39,23 +39,20 @@ float f16_to_f32(uint16_t h) {
     std::memcpy(&f, &h, 2);
     return (float)f;
 #else
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
-    if (exp == 0) {
-        if (mant == 0) {
-            bits = sign;
-        } else {  // subnormal: normalise
-            exp = 127 - 15 + 1;
-            while ((mant & 0x400) == 0) { mant <<= 1; exp--; }
-            bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000u | (mant << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-    }
+    // without branches, so that the row loops over it vectorise: subnormals (exponent 0)
+    // as m * 2^-24, computed exactly and a normal float (no subnormal arithmetic, so the
+    // same under flush-to-zero modes); infinities and NaNs (exponent 31) keep their payload
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+    const float sub = (float)(int32_t)mant * 0x1p-24f;
+    uint32_t sub_bits;
+    std::memcpy(&sub_bits, &sub, 4);
+    // exponent 1..30 -> 113..142; 31 -> 255 (arithmetic and masks rather than ?:, which GCC
+    // leaves as branches here)
+    const uint32_t bits = ((exp + 127 - 15 + (127 - 15) * (uint32_t)(exp == 31)) << 23) | (mant << 13);
+    const uint32_t sub_mask = 0u - (uint32_t)(exp == 0);
     float f;
-    std::memcpy(&f, &bits, 4);
+    const uint32_t out = sign | (sub_bits & sub_mask) | (bits & ~sub_mask);
+    std::memcpy(&f, &out, 4);
     return f;
 #endif
 }
@@ -86,7 +83,11 @@ void matrix_row(const Matrix& w, int64_t row, float* out) {
         case DType::Q8:
         case DType::Q4: {
             check_quant(w);
-            for (int64_t k = 0; k < n; k++) out[k] = (float)quant_weight(w, row, k) * quant_scale(w, row, k / w.group);
+            int8_t* q = (int8_t*)std::malloc(quant_row_bytes(w));
+            if (!q) throw std::bad_alloc();
+            quant_row(w, row, q);
+            for (int64_t k = 0; k < n; k++) out[k] = (float)q[k] * quant_scale(w, row, k / w.group);
+            std::free(q);
             return;
         }
         default:
@@ -100,16 +101,30 @@ void check_quant(const Matrix& w) {
         throw std::invalid_argument("quantized matrix: group size must be n_in or a multiple of 64 dividing n_in");
 }
 
-// Panels of 16 rows; per block of 64 inputs, runs of 64 bytes, run j holding 4 bytes per
-// row (row r at 4r). q8: 16 runs, byte i = input 4j + i as w + 128. q4: 8 runs, byte i =
+// Panels of 16 rows (docs/FORMAT.md); per block of 64 inputs, runs of 64 bytes, run j holding
+// 4 bytes per row (row r at 4r). q8: 16 runs, byte i = input 4j + i as w + 128. q4: 8 runs, byte i =
 // input 4j + i (low nibble) and input 32 + 4j + i (high nibble), as w + 8.
-int quant_weight(const Matrix& w, int64_t row, int64_t k) {
+int64_t quant_row_bytes(const Matrix& w) {
+    return (w.n_in + 63) / 64 * 64;
+}
+
+// A row is read a block at a time: its 4 bytes of each run.
+void quant_row(const Matrix& w, int64_t row, int8_t* out) {
     const bool q8 = w.dtype == DType::Q8;
-    const int64_t block_bytes = (q8 ? 64 : 32) * kPanel, j = q8 ? k % 64 : k % 64 % 32;
-    const uint8_t b = ((const uint8_t*)w.data)[row / kPanel * ((w.n_in + 63) / 64 * block_bytes) +
-                                               k / 64 * block_bytes + j / 4 * 64 + row % kPanel * 4 + j % 4];
-    if (q8) return b - 128;
-    return (k % 64 < 32 ? (b & 0x0f) : (b >> 4)) - 8;
+    const int64_t nb = (w.n_in + 63) / 64, block_bytes = (q8 ? 64 : 32) * kPanel;
+    const uint8_t* p = (const uint8_t*)w.data + row / kPanel * nb * block_bytes + row % kPanel * 4;
+    for (int64_t b = 0; b < nb; b++, p += block_bytes, out += 64) {
+        if (q8) {
+            for (int j = 0; j < 16; j++)
+                for (int i = 0; i < 4; i++) out[4 * j + i] = (int8_t)(p[64 * j + i] - 128);
+        } else {
+            for (int j = 0; j < 8; j++)
+                for (int i = 0; i < 4; i++) {
+                    out[4 * j + i] = (int8_t)((p[64 * j + i] & 0x0f) - 8);
+                    out[32 + 4 * j + i] = (int8_t)((p[64 * j + i] >> 4) - 8);
+                }
+        }
+    }
 }
 
 // Panels of 16 rows: [panel, group, row in panel].
@@ -139,7 +154,7 @@ static void quant_linear(const Matrix& w, const float* bias, const float* x, int
     const int64_t n_in = w.n_in, n_out = w.n_out, n_groups = n_in / w.group;
     int8_t* xq = (int8_t*)std::malloc(T * n_in + 1);
     float* sx = (float*)std::malloc(T * sizeof(float));
-    int* wrow = (int*)std::malloc(n_in * sizeof(int));
+    int8_t* wrow = (int8_t*)std::malloc(quant_row_bytes(w));
     if (!xq || !sx || !wrow) {
         std::free(xq);
         std::free(sx);
@@ -148,7 +163,7 @@ static void quant_linear(const Matrix& w, const float* bias, const float* x, int
     }
     for (int64_t t = 0; t < T; t++) sx[t] = quantize_row(x + t * n_in, n_in, xq + t * n_in);
     for (int64_t o = o_begin; o < o_end; o++) {
-        for (int64_t k = 0; k < n_in; k++) wrow[k] = quant_weight(w, o, k);
+        quant_row(w, o, wrow);
         for (int64_t t = 0; t < T; t++) {
             float acc = 0.0f;
             for (int64_t g = 0; g < n_groups; g++) {

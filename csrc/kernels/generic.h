@@ -15,8 +15,10 @@ void matrix_row(const Matrix& w, int64_t row, float* out);
 // Throws std::invalid_argument unless w's quantized layout is one the kernels read:
 // group == n_in (one scale per row) or a multiple of 64 dividing n_in.
 void check_quant(const Matrix& w);
-// Weight k of row `row` of a q8/q4 matrix, as the stored signed integer (scale not applied).
-int quant_weight(const Matrix& w, int64_t row, int64_t k);
+// Row `row` of a q8/q4 matrix as the stored signed integers (scales not applied),
+// quant_row_bytes(w) of them (n_in, then the zero padding of its last block of 64).
+int64_t quant_row_bytes(const Matrix& w);
+void quant_row(const Matrix& w, int64_t row, int8_t* out);
 // The scale of group g of row `row` of a q8/q4 matrix.
 float quant_scale(const Matrix& w, int64_t row, int64_t g);
 // Activation row quantized to int8: xq[k] = round(x[k] * 127 / max|x|) (ties to even);
