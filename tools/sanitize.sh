@@ -16,7 +16,9 @@ cd "$(dirname "$0")/.."
 build=${SANITIZE_BUILD:-build/sanitize}
 stage=$build/stage
 
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPYGPT_SANITIZE=ON \
+# SANITIZE_CMAKE_ARGS: more cmake options, e.g. -DPYGPT_VNNI256_EVEX=ON (with its own
+# SANITIZE_BUILD) to run the avx2vnni path under the sanitizers on a CPU without AVX-VNNI
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPYGPT_SANITIZE=ON ${SANITIZE_CMAKE_ARGS:-} \
   -Dpybind11_DIR="$(python -c 'import pybind11; print(pybind11.get_cmake_dir())')" >/dev/null
 nice cmake --build "$build" -j"${JOBS:-2}"
 
