@@ -101,9 +101,9 @@ void check_quant(const Matrix& w) {
         throw std::invalid_argument("quantized matrix: group size must be n_in or a multiple of 64 dividing n_in");
 }
 
-// Panels of 16 rows (docs/FORMAT.md); per block of 64 inputs, runs of 64 bytes, run j holding
-// 4 bytes per row (row r at 4r). q8: 16 runs, byte i = input 4j + i as w + 128. q4: 8 runs, byte i =
-// input 4j + i (low nibble) and input 32 + 4j + i (high nibble), as w + 8.
+// Panels of 16 rows (docs/FORMAT.md); per block of 64 inputs, runs of 64 bytes, run j
+// holding 4 bytes per row (row r at 4r). q8: 16 runs, byte i = input 4j + i as w + 128.
+// q4: 8 runs, byte i = input 4j + i (low nibble) and input 32 + 4j + i (high nibble), as w + 8.
 int64_t quant_row_bytes(const Matrix& w) {
     return (w.n_in + 63) / 64 * 64;
 }

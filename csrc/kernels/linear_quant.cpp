@@ -405,7 +405,8 @@ static inline __m256i half_lanes(const Panel& P, int h) {
     return _mm256_cmpeq_epi32(_mm256_and_si256(hbits, lane_bits), lane_bits);
 }
 
-// TT tokens, one panel, 8 rows at a time (half h of each stored vector), one row per lane.
+// TT >= 2 tokens (one token: panel_one_token), one panel, 8 rows at a time (half h of each
+// stored vector), one row per lane.
 // Each half vector (4 bytes of each of 8 rows) is loaded (q4: unpacked) once for the TT
 // tokens, against 4 activation bytes broadcast, each row's 4-input product in its lane:
 // - AVX-VNNI: vpdpbusd on the stored unsigned bytes (q + 128, or nibbles q + 8), the
@@ -433,7 +434,7 @@ static void panel_tile(const Panel& P, const QShape& s, const int8_t* xq, const 
             for (int t = 0; t < TT; t++) iacc2[t] = _mm256_setzero_si256();
 #endif
             for (const int64_t b_end = b + s.bpg; b < b_end; b++) {
-                if (h == 0 && TT > 1) prefetch_block_ahead(P, s, b);
+                if (h == 0) prefetch_block_ahead(P, s, b);
                 const uint8_t* wb = P.w + b * s.block_bytes + h * 32;
                 const int8_t* xb = xq + b * 64;
 #if defined(PYGPT_VNNI256)
@@ -582,10 +583,6 @@ static void panels_avx2(const uint8_t* w, const float* scales, const QShape& s, 
                         int64_t o_begin, int64_t o_end) {
     for (int64_t p = o_begin / kPanel; p * kPanel < o_end; p++) {
         const Panel P = panel_at(w, scales, s, p, o_begin, o_end);
-        if (T == 1) {
-            panel_one_token<Q4>(P, s, xq, corr, sx[0], bias, y);
-            continue;
-        }
         int64_t t = 0;
         for (; t + TT_Q <= T; t += TT_Q)
             panel_tile<Q4, TT_Q>(P, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bias, y + t * s.n_out);
@@ -593,7 +590,7 @@ static void panels_avx2(const uint8_t* w, const float* scales, const QShape& s, 
         const int32_t* ct = corr + t * s.n_groups;
         switch (T - t) {
             case 0: break;
-            case 1: panel_tile<Q4, 1>(P, s, xt, ct, sx + t, bias, y + t * s.n_out); break;
+            case 1: panel_one_token<Q4>(P, s, xt, ct, sx[t], bias, y + t * s.n_out); break;
             case 2: panel_tile<Q4, 2>(P, s, xt, ct, sx + t, bias, y + t * s.n_out); break;
             case 3: panel_tile<Q4, 3>(P, s, xt, ct, sx + t, bias, y + t * s.n_out); break;
             default: throw std::logic_error("panels_avx2: a tile of at most TT_Q tokens");
