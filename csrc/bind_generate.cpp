@@ -27,11 +27,11 @@ std::vector<float> to_logits(const FloatArray& logits) {
     return v;
 }
 
-// A Generation that keeps its model and tokenizer alive, and refuses concurrent use.
+// A Generation or BeamSearch that keeps its model and tokenizer alive, and refuses concurrent use.
 struct PyGeneration {
     std::shared_ptr<Model> model;
     std::shared_ptr<Tokenizer> tokenizer;
-    std::unique_ptr<Generation> gen;
+    std::unique_ptr<Decoding> gen;
     std::atomic<bool> busy{false};
 };
 
@@ -63,6 +63,7 @@ py::dict result_dict(const SequenceResult& r) {
     d["top_logprobs"] = top_list(r.top_logprobs);
     d["prompt_logprobs"] = r.prompt_logprobs;
     d["prompt_top_logprobs"] = top_list(r.prompt_top_logprobs);
+    d["score"] = r.has_score ? py::object(py::float_(r.score)) : py::object(py::none());
     return d;
 }
 
@@ -82,6 +83,8 @@ void bind_generate(py::module_& m) {
         .def_readwrite("frequency_penalty", &SamplingParams::frequency_penalty)
         .def_readwrite("no_repeat_ngram_size", &SamplingParams::no_repeat_ngram_size)
         .def_readwrite("logit_bias", &SamplingParams::logit_bias)
+        .def_readwrite("min_new_tokens", &SamplingParams::min_new_tokens)
+        .def_readwrite("end_tokens", &SamplingParams::end_tokens)
         .def("validate", &SamplingParams::validate, py::arg("vocab_size"));
 
     m.def(
@@ -117,10 +120,16 @@ void bind_generate(py::module_& m) {
         py::arg("stream"), py::arg("n"), py::arg("isa") = "",
         "n successive choices of one sampler on the same logits (its random stream advancing), for tests.");
 
+    py::enum_<EarlyStopping>(m, "EarlyStopping", "When beam search stops (transformers' early_stopping).")
+        .value("heuristic", EarlyStopping::Heuristic)
+        .value("when_full", EarlyStopping::WhenFull)
+        .value("never", EarlyStopping::Never);
+
     py::class_<GenerateOptions>(m, "GenerateOptions", "Options of one generate call (see csrc/generate.h).")
         .def(py::init<>())
         .def_readwrite("sampling", &GenerateOptions::sampling)
         .def_readwrite("max_new_tokens", &GenerateOptions::max_new_tokens)
+        .def_readwrite("min_new_tokens", &GenerateOptions::min_new_tokens)
         .def_readwrite("stop", &GenerateOptions::stop)
         .def_readwrite("stop_token_ids", &GenerateOptions::stop_token_ids)
         .def_readwrite("ignore_eos", &GenerateOptions::ignore_eos)
@@ -128,11 +137,15 @@ void bind_generate(py::module_& m) {
         .def_readwrite("logprobs", &GenerateOptions::logprobs)
         .def_readwrite("top_logprobs", &GenerateOptions::top_logprobs)
         .def_readwrite("prompt_logprobs", &GenerateOptions::prompt_logprobs)
-        .def_readwrite("num_return_sequences", &GenerateOptions::num_return_sequences);
+        .def_readwrite("num_return_sequences", &GenerateOptions::num_return_sequences)
+        .def_readwrite("num_beams", &GenerateOptions::num_beams)
+        .def_readwrite("length_penalty", &GenerateOptions::length_penalty)
+        .def_readwrite("early_stopping", &GenerateOptions::early_stopping);
 
     py::class_<PyGeneration>(m, "Generation", R"pbdoc(
         One batched generation: prompts (lists of token ids) in, sequences out, prompt-major
-        (prompt p, sample j is sequence p * num_return_sequences + j). step() and run() release
+        (prompt p, sample j is sequence p * num_return_sequences + j); beam search when
+        options.num_beams > 1 (its results are filled once it is done). step() and run() release
         the GIL; run() checks for Ctrl-C between tokens and raises KeyboardInterrupt.)pbdoc")
         .def(py::init([](std::shared_ptr<Model> model, std::shared_ptr<Tokenizer> tokenizer,
                          std::vector<std::vector<int32_t>> prompts, const GenerateOptions& options) {
@@ -140,7 +153,7 @@ void bind_generate(py::module_& m) {
                  auto g = std::make_unique<PyGeneration>();
                  g->model = std::move(model);
                  g->tokenizer = std::move(tokenizer);
-                 g->gen = std::make_unique<Generation>(*g->model, g->tokenizer.get(), std::move(prompts), options);
+                 g->gen = make_decoding(*g->model, g->tokenizer.get(), std::move(prompts), options);
                  return g;
              }),
              py::arg("model"), py::arg("tokenizer"), py::arg("prompts"), py::arg("options"))

@@ -1,6 +1,8 @@
 // The decode loop (see generate.h): prefill, then one batched forward call per token.
 #include "generate.h"
 
+#include "beam_search.h"
+
 #include <algorithm>
 #include <cmath>
 #include <exception>
@@ -11,13 +13,10 @@
 
 namespace pygpt {
 
-namespace {
-
 double seconds_since(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-// log(sum(exp(row))) in double.
 double log_sum_exp(const float* row, int64_t V) {
     float m = row[0];
     for (int64_t i = 1; i < V; i++) m = std::max(m, row[i]);
@@ -26,7 +25,6 @@ double log_sum_exp(const float* row, int64_t V) {
     return double(m) + std::log(z);
 }
 
-// The k most likely tokens of a logits row (ties: lower id first) with their log-probs.
 TopLogprobs top_logprobs(const float* row, int64_t V, int64_t k, double lse, std::vector<int32_t>& idx) {
     idx.resize(size_t(V));
     for (int64_t i = 0; i < V; i++) idx[i] = int32_t(i);
@@ -39,7 +37,90 @@ TopLogprobs top_logprobs(const float* row, int64_t V, int64_t k, double lse, std
     return out;
 }
 
-}  // namespace
+void add_prompt_logprobs(const float* rows, const std::vector<int32_t>& ids, int64_t V, int64_t top_k,
+                         SequenceResult& r, std::vector<int32_t>& idx) {
+    for (size_t i = 0; i + 1 < ids.size(); i++) {  // row i predicts token i + 1
+        const float* row = rows + int64_t(i) * V;
+        const double lse = log_sum_exp(row, V);
+        r.prompt_logprobs.push_back(float(double(row[ids[i + 1]]) - lse));
+        if (top_k > 0) r.prompt_top_logprobs.push_back(top_logprobs(row, V, top_k, lse, idx));
+    }
+}
+
+std::vector<int32_t> end_tokens(const Tokenizer* tokenizer, const GenerateOptions& options) {
+    std::vector<int32_t> ends;
+    if (tokenizer && !options.ignore_eos && tokenizer->eot_id() >= 0) ends.push_back(tokenizer->eot_id());
+    for (int32_t t : options.stop_token_ids)
+        if (std::find(ends.begin(), ends.end(), t) == ends.end()) ends.push_back(t);
+    return ends;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+bool Decoding::step() {
+    if (failed_) throw std::runtime_error("this generation failed earlier and cannot continue");
+    try {
+        const bool more = step_unchecked();
+        done_ = !more;
+        return more;
+    } catch (...) {
+        failed_ = true;
+        throw;
+    }
+}
+
+void Decoding::run(const std::function<void()>& between_steps) {
+    while (step())
+        if (between_steps) between_steps();
+}
+
+void check_request(const Model& model, const Tokenizer* tokenizer, const std::vector<std::vector<int32_t>>& prompts,
+                   const GenerateOptions& opt) {
+    const int64_t V = model.config().vocab_size, n_ctx = model.config().n_ctx;
+    auto bad = [](const std::string& what) { throw std::invalid_argument(what); };
+
+    opt.sampling.validate(V);
+    if (opt.max_new_tokens < 0) bad("max_new_tokens must be >= 0");
+    if (opt.min_new_tokens < 0) bad("min_new_tokens must be >= 0");
+    if (opt.num_return_sequences < 1) bad("num_return_sequences must be >= 1");
+    if (opt.top_logprobs < 0 || opt.top_logprobs > V) bad("top_logprobs must be in [0, vocab_size]");
+    for (const auto& s : opt.stop)
+        if (s.empty()) bad("stop strings must not be empty");
+    if (!opt.stop.empty() && !tokenizer) bad("stop strings need a model with a tokenizer");
+    for (int32_t t : opt.stop_token_ids)
+        if (t < 0 || t >= V) bad("stop_token_ids: token id " + std::to_string(t) + " is outside the vocabulary");
+    if (opt.num_beams < 1) bad("num_beams must be >= 1");
+    if (opt.num_beams > 1) {
+        if (!opt.sampling.greedy()) bad("beam search (num_beams > 1) is deterministic: temperature must be 0");
+        if (!opt.stop.empty()) bad("stop strings are not supported with beam search (num_beams > 1)");
+        if (opt.num_return_sequences > opt.num_beams)
+            bad("num_return_sequences (" + std::to_string(opt.num_return_sequences) +
+                ") must be at most num_beams (" + std::to_string(opt.num_beams) + ")");
+    }
+    if (!std::isfinite(opt.length_penalty)) bad("length_penalty must be a finite number");
+    if (prompts.empty()) bad("no prompt to generate from");
+    for (size_t p = 0; p < prompts.size(); p++) {
+        const auto& ids = prompts[p];
+        if (ids.empty()) bad("prompt " + std::to_string(p) + " is empty: at least one token is needed");
+        if (int64_t(ids.size()) > n_ctx)
+            bad("prompt " + std::to_string(p) + " has " + std::to_string(ids.size()) +
+                " tokens, more than the model's context of " + std::to_string(n_ctx));
+        for (int32_t t : ids)
+            if (t < 0 || t >= V)
+                bad("prompt " + std::to_string(p) + ": token id " + std::to_string(t) + " is outside the vocabulary");
+    }
+}
+
+std::unique_ptr<Decoding> make_decoding(Model& model, const Tokenizer* tokenizer,
+                                        std::vector<std::vector<int32_t>> prompts, GenerateOptions options) {
+    if (options.num_beams > 1)
+        return std::make_unique<BeamSearch>(model, tokenizer, std::move(prompts), std::move(options));
+    return std::make_unique<Generation>(model, tokenizer, std::move(prompts), std::move(options));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generation
 
 struct Generation::Seq {
     SequenceResult r;
@@ -68,30 +149,11 @@ Generation::Generation(Model& model, const Tokenizer* tokenizer, std::vector<std
     : model_(model), tok_(tokenizer), opt_(std::move(options)), prompts_(std::move(prompts)) {
     V_ = model_.config().vocab_size;
     n_ctx_ = model_.config().n_ctx;
-    auto bad = [](const std::string& what) { throw std::invalid_argument(what); };
-
-    opt_.sampling.validate(V_);
-    if (opt_.max_new_tokens < 0) bad("max_new_tokens must be >= 0");
-    if (opt_.num_return_sequences < 1) bad("num_return_sequences must be >= 1");
-    if (opt_.top_logprobs < 0 || opt_.top_logprobs > V_) bad("top_logprobs must be in [0, vocab_size]");
-    for (const auto& s : opt_.stop) {
-        if (s.empty()) bad("stop strings must not be empty");
-        max_stop_ = std::max(max_stop_, s.size());
-    }
-    if (!opt_.stop.empty() && !tok_) bad("stop strings need a model with a tokenizer");
-    for (int32_t t : opt_.stop_token_ids)
-        if (t < 0 || t >= V_) bad("stop_token_ids: token id " + std::to_string(t) + " is outside the vocabulary");
-    if (prompts_.empty()) bad("no prompt to generate from");
-    for (size_t p = 0; p < prompts_.size(); p++) {
-        const auto& ids = prompts_[p];
-        if (ids.empty()) bad("prompt " + std::to_string(p) + " is empty: at least one token is needed");
-        if (int64_t(ids.size()) > n_ctx_)
-            bad("prompt " + std::to_string(p) + " has " + std::to_string(ids.size()) +
-                " tokens, more than the model's context of " + std::to_string(n_ctx_));
-        for (int32_t t : ids)
-            if (t < 0 || t >= V_)
-                bad("prompt " + std::to_string(p) + ": token id " + std::to_string(t) + " is outside the vocabulary");
-    }
+    check_request(model_, tok_, prompts_, opt_);
+    if (opt_.num_beams != 1) throw std::invalid_argument("Generation samples: num_beams must be 1 (see BeamSearch)");
+    for (const auto& s : opt_.stop) max_stop_ = std::max(max_stop_, s.size());
+    opt_.sampling.min_new_tokens = opt_.min_new_tokens;
+    opt_.sampling.end_tokens = end_tokens(tok_, opt_);
 
     const int64_t n = opt_.num_return_sequences;
     for (size_t p = 0; p < prompts_.size(); p++) {
@@ -113,16 +175,6 @@ const SequenceResult& Generation::result(size_t i) const {
     return seqs_[i]->r;
 }
 
-bool Generation::step() {
-    if (failed_) throw std::runtime_error("this generation failed earlier and cannot continue");
-    try {
-        return step_unchecked();
-    } catch (...) {
-        failed_ = true;
-        throw;
-    }
-}
-
 bool Generation::step_unchecked() {
     if (!started_) {
         started_ = true;
@@ -132,11 +184,6 @@ bool Generation::step_unchecked() {
         decode();
     }
     return n_live_ > 0;
-}
-
-void Generation::run(const std::function<void()>& between_steps) {
-    while (step())
-        if (between_steps) between_steps();
 }
 
 std::string Generation::take_text(size_t i) {
@@ -172,15 +219,8 @@ void Generation::prefill() {
         const int64_t len = int64_t(ids.size());
         const float* last = logits_.data() + (row0 + (opt_.prompt_logprobs ? len - 1 : 0)) * V_;
         Seq& first = *seqs_[p * n];
-        if (opt_.prompt_logprobs) {
-            for (int64_t i = 0; i + 1 < len; i++) {  // row i predicts token i + 1
-                const float* row = logits_.data() + (row0 + i) * V_;
-                const double lse = log_sum_exp(row, V_);
-                first.r.prompt_logprobs.push_back(float(double(row[ids[i + 1]]) - lse));
-                if (opt_.top_logprobs > 0)
-                    first.r.prompt_top_logprobs.push_back(top_logprobs(row, V_, opt_.top_logprobs, lse, first.idx));
-            }
-        }
+        if (opt_.prompt_logprobs)
+            add_prompt_logprobs(logits_.data() + row0 * V_, ids, V_, opt_.top_logprobs, first.r, first.idx);
         row0 += opt_.prompt_logprobs ? len : 1;
         const bool no_room = opt_.max_new_tokens == 0 || len >= n_ctx_;
         for (int64_t j = 1; j < n && !no_room; j++) {

@@ -15,7 +15,8 @@
 // row bitwise the same logits whatever the batch and thread count, so a sequence's tokens do
 // not depend on what runs beside it.
 //
-// Generation is not thread-safe (one caller at a time); it never touches Python.
+// Generation is not thread-safe (one caller at a time); it never touches Python. BeamSearch
+// (beam_search.h) is the other Decoding the bindings drive: the same requests with num_beams > 1.
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -31,9 +32,16 @@
 
 namespace pygpt {
 
+// When beam search stops (transformers' early_stopping): Heuristic (False) once no running beam
+// can be expected to beat the worst of num_beams finished ones at its current length; WhenFull
+// (True) as soon as num_beams have finished; Never ("never") once none could even at max length
+// (with length_penalty > 0; otherwise as Heuristic).
+enum class EarlyStopping { Heuristic, WhenFull, Never };
+
 struct GenerateOptions {
     SamplingParams sampling;
     int64_t max_new_tokens = 16;
+    int64_t min_new_tokens = 0;             // eos and stop_token_ids are banned before this many
     std::vector<std::string> stop;          // UTF-8, non-empty
     std::vector<int32_t> stop_token_ids;
     bool ignore_eos = false;
@@ -42,6 +50,10 @@ struct GenerateOptions {
     int64_t top_logprobs = 0;               // and the k most likely alternatives
     bool prompt_logprobs = false;           // the same for the prompt tokens (after the first)
     int64_t num_return_sequences = 1;
+    // beam search (num_beams > 1; see beam_search.h)
+    int64_t num_beams = 1;
+    double length_penalty = 1.0;
+    EarlyStopping early_stopping = EarlyStopping::Heuristic;
 };
 
 using TopLogprobs = std::vector<std::pair<int32_t, float>>;  // (id, log-prob), most likely first
@@ -57,6 +69,9 @@ struct SequenceResult {
     std::vector<TopLogprobs> top_logprobs;
     std::vector<float> prompt_logprobs;
     std::vector<TopLogprobs> prompt_top_logprobs;
+    // beam search only: the sequence's score, sum of processed log-probs / length^length_penalty
+    bool has_score = false;
+    double score = 0.0;
 };
 
 struct Timings {
@@ -67,34 +82,76 @@ struct Timings {
     double first_token_seconds = 0;  // from the start of generate to the first token
 };
 
-class Generation {
+// What the bindings drive: a Generation or a BeamSearch (make_decoding picks).
+class Decoding {
 public:
-    // tokenizer may be null: then there is no text, no eos and no stop strings.
-    // Throws std::invalid_argument on a bad option or prompt (empty, too long, bad id).
-    Generation(Model& model, const Tokenizer* tokenizer, std::vector<std::vector<int32_t>> prompts,
-               GenerateOptions options);
-    ~Generation();
+    virtual ~Decoding() = default;
 
     // One step: the prefill on the first call, then one token for every live sequence.
-    // Returns false once every sequence has finished.
+    // Returns false once every sequence has finished. After a step threw, every later call
+    // throws: the sequences' state is unknown.
     bool step();
-    bool done() const { return n_live_ == 0 && started_; }
 
     // Runs step() to the end; after each step calls `between_steps` (may throw to abort: the
-    // model stays usable, the sequences keep what they have).
+    // model stays usable).
     void run(const std::function<void()>& between_steps);
+    bool done() const { return done_; }
+
+    // Text sequence i produced since the last call (see Generation; a BeamSearch has none
+    // before it is done, as its beams change).
+    virtual std::string take_text(size_t i) = 0;
+    virtual size_t size() const = 0;
+    virtual const SequenceResult& result(size_t i) const = 0;
+    const Timings& timings() const { return timings_; }
+
+protected:
+    virtual bool step_unchecked() = 0;  // step() without the failure latch
+    Timings timings_;
+    bool done_ = false;
+
+private:
+    bool failed_ = false;
+};
+
+// Throws std::invalid_argument on a bad option or prompt (empty, too long, bad id).
+void check_request(const Model& model, const Tokenizer* tokenizer, const std::vector<std::vector<int32_t>>& prompts,
+                   const GenerateOptions& options);
+
+// A Generation, or a BeamSearch when options.num_beams > 1.
+std::unique_ptr<Decoding> make_decoding(Model& model, const Tokenizer* tokenizer,
+                                        std::vector<std::vector<int32_t>> prompts, GenerateOptions options);
+
+// The tokens that end a sequence: eos (unless ignore_eos or no tokenizer), then stop_token_ids.
+std::vector<int32_t> end_tokens(const Tokenizer* tokenizer, const GenerateOptions& options);
+
+double seconds_since(std::chrono::steady_clock::time_point t);
+
+// Log-probabilities of a logits row: log(sum(exp(row))) in double, and the k most likely
+// tokens (ties: lower id first) with their log-probs.
+double log_sum_exp(const float* row, int64_t V);
+TopLogprobs top_logprobs(const float* row, int64_t V, int64_t k, double lse, std::vector<int32_t>& idx);
+// With prompt_logprobs: those of prompt tokens 1..n-1 from its n logits rows, into r.
+void add_prompt_logprobs(const float* rows, const std::vector<int32_t>& ids, int64_t V, int64_t top_k,
+                         SequenceResult& r, std::vector<int32_t>& idx);
+
+class Generation : public Decoding {
+public:
+    // tokenizer may be null: then there is no text, no eos and no stop strings.
+    // Throws std::invalid_argument on a bad option or prompt (check_request).
+    Generation(Model& model, const Tokenizer* tokenizer, std::vector<std::vector<int32_t>> prompts,
+               GenerateOptions options);
+    ~Generation() override;
 
     // Text sequence i produced since the last call: valid UTF-8 that can no longer change
     // (unfinished characters and possible starts of a stop string are held back).
-    std::string take_text(size_t i);
+    std::string take_text(size_t i) override;
 
-    size_t size() const { return seqs_.size(); }
-    const SequenceResult& result(size_t i) const;
-    const Timings& timings() const { return timings_; }
+    size_t size() const override { return seqs_.size(); }
+    const SequenceResult& result(size_t i) const override;
 
 private:
     struct Seq;
-    bool step_unchecked();
+    bool step_unchecked() override;
     void prefill();
     void decode();
     void accept(Seq& s, int32_t token);
@@ -111,9 +168,7 @@ private:
     std::vector<std::unique_ptr<Seq>> seqs_;
     size_t n_live_ = 0;
     bool started_ = false;
-    bool failed_ = false;  // a step threw: the sequences' state is unknown
     std::vector<float> logits_;
-    Timings timings_;
     std::chrono::steady_clock::time_point t_start_;
 };
 

@@ -73,6 +73,9 @@ void SamplingParams::validate(int64_t vocab_size) const {
     if (!std::isfinite(frequency_penalty)) bad("frequency_penalty must be finite");
     if (no_repeat_ngram_size < 0)
         bad("no_repeat_ngram_size must be >= 0 (0 = off), got " + std::to_string(no_repeat_ngram_size));
+    if (min_new_tokens < 0) bad("min_new_tokens must be >= 0, got " + std::to_string(min_new_tokens));
+    for (int32_t id : end_tokens)
+        if (id < 0 || id >= vocab_size) bad("end token id " + std::to_string(id) + " is outside the vocabulary");
     std::unordered_set<int32_t> seen;
     for (const auto& [id, bias] : logit_bias) {
         if (id < 0 || id >= vocab_size)
@@ -104,6 +107,8 @@ void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_pr
     check_history(history);
     apply_penalties(s, history, std::min(n_prompt, history.size()));
     if (params_.bans_ngrams()) ban_repeated_ngrams(s, history);
+    if (params_.delays_the_end() && history.size() < n_prompt + size_t(params_.min_new_tokens))
+        for (int32_t id : params_.end_tokens) s[id] = kNegInf;
     if (params_.greedy()) return;  // the filters below only shape a random draw
 
     if (params_.temperature != 1.0f)

@@ -11,6 +11,8 @@
 //                       s -= count * frequency_penalty + (count > 0) * presence_penalty
 //   no_repeat_ngram     bans a token that would repeat an n-gram already in the sequence
 //                                                               (NoRepeatNGramLogitsProcessor)
+//   min_new_tokens      bans the end tokens (eos, stop tokens) until that many are generated
+//                                                               (MinNewTokensLengthLogitsProcessor)
 //   --- sampling only (temperature > 0): the former "warpers" ---
 //   temperature         s /= T                                  (TemperatureLogitsWarper)
 //   top_k               keep s >= k-th largest                  (TopKLogitsWarper)
@@ -58,6 +60,8 @@ struct SamplingParams {
     float frequency_penalty = 0.0f;
     int64_t no_repeat_ngram_size = 0;  // 0: off
     std::vector<std::pair<int32_t, float>> logit_bias;
+    int64_t min_new_tokens = 0;        // end_tokens are banned while fewer tokens were generated
+    std::vector<int32_t> end_tokens;   // (set by the decode loop: eos, stop_token_ids)
 
     // Throws std::invalid_argument naming the first bad value.
     void validate(int64_t vocab_size) const;
@@ -67,8 +71,10 @@ struct SamplingParams {
     bool penalises_repeats() const { return repetition_penalty != 1.0f; }
     bool penalises_counts() const { return presence_penalty != 0.0f || frequency_penalty != 0.0f; }
     bool bans_ngrams() const { return no_repeat_ngram_size > 0; }
+    bool delays_the_end() const { return min_new_tokens > 0 && !end_tokens.empty(); }
     bool changes_logits() const {
-        return !logit_bias.empty() || penalises_repeats() || penalises_counts() || bans_ngrams();
+        return !logit_bias.empty() || penalises_repeats() || penalises_counts() || bans_ngrams() ||
+               delays_the_end();
     }
 };
 

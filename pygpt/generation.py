@@ -64,6 +64,9 @@ class GenerationOutput:
     top_logprobs:  with top_logprobs=k, for each token the k most likely (id, log-probability)
                    pairs, most likely first (None for the first prompt token with echo).
     prompt_tokens: the prompt's ids as run (after truncation).
+    score:         with beam search (num_beams > 1), the sequence's score: the sum of its
+                   processed log-probabilities / (generated length ** length_penalty), as
+                   transformers' sequences_scores; None otherwise.
     """
 
     text: Optional[str]
@@ -73,6 +76,7 @@ class GenerationOutput:
     prompt_tokens: List[int] = field(default_factory=list)
     logprobs: Optional[List[Optional[float]]] = None
     top_logprobs: Optional[List[Optional[List[Tuple[int, float]]]]] = None
+    score: Optional[float] = None
 
     def __str__(self) -> str:
         return self.text if self.text is not None else str(self.tokens)
@@ -199,7 +203,8 @@ class _Request:
                  top_p=None, min_p=None, typical_p=None, repetition_penalty=None, presence_penalty=None,
                  frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None, stop=None,
                  stop_token_ids=None, ignore_eos=False, seed=None, logprobs=False, top_logprobs=0,
-                 echo=False, num_return_sequences=1, truncate=None):
+                 echo=False, num_return_sequences=1, truncate=None, min_new_tokens=0, num_beams=1,
+                 length_penalty=1.0, early_stopping=False):
         if not hasattr(model, "_core") or not hasattr(model, "config"):
             raise TypeError(f"model must be a pygpt.Model (from pygpt.load), got {type(model).__name__}")
         if model._core is None:
@@ -216,6 +221,7 @@ class _Request:
             frequency_penalty=frequency_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
             logit_bias=logit_bias)
         opt.max_new_tokens = _int("max_new_tokens", max_new_tokens, lo=0)
+        opt.min_new_tokens = _int("min_new_tokens", min_new_tokens, lo=0)
         if stop is None:
             stop = []
         elif isinstance(stop, str):
@@ -242,6 +248,25 @@ class _Request:
         self.echo = _bool("echo", echo)
         opt.prompt_logprobs = self.echo and opt.logprobs
         opt.num_return_sequences = _int("num_return_sequences", num_return_sequences, lo=1)
+        opt.num_beams = _int("num_beams", num_beams, lo=1)
+        opt.length_penalty = _float("length_penalty", length_penalty)
+        if early_stopping is True or early_stopping is False:
+            opt.early_stopping = (_core.EarlyStopping.when_full if early_stopping
+                                  else _core.EarlyStopping.heuristic)
+        elif early_stopping == "never":
+            opt.early_stopping = _core.EarlyStopping.never
+        else:
+            raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+        if opt.num_beams > 1:
+            if opt.sampling.temperature != 0.0:
+                raise ValueError("beam search (num_beams > 1) is deterministic: temperature must be 0 "
+                                 "(beam sampling is not supported)")
+            if stop:
+                raise ValueError("stop strings are not supported with beam search (num_beams > 1); "
+                                 "stop_token_ids are")
+            if opt.num_return_sequences > opt.num_beams:
+                raise ValueError(f"num_return_sequences ({opt.num_return_sequences}) must be at most "
+                                 f"num_beams ({opt.num_beams})")
         if truncate not in (None, "left"):
             raise ValueError(f"truncate must be None or 'left', got {truncate!r}")
         self.options = opt
@@ -303,7 +328,7 @@ class _Request:
                         tops = [None] + [list(map(tuple, row)) for row in r["prompt_top_logprobs"]] + tops
             outs.append(GenerationOutput(text=text, tokens=tokens, finish_reason=r["finish_reason"],
                                          timings=timings, prompt_tokens=list(prompt), logprobs=lps,
-                                         top_logprobs=tops))
+                                         top_logprobs=tops, score=r["score"]))
         return outs
 
     def shape(self, outs: list):
@@ -326,6 +351,7 @@ def generate(model, prompt: Union[Prompt, Sequence[Prompt]], **options):
     per prompt when both). Options (all keyword-only):
 
       max_new_tokens=50       tokens to generate at most
+      min_new_tokens=0        eos and stop_token_ids are banned until this many are generated
       temperature=0.0         0 = greedy (the default); > 0 samples from softmax(logits / T)
       top_k, top_p, min_p, typical_p      sampling filters (None = off)
       repetition_penalty      > 1 discourages every token already in prompt + output
@@ -339,7 +365,14 @@ def generate(model, prompt: Union[Prompt, Sequence[Prompt]], **options):
                               thread count; None: a random seed
       logprobs=False, top_logprobs=0      log-probabilities of the tokens (see GenerationOutput)
       echo=False              prepend the prompt to text and tokens
-      num_return_sequences=1  samples per prompt (the prompt is run once, its cache forked)
+      num_return_sequences=1  samples per prompt (the prompt is run once, its cache forked);
+                              with beam search, the best sequences found, best first
+      num_beams=1             > 1: beam search (transformers' num_beams, do_sample=False);
+                              needs temperature 0 and no stop strings; outputs get .score
+      length_penalty=1.0      beam search: a sequence scores sum(log-probs) / length ** this
+      early_stopping=False    beam search: True stops a prompt once num_beams sequences have
+                              finished; False once none of the running beams is likely to do
+                              better; 'never' once none can (transformers' semantics)
       truncate=None           'left': cut the prompt's start so prompt + max_new_tokens fits
                               the context; otherwise a prompt longer than it is a ValueError
 
@@ -392,6 +425,9 @@ def stream(model, prompt: Prompt, **options) -> TextStream:
         raise ValueError("stream() takes one prompt; use generate() for a batch")
     if req.options.num_return_sequences != 1:
         raise ValueError("stream() generates one sequence: num_return_sequences must be 1")
+    if req.options.num_beams != 1:
+        raise ValueError("stream() cannot stream beam search (num_beams > 1): the best beam is only "
+                         "known at the end; use generate()")
     if req.tokenizer is None:
         raise ValueError("stream() yields text and this model has no tokenizer; use generate()")
     return TextStream(req)

@@ -1,0 +1,381 @@
+// Beam search (see beam_search.h): prefill, then one batched forward call per step for every
+// running beam of every prompt still searching.
+#include "beam_search.h"
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <stdexcept>
+#include <string_view>
+
+#include <omp.h>
+
+namespace pygpt {
+
+struct BeamSearch::Beam {
+    std::unique_ptr<KVCache> cache;
+    std::vector<int32_t> history;     // prompt, then generated tokens
+    float score = 0.0f;               // sum of its processed log-probs (float, as transformers)
+    size_t n_prompt = 0;
+    std::vector<float> logprobs;      // raw log-prob of each generated token (with logprobs)
+    std::vector<TopLogprobs> top;     // and the most likely tokens at each (with top_logprobs)
+    int32_t next_input = -1;          // the token the next decode step feeds
+    TopLogprobs row_top;              // this step's most likely tokens (score_row)
+};
+
+struct BeamSearch::Candidate {
+    float score;    // the parent's score + this token's processed log-prob
+    int32_t beam;   // the parent: its index among the group's running beams
+    int32_t token;
+    float logprob;  // raw log-prob of the token
+};
+
+struct BeamSearch::Group {
+    size_t prompt_index = 0;
+    size_t n_prompt = 0;
+    int64_t max_len = 0;                             // prompt + generated stops here
+    std::vector<std::unique_ptr<Beam>> beams;        // running, best first
+    std::vector<SequenceResult> finished;            // best first, at most num_beams
+    std::vector<std::unique_ptr<KVCache>> spare;     // caches of dropped beams, reused
+    bool improvable = true;  // a running beam may still beat the worst finished one
+    bool live = true;
+    SequenceResult prompt_part;                      // prompt log-probs (echo + logprobs)
+};
+
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+bool better(float a_score, int32_t a_beam, int32_t a_token, float b_score, int32_t b_beam, int32_t b_token) {
+    if (a_score != b_score) return a_score > b_score;
+    if (a_beam != b_beam) return a_beam < b_beam;
+    return a_token < b_token;
+}
+
+}  // namespace
+
+BeamSearch::BeamSearch(Model& model, const Tokenizer* tokenizer, std::vector<std::vector<int32_t>> prompts,
+                       GenerateOptions options)
+    : model_(model), tok_(tokenizer), opt_(std::move(options)) {
+    V_ = model_.config().vocab_size;
+    n_ctx_ = model_.config().n_ctx;
+    check_request(model_, tok_, prompts, opt_);
+    ends_ = end_tokens(tok_, opt_);
+    opt_.sampling.min_new_tokens = opt_.min_new_tokens;
+    opt_.sampling.end_tokens = ends_;
+    K_ = std::max<int64_t>(2, 1 + int64_t(ends_.size())) * opt_.num_beams;
+
+    for (size_t p = 0; p < prompts.size(); p++) {
+        auto g = std::make_unique<Group>();
+        g->prompt_index = p;
+        g->n_prompt = prompts[p].size();
+        g->max_len = std::min(int64_t(g->n_prompt) + opt_.max_new_tokens, n_ctx_);
+        auto b = std::make_unique<Beam>();
+        b->history = std::move(prompts[p]);
+        b->n_prompt = g->n_prompt;
+        g->beams.push_back(std::move(b));
+        groups_.push_back(std::move(g));
+        for (int64_t k = 0; k < opt_.num_return_sequences; k++) {
+            results_.emplace_back();
+            results_.back().prompt_index = p;
+        }
+    }
+    untaken_.resize(results_.size());
+    n_live_ = groups_.size();
+    const int n_threads = std::max(1, model_.n_threads());
+    for (int t = 0; t < n_threads; t++) samplers_.emplace_back(opt_.sampling, V_, 0, uint64_t(t), model_.kernels());
+    work_.resize(size_t(n_threads));
+    idx_.resize(size_t(n_threads));
+}
+
+BeamSearch::~BeamSearch() = default;
+
+const SequenceResult& BeamSearch::result(size_t i) const {
+    if (i >= results_.size()) throw std::out_of_range("sequence index out of range");
+    return results_[i];
+}
+
+std::string BeamSearch::take_text(size_t i) {
+    if (i >= results_.size()) throw std::out_of_range("sequence index out of range");
+    std::string out;
+    out.swap(untaken_[i]);
+    return out;
+}
+
+bool BeamSearch::step_unchecked() {
+    if (!started_) {
+        started_ = true;
+        t_start_ = std::chrono::steady_clock::now();
+        prefill();
+    } else if (n_live_ > 0) {
+        decode();
+    }
+    return n_live_ > 0;
+}
+
+void BeamSearch::prefill() {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<SeqStep> steps;
+    for (auto& g : groups_) {
+        Beam& b = *g->beams[0];
+        b.cache = model_.new_cache();
+        SeqStep st;
+        st.cache = b.cache.get();
+        st.tokens = b.history.data();
+        st.n_tokens = int64_t(b.history.size());
+        st.all_logits = opt_.prompt_logprobs;
+        steps.push_back(st);
+        timings_.prefill_tokens += st.n_tokens;
+    }
+    logits_.resize(size_t(Model::logit_rows(steps) * V_));
+    model_.forward(steps, logits_.data());
+
+    std::vector<Beam*> beams;
+    std::vector<const float*> rows;
+    int64_t row0 = 0;  // first logits row of the group's prompt
+    for (auto& g : groups_) {
+        Beam& b = *g->beams[0];
+        const int64_t len = int64_t(g->n_prompt);
+        if (opt_.prompt_logprobs)
+            add_prompt_logprobs(logits_.data() + row0 * V_, b.history, V_, opt_.top_logprobs, g->prompt_part,
+                                idx_[0]);
+        const float* last = logits_.data() + (row0 + (opt_.prompt_logprobs ? len - 1 : 0)) * V_;
+        row0 += opt_.prompt_logprobs ? len : 1;
+        if (g->max_len <= len) {  // no room for a token: empty sequences
+            for (int64_t k = 0; k < opt_.num_return_sequences; k++) {
+                SequenceResult r;
+                r.prompt_index = g->prompt_index;
+                r.finish_reason = "length";
+                r.has_score = true;
+                g->finished.push_back(r);
+            }
+            finish(*g);
+            continue;
+        }
+        beams.push_back(&b);
+        rows.push_back(last);
+    }
+    advance(beams, rows);
+    timings_.prefill_seconds = seconds_since(t0);
+    timings_.first_token_seconds = seconds_since(t_start_);
+}
+
+void BeamSearch::decode() {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<Beam*> beams;
+    std::vector<SeqStep> steps;
+    for (auto& g : groups_) {
+        if (!g->live) continue;
+        for (auto& b : g->beams) {
+            beams.push_back(b.get());
+            SeqStep st;
+            st.cache = b->cache.get();
+            st.tokens = &b->next_input;
+            st.n_tokens = 1;
+            steps.push_back(st);
+        }
+    }
+    logits_.resize(beams.size() * size_t(V_));
+    model_.forward(steps, logits_.data());
+    std::vector<const float*> rows;
+    for (size_t i = 0; i < beams.size(); i++) rows.push_back(logits_.data() + int64_t(i) * V_);
+    advance(beams, rows);
+    timings_.decode_tokens += int64_t(beams.size());
+    timings_.decode_seconds += seconds_since(t0);
+}
+
+// One step of every live group: beams (the live groups' running beams, group by group) and
+// their logits rows. Rows are scored in parallel (each on its thread's processors: the result
+// does not depend on the thread count), then each group selects its next beams in order.
+void BeamSearch::advance(const std::vector<Beam*>& beams, const std::vector<const float*>& rows) {
+    const int64_t B = int64_t(beams.size());
+    std::vector<std::vector<Candidate>> per_row(static_cast<size_t>(B));
+    std::exception_ptr error;
+#pragma omp parallel for num_threads(std::max<int64_t>(1, std::min<int64_t>(B, int64_t(samplers_.size())))) \
+    schedule(static, 1)
+    for (int64_t b = 0; b < B; b++) {
+        try {
+            score_row(*beams[b], rows[b], per_row[b], omp_get_thread_num());
+        } catch (...) {
+#pragma omp critical
+            if (!error) error = std::current_exception();
+        }
+    }
+    if (error) std::rethrow_exception(error);
+
+    size_t r = 0;
+    for (auto& g : groups_) {
+        if (!g->live || r >= beams.size() || beams[r] != g->beams[0].get()) continue;
+        std::vector<Candidate> candidates;
+        for (size_t j = 0; j < g->beams.size(); j++, r++) {
+            for (Candidate c : per_row[r]) {
+                c.beam = int32_t(j);
+                candidates.push_back(c);
+            }
+        }
+        select(*g, candidates);
+    }
+}
+
+// The K best candidates of one beam (finite scores only): processed log-probs plus its score.
+void BeamSearch::score_row(Beam& beam, const float* row, std::vector<Candidate>& out, int thread) {
+    const double lse = log_sum_exp(row, V_);
+    std::vector<float>& s = work_[size_t(thread)];
+    s.resize(size_t(V_));
+    for (int64_t i = 0; i < V_; i++) s[i] = float(double(row[i]) - lse);
+    samplers_[size_t(thread)].process(s.data(), beam.history, beam.n_prompt);
+    for (int64_t i = 0; i < V_; i++)
+        if (std::isnan(s[i])) s[i] = kNegInf;
+
+    std::vector<int32_t>& idx = idx_[size_t(thread)];
+    idx.resize(size_t(V_));
+    for (int64_t i = 0; i < V_; i++) idx[i] = int32_t(i);
+    const int64_t k = std::min(K_, V_);
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                      [&s](int32_t a, int32_t b) { return s[a] > s[b] || (s[a] == s[b] && a < b); });
+    out.clear();
+    for (int64_t i = 0; i < k && s[idx[i]] != kNegInf; i++) {
+        const int32_t t = idx[i];
+        out.push_back({beam.score + s[t], 0, t, float(double(row[t]) - lse)});
+    }
+    if (opt_.top_logprobs > 0) beam.row_top = top_logprobs(row, V_, opt_.top_logprobs, lse, idx);
+}
+
+// One step of group g from its candidates: new finished hypotheses, the next running beams
+// (KV caches forked or handed down), and whether the search of g is over.
+void BeamSearch::select(Group& g, std::vector<Candidate>& candidates) {
+    std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
+        return better(a.score, a.beam, a.token, b.score, b.beam, b.token);
+    });
+    if (candidates.size() > size_t(K_)) candidates.resize(size_t(K_));
+    if (candidates.empty()) throw std::invalid_argument("every token was filtered out: nothing left to generate");
+
+    const size_t N = size_t(opt_.num_beams);
+    const int64_t cur_len = int64_t(g.beams[0]->history.size());
+    const int64_t gen_len = cur_len + 1 - int64_t(g.n_prompt);  // of a candidate
+    const bool at_limit = cur_len + 1 >= g.max_len;
+    const bool may_finish = g.improvable && !(opt_.early_stopping == EarlyStopping::WhenFull && g.finished.size() == N);
+    std::vector<const Candidate*> next;
+    for (size_t i = 0; i < candidates.size(); i++) {
+        const Candidate& c = candidates[i];
+        const bool ends = at_limit || std::find(ends_.begin(), ends_.end(), c.token) != ends_.end();
+        if (!ends) {
+            if (next.size() < N) next.push_back(&c);
+        } else if (i < N && may_finish) {
+            add_finished(g, c, gen_len);
+        }
+    }
+
+    // the next beams: a parent's first child takes its beam (cache included), the others copy it
+    std::vector<std::unique_ptr<Beam>> parents = std::move(g.beams);
+    std::vector<int> first_child(parents.size(), -1);
+    g.beams.clear();
+    for (const Candidate* c : next) {
+        std::unique_ptr<Beam> child;
+        if (first_child[c->beam] < 0) {
+            first_child[c->beam] = int(g.beams.size());
+            child = std::move(parents[c->beam]);
+        } else {
+            const Beam& twin = *g.beams[first_child[c->beam]];
+            child = std::make_unique<Beam>();
+            child->history = twin.history;
+            child->n_prompt = twin.n_prompt;
+            child->logprobs = twin.logprobs;
+            child->top = twin.top;
+            child->row_top = twin.row_top;
+            if (!g.spare.empty()) {
+                child->cache = std::move(g.spare.back());
+                g.spare.pop_back();
+            } else {
+                child->cache = model_.new_cache();
+            }
+            child->cache->copy_from(*twin.cache);
+        }
+        g.beams.push_back(std::move(child));
+    }
+    for (auto& p : parents)
+        if (p) g.spare.push_back(std::move(p->cache));
+    for (size_t i = 0; i < next.size(); i++) {
+        Beam& b = *g.beams[i];
+        b.history.push_back(next[i]->token);
+        b.score = next[i]->score;
+        if (opt_.logprobs) {
+            b.logprobs.push_back(next[i]->logprob);
+            if (opt_.top_logprobs > 0) b.top.push_back(b.row_top);
+        }
+        b.next_input = next[i]->token;
+    }
+
+    // can a running beam still beat the worst finished hypothesis? (transformers' heuristic)
+    if (g.improvable && g.finished.size() == N && !g.beams.empty()) {
+        const bool longest = opt_.early_stopping == EarlyStopping::Never && opt_.length_penalty > 0.0;
+        const int64_t best_len = longest ? g.max_len - int64_t(g.n_prompt) : gen_len;
+        const float best = float(double(g.beams[0]->score) / std::pow(double(best_len), opt_.length_penalty));
+        if (!(best > g.finished.back().score)) g.improvable = false;
+    }
+    const bool full = g.finished.size() == N;
+    if (!g.improvable || (opt_.early_stopping == EarlyStopping::WhenFull && full) || g.beams.empty()) finish(g);
+}
+
+// Candidate c of group g ends here (an end token or the length limit): kept among the
+// num_beams best finished hypotheses if its normalised score makes it.
+void BeamSearch::add_finished(Group& g, const Candidate& c, int64_t gen_len) {
+    const float score = float(double(c.score) / std::pow(double(gen_len), opt_.length_penalty));
+    const size_t N = size_t(opt_.num_beams);
+    if (g.finished.size() == N && !(score > g.finished.back().score)) return;
+    const Beam& parent = *g.beams[size_t(c.beam)];
+    SequenceResult h;
+    h.prompt_index = g.prompt_index;
+    h.tokens.assign(parent.history.begin() + int64_t(g.n_prompt), parent.history.end());
+    h.tokens.push_back(c.token);
+    if (opt_.logprobs) {
+        h.logprobs = parent.logprobs;
+        h.logprobs.push_back(c.logprob);
+        if (opt_.top_logprobs > 0) {
+            h.top_logprobs = parent.top;
+            h.top_logprobs.push_back(parent.row_top);
+        }
+    }
+    if (std::find(opt_.stop_token_ids.begin(), opt_.stop_token_ids.end(), c.token) != opt_.stop_token_ids.end())
+        h.finish_reason = "stop";
+    else if (tok_ && !opt_.ignore_eos && c.token == tok_->eot_id())
+        h.finish_reason = "eos";
+    else
+        h.finish_reason = "length";
+    h.has_score = true;
+    h.score = score;
+    auto at = std::upper_bound(g.finished.begin(), g.finished.end(), score,
+                               [](float s, const SequenceResult& r) { return s > r.score; });
+    g.finished.insert(at, std::move(h));
+    if (g.finished.size() > N) g.finished.pop_back();
+}
+
+// Group g is done: its best hypotheses become its results (with their text), its caches go.
+void BeamSearch::finish(Group& g) {
+    g.live = false;
+    n_live_--;
+    g.beams.clear();
+    g.spare.clear();
+    const size_t n = size_t(opt_.num_return_sequences);
+    if (g.finished.size() < n)
+        throw std::invalid_argument("beam search found " + std::to_string(g.finished.size()) +
+                                    " sequences for prompt " + std::to_string(g.prompt_index) + ", fewer than " +
+                                    "num_return_sequences: too many tokens are filtered out");
+    for (size_t k = 0; k < n; k++) {
+        SequenceResult& r = results_[g.prompt_index * n + k];
+        r = std::move(g.finished[k]);
+        r.prompt_logprobs = g.prompt_part.prompt_logprobs;
+        r.prompt_top_logprobs = g.prompt_part.prompt_top_logprobs;
+        if (!tok_) continue;
+        std::string bytes;
+        const size_t n_text = r.tokens.size() - (r.finish_reason == "length" ? 0 : 1);
+        for (size_t i = 0; i < n_text; i++)
+            if (r.tokens[i] < tok_->vocab_size()) bytes += tok_->token_bytes(r.tokens[i]);
+        utf8_replace(bytes, r.text, true);
+        untaken_[g.prompt_index * n + k] = r.text;
+    }
+    g.finished.clear();
+}
+
+}  // namespace pygpt
