@@ -62,21 +62,32 @@ def cmd_generate(args) -> int:
     model = _load(args.model, args.threads, args.kv_cache)
     if model.tokenizer is None:
         raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
-    stream = model.stream(
-        prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, min_p=args.min_p, typical_p=args.typical_p, repetition_penalty=args.repetition_penalty,
-        presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
-        no_repeat_ngram_size=args.no_repeat_ngram_size, stop=args.stop or None, ignore_eos=args.ignore_eos,
-        seed=args.seed, echo=args.echo, truncate="left" if args.truncate else None)
-    wrote = ""
-    for piece in stream:
-        _write(sys.stdout, piece)
-        wrote = piece
+    temperature = args.temperature
+    if temperature is None:  # beam search is deterministic: it samples only when asked to (and fails)
+        temperature = 0.0 if args.num_beams > 1 else CLI_TEMPERATURE
+    options = dict(
+        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, temperature=temperature,
+        top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, typical_p=args.typical_p,
+        repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+        stop=args.stop or None, ignore_eos=args.ignore_eos, seed=args.seed, echo=args.echo,
+        truncate="left" if args.truncate else None)
+    if args.num_beams > 1:  # the best beam is known at the end: print it then
+        out = model.generate(prompt, num_beams=args.num_beams, length_penalty=args.length_penalty, **options)
+        wrote = out.text
+        _write(sys.stdout, wrote)
+    else:
+        stream = model.stream(prompt, **options)
+        wrote = ""
+        for piece in stream:
+            _write(sys.stdout, piece)
+            wrote = piece
+        out = stream.output
     if sys.stdout.isatty() and not wrote.endswith("\n"):
         _write(sys.stdout, "\n")
     if args.stats:
-        out = stream.output
-        _write(sys.stderr, f"[{len(out.tokens)} tokens, finish_reason={out.finish_reason}; {out.timings}]\n")
+        score = f", score={out.score:.4f}" if out.score is not None else ""
+        _write(sys.stderr, f"[{len(out.tokens)} tokens, finish_reason={out.finish_reason}{score}; {out.timings}]\n")
     return 0
 
 
@@ -175,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-n", "--max-new-tokens", type=_non_negative_int, default=CLI_MAX_NEW_TOKENS, metavar="N",
                    help="generate at most N tokens; fewer at the end of the context (default: %(default)s)")
     s = g.add_argument_group("sampling")
-    s.add_argument("-t", "--temperature", type=float, default=CLI_TEMPERATURE, help="0 = greedy (default: %(default)s)")
+    s.add_argument("-t", "--temperature", type=float, default=None,
+                   help=f"0 = greedy (default: {CLI_TEMPERATURE}; 0 with --num-beams)")
     s.add_argument("--top-k", type=int, default=None, help="keep the K most likely tokens (default: off)")
     s.add_argument("--top-p", type=float, default=CLI_TOP_P, help="nucleus sampling: keep the most likely "
                                                                   "tokens up to this probability mass; 1 = off (default: %(default)s)")
@@ -188,7 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N", help="never repeat an N-gram (default: off)")
     s.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text "
                                                          "(default: a new one each run)")
+    b = g.add_argument_group("beam search")
+    b.add_argument("--num-beams", type=_positive_int, default=1, metavar="N",
+                   help="> 1: search N beams for the most likely continuation (deterministic; printed "
+                        "when done, not streamed; --stop is not supported) (default: %(default)s)")
+    b.add_argument("--length-penalty", type=float, default=1.0,
+                   help="a beam scores its log-probability / length ** this: > 0 favours longer "
+                        "sequences (default: %(default)s)")
     st = g.add_argument_group("stopping and output")
+    st.add_argument("--min-new-tokens", type=_non_negative_int, default=0, metavar="N",
+                    help="do not end (eos or stop tokens) before N tokens (default: %(default)s)")
     st.add_argument("--stop", action="append", metavar="TEXT",
                     help="stop when the text contains TEXT (not printed); may be repeated")
     st.add_argument("--ignore-eos", action="store_true", help="keep going past <|endoftext|>")

@@ -162,6 +162,21 @@ def test_logit_bias(kind):
     assert_same_scores(ours(x, logit_bias=bias), want)
 
 
+@pytest.mark.parametrize("generated", [0, 2, 3, 5])
+def test_min_new_tokens_bans_the_end_tokens(generated):
+    # set by the decode loop (eos, stop_token_ids): not a sampling_params() argument
+    x = LOGITS["random"]()
+    prompt = [5, 6, 7]
+    history = prompt + [9] * generated
+    p = sampling_params(V)
+    p.min_new_tokens, p.end_tokens = 3, [50256, 11]
+    got = _core.process_logits(x, history, len(prompt), p)
+    want = theirs(tlp.MinNewTokensLengthLogitsProcessor(len(prompt), 3, [50256, 11]), x, history)
+    assert_same_scores(got, want)
+    assert np.isneginf(got[[50256, 11]]).all() == (generated < 3)
+    assert np.isfinite(got[12])
+
+
 def test_presence_and_frequency_penalties_follow_openai():
     x = random_logits(3, n=100)
     history, n_prompt = [1, 2, 3, 4, 5, 6, 7, 7, 7, 9, 3], 6  # generated: 7 7 7 9 3
@@ -354,6 +369,14 @@ def test_core_validates_too():
         _core.process_logits(np.array([0.0, np.nan], np.float32), [], 0, _core.SamplingParams())
     with pytest.raises(ValueError, match="vocabulary"):
         _core.process_logits(np.zeros(10, np.float32), [10], 0, _core.SamplingParams())
+    p = _core.SamplingParams()
+    p.min_new_tokens = -1
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        _core.process_logits(np.zeros(10, np.float32), [], 0, p)
+    p = _core.SamplingParams()
+    p.end_tokens = [10]
+    with pytest.raises(ValueError, match="end token id 10"):
+        _core.process_logits(np.zeros(10, np.float32), [], 0, p)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
