@@ -17,6 +17,8 @@ PYBIND11_MODULE(_core, m) {
             py::set_error(format_error, e.what());
         } catch (const pygpt::FileNotFound& e) {
             py::set_error(PyExc_FileNotFoundError, e.what());
+        } catch (const pygpt::OutOfMemory& e) {
+            py::set_error(PyExc_MemoryError, e.what());
         } catch (const pygpt::Interrupted&) {
             // raise what the signal handler raised (KeyboardInterrupt for Ctrl-C)
             if (PyErr_CheckSignals() == 0) py::set_error(PyExc_KeyboardInterrupt, "");

@@ -11,6 +11,8 @@
 
 #include "kernels.h"
 
+#include <unistd.h>
+
 #if defined(PYGPT_X86)
 #include <cpuid.h>
 #endif
@@ -171,6 +173,14 @@ int physical_cores() {
     if (!cores.empty()) return static_cast<int>(cores.size());
     unsigned n = std::thread::hardware_concurrency();
     return n ? static_cast<int>(n) : 1;
+}
+
+int64_t physical_memory_bytes() {
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0) return int64_t(pages) * int64_t(page);
+#endif
+    return 0;
 }
 
 }  // namespace pygpt

@@ -2,9 +2,11 @@
 #include "generate.h"
 
 #include "beam_search.h"
+#include "errors.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <exception>
 #include <stdexcept>
 #include <string_view>
@@ -75,6 +77,31 @@ void Decoding::run(const std::function<void()>& between_steps) {
         if (between_steps) between_steps();
 }
 
+// A request whose KV caches and logits could not fit in this machine's memory fails here, with
+// a MemoryError, rather than being killed by the system part way (a batch of a million, say).
+static void check_memory(const Model& model, const std::vector<std::vector<int32_t>>& prompts,
+                         const GenerateOptions& opt) {
+    const ModelConfig& c = model.config();
+    const int64_t per_prompt = opt.num_beams > 1 ? opt.num_beams : opt.num_return_sequences;
+    const int64_t new_tokens = std::min(opt.max_new_tokens, c.n_ctx);
+    double bytes = 0.0;  // in double: no overflow, whatever the request
+    for (const auto& ids : prompts) {
+        const int64_t positions = std::min(c.n_ctx, int64_t(ids.size()) + new_tokens);
+        bytes += double(per_prompt) * double(positions) * double(KVCache::bytes_per_position(c, model.kv_type()));
+    }
+    // a logits row per sequence, and the processors' copy of it
+    bytes += double(prompts.size()) * double(per_prompt) * double(c.vocab_size) * 8.0;
+    const double have = double(physical_memory_bytes());
+    if (have > 0.0 && bytes > have) {
+        char msg[256];
+        std::snprintf(msg, sizeof msg,
+                      "this call would need about %.1f GB for the KV caches and logits of %.0f sequences, more "
+                      "than this machine's %.1f GB of memory: ask for fewer sequences or tokens",
+                      bytes / 1e9, double(prompts.size()) * double(per_prompt), have / 1e9);
+        throw OutOfMemory(msg);
+    }
+}
+
 void check_request(const Model& model, const Tokenizer* tokenizer, const std::vector<std::vector<int32_t>>& prompts,
                    const GenerateOptions& opt) {
     const int64_t V = model.config().vocab_size, n_ctx = model.config().n_ctx;
@@ -110,6 +137,7 @@ void check_request(const Model& model, const Tokenizer* tokenizer, const std::ve
             if (t < 0 || t >= V)
                 bad("prompt " + std::to_string(p) + ": token id " + std::to_string(t) + " is outside the vocabulary");
     }
+    check_memory(model, prompts, opt);
 }
 
 std::unique_ptr<Decoding> make_decoding(Model& model, const Tokenizer* tokenizer,

@@ -154,5 +154,6 @@ bool cpu_has_avx512_bf16();  // that and AVX512-BF16
 bool cpu_has_neon();      // AArch64 (where NEON is part of the base ISA)
 bool cpu_has_neon_dot();  // AArch64 with the dot-product instructions (SDOT; ARMv8.2 DotProd)
 int physical_cores();
+int64_t physical_memory_bytes();  // 0 where unknown
 
 }  // namespace pygpt

@@ -90,7 +90,12 @@ struct KVCache {
     std::unique_ptr<float[]> k_scale, v_scale;
 
     KVCache(int64_t n_layer, int64_t n_head, int64_t n_ctx, int64_t head_dim, KVType type = KVType::F32);
-    int64_t elem_bytes() const { return type == KVType::F32 ? 4 : type == KVType::F16 ? 2 : 1; }
+    int64_t elem_bytes() const { return elem_bytes(type); }
+    static int64_t elem_bytes(KVType t) { return t == KVType::F32 ? 4 : t == KVType::F16 ? 2 : 1; }
+    // keys, values (and int8 scales) of one position, all layers
+    static int64_t bytes_per_position(const ModelConfig& c, KVType t) {
+        return c.n_layer * 2 * (c.n_embd * elem_bytes(t) + (t == KVType::Int8 ? c.n_head * 4 : 0));
+    }
     uint8_t* k_at(int64_t l, int64_t h, int64_t t) { return k.get() + offset(l, h, t); }
     uint8_t* v_at(int64_t l, int64_t h, int64_t t) { return v.get() + offset(l, h, t); }
     const uint8_t* k_at(int64_t l, int64_t h, int64_t t) const { return k.get() + offset(l, h, t); }

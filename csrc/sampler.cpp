@@ -94,7 +94,7 @@ Sampler::Sampler(const SamplingParams& params, int64_t vocab_size, uint64_t seed
                  const Kernels& kernels)
     : params_(params), V_(vocab_size), argmax_(kernels.argmax), rng_(seed, stream) {
     params_.validate(vocab_size);
-    counts_.assign(size_t(V_), 0);
+    if (params_.penalises_repeats() || params_.penalises_counts()) counts_.assign(size_t(V_), 0);
 }
 
 void Sampler::check_history(const std::vector<int32_t>& history) const {

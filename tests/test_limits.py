@@ -265,3 +265,13 @@ def test_huge_and_odd_limits(model):
         model.generate([300], max_new_tokens=1)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         model.generate([2**40], max_new_tokens=1)
+
+
+@pytest.mark.parametrize("kw", [dict(num_return_sequences=10**7), dict(num_beams=10**7),
+                                dict(max_new_tokens=2**62, num_return_sequences=10**6)])
+def test_a_request_larger_than_memory_is_a_memory_error(model, kw):
+    # refused before anything is allocated: a clear MemoryError, not the system's OOM killer
+    with pytest.raises(MemoryError, match="GB of memory"):
+        model.generate([[1, 2]] * 3, **kw)
+    assert model.generate([1, 2], max_new_tokens=2).finish_reason == "length"
+
