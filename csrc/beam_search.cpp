@@ -31,13 +31,20 @@ struct BeamSearch::Candidate {
     float logprob;  // raw log-prob of the token
 };
 
+// A dropped beam's cache, kept for a later copy: the tokens it ran (the copy skips their
+// common prefix with the beam copied).
+struct Spare {
+    std::unique_ptr<KVCache> cache;
+    std::vector<int32_t> tokens;
+};
+
 struct BeamSearch::Group {
     size_t prompt_index = 0;
     size_t n_prompt = 0;
     int64_t max_len = 0;                             // prompt + generated stops here
     std::vector<std::unique_ptr<Beam>> beams;        // running, best first
     std::vector<SequenceResult> finished;            // best first, at most num_beams
-    std::vector<std::unique_ptr<KVCache>> spare;     // caches of dropped beams, reused
+    std::vector<Spare> spare;                        // caches of dropped beams, reused
     bool improvable = true;  // a running beam may still beat the worst finished one
     bool live = true;
     SequenceResult prompt_part;                      // prompt log-probs (echo + logprobs)
@@ -46,6 +53,24 @@ struct BeamSearch::Group {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// The indices of the k largest finite values of s[0 : n], largest first (ties: lower index
+// first), in one pass: a value enters only when it beats the k-th best so far.
+void top_k_finite(const float* s, int64_t n, int64_t k, std::vector<int32_t>& top) {
+    top.clear();
+    for (int64_t i = 0; i < n; i++) {
+        const float x = s[i];
+        if (!(x > kNegInf) || (int64_t(top.size()) == k && !(x > s[top.back()]))) continue;
+        const auto at = std::upper_bound(top.begin(), top.end(), x, [s](float v, int32_t j) { return v > s[j]; });
+        top.insert(at, int32_t(i));
+        if (int64_t(top.size()) > k) top.pop_back();
+    }
+}
+
+int64_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+    const size_t n = std::min(a.size(), b.size());
+    return int64_t(std::mismatch(a.begin(), a.begin() + int64_t(n), b.begin()).first - a.begin());
+}
 
 bool better(float a_score, int32_t a_beam, int32_t a_token, float b_score, int32_t b_beam, int32_t b_token) {
     if (a_score != b_score) return a_score > b_score;
@@ -225,20 +250,11 @@ void BeamSearch::score_row(Beam& beam, const float* row, std::vector<Candidate>&
     s.resize(size_t(V_));
     for (int64_t i = 0; i < V_; i++) s[i] = float(double(row[i]) - lse);
     samplers_[size_t(thread)].process(s.data(), beam.history, beam.n_prompt);
-    for (int64_t i = 0; i < V_; i++)
-        if (std::isnan(s[i])) s[i] = kNegInf;
 
     std::vector<int32_t>& idx = idx_[size_t(thread)];
-    idx.resize(size_t(V_));
-    for (int64_t i = 0; i < V_; i++) idx[i] = int32_t(i);
-    const int64_t k = std::min(K_, V_);
-    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                      [&s](int32_t a, int32_t b) { return s[a] > s[b] || (s[a] == s[b] && a < b); });
+    top_k_finite(s.data(), V_, K_, idx);  // NaN is never taken
     out.clear();
-    for (int64_t i = 0; i < k && s[idx[i]] != kNegInf; i++) {
-        const int32_t t = idx[i];
-        out.push_back({beam.score + s[t], 0, t, float(double(row[t]) - lse)});
-    }
+    for (int32_t t : idx) out.push_back({beam.score + s[t], 0, t, float(double(row[t]) - lse)});
     if (opt_.top_logprobs > 0) beam.row_top = top_logprobs(row, V_, opt_.top_logprobs, lse, idx);
 }
 
@@ -284,18 +300,24 @@ void BeamSearch::select(Group& g, std::vector<Candidate>& candidates) {
             child->logprobs = twin.logprobs;
             child->top = twin.top;
             child->row_top = twin.row_top;
+            int64_t same = 0;  // positions the cache already holds as the twin's
             if (!g.spare.empty()) {
-                child->cache = std::move(g.spare.back());
-                g.spare.pop_back();
+                size_t best = 0;
+                for (size_t i = 0; i < g.spare.size(); i++) {
+                    const int64_t n = common_prefix(g.spare[i].tokens, twin.history);
+                    if (n > same) same = n, best = i;
+                }
+                child->cache = std::move(g.spare[best].cache);
+                g.spare.erase(g.spare.begin() + int64_t(best));
             } else {
                 child->cache = model_.new_cache();
             }
-            child->cache->copy_from(*twin.cache);
+            child->cache->copy_from(*twin.cache, same);
         }
         g.beams.push_back(std::move(child));
     }
     for (auto& p : parents)
-        if (p) g.spare.push_back(std::move(p->cache));
+        if (p) g.spare.push_back({std::move(p->cache), std::move(p->history)});
     for (size_t i = 0; i < next.size(); i++) {
         Beam& b = *g.beams[i];
         b.history.push_back(next[i]->token);

@@ -54,16 +54,18 @@ KVCache::KVCache(int64_t n_layer_, int64_t n_head_, int64_t n_ctx_, int64_t head
     }
 }
 
-void KVCache::copy_from(const KVCache& o) {
+void KVCache::copy_from(const KVCache& o, int64_t from) {
     if (o.n_layer != n_layer || o.n_head != n_head || o.n_ctx != n_ctx || o.head_dim != head_dim || o.type != type)
         throw std::invalid_argument("KV caches of different models");
+    if (from < 0 || from > std::min(pos, o.pos)) throw std::invalid_argument("KV cache copy from a bad position");
+    const int64_t n = o.pos - from;
     for (int64_t l = 0; l < n_layer; l++)
         for (int64_t h = 0; h < n_head; h++) {
-            std::memcpy(k_at(l, h, 0), o.k_at(l, h, 0), o.pos * head_dim * elem_bytes());
-            std::memcpy(v_at(l, h, 0), o.v_at(l, h, 0), o.pos * head_dim * elem_bytes());
+            std::memcpy(k_at(l, h, from), o.k_at(l, h, from), n * head_dim * elem_bytes());
+            std::memcpy(v_at(l, h, from), o.v_at(l, h, from), n * head_dim * elem_bytes());
             if (type == KVType::Int8) {
-                std::memcpy(k_scale_at(l, h, 0), o.k_scale_at(l, h, 0), o.pos * sizeof(float));
-                std::memcpy(v_scale_at(l, h, 0), o.v_scale_at(l, h, 0), o.pos * sizeof(float));
+                std::memcpy(k_scale_at(l, h, from), o.k_scale_at(l, h, from), n * sizeof(float));
+                std::memcpy(v_scale_at(l, h, from), o.v_scale_at(l, h, from), n * sizeof(float));
             }
         }
     pos = o.pos;
