@@ -266,3 +266,26 @@ def test_llama_cpp_batch_decodes_every_prompt_as_transformers_does_alone(bench, 
             assert got == want
     r = bench.worker_llamacpp({"path": path, "threads": 1, "prompt": 8, "new": 4, "runs": 1, "batch": 2})
     assert r["batch_decode_tok_s"] > 0
+
+
+def test_bench_beam_runs_engines_in_turns_and_compares_their_best_sequences(load_tool, hf_model_factory):
+    """tools/bench_beam.py: pygpt and transformers search the same model in turns; the table
+    gives each one's time and whether its best sequence is transformers'."""
+    import argparse
+
+    bench_beam = load_tool("bench_beam")
+    _, hf_dir, f32_dir = hf_model_factory("tiny")
+    common = dict(threads=1, beams=3, prompt=8, new=5, hf=hf_dir)
+    cases = [dict(common, engine="pygpt", dtype="f32", path=f32_dir),
+             dict(common, engine="transformers", dtype="f32", path=hf_dir)]
+    results = bench_beam.in_turns(cases, 2)
+    assert [len(r) for r in results] == [2, 2]
+    assert all(s > 0 and len(tokens) == 5 for r in results for s, tokens in r)
+    assert results[0][0][1] == results[1][0][1]  # the same search
+    args = argparse.Namespace(shape="tiny", threads=1, beams=3, prompt=8, new=5, rounds=2)
+    rows = bench_beam.table(cases, results, args).splitlines()[-2:]
+    assert rows[0].startswith("| pygpt | f32 |") and rows[0].endswith("| 1.00x | yes |")
+    assert rows[1].startswith("| transformers | f32 |") and rows[1].endswith("| yes |")
+    with pytest.raises(RuntimeError, match="exited"):
+        bench_beam.in_turns([dict(cases[0], path=f32_dir + "-missing")], 1)
+
