@@ -406,13 +406,15 @@ def interrupt_after(delay):
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="needs POSIX signals")
-def test_ctrl_c_stops_generate_and_the_model_stays_usable(long_model):
+@pytest.mark.parametrize("options", [dict(temperature=1.0, seed=0), dict(num_beams=4)], ids=["sampling", "beams"])
+def test_ctrl_c_stops_generate_and_the_model_stays_usable(long_model, options):
     expected = long_model.generate(PROMPTS[0], max_new_tokens=5)
-    # 8 sequences up to the 1024-token context: far longer than the 0.3 s before the signal
+    # 8 sequences (or 8 prompts of 4 beams) up to the 1024-token context: far longer than the
+    # 0.3 s before the signal
     t = interrupt_after(0.3)
     start = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
-        long_model.generate([PROMPTS[0]] * 8, max_new_tokens=1000, ignore_eos=True, temperature=1.0, seed=0)
+        long_model.generate([PROMPTS[0]] * 8, max_new_tokens=1000, ignore_eos=True, **options)
     elapsed = time.perf_counter() - start
     t.join()
     again = long_model.generate(PROMPTS[0], max_new_tokens=5)
