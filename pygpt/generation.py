@@ -7,10 +7,12 @@ transformers' for GPT-2: greedy decoding with every filter off.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import numbers
 import os
 import secrets
+import threading
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -399,27 +401,86 @@ class TextStream:
     def __iter__(self) -> Iterator[str]:
         return self
 
-    def __next__(self) -> str:
+    def _echo(self) -> Optional[str]:
+        """The prompt's text, once, first, with echo=True."""
         if self._pending_echo:
             self._pending_echo = False
-            text = self._req.prompt_text(0)
-            if text:
-                return text
+            return self._req.prompt_text(0) or None
+        return None
+
+    def _after_step(self, more: bool) -> str:
+        """The text of the step just run ("" if none yet); the output once it was the last."""
+        piece = self._gen.take_text(0)
+        if not more:
+            self._finished = True
+            self.output = self._req.outputs(self._gen)[0]
+        return piece
+
+    def __next__(self) -> str:
+        text = self._echo()
+        if text:
+            return text
         while not self._finished:
-            more = self._gen.step()
-            piece = self._gen.take_text(0)
-            if not more:
-                self._finished = True
-                self.output = self._req.outputs(self._gen)[0]
+            piece = self._after_step(self._gen.step())
             if piece:
                 return piece
         raise StopIteration
+
+
+class AsyncTextStream(TextStream):
+    """The async iterator of astream(): each token is computed in a worker thread (the default
+    executor of the running event loop), so the loop keeps serving other tasks meanwhile."""
+
+    def __aiter__(self) -> "AsyncTextStream":
+        return self
+
+    async def __anext__(self) -> str:
+        text = self._echo()
+        if text:
+            return text
+        loop = asyncio.get_running_loop()
+        while not self._finished:
+            piece = self._after_step(await loop.run_in_executor(None, self._gen.step))
+            if piece:
+                return piece
+        raise StopAsyncIteration
 
 
 def stream(model, prompt: Prompt, **options) -> TextStream:
     """Like generate() for one prompt, but yields the text as it is generated: valid UTF-8
     pieces that never include a partial character or the start of a possible stop string.
     Breaking out of the loop stops generation; so does Ctrl-C (KeyboardInterrupt)."""
+    return TextStream(_stream_request(model, prompt, options))
+
+
+async def agenerate(model, prompt: Union[Prompt, Sequence[Prompt]], **options):
+    """generate() for asyncio: the same options and outputs. The generation runs in a worker
+    thread (the loop's default executor) without the GIL, so the event loop serves other tasks
+    meanwhile; concurrent calls on one model take turns token by token. Cancelling the task
+    stops the generation after the token in progress."""
+    req = _Request(model, prompt, **options)
+    gen = req.start()
+    cancelled = threading.Event()
+
+    def run() -> None:  # in the worker thread, one token after another until done or cancelled
+        while not cancelled.is_set() and gen.step():
+            pass
+
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, run)
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
+    return req.shape(req.outputs(gen))
+
+
+def astream(model, prompt: Prompt, **options) -> AsyncTextStream:
+    """stream() for asyncio: `async for piece in astream(...)`; each token is computed in a
+    worker thread. Leaving the loop (or cancelling the task) stops generation."""
+    return AsyncTextStream(_stream_request(model, prompt, options))
+
+
+def _stream_request(model, prompt, options) -> _Request:
     req = _Request(model, prompt, **options)
     if req.batch:
         raise ValueError("stream() takes one prompt; use generate() for a batch")
@@ -430,7 +491,7 @@ def stream(model, prompt: Prompt, **options) -> TextStream:
                          "known at the end; use generate()")
     if req.tokenizer is None:
         raise ValueError("stream() yields text and this model has no tokenizer; use generate()")
-    return TextStream(req)
+    return req
 
 
 def generate_text(prompt: Union[Prompt, Sequence[Prompt]], model=None, **options):

@@ -144,6 +144,18 @@ class Model:
 
         return generation.stream(self, prompt, **kwargs)
 
+    async def agenerate(self, prompt, **kwargs):
+        """generate() for asyncio (await it): tokens are computed in a worker thread."""
+        from . import generation
+
+        return await generation.agenerate(self, prompt, **kwargs)
+
+    def astream(self, prompt, **kwargs):
+        """stream() for asyncio: `async for piece in model.astream(...)`."""
+        from . import generation
+
+        return generation.astream(self, prompt, **kwargs)
+
     def perplexity(self, text, stride: int | None = None, progress: bool | None = None) -> float:
         """Perplexity of a text (or token ids), scored in strided windows of n_ctx tokens the
         way the Hugging Face perplexity guide does; see pygpt.perplexity."""
