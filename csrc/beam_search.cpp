@@ -20,6 +20,7 @@ struct BeamSearch::Beam {
     size_t n_prompt = 0;
     std::vector<float> logprobs;      // raw log-prob of each generated token (with logprobs)
     std::vector<TopLogprobs> top;     // and the most likely tokens at each (with top_logprobs)
+    std::string bytes;                // its generated text so far (with a tokenizer)
     int32_t next_input = -1;          // the token the next decode step feeds
     TopLogprobs row_top;              // this step's most likely tokens (score_row)
 };
@@ -87,6 +88,7 @@ BeamSearch::BeamSearch(Model& model, const Tokenizer* tokenizer, std::vector<std
     n_ctx_ = model_.config().n_ctx;
     check_request(model_, tok_, prompts, opt_);
     ends_ = end_tokens(tok_, opt_);
+    for (const auto& s : opt_.stop) max_stop_ = std::max(max_stop_, s.size());
     opt_.sampling.min_new_tokens = opt_.min_new_tokens;
     opt_.sampling.end_tokens = ends_;
     K_ = std::max<int64_t>(2, 1 + int64_t(ends_.size())) * opt_.num_beams;
@@ -275,11 +277,12 @@ void BeamSearch::select(Group& g, std::vector<Candidate>& candidates) {
     std::vector<const Candidate*> next;
     for (size_t i = 0; i < candidates.size(); i++) {
         const Candidate& c = candidates[i];
-        const bool ends = at_limit || std::find(ends_.begin(), ends_.end(), c.token) != ends_.end();
-        if (!ends) {
+        std::string text;  // the candidate's text when it ends (cut before a stop string)
+        const char* reason = ending(*g.beams[size_t(c.beam)], c.token, at_limit, text);
+        if (!reason) {
             if (next.size() < N) next.push_back(&c);
         } else if (i < N && may_finish) {
-            add_finished(g, c, gen_len);
+            add_finished(g, c, gen_len, reason, std::move(text));
         }
     }
 
@@ -296,6 +299,7 @@ void BeamSearch::select(Group& g, std::vector<Candidate>& candidates) {
             const Beam& twin = *g.beams[first_child[c->beam]];
             child = std::make_unique<Beam>();
             child->history = twin.history;
+            child->bytes = twin.bytes;
             child->n_prompt = twin.n_prompt;
             child->logprobs = twin.logprobs;
             child->top = twin.top;
@@ -321,6 +325,7 @@ void BeamSearch::select(Group& g, std::vector<Candidate>& candidates) {
     for (size_t i = 0; i < next.size(); i++) {
         Beam& b = *g.beams[i];
         b.history.push_back(next[i]->token);
+        if (tok_ && next[i]->token < tok_->vocab_size()) b.bytes += tok_->token_bytes(next[i]->token);
         b.score = next[i]->score;
         if (opt_.logprobs) {
             b.logprobs.push_back(next[i]->logprob);
@@ -340,9 +345,41 @@ void BeamSearch::select(Group& g, std::vector<Candidate>& candidates) {
     if (!g.improvable || (opt_.early_stopping == EarlyStopping::WhenFull && full) || g.beams.empty()) finish(g);
 }
 
-// Candidate c of group g ends here (an end token or the length limit): kept among the
-// num_beams best finished hypotheses if its normalised score makes it.
-void BeamSearch::add_finished(Group& g, const Candidate& c, int64_t gen_len) {
+// Why `token` after `beam` ends the sequence, as Generation decides it (a stop token, eos, a
+// stop string in the generated text, the length limit), or null if it does not; `text` then
+// gets the sequence's text bytes (without the end token, cut before the stop string).
+const char* BeamSearch::ending(const Beam& beam, int32_t token, bool at_limit, std::string& text) const {
+    if (std::find(opt_.stop_token_ids.begin(), opt_.stop_token_ids.end(), token) != opt_.stop_token_ids.end()) {
+        text = beam.bytes;
+        return "stop";
+    }
+    if (tok_ && !opt_.ignore_eos && token == tok_->eot_id()) {
+        text = beam.bytes;
+        return "eos";
+    }
+    const std::string& piece = tok_ && token < tok_->vocab_size() ? tok_->token_bytes(token) : std::string();
+    if (!opt_.stop.empty()) {
+        // a stop string the new bytes complete starts at most max_stop_ - 1 bytes before them
+        const size_t old = beam.bytes.size();
+        const size_t from = old + 1 > max_stop_ ? old + 1 - max_stop_ : 0;
+        const std::string tail = beam.bytes.substr(from) + piece;
+        size_t hit = std::string::npos;
+        for (const auto& stop : opt_.stop) hit = std::min(hit, tail.find(stop));
+        if (hit != std::string::npos) {
+            text = beam.bytes.substr(0, from) + tail.substr(0, hit);
+            return "stop";
+        }
+    }
+    if (at_limit) {
+        text = beam.bytes + piece;
+        return "length";
+    }
+    return nullptr;
+}
+
+// Candidate c of group g ends here (`reason`, with its text bytes): kept among the num_beams
+// best finished hypotheses if its normalised score makes it.
+void BeamSearch::add_finished(Group& g, const Candidate& c, int64_t gen_len, const char* reason, std::string text) {
     const float score = float(double(c.score) / std::pow(double(gen_len), opt_.length_penalty));
     const size_t N = size_t(opt_.num_beams);
     if (g.finished.size() == N && !(score > g.finished.back().score)) return;
@@ -359,12 +396,8 @@ void BeamSearch::add_finished(Group& g, const Candidate& c, int64_t gen_len) {
             h.top_logprobs.push_back(parent.row_top);
         }
     }
-    if (std::find(opt_.stop_token_ids.begin(), opt_.stop_token_ids.end(), c.token) != opt_.stop_token_ids.end())
-        h.finish_reason = "stop";
-    else if (tok_ && !opt_.ignore_eos && c.token == tok_->eot_id())
-        h.finish_reason = "eos";
-    else
-        h.finish_reason = "length";
+    h.finish_reason = reason;
+    h.text = std::move(text);  // bytes, made valid UTF-8 by finish()
     h.has_score = true;
     h.score = score;
     auto at = std::upper_bound(g.finished.begin(), g.finished.end(), score,
@@ -390,10 +423,8 @@ void BeamSearch::finish(Group& g) {
         r.prompt_logprobs = g.prompt_part.prompt_logprobs;
         r.prompt_top_logprobs = g.prompt_part.prompt_top_logprobs;
         if (!tok_) continue;
-        std::string bytes;
-        const size_t n_text = r.tokens.size() - (r.finish_reason == "length" ? 0 : 1);
-        for (size_t i = 0; i < n_text; i++)
-            if (r.tokens[i] < tok_->vocab_size()) bytes += tok_->token_bytes(r.tokens[i]);
+        const std::string bytes = std::move(r.text);
+        r.text.clear();
         utf8_replace(bytes, r.text, true);
         untaken_[g.prompt_index * n + k] = r.text;
     }

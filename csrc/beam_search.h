@@ -6,8 +6,9 @@
 //   (sampler.h; the penalties, n-gram bans, bias, min_new_tokens), plus the beam's score (the
 //   sum of its processed log-probs so far). Of all beams' candidates the K best are kept,
 //   K = max(2, 1 + number of end tokens) * N:
-//     - a candidate that ends (an end token: eos, stop_token_ids; or the length limit) and is
-//       among the first N becomes a finished hypothesis, scored
+//     - a candidate that ends (an end token: eos, stop_token_ids; a stop string its token
+//       completes in the generated text; or the length limit) and is among the first N
+//       becomes a finished hypothesis, scored
 //       score / generated_length^length_penalty, if it beats the worst of the N kept so far;
 //     - the N best that do not end are the next running beams (each takes a copy of its
 //       parent's KV cache; the first child of a parent takes the cache itself).
@@ -52,7 +53,8 @@ private:
     void advance(const std::vector<Beam*>& beams, const std::vector<const float*>& rows);
     void score_row(Beam& beam, const float* row, std::vector<Candidate>& out, int thread);
     void select(Group& g, std::vector<Candidate>& candidates);
-    void add_finished(Group& g, const Candidate& c, int64_t gen_len);
+    const char* ending(const Beam& beam, int32_t token, bool at_limit, std::string& text) const;
+    void add_finished(Group& g, const Candidate& c, int64_t gen_len, const char* reason, std::string text);
     void finish(Group& g);
 
     Model& model_;
@@ -60,6 +62,7 @@ private:
     GenerateOptions opt_;
     int64_t V_, n_ctx_, K_;
     std::vector<int32_t> ends_;  // end tokens (end_tokens)
+    size_t max_stop_ = 0;        // longest stop string, bytes
     std::vector<std::unique_ptr<Group>> groups_;
     std::vector<SequenceResult> results_;
     std::vector<std::string> untaken_;  // take_text: what has not been taken yet

@@ -120,7 +120,6 @@ void check_request(const Model& model, const Tokenizer* tokenizer, const std::ve
     if (opt.num_beams < 1) bad("num_beams must be >= 1");
     if (opt.num_beams > 1) {
         if (!opt.sampling.greedy()) bad("beam search (num_beams > 1) is deterministic: temperature must be 0");
-        if (!opt.stop.empty()) bad("stop strings are not supported with beam search (num_beams > 1)");
         if (opt.num_return_sequences > opt.num_beams)
             bad("num_return_sequences (" + std::to_string(opt.num_return_sequences) +
                 ") must be at most num_beams (" + std::to_string(opt.num_beams) + ")");

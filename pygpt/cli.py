@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = g.add_argument_group("beam search")
     b.add_argument("--num-beams", type=_positive_int, default=1, metavar="N",
                    help="> 1: search N beams for the most likely continuation (deterministic; printed "
-                        "when done, not streamed; --stop is not supported) (default: %(default)s)")
+                        "when done, not streamed) (default: %(default)s)")
     b.add_argument("--length-penalty", type=float, default=1.0,
                    help="a beam scores its log-probability / length ** this: > 0 favours longer "
                         "sequences (default: %(default)s)")

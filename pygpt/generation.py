@@ -263,9 +263,6 @@ class _Request:
             if opt.sampling.temperature != 0.0:
                 raise ValueError("beam search (num_beams > 1) is deterministic: temperature must be 0 "
                                  "(beam sampling is not supported)")
-            if stop:
-                raise ValueError("stop strings are not supported with beam search (num_beams > 1); "
-                                 "stop_token_ids are")
             if opt.num_return_sequences > opt.num_beams:
                 raise ValueError(f"num_return_sequences ({opt.num_return_sequences}) must be at most "
                                  f"num_beams ({opt.num_beams})")
@@ -370,7 +367,7 @@ def generate(model, prompt: Union[Prompt, Sequence[Prompt]], **options):
       num_return_sequences=1  samples per prompt (the prompt is run once, its cache forked);
                               with beam search, the best sequences found, best first
       num_beams=1             > 1: beam search (transformers' num_beams, do_sample=False);
-                              needs temperature 0 and no stop strings; outputs get .score
+                              needs temperature 0; outputs get .score
       length_penalty=1.0      beam search: a sequence scores sum(log-probs) / length ** this
       early_stopping=False    beam search: True stops a prompt once num_beams sequences have
                               finished; False once none of the running beams is likely to do

@@ -352,6 +352,49 @@ def test_ignore_eos_with_beams_matches_transformers(model, hf, cases):
     assert saw_eot  # <|endoftext|> was generated and did not end a hypothesis
 
 
+@pytest.fixture(scope="module")
+def hf_tokenizer():
+    import json
+
+    from transformers import GPT2TokenizerFast
+
+    with open(os.path.join(GPT2_TOKENIZER, "vocab.json"), encoding="utf-8") as f:
+        vocab = json.load(f)
+    with open(os.path.join(GPT2_TOKENIZER, "merges.txt"), encoding="utf-8") as f:
+        merges = [tuple(line.split()) for line in f.read().splitlines()[1:] if line]
+    tok = GPT2TokenizerFast(vocab=vocab, merges=merges)
+    assert len(tok.get_vocab()) == 50257
+    return tok
+
+
+@pytest.mark.parametrize("num_beams", [2, 4])
+def test_stop_strings_with_beams_match_transformers(model, hf, hf_tokenizer, cases, num_beams):
+    """A stop string ends a beam as transformers' stop_strings do (the hypothesis keeps the
+    token that completes it; its text is cut before it)."""
+    stopped = 0
+    for prompt, ids, _ in cases:
+        free = hf_beam(hf, ids, MAX_NEW, num_beams, [EOT], num_return_sequences=num_beams)
+        # a stop string that one beam completes in its third token: the last 2 characters of it
+        # and a character of the token before, so that it spans two tokens
+        text = model.tokenizer.decode(free[-1][0][:3])
+        stop = text[-3:]
+        assert stop.strip() and stop not in model.tokenizer.decode(ids)[-8:]
+        ref = hf_beam(hf, ids, MAX_NEW, num_beams, [EOT], num_return_sequences=num_beams, stop_strings=[stop],
+                      tokenizer=hf_tokenizer)
+        outs = model.generate(prompt, max_new_tokens=MAX_NEW, num_beams=num_beams, num_return_sequences=num_beams,
+                              stop=[stop])
+        assert [o.tokens for o in outs] == [r[0] for r in ref], prompt
+        for o, (_, score) in zip(outs, ref):
+            assert o.score == pytest.approx(score, rel=1e-4, abs=1e-6)
+            full = model.tokenizer.decode(o.tokens)
+            if o.finish_reason == "stop":
+                stopped += 1
+                assert stop in full and o.text == full[:full.index(stop)]
+            else:
+                assert o.finish_reason == "length" and stop not in full and o.text == full
+    assert stopped >= 3
+
+
 @pytest.mark.filterwarnings("ignore:Unfeasible length constraints")
 def test_min_new_tokens_greedy_matches_transformers(model, hf, cases):
     stopped = 0
@@ -590,8 +633,6 @@ def test_greedy_output_has_no_score(model):
     (dict(num_beams=0), ValueError, "num_beams"),
     (dict(num_beams=-2), ValueError, "num_beams"),
     (dict(num_beams=2, temperature=0.7), ValueError, "temperature|sampl"),
-    (dict(num_beams=2, stop=["x"]), ValueError, "stop"),
-    (dict(num_beams=2, stop="x"), ValueError, "stop"),
     (dict(num_beams=2, num_return_sequences=3), ValueError, "num_return_sequences"),
     (dict(num_beams=2, length_penalty=math.nan), ValueError, "length_penalty"),
     (dict(num_beams=2, length_penalty=math.inf), ValueError, "length_penalty"),
