@@ -83,6 +83,7 @@ void bind_generate(py::module_& m) {
         .def_readwrite("frequency_penalty", &SamplingParams::frequency_penalty)
         .def_readwrite("no_repeat_ngram_size", &SamplingParams::no_repeat_ngram_size)
         .def_readwrite("logit_bias", &SamplingParams::logit_bias)
+        .def_readwrite("sequence_bias", &SamplingParams::sequence_bias)
         .def_readwrite("min_new_tokens", &SamplingParams::min_new_tokens)
         .def_readwrite("end_tokens", &SamplingParams::end_tokens)
         .def("validate", &SamplingParams::validate, py::arg("vocab_size"));

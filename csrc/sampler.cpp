@@ -8,6 +8,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <set>
 #include <unordered_set>
 
 namespace pygpt {
@@ -73,6 +74,17 @@ void SamplingParams::validate(int64_t vocab_size) const {
     if (!std::isfinite(frequency_penalty)) bad("frequency_penalty must be finite");
     if (no_repeat_ngram_size < 0)
         bad("no_repeat_ngram_size must be >= 0 (0 = off), got " + std::to_string(no_repeat_ngram_size));
+    std::set<std::vector<int32_t>> seen_sequences;
+    for (const auto& [tokens, bias] : sequence_bias) {
+        if (tokens.empty()) bad("sequence_bias: a sequence must have at least one token");
+        for (int32_t id : tokens)
+            if (id < 0 || id >= vocab_size)
+                bad("sequence_bias token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                    std::to_string(vocab_size) + ")");
+        if (std::isnan(bias) || bias == std::numeric_limits<float>::infinity())
+            bad("sequence_bias: a bias must be a number or -inf");
+        if (!seen_sequences.insert(tokens).second) bad("sequence_bias lists a sequence twice");
+    }
     if (min_new_tokens < 0) bad("min_new_tokens must be >= 0, got " + std::to_string(min_new_tokens));
     for (int32_t id : end_tokens)
         if (id < 0 || id >= vocab_size) bad("end token id " + std::to_string(id) + " is outside the vocabulary");
@@ -135,8 +147,18 @@ int32_t Sampler::sample(const float* logits, std::vector<float>& work, const std
     return params_.greedy() ? argmax(work.data()) : draw(work.data());
 }
 
+// A sequence's bias goes to its last token where the history ends with the tokens before it.
+void Sampler::apply_sequence_bias(float* s, const std::vector<int32_t>& history) const {
+    for (const auto& [tokens, bias] : params_.sequence_bias) {
+        const size_t n = tokens.size() - 1;  // the prefix
+        if (n <= history.size() && std::equal(tokens.begin(), tokens.begin() + int64_t(n), history.end() - int64_t(n)))
+            s[tokens.back()] += bias;
+    }
+}
+
 void Sampler::apply_penalties(float* s, const std::vector<int32_t>& history, size_t n_prompt) {
     for (const auto& [id, bias] : params_.logit_bias) s[id] += bias;
+    apply_sequence_bias(s, history);
 
     // repetition penalty: once per distinct token of the whole sequence
     if (params_.penalises_repeats()) {

@@ -5,6 +5,10 @@
 // matching transformers LogitsProcessor:
 //
 //   logit_bias          scores[id] += bias                      (SequenceBiasLogitsProcessor, 1-token keys)
+//   sequence_bias       scores[last] += bias when the sequence ends with the tokens before
+//                       last (always for one token); bad_words_ids are such biases of -inf
+//                                                               (SequenceBiasLogitsProcessor,
+//                                                                NoBadWordsLogitsProcessor)
 //   repetition_penalty  every token seen so far (prompt included): s < 0 ? s * p : s / p
 //                                                               (RepetitionPenaltyLogitsProcessor)
 //   presence/frequency  OpenAI's penalties, over generated tokens only:
@@ -60,6 +64,7 @@ struct SamplingParams {
     float frequency_penalty = 0.0f;
     int64_t no_repeat_ngram_size = 0;  // 0: off
     std::vector<std::pair<int32_t, float>> logit_bias;
+    std::vector<std::pair<std::vector<int32_t>, float>> sequence_bias;  // (tokens, bias on the last)
     int64_t min_new_tokens = 0;        // end_tokens are banned while fewer tokens were generated
     std::vector<int32_t> end_tokens;   // (set by the decode loop: eos, stop_token_ids)
 
@@ -73,7 +78,7 @@ struct SamplingParams {
     bool bans_ngrams() const { return no_repeat_ngram_size > 0; }
     bool delays_the_end() const { return min_new_tokens > 0 && !end_tokens.empty(); }
     bool changes_logits() const {
-        return !logit_bias.empty() || penalises_repeats() || penalises_counts() || bans_ngrams() ||
+        return !logit_bias.empty() || !sequence_bias.empty() || penalises_repeats() || penalises_counts() || bans_ngrams() ||
                delays_the_end();
     }
 };
@@ -100,6 +105,7 @@ public:
 private:
     void check_history(const std::vector<int32_t>& history) const;
     void apply_penalties(float* s, const std::vector<int32_t>& history, size_t n_prompt);
+    void apply_sequence_bias(float* s, const std::vector<int32_t>& history) const;
     void ban_repeated_ngrams(float* s, const std::vector<int32_t>& history);
     void keep_top_k(float* s);
     void radix_sort(int bits);

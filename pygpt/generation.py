@@ -129,8 +129,11 @@ def _bool(name, v):
 
 def sampling_params(vocab_size: int, *, temperature=0.0, top_k=None, top_p=None, min_p=None,
                     typical_p=None, repetition_penalty=None, presence_penalty=None,
-                    frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None) -> "_core.SamplingParams":
-    """Checked logits-processor settings for the C++ sampler. None means off."""
+                    frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None, sequence_bias=None,
+                    bad_words_ids=None, end_tokens=()) -> "_core.SamplingParams":
+    """Checked logits-processor settings for the C++ sampler. None means off. A one-token bad
+    word among end_tokens (eos, stop tokens) is not banned, as in transformers'
+    NoBadWordsLogitsProcessor, so that generation can still end."""
     p = _core.SamplingParams()
     p.temperature = _float("temperature", temperature, lo=0.0)
     p.top_k = _int("top_k", top_k, lo=0, none_ok=True) or 0
@@ -150,6 +153,31 @@ def sampling_params(vocab_size: int, *, temperature=0.0, top_k=None, top_p=None,
             tid = _int("logit_bias token id", k, lo=0, hi=vocab_size - 1)
             bias.append((tid, _float(f"logit_bias[{tid}]", b, allow_neg_inf=True)))
     p.logit_bias = bias
+    seqs = []
+    if sequence_bias is not None:
+        if not isinstance(sequence_bias, dict):
+            raise TypeError("sequence_bias must be a dict {(token id, ...): bias}, got "
+                            f"{type(sequence_bias).__name__}")
+        for k, b in sequence_bias.items():
+            if _is_int(k):
+                k = (k,)
+            if not isinstance(k, tuple) or not k:
+                raise TypeError(f"sequence_bias keys must be non-empty tuples of token ids, got {k!r}")
+            ids = _token_list("sequence_bias key", list(k), vocab_size)
+            seqs.append((ids, _float(f"sequence_bias[{tuple(ids)}]", b, allow_neg_inf=True)))
+    if bad_words_ids is not None:
+        if not isinstance(bad_words_ids, (list, tuple)) or not all(isinstance(w, (list, tuple)) for w in bad_words_ids):
+            raise TypeError("bad_words_ids must be a list of lists of token ids")
+        for w in bad_words_ids:
+            if not w:
+                raise ValueError("bad_words_ids: a banned sequence must have at least one token")
+            ids = _token_list("bad_words_ids", list(w), vocab_size)
+            if len(ids) == 1 and ids[0] in end_tokens:
+                continue
+            if any(s == ids for s, _ in seqs):
+                raise ValueError(f"bad_words_ids bans {ids}, which sequence_bias or bad_words_ids lists already")
+            seqs.append((ids, -math.inf))
+    p.sequence_bias = seqs
     p.validate(vocab_size)
     return p
 
@@ -203,7 +231,8 @@ class _Request:
 
     def __init__(self, model, prompt, *, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=0.0, top_k=None,
                  top_p=None, min_p=None, typical_p=None, repetition_penalty=None, presence_penalty=None,
-                 frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None, stop=None,
+                 frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None, sequence_bias=None,
+                 bad_words_ids=None, stop=None,
                  stop_token_ids=None, ignore_eos=False, seed=None, logprobs=False, top_logprobs=0,
                  echo=False, num_return_sequences=1, truncate=None, min_new_tokens=0, num_beams=1,
                  length_penalty=1.0, early_stopping=False):
@@ -217,11 +246,6 @@ class _Request:
         n_ctx = int(model.config["n_ctx"])
 
         opt = _core.GenerateOptions()
-        opt.sampling = sampling_params(
-            V, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
-            repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-            logit_bias=logit_bias)
         opt.max_new_tokens = _int("max_new_tokens", max_new_tokens, lo=0)
         opt.min_new_tokens = _int("min_new_tokens", min_new_tokens, lo=0)
         if stop is None:
@@ -241,6 +265,14 @@ class _Request:
             raise TypeError("stop_token_ids must be a list of token ids")
         opt.stop_token_ids = _token_list("stop_token_ids", list(stop_token_ids), V)
         opt.ignore_eos = _bool("ignore_eos", ignore_eos)
+        ends = set(opt.stop_token_ids)
+        if self.tokenizer is not None and not opt.ignore_eos and self.tokenizer.eot_id >= 0:
+            ends.add(self.tokenizer.eot_id)
+        opt.sampling = sampling_params(
+            V, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+            repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+            logit_bias=logit_bias, sequence_bias=sequence_bias, bad_words_ids=bad_words_ids, end_tokens=ends)
         if seed is None:
             seed = secrets.randbits(64)
         opt.seed = _int("seed", seed, lo=0, hi=2 ** 64 - 1)
@@ -357,6 +389,10 @@ def generate(model, prompt: Union[Prompt, Sequence[Prompt]], **options):
       presence_penalty, frequency_penalty OpenAI's penalties on generated tokens
       no_repeat_ngram_size    never repeat an n-gram of this size
       logit_bias              {token id: bias added to its logit} (-inf bans it)
+      sequence_bias           {(id, ..., id): bias}: added to the last token's logit where the
+                              sequence ends with the ids before it (transformers' sequence_bias)
+      bad_words_ids           [[id, ...], ...]: never generate these sequences (their last
+                              token is banned after the ones before it), as transformers'
       stop                    str or list of str: stop when the text contains one (not included)
       stop_token_ids          stop after one of these tokens (not in the text)
       ignore_eos=False        keep going past <|endoftext|>

@@ -267,14 +267,17 @@ def test_random_settings_match_transformers(model, hf, seed):
 
 
 PROCESSORS = ["repetition_penalty", "no_repeat_ngram_size", "logit_bias", "all_three", "min_new_tokens",
-              "min_new_tokens_all_three"]
+              "min_new_tokens_all_three", "sequence_bias", "bad_words_ids"]
 
 
-def processor_options(name, banned_first):
-    """(pygpt options, transformers options) for a processor case. banned_first: a token to bias
-    down (the unconstrained best beam's first token), so that the bias changes the search."""
-    bias = {banned_first: -3.0, 11: 1.5, EOT: 2.0}
+def processor_options(name, best):
+    """(pygpt options, transformers options) for a processor case. best: the unconstrained best
+    beam's tokens, whose first ones are biased down or banned, so that the processor changes
+    the search."""
+    bias = {best[0]: -3.0, 11: 1.5, EOT: 2.0}
     seq_bias = {(t,): b for t, b in bias.items()}
+    pair = (best[1], best[2])  # a two-token sequence the search generates
+    assert EOT not in pair
     return {
         "repetition_penalty": (dict(repetition_penalty=1.5), dict(repetition_penalty=1.5)),
         "no_repeat_ngram_size": (dict(no_repeat_ngram_size=1), dict(no_repeat_ngram_size=1)),
@@ -286,6 +289,9 @@ def processor_options(name, banned_first):
                                           logit_bias=bias),
                                      dict(min_new_tokens=3, repetition_penalty=1.3, no_repeat_ngram_size=2,
                                           sequence_bias=seq_bias)),
+        "sequence_bias": (dict(sequence_bias={pair: -4.0, (best[0],): -1.0, (best[3], 11): 2.0}),
+                          dict(sequence_bias={pair: -4.0, (best[0],): -1.0, (best[3], 11): 2.0})),
+        "bad_words_ids": (dict(bad_words_ids=[list(pair), [best[3]]]), dict(bad_words_ids=[list(pair), [best[3]]])),
     }[name]
 
 
@@ -297,7 +303,8 @@ def test_processors_with_beams_match_transformers(model, hf, cases, name, num_be
     for prompt, ids, stop in cases:
         plain = model.generate(prompt, max_new_tokens=MAX_NEW, num_beams=num_beams, num_return_sequences=num_beams,
                                stop_token_ids=[stop], length_penalty=lp)
-        ours, theirs = processor_options(name, plain[0].tokens[0])
+        free = model.generate(prompt, max_new_tokens=MAX_NEW, num_beams=num_beams, length_penalty=lp)
+        ours, theirs = processor_options(name, free.tokens)
         ref = hf_beam(hf, ids, MAX_NEW, num_beams, [EOT, stop], num_return_sequences=num_beams, length_penalty=lp,
                       **theirs)
         outs = model.generate(prompt, max_new_tokens=MAX_NEW, num_beams=num_beams, num_return_sequences=num_beams,

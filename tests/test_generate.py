@@ -82,6 +82,32 @@ def test_greedy_penalties_match_transformers(tiny, model):
     assert out.tokens != plain.tokens  # the penalties changed something
 
 
+def test_bad_words_and_sequence_bias_match_transformers(tiny, model):
+    # this random model repeats one token: ban it after itself, then bias what came instead
+    ids = model.tokenizer.encode(PROMPTS[1])
+    plain = model.generate(ids, max_new_tokens=16).tokens
+    a = plain[0]
+    bad = [[a, a]]
+    first = model.generate(ids, max_new_tokens=16, bad_words_ids=bad).tokens
+    assert first != plain and all(first[i:i + 2] != [a, a] for i in range(15))
+    assert first == hf_greedy(tiny[0], ids, 16, bad_words_ids=bad)
+    b = next(t for t in first if t != a)
+    seq_bias = {(a, b): -0.5, (b,): -0.1, (b, a, b): 0.2}
+    out = model.generate(ids, max_new_tokens=16, bad_words_ids=bad, sequence_bias=seq_bias)
+    assert out.tokens == hf_greedy(tiny[0], ids, 16, bad_words_ids=bad, sequence_bias=seq_bias)
+    assert out.tokens != first
+
+
+def test_a_bad_word_that_ends_generation_is_not_banned(model):
+    # as transformers: banning eos or a stop token alone would keep generation from ending
+    plain = model.generate("Hello", max_new_tokens=6)
+    stop = plain.tokens[0]
+    out = model.generate("Hello", max_new_tokens=6, stop_token_ids=[stop], bad_words_ids=[[stop], [EOT]])
+    assert out.tokens == [stop] and out.finish_reason == "stop"
+    banned = model.generate("Hello", max_new_tokens=6, bad_words_ids=[[stop]])
+    assert stop not in banned.tokens
+
+
 def test_greedy_matches_transformers_124m_shape(hf_model_factory):
     hf_model, _, path = hf_model_factory("gpt2")  # converted without a tokenizer: prompt as ids
     m = pygpt.load(path)
@@ -545,6 +571,17 @@ def test_model_without_a_tokenizer(tiny, model, tmp_path):
     ("hi", dict(logprobs=1), TypeError, "logprobs"),
     ("hi", dict(top_logprobs=-2), ValueError, "top_logprobs"),
     ("hi", dict(logit_bias={1: "x"}), TypeError, "logit_bias"),
+    ("hi", dict(sequence_bias=[((1, 2), 1.0)]), TypeError, "sequence_bias"),
+    ("hi", dict(sequence_bias={(): 1.0}), TypeError, "sequence_bias"),
+    ("hi", dict(sequence_bias={(1, "2"): 1.0}), TypeError, "sequence_bias"),
+    ("hi", dict(sequence_bias={(1, 50257): 1.0}), ValueError, "outside the vocabulary"),
+    ("hi", dict(sequence_bias={(1, 2): float("nan")}), ValueError, "sequence_bias"),
+    ("hi", dict(sequence_bias={(1, 2): float("inf")}), ValueError, "sequence_bias"),
+    ("hi", dict(bad_words_ids=[1, 2]), TypeError, "bad_words_ids"),
+    ("hi", dict(bad_words_ids=[[]]), ValueError, "bad_words_ids"),
+    ("hi", dict(bad_words_ids=[[-1]]), ValueError, "outside the vocabulary"),
+    ("hi", dict(bad_words_ids=[[1, 2], [1, 2]]), ValueError, "already"),
+    ("hi", dict(bad_words_ids=[[1, 2]], sequence_bias={(1, 2): -1.0}), ValueError, "already"),
 ])
 def test_bad_arguments(model, prompt, kw, exc, match):
     with pytest.raises(exc, match=match):

@@ -177,6 +177,32 @@ def test_min_new_tokens_bans_the_end_tokens(generated):
     assert np.isfinite(got[12])
 
 
+SEQUENCE_HISTORY = [5, 6, 7, 8]
+SEQUENCE_BIAS = {(3,): 2.5, (7, 8, 10): -1.5, (8, 11): 4.0, (6, 12): 9.0, (4, 5, 6, 7, 8, 13): 1.0, (8, 3): 0.5}
+
+
+@pytest.mark.parametrize("kind", LOGITS)
+def test_sequence_bias(kind):
+    # (7, 8, 10), (8, 11), (8, 3) match the history's end; (6, 12) does not; (4, ..., 13) is
+    # longer than the history
+    x = LOGITS[kind]()
+    got = ours(x, SEQUENCE_HISTORY, sequence_bias=SEQUENCE_BIAS)
+    want = theirs(tlp.SequenceBiasLogitsProcessor([[list(k), v] for k, v in SEQUENCE_BIAS.items()]), x,
+                  SEQUENCE_HISTORY)
+    assert_same_scores(got, want)
+    changed = np.flatnonzero(got != x)
+    assert changed.tolist() == [3, 10, 11]
+
+
+@pytest.mark.parametrize("kind", LOGITS)
+def test_bad_words_ids(kind):
+    x = LOGITS[kind]()
+    bad = [[9], [7, 8, 10], [6, 12], [8, 11], [5, 6, 7, 8, 13], [4, 5, 6, 7, 8, 14]]
+    got = ours(x, SEQUENCE_HISTORY, bad_words_ids=bad)
+    assert_same_scores(got, theirs(tlp.NoBadWordsLogitsProcessor(bad), x, SEQUENCE_HISTORY))
+    assert np.isneginf(got[[9, 10, 11, 13]]).all() and np.isfinite(got[[12, 14]]).all()
+
+
 def test_presence_and_frequency_penalties_follow_openai():
     x = random_logits(3, n=100)
     history, n_prompt = [1, 2, 3, 4, 5, 6, 7, 7, 7, 9, 3], 6  # generated: 7 7 7 9 3
