@@ -191,23 +191,15 @@ void BeamSearch::prefill() {
 void BeamSearch::decode() {
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<Beam*> beams;
-    std::vector<SeqStep> steps;
+    std::vector<std::pair<KVCache*, const int32_t*>> next;
     for (auto& g : groups_) {
         if (!g->live) continue;
         for (auto& b : g->beams) {
             beams.push_back(b.get());
-            SeqStep st;
-            st.cache = b->cache.get();
-            st.tokens = &b->next_input;
-            st.n_tokens = 1;
-            steps.push_back(st);
+            next.emplace_back(b->cache.get(), &b->next_input);
         }
     }
-    logits_.resize(beams.size() * size_t(V_));
-    model_.forward(steps, logits_.data());
-    std::vector<const float*> rows;
-    for (size_t i = 0; i < beams.size(); i++) rows.push_back(logits_.data() + int64_t(i) * V_);
-    advance(beams, rows);
+    advance(beams, decode_step(model_, next, logits_));
     timings_.decode_tokens += int64_t(beams.size());
     timings_.decode_seconds += seconds_since(t0);
 }

@@ -57,6 +57,24 @@ std::vector<int32_t> end_tokens(const Tokenizer* tokenizer, const GenerateOption
     return ends;
 }
 
+std::vector<const float*> decode_step(Model& model, const std::vector<std::pair<KVCache*, const int32_t*>>& next,
+                                      std::vector<float>& logits) {
+    std::vector<SeqStep> steps;
+    for (const auto& [cache, token] : next) {
+        SeqStep st;
+        st.cache = cache;
+        st.tokens = token;
+        st.n_tokens = 1;
+        steps.push_back(st);
+    }
+    const int64_t V = model.config().vocab_size;
+    logits.resize(next.size() * size_t(V));
+    model.forward(steps, logits.data());
+    std::vector<const float*> rows;
+    for (size_t i = 0; i < next.size(); i++) rows.push_back(logits.data() + int64_t(i) * V);
+    return rows;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Decoding
 
@@ -277,21 +295,13 @@ void Generation::prefill() {
 void Generation::decode() {
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<Seq*> live;
-    std::vector<SeqStep> steps;
+    std::vector<std::pair<KVCache*, const int32_t*>> next;
     for (auto& s : seqs_) {
         if (!s->live) continue;
         live.push_back(s.get());
-        SeqStep st;
-        st.cache = s->cache.get();
-        st.tokens = &s->next_input;
-        st.n_tokens = 1;
-        steps.push_back(st);
+        next.emplace_back(s->cache.get(), &s->next_input);
     }
-    logits_.resize(live.size() * size_t(V_));
-    model_.forward(steps, logits_.data());
-    std::vector<const float*> rows;
-    for (size_t i = 0; i < live.size(); i++) rows.push_back(logits_.data() + int64_t(i) * V_);
-    sample_all(live, rows);
+    sample_all(live, decode_step(model_, next, logits_));
     timings_.decode_tokens += int64_t(live.size());
     timings_.decode_seconds += seconds_since(t0);
 }

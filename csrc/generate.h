@@ -126,6 +126,10 @@ std::vector<int32_t> end_tokens(const Tokenizer* tokenizer, const GenerateOption
 
 double seconds_since(std::chrono::steady_clock::time_point t);
 
+// A decode step: one token for each cache (the token at `next`), the logits rows in order.
+std::vector<const float*> decode_step(Model& model, const std::vector<std::pair<KVCache*, const int32_t*>>& next,
+                                      std::vector<float>& logits);
+
 // Log-probabilities of a logits row: log(sum(exp(row))) in double, and the k most likely
 // tokens (ties: lower id first) with their log-probs.
 double log_sum_exp(const float* row, int64_t V);

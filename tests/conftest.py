@@ -4,6 +4,8 @@ real shapes exercise the same code."""
 
 import importlib.util
 import os
+import re
+import sys
 
 import pytest
 
@@ -87,3 +89,27 @@ def load_tool():
         return module
 
     return load
+
+
+def console_script_entry():
+    """'module:function' of the pygpt script in pyproject.toml."""
+    with open(os.path.join(os.path.dirname(HERE), "pyproject.toml"), encoding="utf-8") as f:
+        m = re.search(r'^pygpt\s*=\s*"([\w.]+):(\w+)"', f.read(), re.M)
+    assert m, "pyproject.toml has no [project.scripts] pygpt entry"
+    return m.group(1), m.group(2)
+
+
+@pytest.fixture(scope="session")
+def pygpt_cmd(tmp_path_factory):
+    """The installed `pygpt` script; in a source tree without an install, a launcher written
+    the way pip writes console scripts, from the pyproject.toml entry point."""
+    import shutil
+
+    found = shutil.which("pygpt")
+    if found:
+        return [found]
+    module, func = console_script_entry()
+    path = tmp_path_factory.mktemp("bin") / "pygpt"
+    path.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {func}\nsys.exit({func}())\n")
+    path.chmod(0o755)
+    return [str(path)]

@@ -677,22 +677,6 @@ def test_accepted_edge_values(model):
 # -- CLI ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pygpt_cmd(tmp_path_factory):
-    import shutil
-
-    from test_cli import console_script_entry
-
-    found = shutil.which("pygpt")
-    if found:
-        return [found]
-    module, func = console_script_entry()
-    path = tmp_path_factory.mktemp("bin") / "pygpt"
-    path.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {func}\nsys.exit({func}())\n")
-    path.chmod(0o755)
-    return [str(path)]
-
-
 def run_cli(cmd, *args):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(pygpt.__file__))) + os.pathsep + \

@@ -16,28 +16,6 @@ GPT2_TOKENIZER = os.path.join(HERE, "data", "gpt2-tokenizer")
 PROMPT = "The meaning of life is"
 
 
-def console_script_entry():
-    """'module:function' of the pygpt script in pyproject.toml."""
-    with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
-        m = re.search(r'^pygpt\s*=\s*"([\w.]+):(\w+)"', f.read(), re.M)
-    assert m, "pyproject.toml has no [project.scripts] pygpt entry"
-    return m.group(1), m.group(2)
-
-
-@pytest.fixture(scope="module")
-def pygpt_cmd(tmp_path_factory):
-    """The installed `pygpt` script; in a source tree without an install, a launcher written
-    the way pip writes console scripts, from the pyproject.toml entry point."""
-    import shutil
-
-    found = shutil.which("pygpt")
-    if found:
-        return [found]
-    module, func = console_script_entry()
-    path = tmp_path_factory.mktemp("bin") / "pygpt"
-    path.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {func}\nsys.exit({func}())\n")
-    path.chmod(0o755)
-    return [str(path)]
 
 
 def env():
