@@ -139,6 +139,8 @@ void bind_generate(py::module_& m) {
         .def_readwrite("top_logprobs", &GenerateOptions::top_logprobs)
         .def_readwrite("prompt_logprobs", &GenerateOptions::prompt_logprobs)
         .def_readwrite("num_return_sequences", &GenerateOptions::num_return_sequences)
+        .def_readwrite("prompt_lookup_num_tokens", &GenerateOptions::prompt_lookup_num_tokens)
+        .def_readwrite("max_matching_ngram_size", &GenerateOptions::max_matching_ngram_size)
         .def_readwrite("num_beams", &GenerateOptions::num_beams)
         .def_readwrite("length_penalty", &GenerateOptions::length_penalty)
         .def_readwrite("early_stopping", &GenerateOptions::early_stopping);
@@ -191,6 +193,8 @@ void bind_generate(py::module_& m) {
             d["prefill_seconds"] = t.prefill_seconds;
             d["decode_seconds"] = t.decode_seconds;
             d["first_token_seconds"] = t.first_token_seconds;
+            d["draft_tokens"] = t.draft_tokens;
+            d["accepted_draft_tokens"] = t.accepted_draft_tokens;
             return d;
         });
 }

@@ -143,6 +143,10 @@ void check_request(const Model& model, const Tokenizer* tokenizer, const std::ve
                 ") must be at most num_beams (" + std::to_string(opt.num_beams) + ")");
     }
     if (!std::isfinite(opt.length_penalty)) bad("length_penalty must be a finite number");
+    if (opt.prompt_lookup_num_tokens < 0) bad("prompt_lookup_num_tokens must be >= 0 (0 = off)");
+    if (opt.max_matching_ngram_size < 1) bad("max_matching_ngram_size must be >= 1");
+    if (opt.prompt_lookup_num_tokens > 0 && (!opt.sampling.greedy() || opt.num_beams > 1))
+        bad("prompt lookup decoding (prompt_lookup_num_tokens > 0) needs greedy decoding: temperature 0, num_beams 1");
     if (prompts.empty()) bad("no prompt to generate from");
     for (size_t p = 0; p < prompts.size(); p++) {
         const auto& ids = prompts[p];
@@ -184,6 +188,7 @@ struct Generation::Seq {
     float logprob = 0.0f;
     TopLogprobs top;
     std::vector<int32_t> idx;
+    std::vector<int32_t> fed;      // prompt lookup: the step's input token and its draft
 
     Seq(const SamplingParams& p, int64_t V, uint64_t seed, uint64_t stream, const Kernels& kernels)
         : sampler(p, V, seed, stream, kernels) {}
@@ -293,6 +298,7 @@ void Generation::prefill() {
 }
 
 void Generation::decode() {
+    if (opt_.prompt_lookup_num_tokens > 0) return decode_drafts();
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<Seq*> live;
     std::vector<std::pair<KVCache*, const int32_t*>> next;
@@ -306,6 +312,82 @@ void Generation::decode() {
     timings_.decode_seconds += seconds_since(t0);
 }
 
+// Prompt lookup (transformers' PromptLookupCandidateGenerator): the tokens, at most k, that
+// followed the earliest earlier occurrence of the sequence's last n tokens, n = max_n down to 1.
+static std::vector<int32_t> lookup_draft(const std::vector<int32_t>& h, int64_t k, int64_t max_n) {
+    const int64_t L = int64_t(h.size());
+    for (int64_t n = std::min(max_n, L - 1); n >= 1 && k > 0; n--) {
+        const auto tail = h.end() - n;
+        for (int64_t i = 0; i + n < L; i++)  // an occurrence at i with a continuation
+            if (std::equal(tail, h.end(), h.begin() + i))
+                return std::vector<int32_t>(h.begin() + i + n, h.begin() + std::min(L, i + n + k));
+    }
+    return {};
+}
+
+// Prompt lookup decoding (greedy): each sequence feeds its next token and a draft of what may
+// follow (lookup_draft) in one forward call, whose logits rows are bitwise those of feeding the
+// tokens one at a time (the model's rows never depend on the batch). The greedy choice of row j
+// is taken; while it equals draft token j the next row is valid too. The cache is then cut back
+// to the tokens taken, so the output is greedy decoding's, token for token, in fewer calls.
+void Generation::decode_drafts() {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<Seq*> live;
+    std::vector<SeqStep> steps;
+    std::vector<int64_t> pos0;
+    for (auto& s : seqs_) {
+        if (!s->live) continue;
+        // drafts only as long as they can still be taken: the budget and the context
+        const int64_t room = std::min(opt_.max_new_tokens - int64_t(s->r.tokens.size()), n_ctx_ - s->cache->pos) - 1;
+        s->fed.assign(1, s->next_input);
+        if (room > 0) {
+            const auto draft = lookup_draft(s->history, std::min(opt_.prompt_lookup_num_tokens, room),
+                                            opt_.max_matching_ngram_size);
+            s->fed.insert(s->fed.end(), draft.begin(), draft.end());
+        }
+        live.push_back(s.get());
+        pos0.push_back(s->cache->pos);
+        SeqStep st;
+        st.cache = s->cache.get();
+        st.tokens = s->fed.data();
+        st.n_tokens = int64_t(s->fed.size());
+        st.all_logits = s->fed.size() > 1;
+        steps.push_back(st);
+    }
+    logits_.resize(size_t(Model::logit_rows(steps) * V_));
+    model_.forward(steps, logits_.data());
+    int64_t row = 0;
+    for (size_t i = 0; i < live.size(); i++) {
+        Seq& s = *live[i];
+        const size_t n = s.fed.size();
+        size_t taken = 0;
+        for (size_t j = 0; j < n; j++) {
+            choose(s, logits_.data() + (row + int64_t(j)) * V_);
+            const int32_t c = s.chosen;
+            const bool as_drafted = j + 1 < n && c == s.fed[j + 1];
+            accept(s, c);
+            taken++;
+            timings_.accepted_draft_tokens += as_drafted;
+            if (!s.live || !as_drafted) break;
+        }
+        if (s.live) s.cache->pos = pos0[i] + int64_t(taken);
+        timings_.draft_tokens += int64_t(n) - 1;
+        timings_.decode_tokens += int64_t(taken);
+        row += int64_t(n);
+    }
+    timings_.decode_seconds += seconds_since(t0);
+}
+
+// The next token of s from a logits row, and its log-probs when asked for.
+void Generation::choose(Seq& s, const float* row) {
+    s.chosen = s.sampler.sample(row, s.scores, s.history, s.n_prompt);
+    if (opt_.logprobs) {
+        const double lse = log_sum_exp(row, V_);
+        s.logprob = float(double(row[s.chosen]) - lse);
+        if (opt_.top_logprobs > 0) s.top = top_logprobs(row, V_, opt_.top_logprobs, lse, s.idx);
+    }
+}
+
 // Chooses the next token of every sequence (in parallel: each has its own sampler and random
 // stream, so the result does not depend on the thread count), then applies them in order.
 void Generation::sample_all(const std::vector<Seq*>& seqs, const std::vector<const float*>& rows) {
@@ -314,14 +396,7 @@ void Generation::sample_all(const std::vector<Seq*>& seqs, const std::vector<con
 #pragma omp parallel for num_threads(std::max<int64_t>(1, std::min<int64_t>(B, model_.n_threads()))) schedule(static, 1)
     for (int64_t b = 0; b < B; b++) {
         try {
-            Seq& s = *seqs[b];
-            const float* row = rows[b];
-            s.chosen = s.sampler.sample(row, s.scores, s.history, s.n_prompt);
-            if (opt_.logprobs) {
-                const double lse = log_sum_exp(row, V_);
-                s.logprob = float(double(row[s.chosen]) - lse);
-                if (opt_.top_logprobs > 0) s.top = top_logprobs(row, V_, opt_.top_logprobs, lse, s.idx);
-            }
+            choose(*seqs[b], rows[b]);
         } catch (...) {
 #pragma omp critical
             if (!error) error = std::current_exception();

@@ -50,6 +50,10 @@ struct GenerateOptions {
     int64_t top_logprobs = 0;               // and the k most likely alternatives
     bool prompt_logprobs = false;           // the same for the prompt tokens (after the first)
     int64_t num_return_sequences = 1;
+    // prompt lookup decoding (greedy only): up to this many draft tokens a step, copied from
+    // where the sequence's last max_matching_ngram_size (or fewer) tokens occurred before
+    int64_t prompt_lookup_num_tokens = 0;
+    int64_t max_matching_ngram_size = 2;
     // beam search (num_beams > 1; see beam_search.h)
     int64_t num_beams = 1;
     double length_penalty = 1.0;
@@ -80,6 +84,8 @@ struct Timings {
     double prefill_seconds = 0;      // prefill forward + first draws
     double decode_seconds = 0;
     double first_token_seconds = 0;  // from the start of generate to the first token
+    int64_t draft_tokens = 0;        // prompt lookup: tokens proposed, and those that were right
+    int64_t accepted_draft_tokens = 0;
 };
 
 // What the bindings drive: a Generation or a BeamSearch (make_decoding picks).
@@ -158,6 +164,8 @@ private:
     bool step_unchecked() override;
     void prefill();
     void decode();
+    void decode_drafts();
+    void choose(Seq& s, const float* row);
     void accept(Seq& s, int32_t token);
     void finish(Seq& s, const char* reason);
     void release_text(Seq& s, bool final);

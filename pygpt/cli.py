@@ -71,7 +71,7 @@ def cmd_generate(args) -> int:
         repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
         stop=args.stop or None, ignore_eos=args.ignore_eos, seed=args.seed, echo=args.echo,
-        truncate="left" if args.truncate else None)
+        truncate="left" if args.truncate else None, prompt_lookup_num_tokens=args.prompt_lookup)
     if args.num_beams > 1:  # the best beam is known at the end: print it then
         out = model.generate(prompt, num_beams=args.num_beams, length_penalty=args.length_penalty, **options)
         wrote = out.text
@@ -87,7 +87,9 @@ def cmd_generate(args) -> int:
         _write(sys.stdout, "\n")
     if args.stats:
         score = f", score={out.score:.4f}" if out.score is not None else ""
-        _write(sys.stderr, f"[{len(out.tokens)} tokens, finish_reason={out.finish_reason}{score}; {out.timings}]\n")
+        t = out.timings
+        drafts = f", {t.accepted_draft_tokens} of {t.draft_tokens} draft tokens right" if t.draft_tokens else ""
+        _write(sys.stderr, f"[{len(out.tokens)} tokens, finish_reason={out.finish_reason}{score}{drafts}; {t}]\n")
     return 0
 
 
@@ -200,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N", help="never repeat an N-gram (default: off)")
     s.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text "
                                                          "(default: a new one each run)")
+    s.add_argument("--prompt-lookup", type=_non_negative_int, default=None, metavar="N",
+                   help="greedy only: also check N draft tokens a step, copied from where the last tokens "
+                        "occurred before (the same text as greedy, faster when it repeats its input) "
+                        "(default: off)")
     b = g.add_argument_group("beam search")
     b.add_argument("--num-beams", type=_positive_int, default=1, metavar="N",
                    help="> 1: search N beams for the most likely continuation (deterministic; printed "

@@ -34,6 +34,8 @@ class Timings:
     decode_tokens: int            # tokens generated after the first one of each sequence
     decode_seconds: float
     time_to_first_token: float    # seconds from the start to the first generated token
+    draft_tokens: int = 0         # prompt lookup: draft tokens proposed,
+    accepted_draft_tokens: int = 0  # and those that were the greedy choice
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -235,7 +237,8 @@ class _Request:
                  bad_words_ids=None, stop=None,
                  stop_token_ids=None, ignore_eos=False, seed=None, logprobs=False, top_logprobs=0,
                  echo=False, num_return_sequences=1, truncate=None, min_new_tokens=0, num_beams=1,
-                 length_penalty=1.0, early_stopping=False):
+                 length_penalty=1.0, early_stopping=False, prompt_lookup_num_tokens=None,
+                 max_matching_ngram_size=2):
         if not hasattr(model, "_core") or not hasattr(model, "config"):
             raise TypeError(f"model must be a pygpt.Model (from pygpt.load), got {type(model).__name__}")
         if model._core is None:
@@ -283,6 +286,12 @@ class _Request:
         opt.prompt_logprobs = self.echo and opt.logprobs
         opt.num_return_sequences = _int("num_return_sequences", num_return_sequences, lo=1)
         opt.num_beams = _int("num_beams", num_beams, lo=1)
+        opt.prompt_lookup_num_tokens = _int("prompt_lookup_num_tokens", prompt_lookup_num_tokens, lo=0,
+                                            none_ok=True) or 0
+        opt.max_matching_ngram_size = _int("max_matching_ngram_size", max_matching_ngram_size, lo=1)
+        if opt.prompt_lookup_num_tokens and (opt.sampling.temperature != 0.0 or opt.num_beams > 1):
+            raise ValueError("prompt lookup decoding (prompt_lookup_num_tokens) needs greedy decoding: "
+                             "temperature 0 and num_beams 1")
         opt.length_penalty = _float("length_penalty", length_penalty)
         if early_stopping is True or early_stopping is False:
             opt.early_stopping = (_core.EarlyStopping.when_full if early_stopping
@@ -337,7 +346,7 @@ class _Request:
         """GenerationOutput of every sequence of gen, prompt-major."""
         t = gen.timings
         timings = Timings(t["prefill_tokens"], t["prefill_seconds"], t["decode_tokens"], t["decode_seconds"],
-                          t["first_token_seconds"])
+                          t["first_token_seconds"], t["draft_tokens"], t["accepted_draft_tokens"])
         outs = []
         for i in range(len(gen)):
             r = gen.result(i)
@@ -402,6 +411,11 @@ def generate(model, prompt: Union[Prompt, Sequence[Prompt]], **options):
       echo=False              prepend the prompt to text and tokens
       num_return_sequences=1  samples per prompt (the prompt is run once, its cache forked);
                               with beam search, the best sequences found, best first
+      prompt_lookup_num_tokens=None   greedy only: each step also checks a draft of this many
+                              tokens copied from where the last tokens occurred before (in the
+                              prompt or output): the same tokens as plain greedy decoding, in
+                              fewer forward calls when the text repeats its input
+      max_matching_ngram_size=2       prompt lookup: the longest tail that is looked up
       num_beams=1             > 1: beam search (transformers' num_beams, do_sample=False);
                               needs temperature 0; outputs get .score
       length_penalty=1.0      beam search: a sequence scores sum(log-probs) / length ** this

@@ -289,3 +289,22 @@ def test_bench_beam_runs_engines_in_turns_and_compares_their_best_sequences(load
     with pytest.raises(RuntimeError, match="exited"):
         bench_beam.in_turns([dict(cases[0], path=f32_dir + "-missing")], 1)
 
+
+def test_bench_lookup_compares_prompt_lookup_with_plain_greedy(load_tool, tmp_path, capsys):
+    import pygpt.convert
+
+    from conftest import make_hf_model
+
+    bench_lookup = load_tool("bench_lookup")
+    make_hf_model(str(tmp_path / "hf"), seed=1, n_layer=1, n_head=2, n_embd=32, n_positions=64, vocab_size=50257)
+    out = pygpt.convert.convert(str(tmp_path / "hf"), str(tmp_path / "m"),
+                                tokenizer=os.path.join(ROOT, "tests", "data", "gpt2-tokenizer"))
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat and the cat sat on the hat " * 4)
+    assert bench_lookup.main([out, "--text", str(text), "--prompt", "20", "--repeat", "5", "--new", "12", "--k",
+                              "3", "--rounds", "1"]) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith(f"| {out} |")]
+    assert len(rows) == 2
+    assert rows[0].startswith(f"| {out} | 25 | off |") and rows[0].endswith("| 1.00x | n/a |")
+    assert rows[1].startswith(f"| {out} | 25 | 3 |") and " of " in rows[1]
+
