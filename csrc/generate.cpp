@@ -188,7 +188,8 @@ struct Generation::Seq {
     float logprob = 0.0f;
     TopLogprobs top;
     std::vector<int32_t> idx;
-    std::vector<int32_t> fed;      // prompt lookup: the step's input token and its draft
+    std::vector<int32_t> fed;      // prompt lookup: the step's input token and its draft,
+    int64_t draft_len = -1;        // and the longest draft it takes now (-1: not set yet)
 
     Seq(const SamplingParams& p, int64_t V, uint64_t seed, uint64_t stream, const Kernels& kernels)
         : sampler(p, V, seed, stream, kernels) {}
@@ -340,8 +341,9 @@ void Generation::decode_drafts() {
         // drafts only as long as they can still be taken: the budget and the context
         const int64_t room = std::min(opt_.max_new_tokens - int64_t(s->r.tokens.size()), n_ctx_ - s->cache->pos) - 1;
         s->fed.assign(1, s->next_input);
+        if (s->draft_len < 0) s->draft_len = opt_.prompt_lookup_num_tokens;
         if (room > 0) {
-            const auto draft = lookup_draft(s->history, std::min(opt_.prompt_lookup_num_tokens, room),
+            const auto draft = lookup_draft(s->history, std::min(s->draft_len, room),
                                             opt_.max_matching_ngram_size);
             s->fed.insert(s->fed.end(), draft.begin(), draft.end());
         }
@@ -371,6 +373,11 @@ void Generation::decode_drafts() {
             if (!s.live || !as_drafted) break;
         }
         if (s.live) s.cache->pos = pos0[i] + int64_t(taken);
+        // the next draft: 2 longer after a draft taken whole, as long as what was right after a miss
+        const int64_t right = int64_t(taken) - 1, drafted = int64_t(n) - 1;
+        if (drafted > 0)
+            s.draft_len = right == drafted ? std::min(opt_.prompt_lookup_num_tokens, s.draft_len + 2)
+                                           : std::max<int64_t>(1, right);
         timings_.draft_tokens += int64_t(n) - 1;
         timings_.decode_tokens += int64_t(taken);
         row += int64_t(n);
