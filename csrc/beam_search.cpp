@@ -32,12 +32,16 @@ struct BeamSearch::Candidate {
     float logprob;  // raw log-prob of the token
 };
 
+namespace {
+
 // A dropped beam's cache, kept for a later copy: the tokens it ran (the copy skips their
 // common prefix with the beam copied).
 struct Spare {
     std::unique_ptr<KVCache> cache;
     std::vector<int32_t> tokens;
 };
+
+}  // namespace
 
 struct BeamSearch::Group {
     size_t prompt_index = 0;
@@ -97,7 +101,7 @@ BeamSearch::BeamSearch(Model& model, const Tokenizer* tokenizer, std::vector<std
         auto g = std::make_unique<Group>();
         g->prompt_index = p;
         g->n_prompt = prompts[p].size();
-        g->max_len = std::min(int64_t(g->n_prompt) + opt_.max_new_tokens, n_ctx_);
+        g->max_len = std::min(int64_t(g->n_prompt) + std::min(opt_.max_new_tokens, n_ctx_), n_ctx_);
         auto b = std::make_unique<Beam>();
         b->history = std::move(prompts[p]);
         b->n_prompt = g->n_prompt;

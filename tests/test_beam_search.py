@@ -624,6 +624,13 @@ def test_beams_stop_at_the_context(model, hf):
     assert len(long.prompt_tokens) == n_ctx - 4 and len(long.tokens) == 4
 
 
+def test_a_huge_max_new_tokens_stops_at_the_context(model):
+    outs = model.generate("Hello", max_new_tokens=2**63 - 1, num_beams=2, num_return_sequences=2)
+    n_ctx, n_prompt = model.config["n_ctx"], len(outs[0].prompt_tokens)
+    assert all(o.finish_reason in ("length", "eos") and len(o.tokens) <= n_ctx - n_prompt for o in outs)
+    assert outs[0].finish_reason == "eos" or len(outs[0].tokens) == n_ctx - n_prompt
+
+
 def test_greedy_output_has_no_score(model):
     assert model.generate("Hello", max_new_tokens=3).score is None
     assert model.generate("Hello", max_new_tokens=3, temperature=1.0, seed=1).score is None
