@@ -9,8 +9,10 @@ Sources:
 
 Every source becomes the same canonical tensors (docs/FORMAT.md): linear weights as
 [n_out, n_in] (Hugging Face's Conv1D stores [n_in, n_out] and is transposed), the tied
-token embedding stored once, buffers that are not weights dropped. torch is needed here
-and only here.
+token embedding stored once, buffers that are not weights dropped. Sources in safetensors
+files (a Hugging Face folder with model.safetensors, a .safetensors state_dict) and llm.c
+checkpoints convert with numpy alone; pickled checkpoints (.bin, .pt, nanoGPT) need torch,
+and downloads from the hub transformers.
 """
 
 from __future__ import annotations
@@ -54,14 +56,46 @@ def _load_pickle(path):
         raise ConversionError(f"{path}: cannot load as a PyTorch checkpoint with weights_only=True: {e}") from None
 
 
+# safetensors dtype -> numpy dtype as stored (BF16: its 16 bits, widened by _read_safetensors)
+_ST_NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+             "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
+def _read_safetensors(path):
+    """{name: numpy array} of a safetensors file, floats as float32, without torch (the
+    safetensors package's numpy reader has no bfloat16, which Hugging Face checkpoints use)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n < 2 or 8 + n > size:
+                raise ValueError(f"header length {n} is impossible for a file of {size} bytes")
+            header = json.loads(f.read(n).decode("utf-8"))
+        sd = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            if dtype not in _ST_NUMPY:
+                raise ValueError(f"tensor '{name}': dtype {dtype} is not supported")
+            dt = np.dtype(_ST_NUMPY[dtype])
+            count = int(np.prod(shape))
+            if not 0 <= begin <= end <= size - 8 - n or end - begin != count * dt.itemsize:
+                raise ValueError(f"tensor '{name}': data_offsets {[begin, end]} do not fit shape {shape}")
+            a = np.fromfile(path, dtype=dt, count=count, offset=8 + n + begin).reshape(shape)
+            if dtype == "BF16":  # the high half of a float32
+                a = (a.astype(np.uint32) << 16).view(np.float32)
+            elif a.dtype.kind == "f":
+                a = a.astype(np.float32, copy=False)
+            sd[name] = a
+        return sd
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{path}: cannot read safetensors: {e}") from None
+
+
 def _load_state_file(path):
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except Exception as e:  # noqa: BLE001
-            raise ConversionError(f"{path}: cannot read safetensors: {e}") from None
+        return _read_safetensors(path)
     sd = _load_pickle(path)
     if not isinstance(sd, dict):
         raise ConversionError(f"{path}: expected a state_dict (a dict of tensors), got {type(sd).__name__}")
@@ -143,7 +177,6 @@ def _read_nanogpt(ckpt, where):
 
 def _read_llmc(path):
     """llm.c's checkpoint: a 256 x int32 header, then every parameter in a fixed order."""
-    torch = _torch()
     header = np.fromfile(path, dtype="<i4", count=256)
     if header.size < 256 or header[0] != LLMC_MAGIC:
         raise ConversionError(f"{path}: not an llm.c checkpoint (bad magic)")
@@ -168,7 +201,7 @@ def _read_llmc(path):
     sd, off = {}, 0
     for name, shape in shapes:
         n = int(np.prod(shape))
-        t = torch.from_numpy(raw[off:off + n].reshape(shape).copy())
+        t = raw[off:off + n].reshape(shape)
         off += n
         if name in ("wte", "wpe"):
             sd[f"transformer.{name}.weight"] = t
@@ -237,26 +270,56 @@ def _canonical(sd: dict, cfg: dict) -> dict:
         raise ConversionError("the LM head is not tied to the token embedding: not a GPT-2 model pygpt supports")
     arrays = {}
     for name, t in out.items():
-        a = t.detach().float().cpu().numpy()
+        a = t.detach().float().cpu().numpy() if hasattr(t, "detach") else np.asarray(t, dtype=np.float32)
         if conv1d and name.startswith("h.") and a.ndim == 2:
             a = a.T
         arrays[name] = np.ascontiguousarray(a, dtype=np.float32)
     return arrays
 
 
+def to_bf16_bits(w: np.ndarray) -> np.ndarray:
+    """float32 -> the bits of bfloat16, rounded to nearest even (as torch's .to(bfloat16));
+    NaN stays NaN."""
+    bits = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
+    nan = np.isnan(w)
+    if nan.any():
+        rounded[nan] = ((bits[nan] >> 16) | np.uint32(0x40)).astype(np.uint16)
+    return rounded
+
+
 def _quantize_into(tensors: dict, name: str, w: np.ndarray, dtype: str, group: int) -> None:
-    torch = _torch()
+    """tensors[name...] = (safetensors dtype, array) of weight w stored as dtype."""
     if dtype == "f32":
-        tensors[name] = torch.from_numpy(w)
+        tensors[name] = ("F32", w)
     elif dtype == "f16":
-        tensors[name] = torch.from_numpy(w).to(torch.float16)
+        tensors[name] = ("F16", w.astype(np.float16))  # round to nearest even
     elif dtype == "bf16":
-        tensors[name] = torch.from_numpy(w).to(torch.bfloat16)  # round to nearest even
+        tensors[name] = ("BF16", to_bf16_bits(w))
     else:
         from . import quantize
 
         for tname, arr in quantize.quantize(name, w, dtype, group).items():
-            tensors[tname] = torch.from_numpy(np.ascontiguousarray(arr))
+            arr = np.ascontiguousarray(arr)
+            tensors[tname] = ({np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8", np.dtype(np.float32): "F32"}
+                              [arr.dtype], arr)
+
+
+def _write_safetensors(path: str, tensors: dict, metadata: dict) -> None:
+    """Writes {name: (safetensors dtype, array)} as a safetensors file (the safetensors
+    package's numpy writer cannot label bfloat16 bits as BF16): a JSON header, padded to 8
+    bytes, then the tensors' bytes in order."""
+    header, offset = {"__metadata__": metadata}, 0
+    for name, (dtype, a) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for _, a in tensors.values():
+            f.write(np.ascontiguousarray(a).tobytes())
 
 
 def _find_tokenizer(folder):
@@ -337,20 +400,17 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
     if extra:
         raise ConversionError(f"source has tensors a GPT-2 does not: {extra[:5]}")
 
-    torch = _torch()
-    from safetensors.torch import save_file
-
     tensors = {}
     for name in expected:
         w = arrays[name]
         if name == "wte.weight" or (name.endswith(".weight") and w.ndim == 2 and name != "wpe.weight"):
             _quantize_into(tensors, name, w, dtype, group_size)
         else:
-            tensors[name] = torch.from_numpy(w)
+            tensors[name] = ("F32", w)
 
     os.makedirs(out_dir, exist_ok=True)
     st_path = os.path.join(out_dir, "model.safetensors")
-    save_file(tensors, st_path, metadata={"format": "pygpt"})
+    _write_safetensors(st_path, tensors, {"format": "pygpt"})
     _drop_from_page_cache(st_path)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump({**config_json, "source": os.path.basename(os.fspath(source).rstrip("/"))}, f, indent=2)

@@ -235,3 +235,90 @@ def test_nanogpt_activation_recorded_in_model_args(tmp_path):
     torch.save(obj, ckpt)
     out = pygpt.convert.convert(ckpt, str(tmp_path / "out"), tokenizer=GPT2_TOKENIZER)
     assert pygpt.load(out).config["activation"] == "gelu_tanh"
+
+
+# -- without torch ------------------------------------------------------------------------------
+
+
+def test_bf16_rounding_is_torchs():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([
+        rng.standard_normal(100_000).astype(np.float32) * 10.0 ** rng.integers(-40, 38, 100_000),
+        np.array([0.0, -0.0, np.inf, -np.inf, np.finfo(np.float32).max, -np.finfo(np.float32).max,
+                  np.finfo(np.float32).tiny, 1e-45, -1e-45], dtype=np.float32),
+        # exact ties between two bfloat16 values, both parities, and the values around them
+        (np.arange(0x3F800000, 0x3F800000 + 64, dtype=np.uint32) * 0 + np.uint32(0x3F808000)).view(np.float32),
+        np.array([0x3F818000, 0x3F817FFF, 0x3F818001, 0xBF808000, 0x7F7F8000], dtype=np.uint32).view(np.float32),
+    ]).astype(np.float32)
+    want = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(pygpt.convert.to_bf16_bits(x), want)
+    nan = pygpt.convert.to_bf16_bits(np.array([np.nan, -np.nan], dtype=np.float32))
+    assert np.isnan((nan.astype(np.uint32) << 16).view(np.float32)).all()
+
+
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+
+
+def convert_without_torch(source, out, **kw):
+    """pygpt.convert.convert in a Python where importing torch or transformers fails."""
+    import subprocess
+    import sys
+
+    code = BLOCK_TORCH + f"import pygpt.convert; pygpt.convert.convert({source!r}, {out!r}, **{kw!r})"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "int8", "int4"])
+def test_safetensors_folders_convert_without_torch(tmp_path, hf_model_factory, dtype):
+    hf_model, hf_dir, _ = hf_model_factory("tiny")
+    ref = pygpt.convert.convert(hf_dir, str(tmp_path / "with"), dtype=dtype)
+    r = convert_without_torch(hf_dir, str(tmp_path / "without"), dtype=dtype)
+    assert r.returncode == 0, r.stderr
+    ids = [464, 2068, 7586, 21831, 18045]
+    a, b = pygpt.load(ref).logits(ids), pygpt.load(str(tmp_path / "without")).logits(ids)
+    np.testing.assert_array_equal(a, b)
+    if dtype == "f32":  # and the same model as transformers'
+        with torch.no_grad():
+            want = hf_model(torch.tensor([ids])).logits[0].numpy()
+        np.testing.assert_allclose(b, want, atol=1e-4)
+
+
+def test_a_bf16_checkpoint_converts_without_torch(tmp_path, hf_model_factory):
+    """Hugging Face checkpoints saved in bfloat16 (which numpy lacks) are widened exactly."""
+    from transformers import GPT2LMHeadModel
+
+    _, hf_dir, _ = hf_model_factory("tiny")
+    bf16_dir = str(tmp_path / "hf-bf16")
+    GPT2LMHeadModel.from_pretrained(hf_dir).to(torch.bfloat16).save_pretrained(bf16_dir)
+    r = convert_without_torch(bf16_dir, str(tmp_path / "out"), dtype="bf16")
+    assert r.returncode == 0, r.stderr
+    m = pygpt.load(str(tmp_path / "out"))
+    got = m.logits([1, 2, 3])
+    ref = pygpt.load(pygpt.convert.convert(bf16_dir, str(tmp_path / "ref"), dtype="bf16")).logits([1, 2, 3])
+    np.testing.assert_array_equal(got, ref)
+    sd = pygpt.convert._read_safetensors(os.path.join(bf16_dir, "model.safetensors"))
+    from safetensors.torch import load_file
+
+    for name, t in load_file(os.path.join(bf16_dir, "model.safetensors")).items():
+        np.testing.assert_array_equal(sd[name], t.float().numpy())
+
+
+def test_a_pickle_without_torch_says_what_to_install(tmp_path, hf_model_factory):
+    model, hf_dir, _ = hf_model_factory("tiny")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    torch.save(model.state_dict(), bin_dir / "pytorch_model.bin")
+    (bin_dir / "config.json").write_text(open(os.path.join(hf_dir, "config.json")).read())
+    r = convert_without_torch(str(bin_dir), str(tmp_path / "out"))
+    assert r.returncode != 0 and "pip install 'pygpt[convert]'" in r.stderr
+
+
+def test_a_broken_safetensors_file_is_a_conversion_error(tmp_path):
+    p = tmp_path / "w.safetensors"
+    header = json.dumps({"wte.weight": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}).encode()
+    p.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 10)  # 10 of 64 bytes
+    with pytest.raises(pygpt.convert.ConversionError, match="cannot read safetensors"):
+        pygpt.convert._read_safetensors(str(p))
+    p.write_bytes(b"\xff" * 16)
+    with pytest.raises(pygpt.convert.ConversionError, match="cannot read safetensors"):
+        pygpt.convert._read_safetensors(str(p))
