@@ -254,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "tokens, scored like the Hugging Face perplexity guide (pygpt/perplexity.py).")
     perplexity.add_arguments(pp)
     pp.set_defaults(func=perplexity.run)
+
+    from . import convert
+
+    cv = sub.add_parser("convert", help="convert a GPT-2 checkpoint into a pygpt model folder",
+                        description=convert.DESCRIPTION)
+    convert.add_arguments(cv)
+    cv.set_defaults(func=convert.run)
     return parser
 
 
@@ -273,7 +280,7 @@ def main(argv=None) -> int:
     except CliError as e:
         print(f"pygpt: error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as e:
+    except (ValueError, TypeError, OSError, RuntimeError, MemoryError, ImportError) as e:
         # FileNotFoundError, pygpt.ModelFormatError (a ValueError), bad options...
         msg = str(e) or type(e).__name__
         if isinstance(e, OSError) and e.filename and e.strerror:

@@ -435,13 +435,13 @@ def _tokenizer_size(folder) -> int:
     raise FileNotFoundError(f"{folder}: no vocab.json")
 
 
-def main(argv=None) -> int:
-    import argparse
-    import sys
+DESCRIPTION = ("Convert a GPT-2 (Hugging Face id or folder, nanoGPT ckpt.pt, llm.c .bin, or a plain "
+               "state_dict with --config) into a pygpt model folder. Safetensors sources and llm.c "
+               "checkpoints need no PyTorch; pickles and downloads need pip install 'pygpt[convert]'.")
 
-    p = argparse.ArgumentParser(
-        prog="convert.py", description="Convert a PyTorch GPT-2 (Hugging Face id or folder, nanoGPT ckpt.pt, "
-        "llm.c .bin, or a plain state_dict with --config) into a pygpt model folder.")
+
+def add_arguments(p) -> None:
+    """The arguments of the convert command, on an argparse parser."""
     p.add_argument("source", help="model id, Hugging Face folder, or checkpoint file")
     p.add_argument("out", help="output folder")
     p.add_argument("--dtype", choices=DTYPES, default="f32", help="weight storage type (default f32)")
@@ -451,12 +451,25 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer", help="folder with vocab.json + merges.txt when the source has none")
     p.add_argument("--config", help="config.json for a plain state_dict")
     p.add_argument("--vocab-size", type=int, help="trim a padded vocabulary to this size")
+
+
+def run(args) -> int:
+    """Runs the convert command for parsed `args`."""
+    convert(args.source, args.out, dtype=args.dtype, tokenizer=args.tokenizer, config=args.config,
+            group_size=args.group_size, vocab_size=args.vocab_size, verbose=True)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="convert.py", description=DESCRIPTION)
+    add_arguments(p)
     args = p.parse_args(argv)
     try:
-        convert(args.source, args.out, dtype=args.dtype, tokenizer=args.tokenizer, config=args.config,
-                group_size=args.group_size, vocab_size=args.vocab_size, verbose=True)
+        return run(args)
     except (ValueError, FileNotFoundError, ImportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out}")
-    return 0

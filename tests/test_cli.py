@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import pygpt
@@ -263,3 +264,29 @@ def test_default_model(pygpt_cmd):
         assert r.stdout
     else:
         assert_one_line_error(r, "default model")
+
+
+def test_convert_command(pygpt_cmd, hf_model_factory, tmp_path):
+    _, hf_dir, ref = hf_model_factory("tiny")
+    out = str(tmp_path / "m")
+    r = run(pygpt_cmd, "convert", hf_dir, out, "--dtype", "int8")
+    assert r.returncode == 0 and out in r.stdout.decode(), r.stderr
+    want = pygpt.convert.convert(hf_dir, str(tmp_path / "ref"), dtype="int8")
+    np.testing.assert_array_equal(pygpt.load(out).logits([1, 2, 3]), pygpt.load(want).logits([1, 2, 3]))
+    r = run(pygpt_cmd, "convert", str(tmp_path / "missing"), str(tmp_path / "x"))
+    assert r.returncode == 1 and r.stderr.decode().count("\n") == 1 and "missing" in r.stderr.decode()
+    assert b"Traceback" not in r.stderr
+
+
+def test_convert_command_without_torch_names_the_extra(hf_model_factory, tmp_path):
+    import torch
+
+    model, hf_dir, _ = hf_model_factory("tiny")
+    (tmp_path / "bin").mkdir()
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    (tmp_path / "bin" / "config.json").write_text(open(os.path.join(hf_dir, "config.json")).read())
+    code = ("import sys; sys.modules['torch'] = None; from pygpt.cli import main; "
+            f"sys.exit(main(['convert', {str(tmp_path / 'bin')!r}, {str(tmp_path / 'out')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert r.returncode == 1 and b"pip install 'pygpt[convert]'" in r.stderr and b"Traceback" not in r.stderr
+
