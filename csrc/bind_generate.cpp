@@ -126,6 +126,28 @@ void bind_generate(py::module_& m) {
         .value("when_full", EarlyStopping::WhenFull)
         .value("never", EarlyStopping::Never);
 
+    m.def(
+        "sample_draft_tokens",
+        [](const FloatArray& logits, const std::vector<int32_t>& history, size_t n_prompt,
+           const SamplingParams& params, uint64_t seed, int32_t draft, int64_t n) {
+            if (n < 0) throw std::invalid_argument("n must be >= 0");
+            const std::vector<float> s0 = to_logits(logits);
+            py::array_t<int32_t> tokens(n);
+            py::array_t<bool> taken(n);
+            int32_t* t = tokens.mutable_data();
+            bool* k = taken.mutable_data();
+            {
+                py::gil_scoped_release release;
+                Sampler sampler(params, int64_t(s0.size()), seed, 0, select_kernels(""));
+                std::vector<float> work;
+                for (int64_t i = 0; i < n; i++) t[i] = sampler.sample_draft(s0.data(), work, history, n_prompt, draft, &k[i]);
+            }
+            return py::make_tuple(tokens, taken);
+        },
+        py::arg("logits"), py::arg("history"), py::arg("n_prompt"), py::arg("params"), py::arg("seed"),
+        py::arg("draft"), py::arg("n"),
+        "n successive (token, whether it is the draft) of one sampler against a one-token draft, for tests.");
+
     py::class_<GenerateOptions>(m, "GenerateOptions", "Options of one generate call (see csrc/generate.h).")
         .def(py::init<>())
         .def_readwrite("sampling", &GenerateOptions::sampling)

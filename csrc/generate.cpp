@@ -145,8 +145,8 @@ void check_request(const Model& model, const Tokenizer* tokenizer, const std::ve
     if (!std::isfinite(opt.length_penalty)) bad("length_penalty must be a finite number");
     if (opt.prompt_lookup_num_tokens < 0) bad("prompt_lookup_num_tokens must be >= 0 (0 = off)");
     if (opt.max_matching_ngram_size < 1) bad("max_matching_ngram_size must be >= 1");
-    if (opt.prompt_lookup_num_tokens > 0 && (!opt.sampling.greedy() || opt.num_beams > 1))
-        bad("prompt lookup decoding (prompt_lookup_num_tokens > 0) needs greedy decoding: temperature 0, num_beams 1");
+    if (opt.prompt_lookup_num_tokens > 0 && opt.num_beams > 1)
+        bad("prompt lookup decoding (prompt_lookup_num_tokens > 0) does not go with beam search (num_beams > 1)");
     if (prompts.empty()) bad("no prompt to generate from");
     for (size_t p = 0; p < prompts.size(); p++) {
         const auto& ids = prompts[p];
@@ -326,11 +326,13 @@ static std::vector<int32_t> lookup_draft(const std::vector<int32_t>& h, int64_t 
     return {};
 }
 
-// Prompt lookup decoding (greedy): each sequence feeds its next token and a draft of what may
-// follow (lookup_draft) in one forward call, whose logits rows are bitwise those of feeding the
-// tokens one at a time (the model's rows never depend on the batch). The greedy choice of row j
-// is taken; while it equals draft token j the next row is valid too. The cache is then cut back
-// to the tokens taken, so the output is greedy decoding's, token for token, in fewer calls.
+// Prompt lookup decoding: each sequence feeds its next token and a draft of what may follow
+// (lookup_draft) in one forward call, whose logits rows are bitwise those of feeding the tokens
+// one at a time (the model's rows never depend on the batch). Row j's token is chosen against
+// draft token j (Sampler::sample_draft: greedy, the argmax; sampling, speculative sampling);
+// while it is the draft token, the next row is valid too. The cache is then cut back to the
+// tokens taken. Greedy: greedy decoding's output, token for token, in fewer calls; sampling:
+// the same distribution as without drafts.
 void Generation::decode_drafts() {
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<Seq*> live;
@@ -364,9 +366,15 @@ void Generation::decode_drafts() {
         const size_t n = s.fed.size();
         size_t taken = 0;
         for (size_t j = 0; j < n; j++) {
-            choose(s, logits_.data() + (row + int64_t(j)) * V_);
+            const float* r = logits_.data() + (row + int64_t(j)) * V_;
+            bool as_drafted = false;
+            if (j + 1 < n) {
+                s.chosen = s.sampler.sample_draft(r, s.scores, s.history, s.n_prompt, s.fed[j + 1], &as_drafted);
+                add_logprobs(s, r);
+            } else {
+                choose(s, r);
+            }
             const int32_t c = s.chosen;
-            const bool as_drafted = j + 1 < n && c == s.fed[j + 1];
             accept(s, c);
             taken++;
             timings_.accepted_draft_tokens += as_drafted;
@@ -388,6 +396,11 @@ void Generation::decode_drafts() {
 // The next token of s from a logits row, and its log-probs when asked for.
 void Generation::choose(Seq& s, const float* row) {
     s.chosen = s.sampler.sample(row, s.scores, s.history, s.n_prompt);
+    add_logprobs(s, row);
+}
+
+// The log-probs of s.chosen (and the most likely tokens) under a row, when asked for.
+void Generation::add_logprobs(Seq& s, const float* row) {
     if (opt_.logprobs) {
         const double lse = log_sum_exp(row, V_);
         s.logprob = float(double(row[s.chosen]) - lse);

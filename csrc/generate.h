@@ -166,6 +166,7 @@ private:
     void decode();
     void decode_drafts();
     void choose(Seq& s, const float* row);
+    void add_logprobs(Seq& s, const float* row);
     void accept(Seq& s, int32_t token);
     void finish(Seq& s, const char* reason);
     void release_text(Seq& s, bool final);

@@ -156,6 +156,26 @@ void Sampler::apply_sequence_bias(float* s, const std::vector<int32_t>& history)
     }
 }
 
+int32_t Sampler::sample_draft(const float* logits, std::vector<float>& work, const std::vector<int32_t>& history,
+                              size_t n_prompt, int32_t draft, bool* taken) {
+    if (draft < 0 || draft >= V_)
+        throw std::invalid_argument("draft token " + std::to_string(draft) + " is outside the vocabulary");
+    if (params_.greedy()) {
+        const int32_t t = sample(logits, work, history, n_prompt);
+        *taken = t == draft;
+        return t;
+    }
+    work.assign(logits, logits + V_);
+    process(work.data(), history, n_prompt);
+    if (!have_weights_) compute_weights(work.data());
+    const double total = weight_sum();
+    if (!(total > 0.0)) throw std::invalid_argument("every token was filtered out: nothing left to generate");
+    *taken = rng_.uniform() * total < w_[draft];
+    if (*taken) return draft;
+    remove(work.data(), draft);  // the rest of p: p(draft) < 1 here, so something is left
+    return draw(work.data());
+}
+
 void Sampler::apply_penalties(float* s, const std::vector<int32_t>& history, size_t n_prompt) {
     for (const auto& [id, bias] : params_.logit_bias) s[id] += bias;
     apply_sequence_bias(s, history);

@@ -100,6 +100,15 @@ public:
     int32_t sample(const float* logits, std::vector<float>& work, const std::vector<int32_t>& history,
                    size_t n_prompt);
 
+    // The next token where a draft proposed `draft` (prompt lookup decoding); *taken: whether
+    // it is the draft. Greedy: sample(), taken if it equals the draft. Sampling: speculative
+    // sampling against a draft that puts all its mass on one token (Leviathan et al., 2023):
+    // the draft is taken with its probability p(draft) under the processed distribution,
+    // otherwise a token is drawn from p without it. Either way the token is distributed as
+    // p, as sample() draws it, though from other random numbers.
+    int32_t sample_draft(const float* logits, std::vector<float>& work, const std::vector<int32_t>& history,
+                         size_t n_prompt, int32_t draft, bool* taken);
+
     const SamplingParams& params() const { return params_; }
 
 private:

@@ -203,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text "
                                                          "(default: a new one each run)")
     s.add_argument("--prompt-lookup", type=_non_negative_int, default=None, metavar="N",
-                   help="greedy only: also check N draft tokens a step, copied from where the last tokens "
-                        "occurred before (the same text as greedy, faster when it repeats its input) "
+                   help="also check N draft tokens a step, copied from where the last tokens occurred "
+                        "before: faster when the text repeats its input; greedy gives the same text "
                         "(default: off)")
     b = g.add_argument_group("beam search")
     b.add_argument("--num-beams", type=_positive_int, default=1, metavar="N",

@@ -289,9 +289,9 @@ class _Request:
         opt.prompt_lookup_num_tokens = _int("prompt_lookup_num_tokens", prompt_lookup_num_tokens, lo=0,
                                             none_ok=True) or 0
         opt.max_matching_ngram_size = _int("max_matching_ngram_size", max_matching_ngram_size, lo=1)
-        if opt.prompt_lookup_num_tokens and (opt.sampling.temperature != 0.0 or opt.num_beams > 1):
-            raise ValueError("prompt lookup decoding (prompt_lookup_num_tokens) needs greedy decoding: "
-                             "temperature 0 and num_beams 1")
+        if opt.prompt_lookup_num_tokens and opt.num_beams > 1:
+            raise ValueError("prompt lookup decoding (prompt_lookup_num_tokens) does not go with beam search "
+                             "(num_beams > 1)")
         opt.length_penalty = _float("length_penalty", length_penalty)
         if early_stopping is True or early_stopping is False:
             opt.early_stopping = (_core.EarlyStopping.when_full if early_stopping
@@ -411,10 +411,11 @@ def generate(model, prompt: Union[Prompt, Sequence[Prompt]], **options):
       echo=False              prepend the prompt to text and tokens
       num_return_sequences=1  samples per prompt (the prompt is run once, its cache forked);
                               with beam search, the best sequences found, best first
-      prompt_lookup_num_tokens=None   greedy only: each step also checks a draft of this many
-                              tokens copied from where the last tokens occurred before (in the
-                              prompt or output): the same tokens as plain greedy decoding, in
-                              fewer forward calls when the text repeats its input
+      prompt_lookup_num_tokens=None   each step also checks a draft of this many tokens copied
+                              from where the last tokens occurred before (in the prompt or
+                              output): greedy gives plain greedy decoding's tokens, sampling
+                              its distribution (speculative sampling), in fewer forward calls
+                              when the text repeats its input
       max_matching_ngram_size=2       prompt lookup: the longest tail that is looked up
       num_beams=1             > 1: beam search (transformers' num_beams, do_sample=False);
                               needs temperature 0; outputs get .score

@@ -1,7 +1,8 @@
 """Prompt lookup decoding (prompt_lookup_num_tokens): drafts copied from earlier in the
 sequence are checked in one forward call against the greedy choices, so the output must be
 plain greedy decoding's, token for token (and logprob for logprob), at every weight type, with
-every option that greedy decoding takes."""
+every option that greedy decoding takes; with sampling, tokens drawn by speculative sampling
+(tests/test_sampler.py checks the draws) follow the distribution of plain sampling."""
 
 import os
 
@@ -132,8 +133,7 @@ def test_no_drafts_without_the_option(models):
 
 
 @pytest.mark.parametrize("kw, exc, match", [
-    (dict(prompt_lookup_num_tokens=4, temperature=0.8), ValueError, "greedy"),
-    (dict(prompt_lookup_num_tokens=4, num_beams=2), ValueError, "greedy"),
+    (dict(prompt_lookup_num_tokens=4, num_beams=2), ValueError, "beam"),
     (dict(prompt_lookup_num_tokens=-1), ValueError, "prompt_lookup_num_tokens"),
     (dict(prompt_lookup_num_tokens=2.5), TypeError, "prompt_lookup_num_tokens"),
     (dict(prompt_lookup_num_tokens=True), TypeError, "prompt_lookup_num_tokens"),
@@ -150,3 +150,53 @@ def test_zero_is_off(models):
     out = m.generate(PROMPTS[1], max_new_tokens=10, prompt_lookup_num_tokens=0)
     assert out.timings.draft_tokens == 0
     assert np.array_equal(out.tokens, m.generate(PROMPTS[1], max_new_tokens=10).tokens)
+
+
+# -- sampling ---------------------------------------------------------------------------------
+
+
+def test_sampling_is_deterministic_and_independent_of_threads_and_batch(models):
+    m = models["flat", "f32"]
+    one = pygpt.load(m.path, n_threads=1)
+    kw = dict(max_new_tokens=30, temperature=1.0, top_k=2, seed=11, prompt_lookup_num_tokens=5)
+    a = m.generate(PROMPTS[1], **kw)
+    assert a.tokens == m.generate(PROMPTS[1], **kw).tokens == one.generate(PROMPTS[1], **kw).tokens
+    assert m.generate(PROMPTS, **kw)[1].tokens == a.tokens
+    assert 0 < a.timings.accepted_draft_tokens < a.timings.draft_tokens  # taken and refused drafts
+
+
+def test_top_k_1_sampling_is_greedy_with_drafts(models):
+    # the sampling path (speculative sampling) with a one-token distribution: the draft is
+    # taken exactly when it is the argmax
+    m = models["flat", "int8"]
+    out = m.generate(PROMPTS[0], max_new_tokens=40, temperature=1.0, top_k=1, seed=1, prompt_lookup_num_tokens=6)
+    assert out.timings.accepted_draft_tokens > out.timings.draft_tokens / 2
+    assert out.tokens == m.generate(PROMPTS[0], max_new_tokens=40).tokens
+
+
+def test_sampled_tokens_follow_the_distribution_of_plain_sampling(models):
+    """The second and third tokens (drawn against a draft when the text repeats) over many
+    seeds, with and without prompt lookup: a two-sample chi-square test."""
+    m = models["sharp", "f32"]
+    kw = dict(max_new_tokens=3, temperature=0.7)
+    n = 1500
+    drafted = 0
+    for pos in (1, 2):
+        counts = [{}, {}]
+        for j, k in enumerate((0, 2)):
+            for seed in range(n):
+                out = m.generate(PROMPTS[1], seed=seed, prompt_lookup_num_tokens=k, **kw)
+                t = out.tokens[pos]
+                counts[j][t] = counts[j].get(t, 0) + 1
+                drafted += out.timings.draft_tokens
+        tokens = sorted(set(counts[0]) | set(counts[1]), key=lambda t: -(counts[0].get(t, 0) + counts[1].get(t, 0)))
+        big = [t for t in tokens if counts[0].get(t, 0) + counts[1].get(t, 0) >= 20]
+        table = np.array([[c.get(t, 0) for t in big] + [n - sum(c.get(t, 0) for t in big)] for c in counts], float)
+        table = table[:, table.sum(axis=0) > 0]
+        expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
+        stat = float(((table - expected) ** 2 / expected).sum())
+        from test_sampler import chi2_p_value
+
+        assert len(big) >= 3 and chi2_p_value(stat, table.shape[1] - 1) > 1e-4, (pos, stat, table.shape)
+    assert drafted > 0
+

@@ -329,6 +329,47 @@ def test_draws_follow_the_processed_distribution(seed):
     assert chi2_p_value(wrong, df) < 1e-12
 
 
+@pytest.mark.parametrize("rank", [0, 2, 10])
+def test_draws_against_a_draft_follow_the_processed_distribution(rank):
+    """Speculative sampling against a one-token draft (prompt lookup): the draft is taken with
+    its probability, and the tokens are distributed as without a draft."""
+    x = random_logits(11, n=64, scale=1.5)
+    kw = dict(temperature=0.8, top_k=40, repetition_penalty=1.2)
+    history = [3, 4, 5]
+    scores = ours(x, history, **kw).astype(np.float64)
+    kept = np.isfinite(scores)
+    probs = np.where(kept, np.exp(scores - scores[kept].max()), 0.0)
+    probs /= probs.sum()
+    draft = int(np.argsort(-probs, kind="stable")[rank])
+
+    n = 200_000
+    assert probs[kept].min() * n > 5  # every expected count is large enough for the test
+    tokens, taken = _core.sample_draft_tokens(x, history, len(history), sampling_params(64, **kw), 7, draft, n)
+    assert np.all(tokens[taken] == draft) and np.all(tokens[~taken] != draft)
+    p = probs[draft]
+    assert abs(taken.mean() - p) < 5 * math.sqrt(p * (1 - p) / n), (taken.mean(), p)
+    counts = np.bincount(tokens, minlength=64)
+    assert counts[~kept].sum() == 0
+    df = int(kept.sum()) - 1
+    stat = chi2_statistic(counts[kept].astype(np.float64), probs[kept])
+    assert chi2_p_value(stat, df) > CHI2_P_VALUE, f"chi2 = {stat:.1f} with {df} degrees of freedom"
+    # what a sampler that drew the rejected case from all of p (draft included) would give
+    wrong = probs * (1 - p)
+    wrong[draft] += p
+    assert chi2_p_value(chi2_statistic(counts[kept].astype(np.float64), wrong[kept]), df) < 1e-12
+
+
+def test_greedy_against_a_draft_takes_it_when_it_is_the_argmax():
+    x = random_logits(12, n=100)
+    best = int(np.argmax(x))
+    tokens, taken = _core.sample_draft_tokens(x, [], 0, sampling_params(100), 0, best, 3)
+    assert tokens.tolist() == [best] * 3 and taken.all()
+    tokens, taken = _core.sample_draft_tokens(x, [], 0, sampling_params(100), 0, (best + 1) % 100, 2)
+    assert tokens.tolist() == [best] * 2 and not taken.any()
+    with pytest.raises(ValueError, match="draft token"):
+        _core.sample_draft_tokens(x, [], 0, sampling_params(100), 0, 100, 1)
+
+
 def test_chi2_p_value():
     # tabulated 0.9999 quantiles of chi-square: df 10 -> 35.56, df 1 -> 15.14
     assert chi2_p_value(35.56, 10) == pytest.approx(1e-4, rel=0.01)
