@@ -261,6 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
                         description=convert.DESCRIPTION)
     convert.add_arguments(cv)
     cv.set_defaults(func=convert.run)
+
+    from . import server
+
+    sv = sub.add_parser("serve", help="serve a model over HTTP with OpenAI's completions API",
+                        description="Serve a model over HTTP: POST /v1/completions (OpenAI's completions "
+                                    "request and response, streaming included), GET /v1/models, GET /health.")
+    server.add_arguments(sv)
+    sv.set_defaults(func=server.run)
     return parser
 
 

@@ -1,0 +1,228 @@
+"""`pygpt serve`: an OpenAI-compatible completions endpoint over one model, on the standard
+library's threading HTTP server (each request in its own thread; requests share the model,
+taking turns token by token).
+
+    POST /v1/completions   {"prompt": "Once upon a time", "max_tokens": 50, "temperature": 0.8,
+                            "stream": false, ...}: OpenAI's completions request and response
+    GET  /v1/models        the model served
+    GET  /health           {"status": "ok"}
+
+Request fields: prompt (a string, a list of token ids, or a list of either), max_tokens (16),
+temperature (1), top_p, n, stream (one prompt and n = 1: server-sent events ending in
+"data: [DONE]"), stop, seed, presence_penalty, frequency_penalty, logit_bias ({"id": bias}),
+echo; and pygpt's own top_k, min_p, typical_p, repetition_penalty, no_repeat_ngram_size,
+min_tokens, ignore_eos. model and user are accepted and ignored; logprobs, suffix and
+best_of > 1 are refused (400), as is anything else unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MAX_BODY_BYTES = 1 << 20
+
+# OpenAI field -> pygpt generate option
+_SAME = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "echo", "top_k", "min_p",
+         "typical_p", "repetition_penalty", "no_repeat_ngram_size", "ignore_eos")
+_RENAMED = {"max_tokens": "max_new_tokens", "n": "num_return_sequences", "min_tokens": "min_new_tokens"}
+_IGNORED = ("model", "user", "stream")
+
+
+class RequestError(ValueError):
+    """A request the server refuses (400)."""
+
+
+def completion_options(body: dict) -> dict:
+    """pygpt generate options for an OpenAI completions request body (checked by generate)."""
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    for field in ("logprobs", "suffix"):
+        if body.get(field) is not None:
+            raise RequestError(f"'{field}' is not supported by this server")
+    if body.get("best_of", 1) != 1:
+        raise RequestError("'best_of' other than 1 is not supported by this server")
+    options = {"max_new_tokens": 16, "temperature": 1.0}  # OpenAI's defaults
+    for key, value in body.items():
+        if key in ("prompt", "best_of", *_IGNORED) or value is None:
+            continue
+        if key in _SAME:
+            options[key] = value
+        elif key in _RENAMED:
+            options[_RENAMED[key]] = value
+        elif key == "logit_bias":
+            if not isinstance(value, dict):
+                raise RequestError("'logit_bias' must be an object {\"token id\": bias}")
+            try:
+                options["logit_bias"] = {int(k): v for k, v in value.items()}
+            except ValueError:
+                raise RequestError("'logit_bias' keys must be token ids") from None
+        else:
+            raise RequestError(f"unknown field '{key}'")
+    return options
+
+
+def _prompts(body: dict):
+    """(prompt as generate takes it, whether it is a batch)."""
+    prompt = body.get("prompt", "<|endoftext|>")  # OpenAI's default
+    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+        return prompt, True
+    return prompt, False
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "pygpt"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):  # quiet; the server's caller decides what to print
+        if self.server.verbose:
+            super().log_message(fmt, *args)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _send_json(self, status: int, obj) -> None:
+        data = json.dumps(obj).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        self._send_json(status, {"error": {"message": message, "type": kind}})
+
+    def _body(self):
+        try:
+            n = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            raise RequestError("bad Content-Length") from None
+        if n < 0 or n > MAX_BODY_BYTES:
+            raise RequestError(f"the request body must be at most {MAX_BODY_BYTES} bytes")
+        try:
+            return json.loads(self.rfile.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RequestError(f"the request body is not JSON: {e}") from None
+
+    # -- endpoints ----------------------------------------------------------------------------
+
+    def do_GET(self):
+        if self.path == "/health":
+            self._send_json(200, {"status": "ok"})
+        elif self.path == "/v1/models":
+            self._send_json(200, {"object": "list", "data": [
+                {"id": self.server.model_name, "object": "model", "created": self.server.created,
+                 "owned_by": "pygpt"}]})
+        else:
+            self._error(404, f"no such endpoint: GET {self.path}", "not_found_error")
+
+    def do_POST(self):
+        if self.path != "/v1/completions":
+            self._error(404, f"no such endpoint: POST {self.path}", "not_found_error")
+            return
+        try:
+            body = self._body()
+            options = completion_options(body)
+            prompt, batch = _prompts(body)
+            stream = body.get("stream", False)
+            if not isinstance(stream, bool):
+                raise RequestError("'stream' must be true or false")
+            if stream:
+                if batch or options.get("num_return_sequences", 1) != 1:
+                    raise RequestError("'stream' needs one prompt and n = 1")
+                it = self.server.model.stream(prompt, **options)
+            else:
+                out = self.server.model.generate(prompt, **options)
+        except (RequestError, ValueError, TypeError, MemoryError) as e:
+            self._error(400, str(e) or type(e).__name__)
+            return
+        except Exception as e:  # noqa: BLE001 - a server answers, whatever went wrong
+            self._error(500, f"{type(e).__name__}: {e}", "server_error")
+            return
+        head = {"id": "cmpl-" + secrets.token_hex(12), "object": "text_completion", "created": int(time.time()),
+                "model": self.server.model_name}
+        if stream:
+            self._stream(it, head)
+            return
+        per_prompt = [g if isinstance(g, list) else [g] for g in (out if batch else [out])]
+        flat = [o for g in per_prompt for o in g]  # OpenAI's order: prompt-major
+        choices = [{"text": o.text, "index": i, "logprobs": None, "finish_reason": _finish(o)}
+                   for i, o in enumerate(flat)]
+        prompt_tokens = sum(len(g[0].prompt_tokens) for g in per_prompt)
+        completion_tokens = sum(len(o.tokens) - (len(o.prompt_tokens) if options.get("echo") else 0) for o in flat)
+        self._send_json(200, {**head, "choices": choices, "usage": {
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}})
+
+    def _stream(self, it, head) -> None:
+        """Server-sent events: a chunk a text piece, then one with the finish reason, then [DONE].
+        A client that goes away stops the generation (the stream is dropped)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+        def event(text, finish):
+            chunk = {**head, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+            self.wfile.write(b"data: " + json.dumps(chunk).encode("utf-8") + b"\n\n")
+            self.wfile.flush()
+
+        try:
+            for piece in it:
+                event(piece, None)
+            event("", _finish(it.output))
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except Exception as e:  # noqa: BLE001 - headers are sent: report it in the stream
+            self.wfile.write(b"data: " + json.dumps({"error": {"message": str(e), "type": "server_error"}})
+                             .encode("utf-8") + b"\n\n")
+
+
+def _finish(out) -> str:
+    return "length" if out.finish_reason == "length" else "stop"  # OpenAI has no "eos"
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, model, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
+                 verbose: bool = False):
+        import os
+
+        self.model = model
+        self.model_name = name or os.path.basename(os.path.normpath(model.path))
+        self.created = int(time.time())
+        self.verbose = verbose
+        super().__init__((host, port), Handler)
+
+
+def add_arguments(p) -> None:
+    """The arguments of the serve command, on an argparse parser."""
+    p.add_argument("-m", "--model", metavar="DIR", default=None,
+                   help="model folder (default: the model shipped with pygpt)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="threads (default: physical cores)")
+    p.add_argument("--kv-cache", choices=("auto", "f32", "f16", "int8"), default="auto",
+                   help="KV cache type (default: auto)")
+    p.add_argument("--verbose", action="store_true", help="log every request to stderr")
+
+
+def run(args) -> int:
+    """Serves until interrupted (Ctrl-C)."""
+    from .model import load
+
+    model = load(args.model, n_threads=args.threads, kv_cache=args.kv_cache)
+    server = Server(model, args.host, args.port, verbose=args.verbose)
+    host, port = server.server_address[:2]
+    print(f"pygpt: serving {server.model_name} on http://{host}:{port}/v1/completions", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,172 @@
+"""pygpt serve: OpenAI's completions API over HTTP, answered by model.generate / model.stream;
+bad requests get a 400 with OpenAI's error object."""
+
+import json
+import os
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+import pygpt
+from pygpt import server as pygpt_server
+
+pytest.importorskip("torch")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GPT2_TOKENIZER = os.path.join(HERE, "data", "gpt2-tokenizer")
+PROMPTS = ["Hello, my dog is", "The quick brown fox"]
+
+
+@pytest.fixture(scope="module")
+def model(hf_model_factory, tmp_path_factory):
+    import pygpt.convert
+
+    _, hf_dir, _ = hf_model_factory("tiny")
+    return pygpt.load(pygpt.convert.convert(hf_dir, str(tmp_path_factory.mktemp("serve")), tokenizer=GPT2_TOKENIZER))
+
+
+@pytest.fixture(scope="module")
+def url(model):
+    srv = pygpt_server.Server(model, "127.0.0.1", 0, name="tiny")
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def post(url, body, path="/v1/completions", raw=None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def get(url, path):
+    with urllib.request.urlopen(url + path, timeout=60) as r:
+        return r.status, json.loads(r.read())
+
+
+def test_completion_is_generate(url, model):
+    status, text = post(url, {"prompt": PROMPTS[0], "max_tokens": 12, "temperature": 0, "model": "x", "user": "u"})
+    assert status == 200
+    r = json.loads(text)
+    want = model.generate(PROMPTS[0], max_new_tokens=12)
+    assert r["object"] == "text_completion" and r["model"] == "tiny" and r["id"].startswith("cmpl-")
+    assert r["choices"] == [{"text": want.text, "index": 0, "logprobs": None, "finish_reason": "length"}]
+    assert r["usage"] == {"prompt_tokens": len(want.prompt_tokens), "completion_tokens": 12,
+                          "total_tokens": len(want.prompt_tokens) + 12}
+
+
+def test_defaults_are_openais(url, model):
+    # max_tokens 16 and temperature 1 (sampling): a seed makes it reproducible
+    r = json.loads(post(url, {"prompt": PROMPTS[1], "seed": 3})[1])
+    want = model.generate(PROMPTS[1], max_new_tokens=16, temperature=1.0, seed=3)
+    assert r["choices"][0]["text"] == want.text and r["usage"]["completion_tokens"] == 16
+
+
+def test_batches_and_n_are_prompt_major(url, model):
+    body = {"prompt": PROMPTS, "n": 2, "max_tokens": 5, "seed": 1, "top_k": 40, "stop": ["\n"]}
+    r = json.loads(post(url, body)[1])
+    want = model.generate(PROMPTS, num_return_sequences=2, max_new_tokens=5, seed=1, top_k=40, stop=["\n"],
+                          temperature=1.0)
+    assert [c["text"] for c in r["choices"]] == [o.text for group in want for o in group]
+    assert [c["index"] for c in r["choices"]] == [0, 1, 2, 3]
+    assert r["usage"]["prompt_tokens"] == sum(len(g[0].prompt_tokens) for g in want)
+
+
+def test_token_id_prompts_echo_and_stop(url, model):
+    ids = model.tokenizer.encode(PROMPTS[0])
+    r = json.loads(post(url, {"prompt": ids, "max_tokens": 6, "temperature": 0, "echo": True})[1])
+    want = model.generate(ids, max_new_tokens=6, echo=True)
+    assert r["choices"][0]["text"] == want.text and want.text.startswith(PROMPTS[0])
+    assert r["usage"]["completion_tokens"] == 6
+    plain = model.generate(PROMPTS[0], max_new_tokens=10).text
+    stop = plain[3:6]
+    r = json.loads(post(url, {"prompt": PROMPTS[0], "max_tokens": 10, "temperature": 0, "stop": stop})[1])
+    assert r["choices"][0]["text"] == plain[:plain.index(stop)] and r["choices"][0]["finish_reason"] == "stop"
+
+
+def test_streaming_sends_the_pieces_then_done(url, model):
+    status, text = post(url, {"prompt": PROMPTS[0], "max_tokens": 10, "temperature": 0, "stream": True})
+    assert status == 200
+    events = [e for e in text.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
+    pieces = [c["choices"][0]["text"] for c in chunks]
+    assert "".join(pieces) == model.generate(PROMPTS[0], max_new_tokens=10).text
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + ["length"]
+    assert len({c["id"] for c in chunks}) == 1
+
+
+def test_models_and_health(url):
+    assert get(url, "/health") == (200, {"status": "ok"})
+    status, r = get(url, "/v1/models")
+    assert status == 200 and [m["id"] for m in r["data"]] == ["tiny"]
+
+
+@pytest.mark.parametrize("body, match", [
+    ({"prompt": "hi", "temperature": -1}, "temperature"),
+    ({"prompt": "hi", "max_tokens": "many"}, "max_new_tokens"),
+    ({"prompt": "hi", "logprobs": 3}, "logprobs"),
+    ({"prompt": "hi", "suffix": "x"}, "suffix"),
+    ({"prompt": "hi", "best_of": 3}, "best_of"),
+    ({"prompt": "hi", "frobnicate": 1}, "unknown field 'frobnicate'"),
+    ({"prompt": ["a", "b"], "stream": True}, "stream"),
+    ({"prompt": "hi", "n": 2, "stream": True}, "stream"),
+    ({"prompt": "hi", "stream": "yes"}, "stream"),
+    ({"prompt": "hi", "logit_bias": {"x": 1}}, "logit_bias"),
+    ({"prompt": "hi", "n": 10 ** 7}, "memory"),
+    ([1, 2], "JSON object"),
+])
+def test_bad_requests_are_400_with_a_message(url, body, match):
+    status, text = post(url, body)
+    assert status == 400, text
+    err = json.loads(text)["error"]
+    assert match in err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_malformed_bodies_and_paths(url):
+    status, text = post(url, None, raw=b"{not json")
+    assert status == 400 and "not JSON" in json.loads(text)["error"]["message"]
+    status, text = post(url, {"prompt": "hi"}, path="/v1/chat/completions")
+    assert status == 404 and json.loads(text)["error"]["type"] == "not_found_error"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(url + "/nope", timeout=30)
+    assert e.value.code == 404
+
+
+def test_concurrent_requests(url, model):
+    bodies = [{"prompt": p, "max_tokens": 20, "temperature": 0} for p in PROMPTS * 2]
+    results = [None] * len(bodies)
+
+    def one(i):
+        results[i] = json.loads(post(url, bodies[i])[1])["choices"][0]["text"]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == [model.generate(b["prompt"], max_new_tokens=20).text for b in bodies]
+
+
+def test_the_serve_command(pygpt_cmd, model):
+    p = subprocess.Popen(pygpt_cmd + ["serve", "-m", model.path, "--port", "0"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert line.startswith("pygpt: serving") and "/v1/completions" in line, line + p.stderr.read()
+        base = line.split("http://", 1)[1].split("/v1/", 1)[0]
+        status, text = post("http://" + base, {"prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0})
+        assert status == 200
+        assert json.loads(text)["choices"][0]["text"] == model.generate(PROMPTS[0], max_new_tokens=4).text
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
