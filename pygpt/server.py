@@ -10,9 +10,12 @@ taking turns token by token).
 Request fields: prompt (a string, a list of token ids, or a list of either), max_tokens (16),
 temperature (1), top_p, n, stream (one prompt and n = 1: server-sent events ending in
 "data: [DONE]"), stop, seed, presence_penalty, frequency_penalty, logit_bias ({"id": bias}),
-echo; and pygpt's own top_k, min_p, typical_p, repetition_penalty, no_repeat_ngram_size,
-min_tokens, ignore_eos. model and user are accepted and ignored; logprobs, suffix and
-best_of > 1 are refused (400), as is anything else unknown.
+echo, logprobs (k: each token's log-probability and the k most likely, in OpenAI's tokens /
+token_logprobs / top_logprobs / text_offset lists; with echo and max_tokens 0, the prompt's,
+as evaluation harnesses ask); and pygpt's own top_k, min_p, typical_p, repetition_penalty,
+no_repeat_ngram_size, min_tokens, ignore_eos. model and user are accepted and ignored;
+suffix, best_of > 1 and logprobs with stream are refused (400), as is anything else
+unknown.
 """
 
 from __future__ import annotations
@@ -39,9 +42,8 @@ def completion_options(body: dict) -> dict:
     """pygpt generate options for an OpenAI completions request body (checked by generate)."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
-    for field in ("logprobs", "suffix"):
-        if body.get(field) is not None:
-            raise RequestError(f"'{field}' is not supported by this server")
+    if body.get("suffix") is not None:
+        raise RequestError("'suffix' is not supported by this server")
     if body.get("best_of", 1) != 1:
         raise RequestError("'best_of' other than 1 is not supported by this server")
     options = {"max_new_tokens": 16, "temperature": 1.0}  # OpenAI's defaults
@@ -52,6 +54,11 @@ def completion_options(body: dict) -> dict:
             options[key] = value
         elif key in _RENAMED:
             options[_RENAMED[key]] = value
+        elif key == "logprobs":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 20:
+                raise RequestError("'logprobs' must be an integer from 0 to 20")
+            options["logprobs"] = True
+            options["top_logprobs"] = value
         elif key == "logit_bias":
             if not isinstance(value, dict):
                 raise RequestError("'logit_bias' must be an object {\"token id\": bias}")
@@ -131,6 +138,8 @@ class Handler(BaseHTTPRequestHandler):
             if stream:
                 if batch or options.get("num_return_sequences", 1) != 1:
                     raise RequestError("'stream' needs one prompt and n = 1")
+                if options.get("logprobs"):
+                    raise RequestError("'logprobs' is not supported with 'stream'")
                 it = self.server.model.stream(prompt, **options)
             else:
                 out = self.server.model.generate(prompt, **options)
@@ -147,7 +156,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         per_prompt = [g if isinstance(g, list) else [g] for g in (out if batch else [out])]
         flat = [o for g in per_prompt for o in g]  # OpenAI's order: prompt-major
-        choices = [{"text": o.text, "index": i, "logprobs": None, "finish_reason": _finish(o)}
+        tokenizer = self.server.model.tokenizer
+        choices = [{"text": o.text, "index": i, "finish_reason": _finish(o),
+                    "logprobs": _logprobs(o, tokenizer) if options.get("logprobs") else None}
                    for i, o in enumerate(flat)]
         prompt_tokens = sum(len(g[0].prompt_tokens) for g in per_prompt)
         completion_tokens = sum(len(o.tokens) - (len(o.prompt_tokens) if options.get("echo") else 0) for o in flat)
@@ -181,6 +192,24 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as e:  # noqa: BLE001 - headers are sent: report it in the stream
             self.wfile.write(b"data: " + json.dumps({"error": {"message": str(e), "type": "server_error"}})
                              .encode("utf-8") + b"\n\n")
+
+
+def _logprobs(out, tokenizer) -> dict:
+    """OpenAI's logprobs object of an output: its tokens as text, their log-probabilities (None
+    for the first prompt token with echo), the most likely alternatives and where each token
+    starts in the text."""
+    def piece(t):
+        return tokenizer.decode([t]) if tokenizer is not None else str(t)
+
+    pieces = [piece(t) for t in out.tokens]
+    offsets, at = [], 0
+    for p in pieces:
+        offsets.append(at)
+        at += len(p)
+    tops = out.top_logprobs or [None] * len(pieces)
+    return {"tokens": pieces, "token_logprobs": list(out.logprobs),
+            "top_logprobs": [None if row is None else {piece(t): lp for t, lp in row} for row in tops],
+            "text_offset": offsets}
 
 
 def _finish(out) -> str:

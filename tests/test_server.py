@@ -8,6 +8,7 @@ import threading
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 
 import pygpt
@@ -93,6 +94,31 @@ def test_token_id_prompts_echo_and_stop(url, model):
     assert r["choices"][0]["text"] == plain[:plain.index(stop)] and r["choices"][0]["finish_reason"] == "stop"
 
 
+def test_logprobs_are_generates_in_openais_lists(url, model):
+    r = json.loads(post(url, {"prompt": PROMPTS[0], "max_tokens": 5, "temperature": 0, "logprobs": 2})[1])
+    lp = r["choices"][0]["logprobs"]
+    want = model.generate(PROMPTS[0], max_new_tokens=5, logprobs=True, top_logprobs=2)
+    assert lp["tokens"] == [model.tokenizer.decode([t]) for t in want.tokens]
+    assert lp["token_logprobs"] == pytest.approx(want.logprobs, abs=1e-6)
+    assert [list(d.values()) for d in lp["top_logprobs"]] == [pytest.approx([x for _, x in row], abs=1e-6)
+                                                             for row in want.top_logprobs]
+    assert lp["text_offset"] == [len("".join(lp["tokens"][:i])) for i in range(5)]
+    assert "".join(lp["tokens"]) == r["choices"][0]["text"]
+
+
+def test_scoring_a_prompt_as_evaluation_harnesses_do(url, model):
+    # echo + max_tokens 0 + logprobs: the prompt's own log-probabilities (None for the first)
+    r = json.loads(post(url, {"prompt": PROMPTS[1], "max_tokens": 0, "echo": True, "logprobs": 0,
+                              "temperature": 0})[1])
+    lp = r["choices"][0]["logprobs"]
+    ids = model.tokenizer.encode(PROMPTS[1])
+    logits = model.logits(ids).astype("float64")
+    want = [None] + [float(logits[i, ids[i + 1]] - np.log(np.exp(logits[i] - logits[i].max()).sum())
+                           - logits[i].max()) for i in range(len(ids) - 1)]
+    assert lp["token_logprobs"][0] is None and lp["token_logprobs"][1:] == pytest.approx(want[1:], abs=1e-4)
+    assert r["choices"][0]["text"] == PROMPTS[1] and r["usage"]["completion_tokens"] == 0
+
+
 def test_streaming_sends_the_pieces_then_done(url, model):
     status, text = post(url, {"prompt": PROMPTS[0], "max_tokens": 10, "temperature": 0, "stream": True})
     assert status == 200
@@ -114,7 +140,9 @@ def test_models_and_health(url):
 @pytest.mark.parametrize("body, match", [
     ({"prompt": "hi", "temperature": -1}, "temperature"),
     ({"prompt": "hi", "max_tokens": "many"}, "max_new_tokens"),
-    ({"prompt": "hi", "logprobs": 3}, "logprobs"),
+    ({"prompt": "hi", "logprobs": 3, "stream": True}, "logprobs"),
+    ({"prompt": "hi", "logprobs": 21}, "logprobs"),
+    ({"prompt": "hi", "logprobs": True}, "logprobs"),
     ({"prompt": "hi", "suffix": "x"}, "suffix"),
     ({"prompt": "hi", "best_of": 3}, "best_of"),
     ({"prompt": "hi", "frobnicate": 1}, "unknown field 'frobnicate'"),
