@@ -134,17 +134,6 @@ std::string BeamSearch::take_text(size_t i) {
     return out;
 }
 
-bool BeamSearch::step_unchecked() {
-    if (!started_) {
-        started_ = true;
-        t_start_ = std::chrono::steady_clock::now();
-        prefill();
-    } else if (n_live_ > 0) {
-        decode();
-    }
-    return n_live_ > 0;
-}
-
 void BeamSearch::prefill() {
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<SeqStep> steps;

@@ -47,9 +47,8 @@ private:
     struct Beam;
     struct Candidate;
     struct Group;
-    bool step_unchecked() override;
-    void prefill();
-    void decode();
+    void prefill() override;
+    void decode() override;
     void advance(const std::vector<Beam*>& beams, const std::vector<const float*>& rows);
     void score_row(Beam& beam, const float* row, std::vector<Candidate>& out, int thread);
     void select(Group& g, std::vector<Candidate>& candidates);
@@ -66,10 +65,7 @@ private:
     std::vector<std::unique_ptr<Group>> groups_;
     std::vector<SequenceResult> results_;
     std::vector<std::string> untaken_;  // take_text: what has not been taken yet
-    size_t n_live_ = 0;                 // groups still searching
-    bool started_ = false;
     std::vector<float> logits_;
-    std::chrono::steady_clock::time_point t_start_;
     // per thread: the processors (sampler.h, greedy) and scratch
     std::vector<Sampler> samplers_;
     std::vector<std::vector<float>> work_;

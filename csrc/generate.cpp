@@ -90,6 +90,17 @@ bool Decoding::step() {
     }
 }
 
+bool Decoding::step_unchecked() {
+    if (!started_) {
+        started_ = true;
+        t_start_ = std::chrono::steady_clock::now();
+        prefill();
+    } else if (n_live_ > 0) {
+        decode();
+    }
+    return n_live_ > 0;
+}
+
 void Decoding::run(const std::function<void()>& between_steps) {
     while (step())
         if (between_steps) between_steps();
@@ -224,17 +235,6 @@ Generation::~Generation() = default;
 const SequenceResult& Generation::result(size_t i) const {
     if (i >= seqs_.size()) throw std::out_of_range("sequence index out of range");
     return seqs_[i]->r;
-}
-
-bool Generation::step_unchecked() {
-    if (!started_) {
-        started_ = true;
-        t_start_ = std::chrono::steady_clock::now();
-        prefill();
-    } else if (n_live_ > 0) {
-        decode();
-    }
-    return n_live_ > 0;
 }
 
 std::string Generation::take_text(size_t i) {

@@ -111,11 +111,16 @@ public:
     const Timings& timings() const { return timings_; }
 
 protected:
-    virtual bool step_unchecked() = 0;  // step() without the failure latch
+    virtual void prefill() = 0;  // the first step: every prompt, and the first tokens
+    virtual void decode() = 0;   // every later step: one token for every live sequence
     Timings timings_;
-    bool done_ = false;
+    size_t n_live_ = 0;          // sequences (or beam search prompts) still running
+    std::chrono::steady_clock::time_point t_start_;
 
 private:
+    bool step_unchecked();       // step() without the failure latch
+    bool started_ = false;
+    bool done_ = false;
     bool failed_ = false;
 };
 
@@ -161,9 +166,8 @@ public:
 
 private:
     struct Seq;
-    bool step_unchecked() override;
-    void prefill();
-    void decode();
+    void prefill() override;
+    void decode() override;
     void decode_drafts();
     void choose(Seq& s, const float* row);
     void add_logprobs(Seq& s, const float* row);
@@ -179,10 +183,7 @@ private:
     size_t max_stop_ = 0;  // longest stop string, bytes
     std::vector<std::vector<int32_t>> prompts_;
     std::vector<std::unique_ptr<Seq>> seqs_;
-    size_t n_live_ = 0;
-    bool started_ = false;
     std::vector<float> logits_;
-    std::chrono::steady_clock::time_point t_start_;
 };
 
 }  // namespace pygpt

@@ -38,6 +38,17 @@ def make_hf_model(path, seed=0, **shape):
     return model
 
 
+def write_bin_folder(model, hf_dir, folder):
+    """A Hugging Face folder with the model pickled (pytorch_model.bin) and hf_dir's config."""
+    import torch
+
+    os.makedirs(folder, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(folder, "pytorch_model.bin"))
+    with open(os.path.join(hf_dir, "config.json")) as src, open(os.path.join(folder, "config.json"), "w") as dst:
+        dst.write(src.read())
+    return str(folder)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def subprocesses_import_the_tested_pygpt():
     """Child Pythons (CLI, tools, isolation tests) must import the pygpt under test. With

@@ -279,14 +279,12 @@ def test_convert_command(pygpt_cmd, hf_model_factory, tmp_path):
 
 
 def test_convert_command_without_torch_names_the_extra(hf_model_factory, tmp_path):
-    import torch
+    from conftest import write_bin_folder
 
     model, hf_dir, _ = hf_model_factory("tiny")
-    (tmp_path / "bin").mkdir()
-    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
-    (tmp_path / "bin" / "config.json").write_text(open(os.path.join(hf_dir, "config.json")).read())
+    folder = write_bin_folder(model, hf_dir, tmp_path / "bin")
     code = ("import sys; sys.modules['torch'] = None; from pygpt.cli import main; "
-            f"sys.exit(main(['convert', {str(tmp_path / 'bin')!r}, {str(tmp_path / 'out')!r}]))")
+            f"sys.exit(main(['convert', {folder!r}, {str(tmp_path / 'out')!r}]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert r.returncode == 1 and b"pip install 'pygpt[convert]'" in r.stderr and b"Traceback" not in r.stderr
 

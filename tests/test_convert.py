@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import pygpt
 import pygpt.convert
-from conftest import GPT2_TOKENIZER
+from conftest import GPT2_TOKENIZER, write_bin_folder
 
 
 # -- a small nanoGPT-compatible module (same parameter names and math as nanoGPT's model.py)
@@ -141,11 +141,8 @@ def test_plain_state_dict_with_config(tmp_path, hf_model_factory):
 
 def test_pytorch_model_bin_folder(tmp_path, hf_model_factory):
     model, hf_dir, ref_out = hf_model_factory("tiny")
-    folder = tmp_path / "binfolder"
-    folder.mkdir()
-    torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    (folder / "config.json").write_text(open(os.path.join(hf_dir, "config.json")).read())
-    out = pygpt.convert.convert(str(folder), str(tmp_path / "out"))
+    folder = write_bin_folder(model, hf_dir, tmp_path / "binfolder")
+    out = pygpt.convert.convert(folder, str(tmp_path / "out"))
     assert np.array_equal(pygpt.load(out).logits([5, 6]), pygpt.load(ref_out).logits([5, 6]))
 
 
@@ -305,11 +302,7 @@ def test_a_bf16_checkpoint_converts_without_torch(tmp_path, hf_model_factory):
 
 def test_a_pickle_without_torch_says_what_to_install(tmp_path, hf_model_factory):
     model, hf_dir, _ = hf_model_factory("tiny")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    torch.save(model.state_dict(), bin_dir / "pytorch_model.bin")
-    (bin_dir / "config.json").write_text(open(os.path.join(hf_dir, "config.json")).read())
-    r = convert_without_torch(str(bin_dir), str(tmp_path / "out"))
+    r = convert_without_torch(write_bin_folder(model, hf_dir, tmp_path / "bin"), str(tmp_path / "out"))
     assert r.returncode != 0 and "pip install 'pygpt[convert]'" in r.stderr
 
 
