@@ -218,7 +218,9 @@ void BeamSearch::advance(const std::vector<Beam*>& beams, const std::vector<cons
 
     size_t r = 0;
     for (auto& g : groups_) {
-        if (!g->live || r >= beams.size() || beams[r] != g->beams[0].get()) continue;
+        if (!g->live) continue;
+        if (r >= beams.size() || beams[r] != g->beams[0].get())  // never: rows come group by group
+            throw std::logic_error("beam search: logits rows out of step with the beams");
         std::vector<Candidate> candidates;
         for (size_t j = 0; j < g->beams.size(); j++, r++) {
             for (Candidate c : per_row[r]) {
