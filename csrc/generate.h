@@ -84,7 +84,7 @@ struct Timings {
     double prefill_seconds = 0;      // prefill forward + first draws
     double decode_seconds = 0;
     double first_token_seconds = 0;  // from the start of generate to the first token
-    int64_t draft_tokens = 0;        // prompt lookup: tokens proposed, and those that were right
+    int64_t draft_tokens = 0;        // prompt lookup: tokens proposed, and those taken
     int64_t accepted_draft_tokens = 0;
 };
 

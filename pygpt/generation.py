@@ -35,7 +35,7 @@ class Timings:
     decode_seconds: float
     time_to_first_token: float    # seconds from the start to the first generated token
     draft_tokens: int = 0         # prompt lookup: draft tokens proposed,
-    accepted_draft_tokens: int = 0  # and those that were the greedy choice
+    accepted_draft_tokens: int = 0  # and those taken (the token chosen there)
 
     @property
     def prefill_tokens_per_s(self) -> float:
