@@ -140,28 +140,20 @@ void BeamSearch::prefill() {
     for (auto& g : groups_) {
         Beam& b = *g->beams[0];
         b.cache = model_.new_cache();
-        SeqStep st;
-        st.cache = b.cache.get();
-        st.tokens = b.history.data();
-        st.n_tokens = int64_t(b.history.size());
-        st.all_logits = opt_.prompt_logprobs;
-        steps.push_back(st);
-        timings_.prefill_tokens += st.n_tokens;
+        steps.push_back({b.cache.get(), b.history.data(), int64_t(b.history.size()), opt_.prompt_logprobs});
+        timings_.prefill_tokens += int64_t(b.history.size());
     }
-    logits_.resize(size_t(Model::logit_rows(steps) * V_));
-    model_.forward(steps, logits_.data());
+    const std::vector<const float*> first_rows = forward_rows(model_, steps, logits_);
 
     std::vector<Beam*> beams;
     std::vector<const float*> rows;
-    int64_t row0 = 0;  // first logits row of the group's prompt
-    for (auto& g : groups_) {
+    for (size_t p = 0; p < groups_.size(); p++) {
+        Group* g = groups_[p].get();
         Beam& b = *g->beams[0];
         const int64_t len = int64_t(g->n_prompt);
         if (opt_.prompt_logprobs)
-            add_prompt_logprobs(logits_.data() + row0 * V_, b.history, V_, opt_.top_logprobs, g->prompt_part,
-                                idx_[0]);
-        const float* last = logits_.data() + (row0 + (opt_.prompt_logprobs ? len - 1 : 0)) * V_;
-        row0 += opt_.prompt_logprobs ? len : 1;
+            add_prompt_logprobs(first_rows[p], b.history, V_, opt_.top_logprobs, g->prompt_part, idx_[0]);
+        const float* last = first_rows[p] + (opt_.prompt_logprobs ? len - 1 : 0) * V_;
         if (g->max_len <= len) {  // no room for a token: empty sequences
             for (int64_t k = 0; k < opt_.num_return_sequences; k++) {
                 SequenceResult r;

@@ -140,7 +140,8 @@ void bind_generate(py::module_& m) {
                 py::gil_scoped_release release;
                 Sampler sampler(params, int64_t(s0.size()), seed, 0, select_kernels(""));
                 std::vector<float> work;
-                for (int64_t i = 0; i < n; i++) t[i] = sampler.sample_draft(s0.data(), work, history, n_prompt, draft, &k[i]);
+                for (int64_t i = 0; i < n; i++)
+                    t[i] = sampler.sample_draft(s0.data(), work, history, n_prompt, draft, &k[i]);
             }
             return py::make_tuple(tokens, taken);
         },

@@ -57,22 +57,24 @@ std::vector<int32_t> end_tokens(const Tokenizer* tokenizer, const GenerateOption
     return ends;
 }
 
+std::vector<const float*> forward_rows(Model& model, const std::vector<SeqStep>& steps, std::vector<float>& logits) {
+    const int64_t V = model.config().vocab_size;
+    logits.resize(size_t(Model::logit_rows(steps) * V));
+    model.forward(steps, logits.data());
+    std::vector<const float*> rows;
+    int64_t row = 0;
+    for (const SeqStep& st : steps) {
+        rows.push_back(logits.data() + row * V);
+        row += st.all_logits ? st.n_tokens : 1;
+    }
+    return rows;
+}
+
 std::vector<const float*> decode_step(Model& model, const std::vector<std::pair<KVCache*, const int32_t*>>& next,
                                       std::vector<float>& logits) {
     std::vector<SeqStep> steps;
-    for (const auto& [cache, token] : next) {
-        SeqStep st;
-        st.cache = cache;
-        st.tokens = token;
-        st.n_tokens = 1;
-        steps.push_back(st);
-    }
-    const int64_t V = model.config().vocab_size;
-    logits.resize(next.size() * size_t(V));
-    model.forward(steps, logits.data());
-    std::vector<const float*> rows;
-    for (size_t i = 0; i < next.size(); i++) rows.push_back(logits.data() + int64_t(i) * V);
-    return rows;
+    for (const auto& [cache, token] : next) steps.push_back({cache, token, 1, false});
+    return forward_rows(model, steps, logits);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -200,7 +202,7 @@ struct Generation::Seq {
     TopLogprobs top;
     std::vector<int32_t> idx;
     std::vector<int32_t> fed;      // prompt lookup: the step's input token and its draft,
-    int64_t draft_len = -1;        // and the longest draft it takes now (-1: not set yet)
+    int64_t draft_len = 0;         // and the longest draft it takes now
 
     Seq(const SamplingParams& p, int64_t V, uint64_t seed, uint64_t stream, const Kernels& kernels)
         : sampler(p, V, seed, stream, kernels) {}
@@ -221,6 +223,7 @@ Generation::Generation(Model& model, const Tokenizer* tokenizer, std::vector<std
     for (size_t p = 0; p < prompts_.size(); p++) {
         for (int64_t j = 0; j < n; j++) {
             auto s = std::make_unique<Seq>(opt_.sampling, V_, opt_.seed, uint64_t(j), model_.kernels());
+            s->draft_len = opt_.prompt_lookup_num_tokens;
             s->r.prompt_index = p;
             s->history = prompts_[p];
             s->n_prompt = prompts_[p].size();
@@ -251,28 +254,20 @@ void Generation::prefill() {
     for (size_t p = 0; p < prompts_.size(); p++) {
         // caches are allocated here, without the GIL; the prompt's other samples fork this one
         seqs_[p * n]->cache = model_.new_cache();
-        SeqStep st;
-        st.cache = seqs_[p * n]->cache.get();
-        st.tokens = prompts_[p].data();
-        st.n_tokens = int64_t(prompts_[p].size());
-        st.all_logits = opt_.prompt_logprobs;
-        steps.push_back(st);
-        timings_.prefill_tokens += st.n_tokens;
+        steps.push_back({seqs_[p * n]->cache.get(), prompts_[p].data(), int64_t(prompts_[p].size()),
+                         opt_.prompt_logprobs});
+        timings_.prefill_tokens += int64_t(prompts_[p].size());
     }
-    logits_.resize(size_t(Model::logit_rows(steps) * V_));
-    model_.forward(steps, logits_.data());
+    const std::vector<const float*> first_rows = forward_rows(model_, steps, logits_);
 
     std::vector<Seq*> to_sample;
     std::vector<const float*> rows;
-    int64_t row0 = 0;  // first logits row of prompt p
     for (size_t p = 0; p < prompts_.size(); p++) {
         const auto& ids = prompts_[p];
         const int64_t len = int64_t(ids.size());
-        const float* last = logits_.data() + (row0 + (opt_.prompt_logprobs ? len - 1 : 0)) * V_;
+        const float* last = first_rows[p] + (opt_.prompt_logprobs ? len - 1 : 0) * V_;
         Seq& first = *seqs_[p * n];
-        if (opt_.prompt_logprobs)
-            add_prompt_logprobs(logits_.data() + row0 * V_, ids, V_, opt_.top_logprobs, first.r, first.idx);
-        row0 += opt_.prompt_logprobs ? len : 1;
+        if (opt_.prompt_logprobs) add_prompt_logprobs(first_rows[p], ids, V_, opt_.top_logprobs, first.r, first.idx);
         const bool no_room = opt_.max_new_tokens == 0 || len >= n_ctx_;
         for (int64_t j = 1; j < n && !no_room; j++) {
             Seq& s = *seqs_[p * n + j];
@@ -337,36 +332,26 @@ void Generation::decode_drafts() {
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<Seq*> live;
     std::vector<SeqStep> steps;
-    std::vector<int64_t> pos0;
     for (auto& s : seqs_) {
         if (!s->live) continue;
         // drafts only as long as they can still be taken: the budget and the context
         const int64_t room = std::min(opt_.max_new_tokens - int64_t(s->r.tokens.size()), n_ctx_ - s->cache->pos) - 1;
         s->fed.assign(1, s->next_input);
-        if (s->draft_len < 0) s->draft_len = opt_.prompt_lookup_num_tokens;
         if (room > 0) {
             const auto draft = lookup_draft(s->history, std::min(s->draft_len, room),
                                             opt_.max_matching_ngram_size);
             s->fed.insert(s->fed.end(), draft.begin(), draft.end());
         }
         live.push_back(s.get());
-        pos0.push_back(s->cache->pos);
-        SeqStep st;
-        st.cache = s->cache.get();
-        st.tokens = s->fed.data();
-        st.n_tokens = int64_t(s->fed.size());
-        st.all_logits = s->fed.size() > 1;
-        steps.push_back(st);
+        steps.push_back({s->cache.get(), s->fed.data(), int64_t(s->fed.size()), s->fed.size() > 1});
     }
-    logits_.resize(size_t(Model::logit_rows(steps) * V_));
-    model_.forward(steps, logits_.data());
-    int64_t row = 0;
+    const std::vector<const float*> rows = forward_rows(model_, steps, logits_);
     for (size_t i = 0; i < live.size(); i++) {
         Seq& s = *live[i];
         const size_t n = s.fed.size();
         size_t taken = 0;
         for (size_t j = 0; j < n; j++) {
-            const float* r = logits_.data() + (row + int64_t(j)) * V_;
+            const float* r = rows[i] + int64_t(j) * V_;
             bool as_drafted = false;
             if (j + 1 < n) {
                 s.chosen = s.sampler.sample_draft(r, s.scores, s.history, s.n_prompt, s.fed[j + 1], &as_drafted);
@@ -380,7 +365,7 @@ void Generation::decode_drafts() {
             timings_.accepted_draft_tokens += as_drafted;
             if (!s.live || !as_drafted) break;
         }
-        if (s.live) s.cache->pos = pos0[i] + int64_t(taken);
+        if (s.live) s.cache->pos -= int64_t(n - taken);  // the call appended all n
         // the next draft: 2 longer after a draft taken whole, as long as what was right after a miss
         const int64_t right = int64_t(taken) - 1, drafted = int64_t(n) - 1;
         if (drafted > 0)
@@ -388,7 +373,6 @@ void Generation::decode_drafts() {
                                            : std::max<int64_t>(1, right);
         timings_.draft_tokens += int64_t(n) - 1;
         timings_.decode_tokens += int64_t(taken);
-        row += int64_t(n);
     }
     timings_.decode_seconds += seconds_since(t0);
 }

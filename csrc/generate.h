@@ -137,6 +137,9 @@ std::vector<int32_t> end_tokens(const Tokenizer* tokenizer, const GenerateOption
 
 double seconds_since(std::chrono::steady_clock::time_point t);
 
+// One forward call over `steps` into `logits`: each step's first logits row (a step with
+// all_logits has n_tokens rows from there, one otherwise).
+std::vector<const float*> forward_rows(Model& model, const std::vector<SeqStep>& steps, std::vector<float>& logits);
 // A decode step: one token for each cache (the token at `next`), the logits rows in order.
 std::vector<const float*> decode_step(Model& model, const std::vector<std::pair<KVCache*, const int32_t*>>& next,
                                       std::vector<float>& logits);
