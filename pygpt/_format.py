@@ -131,8 +131,9 @@ def _no_duplicate_keys(pairs):
     return obj
 
 
-def read_safetensors_header(path: str) -> list:
-    """Parses and checks the header of a safetensors file.
+def read_safetensors_header(path: str, dtype_size: dict = ST_DTYPE_SIZE) -> list:
+    """Parses and checks the header of a safetensors file whose dtypes are among dtype_size
+    ({safetensors dtype: bytes}; by default those a pygpt model may hold).
 
     Returns [(name, dtype, shape, begin, end)] with begin/end as absolute file offsets.
     Raises FileNotFoundError or ModelFormatError naming the tensor and the problem.
@@ -165,7 +166,7 @@ def read_safetensors_header(path: str) -> list:
         if not isinstance(info, dict):
             raise ModelFormatError(f"tensor '{name}': header entry is not an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in ST_DTYPE_SIZE:  # (a list is unhashable)
+        if not isinstance(dtype, str) or dtype not in dtype_size:  # (a list is unhashable)
             raise ModelFormatError(f"tensor '{name}': unsupported dtype {dtype!r}")
         if (not isinstance(shape, list) or
                 not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
@@ -174,7 +175,7 @@ def read_safetensors_header(path: str) -> list:
                 not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
             raise ModelFormatError(f"tensor '{name}': bad data_offsets {offsets!r}")
         begin, end = offsets
-        nbytes = math.prod(shape) * ST_DTYPE_SIZE[dtype]
+        nbytes = math.prod(shape) * dtype_size[dtype]
         if nbytes >= 1 << 62:
             raise ModelFormatError(f"tensor '{name}': shape {shape} is absurdly large")
         if not 0 <= begin <= end <= data_size:

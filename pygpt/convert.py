@@ -24,7 +24,7 @@ import shutil
 
 import numpy as np
 
-from ._format import DTYPES, FORMAT_VERSION, expected_tensors, validate_config
+from ._format import DTYPES, FORMAT_VERSION, expected_tensors, read_safetensors_header, validate_config
 
 
 class ConversionError(ValueError):
@@ -61,35 +61,27 @@ _ST_NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i
              "I8": "i1", "U8": "u1", "BOOL": "?"}
 
 
+def from_bf16_bits(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) -> float32: they are the high half of a float32."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
 def _read_safetensors(path):
     """{name: numpy array} of a safetensors file, floats as float32, without torch (the
-    safetensors package's numpy reader has no bfloat16, which Hugging Face checkpoints use)."""
+    safetensors package's numpy reader has no bfloat16, which Hugging Face checkpoints use).
+    The header is checked as a pygpt model's (_format), with every dtype of _ST_NUMPY."""
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if n < 2 or 8 + n > size:
-                raise ValueError(f"header length {n} is impossible for a file of {size} bytes")
-            header = json.loads(f.read(n).decode("utf-8"))
+        tensors = read_safetensors_header(path, {k: np.dtype(v).itemsize for k, v in _ST_NUMPY.items()})
         sd = {}
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-            if dtype not in _ST_NUMPY:
-                raise ValueError(f"tensor '{name}': dtype {dtype} is not supported")
-            dt = np.dtype(_ST_NUMPY[dtype])
-            count = int(np.prod(shape))
-            if not 0 <= begin <= end <= size - 8 - n or end - begin != count * dt.itemsize:
-                raise ValueError(f"tensor '{name}': data_offsets {[begin, end]} do not fit shape {shape}")
-            a = np.fromfile(path, dtype=dt, count=count, offset=8 + n + begin).reshape(shape)
-            if dtype == "BF16":  # the high half of a float32
-                a = (a.astype(np.uint32) << 16).view(np.float32)
+        for name, dtype, shape, begin, _end in tensors:
+            a = np.fromfile(path, dtype=_ST_NUMPY[dtype], count=int(np.prod(shape)), offset=begin).reshape(shape)
+            if dtype == "BF16":
+                a = from_bf16_bits(a)
             elif a.dtype.kind == "f":
                 a = a.astype(np.float32, copy=False)
             sd[name] = a
         return sd
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # ModelFormatError is a ValueError
         raise ConversionError(f"{path}: cannot read safetensors: {e}") from None
 
 
@@ -196,8 +188,8 @@ def _read_llmc(path):
     raw = np.fromfile(path, dtype="<f4" if version == 3 else "<u2", offset=256 * 4)
     if raw.size < count:
         raise ConversionError(f"{path}: truncated llm.c checkpoint ({raw.size} of {count} parameters)")
-    if version == 5:  # bf16: the high half of an f32
-        raw = (raw[:count].astype(np.uint32) << 16).view(np.float32)
+    if version == 5:  # bf16
+        raw = from_bf16_bits(raw[:count])
     sd, off = {}, 0
     for name, shape in shapes:
         n = int(np.prod(shape))

@@ -14,6 +14,7 @@ import struct
 import numpy as np
 
 from pygpt import _format
+from pygpt.convert import to_bf16_bits
 from pygpt.tokenizer import bytes_to_unicode
 
 TINY = dict(n_layer=1, n_head=2, n_embd=8, n_ctx=16, vocab_size=300)
@@ -24,11 +25,6 @@ def tiny_config(**over) -> dict:
            "layer_norm_epsilon": 1e-5, "activation": "gelu_tanh", "bias": True, "dtype": "f32"}
     cfg.update(over)
     return cfg
-
-
-def _bf16_bits(a: np.ndarray) -> np.ndarray:
-    bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
 
 
 def tiny_tensors(cfg: dict, seed: int = 0) -> dict:
@@ -44,7 +40,7 @@ def tiny_tensors(cfg: dict, seed: int = 0) -> dict:
         elif dtype == "F16":
             raw = w.astype("<f2").tobytes()
         elif dtype == "BF16":
-            raw = _bf16_bits(w).astype("<u2").tobytes()
+            raw = to_bf16_bits(w).astype("<u2").tobytes()
         else:
             raise ValueError(f"tiny models are float only, not {dtype}")
         out[name] = (dtype, raw, list(shape))
