@@ -35,6 +35,13 @@ struct PyGeneration {
     std::atomic<bool> busy{false};
 };
 
+// The Generation behind g, for what only sampling batches do (beam search takes one request).
+Generation& sampling(PyGeneration& g) {
+    auto* gen = dynamic_cast<Generation*>(g.gen.get());
+    if (!gen) throw std::invalid_argument("beam search (num_beams > 1) takes no further requests");
+    return *gen;
+}
+
 struct BusyGuard {
     std::atomic<bool>& flag;
     explicit BusyGuard(std::atomic<bool>& f) : flag(f) {
@@ -183,6 +190,37 @@ void bind_generate(py::module_& m) {
                  return g;
              }),
              py::arg("model"), py::arg("tokenizer"), py::arg("prompts"), py::arg("options"))
+        .def(py::init([](std::shared_ptr<Model> model, std::shared_ptr<Tokenizer> tokenizer) {
+                 if (!model) throw std::invalid_argument("model must not be None");
+                 auto g = std::make_unique<PyGeneration>();
+                 g->model = std::move(model);
+                 g->tokenizer = std::move(tokenizer);
+                 g->gen = std::make_unique<Generation>(*g->model, g->tokenizer.get());
+                 return g;
+             }),
+             py::arg("model"), py::arg("tokenizer"),
+             "An empty batch that takes requests with add() while it runs (continuous batching).")
+        .def(
+            "add",
+            [](PyGeneration& g, std::vector<std::vector<int32_t>> prompts, const GenerateOptions& options) {
+                BusyGuard busy(g.busy);
+                return sampling(g).add(std::move(prompts), options);
+            },
+            py::arg("prompts"), py::arg("options"),
+            "Adds a request (not beam search); its sequences start at the next step. Returns the id of the "
+            "first: they are first .. first + len(prompts) * num_return_sequences - 1, prompt-major.")
+        .def(
+            "remove",
+            [](PyGeneration& g, size_t i) {
+                BusyGuard busy(g.busy);
+                sampling(g).remove(i);
+            },
+            py::arg("i"), "Drops sequence i, stopping it if it runs (its result is gone).")
+        .def(
+            "finished", [](PyGeneration& g, size_t i) { return sampling(g).finished(i); }, py::arg("i"),
+            "Whether sequence i has stopped.")
+        .def_property_readonly("n_live", [](const PyGeneration& g) { return g.gen->n_live(); },
+                               "Sequences still running (or waiting for their first step).")
         .def(
             "step",
             [](PyGeneration& g) {
@@ -203,7 +241,13 @@ void bind_generate(py::module_& m) {
                 });
             },
             "Steps to the end. A pending signal (Ctrl-C) stops it between two tokens and is raised.")
-        .def("take_text", [](PyGeneration& g, size_t i) { return py::str(g.gen->take_text(i)); }, py::arg("i"),
+        .def(
+            "take_text",
+            [](PyGeneration& g, size_t i) {
+                BusyGuard busy(g.busy);
+                return py::str(g.gen->take_text(i));
+            },
+            py::arg("i"),
              "Text sequence i produced since the last call (never a partial character or stop string).")
         .def_property_readonly("done", [](const PyGeneration& g) { return g.gen->done(); })
         .def("__len__", [](const PyGeneration& g) { return g.gen->size(); })

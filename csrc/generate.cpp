@@ -184,128 +184,193 @@ std::unique_ptr<Decoding> make_decoding(Model& model, const Tokenizer* tokenizer
 // ---------------------------------------------------------------------------------------------
 // Generation
 
+struct Generation::Request {       // one add(): the options its sequences share
+    GenerateOptions opt;           // with sampling.min_new_tokens and end_tokens filled in
+    size_t max_stop = 0;           // longest stop string, bytes
+};
+
 struct Generation::Seq {
+    std::shared_ptr<const Request> req;
     SequenceResult r;
-    std::unique_ptr<KVCache> cache;
+    std::unique_ptr<KVCache> cache;  // made when its prompt runs
     Sampler sampler;
     std::vector<int32_t> history;  // prompt, then generated tokens
     size_t n_prompt = 0;
+    bool started = false;          // its prompt has run
     bool live = true;
-    int32_t next_input = -1;       // the token the next decode step feeds
+    int32_t next_input = -1;       // the token the next step feeds
     std::string bytes;             // raw bytes of the generated text so far
     size_t released = 0;           // bytes[0 : released] are already in r.text
     std::string pending;           // released text not yet taken by take_text
-    // filled by sample_all (in parallel), consumed by accept; scores: the sampler's work
+    // the sampler's work and what it chose (steps run sequences in parallel)
     std::vector<float> scores;
     int32_t chosen = -1;
     float logprob = 0.0f;
     TopLogprobs top;
     std::vector<int32_t> idx;
-    std::vector<int32_t> fed;      // prompt lookup: the step's input token and its draft,
-    int64_t draft_len = 0;         // and the longest draft it takes now
+    std::vector<int32_t> fed;      // the step's input token and, with prompt lookup, its draft
+    int64_t draft_len = 0;         // prompt lookup: the longest draft it takes now
+    int64_t taken = 0, accepted = 0;  // this step: tokens taken, and those as drafted
 
-    Seq(const SamplingParams& p, int64_t V, uint64_t seed, uint64_t stream, const Kernels& kernels)
-        : sampler(p, V, seed, stream, kernels) {}
+    Seq(std::shared_ptr<const Request> request, int64_t V, uint64_t stream, const Kernels& kernels)
+        : req(std::move(request)), sampler(req->opt.sampling, V, req->opt.seed, stream, kernels) {}
+    const GenerateOptions& opt() const { return req->opt; }
 };
+
+Generation::Generation(Model& model, const Tokenizer* tokenizer)
+    : model_(model), tok_(tokenizer), V_(model.config().vocab_size), n_ctx_(model.config().n_ctx) {}
 
 Generation::Generation(Model& model, const Tokenizer* tokenizer, std::vector<std::vector<int32_t>> prompts,
                        GenerateOptions options)
-    : model_(model), tok_(tokenizer), opt_(std::move(options)), prompts_(std::move(prompts)) {
-    V_ = model_.config().vocab_size;
-    n_ctx_ = model_.config().n_ctx;
-    check_request(model_, tok_, prompts_, opt_);
-    if (opt_.num_beams != 1) throw std::invalid_argument("Generation samples: num_beams must be 1 (see BeamSearch)");
-    for (const auto& s : opt_.stop) max_stop_ = std::max(max_stop_, s.size());
-    opt_.sampling.min_new_tokens = opt_.min_new_tokens;
-    opt_.sampling.end_tokens = end_tokens(tok_, opt_);
-
-    const int64_t n = opt_.num_return_sequences;
-    for (size_t p = 0; p < prompts_.size(); p++) {
-        for (int64_t j = 0; j < n; j++) {
-            auto s = std::make_unique<Seq>(opt_.sampling, V_, opt_.seed, uint64_t(j), model_.kernels());
-            s->draft_len = opt_.prompt_lookup_num_tokens;
-            s->r.prompt_index = p;
-            s->history = prompts_[p];
-            s->n_prompt = prompts_[p].size();
-            seqs_.push_back(std::move(s));
-        }
-    }
-    n_live_ = seqs_.size();
+    : Generation(model, tokenizer) {
+    add(std::move(prompts), std::move(options));
 }
 
 Generation::~Generation() = default;
 
-const SequenceResult& Generation::result(size_t i) const {
-    if (i >= seqs_.size()) throw std::out_of_range("sequence index out of range");
-    return seqs_[i]->r;
+size_t Generation::add(std::vector<std::vector<int32_t>> prompts, GenerateOptions options) {
+    check_request(model_, tok_, prompts, options);
+    if (options.num_beams != 1) throw std::invalid_argument("Generation samples: num_beams must be 1 (see BeamSearch)");
+    auto req = std::make_shared<Request>();
+    req->opt = std::move(options);
+    GenerateOptions& opt = req->opt;
+    for (const auto& s : opt.stop) req->max_stop = std::max(req->max_stop, s.size());
+    opt.sampling.min_new_tokens = opt.min_new_tokens;
+    opt.sampling.end_tokens = end_tokens(tok_, opt);
+
+    const size_t first = next_id_;
+    for (size_t p = 0; p < prompts.size(); p++) {
+        for (int64_t j = 0; j < opt.num_return_sequences; j++) {  // sample j draws from Rng(seed, j)
+            auto s = std::make_unique<Seq>(req, V_, uint64_t(j), model_.kernels());
+            s->draft_len = opt.prompt_lookup_num_tokens;
+            s->r.prompt_index = p;
+            s->history = prompts[p];
+            s->n_prompt = prompts[p].size();
+            seqs_.emplace(next_id_++, std::move(s));
+            n_live_++;
+        }
+    }
+    return first;
 }
 
+Generation::Seq& Generation::seq(size_t i) const {
+    const auto it = seqs_.find(i);
+    if (it == seqs_.end())
+        throw std::out_of_range("sequence " + std::to_string(i) + " is not in this generation");
+    return *it->second;
+}
+
+void Generation::remove(size_t i) {
+    if (seq(i).live) n_live_--;
+    seqs_.erase(i);
+}
+
+bool Generation::finished(size_t i) const { return !seq(i).live; }
+
+const SequenceResult& Generation::result(size_t i) const { return seq(i).r; }
+
 std::string Generation::take_text(size_t i) {
-    if (i >= seqs_.size()) throw std::out_of_range("sequence index out of range");
     std::string out;
-    out.swap(seqs_[i]->pending);
+    out.swap(seq(i).pending);
     return out;
 }
 
-void Generation::prefill() {
+// One step, one forward call: the prompt of each sequence that has not started (once for the
+// samples of a prompt, which then fork its cache), and the next token of every running one
+// (with prompt lookup, followed by a draft). Then each sequence takes its rows.
+void Generation::advance() {
     const auto t0 = std::chrono::steady_clock::now();
-    const int64_t n = opt_.num_return_sequences;
-    std::vector<SeqStep> steps;
-    for (size_t p = 0; p < prompts_.size(); p++) {
-        // caches are allocated here, without the GIL; the prompt's other samples fork this one
-        seqs_[p * n]->cache = model_.new_cache();
-        steps.push_back({seqs_[p * n]->cache.get(), prompts_[p].data(), int64_t(prompts_[p].size()),
-                         opt_.prompt_logprobs});
-        timings_.prefill_tokens += int64_t(prompts_[p].size());
-    }
-    const std::vector<const float*> first_rows = forward_rows(model_, steps, logits_);
-
-    std::vector<Seq*> to_sample;
-    std::vector<const float*> rows;
-    for (size_t p = 0; p < prompts_.size(); p++) {
-        const auto& ids = prompts_[p];
-        const int64_t len = int64_t(ids.size());
-        const float* last = first_rows[p] + (opt_.prompt_logprobs ? len - 1 : 0) * V_;
-        Seq& first = *seqs_[p * n];
-        if (opt_.prompt_logprobs) add_prompt_logprobs(first_rows[p], ids, V_, opt_.top_logprobs, first.r, first.idx);
-        const bool no_room = opt_.max_new_tokens == 0 || len >= n_ctx_;
-        for (int64_t j = 1; j < n && !no_room; j++) {
-            Seq& s = *seqs_[p * n + j];
-            s.cache = model_.new_cache();
-            s.cache->copy_from(*first.cache);
+    std::vector<std::vector<Seq*>> fresh;  // sequences of one prompt of one request
+    std::vector<Seq*> running;
+    for (auto& [id, sp] : seqs_) {
+        Seq& s = *sp;
+        if (!s.live) continue;
+        if (s.started) {
+            running.push_back(&s);
+        } else if (!fresh.empty() && fresh.back()[0]->req == s.req &&
+                   fresh.back()[0]->r.prompt_index == s.r.prompt_index) {
+            fresh.back().push_back(&s);
+        } else {
+            fresh.push_back({&s});
         }
-        for (int64_t j = 0; j < n; j++) {
-            Seq& s = *seqs_[p * n + j];
-            if (j > 0) {
-                s.r.prompt_logprobs = first.r.prompt_logprobs;
-                s.r.prompt_top_logprobs = first.r.prompt_top_logprobs;
+    }
+    if (fresh.empty() && running.empty()) return;
+
+    std::vector<SeqStep> steps;
+    for (auto& group : fresh) {
+        Seq& first = *group[0];
+        first.cache = model_.new_cache();  // allocated here, without the GIL
+        steps.push_back({first.cache.get(), first.history.data(), int64_t(first.n_prompt), first.opt().prompt_logprobs});
+        timings_.prefill_tokens += int64_t(first.n_prompt);
+    }
+    for (Seq* s : running) {
+        feed(*s);
+        steps.push_back({s->cache.get(), s->fed.data(), int64_t(s->fed.size()), s->fed.size() > 1});
+    }
+    const std::vector<const float*> rows = forward_rows(model_, steps, logits_);
+
+    std::vector<Seq*> todo;
+    std::vector<const float*> todo_rows;
+    for (size_t g = 0; g < fresh.size(); g++) {
+        Seq& first = *fresh[g][0];
+        const GenerateOptions& opt = first.opt();
+        const int64_t len = int64_t(first.n_prompt);
+        if (opt.prompt_logprobs) add_prompt_logprobs(rows[g], first.history, V_, opt.top_logprobs, first.r, first.idx);
+        const bool no_room = opt.max_new_tokens == 0 || len >= n_ctx_;
+        for (Seq* s : fresh[g]) {
+            s->started = true;
+            s->fed.assign(1, -1);  // one row: the prompt's last
+            if (s != &first) {
+                s->r.prompt_logprobs = first.r.prompt_logprobs;
+                s->r.prompt_top_logprobs = first.r.prompt_top_logprobs;
+                if (!no_room) {
+                    s->cache = model_.new_cache();
+                    s->cache->copy_from(*first.cache);
+                }
             }
             if (no_room) {
-                finish(s, "length");
+                finish(*s, "length");
             } else {
-                to_sample.push_back(&s);
-                rows.push_back(last);
+                todo.push_back(s);
+                todo_rows.push_back(rows[g] + (opt.prompt_logprobs ? len - 1 : 0) * V_);
             }
         }
     }
-    sample_all(to_sample, rows);
-    timings_.prefill_seconds = seconds_since(t0);
-    timings_.first_token_seconds = seconds_since(t_start_);
-}
-
-void Generation::decode() {
-    if (opt_.prompt_lookup_num_tokens > 0) return decode_drafts();
-    const auto t0 = std::chrono::steady_clock::now();
-    std::vector<Seq*> live;
-    std::vector<std::pair<KVCache*, const int32_t*>> next;
-    for (auto& s : seqs_) {
-        if (!s->live) continue;
-        live.push_back(s.get());
-        next.emplace_back(s->cache.get(), &s->next_input);
+    for (size_t i = 0; i < running.size(); i++) {
+        todo.push_back(running[i]);
+        todo_rows.push_back(rows[fresh.size() + i]);
     }
-    sample_all(live, decode_step(model_, next, logits_));
-    timings_.decode_tokens += int64_t(live.size());
-    timings_.decode_seconds += seconds_since(t0);
+
+    // every sequence takes its rows, in parallel: each has its own sampler and random stream,
+    // so nothing depends on the thread count
+    const int64_t B = int64_t(todo.size());
+    std::exception_ptr error;
+#pragma omp parallel for num_threads(std::max<int64_t>(1, std::min<int64_t>(B, model_.n_threads()))) schedule(static, 1)
+    for (int64_t b = 0; b < B; b++) {
+        try {
+            take(*todo[b], todo_rows[b], todo[b]->fed.size());
+        } catch (...) {
+#pragma omp critical
+            if (!error) error = std::current_exception();
+        }
+    }
+    if (error) std::rethrow_exception(error);
+
+    for (size_t i = 0; i < running.size(); i++) {
+        const Seq& s = *running[i];
+        timings_.decode_tokens += s.taken;  // the first token of a sequence counts as prefill's
+        timings_.draft_tokens += int64_t(s.fed.size()) - 1;
+        timings_.accepted_draft_tokens += s.accepted;
+    }
+    n_live_ = 0;
+    for (const auto& [id, s] : seqs_) n_live_ += s->live;
+    // a step that ran prompts counts as prefill (the first step of one request: exactly that)
+    if (fresh.empty()) {
+        timings_.decode_seconds += seconds_since(t0);
+    } else {
+        timings_.prefill_seconds += seconds_since(t0);
+        if (timings_.first_token_seconds == 0.0) timings_.first_token_seconds = seconds_since(t_start_);
+    }
 }
 
 // Prompt lookup (transformers' PromptLookupCandidateGenerator): the tokens, at most k, that
@@ -321,60 +386,47 @@ static std::vector<int32_t> lookup_draft(const std::vector<int32_t>& h, int64_t 
     return {};
 }
 
-// Prompt lookup decoding: each sequence feeds its next token and a draft of what may follow
-// (lookup_draft) in one forward call, whose logits rows are bitwise those of feeding the tokens
-// one at a time (the model's rows never depend on the batch). Row j's token is chosen against
-// draft token j (Sampler::sample_draft: greedy, the argmax; sampling, speculative sampling);
-// while it is the draft token, the next row is valid too. The cache is then cut back to the
-// tokens taken. Greedy: greedy decoding's output, token for token, in fewer calls; sampling:
-// the same distribution as without drafts.
-void Generation::decode_drafts() {
-    const auto t0 = std::chrono::steady_clock::now();
-    std::vector<Seq*> live;
-    std::vector<SeqStep> steps;
-    for (auto& s : seqs_) {
-        if (!s->live) continue;
-        // drafts only as long as they can still be taken: the budget and the context
-        const int64_t room = std::min(opt_.max_new_tokens - int64_t(s->r.tokens.size()), n_ctx_ - s->cache->pos) - 1;
-        s->fed.assign(1, s->next_input);
-        if (room > 0) {
-            const auto draft = lookup_draft(s->history, std::min(s->draft_len, room),
-                                            opt_.max_matching_ngram_size);
-            s->fed.insert(s->fed.end(), draft.begin(), draft.end());
+// What a running sequence feeds: its next token, and with prompt lookup a draft of what may
+// follow (lookup_draft), only as long as it can still be taken (the budget and the context).
+void Generation::feed(Seq& s) {
+    const GenerateOptions& opt = s.opt();
+    s.fed.assign(1, s.next_input);
+    if (opt.prompt_lookup_num_tokens == 0) return;
+    const int64_t room = std::min(opt.max_new_tokens - int64_t(s.r.tokens.size()), n_ctx_ - s.cache->pos) - 1;
+    if (room <= 0) return;
+    const auto draft = lookup_draft(s.history, std::min(s.draft_len, room), opt.max_matching_ngram_size);
+    s.fed.insert(s.fed.end(), draft.begin(), draft.end());
+}
+
+// Prompt lookup decoding: a sequence's step feeds its next token and a draft in one call,
+// whose logits rows are bitwise those of feeding the tokens one at a time (the model's rows
+// never depend on the batch). Row j's token is chosen against draft token j
+// (Sampler::sample_draft: greedy, the argmax; sampling, speculative sampling); while it is the
+// draft token, the next row is valid too. The cache is then cut back to the tokens taken.
+// Greedy: greedy decoding's output, token for token, in fewer calls; sampling: the same
+// distribution as without drafts. Without a draft (n = 1) this is one plain draw.
+void Generation::take(Seq& s, const float* rows, size_t n) {
+    s.taken = s.accepted = 0;
+    for (size_t j = 0; j < n; j++) {
+        const float* r = rows + int64_t(j) * V_;
+        bool as_drafted = false;
+        if (j + 1 < n) {
+            s.chosen = s.sampler.sample_draft(r, s.scores, s.history, s.n_prompt, s.fed[j + 1], &as_drafted);
+            add_logprobs(s, r);
+        } else {
+            choose(s, r);
         }
-        live.push_back(s.get());
-        steps.push_back({s->cache.get(), s->fed.data(), int64_t(s->fed.size()), s->fed.size() > 1});
+        accept(s, s.chosen);
+        s.taken++;
+        s.accepted += as_drafted;
+        if (!s.live || !as_drafted) break;
     }
-    const std::vector<const float*> rows = forward_rows(model_, steps, logits_);
-    for (size_t i = 0; i < live.size(); i++) {
-        Seq& s = *live[i];
-        const size_t n = s.fed.size();
-        size_t taken = 0;
-        for (size_t j = 0; j < n; j++) {
-            const float* r = rows[i] + int64_t(j) * V_;
-            bool as_drafted = false;
-            if (j + 1 < n) {
-                s.chosen = s.sampler.sample_draft(r, s.scores, s.history, s.n_prompt, s.fed[j + 1], &as_drafted);
-                add_logprobs(s, r);
-            } else {
-                choose(s, r);
-            }
-            const int32_t c = s.chosen;
-            accept(s, c);
-            taken++;
-            timings_.accepted_draft_tokens += as_drafted;
-            if (!s.live || !as_drafted) break;
-        }
-        if (s.live) s.cache->pos -= int64_t(n - taken);  // the call appended all n
-        // the next draft: 2 longer after a draft taken whole, as long as what was right after a miss
-        const int64_t right = int64_t(taken) - 1, drafted = int64_t(n) - 1;
-        if (drafted > 0)
-            s.draft_len = right == drafted ? std::min(opt_.prompt_lookup_num_tokens, s.draft_len + 2)
-                                           : std::max<int64_t>(1, right);
-        timings_.draft_tokens += int64_t(n) - 1;
-        timings_.decode_tokens += int64_t(taken);
-    }
-    timings_.decode_seconds += seconds_since(t0);
+    if (n == 1) return;
+    if (s.live) s.cache->pos -= int64_t(n) - s.taken;  // the call appended all n
+    // the next draft: 2 longer after a draft taken whole, as long as what was right after a miss
+    const int64_t right = s.taken - 1, drafted = int64_t(n) - 1;
+    s.draft_len = right == drafted ? std::min(s.opt().prompt_lookup_num_tokens, s.draft_len + 2)
+                                   : std::max<int64_t>(1, right);
 }
 
 // The next token of s from a logits row, and its log-probs when asked for.
@@ -385,48 +437,32 @@ void Generation::choose(Seq& s, const float* row) {
 
 // The log-probs of s.chosen (and the most likely tokens) under a row, when asked for.
 void Generation::add_logprobs(Seq& s, const float* row) {
-    if (opt_.logprobs) {
+    const GenerateOptions& opt = s.opt();
+    if (opt.logprobs) {
         const double lse = log_sum_exp(row, V_);
         s.logprob = float(double(row[s.chosen]) - lse);
-        if (opt_.top_logprobs > 0) s.top = top_logprobs(row, V_, opt_.top_logprobs, lse, s.idx);
+        if (opt.top_logprobs > 0) s.top = top_logprobs(row, V_, opt.top_logprobs, lse, s.idx);
     }
-}
-
-// Chooses the next token of every sequence (in parallel: each has its own sampler and random
-// stream, so the result does not depend on the thread count), then applies them in order.
-void Generation::sample_all(const std::vector<Seq*>& seqs, const std::vector<const float*>& rows) {
-    const int64_t B = int64_t(seqs.size());
-    std::exception_ptr error;
-#pragma omp parallel for num_threads(std::max<int64_t>(1, std::min<int64_t>(B, model_.n_threads()))) schedule(static, 1)
-    for (int64_t b = 0; b < B; b++) {
-        try {
-            choose(*seqs[b], rows[b]);
-        } catch (...) {
-#pragma omp critical
-            if (!error) error = std::current_exception();
-        }
-    }
-    if (error) std::rethrow_exception(error);
-    for (int64_t b = 0; b < B; b++) accept(*seqs[b], seqs[b]->chosen);
 }
 
 void Generation::accept(Seq& s, int32_t token) {
+    const GenerateOptions& opt = s.opt();
     s.r.tokens.push_back(token);
     s.history.push_back(token);
-    if (opt_.logprobs) {
+    if (opt.logprobs) {
         s.r.logprobs.push_back(s.logprob);
-        if (opt_.top_logprobs > 0) s.r.top_logprobs.push_back(std::move(s.top));
+        if (opt.top_logprobs > 0) s.r.top_logprobs.push_back(std::move(s.top));
     }
-    if (std::find(opt_.stop_token_ids.begin(), opt_.stop_token_ids.end(), token) != opt_.stop_token_ids.end())
+    if (std::find(opt.stop_token_ids.begin(), opt.stop_token_ids.end(), token) != opt.stop_token_ids.end())
         return finish(s, "stop");
-    if (tok_ && !opt_.ignore_eos && token == tok_->eot_id()) return finish(s, "eos");
+    if (tok_ && !opt.ignore_eos && token == tok_->eot_id()) return finish(s, "eos");
     if (tok_ && token < tok_->vocab_size()) {
         const size_t old = s.bytes.size();
         s.bytes += tok_->token_bytes(token);
         // a stop string ending in the new bytes starts at most max_stop_ - 1 bytes before them
-        const size_t from = old + 1 > max_stop_ ? old + 1 - max_stop_ : 0;
+        const size_t from = old + 1 > s.req->max_stop ? old + 1 - s.req->max_stop : 0;
         size_t hit = std::string::npos;
-        for (const auto& stop : opt_.stop) hit = std::min(hit, s.bytes.find(stop, from));
+        for (const auto& stop : opt.stop) hit = std::min(hit, s.bytes.find(stop, from));
         if (hit != std::string::npos) {
             // text before a stop string is never released early (release_text holds back any
             // suffix that may begin one), so the cut never takes back text already handed out
@@ -435,7 +471,7 @@ void Generation::accept(Seq& s, int32_t token) {
             return finish(s, "stop");
         }
     }
-    if (int64_t(s.r.tokens.size()) >= opt_.max_new_tokens || int64_t(s.history.size()) >= n_ctx_)
+    if (int64_t(s.r.tokens.size()) >= opt.max_new_tokens || int64_t(s.history.size()) >= n_ctx_)
         return finish(s, "length");
     s.next_input = token;
     release_text(s, false);
@@ -446,7 +482,6 @@ void Generation::finish(Seq& s, const char* reason) {
     s.r.finish_reason = reason;
     s.cache.reset();  // frees n_ctx positions of keys and values
     release_text(s, true);
-    n_live_--;
 }
 
 // Moves the bytes that can no longer change into r.text and pending: all of them when
@@ -454,13 +489,15 @@ void Generation::finish(Seq& s, const char* reason) {
 // UTF-8 character.
 void Generation::release_text(Seq& s, bool final) {
     if (!tok_) return;
+    const std::vector<std::string>& stops = s.opt().stop;
+    const size_t max_stop = s.req->max_stop;
     size_t limit = s.bytes.size();
     if (!final) {
-        const size_t most = std::min(max_stop_ == 0 ? 0 : max_stop_ - 1, limit - s.released);
+        const size_t most = std::min(max_stop == 0 ? 0 : max_stop - 1, limit - s.released);
         for (size_t k = most; k >= 1; k--) {
             const std::string_view tail(s.bytes.data() + limit - k, k);
             bool prefix = false;
-            for (const auto& stop : opt_.stop) prefix = prefix || std::string_view(stop).substr(0, k) == tail;
+            for (const auto& stop : stops) prefix = prefix || std::string_view(stop).substr(0, k) == tail;
             if (prefix) {
                 limit -= k;
                 break;

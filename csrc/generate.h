@@ -4,6 +4,8 @@
 //          num_return_sequences = n times is run once and its KV cache forked n ways.
 //   step k: one token for every live sequence, all in one forward call (batched matmuls,
 //          each sequence at its own position, no padding); finished sequences drop out.
+//   Requests added while it runs (Generation::add, continuous batching) have their prompts run
+//   in the next step's call, beside the running sequences' tokens.
 //
 // A sequence stops on eos (the tokenizer's <|endoftext|>, unless ignore_eos), on one of
 // stop_token_ids, when its text contains one of the stop strings (matched on the bytes, across
@@ -13,7 +15,7 @@
 //
 // Determinism: sequence j of a prompt draws from Rng(seed, j) and the forward pass gives each
 // row bitwise the same logits whatever the batch and thread count, so a sequence's tokens do
-// not depend on what runs beside it.
+// not depend on what runs beside it, nor on when it joined a running batch.
 //
 // Generation is not thread-safe (one caller at a time); it never touches Python. BeamSearch
 // (beam_search.h) is the other Decoding the bindings drive: the same requests with num_beams > 1.
@@ -21,6 +23,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -102,6 +105,7 @@ public:
     // model stays usable).
     void run(const std::function<void()>& between_steps);
     bool done() const { return done_; }
+    size_t n_live() const { return n_live_; }
 
     // Text sequence i produced since the last call (see Generation; a BeamSearch has none
     // before it is done, as its beams change).
@@ -152,40 +156,55 @@ TopLogprobs top_logprobs(const float* row, int64_t V, int64_t k, double lse, std
 void add_prompt_logprobs(const float* rows, const std::vector<int32_t>& ids, int64_t V, int64_t top_k,
                          SequenceResult& r, std::vector<int32_t>& idx);
 
+// Sampling and greedy decoding, for a batch of requests that may grow as it runs (continuous
+// batching): add() a request at any time; each step runs the prompts added since the last step
+// and one token (plus, with prompt lookup, a draft) of every running sequence in one forward
+// call. Each request keeps its own options; a sequence's tokens are those it would get alone.
 class Generation : public Decoding {
 public:
-    // tokenizer may be null: then there is no text, no eos and no stop strings.
-    // Throws std::invalid_argument on a bad option or prompt (check_request).
+    // An empty batch, for add(). tokenizer may be null: then there is no text, no eos and no
+    // stop strings.
+    Generation(Model& model, const Tokenizer* tokenizer);
+    // One request, as add() (sequences 0 .. prompts * num_return_sequences - 1).
     Generation(Model& model, const Tokenizer* tokenizer, std::vector<std::vector<int32_t>> prompts,
                GenerateOptions options);
     ~Generation() override;
+
+    // Adds a request: its sequences get the ids first .. first + prompts * num_return_sequences
+    // - 1, prompt-major, and start at the next step. Returns first. Throws std::invalid_argument
+    // on a bad option or prompt (check_request), OutOfMemory, and adds nothing then.
+    size_t add(std::vector<std::vector<int32_t>> prompts, GenerateOptions options);
+    // Drops sequence i, stopping it if it runs: its cache is freed, its result is gone.
+    void remove(size_t i);
+    bool finished(size_t i) const;
 
     // Text sequence i produced since the last call: valid UTF-8 that can no longer change
     // (unfinished characters and possible starts of a stop string are held back).
     std::string take_text(size_t i) override;
 
-    size_t size() const override { return seqs_.size(); }
+    size_t size() const override { return next_id_; }  // ids handed out (removed ones included)
     const SequenceResult& result(size_t i) const override;
 
 private:
+    struct Request;
     struct Seq;
-    void prefill() override;
-    void decode() override;
-    void decode_drafts();
+    void prefill() override { advance(); }
+    void decode() override { advance(); }
+    void advance();
+    Seq& seq(size_t i) const;
+    void feed(Seq& s);
+    void take(Seq& s, const float* rows, size_t n);
     void choose(Seq& s, const float* row);
     void add_logprobs(Seq& s, const float* row);
     void accept(Seq& s, int32_t token);
     void finish(Seq& s, const char* reason);
     void release_text(Seq& s, bool final);
-    void sample_all(const std::vector<Seq*>& seqs, const std::vector<const float*>& rows);
 
     Model& model_;
     const Tokenizer* tok_;
-    GenerateOptions opt_;
     int64_t V_, n_ctx_;
-    size_t max_stop_ = 0;  // longest stop string, bytes
-    std::vector<std::vector<int32_t>> prompts_;
-    std::vector<std::unique_ptr<Seq>> seqs_;
+    std::map<size_t, std::unique_ptr<Seq>> seqs_;  // by id: steps batch them in this order
+    size_t next_id_ = 0;
     std::vector<float> logits_;
 };
 
