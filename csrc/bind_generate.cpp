@@ -71,6 +71,8 @@ py::dict result_dict(const SequenceResult& r) {
     d["prompt_logprobs"] = r.prompt_logprobs;
     d["prompt_top_logprobs"] = top_list(r.prompt_top_logprobs);
     d["score"] = r.has_score ? py::object(py::float_(r.score)) : py::object(py::none());
+    d["draft_tokens"] = r.draft_tokens;
+    d["accepted_draft_tokens"] = r.accepted_draft_tokens;
     return d;
 }
 

@@ -422,6 +422,8 @@ void Generation::take(Seq& s, const float* rows, size_t n) {
         if (!s.live || !as_drafted) break;
     }
     if (n == 1) return;
+    s.r.draft_tokens += int64_t(n) - 1;
+    s.r.accepted_draft_tokens += s.accepted;
     if (s.live) s.cache->pos -= int64_t(n) - s.taken;  // the call appended all n
     // the next draft: 2 longer after a draft taken whole, as long as what was right after a miss
     const int64_t right = s.taken - 1, drafted = int64_t(n) - 1;

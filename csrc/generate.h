@@ -79,6 +79,8 @@ struct SequenceResult {
     // beam search only: the sequence's score, sum of processed log-probs / length^length_penalty
     bool has_score = false;
     double score = 0.0;
+    // prompt lookup: draft tokens proposed for this sequence, and those taken
+    int64_t draft_tokens = 0, accepted_draft_tokens = 0;
 };
 
 struct Timings {

@@ -11,6 +11,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 from . import _core  # noqa: E402
 from ._core import ModelFormatError  # noqa: E402
+from .batching import Batcher, BatcherClosed
 from .generation import GenerationOutput, Timings, generate_text as generate
 from .model import Model, load
 from .tokenizer import Tokenizer
@@ -40,5 +41,5 @@ def system_info() -> dict:
     }
 
 
-__all__ = ["GenerationOutput", "Model", "ModelFormatError", "Timings", "Tokenizer", "generate", "load", "system_info",
+__all__ = ["Batcher", "BatcherClosed", "GenerationOutput", "Model", "ModelFormatError", "Timings", "Tokenizer", "generate", "load", "system_info",
            "__version__"]

@@ -342,13 +342,19 @@ class _Request:
     def prompt_text(self, p: int) -> Optional[str]:
         return self.tokenizer.decode(self.prompts[p]) if self.tokenizer is not None else None
 
-    def outputs(self, gen, text_of=None) -> list:
-        """GenerationOutput of every sequence of gen, prompt-major."""
-        t = gen.timings
-        timings = Timings(t["prefill_tokens"], t["prefill_seconds"], t["decode_tokens"], t["decode_seconds"],
-                          t["first_token_seconds"], t["draft_tokens"], t["accepted_draft_tokens"])
+    @property
+    def n_sequences(self) -> int:
+        return len(self.prompts) * self.options.num_return_sequences
+
+    def outputs(self, gen, first: int = 0, timings: Optional[Timings] = None) -> list:
+        """GenerationOutput of this request's sequences in gen (ids first, first + 1, ...:
+        prompt-major), with gen's timings unless given."""
+        if timings is None:
+            t = gen.timings
+            timings = Timings(t["prefill_tokens"], t["prefill_seconds"], t["decode_tokens"], t["decode_seconds"],
+                              t["first_token_seconds"], t["draft_tokens"], t["accepted_draft_tokens"])
         outs = []
-        for i in range(len(gen)):
+        for i in range(first, first + self.n_sequences):
             r = gen.result(i)
             p = r["prompt_index"]
             prompt = self.prompts[p]

@@ -1,6 +1,7 @@
 """`pygpt serve`: an OpenAI-compatible completions endpoint over one model, on the standard
-library's threading HTTP server (each request in its own thread; requests share the model,
-taking turns token by token).
+library's threading HTTP server. Each request has its own thread; their generations run
+together in one pygpt.Batcher (continuous batching: one forward call a step for every running
+sequence, a request joining between two steps), at most --max-batch sequences at once.
 
     POST /v1/completions   {"prompt": "Once upon a time", "max_tokens": 50, "temperature": 0.8,
                             "stream": false, ...}: OpenAI's completions request and response
@@ -24,6 +25,8 @@ import json
 import secrets
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .batching import DEFAULT_MAX_BATCH, Batcher
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -140,9 +143,9 @@ class Handler(BaseHTTPRequestHandler):
                     raise RequestError("'stream' needs one prompt and n = 1")
                 if options.get("logprobs"):
                     raise RequestError("'logprobs' is not supported with 'stream'")
-                it = self.server.model.stream(prompt, **options)
+                it = self.server.batcher.stream(prompt, **options)
             else:
-                out = self.server.model.generate(prompt, **options)
+                out = self.server.batcher.generate(prompt, **options)
         except (RequestError, ValueError, TypeError, MemoryError) as e:
             self._error(400, str(e) or type(e).__name__)
             return
@@ -152,7 +155,8 @@ class Handler(BaseHTTPRequestHandler):
         head = {"id": "cmpl-" + secrets.token_hex(12), "object": "text_completion", "created": int(time.time()),
                 "model": self.server.model_name}
         if stream:
-            self._stream(it, head)
+            with it:  # a client that goes away stops its generation
+                self._stream(it, head)
             return
         per_prompt = [g if isinstance(g, list) else [g] for g in (out if batch else [out])]
         flat = [o for g in per_prompt for o in g]  # OpenAI's order: prompt-major
@@ -168,7 +172,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _stream(self, it, head) -> None:
         """Server-sent events: a chunk a text piece, then one with the finish reason, then [DONE].
-        A client that goes away stops the generation (the stream is dropped)."""
+        A client that goes away stops the generation (the caller closes the stream)."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -220,14 +224,19 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, model, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
-                 verbose: bool = False):
+                 verbose: bool = False, max_batch: int = DEFAULT_MAX_BATCH):
         import os
 
         self.model = model
+        self.batcher = Batcher(model, max_batch=max_batch)
         self.model_name = name or os.path.basename(os.path.normpath(model.path))
         self.created = int(time.time())
         self.verbose = verbose
         super().__init__((host, port), Handler)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.batcher.close()
 
 
 def add_arguments(p) -> None:
@@ -239,6 +248,8 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=None, help="threads (default: physical cores)")
     p.add_argument("--kv-cache", choices=("auto", "f32", "f16", "int8"), default="auto",
                    help="KV cache type (default: auto)")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
+                   help="most sequences generated at once; more requests wait (default: %(default)s)")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
 
 
@@ -247,7 +258,7 @@ def run(args) -> int:
     from .model import load
 
     model = load(args.model, n_threads=args.threads, kv_cache=args.kv_cache)
-    server = Server(model, args.host, args.port, verbose=args.verbose)
+    server = Server(model, args.host, args.port, verbose=args.verbose, max_batch=args.max_batch)
     host, port = server.server_address[:2]
     print(f"pygpt: serving {server.model_name} on http://{host}:{port}/v1/completions", flush=True)
     try:

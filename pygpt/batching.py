@@ -1,0 +1,272 @@
+"""Continuous batching: generate and stream calls from many threads share forward calls.
+
+    batcher = pygpt.Batcher(model, max_batch=16)
+    out = batcher.generate("Once upon a time", max_new_tokens=50)   # from any thread
+    for piece in batcher.stream("Hello", max_new_tokens=50):
+        print(piece, end="")
+    batcher.close()
+
+Calls on a pygpt.Model from several threads take turns, a forward call each. A Batcher runs
+them together instead: one scheduler thread owns a C++ Generation (csrc/generate.h) and, between
+two steps, adds the requests that arrived and hands out what the step produced. A step is one
+forward call for every running sequence (and the prompts just added), and batch-8 decoding
+costs little more than batch 1, so throughput grows with the number of concurrent requests.
+
+Outputs are those of model.generate with the same options: a sequence's logits and random
+stream never depend on what runs beside it (docs/DESIGN.md, "Determinism"). Timings are wall
+times seen by the request, while sharing each step with the others. Beam search is not
+batched: use model.generate for it.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from typing import Iterator, Optional
+
+from . import _core
+from .generation import GenerationOutput, Timings, _Request, _stream_request
+
+DEFAULT_MAX_BATCH = 16
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher was closed before the request finished."""
+
+
+class Job:
+    """One submitted request: its sequences in the scheduler's Generation, its result when done.
+    result() waits for it; cancel() stops it (its result() then raises BatcherClosed)."""
+
+    def __init__(self, req: _Request, streaming: bool):
+        self.req = req
+        self.first = -1                   # id of its first sequence, once added
+        self.pieces: Optional[queue.SimpleQueue] = queue.SimpleQueue() if streaming else None
+        self._done = threading.Event()
+        self._outputs = None
+        self._error: Optional[BaseException] = None
+        self.cancelled = False
+        self.t_submit = time.perf_counter()
+        self.t_first: Optional[float] = None  # end of the step that ran its prompt,
+        self.prefill_seconds = 0.0            # and how long that step took
+
+    def result(self, timeout: Optional[float] = None):
+        """The outputs, shaped as model.generate returns them; raises what failed the request."""
+        if not self._done.wait(timeout):
+            raise TimeoutError("the request has not finished")
+        if self._error is not None:
+            raise self._error
+        return self.req.shape(self._outputs)
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def cancel(self) -> None:
+        """Stops the request between two steps (a no-op once it is done)."""
+        self.cancelled = True
+
+    # -- called by the scheduler ---------------------------------------------------------------
+
+    def _finish(self, outputs=None, error: Optional[BaseException] = None) -> None:
+        self._outputs, self._error = outputs, error
+        self._done.set()
+        if self.pieces is not None:
+            self.pieces.put(None)
+
+
+class BatchedStream:
+    """Iterator over the text pieces of one batched request, as model.stream's: once exhausted,
+    .output holds the GenerationOutput. Leaving the loop early stops the request: call close()
+    (or use it in a with block) rather than wait for the garbage collector."""
+
+    def __init__(self, job: Job):
+        self._job = job
+        self._echo = job.req.prompt_text(0) if job.req.echo else None
+        self.output: Optional[GenerationOutput] = None
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        if self._echo:
+            text, self._echo = self._echo, None
+            return text
+        if self.output is not None:
+            raise StopIteration
+        try:
+            piece = self._job.pieces.get()
+        except BaseException:  # Ctrl-C while waiting: stop the request too
+            self._job.cancel()
+            raise
+        if piece is None:  # the request ended: its output, or what failed it
+            self.output = self._job.result()
+            raise StopIteration
+        return piece
+
+    def close(self) -> None:
+        if not self._job.done():
+            self._job.cancel()
+
+    def __enter__(self) -> "BatchedStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class Batcher:
+    """Runs generate and stream requests on one model in shared forward calls (continuous
+    batching; see the module's doc).
+
+    max_batch: at most this many sequences run at once (a request with more runs alone);
+    requests beyond it wait their turn, first come first served. Each running sequence holds a
+    KV cache (up to n_ctx positions).
+    """
+
+    def __init__(self, model, max_batch: int = DEFAULT_MAX_BATCH):
+        if not hasattr(model, "_core") or model._core is None:
+            raise TypeError("model must be an open pygpt.Model (from pygpt.load)")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+        self.model = model
+        self.max_batch = max_batch
+        self._cv = threading.Condition()
+        self._waiting: collections.deque = collections.deque()
+        self._closed = False
+        self._thread: Optional[threading.Thread] = None
+        self.steps = 0             # forward calls run so far
+        self.most_sequences = 0    # the most sequences one step has run
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def submit(self, prompt, **options) -> Job:
+        """Queues a request (model.generate's arguments, checked here) and returns its Job."""
+        return self._submit(_Request(self.model, prompt, **options), streaming=False)
+
+    def generate(self, prompt, **options):
+        """model.generate, run in the shared batch: waits for the outputs."""
+        job = self.submit(prompt, **options)
+        try:
+            return job.result()
+        except BaseException:  # Ctrl-C while waiting: stop the request too
+            job.cancel()
+            raise
+
+    def stream(self, prompt, **options) -> BatchedStream:
+        """model.stream, run in the shared batch: yields the text as it is generated."""
+        return BatchedStream(self._submit(_stream_request(self.model, prompt, options), streaming=True))
+
+    def close(self) -> None:
+        """Stops taking requests, fails the ones not finished (BatcherClosed) and ends the
+        scheduler thread."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self) -> "Batcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the scheduler -------------------------------------------------------------------------
+
+    def _submit(self, req: _Request, streaming: bool) -> Job:
+        if req.options.num_beams != 1:
+            raise ValueError("a Batcher does not run beam search (num_beams > 1): use model.generate")
+        job = Job(req, streaming)
+        with self._cv:
+            if self._closed:
+                raise BatcherClosed("this batcher is closed")
+            self._waiting.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pygpt-batcher", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return job
+
+    def _run(self) -> None:
+        tok = self.model.tokenizer._core if self.model.tokenizer is not None else None
+        gen = _core.Generation(self.model._core, tok)
+        active: list = []
+        running = 0  # sequences of the active jobs
+        while True:
+            with self._cv:
+                while not self._closed and not self._waiting and not active:
+                    self._cv.wait()
+                if self._closed:
+                    for job in active + list(self._waiting):
+                        job._finish(error=BatcherClosed("the batcher was closed"))
+                    self._waiting.clear()
+                    return
+                new = []
+                while self._waiting and (running == 0 or running + self._waiting[0].req.n_sequences <= self.max_batch):
+                    job = self._waiting.popleft()
+                    new.append(job)
+                    running += job.req.n_sequences
+            for job in new:
+                try:
+                    job.first = gen.add(job.req.prompts, job.req.options)
+                    active.append(job)
+                except Exception as e:  # noqa: BLE001 - a bad request fails alone
+                    running -= job.req.n_sequences
+                    job._finish(error=e)
+            for job in [j for j in active if j.cancelled]:
+                self._drop(gen, job)
+                active.remove(job)
+                running -= job.req.n_sequences
+                job._finish(error=BatcherClosed("the request was cancelled"))
+            if not active:
+                continue
+            self.most_sequences = max(self.most_sequences, gen.n_live)
+            t0 = time.perf_counter()
+            try:
+                gen.step()
+            except Exception as e:  # noqa: BLE001 - the batch's state is unknown: fail it, start anew
+                for job in active:
+                    job._finish(error=e)
+                active, running = [], 0
+                gen = _core.Generation(self.model._core, tok)
+                continue
+            self.steps += 1
+            now = time.perf_counter()
+            for job in list(active):
+                ids = range(job.first, job.first + job.req.n_sequences)
+                if job.t_first is None:  # this step ran its prompt
+                    job.t_first, job.prefill_seconds = now, now - t0
+                if job.pieces is not None:
+                    piece = gen.take_text(job.first)
+                    if piece:
+                        job.pieces.put(piece)
+                if all(gen.finished(i) for i in ids):
+                    outputs = job.req.outputs(gen, job.first, self._timings(gen, job, now))
+                    self._drop(gen, job)
+                    active.remove(job)
+                    running -= job.req.n_sequences
+                    job._finish(outputs)
+
+    @staticmethod
+    def _drop(gen, job: Job) -> None:
+        for i in range(job.first, job.first + job.req.n_sequences):
+            gen.remove(i)
+
+    @staticmethod
+    def _timings(gen, job: Job, now: float) -> Timings:
+        """The request's timings as it saw them: its steps ran the other requests' tokens too,
+        and time_to_first_token counts from submit(), the wait for a place included."""
+        results = [gen.result(i) for i in range(job.first, job.first + job.req.n_sequences)]
+        started = sum(1 for r in results if r["tokens"])
+        return Timings(prefill_tokens=sum(len(p) for p in job.req.prompts),
+                       prefill_seconds=job.prefill_seconds,
+                       decode_tokens=sum(len(r["tokens"]) for r in results) - started,
+                       decode_seconds=now - job.t_first,
+                       time_to_first_token=job.t_first - job.t_submit,
+                       draft_tokens=sum(r["draft_tokens"] for r in results),
+                       accepted_draft_tokens=sum(r["accepted_draft_tokens"] for r in results))
