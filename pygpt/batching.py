@@ -4,6 +4,7 @@
     out = batcher.generate("Once upon a time", max_new_tokens=50)   # from any thread
     for piece in batcher.stream("Hello", max_new_tokens=50):
         print(piece, end="")
+    out = await batcher.agenerate("Hello")                        # asyncio: agenerate, astream
     batcher.close()
 
 Calls on a pygpt.Model from several threads take turns, a forward call each. A Batcher runs
@@ -20,11 +21,12 @@ batched: use model.generate for it.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import queue
 import threading
 import time
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from . import _core
 from .generation import GenerationOutput, Timings, _Request, _stream_request
@@ -40,11 +42,13 @@ class Job:
     """One submitted request: its sequences in the scheduler's Generation, its result when done.
     result() waits for it; cancel() stops it (its result() then raises BatcherClosed)."""
 
-    def __init__(self, req: _Request, streaming: bool):
+    def __init__(self, req: _Request, sink: Optional[Callable[[Optional[str]], None]] = None):
         self.req = req
         self.first = -1                   # id of its first sequence, once added
-        self.pieces: Optional[queue.SimpleQueue] = queue.SimpleQueue() if streaming else None
+        self.sink = sink                  # streaming: gets each text piece, then None at the end
         self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list = []
         self._outputs = None
         self._error: Optional[BaseException] = None
         self.cancelled = False
@@ -67,13 +71,36 @@ class Job:
         """Stops the request between two steps (a no-op once it is done)."""
         self.cancelled = True
 
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        """Calls fn() once the request is done (from the scheduler thread, or now if it is)."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(fn)
+                return
+        fn()
+
     # -- called by the scheduler ---------------------------------------------------------------
+
+    def _emit(self, piece: Optional[str]) -> None:
+        """Hands a piece to the sink; a sink that fails (an event loop closed since, say) stops
+        the request rather than the scheduler."""
+        try:
+            self.sink(piece)
+        except Exception:  # noqa: BLE001 - the consumer is gone
+            self.cancelled = True
 
     def _finish(self, outputs=None, error: Optional[BaseException] = None) -> None:
         self._outputs, self._error = outputs, error
-        self._done.set()
-        if self.pieces is not None:
-            self.pieces.put(None)
+        with self._lock:
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        if self.sink is not None:
+            self._emit(None)
+        for fn in callbacks:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a waiter that is gone (its event loop closed)
+                pass
 
 
 class BatchedStream:
@@ -81,10 +108,11 @@ class BatchedStream:
     .output holds the GenerationOutput. Leaving the loop early stops the request: call close()
     (or use it in a with block) rather than wait for the garbage collector."""
 
-    def __init__(self, job: Job):
-        self._job = job
-        self._echo = job.req.prompt_text(0) if job.req.echo else None
+    def __init__(self, submit: Callable[[Callable], Job], req: _Request):
+        self._pieces: queue.SimpleQueue = queue.SimpleQueue()
+        self._echo = req.prompt_text(0) if req.echo else None
         self.output: Optional[GenerationOutput] = None
+        self._job = submit(self._pieces.put)
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -96,7 +124,7 @@ class BatchedStream:
         if self.output is not None:
             raise StopIteration
         try:
-            piece = self._job.pieces.get()
+            piece = self._pieces.get()
         except BaseException:  # Ctrl-C while waiting: stop the request too
             self._job.cancel()
             raise
@@ -116,7 +144,50 @@ class BatchedStream:
         self.close()
 
     def __del__(self) -> None:
-        self.close()
+        if hasattr(self, "_job"):
+            self.close()
+
+
+class AsyncBatchedStream:
+    """The async iterator of Batcher.astream(): pieces reach the event loop from the scheduler
+    thread (no executor thread waits for them). Leaving the loop early: aclose() it (or use
+    `async with`); cancelling the task that waits stops the request too."""
+
+    def __init__(self, submit: Callable[[Callable], Job], req: _Request):
+        loop = asyncio.get_running_loop()
+        self._pieces: asyncio.Queue = asyncio.Queue()
+        self._echo = req.prompt_text(0) if req.echo else None
+        self.output: Optional[GenerationOutput] = None
+        self._job = submit(lambda piece: loop.call_soon_threadsafe(self._pieces.put_nowait, piece))
+
+    def __aiter__(self) -> "AsyncBatchedStream":
+        return self
+
+    async def __anext__(self) -> str:
+        if self._echo:
+            text, self._echo = self._echo, None
+            return text
+        if self.output is not None:
+            raise StopAsyncIteration
+        try:
+            piece = await self._pieces.get()
+        except asyncio.CancelledError:
+            self._job.cancel()
+            raise
+        if piece is None:
+            self.output = self._job.result()
+            raise StopAsyncIteration
+        return piece
+
+    async def aclose(self) -> None:
+        if not self._job.done():
+            self._job.cancel()
+
+    async def __aenter__(self) -> "AsyncBatchedStream":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
 
 
 class Batcher:
@@ -146,7 +217,7 @@ class Batcher:
 
     def submit(self, prompt, **options) -> Job:
         """Queues a request (model.generate's arguments, checked here) and returns its Job."""
-        return self._submit(_Request(self.model, prompt, **options), streaming=False)
+        return self._submit(_Request(self.model, prompt, **options))
 
     def generate(self, prompt, **options):
         """model.generate, run in the shared batch: waits for the outputs."""
@@ -159,7 +230,32 @@ class Batcher:
 
     def stream(self, prompt, **options) -> BatchedStream:
         """model.stream, run in the shared batch: yields the text as it is generated."""
-        return BatchedStream(self._submit(_stream_request(self.model, prompt, options), streaming=True))
+        req = _stream_request(self.model, prompt, options)
+        return BatchedStream(lambda sink: self._submit(req, sink), req)
+
+    async def agenerate(self, prompt, **options):
+        """generate() for asyncio: the event loop waits without a worker thread. Cancelling the
+        task stops the request between two steps."""
+        job = self.submit(prompt, **options)
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+
+        def wake() -> None:
+            if not finished.done():
+                finished.set_result(None)
+
+        job.add_done_callback(lambda: loop.call_soon_threadsafe(wake))
+        try:
+            await finished
+        except asyncio.CancelledError:
+            job.cancel()
+            raise
+        return job.result()
+
+    def astream(self, prompt, **options) -> AsyncBatchedStream:
+        """stream() for asyncio: `async for piece in batcher.astream(...)` (in a running loop)."""
+        req = _stream_request(self.model, prompt, options)
+        return AsyncBatchedStream(lambda sink: self._submit(req, sink), req)
 
     def close(self) -> None:
         """Stops taking requests, fails the ones not finished (BatcherClosed) and ends the
@@ -178,10 +274,10 @@ class Batcher:
 
     # -- the scheduler -------------------------------------------------------------------------
 
-    def _submit(self, req: _Request, streaming: bool) -> Job:
+    def _submit(self, req: _Request, sink=None) -> Job:
         if req.options.num_beams != 1:
             raise ValueError("a Batcher does not run beam search (num_beams > 1): use model.generate")
-        job = Job(req, streaming)
+        job = Job(req, sink)
         with self._cv:
             if self._closed:
                 raise BatcherClosed("this batcher is closed")
@@ -241,10 +337,10 @@ class Batcher:
                 ids = range(job.first, job.first + job.req.n_sequences)
                 if job.t_first is None:  # this step ran its prompt
                     job.t_first, job.prefill_seconds = now, now - t0
-                if job.pieces is not None:
+                if job.sink is not None:
                     piece = gen.take_text(job.first)
                     if piece:
-                        job.pieces.put(piece)
+                        job._emit(piece)
                 if all(gen.finished(i) for i in ids):
                     outputs = job.req.outputs(gen, job.first, self._timings(gen, job, now))
                     self._drop(gen, job)
