@@ -1,6 +1,6 @@
-"""model.agenerate / model.astream: the asyncio forms of generate and stream give the same
-outputs, leave the event loop free while tokens are computed, run side by side on one model,
-and stop when cancelled."""
+"""model.agenerate / model.astream, and pygpt.Batcher's agenerate / astream: the asyncio forms of
+generate and stream give the same outputs, leave the event loop free while tokens are computed,
+run side by side on one model, and stop when cancelled."""
 
 import asyncio
 import os
@@ -150,3 +150,81 @@ def test_an_abandoned_astream_stops(long_model):
 
     n, cpu = asyncio.run(main())
     assert n == 5 and cpu < 0.15
+
+
+# -- pygpt.Batcher's asyncio forms -----------------------------------------------------------------
+
+
+def test_batcher_agenerate_many_at_once_equal_generate(model):
+    """Concurrent agenerate calls run in one batch and give generate's outputs."""
+    requests = [(PROMPTS[i % 3], dict(max_new_tokens=10 + i, temperature=0.8, seed=i, ignore_eos=True))
+                for i in range(6)]
+    requests.append((PROMPTS, dict(max_new_tokens=8, num_return_sequences=2, temperature=1.0, seed=5)))
+
+    async def main(batcher):
+        return await asyncio.gather(*[batcher.agenerate(p, **o) for p, o in requests])
+
+    with pygpt.Batcher(model) as batcher:
+        got = asyncio.run(main(batcher))
+        assert batcher.most_sequences > 1  # they shared steps
+    for (p, o), out in zip(requests, got):
+        assert tokens(out) == tokens(model.generate(p, **o))
+
+
+def test_batcher_astream_pieces_are_the_text(model):
+    async def main(batcher):
+        stream = batcher.astream(PROMPTS[0], max_new_tokens=16, echo=True, temperature=0.7, seed=3)
+        pieces = [p async for p in stream]
+        return pieces, stream.output
+
+    with pygpt.Batcher(model) as batcher:
+        pieces, out = asyncio.run(main(batcher))
+    want = model.generate(PROMPTS[0], max_new_tokens=16, echo=True, temperature=0.7, seed=3)
+    assert pieces[0] == PROMPTS[0] and "".join(pieces) == out.text == want.text
+    assert out.tokens == want.tokens
+
+
+def test_batcher_agenerate_cancel_stops_the_request(long_model):
+    """Cancelling the task stops its request; the batcher goes on serving."""
+    async def main(batcher):
+        task = asyncio.ensure_future(batcher.agenerate(PROMPTS[0], max_new_tokens=1000, ignore_eos=True))
+        await asyncio.sleep(0.05)
+        steps = batcher.steps
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.2)  # the scheduler drops it at the next step boundary
+        return steps
+
+    with pygpt.Batcher(long_model) as batcher:
+        steps = asyncio.run(main(batcher))
+        after = batcher.steps
+        assert after < 1000 and after <= steps + 5  # it stopped, not ran to 1000 tokens
+        out = batcher.generate(PROMPTS[1], max_new_tokens=5)
+        assert out.tokens == long_model.generate(PROMPTS[1], max_new_tokens=5).tokens
+
+
+def test_batcher_astream_left_early_stops_the_request(long_model):
+    async def main(batcher):
+        async with batcher.astream(PROMPTS[0], max_new_tokens=1000, ignore_eos=True) as stream:
+            async for _ in stream:
+                break
+        await asyncio.sleep(0.2)
+
+    with pygpt.Batcher(long_model) as batcher:
+        asyncio.run(main(batcher))
+        assert batcher.steps < 1000
+        steps = batcher.steps
+        time.sleep(0.3)
+        assert batcher.steps == steps  # nothing runs any more
+
+
+def test_batcher_astream_refuses_what_stream_refuses(model):
+    async def main(batcher):
+        with pytest.raises(ValueError):
+            batcher.astream(PROMPTS, max_new_tokens=4)
+        with pytest.raises(ValueError):
+            batcher.astream(PROMPTS[0], num_return_sequences=2)
+
+    with pygpt.Batcher(model) as batcher:
+        asyncio.run(main(batcher))
