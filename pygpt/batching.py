@@ -302,6 +302,9 @@ class Batcher:
                         job._finish(error=BatcherClosed("the batcher was closed"))
                     self._waiting.clear()
                     return
+                for job in [j for j in self._waiting if j.cancelled]:  # cancelled before its turn
+                    self._waiting.remove(job)
+                    job._finish(error=BatcherClosed("the request was cancelled"))
                 new = []
                 while self._waiting and (running == 0 or running + self._waiting[0].req.n_sequences <= self.max_batch):
                     job = self._waiting.popleft()

@@ -1,5 +1,5 @@
-"""pygpt serve: OpenAI's completions API over HTTP, answered by model.generate / model.stream;
-bad requests get a 400 with OpenAI's error object."""
+"""pygpt serve: OpenAI's completions API over HTTP, answered through the server's pygpt.Batcher (as
+model.generate / model.stream would answer); bad requests get a 400 with OpenAI's error object."""
 
 import json
 import os
