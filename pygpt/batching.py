@@ -289,9 +289,23 @@ class Batcher:
         return job
 
     def _run(self) -> None:
+        active: list = []
+        try:
+            self._schedule(active)
+        except BaseException as e:  # a bug of ours: fail every request rather than leave it waiting
+            with self._cv:
+                self._closed = True
+                jobs = active + list(self._waiting)
+                self._waiting.clear()
+            for job in jobs:
+                if not job.done():
+                    job._finish(error=RuntimeError(f"the batcher failed: {type(e).__name__}: {e}"))
+            raise
+
+    def _schedule(self, active: list) -> None:
+        """The scheduler loop; active: the jobs in the batch (for _run, should this fail)."""
         tok = self.model.tokenizer._core if self.model.tokenizer is not None else None
         gen = _core.Generation(self.model._core, tok)
-        active: list = []
         running = 0  # sequences of the active jobs
         while True:
             with self._cv:
@@ -331,7 +345,8 @@ class Batcher:
             except Exception as e:  # noqa: BLE001 - the batch's state is unknown: fail it, start anew
                 for job in active:
                     job._finish(error=e)
-                active, running = [], 0
+                active.clear()
+                running = 0
                 gen = _core.Generation(self.model._core, tok)
                 continue
             self.steps += 1

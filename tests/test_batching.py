@@ -451,6 +451,22 @@ def test_cancel_a_waiting_job(model):
         assert not running.done() and b.steps < LONG_STEPS
 
 
+def test_a_failing_scheduler_fails_its_requests_instead_of_hanging(model, monkeypatch):
+    """Should the scheduler itself fail (a bug), waiting callers get an error, not a hang."""
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("broken on purpose")
+
+    monkeypatch.setattr(_Request, "outputs", broken)
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the thread's own report
+    b = pygpt.Batcher(model)
+    job = b.submit("Hello", max_new_tokens=3)
+    with pytest.raises(RuntimeError, match="the batcher failed: ZeroDivisionError"):
+        job.result(timeout=60)
+    with pytest.raises(pygpt.BatcherClosed):
+        b.submit("Hello", max_new_tokens=3)
+    b.close()
+
+
 def test_result_with_a_timeout_and_cancel_after_done(batcher, model):
     job = batcher.submit("Once upon a time", **LONG)
     with pytest.raises(TimeoutError):
