@@ -308,3 +308,25 @@ def test_bench_lookup_compares_prompt_lookup_with_plain_greedy(load_tool, tmp_pa
     assert rows[0].startswith(f"| {out} | 25 | off |") and rows[0].endswith("| 1.00x | n/a |")
     assert rows[1].startswith(f"| {out} | 25 | 3 |") and " of " in rows[1]
 
+
+
+def test_bench_serve_compares_taking_turns_with_a_batcher(load_tool, tmp_path, capsys, monkeypatch):
+    """tools/bench_serve.py: the same requests from N client threads, by model.generate and by a
+    Batcher, a row each; requests that got other tokens in the two modes stop it."""
+    import pygpt
+    from pygpt.model import DEFAULT_MODEL_DIR
+
+    bench_serve = load_tool("bench_serve")
+    text = tmp_path / "t.txt"
+    text.write_text("It was the best of times, it was the worst of times. " * 20)
+    args = [DEFAULT_MODEL_DIR, "--text", str(text), "--clients", "1,3", "--requests", "2", "--prompt", "8",
+            "--new", "6", "--rounds", "1", "--threads", "1"]
+    assert bench_serve.main(args) == 0
+    rows = [r.split(" | ") for r in capsys.readouterr().out.splitlines() if r.startswith(f"| {DEFAULT_MODEL_DIR} |")]
+    assert [(r[1], r[2]) for r in rows] == [("1", "turns"), ("1", "batched"), ("3", "turns"), ("3", "batched")]
+    assert all(float(r[3]) > 0 for r in rows) and rows[3][6].endswith("x tokens/s |")
+
+    real = pygpt.Batcher.generate
+    monkeypatch.setattr(pygpt.Batcher, "generate", lambda self, prompt, **kw: real(self, prompt, **dict(kw, seed=99)))
+    with pytest.raises(SystemExit, match="batched gave other tokens"):
+        bench_serve.main(args)
