@@ -219,8 +219,18 @@ void bind_generate(py::module_& m) {
             },
             py::arg("i"), "Drops sequence i, stopping it if it runs (its result is gone).")
         .def(
+            "started", [](PyGeneration& g, size_t i) { return sampling(g).started(i); }, py::arg("i"),
+            "Whether sequence i's prompt has run (it has its first token, or stopped at once).")
+        .def(
             "finished", [](PyGeneration& g, size_t i) { return sampling(g).finished(i); }, py::arg("i"),
             "Whether sequence i has stopped.")
+        .def_property(
+            "prefill_chunk", [](PyGeneration& g) { return sampling(g).prefill_chunk(); },
+            [](PyGeneration& g, int64_t n) {
+                BusyGuard busy(g.busy);
+                sampling(g).set_prefill_chunk(n);
+            },
+            "At most this many prompt tokens a step (0: whole prompts); outputs do not change.")
         .def_property_readonly("n_live", [](const PyGeneration& g) { return g.gen->n_live(); },
                                "Sequences still running (or waiting for their first step).")
         .def(

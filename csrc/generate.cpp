@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <exception>
+#include <limits>
 #include <stdexcept>
 #include <string_view>
 
@@ -39,9 +40,9 @@ TopLogprobs top_logprobs(const float* row, int64_t V, int64_t k, double lse, std
     return out;
 }
 
-void add_prompt_logprobs(const float* rows, const std::vector<int32_t>& ids, int64_t V, int64_t top_k,
+void add_prompt_logprobs(const float* rows, const int32_t* ids, size_t n, int64_t V, int64_t top_k,
                          SequenceResult& r, std::vector<int32_t>& idx) {
-    for (size_t i = 0; i + 1 < ids.size(); i++) {  // row i predicts token i + 1
+    for (size_t i = 0; i + 1 < n; i++) {  // row i predicts token i + 1
         const float* row = rows + int64_t(i) * V;
         const double lse = log_sum_exp(row, V);
         r.prompt_logprobs.push_back(float(double(row[ids[i + 1]]) - lse));
@@ -265,7 +266,13 @@ void Generation::remove(size_t i) {
     seqs_.erase(i);
 }
 
+bool Generation::started(size_t i) const { return seq(i).started; }
 bool Generation::finished(size_t i) const { return !seq(i).live; }
+
+void Generation::set_prefill_chunk(int64_t n) {
+    if (n < 0) throw std::invalid_argument("prefill_chunk must be >= 0 (0: whole prompts)");
+    prefill_chunk_ = n;
+}
 
 const SequenceResult& Generation::result(size_t i) const { return seq(i).r; }
 
@@ -276,33 +283,42 @@ std::string Generation::take_text(size_t i) {
 }
 
 // One step, one forward call: the prompt of each sequence that has not started (once for the
-// samples of a prompt, which then fork its cache), and the next token of every running one
-// (with prompt lookup, followed by a draft). Then each sequence takes its rows.
+// samples of a prompt, which then fork its cache; with prefill_chunk, the next piece of it),
+// and the next token of every running one (with prompt lookup, followed by a draft). Then each
+// sequence takes its rows.
 void Generation::advance() {
     const auto t0 = std::chrono::steady_clock::now();
-    std::vector<std::vector<Seq*>> fresh;  // sequences of one prompt of one request
+    std::vector<std::vector<Seq*>> waiting;  // sequences of one prompt of one request
     std::vector<Seq*> running;
     for (auto& [id, sp] : seqs_) {
         Seq& s = *sp;
         if (!s.live) continue;
         if (s.started) {
             running.push_back(&s);
-        } else if (!fresh.empty() && fresh.back()[0]->req == s.req &&
-                   fresh.back()[0]->r.prompt_index == s.r.prompt_index) {
-            fresh.back().push_back(&s);
+        } else if (!waiting.empty() && waiting.back()[0]->req == s.req &&
+                   waiting.back()[0]->r.prompt_index == s.r.prompt_index) {
+            waiting.back().push_back(&s);
         } else {
-            fresh.push_back({&s});
+            waiting.push_back({&s});
         }
     }
-    if (fresh.empty() && running.empty()) return;
 
+    // the prompts' pieces: the first's cache holds what already ran of its prompt
     std::vector<SeqStep> steps;
-    for (auto& group : fresh) {
+    std::vector<std::vector<Seq*>> fresh;
+    int64_t budget = prefill_chunk_ > 0 ? prefill_chunk_ : std::numeric_limits<int64_t>::max();
+    for (auto& group : waiting) {
+        if (budget == 0) break;
         Seq& first = *group[0];
-        first.cache = model_.new_cache();  // allocated here, without the GIL
-        steps.push_back({first.cache.get(), first.history.data(), int64_t(first.n_prompt), first.opt().prompt_logprobs});
-        timings_.prefill_tokens += int64_t(first.n_prompt);
+        if (!first.cache) first.cache = model_.new_cache();  // allocated here, without the GIL
+        const int64_t at = first.cache->pos;
+        const int64_t n = std::min(int64_t(first.n_prompt) - at, budget);
+        budget -= n;
+        steps.push_back({first.cache.get(), first.history.data() + at, n, first.opt().prompt_logprobs});
+        fresh.push_back(std::move(group));
+        timings_.prefill_tokens += n;
     }
+    if (steps.empty() && running.empty()) return;
     for (Seq* s : running) {
         feed(*s);
         steps.push_back({s->cache.get(), s->fed.data(), int64_t(s->fed.size()), s->fed.size() > 1});
@@ -311,11 +327,16 @@ void Generation::advance() {
 
     std::vector<Seq*> todo;
     std::vector<const float*> todo_rows;
+    bool first_tokens = false;
     for (size_t g = 0; g < fresh.size(); g++) {
         Seq& first = *fresh[g][0];
         const GenerateOptions& opt = first.opt();
-        const int64_t len = int64_t(first.n_prompt);
-        if (opt.prompt_logprobs) add_prompt_logprobs(rows[g], first.history, V_, opt.top_logprobs, first.r, first.idx);
+        const int64_t len = int64_t(first.n_prompt), n = steps[g].n_tokens, end = first.cache->pos, at = end - n;
+        if (opt.prompt_logprobs)
+            add_prompt_logprobs(rows[g], first.history.data() + at, size_t(std::min(end + 1, len) - at), V_,
+                                opt.top_logprobs, first.r, first.idx);
+        if (end < len) continue;  // more of the prompt next step
+        first_tokens = true;
         const bool no_room = opt.max_new_tokens == 0 || len >= n_ctx_;
         for (Seq* s : fresh[g]) {
             s->started = true;
@@ -332,7 +353,7 @@ void Generation::advance() {
                 finish(*s, "length");
             } else {
                 todo.push_back(s);
-                todo_rows.push_back(rows[g] + (opt.prompt_logprobs ? len - 1 : 0) * V_);
+                todo_rows.push_back(rows[g] + (opt.prompt_logprobs ? n - 1 : 0) * V_);
             }
         }
     }
@@ -369,7 +390,8 @@ void Generation::advance() {
         timings_.decode_seconds += seconds_since(t0);
     } else {
         timings_.prefill_seconds += seconds_since(t0);
-        if (timings_.first_token_seconds == 0.0) timings_.first_token_seconds = seconds_since(t_start_);
+        if (first_tokens && timings_.first_token_seconds == 0.0)
+            timings_.first_token_seconds = seconds_since(t_start_);
     }
 }
 

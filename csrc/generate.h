@@ -154,8 +154,9 @@ std::vector<const float*> decode_step(Model& model, const std::vector<std::pair<
 // tokens (ties: lower id first) with their log-probs.
 double log_sum_exp(const float* row, int64_t V);
 TopLogprobs top_logprobs(const float* row, int64_t V, int64_t k, double lse, std::vector<int32_t>& idx);
-// With prompt_logprobs: those of prompt tokens 1..n-1 from its n logits rows, into r.
-void add_prompt_logprobs(const float* rows, const std::vector<int32_t>& ids, int64_t V, int64_t top_k,
+// With prompt_logprobs: those of tokens ids[1..n-1] from the logits rows of ids[0..n-2]
+// (appended to r's), so a prompt run in pieces adds each piece's.
+void add_prompt_logprobs(const float* rows, const int32_t* ids, size_t n, int64_t V, int64_t top_k,
                          SequenceResult& r, std::vector<int32_t>& idx);
 
 // Sampling and greedy decoding, for a batch of requests that may grow as it runs (continuous
@@ -178,7 +179,13 @@ public:
     size_t add(std::vector<std::vector<int32_t>> prompts, GenerateOptions options);
     // Drops sequence i, stopping it if it runs: its cache is freed, its result is gone.
     void remove(size_t i);
+    bool started(size_t i) const;   // its prompt has run
     bool finished(size_t i) const;
+    // At most n prompt tokens a step (0: every new prompt whole, the default): a long prompt
+    // then runs in pieces over several steps, so the running sequences' next tokens wait for
+    // n tokens of prefill at most. Outputs do not change (rows never depend on the batch).
+    void set_prefill_chunk(int64_t n);
+    int64_t prefill_chunk() const { return prefill_chunk_; }
 
     // Text sequence i produced since the last call: valid UTF-8 that can no longer change
     // (unfinished characters and possible starts of a stop string are held back).
@@ -207,6 +214,7 @@ private:
     int64_t V_, n_ctx_;
     std::map<size_t, std::unique_ptr<Seq>> seqs_;  // by id: steps batch them in this order
     size_t next_id_ = 0;
+    int64_t prefill_chunk_ = 0;
     std::vector<float> logits_;
 };
 

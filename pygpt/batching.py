@@ -32,6 +32,10 @@ from . import _core
 from .generation import GenerationOutput, Timings, _Request, _stream_request
 
 DEFAULT_MAX_BATCH = 16
+# prompt tokens a step runs at most: a long prompt that joins delays the running sequences'
+# next token by this much prefill, not all of its own (124M: 256-token pieces cost the prompt
+# no measurable time against whole, 64-token ones about 10%; BENCHMARKS.md)
+DEFAULT_PREFILL_CHUNK = 256
 
 
 class BatcherClosed(RuntimeError):
@@ -53,8 +57,8 @@ class Job:
         self._error: Optional[BaseException] = None
         self.cancelled = False
         self.t_submit = time.perf_counter()
-        self.t_first: Optional[float] = None  # end of the step that ran its prompt,
-        self.prefill_seconds = 0.0            # and how long that step took
+        self.t_start: Optional[float] = None  # start of its first step
+        self.t_first: Optional[float] = None  # end of the step that gave its first token
 
     def result(self, timeout: Optional[float] = None):
         """The outputs, shaped as model.generate returns them; raises what failed the request."""
@@ -197,15 +201,21 @@ class Batcher:
     max_batch: at most this many sequences run at once (a request with more runs alone);
     requests beyond it wait their turn, first come first served. Each running sequence holds a
     KV cache (up to n_ctx positions).
+    prefill_chunk: at most this many prompt tokens a step (0: whole prompts), so a long prompt
+    runs in pieces beside the running sequences instead of stalling them for its whole prefill.
+    Outputs are the same either way.
     """
 
-    def __init__(self, model, max_batch: int = DEFAULT_MAX_BATCH):
+    def __init__(self, model, max_batch: int = DEFAULT_MAX_BATCH, prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
         if not hasattr(model, "_core") or model._core is None:
             raise TypeError("model must be an open pygpt.Model (from pygpt.load)")
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+        if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 0:
+            raise ValueError(f"prefill_chunk must be an integer >= 0 (0: whole prompts), got {prefill_chunk!r}")
         self.model = model
         self.max_batch = max_batch
+        self.prefill_chunk = prefill_chunk
         self._cv = threading.Condition()
         self._waiting: collections.deque = collections.deque()
         self._closed = False
@@ -305,7 +315,13 @@ class Batcher:
     def _schedule(self, active: list) -> None:
         """The scheduler loop; active: the jobs in the batch (for _run, should this fail)."""
         tok = self.model.tokenizer._core if self.model.tokenizer is not None else None
-        gen = _core.Generation(self.model._core, tok)
+
+        def new_batch():
+            gen = _core.Generation(self.model._core, tok)
+            gen.prefill_chunk = self.prefill_chunk
+            return gen
+
+        gen = new_batch()
         running = 0  # sequences of the active jobs
         while True:
             with self._cv:
@@ -347,14 +363,16 @@ class Batcher:
                     job._finish(error=e)
                 active.clear()
                 running = 0
-                gen = _core.Generation(self.model._core, tok)
+                gen = new_batch()
                 continue
             self.steps += 1
             now = time.perf_counter()
             for job in list(active):
                 ids = range(job.first, job.first + job.req.n_sequences)
-                if job.t_first is None:  # this step ran its prompt
-                    job.t_first, job.prefill_seconds = now, now - t0
+                if job.t_start is None:  # its first step
+                    job.t_start = t0
+                if job.t_first is None and gen.started(job.first):  # its first token
+                    job.t_first = now
                 if job.sink is not None:
                     piece = gen.take_text(job.first)
                     if piece:
@@ -378,7 +396,7 @@ class Batcher:
         results = [gen.result(i) for i in range(job.first, job.first + job.req.n_sequences)]
         started = sum(1 for r in results if r["tokens"])
         return Timings(prefill_tokens=sum(len(p) for p in job.req.prompts),
-                       prefill_seconds=job.prefill_seconds,
+                       prefill_seconds=job.t_first - job.t_start,
                        decode_tokens=sum(len(r["tokens"]) for r in results) - started,
                        decode_seconds=now - job.t_first,
                        time_to_first_token=job.t_first - job.t_submit,

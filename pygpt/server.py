@@ -1,7 +1,8 @@
 """`pygpt serve`: an OpenAI-compatible completions endpoint over one model, on the standard
 library's threading HTTP server. Each request has its own thread; their generations run
 together in one pygpt.Batcher (continuous batching: one forward call a step for every running
-sequence, a request joining between two steps), at most --max-batch sequences at once.
+sequence, a request joining between two steps), at most --max-batch sequences at once, long
+prompts run --prefill-chunk tokens a step.
 
     POST /v1/completions   {"prompt": "Once upon a time", "max_tokens": 50, "temperature": 0.8,
                             "stream": false, ...}: OpenAI's completions request and response
@@ -26,7 +27,7 @@ import secrets
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .batching import DEFAULT_MAX_BATCH, Batcher
+from .batching import DEFAULT_MAX_BATCH, DEFAULT_PREFILL_CHUNK, Batcher
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -224,11 +225,12 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, model, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
-                 verbose: bool = False, max_batch: int = DEFAULT_MAX_BATCH):
+                 verbose: bool = False, max_batch: int = DEFAULT_MAX_BATCH,
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
         import os
 
         self.model = model
-        self.batcher = Batcher(model, max_batch=max_batch)
+        self.batcher = Batcher(model, max_batch=max_batch, prefill_chunk=prefill_chunk)
         self.model_name = name or os.path.basename(os.path.normpath(model.path))
         self.created = int(time.time())
         self.verbose = verbose
@@ -250,6 +252,9 @@ def add_arguments(p) -> None:
                    help="KV cache type (default: auto)")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
                    help="most sequences generated at once; more requests wait (default: %(default)s)")
+    p.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK, metavar="N",
+                   help="most prompt tokens a step runs, so that long prompts do not stall the others; "
+                        "0: whole prompts (default: %(default)s)")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
 
 
@@ -258,7 +263,8 @@ def run(args) -> int:
     from .model import load
 
     model = load(args.model, n_threads=args.threads, kv_cache=args.kv_cache)
-    server = Server(model, args.host, args.port, verbose=args.verbose, max_batch=args.max_batch)
+    server = Server(model, args.host, args.port, verbose=args.verbose, max_batch=args.max_batch,
+                    prefill_chunk=args.prefill_chunk)
     host, port = server.server_address[:2]
     print(f"pygpt: serving {server.model_name} on http://{host}:{port}/v1/completions", flush=True)
     try:

@@ -26,6 +26,7 @@ import urllib.request
 import pytest
 
 import pygpt
+import pygpt.batching
 from pygpt import _core
 from pygpt import server as pygpt_server
 from pygpt.batching import BatchedStream, Job
@@ -168,11 +169,14 @@ def varied_requests(model):
 # -- outputs are model.generate's ----------------------------------------------------------------
 
 
-def test_requests_joining_a_running_batch_get_generates_outputs(model):
+# the shipped model's context is 256: the default chunk runs every prompt whole; 7 and 64 cut
+# the long ones into pieces
+@pytest.mark.parametrize("prefill_chunk", [pygpt.batching.DEFAULT_PREFILL_CHUNK, 64, 7])
+def test_requests_joining_a_running_batch_get_generates_outputs(model, prefill_chunk):
     reqs = varied_requests(model)
     background = dict(num_return_sequences=8, max_new_tokens=250, temperature=1.0, ignore_eos=True, seed=0)
     results, joined, errors = {}, {}, []
-    with pygpt.Batcher(model) as b:
+    with pygpt.Batcher(model, prefill_chunk=prefill_chunk) as b:
         bg = b.submit("Once upon a time", **background)
 
         def one(i, name, prompt, options):
@@ -551,6 +555,40 @@ def test_generation_takes_requests_at_any_time(model):
     assert_same(c.outputs(gen, first_c)[0], model.generate("Hello", **c_opts))
 
 
+def test_generation_prefill_chunk_runs_a_long_prompt_beside_the_running_sequences(model):
+    """With prefill_chunk c, a prompt that joins runs c tokens a step while the running sequence
+    gets a token every step; outputs (prompt logprobs included) are generate's."""
+    ids = model.tokenizer.encode("It was the best of times, it was the worst of times, " * 20)[:200]
+    assert len(ids) == 200
+    gen = new_generation(model)
+    gen.prefill_chunk = 16
+    options_a = dict(max_new_tokens=60, temperature=0.9, seed=2, ignore_eos=True)
+    options_b = dict(max_new_tokens=5, echo=True, logprobs=True, top_logprobs=2, num_return_sequences=2, seed=3,
+                     temperature=1.0)
+    req_a, a = add(gen, model, "Once upon a time", **options_a)
+    gen.step()
+    req_b, b = add(gen, model, ids, **options_b)
+    for k in range(12):  # 12 pieces of 16 tokens: 192 of 200
+        gen.step()
+        assert not gen.started(b) and not gen.started(b + 1)
+        assert len(gen.result(a)["tokens"]) == 2 + k  # a token every step
+    gen.step()  # the last 8 prompt tokens, and the first tokens of both samples
+    assert gen.started(b) and gen.started(b + 1) and len(gen.result(b)["tokens"]) == 1
+    step_to_end(gen)
+    assert_same(req_a.shape(req_a.outputs(gen, a)), model.generate("Once upon a time", **options_a))
+    assert_same(req_b.shape(req_b.outputs(gen, b)), model.generate(ids, **options_b))
+
+
+def test_prefill_chunk_must_be_a_count(model):
+    gen = new_generation(model)
+    assert gen.prefill_chunk == 0  # whole prompts unless asked
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        gen.prefill_chunk = -1
+    for bad in (-1, 1.5, True, None):
+        with pytest.raises(ValueError, match="prefill_chunk"):
+            pygpt.Batcher(model, prefill_chunk=bad)
+
+
 def test_generation_remove_drops_a_running_sequence(model):
     gen = new_generation(model)
     opts = dict(max_new_tokens=25, num_return_sequences=3, temperature=1.0, seed=4)
@@ -677,9 +715,9 @@ def test_a_stream_whose_client_goes_away_is_cancelled(server, model):
     assert steps < 200  # the stream did not run its 250 tokens
 
 
-def test_serve_refuses_a_bad_max_batch(pygpt_cmd):
-    for value in ("0", "-3"):
-        r = subprocess.run(pygpt_cmd + ["serve", "--port", "0", "--max-batch", value], capture_output=True,
-                           text=True, timeout=60)
-        assert r.returncode != 0
-        assert "Traceback" not in r.stderr and "max_batch" in r.stderr.replace("-", "_"), r.stderr
+@pytest.mark.parametrize("option, value", [("--max-batch", "0"), ("--max-batch", "-3"), ("--prefill-chunk", "-1")])
+def test_serve_refuses_a_bad_batcher_setting(pygpt_cmd, option, value):
+    r = subprocess.run(pygpt_cmd + ["serve", "--port", "0", option, value], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and option[2:].replace("-", "_") in r.stderr.replace("-", "_"), r.stderr

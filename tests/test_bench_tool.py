@@ -330,3 +330,19 @@ def test_bench_serve_compares_taking_turns_with_a_batcher(load_tool, tmp_path, c
     monkeypatch.setattr(pygpt.Batcher, "generate", lambda self, prompt, **kw: real(self, prompt, **dict(kw, seed=99)))
     with pytest.raises(SystemExit, match="batched gave other tokens"):
         bench_serve.main(args)
+
+
+def test_bench_serve_join_compares_prefill_chunk_settings(load_tool, tmp_path, capsys):
+    """--join: a long prompt joins running streams under each prefill_chunk; a row each."""
+    from pygpt.model import DEFAULT_MODEL_DIR
+
+    bench_serve = load_tool("bench_serve")
+    text = tmp_path / "t.txt"
+    text.write_text("It was the best of times, it was the worst of times. " * 20)
+    assert bench_serve.main([DEFAULT_MODEL_DIR, "--text", str(text), "--clients", "", "--prompt", "8", "--new", "30",
+                             "--rounds", "1", "--threads", "1", "--join", "40", "--prefill-chunks", "0,8"]) == 0
+    out = capsys.readouterr().out
+    assert "| clients |" not in out  # no client table asked for
+    rows = [r.split(" | ") for r in out.splitlines() if r.startswith(f"| {DEFAULT_MODEL_DIR} |")]
+    assert [r[1] for r in rows] == ["whole", "8"]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 and float(r[4].rstrip(" |")) > 0 for r in rows)

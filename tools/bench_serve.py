@@ -11,6 +11,11 @@ every request's tokens must be the same in both modes (the script stops otherwis
 Prints a markdown table: generated tokens per second of wall time, the mean request latency
 and time to first token (medians over rounds), and batched against turns.
 
+With --join N, a second table: while 4 streams run, a request with an N-token prompt joins;
+for each --prefill-chunks setting (the Batcher's prefill_chunk; 0 = whole prompts), the
+longest wait between two text pieces of the running streams, the joining request's time
+to first token, and its time to first token alone (medians over rounds).
+
     python tools/bench_serve.py /tmp/pygpt-bench/pygpt-124M-f32 --text corpus.txt --clients 1,4,8
 """
 
@@ -53,17 +58,50 @@ def run_clients(call, requests_per_client):
     return wall, [r for rs in results for r in rs]
 
 
+def join_while_streaming(batcher, stream_kwargs, join_kwargs):
+    """Runs the streams, lets a request join once each has given a piece; returns (longest gap
+    between two pieces of a stream, the joining request's output)."""
+    started = threading.Barrier(len(stream_kwargs) + 1, timeout=300)
+    gaps = []
+
+    def client(kwargs):
+        last, longest = None, 0.0
+        with batcher.stream(**kwargs) as stream:
+            for piece in stream:
+                now = time.perf_counter()
+                if last is None:
+                    started.wait()
+                else:
+                    longest = max(longest, now - last)
+                last = now
+        gaps.append(longest)
+
+    threads = [threading.Thread(target=client, args=(kw,)) for kw in stream_kwargs]
+    for t in threads:
+        t.start()
+    started.wait()
+    out = batcher.generate(**join_kwargs)
+    for t in threads:
+        t.join()
+    return max(gaps), out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", metavar="DIR", help="pygpt model folders")
     ap.add_argument("--text", required=True, help="a text file the prompts are cut from")
-    ap.add_argument("--clients", default="1,4,8", help="concurrent clients, comma-separated (default: %(default)s)")
+    ap.add_argument("--clients", default="1,4,8",
+                    help="concurrent clients, comma-separated; '' for none (default: %(default)s)")
     ap.add_argument("--requests", type=int, default=2, help="requests per client (default: %(default)s)")
     ap.add_argument("--prompt", type=int, default=32, help="prompt tokens (default: %(default)s)")
     ap.add_argument("--new", type=int, default=64, help="new tokens per request (default: %(default)s)")
     ap.add_argument("--rounds", type=int, default=3, help="default: %(default)s")
     ap.add_argument("--threads", type=int, default=None, help="default: physical cores")
     ap.add_argument("--max-batch", type=int, default=16, help="the Batcher's max_batch (default: %(default)s)")
+    ap.add_argument("--join", type=int, default=0, metavar="N",
+                    help="also: a request with an N-token prompt joins 4 running streams (default: off)")
+    ap.add_argument("--prefill-chunks", default="0,64,256",
+                    help="prefill_chunk settings for --join (default: %(default)s)")
     args = ap.parse_args(argv)
 
     import pygpt
@@ -73,9 +111,10 @@ def main(argv=None) -> int:
         text = f.read()
     print(f"{args.requests} requests per client, {args.prompt}-token prompts, {args.new} new tokens each, "
           f"{args.rounds} rounds, {time.strftime('%Y-%m-%d %H:%M')}\n")
-    print("| model | clients | mode | tokens/s | latency s | first token s | batched against turns |")
-    print("|---|---|---|---|---|---|---|")
-    for path in args.models:
+    if clients:
+        print("| model | clients | mode | tokens/s | latency s | first token s | batched against turns |")
+        print("|---|---|---|---|---|---|---|")
+    for path in args.models if clients else []:
         model = pygpt.load(path, n_threads=args.threads)
         ids = model.tokenizer.encode(text)
         for n in clients:
@@ -100,7 +139,40 @@ def main(argv=None) -> int:
                 tps, lat, ttft = med[mode]
                 ratio = f"{tps / med['turns'][0]:.2f}x tokens/s" if mode == "batched" else ""
                 print(f"| {path} | {n} | {mode} | {tps:.1f} | {lat:.2f} | {ttft:.3f} | {ratio} |", flush=True)
+    if args.join:
+        join(args, text)
     return 0
+
+
+def join(args, text) -> None:
+    import pygpt
+
+    chunks = [int(c) for c in args.prefill_chunks.split(",") if c]
+    print(f"\nA request with a {args.join}-token prompt (8 new tokens) joins 4 streams of {args.new} tokens "
+          f"once each has given a piece; {args.rounds} rounds, medians\n")
+    print("| model | prefill_chunk | longest wait between pieces of a running stream, s | "
+          "joining request's first token, s | the same request alone, s |")
+    print("|---|---|---|---|---|")
+    for path in args.models:
+        model = pygpt.load(path, n_threads=args.threads)
+        ids = model.tokenizer.encode(text)
+        streams = [dict(prompt=ids[i * args.prompt:][:args.prompt], max_new_tokens=args.new, temperature=0.8,
+                        seed=i, ignore_eos=True) for i in range(4)]
+        joining = dict(prompt=ids[-args.join:], max_new_tokens=8, ignore_eos=True)
+        figures = {c: [] for c in chunks}
+        want = None
+        for _ in range(args.rounds):
+            for c in chunks:
+                with pygpt.Batcher(model, max_batch=args.max_batch, prefill_chunk=c) as batcher:
+                    alone = batcher.generate(**joining)
+                    gap, out = join_while_streaming(batcher, streams, joining)
+                if out.tokens != alone.tokens or (want is not None and out.tokens != want):
+                    raise SystemExit(f"{path}: prefill_chunk {c} gave other tokens")
+                want = out.tokens
+                figures[c].append((gap, out.timings.time_to_first_token, alone.timings.time_to_first_token))
+        for c, fs in figures.items():
+            gap, ttft, alone = (statistics.median(f[i] for f in fs) for i in range(3))
+            print(f"| {path} | {c or 'whole'} | {gap:.3f} | {ttft:.3f} | {alone:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
