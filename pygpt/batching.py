@@ -34,7 +34,7 @@ from .generation import GenerationOutput, Timings, _Request, _stream_request
 DEFAULT_MAX_BATCH = 16
 # prompt tokens a step runs at most: a long prompt that joins delays the running sequences'
 # next token by this much prefill, not all of its own (124M: 256-token pieces cost the prompt
-# no measurable time against whole, 64-token ones about 10%; BENCHMARKS.md)
+# no measurable time against whole, 64-token ones 5-13%; BENCHMARKS.md "Continuous batching")
 DEFAULT_PREFILL_CHUNK = 256
 
 
