@@ -24,6 +24,7 @@ nice cmake --build "$build" -j"${JOBS:-2}"
 
 rm -rf "$stage" && mkdir -p "$stage/pygpt"
 cp pygpt/*.py "$stage/pygpt/"
+ln -s "$PWD/pygpt/default_model" "$stage/pygpt/default_model"  # the shipped model, for the tests that load it
 cp "$build"/_core*.so "$stage/pygpt/"
 
 # libstdc++ too: python is not linked against it, and ASan's __cxa_throw interceptor must find
