@@ -6,6 +6,7 @@ Errors are reported as one line on stderr with a non-zero exit status, never a t
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import sys
 
@@ -54,6 +55,20 @@ def _load(path, threads, kv_cache="auto"):
     return pygpt.load(path, n_threads=threads, kv_cache=kv_cache)
 
 
+def _sampling_options(args) -> dict:
+    """generate options from the sampling and stopping arguments (all but the seed)."""
+    temperature = args.temperature
+    if temperature is None:  # beam search is deterministic: it samples only when asked to (and fails)
+        temperature = 0.0 if getattr(args, "num_beams", 1) > 1 else CLI_TEMPERATURE
+    return dict(
+        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, temperature=temperature,
+        top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, typical_p=args.typical_p,
+        repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+        stop=args.stop or None, ignore_eos=args.ignore_eos, echo=args.echo,
+        truncate="left" if args.truncate else None, prompt_lookup_num_tokens=args.prompt_lookup)
+
+
 # -- subcommands ---------------------------------------------------------------------------------
 
 
@@ -62,16 +77,7 @@ def cmd_generate(args) -> int:
     model = _load(args.model, args.threads, args.kv_cache)
     if model.tokenizer is None:
         raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
-    temperature = args.temperature
-    if temperature is None:  # beam search is deterministic: it samples only when asked to (and fails)
-        temperature = 0.0 if args.num_beams > 1 else CLI_TEMPERATURE
-    options = dict(
-        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, temperature=temperature,
-        top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, typical_p=args.typical_p,
-        repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
-        frequency_penalty=args.frequency_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
-        stop=args.stop or None, ignore_eos=args.ignore_eos, seed=args.seed, echo=args.echo,
-        truncate="left" if args.truncate else None, prompt_lookup_num_tokens=args.prompt_lookup)
+    options = dict(_sampling_options(args), seed=args.seed)
     if args.num_beams > 1:  # the best beam is known at the end: print it then
         out = model.generate(prompt, num_beams=args.num_beams, length_penalty=args.length_penalty, **options)
         wrote = out.text
@@ -91,6 +97,103 @@ def cmd_generate(args) -> int:
         drafts = f", {t.accepted_draft_tokens} of {t.draft_tokens} draft tokens right" if t.draft_tokens else ""
         _write(sys.stderr, f"[{len(out.tokens)} tokens, finish_reason={out.finish_reason}{score}{drafts}; {t}]\n")
     return 0
+
+
+def _batch_lines(f):
+    """(line number, the input's JSON object) for each non-empty line of a batch input file."""
+    import json
+
+    for number, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        if not line.startswith("{"):
+            yield number, {"prompt": line.rstrip("\r\n")}
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CliError(f"line {number}: not JSON: {e.msg}") from None
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+            raise CliError(f"line {number}: a JSON line must be an object with a \"prompt\" string")
+        yield number, item
+
+
+def cmd_batch(args) -> int:
+    """Generates a continuation of every prompt of a file, in one continuous batch, and writes
+    one JSON line each, in the input's order."""
+    import json
+    import time
+
+    import pygpt
+    from .generation import _Request
+
+    model = _load(args.model, args.threads, args.kv_cache)
+    if model.tokenizer is None:
+        raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
+    options = _sampling_options(args)
+    _Request(model, [0], seed=0, **options)  # a bad option fails here, once, not on every line
+    seed = args.seed
+    try:
+        src = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
+    except OSError as e:
+        raise CliError(f"{args.input}: {e.strerror}") from None
+    dst = sys.stdout if args.output is None else open(args.output, "w", encoding="utf-8")
+    failed = done = tokens = 0
+    t0 = time.perf_counter()
+
+    def write(number, item, job):
+        nonlocal failed, done, tokens
+        try:
+            out = job.result()
+            item.update(text=out.text, finish_reason=out.finish_reason,
+                        generated_tokens=len(out.tokens) - (len(out.prompt_tokens) if args.echo else 0))
+            tokens += item["generated_tokens"]
+        except (ValueError, TypeError, MemoryError) as e:
+            item["error"] = str(e) or type(e).__name__
+            failed += 1
+        done += 1
+        dst.write(json.dumps(item, ensure_ascii=False) + "\n")
+        dst.flush()
+
+    pending = collections.deque()  # (line number, item, job), in the input's order
+    window = 4 * args.max_batch    # submitted ahead of the line being written
+    try:
+        with src, pygpt.Batcher(model, max_batch=args.max_batch, prefill_chunk=args.prefill_chunk) as batcher:
+            for number, item in _batch_lines(src):
+                line_seed = None if seed is None else (seed + number) % 2 ** 64
+                try:
+                    job = batcher.submit(item["prompt"], seed=line_seed, **options)
+                except (ValueError, TypeError) as e:
+                    job = _Failed(e)
+                pending.append((number, item, job))
+                while len(pending) > window or (pending and pending[0][2].done()):
+                    write(*pending.popleft())
+            while pending:
+                write(*pending.popleft())
+    except UnicodeDecodeError as e:
+        raise CliError(f"{args.input}: not UTF-8 text ({e.reason})") from None
+    finally:
+        if dst is not sys.stdout:
+            dst.close()
+    if args.stats:
+        seconds = time.perf_counter() - t0
+        _write(sys.stderr, f"[{done} prompts, {tokens} tokens in {seconds:.2f} s: {tokens / seconds:.1f} tok/s]\n")
+    if failed:
+        raise CliError(f"{failed} of {done} prompts failed (see their \"error\")")
+    return 0
+
+
+class _Failed:
+    """A batch line refused before it was queued: a Job's face on its error."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def done(self) -> bool:
+        return True
+
+    def result(self):
+        raise self.error
 
 
 def _huge_pages(model) -> str:
@@ -166,6 +269,49 @@ def _non_negative_int(text):
     return v
 
 
+def _add_decoding_arguments(g, seed_help: str) -> None:
+    """The options generate and batch share: length, sampling, stopping and output."""
+    g.add_argument("-n", "--max-new-tokens", type=_non_negative_int, default=CLI_MAX_NEW_TOKENS, metavar="N",
+                   help="generate at most N tokens; fewer at the end of the context (default: %(default)s)")
+    s = g.add_argument_group("sampling")
+    s.add_argument("-t", "--temperature", type=float, default=None,
+                   help=f"0 = greedy (default: {CLI_TEMPERATURE}; 0 with --num-beams)")
+    s.add_argument("--top-k", type=int, default=None, help="keep the K most likely tokens (default: off)")
+    s.add_argument("--top-p", type=float, default=CLI_TOP_P, help="nucleus sampling: keep the most likely "
+                                                                  "tokens up to this probability mass; 1 = off (default: %(default)s)")
+    s.add_argument("--min-p", type=float, default=None, help="drop tokens less likely than this times the top one (default: off)")
+    s.add_argument("--typical-p", type=float, default=None, help="typical sampling: keep this mass of the most typical tokens (default: off)")
+    s.add_argument("--repetition-penalty", type=float, default=None,
+                   help="> 1 discourages tokens already in the text (default: off)")
+    s.add_argument("--presence-penalty", type=float, default=None, help="subtract this from the logit of every token generated so far (default: 0)")
+    s.add_argument("--frequency-penalty", type=float, default=None, help="subtract this times its count from the logit of every generated token (default: 0)")
+    s.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N", help="never repeat an N-gram (default: off)")
+    s.add_argument("--seed", type=int, default=None, help=seed_help)
+    s.add_argument("--prompt-lookup", type=_non_negative_int, default=None, metavar="N",
+                   help="also check N draft tokens a step, copied from where the last tokens occurred "
+                        "before: faster when the text repeats its input; greedy gives the same text "
+                        "(default: off)")
+    st = g.add_argument_group("stopping and output")
+    st.add_argument("--min-new-tokens", type=_non_negative_int, default=0, metavar="N",
+                    help="do not end (eos or stop tokens) before N tokens (default: %(default)s)")
+    st.add_argument("--stop", action="append", metavar="TEXT",
+                    help="stop when the text contains TEXT (not printed); may be repeated")
+    st.add_argument("--ignore-eos", action="store_true", help="keep going past <|endoftext|>")
+    st.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
+    st.add_argument("--truncate", action="store_true",
+                    help="drop the start of a prompt too long for the context instead of failing")
+    st.add_argument("--stats", action="store_true",
+                    help="print token counts, finish reason and speed to stderr at the end")
+
+
+def _add_runtime_arguments(g) -> None:
+    g.add_argument("--threads", type=_positive_int, default=None, help="threads (default: physical cores)")
+    g.add_argument("--kv-cache", choices=("auto", "f32", "f16", "int8"), default="auto",
+                   help="how the KV cache stores keys and values; f16 halves its memory and reads, int8 (a scale per "
+                        "position and head) leaves 27%%; auto: f32 for "
+                        "f32 weights, f16 for bf16/f16, int8 for int8/int4 (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pygpt", description="Fast CPU inference for GPT-2.",
@@ -185,27 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", metavar="PROMPT", help="the text to continue; '-' reads it from stdin "
                                                    "(one trailing newline is dropped)")
     g.add_argument("-m", "--model", metavar="DIR", default=None, help=model_help)
-    g.add_argument("-n", "--max-new-tokens", type=_non_negative_int, default=CLI_MAX_NEW_TOKENS, metavar="N",
-                   help="generate at most N tokens; fewer at the end of the context (default: %(default)s)")
-    s = g.add_argument_group("sampling")
-    s.add_argument("-t", "--temperature", type=float, default=None,
-                   help=f"0 = greedy (default: {CLI_TEMPERATURE}; 0 with --num-beams)")
-    s.add_argument("--top-k", type=int, default=None, help="keep the K most likely tokens (default: off)")
-    s.add_argument("--top-p", type=float, default=CLI_TOP_P, help="nucleus sampling: keep the most likely "
-                                                                  "tokens up to this probability mass; 1 = off (default: %(default)s)")
-    s.add_argument("--min-p", type=float, default=None, help="drop tokens less likely than this times the top one (default: off)")
-    s.add_argument("--typical-p", type=float, default=None, help="typical sampling: keep this mass of the most typical tokens (default: off)")
-    s.add_argument("--repetition-penalty", type=float, default=None,
-                   help="> 1 discourages tokens already in the text (default: off)")
-    s.add_argument("--presence-penalty", type=float, default=None, help="subtract this from the logit of every token generated so far (default: 0)")
-    s.add_argument("--frequency-penalty", type=float, default=None, help="subtract this times its count from the logit of every generated token (default: 0)")
-    s.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N", help="never repeat an N-gram (default: off)")
-    s.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text "
-                                                         "(default: a new one each run)")
-    s.add_argument("--prompt-lookup", type=_non_negative_int, default=None, metavar="N",
-                   help="also check N draft tokens a step, copied from where the last tokens occurred "
-                        "before: faster when the text repeats its input; greedy gives the same text "
-                        "(default: off)")
+    _add_decoding_arguments(g, "random seed: the same seed gives the same text (default: a new one each run)")
     b = g.add_argument_group("beam search")
     b.add_argument("--num-beams", type=_positive_int, default=1, metavar="N",
                    help="> 1: search N beams for the most likely continuation (deterministic; printed "
@@ -213,23 +339,30 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--length-penalty", type=float, default=1.0,
                    help="a beam scores its log-probability / length ** this: > 0 favours longer "
                         "sequences (default: %(default)s)")
-    st = g.add_argument_group("stopping and output")
-    st.add_argument("--min-new-tokens", type=_non_negative_int, default=0, metavar="N",
-                    help="do not end (eos or stop tokens) before N tokens (default: %(default)s)")
-    st.add_argument("--stop", action="append", metavar="TEXT",
-                    help="stop when the text contains TEXT (not printed); may be repeated")
-    st.add_argument("--ignore-eos", action="store_true", help="keep going past <|endoftext|>")
-    st.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
-    st.add_argument("--truncate", action="store_true",
-                    help="drop the start of a prompt too long for the context instead of failing")
-    st.add_argument("--stats", action="store_true",
-                    help="print token counts, finish reason and speed to stderr at the end")
-    g.add_argument("--threads", type=_positive_int, default=None, help="threads (default: physical cores)")
-    g.add_argument("--kv-cache", choices=("auto", "f32", "f16", "int8"), default="auto",
-                   help="how the KV cache stores keys and values; f16 halves its memory and reads, int8 (a scale per "
-                        "position and head) leaves 27%%; auto: f32 for "
-                        "f32 weights, f16 for bf16/f16, int8 for int8/int4 (default: %(default)s)")
+    _add_runtime_arguments(g)
     g.set_defaults(func=cmd_generate)
+
+    from . import batching
+
+    bt = sub.add_parser(
+        "batch", help="continue every prompt of a file, in one continuous batch, to JSON lines",
+        description="Continue every prompt of FILE and write one JSON line each, in FILE's order: the input "
+                    "line's object with text, finish_reason and generated_tokens added (or error, for a prompt "
+                    "refused). A line of FILE is a JSON object with a \"prompt\" string (its other keys are "
+                    "copied to the output), or, if it does not start with '{', the prompt itself. The prompts "
+                    "run together, --max-batch sequences at a time (pygpt.Batcher). The same options as "
+                    "generate, without beam search.")
+    bt.add_argument("input", metavar="FILE", help="prompts, one a line; '-' reads stdin")
+    bt.add_argument("-o", "--output", metavar="FILE", default=None, help="write the JSON lines here (default: stdout)")
+    bt.add_argument("-m", "--model", metavar="DIR", default=None, help=model_help)
+    _add_decoding_arguments(bt, "random seed: line k samples with seed + k, so a run can be repeated "
+                                "(default: a new one each run)")
+    bt.add_argument("--max-batch", type=_positive_int, default=batching.DEFAULT_MAX_BATCH, metavar="N",
+                    help="most sequences generated at once (default: %(default)s)")
+    bt.add_argument("--prefill-chunk", type=_non_negative_int, default=batching.DEFAULT_PREFILL_CHUNK, metavar="N",
+                    help="most prompt tokens a step runs; 0: whole prompts (default: %(default)s)")
+    _add_runtime_arguments(bt)
+    bt.set_defaults(func=cmd_batch)
 
     i = sub.add_parser("info", help="show a model's configuration, size, ISA path and threads",
                        description="Show a model's configuration, data type, file size, the SIMD path (ISA) "

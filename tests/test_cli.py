@@ -77,7 +77,7 @@ def test_generate_help_states_the_sampling_defaults(pygpt_cmd):
         assert option in out
 
 
-@pytest.mark.parametrize("command", ["info", "tokenize"])
+@pytest.mark.parametrize("command", ["info", "tokenize", "batch"])
 def test_subcommand_help(pygpt_cmd, command):
     r = run(pygpt_cmd, command, "--help")
     assert r.returncode == 0 and b"DIR" in r.stdout
@@ -288,3 +288,82 @@ def test_convert_command_without_torch_names_the_extra(hf_model_factory, tmp_pat
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert r.returncode == 1 and b"pip install 'pygpt[convert]'" in r.stderr and b"Traceback" not in r.stderr
 
+
+
+# -- batch ----------------------------------------------------------------------------------------
+
+
+def batch_lines(r):
+    import json
+
+    assert r.returncode == 0, r.stderr.decode()
+    return [json.loads(line) for line in r.stdout.decode().splitlines()]
+
+
+def test_batch_writes_generates_text_for_every_line_in_order(pygpt_cmd, model_dir, model, tmp_path):
+    """Every line's text is model.generate's with seed + line number, in the input's order;
+    JSON lines keep their other keys; plain lines are prompts; blank lines are skipped."""
+    import json
+
+    prompts = [PROMPT, "Hello, my dog is", "1 2 3", "The quick brown fox", "Ünïcode ☃ and \"quotes\""]
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": 0, "prompt": prompts[0]}) + "\n" + prompts[1] + "\n\n"
+                   + "".join(json.dumps({"prompt": p, "id": i + 2, "tag": [i]}) + "\n" for i, p in enumerate(prompts[2:])),
+                   encoding="utf-8")
+    numbers = [1, 2, 4, 5, 6]  # the line each prompt is on
+    r = run(pygpt_cmd, "batch", str(src), "-m", model_dir, "-n", "12", "--seed", "5", "--top-k", "20",
+            "--max-batch", "2", "--stop", "\n\n")
+    got = batch_lines(r)
+    assert [g["prompt"] for g in got] == prompts
+    assert got[0]["id"] == 0 and "id" not in got[1] and got[4]["tag"] == [2]
+    for g, p, n in zip(got, prompts, numbers):
+        want = model.generate(p, max_new_tokens=12, temperature=0.8, top_p=0.95, top_k=20, seed=5 + n, stop="\n\n")
+        assert (g["text"], g["finish_reason"], g["generated_tokens"]) == (want.text, want.finish_reason,
+                                                                         len(want.tokens))
+    out = tmp_path / "out.jsonl"
+    again = run(pygpt_cmd, "batch", str(src), "-m", model_dir, "-n", "12", "--seed", "5", "--top-k", "20",
+                "-o", str(out), "--stop", "\n\n", "--stats")
+    assert again.returncode == 0 and again.stdout == b"" and b"5 prompts" in again.stderr
+    assert out.read_text(encoding="utf-8") == r.stdout.decode()  # --max-batch changes nothing
+
+
+def test_batch_reads_stdin_greedy_with_echo(pygpt_cmd, model_dir, model):
+    r = run(pygpt_cmd, "batch", "-", "-m", model_dir, "-n", "6", "-t", "0", "--echo",
+            input=f"{PROMPT}\nHello\n".encode())
+    got = batch_lines(r)
+    for g, p in zip(got, [PROMPT, "Hello"]):
+        want = model.generate(p, max_new_tokens=6, echo=True)
+        assert g["text"] == want.text and g["generated_tokens"] == 6
+
+
+def test_batch_a_refused_prompt_gets_an_error_line_and_the_others_run(pygpt_cmd, model_dir, tmp_path):
+    n_ctx = pygpt.load(model_dir).config["n_ctx"]
+    src = tmp_path / "in.txt"
+    src.write_text("fine\n" + " x" * (n_ctx + 5) + "\nalso fine\n")
+    r = run(pygpt_cmd, "batch", str(src), "-m", model_dir, "-n", "3")
+    assert r.returncode == 1
+    import json
+
+    got = [json.loads(line) for line in r.stdout.decode().splitlines()]
+    assert [("error" in g) for g in got] == [False, True, False]
+    assert "context" in got[1]["error"] and got[2]["generated_tokens"] == 3
+    assert_one_line_error(r, "1 of 3 prompts failed")
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"prompt": 3}\n', 'line 1: a JSON line must be an object with a "prompt" string'),
+    ('ok\n{"prompt": \n', "line 2: not JSON"),
+    (b"\xff\xfe bad\n", "not UTF-8"),
+])
+def test_batch_refuses_a_malformed_file(pygpt_cmd, model_dir, tmp_path, content, message):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert_one_line_error(run(pygpt_cmd, "batch", str(src), "-m", model_dir), message)
+
+
+def test_batch_missing_file_and_bad_options(pygpt_cmd, model_dir, tmp_path):
+    assert_one_line_error(run(pygpt_cmd, "batch", str(tmp_path / "nope.jsonl"), "-m", model_dir), "nope.jsonl")
+    src = tmp_path / "in.txt"
+    src.write_text("hi\n")
+    assert run(pygpt_cmd, "batch", str(src), "--max-batch", "0").returncode == 2  # argparse
+    assert_one_line_error(run(pygpt_cmd, "batch", str(src), "-m", model_dir, "--top-p", "2"), "top_p")
