@@ -73,6 +73,7 @@ py::dict result_dict(const SequenceResult& r) {
     d["score"] = r.has_score ? py::object(py::float_(r.score)) : py::object(py::none());
     d["draft_tokens"] = r.draft_tokens;
     d["accepted_draft_tokens"] = r.accepted_draft_tokens;
+    d["cached_tokens"] = r.cached_tokens;
     return d;
 }
 
@@ -231,6 +232,13 @@ void bind_generate(py::module_& m) {
                 sampling(g).set_prefill_chunk(n);
             },
             "At most this many prompt tokens a step (0: whole prompts); outputs do not change.")
+        .def_property(
+            "prefix_cache", [](PyGeneration& g) { return sampling(g).prefix_cache(); },
+            [](PyGeneration& g, int64_t n) {
+                BusyGuard busy(g.busy);
+                sampling(g).set_prefix_cache(n);
+            },
+            "Finished sequences' caches kept for prompts that share their prefix (0: off; see generate.h).")
         .def_property_readonly("n_live", [](const PyGeneration& g) { return g.gen->n_live(); },
                                "Sequences still running (or waiting for their first step).")
         .def(
@@ -274,6 +282,7 @@ void bind_generate(py::module_& m) {
             d["first_token_seconds"] = t.first_token_seconds;
             d["draft_tokens"] = t.draft_tokens;
             d["accepted_draft_tokens"] = t.accepted_draft_tokens;
+            d["cached_tokens"] = t.cached_tokens;
             return d;
         });
 }

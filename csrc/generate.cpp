@@ -262,8 +262,59 @@ Generation::Seq& Generation::seq(size_t i) const {
 }
 
 void Generation::remove(size_t i) {
-    if (seq(i).live) n_live_--;
+    Seq& s = seq(i);
+    if (s.live) n_live_--;
+    if (s.cache) retire(s);  // between steps a cache holds exactly history[0 : pos]
     seqs_.erase(i);
+}
+
+// A finished (or removed) sequence's cache: kept for prefix caching, or freed (n_ctx positions
+// of keys and values).
+void Generation::retire(Seq& s) {
+    if (prefix_cache_ > 0) {
+        Kept k;
+        k.tokens.assign(s.history.begin(), s.history.begin() + s.cache->pos);  // what the cache ran
+        k.cache = std::move(s.cache);
+        kept_.push_back(std::move(k));
+        while (int64_t(kept_.size()) > prefix_cache_) kept_.pop_front();
+    }
+    s.cache.reset();
+}
+
+// The cache a prompt starts from: with prefix caching, the one that shares its longest prefix
+// (a kept cache is taken over, a running sequence's copied); at least the last prompt token
+// always runs, for its logits row.
+void Generation::start_prompt(Seq& first, const std::vector<Seq*>& running) {
+    int64_t best = 0;
+    size_t kept = kept_.size();  // the kept cache to take over, if < kept_.size()
+    const Seq* source = nullptr;
+    if (prefix_cache_ > 0 && !first.opt().prompt_logprobs) {
+        const int64_t limit = int64_t(first.n_prompt) - 1;
+        auto shared = [&](const std::vector<int32_t>& tokens, int64_t n) {
+            const int64_t m = std::min(n, limit);
+            int64_t k = 0;
+            while (k < m && tokens[k] == first.history[k]) k++;
+            return k;
+        };
+        for (size_t i = 0; i < kept_.size(); i++) {
+            const int64_t n = shared(kept_[i].tokens, int64_t(kept_[i].tokens.size()));
+            if (n > best) best = n, kept = i, source = nullptr;
+        }
+        for (const Seq* r : running) {
+            const int64_t n = shared(r->history, r->cache->pos);
+            if (n > best) best = n, kept = kept_.size(), source = r;
+        }
+    }
+    if (kept < kept_.size()) {
+        first.cache = std::move(kept_[kept].cache);
+        first.cache->pos = best;
+        kept_.erase(kept_.begin() + int64_t(kept));
+    } else {
+        first.cache = model_.new_cache();  // allocated here, without the GIL
+        if (source) first.cache->copy_from(*source->cache, 0, best);
+    }
+    first.r.cached_tokens = best;
+    timings_.cached_tokens += best;
 }
 
 bool Generation::started(size_t i) const { return seq(i).started; }
@@ -272,6 +323,12 @@ bool Generation::finished(size_t i) const { return !seq(i).live; }
 void Generation::set_prefill_chunk(int64_t n) {
     if (n < 0) throw std::invalid_argument("prefill_chunk must be >= 0 (0: whole prompts)");
     prefill_chunk_ = n;
+}
+
+void Generation::set_prefix_cache(int64_t n) {
+    if (n < 0) throw std::invalid_argument("prefix_cache must be >= 0 (0: off)");
+    prefix_cache_ = n;
+    while (int64_t(kept_.size()) > prefix_cache_) kept_.pop_front();
 }
 
 const SequenceResult& Generation::result(size_t i) const { return seq(i).r; }
@@ -310,7 +367,7 @@ void Generation::advance() {
     for (auto& group : waiting) {
         if (budget == 0) break;
         Seq& first = *group[0];
-        if (!first.cache) first.cache = model_.new_cache();  // allocated here, without the GIL
+        if (!first.cache) start_prompt(first, running);
         const int64_t at = first.cache->pos;
         const int64_t n = std::min(int64_t(first.n_prompt) - at, budget);
         budget -= n;
@@ -344,6 +401,7 @@ void Generation::advance() {
             if (s != &first) {
                 s->r.prompt_logprobs = first.r.prompt_logprobs;
                 s->r.prompt_top_logprobs = first.r.prompt_top_logprobs;
+                s->r.cached_tokens = first.r.cached_tokens;
                 if (!no_room) {
                     s->cache = model_.new_cache();
                     s->cache->copy_from(*first.cache);
@@ -384,7 +442,10 @@ void Generation::advance() {
         timings_.accepted_draft_tokens += s.accepted;
     }
     n_live_ = 0;
-    for (const auto& [id, s] : seqs_) n_live_ += s->live;
+    for (const auto& [id, s] : seqs_) {
+        n_live_ += s->live;
+        if (!s->live && s->cache) retire(*s);
+    }
     // a step that ran prompts counts as prefill (the first step of one request: exactly that)
     if (fresh.empty()) {
         timings_.decode_seconds += seconds_since(t0);
@@ -446,7 +507,7 @@ void Generation::take(Seq& s, const float* rows, size_t n) {
     if (n == 1) return;
     s.r.draft_tokens += int64_t(n) - 1;
     s.r.accepted_draft_tokens += s.accepted;
-    if (s.live) s.cache->pos -= int64_t(n) - s.taken;  // the call appended all n
+    s.cache->pos -= int64_t(n) - s.taken;  // the call appended all n
     // the next draft: 2 longer after a draft taken whole, as long as what was right after a miss
     const int64_t right = s.taken - 1, drafted = int64_t(n) - 1;
     s.draft_len = right == drafted ? std::min(s.opt().prompt_lookup_num_tokens, s.draft_len + 2)
@@ -503,8 +564,7 @@ void Generation::accept(Seq& s, int32_t token) {
 
 void Generation::finish(Seq& s, const char* reason) {
     s.live = false;
-    s.r.finish_reason = reason;
-    s.cache.reset();  // frees n_ctx positions of keys and values
+    s.r.finish_reason = reason;  // its cache is retired after the step (it may be kept)
     release_text(s, true);
 }
 

@@ -22,6 +22,7 @@
 #pragma once
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -81,6 +82,8 @@ struct SequenceResult {
     double score = 0.0;
     // prompt lookup: draft tokens proposed for this sequence, and those taken
     int64_t draft_tokens = 0, accepted_draft_tokens = 0;
+    // prefix caching: prompt tokens whose keys and values came from another sequence's cache
+    int64_t cached_tokens = 0;
 };
 
 struct Timings {
@@ -91,6 +94,7 @@ struct Timings {
     double first_token_seconds = 0;  // from the start of generate to the first token
     int64_t draft_tokens = 0;        // prompt lookup: tokens proposed, and those taken
     int64_t accepted_draft_tokens = 0;
+    int64_t cached_tokens = 0;       // prefix caching: prompt tokens not run (not in prefill_tokens)
 };
 
 // What the bindings drive: a Generation or a BeamSearch (make_decoding picks).
@@ -186,6 +190,12 @@ public:
     // n tokens of prefill at most. Outputs do not change (rows never depend on the batch).
     void set_prefill_chunk(int64_t n);
     int64_t prefill_chunk() const { return prefill_chunk_; }
+    // Prefix caching (0: off, the default): a prompt starts from the keys and values of the
+    // longest prefix it shares with a running sequence (copied) or with one of the last n
+    // finished ones, whose caches are kept (taken over), and runs only the rest. Not for a
+    // request with prompt_logprobs, which needs every prompt row. Outputs do not change.
+    void set_prefix_cache(int64_t n);
+    int64_t prefix_cache() const { return prefix_cache_; }
 
     // Text sequence i produced since the last call: valid UTF-8 that can no longer change
     // (unfinished characters and possible starts of a stop string are held back).
@@ -200,6 +210,8 @@ private:
     void prefill() override { advance(); }
     void decode() override { advance(); }
     void advance();
+    void start_prompt(Seq& first, const std::vector<Seq*>& running);
+    void retire(Seq& s);
     Seq& seq(size_t i) const;
     void feed(Seq& s);
     void take(Seq& s, const float* rows, size_t n);
@@ -215,6 +227,12 @@ private:
     std::map<size_t, std::unique_ptr<Seq>> seqs_;  // by id: steps batch them in this order
     size_t next_id_ = 0;
     int64_t prefill_chunk_ = 0;
+    int64_t prefix_cache_ = 0;
+    struct Kept {                       // a finished sequence's cache, for prefix caching
+        std::vector<int32_t> tokens;    // the tokens whose keys and values it holds
+        std::unique_ptr<KVCache> cache;
+    };
+    std::deque<Kept> kept_;             // the last prefix_cache_ ones, oldest first
     std::vector<float> logits_;
 };
 

@@ -54,11 +54,12 @@ KVCache::KVCache(int64_t n_layer_, int64_t n_head_, int64_t n_ctx_, int64_t head
     }
 }
 
-void KVCache::copy_from(const KVCache& o, int64_t from) {
+void KVCache::copy_from(const KVCache& o, int64_t from, int64_t to) {
     if (o.n_layer != n_layer || o.n_head != n_head || o.n_ctx != n_ctx || o.head_dim != head_dim || o.type != type)
         throw std::invalid_argument("KV caches of different models");
-    if (from < 0 || from > std::min(pos, o.pos)) throw std::invalid_argument("KV cache copy from a bad position");
-    const int64_t n = o.pos - from;
+    if (to < 0) to = o.pos;
+    if (from < 0 || from > std::min(pos, to) || to > o.pos) throw std::invalid_argument("KV cache copy of bad positions");
+    const int64_t n = to - from;
     for (int64_t l = 0; l < n_layer; l++)
         for (int64_t h = 0; h < n_head; h++) {
             std::memcpy(k_at(l, h, from), o.k_at(l, h, from), n * head_dim * elem_bytes());
@@ -68,7 +69,7 @@ void KVCache::copy_from(const KVCache& o, int64_t from) {
                 std::memcpy(v_scale_at(l, h, from), o.v_scale_at(l, h, from), n * sizeof(float));
             }
         }
-    pos = o.pos;
+    pos = to;
 }
 
 // ----------------------------------------------------------------------------

@@ -102,9 +102,10 @@ struct KVCache {
     const uint8_t* v_at(int64_t l, int64_t h, int64_t t) const { return v.get() + offset(l, h, t); }
     float* k_scale_at(int64_t l, int64_t h, int64_t t) const { return k_scale.get() + (l * n_head + h) * n_ctx + t; }
     float* v_scale_at(int64_t l, int64_t h, int64_t t) const { return v_scale.get() + (l * n_head + h) * n_ctx + t; }
-    // fork: same prefix, own storage. Positions before `from` are taken as equal already (a
-    // cache that ran the same tokens there holds the same bits: rows never depend on the batch).
-    void copy_from(const KVCache& other, int64_t from = 0);
+    // fork: same prefix, own storage: other's positions [from, to) (to = -1: other.pos), and pos
+    // = to. Positions before `from` are taken as equal already (a cache that ran the same
+    // tokens there holds the same bits: rows never depend on the batch).
+    void copy_from(const KVCache& other, int64_t from = 0, int64_t to = -1);
 
 private:
     int64_t offset(int64_t l, int64_t h, int64_t t) const {

@@ -36,6 +36,8 @@ DEFAULT_MAX_BATCH = 16
 # next token by this much prefill, not all of its own (124M: 256-token pieces cost the prompt
 # no measurable time against whole, 64-token ones 5-13%; BENCHMARKS.md "Continuous batching")
 DEFAULT_PREFILL_CHUNK = 256
+# finished sequences whose KV caches are kept for prompts that start the same way
+DEFAULT_PREFIX_CACHE = 4
 
 
 class BatcherClosed(RuntimeError):
@@ -203,19 +205,27 @@ class Batcher:
     KV cache (up to n_ctx positions).
     prefill_chunk: at most this many prompt tokens a step (0: whole prompts), so a long prompt
     runs in pieces beside the running sequences instead of stalling them for its whole prefill.
-    Outputs are the same either way.
+    prefix_cache: keep the KV caches of this many finished sequences (0: none); a prompt that
+    starts like one of them, or like a running sequence, copies those positions' keys and
+    values instead of running them (a request that continues an earlier one's text, a shared
+    few-shot prefix); timings.cached_tokens counts them. Not for echo with logprobs.
+    Outputs are the same whatever these settings.
     """
 
-    def __init__(self, model, max_batch: int = DEFAULT_MAX_BATCH, prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
+    def __init__(self, model, max_batch: int = DEFAULT_MAX_BATCH, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+                 prefix_cache: int = DEFAULT_PREFIX_CACHE):
         if not hasattr(model, "_core") or model._core is None:
             raise TypeError("model must be an open pygpt.Model (from pygpt.load)")
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
         if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 0:
             raise ValueError(f"prefill_chunk must be an integer >= 0 (0: whole prompts), got {prefill_chunk!r}")
+        if isinstance(prefix_cache, bool) or not isinstance(prefix_cache, int) or prefix_cache < 0:
+            raise ValueError(f"prefix_cache must be an integer >= 0 (0: off), got {prefix_cache!r}")
         self.model = model
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
+        self.prefix_cache = prefix_cache
         self._cv = threading.Condition()
         self._waiting: collections.deque = collections.deque()
         self._closed = False
@@ -319,6 +329,7 @@ class Batcher:
         def new_batch():
             gen = _core.Generation(self.model._core, tok)
             gen.prefill_chunk = self.prefill_chunk
+            gen.prefix_cache = self.prefix_cache
             return gen
 
         gen = new_batch()
@@ -395,7 +406,8 @@ class Batcher:
         and time_to_first_token counts from submit(), the wait for a place included."""
         results = [gen.result(i) for i in range(job.first, job.first + job.req.n_sequences)]
         started = sum(1 for r in results if r["tokens"])
-        return Timings(prefill_tokens=sum(len(p) for p in job.req.prompts),
+        cached = sum(r["cached_tokens"] for r in results[::job.req.options.num_return_sequences])  # a prompt's
+        return Timings(prefill_tokens=sum(len(p) for p in job.req.prompts) - cached, cached_tokens=cached,
                        prefill_seconds=job.t_first - job.t_start,
                        decode_tokens=sum(len(r["tokens"]) for r in results) - started,
                        decode_seconds=now - job.t_first,

@@ -36,6 +36,8 @@ class Timings:
     time_to_first_token: float    # seconds from the start to the first generated token
     draft_tokens: int = 0         # prompt lookup: draft tokens proposed,
     accepted_draft_tokens: int = 0  # and those taken (the token chosen there)
+    cached_tokens: int = 0        # prefix caching (pygpt.Batcher): prompt tokens not run, their
+                                  # keys and values copied from another sequence's cache
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -352,7 +354,8 @@ class _Request:
         if timings is None:
             t = gen.timings
             timings = Timings(t["prefill_tokens"], t["prefill_seconds"], t["decode_tokens"], t["decode_seconds"],
-                              t["first_token_seconds"], t["draft_tokens"], t["accepted_draft_tokens"])
+                              t["first_token_seconds"], t["draft_tokens"], t["accepted_draft_tokens"],
+                              t["cached_tokens"])
         outs = []
         for i in range(first, first + self.n_sequences):
             r = gen.result(i)

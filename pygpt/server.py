@@ -2,7 +2,8 @@
 library's threading HTTP server. Each request has its own thread; their generations run
 together in one pygpt.Batcher (continuous batching: one forward call a step for every running
 sequence, a request joining between two steps), at most --max-batch sequences at once, long
-prompts run --prefill-chunk tokens a step.
+prompts run --prefill-chunk tokens a step, and a prompt that starts like a running or recent
+sequence reuses its keys and values (--prefix-cache; usage.prompt_tokens_details.cached_tokens).
 
     POST /v1/completions   {"prompt": "Once upon a time", "max_tokens": 50, "temperature": 0.8,
                             "stream": false, ...}: OpenAI's completions request and response
@@ -27,7 +28,7 @@ import secrets
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .batching import DEFAULT_MAX_BATCH, DEFAULT_PREFILL_CHUNK, Batcher
+from .batching import DEFAULT_MAX_BATCH, DEFAULT_PREFILL_CHUNK, DEFAULT_PREFIX_CACHE, Batcher
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -169,7 +170,8 @@ class Handler(BaseHTTPRequestHandler):
         completion_tokens = sum(len(o.tokens) - (len(o.prompt_tokens) if options.get("echo") else 0) for o in flat)
         self._send_json(200, {**head, "choices": choices, "usage": {
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}})
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": flat[0].timings.cached_tokens}}})
 
     def _stream(self, it, head) -> None:
         """Server-sent events: a chunk a text piece, then one with the finish reason, then [DONE].
@@ -226,11 +228,11 @@ class Server(ThreadingHTTPServer):
 
     def __init__(self, model, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
                  verbose: bool = False, max_batch: int = DEFAULT_MAX_BATCH,
-                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, prefix_cache: int = DEFAULT_PREFIX_CACHE):
         import os
 
         self.model = model
-        self.batcher = Batcher(model, max_batch=max_batch, prefill_chunk=prefill_chunk)
+        self.batcher = Batcher(model, max_batch=max_batch, prefill_chunk=prefill_chunk, prefix_cache=prefix_cache)
         self.model_name = name or os.path.basename(os.path.normpath(model.path))
         self.created = int(time.time())
         self.verbose = verbose
@@ -255,6 +257,9 @@ def add_arguments(p) -> None:
     p.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK, metavar="N",
                    help="most prompt tokens a step runs, so that long prompts do not stall the others; "
                         "0: whole prompts (default: %(default)s)")
+    p.add_argument("--prefix-cache", type=int, default=DEFAULT_PREFIX_CACHE, metavar="N",
+                   help="keep the KV caches of the last N finished requests, for prompts that start the same "
+                        "way (a client continuing its text); 0: off (default: %(default)s)")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
 
 
@@ -264,7 +269,7 @@ def run(args) -> int:
 
     model = load(args.model, n_threads=args.threads, kv_cache=args.kv_cache)
     server = Server(model, args.host, args.port, verbose=args.verbose, max_batch=args.max_batch,
-                    prefill_chunk=args.prefill_chunk)
+                    prefill_chunk=args.prefill_chunk, prefix_cache=args.prefix_cache)
     host, port = server.server_address[:2]
     print(f"pygpt: serving {server.model_name} on http://{host}:{port}/v1/completions", flush=True)
     try:

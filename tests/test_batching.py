@@ -102,7 +102,9 @@ def assert_timings(got, want, options):
     n = options.get("num_return_sequences", 1)
     echo = options.get("echo", False)
     counts = [generated(o, echo) for o in outs]
-    assert t.prefill_tokens == w.prefill_tokens == sum(len(o.prompt_tokens) for o in outs[::n])
+    # prompt tokens either ran or came from another sequence's cache (prefix caching)
+    assert t.prefill_tokens + t.cached_tokens == w.prefill_tokens == sum(len(o.prompt_tokens) for o in outs[::n])
+    assert w.cached_tokens == 0 and (t.cached_tokens == 0 or not (echo and options.get("logprobs")))
     assert t.decode_tokens == w.decode_tokens == sum(counts) - sum(1 for c in counts if c > 0)
     assert t.draft_tokens == w.draft_tokens
     assert t.accepted_draft_tokens == w.accepted_draft_tokens
@@ -587,6 +589,113 @@ def test_prefill_chunk_must_be_a_count(model):
     for bad in (-1, 1.5, True, None):
         with pytest.raises(ValueError, match="prefill_chunk"):
             pygpt.Batcher(model, prefill_chunk=bad)
+
+
+# -- prefix caching ---------------------------------------------------------------------------------
+
+
+def run_alone(gen, model, prompt, **options):
+    """Adds a request to gen, steps to its end; (its outputs as generate shapes them, result 0)."""
+    req, first = add(gen, model, prompt, **options)
+    step_to_end(gen)
+    return req.shape(req.outputs(gen, first)), gen.result(first)
+
+
+@pytest.mark.parametrize("kv_cache", ["auto", "int8"])
+def test_prefix_cache_continues_a_finished_sequence(kv_cache):
+    """A prompt that extends a finished sequence's tokens takes over its kept cache: every
+    position it ran (all but the last generated token) is cached, and outputs are generate's."""
+    model = pygpt.load(None, n_threads=1, kv_cache=kv_cache)
+    gen = new_generation(model)
+    gen.prefix_cache = 2
+    prompt = model.tokenizer.encode("Once upon a time there was")
+    a, ra = run_alone(gen, model, prompt, max_new_tokens=20, ignore_eos=True)
+    assert ra["cached_tokens"] == 0
+    longer = prompt + a.tokens + model.tokenizer.encode(" and then")
+    options = dict(max_new_tokens=15, temperature=0.9, seed=4, logprobs=True)
+    b, rb = run_alone(gen, model, longer, **options)
+    assert rb["cached_tokens"] == len(prompt) + 20 - 1
+    assert_same(b, model.generate(longer, **options))
+    assert gen.timings["cached_tokens"] == len(prompt) + 19
+    assert gen.timings["prefill_tokens"] == len(prompt) + len(longer) - (len(prompt) + 19)
+
+
+def test_prefix_cache_copies_a_running_sequences_prefix(model):
+    gen = new_generation(model)
+    gen.prefix_cache = 1
+    prompt = model.tokenizer.encode("It was the best of times, it was the worst of times")
+    req_a, a = add(gen, model, prompt, **LONG)
+    for _ in range(3):
+        gen.step()
+    options = dict(max_new_tokens=10, num_return_sequences=3, temperature=1.0, seed=8)
+    req_b, b = add(gen, model, prompt + [11], **options)
+    gen.step()
+    assert [gen.result(b + j)["cached_tokens"] for j in range(3)] == [len(prompt)] * 3
+    assert gen.timings["prefill_tokens"] == len(prompt) + 1  # a's prompt, then b's one new token
+    step_to_end(gen)
+    assert_same(req_b.shape(req_b.outputs(gen, b)), model.generate(prompt + [11], **options))
+    assert_same(req_a.shape(req_a.outputs(gen, a)), model.generate(prompt, **LONG))
+
+
+def test_prefix_cache_keeps_the_last_n_finished_caches(model):
+    tok = model.tokenizer
+    p1, p2 = tok.encode("The king of the north said"), tok.encode("Meanwhile, far away, a dragon")
+    for n, hit in ((1, False), (2, True)):
+        gen = new_generation(model)
+        gen.prefix_cache = n
+        run_alone(gen, model, p1, max_new_tokens=5)
+        run_alone(gen, model, p2, max_new_tokens=5)  # with n = 1 this one's cache evicts p1's
+        _, r = run_alone(gen, model, p1 + [13], max_new_tokens=5)
+        assert (r["cached_tokens"] == len(p1)) == hit, (n, r["cached_tokens"])
+    gen.prefix_cache = 0  # drops what it kept
+    _, r = run_alone(gen, model, p1 + [13], max_new_tokens=5)
+    assert r["cached_tokens"] == 0
+
+
+def test_prefix_cache_never_serves_prompt_logprobs(model):
+    """echo with logprobs needs every prompt row, so such a prompt runs whole."""
+    gen = new_generation(model)
+    gen.prefix_cache = 4
+    prompt = model.tokenizer.encode("To be, or not to be, that is the question")
+    run_alone(gen, model, prompt, max_new_tokens=5)
+    options = dict(max_new_tokens=4, echo=True, logprobs=True, top_logprobs=2)
+    out, r = run_alone(gen, model, prompt + [11], **options)
+    assert r["cached_tokens"] == 0
+    assert_same(out, model.generate(prompt + [11], **options))
+
+
+def test_prefix_cache_after_prompt_lookup_holds_only_the_taken_tokens(model):
+    """A sequence that stops inside a draft leaves a cache cut back to the tokens it took, so a
+    prompt continuing it gets generate's outputs."""
+    tok = model.tokenizer
+    prompt = tok.encode("the cat sat on the mat. the cat sat on the mat. the cat sat on the")
+    gen = new_generation(model)
+    gen.prefix_cache = 2
+    # the shipped model loops "[Enter CUE.]", so drafts are taken, until it writes "CAR" where
+    # the draft said "CUE": the stop string ends it on a row whose draft it rejects
+    options = dict(max_new_tokens=40, prompt_lookup_num_tokens=8, ignore_eos=True, stop=["CAR"])
+    a, ra = run_alone(gen, model, prompt, **options)
+    assert a.finish_reason == "stop" and 0 < ra["accepted_draft_tokens"] < ra["draft_tokens"]
+    longer = prompt + a.tokens + tok.encode(" the")
+    b, rb = run_alone(gen, model, longer, max_new_tokens=12, temperature=0.7, seed=1)
+    assert rb["cached_tokens"] == len(prompt) + len(a.tokens) - 1
+    assert_same(b, model.generate(longer, max_new_tokens=12, temperature=0.7, seed=1))
+
+
+def test_batcher_reports_cached_tokens(model):
+    with pygpt.Batcher(model, prefix_cache=2) as b:
+        first = b.generate("Once upon a time", max_new_tokens=8, ignore_eos=True)
+        again = "Once upon a time" + first.text + " and"
+        out = b.generate(again, max_new_tokens=6)
+    want = model.generate(again, max_new_tokens=6)
+    assert_same(out, want)
+    assert out.timings.cached_tokens > 0
+    assert out.timings.prefill_tokens + out.timings.cached_tokens == want.timings.prefill_tokens
+    for bad in (-1, 1.5, True, None):
+        with pytest.raises(ValueError, match="prefix_cache"):
+            pygpt.Batcher(model, prefix_cache=bad)
+    with pytest.raises(ValueError, match="prefix_cache"):
+        new_generation(model).prefix_cache = -1
 
 
 def test_generation_remove_drops_a_running_sequence(model):

@@ -61,8 +61,24 @@ def test_completion_is_generate(url, model):
     want = model.generate(PROMPTS[0], max_new_tokens=12)
     assert r["object"] == "text_completion" and r["model"] == "tiny" and r["id"].startswith("cmpl-")
     assert r["choices"] == [{"text": want.text, "index": 0, "logprobs": None, "finish_reason": "length"}]
+    cached = r["usage"].pop("prompt_tokens_details")["cached_tokens"]  # depends on what ran before
     assert r["usage"] == {"prompt_tokens": len(want.prompt_tokens), "completion_tokens": 12,
                           "total_tokens": len(want.prompt_tokens) + 12}
+    assert 0 <= cached < len(want.prompt_tokens)
+
+
+def test_a_prompt_continuing_an_earlier_completion_reuses_its_cache(url, model):
+    """The server keeps finished requests' KV caches: a client that sends its text back with
+    more gets those prompt tokens as cached_tokens, and generate's answer."""
+    first = json.loads(post(url, {"prompt": PROMPTS[1] + " and", "max_tokens": 10, "temperature": 0})[1])
+    prompt = PROMPTS[1] + " and" + first["choices"][0]["text"] + " then"
+    status, text = post(url, {"prompt": prompt, "max_tokens": 8, "temperature": 0})
+    r = json.loads(text)
+    assert status == 200 and r["choices"][0]["text"] == model.generate(prompt, max_new_tokens=8).text
+    n_first = first["usage"]["prompt_tokens"] + first["usage"]["completion_tokens"]
+    # the earlier request's tokens, but its last generated one (never fed) and any the new
+    # text tokenizes otherwise
+    assert n_first - 4 <= r["usage"]["prompt_tokens_details"]["cached_tokens"] <= n_first - 1
 
 
 def test_defaults_are_openais(url, model):
