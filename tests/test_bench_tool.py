@@ -346,3 +346,20 @@ def test_bench_serve_join_compares_prefill_chunk_settings(load_tool, tmp_path, c
     rows = [r.split(" | ") for r in out.splitlines() if r.startswith(f"| {DEFAULT_MODEL_DIR} |")]
     assert [r[1] for r in rows] == ["whole", "8"]
     assert all(float(r[2]) > 0 and float(r[3]) > 0 and float(r[4].rstrip(" |")) > 0 for r in rows)
+
+
+def test_bench_serve_turns_compares_prefix_caching_off_and_on(load_tool, tmp_path, capsys):
+    """--turns: one client continues its text; with prefix caching it runs fewer prompt tokens."""
+    from pygpt.model import DEFAULT_MODEL_DIR
+
+    bench_serve = load_tool("bench_serve")
+    text = tmp_path / "t.txt"
+    text.write_text("It was the best of times, it was the worst of times. " * 30)
+    assert bench_serve.main([DEFAULT_MODEL_DIR, "--text", str(text), "--clients", "", "--prompt", "12", "--new", "5",
+                             "--rounds", "1", "--threads", "1", "--turns", "3"]) == 0
+    rows = [r.split(" | ") for r in capsys.readouterr().out.splitlines() if r.startswith(f"| {DEFAULT_MODEL_DIR} |")]
+    assert [r[1] for r in rows] == ["off", "4"]
+    run_off, reused_off = int(rows[0][4]), int(rows[0][5].rstrip(" |"))
+    run_on, reused_on = int(rows[1][4]), int(rows[1][5].rstrip(" |"))
+    assert reused_off == 0 and run_off == run_on + reused_on  # the same prompts, run or reused
+    assert run_on == 12 + 2 * (1 + 16)  # after the first turn only the new tokens run

@@ -16,6 +16,12 @@ for each --prefill-chunks setting (the Batcher's prefill_chunk; 0 = whole prompt
 longest wait between two text pieces of the running streams, the joining request's time
 to first token, and its time to first token alone (medians over rounds).
 
+With --turns K, a third table: one client continues its own text K times (each request's
+prompt is the last one's prompt, its completion and 16 more tokens of --text; --prompt tokens
+at first, --new sampled each turn), with the Batcher's prefix_cache 0 (off) and 4: the mean
+time to first token over the turns, the whole conversation's time, and the prompt tokens run
+and reused (medians over rounds; the texts must be the same).
+
     python tools/bench_serve.py /tmp/pygpt-bench/pygpt-124M-f32 --text corpus.txt --clients 1,4,8
 """
 
@@ -102,6 +108,8 @@ def main(argv=None) -> int:
                     help="also: a request with an N-token prompt joins 4 running streams (default: off)")
     ap.add_argument("--prefill-chunks", default="0,64,256",
                     help="prefill_chunk settings for --join (default: %(default)s)")
+    ap.add_argument("--turns", type=int, default=0, metavar="K",
+                    help="also: one client continues its text K times, prefix caching off and on (default: off)")
     args = ap.parse_args(argv)
 
     import pygpt
@@ -141,7 +149,49 @@ def main(argv=None) -> int:
                 print(f"| {path} | {n} | {mode} | {tps:.1f} | {lat:.2f} | {ttft:.3f} | {ratio} |", flush=True)
     if args.join:
         join(args, text)
+    if args.turns:
+        turns(args, text)
     return 0
+
+
+def conversation(batcher, ids, args):
+    """One client continuing its text args.turns times; (outputs, wall seconds)."""
+    prompt, outs = ids[:args.prompt], []
+    t0 = time.perf_counter()
+    for k in range(args.turns):
+        out = batcher.generate(prompt, max_new_tokens=args.new, temperature=0.8, seed=k, ignore_eos=True)
+        outs.append(out)
+        more = ids[args.prompt + 16 * k:][:16]
+        prompt = prompt + out.tokens + more
+    return outs, time.perf_counter() - t0
+
+
+def turns(args, text) -> None:
+    import pygpt
+
+    print(f"\nOne client continues its text {args.turns} times ({args.prompt}-token prompt at first, {args.new} "
+          f"new tokens and 16 more of the text a turn); {args.rounds} rounds, medians\n")
+    print("| model | prefix_cache | first token s (mean over turns) | conversation s | prompt tokens run | reused |")
+    print("|---|---|---|---|---|---|")
+    for path in args.models:
+        model = pygpt.load(path, n_threads=args.threads)
+        ids = model.tokenizer.encode(text)
+        figures = {0: [], 4: []}
+        want = None
+        for _ in range(args.rounds):
+            for n in figures:
+                with pygpt.Batcher(model, max_batch=args.max_batch, prefix_cache=n) as batcher:
+                    outs, wall = conversation(batcher, ids, args)
+                got = [o.tokens for o in outs]
+                if want is not None and got != want:
+                    raise SystemExit(f"{path}: prefix_cache {n} gave other tokens")
+                want = got
+                figures[n].append((statistics.mean(o.timings.time_to_first_token for o in outs), wall,
+                                   sum(o.timings.prefill_tokens for o in outs),
+                                   sum(o.timings.cached_tokens for o in outs)))
+        for n, fs in figures.items():
+            ttft, wall, run, reused = (statistics.median(f[i] for f in fs) for i in range(4))
+            print(f"| {path} | {n or 'off'} | {ttft:.3f} | {wall:.2f} | {run:.0f} | {reused:.0f} |", flush=True)
 
 
 def join(args, text) -> None:
