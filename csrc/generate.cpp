@@ -281,40 +281,59 @@ void Generation::retire(Seq& s) {
     s.cache.reset();
 }
 
+// How many leading tokens of s's prompt, all but its last (whose logits row is needed), the
+// first n of `tokens` share.
+static int64_t shared_prefix(const std::vector<int32_t>& history, size_t n_prompt, const int32_t* tokens, int64_t n) {
+    const int64_t m = std::min(n, int64_t(n_prompt) - 1);
+    int64_t k = 0;
+    while (k < m && tokens[k] == history[k]) k++;
+    return k;
+}
+
+// Prefix caching: the longest prefix of first's prompt that a kept cache (kept < kept_.size())
+// or another sequence's cache (seq) holds.
+Generation::Prefix Generation::find_prefix(const Seq& first) const {
+    Prefix best{0, kept_.size(), nullptr};
+    for (size_t i = 0; i < kept_.size(); i++) {
+        const int64_t n = shared_prefix(first.history, first.n_prompt, kept_[i].tokens.data(),
+                                        int64_t(kept_[i].tokens.size()));
+        if (n > best.n) best = {n, i, nullptr};
+    }
+    for (const auto& [id, s] : seqs_) {  // running, or part way through its prompt
+        if (s.get() == &first || !s->live || !s->cache) continue;
+        const int64_t n = shared_prefix(first.history, first.n_prompt, s->history.data(), s->cache->pos);
+        if (n > best.n) best = {n, kept_.size(), s.get()};
+    }
+    return best;
+}
+
 // The cache a prompt starts from: with prefix caching, the one that shares its longest prefix
-// (a kept cache is taken over, a running sequence's copied); at least the last prompt token
-// always runs, for its logits row.
-void Generation::start_prompt(Seq& first, const std::vector<Seq*>& running) {
-    int64_t best = 0;
-    size_t kept = kept_.size();  // the kept cache to take over, if < kept_.size()
-    const Seq* source = nullptr;
+// (a kept cache is taken over, another sequence's copied). Returns false, making no cache, when
+// the prompt had better wait a step: one that runs in this step (`fresh`) shares at least
+// kDeferFor more of its tokens than any cache holds now (prompts that arrive together with a
+// shared preamble then run it once).
+bool Generation::start_prompt(Seq& first, const std::vector<std::vector<Seq*>>& fresh) {
+    constexpr int64_t kDeferFor = 32;  // about what one decode step costs in prefill
+    Prefix best{0, kept_.size(), nullptr};
     if (prefix_cache_ > 0 && !first.opt().prompt_logprobs) {
-        const int64_t limit = int64_t(first.n_prompt) - 1;
-        auto shared = [&](const std::vector<int32_t>& tokens, int64_t n) {
-            const int64_t m = std::min(n, limit);
-            int64_t k = 0;
-            while (k < m && tokens[k] == first.history[k]) k++;
-            return k;
-        };
-        for (size_t i = 0; i < kept_.size(); i++) {
-            const int64_t n = shared(kept_[i].tokens, int64_t(kept_[i].tokens.size()));
-            if (n > best) best = n, kept = i, source = nullptr;
-        }
-        for (const Seq* r : running) {
-            const int64_t n = shared(r->history, r->cache->pos);
-            if (n > best) best = n, kept = kept_.size(), source = r;
+        best = find_prefix(first);
+        for (const auto& group : fresh) {
+            const Seq& o = *group[0];
+            if (shared_prefix(first.history, first.n_prompt, o.history.data(), int64_t(o.n_prompt)) >= best.n + kDeferFor)
+                return false;
         }
     }
-    if (kept < kept_.size()) {
-        first.cache = std::move(kept_[kept].cache);
-        first.cache->pos = best;
-        kept_.erase(kept_.begin() + int64_t(kept));
+    if (best.kept < kept_.size()) {
+        first.cache = std::move(kept_[best.kept].cache);
+        first.cache->pos = best.n;
+        kept_.erase(kept_.begin() + int64_t(best.kept));
     } else {
         first.cache = model_.new_cache();  // allocated here, without the GIL
-        if (source) first.cache->copy_from(*source->cache, 0, best);
+        if (best.seq) first.cache->copy_from(*best.seq->cache, 0, best.n);
     }
-    first.r.cached_tokens = best;
-    timings_.cached_tokens += best;
+    first.r.cached_tokens = best.n;
+    timings_.cached_tokens += best.n;
+    return true;
 }
 
 bool Generation::started(size_t i) const { return seq(i).started; }
@@ -367,7 +386,7 @@ void Generation::advance() {
     for (auto& group : waiting) {
         if (budget == 0) break;
         Seq& first = *group[0];
-        if (!first.cache) start_prompt(first, running);
+        if (!first.cache && !start_prompt(first, fresh)) continue;  // it waits a step (start_prompt)
         const int64_t at = first.cache->pos;
         const int64_t n = std::min(int64_t(first.n_prompt) - at, budget);
         budget -= n;

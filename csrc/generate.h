@@ -191,8 +191,9 @@ public:
     void set_prefill_chunk(int64_t n);
     int64_t prefill_chunk() const { return prefill_chunk_; }
     // Prefix caching (0: off, the default): a prompt starts from the keys and values of the
-    // longest prefix it shares with a running sequence (copied) or with one of the last n
-    // finished ones, whose caches are kept (taken over), and runs only the rest. Not for a
+    // longest prefix it shares with another sequence (copied) or with one of the last n
+    // finished ones, whose caches are kept (taken over), and runs only the rest; a prompt that
+    // shares a longer prefix with one running in this step waits a step for it. Not for a
     // request with prompt_logprobs, which needs every prompt row. Outputs do not change.
     void set_prefix_cache(int64_t n);
     int64_t prefix_cache() const { return prefix_cache_; }
@@ -210,7 +211,13 @@ private:
     void prefill() override { advance(); }
     void decode() override { advance(); }
     void advance();
-    void start_prompt(Seq& first, const std::vector<Seq*>& running);
+    struct Prefix {                     // where a prompt's first n tokens' keys and values are
+        int64_t n;
+        size_t kept;                    // kept_[kept], if < kept_.size()
+        const Seq* seq;                 // else this sequence's cache, if not null
+    };
+    Prefix find_prefix(const Seq& first) const;
+    bool start_prompt(Seq& first, const std::vector<std::vector<Seq*>>& fresh);
     void retire(Seq& s);
     Seq& seq(size_t i) const;
     void feed(Seq& s);

@@ -138,16 +138,18 @@ def cmd_batch(args) -> int:
     except OSError as e:
         raise CliError(f"{args.input}: {e.strerror}") from None
     dst = sys.stdout if args.output is None else open(args.output, "w", encoding="utf-8")
-    failed = done = tokens = 0
+    failed = done = tokens = prompt_tokens = cached = 0
     t0 = time.perf_counter()
 
     def write(number, item, job):
-        nonlocal failed, done, tokens
+        nonlocal failed, done, tokens, prompt_tokens, cached
         try:
             out = job.result()
             item.update(text=out.text, finish_reason=out.finish_reason,
                         generated_tokens=len(out.tokens) - (len(out.prompt_tokens) if args.echo else 0))
             tokens += item["generated_tokens"]
+            prompt_tokens += len(out.prompt_tokens)
+            cached += out.timings.cached_tokens
         except (ValueError, TypeError, MemoryError) as e:
             item["error"] = str(e) or type(e).__name__
             failed += 1
@@ -158,7 +160,8 @@ def cmd_batch(args) -> int:
     pending = collections.deque()  # (line number, item, job), in the input's order
     window = 4 * args.max_batch    # submitted ahead of the line being written
     try:
-        with src, pygpt.Batcher(model, max_batch=args.max_batch, prefill_chunk=args.prefill_chunk) as batcher:
+        with src, pygpt.Batcher(model, max_batch=args.max_batch, prefill_chunk=args.prefill_chunk,
+                                prefix_cache=args.prefix_cache) as batcher:
             for number, item in _batch_lines(src):
                 line_seed = None if seed is None else (seed + number) % 2 ** 64
                 try:
@@ -177,7 +180,8 @@ def cmd_batch(args) -> int:
             dst.close()
     if args.stats:
         seconds = time.perf_counter() - t0
-        _write(sys.stderr, f"[{done} prompts, {tokens} tokens in {seconds:.2f} s: {tokens / seconds:.1f} tok/s]\n")
+        _write(sys.stderr, f"[{done} prompts, {tokens} tokens in {seconds:.2f} s: {tokens / seconds:.1f} tok/s; "
+                           f"{prompt_tokens} prompt tokens, {cached} of them reused]\n")
     if failed:
         raise CliError(f"{failed} of {done} prompts failed (see their \"error\")")
     return 0
@@ -361,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="most sequences generated at once (default: %(default)s)")
     bt.add_argument("--prefill-chunk", type=_non_negative_int, default=batching.DEFAULT_PREFILL_CHUNK, metavar="N",
                     help="most prompt tokens a step runs; 0: whole prompts (default: %(default)s)")
+    bt.add_argument("--prefix-cache", type=_non_negative_int, default=batching.DEFAULT_PREFIX_CACHE, metavar="N",
+                    help="reuse the keys and values of a prefix prompts share (a few-shot preamble), keeping the "
+                         "caches of the last N finished sequences; 0: off (default: %(default)s)")
     _add_runtime_arguments(bt)
     bt.set_defaults(func=cmd_batch)
 

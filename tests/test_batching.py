@@ -682,6 +682,30 @@ def test_prefix_cache_after_prompt_lookup_holds_only_the_taken_tokens(model):
     assert_same(b, model.generate(longer, max_new_tokens=12, temperature=0.7, seed=1))
 
 
+def test_prefix_cache_prompts_that_arrive_together_run_their_preamble_once(model):
+    """Prompts added together that share a preamble: the first runs, the others wait one step
+    and copy its keys and values; outputs are generate's."""
+    tok = model.tokenizer
+    preamble = tok.encode("Q: What is the capital of France?\nA: Paris.\nQ: What is two and two?\nA: Four.\n" * 2)
+    assert len(preamble) >= 40
+    tails = [tok.encode(f"Q: {q}\nA:") for q in ("Who wrote Hamlet?", "What is ice?", "Where is Rome?")]
+    gen = new_generation(model)
+    gen.prefix_cache = 1
+    options = dict(max_new_tokens=6, temperature=0.8, seed=2)
+    req, first = add(gen, model, [preamble + t for t in tails], **options)
+    gen.step()
+    assert [gen.started(first + i) for i in range(3)] == [True, False, False]
+    gen.step()
+    assert all(gen.started(first + i) for i in range(3))
+    prompts = [preamble + t for t in tails]
+    shared = [0] + [max(len(os.path.commonprefix([prompts[j], prompts[i]])) for j in range(i)) for i in (1, 2)]
+    assert shared[1] >= len(preamble) and shared[2] >= len(preamble)  # the preamble and what the tails share
+    assert [gen.result(first + i)["cached_tokens"] for i in range(3)] == shared
+    step_to_end(gen)
+    assert_same(req.shape(req.outputs(gen, first)), model.generate(prompts, **options))
+    assert gen.timings["prefill_tokens"] == sum(len(p) for p in prompts) - sum(shared)
+
+
 def test_batcher_reports_cached_tokens(model):
     with pygpt.Batcher(model, prefix_cache=2) as b:
         first = b.generate("Once upon a time", max_new_tokens=8, ignore_eos=True)

@@ -363,3 +363,18 @@ def test_bench_serve_turns_compares_prefix_caching_off_and_on(load_tool, tmp_pat
     run_on, reused_on = int(rows[1][4]), int(rows[1][5].rstrip(" |"))
     assert reused_off == 0 and run_off == run_on + reused_on  # the same prompts, run or reused
     assert run_on == 12 + 2 * (1 + 16)  # after the first turn only the new tokens run
+
+
+def test_bench_serve_preamble_runs_a_shared_preamble_once_with_prefix_caching(load_tool, tmp_path, capsys):
+    from pygpt.model import DEFAULT_MODEL_DIR
+
+    bench_serve = load_tool("bench_serve")
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join(f"word{i}" for i in range(600)))
+    assert bench_serve.main([DEFAULT_MODEL_DIR, "--text", str(text), "--clients", "", "--new", "3", "--rounds", "1",
+                             "--threads", "1", "--preamble", "40"]) == 0
+    rows = [r.split(" | ") for r in capsys.readouterr().out.splitlines() if r.startswith(f"| {DEFAULT_MODEL_DIR} |")]
+    assert [r[1] for r in rows] == ["off", "4"]
+    assert (int(rows[0][3]), int(rows[0][4].rstrip(" |"))) == (32 * 52, 0)
+    run_on, reused_on = int(rows[1][3]), int(rows[1][4].rstrip(" |"))
+    assert run_on + reused_on == 32 * 52 and reused_on >= 31 * 40  # each later prompt reused the preamble

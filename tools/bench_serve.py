@@ -22,6 +22,10 @@ at first, --new sampled each turn), with the Batcher's prefix_cache 0 (off) and 
 time to first token over the turns, the whole conversation's time, and the prompt tokens run
 and reused (medians over rounds; the texts must be the same).
 
+With --preamble N, a fourth table: 32 requests submitted at once whose prompts are the same
+N tokens of --text followed each by its own 12 (a few-shot preamble and a question), --new
+tokens each, prefix_cache 0 and 4: the wall time and the prompt tokens run and reused.
+
     python tools/bench_serve.py /tmp/pygpt-bench/pygpt-124M-f32 --text corpus.txt --clients 1,4,8
 """
 
@@ -108,6 +112,8 @@ def main(argv=None) -> int:
                     help="also: a request with an N-token prompt joins 4 running streams (default: off)")
     ap.add_argument("--prefill-chunks", default="0,64,256",
                     help="prefill_chunk settings for --join (default: %(default)s)")
+    ap.add_argument("--preamble", type=int, default=0, metavar="N",
+                    help="also: 32 prompts sharing their first N tokens, prefix caching off and on (default: off)")
     ap.add_argument("--turns", type=int, default=0, metavar="K",
                     help="also: one client continues its text K times, prefix caching off and on (default: off)")
     args = ap.parse_args(argv)
@@ -151,7 +157,42 @@ def main(argv=None) -> int:
         join(args, text)
     if args.turns:
         turns(args, text)
+    if args.preamble:
+        preamble(args, text)
     return 0
+
+
+def preamble(args, text) -> None:
+    import pygpt
+
+    print(f"\n32 requests at once: the same {args.preamble}-token preamble and 12 tokens of their own, "
+          f"{args.new} new tokens each; {args.rounds} rounds, medians\n")
+    print("| model | prefix_cache | s for all | prompt tokens run | reused |")
+    print("|---|---|---|---|---|")
+    for path in args.models:
+        model = pygpt.load(path, n_threads=args.threads)
+        ids = model.tokenizer.encode(text)
+        shared = ids[:args.preamble]
+        prompts = [shared + ids[args.preamble + 12 * i:][:12] for i in range(32)]
+        figures = {0: [], 4: []}
+        want = None
+        for _ in range(args.rounds):
+            for n in figures:
+                with pygpt.Batcher(model, max_batch=args.max_batch, prefix_cache=n) as batcher:
+                    t0 = time.perf_counter()
+                    jobs = [batcher.submit(p, max_new_tokens=args.new, temperature=0.8, seed=i, ignore_eos=True)
+                            for i, p in enumerate(prompts)]
+                    outs = [job.result() for job in jobs]
+                    wall = time.perf_counter() - t0
+                got = [o.tokens for o in outs]
+                if want is not None and got != want:
+                    raise SystemExit(f"{path}: prefix_cache {n} gave other tokens")
+                want = got
+                figures[n].append((wall, sum(o.timings.prefill_tokens for o in outs),
+                                   sum(o.timings.cached_tokens for o in outs)))
+        for n, fs in figures.items():
+            wall, run, reused = (statistics.median(f[i] for f in fs) for i in range(3))
+            print(f"| {path} | {n or 'off'} | {wall:.2f} | {run:.0f} | {reused:.0f} |", flush=True)
 
 
 def conversation(batcher, ids, args):
