@@ -854,3 +854,15 @@ def test_serve_refuses_a_bad_batcher_setting(pygpt_cmd, option, value):
                        text=True, timeout=60)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and option[2:].replace("-", "_") in r.stderr.replace("-", "_"), r.stderr
+
+
+def test_closing_the_model_refuses_new_requests_and_lets_running_ones_finish():
+    model = pygpt.load(None, n_threads=1)
+    want = model.generate("Once upon a time", max_new_tokens=40, ignore_eos=True)
+    with pygpt.Batcher(model) as b:
+        job = b.submit("Once upon a time", max_new_tokens=40, ignore_eos=True)
+        wait_for(lambda: b.steps > 0)
+        model.close()  # the batch holds the weights until it lets go of them
+        with pytest.raises(ValueError, match="closed"):
+            b.submit("Hello")
+        assert_same(job.result(timeout=60), want)
