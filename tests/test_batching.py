@@ -848,7 +848,8 @@ def test_a_stream_whose_client_goes_away_is_cancelled(server, model):
     assert steps < 200  # the stream did not run its 250 tokens
 
 
-@pytest.mark.parametrize("option, value", [("--max-batch", "0"), ("--max-batch", "-3"), ("--prefill-chunk", "-1")])
+@pytest.mark.parametrize("option, value", [("--max-batch", "0"), ("--max-batch", "-3"), ("--prefill-chunk", "-1"),
+                                           ("--prefix-cache", "-2")])
 def test_serve_refuses_a_bad_batcher_setting(pygpt_cmd, option, value):
     r = subprocess.run(pygpt_cmd + ["serve", "--port", "0", option, value], capture_output=True,
                        text=True, timeout=60)
