@@ -162,37 +162,47 @@ def main(argv=None) -> int:
     return 0
 
 
-def preamble(args, text) -> None:
+def prefix_cache_off_and_on(args, text, experiment, row) -> None:
+    """For each model, experiment(batcher, token ids) -> (outputs, figures) with the Batcher's
+    prefix_cache 0 and 4 in turns, --rounds rounds; the outputs' tokens must agree. Prints
+    row(path, setting, *median figures) for each setting."""
     import pygpt
 
-    print(f"\n32 requests at once: the same {args.preamble}-token preamble and 12 tokens of their own, "
-          f"{args.new} new tokens each; {args.rounds} rounds, medians\n")
-    print("| model | prefix_cache | s for all | prompt tokens run | reused |")
-    print("|---|---|---|---|---|")
     for path in args.models:
         model = pygpt.load(path, n_threads=args.threads)
         ids = model.tokenizer.encode(text)
-        shared = ids[:args.preamble]
-        prompts = [shared + ids[args.preamble + 12 * i:][:12] for i in range(32)]
         figures = {0: [], 4: []}
         want = None
         for _ in range(args.rounds):
             for n in figures:
                 with pygpt.Batcher(model, max_batch=args.max_batch, prefix_cache=n) as batcher:
-                    t0 = time.perf_counter()
-                    jobs = [batcher.submit(p, max_new_tokens=args.new, temperature=0.8, seed=i, ignore_eos=True)
-                            for i, p in enumerate(prompts)]
-                    outs = [job.result() for job in jobs]
-                    wall = time.perf_counter() - t0
+                    outs, fig = experiment(batcher, ids)
                 got = [o.tokens for o in outs]
                 if want is not None and got != want:
                     raise SystemExit(f"{path}: prefix_cache {n} gave other tokens")
                 want = got
-                figures[n].append((wall, sum(o.timings.prefill_tokens for o in outs),
-                                   sum(o.timings.cached_tokens for o in outs)))
+                figures[n].append(fig)
         for n, fs in figures.items():
-            wall, run, reused = (statistics.median(f[i] for f in fs) for i in range(3))
-            print(f"| {path} | {n or 'off'} | {wall:.2f} | {run:.0f} | {reused:.0f} |", flush=True)
+            print(row(path, n or "off", *(statistics.median(f[i] for f in fs) for i in range(len(fs[0])))), flush=True)
+
+
+def preamble(args, text) -> None:
+    print(f"\n32 requests at once: the same {args.preamble}-token preamble and 12 tokens of their own, "
+          f"{args.new} new tokens each; {args.rounds} rounds, medians\n")
+    print("| model | prefix_cache | s for all | prompt tokens run | reused |")
+    print("|---|---|---|---|---|")
+
+    def experiment(batcher, ids):
+        prompts = [ids[:args.preamble] + ids[args.preamble + 12 * i:][:12] for i in range(32)]
+        t0 = time.perf_counter()
+        jobs = [batcher.submit(p, max_new_tokens=args.new, temperature=0.8, seed=i, ignore_eos=True)
+                for i, p in enumerate(prompts)]
+        outs = [job.result() for job in jobs]
+        wall = time.perf_counter() - t0
+        return outs, (wall, sum(o.timings.prefill_tokens for o in outs), sum(o.timings.cached_tokens for o in outs))
+
+    prefix_cache_off_and_on(args, text, experiment,
+                            lambda path, n, wall, run, reused: f"| {path} | {n} | {wall:.2f} | {run:.0f} | {reused:.0f} |")
 
 
 def conversation(batcher, ids, args):
@@ -208,31 +218,18 @@ def conversation(batcher, ids, args):
 
 
 def turns(args, text) -> None:
-    import pygpt
-
     print(f"\nOne client continues its text {args.turns} times ({args.prompt}-token prompt at first, {args.new} "
           f"new tokens and 16 more of the text a turn); {args.rounds} rounds, medians\n")
     print("| model | prefix_cache | first token s (mean over turns) | conversation s | prompt tokens run | reused |")
     print("|---|---|---|---|---|---|")
-    for path in args.models:
-        model = pygpt.load(path, n_threads=args.threads)
-        ids = model.tokenizer.encode(text)
-        figures = {0: [], 4: []}
-        want = None
-        for _ in range(args.rounds):
-            for n in figures:
-                with pygpt.Batcher(model, max_batch=args.max_batch, prefix_cache=n) as batcher:
-                    outs, wall = conversation(batcher, ids, args)
-                got = [o.tokens for o in outs]
-                if want is not None and got != want:
-                    raise SystemExit(f"{path}: prefix_cache {n} gave other tokens")
-                want = got
-                figures[n].append((statistics.mean(o.timings.time_to_first_token for o in outs), wall,
-                                   sum(o.timings.prefill_tokens for o in outs),
-                                   sum(o.timings.cached_tokens for o in outs)))
-        for n, fs in figures.items():
-            ttft, wall, run, reused = (statistics.median(f[i] for f in fs) for i in range(4))
-            print(f"| {path} | {n or 'off'} | {ttft:.3f} | {wall:.2f} | {run:.0f} | {reused:.0f} |", flush=True)
+
+    def experiment(batcher, ids):
+        outs, wall = conversation(batcher, ids, args)
+        return outs, (statistics.mean(o.timings.time_to_first_token for o in outs), wall,
+                      sum(o.timings.prefill_tokens for o in outs), sum(o.timings.cached_tokens for o in outs))
+
+    prefix_cache_off_and_on(args, text, experiment, lambda path, n, ttft, wall, run, reused:
+                            f"| {path} | {n} | {ttft:.3f} | {wall:.2f} | {run:.0f} | {reused:.0f} |")
 
 
 def join(args, text) -> None:
