@@ -48,10 +48,11 @@ class Job:
     """One submitted request: its sequences in the scheduler's Generation, its result when done.
     result() waits for it; cancel() stops it (its result() then raises BatcherClosed)."""
 
-    def __init__(self, req: _Request, sink: Optional[Callable[[Optional[str]], None]] = None):
+    def __init__(self, req: _Request, sink: Optional[Callable] = None, every_sequence: bool = False):
         self.req = req
         self.first = -1                   # id of its first sequence, once added
-        self.sink = sink                  # streaming: gets each text piece, then None at the end
+        self.sink = sink                  # streaming: gets each text piece, then None at the end;
+        self.every_sequence = every_sequence  # (index, piece) pairs of every sequence if set
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._callbacks: list = []
@@ -64,11 +65,15 @@ class Job:
 
     def result(self, timeout: Optional[float] = None):
         """The outputs, shaped as model.generate returns them; raises what failed the request."""
+        return self.req.shape(self.outputs(timeout))
+
+    def outputs(self, timeout: Optional[float] = None) -> list:
+        """The outputs as one list, prompt-major (sequence j of prompt p at p * n + j)."""
         if not self._done.wait(timeout):
             raise TimeoutError("the request has not finished")
         if self._error is not None:
             raise self._error
-        return self.req.shape(self._outputs)
+        return self._outputs
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -152,6 +157,38 @@ class BatchedStream:
     def __del__(self) -> None:
         if hasattr(self, "_job"):
             self.close()
+
+
+class ChoiceStream(BatchedStream):
+    """Iterator over (index, text piece) of every sequence of one batched request (a batch of
+    prompts, num_return_sequences > 1), as they come: index p * num_return_sequences + j is
+    sequence j of prompt p. With echo, each sequence's prompt text comes first. Once
+    exhausted, .outputs holds the GenerationOutputs in index order."""
+
+    def __init__(self, submit: Callable[[Callable], Job], req: _Request):
+        super().__init__(submit, req)
+        n = req.options.num_return_sequences
+        self._echo = None
+        self._echoes = collections.deque((k, req.prompt_text(k // n)) for k in range(req.n_sequences)) \
+            if req.echo else collections.deque()
+        self.outputs: Optional[list] = None
+
+    def __next__(self):
+        while self._echoes:
+            k, text = self._echoes.popleft()
+            if text:
+                return k, text
+        if self.outputs is not None:
+            raise StopIteration
+        try:
+            item = self._pieces.get()
+        except BaseException:  # Ctrl-C while waiting: stop the request too
+            self._job.cancel()
+            raise
+        if item is None:
+            self.outputs = self._job.outputs()
+            raise StopIteration
+        return item
 
 
 class AsyncBatchedStream:
@@ -253,6 +290,15 @@ class Batcher:
         req = _stream_request(self.model, prompt, options)
         return BatchedStream(lambda sink: self._submit(req, sink), req)
 
+    def stream_choices(self, prompt, **options) -> ChoiceStream:
+        """The text of every sequence of a request as it is generated, as (index, piece) pairs
+        (a batch of prompts, num_return_sequences > 1; see ChoiceStream), for servers that
+        stream several choices."""
+        req = _Request(self.model, prompt, **options)
+        if req.tokenizer is None:
+            raise ValueError("stream_choices() yields text and this model has no tokenizer; use generate()")
+        return ChoiceStream(lambda sink: self._submit(req, sink, every_sequence=True), req)
+
     async def agenerate(self, prompt, **options):
         """generate() for asyncio: the event loop waits without a worker thread. Cancelling the
         task stops the request between two steps."""
@@ -294,10 +340,10 @@ class Batcher:
 
     # -- the scheduler -------------------------------------------------------------------------
 
-    def _submit(self, req: _Request, sink=None) -> Job:
+    def _submit(self, req: _Request, sink=None, every_sequence: bool = False) -> Job:
         if req.options.num_beams != 1:
             raise ValueError("a Batcher does not run beam search (num_beams > 1): use model.generate")
-        job = Job(req, sink)
+        job = Job(req, sink, every_sequence)
         with self._cv:
             if self._closed:
                 raise BatcherClosed("this batcher is closed")
@@ -385,9 +431,10 @@ class Batcher:
                 if job.t_first is None and gen.started(job.first):  # its first token
                     job.t_first = now
                 if job.sink is not None:
-                    piece = gen.take_text(job.first)
-                    if piece:
-                        job._emit(piece)
+                    for k in range(job.req.n_sequences if job.every_sequence else 1):
+                        piece = gen.take_text(job.first + k)
+                        if piece:
+                            job._emit((k, piece) if job.every_sequence else piece)
                 if all(gen.finished(i) for i in ids):
                     outputs = job.req.outputs(gen, job.first, self._timings(gen, job, now))
                     self._drop(gen, job)

@@ -11,8 +11,8 @@ sequence reuses its keys and values (--prefix-cache; usage.prompt_tokens_details
     GET  /health           {"status": "ok"}
 
 Request fields: prompt (a string, a list of token ids, or a list of either), max_tokens (16),
-temperature (1), top_p, n, stream (one prompt and n = 1: server-sent events ending in
-"data: [DONE]"), stop, seed, presence_penalty, frequency_penalty, logit_bias ({"id": bias}),
+temperature (1), top_p, n, stream (server-sent events, a chunk a text piece of one choice,
+ending in "data: [DONE]"), stop, seed, presence_penalty, frequency_penalty, logit_bias ({"id": bias}),
 echo, logprobs (k: each token's log-probability and the k most likely, in OpenAI's tokens /
 token_logprobs / top_logprobs / text_offset lists; with echo and max_tokens 0, the prompt's,
 as evaluation harnesses ask); and pygpt's own top_k, min_p, typical_p, repetition_penalty,
@@ -141,11 +141,9 @@ class Handler(BaseHTTPRequestHandler):
             if not isinstance(stream, bool):
                 raise RequestError("'stream' must be true or false")
             if stream:
-                if batch or options.get("num_return_sequences", 1) != 1:
-                    raise RequestError("'stream' needs one prompt and n = 1")
                 if options.get("logprobs"):
                     raise RequestError("'logprobs' is not supported with 'stream'")
-                it = self.server.batcher.stream(prompt, **options)
+                it = self.server.batcher.stream_choices(prompt, **options)
             else:
                 out = self.server.batcher.generate(prompt, **options)
         except (RequestError, ValueError, TypeError, MemoryError) as e:
@@ -174,7 +172,8 @@ class Handler(BaseHTTPRequestHandler):
             "prompt_tokens_details": {"cached_tokens": flat[0].timings.cached_tokens}}})
 
     def _stream(self, it, head) -> None:
-        """Server-sent events: a chunk a text piece, then one with the finish reason, then [DONE].
+        """Server-sent events: a chunk a text piece of a choice (its index: prompt-major, as
+        without stream), then one with each choice's finish reason, then [DONE].
         A client that goes away stops the generation (the caller closes the stream)."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -183,15 +182,16 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
 
-        def event(text, finish):
-            chunk = {**head, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+        def event(index, text, finish):
+            chunk = {**head, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish}]}
             self.wfile.write(b"data: " + json.dumps(chunk).encode("utf-8") + b"\n\n")
             self.wfile.flush()
 
         try:
-            for piece in it:
-                event(piece, None)
-            event("", _finish(it.output))
+            for index, piece in it:
+                event(index, piece, None)
+            for index, out in enumerate(it.outputs):
+                event(index, "", _finish(out))
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):

@@ -283,6 +283,31 @@ def test_a_stream_yields_generates_text(batcher, model, options):
         assert pieces[0] == model.tokenizer.decode(want.prompt_tokens)
 
 
+@pytest.mark.parametrize("options", [
+    dict(max_new_tokens=12, temperature=0.9, seed=1, num_return_sequences=3),
+    dict(max_new_tokens=10, echo=True, stop=["\n"], num_return_sequences=2, temperature=1.0, seed=2),
+])
+def test_stream_choices_yields_every_sequences_text(batcher, model, options):
+    prompts = ["Once upon a time", "ROMEO:"]
+    stream = batcher.stream_choices(prompts, **options)
+    texts = {}
+    for index, piece in stream:
+        texts[index] = texts.get(index, "") + piece
+    want = flatten(model.generate(prompts, **options))
+    assert len(stream.outputs) == len(want) == 2 * options["num_return_sequences"]
+    for i, w in enumerate(want):
+        assert texts.get(i, "") == w.text
+        assert_same(stream.outputs[i], w)
+
+
+def test_stream_choices_refuses_beams_and_models_without_tokenizer(batcher, model, model_without_tokenizer):
+    with pytest.raises(ValueError, match="beam"):
+        batcher.stream_choices("Hi", num_beams=2)
+    with pygpt.Batcher(model_without_tokenizer) as b:
+        with pytest.raises(ValueError, match="tokenizer"):
+            b.stream_choices([[1, 2, 3]], max_new_tokens=3)
+
+
 def test_streams_refuse_what_model_stream_refuses(model, model_without_tokenizer):
     cases = [(model, ["a", "b"], {}), (model, "a", dict(num_return_sequences=2)),
              (model, "a", dict(num_beams=2)), (model_without_tokenizer, [1, 2, 3], {})]

@@ -147,6 +147,27 @@ def test_streaming_sends_the_pieces_then_done(url, model):
     assert len({c["id"] for c in chunks}) == 1
 
 
+def test_streaming_several_choices(url, model):
+    """A batch of prompts with n = 2, streamed: each choice's pieces make generate's text, and
+    each choice ends with one chunk that has its finish reason."""
+    body = {"prompt": PROMPTS, "max_tokens": 8, "temperature": 1.0, "seed": 3, "n": 2, "stream": True,
+            "echo": True}
+    status, text = post(url, body)
+    assert status == 200
+    events = [e for e in text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[len("data: "):])["choices"][0] for e in events[:-1]]
+    want = [o for g in model.generate(PROMPTS, max_new_tokens=8, temperature=1.0, seed=3, num_return_sequences=2,
+                                      echo=True) for o in g]
+    for i, w in enumerate(want):
+        mine = [c for c in chunks if c["index"] == i]
+        assert "".join(c["text"] for c in mine) == w.text
+        assert [c["finish_reason"] for c in mine][-1] == "length"
+        assert all(c["finish_reason"] is None for c in mine[:-1])
+    finals = [c["index"] for c in chunks if c["finish_reason"] is not None]
+    assert finals == list(range(4)) and chunks[-4:] == [c for c in chunks if c["finish_reason"]]
+
+
 def test_models_and_health(url):
     assert get(url, "/health") == (200, {"status": "ok"})
     status, r = get(url, "/v1/models")
@@ -162,8 +183,6 @@ def test_models_and_health(url):
     ({"prompt": "hi", "suffix": "x"}, "suffix"),
     ({"prompt": "hi", "best_of": 3}, "best_of"),
     ({"prompt": "hi", "frobnicate": 1}, "unknown field 'frobnicate'"),
-    ({"prompt": ["a", "b"], "stream": True}, "stream"),
-    ({"prompt": "hi", "n": 2, "stream": True}, "stream"),
     ({"prompt": "hi", "stream": "yes"}, "stream"),
     ({"prompt": "hi", "logit_bias": {"x": 1}}, "logit_bias"),
     ({"prompt": "hi", "n": 10 ** 7}, "memory"),
