@@ -152,7 +152,8 @@ void BeamSearch::prefill() {
         Beam& b = *g->beams[0];
         const int64_t len = int64_t(g->n_prompt);
         if (opt_.prompt_logprobs)
-            add_prompt_logprobs(first_rows[p], b.history.data(), b.history.size(), V_, opt_.top_logprobs, g->prompt_part, idx_[0]);
+            add_prompt_logprobs(first_rows[p], b.history.data(), b.history.size(), V_, opt_.top_logprobs,
+                                g->prompt_part, idx_[0]);
         const float* last = first_rows[p] + (opt_.prompt_logprobs ? len - 1 : 0) * V_;
         if (g->max_len <= len) {  // no room for a token: empty sequences
             for (int64_t k = 0; k < opt_.num_return_sequences; k++) {

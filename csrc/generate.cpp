@@ -319,8 +319,8 @@ bool Generation::start_prompt(Seq& first, const std::vector<std::vector<Seq*>>& 
         best = find_prefix(first);
         for (const auto& group : fresh) {
             const Seq& o = *group[0];
-            if (shared_prefix(first.history, first.n_prompt, o.history.data(), int64_t(o.n_prompt)) >= best.n + kDeferFor)
-                return false;
+            const int64_t n = shared_prefix(first.history, first.n_prompt, o.history.data(), int64_t(o.n_prompt));
+            if (n >= best.n + kDeferFor) return false;
         }
     }
     if (best.kept < kept_.size()) {

@@ -48,11 +48,10 @@ class Job:
     """One submitted request: its sequences in the scheduler's Generation, its result when done.
     result() waits for it; cancel() stops it (its result() then raises BatcherClosed)."""
 
-    def __init__(self, req: _Request, sink: Optional[Callable] = None, every_sequence: bool = False):
+    def __init__(self, req: _Request, sink: Optional[Callable] = None):
         self.req = req
         self.first = -1                   # id of its first sequence, once added
-        self.sink = sink                  # streaming: gets each text piece, then None at the end;
-        self.every_sequence = every_sequence  # (index, piece) pairs of every sequence if set
+        self.sink = sink                  # streaming: gets (sequence index, text piece) pairs, then None
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._callbacks: list = []
@@ -114,64 +113,23 @@ class Job:
                 pass
 
 
-class BatchedStream:
-    """Iterator over the text pieces of one batched request, as model.stream's: once exhausted,
-    .output holds the GenerationOutput. Leaving the loop early stops the request: call close()
-    (or use it in a with block) rather than wait for the garbage collector."""
-
-    def __init__(self, submit: Callable[[Callable], Job], req: _Request):
-        self._pieces: queue.SimpleQueue = queue.SimpleQueue()
-        self._echo = req.prompt_text(0) if req.echo else None
-        self.output: Optional[GenerationOutput] = None
-        self._job = submit(self._pieces.put)
-
-    def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        if self._echo:
-            text, self._echo = self._echo, None
-            return text
-        if self.output is not None:
-            raise StopIteration
-        try:
-            piece = self._pieces.get()
-        except BaseException:  # Ctrl-C while waiting: stop the request too
-            self._job.cancel()
-            raise
-        if piece is None:  # the request ended: its output, or what failed it
-            self.output = self._job.result()
-            raise StopIteration
-        return piece
-
-    def close(self) -> None:
-        if not self._job.done():
-            self._job.cancel()
-
-    def __enter__(self) -> "BatchedStream":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if hasattr(self, "_job"):
-            self.close()
-
-
-class ChoiceStream(BatchedStream):
+class ChoiceStream:
     """Iterator over (index, text piece) of every sequence of one batched request (a batch of
     prompts, num_return_sequences > 1), as they come: index p * num_return_sequences + j is
     sequence j of prompt p. With echo, each sequence's prompt text comes first. Once
-    exhausted, .outputs holds the GenerationOutputs in index order."""
+    exhausted, .outputs holds the GenerationOutputs in index order. Leaving the loop early
+    stops the request: call close() (or use it in a with block) rather than wait for the
+    garbage collector."""
 
     def __init__(self, submit: Callable[[Callable], Job], req: _Request):
-        super().__init__(submit, req)
+        self._pieces: queue.SimpleQueue = queue.SimpleQueue()
         n = req.options.num_return_sequences
-        self._echo = None
-        self._echoes = collections.deque((k, req.prompt_text(k // n)) for k in range(req.n_sequences)) \
-            if req.echo else collections.deque()
+        self._echoes = collections.deque((k, req.prompt_text(k // n)) for k in range(req.n_sequences) if req.echo)
         self.outputs: Optional[list] = None
+        self._job = submit(self._pieces.put)
+
+    def __iter__(self):
+        return self
 
     def __next__(self):
         while self._echoes:
@@ -185,10 +143,39 @@ class ChoiceStream(BatchedStream):
         except BaseException:  # Ctrl-C while waiting: stop the request too
             self._job.cancel()
             raise
-        if item is None:
+        if item is None:  # the request ended: its outputs, or what failed it
             self.outputs = self._job.outputs()
             raise StopIteration
         return item
+
+    def close(self) -> None:
+        if not self._job.done():
+            self._job.cancel()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if hasattr(self, "_job"):
+            self.close()
+
+
+class BatchedStream(ChoiceStream):
+    """Iterator over the text pieces of one batched request of one sequence, as model.stream's:
+    once exhausted, .output holds the GenerationOutput."""
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return super().__next__()[1]
+
+    @property
+    def output(self) -> Optional[GenerationOutput]:
+        return self.outputs[0] if self.outputs is not None else None
 
 
 class AsyncBatchedStream:
@@ -220,7 +207,7 @@ class AsyncBatchedStream:
         if piece is None:
             self.output = self._job.result()
             raise StopAsyncIteration
-        return piece
+        return piece[1]  # (index 0, piece)
 
     async def aclose(self) -> None:
         if not self._job.done():
@@ -297,7 +284,7 @@ class Batcher:
         req = _Request(self.model, prompt, **options)
         if req.tokenizer is None:
             raise ValueError("stream_choices() yields text and this model has no tokenizer; use generate()")
-        return ChoiceStream(lambda sink: self._submit(req, sink, every_sequence=True), req)
+        return ChoiceStream(lambda sink: self._submit(req, sink), req)
 
     async def agenerate(self, prompt, **options):
         """generate() for asyncio: the event loop waits without a worker thread. Cancelling the
@@ -340,10 +327,10 @@ class Batcher:
 
     # -- the scheduler -------------------------------------------------------------------------
 
-    def _submit(self, req: _Request, sink=None, every_sequence: bool = False) -> Job:
+    def _submit(self, req: _Request, sink=None) -> Job:
         if req.options.num_beams != 1:
             raise ValueError("a Batcher does not run beam search (num_beams > 1): use model.generate")
-        job = Job(req, sink, every_sequence)
+        job = Job(req, sink)
         with self._cv:
             if self._closed:
                 raise BatcherClosed("this batcher is closed")
@@ -431,10 +418,10 @@ class Batcher:
                 if job.t_first is None and gen.started(job.first):  # its first token
                     job.t_first = now
                 if job.sink is not None:
-                    for k in range(job.req.n_sequences if job.every_sequence else 1):
+                    for k in range(job.req.n_sequences):
                         piece = gen.take_text(job.first + k)
                         if piece:
-                            job._emit((k, piece) if job.every_sequence else piece)
+                            job._emit((k, piece))
                 if all(gen.finished(i) for i in ids):
                     outputs = job.req.outputs(gen, job.first, self._timings(gen, job, now))
                     self._drop(gen, job)
