@@ -18,6 +18,7 @@ struct BeamSearch::Beam {
     std::vector<int32_t> history;     // prompt, then generated tokens
     float score = 0.0f;               // sum of its processed log-probs (float, as transformers)
     size_t n_prompt = 0;
+    size_t prompt_index = 0;          // its group's
     std::vector<float> logprobs;      // raw log-prob of each generated token (with logprobs)
     std::vector<TopLogprobs> top;     // and the most likely tokens at each (with top_logprobs)
     std::string bytes;                // its generated text so far (with a tokenizer)
@@ -105,6 +106,7 @@ BeamSearch::BeamSearch(Model& model, const Tokenizer* tokenizer, std::vector<std
         auto b = std::make_unique<Beam>();
         b->history = std::move(prompts[p]);
         b->n_prompt = g->n_prompt;
+        b->prompt_index = p;
         g->beams.push_back(std::move(b));
         groups_.push_back(std::move(g));
         for (int64_t k = 0; k < opt_.num_return_sequences; k++) {
@@ -192,13 +194,15 @@ void BeamSearch::decode() {
 
 // One step of every live group: beams (the live groups' running beams, group by group) and
 // their logits rows. Rows are scored in parallel (each on its thread's processors: the result
-// does not depend on the thread count), then each group selects its next beams in order.
+// does not depend on the thread count; the caller's processor, Python, runs on this thread),
+// then each group selects its next beams in order.
 void BeamSearch::advance(const std::vector<Beam*>& beams, const std::vector<const float*>& rows) {
     const int64_t B = int64_t(beams.size());
     std::vector<std::vector<Candidate>> per_row(static_cast<size_t>(B));
     std::exception_ptr error;
-#pragma omp parallel for num_threads(std::max<int64_t>(1, std::min<int64_t>(B, int64_t(samplers_.size())))) \
-    schedule(static, 1)
+    const bool hooks = opt_.has_hooks();
+#pragma omp parallel for if (!hooks) \
+    num_threads(std::max<int64_t>(1, std::min<int64_t>(B, int64_t(samplers_.size())))) schedule(static, 1)
     for (int64_t b = 0; b < B; b++) {
         try {
             score_row(*beams[b], rows[b], per_row[b], omp_get_thread_num());
@@ -232,6 +236,7 @@ void BeamSearch::score_row(Beam& beam, const float* row, std::vector<Candidate>&
     s.resize(size_t(V_));
     for (int64_t i = 0; i < V_; i++) s[i] = float(double(row[i]) - lse);
     samplers_[size_t(thread)].process(s.data(), beam.history, beam.n_prompt);
+    if (opt_.logits_hook) opt_.logits_hook(beam.prompt_index, beam.history, s.data());
 
     std::vector<int32_t>& idx = idx_[size_t(thread)];
     top_k_finite(s.data(), V_, K_, idx);  // NaN is never taken
@@ -281,6 +286,7 @@ void BeamSearch::select(Group& g, std::vector<Candidate>& candidates) {
             child->history = twin.history;
             child->bytes = twin.bytes;
             child->n_prompt = twin.n_prompt;
+            child->prompt_index = twin.prompt_index;
             child->logprobs = twin.logprobs;
             child->top = twin.top;
             child->row_top = twin.row_top;

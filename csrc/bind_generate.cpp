@@ -60,6 +60,41 @@ py::list top_list(const std::vector<TopLogprobs>& tops) {
     return out;
 }
 
+// A Python callable that C++ may copy and drop without the GIL (it takes the GIL to drop the
+// last reference).
+std::shared_ptr<py::object> hold(py::object fn) {
+    return std::shared_ptr<py::object>(new py::object(std::move(fn)), [](py::object* p) {
+        py::gil_scoped_acquire gil;
+        delete p;
+    });
+}
+
+// Copies for the caller's code: the tokens so far as int64, a logits row as float32.
+py::array_t<int64_t> history_array(const std::vector<int32_t>& h) {
+    py::array_t<int64_t> a(py::ssize_t(h.size()));
+    std::copy(h.begin(), h.end(), a.mutable_data());
+    return a;
+}
+
+// fn(prompt_index, ids, scores) changes scores (a copy, written back) in place: the Python
+// side (pygpt/generation.py) checks what the user's processors return.
+std::function<void(size_t, const std::vector<int32_t>&, float*)> logits_hook(py::object fn, int64_t V) {
+    return [f = hold(std::move(fn)), V](size_t p, const std::vector<int32_t>& h, float* s) {
+        py::gil_scoped_acquire gil;
+        py::array_t<float> scores(py::ssize_t(V), s);
+        (*f)(p, history_array(h), scores);
+        std::copy(scores.data(), scores.data() + V, s);
+    };
+}
+
+// fn(prompt_index, ids, logits) -> whether the sequence stops.
+std::function<bool(size_t, const std::vector<int32_t>&, const float*)> stop_hook(py::object fn, int64_t V) {
+    return [f = hold(std::move(fn)), V](size_t p, const std::vector<int32_t>& h, const float* row) {
+        py::gil_scoped_acquire gil;
+        return (*f)(p, history_array(h), py::array_t<float>(py::ssize_t(V), row)).cast<bool>();
+    };
+}
+
 py::dict result_dict(const SequenceResult& r) {
     py::dict d;
     d["prompt_index"] = r.prompt_index;
@@ -176,7 +211,18 @@ void bind_generate(py::module_& m) {
         .def_readwrite("max_matching_ngram_size", &GenerateOptions::max_matching_ngram_size)
         .def_readwrite("num_beams", &GenerateOptions::num_beams)
         .def_readwrite("length_penalty", &GenerateOptions::length_penalty)
-        .def_readwrite("early_stopping", &GenerateOptions::early_stopping);
+        .def_readwrite("early_stopping", &GenerateOptions::early_stopping)
+        .def(
+            "set_hooks",
+            [](GenerateOptions& o, py::object logits, py::object stop, int64_t vocab_size) {
+                if (vocab_size < 1) throw std::invalid_argument("vocab_size must be >= 1");
+                o.logits_hook = logits.is_none() ? nullptr : logits_hook(logits, vocab_size);
+                o.stop_hook = stop.is_none() ? nullptr : stop_hook(stop, vocab_size);
+            },
+            py::arg("logits"), py::arg("stop"), py::arg("vocab_size"),
+            "The caller's code, or None: logits(prompt_index, ids, scores) changes scores (float32, "
+            "vocab_size) in place; stop(prompt_index, ids, logits) -> bool after each token. ids: int64, "
+            "prompt first. They run on the thread that steps the generation, taking the GIL.");
 
     py::class_<PyGeneration>(m, "Generation", R"pbdoc(
         One batched generation: prompts (lists of token ids) in, sequences out, prompt-major
@@ -239,6 +285,20 @@ void bind_generate(py::module_& m) {
                 sampling(g).set_prefix_cache(n);
             },
             "Finished sequences' caches kept for prompts that share their prefix (0: off; see generate.h).")
+        .def_property(
+            "contain_errors", [](PyGeneration& g) { return sampling(g).contain_errors(); },
+            [](PyGeneration& g, bool on) {
+                BusyGuard busy(g.busy);
+                sampling(g).set_contain_errors(on);
+            },
+            "Whether what a sequence's token choice raises fails only that sequence (finish_reason 'error'; "
+            "raise_error(i) raises it) instead of the step (the default).")
+        .def(
+            "failed", [](PyGeneration& g, size_t i) { return sampling(g).failed(i); }, py::arg("i"),
+            "Whether sequence i's token choice raised (with contain_errors; it has stopped).")
+        .def(
+            "raise_error", [](PyGeneration& g, size_t i) { sampling(g).rethrow_error(i); }, py::arg("i"),
+            "Raises what sequence i's token choice raised, with contain_errors; nothing if it did not fail.")
         .def_property_readonly("n_live", [](const PyGeneration& g) { return g.gen->n_live(); },
                                "Sequences still running (or waiting for their first step).")
         .def(

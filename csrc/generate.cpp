@@ -159,6 +159,7 @@ void check_request(const Model& model, const Tokenizer* tokenizer, const std::ve
     if (!std::isfinite(opt.length_penalty)) bad("length_penalty must be a finite number");
     if (opt.prompt_lookup_num_tokens < 0) bad("prompt_lookup_num_tokens must be >= 0 (0 = off)");
     if (opt.max_matching_ngram_size < 1) bad("max_matching_ngram_size must be >= 1");
+    if (opt.stop_hook && opt.num_beams > 1) bad("stopping criteria do not go with beam search (num_beams > 1)");
     if (opt.prompt_lookup_num_tokens > 0 && opt.num_beams > 1)
         bad("prompt lookup decoding (prompt_lookup_num_tokens > 0) does not go with beam search (num_beams > 1)");
     if (prompts.empty()) bad("no prompt to generate from");
@@ -212,9 +213,11 @@ struct Generation::Seq {
     std::vector<int32_t> fed;      // the step's input token and, with prompt lookup, its draft
     int64_t draft_len = 0;         // prompt lookup: the longest draft it takes now
     int64_t taken = 0, accepted = 0;  // this step: tokens taken, and those as drafted
+    std::exception_ptr error;      // what taking its rows threw (contain_errors)
 
-    Seq(std::shared_ptr<const Request> request, int64_t V, uint64_t stream, const Kernels& kernels)
-        : req(std::move(request)), sampler(req->opt.sampling, V, req->opt.seed, stream, kernels) {}
+    Seq(std::shared_ptr<const Request> request, const SamplingParams& sampling, int64_t V, uint64_t stream,
+        const Kernels& kernels)
+        : req(std::move(request)), sampler(sampling, V, req->opt.seed, stream, kernels) {}
     const GenerateOptions& opt() const { return req->opt; }
 };
 
@@ -241,8 +244,11 @@ size_t Generation::add(std::vector<std::vector<int32_t>> prompts, GenerateOption
 
     const size_t first = next_id_;
     for (size_t p = 0; p < prompts.size(); p++) {
+        SamplingParams sampling = opt.sampling;  // with the caller's processor, told its prompt
+        if (opt.logits_hook)
+            sampling.custom = [hook = opt.logits_hook, p](const std::vector<int32_t>& h, float* s) { hook(p, h, s); };
         for (int64_t j = 0; j < opt.num_return_sequences; j++) {  // sample j draws from Rng(seed, j)
-            auto s = std::make_unique<Seq>(req, V_, uint64_t(j), model_.kernels());
+            auto s = std::make_unique<Seq>(req, sampling, V_, uint64_t(j), model_.kernels());
             s->draft_len = opt.prompt_lookup_num_tokens;
             s->r.prompt_index = p;
             s->history = prompts[p];
@@ -352,6 +358,12 @@ void Generation::set_prefix_cache(int64_t n) {
 
 const SequenceResult& Generation::result(size_t i) const { return seq(i).r; }
 
+bool Generation::failed(size_t i) const { return seq(i).error != nullptr; }
+
+void Generation::rethrow_error(size_t i) const {
+    if (const Seq& s = seq(i); s.error) std::rethrow_exception(s.error);
+}
+
 std::string Generation::take_text(size_t i) {
     std::string out;
     out.swap(seq(i).pending);
@@ -440,19 +452,26 @@ void Generation::advance() {
     }
 
     // every sequence takes its rows, in parallel: each has its own sampler and random stream,
-    // so nothing depends on the thread count
+    // so nothing depends on the thread count. The caller's hooks (Python) run on this thread.
     const int64_t B = int64_t(todo.size());
-    std::exception_ptr error;
-#pragma omp parallel for num_threads(std::max<int64_t>(1, std::min<int64_t>(B, model_.n_threads()))) schedule(static, 1)
+    bool hooks = false;
+    for (const Seq* s : todo) hooks = hooks || s->opt().has_hooks();
+#pragma omp parallel for if (!hooks) num_threads(std::max<int64_t>(1, std::min<int64_t>(B, model_.n_threads()))) \
+    schedule(static, 1)
     for (int64_t b = 0; b < B; b++) {
         try {
             take(*todo[b], todo_rows[b], todo[b]->fed.size());
         } catch (...) {
-#pragma omp critical
-            if (!error) error = std::current_exception();
+            todo[b]->error = std::current_exception();
         }
     }
-    if (error) std::rethrow_exception(error);
+    for (Seq* s : todo) {  // a sequence that failed: the step, or with contain_errors itself
+        if (!s->error) continue;
+        if (!contain_errors_) std::rethrow_exception(s->error);
+        s->live = false;
+        s->r.finish_reason = "error";
+        s->cache.reset();  // part way through a step: not kept for prefix caching
+    }
 
     for (size_t i = 0; i < running.size(); i++) {
         const Seq& s = *running[i];
@@ -518,7 +537,7 @@ void Generation::take(Seq& s, const float* rows, size_t n) {
         } else {
             choose(s, r);
         }
-        accept(s, s.chosen);
+        accept(s, s.chosen, r);
         s.taken++;
         s.accepted += as_drafted;
         if (!s.live || !as_drafted) break;
@@ -549,7 +568,7 @@ void Generation::add_logprobs(Seq& s, const float* row) {
     }
 }
 
-void Generation::accept(Seq& s, int32_t token) {
+void Generation::accept(Seq& s, int32_t token, const float* row) {
     const GenerateOptions& opt = s.opt();
     s.r.tokens.push_back(token);
     s.history.push_back(token);
@@ -575,6 +594,7 @@ void Generation::accept(Seq& s, int32_t token) {
             return finish(s, "stop");
         }
     }
+    if (opt.stop_hook && opt.stop_hook(s.r.prompt_index, s.history, row)) return finish(s, "stop");
     if (int64_t(s.r.tokens.size()) >= opt.max_new_tokens || int64_t(s.history.size()) >= n_ctx_)
         return finish(s, "length");
     s.next_input = token;

@@ -62,6 +62,17 @@ struct GenerateOptions {
     int64_t num_beams = 1;
     double length_penalty = 1.0;
     EarlyStopping early_stopping = EarlyStopping::Heuristic;
+    // The caller's own code (the bindings': Python callables), given the prompt's index in the
+    // request and the sequence's tokens so far (prompt first); either may throw, and runs on the
+    // thread that steps the generation, one sequence at a time.
+    //   logits_hook: a logits processor, run after the built-in ones and before the sampling
+    //     filters (SamplingParams::custom); with beam search, on the log-probs, as the others.
+    //   stop_hook: after each token (in the history), from the logits row that chose it: true
+    //     stops the sequence, finish_reason "stop" (transformers' stopping_criteria). Not with
+    //     beam search.
+    std::function<void(size_t prompt_index, const std::vector<int32_t>& history, float* scores)> logits_hook;
+    std::function<bool(size_t prompt_index, const std::vector<int32_t>& history, const float* logits)> stop_hook;
+    bool has_hooks() const { return logits_hook != nullptr || stop_hook != nullptr; }
 };
 
 using TopLogprobs = std::vector<std::pair<int32_t, float>>;  // (id, log-prob), most likely first
@@ -70,7 +81,7 @@ struct SequenceResult {
     size_t prompt_index = 0;         // which prompt (sequences are prompt-major)
     std::vector<int32_t> tokens;     // generated, the stopping token(s) included
     std::string text;                // valid UTF-8, cut before whatever stopped generation
-    std::string finish_reason;       // "length" | "stop" | "eos"; "" while running
+    std::string finish_reason;       // "length" | "stop" | "eos" ("error": contain_errors); "" while running
     // Log-probabilities under the model's raw distribution (softmax of the logits, before any
     // processor): for each generated token, and, with prompt_logprobs, for prompt tokens 1..n-1.
     std::vector<float> logprobs;
@@ -197,6 +208,13 @@ public:
     // request with prompt_logprobs, which needs every prompt row. Outputs do not change.
     void set_prefix_cache(int64_t n);
     int64_t prefix_cache() const { return prefix_cache_; }
+    // What a sequence's token choice throws (its processors, the caller's hooks, every token
+    // filtered out) fails the step (false, the default), or, when true, only that sequence:
+    // it stops with finish_reason "error", and rethrow_error(i) throws what it threw.
+    void set_contain_errors(bool on) { contain_errors_ = on; }
+    bool contain_errors() const { return contain_errors_; }
+    void rethrow_error(size_t i) const;  // nothing if sequence i did not fail
+    bool failed(size_t i) const;
 
     // Text sequence i produced since the last call: valid UTF-8 that can no longer change
     // (unfinished characters and possible starts of a stop string are held back).
@@ -224,7 +242,7 @@ private:
     void take(Seq& s, const float* rows, size_t n);
     void choose(Seq& s, const float* row);
     void add_logprobs(Seq& s, const float* row);
-    void accept(Seq& s, int32_t token);
+    void accept(Seq& s, int32_t token, const float* row);
     void finish(Seq& s, const char* reason);
     void release_text(Seq& s, bool final);
 
@@ -235,6 +253,7 @@ private:
     size_t next_id_ = 0;
     int64_t prefill_chunk_ = 0;
     int64_t prefix_cache_ = 0;
+    bool contain_errors_ = false;
     struct Kept {                       // a finished sequence's cache, for prefix caching
         std::vector<int32_t> tokens;    // the tokens whose keys and values it holds
         std::unique_ptr<KVCache> cache;

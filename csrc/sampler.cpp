@@ -121,6 +121,7 @@ void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_pr
     if (params_.bans_ngrams()) ban_repeated_ngrams(s, history);
     if (params_.delays_the_end() && history.size() < n_prompt + size_t(params_.min_new_tokens))
         for (int32_t id : params_.end_tokens) s[id] = kNegInf;
+    if (params_.custom) params_.custom(history, s);
     if (params_.greedy()) return;  // the filters below only shape a random draw
 
     if (params_.temperature != 1.0f)

@@ -17,6 +17,8 @@
 //                                                               (NoRepeatNGramLogitsProcessor)
 //   min_new_tokens      bans the end tokens (eos, stop tokens) until that many are generated
 //                                                               (MinNewTokensLengthLogitsProcessor)
+//   custom              the caller's own processor (the bindings': Python callables), where
+//                       transformers runs a logits_processor list, after its own
 //   --- sampling only (temperature > 0): the former "warpers" ---
 //   temperature         s /= T                                  (TemperatureLogitsWarper)
 //   top_k               keep s >= k-th largest                  (TopKLogitsWarper)
@@ -32,6 +34,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -52,6 +55,10 @@ private:
     uint64_t s_[4];
 };
 
+// A caller's own logits processor: changes scores[0 : vocab_size] in place, given the tokens so
+// far (prompt first). It may throw; it runs on the thread that steps the generation.
+using ScoresHook = std::function<void(const std::vector<int32_t>& history, float* scores)>;
+
 struct SamplingParams {
     float temperature = 0.0f;        // 0: greedy
     int64_t top_k = 0;               // 0: off
@@ -67,6 +74,7 @@ struct SamplingParams {
     std::vector<std::pair<std::vector<int32_t>, float>> sequence_bias;  // (tokens, bias on the last)
     int64_t min_new_tokens = 0;        // end_tokens are banned while fewer tokens were generated
     std::vector<int32_t> end_tokens;   // (set by the decode loop: eos, stop_token_ids)
+    ScoresHook custom;                 // null: none (set by the decode loop from GenerateOptions)
 
     // Throws std::invalid_argument naming the first bad value.
     void validate(int64_t vocab_size) const;
@@ -79,7 +87,7 @@ struct SamplingParams {
     bool delays_the_end() const { return min_new_tokens > 0 && !end_tokens.empty(); }
     bool changes_logits() const {
         return !logit_bias.empty() || !sequence_bias.empty() || penalises_repeats() || penalises_counts() || bans_ngrams() ||
-               delays_the_end();
+               delays_the_end() || custom != nullptr;
     }
 };
 

@@ -363,6 +363,7 @@ class Batcher:
             gen = _core.Generation(self.model._core, tok)
             gen.prefill_chunk = self.prefill_chunk
             gen.prefix_cache = self.prefix_cache
+            gen.contain_errors = True  # a request's processors that fail (the caller's code) fail it alone
             return gen
 
         gen = new_batch()
@@ -422,12 +423,19 @@ class Batcher:
                         piece = gen.take_text(job.first + k)
                         if piece:
                             job._emit((k, piece))
-                if all(gen.finished(i) for i in ids):
-                    outputs = job.req.outputs(gen, job.first, self._timings(gen, job, now))
+                if all(gen.finished(i) for i in ids) or any(gen.failed(i) for i in ids):
+                    outputs = error = None
+                    try:
+                        for i in ids:
+                            gen.raise_error(i)
+                    except BaseException as e:  # noqa: BLE001 - what a token choice (the caller's code) raised
+                        error = e
+                    if error is None:
+                        outputs = job.req.outputs(gen, job.first, self._timings(gen, job, now))
                     self._drop(gen, job)
                     active.remove(job)
                     running -= job.req.n_sequences
-                    job._finish(outputs)
+                    job._finish(outputs, error)
 
     @staticmethod
     def _drop(gen, job: Job) -> None:

@@ -202,6 +202,81 @@ def _token_list(name, ids, vocab_size):
     return out
 
 
+def _callables(name: str, v) -> list:
+    """A callable or a list of them (None: none) as a list."""
+    if v is None:
+        return []
+    items = [v] if callable(v) else v
+    if not isinstance(items, (list, tuple)) or not all(callable(f) for f in items):
+        raise TypeError(f"{name} must be a callable or a list of callables, got {type(v).__name__}")
+    return list(items)
+
+
+class _Hooks:
+    """The caller's own logits processors, prefix_allowed_tokens_fn and stopping criteria, as
+    the C++ decode loop calls them (GenerateOptions.set_hooks): once per sequence and token, on
+    the thread that steps the generation, with the GIL. What they raise comes out of the step
+    (or, in a pygpt.Batcher, fails that request alone: Generation.contain_errors)."""
+
+    def __init__(self, vocab_size: int, processors: list, criteria: list, allowed):
+        self.V = vocab_size
+        self.processors = processors
+        self.criteria = criteria
+        self.allowed = allowed
+        self.force_allowed = True  # not with beam search, whose other beams may go on
+
+    @classmethod
+    def make(cls, vocab_size: int, logits_processor, stopping_criteria, prefix_allowed_tokens_fn):
+        processors = _callables("logits_processor", logits_processor)
+        criteria = _callables("stopping_criteria", stopping_criteria)
+        if prefix_allowed_tokens_fn is not None and not callable(prefix_allowed_tokens_fn):
+            raise TypeError("prefix_allowed_tokens_fn must be a callable (batch_id, input_ids) -> list of token ids, "
+                            f"got {type(prefix_allowed_tokens_fn).__name__}")
+        if not processors and not criteria and prefix_allowed_tokens_fn is None:
+            return None
+        return cls(vocab_size, processors, criteria, prefix_allowed_tokens_fn)
+
+    def install(self, opt) -> None:
+        """Sets opt's hooks (a GenerateOptions)."""
+        changes_scores = bool(self.processors) or self.allowed is not None
+        opt.set_hooks(self._process if changes_scores else None, self._stop if self.criteria else None, self.V)
+
+    def _process(self, batch_id: int, ids: np.ndarray, scores: np.ndarray) -> None:
+        if self.allowed is not None:  # transformers' PrefixConstrainedLogitsProcessor
+            allowed = self.allowed(batch_id, ids)
+            try:
+                keep = np.asarray(list(allowed))
+            except TypeError:
+                raise TypeError("prefix_allowed_tokens_fn must return a list of token ids, "
+                                f"got {type(allowed).__name__}") from None
+            if keep.size == 0:
+                raise ValueError(f"prefix_allowed_tokens_fn returned no token for batch_id {batch_id} after "
+                                 f"{len(ids)} tokens: nothing left to generate")
+            if keep.ndim != 1 or not np.issubdtype(keep.dtype, np.integer):
+                raise TypeError("prefix_allowed_tokens_fn must return a list of integer token ids")
+            if keep.min() < 0 or keep.max() >= self.V:
+                raise ValueError(f"prefix_allowed_tokens_fn returned a token id outside the vocabulary [0, {self.V})")
+            masked = np.full(self.V, -np.inf, dtype=np.float32)
+            masked[keep] = scores[keep]
+            if self.force_allowed and np.isneginf(masked[keep]).all():
+                masked[keep] = 0.0  # every allowed token was banned before: they stay possible, as in transformers
+            scores[:] = masked
+        for fn in self.processors:
+            out = fn(ids, scores)
+            if out is None or out is scores:
+                continue
+            out = np.asarray(out, dtype=np.float32)
+            if out.shape != (self.V,):
+                raise ValueError(f"logits_processor {getattr(fn, '__name__', fn)!r} returned an array of shape "
+                                 f"{out.shape}; it must return the scores, shape ({self.V},)")
+            scores[:] = out
+        if np.isnan(scores).any():
+            raise ValueError("logits_processor returned NaN scores")
+
+    def _stop(self, batch_id: int, ids: np.ndarray, logits: np.ndarray) -> bool:
+        return any(bool(fn(ids, logits)) for fn in self.criteria)
+
+
 def _split_prompts(prompt) -> Tuple[list, bool]:
     """(list of prompts, whether the input was a batch)."""
     if isinstance(prompt, str):
@@ -240,7 +315,8 @@ class _Request:
                  stop_token_ids=None, ignore_eos=False, seed=None, logprobs=False, top_logprobs=0,
                  echo=False, num_return_sequences=1, truncate=None, min_new_tokens=0, num_beams=1,
                  length_penalty=1.0, early_stopping=False, prompt_lookup_num_tokens=None,
-                 max_matching_ngram_size=2):
+                 max_matching_ngram_size=2, logits_processor=None, stopping_criteria=None,
+                 prefix_allowed_tokens_fn=None):
         if not hasattr(model, "_core") or not hasattr(model, "config"):
             raise TypeError(f"model must be a pygpt.Model (from pygpt.load), got {type(model).__name__}")
         if model._core is None:
@@ -311,6 +387,12 @@ class _Request:
                                  f"num_beams ({opt.num_beams})")
         if truncate not in (None, "left"):
             raise ValueError(f"truncate must be None or 'left', got {truncate!r}")
+        self.hooks = _Hooks.make(V, logits_processor, stopping_criteria, prefix_allowed_tokens_fn)
+        if self.hooks is not None:
+            if self.hooks.criteria and opt.num_beams > 1:
+                raise ValueError("stopping_criteria do not go with beam search (num_beams > 1)")
+            self.hooks.force_allowed = opt.num_beams == 1
+            self.hooks.install(opt)
         self.options = opt
 
         items, self.batch = _split_prompts(prompt)
@@ -434,6 +516,12 @@ def generate(model, prompt: Union[Prompt, Sequence[Prompt]], **options):
                               better; 'never' once none can (transformers' semantics)
       truncate=None           'left': cut the prompt's start so prompt + max_new_tokens fits
                               the context; otherwise a prompt longer than it is a ValueError
+      logits_processor        a callable fn(input_ids, scores) or a list of them: your own
+                              processors, run after the built-in ones (numpy: int64 ids, prompt
+                              first; float32 scores to change in place or return anew)
+      prefix_allowed_tokens_fn  fn(batch_id, input_ids) -> the token ids allowed next
+      stopping_criteria       fn(input_ids, logits) -> bool, or a list: True stops the sequence
+                              after its last token (finish_reason "stop"); not with beams
 
     Generation stops at the model's context (finish_reason "length"). Ctrl-C stops it within
     one token and raises KeyboardInterrupt; the model stays usable.
