@@ -329,6 +329,20 @@ void bind_generate(py::module_& m) {
             },
             py::arg("i"),
              "Text sequence i produced since the last call (never a partial character or stop string).")
+        .def(
+            "take_tokens",
+            [](PyGeneration& g, size_t i) {
+                BusyGuard busy(g.busy);
+                const SequenceResult r = sampling(g).take_tokens(i);
+                py::dict d;
+                d["tokens"] = r.tokens;
+                d["logprobs"] = r.logprobs;
+                d["top_logprobs"] = top_list(r.top_logprobs);
+                return d;
+            },
+            py::arg("i"),
+            "The tokens sequence i generated since the last call: {'tokens', 'logprobs', 'top_logprobs'} "
+            "(the last two empty unless the request asked for them).")
         .def_property_readonly("done", [](const PyGeneration& g) { return g.gen->done(); })
         .def("__len__", [](const PyGeneration& g) { return g.gen->size(); })
         .def("result", [](const PyGeneration& g, size_t i) { return result_dict(g.gen->result(i)); }, py::arg("i"))

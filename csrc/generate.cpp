@@ -204,6 +204,7 @@ struct Generation::Seq {
     std::string bytes;             // raw bytes of the generated text so far
     size_t released = 0;           // bytes[0 : released] are already in r.text
     std::string pending;           // released text not yet taken by take_text
+    size_t tokens_taken = 0;       // r.tokens[0 : tokens_taken] were taken by take_tokens
     // the sampler's work and what it chose (steps run sequences in parallel)
     std::vector<float> scores;
     int32_t chosen = -1;
@@ -367,6 +368,19 @@ void Generation::rethrow_error(size_t i) const {
 std::string Generation::take_text(size_t i) {
     std::string out;
     out.swap(seq(i).pending);
+    return out;
+}
+
+SequenceResult Generation::take_tokens(size_t i) {
+    Seq& s = seq(i);
+    const size_t from = s.tokens_taken;
+    SequenceResult out;
+    out.prompt_index = s.r.prompt_index;
+    out.tokens.assign(s.r.tokens.begin() + int64_t(from), s.r.tokens.end());
+    if (s.r.logprobs.size() >= from) out.logprobs.assign(s.r.logprobs.begin() + int64_t(from), s.r.logprobs.end());
+    if (s.r.top_logprobs.size() >= from)
+        out.top_logprobs.assign(s.r.top_logprobs.begin() + int64_t(from), s.r.top_logprobs.end());
+    s.tokens_taken = s.r.tokens.size();
     return out;
 }
 

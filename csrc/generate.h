@@ -219,6 +219,9 @@ public:
     // Text sequence i produced since the last call: valid UTF-8 that can no longer change
     // (unfinished characters and possible starts of a stop string are held back).
     std::string take_text(size_t i) override;
+    // The tokens sequence i generated since the last call, with their logprobs and top
+    // logprobs when its request asked for them (for streams that carry tokens).
+    SequenceResult take_tokens(size_t i);
 
     size_t size() const override { return next_id_; }  // ids handed out (removed ones included)
     const SequenceResult& result(size_t i) const override;

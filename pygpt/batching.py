@@ -48,10 +48,11 @@ class Job:
     """One submitted request: its sequences in the scheduler's Generation, its result when done.
     result() waits for it; cancel() stops it (its result() then raises BatcherClosed)."""
 
-    def __init__(self, req: _Request, sink: Optional[Callable] = None):
+    def __init__(self, req: _Request, sink: Optional[Callable] = None, tokens: bool = False):
         self.req = req
         self.first = -1                   # id of its first sequence, once added
         self.sink = sink                  # streaming: gets (sequence index, text piece) pairs, then None
+        self.tokens = tokens              # and the tokens since the last pair: (index, piece, tokens)
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._callbacks: list = []
@@ -119,11 +120,19 @@ class ChoiceStream:
     sequence j of prompt p. With echo, each sequence's prompt text comes first. Once
     exhausted, .outputs holds the GenerationOutputs in index order. Leaving the loop early
     stops the request: call close() (or use it in a with block) rather than wait for the
-    garbage collector."""
+    garbage collector.
 
-    def __init__(self, submit: Callable[[Callable], Job], req: _Request):
+    tokens=True: (index, text piece, tokens) triples instead, one whenever a sequence has new
+    text or new tokens: tokens is {"tokens", "logprobs", "top_logprobs"} of the tokens it
+    generated since its previous triple (logprobs with logprobs=True, as in GenerationOutput;
+    the echoed prompt's triple has none). A piece may lag its tokens: text that may still
+    become a stop string or a UTF-8 character comes with a later triple (or never, as the
+    stop string itself)."""
+
+    def __init__(self, submit: Callable[[Callable], Job], req: _Request, tokens: bool = False):
         self._pieces: queue.SimpleQueue = queue.SimpleQueue()
         n = req.options.num_return_sequences
+        self._tokens = tokens
         self._echoes = collections.deque((k, req.prompt_text(k // n)) for k in range(req.n_sequences) if req.echo)
         self.outputs: Optional[list] = None
         self._job = submit(self._pieces.put)
@@ -135,7 +144,7 @@ class ChoiceStream:
         while self._echoes:
             k, text = self._echoes.popleft()
             if text:
-                return k, text
+                return (k, text, {"tokens": [], "logprobs": [], "top_logprobs": []}) if self._tokens else (k, text)
         if self.outputs is not None:
             raise StopIteration
         try:
@@ -277,14 +286,15 @@ class Batcher:
         req = _stream_request(self.model, prompt, options)
         return BatchedStream(lambda sink: self._submit(req, sink), req)
 
-    def stream_choices(self, prompt, **options) -> ChoiceStream:
+    def stream_choices(self, prompt, *, tokens: bool = False, **options) -> ChoiceStream:
         """The text of every sequence of a request as it is generated, as (index, piece) pairs
         (a batch of prompts, num_return_sequences > 1; see ChoiceStream), for servers that
-        stream several choices."""
+        stream several choices; tokens=True: (index, piece, tokens) with the new tokens (and
+        their logprobs)."""
         req = _Request(self.model, prompt, **options)
         if req.tokenizer is None:
             raise ValueError("stream_choices() yields text and this model has no tokenizer; use generate()")
-        return ChoiceStream(lambda sink: self._submit(req, sink), req)
+        return ChoiceStream(lambda sink: self._submit(req, sink, tokens), req, tokens)
 
     async def agenerate(self, prompt, **options):
         """generate() for asyncio: the event loop waits without a worker thread. Cancelling the
@@ -327,10 +337,10 @@ class Batcher:
 
     # -- the scheduler -------------------------------------------------------------------------
 
-    def _submit(self, req: _Request, sink=None) -> Job:
+    def _submit(self, req: _Request, sink=None, tokens: bool = False) -> Job:
         if req.options.num_beams != 1:
             raise ValueError("a Batcher does not run beam search (num_beams > 1): use model.generate")
-        job = Job(req, sink)
+        job = Job(req, sink, tokens)
         with self._cv:
             if self._closed:
                 raise BatcherClosed("this batcher is closed")
@@ -421,7 +431,11 @@ class Batcher:
                 if job.sink is not None:
                     for k in range(job.req.n_sequences):
                         piece = gen.take_text(job.first + k)
-                        if piece:
+                        if job.tokens:
+                            new = gen.take_tokens(job.first + k)
+                            if piece or new["tokens"]:
+                                job._emit((k, piece, new))
+                        elif piece:
                             job._emit((k, piece))
                 if all(gen.finished(i) for i in ids) or any(gen.failed(i) for i in ids):
                     outputs = error = None

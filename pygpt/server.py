@@ -15,10 +15,11 @@ temperature (1), top_p, n, stream (server-sent events, a chunk a text piece of o
 ending in "data: [DONE]"), stop, seed, presence_penalty, frequency_penalty, logit_bias ({"id": bias}),
 echo, logprobs (k: each token's log-probability and the k most likely, in OpenAI's tokens /
 token_logprobs / top_logprobs / text_offset lists; with echo and max_tokens 0, the prompt's,
-as evaluation harnesses ask); and pygpt's own top_k, min_p, typical_p, repetition_penalty,
+as evaluation harnesses ask; with stream, each chunk has those of the tokens generated since
+the choice's previous chunk); and pygpt's own top_k, min_p, typical_p, repetition_penalty,
 no_repeat_ngram_size, min_tokens, ignore_eos. model and user are accepted and ignored;
-suffix, best_of > 1 and logprobs with stream are refused (400), as is anything else
-unknown.
+suffix, best_of > 1 and echo with logprobs and stream are refused (400), as is anything
+else unknown.
 """
 
 from __future__ import annotations
@@ -141,9 +142,9 @@ class Handler(BaseHTTPRequestHandler):
             if not isinstance(stream, bool):
                 raise RequestError("'stream' must be true or false")
             if stream:
-                if options.get("logprobs"):
-                    raise RequestError("'logprobs' is not supported with 'stream'")
-                it = self.server.batcher.stream_choices(prompt, **options)
+                if options.get("logprobs") and options.get("echo"):
+                    raise RequestError("'echo' with 'logprobs' is not supported with 'stream'")
+                it = self.server.batcher.stream_choices(prompt, tokens=bool(options.get("logprobs")), **options)
             else:
                 out = self.server.batcher.generate(prompt, **options)
         except (RequestError, ValueError, TypeError, MemoryError) as e:
@@ -156,13 +157,14 @@ class Handler(BaseHTTPRequestHandler):
                 "model": self.server.model_name}
         if stream:
             with it:  # a client that goes away stops its generation
-                self._stream(it, head)
+                self._stream(it, head, bool(options.get("logprobs")))
             return
         per_prompt = [g if isinstance(g, list) else [g] for g in (out if batch else [out])]
         flat = [o for g in per_prompt for o in g]  # OpenAI's order: prompt-major
         tokenizer = self.server.model.tokenizer
         choices = [{"text": o.text, "index": i, "finish_reason": _finish(o),
-                    "logprobs": _logprobs(o, tokenizer) if options.get("logprobs") else None}
+                    "logprobs": _logprobs(o.tokens, o.logprobs, o.top_logprobs, tokenizer)[0]
+                    if options.get("logprobs") else None}
                    for i, o in enumerate(flat)]
         prompt_tokens = sum(len(g[0].prompt_tokens) for g in per_prompt)
         completion_tokens = sum(len(o.tokens) - (len(o.prompt_tokens) if options.get("echo") else 0) for o in flat)
@@ -171,9 +173,11 @@ class Handler(BaseHTTPRequestHandler):
             "total_tokens": prompt_tokens + completion_tokens,
             "prompt_tokens_details": {"cached_tokens": flat[0].timings.cached_tokens}}})
 
-    def _stream(self, it, head) -> None:
+    def _stream(self, it, head, logprobs: bool) -> None:
         """Server-sent events: a chunk a text piece of a choice (its index: prompt-major, as
-        without stream), then one with each choice's finish reason, then [DONE].
+        without stream), then one with each choice's finish reason, then [DONE]. With logprobs,
+        a chunk also whenever a choice has new tokens, with their logprobs (text_offset counts
+        on from the choice's previous tokens, as without stream).
         A client that goes away stops the generation (the caller closes the stream)."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -182,14 +186,22 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
 
-        def event(index, text, finish):
-            chunk = {**head, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish}]}
+        def event(index, text, finish, lps=None):
+            chunk = {**head, "choices": [{"text": text, "index": index, "logprobs": lps, "finish_reason": finish}]}
             self.wfile.write(b"data: " + json.dumps(chunk).encode("utf-8") + b"\n\n")
             self.wfile.flush()
 
+        tokenizer = self.server.model.tokenizer
+        offsets: dict = {}  # choice index -> text_offset of its next token
         try:
-            for index, piece in it:
-                event(index, piece, None)
+            for item in it:
+                if not logprobs:
+                    event(*item, None)
+                    continue
+                index, piece, new = item
+                lps, offsets[index] = _logprobs(new["tokens"], new["logprobs"], new["top_logprobs"], tokenizer,
+                                                offsets.get(index, 0))
+                event(index, piece, None, lps)
             for index, out in enumerate(it.outputs):
                 event(index, "", _finish(out))
             self.wfile.write(b"data: [DONE]\n\n")
@@ -201,22 +213,23 @@ class Handler(BaseHTTPRequestHandler):
                              .encode("utf-8") + b"\n\n")
 
 
-def _logprobs(out, tokenizer) -> dict:
-    """OpenAI's logprobs object of an output: its tokens as text, their log-probabilities (None
-    for the first prompt token with echo), the most likely alternatives and where each token
-    starts in the text."""
+def _logprobs(tokens, logprobs, top_logprobs, tokenizer, start: int = 0) -> tuple:
+    """(OpenAI's logprobs object of tokens, where the text after them starts): the tokens as
+    text, their log-probabilities (None for the first prompt token with echo), the most likely
+    alternatives (None, or empty: not asked for) and where each token starts in the text, from
+    start."""
     def piece(t):
         return tokenizer.decode([t]) if tokenizer is not None else str(t)
 
-    pieces = [piece(t) for t in out.tokens]
-    offsets, at = [], 0
+    pieces = [piece(t) for t in tokens]
+    offsets, at = [], start
     for p in pieces:
         offsets.append(at)
         at += len(p)
-    tops = out.top_logprobs or [None] * len(pieces)
-    return {"tokens": pieces, "token_logprobs": list(out.logprobs),
+    tops = top_logprobs or [None] * len(pieces)
+    return {"tokens": pieces, "token_logprobs": list(logprobs),
             "top_logprobs": [None if row is None else {piece(t): lp for t, lp in row} for row in tops],
-            "text_offset": offsets}
+            "text_offset": offsets}, at
 
 
 def _finish(out) -> str:

@@ -300,6 +300,38 @@ def test_stream_choices_yields_every_sequences_text(batcher, model, options):
         assert_same(stream.outputs[i], w)
 
 
+@pytest.mark.parametrize("options", [dict(max_new_tokens=12, temperature=1.0, seed=2, num_return_sequences=2,
+                                          logprobs=True, top_logprobs=2),
+                                     dict(max_new_tokens=12, echo=True, stop=["e", "\n"]),
+                                     dict(max_new_tokens=12, prompt_lookup_num_tokens=3)],
+                         ids=["logprobs", "echo_stop", "lookup"])
+def test_stream_choices_with_tokens(batcher, model, options):
+    """tokens=True: a triple whenever a sequence has new text or tokens; joined, the tokens,
+    logprobs and pieces are the outputs' (the pieces may lag the tokens, and text cut at a
+    stop string never comes, its tokens do)."""
+    prompts = ["Once upon a time", "ROMEO:"]
+    stream = batcher.stream_choices(prompts, tokens=True, **options)
+    got = {}
+    for index, piece, new in stream:
+        assert piece or new["tokens"]
+        g = got.setdefault(index, {"text": "", "tokens": [], "logprobs": [], "top_logprobs": []})
+        g["text"] += piece
+        for k in ("tokens", "logprobs", "top_logprobs"):
+            g[k] += new[k]
+    want = flatten(model.generate(prompts, **options))
+    for i, w in enumerate(want):
+        assert got[i]["text"] == w.text
+        generated = w.tokens[len(w.prompt_tokens):] if options.get("echo") else w.tokens
+        assert got[i]["tokens"] == generated
+        if options.get("logprobs"):
+            assert got[i]["logprobs"] == w.logprobs
+            assert [[tuple(x) for x in row] for row in got[i]["top_logprobs"]] == w.top_logprobs
+        else:
+            assert got[i]["logprobs"] == [] and got[i]["top_logprobs"] == []
+    if options.get("stop"):
+        assert any(w.finish_reason == "stop" for w in want)
+
+
 def test_stream_choices_refuses_beams_and_models_without_tokenizer(batcher, model, model_without_tokenizer):
     with pytest.raises(ValueError, match="beam"):
         batcher.stream_choices("Hi", num_beams=2)

@@ -168,6 +168,36 @@ def test_streaming_several_choices(url, model):
     assert finals == list(range(4)) and chunks[-4:] == [c for c in chunks if c["finish_reason"]]
 
 
+def test_streaming_with_logprobs(url, model):
+    """stream + logprobs: each choice's chunks carry the logprobs of its tokens as they come;
+    joined, they are the non-streamed response's lists (text_offset counting on from chunk to
+    chunk), and the texts join to generate's text (here cut at a stop string, whose tokens
+    are still listed, as without stream)."""
+    plain = model.generate(PROMPTS[0], max_new_tokens=12).text
+    stop = plain[8:11]
+    body = {"prompt": PROMPTS, "max_tokens": 12, "temperature": 0, "n": 2, "logprobs": 2,
+            "stop": stop}
+    whole = json.loads(post(url, body)[1])["choices"]
+    status, text = post(url, {**body, "stream": True})
+    assert status == 200
+    events = [e for e in text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[len("data: "):])["choices"][0] for e in events[:-1]]
+    want = [o for g in model.generate(PROMPTS, max_new_tokens=12, num_return_sequences=2, logprobs=True,
+                                      top_logprobs=2, stop=stop) for o in g]
+    assert any(w.finish_reason == "stop" for w in want)
+    for i, (w, ref) in enumerate(zip(want, whole)):
+        mine = [c for c in chunks if c["index"] == i]
+        assert "".join(c["text"] for c in mine) == w.text == ref["text"]
+        body_chunks, last = mine[:-1], mine[-1]
+        assert last["logprobs"] is None and last["finish_reason"] == ref["finish_reason"]
+        assert all(c["logprobs"] is not None and c["finish_reason"] is None for c in body_chunks)
+        joined = {k: [x for c in body_chunks for x in c["logprobs"][k]] for k in ref["logprobs"]}
+        assert joined == ref["logprobs"]
+        assert joined["tokens"] == [model.tokenizer.decode([t]) for t in w.tokens]
+        assert joined["token_logprobs"] == pytest.approx(w.logprobs, abs=1e-6)
+
+
 def test_models_and_health(url):
     assert get(url, "/health") == (200, {"status": "ok"})
     status, r = get(url, "/v1/models")
@@ -177,7 +207,7 @@ def test_models_and_health(url):
 @pytest.mark.parametrize("body, match", [
     ({"prompt": "hi", "temperature": -1}, "temperature"),
     ({"prompt": "hi", "max_tokens": "many"}, "max_new_tokens"),
-    ({"prompt": "hi", "logprobs": 3, "stream": True}, "logprobs"),
+    ({"prompt": "hi", "logprobs": 3, "stream": True, "echo": True}, "'echo' with 'logprobs'"),
     ({"prompt": "hi", "logprobs": 21}, "logprobs"),
     ({"prompt": "hi", "logprobs": True}, "logprobs"),
     ({"prompt": "hi", "suffix": "x"}, "suffix"),
