@@ -166,6 +166,31 @@ void bind_generate(py::module_& m) {
         py::arg("stream"), py::arg("n"), py::arg("isa") = "",
         "n successive choices of one sampler on the same logits (its random stream advancing), for tests.");
 
+    m.def(
+        "sample_against_tokens",
+        [](const FloatArray& logits, const std::vector<int32_t>& history, size_t n_prompt,
+           const SamplingParams& params, uint64_t seed, int32_t draft, const FloatArray& q, int64_t n) {
+            if (n < 0) throw std::invalid_argument("n must be >= 0");
+            const std::vector<float> s0 = to_logits(logits);
+            if (q.ndim() != 1 || size_t(q.size()) != s0.size()) throw std::invalid_argument("q must be like logits");
+            const std::vector<float> probs(q.data(), q.data() + q.size());
+            py::array_t<int32_t> tokens(n);
+            py::array_t<bool> taken(n);
+            int32_t* t = tokens.mutable_data();
+            bool* k = taken.mutable_data();
+            {
+                py::gil_scoped_release release;
+                Sampler sampler(params, int64_t(s0.size()), seed, 0, select_kernels(""));
+                std::vector<float> work;
+                for (int64_t i = 0; i < n; i++)
+                    t[i] = sampler.sample_against(s0.data(), work, history, n_prompt, draft, probs.data(), &k[i]);
+            }
+            return py::make_tuple(tokens, taken);
+        },
+        py::arg("logits"), py::arg("history"), py::arg("n_prompt"), py::arg("params"), py::arg("seed"),
+        py::arg("draft"), py::arg("q"), py::arg("n"),
+        "n successive (token, whether it is the draft) of one sampler against a draft drawn from q, for tests.");
+
     py::enum_<EarlyStopping>(m, "EarlyStopping", "When beam search stops (transformers' early_stopping).")
         .value("heuristic", EarlyStopping::Heuristic)
         .value("when_full", EarlyStopping::WhenFull)
@@ -209,6 +234,8 @@ void bind_generate(py::module_& m) {
         .def_readwrite("num_return_sequences", &GenerateOptions::num_return_sequences)
         .def_readwrite("prompt_lookup_num_tokens", &GenerateOptions::prompt_lookup_num_tokens)
         .def_readwrite("max_matching_ngram_size", &GenerateOptions::max_matching_ngram_size)
+        .def_readwrite("assistant_model", &GenerateOptions::assistant_model)
+        .def_readwrite("num_assistant_tokens", &GenerateOptions::num_assistant_tokens)
         .def_readwrite("num_beams", &GenerateOptions::num_beams)
         .def_readwrite("length_penalty", &GenerateOptions::length_penalty)
         .def_readwrite("early_stopping", &GenerateOptions::early_stopping)

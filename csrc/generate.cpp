@@ -120,6 +120,9 @@ static void check_memory(const Model& model, const std::vector<std::vector<int32
     for (const auto& ids : prompts) {
         const int64_t positions = std::min(c.n_ctx, int64_t(ids.size()) + new_tokens);
         bytes += double(per_prompt) * double(positions) * double(KVCache::bytes_per_position(c, model.kv_type()));
+        if (const Model* a = opt.assistant_model.get())  // its caches of the same sequences
+            bytes += double(per_prompt) * double(std::min(positions, a->config().n_ctx)) *
+                     double(KVCache::bytes_per_position(a->config(), a->kv_type()));
     }
     // a logits row per sequence, and the processors' copy of it
     bytes += double(prompts.size()) * double(per_prompt) * double(c.vocab_size) * 8.0;
@@ -160,6 +163,16 @@ void check_request(const Model& model, const Tokenizer* tokenizer, const std::ve
     if (opt.prompt_lookup_num_tokens < 0) bad("prompt_lookup_num_tokens must be >= 0 (0 = off)");
     if (opt.max_matching_ngram_size < 1) bad("max_matching_ngram_size must be >= 1");
     if (opt.stop_hook && opt.num_beams > 1) bad("stopping criteria do not go with beam search (num_beams > 1)");
+    if (opt.assistant_model) {
+        const int64_t Va = opt.assistant_model->config().vocab_size;
+        if (Va != V)
+            bad("the assistant model's vocabulary (" + std::to_string(Va) + " tokens) is not the model's (" +
+                std::to_string(V) + ")");
+        if (opt.num_assistant_tokens < 1) bad("num_assistant_tokens must be >= 1");
+        if (opt.num_beams > 1) bad("assisted decoding (assistant_model) does not go with beam search (num_beams > 1)");
+        if (opt.prompt_lookup_num_tokens > 0)
+            bad("assistant_model and prompt_lookup_num_tokens both make drafts: choose one");
+    }
     if (opt.prompt_lookup_num_tokens > 0 && opt.num_beams > 1)
         bad("prompt lookup decoding (prompt_lookup_num_tokens > 0) does not go with beam search (num_beams > 1)");
     if (prompts.empty()) bad("no prompt to generate from");
@@ -186,6 +199,11 @@ std::unique_ptr<Decoding> make_decoding(Model& model, const Tokenizer* tokenizer
 // ---------------------------------------------------------------------------------------------
 // Generation
 
+// The longest draft a sequence takes a step: prompt lookup's or the assistant's (0: none).
+static int64_t max_draft(const GenerateOptions& opt) {
+    return opt.assistant_model ? opt.num_assistant_tokens : opt.prompt_lookup_num_tokens;
+}
+
 struct Generation::Request {       // one add(): the options its sequences share
     GenerateOptions opt;           // with sampling.min_new_tokens and end_tokens filled in
     size_t max_stop = 0;           // longest stop string, bytes
@@ -195,6 +213,14 @@ struct Generation::Seq {
     std::shared_ptr<const Request> req;
     SequenceResult r;
     std::unique_ptr<KVCache> cache;  // made when its prompt runs
+    // assisted decoding: the assistant's cache; when sampling, its sampler (the request's
+    // processors, its own random stream), the tokens so far with the draft, and the
+    // distribution each draft token was drawn from (want rows of V)
+    std::unique_ptr<KVCache> draft_cache;
+    std::unique_ptr<Sampler> draft_sampler;
+    std::vector<int32_t> draft_history;
+    std::vector<float> draft_probs, draft_work;
+    uint64_t stream = 0;           // its random stream (sample j of its prompt: j)
     Sampler sampler;
     std::vector<int32_t> history;  // prompt, then generated tokens
     size_t n_prompt = 0;
@@ -212,7 +238,8 @@ struct Generation::Seq {
     TopLogprobs top;
     std::vector<int32_t> idx;
     std::vector<int32_t> fed;      // the step's input token and, with prompt lookup, its draft
-    int64_t draft_len = 0;         // prompt lookup: the longest draft it takes now
+    int64_t draft_len = 0;         // prompt lookup, assistant: the longest draft it takes now
+    int64_t want = 0;              // assistant: the draft tokens it asks for in this step
     int64_t taken = 0, accepted = 0;  // this step: tokens taken, and those as drafted
     std::exception_ptr error;      // what taking its rows threw (contain_errors)
 
@@ -250,7 +277,8 @@ size_t Generation::add(std::vector<std::vector<int32_t>> prompts, GenerateOption
             sampling.custom = [hook = opt.logits_hook, p](const std::vector<int32_t>& h, float* s) { hook(p, h, s); };
         for (int64_t j = 0; j < opt.num_return_sequences; j++) {  // sample j draws from Rng(seed, j)
             auto s = std::make_unique<Seq>(req, sampling, V_, uint64_t(j), model_.kernels());
-            s->draft_len = opt.prompt_lookup_num_tokens;
+            s->stream = uint64_t(j);
+            s->draft_len = max_draft(opt);
             s->r.prompt_index = p;
             s->history = prompts[p];
             s->n_prompt = prompts[p].size();
@@ -286,6 +314,7 @@ void Generation::retire(Seq& s) {
         while (int64_t(kept_.size()) > prefix_cache_) kept_.pop_front();
     }
     s.cache.reset();
+    s.draft_cache.reset();
 }
 
 // How many leading tokens of s's prompt, all but its last (whose logits row is needed), the
@@ -421,10 +450,10 @@ void Generation::advance() {
         timings_.prefill_tokens += n;
     }
     if (steps.empty() && running.empty()) return;
-    for (Seq* s : running) {
-        feed(*s);
+    for (Seq* s : running) feed(*s);
+    draft_with_assistants(running);
+    for (Seq* s : running)
         steps.push_back({s->cache.get(), s->fed.data(), int64_t(s->fed.size()), s->fed.size() > 1});
-    }
     const std::vector<const float*> rows = forward_rows(model_, steps, logits_);
 
     std::vector<Seq*> todo;
@@ -485,6 +514,7 @@ void Generation::advance() {
         s->live = false;
         s->r.finish_reason = "error";
         s->cache.reset();  // part way through a step: not kept for prefix caching
+        s->draft_cache.reset();
     }
 
     for (size_t i = 0; i < running.size(); i++) {
@@ -533,6 +563,77 @@ void Generation::feed(Seq& s) {
     s.fed.insert(s.fed.end(), draft.begin(), draft.end());
 }
 
+// Assisted decoding: each running sequence with an assistant model gets, after its next token,
+// a draft of up to draft_len tokens from the assistant: greedy, its argmax (raw: any draft is
+// checked by the model); sampling, a draw from its distribution under the request's processors
+// (not the caller's own), kept for speculative sampling (Sampler::sample_against). Each
+// assistant runs once per draft token for all its sequences together; its first call also
+// feeds what its caches lack of their sequences (the prompt at first, then the tokens taken
+// since the last step). take() cuts its caches back to the tokens taken.
+void Generation::draft_with_assistants(const std::vector<Seq*>& running) {
+    std::map<Model*, std::vector<Seq*>> by_assistant;
+    for (Seq* s : running) {
+        Model* a = s->opt().assistant_model.get();
+        if (!a) continue;
+        const int64_t len = int64_t(s->history.size());
+        // drafts that can still be taken (the budget and the context), and that the
+        // assistant's context holds (it runs all but the last)
+        const int64_t room = std::min({s->opt().max_new_tokens - int64_t(s->r.tokens.size()) - 1,
+                                       n_ctx_ - s->cache->pos - 1, a->config().n_ctx - len});
+        s->want = std::min(s->draft_len, room);
+        if (s->want <= 0) continue;
+        if (!s->draft_cache) s->draft_cache = a->new_cache();
+        s->fed.reserve(size_t(s->want) + 1);  // the next calls point into it
+        if (!s->opt().sampling.greedy()) {
+            if (!s->draft_sampler) {
+                SamplingParams p = s->opt().sampling;
+                p.custom = nullptr;
+                s->draft_sampler = std::make_unique<Sampler>(p, V_, s->opt().seed, s->stream | (1ull << 63),
+                                                             model_.kernels());
+            }
+            s->draft_history = s->history;
+            s->draft_probs.resize(size_t(s->want * V_));
+        }
+        by_assistant[a].push_back(s);
+    }
+    for (auto& [a, seqs] : by_assistant) {
+        std::vector<SeqStep> steps;
+        for (Seq* s : seqs) {  // what its cache lacks, up to the next token (history's last)
+            const int64_t at = s->draft_cache->pos;
+            steps.push_back({s->draft_cache.get(), s->history.data() + at, int64_t(s->history.size()) - at, false});
+        }
+        while (!seqs.empty()) {
+            const std::vector<const float*> rows = forward_rows(*a, steps, draft_logits_);
+            std::vector<Seq*> more;
+            std::vector<SeqStep> next;
+            for (size_t i = 0; i < seqs.size(); i++) {
+                Seq* s = seqs[i];
+                const int64_t j = int64_t(s->fed.size()) - 1;  // the draft token's index
+                int64_t d;
+                if (s->draft_sampler) {
+                    try {
+                        d = s->draft_sampler->sample_with_probs(rows[i], s->draft_work, s->draft_history,
+                                                                s->n_prompt, s->draft_probs.data() + j * V_);
+                    } catch (const std::invalid_argument&) {
+                        continue;  // every token filtered out: no draft (the model's row will say)
+                    }
+                    s->draft_history.push_back(int32_t(d));
+                } else {
+                    d = a->kernels().argmax(rows[i], V_);
+                    if (d < 0) continue;  // a row of NaN or -inf: the draft ends here
+                }
+                s->fed.push_back(int32_t(d));
+                if (int64_t(s->fed.size()) - 1 < s->want) {
+                    more.push_back(s);
+                    next.push_back({s->draft_cache.get(), &s->fed.back(), 1, false});
+                }
+            }
+            seqs = std::move(more);
+            steps = std::move(next);
+        }
+    }
+}
+
 // Prompt lookup decoding: a sequence's step feeds its next token and a draft in one call,
 // whose logits rows are bitwise those of feeding the tokens one at a time (the model's rows
 // never depend on the batch). Row j's token is chosen against draft token j
@@ -545,7 +646,11 @@ void Generation::take(Seq& s, const float* rows, size_t n) {
     for (size_t j = 0; j < n; j++) {
         const float* r = rows + int64_t(j) * V_;
         bool as_drafted = false;
-        if (j + 1 < n) {
+        if (j + 1 < n && s.draft_sampler) {  // an assistant's draw, from the distribution kept
+            s.chosen = s.sampler.sample_against(r, s.scores, s.history, s.n_prompt, s.fed[j + 1],
+                                                s.draft_probs.data() + int64_t(j) * V_, &as_drafted);
+            add_logprobs(s, r);
+        } else if (j + 1 < n) {
             s.chosen = s.sampler.sample_draft(r, s.scores, s.history, s.n_prompt, s.fed[j + 1], &as_drafted);
             add_logprobs(s, r);
         } else {
@@ -560,10 +665,12 @@ void Generation::take(Seq& s, const float* rows, size_t n) {
     s.r.draft_tokens += int64_t(n) - 1;
     s.r.accepted_draft_tokens += s.accepted;
     s.cache->pos -= int64_t(n) - s.taken;  // the call appended all n
+    // the assistant's cache ran the drafts but the last: keep those that were taken
+    if (s.draft_cache)
+        s.draft_cache->pos = std::min(s.draft_cache->pos, int64_t(s.history.size()) - s.taken + s.accepted);
     // the next draft: 2 longer after a draft taken whole, as long as what was right after a miss
     const int64_t right = s.taken - 1, drafted = int64_t(n) - 1;
-    s.draft_len = right == drafted ? std::min(s.opt().prompt_lookup_num_tokens, s.draft_len + 2)
-                                   : std::max<int64_t>(1, right);
+    s.draft_len = right == drafted ? std::min(max_draft(s.opt()), s.draft_len + 2) : std::max<int64_t>(1, right);
 }
 
 // The next token of s from a logits row, and its log-probs when asked for.

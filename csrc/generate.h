@@ -58,6 +58,13 @@ struct GenerateOptions {
     // where the sequence's last max_matching_ngram_size (or fewer) tokens occurred before
     int64_t prompt_lookup_num_tokens = 0;
     int64_t max_matching_ngram_size = 2;
+    // assisted decoding (speculative decoding with a draft model, transformers'
+    // assistant_model): up to num_assistant_tokens draft tokens a step, the assistant's greedy
+    // continuation (from its own KV cache of the sequence). Same vocabulary as the model; not
+    // with prompt lookup or beam search. Greedy: greedy decoding's tokens; sampling: its
+    // distribution (Sampler::sample_draft).
+    std::shared_ptr<Model> assistant_model;
+    int64_t num_assistant_tokens = 5;
     // beam search (num_beams > 1; see beam_search.h)
     int64_t num_beams = 1;
     double length_penalty = 1.0;
@@ -242,6 +249,7 @@ private:
     void retire(Seq& s);
     Seq& seq(size_t i) const;
     void feed(Seq& s);
+    void draft_with_assistants(const std::vector<Seq*>& running);
     void take(Seq& s, const float* rows, size_t n);
     void choose(Seq& s, const float* row);
     void add_logprobs(Seq& s, const float* row);
@@ -263,6 +271,7 @@ private:
     };
     std::deque<Kept> kept_;             // the last prefix_cache_ ones, oldest first
     std::vector<float> logits_;
+    std::vector<float> draft_logits_;  // the assistant models'
 };
 
 }  // namespace pygpt

@@ -177,6 +177,38 @@ int32_t Sampler::sample_draft(const float* logits, std::vector<float>& work, con
     return draw(work.data());
 }
 
+int32_t Sampler::sample_against(const float* logits, std::vector<float>& work, const std::vector<int32_t>& history,
+                                size_t n_prompt, int32_t draft, const float* q, bool* taken) {
+    if (draft < 0 || draft >= V_)
+        throw std::invalid_argument("draft token " + std::to_string(draft) + " is outside the vocabulary");
+    work.assign(logits, logits + V_);
+    process(work.data(), history, n_prompt);
+    if (!have_weights_) compute_weights(work.data());
+    const double total = weight_sum();
+    if (!(total > 0.0)) throw std::invalid_argument("every token was filtered out: nothing left to generate");
+    const double p_draft = w_[draft] / total;
+    *taken = rng_.uniform() * double(q[draft]) < p_draft;  // u < p / q
+    if (*taken) return draft;
+    double left = 0.0;  // the residual max(0, p - q), in w_ for draw()
+    for (int64_t i = 0; i < V_; i++) {
+        w_[i] = std::max(0.0, w_[i] / total - double(q[i]));
+        left += w_[i];
+    }
+    if (!(left > 0.0)) compute_weights(work.data());  // p = q up to rounding: draw from p
+    return draw(work.data());
+}
+
+int32_t Sampler::sample_with_probs(const float* logits, std::vector<float>& work, const std::vector<int32_t>& history,
+                                   size_t n_prompt, float* probs) {
+    work.assign(logits, logits + V_);
+    process(work.data(), history, n_prompt);
+    if (!have_weights_) compute_weights(work.data());
+    const double total = weight_sum();
+    if (!(total > 0.0)) throw std::invalid_argument("every token was filtered out: nothing left to generate");
+    for (int64_t i = 0; i < V_; i++) probs[i] = float(w_[i] / total);
+    return draw(work.data());
+}
+
 void Sampler::apply_penalties(float* s, const std::vector<int32_t>& history, size_t n_prompt) {
     for (const auto& [id, bias] : params_.logit_bias) s[id] += bias;
     apply_sequence_bias(s, history);

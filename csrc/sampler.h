@@ -117,6 +117,20 @@ public:
     int32_t sample_draft(const float* logits, std::vector<float>& work, const std::vector<int32_t>& history,
                          size_t n_prompt, int32_t draft, bool* taken);
 
+    // Speculative sampling against a draft token drawn from q (probabilities over the
+    // vocabulary: the draft model's processed distribution, where it drew the draft): the
+    // draft is taken with probability min(1, p(draft) / q(draft)), p the processed
+    // distribution of logits; otherwise a token is drawn from max(0, p - q), renormalised. The
+    // token is distributed as p whatever q is (Leviathan et al., 2023; Chen et al., 2023), and
+    // the closer q is to p, the more often the draft is taken.
+    int32_t sample_against(const float* logits, std::vector<float>& work, const std::vector<int32_t>& history,
+                           size_t n_prompt, int32_t draft, const float* q, bool* taken);
+
+    // A draw from the processed distribution of logits, as sample() makes it, and that
+    // distribution into probs[0 : vocab_size] (the draft side of sample_against).
+    int32_t sample_with_probs(const float* logits, std::vector<float>& work, const std::vector<int32_t>& history,
+                              size_t n_prompt, float* probs);
+
     const SamplingParams& params() const { return params_; }
 
 private:

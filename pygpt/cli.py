@@ -69,6 +69,18 @@ def _sampling_options(args) -> dict:
         truncate="left" if args.truncate else None, prompt_lookup_num_tokens=args.prompt_lookup)
 
 
+def _assistant_options(args) -> dict:
+    """assistant_model (loaded) and num_assistant_tokens from --assistant, --assistant-tokens."""
+    if args.assistant is None:
+        if args.assistant_tokens is not None:
+            raise CliError("--assistant-tokens needs --assistant")
+        return {}
+    options = dict(assistant_model=_load(args.assistant, args.threads))
+    if args.assistant_tokens is not None:
+        options["num_assistant_tokens"] = args.assistant_tokens
+    return options
+
+
 # -- subcommands ---------------------------------------------------------------------------------
 
 
@@ -77,7 +89,7 @@ def cmd_generate(args) -> int:
     model = _load(args.model, args.threads, args.kv_cache)
     if model.tokenizer is None:
         raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
-    options = dict(_sampling_options(args), seed=args.seed)
+    options = dict(_sampling_options(args), seed=args.seed, **_assistant_options(args))
     if args.num_beams > 1:  # the best beam is known at the end: print it then
         out = model.generate(prompt, num_beams=args.num_beams, length_penalty=args.length_penalty, **options)
         wrote = out.text
@@ -130,7 +142,7 @@ def cmd_batch(args) -> int:
     model = _load(args.model, args.threads, args.kv_cache)
     if model.tokenizer is None:
         raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
-    options = _sampling_options(args)
+    options = dict(_sampling_options(args), **_assistant_options(args))
     _Request(model, [0], seed=0, **options)  # a bad option fails here, once, not on every line
     seed = args.seed
     try:
@@ -295,6 +307,12 @@ def _add_decoding_arguments(g, seed_help: str) -> None:
                    help="also check N draft tokens a step, copied from where the last tokens occurred "
                         "before: faster when the text repeats its input; greedy gives the same text "
                         "(default: off)")
+    s.add_argument("--assistant", metavar="DIR", default=None,
+                   help="a model folder with the same vocabulary (a smaller model, or this one at int8) "
+                        "whose drafts the model checks a step at a time: faster, the same text (greedy) or "
+                        "the same distribution (sampling) (default: off)")
+    s.add_argument("--assistant-tokens", type=_positive_int, default=None, metavar="N",
+                   help="the longest draft of --assistant a step (default: 5)")
     st = g.add_argument_group("stopping and output")
     st.add_argument("--min-new-tokens", type=_non_negative_int, default=0, metavar="N",
                     help="do not end (eos or stop tokens) before N tokens (default: %(default)s)")

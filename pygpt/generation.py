@@ -316,7 +316,7 @@ class _Request:
                  echo=False, num_return_sequences=1, truncate=None, min_new_tokens=0, num_beams=1,
                  length_penalty=1.0, early_stopping=False, prompt_lookup_num_tokens=None,
                  max_matching_ngram_size=2, logits_processor=None, stopping_criteria=None,
-                 prefix_allowed_tokens_fn=None):
+                 prefix_allowed_tokens_fn=None, assistant_model=None, num_assistant_tokens=None):
         if not hasattr(model, "_core") or not hasattr(model, "config"):
             raise TypeError(f"model must be a pygpt.Model (from pygpt.load), got {type(model).__name__}")
         if model._core is None:
@@ -370,6 +370,24 @@ class _Request:
         if opt.prompt_lookup_num_tokens and opt.num_beams > 1:
             raise ValueError("prompt lookup decoding (prompt_lookup_num_tokens) does not go with beam search "
                              "(num_beams > 1)")
+        if num_assistant_tokens is not None:
+            if assistant_model is None:
+                raise ValueError("num_assistant_tokens needs an assistant_model")
+            opt.num_assistant_tokens = _int("num_assistant_tokens", num_assistant_tokens, lo=1)
+        if assistant_model is not None:
+            if not hasattr(assistant_model, "_core") or not hasattr(assistant_model, "config"):
+                raise TypeError("assistant_model must be a pygpt.Model (from pygpt.load), got "
+                                f"{type(assistant_model).__name__}")
+            if assistant_model._core is None:
+                raise ValueError("the assistant model is closed")
+            if int(assistant_model.config["vocab_size"]) != V:
+                raise ValueError(f"the assistant model's vocabulary ({assistant_model.config['vocab_size']} tokens) "
+                                 f"is not the model's ({V}): they must share the tokenizer")
+            if opt.num_beams > 1:
+                raise ValueError("assisted decoding (assistant_model) does not go with beam search (num_beams > 1)")
+            if opt.prompt_lookup_num_tokens:
+                raise ValueError("assistant_model and prompt_lookup_num_tokens both make drafts: choose one")
+            opt.assistant_model = assistant_model._core
         opt.length_penalty = _float("length_penalty", length_penalty)
         if early_stopping is True or early_stopping is False:
             opt.early_stopping = (_core.EarlyStopping.when_full if early_stopping
@@ -508,6 +526,10 @@ def generate(model, prompt: Union[Prompt, Sequence[Prompt]], **options):
                               its distribution (speculative sampling), in fewer forward calls
                               when the text repeats its input
       max_matching_ngram_size=2       prompt lookup: the longest tail that is looked up
+      assistant_model=None    a pygpt.Model with the same vocabulary (a smaller one, or this
+                              one at int8) that drafts tokens the model checks: greedy gives
+                              greedy decoding's tokens, sampling its distribution (speculative
+                              sampling); num_assistant_tokens=5: the longest draft a step
       num_beams=1             > 1: beam search (transformers' num_beams, do_sample=False);
                               needs temperature 0; outputs get .score
       length_penalty=1.0      beam search: a sequence scores sum(log-probs) / length ** this

@@ -307,6 +307,16 @@ def test_bench_lookup_compares_prompt_lookup_with_plain_greedy(load_tool, tmp_pa
     assert len(rows) == 2
     assert rows[0].startswith(f"| {out} | 25 | off |") and rows[0].endswith("| 1.00x | n/a |")
     assert rows[1].startswith(f"| {out} | 25 | 3 |") and " of " in rows[1]
+    # an assistant model (the same model here: every draft is right), then sampling
+    for extra in ([], ["--temperature", "0.9"]):
+        assert bench_lookup.main([out, "--assistant", out, "--text", str(text), "--prompt", "20", "--new", "12",
+                                  "--k", "3", "--rounds", "2"] + extra) == 0
+        printed = capsys.readouterr().out
+        assert f"assistant {out}" in printed and ("temperature 0.9" in printed) == bool(extra)
+        rows = [r for r in printed.splitlines() if r.startswith(f"| {out} |")]
+        assert len(rows) == 2 and rows[0].endswith("| 1.00x | n/a |")
+        right, _, drafted = rows[1].split("|")[-2].split()
+        assert int(drafted) > 0 and (int(right) == int(drafted) or extra)
 
 
 

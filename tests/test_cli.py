@@ -150,6 +150,28 @@ def test_generate_stop_echo_and_stats(pygpt_cmd, model_dir, model):
     assert "finish_reason=stop" in stats and "tok/s" in stats
 
 
+def test_generate_and_batch_with_an_assistant(pygpt_cmd, model_dir, model, tmp_path):
+    """--assistant DIR: the model's greedy text, from drafts of the assistant (the model itself
+    here: every draft is right), and the sampled text of assistant_model in the API."""
+    r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "20", "-t", "0", "--ignore-eos",
+            "--assistant", model_dir, "--assistant-tokens", "3", "--stats")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode("utf-8") == model.generate(PROMPT, max_new_tokens=20, ignore_eos=True).text
+    assert re.search(r"(\d+) of \1 draft tokens right", r.stderr.decode()), r.stderr
+    r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "15", "--seed", "4", "--assistant", model_dir)
+    want = model.generate(PROMPT, max_new_tokens=15, temperature=0.8, top_p=0.95, seed=4, assistant_model=model)
+    assert r.returncode == 0 and r.stdout.decode("utf-8") == want.text
+    src = tmp_path / "in.txt"
+    src.write_text("Hello\nThe quick brown fox\n", encoding="utf-8")
+    r = run(pygpt_cmd, "batch", str(src), "-m", model_dir, "-n", "10", "-t", "0", "--assistant", model_dir)
+    assert [g["text"] for g in batch_lines(r)] == [model.generate(p, max_new_tokens=10).text
+                                                   for p in ("Hello", "The quick brown fox")]
+    bad = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "--assistant-tokens", "3")
+    assert bad.returncode != 0 and b"--assistant-tokens needs --assistant" in bad.stderr
+    missing = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "--assistant", str(tmp_path / "nope"))
+    assert missing.returncode != 0 and b"no such model folder" in missing.stderr
+
+
 def test_python_dash_m(model_dir, model):
     r = run([sys.executable, "-m", "pygpt"], "generate", "-m", model_dir, PROMPT, "-n", "5", "-t", "0")
     assert r.returncode == 0, r.stderr

@@ -359,6 +359,48 @@ def test_draws_against_a_draft_follow_the_processed_distribution(rank):
     assert chi2_p_value(chi2_statistic(counts[kept].astype(np.float64), wrong[kept]), df) < 1e-12
 
 
+@pytest.mark.parametrize("q_kind", ["close", "far", "same"])
+def test_draws_against_a_drawn_draft_follow_the_processed_distribution(q_kind):
+    """Speculative sampling against a draft drawn from q (an assistant model's distribution):
+    the draft is taken with probability min(1, p / q), and the tokens are distributed as p,
+    whatever q."""
+    x = random_logits(13, n=64, scale=1.5)
+    kw = dict(temperature=0.8, top_k=40, repetition_penalty=1.2)
+    history = [3, 4, 5]
+    scores = ours(x, history, **kw).astype(np.float64)
+    kept = np.isfinite(scores)
+    probs = np.where(kept, np.exp(scores - scores[kept].max()), 0.0)
+    probs /= probs.sum()
+    rng = np.random.default_rng(3)
+    q = {"same": probs, "close": probs * rng.uniform(0.7, 1.3, 64),
+         "far": rng.uniform(0.0, 1.0, 64)}[q_kind]
+    q = (q / q.sum()).astype(np.float32)
+    n = 200_000
+    taken_by_draft = {}
+    ratio = np.where(kept, q / np.maximum(probs, 1e-30), 0.0)
+    for draft in (int(np.argmax(probs)), int(np.argmax(ratio))):  # the most over-proposed: often refused
+        tokens, taken = _core.sample_against_tokens(x, history, len(history), sampling_params(64, **kw), 7, draft,
+                                                    q, n)
+        assert np.all(tokens[taken] == draft)
+        rate = min(1.0, probs[draft] / float(q[draft]))
+        assert abs(taken.mean() - rate) < 5 * math.sqrt(max(rate * (1 - rate), 1e-12) / n) + 1e-9, (taken.mean(), rate)
+        taken_by_draft[draft] = taken.mean()
+        # the tokens drawn instead follow the residual max(0, p - q), renormalised: with the
+        # rate above and a draft drawn from q, that makes every token's probability p's
+        # (Leviathan et al., 2023, appendix A.1)
+        rejected = tokens[~taken]
+        if rejected.size > 1000:
+            residual = np.maximum(probs - q.astype(np.float64), 0.0)
+            residual /= residual.sum()
+            support = residual > 0
+            c = np.bincount(rejected, minlength=64)
+            assert c[~support].sum() == 0
+            stat = chi2_statistic(c[support].astype(np.float64), residual[support])
+            assert chi2_p_value(stat, int(support.sum()) - 1) > CHI2_P_VALUE, stat
+    if q_kind == "same":
+        assert all(t == 1.0 for t in taken_by_draft.values())  # p / q = 1: always taken
+
+
 def test_greedy_against_a_draft_takes_it_when_it_is_the_argmax():
     x = random_logits(12, n=100)
     best = int(np.argmax(x))
