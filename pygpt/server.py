@@ -137,6 +137,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = self._body()
             options = completion_options(body)
+            if self.server.assistant is not None:
+                options["assistant_model"] = self.server.assistant
             prompt, batch = _prompts(body)
             stream = body.get("stream", False)
             if not isinstance(stream, bool):
@@ -241,10 +243,12 @@ class Server(ThreadingHTTPServer):
 
     def __init__(self, model, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
                  verbose: bool = False, max_batch: int = DEFAULT_MAX_BATCH,
-                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, prefix_cache: int = DEFAULT_PREFIX_CACHE):
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, prefix_cache: int = DEFAULT_PREFIX_CACHE,
+                 assistant=None):
         import os
 
         self.model = model
+        self.assistant = assistant  # a pygpt.Model drafting for every request (assisted decoding), or None
         self.batcher = Batcher(model, max_batch=max_batch, prefill_chunk=prefill_chunk, prefix_cache=prefix_cache)
         self.model_name = name or os.path.basename(os.path.normpath(model.path))
         self.created = int(time.time())
@@ -273,6 +277,10 @@ def add_arguments(p) -> None:
     p.add_argument("--prefix-cache", type=int, default=DEFAULT_PREFIX_CACHE, metavar="N",
                    help="keep the KV caches of the last N finished requests, for prompts that start the same "
                         "way (a client continuing its text); 0: off (default: %(default)s)")
+    p.add_argument("--assistant", metavar="DIR", default=None,
+                   help="a model with the same vocabulary (a smaller one, or this one at int8) that drafts "
+                        "tokens for every request: faster, the same outputs (greedy) or distribution "
+                        "(sampling) (default: off)")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
 
 
@@ -281,8 +289,9 @@ def run(args) -> int:
     from .model import load
 
     model = load(args.model, n_threads=args.threads, kv_cache=args.kv_cache)
+    assistant = load(args.assistant, n_threads=args.threads) if args.assistant else None
     server = Server(model, args.host, args.port, verbose=args.verbose, max_batch=args.max_batch,
-                    prefill_chunk=args.prefill_chunk, prefix_cache=args.prefix_cache)
+                    prefill_chunk=args.prefill_chunk, prefix_cache=args.prefix_cache, assistant=assistant)
     host, port = server.server_address[:2]
     print(f"pygpt: serving {server.model_name} on http://{host}:{port}/v1/completions", flush=True)
     try:

@@ -250,9 +250,31 @@ def test_concurrent_requests(url, model):
     assert results == [model.generate(b["prompt"], max_new_tokens=20).text for b in bodies]
 
 
+def test_an_assistant_drafts_for_every_request(model):
+    """Server(assistant=...), `pygpt serve --assistant DIR`: every request is decoded with the
+    assistant's drafts, to the same text (greedy) and the same sampled text as
+    model.generate with assistant_model."""
+    srv = pygpt_server.Server(model, "127.0.0.1", 0, name="tiny", assistant=model)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        r = json.loads(post(url, {"prompt": PROMPTS, "max_tokens": 12, "temperature": 0})[1])
+        assert [c["text"] for c in r["choices"]] == [model.generate(p, max_new_tokens=12).text for p in PROMPTS]
+        r = json.loads(post(url, {"prompt": PROMPTS[0], "max_tokens": 12, "seed": 9})[1])
+        want = model.generate(PROMPTS[0], max_new_tokens=12, temperature=1.0, seed=9, assistant_model=model)
+        assert r["choices"][0]["text"] == want.text
+        assert want.timings.accepted_draft_tokens > 0
+        # (which plain sampling's random numbers would not give: the drafts were used)
+        assert want.text != model.generate(PROMPTS[0], max_new_tokens=12, temperature=1.0, seed=9).text
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_the_serve_command(pygpt_cmd, model):
-    p = subprocess.Popen(pygpt_cmd + ["serve", "-m", model.path, "--port", "0"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(pygpt_cmd + ["serve", "-m", model.path, "--port", "0", "--assistant", model.path],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = p.stdout.readline()
         assert line.startswith("pygpt: serving") and "/v1/completions" in line, line + p.stderr.read()
