@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cmath>
 #include <memory>
+#include <optional>
 
 #include "bindings.h"
 #include "generate.h"
@@ -166,31 +167,6 @@ void bind_generate(py::module_& m) {
         py::arg("stream"), py::arg("n"), py::arg("isa") = "",
         "n successive choices of one sampler on the same logits (its random stream advancing), for tests.");
 
-    m.def(
-        "sample_against_tokens",
-        [](const FloatArray& logits, const std::vector<int32_t>& history, size_t n_prompt,
-           const SamplingParams& params, uint64_t seed, int32_t draft, const FloatArray& q, int64_t n) {
-            if (n < 0) throw std::invalid_argument("n must be >= 0");
-            const std::vector<float> s0 = to_logits(logits);
-            if (q.ndim() != 1 || size_t(q.size()) != s0.size()) throw std::invalid_argument("q must be like logits");
-            const std::vector<float> probs(q.data(), q.data() + q.size());
-            py::array_t<int32_t> tokens(n);
-            py::array_t<bool> taken(n);
-            int32_t* t = tokens.mutable_data();
-            bool* k = taken.mutable_data();
-            {
-                py::gil_scoped_release release;
-                Sampler sampler(params, int64_t(s0.size()), seed, 0, select_kernels(""));
-                std::vector<float> work;
-                for (int64_t i = 0; i < n; i++)
-                    t[i] = sampler.sample_against(s0.data(), work, history, n_prompt, draft, probs.data(), &k[i]);
-            }
-            return py::make_tuple(tokens, taken);
-        },
-        py::arg("logits"), py::arg("history"), py::arg("n_prompt"), py::arg("params"), py::arg("seed"),
-        py::arg("draft"), py::arg("q"), py::arg("n"),
-        "n successive (token, whether it is the draft) of one sampler against a draft drawn from q, for tests.");
-
     py::enum_<EarlyStopping>(m, "EarlyStopping", "When beam search stops (transformers' early_stopping).")
         .value("heuristic", EarlyStopping::Heuristic)
         .value("when_full", EarlyStopping::WhenFull)
@@ -199,9 +175,14 @@ void bind_generate(py::module_& m) {
     m.def(
         "sample_draft_tokens",
         [](const FloatArray& logits, const std::vector<int32_t>& history, size_t n_prompt,
-           const SamplingParams& params, uint64_t seed, int32_t draft, int64_t n) {
+           const SamplingParams& params, uint64_t seed, int32_t draft, int64_t n, std::optional<FloatArray> q) {
             if (n < 0) throw std::invalid_argument("n must be >= 0");
             const std::vector<float> s0 = to_logits(logits);
+            std::vector<float> probs;
+            if (q) {
+                if (q->ndim() != 1 || size_t(q->size()) != s0.size()) throw std::invalid_argument("q must be like logits");
+                probs.assign(q->data(), q->data() + q->size());
+            }
             py::array_t<int32_t> tokens(n);
             py::array_t<bool> taken(n);
             int32_t* t = tokens.mutable_data();
@@ -211,13 +192,15 @@ void bind_generate(py::module_& m) {
                 Sampler sampler(params, int64_t(s0.size()), seed, 0, select_kernels(""));
                 std::vector<float> work;
                 for (int64_t i = 0; i < n; i++)
-                    t[i] = sampler.sample_draft(s0.data(), work, history, n_prompt, draft, &k[i]);
+                    t[i] = q ? sampler.sample_against(s0.data(), work, history, n_prompt, draft, probs.data(), &k[i])
+                             : sampler.sample_draft(s0.data(), work, history, n_prompt, draft, &k[i]);
             }
             return py::make_tuple(tokens, taken);
         },
         py::arg("logits"), py::arg("history"), py::arg("n_prompt"), py::arg("params"), py::arg("seed"),
-        py::arg("draft"), py::arg("n"),
-        "n successive (token, whether it is the draft) of one sampler against a one-token draft, for tests.");
+        py::arg("draft"), py::arg("n"), py::arg("q") = py::none(),
+        "n successive (token, whether it is the draft) of one sampler against a one-token draft, or (q) a draft "
+        "drawn from the distribution q, for tests.");
 
     py::class_<GenerateOptions>(m, "GenerateOptions", "Options of one generate call (see csrc/generate.h).")
         .def(py::init<>())

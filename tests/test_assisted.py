@@ -156,27 +156,18 @@ def test_sampling_is_deterministic_and_independent_of_threads_and_batch(models):
 def test_sampled_tokens_follow_the_distribution_of_plain_sampling(models):
     """The second and third tokens (drawn against the assistant's draft) over many seeds, with
     and without the assistant: a two-sample chi-square test."""
-    from test_sampler import chi2_p_value
+    from test_sampler import generated_token_counts, two_sample_chi2
 
-    m = models["f32"]
     kw = dict(max_new_tokens=3, temperature=0.7)
     n = 1500
     accepted = 0
     for pos in (1, 2):
-        counts = [{}, {}]
-        for j, extra in enumerate(({}, dict(assistant_model=models["int4"], num_assistant_tokens=2))):
-            for seed in range(n):
-                out = m.generate(PROMPTS[1], seed=seed, **kw, **extra)
-                t = out.tokens[pos]
-                counts[j][t] = counts[j].get(t, 0) + 1
-                accepted += out.timings.accepted_draft_tokens
-        tokens = sorted(set(counts[0]) | set(counts[1]), key=lambda t: -(counts[0].get(t, 0) + counts[1].get(t, 0)))
-        big = [t for t in tokens if counts[0].get(t, 0) + counts[1].get(t, 0) >= 20]
-        table = np.array([[c.get(t, 0) for t in big] + [n - sum(c.get(t, 0) for t in big)] for c in counts], float)
-        table = table[:, table.sum(axis=0) > 0]
-        expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
-        stat = float(((table - expected) ** 2 / expected).sum())
-        assert len(big) >= 2 and chi2_p_value(stat, table.shape[1] - 1) > 1e-4, (pos, stat, table.shape)
+        plain, _, _ = generated_token_counts(models["f32"], PROMPTS[1], pos, n, **kw)
+        assisted, _, taken = generated_token_counts(models["f32"], PROMPTS[1], pos, n, assistant_model=models["int4"],
+                                                    num_assistant_tokens=2, **kw)
+        accepted += taken
+        p_value, apart = two_sample_chi2(plain, assisted, n)
+        assert apart >= 2 and p_value > 1e-4, (pos, p_value, apart)
     assert accepted > 0
 
 

@@ -177,26 +177,17 @@ def test_top_k_1_sampling_is_greedy_with_drafts(models):
 def test_sampled_tokens_follow_the_distribution_of_plain_sampling(models):
     """The second and third tokens (drawn against a draft when the text repeats) over many
     seeds, with and without prompt lookup: a two-sample chi-square test."""
+    from test_sampler import generated_token_counts, two_sample_chi2
+
     m = models["sharp", "f32"]
     kw = dict(max_new_tokens=3, temperature=0.7)
     n = 1500
     drafted = 0
     for pos in (1, 2):
-        counts = [{}, {}]
-        for j, k in enumerate((0, 2)):
-            for seed in range(n):
-                out = m.generate(PROMPTS[1], seed=seed, prompt_lookup_num_tokens=k, **kw)
-                t = out.tokens[pos]
-                counts[j][t] = counts[j].get(t, 0) + 1
-                drafted += out.timings.draft_tokens
-        tokens = sorted(set(counts[0]) | set(counts[1]), key=lambda t: -(counts[0].get(t, 0) + counts[1].get(t, 0)))
-        big = [t for t in tokens if counts[0].get(t, 0) + counts[1].get(t, 0) >= 20]
-        table = np.array([[c.get(t, 0) for t in big] + [n - sum(c.get(t, 0) for t in big)] for c in counts], float)
-        table = table[:, table.sum(axis=0) > 0]
-        expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
-        stat = float(((table - expected) ** 2 / expected).sum())
-        from test_sampler import chi2_p_value
-
-        assert len(big) >= 3 and chi2_p_value(stat, table.shape[1] - 1) > 1e-4, (pos, stat, table.shape)
+        plain, _, _ = generated_token_counts(m, PROMPTS[1], pos, n, **kw)
+        looked, proposed, _ = generated_token_counts(m, PROMPTS[1], pos, n, prompt_lookup_num_tokens=2, **kw)
+        drafted += proposed
+        p_value, apart = two_sample_chi2(plain, looked, n)
+        assert apart >= 3 and p_value > 1e-4, (pos, p_value, apart)
     assert drafted > 0
 

@@ -329,17 +329,50 @@ def test_draws_follow_the_processed_distribution(seed):
     assert chi2_p_value(wrong, df) < 1e-12
 
 
+def processed_distribution(x, history, **kw):
+    """(p, kept): the probabilities our processors leave for logits x, and where they are > 0."""
+    scores = ours(x, history, **kw).astype(np.float64)
+    kept = np.isfinite(scores)
+    probs = np.where(kept, np.exp(scores - scores[kept].max()), 0.0)
+    return probs / probs.sum(), kept
+
+
+def two_sample_chi2(counts_a: dict, counts_b: dict, n: int, min_count: int = 20):
+    """(p-value, tokens counted apart) of a two-sample chi-square test of n draws each, given
+    as {token: count}: the tokens drawn at least min_count times in all, and the rest together."""
+    tokens = sorted(set(counts_a) | set(counts_b), key=lambda t: -(counts_a.get(t, 0) + counts_b.get(t, 0)))
+    big = [t for t in tokens if counts_a.get(t, 0) + counts_b.get(t, 0) >= min_count]
+    table = np.array([[c.get(t, 0) for t in big] + [n - sum(c.get(t, 0) for t in big)]
+                      for c in (counts_a, counts_b)], float)
+    table = table[:, table.sum(axis=0) > 0]
+    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
+    return chi2_p_value(float(((table - expected) ** 2 / expected).sum()), table.shape[1] - 1), len(big)
+
+
+def generated_token_counts(model, prompt, pos, n, **options):
+    """({token: count} of the token at generated position pos over seeds 0 .. n - 1, the draft
+    tokens proposed and those taken over the n runs)."""
+    counts, drafted, accepted = {}, 0, 0
+    for seed in range(n):
+        out = model.generate(prompt, seed=seed, **options)
+        t = out.tokens[pos]
+        counts[t] = counts.get(t, 0) + 1
+        drafted += out.timings.draft_tokens
+        accepted += out.timings.accepted_draft_tokens
+    return counts, drafted, accepted
+
+
+SPECULATIVE_CASE = dict(temperature=0.8, top_k=40, repetition_penalty=1.2)  # with history [3, 4, 5]
+
+
 @pytest.mark.parametrize("rank", [0, 2, 10])
 def test_draws_against_a_draft_follow_the_processed_distribution(rank):
     """Speculative sampling against a one-token draft (prompt lookup): the draft is taken with
     its probability, and the tokens are distributed as without a draft."""
     x = random_logits(11, n=64, scale=1.5)
-    kw = dict(temperature=0.8, top_k=40, repetition_penalty=1.2)
+    kw = SPECULATIVE_CASE
     history = [3, 4, 5]
-    scores = ours(x, history, **kw).astype(np.float64)
-    kept = np.isfinite(scores)
-    probs = np.where(kept, np.exp(scores - scores[kept].max()), 0.0)
-    probs /= probs.sum()
+    probs, kept = processed_distribution(x, history, **kw)
     draft = int(np.argsort(-probs, kind="stable")[rank])
 
     n = 200_000
@@ -365,12 +398,9 @@ def test_draws_against_a_drawn_draft_follow_the_processed_distribution(q_kind):
     the draft is taken with probability min(1, p / q), and the tokens are distributed as p,
     whatever q."""
     x = random_logits(13, n=64, scale=1.5)
-    kw = dict(temperature=0.8, top_k=40, repetition_penalty=1.2)
+    kw = SPECULATIVE_CASE
     history = [3, 4, 5]
-    scores = ours(x, history, **kw).astype(np.float64)
-    kept = np.isfinite(scores)
-    probs = np.where(kept, np.exp(scores - scores[kept].max()), 0.0)
-    probs /= probs.sum()
+    probs, kept = processed_distribution(x, history, **kw)
     rng = np.random.default_rng(3)
     q = {"same": probs, "close": probs * rng.uniform(0.7, 1.3, 64),
          "far": rng.uniform(0.0, 1.0, 64)}[q_kind]
@@ -379,8 +409,8 @@ def test_draws_against_a_drawn_draft_follow_the_processed_distribution(q_kind):
     taken_by_draft = {}
     ratio = np.where(kept, q / np.maximum(probs, 1e-30), 0.0)
     for draft in (int(np.argmax(probs)), int(np.argmax(ratio))):  # the most over-proposed: often refused
-        tokens, taken = _core.sample_against_tokens(x, history, len(history), sampling_params(64, **kw), 7, draft,
-                                                    q, n)
+        tokens, taken = _core.sample_draft_tokens(x, history, len(history), sampling_params(64, **kw), 7, draft, n,
+                                                  q)
         assert np.all(tokens[taken] == draft)
         rate = min(1.0, probs[draft] / float(q[draft]))
         assert abs(taken.mean() - rate) < 5 * math.sqrt(max(rate * (1 - rate), 1e-12) / n) + 1e-9, (taken.mean(), rate)
