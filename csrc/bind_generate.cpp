@@ -110,6 +110,7 @@ py::dict result_dict(const SequenceResult& r) {
     d["draft_tokens"] = r.draft_tokens;
     d["accepted_draft_tokens"] = r.accepted_draft_tokens;
     d["cached_tokens"] = r.cached_tokens;
+    d["assistant_tokens"] = r.assistant_tokens;
     return d;
 }
 
@@ -367,6 +368,7 @@ void bind_generate(py::module_& m) {
             d["draft_tokens"] = t.draft_tokens;
             d["accepted_draft_tokens"] = t.accepted_draft_tokens;
             d["cached_tokens"] = t.cached_tokens;
+            d["assistant_tokens"] = t.assistant_tokens;
             return d;
         });
 }

@@ -310,6 +310,8 @@ void Generation::retire(Seq& s) {
         Kept k;
         k.tokens.assign(s.history.begin(), s.history.begin() + s.cache->pos);  // what the cache ran
         k.cache = std::move(s.cache);
+        k.draft_cache = std::move(s.draft_cache);  // it ran a prefix of the history, maybe longer
+        k.assistant = s.opt().assistant_model;
         kept_.push_back(std::move(k));
         while (int64_t(kept_.size()) > prefix_cache_) kept_.pop_front();
     }
@@ -359,13 +361,25 @@ bool Generation::start_prompt(Seq& first, const std::vector<std::vector<Seq*>>& 
             if (n >= best.n + kDeferFor) return false;
         }
     }
+    const Model* assistant = first.opt().assistant_model.get();
     if (best.kept < kept_.size()) {
-        first.cache = std::move(kept_[best.kept].cache);
+        Kept& k = kept_[best.kept];
+        first.cache = std::move(k.cache);
         first.cache->pos = best.n;
+        if (k.draft_cache && k.assistant.get() == assistant) {  // the assistant's keys and values too
+            first.draft_cache = std::move(k.draft_cache);
+            first.draft_cache->pos = std::min(first.draft_cache->pos, best.n);
+        }
         kept_.erase(kept_.begin() + int64_t(best.kept));
     } else {
         first.cache = model_.new_cache();  // allocated here, without the GIL
-        if (best.seq) first.cache->copy_from(*best.seq->cache, 0, best.n);
+        if (best.seq) {
+            first.cache->copy_from(*best.seq->cache, 0, best.n);
+            if (best.seq->draft_cache && best.seq->opt().assistant_model.get() == assistant) {
+                first.draft_cache = assistant->new_cache();
+                first.draft_cache->copy_from(*best.seq->draft_cache, 0, std::min(best.seq->draft_cache->pos, best.n));
+            }
+        }
     }
     first.r.cached_tokens = best.n;
     timings_.cached_tokens += best.n;
@@ -479,6 +493,10 @@ void Generation::advance() {
                 if (!no_room) {
                     s->cache = model_.new_cache();
                     s->cache->copy_from(*first.cache);
+                    if (first.draft_cache) {  // what prefix caching gave the first of the assistant's
+                        s->draft_cache = opt.assistant_model->new_cache();
+                        s->draft_cache->copy_from(*first.draft_cache);
+                    }
                 }
             }
             if (no_room) {
@@ -601,6 +619,8 @@ void Generation::draft_with_assistants(const std::vector<Seq*>& running) {
         for (Seq* s : seqs) {  // what its cache lacks, up to the next token (history's last)
             const int64_t at = s->draft_cache->pos;
             steps.push_back({s->draft_cache.get(), s->history.data() + at, int64_t(s->history.size()) - at, false});
+            s->r.assistant_tokens += steps.back().n_tokens;
+            timings_.assistant_tokens += steps.back().n_tokens;
         }
         while (!seqs.empty()) {
             const std::vector<const float*> rows = forward_rows(*a, steps, draft_logits_);
@@ -626,6 +646,8 @@ void Generation::draft_with_assistants(const std::vector<Seq*>& running) {
                 if (int64_t(s->fed.size()) - 1 < s->want) {
                     more.push_back(s);
                     next.push_back({s->draft_cache.get(), &s->fed.back(), 1, false});
+                    s->r.assistant_tokens++;
+                    timings_.assistant_tokens++;
                 }
             }
             seqs = std::move(more);

@@ -102,6 +102,9 @@ struct SequenceResult {
     int64_t draft_tokens = 0, accepted_draft_tokens = 0;
     // prefix caching: prompt tokens whose keys and values came from another sequence's cache
     int64_t cached_tokens = 0;
+    // assisted decoding: tokens the assistant model ran for this sequence (its share of the
+    // prompt, the tokens taken, the drafts)
+    int64_t assistant_tokens = 0;
 };
 
 struct Timings {
@@ -113,6 +116,7 @@ struct Timings {
     int64_t draft_tokens = 0;        // prompt lookup: tokens proposed, and those taken
     int64_t accepted_draft_tokens = 0;
     int64_t cached_tokens = 0;       // prefix caching: prompt tokens not run (not in prefill_tokens)
+    int64_t assistant_tokens = 0;    // assisted decoding: tokens the assistant models ran
 };
 
 // What the bindings drive: a Generation or a BeamSearch (make_decoding picks).
@@ -268,6 +272,9 @@ private:
     struct Kept {                       // a finished sequence's cache, for prefix caching
         std::vector<int32_t> tokens;    // the tokens whose keys and values it holds
         std::unique_ptr<KVCache> cache;
+        // and its assistant's (the first draft_cache->pos of those tokens), if it had one
+        std::unique_ptr<KVCache> draft_cache;
+        std::shared_ptr<Model> assistant;  // held: a cache is only ever reused by its own model
     };
     std::deque<Kept> kept_;             // the last prefix_cache_ ones, oldest first
     std::vector<float> logits_;

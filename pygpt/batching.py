@@ -469,4 +469,5 @@ class Batcher:
                        decode_seconds=now - job.t_first,
                        time_to_first_token=job.t_first - job.t_submit,
                        draft_tokens=sum(r["draft_tokens"] for r in results),
+                       assistant_tokens=sum(r["assistant_tokens"] for r in results),
                        accepted_draft_tokens=sum(r["accepted_draft_tokens"] for r in results))

@@ -38,6 +38,8 @@ class Timings:
     accepted_draft_tokens: int = 0  # and those taken (the token chosen there)
     cached_tokens: int = 0        # prefix caching (pygpt.Batcher): prompt tokens not run, their
                                   # keys and values copied from another sequence's cache
+    assistant_tokens: int = 0     # assisted decoding: tokens the assistant model ran (its share
+                                  # of the prompt, the tokens taken, the drafts)
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -455,7 +457,7 @@ class _Request:
             t = gen.timings
             timings = Timings(t["prefill_tokens"], t["prefill_seconds"], t["decode_tokens"], t["decode_seconds"],
                               t["first_token_seconds"], t["draft_tokens"], t["accepted_draft_tokens"],
-                              t["cached_tokens"])
+                              t["cached_tokens"], t["assistant_tokens"])
         outs = []
         for i in range(first, first + self.n_sequences):
             r = gen.result(i)

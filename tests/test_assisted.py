@@ -138,6 +138,55 @@ def test_streaming_threads_and_the_batcher(models):
         assert sum(j.result().timings.accepted_draft_tokens for j in jobs[:3]) > 0
 
 
+def test_assistant_tokens_count_what_the_assistant_ran(models):
+    m = models["f32"]
+    ids = m.tokenizer.encode(PROMPTS[0])
+    out = m.generate(ids, max_new_tokens=20, assistant_model=models["same"], num_assistant_tokens=4)
+    # each token of the sequence once at most (not the last, nor those after its last draft),
+    # and the drafts it ran that were refused (an assistant with the model's weights: none)
+    t = out.timings
+    assert t.accepted_draft_tokens == t.draft_tokens > 0
+    assert len(ids) + t.draft_tokens - 4 <= t.assistant_tokens <= len(ids) + len(out.tokens) - 1
+    assert m.generate(ids, max_new_tokens=20).timings.assistant_tokens == 0
+
+
+def test_prefix_caching_keeps_the_assistants_caches_too(models):
+    """A Batcher's prefix cache keeps and copies the assistant's keys and values with the
+    model's: a client that continues its text has the assistant run only the new tokens, and
+    every draft of an assistant with the model's weights is still right (a wrong reuse would
+    give wrong drafts); outputs are model.generate's."""
+    m, same = models["f32"], models["same"]
+    kw = dict(max_new_tokens=12, assistant_model=same, num_assistant_tokens=4)
+    with pygpt.Batcher(m, prefix_cache=4) as batcher:
+        text = PROMPTS[2]
+        for turn in range(4):
+            out = batcher.generate(text, **kw)
+            assert_same(out, m.generate(text, **kw))
+            t = out.timings
+            assert t.accepted_draft_tokens == t.draft_tokens > 0
+            n_prompt = len(m.tokenizer.encode(text))
+            ran_prompt = t.assistant_tokens - (len(out.tokens) - 1) - (t.draft_tokens - t.accepted_draft_tokens)
+            if turn == 0:
+                assert t.cached_tokens == 0
+            else:  # the assistant ran about what the model ran of the prompt, not all of it
+                assert t.cached_tokens > 0 and ran_prompt < n_prompt - t.cached_tokens + 8, (ran_prompt, n_prompt)
+            text = text + out.text + " and"
+        # samples of one prompt: the forks copy what the first got of the assistant's cache
+        outs = batcher.generate(text, num_return_sequences=3, temperature=0.9, seed=1, **kw)
+        want = m.generate(text, num_return_sequences=3, temperature=0.9, seed=1, **kw)
+        assert [o.tokens for o in outs] == [o.tokens for o in want]
+        assert outs[0].timings.cached_tokens > 0
+    # another assistant does not take over a cache its keys and values are not
+    with pygpt.Batcher(m, prefix_cache=4) as batcher:
+        first = batcher.generate(PROMPTS[2], **kw)
+        other = batcher.generate(PROMPTS[2] + first.text, max_new_tokens=12, assistant_model=models["int8"],
+                                 num_assistant_tokens=4)
+        assert other.timings.cached_tokens > 0
+        assert_same(other, m.generate(PROMPTS[2] + first.text, max_new_tokens=12))
+        n_prompt = len(m.tokenizer.encode(PROMPTS[2] + first.text))
+        assert other.timings.assistant_tokens >= n_prompt  # int8 ran the whole prompt itself
+
+
 def test_sampling_is_deterministic_and_independent_of_threads_and_batch(models):
     m = models["f32"]
     one = pygpt.load(m.path, n_threads=1)
