@@ -369,10 +369,17 @@ def test_bench_serve_turns_compares_prefix_caching_off_and_on(load_tool, tmp_pat
                              "--rounds", "1", "--threads", "1", "--turns", "3"]) == 0
     rows = [r.split(" | ") for r in capsys.readouterr().out.splitlines() if r.startswith(f"| {DEFAULT_MODEL_DIR} |")]
     assert [r[1] for r in rows] == ["off", "4"]
-    run_off, reused_off = int(rows[0][4]), int(rows[0][5].rstrip(" |"))
-    run_on, reused_on = int(rows[1][4]), int(rows[1][5].rstrip(" |"))
+    run_off, reused_off = int(rows[0][4]), int(rows[0][5])
+    run_on, reused_on = int(rows[1][4]), int(rows[1][5])
     assert reused_off == 0 and run_off == run_on + reused_on  # the same prompts, run or reused
     assert run_on == 12 + 2 * (1 + 16)  # after the first turn only the new tokens run
+    assert rows[0][6] == rows[1][6] == "0 |"  # no assistant
+    # --assistant: it drafts, and with prefix caching runs fewer tokens too (its caches kept)
+    assert bench_serve.main([DEFAULT_MODEL_DIR, "--text", str(text), "--clients", "", "--prompt", "12", "--new", "5",
+                             "--rounds", "1", "--threads", "1", "--turns", "3", "--assistant", DEFAULT_MODEL_DIR]) == 0
+    rows = [r.split(" | ") for r in capsys.readouterr().out.splitlines() if r.startswith(f"| {DEFAULT_MODEL_DIR} |")]
+    ran_off, ran_on = int(rows[0][6].rstrip(" |")), int(rows[1][6].rstrip(" |"))
+    assert 0 < ran_on < ran_off
 
 
 def test_bench_serve_preamble_runs_a_shared_preamble_once_with_prefix_caching(load_tool, tmp_path, capsys):

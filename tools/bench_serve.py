@@ -116,6 +116,8 @@ def main(argv=None) -> int:
                     help="also: 32 prompts sharing their first N tokens, prefix caching off and on (default: off)")
     ap.add_argument("--turns", type=int, default=0, metavar="K",
                     help="also: one client continues its text K times, prefix caching off and on (default: off)")
+    ap.add_argument("--assistant", metavar="DIR", default=None,
+                    help="--turns: the requests draft with this assistant model (assisted decoding)")
     args = ap.parse_args(argv)
 
     import pygpt
@@ -205,12 +207,14 @@ def preamble(args, text) -> None:
                             lambda path, n, wall, run, reused: f"| {path} | {n} | {wall:.2f} | {run:.0f} | {reused:.0f} |")
 
 
-def conversation(batcher, ids, args):
-    """One client continuing its text args.turns times; (outputs, wall seconds)."""
+def conversation(batcher, ids, args, assistant=None):
+    """One client continuing its text args.turns times (drafting with assistant, a
+    pygpt.Model, if given); (outputs, wall seconds)."""
     prompt, outs = ids[:args.prompt], []
+    extra = {"assistant_model": assistant} if assistant is not None else {}
     t0 = time.perf_counter()
     for k in range(args.turns):
-        out = batcher.generate(prompt, max_new_tokens=args.new, temperature=0.8, seed=k, ignore_eos=True)
+        out = batcher.generate(prompt, max_new_tokens=args.new, temperature=0.8, seed=k, ignore_eos=True, **extra)
         outs.append(out)
         more = ids[args.prompt + 16 * k:][:16]
         prompt = prompt + out.tokens + more
@@ -218,18 +222,24 @@ def conversation(batcher, ids, args):
 
 
 def turns(args, text) -> None:
+    import pygpt
+
+    assistant = pygpt.load(args.assistant, n_threads=args.threads) if args.assistant else None
     print(f"\nOne client continues its text {args.turns} times ({args.prompt}-token prompt at first, {args.new} "
-          f"new tokens and 16 more of the text a turn); {args.rounds} rounds, medians\n")
-    print("| model | prefix_cache | first token s (mean over turns) | conversation s | prompt tokens run | reused |")
-    print("|---|---|---|---|---|---|")
+          f"new tokens and 16 more of the text a turn"
+          f"{f'; assistant {args.assistant}' if assistant is not None else ''}); {args.rounds} rounds, medians\n")
+    print("| model | prefix_cache | first token s (mean over turns) | conversation s | prompt tokens run | reused "
+          "| assistant ran |")
+    print("|---|---|---|---|---|---|---|")
 
     def experiment(batcher, ids):
-        outs, wall = conversation(batcher, ids, args)
+        outs, wall = conversation(batcher, ids, args, assistant)
         return outs, (statistics.mean(o.timings.time_to_first_token for o in outs), wall,
-                      sum(o.timings.prefill_tokens for o in outs), sum(o.timings.cached_tokens for o in outs))
+                      sum(o.timings.prefill_tokens for o in outs), sum(o.timings.cached_tokens for o in outs),
+                      sum(o.timings.assistant_tokens for o in outs))
 
-    prefix_cache_off_and_on(args, text, experiment, lambda path, n, ttft, wall, run, reused:
-                            f"| {path} | {n} | {ttft:.3f} | {wall:.2f} | {run:.0f} | {reused:.0f} |")
+    prefix_cache_off_and_on(args, text, experiment, lambda path, n, ttft, wall, run, reused, ran:
+                            f"| {path} | {n} | {ttft:.3f} | {wall:.2f} | {run:.0f} | {reused:.0f} | {ran:.0f} |")
 
 
 def join(args, text) -> None:
