@@ -404,6 +404,24 @@ const SequenceResult& Generation::result(size_t i) const { return seq(i).r; }
 
 bool Generation::failed(size_t i) const { return seq(i).error != nullptr; }
 
+// A sequence whose token choice (or draft) threw, with contain_errors: it stops, and its caches,
+// part way through a step, are not kept for prefix caching.
+void Generation::fail(Seq& s) {
+    s.live = false;
+    s.r.finish_reason = "error";
+    s.cache.reset();
+    s.draft_cache.reset();
+}
+
+// After a step: the live sequences counted, finished ones' caches retired.
+void Generation::recount() {
+    n_live_ = 0;
+    for (const auto& [id, s] : seqs_) {
+        n_live_ += s->live;
+        if (!s->live && s->cache) retire(*s);
+    }
+}
+
 void Generation::rethrow_error(size_t i) const {
     if (const Seq& s = seq(i); s.error) std::rethrow_exception(s.error);
 }
@@ -466,6 +484,17 @@ void Generation::advance() {
     if (steps.empty() && running.empty()) return;
     for (Seq* s : running) feed(*s);
     draft_with_assistants(running);
+    // a sequence whose draft failed (the caller's processor raised) fails the step, or with
+    // contain_errors stops here
+    running.erase(std::remove_if(running.begin(), running.end(),
+                                 [this](Seq* s) {
+                                     if (!s->error) return false;
+                                     if (!contain_errors_) std::rethrow_exception(s->error);
+                                     fail(*s);
+                                     return true;
+                                 }),
+                  running.end());
+    if (steps.empty() && running.empty()) return recount();
     for (Seq* s : running)
         steps.push_back({s->cache.get(), s->fed.data(), int64_t(s->fed.size()), s->fed.size() > 1});
     const std::vector<const float*> rows = forward_rows(model_, steps, logits_);
@@ -529,10 +558,7 @@ void Generation::advance() {
     for (Seq* s : todo) {  // a sequence that failed: the step, or with contain_errors itself
         if (!s->error) continue;
         if (!contain_errors_) std::rethrow_exception(s->error);
-        s->live = false;
-        s->r.finish_reason = "error";
-        s->cache.reset();  // part way through a step: not kept for prefix caching
-        s->draft_cache.reset();
+        fail(*s);
     }
 
     for (size_t i = 0; i < running.size(); i++) {
@@ -541,11 +567,7 @@ void Generation::advance() {
         timings_.draft_tokens += int64_t(s.fed.size()) - 1;
         timings_.accepted_draft_tokens += s.accepted;
     }
-    n_live_ = 0;
-    for (const auto& [id, s] : seqs_) {
-        n_live_ += s->live;
-        if (!s->live && s->cache) retire(*s);
-    }
+    recount();
     // a step that ran prompts counts as prefill (the first step of one request: exactly that)
     if (fresh.empty()) {
         timings_.decode_seconds += seconds_since(t0);
@@ -602,15 +624,13 @@ void Generation::draft_with_assistants(const std::vector<Seq*>& running) {
         if (s->want <= 0) continue;
         if (!s->draft_cache) s->draft_cache = a->new_cache();
         s->fed.reserve(size_t(s->want) + 1);  // the next calls point into it
-        if (!s->opt().sampling.greedy()) {
-            if (!s->draft_sampler) {
-                SamplingParams p = s->opt().sampling;
-                p.custom = nullptr;
-                s->draft_sampler = std::make_unique<Sampler>(p, V_, s->opt().seed, s->stream | (1ull << 63),
+        const SamplingParams& params = s->sampler.params();
+        if (!params.greedy() || params.changes_logits()) {  // drafts under the request's processors
+            if (!s->draft_sampler)
+                s->draft_sampler = std::make_unique<Sampler>(params, V_, s->opt().seed, s->stream | (1ull << 63),
                                                              model_.kernels());
-            }
             s->draft_history = s->history;
-            s->draft_probs.resize(size_t(s->want * V_));
+            if (!params.greedy()) s->draft_probs.resize(size_t(s->want * V_));
         }
         by_assistant[a].push_back(s);
     }
@@ -632,10 +652,15 @@ void Generation::draft_with_assistants(const std::vector<Seq*>& running) {
                 int64_t d;
                 if (s->draft_sampler) {
                     try {
-                        d = s->draft_sampler->sample_with_probs(rows[i], s->draft_work, s->draft_history,
-                                                                s->n_prompt, s->draft_probs.data() + j * V_);
+                        d = s->opt().sampling.greedy()
+                                ? s->draft_sampler->sample(rows[i], s->draft_work, s->draft_history, s->n_prompt)
+                                : s->draft_sampler->sample_with_probs(rows[i], s->draft_work, s->draft_history,
+                                                                      s->n_prompt, s->draft_probs.data() + j * V_);
                     } catch (const std::invalid_argument&) {
-                        continue;  // every token filtered out: no draft (the model's row will say)
+                        continue;  // every token filtered out: no more draft (the model's row will say)
+                    } catch (...) {
+                        s->error = std::current_exception();  // the caller's processor: the sequence fails
+                        continue;
                     }
                     s->draft_history.push_back(int32_t(d));
                 } else {
@@ -668,7 +693,7 @@ void Generation::take(Seq& s, const float* rows, size_t n) {
     for (size_t j = 0; j < n; j++) {
         const float* r = rows + int64_t(j) * V_;
         bool as_drafted = false;
-        if (j + 1 < n && s.draft_sampler) {  // an assistant's draw, from the distribution kept
+        if (j + 1 < n && s.opt().assistant_model && !s.opt().sampling.greedy()) {  // an assistant's draw
             s.chosen = s.sampler.sample_against(r, s.scores, s.history, s.n_prompt, s.fed[j + 1],
                                                 s.draft_probs.data() + int64_t(j) * V_, &as_drafted);
             add_logprobs(s, r);

@@ -251,6 +251,8 @@ private:
     Prefix find_prefix(const Seq& first) const;
     bool start_prompt(Seq& first, const std::vector<std::vector<Seq*>>& fresh);
     void retire(Seq& s);
+    void fail(Seq& s);
+    void recount();
     Seq& seq(size_t i) const;
     void feed(Seq& s);
     void draft_with_assistants(const std::vector<Seq*>& running);

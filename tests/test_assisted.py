@@ -96,6 +96,52 @@ def test_every_greedy_option_gives_the_same_output(models, options):
                     m.generate(prompt, **options))
 
 
+@pytest.mark.parametrize("options", [
+    dict(repetition_penalty=1.5),
+    dict(no_repeat_ngram_size=2),
+    dict(prefix_allowed_tokens_fn=lambda b, ids: list(range(int(ids[-1]) % 997, int(ids[-1]) % 997 + 50))),
+    dict(logits_processor=lambda ids, s: s.__setitem__(slice(int(ids[-1]) % 500, None, 3), -5.0)),
+    dict(repetition_penalty=1.5, temperature=0.8, seed=3),
+    dict(logits_processor=lambda ids, s: s.__setitem__(slice(int(ids[-1]) % 500, None, 3), -5.0),
+         temperature=0.8, top_k=20, seed=3),
+], ids=str)
+def test_drafts_follow_the_requests_processors(models, options):
+    """The assistant drafts under the request's processors, the caller's own included: with
+    the model's weights, every draft is right (greedy: the processed argmax; sampling: p = q,
+    so every draft is kept), where raw drafts would be refused wherever a processor changes
+    the choice."""
+    m = models["f32"]
+    kw = dict(max_new_tokens=30, assistant_model=models["same"], num_assistant_tokens=4, **options)
+    for prompt in PROMPTS:
+        out = m.generate(prompt, **kw)
+        assert out.timings.accepted_draft_tokens == out.timings.draft_tokens > 0
+        if options.get("temperature") is None:
+            assert_same(out, m.generate(prompt, max_new_tokens=30, **options))
+
+
+def test_an_error_while_drafting_fails_the_request(models):
+    """The caller's processor also runs on the assistant's drafts: what it raises there comes
+    out of generate, and in a Batcher fails that request alone."""
+    m = models["f32"]
+    n_prompt = len(m.tokenizer.encode(PROMPTS[0]))
+
+    def fails_later(ids, scores):
+        if len(ids) >= n_prompt + 3:  # a draft reaches this length first
+            raise KeyError("processor")
+
+    kw = dict(max_new_tokens=20, assistant_model=models["same"], num_assistant_tokens=4, logits_processor=fails_later)
+    with pytest.raises(KeyError, match="processor"):
+        m.generate(PROMPTS[0], **kw)
+    with pygpt.Batcher(m, prefix_cache=4) as batcher:
+        other = batcher.submit(PROMPTS[1], max_new_tokens=20, assistant_model=models["same"])
+        with pytest.raises(KeyError, match="processor"):
+            batcher.generate(PROMPTS[0], **kw)
+        assert_same(other.result(), m.generate(PROMPTS[1], max_new_tokens=20))
+        again = batcher.generate(PROMPTS[0], max_new_tokens=20, assistant_model=models["same"])
+        assert again.timings.cached_tokens == 0  # nothing of the failed one was kept
+        assert_same(again, m.generate(PROMPTS[0], max_new_tokens=20))
+
+
 def test_batches_forks_and_the_default_draft_length(models):
     m = models["int8"]
     plain = m.generate(PROMPTS, max_new_tokens=25, num_return_sequences=2)
