@@ -335,6 +335,11 @@ def test_bench_serve_compares_taking_turns_with_a_batcher(load_tool, tmp_path, c
     rows = [r.split(" | ") for r in capsys.readouterr().out.splitlines() if r.startswith(f"| {DEFAULT_MODEL_DIR} |")]
     assert [(r[1], r[2]) for r in rows] == [("1", "turns"), ("1", "batched"), ("3", "turns"), ("3", "batched")]
     assert all(float(r[3]) > 0 for r in rows) and rows[3][6].endswith("x tokens/s |")
+    # every request drafting with an assistant: the two modes still give the same tokens
+    assert bench_serve.main(args + ["--assistant", DEFAULT_MODEL_DIR]) == 0
+    out = capsys.readouterr().out
+    assert f"assistant {DEFAULT_MODEL_DIR}" in out
+    assert len([r for r in out.splitlines() if r.startswith(f"| {DEFAULT_MODEL_DIR} |")]) == 4
 
     real = pygpt.Batcher.generate
     monkeypatch.setattr(pygpt.Batcher, "generate", lambda self, prompt, **kw: real(self, prompt, **dict(kw, seed=99)))

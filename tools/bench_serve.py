@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--turns", type=int, default=0, metavar="K",
                     help="also: one client continues its text K times, prefix caching off and on (default: off)")
     ap.add_argument("--assistant", metavar="DIR", default=None,
-                    help="--turns: the requests draft with this assistant model (assisted decoding)")
+                    help="every request drafts with this assistant model (assisted decoding)")
     args = ap.parse_args(argv)
 
     import pygpt
@@ -125,18 +125,20 @@ def main(argv=None) -> int:
     clients = [int(c) for c in args.clients.split(",") if c]
     with open(args.text, encoding="utf-8") as f:
         text = f.read()
-    print(f"{args.requests} requests per client, {args.prompt}-token prompts, {args.new} new tokens each, "
-          f"{args.rounds} rounds, {time.strftime('%Y-%m-%d %H:%M')}\n")
+    print(f"{args.requests} requests per client, {args.prompt}-token prompts, {args.new} new tokens each"
+          f"{f', assistant {args.assistant}' if args.assistant else ''}, {args.rounds} rounds, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}\n")
     if clients:
         print("| model | clients | mode | tokens/s | latency s | first token s | batched against turns |")
         print("|---|---|---|---|---|---|---|")
+    extra = {"assistant_model": pygpt.load(args.assistant, n_threads=args.threads)} if args.assistant else {}
     for path in args.models if clients else []:
         model = pygpt.load(path, n_threads=args.threads)
         ids = model.tokenizer.encode(text)
         for n in clients:
             per_client = [[dict(prompt=ids[(c * args.requests + r) * args.prompt:][:args.prompt],
                                 max_new_tokens=args.new, temperature=0.8, seed=c * args.requests + r,
-                                ignore_eos=True) for r in range(args.requests)] for c in range(n)]
+                                ignore_eos=True, **extra) for r in range(args.requests)] for c in range(n)]
             figures = {"turns": [], "batched": []}
             tokens = {}
             with pygpt.Batcher(model, max_batch=args.max_batch) as batcher:
