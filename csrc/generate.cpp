@@ -644,30 +644,21 @@ void Generation::draft_with_assistants(const std::vector<Seq*>& running) {
         }
         while (!seqs.empty()) {
             const std::vector<const float*> rows = forward_rows(*a, steps, draft_logits_);
+            // each sequence's next draft token, in parallel as take() (the caller's processors,
+            // Python, on this thread)
+            const int64_t S = int64_t(seqs.size());
+            std::vector<int64_t> drawn(static_cast<size_t>(S));
+            bool hooks = false;
+            for (const Seq* s : seqs) hooks = hooks || s->opt().has_hooks();
+#pragma omp parallel for if (!hooks && S > 1) \
+    num_threads(std::max<int64_t>(1, std::min<int64_t>(S, model_.n_threads()))) schedule(static, 1)
+            for (int64_t i = 0; i < S; i++) drawn[size_t(i)] = next_draft(*seqs[size_t(i)], rows[size_t(i)], *a);
             std::vector<Seq*> more;
             std::vector<SeqStep> next;
             for (size_t i = 0; i < seqs.size(); i++) {
                 Seq* s = seqs[i];
-                const int64_t j = int64_t(s->fed.size()) - 1;  // the draft token's index
-                int64_t d;
-                if (s->draft_sampler) {
-                    try {
-                        d = s->opt().sampling.greedy()
-                                ? s->draft_sampler->sample(rows[i], s->draft_work, s->draft_history, s->n_prompt)
-                                : s->draft_sampler->sample_with_probs(rows[i], s->draft_work, s->draft_history,
-                                                                      s->n_prompt, s->draft_probs.data() + j * V_);
-                    } catch (const std::invalid_argument&) {
-                        continue;  // every token filtered out: no more draft (the model's row will say)
-                    } catch (...) {
-                        s->error = std::current_exception();  // the caller's processor: the sequence fails
-                        continue;
-                    }
-                    s->draft_history.push_back(int32_t(d));
-                } else {
-                    d = a->kernels().argmax(rows[i], V_);
-                    if (d < 0) continue;  // a row of NaN or -inf: the draft ends here
-                }
-                s->fed.push_back(int32_t(d));
+                if (drawn[i] < 0) continue;  // its draft ends here
+                s->fed.push_back(int32_t(drawn[i]));
                 if (int64_t(s->fed.size()) - 1 < s->want) {
                     more.push_back(s);
                     next.push_back({s->draft_cache.get(), &s->fed.back(), 1, false});
@@ -678,6 +669,26 @@ void Generation::draft_with_assistants(const std::vector<Seq*>& running) {
             seqs = std::move(more);
             steps = std::move(next);
         }
+    }
+}
+
+// The next draft token of s from the assistant's logits row, or -1 when its draft ends here
+// (every token filtered out, a row of NaN); what the caller's processor throws goes to s.error.
+int64_t Generation::next_draft(Seq& s, const float* row, const Model& assistant) {
+    if (!s.draft_sampler) return assistant.kernels().argmax(row, V_);  // -1 for NaN or -inf rows
+    try {
+        const int64_t j = int64_t(s.fed.size()) - 1;  // the draft token's index
+        const int32_t d = s.opt().sampling.greedy()
+                              ? s.draft_sampler->sample(row, s.draft_work, s.draft_history, s.n_prompt)
+                              : s.draft_sampler->sample_with_probs(row, s.draft_work, s.draft_history, s.n_prompt,
+                                                                   s.draft_probs.data() + j * V_);
+        s.draft_history.push_back(d);
+        return d;
+    } catch (const std::invalid_argument&) {
+        return -1;  // every token filtered out: no more draft (the model's row will say)
+    } catch (...) {
+        s.error = std::current_exception();  // the caller's processor: the sequence fails
+        return -1;
     }
 }
 

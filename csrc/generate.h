@@ -256,6 +256,7 @@ private:
     Seq& seq(size_t i) const;
     void feed(Seq& s);
     void draft_with_assistants(const std::vector<Seq*>& running);
+    int64_t next_draft(Seq& s, const float* row, const Model& assistant);
     void take(Seq& s, const float* rows, size_t n);
     void choose(Seq& s, const float* row);
     void add_logprobs(Seq& s, const float* row);
