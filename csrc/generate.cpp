@@ -635,6 +635,7 @@ void Generation::draft_with_assistants(const std::vector<Seq*>& running) {
         by_assistant[a].push_back(s);
     }
     for (auto& [a, seqs] : by_assistant) {
+        share_prompts(*a, seqs);
         std::vector<SeqStep> steps;
         for (Seq* s : seqs) {  // what its cache lacks, up to the next token (history's last)
             const int64_t at = s->draft_cache->pos;
@@ -669,6 +670,33 @@ void Generation::draft_with_assistants(const std::vector<Seq*>& running) {
             seqs = std::move(more);
             steps = std::move(next);
         }
+    }
+}
+
+// Samples of one prompt (num_return_sequences) that start drafting together: the first runs
+// the prompt through the assistant once (a call of its own), the others copy its cache, instead
+// of each running it.
+void Generation::share_prompts(Model& assistant, const std::vector<Seq*>& seqs) {
+    std::vector<std::pair<Seq*, std::vector<Seq*>>> groups;  // (first, the others)
+    for (Seq* s : seqs) {
+        if (s->draft_cache->pos != 0) continue;
+        if (!groups.empty() && groups.back().first->req == s->req &&
+            groups.back().first->r.prompt_index == s->r.prompt_index)
+            groups.back().second.push_back(s);
+        else
+            groups.push_back({s, {}});
+    }
+    std::vector<SeqStep> steps;
+    for (const auto& [first, others] : groups)
+        if (!others.empty()) steps.push_back({first->draft_cache.get(), first->history.data(), int64_t(first->n_prompt),
+                                              false});
+    if (steps.empty()) return;
+    forward_rows(assistant, steps, draft_logits_);  // the rows are not needed
+    for (const auto& [first, others] : groups) {
+        if (others.empty()) continue;
+        first->r.assistant_tokens += int64_t(first->n_prompt);
+        timings_.assistant_tokens += int64_t(first->n_prompt);
+        for (Seq* o : others) o->draft_cache->copy_from(*first->draft_cache);
     }
 }
 

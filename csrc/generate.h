@@ -257,6 +257,7 @@ private:
     void feed(Seq& s);
     void draft_with_assistants(const std::vector<Seq*>& running);
     int64_t next_draft(Seq& s, const float* row, const Model& assistant);
+    void share_prompts(Model& assistant, const std::vector<Seq*>& seqs);
     void take(Seq& s, const float* rows, size_t n);
     void choose(Seq& s, const float* row);
     void add_logprobs(Seq& s, const float* row);

@@ -150,6 +150,24 @@ def test_batches_forks_and_the_default_draft_length(models):
     assert out[0][0].timings.accepted_draft_tokens > 0
 
 
+@pytest.mark.parametrize("sampling", [dict(), dict(temperature=0.8, seed=4)], ids=["greedy", "sample"])
+def test_samples_of_a_prompt_share_the_assistants_prompt(models, sampling):
+    """num_return_sequences: the assistant runs the prompt once for all the samples (their
+    caches copied), not once each; with the model's weights every draft is still right."""
+    m = models["f32"]
+    ids = (m.tokenizer.encode(PROMPTS[2]) * 5)[:60]
+    kw = dict(max_new_tokens=6, num_return_sequences=4, assistant_model=models["same"], num_assistant_tokens=3,
+              **sampling)
+    outs = m.generate([ids, ids[:30]], **kw)
+    for group, prompt in zip(outs, (ids, ids[:30])):
+        t = group[0].timings
+        assert t.accepted_draft_tokens == t.draft_tokens > 0
+        if not sampling:
+            assert [o.tokens for o in group] == [m.generate(prompt, max_new_tokens=6).tokens] * 4
+    ran = outs[0][0].timings.assistant_tokens  # the call's: both prompts once, then new tokens
+    assert ran <= 60 + 30 + 8 * 6, ran
+
+
 def test_up_to_the_end_of_both_contexts(models):
     """Drafts stop at the model's context and at the assistant's (a shorter one here): the
     output is still greedy's, to the model's last position."""
