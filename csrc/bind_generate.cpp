@@ -96,6 +96,20 @@ std::function<bool(size_t, const std::vector<int32_t>&, const float*)> stop_hook
     };
 }
 
+// A setting of a sampling Generation as a property: read at any time, set between steps (not
+// while one runs in another thread).
+template <class T>
+void setting(py::class_<PyGeneration>& c, const char* name, T (Generation::*get)() const,
+             void (Generation::*set)(T), const char* doc) {
+    c.def_property(
+        name, [get](PyGeneration& g) { return (sampling(g).*get)(); },
+        [set](PyGeneration& g, T value) {
+            BusyGuard busy(g.busy);
+            (sampling(g).*set)(value);
+        },
+        doc);
+}
+
 py::dict result_dict(const SequenceResult& r) {
     py::dict d;
     d["prompt_index"] = r.prompt_index;
@@ -235,11 +249,12 @@ void bind_generate(py::module_& m) {
             "vocab_size) in place; stop(prompt_index, ids, logits) -> bool after each token. ids: int64, "
             "prompt first. They run on the thread that steps the generation, taking the GIL.");
 
-    py::class_<PyGeneration>(m, "Generation", R"pbdoc(
+    py::class_<PyGeneration> generation(m, "Generation", R"pbdoc(
         One batched generation: prompts (lists of token ids) in, sequences out, prompt-major
         (prompt p, sample j is sequence p * num_return_sequences + j); beam search when
         options.num_beams > 1 (its results are filled once it is done). step() and run() release
-        the GIL; run() checks for Ctrl-C between tokens and raises KeyboardInterrupt.)pbdoc")
+        the GIL; run() checks for Ctrl-C between tokens and raises KeyboardInterrupt.)pbdoc");
+    generation
         .def(py::init([](std::shared_ptr<Model> model, std::shared_ptr<Tokenizer> tokenizer,
                          std::vector<std::vector<int32_t>> prompts, const GenerateOptions& options) {
                  if (!model) throw std::invalid_argument("model must not be None");
@@ -282,28 +297,6 @@ void bind_generate(py::module_& m) {
         .def(
             "finished", [](PyGeneration& g, size_t i) { return sampling(g).finished(i); }, py::arg("i"),
             "Whether sequence i has stopped.")
-        .def_property(
-            "prefill_chunk", [](PyGeneration& g) { return sampling(g).prefill_chunk(); },
-            [](PyGeneration& g, int64_t n) {
-                BusyGuard busy(g.busy);
-                sampling(g).set_prefill_chunk(n);
-            },
-            "At most this many prompt tokens a step (0: whole prompts); outputs do not change.")
-        .def_property(
-            "prefix_cache", [](PyGeneration& g) { return sampling(g).prefix_cache(); },
-            [](PyGeneration& g, int64_t n) {
-                BusyGuard busy(g.busy);
-                sampling(g).set_prefix_cache(n);
-            },
-            "Finished sequences' caches kept for prompts that share their prefix (0: off; see generate.h).")
-        .def_property(
-            "contain_errors", [](PyGeneration& g) { return sampling(g).contain_errors(); },
-            [](PyGeneration& g, bool on) {
-                BusyGuard busy(g.busy);
-                sampling(g).set_contain_errors(on);
-            },
-            "Whether what a sequence's token choice raises fails only that sequence (finish_reason 'error'; "
-            "raise_error(i) raises it) instead of the step (the default).")
         .def(
             "failed", [](PyGeneration& g, size_t i) { return sampling(g).failed(i); }, py::arg("i"),
             "Whether sequence i's token choice raised (with contain_errors; it has stopped).")
@@ -371,6 +364,13 @@ void bind_generate(py::module_& m) {
             d["assistant_tokens"] = t.assistant_tokens;
             return d;
         });
+    setting(generation, "prefill_chunk", &Generation::prefill_chunk, &Generation::set_prefill_chunk,
+            "At most this many prompt tokens a step (0: whole prompts); outputs do not change.");
+    setting(generation, "prefix_cache", &Generation::prefix_cache, &Generation::set_prefix_cache,
+            "Finished sequences' caches kept for prompts that share their prefix (0: off; see generate.h).");
+    setting(generation, "contain_errors", &Generation::contain_errors, &Generation::set_contain_errors,
+            "Whether what a sequence's token choice raises fails only that sequence (finish_reason 'error'; "
+            "raise_error(i) raises it) instead of the step (the default).");
 }
 
 }  // namespace pygpt

@@ -213,9 +213,9 @@ struct Generation::Seq {
     std::shared_ptr<const Request> req;
     SequenceResult r;
     std::unique_ptr<KVCache> cache;  // made when its prompt runs
-    // assisted decoding: the assistant's cache; when sampling, its sampler (the request's
-    // processors, its own random stream), the tokens so far with the draft, and the
-    // distribution each draft token was drawn from (want rows of V)
+    // assisted decoding: the assistant's cache; when sampling or with processors, its sampler
+    // (the request's processors, its own random stream) and the tokens so far with the draft;
+    // when sampling, the distribution each draft token was drawn from (want rows of V)
     std::unique_ptr<KVCache> draft_cache;
     std::unique_ptr<Sampler> draft_sampler;
     std::vector<int32_t> draft_history;
@@ -287,6 +287,19 @@ size_t Generation::add(std::vector<std::vector<int32_t>> prompts, GenerateOption
         }
     }
     return first;
+}
+
+// Whether a and b are samples of one prompt of one request (they share its run).
+bool Generation::same_prompt(const Seq& a, const Seq& b) {
+    return a.req == b.req && a.r.prompt_index == b.r.prompt_index;
+}
+
+// Whether any of these sequences' requests has the caller's (Python) code: their token choices
+// then run on the stepping thread.
+bool Generation::any_hooks(const std::vector<Seq*>& seqs) {
+    for (const Seq* s : seqs)
+        if (s->opt().has_hooks()) return true;
+    return false;
 }
 
 Generation::Seq& Generation::seq(size_t i) const {
@@ -458,8 +471,7 @@ void Generation::advance() {
         if (!s.live) continue;
         if (s.started) {
             running.push_back(&s);
-        } else if (!waiting.empty() && waiting.back()[0]->req == s.req &&
-                   waiting.back()[0]->r.prompt_index == s.r.prompt_index) {
+        } else if (!waiting.empty() && same_prompt(*waiting.back()[0], s)) {
             waiting.back().push_back(&s);
         } else {
             waiting.push_back({&s});
@@ -544,8 +556,7 @@ void Generation::advance() {
     // every sequence takes its rows, in parallel: each has its own sampler and random stream,
     // so nothing depends on the thread count. The caller's hooks (Python) run on this thread.
     const int64_t B = int64_t(todo.size());
-    bool hooks = false;
-    for (const Seq* s : todo) hooks = hooks || s->opt().has_hooks();
+    const bool hooks = any_hooks(todo);
 #pragma omp parallel for if (!hooks) num_threads(std::max<int64_t>(1, std::min<int64_t>(B, model_.n_threads()))) \
     schedule(static, 1)
     for (int64_t b = 0; b < B; b++) {
@@ -591,22 +602,28 @@ static std::vector<int32_t> lookup_draft(const std::vector<int32_t>& h, int64_t 
     return {};
 }
 
+// The longest draft a running sequence can still take after its next token: the budget of new
+// tokens and the context.
+int64_t Generation::draft_room(const Seq& s) const {
+    return std::min(s.opt().max_new_tokens - int64_t(s.r.tokens.size()), n_ctx_ - s.cache->pos) - 1;
+}
+
 // What a running sequence feeds: its next token, and with prompt lookup a draft of what may
-// follow (lookup_draft), only as long as it can still be taken (the budget and the context).
+// follow (lookup_draft), only as long as it can still be taken (draft_room).
 void Generation::feed(Seq& s) {
     const GenerateOptions& opt = s.opt();
     s.fed.assign(1, s.next_input);
     if (opt.prompt_lookup_num_tokens == 0) return;
-    const int64_t room = std::min(opt.max_new_tokens - int64_t(s.r.tokens.size()), n_ctx_ - s.cache->pos) - 1;
+    const int64_t room = draft_room(s);
     if (room <= 0) return;
     const auto draft = lookup_draft(s.history, std::min(s.draft_len, room), opt.max_matching_ngram_size);
     s.fed.insert(s.fed.end(), draft.begin(), draft.end());
 }
 
 // Assisted decoding: each running sequence with an assistant model gets, after its next token,
-// a draft of up to draft_len tokens from the assistant: greedy, its argmax (raw: any draft is
-// checked by the model); sampling, a draw from its distribution under the request's processors
-// (not the caller's own), kept for speculative sampling (Sampler::sample_against). Each
+// a draft of up to draft_len tokens from the assistant, under the request's processors (the
+// caller's own included): greedy, its processed argmax; sampling, a draw from its processed
+// distribution, kept for speculative sampling (Sampler::sample_against). Each
 // assistant runs once per draft token for all its sequences together; its first call also
 // feeds what its caches lack of their sequences (the prompt at first, then the tokens taken
 // since the last step). take() cuts its caches back to the tokens taken.
@@ -615,11 +632,9 @@ void Generation::draft_with_assistants(const std::vector<Seq*>& running) {
     for (Seq* s : running) {
         Model* a = s->opt().assistant_model.get();
         if (!a) continue;
-        const int64_t len = int64_t(s->history.size());
-        // drafts that can still be taken (the budget and the context), and that the
-        // assistant's context holds (it runs all but the last)
-        const int64_t room = std::min({s->opt().max_new_tokens - int64_t(s->r.tokens.size()) - 1,
-                                       n_ctx_ - s->cache->pos - 1, a->config().n_ctx - len});
+        // drafts that can still be taken, and that the assistant's context holds (it runs all
+        // but the last)
+        const int64_t room = std::min(draft_room(*s), a->config().n_ctx - int64_t(s->history.size()));
         s->want = std::min(s->draft_len, room);
         if (s->want <= 0) continue;
         if (!s->draft_cache) s->draft_cache = a->new_cache();
@@ -640,8 +655,7 @@ void Generation::draft_with_assistants(const std::vector<Seq*>& running) {
         for (Seq* s : seqs) {  // what its cache lacks, up to the next token (history's last)
             const int64_t at = s->draft_cache->pos;
             steps.push_back({s->draft_cache.get(), s->history.data() + at, int64_t(s->history.size()) - at, false});
-            s->r.assistant_tokens += steps.back().n_tokens;
-            timings_.assistant_tokens += steps.back().n_tokens;
+            ran_on_assistant(*s, steps.back().n_tokens);
         }
         while (!seqs.empty()) {
             const std::vector<const float*> rows = forward_rows(*a, steps, draft_logits_);
@@ -649,8 +663,7 @@ void Generation::draft_with_assistants(const std::vector<Seq*>& running) {
             // Python, on this thread)
             const int64_t S = int64_t(seqs.size());
             std::vector<int64_t> drawn(static_cast<size_t>(S));
-            bool hooks = false;
-            for (const Seq* s : seqs) hooks = hooks || s->opt().has_hooks();
+            const bool hooks = any_hooks(seqs);
 #pragma omp parallel for if (!hooks && S > 1) \
     num_threads(std::max<int64_t>(1, std::min<int64_t>(S, model_.n_threads()))) schedule(static, 1)
             for (int64_t i = 0; i < S; i++) drawn[size_t(i)] = next_draft(*seqs[size_t(i)], rows[size_t(i)], *a);
@@ -663,14 +676,18 @@ void Generation::draft_with_assistants(const std::vector<Seq*>& running) {
                 if (int64_t(s->fed.size()) - 1 < s->want) {
                     more.push_back(s);
                     next.push_back({s->draft_cache.get(), &s->fed.back(), 1, false});
-                    s->r.assistant_tokens++;
-                    timings_.assistant_tokens++;
+                    ran_on_assistant(*s, 1);
                 }
             }
             seqs = std::move(more);
             steps = std::move(next);
         }
     }
+}
+
+void Generation::ran_on_assistant(Seq& s, int64_t n) {
+    s.r.assistant_tokens += n;
+    timings_.assistant_tokens += n;
 }
 
 // Samples of one prompt (num_return_sequences) that start drafting together: the first runs
@@ -680,8 +697,7 @@ void Generation::share_prompts(Model& assistant, const std::vector<Seq*>& seqs) 
     std::vector<std::pair<Seq*, std::vector<Seq*>>> groups;  // (first, the others)
     for (Seq* s : seqs) {
         if (s->draft_cache->pos != 0) continue;
-        if (!groups.empty() && groups.back().first->req == s->req &&
-            groups.back().first->r.prompt_index == s->r.prompt_index)
+        if (!groups.empty() && same_prompt(*groups.back().first, *s))
             groups.back().second.push_back(s);
         else
             groups.push_back({s, {}});
@@ -694,8 +710,7 @@ void Generation::share_prompts(Model& assistant, const std::vector<Seq*>& seqs) 
     forward_rows(assistant, steps, draft_logits_);  // the rows are not needed
     for (const auto& [first, others] : groups) {
         if (others.empty()) continue;
-        first->r.assistant_tokens += int64_t(first->n_prompt);
-        timings_.assistant_tokens += int64_t(first->n_prompt);
+        ran_on_assistant(*first, int64_t(first->n_prompt));
         for (Seq* o : others) o->draft_cache->copy_from(*first->draft_cache);
     }
 }

@@ -254,10 +254,14 @@ private:
     void fail(Seq& s);
     void recount();
     Seq& seq(size_t i) const;
+    int64_t draft_room(const Seq& s) const;
     void feed(Seq& s);
     void draft_with_assistants(const std::vector<Seq*>& running);
     int64_t next_draft(Seq& s, const float* row, const Model& assistant);
     void share_prompts(Model& assistant, const std::vector<Seq*>& seqs);
+    void ran_on_assistant(Seq& s, int64_t n);  // counts n tokens the assistant ran for s
+    static bool same_prompt(const Seq& a, const Seq& b);
+    static bool any_hooks(const std::vector<Seq*>& seqs);
     void take(Seq& s, const float* rows, size_t n);
     void choose(Seq& s, const float* row);
     void add_logprobs(Seq& s, const float* row);

@@ -220,15 +220,15 @@ class _Hooks:
     the thread that steps the generation, with the GIL. What they raise comes out of the step
     (or, in a pygpt.Batcher, fails that request alone: Generation.contain_errors)."""
 
-    def __init__(self, vocab_size: int, processors: list, criteria: list, allowed):
+    def __init__(self, vocab_size: int, processors: list, criteria: list, allowed, beams: bool):
         self.V = vocab_size
         self.processors = processors
         self.criteria = criteria
         self.allowed = allowed
-        self.force_allowed = True  # not with beam search, whose other beams may go on
+        self.force_allowed = not beams  # with beam search, the other beams may go on
 
     @classmethod
-    def make(cls, vocab_size: int, logits_processor, stopping_criteria, prefix_allowed_tokens_fn):
+    def make(cls, vocab_size: int, logits_processor, stopping_criteria, prefix_allowed_tokens_fn, beams: bool):
         processors = _callables("logits_processor", logits_processor)
         criteria = _callables("stopping_criteria", stopping_criteria)
         if prefix_allowed_tokens_fn is not None and not callable(prefix_allowed_tokens_fn):
@@ -236,7 +236,7 @@ class _Hooks:
                             f"got {type(prefix_allowed_tokens_fn).__name__}")
         if not processors and not criteria and prefix_allowed_tokens_fn is None:
             return None
-        return cls(vocab_size, processors, criteria, prefix_allowed_tokens_fn)
+        return cls(vocab_size, processors, criteria, prefix_allowed_tokens_fn, beams)
 
     def install(self, opt) -> None:
         """Sets opt's hooks (a GenerateOptions)."""
@@ -407,11 +407,11 @@ class _Request:
                                  f"num_beams ({opt.num_beams})")
         if truncate not in (None, "left"):
             raise ValueError(f"truncate must be None or 'left', got {truncate!r}")
-        self.hooks = _Hooks.make(V, logits_processor, stopping_criteria, prefix_allowed_tokens_fn)
+        self.hooks = _Hooks.make(V, logits_processor, stopping_criteria, prefix_allowed_tokens_fn,
+                                 beams=opt.num_beams > 1)
         if self.hooks is not None:
             if self.hooks.criteria and opt.num_beams > 1:
                 raise ValueError("stopping_criteria do not go with beam search (num_beams > 1)")
-            self.hooks.force_allowed = opt.num_beams == 1
             self.hooks.install(opt)
         self.options = opt
 
