@@ -147,6 +147,12 @@ void bind_generate(py::module_& m) {
         .def_readwrite("sequence_bias", &SamplingParams::sequence_bias)
         .def_readwrite("min_new_tokens", &SamplingParams::min_new_tokens)
         .def_readwrite("end_tokens", &SamplingParams::end_tokens)
+        .def_property(
+            "grammar", [](const SamplingParams& p) { return std::const_pointer_cast<Grammar>(p.grammar); },
+            [](SamplingParams& p, std::shared_ptr<Grammar> g) { p.grammar = std::move(g); })
+        .def_property(
+            "grammar_vocab", [](const SamplingParams& p) { return std::const_pointer_cast<VocabTrie>(p.grammar_vocab); },
+            [](SamplingParams& p, std::shared_ptr<VocabTrie> v) { p.grammar_vocab = std::move(v); })
         .def("validate", &SamplingParams::validate, py::arg("vocab_size"));
 
     m.def(

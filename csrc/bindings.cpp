@@ -38,5 +38,6 @@ PYBIND11_MODULE(_core, m) {
     pygpt::bind_model(m);
     pygpt::bind_generate(m);
     pygpt::bind_tokenizer(m);
+    pygpt::bind_grammar(m);
     pygpt::bind_kernels(m);
 }

@@ -817,6 +817,7 @@ void Generation::accept(Seq& s, int32_t token, const float* row) {
         }
     }
     if (opt.stop_hook && opt.stop_hook(s.r.prompt_index, s.history, row)) return finish(s, "stop");
+    if (s.sampler.grammar_closed(s.history, s.n_prompt)) return finish(s, "stop");  // nothing can follow
     if (int64_t(s.r.tokens.size()) >= opt.max_new_tokens || int64_t(s.history.size()) >= n_ctx_)
         return finish(s, "length");
     s.next_input = token;

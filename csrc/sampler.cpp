@@ -85,6 +85,7 @@ void SamplingParams::validate(int64_t vocab_size) const {
             bad("sequence_bias: a bias must be a number or -inf");
         if (!seen_sequences.insert(tokens).second) bad("sequence_bias lists a sequence twice");
     }
+    if (grammar && !grammar_vocab) bad("a grammar needs the tokenizer's vocabulary (grammar_vocab)");
     if (min_new_tokens < 0) bad("min_new_tokens must be >= 0, got " + std::to_string(min_new_tokens));
     for (int32_t id : end_tokens)
         if (id < 0 || id >= vocab_size) bad("end token id " + std::to_string(id) + " is outside the vocabulary");
@@ -107,6 +108,7 @@ Sampler::Sampler(const SamplingParams& params, int64_t vocab_size, uint64_t seed
     : params_(params), V_(vocab_size), argmax_(kernels.argmax), rng_(seed, stream) {
     params_.validate(vocab_size);
     if (params_.penalises_repeats() || params_.penalises_counts()) counts_.assign(size_t(V_), 0);
+    if (params_.grammar) grammar_.emplace(params_.grammar, params_.grammar_vocab);
 }
 
 void Sampler::check_history(const std::vector<int32_t>& history) const {
@@ -114,13 +116,17 @@ void Sampler::check_history(const std::vector<int32_t>& history) const {
         if (t < 0 || t >= V_) throw std::invalid_argument("token id " + std::to_string(t) + " is outside the vocabulary");
 }
 
-void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_prompt) {
+void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_prompt, bool with_grammar) {
     have_weights_ = false;
     check_history(history);
     apply_penalties(s, history, std::min(n_prompt, history.size()));
     if (params_.bans_ngrams()) ban_repeated_ngrams(s, history);
     if (params_.delays_the_end() && history.size() < n_prompt + size_t(params_.min_new_tokens))
         for (int32_t id : params_.end_tokens) s[id] = kNegInf;
+    if (grammar_ && with_grammar) {
+        grammar_->sync(history, n_prompt);
+        grammar_->mask(s, V_, params_.end_tokens);
+    }
     if (params_.custom) params_.custom(history, s);
     if (params_.greedy()) return;  // the filters below only shape a random draw
 
@@ -143,9 +149,25 @@ int32_t Sampler::sample(const float* logits, std::vector<float>& work, const std
         check_history(history);
         return argmax(logits);
     }
+    if (params_.draws_before_mask()) {
+        work.assign(logits, logits + V_);
+        process(work.data(), history, n_prompt, false);
+        const int32_t t = params_.greedy() ? argmax(work.data()) : draw(work.data());
+        grammar_->sync(history, n_prompt);
+        if (grammar_->allows(t, params_.end_tokens)) return t;
+    }
     work.assign(logits, logits + V_);
     process(work.data(), history, n_prompt);
     return params_.greedy() ? argmax(work.data()) : draw(work.data());
+}
+
+bool Sampler::grammar_closed(const std::vector<int32_t>& history, size_t n_prompt) {
+    if (!grammar_) return false;
+    grammar_->sync(history, n_prompt);
+    if (grammar_->broken())
+        throw std::invalid_argument("token " + std::to_string(history.back()) +
+                                    " does not fit the grammar (a logits_processor let through a token it had banned?)");
+    return grammar_->closed();
 }
 
 // A sequence's bias goes to its last token where the history ends with the tokens before it.

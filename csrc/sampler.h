@@ -17,6 +17,8 @@
 //                                                               (NoRepeatNGramLogitsProcessor)
 //   min_new_tokens      bans the end tokens (eos, stop tokens) until that many are generated
 //                                                               (MinNewTokensLengthLogitsProcessor)
+//   grammar             bans every token after which the text could no longer match the
+//                       grammar (grammar.h); the end tokens only where it is a whole match
 //   custom              the caller's own processor (the bindings': Python callables), where
 //                       transformers runs a logits_processor list, after its own
 //   --- sampling only (temperature > 0): the former "warpers" ---
@@ -35,9 +37,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
+#include "grammar.h"
 #include "kernels.h"
 
 namespace pygpt {
@@ -75,6 +80,10 @@ struct SamplingParams {
     int64_t min_new_tokens = 0;        // end_tokens are banned while fewer tokens were generated
     std::vector<int32_t> end_tokens;   // (set by the decode loop: eos, stop_token_ids)
     ScoresHook custom;                 // null: none (set by the decode loop from GenerateOptions)
+    // the text generated must stay a prefix of what the grammar matches (null: none); the
+    // vocabulary's trie comes with it
+    std::shared_ptr<const Grammar> grammar;
+    std::shared_ptr<const VocabTrie> grammar_vocab;
 
     // Throws std::invalid_argument naming the first bad value.
     void validate(int64_t vocab_size) const;
@@ -87,7 +96,14 @@ struct SamplingParams {
     bool delays_the_end() const { return min_new_tokens > 0 && !end_tokens.empty(); }
     bool changes_logits() const {
         return !logit_bias.empty() || !sequence_bias.empty() || penalises_repeats() || penalises_counts() || bans_ngrams() ||
-               delays_the_end() || custom != nullptr;
+               delays_the_end() || custom != nullptr || grammar != nullptr;
+    }
+    // Whether a draw from the processed scores can be made before the grammar's mask and
+    // kept when the grammar allows it (Sampler::sample): nothing after the mask but the
+    // temperature, so the kept draw is distributed as a draw after the mask.
+    bool draws_before_mask() const {
+        return grammar != nullptr && custom == nullptr && top_k == 0 && top_p >= 1.0 && min_p <= 0.0 &&
+               typical_p >= 1.0;
     }
 };
 
@@ -99,10 +115,17 @@ public:
 
     // Processes scores[0 : vocab_size] in place (logits in, processed scores out, -inf =
     // filtered). history: the tokens so far, prompt first; its first n_prompt are the prompt.
-    void process(float* scores, const std::vector<int32_t>& history, size_t n_prompt);
+    void process(float* scores, const std::vector<int32_t>& history, size_t n_prompt) {
+        process(scores, history, n_prompt, true);
+    }
 
     // The next token from logits[0 : vocab_size]: process() on a copy in `work`, then the
-    // greedy choice or a draw (plain greedy decoding takes the logits' argmax, no copy).
+    // greedy choice or a draw (plain greedy decoding takes the logits' argmax, no copy). With
+    // a grammar and nothing after its mask but the temperature, the choice is made first
+    // without the mask and kept if the grammar allows it (checking one token is much cheaper
+    // than masking all): the greedy choice is then the masked argmax, and a kept draw t has
+    // probability p(t) + (1 - p(allowed)) p(t) / p(allowed) = p(t) / p(allowed), as a masked
+    // draw.
     // Throws std::invalid_argument when every token was filtered out (for instance by
     // logit_bias of -inf on all of them).
     int32_t sample(const float* logits, std::vector<float>& work, const std::vector<int32_t>& history,
@@ -132,8 +155,12 @@ public:
                               size_t n_prompt, float* probs);
 
     const SamplingParams& params() const { return params_; }
+    // With a grammar: the text of history[n_prompt:] is a whole match that nothing can extend.
+    // Throws std::invalid_argument when it broke the grammar (a token the mask had banned).
+    bool grammar_closed(const std::vector<int32_t>& history, size_t n_prompt);
 
 private:
+    void process(float* scores, const std::vector<int32_t>& history, size_t n_prompt, bool with_grammar);
     void check_history(const std::vector<int32_t>& history) const;
     void apply_penalties(float* s, const std::vector<int32_t>& history, size_t n_prompt);
     void apply_sequence_bias(float* s, const std::vector<int32_t>& history) const;
@@ -163,6 +190,7 @@ private:
     std::vector<size_t> count_;
     std::vector<double> p_;
     std::vector<int32_t> counts_;
+    std::optional<GrammarMatcher> grammar_;
 };
 
 }  // namespace pygpt

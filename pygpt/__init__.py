@@ -13,6 +13,7 @@ from . import _core  # noqa: E402
 from ._core import ModelFormatError  # noqa: E402
 from .batching import Batcher, BatcherClosed
 from .generation import GenerationOutput, Timings, generate_text as generate
+from .grammar import Grammar
 from .model import Model, load
 from .tokenizer import Tokenizer
 
@@ -41,5 +42,5 @@ def system_info() -> dict:
     }
 
 
-__all__ = ["Batcher", "BatcherClosed", "GenerationOutput", "Model", "ModelFormatError", "Timings", "Tokenizer", "generate", "load", "system_info",
+__all__ = ["Batcher", "BatcherClosed", "GenerationOutput", "Grammar", "Model", "ModelFormatError", "Timings", "Tokenizer", "generate", "load", "system_info",
            "__version__"]

@@ -19,6 +19,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core
+from .grammar import as_grammar
 
 Prompt = Union[str, Sequence[int]]  # one prompt; a batch is a sequence of them
 
@@ -318,7 +319,7 @@ class _Request:
                  echo=False, num_return_sequences=1, truncate=None, min_new_tokens=0, num_beams=1,
                  length_penalty=1.0, early_stopping=False, prompt_lookup_num_tokens=None,
                  max_matching_ngram_size=2, logits_processor=None, stopping_criteria=None,
-                 prefix_allowed_tokens_fn=None, assistant_model=None, num_assistant_tokens=None):
+                 prefix_allowed_tokens_fn=None, assistant_model=None, num_assistant_tokens=None, grammar=None):
         if not hasattr(model, "_core") or not hasattr(model, "config"):
             raise TypeError(f"model must be a pygpt.Model (from pygpt.load), got {type(model).__name__}")
         if model._core is None:
@@ -405,6 +406,14 @@ class _Request:
             if opt.num_return_sequences > opt.num_beams:
                 raise ValueError(f"num_return_sequences ({opt.num_return_sequences}) must be at most "
                                  f"num_beams ({opt.num_beams})")
+        if grammar is not None:
+            grammar = as_grammar(grammar)
+            if self.tokenizer is None:
+                raise ValueError("a grammar needs a model with a tokenizer (vocab.json + merges.txt)")
+            if opt.num_beams > 1:
+                raise ValueError("grammar does not go with beam search (num_beams > 1)")
+            opt.sampling.grammar = grammar._core
+            opt.sampling.grammar_vocab = self.tokenizer.vocab_trie()
         if truncate not in (None, "left"):
             raise ValueError(f"truncate must be None or 'left', got {truncate!r}")
         self.hooks = _Hooks.make(V, logits_processor, stopping_criteria, prefix_allowed_tokens_fn,

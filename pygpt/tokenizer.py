@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import AbstractSet, Iterable, Sequence, Union
 
 from . import _core
@@ -165,6 +166,8 @@ class Tokenizer:
         specials = dict(special_tokens or {})
         self._core = _core.Tokenizer(list(token_bytes), [tuple(m) for m in merges], list(specials.items()))
         self._specials = specials
+        self._vocab_trie = None
+        self._trie_lock = threading.Lock()
 
     @classmethod
     def from_dir(cls, path: Union[str, os.PathLike], *, special_tokens: Iterable[str] = None) -> "Tokenizer":
@@ -304,6 +307,13 @@ class Tokenizer:
     def token_bytes(self, id: int) -> bytes:
         """Raw bytes of one token."""
         return self._core.token_bytes(id)
+
+    def vocab_trie(self) -> "_core.VocabTrie":
+        """The ordinary tokens' bytes as a trie, for grammars; built on first use (about 20 ms)."""
+        with self._trie_lock:
+            if self._vocab_trie is None:
+                self._vocab_trie = _core.VocabTrie(self._core)
+            return self._vocab_trie
 
     def stream_decoder(self) -> StreamDecoder:
         """A new incremental detokenizer (see StreamDecoder)."""
