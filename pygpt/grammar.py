@@ -238,6 +238,8 @@ class _Parser:
             r = self.out.rule(name)
             self.out.define(r, self.alternatives(name, nested=False))
             self.skip()
+            if self.peek() == ")":
+                self.fail("unexpected ')'")
         for name, pos in self.refs.items():
             if name not in self.defined:
                 self.fail(f"rule {name!r} is used but never defined", pos)
