@@ -66,7 +66,30 @@ def _sampling_options(args) -> dict:
         repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
         stop=args.stop or None, ignore_eos=args.ignore_eos, echo=args.echo,
-        truncate="left" if args.truncate else None, prompt_lookup_num_tokens=args.prompt_lookup)
+        truncate="left" if args.truncate else None, prompt_lookup_num_tokens=args.prompt_lookup,
+        **_grammar_options(args))
+
+
+def _grammar_options(args) -> dict:
+    """grammar, from --grammar FILE, --json-schema FILE or --json."""
+    from .grammar import Grammar
+
+    if args.json:
+        return dict(grammar=Grammar.json())
+    path = args.grammar or args.json_schema
+    if path is None:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise CliError(f"{path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise CliError(f"{path}: not UTF-8 text ({e.reason})") from None
+    try:
+        return dict(grammar=Grammar(text) if args.grammar else Grammar.from_json_schema(text))
+    except ValueError as e:
+        raise CliError(f"{path}: {e}") from None
 
 
 def _assistant_options(args) -> dict:
@@ -313,6 +336,12 @@ def _add_decoding_arguments(g, seed_help: str) -> None:
                         "the same distribution (sampling) (default: off)")
     s.add_argument("--assistant-tokens", type=_positive_int, default=None, metavar="N",
                    help="the longest draft of --assistant a step (default: 5)")
+    c = g.add_argument_group("constrained output (one of)").add_mutually_exclusive_group()
+    c.add_argument("--grammar", metavar="FILE", default=None,
+                   help="generate only text that a GBNF grammar (llama.cpp's format) in FILE matches")
+    c.add_argument("--json-schema", metavar="FILE", default=None,
+                   help="generate only JSON valid under the JSON schema in FILE")
+    c.add_argument("--json", action="store_true", help="generate only a JSON object")
     st = g.add_argument_group("stopping and output")
     st.add_argument("--min-new-tokens", type=_non_negative_int, default=0, metavar="N",
                     help="do not end (eos or stop tokens) before N tokens (default: %(default)s)")

@@ -17,19 +17,25 @@ echo, logprobs (k: each token's log-probability and the k most likely, in OpenAI
 token_logprobs / top_logprobs / text_offset lists; with echo and max_tokens 0, the prompt's,
 as evaluation harnesses ask; with stream, each chunk has those of the tokens generated since
 the choice's previous chunk); and pygpt's own top_k, min_p, typical_p, repetition_penalty,
-no_repeat_ngram_size, min_tokens, ignore_eos. model and user are accepted and ignored;
+no_repeat_ngram_size, min_tokens, ignore_eos. Constrained output: response_format as OpenAI's
+({"type": "json_object"}: a JSON object; {"type": "json_schema", "json_schema": {"schema":
+{...}}}: JSON valid under the schema; {"type": "text"}: no constraint), or llama.cpp server's
+grammar (GBNF text) and json_schema (a schema), one of the three (pygpt.Grammar; a bad grammar
+or an unsupported schema keyword is a 400). model and user are accepted and ignored;
 suffix, best_of > 1 and echo with logprobs and stream are refused (400), as is anything
 else unknown.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .batching import DEFAULT_MAX_BATCH, DEFAULT_PREFILL_CHUNK, DEFAULT_PREFIX_CACHE, Batcher
+from .grammar import Grammar
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -44,6 +50,50 @@ class RequestError(ValueError):
     """A request the server refuses (400)."""
 
 
+@functools.lru_cache(maxsize=64)
+def _grammar(kind: str, text: str) -> Grammar:
+    """A compiled grammar, kept for the next request that asks for the same one."""
+    if kind == "gbnf":
+        return Grammar(text)
+    if kind == "schema":
+        return Grammar.from_json_schema(json.loads(text))
+    return Grammar.json()
+
+
+def _constraint(body: dict):
+    """The grammar a request asks for (response_format, grammar, json_schema), or None."""
+    asked = []
+    fmt = body.get("response_format")
+    if fmt is not None:
+        if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+            raise RequestError("'response_format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
+                               "{\"type\": \"json_schema\", \"json_schema\": {\"schema\": {...}}}")
+        if fmt["type"] == "json_schema":
+            spec = fmt.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), (dict, bool)):
+                raise RequestError("'response_format' json_schema needs \"json_schema\": {\"schema\": {...}}")
+            asked.append(("schema", spec["schema"]))
+        elif fmt["type"] == "json_object":
+            schema = fmt.get("schema")  # llama.cpp's server takes a schema here too
+            asked.append(("schema", schema) if schema is not None else ("json", None))
+    if body.get("grammar") is not None:
+        if not isinstance(body["grammar"], str):
+            raise RequestError("'grammar' must be GBNF text")
+        asked.append(("gbnf", body["grammar"]))
+    if body.get("json_schema") is not None:
+        asked.append(("schema", body["json_schema"]))
+    if len(asked) > 1:
+        raise RequestError("give one of 'response_format', 'grammar' and 'json_schema'")
+    if not asked:
+        return None
+    kind, value = asked[0]
+    if kind == "schema":
+        if not isinstance(value, (dict, bool)):
+            raise RequestError("a JSON schema must be an object")
+        value = json.dumps(value, sort_keys=True)
+    return _grammar(kind, value or "")
+
+
 def completion_options(body: dict) -> dict:
     """pygpt generate options for an OpenAI completions request body (checked by generate)."""
     if not isinstance(body, dict):
@@ -53,8 +103,11 @@ def completion_options(body: dict) -> dict:
     if body.get("best_of", 1) != 1:
         raise RequestError("'best_of' other than 1 is not supported by this server")
     options = {"max_new_tokens": 16, "temperature": 1.0}  # OpenAI's defaults
+    grammar = _constraint(body)
+    if grammar is not None:
+        options["grammar"] = grammar
     for key, value in body.items():
-        if key in ("prompt", "best_of", *_IGNORED) or value is None:
+        if key in ("prompt", "best_of", "response_format", "grammar", "json_schema", *_IGNORED) or value is None:
             continue
         if key in _SAME:
             options[key] = value

@@ -241,6 +241,38 @@ def test_tokenize(pygpt_cmd, model_dir, model):
 # -- errors ---------------------------------------------------------------------------------------
 
 
+def test_generate_and_batch_with_a_grammar(pygpt_cmd, model_dir, model, tmp_path):
+    import json
+
+    grammar = tmp_path / "yes.gbnf"
+    grammar.write_text('root ::= "yes" | "no" | "maybe"\n')
+    r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "10", "--seed", "2", "--grammar", str(grammar))
+    assert r.returncode == 0, r.stderr
+    want = model.generate(PROMPT, max_new_tokens=10, temperature=0.8, top_p=0.95, seed=2,
+                          grammar=grammar.read_text())
+    assert r.stdout.decode("utf-8") == want.text and want.text in ("yes", "no", "maybe")
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}))
+    r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "30", "-t", "0", "--json-schema", str(schema))
+    want = model.generate(PROMPT, max_new_tokens=30, grammar=pygpt.Grammar.from_json_schema(schema.read_text()))
+    assert r.returncode == 0 and r.stdout.decode("utf-8") == want.text
+    r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "8", "-t", "0", "--json")
+    assert r.stdout.decode("utf-8") == model.generate(PROMPT, max_new_tokens=8, grammar=pygpt.Grammar.json()).text
+    lines = tmp_path / "in.txt"
+    lines.write_text("Hello\nGoodbye\n")
+    r = run(pygpt_cmd, "batch", "-m", model_dir, str(lines), "-n", "10", "--seed", "1", "--grammar", str(grammar))
+    assert r.returncode == 0, r.stderr
+    assert {json.loads(line)["text"] for line in r.stdout.decode().splitlines()} <= {"yes", "no", "maybe"}
+    # errors: a missing file, a bad grammar, a bad schema, two constraints
+    assert_one_line_error(run(pygpt_cmd, "generate", "-m", model_dir, "hi", "--grammar", str(tmp_path / "x")), "x")
+    grammar.write_text("root ::= (")
+    assert_one_line_error(run(pygpt_cmd, "generate", "-m", model_dir, "hi", "--grammar", str(grammar)), "line 1")
+    schema.write_text('{"type": "string", "pattern": "a"}')
+    assert_one_line_error(run(pygpt_cmd, "generate", "-m", model_dir, "hi", "--json-schema", str(schema)), "pattern")
+    r = run(pygpt_cmd, "generate", "-m", model_dir, "hi", "--json", "--grammar", str(grammar))
+    assert r.returncode == 2 and b"not allowed with" in r.stderr
+
+
 def test_missing_model_folder(pygpt_cmd, tmp_path):
     assert_one_line_error(run(pygpt_cmd, "generate", "-m", str(tmp_path / "nope"), "hi"), "nope")
     assert_one_line_error(run(pygpt_cmd, "info", str(tmp_path / "nope")), "nope")

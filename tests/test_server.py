@@ -216,6 +216,13 @@ def test_models_and_health(url):
     ({"prompt": "hi", "stream": "yes"}, "stream"),
     ({"prompt": "hi", "logit_bias": {"x": 1}}, "logit_bias"),
     ({"prompt": "hi", "n": 10 ** 7}, "memory"),
+    ({"prompt": "hi", "grammar": "root ::= ("}, "line 1"),
+    ({"prompt": "hi", "grammar": 3}, "GBNF"),
+    ({"prompt": "hi", "response_format": {"type": "xml"}}, "response_format"),
+    ({"prompt": "hi", "response_format": {"type": "json_schema"}}, "json_schema"),
+    ({"prompt": "hi", "json_schema": {"type": "string", "pattern": "a+"}}, "pattern"),
+    ({"prompt": "hi", "json_schema": [1]}, "JSON schema must be an object"),
+    ({"prompt": "hi", "grammar": 'root ::= "a"', "json_schema": {}}, "one of"),
     ([1, 2], "JSON object"),
 ])
 def test_bad_requests_are_400_with_a_message(url, body, match):
@@ -223,6 +230,43 @@ def test_bad_requests_are_400_with_a_message(url, body, match):
     assert status == 400, text
     err = json.loads(text)["error"]
     assert match in err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_constrained_output(url, model):
+    """response_format (OpenAI's), grammar and json_schema (llama.cpp server's)."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}, "ok": {"type": "boolean"}},
+              "required": ["n", "ok"]}
+    grammar = 'root ::= "yes" | "no"'
+    for extra, check in [
+        ({"grammar": grammar}, lambda t: t in ("yes", "no")),
+        ({"json_schema": schema}, lambda t: set(json.loads(t)) == {"n", "ok"}),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}},
+         lambda t: set(json.loads(t)) == {"n", "ok"}),
+    ]:
+        finished = 0
+        for seed in range(3):
+            body = {"prompt": PROMPTS[0], "max_tokens": 60, "seed": seed, "logit_bias": {"50256": 5}, **extra}
+            status, text = post(url, body)
+            assert status == 200, text
+            choice = json.loads(text)["choices"][0]
+            if choice["finish_reason"] == "stop":
+                assert check(choice["text"]), (extra, choice)
+                finished += 1
+        assert finished >= 2, extra
+    # any JSON object: a random model rarely closes its strings in 60 tokens, but never leaves JSON
+    any_object = pygpt.Grammar.json()
+    for seed in range(3):
+        body = {"prompt": PROMPTS[0], "max_tokens": 30, "seed": seed, "response_format": {"type": "json_object"}}
+        choice = json.loads(post(url, body)[1])["choices"][0]
+        assert any_object.is_prefix(choice["text"]) and choice["text"].startswith("{")
+        if choice["finish_reason"] == "stop":
+            assert isinstance(json.loads(choice["text"]), dict)
+    free = json.loads(post(url, {"prompt": PROMPTS[0], "max_tokens": 8, "temperature": 0,
+                                 "response_format": {"type": "text"}})[1])
+    assert free["choices"][0]["text"] == model.generate(PROMPTS[0], max_new_tokens=8).text
+    # the same as generate with the grammar
+    r = json.loads(post(url, {"prompt": PROMPTS[1], "max_tokens": 8, "temperature": 0, "grammar": grammar})[1])
+    assert r["choices"][0]["text"] == model.generate(PROMPTS[1], max_new_tokens=8, grammar=grammar).text
 
 
 def test_malformed_bodies_and_paths(url):
