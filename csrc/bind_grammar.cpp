@@ -58,24 +58,31 @@ never finish.
         .def(py::init([](const Tokenizer& tok) { return std::make_shared<VocabTrie>(tok); }), py::arg("tokenizer"))
         .def_property_readonly("n_nodes", &VocabTrie::n_nodes);
 
-    // What a sampler with a grammar lets through after the tokens generated so far (tests).
+    // What a sampler with a grammar lets through after each prefix of the tokens generated
+    // (tests): one matcher follows them token by token, as in a generation; max_states small
+    // makes it drop and rebuild what it keeps.
     m.def(
-        "grammar_mask",
+        "grammar_masks",
         [](std::shared_ptr<Grammar> g, std::shared_ptr<VocabTrie> trie, const std::vector<int32_t>& generated,
-           int64_t V, const std::vector<int32_t>& end_tokens) {
+           int64_t V, const std::vector<int32_t>& end_tokens, size_t max_states) {
             if (V <= 0) throw std::invalid_argument("V must be > 0");
-            std::vector<float> s(size_t(V), 0.0f);
+            std::vector<std::vector<bool>> masks;
             {
                 py::gil_scoped_release release;
-                GrammarMatcher matcher(g, trie);
-                matcher.sync(generated, 0);
-                matcher.mask(s.data(), V, end_tokens);
+                GrammarMatcher matcher(g, trie, max_states == 0 ? GrammarMatcher::kMaxStates : max_states);
+                std::vector<float> s(static_cast<size_t>(V));
+                for (size_t k = 0; k <= generated.size(); k++) {
+                    matcher.sync(std::vector<int32_t>(generated.begin(), generated.begin() + int64_t(k)), 0);
+                    std::fill(s.begin(), s.end(), 0.0f);
+                    matcher.mask(s.data(), V, end_tokens);
+                    masks.emplace_back(size_t(V));
+                    for (size_t i = 0; i < s.size(); i++) masks.back()[i] = s[i] == 0.0f;
+                }
             }
-            std::vector<bool> allowed(static_cast<size_t>(V));
-            for (size_t i = 0; i < s.size(); i++) allowed[i] = s[i] == 0.0f;
-            return allowed;
+            return masks;
         },
-        py::arg("grammar"), py::arg("vocab"), py::arg("generated"), py::arg("vocab_size"), py::arg("end_tokens"));
+        py::arg("grammar"), py::arg("vocab"), py::arg("generated"), py::arg("vocab_size"), py::arg("end_tokens"),
+        py::arg("max_states") = 0);
 }
 
 }  // namespace pygpt

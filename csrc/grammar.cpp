@@ -217,16 +217,18 @@ const int32_t* FlatMap::find(uint64_t key) const {
 // GrammarMatcher
 
 namespace {
-// Past these sizes the matcher's kept nodes, states and moves are dropped and rebuilt from the
-// tokens (a few MB a sequence at most).
-constexpr size_t kMaxNodes = size_t(1) << 19, kMaxStates = size_t(1) << 15, kMaxMoves = size_t(1) << 20;
-constexpr size_t kKeptMasks = 16;
+constexpr size_t kKeptMasks = 16;  // the allowed tokens of the last states masked
 }  // namespace
 
-GrammarMatcher::GrammarMatcher(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const VocabTrie> trie)
-    : g_(std::move(grammar)), trie_(std::move(trie)) {
+GrammarMatcher::GrammarMatcher(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const VocabTrie> trie,
+                               size_t max_states)
+    : g_(std::move(grammar)), trie_(std::move(trie)), max_states_(std::max<size_t>(max_states, 2)) {
     if (!g_) throw std::invalid_argument("GrammarMatcher needs a grammar");
     reset();
+}
+
+bool GrammarMatcher::too_big() const {
+    return info_.size() > max_states_ || nodes_.size() > 16 * max_states_ || moves_.size() > 32 * max_states_;
 }
 
 // Drops every node, state and move, and follows the tokens again from the start rule.
@@ -374,7 +376,7 @@ void GrammarMatcher::walk(int32_t begin, int32_t end, int32_t s, uint64_t* allow
 
 void GrammarMatcher::mask(float* scores, int64_t V, const std::vector<int32_t>& end_tokens) {
     if (!trie_) throw std::invalid_argument("GrammarMatcher::mask needs the vocabulary");
-    if (nodes_.size() > kMaxNodes || info_.size() > kMaxStates || moves_.size() > kMaxMoves) reset();
+    if (too_big()) reset();
     const int32_t s = states_.back();
     if (info_[size_t(s)].mask < 0) {
         const size_t slot = next_mask_;
@@ -402,7 +404,7 @@ void GrammarMatcher::mask(float* scores, int64_t V, const std::vector<int32_t>& 
 bool GrammarMatcher::allows(int32_t token, const std::vector<int32_t>& end_tokens) {
     if (std::find(end_tokens.begin(), end_tokens.end(), token) != end_tokens.end()) return complete();
     if (!trie_ || !trie_->is_text(token)) return false;
-    if (nodes_.size() > kMaxNodes || info_.size() > kMaxStates || moves_.size() > kMaxMoves) reset();
+    if (too_big()) reset();
     return step_bytes(states_.back(), trie_->bytes(token)) != kDead;
 }
 

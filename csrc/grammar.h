@@ -123,8 +123,12 @@ private:
 // mostly follows kept moves, and a run of tokens in one string walks once.
 class GrammarMatcher {
 public:
-    // trie may be null for matching bytes only (matches, viable).
-    GrammarMatcher(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const VocabTrie> trie);
+    // trie may be null for matching bytes only (matches, viable). Past max_states interned
+    // states (or 16 times as many stack nodes, 32 times as many moves) what is kept is dropped
+    // and rebuilt from the tokens: a few MB a sequence at most.
+    static constexpr size_t kMaxStates = size_t(1) << 15;
+    GrammarMatcher(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const VocabTrie> trie,
+                   size_t max_states = kMaxStates);
 
     // Brings the state to the tokens generated so far, history[n_prompt:].
     void sync(const std::vector<int32_t>& history, size_t n_prompt);
@@ -161,9 +165,11 @@ private:
     int32_t step_bytes(int32_t state, std::string_view bytes);
     void walk(int32_t begin, int32_t end, int32_t state, uint64_t* allowed);
     void reset();
+    bool too_big() const;
 
     std::shared_ptr<const Grammar> g_;
     std::shared_ptr<const VocabTrie> trie_;
+    size_t max_states_;
     std::vector<Node> nodes_;
     FlatMap node_ids_;                    // (pos, parent) -> node
     std::vector<State> info_;             // by state id; 0 is kDead

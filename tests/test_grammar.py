@@ -34,6 +34,8 @@ item ::= [a-z]+
 '''
 ACCENTS = r'root ::= [à-ÿ]{1,3} ( "!" | "¡" .? )'
 YES_NO = 'root ::= "yes" | "no"'
+# a cycle through more states than the matcher keeps masks of (16): masks are dropped and remade
+CYCLE = 'root ::= ( "the quick brown fox jumps over the lazy dog, " [0-9] "; " )*'
 GRAMMARS = [JSON, LIST, ACCENTS, YES_NO, r'''
 root ::= ( "ab" | "a" "b"? ) c*  # ambiguous on purpose
 c ::= [^a-c\n] | "\\" [abc] | "\u00e9" | "\U0001F600"
@@ -190,7 +192,7 @@ def test_mask_is_every_token_that_fits(gpt2_tokenizer, text):
     is still a prefix of a match, eos only after a whole match."""
     tok, g = gpt2_tokenizer, Grammar(JSON)
     ids = tok.encode(text)
-    got = np.array(_core.grammar_mask(g._core, tok.vocab_trie(), ids, tok.vocab_size, [tok.eot_id]))
+    got = np.array(_core.grammar_masks(g._core, tok.vocab_trie(), ids, tok.vocab_size, [tok.eot_id])[-1])
     want = _brute_force(g, tok, ids, [tok.eot_id])
     assert (got == want).all(), np.flatnonzero(got != want)[:10]
     assert want.sum() > 0
@@ -198,12 +200,24 @@ def test_mask_is_every_token_that_fits(gpt2_tokenizer, text):
 
 def test_mask_past_the_tokenizer_and_after_a_special_token(gpt2_tokenizer):
     tok, g = gpt2_tokenizer, Grammar(YES_NO)
-    got = np.array(_core.grammar_mask(g._core, tok.vocab_trie(), [], tok.vocab_size + 7, []))
+    got = np.array(_core.grammar_masks(g._core, tok.vocab_trie(), [], tok.vocab_size + 7, [])[-1])
     assert not got[tok.vocab_size:].any()
     assert set(np.flatnonzero(got)) == {t for t in range(tok.vocab_size)
                                         if tok.token_bytes(t) in (b"y", b"ye", b"yes", b"n", b"no")}
     # a special token is no text: after it nothing fits
-    assert not any(_core.grammar_mask(g._core, tok.vocab_trie(), [tok.eot_id], tok.vocab_size, [tok.eot_id]))
+    assert not any(_core.grammar_masks(g._core, tok.vocab_trie(), [tok.eot_id], tok.vocab_size, [tok.eot_id])[-1])
+
+
+@pytest.mark.parametrize("grammar,text", [(JSON, '{"a": [1, 2, {"b": "cd"}], "e": "fgh ij"}'),
+                                          (CYCLE, "the quick brown fox jumps over the lazy dog, 1; " * 3)])
+def test_masks_when_the_matcher_drops_what_it_keeps(gpt2_tokenizer, grammar, text):
+    """A matcher that keeps at most a few states rebuilds them from the tokens: the same masks."""
+    tok, g = gpt2_tokenizer, Grammar(grammar)
+    ids = tok.encode(text)
+    kept = _core.grammar_masks(g._core, tok.vocab_trie(), ids, tok.vocab_size, [tok.eot_id])
+    small = _core.grammar_masks(g._core, tok.vocab_trie(), ids, tok.vocab_size, [tok.eot_id], max_states=3)
+    assert kept == small
+    assert all(kept[k][t] for k, t in enumerate(ids))  # each token was allowed where it came
 
 
 # --- generation --------------------------------------------------------------------------------------
@@ -213,7 +227,7 @@ def _masking_processor(g: Grammar, tok, n_prompt: int, ends):
     trie = tok.vocab_trie()
 
     def process(ids, scores):
-        allowed = np.array(_core.grammar_mask(g._core, trie, [int(t) for t in ids[n_prompt:]], len(scores), ends))
+        allowed = np.array(_core.grammar_masks(g._core, trie, [int(t) for t in ids[n_prompt:]], len(scores), ends)[-1])
         scores[~allowed] = -np.inf
         return scores
     return process
@@ -249,14 +263,14 @@ def test_generated_text_fits_the_grammar(model, grammar, options):
             _check_output(g, out)
 
 
-@pytest.mark.parametrize("grammar", [JSON, LIST, ACCENTS])
+@pytest.mark.parametrize("grammar", [JSON, LIST, ACCENTS, CYCLE])
 def test_greedy_equals_masking_every_token(model, grammar):
     """Greedy with a grammar checks the unmasked argmax first: the same tokens as masking all."""
     g, tok = Grammar(grammar), model.tokenizer
     n = len(tok.encode(PROMPT))
-    want = model.generate(PROMPT, max_new_tokens=40,
+    want = model.generate(PROMPT, max_new_tokens=80,
                           logits_processor=[_masking_processor(g, tok, n, [tok.eot_id])])
-    got = model.generate(PROMPT, grammar=g, max_new_tokens=40)
+    got = model.generate(PROMPT, grammar=g, max_new_tokens=80)
     assert _same_tokens(got, want, tok.eot_id) and got.text == want.text
     assert g.is_prefix(got.text)
 
@@ -405,3 +419,41 @@ def test_full_vocabulary_model(tmp_path):
         out = m.generate("Data:", grammar=g, max_new_tokens=40, temperature=1.0, seed=seed)
         assert out.finish_reason == "stop", out
         assert set(json.loads(out.text)) == {"n", "ok"}
+
+
+# --- JSON schemas ---------------------------------------------------------------------------------
+
+from test_json_schema import CASES, CASE_IDS, texts  # noqa: E402
+
+
+@pytest.mark.parametrize("name, schema, valid, invalid", CASES, ids=CASE_IDS)
+def test_json_schema_grammars_agree_with_the_reference(name, schema, valid, invalid):
+    """The grammars of tests/test_json_schema.py's schemas, compiled by pygpt, accept what the
+    reference does: valid instances, invalid ones, its samples, and cuts and edits of those."""
+    from pygpt.json_schema import json_schema_to_gbnf
+
+    text = json_schema_to_gbnf(schema)
+    ours, ref = Grammar.from_json_schema(schema), ReferenceGrammar(text)
+    for instance in valid:
+        for t in texts(instance):
+            assert ours.matches(t), t
+    for instance in invalid:
+        for t in texts(instance):
+            assert not ours.matches(t), t
+    rng = random.Random(7)
+    for _ in range(40):
+        for s in _mutations(ref.sample(rng, max_depth=16), rng, '{}[]":,0123456789.-eE tfnul\\aé'):
+            assert ours.matches(s) == ref.matches(s), s
+            assert ours.is_prefix(s) == ref.is_prefix(s), s
+
+
+def test_json_schema_given_as_text_and_errors():
+    schema = '{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}'
+    g = Grammar.from_json_schema(schema)
+    assert g.matches('{"a": 12}') and not g.matches('{"a": 1.5}') and not g.matches("{}")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Grammar.from_json_schema("{type: object}")
+    with pytest.raises(ValueError, match="pattern"):
+        Grammar.from_json_schema({"type": "string", "pattern": "^a"})
+    obj, value = Grammar.json(), Grammar.json(object_only=False)
+    assert obj.matches('{"x": [1, true, null, "y"]}') and not obj.matches("[1]") and value.matches("[1]")
