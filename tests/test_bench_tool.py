@@ -319,6 +319,29 @@ def test_bench_lookup_compares_prompt_lookup_with_plain_greedy(load_tool, tmp_pa
         assert int(drafted) > 0 and (int(right) == int(drafted) or extra)
 
 
+def test_bench_grammar_compares_with_and_without_grammars(load_tool, tmp_path, capsys):
+    """tools/bench_grammar.py on pygpt alone (llama.cpp's rows need --gguf): a row for each
+    sampling, grammar; then the one-walk costs."""
+    import pygpt.convert
+
+    from conftest import make_hf_model
+
+    bench_grammar = load_tool("bench_grammar")
+    make_hf_model(str(tmp_path / "hf"), seed=1, n_layer=1, n_head=2, n_embd=32, n_positions=64, vocab_size=50257)
+    out = pygpt.convert.convert(str(tmp_path / "hf"), str(tmp_path / "m"),
+                                tokenizer=os.path.join(ROOT, "tests", "data", "gpt2-tokenizer"))
+    extra = tmp_path / "yes.gbnf"
+    extra.write_text('root ::= "yes" | "no"')
+    assert bench_grammar.main([out, "--new", "6", "--rounds", "1", "--grammar", str(extra)]) == 0
+    printed = capsys.readouterr().out
+    rows = [r for r in printed.splitlines() if r.startswith(("| greedy |", "| T=0.8"))]
+    assert len(rows) == 2 * 5 and all("| pygpt |" in r for r in rows)
+    assert [r.split("|")[2].strip() for r in rows[:5]] == ["none", "JSON object", "JSON schema",
+                                                          "string of 1000 characters", str(extra)]
+    assert rows[0].endswith("| n/a | 6 |") and rows[4].endswith("| 1 |")  # "yes" or "no": one token, closed
+    walks = [r for r in printed.splitlines() if r.startswith("| `")]
+    assert len(walks) == 5 and walks[0].endswith("| 66 |")  # after "{": whitespace, '"', "}" (66 tokens)
+
 
 def test_bench_serve_compares_taking_turns_with_a_batcher(load_tool, tmp_path, capsys, monkeypatch):
     """tools/bench_serve.py: the same requests from N client threads, by model.generate and by a

@@ -43,7 +43,7 @@ python -P -c 'import pygpt, sys; f = pygpt._core.__file__; print("sanitized modu
 if [[ $# -eq 0 ]]; then
   set -- tests/test_errors.py tests/test_hostile.py tests/test_limits.py tests/test_concurrency.py \
          tests/test_fuzz_regressions.py
-  for t in tests/test_tokenizer*.py tests/test_sampler*.py tests/test_generat*.py tests/test_kernel*.py; do
+  for t in tests/test_tokenizer*.py tests/test_sampler*.py tests/test_generat*.py tests/test_kernel*.py tests/test_grammar.py; do
     [[ -e "$t" ]] && set -- "$@" "$t"
   done
 fi
