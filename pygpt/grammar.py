@@ -32,6 +32,7 @@ _HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 _MAX_REPEAT = 10000   # {m,n} bounds; each repetition is a rule
 _MAX_ELEMENTS = 2_000_000
+_MAX_NESTING = 100    # parentheses inside parentheses
 
 
 # --- code points to UTF-8 byte ranges ----------------------------------------------------------
@@ -177,6 +178,7 @@ class _Parser:
         self.out = _Rules()
         self.refs: Dict[str, int] = {}   # rule name -> position of its first use
         self.defined: Dict[str, int] = {}
+        self.depth = 0
 
     # where we are, for messages
     def where(self, pos: Optional[int] = None) -> str:
@@ -275,7 +277,11 @@ class _Parser:
                 items.append([self.out.char_class(base, _normalise([(0, _MAX_CODE_POINT)], False))])
             elif c == "(":
                 self.pos += 1
+                self.depth += 1
+                if self.depth > _MAX_NESTING:
+                    self.fail(f"parentheses nested over {_MAX_NESTING} deep")
                 alts = self.alternatives(base, nested=True)
+                self.depth -= 1
                 self.skip()
                 if self.peek() != ")":
                     self.fail("expected ')'", start if self.pos >= len(self.text) else None)

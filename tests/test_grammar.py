@@ -133,7 +133,7 @@ def test_bytes_are_utf8():
     ('root ::= ( "a"', "expected ')'"), ('root ::= "a" )', "unexpected ')'"),
     ('root = "a"', "expected '::='"), ('root ::= "a" ; "b"', "unexpected ';'"),
     ('root ::= []', "empty character class"), ('root ::= [^\\x00-\\U0010FFFF]', "matches no character"),
-    ('root ::= "a"{20000}', "repetition bound"),
+    ('root ::= "a"{20000}', "repetition bound"), ("root ::= " + "(" * 5000 + '"a"' + ")" * 5000, "nested over 100"),
     ('root ::= root "a" | "b"', "left-recursive"), ('root ::= a\na ::= b? a "x" | "y"\nb ::= "b"', "left-recursive"),
     ('root ::= "a" root', "matches no text"),
 ])
@@ -352,6 +352,30 @@ def test_drafts_keep_greedy_tokens(model, draft):
     got = model.generate(prompt, grammar=g, max_new_tokens=30, **draft)
     assert got.tokens == want.tokens
     assert got.timings.draft_tokens > 0
+    # a grammar that closes after one token, with no end token to draft after it
+    for seed in range(3):
+        out = model.generate(prompt, grammar=YES_NO, max_new_tokens=10, ignore_eos=True, temperature=1.0, seed=seed,
+                             **draft)
+        assert out.text in ("yes", "no") and out.finish_reason == "stop"
+
+
+def test_one_grammar_in_many_threads(model):
+    """A Grammar is shared by calls on several threads at once: each gets what it gets alone."""
+    import threading
+
+    g = Grammar(JSON)
+    want = [model.generate(PROMPT, grammar=g, max_new_tokens=25, temperature=1.0, seed=s).text for s in range(6)]
+    got = [None] * 6
+
+    def run(s):
+        got[s] = model.generate(PROMPT, grammar=g, max_new_tokens=25, temperature=1.0, seed=s).text
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == want
 
 
 def test_assisted_sampling_fits_the_grammar(model):
@@ -457,3 +481,40 @@ def test_json_schema_given_as_text_and_errors():
         Grammar.from_json_schema({"type": "string", "pattern": "^a"})
     obj, value = Grammar.json(), Grammar.json(object_only=False)
     assert obj.matches('{"x": [1, true, null, "y"]}') and not obj.matches("[1]") and value.matches("[1]")
+
+
+def test_a_pydantic_models_schema(model):
+    """Pydantic's schemas ($defs, anyOf for Optional, enums, Literal, bounds): the text a
+    generation finishes validates with the model class."""
+    import enum
+    from typing import List, Literal, Optional
+
+    pydantic = pytest.importorskip("pydantic")
+
+    class Color(str, enum.Enum):
+        red = "red"
+        green = "green"
+
+    class Address(pydantic.BaseModel):
+        street: str
+        zip: Optional[int] = None
+
+    class Person(pydantic.BaseModel):
+        name: str = pydantic.Field(max_length=20)
+        age: int = pydantic.Field(ge=0, le=150)
+        color: Color
+        kind: Literal["a", "b"]
+        tags: List[str] = pydantic.Field(max_length=3)
+        address: Optional[Address] = None
+        score: float
+
+    g = Grammar.from_json_schema(Person.model_json_schema())
+    finished = 0
+    for seed in range(12):
+        out = model.generate("Person: ", grammar=g, max_new_tokens=150, temperature=1.0, seed=seed,
+                             logit_bias={model.tokenizer.eot_id: 3.0})
+        assert g.is_prefix(out.text)
+        if out.finish_reason == "stop":
+            Person.model_validate_json(out.text)
+            finished += 1
+    assert finished >= 3
