@@ -68,6 +68,14 @@ void SamplingParams::validate(int64_t vocab_size) const {
     if (!(top_p >= 0.0 && top_p <= 1.0)) bad("top_p must be in [0, 1], got " + str(top_p));
     if (!(min_p >= 0.0 && min_p <= 1.0)) bad("min_p must be in [0, 1], got " + str(min_p));
     if (!(typical_p > 0.0 && typical_p <= 1.0)) bad("typical_p must be in (0, 1], got " + str(typical_p));
+    if (std::isnan(top_n_sigma) || std::isinf(top_n_sigma))
+        bad("top_n_sigma must be a finite number (< 0 = off), got " + str(top_n_sigma));
+    if (!(epsilon_cutoff >= 0.0 && epsilon_cutoff < 1.0))
+        bad("epsilon_cutoff must be in [0, 1) (0 = off), got " + str(epsilon_cutoff));
+    if (!(eta_cutoff >= 0.0 && eta_cutoff < 1.0)) bad("eta_cutoff must be in [0, 1) (0 = off), got " + str(eta_cutoff));
+    if (!(xtc_probability >= 0.0 && xtc_probability <= 1.0))
+        bad("xtc_probability must be in [0, 1] (0 = off), got " + str(xtc_probability));
+    if (!(xtc_threshold >= 0.0 && xtc_threshold <= 1.0)) bad("xtc_threshold must be in [0, 1], got " + str(xtc_threshold));
     if (!(repetition_penalty > 0.0f) || !std::isfinite(repetition_penalty))
         bad("repetition_penalty must be a finite number > 0 (1 = off), got " + str(repetition_penalty));
     if (!std::isfinite(presence_penalty)) bad("presence_penalty must be finite");
@@ -136,11 +144,17 @@ void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_pr
     // every softmax below: cap at the largest float, which keeps the order.
     for (int64_t i = 0; i < V_; i++)
         if (s[i] == std::numeric_limits<float>::infinity()) s[i] = std::numeric_limits<float>::max();
+    if (params_.top_n_sigma >= 0.0) keep_top_n_sigma(s);
     if (params_.top_k > 0) keep_top_k(s);
-    if (params_.top_p < 1.0 || params_.min_p > 0.0 || params_.typical_p < 1.0) compute_weights(s);
+    if (params_.top_p < 1.0 || params_.min_p > 0.0 || params_.typical_p < 1.0 || params_.epsilon_cutoff > 0.0 ||
+        params_.eta_cutoff > 0.0 || params_.xtc_probability > 0.0)
+        compute_weights(s);
     if (params_.top_p < 1.0) keep_top_p(s);
     if (params_.min_p > 0.0) keep_min_p(s);
     if (params_.typical_p < 1.0) keep_typical(s);
+    if (params_.epsilon_cutoff > 0.0) keep_epsilon(s);
+    if (params_.eta_cutoff > 0.0) keep_eta(s);
+    if (params_.xtc_probability > 0.0) exclude_top_choices(s);
 }
 
 int32_t Sampler::sample(const float* logits, std::vector<float>& work, const std::vector<int32_t>& history,
@@ -352,6 +366,73 @@ void Sampler::keep_min_p(float* s) {
     const double threshold = params_.min_p * (1.0 / Z);  // min_p * largest probability
     for (int64_t i = 0; i < V_; i++)
         if (s[i] != kNegInf && w_[i] / Z < threshold) remove(s, int32_t(i));
+}
+
+// Top-nsigma: the scores within n standard deviations of the largest, over the tokens not
+// filtered yet (population deviation, as llama.cpp). Dividing every score by the temperature
+// divides max and deviation alike, so the set does not depend on it.
+void Sampler::keep_top_n_sigma(float* s) {
+    double m = -std::numeric_limits<double>::infinity(), sum = 0.0;
+    int64_t n = 0;
+    for (int64_t i = 0; i < V_; i++)
+        if (s[i] != kNegInf && !std::isnan(s[i])) {
+            m = std::max(m, double(s[i]));
+            sum += double(s[i]);
+            n++;
+        }
+    if (n == 0) return;
+    const double mean = sum / double(n);
+    double var = 0.0;
+    for (int64_t i = 0; i < V_; i++)
+        if (s[i] != kNegInf && !std::isnan(s[i])) var += (double(s[i]) - mean) * (double(s[i]) - mean);
+    const double floor = m - params_.top_n_sigma * std::sqrt(var / double(n));
+    for (int64_t i = 0; i < V_; i++)
+        if (double(s[i]) < floor) s[i] = kNegInf;
+}
+
+// Removes the tokens with probability below threshold but the most likely (every token with
+// the largest score): transformers' min_tokens_to_keep = 1.
+void Sampler::keep_above(float* s, double threshold) {
+    float top = kNegInf;
+    for (int64_t i = 0; i < V_; i++)
+        if (s[i] != kNegInf) top = std::max(top, s[i]);
+    const double Z = weight_sum();
+    for (int64_t i = 0; i < V_; i++)
+        if (s[i] != kNegInf && s[i] < top && w_[i] / Z < threshold) remove(s, int32_t(i));
+}
+
+void Sampler::keep_epsilon(float* s) {
+    if (w_max_ != kNegInf) keep_above(s, params_.epsilon_cutoff);
+}
+
+// Eta sampling (Hewitt et al. 2022), as EtaLogitsWarper: the threshold falls with the entropy.
+void Sampler::keep_eta(float* s) {
+    if (w_max_ == kNegInf) return;
+    const double Z = weight_sum(), logZ = std::log(Z), m = double(w_max_);
+    double entropy = 0.0;
+    for (int64_t i = 0; i < V_; i++)
+        if (s[i] != kNegInf && w_[i] > 0.0) entropy -= (double(s[i]) - m - logZ) * (w_[i] / Z);
+    const double eta = params_.eta_cutoff;
+    keep_above(s, std::min(eta, std::sqrt(eta) * std::exp(-entropy)));
+}
+
+// XTC, "exclude top choices" (llama.cpp's xtc sampler): with probability xtc_probability, the
+// tokens at or above xtc_threshold are dropped but the least likely of them, when there are
+// at least two. Ties at that least likelihood are kept together (llama.cpp keeps the one its
+// sort puts last; with distinct probabilities the sets are the same).
+void Sampler::exclude_top_choices(float* s) {
+    if (rng_.uniform() >= params_.xtc_probability || w_max_ == kNegInf) return;
+    const double Z = weight_sum();
+    double least = std::numeric_limits<double>::infinity();
+    int64_t above = 0;
+    for (int64_t i = 0; i < V_; i++)
+        if (s[i] != kNegInf && w_[i] / Z >= params_.xtc_threshold) {
+            above++;
+            least = std::min(least, w_[i]);
+        }
+    if (above < 2) return;
+    for (int64_t i = 0; i < V_; i++)
+        if (s[i] != kNegInf && w_[i] / Z >= params_.xtc_threshold && w_[i] > least) remove(s, int32_t(i));
 }
 
 // Typical decoding (Meister et al. 2022), step for step as TypicalLogitsWarper: rank tokens by

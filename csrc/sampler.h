@@ -23,11 +23,20 @@
 //                       transformers runs a logits_processor list, after its own
 //   --- sampling only (temperature > 0): the former "warpers" ---
 //   temperature         s /= T                                  (TemperatureLogitsWarper)
+//   top_n_sigma         keep s >= max - n * std of the scores kept so far (Tang et al. 2024,
+//                       "Top-nsigma"; llama.cpp's top_n_sigma, also its first filter; the same
+//                       set at any temperature)
 //   top_k               keep s >= k-th largest                  (TopKLogitsWarper)
 //   top_p               keep the smallest top set whose mass reaches top_p  (TopPLogitsWarper)
 //   min_p               keep p >= min_p * p_max                 (MinPLogitsWarper)
 //   typical_p           keep the tokens whose surprise is closest to the entropy, up to
 //                       mass typical_p                          (TypicalLogitsWarper)
+//   epsilon_cutoff      keep p >= epsilon (and the most likely) (EpsilonLogitsWarper)
+//   eta_cutoff          keep p >= min(eta, sqrt(eta) exp(-entropy)) (and the most likely)
+//                                                               (EtaLogitsWarper)
+//   xtc                 with probability xtc_probability, drop every token with p >=
+//                       xtc_threshold but the least likely of them, when there are two or more
+//                       (llama.cpp's "exclude top choices"; one uniform draw a token)
 //
 // A filtered token gets -inf. With temperature 0 the next token is the argmax of the processed
 // scores (ties: lowest id, as torch.argmax); the sampling filters do not apply, as in
@@ -71,6 +80,11 @@ struct SamplingParams {
     double top_p = 1.0;              // 1: off
     double min_p = 0.0;              // 0: off
     double typical_p = 1.0;          // 1: off
+    double top_n_sigma = -1.0;       // < 0: off
+    double epsilon_cutoff = 0.0;     // 0: off
+    double eta_cutoff = 0.0;         // 0: off
+    double xtc_probability = 0.0;    // 0: off
+    double xtc_threshold = 0.1;
     float repetition_penalty = 1.0f; // 1: off
     float presence_penalty = 0.0f;
     float frequency_penalty = 0.0f;
@@ -102,8 +116,12 @@ struct SamplingParams {
     // kept when the grammar allows it (Sampler::sample): nothing after the mask but the
     // temperature, so the kept draw is distributed as a draw after the mask.
     bool draws_before_mask() const {
-        return grammar != nullptr && custom == nullptr && top_k == 0 && top_p >= 1.0 && min_p <= 0.0 &&
-               typical_p >= 1.0;
+        return grammar != nullptr && custom == nullptr && !filters();
+    }
+    // Whether a sampling filter after the temperature is on.
+    bool filters() const {
+        return top_n_sigma >= 0.0 || top_k > 0 || top_p < 1.0 || min_p > 0.0 || typical_p < 1.0 || epsilon_cutoff > 0.0 ||
+               eta_cutoff > 0.0 || xtc_probability > 0.0;
     }
 };
 
@@ -173,6 +191,11 @@ private:
     void keep_top_p(float* s);
     void keep_min_p(float* s);
     void keep_typical(float* s);
+    void keep_top_n_sigma(float* s);
+    void keep_above(float* s, double threshold);
+    void keep_epsilon(float* s);
+    void keep_eta(float* s);
+    void exclude_top_choices(float* s);
     int32_t argmax(const float* s) const;
     int32_t draw(const float* s);
 

@@ -63,6 +63,8 @@ def _sampling_options(args) -> dict:
     return dict(
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, temperature=temperature,
         top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, typical_p=args.typical_p,
+        top_n_sigma=args.top_n_sigma, epsilon_cutoff=args.epsilon_cutoff, eta_cutoff=args.eta_cutoff,
+        xtc_probability=args.xtc_probability, xtc_threshold=args.xtc_threshold,
         repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
         stop=args.stop or None, ignore_eos=args.ignore_eos, echo=args.echo,
@@ -320,6 +322,15 @@ def _add_decoding_arguments(g, seed_help: str) -> None:
                                                                   "tokens up to this probability mass; 1 = off (default: %(default)s)")
     s.add_argument("--min-p", type=float, default=None, help="drop tokens less likely than this times the top one (default: off)")
     s.add_argument("--typical-p", type=float, default=None, help="typical sampling: keep this mass of the most typical tokens (default: off)")
+    s.add_argument("--top-n-sigma", type=float, default=None, metavar="N",
+                   help="keep the tokens whose logit is within N standard deviations of the largest (default: off)")
+    s.add_argument("--epsilon-cutoff", type=float, default=None, help="drop tokens less likely than this (default: off)")
+    s.add_argument("--eta-cutoff", type=float, default=None,
+                   help="eta sampling: drop tokens below a threshold that falls with the entropy (default: off)")
+    s.add_argument("--xtc-probability", type=float, default=None,
+                   help="XTC: with this probability, drop the likely tokens (p >= --xtc-threshold) but the least "
+                        "likely of them (default: off)")
+    s.add_argument("--xtc-threshold", type=float, default=None, help="XTC's threshold (default: 0.1)")
     s.add_argument("--repetition-penalty", type=float, default=None,
                    help="> 1 discourages tokens already in the text (default: off)")
     s.add_argument("--presence-penalty", type=float, default=None, help="subtract this from the logit of every token generated so far (default: 0)")

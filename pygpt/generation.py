@@ -135,7 +135,8 @@ def _bool(name, v):
 
 
 def sampling_params(vocab_size: int, *, temperature=0.0, top_k=None, top_p=None, min_p=None,
-                    typical_p=None, repetition_penalty=None, presence_penalty=None,
+                    typical_p=None, top_n_sigma=None, epsilon_cutoff=None, eta_cutoff=None,
+                    xtc_probability=None, xtc_threshold=None, repetition_penalty=None, presence_penalty=None,
                     frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None, sequence_bias=None,
                     bad_words_ids=None, end_tokens=()) -> "_core.SamplingParams":
     """Checked logits-processor settings for the C++ sampler. None means off. A one-token bad
@@ -147,6 +148,12 @@ def sampling_params(vocab_size: int, *, temperature=0.0, top_k=None, top_p=None,
     p.top_p = 1.0 if top_p is None else _float("top_p", top_p, lo=0.0, hi=1.0)
     p.min_p = 0.0 if min_p is None else _float("min_p", min_p, lo=0.0, hi=1.0)
     p.typical_p = 1.0 if typical_p is None else _float("typical_p", typical_p, lo=0.0, hi=1.0, lo_open=True)
+    p.top_n_sigma = -1.0 if top_n_sigma is None else _float("top_n_sigma", top_n_sigma, lo=0.0)
+    p.epsilon_cutoff = 0.0 if epsilon_cutoff is None else _float("epsilon_cutoff", epsilon_cutoff, lo=0.0, hi=1.0)
+    p.eta_cutoff = 0.0 if eta_cutoff is None else _float("eta_cutoff", eta_cutoff, lo=0.0, hi=1.0)
+    p.xtc_probability = 0.0 if xtc_probability is None else _float("xtc_probability", xtc_probability, lo=0.0, hi=1.0)
+    if xtc_threshold is not None:
+        p.xtc_threshold = _float("xtc_threshold", xtc_threshold, lo=0.0, hi=1.0)
     p.repetition_penalty = (1.0 if repetition_penalty is None else
                             _float("repetition_penalty", repetition_penalty, lo=0.0, lo_open=True))
     p.presence_penalty = 0.0 if presence_penalty is None else _float("presence_penalty", presence_penalty)
@@ -312,7 +319,8 @@ class _Request:
     """Everything one generate/stream call needs, checked."""
 
     def __init__(self, model, prompt, *, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=0.0, top_k=None,
-                 top_p=None, min_p=None, typical_p=None, repetition_penalty=None, presence_penalty=None,
+                 top_p=None, min_p=None, typical_p=None, top_n_sigma=None, epsilon_cutoff=None, eta_cutoff=None,
+                 xtc_probability=None, xtc_threshold=None, repetition_penalty=None, presence_penalty=None,
                  frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None, sequence_bias=None,
                  bad_words_ids=None, stop=None,
                  stop_token_ids=None, ignore_eos=False, seed=None, logprobs=False, top_logprobs=0,
@@ -354,7 +362,8 @@ class _Request:
             ends.add(self.tokenizer.eot_id)
         opt.sampling = sampling_params(
             V, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
-            repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+            top_n_sigma=top_n_sigma, epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff,
+            xtc_probability=xtc_probability, xtc_threshold=xtc_threshold, repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
             frequency_penalty=frequency_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
             logit_bias=logit_bias, sequence_bias=sequence_bias, bad_words_ids=bad_words_ids, end_tokens=ends)
         if seed is None:

@@ -16,7 +16,8 @@ ending in "data: [DONE]"), stop, seed, presence_penalty, frequency_penalty, logi
 echo, logprobs (k: each token's log-probability and the k most likely, in OpenAI's tokens /
 token_logprobs / top_logprobs / text_offset lists; with echo and max_tokens 0, the prompt's,
 as evaluation harnesses ask; with stream, each chunk has those of the tokens generated since
-the choice's previous chunk); and pygpt's own top_k, min_p, typical_p, repetition_penalty,
+the choice's previous chunk); and pygpt's own top_k, min_p, typical_p, top_n_sigma,
+epsilon_cutoff, eta_cutoff, xtc_probability, xtc_threshold, repetition_penalty,
 no_repeat_ngram_size, min_tokens, ignore_eos. Constrained output: response_format as OpenAI's
 ({"type": "json_object"}: a JSON object; {"type": "json_schema", "json_schema": {"schema":
 {...}}}: JSON valid under the schema; {"type": "text"}: no constraint), or llama.cpp server's
@@ -41,7 +42,8 @@ MAX_BODY_BYTES = 1 << 20
 
 # OpenAI field -> pygpt generate option
 _SAME = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "echo", "top_k", "min_p",
-         "typical_p", "repetition_penalty", "no_repeat_ngram_size", "ignore_eos")
+         "typical_p", "repetition_penalty", "no_repeat_ngram_size", "ignore_eos", "top_n_sigma", "epsilon_cutoff",
+         "eta_cutoff", "xtc_probability", "xtc_threshold")
 _RENAMED = {"max_tokens": "max_new_tokens", "n": "num_return_sequences", "min_tokens": "min_new_tokens"}
 _IGNORED = ("model", "user", "stream")
 

@@ -131,6 +131,95 @@ def test_typical_p(kind, mass):
                        theirs(tlp.TypicalLogitsWarper(mass), x, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("kind", LOGITS)
+@pytest.mark.parametrize("eps", [1e-4, 3e-3, 0.05, 0.5])
+def test_epsilon_cutoff(kind, eps):
+    x = LOGITS[kind]()
+    got = ours(x, temperature=1.0, epsilon_cutoff=eps)
+    assert_same_scores(got, theirs(tlp.EpsilonLogitsWarper(eps), x, dtype=torch.float64))
+    assert np.isfinite(got).sum() >= 1
+
+
+@pytest.mark.parametrize("kind", LOGITS)
+@pytest.mark.parametrize("eta", [1e-4, 3e-3, 0.05, 0.5])
+def test_eta_cutoff(kind, eta):
+    x = LOGITS[kind]()
+    got = ours(x, temperature=1.0, eta_cutoff=eta)
+    assert_same_scores(got, theirs(tlp.EtaLogitsWarper(eta, device="cpu"), x, dtype=torch.float64))
+    assert np.isfinite(got).sum() >= 1
+
+
+def _top_n_sigma_reference(x, n, t):
+    """llama.cpp's top-nsigma on logits / t: keep within n population deviations of the max."""
+    s = x.astype(np.float64) / t
+    keep = s >= s.max() - n * s.std()
+    return np.where(keep, s, -np.inf)
+
+
+@pytest.mark.parametrize("kind", LOGITS)
+@pytest.mark.parametrize("n", [0.0, 0.5, 1.0, 2.5])
+@pytest.mark.parametrize("t", [0.5, 1.0, 2.0])
+def test_top_n_sigma(kind, n, t):
+    x = LOGITS[kind]()
+    got = ours(x, temperature=t, top_n_sigma=n)
+    assert_same_scores(got, _top_n_sigma_reference(x, n, t), rtol=1e-6)
+    # the set does not depend on the temperature
+    assert (np.isfinite(got) == np.isfinite(ours(x, temperature=1.0, top_n_sigma=n))).all()
+
+
+def _xtc_reference(x, threshold):
+    """llama.cpp's XTC when it fires: drop the tokens with p >= threshold but the least likely."""
+    s = x.astype(np.float64)
+    p = np.exp(s - s.max())
+    p /= p.sum()
+    above = np.flatnonzero(p >= threshold)
+    if above.size < 2:
+        return s
+    drop = above[p[above] > p[above].min()]
+    s[drop] = -np.inf
+    return s
+
+
+@pytest.mark.parametrize("kind", LOGITS)
+@pytest.mark.parametrize("threshold", [0.001, 0.01, 0.1, 0.3])
+def test_xtc_when_it_fires(kind, threshold):
+    x = LOGITS[kind]()
+    want = _xtc_reference(x, threshold)
+    got = ours(x, temperature=1.0, xtc_probability=1.0, xtc_threshold=threshold)
+    assert_same_scores(got, want, rtol=1e-6)
+    assert_same_scores(ours(x, temperature=1.0, xtc_probability=0.0, xtc_threshold=threshold), x.astype(np.float64))
+
+
+def test_xtc_fires_with_its_probability():
+    """Over seeds, the most likely token is excluded in about xtc_probability of the draws."""
+    x = np.array([4.0, 3.5, 3.0] + [0.0] * 20, dtype=np.float32)  # p ~ 0.49, 0.30, 0.18, ...
+    assert np.isfinite(_xtc_reference(x, 0.1)).sum() == 21  # tokens 0 and 1 dropped when it fires
+    n = 4000
+    for prob in (0.25, 0.75):
+        p = sampling_params(len(x), temperature=1.0, xtc_probability=prob, xtc_threshold=0.1)
+        draws = _core.sample_tokens(x, [], 0, p, 11, 0, n)
+        probs = np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+        fired = np.exp(_xtc_reference(x, 0.1) - x.max())
+        fired /= fired.sum()
+        want = (1 - prob) * probs + prob * fired
+        for token in (0, 1, 2):
+            assert abs((draws == token).mean() - want[token]) < 4 * math.sqrt(want[token] * (1 - want[token]) / n)
+
+
+def test_new_filters_chain_in_transformers_order():
+    x = lm_like_logits(6)
+    kw = dict(temperature=0.9, top_k=200, top_p=0.95, min_p=0.01, typical_p=0.97, epsilon_cutoff=3e-4,
+              eta_cutoff=2e-3)
+    chain = tlp.LogitsProcessorList([
+        tlp.TemperatureLogitsWarper(0.9), tlp.TopKLogitsWarper(200), tlp.TopPLogitsWarper(0.95),
+        tlp.MinPLogitsWarper(0.01), tlp.TypicalLogitsWarper(0.97), tlp.EpsilonLogitsWarper(3e-4),
+        tlp.EtaLogitsWarper(2e-3, device="cpu"),
+    ])
+    got = ours(x, **kw)
+    assert_same_scores(got, theirs(chain, x, dtype=torch.float64), rtol=1e-5)
+    assert 1 < np.isfinite(got).sum() < 200
+
+
 HISTORY = [5, 17, 5, 999, 3, 17, 42, 5, 17]
 
 
@@ -485,6 +574,12 @@ def test_tiny_temperature_draws_the_top_token():
     (dict(top_p=1.5), ValueError),
     (dict(min_p=-0.1), ValueError),
     (dict(typical_p=0.0), ValueError),
+    (dict(epsilon_cutoff=1.0), ValueError),
+    (dict(eta_cutoff=-0.1), ValueError),
+    (dict(top_n_sigma=-1.0), ValueError),
+    (dict(top_n_sigma=float("inf")), ValueError),
+    (dict(xtc_probability=1.5), ValueError),
+    (dict(xtc_threshold="high"), TypeError),
     (dict(repetition_penalty=0.0), ValueError),
     (dict(presence_penalty=float("inf")), ValueError),
     (dict(no_repeat_ngram_size=-2), ValueError),

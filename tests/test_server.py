@@ -232,6 +232,16 @@ def test_bad_requests_are_400_with_a_message(url, body, match):
     assert match in err["message"] and err["type"] == "invalid_request_error"
 
 
+def test_llama_cpp_sampling_fields(url, model):
+    body = {"prompt": PROMPTS[0], "max_tokens": 10, "temperature": 1.0, "seed": 5, "top_n_sigma": 1.0,
+            "xtc_probability": 0.5, "xtc_threshold": 0.05, "epsilon_cutoff": 0.001, "eta_cutoff": 0.001}
+    status, text = post(url, body)
+    assert status == 200, text
+    want = model.generate(PROMPTS[0], max_new_tokens=10, temperature=1.0, seed=5, top_n_sigma=1.0,
+                          xtc_probability=0.5, xtc_threshold=0.05, epsilon_cutoff=0.001, eta_cutoff=0.001)
+    assert json.loads(text)["choices"][0]["text"] == want.text
+
+
 def test_constrained_output(url, model):
     """response_format (OpenAI's), grammar and json_schema (llama.cpp server's)."""
     schema = {"type": "object", "properties": {"n": {"type": "integer"}, "ok": {"type": "boolean"}},
