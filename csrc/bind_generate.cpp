@@ -144,6 +144,9 @@ void bind_generate(py::module_& m) {
         .def_readwrite("eta_cutoff", &SamplingParams::eta_cutoff)
         .def_readwrite("xtc_probability", &SamplingParams::xtc_probability)
         .def_readwrite("xtc_threshold", &SamplingParams::xtc_threshold)
+        .def_readwrite("mirostat", &SamplingParams::mirostat)
+        .def_readwrite("mirostat_tau", &SamplingParams::mirostat_tau)
+        .def_readwrite("mirostat_eta", &SamplingParams::mirostat_eta)
         .def_readwrite("repetition_penalty", &SamplingParams::repetition_penalty)
         .def_readwrite("presence_penalty", &SamplingParams::presence_penalty)
         .def_readwrite("frequency_penalty", &SamplingParams::frequency_penalty)
@@ -171,6 +174,30 @@ void bind_generate(py::module_& m) {
         },
         py::arg("logits"), py::arg("history"), py::arg("n_prompt"), py::arg("params"),
         "The processed scores (-inf = filtered) the sampler would draw from, for tests.");
+
+    // A sequence of draws, row i's token appended to the history before row i + 1 (tests of
+    // stateful sampling): (tokens, mirostat's mu before each).
+    m.def(
+        "sample_rows",
+        [](const py::array_t<float, py::array::c_style | py::array::forcecast>& rows, std::vector<int32_t> history,
+           size_t n_prompt, const SamplingParams& params, uint64_t seed) {
+            if (rows.ndim() != 2 || rows.shape(1) == 0) throw std::invalid_argument("rows must be a 2-D array");
+            const int64_t n = rows.shape(0), V = rows.shape(1);
+            std::vector<int32_t> tokens;
+            std::vector<double> mu;
+            {
+                py::gil_scoped_release release;
+                Sampler sampler(params, V, seed, 0, select_kernels(""));
+                std::vector<float> work;
+                for (int64_t i = 0; i < n; i++) {
+                    tokens.push_back(sampler.sample(rows.data() + i * V, work, history, n_prompt));
+                    history.push_back(tokens.back());
+                }
+                mu = sampler.mirostat_mu();
+            }
+            return py::make_tuple(tokens, mu);
+        },
+        py::arg("rows"), py::arg("history"), py::arg("n_prompt"), py::arg("params"), py::arg("seed"));
 
     m.def(
         "sample_tokens",

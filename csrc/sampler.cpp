@@ -76,6 +76,14 @@ void SamplingParams::validate(int64_t vocab_size) const {
     if (!(xtc_probability >= 0.0 && xtc_probability <= 1.0))
         bad("xtc_probability must be in [0, 1] (0 = off), got " + str(xtc_probability));
     if (!(xtc_threshold >= 0.0 && xtc_threshold <= 1.0)) bad("xtc_threshold must be in [0, 1], got " + str(xtc_threshold));
+    if (mirostat < 0 || mirostat > 2) bad("mirostat must be 0 (off), 1 or 2, got " + std::to_string(mirostat));
+    if (!(mirostat_tau >= 0.0) || std::isinf(mirostat_tau)) bad("mirostat_tau must be a finite number >= 0");
+    if (!(mirostat_eta >= 0.0) || std::isinf(mirostat_eta)) bad("mirostat_eta must be a finite number >= 0");
+    if (mirostat != 0 && (top_n_sigma >= 0.0 || top_k > 0 || top_p < 1.0 || min_p > 0.0 || typical_p < 1.0 ||
+                          epsilon_cutoff > 0.0 || eta_cutoff > 0.0 || xtc_probability > 0.0))
+        bad("mirostat chooses the tokens to keep itself: it does not go with top_k, top_p, min_p, typical_p, "
+            "top_n_sigma, epsilon_cutoff, eta_cutoff or xtc");
+    if (mirostat != 0 && temperature == 0.0f) bad("mirostat samples: temperature must be > 0");
     if (!(repetition_penalty > 0.0f) || !std::isfinite(repetition_penalty))
         bad("repetition_penalty must be a finite number > 0 (1 = off), got " + str(repetition_penalty));
     if (!std::isfinite(presence_penalty)) bad("presence_penalty must be finite");
@@ -144,6 +152,10 @@ void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_pr
     // every softmax below: cap at the largest float, which keeps the order.
     for (int64_t i = 0; i < V_; i++)
         if (s[i] == std::numeric_limits<float>::infinity()) s[i] = std::numeric_limits<float>::max();
+    if (params_.mirostat != 0) {
+        keep_mirostat(s, history.size() - std::min(n_prompt, history.size()));
+        return;
+    }
     if (params_.top_n_sigma >= 0.0) keep_top_n_sigma(s);
     if (params_.top_k > 0) keep_top_k(s);
     if (params_.top_p < 1.0 || params_.min_p > 0.0 || params_.typical_p < 1.0 || params_.epsilon_cutoff > 0.0 ||
@@ -172,7 +184,10 @@ int32_t Sampler::sample(const float* logits, std::vector<float>& work, const std
     }
     work.assign(logits, logits + V_);
     process(work.data(), history, n_prompt);
-    return params_.greedy() ? argmax(work.data()) : draw(work.data());
+    if (params_.greedy()) return argmax(work.data());
+    const int32_t t = draw(work.data());
+    if (params_.mirostat != 0) follow_mirostat(t, history.size() - std::min(n_prompt, history.size()));
+    return t;
 }
 
 bool Sampler::grammar_closed(const std::vector<int32_t>& history, size_t n_prompt) {
@@ -433,6 +448,60 @@ void Sampler::exclude_top_choices(float* s) {
     if (above < 2) return;
     for (int64_t i = 0; i < V_; i++)
         if (s[i] != kNegInf && w_[i] / Z >= params_.xtc_threshold && w_[i] > least) remove(s, int32_t(i));
+}
+
+// Mirostat (Basu et al. 2021), as llama.cpp's samplers: keep the tokens a target surprise
+// allows, given mu (2 tau before the first token), and after the draw move mu by eta times
+// the gap between the drawn token's surprise (log2, under the kept tokens renormalised) and
+// tau (follow_mirostat).
+//   2: keep the tokens whose surprise -log2 p is at most mu (at least the most likely).
+//   1: estimate the Zipf exponent s of the 100 most likely tokens, and keep the top
+//      k = (e 2^mu / (1 - V^-e))^(1/s) tokens, e = s - 1.
+void Sampler::keep_mirostat(float* s, size_t k) {
+    if (mu_.empty()) mu_.push_back(2.0 * params_.mirostat_tau);
+    const double mu = mu_[std::min(k, mu_.size() - 1)];
+    compute_weights(s);
+    if (w_max_ == kNegInf) return;
+    const double Z = weight_sum();
+    if (params_.mirostat == 2) {
+        for (int64_t i = 0; i < V_; i++)
+            if (s[i] != kNegInf && s[i] < w_max_ && -std::log2(w_[i] / Z) > mu) remove(s, int32_t(i));
+        return;
+    }
+    // the 100 most likely, in order (ties: lower id first)
+    idx_.clear();
+    for (int64_t i = 0; i < V_; i++)
+        if (s[i] != kNegInf) idx_.push_back(int32_t(i));
+    const size_t m = std::min<size_t>(100, idx_.size());
+    auto more_likely = [&](int32_t a, int32_t b) { return w_[a] > w_[b] || (w_[a] == w_[b] && a < b); };
+    std::partial_sort(idx_.begin(), idx_.begin() + int64_t(m), idx_.end(), more_likely);
+    double sum_tb = 0.0, sum_tt = 0.0;
+    for (size_t i = 0; i + 1 < m; i++) {
+        const double t = std::log(double(i + 2) / double(i + 1));
+        const double b = std::log(w_[idx_[i]] / w_[idx_[i + 1]]);
+        sum_tb += t * b;
+        sum_tt += t * t;
+    }
+    const double s_hat = sum_tt > 0.0 ? sum_tb / sum_tt : 0.0;
+    const double e = s_hat - 1.0;
+    double top = double(V_);
+    if (s_hat > 0.0 && e != 0.0) top = std::pow(e * std::pow(2.0, mu) / (1.0 - std::pow(double(V_), -e)), 1.0 / s_hat);
+    if (!(top >= 1.0)) top = 1.0;  // NaN included
+    const size_t keep = size_t(std::min(top, double(idx_.size())));
+    if (keep < m) {
+        for (size_t i = keep; i < idx_.size(); i++) remove(s, idx_[i]);
+        return;
+    }
+    std::sort(idx_.begin() + int64_t(m), idx_.end(), more_likely);
+    for (size_t i = keep; i < idx_.size(); i++) remove(s, idx_[i]);
+}
+
+void Sampler::follow_mirostat(int32_t token, size_t k) {
+    const double surprise = -std::log2(w_[token] / weight_sum());
+    const double mu = mu_[std::min(k, mu_.size() - 1)];
+    while (mu_.size() < k + 1) mu_.push_back(mu_.back());
+    mu_.resize(k + 1);
+    mu_.push_back(mu - params_.mirostat_eta * (surprise - params_.mirostat_tau));
 }
 
 // Typical decoding (Meister et al. 2022), step for step as TypicalLogitsWarper: rank tokens by

@@ -34,6 +34,9 @@
 //   epsilon_cutoff      keep p >= epsilon (and the most likely) (EpsilonLogitsWarper)
 //   eta_cutoff          keep p >= min(eta, sqrt(eta) exp(-entropy)) (and the most likely)
 //                                                               (EtaLogitsWarper)
+//   mirostat            (instead of the filters above) keep the tokens whose surprise fits the
+//                       target, a state mu that follows the surprise of the tokens drawn
+//                       (Basu et al. 2021; llama.cpp's mirostat 1 and 2)
 //   xtc                 with probability xtc_probability, drop every token with p >=
 //                       xtc_threshold but the least likely of them, when there are two or more
 //                       (llama.cpp's "exclude top choices"; one uniform draw a token)
@@ -85,6 +88,9 @@ struct SamplingParams {
     double eta_cutoff = 0.0;         // 0: off
     double xtc_probability = 0.0;    // 0: off
     double xtc_threshold = 0.1;
+    int mirostat = 0;                // 0: off; 1, 2: Mirostat and Mirostat 2.0
+    double mirostat_tau = 5.0;       // the target surprise (bits)
+    double mirostat_eta = 0.1;       // the learning rate of mu
     float repetition_penalty = 1.0f; // 1: off
     float presence_penalty = 0.0f;
     float frequency_penalty = 0.0f;
@@ -121,7 +127,7 @@ struct SamplingParams {
     // Whether a sampling filter after the temperature is on.
     bool filters() const {
         return top_n_sigma >= 0.0 || top_k > 0 || top_p < 1.0 || min_p > 0.0 || typical_p < 1.0 || epsilon_cutoff > 0.0 ||
-               eta_cutoff > 0.0 || xtc_probability > 0.0;
+               eta_cutoff > 0.0 || xtc_probability > 0.0 || mirostat != 0;
     }
 };
 
@@ -173,6 +179,8 @@ public:
                               size_t n_prompt, float* probs);
 
     const SamplingParams& params() const { return params_; }
+    // mirostat: mu before each generated token so far (tests)
+    const std::vector<double>& mirostat_mu() const { return mu_; }
     // With a grammar: the text of history[n_prompt:] is a whole match that nothing can extend.
     // Throws std::invalid_argument when it broke the grammar (a token the mask had banned).
     bool grammar_closed(const std::vector<int32_t>& history, size_t n_prompt);
@@ -196,6 +204,8 @@ private:
     void keep_epsilon(float* s);
     void keep_eta(float* s);
     void exclude_top_choices(float* s);
+    void keep_mirostat(float* s, size_t k);
+    void follow_mirostat(int32_t token, size_t k);
     int32_t argmax(const float* s) const;
     int32_t draw(const float* s);
 
@@ -214,6 +224,9 @@ private:
     std::vector<double> p_;
     std::vector<int32_t> counts_;
     std::optional<GrammarMatcher> grammar_;
+    // mirostat: mu_[k] is mu before the (k+1)-th generated token (so a shorter history, a
+    // draft cut back, finds its own)
+    std::vector<double> mu_;
 };
 
 }  // namespace pygpt

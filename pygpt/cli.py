@@ -62,7 +62,9 @@ def _sampling_options(args) -> dict:
         temperature = 0.0 if getattr(args, "num_beams", 1) > 1 else CLI_TEMPERATURE
     return dict(
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, temperature=temperature,
-        top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, typical_p=args.typical_p,
+        top_k=args.top_k, top_p=args.top_p if args.top_p is not None else None if args.mirostat else CLI_TOP_P,
+        min_p=args.min_p, typical_p=args.typical_p, mirostat=args.mirostat, mirostat_tau=args.mirostat_tau,
+        mirostat_eta=args.mirostat_eta,
         top_n_sigma=args.top_n_sigma, epsilon_cutoff=args.epsilon_cutoff, eta_cutoff=args.eta_cutoff,
         xtc_probability=args.xtc_probability, xtc_threshold=args.xtc_threshold,
         repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
@@ -318,8 +320,9 @@ def _add_decoding_arguments(g, seed_help: str) -> None:
     s.add_argument("-t", "--temperature", type=float, default=None,
                    help=f"0 = greedy (default: {CLI_TEMPERATURE}; 0 with --num-beams)")
     s.add_argument("--top-k", type=int, default=None, help="keep the K most likely tokens (default: off)")
-    s.add_argument("--top-p", type=float, default=CLI_TOP_P, help="nucleus sampling: keep the most likely "
-                                                                  "tokens up to this probability mass; 1 = off (default: %(default)s)")
+    s.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the most likely "
+                                                              f"tokens up to this probability mass; 1 = off (default: {CLI_TOP_P}, "
+                                                              "off with --mirostat)")
     s.add_argument("--min-p", type=float, default=None, help="drop tokens less likely than this times the top one (default: off)")
     s.add_argument("--typical-p", type=float, default=None, help="typical sampling: keep this mass of the most typical tokens (default: off)")
     s.add_argument("--top-n-sigma", type=float, default=None, metavar="N",
@@ -331,6 +334,11 @@ def _add_decoding_arguments(g, seed_help: str) -> None:
                    help="XTC: with this probability, drop the likely tokens (p >= --xtc-threshold) but the least "
                         "likely of them (default: off)")
     s.add_argument("--xtc-threshold", type=float, default=None, help="XTC's threshold (default: 0.1)")
+    s.add_argument("--mirostat", type=int, choices=(0, 1, 2), default=0,
+                   help="Mirostat 1 or 2 (llama.cpp's): keep the surprise of the text near --mirostat-tau; "
+                        "instead of the other filters (default: 0, off)")
+    s.add_argument("--mirostat-tau", type=float, default=5.0, help="mirostat's target surprise, in bits (default: %(default)s)")
+    s.add_argument("--mirostat-eta", type=float, default=0.1, help="mirostat's learning rate (default: %(default)s)")
     s.add_argument("--repetition-penalty", type=float, default=None,
                    help="> 1 discourages tokens already in the text (default: off)")
     s.add_argument("--presence-penalty", type=float, default=None, help="subtract this from the logit of every token generated so far (default: 0)")

@@ -136,7 +136,8 @@ def _bool(name, v):
 
 def sampling_params(vocab_size: int, *, temperature=0.0, top_k=None, top_p=None, min_p=None,
                     typical_p=None, top_n_sigma=None, epsilon_cutoff=None, eta_cutoff=None,
-                    xtc_probability=None, xtc_threshold=None, repetition_penalty=None, presence_penalty=None,
+                    xtc_probability=None, xtc_threshold=None, mirostat=0, mirostat_tau=5.0, mirostat_eta=0.1,
+                    repetition_penalty=None, presence_penalty=None,
                     frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None, sequence_bias=None,
                     bad_words_ids=None, end_tokens=()) -> "_core.SamplingParams":
     """Checked logits-processor settings for the C++ sampler. None means off. A one-token bad
@@ -154,6 +155,9 @@ def sampling_params(vocab_size: int, *, temperature=0.0, top_k=None, top_p=None,
     p.xtc_probability = 0.0 if xtc_probability is None else _float("xtc_probability", xtc_probability, lo=0.0, hi=1.0)
     if xtc_threshold is not None:
         p.xtc_threshold = _float("xtc_threshold", xtc_threshold, lo=0.0, hi=1.0)
+    p.mirostat = _int("mirostat", mirostat, lo=0, hi=2, none_ok=True) or 0
+    p.mirostat_tau = _float("mirostat_tau", mirostat_tau, lo=0.0)
+    p.mirostat_eta = _float("mirostat_eta", mirostat_eta, lo=0.0)
     p.repetition_penalty = (1.0 if repetition_penalty is None else
                             _float("repetition_penalty", repetition_penalty, lo=0.0, lo_open=True))
     p.presence_penalty = 0.0 if presence_penalty is None else _float("presence_penalty", presence_penalty)
@@ -320,7 +324,8 @@ class _Request:
 
     def __init__(self, model, prompt, *, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=0.0, top_k=None,
                  top_p=None, min_p=None, typical_p=None, top_n_sigma=None, epsilon_cutoff=None, eta_cutoff=None,
-                 xtc_probability=None, xtc_threshold=None, repetition_penalty=None, presence_penalty=None,
+                 xtc_probability=None, xtc_threshold=None, mirostat=0, mirostat_tau=5.0, mirostat_eta=0.1,
+                 repetition_penalty=None, presence_penalty=None,
                  frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None, sequence_bias=None,
                  bad_words_ids=None, stop=None,
                  stop_token_ids=None, ignore_eos=False, seed=None, logprobs=False, top_logprobs=0,
@@ -363,8 +368,9 @@ class _Request:
         opt.sampling = sampling_params(
             V, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
             top_n_sigma=top_n_sigma, epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff,
-            xtc_probability=xtc_probability, xtc_threshold=xtc_threshold, repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+            xtc_probability=xtc_probability, xtc_threshold=xtc_threshold, mirostat=mirostat,
+            mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, repetition_penalty=repetition_penalty,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
             logit_bias=logit_bias, sequence_bias=sequence_bias, bad_words_ids=bad_words_ids, end_tokens=ends)
         if seed is None:
             seed = secrets.randbits(64)
@@ -386,6 +392,9 @@ class _Request:
             if assistant_model is None:
                 raise ValueError("num_assistant_tokens needs an assistant_model")
             opt.num_assistant_tokens = _int("num_assistant_tokens", num_assistant_tokens, lo=1)
+        if opt.sampling.mirostat and (opt.prompt_lookup_num_tokens or assistant_model is not None):
+            raise ValueError("mirostat's state follows each token drawn: it does not go with drafts "
+                             "(prompt_lookup_num_tokens, assistant_model)")
         if assistant_model is not None:
             if not hasattr(assistant_model, "_core") or not hasattr(assistant_model, "config"):
                 raise TypeError("assistant_model must be a pygpt.Model (from pygpt.load), got "

@@ -126,6 +126,18 @@ def test_generate_truncation_and_xtc_options_reach_the_api(pygpt_cmd, model_dir,
     assert_one_line_error(run(pygpt_cmd, "generate", "-m", model_dir, "hi", "--eta-cutoff", "1"), "eta_cutoff")
 
 
+def test_generate_with_mirostat(pygpt_cmd, model_dir, model):
+    """--mirostat turns the default top-p off (mirostat replaces the filters); an explicit one fails."""
+    r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "12", "--seed", "2", "--mirostat", "2",
+            "--mirostat-tau", "4", "--mirostat-eta", "0.2")
+    assert r.returncode == 0, r.stderr
+    want = model.generate(PROMPT, max_new_tokens=12, temperature=0.8, seed=2, mirostat=2, mirostat_tau=4.0,
+                          mirostat_eta=0.2)
+    assert r.stdout.decode("utf-8") == want.text
+    r = run(pygpt_cmd, "generate", "-m", model_dir, "hi", "--mirostat", "1", "--top-p", "0.9")
+    assert_one_line_error(r, "mirostat")
+
+
 def test_generate_with_an_f16_kv_cache(pygpt_cmd, model_dir):
     r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "12", "-t", "0", "--kv-cache", "f16")
     assert r.returncode == 0, r.stderr

@@ -610,3 +610,17 @@ def test_everything_banned_is_a_value_error(model):
     with pytest.raises(ValueError, match="filtered out"):
         model.generate("hi", max_new_tokens=2, logit_bias=bias)
     assert model.generate("hi", max_new_tokens=2).finish_reason in ("length", "eos")
+
+
+def test_mirostat_generates_and_refuses_drafts():
+    m = pygpt.load()
+    a = m.generate("ROMEO:", max_new_tokens=20, temperature=1.0, seed=1, mirostat=2, mirostat_tau=3.0)
+    assert a.tokens == m.generate("ROMEO:", max_new_tokens=20, temperature=1.0, seed=1, mirostat=2,
+                                  mirostat_tau=3.0).tokens
+    assert a.tokens != m.generate("ROMEO:", max_new_tokens=20, temperature=1.0, seed=1).tokens
+    with pytest.raises(ValueError, match="drafts"):
+        m.generate("ROMEO:", temperature=1.0, mirostat=2, prompt_lookup_num_tokens=3)
+    with pytest.raises(ValueError, match="drafts"):
+        m.generate("ROMEO:", temperature=1.0, mirostat=1, assistant_model=m)
+    with pytest.raises(ValueError, match="does not go with top_k"):
+        m.generate("ROMEO:", temperature=1.0, mirostat=1, top_k=3)

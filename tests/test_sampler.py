@@ -220,6 +220,69 @@ def test_new_filters_chain_in_transformers_order():
     assert 1 < np.isfinite(got).sum() < 200
 
 
+def _mirostat_reference(rows, tokens, version, tau, eta, t):
+    """llama.cpp's mirostat samplers, replayed on the tokens drawn: (mu before each token, the
+    kept set of each row)."""
+    mu, mus, kept_sets = 2.0 * tau, [], []
+    V = rows.shape[1]
+    for row, token in zip(rows, tokens):
+        s = row.astype(np.float64) / t
+        p = np.exp(s - s.max())
+        p /= p.sum()
+        if version == 2:
+            kept = (-np.log2(p) <= mu) | (s == s.max())
+        else:
+            order = sorted(range(V), key=lambda i: (-p[i], i))
+            m = min(100, V)
+            ti = np.log(np.arange(2, m + 1) / np.arange(1, m))
+            bi = np.log(p[order[:m - 1]] / p[order[1:m]])
+            s_hat = (ti * bi).sum() / (ti * ti).sum()
+            e = s_hat - 1
+            k = max(int((e * 2.0 ** mu / (1 - V ** -e)) ** (1 / s_hat)), 1)
+            kept = np.zeros(V, bool)
+            kept[order[:k]] = True
+        mus.append(mu)
+        kept_sets.append(kept)
+        q = np.where(kept, p, 0.0)
+        q /= q.sum()
+        mu -= eta * (-np.log2(q[token]) - tau)
+    return mus, kept_sets
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("tau, eta, t", [(5.0, 0.1, 1.0), (3.0, 0.3, 0.8), (8.0, 0.05, 1.3)])
+def test_mirostat_follows_llama_cpp(version, tau, eta, t):
+    rows = np.stack([lm_like_logits(100 + i) for i in range(40)])
+    p = sampling_params(V, temperature=t, mirostat=version, mirostat_tau=tau, mirostat_eta=eta)
+    tokens, mus = _core.sample_rows(rows, [], 0, p, 3)
+    want_mus, kept = _mirostat_reference(rows, tokens, version, tau, eta, t)
+    np.testing.assert_allclose(mus[:len(tokens)], want_mus, rtol=1e-6)  # (scores / t in float32)
+    assert all(k[tok] for k, tok in zip(kept, tokens))
+    # the first row's kept set, as process() leaves it
+    first = ours(rows[0], temperature=t, mirostat=version, mirostat_tau=tau, mirostat_eta=eta)
+    assert (np.isfinite(first) == kept[0]).all() and 1 <= kept[0].sum() < V
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_mirostat_holds_the_surprise_near_tau(version):
+    """What mirostat is for: the drawn tokens' surprise settles around tau (below the rows'
+    entropy, about 10 bits: mirostat only cuts the tail)."""
+    rows = np.stack([random_logits(1000 + i, n=4000, scale=1.5) for i in range(400)])
+    for tau in (3.0, 6.0):
+        p = sampling_params(4000, temperature=1.0, mirostat=version, mirostat_tau=tau, mirostat_eta=0.1)
+        tokens, _ = _core.sample_rows(rows, [], 0, p, 9)
+        _, kept = _mirostat_reference(rows, tokens, version, tau, 0.1, 1.0)
+        s = rows.astype(np.float64)
+        logp = s - s.max(axis=1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+        # the surprise mirostat steers: under the kept tokens, renormalised
+        kept_mass = np.array([np.exp(lp[k]).sum() for lp, k in zip(logp, kept)])
+        surprise = -(logp[np.arange(len(tokens)), tokens] - np.log(kept_mass)) / np.log(2)
+        assert abs(surprise[100:].mean() - tau) < 1.0, (tau, surprise[100:].mean())
+        free, _ = _core.sample_rows(rows, [], 0, sampling_params(4000, temperature=1.0), 9)
+        assert -logp[np.arange(len(free)), free][100:].mean() / np.log(2) > tau + 2  # the test can tell
+
+
 HISTORY = [5, 17, 5, 999, 3, 17, 42, 5, 17]
 
 
@@ -580,6 +643,10 @@ def test_tiny_temperature_draws_the_top_token():
     (dict(top_n_sigma=float("inf")), ValueError),
     (dict(xtc_probability=1.5), ValueError),
     (dict(xtc_threshold="high"), TypeError),
+    (dict(mirostat=3), ValueError),
+    (dict(mirostat=2, temperature=1.0, top_k=5), ValueError),
+    (dict(mirostat=2, temperature=0.0), ValueError),
+    (dict(mirostat=1, temperature=1.0, mirostat_tau=-1.0), ValueError),
     (dict(repetition_penalty=0.0), ValueError),
     (dict(presence_penalty=float("inf")), ValueError),
     (dict(no_repeat_ngram_size=-2), ValueError),
