@@ -76,6 +76,13 @@ void SamplingParams::validate(int64_t vocab_size) const {
     if (!(xtc_probability >= 0.0 && xtc_probability <= 1.0))
         bad("xtc_probability must be in [0, 1] (0 = off), got " + str(xtc_probability));
     if (!(xtc_threshold >= 0.0 && xtc_threshold <= 1.0)) bad("xtc_threshold must be in [0, 1], got " + str(xtc_threshold));
+    if (!(dry_multiplier >= 0.0) || std::isinf(dry_multiplier)) bad("dry_multiplier must be a finite number >= 0 (0 = off)");
+    if (!(dry_base > 1.0) || std::isinf(dry_base)) bad("dry_base must be a finite number > 1, got " + str(dry_base));
+    if (dry_allowed_length < 1) bad("dry_allowed_length must be >= 1, got " + std::to_string(dry_allowed_length));
+    if (dry_penalty_last_n < -1 || dry_penalty_last_n == 0)
+        bad("dry_penalty_last_n must be >= 1, or -1 for the whole sequence, got " + std::to_string(dry_penalty_last_n));
+    for (int32_t id : dry_sequence_breakers)
+        if (id < 0 || id >= vocab_size) bad("dry sequence breaker id " + std::to_string(id) + " is outside the vocabulary");
     if (mirostat < 0 || mirostat > 2) bad("mirostat must be 0 (off), 1 or 2, got " + std::to_string(mirostat));
     if (!(mirostat_tau >= 0.0) || std::isinf(mirostat_tau)) bad("mirostat_tau must be a finite number >= 0");
     if (!(mirostat_eta >= 0.0) || std::isinf(mirostat_eta)) bad("mirostat_eta must be a finite number >= 0");
@@ -125,6 +132,11 @@ Sampler::Sampler(const SamplingParams& params, int64_t vocab_size, uint64_t seed
     params_.validate(vocab_size);
     if (params_.penalises_repeats() || params_.penalises_counts()) counts_.assign(size_t(V_), 0);
     if (params_.grammar) grammar_.emplace(params_.grammar, params_.grammar_vocab);
+    if (params_.dry()) {
+        breaker_.assign(size_t(V_), 0);
+        for (int32_t t : params_.dry_sequence_breakers) breaker_[size_t(t)] = 1;
+        dry_len_.assign(size_t(V_), 0);
+    }
 }
 
 void Sampler::check_history(const std::vector<int32_t>& history) const {
@@ -136,6 +148,7 @@ void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_pr
     have_weights_ = false;
     check_history(history);
     apply_penalties(s, history, std::min(n_prompt, history.size()));
+    if (params_.dry()) penalise_repeats_dry(s, history);
     if (params_.bans_ngrams()) ban_repeated_ngrams(s, history);
     if (params_.delays_the_end() && history.size() < n_prompt + size_t(params_.min_new_tokens))
         for (int32_t id : params_.end_tokens) s[id] = kNegInf;
@@ -292,6 +305,50 @@ void Sampler::ban_repeated_ngrams(float* s, const std::vector<int32_t>& h) {
     const size_t prefix = L + 1 - n;  // start of the last n-1 tokens
     for (size_t w = 0; w + n <= L; w++) {
         if (std::equal(h.begin() + w, h.begin() + w + n - 1, h.begin() + prefix)) s[h[w + n - 1]] = kNegInf;
+    }
+}
+
+// DRY (p-e-w's "Don't Repeat Yourself", as llama.cpp's sampler): for each earlier place the
+// window's last tokens occurred, the length L of that repeat (back to a sequence breaker,
+// which no repeat contains) and the token that followed it; that token would make the repeat
+// longer and loses dry_multiplier * dry_base^(L - dry_allowed_length) for its longest L >=
+// dry_allowed_length. The lengths are a Z-function of the window reversed (Z[j]: how far the
+// window read backwards from its end and from its end - j agree), so a step is linear in the
+// window. The exponent is capped where the penalty would overflow a float (as llama.cpp).
+void Sampler::penalise_repeats_dry(float* s, const std::vector<int32_t>& history) {
+    const size_t L = history.size();
+    const size_t n = params_.dry_penalty_last_n < 0 ? L : std::min(L, size_t(params_.dry_penalty_last_n));
+    if (n < 2) return;
+    const int32_t* w = history.data() + (L - n);
+    auto r = [&](size_t j) { return w[n - 1 - j]; };  // the window reversed
+    size_t limit = 0;  // a repeat ends before the last breaker
+    while (limit < n && !breaker_[size_t(r(limit))]) limit++;
+    if (limit < size_t(params_.dry_allowed_length)) return;
+    z_.assign(n, 0);
+    for (size_t j = 1, left = 0, right = 0; j < n; j++) {  // [left, right): the rightmost match so far
+        size_t k = j < right ? std::min(right - j, size_t(z_[j - left])) : 0;
+        while (j + k < n && k < limit && r(k) == r(j + k)) k++;
+        z_[j] = int32_t(k);
+        if (j + k > right) {
+            left = j;
+            right = j + k;
+        }
+    }
+    const int64_t allowed = params_.dry_allowed_length;
+    std::vector<int32_t>& touched = dry_touched_;
+    touched.clear();
+    for (size_t j = 1; j < n; j++) {
+        const int32_t len = std::min<int32_t>(z_[j], int32_t(limit));
+        if (len < allowed) continue;
+        const int32_t next = r(j - 1);  // what followed that earlier occurrence
+        if (dry_len_[size_t(next)] == 0) touched.push_back(next);
+        dry_len_[size_t(next)] = std::max(dry_len_[size_t(next)], len);
+    }
+    const double max_exp = std::log(double(std::numeric_limits<float>::max())) / std::log(params_.dry_base);
+    for (int32_t t : touched) {
+        const double e = std::min(double(dry_len_[size_t(t)] - allowed), max_exp);
+        s[t] -= float(params_.dry_multiplier * std::pow(params_.dry_base, e));
+        dry_len_[size_t(t)] = 0;
     }
 }
 

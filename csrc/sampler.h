@@ -13,6 +13,10 @@
 //                                                               (RepetitionPenaltyLogitsProcessor)
 //   presence/frequency  OpenAI's penalties, over generated tokens only:
 //                       s -= count * frequency_penalty + (count > 0) * presence_penalty
+//   dry                 "Don't Repeat Yourself" (llama.cpp's DRY sampler): a token that would
+//                       extend a repeat of the sequence's last L >= dry_allowed_length tokens
+//                       (matched back to a sequence breaker) loses
+//                       dry_multiplier * dry_base^(L - dry_allowed_length)
 //   no_repeat_ngram     bans a token that would repeat an n-gram already in the sequence
 //                                                               (NoRepeatNGramLogitsProcessor)
 //   min_new_tokens      bans the end tokens (eos, stop tokens) until that many are generated
@@ -95,6 +99,11 @@ struct SamplingParams {
     float presence_penalty = 0.0f;
     float frequency_penalty = 0.0f;
     int64_t no_repeat_ngram_size = 0;  // 0: off
+    double dry_multiplier = 0.0;       // 0: off
+    double dry_base = 1.75;
+    int64_t dry_allowed_length = 2;
+    int64_t dry_penalty_last_n = -1;   // the last n tokens of the sequence; -1: all
+    std::vector<int32_t> dry_sequence_breakers;  // token ids a repeat does not cross
     std::vector<std::pair<int32_t, float>> logit_bias;
     std::vector<std::pair<std::vector<int32_t>, float>> sequence_bias;  // (tokens, bias on the last)
     int64_t min_new_tokens = 0;        // end_tokens are banned while fewer tokens were generated
@@ -113,9 +122,10 @@ struct SamplingParams {
     bool penalises_repeats() const { return repetition_penalty != 1.0f; }
     bool penalises_counts() const { return presence_penalty != 0.0f || frequency_penalty != 0.0f; }
     bool bans_ngrams() const { return no_repeat_ngram_size > 0; }
+    bool dry() const { return dry_multiplier > 0.0; }
     bool delays_the_end() const { return min_new_tokens > 0 && !end_tokens.empty(); }
     bool changes_logits() const {
-        return !logit_bias.empty() || !sequence_bias.empty() || penalises_repeats() || penalises_counts() || bans_ngrams() ||
+        return !logit_bias.empty() || !sequence_bias.empty() || penalises_repeats() || penalises_counts() || bans_ngrams() || dry() ||
                delays_the_end() || custom != nullptr || grammar != nullptr;
     }
     // Whether a draw from the processed scores can be made before the grammar's mask and
@@ -191,6 +201,7 @@ private:
     void apply_penalties(float* s, const std::vector<int32_t>& history, size_t n_prompt);
     void apply_sequence_bias(float* s, const std::vector<int32_t>& history) const;
     void ban_repeated_ngrams(float* s, const std::vector<int32_t>& history);
+    void penalise_repeats_dry(float* s, const std::vector<int32_t>& history);
     void keep_top_k(float* s);
     void radix_sort(int bits);
     void compute_weights(const float* s);
@@ -223,6 +234,8 @@ private:
     std::vector<size_t> count_;
     std::vector<double> p_;
     std::vector<int32_t> counts_;
+    std::vector<uint8_t> breaker_;   // dry: by token id
+    std::vector<int32_t> z_, dry_len_, dry_touched_;
     std::optional<GrammarMatcher> grammar_;
     // mirostat: mu_[k] is mu before the (k+1)-th generated token (so a shorter history, a
     // draft cut back, finds its own)

@@ -64,7 +64,8 @@ def _sampling_options(args) -> dict:
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, temperature=temperature,
         top_k=args.top_k, top_p=args.top_p if args.top_p is not None else None if args.mirostat else CLI_TOP_P,
         min_p=args.min_p, typical_p=args.typical_p, mirostat=args.mirostat, mirostat_tau=args.mirostat_tau,
-        mirostat_eta=args.mirostat_eta,
+        mirostat_eta=args.mirostat_eta, dry_multiplier=args.dry_multiplier, dry_base=args.dry_base,
+        dry_allowed_length=args.dry_allowed_length, dry_penalty_last_n=args.dry_penalty_last_n,
         top_n_sigma=args.top_n_sigma, epsilon_cutoff=args.epsilon_cutoff, eta_cutoff=args.eta_cutoff,
         xtc_probability=args.xtc_probability, xtc_threshold=args.xtc_threshold,
         repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
@@ -343,6 +344,14 @@ def _add_decoding_arguments(g, seed_help: str) -> None:
                    help="> 1 discourages tokens already in the text (default: off)")
     s.add_argument("--presence-penalty", type=float, default=None, help="subtract this from the logit of every token generated so far (default: 0)")
     s.add_argument("--frequency-penalty", type=float, default=None, help="subtract this times its count from the logit of every generated token (default: 0)")
+    s.add_argument("--dry-multiplier", type=float, default=None,
+                   help="DRY (llama.cpp's): penalise a token that would extend a repeat of the last tokens "
+                        "(default: off; 0.8 is usual)")
+    s.add_argument("--dry-base", type=float, default=1.75, help="DRY's penalty grows as BASE^length (default: %(default)s)")
+    s.add_argument("--dry-allowed-length", type=int, default=2, metavar="N",
+                   help="DRY leaves repeats of up to N tokens alone (default: %(default)s)")
+    s.add_argument("--dry-penalty-last-n", type=int, default=-1, metavar="N",
+                   help="DRY looks at the last N tokens; -1: all (default: %(default)s)")
     s.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N", help="never repeat an N-gram (default: off)")
     s.add_argument("--seed", type=int, default=None, help=seed_help)
     s.add_argument("--prompt-lookup", type=_non_negative_int, default=None, metavar="N",

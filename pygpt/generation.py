@@ -24,6 +24,8 @@ from .grammar import as_grammar
 Prompt = Union[str, Sequence[int]]  # one prompt; a batch is a sequence of them
 
 DEFAULT_MAX_NEW_TOKENS = 50
+# llama.cpp's default DRY sequence breakers: a repeat is not followed across these
+DRY_SEQUENCE_BREAKERS = ("\n", ":", "\"", "*")
 
 
 @dataclass
@@ -137,7 +139,8 @@ def _bool(name, v):
 def sampling_params(vocab_size: int, *, temperature=0.0, top_k=None, top_p=None, min_p=None,
                     typical_p=None, top_n_sigma=None, epsilon_cutoff=None, eta_cutoff=None,
                     xtc_probability=None, xtc_threshold=None, mirostat=0, mirostat_tau=5.0, mirostat_eta=0.1,
-                    repetition_penalty=None, presence_penalty=None,
+                    dry_multiplier=None, dry_base=1.75, dry_allowed_length=2, dry_penalty_last_n=-1,
+                    dry_sequence_breakers=(), repetition_penalty=None, presence_penalty=None,
                     frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None, sequence_bias=None,
                     bad_words_ids=None, end_tokens=()) -> "_core.SamplingParams":
     """Checked logits-processor settings for the C++ sampler. None means off. A one-token bad
@@ -156,6 +159,11 @@ def sampling_params(vocab_size: int, *, temperature=0.0, top_k=None, top_p=None,
     if xtc_threshold is not None:
         p.xtc_threshold = _float("xtc_threshold", xtc_threshold, lo=0.0, hi=1.0)
     p.mirostat = _int("mirostat", mirostat, lo=0, hi=2, none_ok=True) or 0
+    p.dry_multiplier = 0.0 if dry_multiplier is None else _float("dry_multiplier", dry_multiplier, lo=0.0)
+    p.dry_base = _float("dry_base", dry_base)
+    p.dry_allowed_length = _int("dry_allowed_length", dry_allowed_length)
+    p.dry_penalty_last_n = _int("dry_penalty_last_n", dry_penalty_last_n)
+    p.dry_sequence_breakers = _token_list("dry_sequence_breakers", list(dry_sequence_breakers), vocab_size)
     p.mirostat_tau = _float("mirostat_tau", mirostat_tau, lo=0.0)
     p.mirostat_eta = _float("mirostat_eta", mirostat_eta, lo=0.0)
     p.repetition_penalty = (1.0 if repetition_penalty is None else
@@ -325,7 +333,8 @@ class _Request:
     def __init__(self, model, prompt, *, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=0.0, top_k=None,
                  top_p=None, min_p=None, typical_p=None, top_n_sigma=None, epsilon_cutoff=None, eta_cutoff=None,
                  xtc_probability=None, xtc_threshold=None, mirostat=0, mirostat_tau=5.0, mirostat_eta=0.1,
-                 repetition_penalty=None, presence_penalty=None,
+                 dry_multiplier=None, dry_base=1.75, dry_allowed_length=2, dry_penalty_last_n=-1,
+                 dry_sequence_breakers=None, repetition_penalty=None, presence_penalty=None,
                  frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None, sequence_bias=None,
                  bad_words_ids=None, stop=None,
                  stop_token_ids=None, ignore_eos=False, seed=None, logprobs=False, top_logprobs=0,
@@ -365,11 +374,21 @@ class _Request:
         ends = set(opt.stop_token_ids)
         if self.tokenizer is not None and not opt.ignore_eos and self.tokenizer.eot_id >= 0:
             ends.add(self.tokenizer.eot_id)
+        if dry_sequence_breakers is None:
+            dry_sequence_breakers = DRY_SEQUENCE_BREAKERS if self.tokenizer is not None else []
+        if isinstance(dry_sequence_breakers, str) or not isinstance(dry_sequence_breakers, (list, tuple)) or \
+                not all(isinstance(b, str) for b in dry_sequence_breakers):
+            raise TypeError("dry_sequence_breakers must be a list of str")
+        if dry_sequence_breakers and self.tokenizer is None:
+            raise ValueError("dry_sequence_breakers need a model with a tokenizer (vocab.json + merges.txt)")
+        breakers = self.tokenizer.tokens_containing(dry_sequence_breakers) if dry_sequence_breakers else []
         opt.sampling = sampling_params(
             V, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
             top_n_sigma=top_n_sigma, epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff,
             xtc_probability=xtc_probability, xtc_threshold=xtc_threshold, mirostat=mirostat,
-            mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, repetition_penalty=repetition_penalty,
+            mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, dry_multiplier=dry_multiplier, dry_base=dry_base,
+            dry_allowed_length=dry_allowed_length, dry_penalty_last_n=dry_penalty_last_n,
+            dry_sequence_breakers=breakers, repetition_penalty=repetition_penalty,
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
             logit_bias=logit_bias, sequence_bias=sequence_bias, bad_words_ids=bad_words_ids, end_tokens=ends)
         if seed is None:

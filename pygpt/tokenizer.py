@@ -168,6 +168,7 @@ class Tokenizer:
         self._specials = specials
         self._vocab_trie = None
         self._trie_lock = threading.Lock()
+        self._containing = {}
 
     @classmethod
     def from_dir(cls, path: Union[str, os.PathLike], *, special_tokens: Iterable[str] = None) -> "Tokenizer":
@@ -314,6 +315,18 @@ class Tokenizer:
             if self._vocab_trie is None:
                 self._vocab_trie = _core.VocabTrie(self._core)
             return self._vocab_trie
+
+    def tokens_containing(self, texts: Sequence[str]) -> list:
+        """Ids of the ordinary tokens whose bytes contain the UTF-8 of one of texts (kept for the
+        next call with the same texts)."""
+        key = tuple(texts)
+        with self._trie_lock:
+            if key not in self._containing:
+                needles = [t.encode("utf-8") for t in key if t]
+                specials = set(self._specials.values())
+                self._containing[key] = [i for i in range(self.vocab_size) if i not in specials
+                                         and any(n in self._core.token_bytes(i) for n in needles)]
+            return self._containing[key]
 
     def stream_decoder(self) -> StreamDecoder:
         """A new incremental detokenizer (see StreamDecoder)."""

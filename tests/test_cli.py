@@ -138,6 +138,15 @@ def test_generate_with_mirostat(pygpt_cmd, model_dir, model):
     assert_one_line_error(r, "mirostat")
 
 
+def test_generate_with_dry(pygpt_cmd, model_dir, model):
+    args = ["--dry-multiplier", "0.8", "--dry-base", "2", "--dry-allowed-length", "1", "--dry-penalty-last-n", "64"]
+    r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "20", "-t", "0", *args)
+    assert r.returncode == 0, r.stderr
+    want = model.generate(PROMPT, max_new_tokens=20, dry_multiplier=0.8, dry_base=2.0, dry_allowed_length=1,
+                          dry_penalty_last_n=64)
+    assert r.stdout.decode("utf-8") == want.text != model.generate(PROMPT, max_new_tokens=20).text
+
+
 def test_generate_with_an_f16_kv_cache(pygpt_cmd, model_dir):
     r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "12", "-t", "0", "--kv-cache", "f16")
     assert r.returncode == 0, r.stderr

@@ -624,3 +624,25 @@ def test_mirostat_generates_and_refuses_drafts():
         m.generate("ROMEO:", temperature=1.0, mirostat=1, assistant_model=m)
     with pytest.raises(ValueError, match="does not go with top_k"):
         m.generate("ROMEO:", temperature=1.0, mirostat=1, top_k=3)
+
+
+def _repeated_ngrams(tokens, n=4):
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) - len(set(grams))
+
+
+def test_dry_cuts_repeats():
+    """The shipped model loops when greedy; DRY (llama.cpp's defaults but the multiplier) breaks
+    the loops, and drafts keep its greedy tokens."""
+    m = pygpt.load()
+    plain = m.generate("ROMEO:", max_new_tokens=80)
+    dry = m.generate("ROMEO:", max_new_tokens=80, dry_multiplier=0.8)
+    assert _repeated_ngrams(dry.tokens) < _repeated_ngrams(plain.tokens) // 2
+    assert m.generate("ROMEO:", max_new_tokens=80, dry_multiplier=0.8, prompt_lookup_num_tokens=4).tokens == dry.tokens
+    # the breakers are text: without any, a repeat runs across newlines and is cut harder
+    other = m.generate("ROMEO:", max_new_tokens=80, dry_multiplier=0.8, dry_sequence_breakers=[])
+    assert other.tokens != dry.tokens
+    with pytest.raises(TypeError, match="dry_sequence_breakers"):
+        m.generate("ROMEO:", dry_multiplier=0.8, dry_sequence_breakers="\n")
+    with pytest.raises(ValueError, match="dry_base"):
+        m.generate("ROMEO:", dry_multiplier=0.8, dry_base=0.5)

@@ -283,6 +283,63 @@ def test_mirostat_holds_the_surprise_near_tau(version):
         assert -logp[np.arange(len(free)), free][100:].mean() / np.log(2) > tau + 2  # the test can tell
 
 
+def _dry_reference(x, history, multiplier, base, allowed, last_n, breakers):
+    """DRY, naively: for every earlier end of the window's last tokens, how far back the two
+    agree (never over a breaker); the token after it loses multiplier * base^(len - allowed)."""
+    h = list(history) if last_n < 0 else list(history)[-last_n:]
+    n, best = len(h), {}
+    for i in range(n - 1):  # an earlier place, ending at h[i], followed by h[i + 1]
+        k = 0
+        while k <= i and h[i - k] == h[n - 1 - k] and h[n - 1 - k] not in breakers:
+            k += 1
+        if k >= allowed:
+            best[h[i + 1]] = max(best.get(h[i + 1], 0), k)
+    s = x.astype(np.float64)
+    cap = np.log(np.finfo(np.float32).max) / np.log(base)
+    for t, k in best.items():
+        s[t] -= multiplier * base ** min(k - allowed, cap)
+    return s
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("allowed, last_n, breakers", [(2, -1, ()), (1, -1, (7,)), (3, 40, (3, 9)), (2, 25, (4,))])
+def test_dry(seed, allowed, last_n, breakers):
+    rng = np.random.default_rng(seed)
+    plain = [v for v in range(12) if v not in breakers]
+    motif = rng.choice(plain, 6).tolist()  # a history full of repeats, some broken by breakers
+    history = []
+    for _ in range(12):
+        history += motif[:rng.integers(2, 7)] + rng.integers(0, 12, rng.integers(0, 3)).tolist()
+    history += motif[:4]  # it ends in a repeat
+    x = random_logits(seed, n=50)
+    got = ours(x, history, temperature=0.0, dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=allowed,
+               dry_penalty_last_n=last_n, dry_sequence_breakers=breakers)
+    want = _dry_reference(x, history, 0.8, 1.75, allowed, last_n, set(breakers))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert (got != x).any()
+
+
+def test_dry_repeats_stop_at_breakers():
+    history = [1, 2, 3, 9, 1, 2, 3, 9, 1, 2, 3]  # "1 2 3" three times, 9 between
+    x = np.zeros(12, dtype=np.float32)
+    for breakers, penalty in [((), 2.0 ** (7 - 2)), ((9,), 2.0 ** (3 - 2))]:
+        got = ours(x, history, temperature=0.0, dry_multiplier=1.0, dry_base=2.0, dry_sequence_breakers=breakers)
+        assert got[9] == -penalty and (np.delete(got, 9) == 0).all()
+        np.testing.assert_allclose(got, _dry_reference(x, history, 1.0, 2.0, 2, -1, set(breakers)))
+    # a breaker last: nothing repeats across it
+    got = ours(x, history + [9], temperature=0.0, dry_multiplier=1.0, dry_base=2.0, dry_sequence_breakers=(9,))
+    assert (got == 0).all()
+
+
+def test_dry_caps_the_exponent_where_a_float_would_overflow():
+    history = [1, 2] * 300  # a repeat hundreds of tokens long
+    x = np.zeros(10, dtype=np.float32)
+    got = ours(x, history, temperature=0.0, dry_multiplier=1.0, dry_base=1.75)
+    assert np.isfinite(got).all() and got[1] < -1e37 and got[2] == 0.0
+    want = _dry_reference(x, history, 1.0, 1.75, 2, -1, set())
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 HISTORY = [5, 17, 5, 999, 3, 17, 42, 5, 17]
 
 
@@ -644,6 +701,11 @@ def test_tiny_temperature_draws_the_top_token():
     (dict(xtc_probability=1.5), ValueError),
     (dict(xtc_threshold="high"), TypeError),
     (dict(mirostat=3), ValueError),
+    (dict(dry_multiplier=0.5, dry_base=1.0), ValueError),
+    (dict(dry_multiplier=0.5, dry_allowed_length=0), ValueError),
+    (dict(dry_multiplier=0.5, dry_penalty_last_n=0), ValueError),
+    (dict(dry_multiplier=0.5, dry_sequence_breakers=[V]), ValueError),
+    (dict(dry_multiplier=-1.0), ValueError),
     (dict(mirostat=2, temperature=1.0, top_k=5), ValueError),
     (dict(mirostat=2, temperature=0.0), ValueError),
     (dict(mirostat=1, temperature=1.0, mirostat_tau=-1.0), ValueError),

@@ -248,6 +248,11 @@ def test_llama_cpp_sampling_fields(url, model):
     assert json.loads(text)["choices"][0]["text"] == want.text
     status, text = post(url, {"prompt": "hi", "mirostat": 2, "top_p": 0.5})
     assert status == 400 and "mirostat" in text
+    body = {"prompt": PROMPTS[0], "max_tokens": 20, "temperature": 0, "dry_multiplier": 0.8, "dry_base": 2.0,
+            "dry_allowed_length": 1, "dry_penalty_last_n": 64, "dry_sequence_breakers": ["."]}
+    want = model.generate(PROMPTS[0], max_new_tokens=20, dry_multiplier=0.8, dry_base=2.0, dry_allowed_length=1,
+                          dry_penalty_last_n=64, dry_sequence_breakers=["."])
+    assert json.loads(post(url, body)[1])["choices"][0]["text"] == want.text
 
 
 def test_constrained_output(url, model):
