@@ -31,6 +31,7 @@ struct BeamSearch::Candidate {
     int32_t beam;   // the parent: its index among the group's running beams
     int32_t token;
     float logprob;  // raw log-prob of the token
+    bool closes = false;  // with a grammar: no byte could follow it
 };
 
 namespace {
@@ -241,7 +242,10 @@ void BeamSearch::score_row(Beam& beam, const float* row, std::vector<Candidate>&
     std::vector<int32_t>& idx = idx_[size_t(thread)];
     top_k_finite(s.data(), V_, K_, idx);  // NaN is never taken
     out.clear();
-    for (int32_t t : idx) out.push_back({beam.score + s[t], 0, t, float(double(row[t]) - lse)});
+    for (int32_t t : idx) {
+        out.push_back({beam.score + s[t], 0, t, float(double(row[t]) - lse)});
+        out.back().closes = samplers_[size_t(thread)].grammar_closes_with(beam.history, beam.n_prompt, t);
+    }
     if (opt_.top_logprobs > 0) beam.row_top = top_logprobs(row, V_, opt_.top_logprobs, lse, idx);
 }
 
@@ -263,7 +267,7 @@ void BeamSearch::select(Group& g, std::vector<Candidate>& candidates) {
     for (size_t i = 0; i < candidates.size(); i++) {
         const Candidate& c = candidates[i];
         std::string text;  // the candidate's text when it ends (cut before a stop string)
-        const char* reason = ending(*g.beams[size_t(c.beam)], c.token, at_limit, text);
+        const char* reason = ending(*g.beams[size_t(c.beam)], c, at_limit, text);
         if (!reason) {
             if (next.size() < N) next.push_back(&c);
         } else if (i < N && may_finish) {
@@ -334,7 +338,8 @@ void BeamSearch::select(Group& g, std::vector<Candidate>& candidates) {
 // Why `token` after `beam` ends the sequence, as Generation decides it (a stop token, eos, a
 // stop string in the generated text, the length limit), or null if it does not; `text` then
 // gets the sequence's text bytes (without the end token, cut before the stop string).
-const char* BeamSearch::ending(const Beam& beam, int32_t token, bool at_limit, std::string& text) const {
+const char* BeamSearch::ending(const Beam& beam, const Candidate& c, bool at_limit, std::string& text) const {
+    const int32_t token = c.token;
     if (std::find(opt_.stop_token_ids.begin(), opt_.stop_token_ids.end(), token) != opt_.stop_token_ids.end()) {
         text = beam.bytes;
         return "stop";
@@ -355,6 +360,10 @@ const char* BeamSearch::ending(const Beam& beam, int32_t token, bool at_limit, s
             text = beam.bytes.substr(0, from) + tail.substr(0, hit);
             return "stop";
         }
+    }
+    if (c.closes) {  // the grammar is matched whole and nothing can extend it
+        text = beam.bytes + piece;
+        return "stop";
     }
     if (at_limit) {
         text = beam.bytes + piece;

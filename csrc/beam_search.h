@@ -7,7 +7,8 @@
 //   sum of its processed log-probs so far). Of all beams' candidates the K best are kept,
 //   K = max(2, 1 + number of end tokens) * N:
 //     - a candidate that ends (an end token: eos, stop_token_ids; a stop string its token
-//       completes in the generated text; or the length limit) and is among the first N
+//       completes in the generated text; a grammar it closes, matched whole with nothing that
+//       could follow; or the length limit) and is among the first N
 //       becomes a finished hypothesis, scored
 //       score / generated_length^length_penalty, if it beats the worst of the N kept so far;
 //     - the N best that do not end are the next running beams (each takes a copy of its
@@ -52,7 +53,7 @@ private:
     void advance(const std::vector<Beam*>& beams, const std::vector<const float*>& rows);
     void score_row(Beam& beam, const float* row, std::vector<Candidate>& out, int thread);
     void select(Group& g, std::vector<Candidate>& candidates);
-    const char* ending(const Beam& beam, int32_t token, bool at_limit, std::string& text) const;
+    const char* ending(const Beam& beam, const Candidate& c, bool at_limit, std::string& text) const;
     void add_finished(Group& g, const Candidate& c, int64_t gen_len, const char* reason, std::string text);
     void finish(Group& g);
 

@@ -408,6 +408,13 @@ bool GrammarMatcher::allows(int32_t token, const std::vector<int32_t>& end_token
     return step_bytes(states_.back(), trie_->bytes(token)) != kDead;
 }
 
+bool GrammarMatcher::closes_with(int32_t token) {
+    if (!trie_ || !trie_->is_text(token)) return false;
+    if (too_big()) reset();
+    const int32_t s = step_bytes(states_.back(), trie_->bytes(token));
+    return s != kDead && info_[size_t(s)].closed;
+}
+
 bool GrammarMatcher::matches(std::string_view bytes) {
     const int32_t s = step_bytes(states_[0], bytes);
     return info_[size_t(s)].complete;

@@ -137,6 +137,8 @@ public:
     void mask(float* scores, int64_t V, const std::vector<int32_t>& end_tokens);
     // Whether token may come next (as mask() would leave it).
     bool allows(int32_t token, const std::vector<int32_t>& end_tokens);
+    // Whether the text with token after it is a whole match nothing can extend.
+    bool closes_with(int32_t token);
     // The text so far is a whole match / no byte can follow it / it broke the grammar.
     bool complete() const { return info_[size_t(states_.back())].complete; }
     bool closed() const { return info_[size_t(states_.back())].closed; }

@@ -212,6 +212,12 @@ bool Sampler::grammar_closed(const std::vector<int32_t>& history, size_t n_promp
     return grammar_->closed();
 }
 
+bool Sampler::grammar_closes_with(const std::vector<int32_t>& history, size_t n_prompt, int32_t token) {
+    if (!grammar_) return false;
+    grammar_->sync(history, n_prompt);
+    return grammar_->closes_with(token);
+}
+
 // A sequence's bias goes to its last token where the history ends with the tokens before it.
 void Sampler::apply_sequence_bias(float* s, const std::vector<int32_t>& history) const {
     for (const auto& [tokens, bias] : params_.sequence_bias) {

@@ -194,6 +194,8 @@ public:
     // With a grammar: the text of history[n_prompt:] is a whole match that nothing can extend.
     // Throws std::invalid_argument when it broke the grammar (a token the mask had banned).
     bool grammar_closed(const std::vector<int32_t>& history, size_t n_prompt);
+    // With a grammar: history[n_prompt:] + token is a whole match that nothing can extend.
+    bool grammar_closes_with(const std::vector<int32_t>& history, size_t n_prompt, int32_t token);
 
 private:
     void process(float* scores, const std::vector<int32_t>& history, size_t n_prompt, bool with_grammar);

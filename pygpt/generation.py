@@ -447,8 +447,6 @@ class _Request:
             grammar = as_grammar(grammar)
             if self.tokenizer is None:
                 raise ValueError("a grammar needs a model with a tokenizer (vocab.json + merges.txt)")
-            if opt.num_beams > 1:
-                raise ValueError("grammar does not go with beam search (num_beams > 1)")
             opt.sampling.grammar = grammar._core
             opt.sampling.grammar_vocab = self.tokenizer.vocab_trie()
         if truncate not in (None, "left"):

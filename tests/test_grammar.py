@@ -388,6 +388,29 @@ def test_assisted_sampling_fits_the_grammar(model):
         _check_output(g, out)
 
 
+def test_beam_search_with_a_grammar(model):
+    """Beams are masked as sampling is; a beam whose grammar closes is a finished hypothesis
+    ("stop"); with a grammar that never closes here, the same beams as a masking processor."""
+    g, tok = Grammar(YES_NO), model.tokenizer
+    outs = model.generate(PROMPT, grammar=g, num_beams=3, num_return_sequences=2, max_new_tokens=5)
+    assert sorted(o.text for o in outs) == ["no", "yes"] and all(o.finish_reason == "stop" for o in outs)
+    assert outs[0].score >= outs[1].score
+    g = Grammar(JSON)
+    n = len(tok.encode(PROMPT))
+    want = model.generate(PROMPT, num_beams=4, num_return_sequences=4, max_new_tokens=12,
+                          logits_processor=[_masking_processor(g, tok, n, [tok.eot_id])])
+    got = model.generate(PROMPT, grammar=g, num_beams=4, num_return_sequences=4, max_new_tokens=12)
+    assert [o.tokens for o in got] == [o.tokens for o in want]
+    assert [o.score for o in got] == pytest.approx([o.score for o in want], rel=1e-6)
+    for o in got:
+        _check_output(g, o)
+    # a grammar that closes in a few tokens, no end token: every hypothesis is whole
+    outs = model.generate(PROMPT, grammar=LIST, num_beams=3, num_return_sequences=3, max_new_tokens=40,
+                          ignore_eos=True)
+    for o in outs:
+        assert Grammar(LIST).matches(o.text) and o.finish_reason == "stop", o
+
+
 def test_stream_and_batcher(model):
     g = Grammar(JSON)
     whole = model.generate(PROMPT, grammar=g, max_new_tokens=30, temperature=1.0, seed=3)
@@ -409,8 +432,6 @@ def test_a_grammar_given_as_text(model):
 def test_errors(model):
     with pytest.raises(TypeError, match="grammar must be"):
         model.generate(PROMPT, grammar=3)
-    with pytest.raises(ValueError, match="beam search"):
-        model.generate(PROMPT, grammar=YES_NO, num_beams=2)
     with pytest.raises(ValueError, match="line 1"):
         model.generate(PROMPT, grammar="root ::= (")
 
