@@ -261,7 +261,7 @@ void BeamSearch::select(Group& g, std::vector<Candidate>& candidates) {
     const size_t N = size_t(opt_.num_beams);
     const int64_t cur_len = int64_t(g.beams[0]->history.size());
     const int64_t gen_len = cur_len + 1 - int64_t(g.n_prompt);  // of a candidate
-    const bool at_limit = cur_len + 1 >= g.max_len;
+    const bool at_limit = cur_len + 1 >= g.max_len || (opt_.max_time > 0.0 && seconds_since(t_start_) >= opt_.max_time);
     const bool may_finish = g.improvable && !(opt_.early_stopping == EarlyStopping::WhenFull && g.finished.size() == N);
     std::vector<const Candidate*> next;
     for (size_t i = 0; i < candidates.size(); i++) {

@@ -8,7 +8,7 @@
 //   K = max(2, 1 + number of end tokens) * N:
 //     - a candidate that ends (an end token: eos, stop_token_ids; a stop string its token
 //       completes in the generated text; a grammar it closes, matched whole with nothing that
-//       could follow; or the length limit) and is among the first N
+//       could follow; or the length limit, max_time included) and is among the first N
 //       becomes a finished hypothesis, scored
 //       score / generated_length^length_penalty, if it beats the worst of the N kept so far;
 //     - the N best that do not end are the next running beams (each takes a copy of its

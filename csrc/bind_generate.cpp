@@ -268,6 +268,7 @@ void bind_generate(py::module_& m) {
         .def_readwrite("stop", &GenerateOptions::stop)
         .def_readwrite("stop_token_ids", &GenerateOptions::stop_token_ids)
         .def_readwrite("ignore_eos", &GenerateOptions::ignore_eos)
+        .def_readwrite("max_time", &GenerateOptions::max_time)
         .def_readwrite("seed", &GenerateOptions::seed)
         .def_readwrite("logprobs", &GenerateOptions::logprobs)
         .def_readwrite("top_logprobs", &GenerateOptions::top_logprobs)

@@ -144,6 +144,7 @@ void check_request(const Model& model, const Tokenizer* tokenizer, const std::ve
 
     opt.sampling.validate(V);
     if (opt.max_new_tokens < 0) bad("max_new_tokens must be >= 0");
+    if (!(opt.max_time >= 0.0) || std::isinf(opt.max_time)) bad("max_time must be a finite number of seconds >= 0");
     if (opt.min_new_tokens < 0) bad("min_new_tokens must be >= 0");
     if (opt.num_return_sequences < 1) bad("num_return_sequences must be >= 1");
     if (opt.top_logprobs < 0 || opt.top_logprobs > V) bad("top_logprobs must be in [0, vocab_size]");
@@ -207,6 +208,10 @@ static int64_t max_draft(const GenerateOptions& opt) {
 struct Generation::Request {       // one add(): the options its sequences share
     GenerateOptions opt;           // with sampling.min_new_tokens and end_tokens filled in
     size_t max_stop = 0;           // longest stop string, bytes
+    std::chrono::steady_clock::time_point added;  // for max_time
+    bool out_of_time() const {
+        return opt.max_time > 0.0 && seconds_since(added) >= opt.max_time;
+    }
 };
 
 struct Generation::Seq {
@@ -264,6 +269,7 @@ size_t Generation::add(std::vector<std::vector<int32_t>> prompts, GenerateOption
     check_request(model_, tok_, prompts, options);
     if (options.num_beams != 1) throw std::invalid_argument("Generation samples: num_beams must be 1 (see BeamSearch)");
     auto req = std::make_shared<Request>();
+    req->added = std::chrono::steady_clock::now();
     req->opt = std::move(options);
     GenerateOptions& opt = req->opt;
     for (const auto& s : opt.stop) req->max_stop = std::max(req->max_stop, s.size());
@@ -818,7 +824,8 @@ void Generation::accept(Seq& s, int32_t token, const float* row) {
     }
     if (opt.stop_hook && opt.stop_hook(s.r.prompt_index, s.history, row)) return finish(s, "stop");
     if (s.sampler.grammar_closed(s.history, s.n_prompt)) return finish(s, "stop");  // nothing can follow
-    if (int64_t(s.r.tokens.size()) >= opt.max_new_tokens || int64_t(s.history.size()) >= n_ctx_)
+    if (int64_t(s.r.tokens.size()) >= opt.max_new_tokens || int64_t(s.history.size()) >= n_ctx_ ||
+        s.req->out_of_time())
         return finish(s, "length");
     s.next_input = token;
     release_text(s, false);

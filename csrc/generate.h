@@ -49,6 +49,9 @@ struct GenerateOptions {
     std::vector<std::string> stop;          // UTF-8, non-empty
     std::vector<int32_t> stop_token_ids;
     bool ignore_eos = false;
+    // seconds (0: no limit): a sequence stops ("length") at its first token past this long after
+    // its request was added (transformers' max_time)
+    double max_time = 0.0;
     uint64_t seed = 0;
     bool logprobs = false;                  // log-prob of each generated token
     int64_t top_logprobs = 0;               // and the k most likely alternatives

@@ -61,7 +61,8 @@ def _sampling_options(args) -> dict:
     if temperature is None:  # beam search is deterministic: it samples only when asked to (and fails)
         temperature = 0.0 if getattr(args, "num_beams", 1) > 1 else CLI_TEMPERATURE
     return dict(
-        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, temperature=temperature,
+        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, max_time=args.max_time,
+        temperature=temperature,
         top_k=args.top_k, top_p=args.top_p if args.top_p is not None else None if args.mirostat else CLI_TOP_P,
         min_p=args.min_p, typical_p=args.typical_p, mirostat=args.mirostat, mirostat_tau=args.mirostat_tau,
         mirostat_eta=args.mirostat_eta, dry_multiplier=args.dry_multiplier, dry_base=args.dry_base,
@@ -371,6 +372,8 @@ def _add_decoding_arguments(g, seed_help: str) -> None:
                    help="generate only JSON valid under the JSON schema in FILE")
     c.add_argument("--json", action="store_true", help="generate only a JSON object")
     st = g.add_argument_group("stopping and output")
+    st.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
+                    help="stop after this many seconds (default: no limit)")
     st.add_argument("--min-new-tokens", type=_non_negative_int, default=0, metavar="N",
                     help="do not end (eos or stop tokens) before N tokens (default: %(default)s)")
     st.add_argument("--stop", action="append", metavar="TEXT",

@@ -334,7 +334,7 @@ class _Request:
                  top_p=None, min_p=None, typical_p=None, top_n_sigma=None, epsilon_cutoff=None, eta_cutoff=None,
                  xtc_probability=None, xtc_threshold=None, mirostat=0, mirostat_tau=5.0, mirostat_eta=0.1,
                  dry_multiplier=None, dry_base=1.75, dry_allowed_length=2, dry_penalty_last_n=-1,
-                 dry_sequence_breakers=None, repetition_penalty=None, presence_penalty=None,
+                 dry_sequence_breakers=None, max_time=None, repetition_penalty=None, presence_penalty=None,
                  frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None, sequence_bias=None,
                  bad_words_ids=None, stop=None,
                  stop_token_ids=None, ignore_eos=False, seed=None, logprobs=False, top_logprobs=0,
@@ -354,6 +354,8 @@ class _Request:
         opt = _core.GenerateOptions()
         opt.max_new_tokens = _int("max_new_tokens", max_new_tokens, lo=0)
         opt.min_new_tokens = _int("min_new_tokens", min_new_tokens, lo=0)
+        if max_time is not None:
+            opt.max_time = _float("max_time", max_time, lo=0.0, lo_open=True)
         if stop is None:
             stop = []
         elif isinstance(stop, str):

@@ -138,6 +138,13 @@ def test_generate_with_mirostat(pygpt_cmd, model_dir, model):
     assert_one_line_error(r, "mirostat")
 
 
+def test_generate_max_time(pygpt_cmd, model_dir, model):
+    r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "20", "-t", "0", "--max-time", "1e-9", "--stats")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode("utf-8") == model.generate(PROMPT, max_new_tokens=1).text
+    assert "[1 tokens, finish_reason=length" in r.stderr.decode()
+
+
 def test_generate_with_dry(pygpt_cmd, model_dir, model):
     args = ["--dry-multiplier", "0.8", "--dry-base", "2", "--dry-allowed-length", "1", "--dry-penalty-last-n", "64"]
     r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "20", "-t", "0", *args)

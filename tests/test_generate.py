@@ -646,3 +646,21 @@ def test_dry_cuts_repeats():
         m.generate("ROMEO:", dry_multiplier=0.8, dry_sequence_breakers="\n")
     with pytest.raises(ValueError, match="dry_base"):
         m.generate("ROMEO:", dry_multiplier=0.8, dry_base=0.5)
+
+
+def test_max_time():
+    """A limit already past stops every sequence at its first token ("length"); a far one changes
+    nothing. (No timing is asserted: a deadline in the past is deterministic.)"""
+    m = pygpt.load()
+    outs = m.generate(["ROMEO:", "JULIET:"], max_new_tokens=30, temperature=1.0, seed=1, num_return_sequences=2,
+                      max_time=1e-9)
+    for group in outs:
+        assert all(len(o.tokens) == 1 and o.finish_reason == "length" for o in group)
+    beams = m.generate("ROMEO:", max_new_tokens=30, num_beams=3, num_return_sequences=3, max_time=1e-9)
+    assert all(len(o.tokens) == 1 and o.finish_reason == "length" for o in beams)
+    far = m.generate("ROMEO:", max_new_tokens=30, temperature=1.0, seed=1, max_time=1e6)
+    assert far.tokens == m.generate("ROMEO:", max_new_tokens=30, temperature=1.0, seed=1).tokens
+    with pytest.raises(ValueError, match="max_time"):
+        m.generate("ROMEO:", max_time=0)
+    with pytest.raises(TypeError, match="max_time"):
+        m.generate("ROMEO:", max_time="1s")
