@@ -453,6 +453,12 @@ class Grammar:
         self._core = _compile(text)
 
     @classmethod
+    def from_file(cls, path) -> "Grammar":
+        """The GBNF grammar in a UTF-8 text file (llama.cpp's .gbnf files)."""
+        with open(path, encoding="utf-8") as f:
+            return cls(f.read())
+
+    @classmethod
     def from_json_schema(cls, schema) -> "Grammar":
         """The JSON texts valid under a JSON schema (a dict or a JSON string); see
         pygpt/json_schema.py for the keywords it supports."""

@@ -9,6 +9,10 @@ sequence reuses its keys and values (--prefix-cache; usage.prompt_tokens_details
                             "stream": false, ...}: OpenAI's completions request and response
     GET  /v1/models        the model served
     GET  /health           {"status": "ok"}
+    POST /tokenize         {"content": "text", "with_pieces": false} -> {"tokens": [ids]} (or with
+                           pieces, [{"id": id, "piece": text}], a piece that is not whole UTF-8 as
+                           its list of bytes), the text encoded as a prompt is (llama.cpp server's)
+    POST /detokenize       {"tokens": [ids]} -> {"content": "text"}
 
 Request fields: prompt (a string, a list of token ids, or a list of either), max_tokens (16),
 temperature (1), top_p, n, stream (server-sent events, a chunk a text piece of one choice,
@@ -134,6 +138,36 @@ def completion_options(body: dict) -> dict:
     return options
 
 
+def tokenize(tokenizer, body) -> dict:
+    """The /tokenize answer (llama.cpp server's): special tokens are read as prompts' are."""
+    if not isinstance(body, dict) or not isinstance(body.get("content"), str):
+        raise RequestError("'content' must be a string")
+    with_pieces = body.get("with_pieces", False)
+    if not isinstance(with_pieces, bool):
+        raise RequestError("'with_pieces' must be true or false")
+    ids = tokenizer.encode(body["content"], allowed_special="all")
+    if not with_pieces:
+        return {"tokens": ids}
+    pieces = []
+    for i in ids:
+        raw = tokenizer.token_bytes(i)
+        try:
+            piece = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            piece = list(raw)
+        pieces.append({"id": i, "piece": piece})
+    return {"tokens": pieces}
+
+
+def detokenize(tokenizer, body) -> dict:
+    ids = body.get("tokens") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise RequestError("'tokens' must be a list of token ids")
+    if any(not 0 <= i < tokenizer.vocab_size for i in ids):
+        raise RequestError(f"'tokens' has an id outside the vocabulary [0, {tokenizer.vocab_size})")
+    return {"content": tokenizer.decode(ids)}
+
+
 def _prompts(body: dict):
     """(prompt as generate takes it, whether it is a batch)."""
     prompt = body.get("prompt", "<|endoftext|>")  # OpenAI's default
@@ -188,6 +222,16 @@ class Handler(BaseHTTPRequestHandler):
             self._error(404, f"no such endpoint: GET {self.path}", "not_found_error")
 
     def do_POST(self):
+        if self.path in ("/tokenize", "/detokenize"):
+            try:
+                if self.server.model.tokenizer is None:
+                    raise RequestError("the model has no tokenizer")
+                answer = (tokenize if self.path == "/tokenize" else detokenize)(self.server.model.tokenizer, self._body())
+            except (RequestError, ValueError, TypeError) as e:
+                self._error(400, str(e) or type(e).__name__)
+                return
+            self._send_json(200, answer)
+            return
         if self.path != "/v1/completions":
             self._error(404, f"no such endpoint: POST {self.path}", "not_found_error")
             return

@@ -142,6 +142,14 @@ def test_bad_grammars_raise_value_error(text, message):
         Grammar(text)
 
 
+def test_from_file(tmp_path):
+    (tmp_path / "yes.gbnf").write_text(YES_NO + "  # a comment\n", encoding="utf-8")
+    g = Grammar.from_file(tmp_path / "yes.gbnf")
+    assert g.matches("no") and not g.matches("n")
+    with pytest.raises(FileNotFoundError):
+        Grammar.from_file(tmp_path / "missing.gbnf")
+
+
 def test_grammar_types():
     with pytest.raises(TypeError):
         Grammar(b'root ::= "a"')

@@ -292,6 +292,23 @@ def test_constrained_output(url, model):
     assert r["choices"][0]["text"] == model.generate(PROMPTS[1], max_new_tokens=8, grammar=grammar).text
 
 
+def test_tokenize_and_detokenize(url, model):
+    text = "Hello, wörld<|endoftext|> 🦜"
+    status, body = post(url, {"content": text}, path="/tokenize")
+    ids = model.tokenizer.encode(text, allowed_special="all")
+    assert status == 200 and json.loads(body) == {"tokens": ids}
+    pieces = json.loads(post(url, {"content": text, "with_pieces": True}, path="/tokenize")[1])["tokens"]
+    assert [p["id"] for p in pieces] == ids
+    raw = b"".join(p["piece"].encode() if isinstance(p["piece"], str) else bytes(p["piece"]) for p in pieces)
+    assert raw == text.encode() and any(isinstance(p["piece"], list) for p in pieces)  # the parrot is split
+    assert json.loads(post(url, {"tokens": ids}, path="/detokenize")[1]) == {"content": text}
+    for path, bad, match in [("/tokenize", {"content": 3}, "content"), ("/tokenize", {"content": "a", "with_pieces": 1},
+                             "with_pieces"), ("/detokenize", {"tokens": [10 ** 9]}, "outside"),
+                             ("/detokenize", {"tokens": "12"}, "list of token ids")]:
+        status, body = post(url, bad, path=path)
+        assert status == 400 and match in json.loads(body)["error"]["message"]
+
+
 def test_malformed_bodies_and_paths(url):
     status, text = post(url, None, raw=b"{not json")
     assert status == 400 and "not JSON" in json.loads(text)["error"]["message"]
