@@ -61,16 +61,17 @@ never finish.
     // What a sampler with a grammar lets through after each prefix of the tokens generated
     // (tests): one matcher follows them token by token, as in a generation; max_states small
     // makes it drop and rebuild what it keeps. every=False: only after all of them (one walk
-    // from a new matcher: tools/bench_grammar.py times it).
+    // from a new matcher: tools/bench_grammar.py times it). share=False: neither use nor keep
+    // the grammar's shared masks (every mask is walked).
     m.def(
         "grammar_masks",
         [](std::shared_ptr<Grammar> g, std::shared_ptr<VocabTrie> trie, const std::vector<int32_t>& generated,
-           int64_t V, const std::vector<int32_t>& end_tokens, size_t max_states, bool every) {
+           int64_t V, const std::vector<int32_t>& end_tokens, size_t max_states, bool every, bool share) {
             if (V <= 0) throw std::invalid_argument("V must be > 0");
             std::vector<std::vector<bool>> masks;
             {
                 py::gil_scoped_release release;
-                GrammarMatcher matcher(g, trie, max_states == 0 ? GrammarMatcher::kMaxStates : max_states);
+                GrammarMatcher matcher(g, trie, max_states == 0 ? GrammarMatcher::kMaxStates : max_states, share);
                 std::vector<float> s(static_cast<size_t>(V));
                 for (size_t k = every ? 0 : generated.size(); k <= generated.size(); k++) {
                     matcher.sync(std::vector<int32_t>(generated.begin(), generated.begin() + int64_t(k)), 0);
@@ -83,7 +84,7 @@ never finish.
             return masks;
         },
         py::arg("grammar"), py::arg("vocab"), py::arg("generated"), py::arg("vocab_size"), py::arg("end_tokens"),
-        py::arg("max_states") = 0, py::arg("every") = true);
+        py::arg("max_states") = 0, py::arg("every") = true, py::arg("share") = true);
 }
 
 }  // namespace pygpt

@@ -123,6 +123,32 @@ Grammar::Grammar(const GrammarRules& g) : sets_(g.byte_sets) {
         }
 }
 
+Grammar::Mask Grammar::shared_mask(const std::shared_ptr<const VocabTrie>& trie, const std::string& key) const {
+    std::lock_guard<std::mutex> lock(shared_lock_);
+    for (const SharedMasks& sm : shared_)
+        if (sm.trie.lock() == trie) {
+            auto it = sm.masks.find(key);
+            return it == sm.masks.end() ? nullptr : it->second;
+        }
+    return nullptr;
+}
+
+void Grammar::share_mask(const std::shared_ptr<const VocabTrie>& trie, const std::string& key, Mask mask) const {
+    std::lock_guard<std::mutex> lock(shared_lock_);
+    // a vocabulary gone frees its masks
+    shared_.erase(std::remove_if(shared_.begin(), shared_.end(), [](const SharedMasks& sm) { return sm.trie.expired(); }),
+                  shared_.end());
+    SharedMasks* sm = nullptr;
+    for (SharedMasks& x : shared_)
+        if (x.trie.lock() == trie) sm = &x;
+    if (!sm) {
+        shared_.push_back({trie, {}});
+        sm = &shared_.back();
+    }
+    if (sm->masks.size() >= kSharedMasks) sm->masks.clear();  // a grammar with that many states: start again
+    sm->masks.emplace(key, std::move(mask));
+}
+
 // ---------------------------------------------------------------------------------------------
 // VocabTrie
 
@@ -221,8 +247,9 @@ constexpr size_t kKeptMasks = 16;  // the allowed tokens of the last states mask
 }  // namespace
 
 GrammarMatcher::GrammarMatcher(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const VocabTrie> trie,
-                               size_t max_states)
-    : g_(std::move(grammar)), trie_(std::move(trie)), max_states_(std::max<size_t>(max_states, 2)) {
+                               size_t max_states, bool share_masks)
+    : g_(std::move(grammar)), trie_(std::move(trie)), max_states_(std::max<size_t>(max_states, 2)),
+      share_masks_(share_masks) {
     if (!g_) throw std::invalid_argument("GrammarMatcher needs a grammar");
     reset();
 }
@@ -238,7 +265,7 @@ void GrammarMatcher::reset() {
     info_.clear();
     state_ids_.clear();
     moves_.clear();
-    masks_.assign(kKeptMasks, {});
+    masks_.assign(kKeptMasks, nullptr);
     mask_owner_.assign(kKeptMasks, -1);
     next_mask_ = 0;
     std::vector<int32_t> none;
@@ -382,8 +409,15 @@ void GrammarMatcher::mask(float* scores, int64_t V, const std::vector<int32_t>& 
         const size_t slot = next_mask_;
         next_mask_ = (next_mask_ + 1) % kKeptMasks;
         if (mask_owner_[slot] >= 0) info_[size_t(mask_owner_[slot])].mask = -1;
-        masks_[slot].assign((size_t(trie_->vocab_size()) + 63) / 64, 0);
-        walk(0, trie_->n_nodes(), s, masks_[slot].data());
+        const std::string key = share_masks_ ? canonical_key(s) : std::string();
+        Grammar::Mask m = share_masks_ ? g_->shared_mask(trie_, key) : nullptr;
+        if (!m) {
+            auto bits = std::make_shared<std::vector<uint64_t>>((size_t(trie_->vocab_size()) + 63) / 64, 0);
+            walk(0, trie_->n_nodes(), s, bits->data());
+            m = std::move(bits);
+            if (share_masks_) g_->share_mask(trie_, key, m);
+        }
+        masks_[slot] = std::move(m);
         mask_owner_[slot] = s;
         info_[size_t(s)].mask = int32_t(slot);
     }
@@ -391,7 +425,7 @@ void GrammarMatcher::mask(float* scores, int64_t V, const std::vector<int32_t>& 
     end_scores_.clear();
     for (int32_t t : end_tokens)
         if (t >= 0 && t < V) end_scores_.push_back(complete() ? scores[t] : kNegInf);
-    const uint64_t* allowed = masks_[size_t(info_[size_t(s)].mask)].data();
+    const uint64_t* allowed = masks_[size_t(info_[size_t(s)].mask)]->data();
     const int64_t n = std::min<int64_t>(V, trie_->vocab_size());
     for (int64_t i = 0; i < n; i++)
         if (!((allowed[i >> 6] >> (i & 63)) & 1)) scores[i] = kNegInf;
@@ -399,6 +433,22 @@ void GrammarMatcher::mask(float* scores, int64_t V, const std::vector<int32_t>& 
     size_t k = 0;
     for (int32_t t : end_tokens)
         if (t >= 0 && t < V) scores[t] = end_scores_[k++];
+}
+
+// A state by what its stacks hold (the places from top to bottom), the same in every matcher of
+// the grammar: the key of the masks they share. Node and state ids are each matcher's own.
+std::string GrammarMatcher::canonical_key(int32_t state) const {
+    std::vector<std::vector<int32_t>> stacks;
+    for (int32_t top : info_[size_t(state)].stacks) {
+        std::vector<int32_t> places;
+        for (int32_t n = top; n != kAccept; n = nodes_[size_t(n)].parent) places.push_back(nodes_[size_t(n)].pos);
+        places.push_back(-1);  // an accepting stack is the empty list
+        stacks.push_back(std::move(places));
+    }
+    std::sort(stacks.begin(), stacks.end());
+    std::string key;
+    for (const auto& places : stacks) key.append(reinterpret_cast<const char*>(places.data()), places.size() * 4);
+    return key;
 }
 
 bool GrammarMatcher::allows(int32_t token, const std::vector<int32_t>& end_tokens) {

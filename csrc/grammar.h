@@ -25,6 +25,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -33,6 +34,7 @@
 namespace pygpt {
 
 class Tokenizer;
+class VocabTrie;
 
 using ByteSet = std::array<uint64_t, 4>;  // bit b: byte b
 
@@ -56,10 +58,25 @@ public:
     const ByteSet& byte_set(int32_t set) const { return sets_[size_t(set)]; }
     size_t n_rules() const { return alts_.size(); }
 
+    // The allowed tokens (bits by id) of a state, by its stacks' contents (GrammarMatcher's
+    // canonical key), kept for every matcher of this grammar over the same vocabulary: the
+    // sequences of a batch, and the later requests of a server, walk a state once. At most
+    // kSharedMasks of them (about 6 KB each with GPT-2's vocabulary); thread-safe.
+    using Mask = std::shared_ptr<const std::vector<uint64_t>>;
+    static constexpr size_t kSharedMasks = 1024;
+    Mask shared_mask(const std::shared_ptr<const VocabTrie>& trie, const std::string& key) const;
+    void share_mask(const std::shared_ptr<const VocabTrie>& trie, const std::string& key, Mask mask) const;
+
 private:
     std::vector<int32_t> code_;
     std::vector<std::vector<int32_t>> alts_;  // rule -> start of each alternative in code_
     std::vector<ByteSet> sets_;
+    struct SharedMasks {
+        std::weak_ptr<const VocabTrie> trie;
+        std::unordered_map<std::string, Mask> masks;
+    };
+    mutable std::mutex shared_lock_;
+    mutable std::vector<SharedMasks> shared_;  // one per vocabulary (almost always one)
 };
 
 // The bytes of every ordinary token (special tokens left out) as a trie in preorder: node i's
@@ -126,9 +143,10 @@ public:
     // trie may be null for matching bytes only (matches, viable). Past max_states interned
     // states (or 16 times as many stack nodes, 32 times as many moves) what is kept is dropped
     // and rebuilt from the tokens: a few MB a sequence at most.
+    // share_masks: look up and keep masks in the grammar's shared ones (Grammar::shared_mask).
     static constexpr size_t kMaxStates = size_t(1) << 15;
     GrammarMatcher(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const VocabTrie> trie,
-                   size_t max_states = kMaxStates);
+                   size_t max_states = kMaxStates, bool share_masks = true);
 
     // Brings the state to the tokens generated so far, history[n_prompt:].
     void sync(const std::vector<int32_t>& history, size_t n_prompt);
@@ -160,6 +178,7 @@ private:
         bool complete, closed;
         int32_t mask = -1;            // its slot in masks_, if kept
     };
+    std::string canonical_key(int32_t state) const;
     int32_t intern(int32_t pos, int32_t parent);
     void expand(int32_t pos, int32_t parent, std::vector<int32_t>& out);
     int32_t state(std::vector<int32_t>& stacks);  // the id of a (sorted, unique) set of stacks
@@ -177,7 +196,8 @@ private:
     std::vector<State> info_;             // by state id; 0 is kDead
     std::unordered_map<std::string, int32_t> state_ids_;  // stacks' bytes -> state
     FlatMap moves_;                       // (state, byte) -> state
-    std::vector<std::vector<uint64_t>> masks_;  // allowed tokens of a few states, as bits
+    bool share_masks_;
+    std::vector<Grammar::Mask> masks_;  // allowed tokens of a few states, as bits
     std::vector<int32_t> mask_owner_;
     size_t next_mask_ = 0;
     std::vector<int32_t> states_;         // states_[k]: after k generated tokens

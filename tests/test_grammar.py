@@ -206,6 +206,26 @@ def test_mask_is_every_token_that_fits(gpt2_tokenizer, text):
     assert want.sum() > 0
 
 
+def test_masks_shared_between_matchers_are_right(gpt2_tokenizer):
+    """Masks are shared between the matchers of a grammar by the contents of their stacks: a
+    string in an object and a string in an array are other states (after `"`, the tokens
+    `"}` and `"]` are not both allowed), however the cache was filled."""
+    tok = gpt2_tokenizer
+    trie = tok.vocab_trie()
+    g = Grammar(JSON)
+    texts = ['{"a": "x', '{"a": ["x', '{"bb": "y', '{"a": [{"c": "x', '{"a": ["x", "y']
+    for text in texts:  # each after the others filled the shared masks
+        ids = tok.encode(text)
+        shared = np.array(_core.grammar_masks(g._core, trie, ids, tok.vocab_size, [tok.eot_id])[-1])
+        alone = np.array(_core.grammar_masks(g._core, trie, ids, tok.vocab_size, [tok.eot_id], share=False)[-1])
+        assert (shared == alone).all(), text
+    quote_brace, quote_bracket = tok.encode('"}')[0], tok.encode('"]')[0]
+    in_object = _core.grammar_masks(g._core, trie, tok.encode(texts[0]), tok.vocab_size, [])[-1]
+    in_array = _core.grammar_masks(g._core, trie, tok.encode(texts[1]), tok.vocab_size, [])[-1]
+    assert (in_object[quote_brace], in_object[quote_bracket]) == (True, False)
+    assert (in_array[quote_brace], in_array[quote_bracket]) == (False, True)
+
+
 def test_mask_past_the_tokenizer_and_after_a_special_token(gpt2_tokenizer):
     tok, g = gpt2_tokenizer, Grammar(YES_NO)
     got = np.array(_core.grammar_masks(g._core, tok.vocab_trie(), [], tok.vocab_size + 7, [])[-1])
@@ -222,8 +242,9 @@ def test_masks_when_the_matcher_drops_what_it_keeps(gpt2_tokenizer, grammar, tex
     """A matcher that keeps at most a few states rebuilds them from the tokens: the same masks."""
     tok, g = gpt2_tokenizer, Grammar(grammar)
     ids = tok.encode(text)
-    kept = _core.grammar_masks(g._core, tok.vocab_trie(), ids, tok.vocab_size, [tok.eot_id])
-    small = _core.grammar_masks(g._core, tok.vocab_trie(), ids, tok.vocab_size, [tok.eot_id], max_states=3)
+    kept = _core.grammar_masks(g._core, tok.vocab_trie(), ids, tok.vocab_size, [tok.eot_id], share=False)
+    small = _core.grammar_masks(g._core, tok.vocab_trie(), ids, tok.vocab_size, [tok.eot_id], max_states=3,
+                                share=False)
     assert kept == small
     assert all(kept[k][t] for k, t in enumerate(ids))  # each token was allowed where it came
 

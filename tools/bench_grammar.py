@@ -81,7 +81,7 @@ def mask_costs(model, rounds):
         times = []
         for _ in range(rounds):
             t0 = time.perf_counter()
-            masks = _core.grammar_masks(g._core, trie, ids, V, [tok.eot_id], every=False)
+            masks = _core.grammar_masks(g._core, trie, ids, V, [tok.eot_id], every=False, share=False)
             times.append(time.perf_counter() - t0)
         ms = statistics.median(times) * 1e3
         rows.append((text, ms, int(np.count_nonzero(masks[-1]))))
