@@ -30,7 +30,8 @@ Keywords:
   allowed between their tokens and their keys in the given order;
 * strings: ``minLength``, ``maxLength`` (each character or escape counts one), ``format``
   "date" (years 0001-9999, month lengths and leap years checked), "time" and "date-time"
-  (RFC 3339, with an offset, no leap second), "uuid" (8-4-4-4-12 hex digits);
+  (RFC 3339, with an offset, no leap second), "uuid" (8-4-4-4-12 hex digits), ``pattern``
+  (below; not beside minLength, maxLength or format: put the constraint into the pattern);
 * integers: ``minimum``, ``maximum``, ``exclusiveMinimum``, ``exclusiveMaximum`` (numbers),
   on type "integer" only;
 * objects: ``properties`` (any may be omitted unless ``required`` lists it), ``required``,
@@ -49,6 +50,30 @@ Keywords:
   an error at the top; inside, it forbids what it stands for (a property, more items, a
   branch of anyOf).
 
+Patterns are ECMA-262 regular expressions, as JSON Schema says, read as over code points
+(as with ECMA's u flag and Python's re: ``.`` matches one emoji), within these limits:
+
+* anchored: each top-level alternative starts with ``^`` and ends with ``$`` (``^(a|b)$`` or
+  ``^a$|^b$``), as llama.cpp's converter requires. JSON Schema's patterns match anywhere, so
+  an unanchored one raises ValueError rather than being read as anchored (write
+  ``^[\\s\\S]*(...)[\\s\\S]*$`` for a match anywhere);
+* the syntax: characters; ``.`` (any but the line terminators \\n \\r U+2028 U+2029); classes
+  ``[...]`` and ``[^...]`` with ranges; the escapes ``\\d \\D \\w \\W \\s \\S`` (ECMA's: ``\\d`` is
+  [0-9] and ``\\w`` [A-Za-z0-9_], not Python's Unicode ones; ``\\s`` has ECMA's spaces and line
+  terminators), ``\\n \\r \\t \\f \\v \\0 \\xHH \\uHHHH``, ``\\b`` in a class (backspace), and a
+  backslash before punctuation (``\\. \\/ \\-``); groups ``(...)`` and ``(?:...)``; ``|``; the
+  quantifiers ``* + ? {m} {m,} {m,n}`` and their lazy forms (``*?``: the same strings);
+* anything else raises ValueError naming it: backreferences, lookahead and lookbehind, named
+  groups, ``\\b`` and ``\\B`` (boundaries), ``\\p{...}``, ``\\cX``, ``\\u{...}``, surrogates as
+  ``\\u`` escapes, flags ``(?i)``, ``^`` or ``$`` elsewhere, and what ECMA-262 and Python's re
+  read differently: ``[]``, ``[^]``, a lone ``{``, ``}`` or ``]``, ``{,n}``, ``[\\d-z]``;
+* a string is written as json.dumps(s, ensure_ascii=False) writes it: ``"`` and ``\\`` as
+  ``\\"`` and ``\\\\``, the controls U+0000-U+001F as ``\\b \\t \\n \\f \\r`` or ``\\u00xx`` (lowercase
+  hex), every other character raw; so ``"\\u0061"`` or ``"\\/"`` is refused where "a" or "/" is
+  allowed. (jsonschema checks patterns with Python's re, which differs from ECMA-262 on
+  non-ASCII characters for ``\\d \\D \\w \\W \\s \\S``, and whose ``$`` also matches before a
+  final newline.)
+
 A grammar accepts more than its schema in three rare cases: oneOf is treated as anyOf; a
 character past U+FFFF written as a surrogate pair of ``\\u`` escapes counts as two for
 minLength; a listed property name spelled with escapes (``"\\u0061"`` for "a") passes as an
@@ -57,7 +82,7 @@ said above.
 
 Annotations are ignored: title, description, default, examples, $schema, $id, $comment,
 deprecated, readOnly, writeOnly ($defs and definitions hold schemas for $ref). Every other
-keyword (pattern, multipleOf, allOf, not, if/then/else, uniqueItems, patternProperties,
+keyword (multipleOf, allOf, not, if/then/else, uniqueItems, patternProperties,
 minProperties, ...) raises ValueError naming it and its place as a JSON pointer: a
 constraint is never silently dropped. So do malformed schemas (a wrong type of value, an
 unknown type name, a $ref that resolves to nothing).
@@ -105,8 +130,8 @@ _ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schem
 _TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 _SUPPORTED = frozenset({"type", "enum", "const", "properties", "required", "additionalProperties", "items",
-                        "prefixItems", "minItems", "maxItems", "minLength", "maxLength", "format", "anyOf",
-                        "oneOf", "$ref", *_BOUNDS})
+                        "prefixItems", "minItems", "maxItems", "minLength", "maxLength", "format", "pattern",
+                        "anyOf", "oneOf", "$ref", *_BOUNDS})
 _LARGEST = 10 ** 16 - 1  # the largest integral part the grammars write (16 digits)
 _SEP = 'space "," space'
 _QUOTE = r'"\""'
@@ -434,6 +459,10 @@ def _check_keywords(schema: dict, path: str) -> None:
         elif keyword == "format":
             if v not in _FORMATS:
                 raise ValueError(f"{where}: format {v!r} is not supported (only {', '.join(_FORMATS)})")
+        elif keyword == "pattern":
+            if not isinstance(v, str):
+                raise ValueError(f"{where}: expected a string (a regular expression), not {_kind(v)}")
+            _Regex(v, where).parse()  # (checked here too, so that a schema of any type hears of it)
     if "type" in schema:
         _types(schema, path)
 
@@ -488,6 +517,11 @@ def _json_equal(a, b) -> bool:
 
 def _string(schema: dict, path: str) -> str:
     lo, hi = schema.get("minLength", 0), schema.get("maxLength")
+    if "pattern" in schema:
+        if lo or hi is not None or "format" in schema:
+            raise ValueError(f"{path}: minLength/maxLength/format beside pattern are not supported: "
+                             f"write the constraint into the pattern (^[a-z]{{2,8}}$ for 2 to 8 letters)")
+        return _pattern_string(schema["pattern"], f"{path}/pattern")
     if "format" in schema:
         if lo or hi is not None:
             raise ValueError(f"{path}: minLength/maxLength beside format are not supported")
@@ -601,6 +635,390 @@ def _key_rest(node: dict, state: int) -> str:
     if other:
         alternatives.append(_seq(other, "char*", _QUOTE))
     return " | ".join(alternatives)
+
+
+# --- patterns: ECMA-262 regular expressions (a subset) as the text of JSON strings
+
+_SCALARS = ((0, 0xD7FF), (0xE000, 0x10FFFF))  # the Unicode scalar values (no surrogates)
+_DIGITS = ((0x30, 0x39),)  # ECMA-262's \d, \w and \s (not Python's Unicode ones)
+_WORD = ((0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A))
+_SPACE = ((0x09, 0x0D), (0x20, 0x20), (0xA0, 0xA0), (0x1680, 0x1680), (0x2000, 0x200A), (0x2028, 0x2029),
+          (0x202F, 0x202F), (0x205F, 0x205F), (0x3000, 0x3000), (0xFEFF, 0xFEFF))
+_LINE_ENDS = ((0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029))  # what . does not match
+_SET_ESCAPES = {"d": _DIGITS, "w": _WORD, "s": _SPACE}
+_CHAR_ESCAPES = {"n": 0x0A, "r": 0x0D, "t": 0x09, "f": 0x0C, "v": 0x0B}
+_UNSUPPORTED_ESCAPES = {"b": "the word boundary \\b", "B": "the non-boundary \\B", "c": "control escapes \\cX",
+                        "k": "named backreferences \\k<...>", "p": "Unicode property escapes \\p{...}",
+                        "P": "Unicode property escapes \\P{...}"}
+_HEX = "0123456789abcdefABCDEF"
+_JSON_ESCAPED = ((0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C))  # the characters a JSON string escapes
+_JSON_SHORT = {0x22: '"', 0x5C: "\\", 0x08: "b", 0x0C: "f", 0x0A: "n", 0x0D: "r", 0x09: "t"}  # \" \\ \b ...
+_SIMPLE_QUANTIFIERS = {"*": (0, None), "+": (1, None), "?": (0, 1)}
+_BRACES = re.compile(r"\{([0-9]+)(,([0-9]*))?\}")  # {m} {m,} {m,n}
+_NOTHING = ("set", ())  # the tree that matches no string
+
+
+def _pattern_string(pattern: str, path: str) -> str:
+    """A sequence matching the JSON strings (quotes included) whose value the anchored
+    pattern matches, each character spelled as json.dumps(..., ensure_ascii=False) does."""
+    alternatives = _emit(_Regex(pattern, path).parse())
+    if not alternatives:
+        raise _Never(f"{path}: no string matches the pattern {pattern!r}")
+    inner = alternatives[0] if len(alternatives) == 1 else [_group(alternatives)]
+    return " ".join(_concat(_concat([_QUOTE], inner), [_QUOTE]))
+
+
+class _Regex:
+    """Parses an anchored pattern into a tree: ("set", ranges) one character of a code point
+    set, ("seq", trees), ("alt", trees), ("rep", tree, lo, hi) (hi None: no limit). Raises
+    ValueError for what it does not support, naming it, the place and the pattern."""
+
+    def __init__(self, text: str, path: str):
+        self.text, self.path, self.pos = text, path, 0
+
+    def error(self, message: str, pos=None):
+        return ValueError(f"{self.path}: {message} (at {self.pos if pos is None else pos} in pattern {self.text!r})")
+
+    def unanchored(self):
+        return ValueError(f"{self.path}: patterns must be anchored (^...$, each top-level alternative), and "
+                          f"{self.text!r} is not; for a match anywhere write ^[\\s\\S]*(...)[\\s\\S]*$")
+
+    def peek(self, k: int = 0) -> str:
+        i = self.pos + k
+        return self.text[i] if i < len(self.text) else ""
+
+    def parse(self):
+        branches = []
+        while True:
+            if self.peek() != "^":
+                raise self.unanchored()
+            self.pos += 1
+            branches.append(self.sequence(top=True))
+            if self.peek() != "$":  # the end or a "|" before any "$"
+                raise self.unanchored()
+            self.pos += 1
+            if self.pos == len(self.text):
+                return _alt_tree(branches)
+            self.pos += 1  # "|" (sequence stops at a "$" only before the end or a "|")
+
+    def sequence(self, top: bool):
+        """Items up to "|", ")" (in a group), the end, or at the top the final "$"."""
+        items = []
+        while self.pos < len(self.text):
+            c = self.peek()
+            if c == "|" or (c == ")" and not top) or (c == "$" and top and self.peek(1) in ("", "|")):
+                break
+            if c == ")":
+                raise self.error("an unbalanced ')'")
+            if c in "^$":
+                raise self.error(f"{c!r} inside a pattern (supported: ^ at its start, $ at its end)")
+            if c in "*+?" or (c == "{" and self.quantifier(peek=True)):
+                raise self.error(f"the quantifier {c!r} with nothing to repeat")
+            if c in "{}]":
+                raise self.error(f"a lone {c!r} (write \\{c} for the character)")
+            if c == "(":
+                atom = self.group()
+            elif c == "[":
+                atom = ("set", self.char_class())
+            elif c == ".":
+                self.pos += 1
+                atom = ("set", _minus(_SCALARS, _LINE_ENDS))
+            elif c == "\\":
+                e = self.escape(in_class=False)
+                atom = ("set", _ranges([(e, e)]) if isinstance(e, int) else e)
+            else:
+                self.pos += 1
+                atom = ("set", _ranges([(ord(c), ord(c))]))
+            bounds = self.quantifier()
+            if bounds is not None:
+                self.pos += self.peek() == "?"  # lazy: the same strings
+                if self.quantifier(peek=True):
+                    raise self.error("a quantifier after a quantifier (a** or a possessive a*+)")
+                atom = _rep_tree(atom, *bounds)
+            items.append(atom)
+        return _seq_tree(items)
+
+    def quantifier(self, peek: bool = False):
+        """(lo, hi) of the quantifier here (pos after it unless peek), or None."""
+        c = self.peek()
+        if c in _SIMPLE_QUANTIFIERS:
+            bounds, end = _SIMPLE_QUANTIFIERS[c], self.pos + 1
+        else:
+            m = _BRACES.match(self.text, self.pos)
+            if not m:
+                return None
+            lo = int(m.group(1))
+            hi = lo if not m.group(2) else int(m.group(3)) if m.group(3) else None
+            if hi is not None and hi < lo:
+                raise self.error(f"the quantifier {m.group()} has its maximum below its minimum")
+            bounds, end = (lo, hi), m.end()
+        if not peek:
+            self.pos = end
+        return bounds
+
+    def group(self):
+        start = self.pos
+        self.pos += 1
+        if self.peek() == "?":
+            if self.peek(1) == ":":
+                self.pos += 2
+            else:
+                ahead = self.text[self.pos:self.pos + 3]
+                what = ("lookahead (?=...)" if ahead.startswith("?=") else
+                        "negative lookahead (?!...)" if ahead.startswith("?!") else
+                        "lookbehind (?<=...)" if ahead == "?<=" else
+                        "negative lookbehind (?<!...)" if ahead == "?<!" else
+                        "named groups (?<name>...)" if ahead.startswith("?<") else
+                        "Python's (?P...) groups" if ahead.startswith("?P") else
+                        "flags and other (?...) groups")
+                raise self.error(f"{what} is not supported", start)
+        branches = [self.sequence(top=False)]
+        while self.peek() == "|":
+            self.pos += 1
+            branches.append(self.sequence(top=False))
+        if self.peek() != ")":
+            raise self.error("an unclosed '('", start)
+        self.pos += 1
+        return _alt_tree(branches)
+
+    def char_class(self) -> tuple:
+        start = self.pos
+        self.pos += 1
+        negated = self.peek() == "^"
+        self.pos += negated
+        if self.peek() == "]":
+            raise self.error("the class [] or [^] (ECMA-262 and Python's re read it differently; "
+                             "write \\] for the character)", start)
+        pairs = []
+        while True:
+            c, at = self.peek(), self.pos
+            if c == "":
+                raise self.error("an unclosed '['", start)
+            if c == "]":
+                self.pos += 1
+                ranges = _ranges(pairs)
+                return _complement(ranges) if negated else ranges
+            lo = self.class_atom()
+            if self.peek() == "-" and self.peek(1) not in ("]", ""):
+                self.pos += 1
+                hi = self.class_atom()
+                if not isinstance(lo, int) or not isinstance(hi, int):
+                    raise self.error("a range with a class escape at an end (like [\\d-z])", at)
+                if hi < lo:
+                    raise self.error("a range out of order", at)
+                pairs.append((lo, hi))
+            else:
+                pairs += [(lo, lo)] if isinstance(lo, int) else lo
+
+    def class_atom(self):
+        if self.peek() == "\\":
+            return self.escape(in_class=True)
+        self.pos += 1
+        return ord(self.text[self.pos - 1])
+
+    def escape(self, in_class: bool):
+        """The code point (int) or set (ranges) of the escape here; pos after it."""
+        start, e = self.pos, self.peek(1)
+        self.pos += 2
+        if e == "":
+            raise self.error("a lone backslash at the end", start)
+        if e.lower() in _SET_ESCAPES:
+            ranges = _ranges(_SET_ESCAPES[e.lower()])
+            return _complement(ranges) if e.isupper() else ranges
+        if e in _CHAR_ESCAPES:
+            return _CHAR_ESCAPES[e]
+        if e == "b" and in_class:
+            return 0x08  # backspace
+        if e == "0" and not ("0" <= self.peek() <= "9"):
+            return 0
+        if "0" <= e <= "9":
+            raise self.error(f"backreferences and octal escapes (\\{e}) are not supported", start)
+        if e in ("x", "u"):
+            if e == "u" and self.peek() == "{":
+                raise self.error("the escape \\u{...} (of the u flag) is not supported: write \\uHHHH", start)
+            n = 2 if e == "x" else 4
+            digits = self.text[self.pos:self.pos + n]
+            if len(digits) != n or not all(d in _HEX for d in digits):
+                raise self.error(f"\\{e} needs {n} hex digits", start)
+            self.pos += n
+            cp = int(digits, 16)
+            if 0xD800 <= cp <= 0xDFFF:
+                raise self.error(f"the surrogate escape \\u{digits} is not supported: write the character itself",
+                                 start)
+            return cp
+        if e in _UNSUPPORTED_ESCAPES:
+            raise self.error(f"{_UNSUPPORTED_ESCAPES[e]} is not supported", start)
+        if e.isascii() and e.isprintable() and not e.isalnum() and e != " ":
+            return ord(e)  # \. \- \/ ...
+        raise self.error(f"the escape \\{e} is not supported", start)
+
+
+# Trees. A repetition's item never matches the empty string (then GBNF needs no nullable
+# repetitions, which a matcher that expands rules eagerly finds left-recursive).
+
+
+def _seq_tree(items: list):
+    return items[0] if len(items) == 1 else ("seq", tuple(items))
+
+
+def _alt_tree(branches: list):
+    return branches[0] if len(branches) == 1 else ("alt", tuple(branches))
+
+
+def _rep_tree(item, lo: int, hi):
+    if _nullable(item):  # item{lo,hi} = (item less the empty string){0,hi}
+        item, lo = _nonempty(item), 0
+    return ("rep", item, lo, hi)
+
+
+def _nullable(tree) -> bool:
+    kind = tree[0]
+    if kind == "set":
+        return False
+    if kind == "seq":
+        return all(_nullable(x) for x in tree[1])
+    if kind == "alt":
+        return any(_nullable(x) for x in tree[1])
+    return tree[2] == 0 or _nullable(tree[1])
+
+
+def _nonempty(tree):
+    """A tree of the non-empty strings tree matches."""
+    if not _nullable(tree):
+        return tree
+    kind = tree[0]
+    if kind == "seq":  # every item nullable: a non-empty first item then the rest, or a non-empty rest
+        items = tree[1]
+        if not items:
+            return _NOTHING
+        rest = ("seq", items[1:])
+        return _alt_tree([_seq_tree([_nonempty(items[0]), *items[1:]]), _nonempty(rest)])
+    if kind == "alt":
+        return _alt_tree([_nonempty(x) for x in tree[1]])
+    item, _, hi = tree[1:]  # (its item is never nullable)
+    return _NOTHING if hi == 0 else ("rep", item, 1, hi)
+
+
+def _emit(tree) -> list:
+    """The GBNF of a tree: a list of alternatives, each a list of items (a literal, a class,
+    a group, each perhaps with a postfix operator); [] when the tree matches nothing."""
+    kind = tree[0]
+    if kind == "set":
+        return _set_spellings(tree[1])
+    if kind == "alt":
+        out = []
+        for branch in tree[1]:
+            out += [a for a in _emit(branch) if a not in out]
+        return out
+    if kind == "seq":
+        items = []
+        for x in tree[1]:
+            alternatives = _emit(x)
+            if not alternatives:
+                return []
+            items = _concat(items, alternatives[0] if len(alternatives) == 1 else [_group(alternatives)])
+        return [items]
+    item, lo, hi = tree[1:]
+    alternatives = _emit(item)
+    if not alternatives or hi == 0:
+        return [[]] if lo == 0 else []
+    if (lo, hi) == (1, 1):
+        return alternatives
+    if len(alternatives) == 1 and len(alternatives[0]) == 1 and alternatives[0][0][-1] not in "*+?}":
+        unit = alternatives[0][0]
+    else:
+        unit = _group(alternatives)
+        if unit[-1] == "?":
+            unit = f"({unit})"
+    return [[_repeat(unit, lo, hi)]]
+
+
+def _group(alternatives: list) -> str:
+    """The alternatives as one item."""
+    filled = [" ".join(a) for a in alternatives if a]
+    if len(filled) < len(alternatives):  # one is empty
+        if len(filled) == 1 and " " not in filled[0] and filled[0][-1] not in "*+?}":
+            return filled[0] + "?"
+        return f"({' | '.join(filled)})?"
+    return f"({' | '.join(filled)})"
+
+
+def _concat(a: list, b: list) -> list:
+    """Two sequences of items back to back, a literal ending a and one starting b merged."""
+    if a and b and _is_literal(a[-1]) and _is_literal(b[0]):
+        return a[:-1] + [a[-1][:-1] + b[0][1:]] + b[1:]
+    return a + b
+
+
+def _is_literal(item: str) -> bool:
+    return item[0] == '"' and item[-1] == '"'  # (a literal with a postfix ends otherwise)
+
+
+def _set_spellings(ranges: tuple) -> list:
+    """Alternatives matching one character of the set as JSON spells it in a string: raw, or
+    escaped where JSON must escape it (\\" \\\\ \\b \\f \\n \\r \\t, other controls \\u00xx)."""
+    alternatives = []
+    raw = _minus(ranges, _JSON_ESCAPED)
+    if raw:
+        alternatives.append([_class(raw)])
+    escaped = [cp for lo, hi in _intersect(ranges, _JSON_ESCAPED) for cp in range(lo, hi + 1)]
+    if escaped:
+        after = []  # what may follow the backslash
+        short = [_JSON_SHORT[cp] for cp in escaped if cp in _JSON_SHORT]
+        if short:
+            after.append([_class(_ranges((ord(ch), ord(ch)) for ch in short))])
+        for high in (0, 1):
+            low = [f"{cp & 15:x}" for cp in escaped if cp not in _JSON_SHORT and cp >> 4 == high]
+            if low:
+                after.append(_concat([f'"u00{high}"'], [_class(_ranges((ord(ch), ord(ch)) for ch in low))]))
+        alternatives.append(_concat([_literal("\\")], after[0] if len(after) == 1 else [_group(after)]))
+    return alternatives
+
+
+def _class(ranges: tuple) -> str:
+    """A GBNF item matching one code point of the (non-empty) set: a literal, a class or a
+    negated class, whichever has fewer ranges."""
+    if len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
+        return _literal(chr(ranges[0][0]))
+    complement = _complement(ranges)
+    negated = len(complement) < len(ranges)
+
+    def spell(lo, hi):
+        a, b = _class_char(chr(lo)), _class_char(chr(hi))
+        return a if lo == hi else a + b if hi == lo + 1 else f"{a}-{b}"
+
+    return ("[^" if negated else "[") + "".join(spell(*r) for r in (complement if negated else ranges)) + "]"
+
+
+def _ranges(pairs) -> tuple:
+    """Sorted disjoint (lo, hi) ranges of the code points in pairs, surrogates cut out."""
+    merged = []
+    for lo, hi in sorted(pairs):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return tuple((max(lo, a), min(hi, b)) for lo, hi in merged for a, b in _SCALARS if max(lo, a) <= min(hi, b))
+
+
+def _complement(ranges: tuple) -> tuple:
+    """The scalar values not in ranges."""
+    out, nxt = [], 0
+    for lo, hi in ranges:
+        if lo > nxt:
+            out.append((nxt, lo - 1))
+        nxt = hi + 1
+    if nxt <= 0x10FFFF:
+        out.append((nxt, 0x10FFFF))
+    return _ranges(out)
+
+
+def _minus(a: tuple, b: tuple) -> tuple:
+    return _complement(_ranges(_complement(a) + tuple(b)))
+
+
+def _intersect(a: tuple, b: tuple) -> tuple:
+    return _complement(_ranges(_complement(a) + _complement(_ranges(b))))
 
 
 # --- GBNF text

@@ -529,10 +529,32 @@ def test_json_schema_given_as_text_and_errors():
     assert g.matches('{"a": 12}') and not g.matches('{"a": 1.5}') and not g.matches("{}")
     with pytest.raises(ValueError, match="not valid JSON"):
         Grammar.from_json_schema("{type: object}")
-    with pytest.raises(ValueError, match="pattern"):
+    with pytest.raises(ValueError, match="anchored"):
         Grammar.from_json_schema({"type": "string", "pattern": "^a"})
+    with pytest.raises(ValueError, match="uniqueItems"):
+        Grammar.from_json_schema({"type": "array", "uniqueItems": True})
     obj, value = Grammar.json(), Grammar.json(object_only=False)
     assert obj.matches('{"x": [1, true, null, "y"]}') and not obj.matches("[1]") and value.matches("[1]")
+
+
+def test_a_schema_with_patterns(model):
+    """pattern: the generated values fullmatch their regular expressions."""
+    import json
+    import re
+
+    schema = {"type": "object", "properties": {
+        "date": {"type": "string", "pattern": r"^\d{4}-(0[1-9]|1[0-2])-\d{2}$"},
+        "code": {"type": "string", "pattern": r"^[A-Z]{2,3}-[0-9a-f]{4}$"}}, "required": ["date", "code"]}
+    g = Grammar.from_json_schema(schema)
+    finished = 0
+    for seed in range(8):
+        out = model.generate("Record: ", grammar=g, max_new_tokens=60, temperature=1.0, seed=seed)
+        if out.finish_reason == "stop":
+            value = json.loads(out.text)
+            assert re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])-\d{2}", value["date"]), value
+            assert re.fullmatch(r"[A-Z]{2,3}-[0-9a-f]{4}", value["code"]), value
+            finished += 1
+    assert finished >= 4
 
 
 def test_a_pydantic_models_schema(model):

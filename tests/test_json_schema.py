@@ -7,6 +7,7 @@ derivation) only text that json.loads reads and jsonschema accepts.
 """
 
 import datetime
+import itertools
 import json
 import random
 import re
@@ -15,6 +16,7 @@ import time
 import jsonschema
 import pytest
 
+import pygpt
 from pygpt.json_schema import JSON_OBJECT_GBNF, JSON_VALUE_GBNF, json_schema_to_gbnf
 from reference_grammar import ReferenceGrammar
 
@@ -399,6 +401,17 @@ CASES = [
     ], [
         {"a": "1"}, {"d": 1}, {"a": 1, "d": None}, {"a": 1, "b": 2},
     ]),
+    ("patterns", {"type": "object", "properties": {
+        "id": {"type": "string", "pattern": "^[A-Z]{2}-\\d{3}$"},
+        "tag": {"type": ["string", "null"], "pattern": "^(x|\"|\\\\)+$"},
+        "any": {"pattern": "^a+$", "minLength": 0},  # untyped: other types pass; 0 constrains nothing
+    }, "required": ["id"]}, [
+        {"id": "AB-123"}, {"id": "ZZ-000", "tag": None}, {"id": "AB-123", "tag": 'x"\\x'},
+        {"id": "AB-123", "any": "aaa"}, {"id": "AB-123", "any": [1]}, {"id": "AB-123", "any": 5},
+    ], [
+        {"id": "ab-123"}, {"id": "AB-1234"}, {"id": "AB-12\n"}, {"id": "AB-123", "tag": ""},
+        {"id": "AB-123", "tag": "xy"}, {"id": "AB-123", "any": "ab"}, {"id": "AB-123", "any": ""}, {},
+    ]),
     ("formats", {"type": "object", "properties": {
         "d": {"type": "string", "format": "date"}, "t": {"type": "string", "format": "time"},
         "dt": {"type": "string", "format": "date-time"}, "u": {"type": "string", "format": "uuid"},
@@ -607,6 +620,12 @@ RESTRICTIONS = [
     ({"enum": [{"a": 1, "b": 2}]}, '{"b": 2, "a": 1}'),
     ({"type": "string", "maxLength": 1}, '"\\ud83d\\ude00"'),
     (True, " 1"),
+    # patterns: each character in json.dumps's spelling only
+    ({"type": "string", "pattern": "^a$"}, '"\\u0061"'),
+    ({"type": "string", "pattern": "^/$"}, '"\\/"'),
+    ({"type": "string", "pattern": "^\\x1f$"}, '"\\u001F"'),
+    ({"type": "string", "pattern": "^\\n$"}, '"\\u000a"'),
+    ({"type": "string", "pattern": "^.$"}, '"\\ud83d\\ude00"'),
 ]
 
 
@@ -654,11 +673,11 @@ def test_enum_filtered_by_type():
 # --- errors
 
 
-UNSUPPORTED = ["pattern", "multipleOf", "allOf", "not", "if", "then", "else", "dependentRequired",
+UNSUPPORTED = ["multipleOf", "allOf", "not", "if", "then", "else", "dependentRequired",
                "dependentSchemas", "uniqueItems", "patternProperties", "minProperties", "maxProperties",
                "propertyNames", "contains", "minContains", "maxContains", "unevaluatedProperties",
                "unevaluatedItems", "additionalItems", "$anchor", "$dynamicRef", "nullable", "contentEncoding"]
-_VALUES = {"pattern": "^a", "multipleOf": 2, "allOf": [{}], "not": {}, "if": {}, "then": {}, "else": {},
+_VALUES = {"multipleOf": 2, "allOf": [{}], "not": {}, "if": {}, "then": {}, "else": {},
            "dependentRequired": {"a": ["b"]}, "dependentSchemas": {"a": {}}, "uniqueItems": True,
            "patternProperties": {"^a": {}}, "minProperties": 1, "maxProperties": 1, "propertyNames": {},
            "contains": {}, "minContains": 1, "maxContains": 1, "unevaluatedProperties": False,
@@ -729,3 +748,224 @@ def test_bad_schema_raises(schema, message):
     with pytest.raises(ValueError) as e:
         json_schema_to_gbnf(schema)
     assert message in str(e.value)
+
+
+# --- patterns
+
+
+# ECMA-262's \s: its white space and line terminators (Python's Unicode \s differs: it has
+# \x1c-\x1f and \x85, not \ufeff).
+_ECMA_SPACE = r"\t\n\v\f\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+
+
+def python_regex(pattern):
+    r"""The ECMA-262 pattern as a Python regex of the same meaning under re.ASCII (which makes
+    \d and \w ASCII, as ECMA's are): \s and \S spelled out as ECMA's, and . without \r,
+    U+2028 and U+2029 (Python's . only leaves out \n)."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            e = pattern[i + 1]
+            if e == "s":
+                out.append(_ECMA_SPACE if in_class else f"[{_ECMA_SPACE}]")
+            elif e == "S":
+                assert not in_class, "the tests spell out no \\S in a class"
+                out.append(f"[^{_ECMA_SPACE}]")
+            else:
+                out.append(c + e)
+            i += 2
+            continue
+        if c == "[" and not in_class:
+            in_class = True
+        elif c == "]" and in_class:
+            in_class = False
+        elif c == "." and not in_class:
+            c = r"[^\n\r\u2028\u2029]"
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def ecma_match(pattern, s):
+    """Whether the ECMA-262 pattern matches the whole of s (it is anchored)."""
+    return re.fullmatch(python_regex(pattern), s, re.ASCII) is not None
+
+
+def pattern_grammar(pattern):
+    return grammar({"type": "string", "pattern": pattern})
+
+
+# (id, pattern, matching strings, other strings, whether ECMA's matches are all Python's too:
+# jsonschema checks patterns with Python's re, whose \D \W \s \S differ)
+PATTERNS = [
+    ("date", r"^\d{4}-\d{2}-\d{2}$", ["2024-01-31", "0000-99-99"],
+     ["2024-1-31", "20240131", "2024-01-31\n", " 2024-01-31", "2024-01-3x", "\uff12024-01-31", ""], True),
+    ("phone", r"^\+?\d{1,3}[ -]?\(?\d{3}\)?[ -]?\d{3}[ -]?\d{4}$",
+     ["+1 (555) 123-4567", "15551234567", "+44-207-946-0958"],
+     ["555-1234", "+1 (555) 123-456", "+1 (555) 123-45678", "phone", "+1  5551234567", "++15551234567"], True),
+    ("email", r"^[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}$", ["john.doe+x@example.co.uk", "a@b.cd", "x_%-@0.io"],
+     ["a@b.c", "A@b.cd", "a@@b.cd", "a b@c.de", "@b.cd", "a@b.cd.", "a@b.c\u00e9"], True),
+    ("alternation", r"^(cat|dog)s?$", ["cat", "cats", "dog", "dogs"],
+     ["", "cat s", "catss", "cow", "catdog", "Cat", "s"], True),
+    ("top-alternatives", r"^a$|^b+$", ["a", "b", "bbb"], ["ab", "", "abb", "ba", "aa"], True),
+    ("quote-backslash-class", r'^["\\a-c]+$', ['"', "\\", 'a"b\\c', '""', "\\\\"], ["d", "", "'", "a/", "\\n"],
+     True),
+    ("negated-class", r"^[^a-z]{2,4}$",
+     ["AB", '"\\', "\n\t", "\x01\x1f", "12\u00e9", "\U0001F600\U0001F600", "\x7f\u2028", "\x00\x08\x0c\r"],
+     ["a1", "A", "ABCDE", "Ab", "", '"\\"\\"\\'], True),
+    ("dot", r"^a.b.c$", ['a"b\\c', "a b c", "a\tb\x00c", "a\U0001F600b\u00e9c", "a\x1fb\x7fc", "a\x0bb\x0cc"],
+     ["a\nb c", "a\rb c", "a\u2028b c", "a b\u2029c", "abc", "a b cc", "a\"\"b c"], True),
+    ("unicode", "^[\u00e0-\u00ff]+ ?\\u4e16\u754c\U0001F600?$",
+     ["\u00e0\u00e9 \u4e16\u754c\U0001F600", "\u00ff\u4e16\u754c"],
+     ["a\u4e16\u754c", "\u00e0\u00e9  \u4e16\u754c", "\u00e0 \u4e16\u754c\U0001F600\U0001F600", "\u00e9\u4e16"], True),
+    ("escapes", r"^\x41\u00e9\/\.\*\$\^\[\]\(\)\{\}\|\?\+\\\-$", ["A\u00e9/.*$^[](){}|?+\\-"],
+     ["A\u00e9/.*$^[](){}|?+\\", "a\u00e9/.*$^[](){}|?+\\-", "A\u00e9/x*$^[](){}|?+\\-"], True),
+    ("controls", r"^[\t\n\r\f\v\b\0]{2}\u0001?$", ["\t\n", "\x08\x00", "\x0b\x0c\x01", "\r\r"],
+     ["  ", "\t", "\t\n\x02", "\\t\\n", "\t\n\x01\x01"], True),
+    ("ecma-classes", r"^\w+\s\W\S\D$",
+     ["a_1 !x-", "z\u2028\u00e9\u00e9\u0663", "A\ufeff.\U0001F600\u00e9", "Z9\x0b\x1c\x1c\x85", 'q\t"\\"'],
+     ["\u00e9 !xy", "a\x1c!xy", "a\x85!xy", "a !x1", "a ! y", "a !xyz", "a!xy"], False),
+    ("quantifiers", r"^(?:ab|c){2,3}?x*?y+?z??(q{2})?w{0,}$", ["abcy", "ccabyw", "abababxxyyzqqwww", "ccy"],
+     ["aby", "cy", "ccccy", "ccyq", "ccyqqq", "ccx", "ccyzz"], True),
+    ("nullable-repeats", r"^(a?b?)*c(|d)+(e*){2,}((f|)*|g?){3}$", ["c", "abbac", "cddd", "cee", "bcde", "cfffg", "cgg"],
+     ["ca", "cdh", "", "cdedd", "cgggg", "cgfgg", "cfd"], True),
+    ("empty", r"^$", [""], ["a", " "], True),
+    ("code-points", r"^.{2}$", ["\U0001F600\u00e9", '""', "\\\\", "\x00\x7f"], ["\U0001F600", "a\n", "abc"], True),
+]
+PATTERN_IDS = [c[0] for c in PATTERNS]
+
+
+@pytest.mark.parametrize("name, pattern, yes, no, python_agrees", PATTERNS, ids=PATTERN_IDS)
+def test_pattern_matches(name, pattern, yes, no, python_agrees):
+    g = pattern_grammar(pattern)
+    for s in yes:
+        assert ecma_match(pattern, s), f"test data: {s!r} should match"
+        assert g.matches(json.dumps(s, ensure_ascii=False)), f"{name}: {s!r} not matched"
+    for s in no:
+        assert not ecma_match(pattern, s), f"test data: {s!r} should not match"
+        for text in (json.dumps(s, ensure_ascii=False), json.dumps(s)):
+            assert not g.matches(text), f"{name}: {text!r} matched"
+
+
+@pytest.mark.parametrize("name, pattern, yes, no, python_agrees", PATTERNS, ids=PATTERN_IDS)
+def test_pattern_samples(name, pattern, yes, no, python_agrees):
+    schema = {"type": "string", "pattern": pattern}
+    g, v = pattern_grammar(pattern), validator(schema)
+    rng = random.Random(99)
+    samples = [g.sample(rng, max_depth=24) for _ in range(150)]
+    for text in samples:
+        s = json.loads(text)
+        assert ecma_match(pattern, s), f"{name}: sample {text!r}"
+        assert text == json.dumps(s, ensure_ascii=False), f"{name}: {text!r} is not json.dumps's spelling"
+        if python_agrees:
+            assert v.is_valid(s), f"{name}: jsonschema rejects sample {text!r}"
+    assert len(set(samples)) >= min(len(yes), 5)
+
+
+@pytest.mark.parametrize("name, pattern, yes, no, python_agrees", PATTERNS, ids=PATTERN_IDS)
+def test_pattern_grammars_compile(name, pattern, yes, no, python_agrees):
+    """pygpt's own matcher takes the grammars (no repetition of an item that matches the empty
+    string, which it reads as left recursion) and agrees with the oracle."""
+    g = pygpt.Grammar(json_schema_to_gbnf({"type": "string", "pattern": pattern}))
+    for s in yes:
+        assert g.matches(json.dumps(s, ensure_ascii=False)), s
+    for s in no:
+        assert not g.matches(json.dumps(s, ensure_ascii=False)), s
+
+
+ALPHABET = "ab\"\\\n\u00e9\U0001F600 \x01"
+EXHAUSTIVE = [
+    r'^(a|b")*[^a"]?$',
+    r"^.\\?[\s\"]*$",
+    r"^(?:a|b(?:\n|\"))+?\S{0,2}$",
+    r"^[\w\\]{1,2}(a|)(\n|\u00e9+)?$",
+    r"^[^\n\x01]*$",
+    r"^(\x01|\W\W)*b?$",
+]
+
+
+@pytest.mark.parametrize("pattern", EXHAUSTIVE)
+def test_pattern_agrees_on_every_short_string(pattern):
+    """Over a small alphabet (characters JSON escapes, and some it does not), every string of
+    up to 3 characters: the grammar matches it exactly when the pattern does."""
+    g = pattern_grammar(pattern)
+    matched = 0
+    for n in range(4):
+        for chars in itertools.product(ALPHABET, repeat=n):
+            s = "".join(chars)
+            want = ecma_match(pattern, s)
+            assert g.matches(json.dumps(s, ensure_ascii=False)) == want, (pattern, s)
+            matched += want
+    assert 0 < matched < len(ALPHABET) ** 3
+
+
+PATTERN_ERRORS = [
+    # not anchored
+    ("abc", "must be anchored"), ("^abc", "must be anchored"), ("abc$", "must be anchored"),
+    ("", "must be anchored"), ("^a|b$", "must be anchored"), ("^a$|b", "must be anchored"),
+    ("^a\\$", "must be anchored"), ("(^a$)", "must be anchored"), ("^", "must be anchored"),
+    ("^a*", "must be anchored"), ("^a*?", "must be anchored"), ("^(a|b)$|", "must be anchored"),
+    # unsupported constructs
+    ("^(a)\\1$", "backreferences"), ("^(?=a)a$", "lookahead (?=...)"), ("^(?!a)b$", "negative lookahead"),
+    ("^(?<=a)b$", "lookbehind (?<=...)"), ("^(?<!a)b$", "negative lookbehind"), ("^(?<n>a)$", "named groups"),
+    ("^(?P<n>a)$", "(?P...)"), ("^(?i)a$", "flags"), ("^a\\bc$", "word boundary"), ("^a\\Bc$", "\\B"),
+    ("^\\p{L}$", "property escapes"), ("^[\\P{L}]$", "property escapes"), ("^\\cA$", "control escapes"),
+    ("^\\k<n>$", "named backreferences"), ("^a^b$", "'^' inside"), ("^a$b$", "'$' inside"),
+    ("^(a$)$", "'$' inside"), ("^\\01$", "octal"), ("^\\A$", "\\A"), ("^\\q$", "\\q"),
+    ("^\\uD83D\\uDE00$", "surrogate"), ("^\\u{1F600}$", "\\u{"),
+    # malformed, or read otherwise by Python's re
+    ("^*a$", "nothing to repeat"), ("^(+)$", "nothing to repeat"), ("^a**$", "quantifier after a quantifier"),
+    ("^a*+$", "quantifier after a quantifier"), ("^a{2}{3}$", "quantifier after a quantifier"),
+    ("^a???$", "quantifier after a quantifier"), ("^a{3,2}$", "maximum below"), ("^a{,2}$", "lone '{'"),
+    ("^a}$", "lone '}'"), ("^a]$", "lone ']'"), ("^[]a]$", "[]"), ("^[^]$", "[]"), ("^[a$", "unclosed '['"),
+    ("^(a", "unclosed '('"), ("^a)$", "unbalanced ')'"), ("^[\\d-z]$", "class escape"),
+    ("^[a-\\w]$", "class escape"), ("^[z-a]$", "out of order"), ("^\\x4$", "hex digits"),
+    ("^\\u12$", "hex digits"), ("^a\\", "lone backslash"),
+]
+
+
+@pytest.mark.parametrize("pattern, message", PATTERN_ERRORS)
+def test_pattern_errors(pattern, message):
+    schema = {"type": "object", "properties": {"a/b": {"type": "string", "pattern": pattern}}}
+    with pytest.raises(ValueError) as e:
+        json_schema_to_gbnf(schema)
+    assert message in str(e.value)
+    assert str(e.value).startswith("#/properties/a~1b/pattern: ")
+    assert repr(pattern) in str(e.value)
+    with pytest.raises(ValueError, match=re.escape(message)):  # a pattern is checked whatever the type
+        json_schema_to_gbnf({"type": "integer", "pattern": pattern})
+
+
+PATTERN_BAD_SCHEMAS = [
+    ({"type": "string", "pattern": "^a+$", "maxLength": 3}, "beside pattern"),
+    ({"type": "string", "pattern": "^a+$", "minLength": 1}, "beside pattern"),
+    ({"pattern": "^a+$", "maxLength": 3}, "beside pattern"),
+    ({"type": "string", "pattern": "^\\d{4}-\\d{2}-\\d{2}$", "format": "date"}, "beside pattern"),
+    ({"type": "string", "pattern": 3}, "expected a string"),
+    ({"type": "string", "pattern": "^[^\\s\\S]$"}, "no string matches"),
+    ({"type": "string", "pattern": "^a[^\\s\\S]?b[^\\d\\D]+$"}, "no string matches"),
+    ({"enum": ["a"], "pattern": "^a$"}, "beside enum"),
+]
+
+
+@pytest.mark.parametrize("schema, message", PATTERN_BAD_SCHEMAS)
+def test_pattern_bad_schema_raises(schema, message):
+    with pytest.raises(ValueError) as e:
+        json_schema_to_gbnf(schema)
+    assert message in str(e.value)
+
+
+def test_pattern_matching_nothing_forbids_inside():
+    never = "^[^\\s\\S]$"
+    g = grammar({"pattern": never})  # untyped: the other types remain
+    assert g.matches("1") and g.matches("null") and g.matches("[]") and not g.matches('""')
+    g = grammar({"type": "array", "items": {"anyOf": [{"type": "string", "pattern": never}, {"type": "integer"}]}})
+    assert g.matches("[1, 2]") and not g.matches('["a"]')
+    g = grammar({"type": "string", "pattern": "^a(b[^\\s\\S]|c)?[^\\d\\D]*$"})  # impossible parts drop out
+    assert g.matches('"a"') and g.matches('"ac"') and not g.matches('"ab"')
+
+
+def test_pattern_types_other_than_string_unaffected():
+    g = grammar({"type": ["integer", "string"], "pattern": "^x$"})
+    assert g.matches("12") and g.matches('"x"') and not g.matches('"12"')
