@@ -173,22 +173,26 @@ VocabTrie::VocabTrie(const Tokenizer& tok) {
         if (prev)
             while (common < prev->size() && common < s.size() && (*prev)[common] == s[common]) common++;
         while (path.size() > common) {
-            nodes_[size_t(path.back())].end = int32_t(nodes_.size());
+            end_[size_t(path.back())] = int32_t(byte_.size());
             path.pop_back();
         }
         for (size_t k = common; k < s.size(); k++) {
-            path.push_back(int32_t(nodes_.size()));
-            nodes_.push_back({uint8_t(s[k]), 0, int32_t(tokens_.size()), int32_t(tokens_.size())});
+            path.push_back(int32_t(byte_.size()));
+            byte_.push_back(uint8_t(s[k]));
+            end_.push_back(0);
+            first_token_.push_back(int32_t(tokens_.size()));
         }
-        tokens_.push_back(id);  // equal bytes sort together: the same node's range grows
-        nodes_[size_t(path.back())].tokens_end = int32_t(tokens_.size());
+        // a token is stored right after its last node is made (equal bytes sort together), so
+        // node i's tokens run from first_token_[i] to first_token_[i + 1]
+        tokens_.push_back(id);
         max_depth_ = std::max(max_depth_, s.size());
         prev = &s;
     }
     while (!path.empty()) {
-        nodes_[size_t(path.back())].end = int32_t(nodes_.size());
+        end_[size_t(path.back())] = int32_t(byte_.size());
         path.pop_back();
     }
+    first_token_.push_back(int32_t(tokens_.size()));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -244,6 +248,7 @@ const int32_t* FlatMap::find(uint64_t key) const {
 
 namespace {
 constexpr size_t kKeptMasks = 16;  // the allowed tokens of the last states masked
+constexpr size_t kMoveRows = 1024;  // states with a row of moves (1 KB each)
 }  // namespace
 
 GrammarMatcher::GrammarMatcher(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const VocabTrie> trie,
@@ -265,6 +270,7 @@ void GrammarMatcher::reset() {
     info_.clear();
     state_ids_.clear();
     moves_.clear();
+    moves_by_byte_.clear();
     masks_.assign(kKeptMasks, nullptr);
     mask_owner_.assign(kKeptMasks, -1);
     next_mask_ = 0;
@@ -390,10 +396,21 @@ void GrammarMatcher::sync(const std::vector<int32_t>& history, size_t n_prompt) 
 
 void GrammarMatcher::walk(int32_t begin, int32_t end, int32_t s, uint64_t* allowed) {
     const ByteSet first = info_[size_t(s)].first;
+    if (info_[size_t(s)].moves < 0 && moves_by_byte_.size() < kMoveRows) {
+        info_[size_t(s)].moves = int32_t(moves_by_byte_.size());
+        moves_by_byte_.push_back(std::make_unique<std::array<int32_t, 256>>());
+        moves_by_byte_.back()->fill(kUnknown);
+    }
+    // (rows never move: a walk below may add rows, and info_ may grow)
+    int32_t* row = info_[size_t(s)].moves >= 0 ? moves_by_byte_[size_t(info_[size_t(s)].moves)]->data() : nullptr;
     for (int32_t i = begin; i < end; i = trie_->end(i)) {
         const uint8_t b = trie_->byte(i);
         if (!((first[b >> 6] >> (b & 63)) & 1)) continue;
-        const int32_t next = step(s, b);
+        int32_t next = row ? row[b] : kUnknown;
+        if (next == kUnknown) {
+            next = step(s, b);
+            if (row) row[b] = next;
+        }
         if (next == kDead) continue;
         for (const int32_t* t = trie_->tokens_begin(i); t != trie_->tokens_end(i); t++)
             allowed[*t >> 6] |= uint64_t(1) << (*t & 63);

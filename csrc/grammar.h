@@ -89,23 +89,21 @@ public:
     int32_t vocab_size() const { return int32_t(bytes_.size()); }
     bool is_text(int32_t id) const { return id >= 0 && id < vocab_size() && text_[size_t(id)]; }
     const std::string& bytes(int32_t id) const { return bytes_[size_t(id)]; }
-    int32_t n_nodes() const { return int32_t(nodes_.size()); }
-    uint8_t byte(int32_t i) const { return nodes_[size_t(i)].byte; }
-    int32_t end(int32_t i) const { return nodes_[size_t(i)].end; }
-    // the tokens whose bytes end at node i
-    const int32_t* tokens_begin(int32_t i) const { return tokens_.data() + nodes_[size_t(i)].tokens_begin; }
-    const int32_t* tokens_end(int32_t i) const { return tokens_.data() + nodes_[size_t(i)].tokens_end; }
+    int32_t n_nodes() const { return int32_t(byte_.size()); }
+    uint8_t byte(int32_t i) const { return byte_[size_t(i)]; }
+    int32_t end(int32_t i) const { return end_[size_t(i)]; }
+    // the tokens whose bytes end at node i (tokens are stored in the order of their nodes)
+    const int32_t* tokens_begin(int32_t i) const { return tokens_.data() + first_token_[size_t(i)]; }
+    const int32_t* tokens_end(int32_t i) const { return tokens_.data() + first_token_[size_t(i) + 1]; }
     size_t max_depth() const { return max_depth_; }
 
 private:
-    struct Node {
-        uint8_t byte;
-        int32_t end;
-        int32_t tokens_begin, tokens_end;
-    };
     std::vector<std::string> bytes_;
     std::vector<uint8_t> text_;
-    std::vector<Node> nodes_;
+    // the nodes, as arrays (a walk reads a node's byte and end, then its tokens): 9 bytes a node
+    std::vector<uint8_t> byte_;
+    std::vector<int32_t> end_;
+    std::vector<int32_t> first_token_;  // n_nodes + 1
     std::vector<int32_t> tokens_;
     size_t max_depth_ = 0;
 };
@@ -177,6 +175,7 @@ private:
         ByteSet first;                // the bytes some stack can take
         bool complete, closed;
         int32_t mask = -1;            // its slot in masks_, if kept
+        int32_t moves = -1;           // its row in moves_by_byte_, if it has one
     };
     std::string canonical_key(int32_t state) const;
     int32_t intern(int32_t pos, int32_t parent);
@@ -196,6 +195,10 @@ private:
     std::vector<State> info_;             // by state id; 0 is kDead
     std::unordered_map<std::string, int32_t> state_ids_;  // stacks' bytes -> state
     FlatMap moves_;                       // (state, byte) -> state
+    // the moves of the states walks start from, as rows of 256 (kUnknown: not made yet): a walk
+    // reads one for each trie node it visits
+    static constexpr int32_t kUnknown = -2;
+    std::vector<std::unique_ptr<std::array<int32_t, 256>>> moves_by_byte_;
     bool share_masks_;
     std::vector<Grammar::Mask> masks_;  // allowed tokens of a few states, as bits
     std::vector<int32_t> mask_owner_;
