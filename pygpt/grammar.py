@@ -435,7 +435,15 @@ def _compile(text: str) -> "_core.Grammar":
     names = [rules.names[old] for old in order]
     compiled = [[[renumber(e) for e in alt] for alt in rules.rules[old]] for old in order]
     byte_sets = [bits.to_bytes(32, "little") for bits in rules.sets]
-    return _core.Grammar(names, compiled, byte_sets)
+    try:
+        return _core.Grammar(names, compiled, byte_sets)
+    except ValueError as e:
+        if "left-recursive" in str(e) and "#" in str(e):  # a rule the compiler made
+            raise ValueError(
+                f"grammar: {e}. A rule named like root#2 is a repetition or group of rule root: a * or + "
+                "over something that can match nothing (such as (\"a\"?)*) would repeat without reading "
+                "text; make what it repeats match at least one character") from None
+        raise ValueError(f"grammar: {e}") from None
 
 
 class Grammar:

@@ -136,6 +136,7 @@ def test_bytes_are_utf8():
     ('root ::= "a"{20000}', "repetition bound"), ("root ::= " + "(" * 5000 + '"a"' + ")" * 5000, "nested over 100"),
     ('root ::= root "a" | "b"', "left-recursive"), ('root ::= a\na ::= b? a "x" | "y"\nb ::= "b"', "left-recursive"),
     ('root ::= "a" root', "matches no text"),
+    ('root ::= ("a"?)* "b"', "match at least one character"),
 ])
 def test_bad_grammars_raise_value_error(text, message):
     with pytest.raises(ValueError, match=re.escape(message)):
