@@ -5,6 +5,7 @@
 #include <limits>
 #include <numeric>
 #include <stdexcept>
+#include <unordered_set>
 
 #include "tokenizer.h"
 
@@ -298,9 +299,11 @@ int32_t GrammarMatcher::intern(int32_t pos, int32_t parent) {
 void GrammarMatcher::expand(int32_t pos, int32_t parent, std::vector<int32_t>& out) {
     work_.clear();
     work_.push_back({pos, parent});
+    expanded_.clear();  // a place reached twice (an ambiguous grammar) is expanded once
     while (!work_.empty()) {
         auto [p, up] = work_.back();
         work_.pop_back();
+        if (!expanded_.insert(key(p, up)).second) continue;
         bool accepted = false;
         while (g_->code(p) == Grammar::kEnd) {
             if (up == kAccept) {

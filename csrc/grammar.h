@@ -29,6 +29,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace pygpt {
@@ -207,6 +208,7 @@ private:
     std::vector<int32_t> tokens_;         // those tokens
     // scratch
     std::vector<std::pair<int32_t, int32_t>> work_;
+    std::unordered_set<uint64_t> expanded_;
     std::vector<int32_t> stacks_;
     std::vector<float> end_scores_;
 };

@@ -160,6 +160,41 @@ def test_grammar_types():
     assert "yes" in repr(g) and g.text == YES_NO
 
 
+def test_ambiguous_repetitions_stay_small():
+    """Options of options ((x?){0,3} chained) can match the empty text in exponentially many
+    ways; each place is expanded once, so matching stays fast and exact."""
+    g = Grammar("root ::= .?{0,3}?{0,3}{0,3}{2}")
+    assert g.matches("") and g.matches("abc") and g.matches("x" * 54)  # at most 1 * 3 * 3 * 3 * 2
+    assert not g.is_prefix("x" * 55)
+    ref = ReferenceGrammar("root ::= .?{0,3}?{0,3}{0,3}{2}")
+    assert ref.matches("x" * 54) and not ref.is_prefix("x" * 55)
+
+
+def test_random_grammars_raise_or_work(model):
+    """Random pieces of GBNF: each text compiles or raises ValueError, and a compiled grammar
+    matches, masks and generates without raising anything else (a regression fuzz)."""
+    pieces = ['root', ' ::= ', 'a', 'b', ' ::= ', '"x"', '"é"', '[a-z]', '[^"]', '.', '(', ')', '|', '*', '+', '?',
+              '{2}', '{0,3}', '{1,}', ' ', '\n', '#c\n', '"', '[', ']', '\\', '-', 'root ::= ', 'a ::= ', '""',
+              '{', '}', ',', '0']
+    rng = random.Random(20)
+    tok, compiled = model.tokenizer, 0
+    for _ in range(40000):  # most do not compile
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 25)))
+        try:
+            g = Grammar(text)
+        except ValueError:
+            continue
+        compiled += 1
+        for s in ["", "x", "xx", "é", "ab", "xxxxx", '"', "\n"]:
+            assert g.matches(s) <= g.is_prefix(s)
+        masks = _core.grammar_masks(g._core, tok.vocab_trie(), tok.encode("xx"), tok.vocab_size, [tok.eot_id])
+        assert len(masks) == len(tok.encode("xx")) + 1
+        if compiled % 50 == 0:
+            out = model.generate(PROMPT, grammar=g, max_new_tokens=4, temperature=1.0, seed=compiled)
+            assert g.is_prefix(out.text)
+    assert compiled > 50
+
+
 def test_dead_alternatives_are_dropped():
     """An alternative that can never finish is not a prefix of anything."""
     g = Grammar('root ::= "a" | "b" loop\nloop ::= "c" loop')
