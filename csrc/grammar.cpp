@@ -299,11 +299,16 @@ int32_t GrammarMatcher::intern(int32_t pos, int32_t parent) {
 void GrammarMatcher::expand(int32_t pos, int32_t parent, std::vector<int32_t>& out) {
     work_.clear();
     work_.push_back({pos, parent});
-    expanded_.clear();  // a place reached twice (an ambiguous grammar) is expanded once
+    // In an ambiguous grammar (options of options) one place can be reached many ways: past a
+    // few places, each is expanded once (small expansions, nearly all, skip the bookkeeping).
+    size_t expanded = 0;
     while (!work_.empty()) {
         auto [p, up] = work_.back();
         work_.pop_back();
-        if (!expanded_.insert(key(p, up)).second) continue;
+        if (++expanded > 32) {
+            if (expanded == 33) expanded_.clear();
+            if (!expanded_.insert(key(p, up)).second) continue;
+        }
         bool accepted = false;
         while (g_->code(p) == Grammar::kEnd) {
             if (up == kAccept) {
