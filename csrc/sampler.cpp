@@ -86,8 +86,7 @@ void SamplingParams::validate(int64_t vocab_size) const {
     if (mirostat < 0 || mirostat > 2) bad("mirostat must be 0 (off), 1 or 2, got " + std::to_string(mirostat));
     if (!(mirostat_tau >= 0.0) || std::isinf(mirostat_tau)) bad("mirostat_tau must be a finite number >= 0");
     if (!(mirostat_eta >= 0.0) || std::isinf(mirostat_eta)) bad("mirostat_eta must be a finite number >= 0");
-    if (mirostat != 0 && (top_n_sigma >= 0.0 || top_k > 0 || top_p < 1.0 || min_p > 0.0 || typical_p < 1.0 ||
-                          epsilon_cutoff > 0.0 || eta_cutoff > 0.0 || xtc_probability > 0.0))
+    if (mirostat != 0 && truncates())
         bad("mirostat chooses the tokens to keep itself: it does not go with top_k, top_p, min_p, typical_p, "
             "top_n_sigma, epsilon_cutoff, eta_cutoff or xtc");
     if (mirostat != 0 && temperature == 0.0f) bad("mirostat samples: temperature must be > 0");
@@ -166,7 +165,7 @@ void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_pr
     for (int64_t i = 0; i < V_; i++)
         if (s[i] == std::numeric_limits<float>::infinity()) s[i] = std::numeric_limits<float>::max();
     if (params_.mirostat != 0) {
-        keep_mirostat(s, history.size() - std::min(n_prompt, history.size()));
+        keep_mirostat(s, n_generated(history, n_prompt));
         return;
     }
     if (params_.top_n_sigma >= 0.0) keep_top_n_sigma(s);
@@ -199,7 +198,7 @@ int32_t Sampler::sample(const float* logits, std::vector<float>& work, const std
     process(work.data(), history, n_prompt);
     if (params_.greedy()) return argmax(work.data());
     const int32_t t = draw(work.data());
-    if (params_.mirostat != 0) follow_mirostat(t, history.size() - std::min(n_prompt, history.size()));
+    if (params_.mirostat != 0) follow_mirostat(t, n_generated(history, n_prompt));
     return t;
 }
 

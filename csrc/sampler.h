@@ -50,6 +50,7 @@
 // transformers' greedy search. Otherwise it is drawn from softmax(processed scores).
 // Probabilities, sums and thresholds are computed in double precision.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -135,9 +136,11 @@ struct SamplingParams {
         return grammar != nullptr && custom == nullptr && !filters();
     }
     // Whether a sampling filter after the temperature is on.
-    bool filters() const {
+    bool filters() const { return truncates() || mirostat != 0; }
+    // Whether one of the filters mirostat replaces is on.
+    bool truncates() const {
         return top_n_sigma >= 0.0 || top_k > 0 || top_p < 1.0 || min_p > 0.0 || typical_p < 1.0 || epsilon_cutoff > 0.0 ||
-               eta_cutoff > 0.0 || xtc_probability > 0.0 || mirostat != 0;
+               eta_cutoff > 0.0 || xtc_probability > 0.0;
     }
 };
 
@@ -217,6 +220,9 @@ private:
     void keep_epsilon(float* s);
     void keep_eta(float* s);
     void exclude_top_choices(float* s);
+    static size_t n_generated(const std::vector<int32_t>& history, size_t n_prompt) {
+        return history.size() - std::min(n_prompt, history.size());
+    }
     void keep_mirostat(float* s, size_t k);
     void follow_mirostat(int32_t token, size_t k);
     int32_t argmax(const float* s) const;

@@ -383,7 +383,9 @@ class _Request:
             raise TypeError("dry_sequence_breakers must be a list of str")
         if dry_sequence_breakers and self.tokenizer is None:
             raise ValueError("dry_sequence_breakers need a model with a tokenizer (vocab.json + merges.txt)")
-        breakers = self.tokenizer.tokens_containing(dry_sequence_breakers) if dry_sequence_breakers else []
+        # the breakers' token ids (a pass over the vocabulary, kept per tokenizer) only for DRY
+        dry_on = dry_multiplier is not None and dry_multiplier != 0
+        breakers = self.tokenizer.tokens_containing(dry_sequence_breakers) if dry_on and dry_sequence_breakers else []
         opt.sampling = sampling_params(
             V, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
             top_n_sigma=top_n_sigma, epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff,
