@@ -93,6 +93,11 @@ def _normalise(ranges: List[Tuple[int, int]], negate: bool) -> List[Tuple[int, i
     return out
 
 
+def _byte_range(lo: int, hi: int) -> int:
+    """Bytes lo..hi as a 256-bit set (bit b: byte b)."""
+    return ((1 << (hi + 1)) - 1) ^ ((1 << lo) - 1)
+
+
 # --- the compiled form ---------------------------------------------------------------------------
 
 class _Rules:
@@ -134,8 +139,7 @@ class _Rules:
             raise ValueError(f"the grammar is too large (over {_MAX_ELEMENTS:,} elements once compiled)")
 
     def byte_set(self, lo: int, hi: int) -> int:
-        bits = ((1 << (hi + 1)) - 1) ^ ((1 << lo) - 1)
-        return self.bits(bits)
+        return self.bits(_byte_range(lo, hi))
 
     def bits(self, bits: int) -> int:
         if bits not in self.set_index:
@@ -152,8 +156,7 @@ class _Rules:
         single = 0
         tails: Dict[tuple, int] = {}   # sequences with the same tail share one first-byte set
         for seq in seqs:
-            lo, hi = seq[0]
-            bits = ((1 << (hi + 1)) - 1) ^ ((1 << lo) - 1)
+            bits = _byte_range(*seq[0])
             if len(seq) == 1:
                 single |= bits
             else:
