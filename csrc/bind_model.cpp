@@ -44,6 +44,35 @@ py::array_t<float> run(Model& model, KVCache& cache, const std::vector<int32_t>&
     return out;
 }
 
+// Final hidden states of sequences, each run from a fresh cache in one forward call: every
+// row of each ([sum n_i, C]) or the last row of each ([n, C]).
+py::array_t<float> hidden_states(Model& model, const std::vector<IdArray>& seqs, bool all_rows) {
+    if (seqs.empty()) throw std::invalid_argument("no sequences");
+    std::vector<std::vector<int32_t>> ids;
+    for (const auto& a : seqs) {
+        ids.push_back(to_ids(a));
+        if (ids.back().empty()) throw std::invalid_argument("empty input: at least one token id is needed");
+    }
+    std::vector<std::unique_ptr<KVCache>> caches;
+    std::vector<SeqStep> steps;
+    for (const auto& v : ids) {
+        caches.push_back(model.new_cache());
+        SeqStep step;
+        step.cache = caches.back().get();
+        step.tokens = v.data();
+        step.n_tokens = (int64_t)v.size();
+        step.all_logits = all_rows;
+        steps.push_back(step);
+    }
+    py::array_t<float> out({Model::logit_rows(steps), model.config().n_embd});
+    float* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        model.forward(steps, nullptr, dst);
+    }
+    return out;
+}
+
 }  // namespace
 
 void bind_model(py::module_& m) {
@@ -109,7 +138,10 @@ void bind_model(py::module_& m) {
         .def("forward", [](Model& m, KVCache& cache, const IdArray& ids, bool all_logits) {
             return run(m, cache, to_ids(ids), all_logits);
         }, py::arg("cache"), py::arg("ids"), py::arg("all_logits") = false,
-           "Appends ids to the cache's sequence; logits of every new token or of the last one.");
+           "Appends ids to the cache's sequence; logits of every new token or of the last one.")
+        .def("hidden_states", &hidden_states, py::arg("seqs"), py::arg("all_rows") = true,
+             "Final hidden states (ln_f output) of token sequences run together, each from a fresh cache: "
+             "[sum of lengths, n_embd] with all_rows, else [len(seqs), n_embd] (each one's last token).");
 }
 
 }  // namespace pygpt

@@ -240,7 +240,7 @@ constexpr int64_t kMaxOwnCopyRows = 16;
 // taken up by the others, few enough that a chunk is long against claiming it.
 constexpr int64_t kChunksPerThread = 8;
 
-void Model::forward(const std::vector<SeqStep>& steps, float* logits) {
+void Model::forward(const std::vector<SeqStep>& steps, float* logits, float* hidden) {
     std::lock_guard<std::mutex> lock(mutex_);
     const ModelConfig& cfg = config_;
     const int64_t C = cfg.n_embd, V = cfg.vocab_size;
@@ -302,11 +302,12 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits) {
         }
     }
 
-    run_team(n_threads_, [&](const Team& team) { forward_team(team, steps, T, logits); });
+    run_team(n_threads_, [&](const Team& team) { forward_team(team, steps, T, logits, hidden); });
     for (const auto& s : steps) s.cache->pos += s.n_tokens;
 }
 
-void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, int64_t T, float* logits) {
+void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, int64_t T, float* logits,
+                         float* hidden) {
     const ModelConfig& cfg = config_;
     const Kernels& k = *kernels_;
     const int64_t C = cfg.n_embd, R = (int64_t)last_rows_.size();
@@ -371,6 +372,9 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
     }
     for (int64_t i = i0; i < i1; i++)
         k.layernorm(last + i * C, x + last_rows_[i] * C, w_.ln_f.w, w_.ln_f.b, C, cfg.layer_norm_epsilon);
+    if (hidden && (!own_copy || team.id == 0))  // own copies: every thread has all R rows
+        std::copy(last + i0 * C, last + i1 * C, hidden + i0 * C);
+    if (!logits) return;
     rows_done();
     int64_t o0, o1;
     team.split(cfg.vocab_size, kColumnUnit, &o0, &o1);

@@ -138,15 +138,17 @@ public:
     // Runs the new tokens of every sequence through the network (ragged: each sequence at
     // its own positions, no padding) and appends their keys/values to each cache.
     // Writes logits rows to `logits` in step order: n_tokens rows for a step with
-    // all_logits, else one row. Throws std::invalid_argument on bad ids or cache overflow.
-    // Thread-safe: calls on one model are serialised.
-    void forward(const std::vector<SeqStep>& steps, float* logits);
+    // all_logits, else one row. With `hidden`, also writes those rows' final hidden states
+    // there (ln_f of the residual stream, n_embd floats a row: what the LM head multiplies);
+    // with logits null, only those (the LM head is skipped). Throws std::invalid_argument on
+    // bad ids or cache overflow. Thread-safe: calls on one model are serialised.
+    void forward(const std::vector<SeqStep>& steps, float* logits, float* hidden = nullptr);
 
     // Rows `forward` will write for these steps.
     static int64_t logit_rows(const std::vector<SeqStep>& steps);
 
 private:
-    void forward_team(const Team& team, const std::vector<SeqStep>& steps, int64_t T, float* logits);
+    void forward_team(const Team& team, const std::vector<SeqStep>& steps, int64_t T, float* logits, float* hidden);
     template <class Epilogue>
     void linear(const Team& team, const Linear& lin, const float* x, int64_t T, float* y, int64_t r0, int64_t r1,
                 Epilogue&& epilogue, int64_t unit);

@@ -277,6 +277,16 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_embed(args) -> int:
+    import json
+
+    model = _load(args.model, args.threads)
+    texts = [_read_prompt(t) for t in args.texts]
+    vectors = model.embed(texts, pooling=args.pooling, normalize=not args.no_normalize, truncate=args.truncate)
+    _write(sys.stdout, "".join(json.dumps(v.tolist()) + "\n" for v in vectors))
+    return 0
+
+
 def cmd_tokenize(args) -> int:
     from .tokenizer import Tokenizer
 
@@ -464,6 +474,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--special", action="store_true",
                    help="turn special token texts such as <|endoftext|> into their ids (default: plain text)")
     t.set_defaults(func=cmd_tokenize)
+
+    e = sub.add_parser("embed", help="print the embedding of each text, a JSON array a line",
+                       description="Print an embedding of each TEXT, one JSON array of n_embd numbers a line, in "
+                                   "order: the model's final hidden states, averaged over the text's tokens (or "
+                                   "the last token's), scaled to unit length (Model.embed).")
+    e.add_argument("texts", metavar="TEXT", nargs="+", help="a text; '-' reads one from stdin "
+                                                           "(one trailing newline is dropped)")
+    e.add_argument("-m", "--model", metavar="DIR", default=None, help=model_help)
+    e.add_argument("--pooling", choices=("mean", "last"), default="mean",
+                   help="average the tokens' states, or take the last token's (default: %(default)s)")
+    e.add_argument("--no-normalize", action="store_true", help="keep the vectors' lengths")
+    e.add_argument("--truncate", action="store_true", help="embed the first n_ctx tokens of a longer text "
+                                                            "(default: refuse it)")
+    e.add_argument("--threads", type=_positive_int, default=None, help="threads (default: physical cores)")
+    e.set_defaults(func=cmd_embed)
 
     from . import perplexity
 

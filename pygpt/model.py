@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -138,6 +139,29 @@ class Model:
 
         return generation.generate(self, prompt, **kwargs)
 
+    @functools.cached_property
+    def chat_template(self):
+        """The model's own chat template (chat_template.jinja in its folder), else the built-in
+        "plain" one; see pygpt.chat."""
+        from .chat import ChatTemplate
+
+        return ChatTemplate.from_model(self.path)
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, template=None) -> str:
+        """A conversation (OpenAI's messages) as prompt text, under template: the model's own
+        (None), a pygpt.ChatTemplate, or a built-in's name ("plain", "chatml") or a .jinja file."""
+        from .chat import resolve
+
+        return resolve(self, template).render(messages, add_generation_prompt)
+
+    def chat(self, messages, template=None, **kwargs):
+        """The assistant's reply to a conversation: generate() (same options and output) on
+        apply_chat_template's prompt, the template's stop strings added to stop, the text the
+        reply as the template defines it; see pygpt.chat."""
+        from . import chat
+
+        return chat.chat(self, messages, template, **kwargs)
+
     def stream(self, prompt, **kwargs):
         """Yields the generated text piece by piece (valid UTF-8 only)."""
         from . import generation
@@ -155,6 +179,14 @@ class Model:
         from . import generation
 
         return generation.astream(self, prompt, **kwargs)
+
+    def embed(self, inputs, pooling: str = "mean", normalize: bool = True, truncate: bool = False):
+        """Embeddings of a text (or token ids), [n_embd] float32, or of a list of them, [n,
+        n_embd]: the final hidden states pooled (mean by default; "last", or "none" for every
+        token's), unit length unless normalize=False; see pygpt.embeddings."""
+        from . import embeddings
+
+        return embeddings.embed(self, inputs, pooling=pooling, normalize=normalize, truncate=truncate)
 
     def perplexity(self, text, stride: int | None = None, progress: bool | None = None) -> float:
         """Perplexity of a text (or token ids), scored in strided windows of n_ctx tokens the

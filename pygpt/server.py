@@ -13,6 +13,10 @@ sequence reuses its keys and values (--prefix-cache; usage.prompt_tokens_details
                            pieces, [{"id": id, "piece": text}], a piece that is not whole UTF-8 as
                            its list of bytes), the text encoded as a prompt is (llama.cpp server's)
     POST /detokenize       {"tokens": [ids]} -> {"content": "text"}
+    POST /v1/embeddings    {"input": "text" (or a list of texts, token ids, or lists of ids),
+                           "encoding_format": "float" | "base64", "pooling": "mean" | "last"}:
+                           OpenAI's embeddings request and response, a unit vector an input
+                           (pygpt.Model.embed: the final hidden states, mean-pooled by default)
 
 Request fields: prompt (a string, a list of token ids, or a list of either), max_tokens (16),
 temperature (1), top_p, n, stream (server-sent events, a chunk a text piece of one choice,
@@ -34,6 +38,7 @@ else unknown.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import secrets
@@ -168,6 +173,35 @@ def detokenize(tokenizer, body) -> dict:
     return {"content": tokenizer.decode(ids)}
 
 
+def embeddings(model, body, name: str) -> dict:
+    """The /v1/embeddings answer (OpenAI's): a unit vector an input, pooled as asked."""
+    from .embeddings import embed_ids, split_inputs, token_ids
+
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    for key in body:
+        if key not in ("input", "encoding_format", "dimensions", "pooling", "model", "user"):
+            raise RequestError(f"unknown field '{key}'")
+    if "input" not in body:
+        raise RequestError("'input' is required: a text, a list of texts, token ids, or a list of lists of ids")
+    fmt = body.get("encoding_format") or "float"
+    if fmt not in ("float", "base64"):
+        raise RequestError("'encoding_format' must be \"float\" or \"base64\"")
+    pooling = body.get("pooling") or "mean"
+    if pooling not in ("mean", "last"):
+        raise RequestError("'pooling' must be \"mean\" or \"last\"")
+    n_embd = model.config["n_embd"]
+    if body.get("dimensions") is not None and body["dimensions"] != n_embd:
+        raise RequestError(f"this model's embeddings have {n_embd} dimensions; 'dimensions' cannot change that")
+    seqs = token_ids(model, split_inputs(body["input"])[0], truncate=False)
+    vectors = embed_ids(model, seqs, pooling)
+    data = [{"object": "embedding", "index": i,
+             "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") if fmt == "base64"
+             else v.tolist()} for i, v in enumerate(vectors)]
+    n = sum(s.size for s in seqs)
+    return {"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": n, "total_tokens": n}}
+
+
 def _prompts(body: dict):
     """(prompt as generate takes it, whether it is a batch)."""
     prompt = body.get("prompt", "<|endoftext|>")  # OpenAI's default
@@ -221,12 +255,19 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._error(404, f"no such endpoint: GET {self.path}", "not_found_error")
 
+    def _answer(self, body) -> dict:
+        """The answer of an endpoint that computes at once: /tokenize, /detokenize, /v1/embeddings."""
+        model = self.server.model
+        if self.path == "/v1/embeddings":
+            return embeddings(model, body, self.server.model_name)
+        if model.tokenizer is None:
+            raise RequestError("the model has no tokenizer")
+        return (tokenize if self.path == "/tokenize" else detokenize)(model.tokenizer, body)
+
     def do_POST(self):
-        if self.path in ("/tokenize", "/detokenize"):
+        if self.path in ("/tokenize", "/detokenize", "/v1/embeddings"):
             try:
-                if self.server.model.tokenizer is None:
-                    raise RequestError("the model has no tokenizer")
-                answer = (tokenize if self.path == "/tokenize" else detokenize)(self.server.model.tokenizer, self._body())
+                answer = self._answer(self._body())
             except (RequestError, ValueError, TypeError) as e:
                 self._error(400, str(e) or type(e).__name__)
                 return

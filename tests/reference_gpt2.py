@@ -62,6 +62,16 @@ def int8_rows(a, nh):
 def gpt2_logits(model_dir, ids, kv_cache="f32"):  # [T] -> [T, V]
     """kv_cache="f16": keys and values rounded to half floats, as pygpt's f16 KV cache stores
     them; "int8": quantized as its int8 cache stores them (int8_rows)."""
+    x, w = _hidden_and_weights(model_dir, ids, kv_cache)
+    return x @ w["wte.weight"].T  # tied LM head
+
+
+def gpt2_hidden(model_dir, ids):  # [T] -> [T, C]
+    """The final hidden states: ln_f of the residual stream (GPT2Model's last_hidden_state)."""
+    return _hidden_and_weights(model_dir, ids, "f32")[0]
+
+
+def _hidden_and_weights(model_dir, ids, kv_cache):
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
     assert cfg["dtype"] == "f32", "the reference reads f32 folders"
@@ -85,5 +95,4 @@ def gpt2_logits(model_dir, ids, kv_cache="f32"):  # [T] -> [T, V]
         h = layer_norm(x, w[p + "ln_2.weight"], g(p + "ln_2.bias"), eps)
         h = act(linear(h, w[p + "mlp.c_fc.weight"], g(p + "mlp.c_fc.bias")))
         x = x + linear(h, w[p + "mlp.c_proj.weight"], g(p + "mlp.c_proj.bias"))
-    x = layer_norm(x, w["ln_f.weight"], g("ln_f.bias"), eps)
-    return x @ w["wte.weight"].T  # tied LM head
+    return layer_norm(x, w["ln_f.weight"], g("ln_f.bias"), eps), w

@@ -278,6 +278,23 @@ def test_tokenize(pygpt_cmd, model_dir, model):
     assert r.stdout.decode().splitlines() == ["17250\tb'Hi'", "612\tb' there'"]
 
 
+def test_embed(pygpt_cmd, model_dir, model):
+    import json
+
+    texts = ["Hello world!", "A second text"]
+    r = run(pygpt_cmd, "embed", "-m", model_dir, texts[0], "-", input=(texts[1] + "\n").encode())
+    assert r.returncode == 0, r.stderr
+    got = np.array([json.loads(line) for line in r.stdout.decode().splitlines()], np.float32)
+    assert np.array_equal(got, model.embed(texts))
+    r = run(pygpt_cmd, "embed", "-m", model_dir, texts[0], "--pooling", "last", "--no-normalize")
+    assert np.array_equal(np.array(json.loads(r.stdout), np.float32),
+                          model.embed(texts[0], pooling="last", normalize=False))
+    long = "word " * 100  # more than the tiny model's 64 positions
+    r = run(pygpt_cmd, "embed", "-m", model_dir, long, "--truncate")
+    assert np.array_equal(np.array(json.loads(r.stdout), np.float32), model.embed(long, truncate=True))
+    assert_one_line_error(run(pygpt_cmd, "embed", "-m", model_dir, long), "more than n_ctx = 64", "truncate")
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 

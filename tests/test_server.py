@@ -3,6 +3,7 @@ model.generate / model.stream would answer); bad requests get a 400 with OpenAI'
 
 import json
 import os
+import re
 import subprocess
 import threading
 import urllib.error
@@ -369,3 +370,47 @@ def test_the_serve_command(pygpt_cmd, model):
     finally:
         p.terminate()
         p.wait(timeout=30)
+
+
+def test_embeddings_are_model_embed(url, model):
+    texts = ["A first text to embed.", "And a second, longer one, to embed as well."]
+    status, text = post(url, {"input": texts, "model": "x", "user": "u"}, path="/v1/embeddings")
+    assert status == 200
+    r = json.loads(text)
+    want = model.embed(texts)
+    n = sum(len(model.tokenizer.encode(t)) for t in texts)
+    assert r["object"] == "list" and r["model"] == "tiny"
+    assert r["usage"] == {"prompt_tokens": n, "total_tokens": n}
+    assert [d["index"] for d in r["data"]] == [0, 1] and all(d["object"] == "embedding" for d in r["data"])
+    assert np.array_equal(np.array([d["embedding"] for d in r["data"]], np.float32), want)
+    # one text, token ids, lists of ids; base64 as OpenAI's client decodes it; last-token pooling
+    one = json.loads(post(url, {"input": texts[0], "encoding_format": "base64", "pooling": "last"},
+                          path="/v1/embeddings")[1])
+    import base64
+
+    got = np.frombuffer(base64.b64decode(one["data"][0]["embedding"]), dtype=np.float32)
+    assert np.array_equal(got, model.embed(texts[0], pooling="last"))
+    ids = model.tokenizer.encode(texts[1])
+    for inp in (ids, [ids]):
+        r = json.loads(post(url, {"input": inp, "dimensions": model.config["n_embd"]}, path="/v1/embeddings")[1])
+        assert len(r["data"]) == 1 and np.array_equal(np.array(r["data"][0]["embedding"], np.float32), want[1])
+
+
+@pytest.mark.parametrize("body, match", [
+    ({}, "'input' is required"),
+    ({"input": ""}, r"inputs\[0\] is empty"),
+    ({"input": []}, "empty input"),
+    ({"input": [[1], []]}, r"inputs\[1\] is empty"),
+    ({"input": [50257]}, "out of range"),
+    ({"input": ["a", 1]}, r"inputs\[1\] must be"),
+    ({"input": "x" * 2000}, "more than n_ctx"),
+    ({"input": "x", "encoding_format": "int8"}, "encoding_format"),
+    ({"input": "x", "pooling": "none"}, "pooling"),
+    ({"input": "x", "dimensions": 8}, "dimensions"),
+    ({"input": "x", "temperature": 1}, "unknown field 'temperature'"),
+    ([1, 2], "JSON object"),
+])
+def test_bad_embedding_requests(url, body, match):
+    status, text = post(url, body, path="/v1/embeddings")
+    assert status == 400, text
+    assert re.search(match, json.loads(text)["error"]["message"])
