@@ -86,9 +86,11 @@ def worker(a: dict) -> None:
         print(f"RUN {time.perf_counter() - t0!r} {json.dumps(tokens)}", flush=True)
 
 
-def in_turns(cases: list, rounds: int) -> list:
-    """[(seconds, tokens) per round] for each case, the cases taking turns."""
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(c)],
+def in_turns(cases: list, rounds: int, script: str = __file__) -> list:
+    """[(seconds, result) per round] for each case, the cases taking turns: a process a case,
+    running `script --worker CASE` (worker()'s protocol: "READY", then "RUN seconds json" a
+    "run" line)."""
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(script), "--worker", json.dumps(c)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                               env=bench.worker_env(c)) for c in cases]
 
