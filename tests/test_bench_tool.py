@@ -290,6 +290,34 @@ def test_bench_beam_runs_engines_in_turns_and_compares_their_best_sequences(load
         bench_beam.in_turns([dict(cases[0], path=f32_dir + "-missing")], 1)
 
 
+def test_bench_embed_runs_engines_in_turns_and_compares_their_vectors(load_tool, hf_model_factory):
+    """tools/bench_embed.py: pygpt and transformers embed the same passages in turns; the table
+    gives each one's time and how close its vectors are to transformers'."""
+    import argparse
+
+    import pygpt
+
+    bench_embed = load_tool("bench_embed")
+    _, hf_dir, f32_dir = hf_model_factory("tiny")
+    texts = bench_embed.passages(3, 10)
+    assert len(texts) == 3 and all(len(t) == 40 for t in texts) and texts[0] != texts[1]
+    common = dict(threads=1, texts=3, tokens=10, tokenizer=f32_dir)  # the HF folder has no tokenizer files
+    cases = [dict(common, engine="pygpt", dtype="f32", path=f32_dir),
+             dict(common, engine="transformers", dtype="f32", path=hf_dir)]
+    results = bench_embed.bench_beam.in_turns(cases, 2, script=bench_embed.__file__)
+    assert [len(r) for r in results] == [2, 2]
+    ours, theirs = (np.array(r[0][1]) for r in results)
+    assert ours.shape == theirs.shape == (3, 32)
+    assert np.abs(ours - np.asarray(pygpt.load(f32_dir).embed(texts), np.float64)).max() == 0
+    assert np.abs(ours - theirs).max() < 1e-5
+    args = argparse.Namespace(shape="tiny", threads=1, texts=3, rounds=2)
+    rows = bench_embed.table(cases, results, args, 30).splitlines()[-2:]
+    assert rows[0].startswith("| pygpt | f32 |") and rows[0].endswith("| 1.00x | 1.000000 |")
+    assert rows[1].startswith("| transformers | f32 |") and rows[1].endswith("| 1.000000 |")
+    with pytest.raises(SystemExit, match="fewer texts"):
+        bench_embed.passages(10_000, 1000)
+
+
 def test_bench_lookup_compares_prompt_lookup_with_plain_greedy(load_tool, tmp_path, capsys):
     import pygpt.convert
 

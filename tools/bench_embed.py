@@ -54,7 +54,7 @@ def embed_transformers(a):
     import transformers
 
     torch.set_num_threads(a["threads"])
-    tok = transformers.GPT2TokenizerFast.from_pretrained(a["hf"])
+    tok = transformers.GPT2TokenizerFast.from_pretrained(a["tokenizer"])
     tok.pad_token = tok.eos_token
     model = transformers.GPT2Model.from_pretrained(a["path"], torch_dtype=torch.float32).eval()
 
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     dtypes = [d for d in args.dtypes.split(",") if d]
     llama_types = ("f32",) if "llama.cpp" in peers else ()
     paths = bench.make_models(args.workdir, args.shape, dtypes, False, log, llama_types)
-    common = dict(threads=args.threads, texts=args.texts, tokens=args.tokens, hf=paths["hf"])
+    common = dict(threads=args.threads, texts=args.texts, tokens=args.tokens, tokenizer=paths["hf"])
     cases = [dict(common, engine="pygpt", dtype=d, path=paths[d]) for d in dtypes]
     if "transformers" in peers:
         cases.append(dict(common, engine="transformers", dtype="f32", path=paths["hf"]))
