@@ -12,6 +12,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 from . import _core  # noqa: E402
 from ._core import ModelFormatError  # noqa: E402
 from .batching import Batcher, BatcherClosed
+from .chat import ChatTemplate
 from .generation import GenerationOutput, Timings, generate_text as generate
 from .grammar import Grammar
 from .model import Model, load
@@ -42,5 +43,5 @@ def system_info() -> dict:
     }
 
 
-__all__ = ["Batcher", "BatcherClosed", "GenerationOutput", "Grammar", "Model", "ModelFormatError", "Timings", "Tokenizer", "generate", "load", "system_info",
+__all__ = ["Batcher", "BatcherClosed", "ChatTemplate", "GenerationOutput", "Grammar", "Model", "ModelFormatError", "Timings", "Tokenizer", "generate", "load", "system_info",
            "__version__"]

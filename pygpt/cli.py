@@ -507,9 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import server
 
-    sv = sub.add_parser("serve", help="serve a model over HTTP with OpenAI's completions API",
-                        description="Serve a model over HTTP: POST /v1/completions (OpenAI's completions "
-                                    "request and response, streaming included), GET /v1/models, GET /health.")
+    sv = sub.add_parser("serve", help="serve a model over HTTP with OpenAI's completions and chat API",
+                        description="Serve a model over HTTP: POST /v1/completions and /v1/chat/completions "
+                                    "(OpenAI's completions and chat requests and responses, streaming "
+                                    "included; chat messages become a prompt through a chat template, "
+                                    "--chat-template), GET /v1/models, GET /health.")
     server.add_arguments(sv)
     sv.set_defaults(func=server.run)
     return parser

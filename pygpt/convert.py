@@ -25,6 +25,7 @@ import shutil
 import numpy as np
 
 from ._format import DTYPES, FORMAT_VERSION, expected_tensors, read_safetensors_header, validate_config
+from .chat import CHAT_TEMPLATE_FILE
 
 
 class ConversionError(ValueError):
@@ -137,7 +138,8 @@ def _read_hf_hub(model_id):
 
 
 def _hub_tokenizer(model_id):
-    """The folder (in the Hugging Face cache) holding the model's vocab.json + merges.txt."""
+    """The folder (in the Hugging Face cache) holding the model's vocab.json + merges.txt, and
+    its chat template's files where it has them."""
     from huggingface_hub import hf_hub_download
 
     try:
@@ -145,6 +147,11 @@ def _hub_tokenizer(model_id):
         hf_hub_download(model_id, "merges.txt")
     except Exception:  # noqa: BLE001 - a model without tokenizer files converts without them
         return None
+    for name in ("tokenizer_config.json", CHAT_TEMPLATE_FILE):
+        try:
+            hf_hub_download(model_id, name)
+        except Exception:  # noqa: BLE001 - most models have no chat template
+            pass
     return os.path.dirname(vocab)
 
 
@@ -314,6 +321,37 @@ def _write_safetensors(path: str, tensors: dict, metadata: dict) -> None:
             f.write(np.ascontiguousarray(a).tobytes())
 
 
+def _chat_template(folder, verbose: bool = False):
+    """A Hugging Face folder's chat template, or None: its chat_template.jinja (what newer
+    transformers saves, and prefers), else tokenizer_config.json's "chat_template", a string or
+    a list of {"name", "template"} of which "default" is the one used."""
+    if folder is None:
+        return None
+    path = os.path.join(folder, CHAT_TEMPLATE_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    path = os.path.join(folder, "tokenizer_config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            template = json.load(f).get("chat_template")
+    except (ValueError, AttributeError) as e:  # not JSON, or not an object
+        raise ConversionError(f"{path}: not a tokenizer config: {e}") from None
+    if isinstance(template, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str) and
+                                          isinstance(t.get("template"), str) for t in template):
+        named = {t["name"]: t["template"] for t in template}
+        if "default" not in named:
+            if verbose:
+                print(f"warning: {path} has chat templates {sorted(named)} but no \"default\" one; none is kept")
+            return None
+        template = named["default"]
+    if template is not None and not isinstance(template, str):
+        raise ConversionError(f"{path}: \"chat_template\" must be a string or a list of {{\"name\", \"template\"}}")
+    return template
+
+
 def _find_tokenizer(folder):
     if folder is None:
         return None
@@ -347,6 +385,9 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
         raise FileNotFoundError(f"{tokenizer}: no vocab.json + merges.txt (or encoder.json + vocab.bpe)")
     sd, cfg, tok_src = read_source(source, config)
     tok_dir = _find_tokenizer(os.fspath(tokenizer)) if tokenizer is not None else _find_tokenizer(tok_src)
+    template = _chat_template(tok_src, verbose)  # the source's own, else the tokenizer folder's
+    if template is None and tokenizer is not None:
+        template = _chat_template(os.fspath(tokenizer), verbose)
 
     arrays = _canonical(sd, cfg)
     bias = "h.0.attn.c_attn.bias" in arrays
@@ -415,6 +456,9 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
                 break
     elif verbose:
         print("warning: no tokenizer files found; pass tokenizer=DIR to add vocab.json + merges.txt")
+    if template is not None:
+        with open(os.path.join(out_dir, CHAT_TEMPLATE_FILE), "w", encoding="utf-8", newline="") as f:
+            f.write(template)
     return out_dir
 
 

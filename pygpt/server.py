@@ -1,4 +1,4 @@
-"""`pygpt serve`: an OpenAI-compatible completions endpoint over one model, on the standard
+"""`pygpt serve`: OpenAI-compatible completions and chat endpoints over one model, on the standard
 library's threading HTTP server. Each request has its own thread; their generations run
 together in one pygpt.Batcher (continuous batching: one forward call a step for every running
 sequence, a request joining between two steps), at most --max-batch sequences at once, long
@@ -7,6 +7,8 @@ sequence reuses its keys and values (--prefix-cache; usage.prompt_tokens_details
 
     POST /v1/completions   {"prompt": "Once upon a time", "max_tokens": 50, "temperature": 0.8,
                             "stream": false, ...}: OpenAI's completions request and response
+    POST /v1/chat/completions  {"messages": [{"role": "user", "content": "Hi"}], ...}: OpenAI's
+                           chat request and response (below)
     GET  /v1/models        the model served
     GET  /health           {"status": "ok"}
     POST /tokenize         {"content": "text", "with_pieces": false} -> {"tokens": [ids]} (or with
@@ -34,6 +36,18 @@ grammar (GBNF text) and json_schema (a schema), one of the three (pygpt.Grammar;
 or an unsupported schema keyword is a 400). model and user are accepted and ignored;
 suffix, best_of > 1 and echo with logprobs and stream are refused (400), as is anything
 else unknown.
+
+Chat: the messages (system, developer, user, assistant; content a string or text parts) become a
+prompt through the server's chat template (--chat-template: the model folder's
+chat_template.jinja, else "plain"; pygpt.chat), whose stop strings join the request's, and the
+reply is the completion of that prompt (choices[i].message.content). The fields are the
+completions ones (not prompt, suffix, best_of, echo), with max_completion_tokens for max_tokens
+(default: the rest of the context), logprobs true or false and top_logprobs (0 to 20) in
+OpenAI's chat form ({"content": [{"token", "logprob", "bytes", "top_logprobs"}]}), and stream as
+chat.completion.chunk events (each choice's {"role": "assistant"} delta first, content deltas,
+a chunk with its finish_reason; stream_options {"include_usage": true}: a last chunk with the
+usage). tools, tool_choice, functions, audio, tool messages and image or audio content are
+refused (400).
 """
 
 from __future__ import annotations
@@ -43,9 +57,11 @@ import functools
 import json
 import secrets
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .batching import DEFAULT_MAX_BATCH, DEFAULT_PREFILL_CHUNK, DEFAULT_PREFIX_CACHE, Batcher
+from .chat import resolve as resolve_chat_template
 from .grammar import Grammar
 
 MAX_BODY_BYTES = 1 << 20
@@ -107,6 +123,13 @@ def _constraint(body: dict):
     return _grammar(kind, value or "")
 
 
+def _top_count(name: str, value) -> int:
+    """How many most likely tokens to report a token: an integer from 0 to 20, as OpenAI takes."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 20:
+        raise RequestError(f"'{name}' must be an integer from 0 to 20")
+    return value
+
+
 def completion_options(body: dict) -> dict:
     """pygpt generate options for an OpenAI completions request body (checked by generate)."""
     if not isinstance(body, dict):
@@ -127,10 +150,8 @@ def completion_options(body: dict) -> dict:
         elif key in _RENAMED:
             options[_RENAMED[key]] = value
         elif key == "logprobs":
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 20:
-                raise RequestError("'logprobs' must be an integer from 0 to 20")
             options["logprobs"] = True
-            options["top_logprobs"] = value
+            options["top_logprobs"] = _top_count("logprobs", value)
         elif key == "logit_bias":
             if not isinstance(value, dict):
                 raise RequestError("'logit_bias' must be an object {\"token id\": bias}")
@@ -202,12 +223,81 @@ def embeddings(model, body, name: str) -> dict:
     return {"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": n, "total_tokens": n}}
 
 
-def _prompts(body: dict):
-    """(prompt as generate takes it, whether it is a batch)."""
-    prompt = body.get("prompt", "<|endoftext|>")  # OpenAI's default
-    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
-        return prompt, True
-    return prompt, False
+def _flag(body: dict, name: str) -> bool:
+    """A true-or-false field (absent or null: false)."""
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise RequestError(f"'{name}' must be true or false")
+    return bool(value)
+
+
+@dataclass
+class _Call:
+    """A generation request read from its body: generate's prompt and options, and how to answer."""
+    prompt: object
+    options: dict
+    stream: bool
+    include_usage: bool = False  # streamed: a last chunk with the usage (chat's stream_options)
+
+
+def _completion_call(body) -> _Call:
+    options = completion_options(body)
+    stream = _flag(body, "stream")
+    if stream and options.get("logprobs") and options.get("echo"):
+        raise RequestError("'echo' with 'logprobs' is not supported with 'stream'")
+    return _Call(body.get("prompt", "<|endoftext|>"), options, stream)  # OpenAI's default prompt
+
+
+_TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call")
+
+
+def chat_options(body: dict, template, n_ctx: int) -> tuple:
+    """(prompt, pygpt generate options) for an OpenAI chat completions request body: the
+    messages rendered by template (a pygpt.ChatTemplate), whose stop strings join the request's;
+    the other fields as completion_options takes them, but logprobs (true or false) with
+    top_logprobs (k), and max_completion_tokens (or max_tokens; default: the rest of the
+    context, as OpenAI's chat has no limit but the model's)."""
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    fields = dict(body)
+    fields.pop("stream_options", None)  # how to stream: the handler's (_chat_call)
+    for key in _TOOL_FIELDS:
+        if fields.get(key) is not None:
+            raise RequestError(f"'{key}': tool and function calls are not supported by this server")
+    if fields.get("audio") is not None:
+        raise RequestError("'audio': audio output is not supported by this server")
+    for key in ("prompt", "suffix", "best_of", "echo"):  # completions' own
+        if key in fields:
+            raise RequestError(f"unknown field '{key}'")
+    try:
+        prompt = template.render(fields.pop("messages", None))
+    except ValueError as e:
+        raise RequestError(str(e)) from None
+    limit = fields.pop("max_completion_tokens", None)
+    if limit is not None:
+        if fields.get("max_tokens") is not None:
+            raise RequestError("give one of 'max_tokens' and 'max_completion_tokens'")
+        fields["max_tokens"] = limit
+    elif fields.get("max_tokens") is None:
+        fields["max_tokens"] = n_ctx  # generation stops where the context is full
+    logprobs, top = _flag(fields, "logprobs"), fields.pop("top_logprobs", None)
+    if top is not None and not logprobs:
+        raise RequestError("'top_logprobs' needs 'logprobs': true")
+    fields["logprobs"] = (0 if top is None else _top_count("top_logprobs", top)) if logprobs else None
+    options = completion_options(fields)
+    options["stop"] = template.with_stop(options.get("stop"))
+    return prompt, options
+
+
+def _chat_call(body, template, n_ctx: int) -> _Call:
+    prompt, options = chat_options(body, template, n_ctx)
+    stream, stream_options = _flag(body, "stream"), body.get("stream_options")
+    if stream_options is not None:
+        if not stream:
+            raise RequestError("'stream_options' goes with 'stream': true")
+        if not isinstance(stream_options, dict) or set(stream_options) - {"include_usage"}:
+            raise RequestError("'stream_options' must be {\"include_usage\": true or false}")
+    return _Call(prompt, options, stream, _flag(stream_options or {}, "include_usage"))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -273,56 +363,79 @@ class Handler(BaseHTTPRequestHandler):
                 return
             self._send_json(200, answer)
             return
+        if self.path == "/v1/chat/completions":
+            self._chat()
+            return
         if self.path != "/v1/completions":
             self._error(404, f"no such endpoint: POST {self.path}", "not_found_error")
             return
+        started = self._run(_completion_call)
+        if started is None:
+            return
+        call, result = started
+        logprobs = bool(call.options.get("logprobs"))
+        head = self._head("cmpl-", "text_completion")
+        tokenizer = self.server.model.tokenizer
+        if call.stream:
+            with result:  # a client that goes away stops its generation
+                self._stream(_completion_chunks(result, head, logprobs, tokenizer))
+            return
+        choices = [{"text": o.text, "index": i, "finish_reason": _finish(o),
+                    "logprobs": _logprobs(o.tokens, o.logprobs, o.top_logprobs, tokenizer)[0] if logprobs else None}
+                   for i, o in enumerate(result)]
+        self._send_json(200, {**head, "choices": choices, "usage": _usage(result, call.options)})
+
+    def _chat(self) -> None:
+        """POST /v1/chat/completions: the messages rendered by the server's chat template, then
+        as a completion; the reply as the template defines it."""
+        template = self.server.chat_template
+        started = self._run(lambda body: _chat_call(body, template, self.server.model.config["n_ctx"]))
+        if started is None:
+            return
+        call, result = started
+        logprobs = bool(call.options.get("logprobs"))
+        head = self._head("chatcmpl-", "chat.completion.chunk" if call.stream else "chat.completion")
+        tokenizer = self.server.model.tokenizer
+        if call.stream:
+            with result:  # a client that goes away stops its generation
+                self._stream(_chat_chunks(result, head, call, template, tokenizer))
+            return
+        choices = [{"index": i, "message": {"role": "assistant", "content": template.reply(o.text)},
+                    "logprobs": {"content": _chat_logprobs(o.tokens, o.logprobs, o.top_logprobs, tokenizer)}
+                    if logprobs else None, "finish_reason": _finish(o)}
+                   for i, o in enumerate(result)]
+        self._send_json(200, {**head, "choices": choices, "usage": _usage(result, call.options)})
+
+    def _run(self, read):
+        """Starts the request read(body) describes (a _Call) in the server's batcher: (the call,
+        its ChoiceStream when streamed, else its outputs as one list, prompt-major: OpenAI's
+        order of choices), or None once a bad request (400) or a failure (500) is answered."""
         try:
-            body = self._body()
-            options = completion_options(body)
+            call = read(self._body())
             if self.server.assistant is not None:
-                options["assistant_model"] = self.server.assistant
-            prompt, batch = _prompts(body)
-            stream = body.get("stream", False)
-            if not isinstance(stream, bool):
-                raise RequestError("'stream' must be true or false")
-            if stream:
-                if options.get("logprobs") and options.get("echo"):
-                    raise RequestError("'echo' with 'logprobs' is not supported with 'stream'")
-                it = self.server.batcher.stream_choices(prompt, tokens=bool(options.get("logprobs")), **options)
-            else:
-                out = self.server.batcher.generate(prompt, **options)
+                call.options["assistant_model"] = self.server.assistant
+            if call.stream:
+                tokens = bool(call.options.get("logprobs"))
+                return call, self.server.batcher.stream_choices(call.prompt, tokens=tokens, **call.options)
+            out = self.server.batcher.generate(call.prompt, **call.options)
         except (RequestError, ValueError, TypeError, MemoryError) as e:
             self._error(400, str(e) or type(e).__name__)
-            return
+            return None
         except Exception as e:  # noqa: BLE001 - a server answers, whatever went wrong
             self._error(500, f"{type(e).__name__}: {e}", "server_error")
-            return
-        head = {"id": "cmpl-" + secrets.token_hex(12), "object": "text_completion", "created": int(time.time()),
-                "model": self.server.model_name}
-        if stream:
-            with it:  # a client that goes away stops its generation
-                self._stream(it, head, bool(options.get("logprobs")))
-            return
-        per_prompt = [g if isinstance(g, list) else [g] for g in (out if batch else [out])]
-        flat = [o for g in per_prompt for o in g]  # OpenAI's order: prompt-major
-        tokenizer = self.server.model.tokenizer
-        choices = [{"text": o.text, "index": i, "finish_reason": _finish(o),
-                    "logprobs": _logprobs(o.tokens, o.logprobs, o.top_logprobs, tokenizer)[0]
-                    if options.get("logprobs") else None}
-                   for i, o in enumerate(flat)]
-        prompt_tokens = sum(len(g[0].prompt_tokens) for g in per_prompt)
-        completion_tokens = sum(len(o.tokens) - (len(o.prompt_tokens) if options.get("echo") else 0) for o in flat)
-        self._send_json(200, {**head, "choices": choices, "usage": {
-            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": flat[0].timings.cached_tokens}}})
+            return None
+        return call, [o for g in (out if isinstance(out, list) else [out])
+                      for o in (g if isinstance(g, list) else [g])]
 
-    def _stream(self, it, head, logprobs: bool) -> None:
-        """Server-sent events: a chunk a text piece of a choice (its index: prompt-major, as
-        without stream), then one with each choice's finish reason, then [DONE]. With logprobs,
-        a chunk also whenever a choice has new tokens, with their logprobs (text_offset counts
-        on from the choice's previous tokens, as without stream).
-        A client that goes away stops the generation (the caller closes the stream)."""
+    def _head(self, prefix: str, kind: str) -> dict:
+        """The fields every response (and chunk) of a request starts with."""
+        return {"id": prefix + secrets.token_hex(12), "object": kind, "created": int(time.time()),
+                "model": self.server.model_name}
+
+    def _stream(self, chunks) -> None:
+        """Server-sent events: each chunk (a JSON object), then [DONE]. A client that goes away
+        stops the generation (the caller closes the stream); a failure once the headers are
+        sent is an error event."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -330,31 +443,104 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
 
-        def event(index, text, finish, lps=None):
-            chunk = {**head, "choices": [{"text": text, "index": index, "logprobs": lps, "finish_reason": finish}]}
-            self.wfile.write(b"data: " + json.dumps(chunk).encode("utf-8") + b"\n\n")
+        def event(obj) -> None:
+            self.wfile.write(b"data: " + json.dumps(obj).encode("utf-8") + b"\n\n")
             self.wfile.flush()
 
-        tokenizer = self.server.model.tokenizer
-        offsets: dict = {}  # choice index -> text_offset of its next token
         try:
-            for item in it:
-                if not logprobs:
-                    event(*item, None)
-                    continue
-                index, piece, new = item
-                lps, offsets[index] = _logprobs(new["tokens"], new["logprobs"], new["top_logprobs"], tokenizer,
-                                                offsets.get(index, 0))
-                event(index, piece, None, lps)
-            for index, out in enumerate(it.outputs):
-                event(index, "", _finish(out))
+            for chunk in chunks:
+                event(chunk)
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception as e:  # noqa: BLE001 - headers are sent: report it in the stream
-            self.wfile.write(b"data: " + json.dumps({"error": {"message": str(e), "type": "server_error"}})
-                             .encode("utf-8") + b"\n\n")
+            event({"error": {"message": str(e), "type": "server_error"}})
+
+
+def _usage(outs: list, options: dict) -> dict:
+    """OpenAI's usage of a request's outputs (one list, prompt-major)."""
+    n = options.get("num_return_sequences", 1)
+    prompt_tokens = sum(len(o.prompt_tokens) for o in outs[::n])
+    completion_tokens = sum(len(o.tokens) - (len(o.prompt_tokens) if options.get("echo") else 0) for o in outs)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": outs[0].timings.cached_tokens}}
+
+
+def _choice_chunks(it, head: dict, delta, end):
+    """The chunks of a streamed request: delta(*item) for each item of it, (index, piece) or
+    with tokens (index, piece, tokens), unless it gives None; then end(index, output) for each
+    choice (its index: prompt-major, as without stream)."""
+    for item in it:
+        choice = delta(*item)
+        if choice is not None:
+            yield {**head, "choices": [choice]}
+    for index, out in enumerate(it.outputs):
+        yield {**head, "choices": [end(index, out)]}
+
+
+def _completion_chunks(it, head: dict, logprobs: bool, tokenizer):
+    """A chunk a text piece of a choice, then one with each choice's finish reason. With logprobs,
+    a chunk also whenever a choice has new tokens, with their logprobs (text_offset counts on
+    from the choice's previous tokens, as without stream)."""
+    offsets: dict = {}  # choice index -> text_offset of its next token
+
+    def delta(index, piece, new=None):
+        lps = None
+        if logprobs:
+            lps, offsets[index] = _logprobs(new["tokens"], new["logprobs"], new["top_logprobs"], tokenizer,
+                                            offsets.get(index, 0))
+        return {"text": piece, "index": index, "logprobs": lps, "finish_reason": None}
+
+    def end(index, out):
+        return {"text": "", "index": index, "logprobs": None, "finish_reason": _finish(out)}
+
+    return _choice_chunks(it, head, delta, end)
+
+
+def _chat_chunks(it, head: dict, call: _Call, template, tokenizer):
+    """chat.completion.chunk objects: each choice's {"role": "assistant", "content": ""} delta,
+    then content deltas (with logprobs, one whenever a choice has new tokens), then a chunk with
+    each choice's finish reason; with include_usage, a last one with the usage and no choices
+    (the others with usage null), as OpenAI streams. With the template's lstrip_reply, the
+    whitespace before a reply's first other character is not sent, as without stream."""
+    logprobs = bool(call.options.get("logprobs"))
+    begun: set = set()  # choices whose reply has begun
+    if call.include_usage:
+        head = {**head, "usage": None}
+
+    def delta(index, piece, new=None):
+        if template.lstrip_reply and index not in begun:
+            piece = piece.lstrip()
+        if piece:
+            begun.add(index)
+        if not piece and not logprobs:
+            return None
+        lps = {"content": _chat_logprobs(new["tokens"], new["logprobs"], new["top_logprobs"], tokenizer)} \
+            if logprobs else None
+        return {"index": index, "delta": {"content": piece}, "logprobs": lps, "finish_reason": None}
+
+    def end(index, out):
+        return {"index": index, "delta": {}, "logprobs": None, "finish_reason": _finish(out)}
+
+    for index in range(call.options.get("num_return_sequences", 1)):
+        yield {**head, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                    "finish_reason": None}]}
+    yield from _choice_chunks(it, head, delta, end)
+    if call.include_usage:
+        yield {**head, "choices": [], "usage": _usage(it.outputs, call.options)}
+
+
+def _chat_logprobs(tokens, logprobs, top_logprobs, tokenizer) -> list:
+    """OpenAI chat's logprobs "content": a {token, logprob, bytes, top_logprobs} entry a token,
+    its most likely alternatives as {token, logprob, bytes} (none when not asked for)."""
+    def entry(t, lp) -> dict:
+        return {"token": tokenizer.decode([t]), "logprob": lp, "bytes": list(tokenizer.token_bytes(t))}
+
+    tops = top_logprobs or [()] * len(tokens)
+    return [{**entry(t, lp), "top_logprobs": [entry(a, alp) for a, alp in row]}
+            for t, lp, row in zip(tokens, logprobs, tops)]
 
 
 def _logprobs(tokens, logprobs, top_logprobs, tokenizer, start: int = 0) -> tuple:
@@ -386,11 +572,14 @@ class Server(ThreadingHTTPServer):
     def __init__(self, model, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
                  verbose: bool = False, max_batch: int = DEFAULT_MAX_BATCH,
                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK, prefix_cache: int = DEFAULT_PREFIX_CACHE,
-                 assistant=None):
+                 assistant=None, chat_template=None):
         import os
 
         self.model = model
         self.assistant = assistant  # a pygpt.Model drafting for every request (assisted decoding), or None
+        # how chat requests become prompts: a pygpt.ChatTemplate, a built-in's name or a .jinja
+        # file; None: the model's own, else "plain"
+        self.chat_template = resolve_chat_template(model, chat_template)
         self.batcher = Batcher(model, max_batch=max_batch, prefill_chunk=prefill_chunk, prefix_cache=prefix_cache)
         self.model_name = name or os.path.basename(os.path.normpath(model.path))
         self.created = int(time.time())
@@ -423,6 +612,10 @@ def add_arguments(p) -> None:
                    help="a model with the same vocabulary (a smaller one, or this one at int8) that drafts "
                         "tokens for every request: faster, the same outputs (greedy) or distribution "
                         "(sampling) (default: off)")
+    p.add_argument("--chat-template", metavar="NAME|FILE", default=None,
+                   help="how /v1/chat/completions turns messages into a prompt: 'plain' (a User:/Assistant: "
+                        "transcript), 'chatml', or a Jinja template file as Hugging Face's (needs jinja2) "
+                        "(default: the model folder's chat_template.jinja, else plain)")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
 
 
@@ -433,9 +626,11 @@ def run(args) -> int:
     model = load(args.model, n_threads=args.threads, kv_cache=args.kv_cache)
     assistant = load(args.assistant, n_threads=args.threads) if args.assistant else None
     server = Server(model, args.host, args.port, verbose=args.verbose, max_batch=args.max_batch,
-                    prefill_chunk=args.prefill_chunk, prefix_cache=args.prefix_cache, assistant=assistant)
+                    prefill_chunk=args.prefill_chunk, prefix_cache=args.prefix_cache, assistant=assistant,
+                    chat_template=args.chat_template)
     host, port = server.server_address[:2]
-    print(f"pygpt: serving {server.model_name} on http://{host}:{port}/v1/completions", flush=True)
+    print(f"pygpt: serving {server.model_name} on http://{host}:{port}/v1/completions and /v1/chat/completions "
+          f"(chat template: {server.chat_template.name})", flush=True)
     try:
         server.serve_forever()
     finally:

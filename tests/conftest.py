@@ -2,10 +2,15 @@
 converter. Real pretrained weights cannot be downloaded here; random weights with the
 real shapes exercise the same code."""
 
+import contextlib
 import importlib.util
+import json
 import os
 import re
 import sys
+import threading
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -124,3 +129,45 @@ def pygpt_cmd(tmp_path_factory):
     path.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {func}\nsys.exit({func}())\n")
     path.chmod(0o755)
     return [str(path)]
+
+
+# -- pygpt serve ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serving(model, **options):
+    """A pygpt.server.Server over model on a free port, in a thread: yields its base URL."""
+    from pygpt import server
+
+    srv = server.Server(model, "127.0.0.1", 0, **options)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(timeout=30)
+
+
+def post(url, body, path="/v1/completions", raw=None):
+    """(status, response text) of a POST of body as JSON (or of the bytes raw)."""
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def get(url, path):
+    with urllib.request.urlopen(url + path, timeout=60) as r:
+        return r.status, json.loads(r.read())
+
+
+def sse_events(text) -> list:
+    """The events of a server-sent event stream: its JSON objects, then "[DONE]" if it ended so."""
+    events = [e for e in text.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events), events
+    return [e[len("data: "):] if e == "data: [DONE]" else json.loads(e[len("data: "):]) for e in events]

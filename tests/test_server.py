@@ -2,7 +2,6 @@
 model.generate / model.stream would answer); bad requests get a 400 with OpenAI's error object."""
 
 import json
-import os
 import re
 import subprocess
 import threading
@@ -13,12 +12,10 @@ import numpy as np
 import pytest
 
 import pygpt
-from pygpt import server as pygpt_server
+from conftest import GPT2_TOKENIZER, get, post, serving
 
 pytest.importorskip("torch")
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-GPT2_TOKENIZER = os.path.join(HERE, "data", "gpt2-tokenizer")
 PROMPTS = ["Hello, my dog is", "The quick brown fox"]
 
 
@@ -32,27 +29,8 @@ def model(hf_model_factory, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def url(model):
-    srv = pygpt_server.Server(model, "127.0.0.1", 0, name="tiny")
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
-
-
-def post(url, body, path="/v1/completions", raw=None):
-    data = raw if raw is not None else json.dumps(body).encode()
-    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def get(url, path):
-    with urllib.request.urlopen(url + path, timeout=60) as r:
-        return r.status, json.loads(r.read())
+    with serving(model, name="tiny") as base:
+        yield base
 
 
 def test_completion_is_generate(url, model):
@@ -313,7 +291,7 @@ def test_tokenize_and_detokenize(url, model):
 def test_malformed_bodies_and_paths(url):
     status, text = post(url, None, raw=b"{not json")
     assert status == 400 and "not JSON" in json.loads(text)["error"]["message"]
-    status, text = post(url, {"prompt": "hi"}, path="/v1/chat/completions")
+    status, text = post(url, {"prompt": "hi"}, path="/v1/chat")
     assert status == 404 and json.loads(text)["error"]["type"] == "not_found_error"
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(url + "/nope", timeout=30)
@@ -339,11 +317,7 @@ def test_an_assistant_drafts_for_every_request(model):
     """Server(assistant=...), `pygpt serve --assistant DIR`: every request is decoded with the
     assistant's drafts, to the same text (greedy) and the same sampled text as
     model.generate with assistant_model."""
-    srv = pygpt_server.Server(model, "127.0.0.1", 0, name="tiny", assistant=model)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        url = f"http://127.0.0.1:{srv.server_address[1]}"
+    with serving(model, name="tiny", assistant=model) as url:
         r = json.loads(post(url, {"prompt": PROMPTS, "max_tokens": 12, "temperature": 0})[1])
         assert [c["text"] for c in r["choices"]] == [model.generate(p, max_new_tokens=12).text for p in PROMPTS]
         r = json.loads(post(url, {"prompt": PROMPTS[0], "max_tokens": 12, "seed": 9})[1])
@@ -352,9 +326,6 @@ def test_an_assistant_drafts_for_every_request(model):
         assert want.timings.accepted_draft_tokens > 0
         # (which plain sampling's random numbers would not give: the drafts were used)
         assert want.text != model.generate(PROMPTS[0], max_new_tokens=12, temperature=1.0, seed=9).text
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_the_serve_command(pygpt_cmd, model):
