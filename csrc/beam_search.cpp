@@ -99,6 +99,8 @@ BeamSearch::BeamSearch(Model& model, const Tokenizer* tokenizer, std::vector<std
     opt_.sampling.end_tokens = ends_;
     K_ = std::max<int64_t>(2, 1 + int64_t(ends_.size())) * opt_.num_beams;
 
+    healing_.resize(prompts.size());
+    for (size_t p = 0; p < opt_.heal.size(); p++) healing_[p] = healing_tokens(*tok_, opt_.heal[p], V_);
     for (size_t p = 0; p < prompts.size(); p++) {
         auto g = std::make_unique<Group>();
         g->prompt_index = p;
@@ -238,6 +240,8 @@ void BeamSearch::score_row(Beam& beam, const float* row, std::vector<Candidate>&
     for (int64_t i = 0; i < V_; i++) s[i] = float(double(row[i]) - lse);
     samplers_[size_t(thread)].process(s.data(), beam.history, beam.n_prompt);
     if (opt_.logits_hook) opt_.logits_hook(beam.prompt_index, beam.history, s.data());
+    if (healing_[beam.prompt_index] && beam.history.size() == beam.n_prompt)
+        keep_allowed(s.data(), *healing_[beam.prompt_index]);
 
     std::vector<int32_t>& idx = idx_[size_t(thread)];
     top_k_finite(s.data(), V_, K_, idx);  // NaN is never taken
@@ -247,6 +251,12 @@ void BeamSearch::score_row(Beam& beam, const float* row, std::vector<Candidate>&
         out.back().closes = samplers_[size_t(thread)].grammar_closes_with(beam.history, beam.n_prompt, t);
     }
     if (opt_.top_logprobs > 0) beam.row_top = top_logprobs(row, V_, opt_.top_logprobs, lse, idx);
+}
+
+// The bytes `token` adds to beam's text (before it joins the beam's history).
+std::string_view BeamSearch::piece(const Beam& beam, int32_t token) const {
+    const bool first = beam.history.size() == beam.n_prompt;
+    return text_bytes(*tok_, token, first, first && !opt_.heal.empty() ? opt_.heal[beam.prompt_index] : "");
 }
 
 // One step of group g from its candidates: new finished hypotheses, the next running beams
@@ -314,8 +324,8 @@ void BeamSearch::select(Group& g, std::vector<Candidate>& candidates) {
         if (p) g.spare.push_back({std::move(p->cache), std::move(p->history)});
     for (size_t i = 0; i < next.size(); i++) {
         Beam& b = *g.beams[i];
+        if (tok_ && next[i]->token < tok_->vocab_size()) b.bytes += piece(b, next[i]->token);
         b.history.push_back(next[i]->token);
-        if (tok_ && next[i]->token < tok_->vocab_size()) b.bytes += tok_->token_bytes(next[i]->token);
         b.score = next[i]->score;
         if (opt_.logprobs) {
             b.logprobs.push_back(next[i]->logprob);
@@ -348,12 +358,12 @@ const char* BeamSearch::ending(const Beam& beam, const Candidate& c, bool at_lim
         text = beam.bytes;
         return "eos";
     }
-    const std::string& piece = tok_ && token < tok_->vocab_size() ? tok_->token_bytes(token) : std::string();
+    const std::string_view piece = tok_ && token < tok_->vocab_size() ? this->piece(beam, token) : std::string_view();
     if (!opt_.stop.empty()) {
         // a stop string the new bytes complete starts at most max_stop_ - 1 bytes before them
         const size_t old = beam.bytes.size();
         const size_t from = old + 1 > max_stop_ ? old + 1 - max_stop_ : 0;
-        const std::string tail = beam.bytes.substr(from) + piece;
+        const std::string tail = beam.bytes.substr(from).append(piece);
         size_t hit = std::string::npos;
         for (const auto& stop : opt_.stop) hit = std::min(hit, tail.find(stop));
         if (hit != std::string::npos) {
@@ -362,11 +372,13 @@ const char* BeamSearch::ending(const Beam& beam, const Candidate& c, bool at_lim
         }
     }
     if (c.closes) {  // the grammar is matched whole and nothing can extend it
-        text = beam.bytes + piece;
+        text = beam.bytes;
+        text += piece;
         return "stop";
     }
     if (at_limit) {
-        text = beam.bytes + piece;
+        text = beam.bytes;
+        text += piece;
         return "length";
     }
     return nullptr;

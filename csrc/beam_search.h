@@ -54,6 +54,7 @@ private:
     void score_row(Beam& beam, const float* row, std::vector<Candidate>& out, int thread);
     void select(Group& g, std::vector<Candidate>& candidates);
     const char* ending(const Beam& beam, const Candidate& c, bool at_limit, std::string& text) const;
+    std::string_view piece(const Beam& beam, int32_t token) const;
     void add_finished(Group& g, const Candidate& c, int64_t gen_len, const char* reason, std::string text);
     void finish(Group& g);
 
@@ -63,6 +64,7 @@ private:
     int64_t V_, n_ctx_, K_;
     std::vector<int32_t> ends_;  // end tokens (end_tokens)
     size_t max_stop_ = 0;        // longest stop string, bytes
+    std::vector<std::shared_ptr<const std::vector<uint8_t>>> healing_;  // by prompt (healing_tokens)
     std::vector<std::unique_ptr<Group>> groups_;
     std::vector<SequenceResult> results_;
     std::vector<std::string> untaken_;  // take_text: what has not been taken yet

@@ -268,6 +268,13 @@ void bind_generate(py::module_& m) {
         .def_readwrite("stop", &GenerateOptions::stop)
         .def_readwrite("stop_token_ids", &GenerateOptions::stop_token_ids)
         .def_readwrite("ignore_eos", &GenerateOptions::ignore_eos)
+        .def_property("heal", [](const GenerateOptions& o) {
+            py::list out;
+            for (const auto& h : o.heal) out.append(py::bytes(h));
+            return out;
+        }, [](GenerateOptions& o, std::vector<std::string> heal) { o.heal = std::move(heal); },
+           "Token healing: for each prompt, the bytes (its dropped last token's) its first generated token "
+           "starts with; empty: none.")
         .def_readwrite("max_time", &GenerateOptions::max_time)
         .def_readwrite("seed", &GenerateOptions::seed)
         .def_readwrite("logprobs", &GenerateOptions::logprobs)

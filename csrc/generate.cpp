@@ -50,6 +50,30 @@ void add_prompt_logprobs(const float* rows, const int32_t* ids, size_t n, int64_
     }
 }
 
+std::shared_ptr<const std::vector<uint8_t>> healing_tokens(const Tokenizer& tokenizer, const std::string& heal,
+                                                           int64_t vocab_size) {
+    if (heal.empty()) return nullptr;
+    auto allowed = std::make_shared<std::vector<uint8_t>>(size_t(vocab_size), uint8_t(0));
+    bool any = false;
+    for (int32_t t = 0; t < tokenizer.vocab_size() && t < vocab_size; t++) {
+        const std::string& b = tokenizer.token_bytes(t);
+        (*allowed)[size_t(t)] = b.size() >= heal.size() && b.compare(0, heal.size(), heal) == 0;
+        any = any || (*allowed)[size_t(t)];
+    }
+    for (const auto& [text, id] : tokenizer.specials())
+        if (id < vocab_size) (*allowed)[size_t(id)] = 0;
+    if (!any) throw std::invalid_argument("token healing: no token starts with the prompt's last token");
+    return allowed;
+}
+
+std::string_view text_bytes(const Tokenizer& tokenizer, int32_t token, bool first, const std::string& heal) {
+    std::string_view b = tokenizer.token_bytes(token);
+    if (!first || heal.empty()) return b;
+    if (b.substr(0, heal.size()) != heal)  // the sampler's mask comes after every processor
+        throw std::logic_error("token healing: the first token does not start with the prompt's last token");
+    return b.substr(heal.size());
+}
+
 std::vector<int32_t> end_tokens(const Tokenizer* tokenizer, const GenerateOptions& options) {
     std::vector<int32_t> ends;
     if (tokenizer && !options.ignore_eos && tokenizer->eot_id() >= 0) ends.push_back(tokenizer->eot_id());
@@ -177,6 +201,11 @@ void check_request(const Model& model, const Tokenizer* tokenizer, const std::ve
     if (opt.prompt_lookup_num_tokens > 0 && opt.num_beams > 1)
         bad("prompt lookup decoding (prompt_lookup_num_tokens > 0) does not go with beam search (num_beams > 1)");
     if (prompts.empty()) bad("no prompt to generate from");
+    if (!opt.heal.empty()) {
+        if (opt.heal.size() != prompts.size()) bad("heal: one string a prompt");
+        if (!tokenizer) bad("token healing needs a model with a tokenizer");
+        if (opt.sampling.grammar) bad("token healing does not go with a grammar");
+    }
     for (size_t p = 0; p < prompts.size(); p++) {
         const auto& ids = prompts[p];
         if (ids.empty()) bad("prompt " + std::to_string(p) + " is empty: at least one token is needed");
@@ -276,11 +305,14 @@ size_t Generation::add(std::vector<std::vector<int32_t>> prompts, GenerateOption
     opt.sampling.min_new_tokens = opt.min_new_tokens;
     opt.sampling.end_tokens = end_tokens(tok_, opt);
 
+    std::vector<std::shared_ptr<const std::vector<uint8_t>>> healing(prompts.size());  // may throw: before any add
+    for (size_t p = 0; p < opt.heal.size(); p++) healing[p] = healing_tokens(*tok_, opt.heal[p], V_);
     const size_t first = next_id_;
     for (size_t p = 0; p < prompts.size(); p++) {
         SamplingParams sampling = opt.sampling;  // with the caller's processor, told its prompt
         if (opt.logits_hook)
             sampling.custom = [hook = opt.logits_hook, p](const std::vector<int32_t>& h, float* s) { hook(p, h, s); };
+        sampling.first_allowed = healing[p];
         for (int64_t j = 0; j < opt.num_return_sequences; j++) {  // sample j draws from Rng(seed, j)
             auto s = std::make_unique<Seq>(req, sampling, V_, uint64_t(j), model_.kernels());
             s->stream = uint64_t(j);
@@ -809,7 +841,8 @@ void Generation::accept(Seq& s, int32_t token, const float* row) {
     if (tok_ && !opt.ignore_eos && token == tok_->eot_id()) return finish(s, "eos");
     if (tok_ && token < tok_->vocab_size()) {
         const size_t old = s.bytes.size();
-        s.bytes += tok_->token_bytes(token);
+        const bool first = s.r.tokens.size() == 1;
+        s.bytes += text_bytes(*tok_, token, first, first && !opt.heal.empty() ? opt.heal[s.r.prompt_index] : "");
         // a stop string ending in the new bytes starts at most max_stop_ - 1 bytes before them
         const size_t from = old + 1 > s.req->max_stop ? old + 1 - s.req->max_stop : 0;
         size_t hit = std::string::npos;

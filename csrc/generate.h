@@ -27,6 +27,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -49,6 +50,11 @@ struct GenerateOptions {
     std::vector<std::string> stop;          // UTF-8, non-empty
     std::vector<int32_t> stop_token_ids;
     bool ignore_eos = false;
+    // token healing (the bindings' callers drop each prompt's last token and pass its bytes):
+    // empty, or for each prompt the bytes its first generated token must start with ("":
+    // none). Those bytes are the prompt's, so they are left out of the text (and of stop
+    // string matches): the text continues the prompt as the caller wrote it.
+    std::vector<std::string> heal;
     // seconds (0: no limit): a sequence stops ("length") at its first token past this long after
     // its request was added (transformers' max_time)
     double max_time = 0.0;
@@ -166,6 +172,13 @@ void check_request(const Model& model, const Tokenizer* tokenizer, const std::ve
 // A Generation, or a BeamSearch when options.num_beams > 1.
 std::unique_ptr<Decoding> make_decoding(Model& model, const Tokenizer* tokenizer,
                                         std::vector<std::vector<int32_t>> prompts, GenerateOptions options);
+
+// Token healing: the tokens a prompt's first generated token may be (those whose bytes start
+// with `heal`, end tokens and special tokens left out), a byte a token id; null for "".
+std::shared_ptr<const std::vector<uint8_t>> healing_tokens(const Tokenizer& tokenizer, const std::string& heal,
+                                                           int64_t vocab_size);
+// A generated token's bytes in the text: without the healed prompt bytes for the first one.
+std::string_view text_bytes(const Tokenizer& tokenizer, int32_t token, bool first, const std::string& heal);
 
 // The tokens that end a sequence: eos (unless ignore_eos or no tokenizer), then stop_token_ids.
 std::vector<int32_t> end_tokens(const Tokenizer* tokenizer, const GenerateOptions& options);

@@ -143,6 +143,11 @@ void Sampler::check_history(const std::vector<int32_t>& history) const {
         if (t < 0 || t >= V_) throw std::invalid_argument("token id " + std::to_string(t) + " is outside the vocabulary");
 }
 
+void keep_allowed(float* s, const std::vector<uint8_t>& allowed) {
+    for (size_t i = 0; i < allowed.size(); i++)
+        if (!allowed[i]) s[i] = kNegInf;
+}
+
 void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_prompt, bool with_grammar) {
     have_weights_ = false;
     check_history(history);
@@ -156,6 +161,7 @@ void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_pr
         grammar_->mask(s, V_, params_.end_tokens);
     }
     if (params_.custom) params_.custom(history, s);
+    if (heals(history, n_prompt)) keep_allowed(s, *params_.first_allowed);
     if (params_.greedy()) return;  // the filters below only shape a random draw
 
     if (params_.temperature != 1.0f)
@@ -183,7 +189,7 @@ void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_pr
 
 int32_t Sampler::sample(const float* logits, std::vector<float>& work, const std::vector<int32_t>& history,
                         size_t n_prompt) {
-    if (params_.greedy() && !params_.changes_logits()) {
+    if (params_.greedy() && !params_.changes_logits() && !heals(history, n_prompt)) {
         check_history(history);
         return argmax(logits);
     }

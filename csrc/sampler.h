@@ -25,6 +25,8 @@
 //                       grammar (grammar.h); the end tokens only where it is a whole match
 //   custom              the caller's own processor (the bindings': Python callables), where
 //                       transformers runs a logits_processor list, after its own
+//   first_allowed       token healing: the first generated token is one of these (after
+//                       custom, so that no processor lets a banned one through)
 //   --- sampling only (temperature > 0): the former "warpers" ---
 //   temperature         s /= T                                  (TemperatureLogitsWarper)
 //   top_n_sigma         keep s >= max - n * std of the scores kept so far (Tang et al. 2024,
@@ -63,6 +65,9 @@
 #include "kernels.h"
 
 namespace pygpt {
+
+// s[i] = -inf for every token i with allowed[i] == 0.
+void keep_allowed(float* s, const std::vector<uint8_t>& allowed);
 
 // Random numbers: xoshiro256** 1.0 (Blackman & Vigna, https://prng.di.unimi.it/), its 256-bit
 // state filled by splitmix64. Each sequence owns one, keyed by (seed, stream), so a sequence's
@@ -114,6 +119,9 @@ struct SamplingParams {
     // vocabulary's trie comes with it
     std::shared_ptr<const Grammar> grammar;
     std::shared_ptr<const VocabTrie> grammar_vocab;
+    // token healing (GenerateOptions::heal): the tokens the first generated token may be, a
+    // byte a token id (null: any; set by the decode loop, per prompt)
+    std::shared_ptr<const std::vector<uint8_t>> first_allowed;
 
     // Throws std::invalid_argument naming the first bad value.
     void validate(int64_t vocab_size) const;
@@ -202,6 +210,9 @@ public:
 
 private:
     void process(float* scores, const std::vector<int32_t>& history, size_t n_prompt, bool with_grammar);
+    bool heals(const std::vector<int32_t>& history, size_t n_prompt) const {
+        return params_.first_allowed != nullptr && history.size() == n_prompt;
+    }
     void check_history(const std::vector<int32_t>& history) const;
     void apply_penalties(float* s, const std::vector<int32_t>& history, size_t n_prompt);
     void apply_sequence_bias(float* s, const std::vector<int32_t>& history) const;

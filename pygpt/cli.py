@@ -73,7 +73,7 @@ def _sampling_options(args) -> dict:
         frequency_penalty=args.frequency_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
         stop=args.stop or None, ignore_eos=args.ignore_eos, echo=args.echo,
         truncate="left" if args.truncate else None, prompt_lookup_num_tokens=args.prompt_lookup,
-        **_grammar_options(args))
+        token_healing=args.token_healing, **_grammar_options(args))
 
 
 def _grammar_options(args) -> dict:
@@ -392,6 +392,9 @@ def _add_decoding_arguments(g, seed_help: str) -> None:
     st.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
     st.add_argument("--truncate", action="store_true",
                     help="drop the start of a prompt too long for the context instead of failing")
+    st.add_argument("--token-healing", action="store_true",
+                    help="regenerate the prompt's last token: the continuation of a prompt cut mid-word or "
+                         "ending in a space starts as if the text had been tokenized whole")
     st.add_argument("--stats", action="store_true",
                     help="print token counts, finish reason and speed to stderr at the end")
 

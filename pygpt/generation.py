@@ -341,7 +341,8 @@ class _Request:
                  echo=False, num_return_sequences=1, truncate=None, min_new_tokens=0, num_beams=1,
                  length_penalty=1.0, early_stopping=False, prompt_lookup_num_tokens=None,
                  max_matching_ngram_size=2, logits_processor=None, stopping_criteria=None,
-                 prefix_allowed_tokens_fn=None, assistant_model=None, num_assistant_tokens=None, grammar=None):
+                 prefix_allowed_tokens_fn=None, assistant_model=None, num_assistant_tokens=None, grammar=None,
+                 token_healing=False):
         if not hasattr(model, "_core") or not hasattr(model, "config"):
             raise TypeError(f"model must be a pygpt.Model (from pygpt.load), got {type(model).__name__}")
         if model._core is None:
@@ -486,13 +487,49 @@ class _Request:
                 raise ValueError(f"{name} has {len(ids)} tokens, more than the model's context of {n_ctx}; "
                                  f"pass truncate='left' to keep its end")
             self.prompts.append(ids)
+        self.healed = self._heal(_bool("token_healing", token_healing), grammar is not None)
+
+    def _heal(self, on: bool, has_grammar: bool) -> list:
+        """Token healing: each prompt's last token is dropped and the first generated token must
+        start with its bytes, so a prompt cut mid-word (or ending in a space) continues as the
+        text would have been tokenized whole. Returns the dropped token of each prompt (None:
+        not healed: a one-token prompt, a special token, bytes that are not whole UTF-8, or no
+        new tokens)."""
+        healed = [None] * len(self.prompts)
+        if not on:
+            return healed
+        if self.tokenizer is None:
+            raise ValueError("token_healing needs a model with a tokenizer (vocab.json + merges.txt)")
+        if has_grammar:
+            raise ValueError("token_healing does not go with a grammar (the grammar would have to match the "
+                             "healed prompt text too)")
+        specials = set(self.tokenizer.special_tokens.values())
+        heal = []
+        for p, ids in enumerate(self.prompts):
+            piece = self.tokenizer.token_bytes(ids[-1])
+            try:
+                piece.decode("utf-8")
+                whole = True
+            except UnicodeDecodeError:
+                whole = False
+            if len(ids) < 2 or ids[-1] in specials or not whole or self.options.max_new_tokens == 0:
+                heal.append(b"")
+                continue
+            healed[p] = ids[-1]
+            self.prompts[p] = ids[:-1]
+            heal.append(piece)
+        self.options.heal = heal
+        return healed
 
     def start(self) -> "_core.Generation":
         tok_core = self.tokenizer._core if self.tokenizer is not None else None
         return _core.Generation(self.model._core, tok_core, self.prompts, self.options)
 
     def prompt_text(self, p: int) -> Optional[str]:
-        return self.tokenizer.decode(self.prompts[p]) if self.tokenizer is not None else None
+        """Prompt p as the caller gave it (with a healed token's bytes)."""
+        if self.tokenizer is None:
+            return None
+        return self.tokenizer.decode(self.prompts[p] + ([self.healed[p]] if self.healed[p] is not None else []))
 
     @property
     def n_sequences(self) -> int:
