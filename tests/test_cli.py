@@ -278,6 +278,13 @@ def test_tokenize(pygpt_cmd, model_dir, model):
     assert r.stdout.decode().splitlines() == ["17250\tb'Hi'", "612\tb' there'"]
 
 
+def test_token_healing(pygpt_cmd, model_dir, model):
+    r = run(pygpt_cmd, "generate", "-m", model_dir, "Hello wor", "-n", "6", "-t", "0", "--token-healing")
+    assert r.returncode == 0, r.stderr
+    want = model.generate("Hello wor", max_new_tokens=6, token_healing=True)
+    assert r.stdout.decode("utf-8") == want.text != model.generate("Hello wor", max_new_tokens=6).text
+
+
 def test_embed(pygpt_cmd, model_dir, model):
     import json
 

@@ -385,3 +385,14 @@ def test_bad_embedding_requests(url, body, match):
     status, text = post(url, body, path="/v1/embeddings")
     assert status == 400, text
     assert re.search(match, json.loads(text)["error"]["message"])
+
+
+def test_token_healing(url, model):
+    status, text = post(url, {"prompt": "Hello wor", "max_tokens": 6, "temperature": 0, "token_healing": True})
+    assert status == 200
+    want = model.generate("Hello wor", max_new_tokens=6, token_healing=True)
+    r = json.loads(text)
+    assert r["choices"][0]["text"] == want.text
+    assert r["usage"]["prompt_tokens"] == len(want.prompt_tokens)
+    status, text = post(url, {"prompt": "Hello wor", "token_healing": 1})
+    assert status == 400 and "token_healing" in json.loads(text)["error"]["message"]
