@@ -1,6 +1,7 @@
 """Embedding speed, side by side: pygpt's Model.embed against transformers (GPT2Model, mean
 of last_hidden_state) and llama.cpp (llama-cpp-python, embedding=True, mean pooling) on the
-same random gpt2-shaped model (made by tools/bench.py's make_models, in the same work folder).
+same random gpt2-shaped model (made by tools/bench.py's make_models, in the same work folder;
+llama.cpp with flash attention on, as tools/bench.py runs it).
 
 One run embeds --texts passages of a public-domain text (tests/data/corpus), each cut to about
 --tokens GPT-2 tokens, as unit vectors, text in and vectors out (each engine tokenizes: pygpt
@@ -29,7 +30,7 @@ import bench  # noqa: E402  (its models and worker environment)
 import bench_beam  # noqa: E402  (its processes in turns)
 
 CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data", "corpus",
-                      "shakespeare-sample.txt")
+                      "eval-areopagitica.txt")
 
 
 def passages(n: int, tokens: int) -> list:
@@ -73,7 +74,7 @@ def embed_llamacpp(a):
     import llama_cpp
 
     llm = llama_cpp.Llama(model_path=a["path"], embedding=True, n_ctx=1024, n_batch=1024, n_ubatch=1024,
-                          n_threads=a["threads"], n_threads_batch=a["threads"],
+                          n_threads=a["threads"], n_threads_batch=a["threads"], flash_attn=True,
                           pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, verbose=False)
     return lambda texts: np.asarray(llm.embed(texts, normalize=True), np.float32)
 
