@@ -142,25 +142,31 @@ def table(cases: list, results: list, args) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def engine_arguments(ap, dtypes: str, peers: str, rounds: int) -> None:
+    """The arguments every in-turns benchmark takes (this one and bench_embed.py)."""
     ap.add_argument("--workdir", default="/tmp/pygpt-bench", help="models (made here if missing; default: %(default)s)")
     ap.add_argument("--shape", default="124M", choices=sorted(bench.SHAPES))
-    ap.add_argument("--dtypes", default="f32,int8", help="pygpt weight types (default: %(default)s)")
-    ap.add_argument("--peers", default="transformers,ctranslate2", help="default: %(default)s")
+    ap.add_argument("--dtypes", default=dtypes, help="pygpt weight types (default: %(default)s)")
+    ap.add_argument("--peers", default=peers, help="default: %(default)s")
+    ap.add_argument("--threads", type=int, default=2, help="default: %(default)s")
+    ap.add_argument("--rounds", type=int, default=rounds, help="default: %(default)s")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    engine_arguments(ap, "f32,int8", "transformers,ctranslate2", 3)
     ap.add_argument("--beams", type=int, default=4, help="default: %(default)s")
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens (default: %(default)s)")
     ap.add_argument("--new", type=int, default=64, help="new tokens (default: %(default)s)")
-    ap.add_argument("--threads", type=int, default=2, help="default: %(default)s")
-    ap.add_argument("--rounds", type=int, default=3, help="default: %(default)s")
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         worker(json.loads(args.worker))
         return 0
-
-    def log(msg):
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     peers = [p for p in args.peers.split(",") if p]
     dtypes = [d for d in args.dtypes.split(",") if d]

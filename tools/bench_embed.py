@@ -117,29 +117,20 @@ def table(cases: list, results: list, args, n_tokens: int) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workdir", default="/tmp/pygpt-bench", help="models (made here if missing; default: %(default)s)")
-    ap.add_argument("--shape", default="124M", choices=sorted(bench.SHAPES))
-    ap.add_argument("--dtypes", default="f32,bf16,int8", help="pygpt weight types (default: %(default)s)")
-    ap.add_argument("--peers", default="transformers,llama.cpp", help="default: %(default)s")
+    bench_beam.engine_arguments(ap, "f32,bf16,int8", "transformers,llama.cpp", 5)
     ap.add_argument("--texts", type=int, default=32, help="texts a run (default: %(default)s)")
     ap.add_argument("--tokens", type=int, default=128, help="about this many tokens a text (default: %(default)s)")
-    ap.add_argument("--threads", type=int, default=2, help="default: %(default)s")
-    ap.add_argument("--rounds", type=int, default=5, help="default: %(default)s")
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         worker(json.loads(args.worker))
         return 0
-
-    def log(msg):
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     import pygpt
 
     peers = [p for p in args.peers.split(",") if p]
     dtypes = [d for d in args.dtypes.split(",") if d]
     llama_types = ("f32",) if "llama.cpp" in peers else ()
-    paths = bench.make_models(args.workdir, args.shape, dtypes, False, log, llama_types)
+    paths = bench.make_models(args.workdir, args.shape, dtypes, False, bench_beam.log, llama_types)
     common = dict(threads=args.threads, texts=args.texts, tokens=args.tokens, tokenizer=paths["hf"])
     cases = [dict(common, engine="pygpt", dtype=d, path=paths[d]) for d in dtypes]
     if "transformers" in peers:
@@ -148,7 +139,7 @@ def main(argv=None) -> int:
         cases.append(dict(common, engine="llama.cpp", dtype="f32", path=paths["llama.cpp-f32"]))
     tok = pygpt.Tokenizer.from_dir(paths["f32"])
     n_tokens = sum(len(tok.encode(t)) for t in passages(args.texts, args.tokens))
-    log(f"{len(cases)} engines, {args.rounds} rounds in turns")
+    bench_beam.log(f"{len(cases)} engines, {args.rounds} rounds in turns")
     results = bench_beam.in_turns(cases, args.rounds, script=__file__)
     print(table(cases, results, args, n_tokens))
     return 0
