@@ -282,16 +282,58 @@ def resolve(model, template) -> ChatTemplate:
     return model.chat_template if template is None else ChatTemplate.load(template)
 
 
-def chat(model, messages, template=None, *, stop=None, **options):
-    """model.chat: generate() on the conversation's prompt under template (None: the model's
-    own), the template's stop strings added to stop; the output's text is the reply."""
+def _prompt(model, messages, template, stop, options) -> tuple:
+    """(template, prompt text, stop strings) of a chat call."""
     chosen = resolve(model, template)
     if options.get("echo"):
         raise ValueError("chat() returns the reply alone, so no echo: render the prompt with "
                          "apply_chat_template() and call generate()")
-    out = model.generate(chosen.render(messages), stop=chosen.with_stop(stop), **options)
+    return chosen, chosen.render(messages), chosen.with_stop(stop)
+
+
+def chat(model, messages, template=None, *, stop=None, **options):
+    """model.chat: generate() on the conversation's prompt under template (None: the model's
+    own), the template's stop strings added to stop; the output's text is the reply."""
+    chosen, prompt, stop = _prompt(model, messages, template, stop, options)
+    out = model.generate(prompt, stop=stop, **options)
 
     def reply(o):
         return dataclasses.replace(o, text=chosen.reply(o.text))
 
     return [reply(o) for o in out] if isinstance(out, list) else reply(out)
+
+
+class ReplyStream:
+    """model.chat_stream's iterator: the reply's text as it is generated (model.stream's pieces,
+    the whitespace before the reply's first other character left out under lstrip_reply, as
+    chat() leaves it out); once exhausted, .output is chat()'s output. Breaking out of the
+    loop stops generation."""
+
+    def __init__(self, stream, template: ChatTemplate):
+        self._stream = stream
+        self._template = template
+        self._begun = not template.lstrip_reply
+        self.output = None
+
+    def __iter__(self) -> "ReplyStream":
+        return self
+
+    def __next__(self) -> str:
+        while True:
+            try:
+                piece = next(self._stream)
+            except StopIteration:
+                out = self._stream.output
+                self.output = dataclasses.replace(out, text=self._template.reply(out.text))
+                raise
+            if not self._begun:
+                piece = piece.lstrip()
+                self._begun = bool(piece)
+            if piece:
+                return piece
+
+
+def chat_stream(model, messages, template=None, *, stop=None, **options) -> ReplyStream:
+    """model.chat_stream: chat() with the reply streamed (model.stream's options)."""
+    chosen, prompt, stop = _prompt(model, messages, template, stop, options)
+    return ReplyStream(model.stream(prompt, stop=stop, **options), chosen)

@@ -74,7 +74,8 @@ class GenerationOutput:
                    None for the first prompt token when echo=True.
     top_logprobs:  with top_logprobs=k, for each token the k most likely (id, log-probability)
                    pairs, most likely first (None for the first prompt token with echo).
-    prompt_tokens: the prompt's ids as run (after truncation).
+    prompt_tokens: the prompt's ids as run (after truncation; without its last token when
+                   token_healing replaced it).
     score:         with beam search (num_beams > 1), the sequence's score: the sum of its
                    processed log-probabilities / (generated length ** length_penalty), as
                    transformers' sequences_scores; None otherwise.

@@ -162,6 +162,13 @@ class Model:
 
         return chat.chat(self, messages, template, **kwargs)
 
+    def chat_stream(self, messages, template=None, **kwargs):
+        """chat() with the reply streamed: an iterator of text pieces whose .output, once it is
+        exhausted, is chat()'s output; see pygpt.chat."""
+        from . import chat
+
+        return chat.chat_stream(self, messages, template, **kwargs)
+
     def stream(self, prompt, **kwargs):
         """Yields the generated text piece by piece (valid UTF-8 only)."""
         from . import generation

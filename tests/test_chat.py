@@ -3,6 +3,7 @@ prompts rendered exactly (Jinja templates as transformers' apply_chat_template r
 replies that are generate's on the rendered prompt, the converter keeping a Hugging Face
 folder's template, and every bad input refused with a message that names it."""
 
+import dataclasses
 import datetime
 import json
 import os
@@ -284,6 +285,21 @@ def test_chat_samples_and_refuses_echo(model):
         model.chat(ONE, echo=True)
     with pytest.raises(TypeError, match="stop must be"):
         model.chat(ONE, stop=5)
+
+
+@pytest.mark.parametrize("template", [None, "chatml"])
+def test_chat_stream_is_chat(model, template):
+    want = model.chat(CONV, template=template, max_new_tokens=30, temperature=0.9, seed=7)
+    stream = model.chat_stream(CONV, template=template, max_new_tokens=30, temperature=0.9, seed=7)
+    pieces = list(stream)
+    assert "".join(pieces) == want.text and all(pieces)
+    assert dataclasses.replace(stream.output, timings=want.timings) == want
+    if template is None:  # plain: the reply's leading space is not streamed either
+        assert not pieces[0][0].isspace()
+    with pytest.raises(ValueError, match="echo"):
+        model.chat_stream(ONE, echo=True)
+    with pytest.raises(ValueError, match="one sequence"):
+        model.chat_stream(ONE, num_return_sequences=2)
 
 
 # -- the converter ---------------------------------------------------------------------------------
