@@ -1,4 +1,6 @@
 // Python bindings of Model and KVCache. Every call that computes releases the GIL.
+#include <algorithm>
+
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
@@ -56,7 +58,8 @@ py::array_t<float> hidden_states(Model& model, const std::vector<IdArray>& seqs,
     std::vector<std::unique_ptr<KVCache>> caches;
     std::vector<SeqStep> steps;
     for (const auto& v : ids) {
-        caches.push_back(model.new_cache());
+        // the positions it needs (fewer pages touched than n_ctx's; a longer one fails in forward)
+        caches.push_back(model.new_cache(std::min<int64_t>((int64_t)v.size(), model.config().n_ctx)));
         SeqStep step;
         step.cache = caches.back().get();
         step.tokens = v.data();

@@ -210,9 +210,10 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
     tt.check_all_used();
 }
 
-std::unique_ptr<KVCache> Model::new_cache() const {
-    return std::make_unique<KVCache>(config_.n_layer, config_.n_head, config_.n_ctx, config_.n_embd / config_.n_head,
-                                     kv_type_);
+std::unique_ptr<KVCache> Model::new_cache(int64_t positions) const {
+    if (positions < 0 || positions > config_.n_ctx) throw std::invalid_argument("new_cache: positions out of range");
+    return std::make_unique<KVCache>(config_.n_layer, config_.n_head, positions ? positions : config_.n_ctx,
+                                     config_.n_embd / config_.n_head, kv_type_);
 }
 
 int64_t Model::logit_rows(const std::vector<SeqStep>& steps) {
@@ -250,13 +251,15 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits, float* hid
     std::set<const KVCache*> caches;
     for (const auto& s : steps) {
         if (!s.cache || s.n_tokens < 1) throw std::invalid_argument("forward: each sequence needs at least one token");
-        if (s.cache->n_ctx != cfg.n_ctx || s.cache->n_head != cfg.n_head || s.cache->head_dim != C / cfg.n_head ||
+        if (s.cache->n_ctx > cfg.n_ctx || s.cache->n_head != cfg.n_head || s.cache->head_dim != C / cfg.n_head ||
             s.cache->n_layer != cfg.n_layer)
             throw std::invalid_argument("forward: KV cache belongs to another model");
         if (!caches.insert(s.cache).second) throw std::invalid_argument("forward: a KV cache appears twice");
-        if (s.cache->pos + s.n_tokens > cfg.n_ctx)
+        if (s.cache->pos + s.n_tokens > s.cache->n_ctx)
             throw std::invalid_argument("sequence of " + std::to_string(s.cache->pos + s.n_tokens) +
-                                        " tokens is longer than n_ctx = " + std::to_string(cfg.n_ctx));
+                                        " tokens is longer than " +
+                                        (s.cache->n_ctx == cfg.n_ctx ? "n_ctx = " + std::to_string(cfg.n_ctx)
+                                         : "its KV cache's " + std::to_string(s.cache->n_ctx) + " positions"));
         for (int64_t i = 0; i < s.n_tokens; i++)
             if (s.tokens[i] < 0 || s.tokens[i] >= V)
                 throw std::invalid_argument("token id " + std::to_string(s.tokens[i]) + " out of range [0, " +

@@ -133,7 +133,9 @@ public:
     size_t file_bytes() const { return file_->size(); }
     size_t copied_bytes() const { return copied_bytes_; }
 
-    std::unique_ptr<KVCache> new_cache() const;
+    // A cache for up to `positions` positions (0: n_ctx; a shorter one for a sequence known to
+    // stay shorter, such as a text to embed, touches fewer pages).
+    std::unique_ptr<KVCache> new_cache(int64_t positions = 0) const;
 
     // Runs the new tokens of every sequence through the network (ragged: each sequence at
     // its own positions, no padding) and appends their keys/values to each cache.

@@ -88,6 +88,24 @@ def test_1000_other_calls_keep_rss_flat(cache_heavy):
     assert growth < 2 * MB
 
 
+def test_embedding_calls_keep_rss_flat_and_small(cache_heavy):
+    """Each text gets a KV cache of its own length: a thousand one-token texts in one call
+    touch a few pages each, not the pages of 1,000 caches of n_ctx positions."""
+    m = pygpt.load(cache_heavy, n_threads=1)
+    texts = ["a", "the cat", "weather"] * 333
+
+    def call(i):
+        assert m.embed(texts[i % 3:]).shape[1] == 64
+
+    gc.collect()
+    before = rss()
+    call(0)
+    first = rss() - before
+    growth = flat_rss(call, calls=30, warmup=3)
+    print(f"\nRSS: the first call of 999 texts {first / 1024:.0f} KiB, 30 more {growth / 1024:.0f} KiB")
+    assert first < 16 * MB and growth < 2 * MB
+
+
 def test_failed_calls_leak_nothing(cache_heavy):
     """Errors raised from C++ (bad ids, full caches, bad files) free what they allocated."""
     m = pygpt.load(cache_heavy, n_threads=1)
