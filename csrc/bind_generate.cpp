@@ -156,6 +156,8 @@ void bind_generate(py::module_& m) {
         .def_readwrite("presence_penalty", &SamplingParams::presence_penalty)
         .def_readwrite("frequency_penalty", &SamplingParams::frequency_penalty)
         .def_readwrite("no_repeat_ngram_size", &SamplingParams::no_repeat_ngram_size)
+        .def_readwrite("dynatemp_range", &SamplingParams::dynatemp_range)
+        .def_readwrite("dynatemp_exponent", &SamplingParams::dynatemp_exponent)
         .def_readwrite("logit_bias", &SamplingParams::logit_bias)
         .def_readwrite("sequence_bias", &SamplingParams::sequence_bias)
         .def_readwrite("min_new_tokens", &SamplingParams::min_new_tokens)

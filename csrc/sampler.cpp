@@ -90,6 +90,11 @@ void SamplingParams::validate(int64_t vocab_size) const {
         bad("mirostat chooses the tokens to keep itself: it does not go with top_k, top_p, min_p, typical_p, "
             "top_n_sigma, epsilon_cutoff, eta_cutoff or xtc");
     if (mirostat != 0 && temperature == 0.0f) bad("mirostat samples: temperature must be > 0");
+    if (!(dynatemp_range >= 0.0) || std::isinf(dynatemp_range))
+        bad("dynatemp_range must be a finite number >= 0 (0 = off), got " + str(dynatemp_range));
+    if (!(dynatemp_exponent >= 0.0) || std::isinf(dynatemp_exponent))
+        bad("dynatemp_exponent must be a finite number >= 0, got " + str(dynatemp_exponent));
+    if (mirostat != 0 && dynatemp()) bad("mirostat does not go with dynatemp_range: it follows its own target");
     if (!(repetition_penalty > 0.0f) || !std::isfinite(repetition_penalty))
         bad("repetition_penalty must be a finite number > 0 (1 = off), got " + str(repetition_penalty));
     if (!std::isfinite(presence_penalty)) bad("presence_penalty must be finite");
@@ -143,6 +148,13 @@ void Sampler::check_history(const std::vector<int32_t>& history) const {
         if (t < 0 || t >= V_) throw std::invalid_argument("token id " + std::to_string(t) + " is outside the vocabulary");
 }
 
+// A tiny temperature (or a huge bias) can overflow a score to +inf, and inf - inf is NaN in every
+// softmax: cap at the largest float, which keeps the order.
+static void cap_infinities(float* s, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (s[i] == std::numeric_limits<float>::infinity()) s[i] = std::numeric_limits<float>::max();
+}
+
 void keep_allowed(float* s, const std::vector<uint8_t>& allowed) {
     for (size_t i = 0; i < allowed.size(); i++)
         if (!allowed[i]) s[i] = kNegInf;
@@ -164,12 +176,9 @@ void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_pr
     if (heals(history, n_prompt)) keep_allowed(s, *params_.first_allowed);
     if (params_.greedy()) return;  // the filters below only shape a random draw
 
-    if (params_.temperature != 1.0f)
+    if (params_.temperature != 1.0f && !params_.dynatemp())
         for (int64_t i = 0; i < V_; i++) s[i] /= params_.temperature;
-    // A tiny temperature (or a huge bias) can overflow a score to +inf, and inf - inf is NaN in
-    // every softmax below: cap at the largest float, which keeps the order.
-    for (int64_t i = 0; i < V_; i++)
-        if (s[i] == std::numeric_limits<float>::infinity()) s[i] = std::numeric_limits<float>::max();
+    cap_infinities(s, V_);
     if (params_.mirostat != 0) {
         keep_mirostat(s, n_generated(history, n_prompt));
         return;
@@ -185,6 +194,31 @@ void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_pr
     if (params_.epsilon_cutoff > 0.0) keep_epsilon(s);
     if (params_.eta_cutoff > 0.0) keep_eta(s);
     if (params_.xtc_probability > 0.0) exclude_top_choices(s);
+    if (params_.dynatemp()) scale_by_entropy(s);
+}
+
+// llama.cpp's dynamic temperature over the tokens kept: T = lo + (hi - lo) * (H / log n)^e,
+// lo = max(0, temperature - range), hi = temperature + range, H the entropy of the kept
+// tokens' distribution and n their number; then s /= T (shifted by the largest score, which
+// the distribution does not see). Nothing changes with one token kept.
+void Sampler::scale_by_entropy(float* s) {
+    if (!have_weights_) compute_weights(s);
+    double Z = 0.0;
+    int64_t n = 0;
+    for (int64_t i = 0; i < V_; i++)
+        if (w_[i] > 0.0) Z += w_[i], n++;
+    if (n <= 1) return;
+    double H = 0.0;
+    for (int64_t i = 0; i < V_; i++)
+        if (w_[i] > 0.0) H -= w_[i] / Z * std::log(w_[i] / Z);
+    const double lo = std::max(0.0, double(params_.temperature) - params_.dynatemp_range);
+    const double hi = double(params_.temperature) + params_.dynatemp_range;
+    const double T = lo + (hi - lo) * std::pow(H / std::log(double(n)), params_.dynatemp_exponent);
+    // softmax(s / T) = softmax((s - max) / T): the largest stays 0, a tiny T sends the rest to
+    // -inf (their probability underflows) rather than every score to +-inf
+    for (int64_t i = 0; i < V_; i++)
+        if (s[i] != kNegInf) s[i] = float((double(s[i]) - double(w_max_)) / T);
+    have_weights_ = false;
 }
 
 int32_t Sampler::sample(const float* logits, std::vector<float>& work, const std::vector<int32_t>& history,

@@ -43,6 +43,10 @@
 //   mirostat            (instead of the filters above) keep the tokens whose surprise fits the
 //                       target, a state mu that follows the surprise of the tokens drawn
 //                       (Basu et al. 2021; llama.cpp's mirostat 1 and 2)
+//   dynatemp            (with dynatemp_range > 0, instead of the temperature above, after
+//                       the filters, as in llama.cpp's chain) s /= T, T from temperature -
+//                       range to temperature + range as (entropy / max entropy)^exponent of
+//                       the tokens kept (llama.cpp's dynamic temperature, Zhu et al. 2024)
 //   xtc                 with probability xtc_probability, drop every token with p >=
 //                       xtc_threshold but the least likely of them, when there are two or more
 //                       (llama.cpp's "exclude top choices"; one uniform draw a token)
@@ -105,6 +109,8 @@ struct SamplingParams {
     float presence_penalty = 0.0f;
     float frequency_penalty = 0.0f;
     int64_t no_repeat_ngram_size = 0;  // 0: off
+    double dynatemp_range = 0.0;       // 0: off
+    double dynatemp_exponent = 1.0;
     double dry_multiplier = 0.0;       // 0: off
     double dry_base = 1.75;
     int64_t dry_allowed_length = 2;
@@ -144,7 +150,8 @@ struct SamplingParams {
         return grammar != nullptr && custom == nullptr && !filters();
     }
     // Whether a sampling filter after the temperature is on.
-    bool filters() const { return truncates() || mirostat != 0; }
+    bool filters() const { return truncates() || mirostat != 0 || dynatemp(); }
+    bool dynatemp() const { return dynatemp_range > 0.0; }
     // Whether one of the filters mirostat replaces is on.
     bool truncates() const {
         return top_n_sigma >= 0.0 || top_k > 0 || top_p < 1.0 || min_p > 0.0 || typical_p < 1.0 || epsilon_cutoff > 0.0 ||
@@ -231,6 +238,7 @@ private:
     void keep_epsilon(float* s);
     void keep_eta(float* s);
     void exclude_top_choices(float* s);
+    void scale_by_entropy(float* s);
     static size_t n_generated(const std::vector<int32_t>& history, size_t n_prompt) {
         return history.size() - std::min(n_prompt, history.size());
     }

@@ -65,7 +65,8 @@ def _sampling_options(args) -> dict:
         temperature=temperature,
         top_k=args.top_k, top_p=args.top_p if args.top_p is not None else None if args.mirostat else CLI_TOP_P,
         min_p=args.min_p, typical_p=args.typical_p, mirostat=args.mirostat, mirostat_tau=args.mirostat_tau,
-        mirostat_eta=args.mirostat_eta, dry_multiplier=args.dry_multiplier, dry_base=args.dry_base,
+        mirostat_eta=args.mirostat_eta, dynatemp_range=args.dynatemp_range, dynatemp_exponent=args.dynatemp_exponent,
+        dry_multiplier=args.dry_multiplier, dry_base=args.dry_base,
         dry_allowed_length=args.dry_allowed_length, dry_penalty_last_n=args.dry_penalty_last_n,
         top_n_sigma=args.top_n_sigma, epsilon_cutoff=args.epsilon_cutoff, eta_cutoff=args.eta_cutoff,
         xtc_probability=args.xtc_probability, xtc_threshold=args.xtc_threshold,
@@ -351,6 +352,11 @@ def _add_decoding_arguments(g, seed_help: str) -> None:
                         "instead of the other filters (default: 0, off)")
     s.add_argument("--mirostat-tau", type=float, default=5.0, help="mirostat's target surprise, in bits (default: %(default)s)")
     s.add_argument("--mirostat-eta", type=float, default=0.1, help="mirostat's learning rate (default: %(default)s)")
+    s.add_argument("--dynatemp-range", type=float, default=None, metavar="R",
+                   help="dynamic temperature (llama.cpp's): from temperature - R for a confident model to "
+                        "temperature + R for an unsure one, applied after the filters (default: off)")
+    s.add_argument("--dynatemp-exponent", type=float, default=1.0, metavar="E",
+                   help="how the dynamic temperature follows the entropy: (entropy / max)^E (default: %(default)s)")
     s.add_argument("--repetition-penalty", type=float, default=None,
                    help="> 1 discourages tokens already in the text (default: off)")
     s.add_argument("--presence-penalty", type=float, default=None, help="subtract this from the logit of every token generated so far (default: 0)")

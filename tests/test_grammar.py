@@ -342,7 +342,7 @@ def test_greedy_equals_masking_every_token(model, grammar):
 
 @pytest.mark.parametrize("options", [dict(top_p=0.8), dict(top_k=5), dict(min_p=0.1), dict(typical_p=0.9),
                                      dict(top_n_sigma=1.0), dict(epsilon_cutoff=0.01), dict(eta_cutoff=0.01),
-                                     dict(xtc_probability=0.5)])
+                                     dict(xtc_probability=0.5), dict(dynatemp_range=0.5)])
 def test_filtered_sampling_equals_masking_every_token(model, options):
     """With a filter after the mask the whole mask is made first: a processor doing the same
     draws the same tokens from the same seed."""

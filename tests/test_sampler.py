@@ -167,6 +167,77 @@ def test_top_n_sigma(kind, n, t):
     assert (np.isfinite(got) == np.isfinite(ours(x, temperature=1.0, top_n_sigma=n))).all()
 
 
+def _dynatemp_reference(x, t, r, e, top_k=0):
+    """llama.cpp's dynamic temperature (llama_sampler_temp_ext) after its top-k, as its chain
+    runs them: over the kept tokens, T = lo + (hi - lo) * (H / log n)^e, then logits / T."""
+    s = x.astype(np.float64)
+    if top_k:
+        s = np.where(s >= np.sort(s)[-top_k], s, -np.inf)
+    kept = np.isfinite(s)
+    p = np.exp(s[kept] - s[kept].max())
+    p /= p.sum()
+    H = -(p * np.log(p)).sum()
+    lo, hi = max(0.0, t - r), t + r
+    T = lo + (hi - lo) * (H / np.log(kept.sum())) ** e
+    return np.where(kept, (s - s.max()) / T, -np.inf), T
+
+
+@pytest.mark.parametrize("kind", LOGITS)
+@pytest.mark.parametrize("t, r, e", [(1.0, 0.5, 1.0), (0.8, 1.0, 0.5), (0.3, 0.5, 2.0), (1.5, 0.2, 0.0)])
+@pytest.mark.parametrize("top_k", [0, 40])
+def test_dynatemp(kind, t, r, e, top_k):
+    x = LOGITS[kind]()
+    want, T = _dynatemp_reference(x, t, r, e, top_k)
+    assert max(0.0, t - r) <= T <= t + r
+    assert_same_scores(ours(x, temperature=t, dynatemp_range=r, dynatemp_exponent=e, top_k=top_k), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", LOGITS)
+def test_dynatemp_is_llama_cpps(kind):
+    """Against llama.cpp's own sampler (llama_sampler_init_temp_ext), where llama-cpp-python
+    is installed (the bench extra; not the test extra, so CI skips this)."""
+    import ctypes
+
+    L = pytest.importorskip("llama_cpp")
+    x = LOGITS[kind]()
+    for t, r, e in [(1.0, 0.5, 1.0), (0.8, 1.0, 0.5), (0.3, 0.5, 2.0)]:
+        data = (L.llama_token_data * len(x))(*[L.llama_token_data(i, float(v), 0.0) for i, v in enumerate(x)])
+        arr = L.llama_token_data_array(data, len(x), -1, False)
+        smpl = L.llama_sampler_init_temp_ext(t, r, e)
+        L.llama_sampler_apply(smpl, ctypes.byref(arr))
+        L.llama_sampler_free(smpl)
+        theirs = np.full(len(x), -np.inf)
+        for i in range(arr.size):
+            theirs[data[i].id] = data[i].logit
+        got = ours(x, temperature=t, dynatemp_range=r, dynatemp_exponent=e)
+        p, q = (np.exp(a - a.max()) / np.exp(a - a.max()).sum() for a in (got, theirs))
+        assert np.abs(p - q).max() < 1e-4  # llama.cpp computes in float
+
+
+def test_dynatemp_follows_the_entropy():
+    """A flat distribution gets the top of the range, a peaked one the bottom; the filters
+    before it see the raw scores (top_p on logits, not logits / temperature)."""
+    flat, peaked = np.zeros(100, np.float32), np.array([30.0] + [0.0] * 99, np.float32)
+    assert_same_scores(ours(flat, temperature=1.0, dynatemp_range=0.5), flat / 1.5)
+    got = ours(peaked, temperature=1.0, dynatemp_range=0.5)
+    assert got[0] == 0 and np.all(got[1:] < -30 / 0.51)  # T near 0.5
+    x = LOGITS["lm_like"]()
+    raw = ours(x, temperature=1.0, top_p=0.99)  # 15 tokens; at temperature 0.3, 2
+    assert (np.isfinite(ours(x, temperature=0.3, top_p=0.99, dynatemp_range=0.1)) == np.isfinite(raw)).all()
+    assert np.isfinite(ours(x, temperature=0.3, top_p=0.99)).sum() < np.isfinite(raw).sum()
+    # a range of 0 is plain temperature
+    assert_same_scores(ours(x, temperature=0.7, dynatemp_range=0.0), x.astype(np.float64) / np.float32(0.7),
+                       rtol=1e-6)
+    # a lone token left by the filters keeps its score
+    assert np.isfinite(ours(x, temperature=1.0, top_k=1, dynatemp_range=0.5)).sum() == 1
+    with pytest.raises(ValueError, match="dynatemp_range"):
+        ours(x, temperature=1.0, dynatemp_range=-1)
+    with pytest.raises(ValueError, match="dynatemp_exponent"):
+        ours(x, temperature=1.0, dynatemp_range=1, dynatemp_exponent=float("inf"))
+    with pytest.raises(ValueError, match="mirostat does not go with dynatemp_range"):
+        ours(x, temperature=1.0, dynatemp_range=1, mirostat=2)
+
+
 def _xtc_reference(x, threshold):
     """llama.cpp's XTC when it fires: drop the tokens with p >= threshold but the least likely."""
     s = x.astype(np.float64)
