@@ -34,8 +34,10 @@ no_repeat_ngram_size, min_tokens, ignore_eos, token_healing. Constrained output:
 {...}}}: JSON valid under the schema; {"type": "text"}: no constraint), or llama.cpp server's
 grammar (GBNF text) and json_schema (a schema), one of the three (pygpt.Grammar; a bad grammar
 or an unsupported schema keyword is a 400). model and user are accepted and ignored;
-suffix, best_of > 1 and echo with logprobs and stream are refused (400), as is anything
-else unknown.
+best_of (at least n, at most 20) samples best_of choices a prompt and answers the n with the
+highest mean log-probability a generated token (OpenAI's "best"; usage counts every sampled
+token); suffix, best_of > n with stream, and echo with logprobs and stream are refused (400),
+as is anything else unknown.
 
 Chat: the messages (system, developer, user, assistant; content a string or text parts) become a
 prompt through the server's chat template (--chat-template: the model folder's
@@ -137,8 +139,6 @@ def completion_options(body: dict) -> dict:
         raise RequestError("the request body must be a JSON object")
     if body.get("suffix") is not None:
         raise RequestError("'suffix' is not supported by this server")
-    if body.get("best_of", 1) != 1:
-        raise RequestError("'best_of' other than 1 is not supported by this server")
     options = {"max_new_tokens": 16, "temperature": 1.0}  # OpenAI's defaults
     grammar = _constraint(body)
     if grammar is not None:
@@ -239,6 +239,11 @@ class _Call:
     options: dict
     stream: bool
     include_usage: bool = False  # streamed: a last chunk with the usage (chat's stream_options)
+    keep: int = 0                # best_of: the choices a prompt answered (of num_return_sequences); 0: all
+    logprobs: bool = False       # the client asked for logprobs (best_of asks for them itself)
+
+
+MAX_BEST_OF = 20  # OpenAI's limit
 
 
 def _completion_call(body) -> _Call:
@@ -246,7 +251,34 @@ def _completion_call(body) -> _Call:
     stream = _flag(body, "stream")
     if stream and options.get("logprobs") and options.get("echo"):
         raise RequestError("'echo' with 'logprobs' is not supported with 'stream'")
-    return _Call(body.get("prompt", "<|endoftext|>"), options, stream)  # OpenAI's default prompt
+    call = _Call(body.get("prompt", "<|endoftext|>"),  # OpenAI's default prompt
+                 options, stream, logprobs=bool(options.get("logprobs")))
+    best_of = body.get("best_of")
+    if best_of is not None:
+        n = options.get("num_return_sequences", 1)
+        if isinstance(best_of, bool) or not isinstance(best_of, int) or not n <= best_of <= MAX_BEST_OF:
+            raise RequestError(f"'best_of' must be an integer from n ({n}) to {MAX_BEST_OF}")
+        if best_of > n:
+            if stream:
+                raise RequestError("'best_of' greater than n cannot be streamed: the best are known at the end")
+            call.keep = n
+            options["num_return_sequences"] = best_of
+            options["logprobs"] = True
+    return call
+
+
+def _best(outs: list, call: _Call) -> list:
+    """best_of: each prompt's call.keep outputs of highest mean log-probability a generated
+    token, best first (outs prompt-major, num_return_sequences a prompt)."""
+    per = call.options["num_return_sequences"]
+    echo = call.options.get("echo")
+
+    def mean(o):
+        k = len(o.tokens) - (len(o.prompt_tokens) if echo else 0)
+        return sum(o.logprobs[len(o.logprobs) - k:]) / k if k else 0.0
+
+    return [o for p in range(0, len(outs), per)
+            for o in sorted(outs[p:p + per], key=mean, reverse=True)[:call.keep]]
 
 
 _TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call")
@@ -374,17 +406,20 @@ class Handler(BaseHTTPRequestHandler):
         if started is None:
             return
         call, result = started
-        logprobs = bool(call.options.get("logprobs"))
+        logprobs = call.logprobs
         head = self._head("cmpl-", "text_completion")
         tokenizer = self.server.model.tokenizer
         if call.stream:
             with result:  # a client that goes away stops its generation
                 self._stream(_completion_chunks(result, head, logprobs, tokenizer))
             return
+        usage = _usage(result, call.options)  # every sampled token, best_of's others too
+        if call.keep:
+            result = _best(result, call)
         choices = [{"text": o.text, "index": i, "finish_reason": _finish(o),
                     "logprobs": _logprobs(o.tokens, o.logprobs, o.top_logprobs, tokenizer)[0] if logprobs else None}
                    for i, o in enumerate(result)]
-        self._send_json(200, {**head, "choices": choices, "usage": _usage(result, call.options)})
+        self._send_json(200, {**head, "choices": choices, "usage": usage})
 
     def _chat(self) -> None:
         """POST /v1/chat/completions: the messages rendered by the server's chat template, then

@@ -190,7 +190,10 @@ def test_models_and_health(url):
     ({"prompt": "hi", "logprobs": 21}, "logprobs"),
     ({"prompt": "hi", "logprobs": True}, "logprobs"),
     ({"prompt": "hi", "suffix": "x"}, "suffix"),
-    ({"prompt": "hi", "best_of": 3}, "best_of"),
+    ({"prompt": "hi", "best_of": 3, "stream": True}, "cannot be streamed"),
+    ({"prompt": "hi", "best_of": 1, "n": 2}, "'best_of' must be an integer from n (2) to 20"),
+    ({"prompt": "hi", "best_of": 21}, "best_of"),
+    ({"prompt": "hi", "best_of": True}, "best_of"),
     ({"prompt": "hi", "frobnicate": 1}, "unknown field 'frobnicate'"),
     ({"prompt": "hi", "stream": "yes"}, "stream"),
     ({"prompt": "hi", "logit_bias": {"x": 1}}, "logit_bias"),
@@ -398,3 +401,25 @@ def test_token_healing(url, model):
     assert r["usage"]["prompt_tokens"] == len(want.prompt_tokens)
     status, text = post(url, {"prompt": "Hello wor", "token_healing": 1})
     assert status == 400 and "token_healing" in json.loads(text)["error"]["message"]
+
+
+def test_best_of_answers_the_most_likely_samples(url, model):
+    """best_of samples best_of choices a prompt (the n samples generate draws with
+    num_return_sequences=best_of) and answers the n of highest mean log-probability."""
+    body = {"prompt": PROMPTS, "max_tokens": 6, "temperature": 1.0, "seed": 3, "best_of": 4, "n": 2}
+    status, text = post(url, body)
+    assert status == 200, text
+    r = json.loads(text)
+    samples = model.generate(PROMPTS, max_new_tokens=6, temperature=1.0, seed=3, num_return_sequences=4,
+                             logprobs=True)
+    want = [o for group in samples for o in sorted(group, key=lambda o: -np.mean(o.logprobs))[:2]]
+    assert [c["text"] for c in r["choices"]] == [o.text for o in want]
+    assert [c["index"] for c in r["choices"]] == [0, 1, 2, 3] and all(c["logprobs"] is None for c in r["choices"])
+    assert r["usage"]["completion_tokens"] == sum(len(o.tokens) for g in samples for o in g)
+    # with logprobs asked for, the chosen ones carry theirs; best_of = n samples n
+    r = json.loads(post(url, {**body, "n": 1, "logprobs": 1})[1])
+    assert [c["logprobs"]["token_logprobs"] for c in r["choices"]] == \
+        [max(g, key=lambda o: np.mean(o.logprobs)).logprobs for g in samples]
+    same = json.loads(post(url, {**body, "best_of": 2})[1])
+    plain = json.loads(post(url, {**body, "best_of": None})[1])
+    assert [c["text"] for c in same["choices"]] == [c["text"] for c in plain["choices"]]
