@@ -22,7 +22,8 @@ sequence reuses its keys and values (--prefix-cache; usage.prompt_tokens_details
 
 Request fields: prompt (a string, a list of token ids, or a list of either), max_tokens (16),
 temperature (1), top_p, n, stream (server-sent events, a chunk a text piece of one choice,
-ending in "data: [DONE]"), stop, seed, presence_penalty, frequency_penalty, logit_bias ({"id": bias}),
+ending in "data: [DONE]"; stream_options {"include_usage": true} adds a last chunk with the
+usage), stop, seed, presence_penalty, frequency_penalty, logit_bias ({"id": bias}),
 echo, logprobs (k: each token's log-probability and the k most likely, in OpenAI's tokens /
 token_logprobs / top_logprobs / text_offset lists; with echo and max_tokens 0, the prompt's,
 as evaluation harnesses ask; with stream, each chunk has those of the tokens generated since
@@ -247,12 +248,13 @@ MAX_BEST_OF = 20  # OpenAI's limit
 
 
 def _completion_call(body) -> _Call:
-    options = completion_options(body)
+    options = completion_options({k: v for k, v in body.items() if k != "stream_options"}
+                                 if isinstance(body, dict) else body)
     stream = _flag(body, "stream")
     if stream and options.get("logprobs") and options.get("echo"):
         raise RequestError("'echo' with 'logprobs' is not supported with 'stream'")
     call = _Call(body.get("prompt", "<|endoftext|>"),  # OpenAI's default prompt
-                 options, stream, logprobs=bool(options.get("logprobs")))
+                 options, stream, _include_usage(body, stream), logprobs=bool(options.get("logprobs")))
     best_of = body.get("best_of")
     if best_of is not None:
         n = options.get("num_return_sequences", 1)
@@ -322,15 +324,21 @@ def chat_options(body: dict, template, n_ctx: int) -> tuple:
     return prompt, options
 
 
-def _chat_call(body, template, n_ctx: int) -> _Call:
-    prompt, options = chat_options(body, template, n_ctx)
-    stream, stream_options = _flag(body, "stream"), body.get("stream_options")
+def _include_usage(body, stream: bool) -> bool:
+    """stream_options' include_usage (OpenAI's, for streams of both endpoints)."""
+    stream_options = body.get("stream_options")
     if stream_options is not None:
         if not stream:
             raise RequestError("'stream_options' goes with 'stream': true")
         if not isinstance(stream_options, dict) or set(stream_options) - {"include_usage"}:
             raise RequestError("'stream_options' must be {\"include_usage\": true or false}")
-    return _Call(prompt, options, stream, _flag(stream_options or {}, "include_usage"))
+    return _flag(stream_options or {}, "include_usage")
+
+
+def _chat_call(body, template, n_ctx: int) -> _Call:
+    prompt, options = chat_options(body, template, n_ctx)
+    stream = _flag(body, "stream")
+    return _Call(prompt, options, stream, _include_usage(body, stream))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -411,7 +419,7 @@ class Handler(BaseHTTPRequestHandler):
         tokenizer = self.server.model.tokenizer
         if call.stream:
             with result:  # a client that goes away stops its generation
-                self._stream(_completion_chunks(result, head, logprobs, tokenizer))
+                self._stream(_completion_chunks(result, head, call, tokenizer))
             return
         usage = _usage(result, call.options)  # every sampled token, best_of's others too
         if call.keep:
@@ -516,11 +524,15 @@ def _choice_chunks(it, head: dict, delta, end):
         yield {**head, "choices": [end(index, out)]}
 
 
-def _completion_chunks(it, head: dict, logprobs: bool, tokenizer):
+def _completion_chunks(it, head: dict, call: _Call, tokenizer):
     """A chunk a text piece of a choice, then one with each choice's finish reason. With logprobs,
     a chunk also whenever a choice has new tokens, with their logprobs (text_offset counts on
-    from the choice's previous tokens, as without stream)."""
+    from the choice's previous tokens, as without stream); with include_usage, a last one with
+    the usage and no choices (the others with usage null)."""
+    logprobs = call.logprobs
     offsets: dict = {}  # choice index -> text_offset of its next token
+    if call.include_usage:
+        head = {**head, "usage": None}
 
     def delta(index, piece, new=None):
         lps = None
@@ -532,7 +544,9 @@ def _completion_chunks(it, head: dict, logprobs: bool, tokenizer):
     def end(index, out):
         return {"text": "", "index": index, "logprobs": None, "finish_reason": _finish(out)}
 
-    return _choice_chunks(it, head, delta, end)
+    yield from _choice_chunks(it, head, delta, end)
+    if call.include_usage:
+        yield {**head, "choices": [], "usage": _usage(it.outputs, call.options)}
 
 
 def _chat_chunks(it, head: dict, call: _Call, template, tokenizer):

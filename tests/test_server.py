@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import pygpt
-from conftest import GPT2_TOKENIZER, get, post, serving
+from conftest import GPT2_TOKENIZER, get, post, serving, sse_events
 
 pytest.importorskip("torch")
 
@@ -423,3 +423,19 @@ def test_best_of_answers_the_most_likely_samples(url, model):
     same = json.loads(post(url, {**body, "best_of": 2})[1])
     plain = json.loads(post(url, {**body, "best_of": None})[1])
     assert [c["text"] for c in same["choices"]] == [c["text"] for c in plain["choices"]]
+
+
+def test_a_stream_can_end_with_the_usage(url, model):
+    body = {"prompt": PROMPTS, "max_tokens": 5, "temperature": 0, "n": 2, "stream": True}
+    status, text = post(url, {**body, "stream_options": {"include_usage": True}})
+    assert status == 200
+    *chunks, usage, done = sse_events(text)
+    assert done == "[DONE]" and all(c["usage"] is None for c in chunks)
+    want = json.loads(post(url, {**body, "stream": False})[1])["usage"]
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == want["completion_tokens"] == 20
+    assert usage["usage"]["prompt_tokens"] == want["prompt_tokens"]
+    assert "usage" not in sse_events(post(url, body)[1])[0]  # only when asked for
+    for bad, match in [({"stream_options": {"include_usage": True}, "stream": False}, "goes with 'stream'"),
+                       ({"stream_options": {"other": 1}}, "stream_options")]:
+        status, text = post(url, {**body, **bad})
+        assert status == 400 and match in json.loads(text)["error"]["message"]
