@@ -156,6 +156,8 @@ void bind_generate(py::module_& m) {
         .def_readwrite("presence_penalty", &SamplingParams::presence_penalty)
         .def_readwrite("frequency_penalty", &SamplingParams::frequency_penalty)
         .def_readwrite("no_repeat_ngram_size", &SamplingParams::no_repeat_ngram_size)
+        .def_readwrite("decay_start", &SamplingParams::decay_start)
+        .def_readwrite("decay_factor", &SamplingParams::decay_factor)
         .def_readwrite("dynatemp_range", &SamplingParams::dynatemp_range)
         .def_readwrite("dynatemp_exponent", &SamplingParams::dynatemp_exponent)
         .def_readwrite("logit_bias", &SamplingParams::logit_bias)

@@ -90,6 +90,9 @@ void SamplingParams::validate(int64_t vocab_size) const {
         bad("mirostat chooses the tokens to keep itself: it does not go with top_k, top_p, min_p, typical_p, "
             "top_n_sigma, epsilon_cutoff, eta_cutoff or xtc");
     if (mirostat != 0 && temperature == 0.0f) bad("mirostat samples: temperature must be > 0");
+    if (decay_start < 0) bad("exponential_decay_length_penalty: the start must be >= 0");
+    if (!(decay_factor > 0.0) || std::isinf(decay_factor))
+        bad("exponential_decay_length_penalty: the factor must be a finite number > 0 (1 = off), got " + str(decay_factor));
     if (!(dynatemp_range >= 0.0) || std::isinf(dynatemp_range))
         bad("dynatemp_range must be a finite number >= 0 (0 = off), got " + str(dynatemp_range));
     if (!(dynatemp_exponent >= 0.0) || std::isinf(dynatemp_exponent))
@@ -168,6 +171,11 @@ void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_pr
     if (params_.bans_ngrams()) ban_repeated_ngrams(s, history);
     if (params_.delays_the_end() && history.size() < n_prompt + size_t(params_.min_new_tokens))
         for (int32_t id : params_.end_tokens) s[id] = kNegInf;
+    if (params_.decays_length() && n_generated(history, n_prompt) > size_t(params_.decay_start)) {
+        // in float, as transformers computes it on float32 scores
+        const float k = float(std::pow(params_.decay_factor, double(n_generated(history, n_prompt) - params_.decay_start)) - 1);
+        for (int32_t id : params_.end_tokens) s[id] += std::abs(s[id]) * k;
+    }
     if (grammar_ && with_grammar) {
         grammar_->sync(history, n_prompt);
         grammar_->mask(s, V_, params_.end_tokens);

@@ -21,6 +21,9 @@
 //                                                               (NoRepeatNGramLogitsProcessor)
 //   min_new_tokens      bans the end tokens (eos, stop tokens) until that many are generated
 //                                                               (MinNewTokensLengthLogitsProcessor)
+//   length decay        exponential_decay_length_penalty (start, factor): past `start`
+//                       generated tokens, each end token's s += |s| (factor^(n - start) - 1)
+//                                                               (ExponentialDecayLengthPenalty)
 //   grammar             bans every token after which the text could no longer match the
 //                       grammar (grammar.h); the end tokens only where it is a whole match
 //   custom              the caller's own processor (the bindings': Python callables), where
@@ -119,6 +122,8 @@ struct SamplingParams {
     std::vector<std::pair<int32_t, float>> logit_bias;
     std::vector<std::pair<std::vector<int32_t>, float>> sequence_bias;  // (tokens, bias on the last)
     int64_t min_new_tokens = 0;        // end_tokens are banned while fewer tokens were generated
+    int64_t decay_start = 0;           // exponential_decay_length_penalty (factor 1: off)
+    double decay_factor = 1.0;
     std::vector<int32_t> end_tokens;   // (set by the decode loop: eos, stop_token_ids)
     ScoresHook custom;                 // null: none (set by the decode loop from GenerateOptions)
     // the text generated must stay a prefix of what the grammar matches (null: none); the
@@ -139,9 +144,10 @@ struct SamplingParams {
     bool bans_ngrams() const { return no_repeat_ngram_size > 0; }
     bool dry() const { return dry_multiplier > 0.0; }
     bool delays_the_end() const { return min_new_tokens > 0 && !end_tokens.empty(); }
+    bool decays_length() const { return decay_factor != 1.0 && !end_tokens.empty(); }
     bool changes_logits() const {
         return !logit_bias.empty() || !sequence_bias.empty() || penalises_repeats() || penalises_counts() || bans_ngrams() || dry() ||
-               delays_the_end() || custom != nullptr || grammar != nullptr;
+               delays_the_end() || decays_length() || custom != nullptr || grammar != nullptr;
     }
     // Whether a draw from the processed scores can be made before the grammar's mask and
     // kept when the grammar allows it (Sampler::sample): nothing after the mask but the

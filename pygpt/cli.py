@@ -66,6 +66,7 @@ def _sampling_options(args) -> dict:
         top_k=args.top_k, top_p=args.top_p if args.top_p is not None else None if args.mirostat else CLI_TOP_P,
         min_p=args.min_p, typical_p=args.typical_p, mirostat=args.mirostat, mirostat_tau=args.mirostat_tau,
         mirostat_eta=args.mirostat_eta, dynatemp_range=args.dynatemp_range, dynatemp_exponent=args.dynatemp_exponent,
+        exponential_decay_length_penalty=args.exponential_decay_length_penalty,
         dry_multiplier=args.dry_multiplier, dry_base=args.dry_base,
         dry_allowed_length=args.dry_allowed_length, dry_penalty_last_n=args.dry_penalty_last_n,
         top_n_sigma=args.top_n_sigma, epsilon_cutoff=args.epsilon_cutoff, eta_cutoff=args.eta_cutoff,
@@ -315,6 +316,15 @@ def _positive_int(text):
     return v
 
 
+def _decay(text):
+    """START,FACTOR of --exponential-decay-length-penalty."""
+    try:
+        start, factor = text.split(",")
+        return int(start), float(factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not START,FACTOR (an integer and a number): {text!r}") from None
+
+
 def _non_negative_int(text):
     try:
         v = int(text)
@@ -395,6 +405,9 @@ def _add_decoding_arguments(g, seed_help: str) -> None:
     st.add_argument("--stop", action="append", metavar="TEXT",
                     help="stop when the text contains TEXT (not printed); may be repeated")
     st.add_argument("--ignore-eos", action="store_true", help="keep going past <|endoftext|>")
+    st.add_argument("--exponential-decay-length-penalty", type=_decay, default=None, metavar="START,FACTOR",
+                    help="past START new tokens, make the end more likely by FACTOR a token (transformers' "
+                         "exponential_decay_length_penalty; default: off)")
     st.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
     st.add_argument("--truncate", action="store_true",
                     help="drop the start of a prompt too long for the context instead of failing")

@@ -140,7 +140,8 @@ def _bool(name, v):
 def sampling_params(vocab_size: int, *, temperature=0.0, top_k=None, top_p=None, min_p=None,
                     typical_p=None, top_n_sigma=None, epsilon_cutoff=None, eta_cutoff=None,
                     xtc_probability=None, xtc_threshold=None, mirostat=0, mirostat_tau=5.0, mirostat_eta=0.1,
-                    dynatemp_range=None, dynatemp_exponent=1.0, dry_multiplier=None, dry_base=1.75, dry_allowed_length=2, dry_penalty_last_n=-1,
+                    dynatemp_range=None, dynatemp_exponent=1.0, exponential_decay_length_penalty=None,
+                    dry_multiplier=None, dry_base=1.75, dry_allowed_length=2, dry_penalty_last_n=-1,
                     dry_sequence_breakers=(), repetition_penalty=None, presence_penalty=None,
                     frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None, sequence_bias=None,
                     bad_words_ids=None, end_tokens=()) -> "_core.SamplingParams":
@@ -160,6 +161,13 @@ def sampling_params(vocab_size: int, *, temperature=0.0, top_k=None, top_p=None,
     if xtc_threshold is not None:
         p.xtc_threshold = _float("xtc_threshold", xtc_threshold, lo=0.0, hi=1.0)
     p.mirostat = _int("mirostat", mirostat, lo=0, hi=2, none_ok=True) or 0
+    if exponential_decay_length_penalty is not None:
+        decay = exponential_decay_length_penalty
+        if not isinstance(decay, (tuple, list)) or len(decay) != 2:
+            raise TypeError("exponential_decay_length_penalty must be (start, factor): the end tokens' scores grow "
+                            "by factor ** (generated - start) past start generated tokens")
+        p.decay_start = _int("exponential_decay_length_penalty start", decay[0], lo=0)
+        p.decay_factor = _float("exponential_decay_length_penalty factor", decay[1], lo=0.0, lo_open=True)
     p.dynatemp_range = 0.0 if dynatemp_range is None else _float("dynatemp_range", dynatemp_range, lo=0.0)
     p.dynatemp_exponent = _float("dynatemp_exponent", dynatemp_exponent, lo=0.0)
     p.dry_multiplier = 0.0 if dry_multiplier is None else _float("dry_multiplier", dry_multiplier, lo=0.0)
@@ -336,7 +344,8 @@ class _Request:
     def __init__(self, model, prompt, *, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=0.0, top_k=None,
                  top_p=None, min_p=None, typical_p=None, top_n_sigma=None, epsilon_cutoff=None, eta_cutoff=None,
                  xtc_probability=None, xtc_threshold=None, mirostat=0, mirostat_tau=5.0, mirostat_eta=0.1,
-                 dynatemp_range=None, dynatemp_exponent=1.0, dry_multiplier=None, dry_base=1.75, dry_allowed_length=2, dry_penalty_last_n=-1,
+                 dynatemp_range=None, dynatemp_exponent=1.0, exponential_decay_length_penalty=None,
+                 dry_multiplier=None, dry_base=1.75, dry_allowed_length=2, dry_penalty_last_n=-1,
                  dry_sequence_breakers=None, max_time=None, repetition_penalty=None, presence_penalty=None,
                  frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None, sequence_bias=None,
                  bad_words_ids=None, stop=None,
@@ -395,7 +404,7 @@ class _Request:
             top_n_sigma=top_n_sigma, epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff,
             xtc_probability=xtc_probability, xtc_threshold=xtc_threshold, mirostat=mirostat,
             mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, dynatemp_range=dynatemp_range,
-            dynatemp_exponent=dynatemp_exponent, dry_multiplier=dry_multiplier, dry_base=dry_base,
+            dynatemp_exponent=dynatemp_exponent, exponential_decay_length_penalty=exponential_decay_length_penalty, dry_multiplier=dry_multiplier, dry_base=dry_base,
             dry_allowed_length=dry_allowed_length, dry_penalty_last_n=dry_penalty_last_n,
             dry_sequence_breakers=breakers, repetition_penalty=repetition_penalty,
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, no_repeat_ngram_size=no_repeat_ngram_size,

@@ -82,6 +82,20 @@ def test_greedy_penalties_match_transformers(tiny, model):
     assert out.tokens != plain.tokens  # the penalties changed something
 
 
+def test_exponential_decay_length_penalty_matches_transformers(tiny, model):
+    ids = model.tokenizer.encode(PROMPTS[0])
+    plain = model.generate(ids, max_new_tokens=40)
+    out = model.generate(ids, max_new_tokens=40, exponential_decay_length_penalty=(4, 1.6))
+    assert out.tokens == hf_greedy(tiny[0], ids, 40, exponential_decay_length_penalty=(4, 1.6))
+    assert out.finish_reason == "eos" and len(out.tokens) < len(plain.tokens)  # it made the end come sooner
+    # beam search runs it on the log-probs, as transformers does
+    beams = model.generate(ids, max_new_tokens=20, num_beams=3, exponential_decay_length_penalty=(2, 1.3))
+    with torch.no_grad():
+        ref = tiny[0].generate(torch.tensor([ids]), max_new_tokens=20, num_beams=3, do_sample=False,
+                               pad_token_id=EOT, eos_token_id=EOT, exponential_decay_length_penalty=(2, 1.3))
+    assert beams.tokens == [t for t in ref[0, len(ids):].tolist()][:len(beams.tokens)]
+
+
 def test_bad_words_and_sequence_bias_match_transformers(tiny, model):
     # this random model repeats one token: ban it after itself, then bias what came instead
     ids = model.tokenizer.encode(PROMPTS[1])
@@ -577,6 +591,9 @@ def test_model_without_a_tokenizer(tiny, model, tmp_path):
     ("hi", dict(sequence_bias={(1, 50257): 1.0}), ValueError, "outside the vocabulary"),
     ("hi", dict(sequence_bias={(1, 2): float("nan")}), ValueError, "sequence_bias"),
     ("hi", dict(sequence_bias={(1, 2): float("inf")}), ValueError, "sequence_bias"),
+    ("hi", dict(exponential_decay_length_penalty=1.5), TypeError, "exponential_decay_length_penalty"),
+    ("hi", dict(exponential_decay_length_penalty=(-1, 1.5)), ValueError, "exponential_decay_length_penalty start"),
+    ("hi", dict(exponential_decay_length_penalty=(2, 0.0)), ValueError, "exponential_decay_length_penalty factor"),
     ("hi", dict(bad_words_ids=[1, 2]), TypeError, "bad_words_ids"),
     ("hi", dict(bad_words_ids=[[]]), ValueError, "bad_words_ids"),
     ("hi", dict(bad_words_ids=[[-1]]), ValueError, "outside the vocabulary"),

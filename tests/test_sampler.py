@@ -457,6 +457,22 @@ def test_min_new_tokens_bans_the_end_tokens(generated):
     assert np.isfinite(got[12])
 
 
+@pytest.mark.parametrize("generated", [0, 2, 3, 7])
+@pytest.mark.parametrize("start, factor", [(2, 1.5), (0, 1.1), (3, 0.5)])
+def test_exponential_decay_length_penalty(generated, start, factor):
+    x = LOGITS["random"]()
+    x[11] = -abs(x[11])  # a negative end-token score too: |s| makes it grow either way
+    prompt = [5, 6, 7]
+    history = prompt + [9] * generated
+    p = sampling_params(V, exponential_decay_length_penalty=(start, factor))
+    p.end_tokens = [50256, 11]  # set by the decode loop
+    got = _core.process_logits(x, history, len(prompt), p)
+    want = theirs(tlp.ExponentialDecayLengthPenalty((start, factor), [50256, 11], len(prompt)), x, history)
+    assert_same_scores(got, want, rtol=1e-6)
+    changed = np.flatnonzero(got != x)
+    assert changed.tolist() == ([11, 50256] if generated > start else [])
+
+
 SEQUENCE_HISTORY = [5, 6, 7, 8]
 SEQUENCE_BIAS = {(3,): 2.5, (7, 8, 10): -1.5, (8, 11): 4.0, (6, 12): 9.0, (4, 5, 6, 7, 8, 13): 1.0, (8, 3): 0.5}
 
