@@ -138,3 +138,17 @@ def test_the_core_refuses_what_the_python_side_checks():
         core.hidden_states([np.array([m.config["vocab_size"]], np.int32)])
     with pytest.raises(ValueError, match="n_ctx|sequence of"):
         core.hidden_states([np.zeros(m.config["n_ctx"] + 1, np.int32)])
+
+
+@pytest.mark.parametrize("dtype, floor", [("bf16", 0.999), ("f16", 0.9999), ("int8", 0.99), ("int4", 0.9)])
+def test_every_dtype_embeds_close_to_f32(hf_model_factory, tmp_path, dtype, floor):
+    """The same forward pass at every weight type: vectors near f32's (cosine; random weights,
+    so the bound is loose for int4 and only catches a broken path)."""
+    import pygpt.convert
+
+    _, hf_dir, f32_dir = hf_model_factory("tiny")
+    out = pygpt.convert.convert(hf_dir, str(tmp_path / dtype), dtype=dtype, tokenizer=pygpt.load(f32_dir).path)
+    texts = ["The quick brown fox.", "Jumps over the lazy dog, twice.", "A"]
+    want, got = pygpt.load(f32_dir).embed(texts), pygpt.load(out).embed(texts)
+    cos = (want * got).sum(1)
+    assert cos.min() > floor, cos
