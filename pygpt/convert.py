@@ -456,9 +456,12 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
                 break
     elif verbose:
         print("warning: no tokenizer files found; pass tokenizer=DIR to add vocab.json + merges.txt")
+    template_path = os.path.join(out_dir, CHAT_TEMPLATE_FILE)
     if template is not None:
-        with open(os.path.join(out_dir, CHAT_TEMPLATE_FILE), "w", encoding="utf-8", newline="") as f:
+        with open(template_path, "w", encoding="utf-8", newline="") as f:
             f.write(template)
+    elif os.path.isfile(template_path):  # an earlier conversion's: not this source's template
+        os.remove(template_path)
     return out_dir
 
 

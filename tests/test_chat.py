@@ -337,6 +337,8 @@ def test_the_converter_keeps_a_chat_template(hf_folder, tmp_path, files):
 
 
 def test_the_converter_without_a_chat_template(hf_folder, tmp_path, capsys):
+    os.makedirs(tmp_path / "out")
+    (tmp_path / "out" / "chat_template.jinja").write_text(CHATML_JINJA)  # an earlier conversion's
     out = converted(hf_folder, tmp_path, **{"tokenizer_config.json": json.dumps({"model_max_length": 64})})
     assert not os.path.exists(os.path.join(out, "chat_template.jinja"))
     assert pygpt.load(out).chat_template.name == "plain"
