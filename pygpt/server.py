@@ -9,7 +9,7 @@ sequence reuses its keys and values (--prefix-cache; usage.prompt_tokens_details
                             "stream": false, ...}: OpenAI's completions request and response
     POST /v1/chat/completions  {"messages": [{"role": "user", "content": "Hi"}], ...}: OpenAI's
                            chat request and response (below)
-    GET  /v1/models        the model served
+    GET  /v1/models        the model served (and /v1/models/NAME, that one)
     GET  /health           {"status": "ok"}
     POST /tokenize         {"content": "text", "with_pieces": false} -> {"tokens": [ids]} (or with
                            pieces, [{"id": id, "piece": text}], a piece that is not whole UTF-8 as
@@ -60,6 +60,7 @@ import functools
 import json
 import secrets
 import time
+import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -377,12 +378,17 @@ class Handler(BaseHTTPRequestHandler):
     # -- endpoints ----------------------------------------------------------------------------
 
     def do_GET(self):
+        served = {"id": self.server.model_name, "object": "model", "created": self.server.created, "owned_by": "pygpt"}
         if self.path == "/health":
             self._send_json(200, {"status": "ok"})
         elif self.path == "/v1/models":
-            self._send_json(200, {"object": "list", "data": [
-                {"id": self.server.model_name, "object": "model", "created": self.server.created,
-                 "owned_by": "pygpt"}]})
+            self._send_json(200, {"object": "list", "data": [served]})
+        elif self.path.startswith("/v1/models/"):  # OpenAI's "retrieve model"
+            if urllib.parse.unquote(self.path[len("/v1/models/"):]) == served["id"]:
+                self._send_json(200, served)
+            else:
+                self._error(404, f"no model '{self.path[len('/v1/models/'):]}': this server serves "
+                                 f"'{served['id']}'", "not_found_error")
         else:
             self._error(404, f"no such endpoint: GET {self.path}", "not_found_error")
 

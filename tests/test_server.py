@@ -181,6 +181,10 @@ def test_models_and_health(url):
     assert get(url, "/health") == (200, {"status": "ok"})
     status, r = get(url, "/v1/models")
     assert status == 200 and [m["id"] for m in r["data"]] == ["tiny"]
+    assert get(url, "/v1/models/tiny") == (200, r["data"][0])
+    with pytest.raises(urllib.error.HTTPError) as e:
+        get(url, "/v1/models/gpt-4")
+    assert e.value.code == 404 and "serves 'tiny'" in json.loads(e.value.read())["error"]["message"]
 
 
 @pytest.mark.parametrize("body, match", [
