@@ -291,16 +291,25 @@ def _prompt(model, messages, template, stop, options) -> tuple:
     return chosen, chosen.render(messages), chosen.with_stop(stop)
 
 
+def _replies(out, template: ChatTemplate):
+    """generate()'s output (one, or a list) with each text the reply as the template defines it."""
+    def reply(o):
+        return dataclasses.replace(o, text=template.reply(o.text))
+
+    return [reply(o) for o in out] if isinstance(out, list) else reply(out)
+
+
 def chat(model, messages, template=None, *, stop=None, **options):
     """model.chat: generate() on the conversation's prompt under template (None: the model's
     own), the template's stop strings added to stop; the output's text is the reply."""
     chosen, prompt, stop = _prompt(model, messages, template, stop, options)
-    out = model.generate(prompt, stop=stop, **options)
+    return _replies(model.generate(prompt, stop=stop, **options), chosen)
 
-    def reply(o):
-        return dataclasses.replace(o, text=chosen.reply(o.text))
 
-    return [reply(o) for o in out] if isinstance(out, list) else reply(out)
+async def achat(model, messages, template=None, *, stop=None, **options):
+    """model.achat: chat() for asyncio (model.agenerate underneath)."""
+    chosen, prompt, stop = _prompt(model, messages, template, stop, options)
+    return _replies(await model.agenerate(prompt, stop=stop, **options), chosen)
 
 
 class ReplyStream:
@@ -318,17 +327,40 @@ class ReplyStream:
     def __iter__(self) -> "ReplyStream":
         return self
 
+    def _piece(self, piece: str) -> str:
+        """What of a stream's piece is the reply's ("" for the space before it)."""
+        if not self._begun:
+            piece = piece.lstrip()
+            self._begun = bool(piece)
+        return piece
+
+    def _end(self) -> None:
+        self.output = _replies(self._stream.output, self._template)
+
     def __next__(self) -> str:
         while True:
             try:
-                piece = next(self._stream)
+                piece = self._piece(next(self._stream))
             except StopIteration:
-                out = self._stream.output
-                self.output = dataclasses.replace(out, text=self._template.reply(out.text))
+                self._end()
                 raise
-            if not self._begun:
-                piece = piece.lstrip()
-                self._begun = bool(piece)
+            if piece:
+                return piece
+
+
+class AsyncReplyStream(ReplyStream):
+    """model.achat_stream's async iterator: ReplyStream over model.astream."""
+
+    def __aiter__(self) -> "AsyncReplyStream":
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            try:
+                piece = self._piece(await self._stream.__anext__())
+            except StopAsyncIteration:
+                self._end()
+                raise
             if piece:
                 return piece
 
@@ -337,3 +369,9 @@ def chat_stream(model, messages, template=None, *, stop=None, **options) -> Repl
     """model.chat_stream: chat() with the reply streamed (model.stream's options)."""
     chosen, prompt, stop = _prompt(model, messages, template, stop, options)
     return ReplyStream(model.stream(prompt, stop=stop, **options), chosen)
+
+
+def achat_stream(model, messages, template=None, *, stop=None, **options) -> AsyncReplyStream:
+    """model.achat_stream: chat_stream() for asyncio (model.astream underneath)."""
+    chosen, prompt, stop = _prompt(model, messages, template, stop, options)
+    return AsyncReplyStream(model.astream(prompt, stop=stop, **options), chosen)

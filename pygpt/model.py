@@ -169,6 +169,18 @@ class Model:
 
         return chat.chat_stream(self, messages, template, **kwargs)
 
+    async def achat(self, messages, template=None, **kwargs):
+        """chat() for asyncio (await it): tokens are computed in a worker thread."""
+        from . import chat
+
+        return await chat.achat(self, messages, template, **kwargs)
+
+    def achat_stream(self, messages, template=None, **kwargs):
+        """chat_stream() for asyncio: `async for piece in model.achat_stream(...)`."""
+        from . import chat
+
+        return chat.achat_stream(self, messages, template, **kwargs)
+
     def stream(self, prompt, **kwargs):
         """Yields the generated text piece by piece (valid UTF-8 only)."""
         from . import generation

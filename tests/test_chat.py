@@ -302,6 +302,23 @@ def test_chat_stream_is_chat(model, template):
         model.chat_stream(ONE, num_return_sequences=2)
 
 
+def test_async_chat(model):
+    import asyncio
+
+    want = model.chat(CONV, max_new_tokens=20, temperature=0.8, seed=2)
+
+    async def main():
+        out = await model.achat(CONV, max_new_tokens=20, temperature=0.8, seed=2)
+        stream = model.achat_stream(CONV, max_new_tokens=20, temperature=0.8, seed=2)
+        pieces = [p async for p in stream]
+        return out, pieces, stream.output
+
+    out, pieces, streamed = asyncio.run(main())
+    assert out.tokens == want.tokens and out.text == want.text
+    assert "".join(pieces) == want.text and not pieces[0][0].isspace()
+    assert streamed.tokens == want.tokens and streamed.text == want.text
+
+
 # -- the converter ---------------------------------------------------------------------------------
 
 
