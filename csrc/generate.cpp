@@ -138,7 +138,8 @@ void Decoding::run(const std::function<void()>& between_steps) {
 static void check_memory(const Model& model, const std::vector<std::vector<int32_t>>& prompts,
                          const GenerateOptions& opt) {
     const ModelConfig& c = model.config();
-    const int64_t per_prompt = opt.num_beams > 1 ? opt.num_beams : opt.num_return_sequences;
+    // guided: a negative sequence's cache beside each (at most as long, the default's 1 token + new)
+    const int64_t per_prompt = (opt.num_beams > 1 ? opt.num_beams : opt.num_return_sequences) * (opt.guided() ? 2 : 1);
     const int64_t new_tokens = std::min(opt.max_new_tokens, c.n_ctx);
     double bytes = 0.0;  // in double: no overflow, whatever the request
     for (const auto& ids : prompts) {
@@ -198,6 +199,17 @@ void check_request(const Model& model, const Tokenizer* tokenizer, const std::ve
         if (opt.prompt_lookup_num_tokens > 0)
             bad("assistant_model and prompt_lookup_num_tokens both make drafts: choose one");
     }
+    if (!std::isfinite(opt.guidance_scale)) bad("guidance_scale must be a finite number (1 = off)");
+    if (opt.guided()) {
+        if (opt.num_beams > 1) bad("guidance_scale does not go with beam search (num_beams > 1)");
+        if (opt.prompt_lookup_num_tokens > 0 || opt.assistant_model)
+            bad("guidance_scale does not go with drafts (prompt_lookup_num_tokens, assistant_model)");
+    }
+    if (int64_t(opt.negative_prompt.size()) > n_ctx)
+        bad("negative_prompt has " + std::to_string(opt.negative_prompt.size()) +
+            " tokens, more than the model's context of " + std::to_string(n_ctx));
+    for (int32_t t : opt.negative_prompt)
+        if (t < 0 || t >= V) bad("negative_prompt: token id " + std::to_string(t) + " is outside the vocabulary");
     if (opt.prompt_lookup_num_tokens > 0 && opt.num_beams > 1)
         bad("prompt lookup decoding (prompt_lookup_num_tokens > 0) does not go with beam search (num_beams > 1)");
     if (prompts.empty()) bad("no prompt to generate from");
@@ -276,6 +288,12 @@ struct Generation::Seq {
     int64_t want = 0;              // assistant: the draft tokens it asks for in this step
     int64_t taken = 0, accepted = 0;  // this step: tokens taken, and those as drafted
     std::exception_ptr error;      // what taking its rows threw (contain_errors)
+    // guidance: the negative sequence (its prompt, then the tokens generated), its cache, this
+    // step's logits row of it, and the guided scores
+    std::vector<int32_t> negative;
+    std::unique_ptr<KVCache> neg_cache;
+    const float* neg_row = nullptr;
+    std::vector<float> guided;
 
     Seq(std::shared_ptr<const Request> request, const SamplingParams& sampling, int64_t V, uint64_t stream,
         const Kernels& kernels)
@@ -320,6 +338,8 @@ size_t Generation::add(std::vector<std::vector<int32_t>> prompts, GenerateOption
             s->r.prompt_index = p;
             s->history = prompts[p];
             s->n_prompt = prompts[p].size();
+            if (opt.guided())
+                s->negative = opt.negative_prompt.empty() ? std::vector<int32_t>{prompts[p].back()} : opt.negative_prompt;
             seqs_.emplace(next_id_++, std::move(s));
             n_live_++;
         }
@@ -368,6 +388,7 @@ void Generation::retire(Seq& s) {
     }
     s.cache.reset();
     s.draft_cache.reset();
+    s.neg_cache.reset();
 }
 
 // How many leading tokens of s's prompt, all but its last (whose logits row is needed), the
@@ -462,6 +483,7 @@ void Generation::fail(Seq& s) {
     s.r.finish_reason = "error";
     s.cache.reset();
     s.draft_cache.reset();
+    s.neg_cache.reset();
 }
 
 // After a step: the live sequences counted, finished ones' caches retired.
@@ -547,7 +569,26 @@ void Generation::advance() {
     if (steps.empty() && running.empty()) return recount();
     for (Seq* s : running)
         steps.push_back({s->cache.get(), s->fed.data(), int64_t(s->fed.size()), s->fed.size() > 1});
+    // guidance: the negative sequences, after the others: a prompt's (once for its samples) in
+    // the call that ends the prompt, then a running sequence's next token
+    std::vector<std::pair<std::vector<Seq*>, size_t>> negatives;  // (who takes the row, its step)
+    for (size_t g = 0; g < fresh.size(); g++) {
+        Seq& first = *fresh[g][0];
+        const bool ends = first.cache->pos + steps[g].n_tokens == int64_t(first.n_prompt);
+        if (!first.opt().guided() || !ends || first.opt().max_new_tokens == 0 || int64_t(first.n_prompt) >= n_ctx_)
+            continue;
+        first.neg_cache = model_.new_cache();
+        steps.push_back({first.neg_cache.get(), first.negative.data(), int64_t(first.negative.size()), false});
+        negatives.emplace_back(fresh[g], steps.size() - 1);
+    }
+    for (Seq* s : running)
+        if (s->opt().guided()) {
+            steps.push_back({s->neg_cache.get(), s->fed.data(), 1, false});
+            negatives.emplace_back(std::vector<Seq*>{s}, steps.size() - 1);
+        }
     const std::vector<const float*> rows = forward_rows(model_, steps, logits_);
+    for (const auto& [seqs, step] : negatives)
+        for (Seq* s : seqs) s->neg_row = rows[step];
 
     std::vector<Seq*> todo;
     std::vector<const float*> todo_rows;
@@ -575,6 +616,10 @@ void Generation::advance() {
                     if (first.draft_cache) {  // what prefix caching gave the first of the assistant's
                         s->draft_cache = opt.assistant_model->new_cache();
                         s->draft_cache->copy_from(*first.draft_cache);
+                    }
+                    if (first.neg_cache) {  // the negative prompt, run once
+                        s->neg_cache = model_.new_cache();
+                        s->neg_cache->copy_from(*first.neg_cache);
                     }
                 }
             }
@@ -812,9 +857,26 @@ void Generation::take(Seq& s, const float* rows, size_t n) {
     s.draft_len = right == drafted ? std::min(max_draft(s.opt()), s.draft_len + 2) : std::max<int64_t>(1, right);
 }
 
+// Classifier-free guidance: out = scale * (log_softmax(cond) - log_softmax(uncond)) +
+// log_softmax(uncond) (transformers' UnbatchedClassifierFreeGuidanceLogitsProcessor), in double.
+void guide(const float* cond, const float* uncond, int64_t V, double scale, std::vector<float>& out) {
+    const double lc = log_sum_exp(cond, V), lu = log_sum_exp(uncond, V);
+    out.resize(size_t(V));
+    for (int64_t i = 0; i < V; i++) {
+        const double c = double(cond[i]) - lc, u = double(uncond[i]) - lu;
+        out[size_t(i)] = float(scale * (c - u) + u);
+    }
+}
+
 // The next token of s from a logits row, and its log-probs when asked for.
 void Generation::choose(Seq& s, const float* row) {
-    s.chosen = s.sampler.sample(row, s.scores, s.history, s.n_prompt);
+    const float* scores = row;
+    if (s.neg_row) {  // guidance, before every processor (logprobs stay the model's own)
+        guide(row, s.neg_row, V_, s.opt().guidance_scale, s.guided);
+        scores = s.guided.data();
+        s.neg_row = nullptr;
+    }
+    s.chosen = s.sampler.sample(scores, s.scores, s.history, s.n_prompt);
     add_logprobs(s, row);
 }
 
@@ -858,7 +920,7 @@ void Generation::accept(Seq& s, int32_t token, const float* row) {
     if (opt.stop_hook && opt.stop_hook(s.r.prompt_index, s.history, row)) return finish(s, "stop");
     if (s.sampler.grammar_closed(s.history, s.n_prompt)) return finish(s, "stop");  // nothing can follow
     if (int64_t(s.r.tokens.size()) >= opt.max_new_tokens || int64_t(s.history.size()) >= n_ctx_ ||
-        s.req->out_of_time())
+        (s.neg_cache && s.neg_cache->pos >= n_ctx_) || s.req->out_of_time())
         return finish(s, "length");
     s.next_input = token;
     release_text(s, false);

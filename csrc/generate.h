@@ -55,6 +55,15 @@ struct GenerateOptions {
     // none). Those bytes are the prompt's, so they are left out of the text (and of stop
     // string matches): the text continues the prompt as the caller wrote it.
     std::vector<std::string> heal;
+    // classifier-free guidance (transformers' guidance_scale; 1: off; Sanchez et al. 2023):
+    // each next-token distribution is scale * (log p(x | sequence) - log p(x | negative)) +
+    // log p(x | negative), before every other processor. The negative sequence is
+    // negative_prompt (empty: the prompt's last token, as transformers' default) and then the
+    // tokens generated; it runs beside the sequence, a token a step, in the same forward calls.
+    // Not with beam search or drafts.
+    double guidance_scale = 1.0;
+    std::vector<int32_t> negative_prompt;
+    bool guided() const { return guidance_scale != 1.0; }
     // seconds (0: no limit): a sequence stops ("length") at its first token past this long after
     // its request was added (transformers' max_time)
     double max_time = 0.0;
@@ -195,6 +204,8 @@ std::vector<const float*> decode_step(Model& model, const std::vector<std::pair<
 // Log-probabilities of a logits row: log(sum(exp(row))) in double, and the k most likely
 // tokens (ties: lower id first) with their log-probs.
 double log_sum_exp(const float* row, int64_t V);
+// Classifier-free guidance of a logits row by the negative sequence's (GenerateOptions::guidance_scale).
+void guide(const float* cond, const float* uncond, int64_t V, double scale, std::vector<float>& out);
 TopLogprobs top_logprobs(const float* row, int64_t V, int64_t k, double lse, std::vector<int32_t>& idx);
 // With prompt_logprobs: those of tokens ids[1..n-1] from the logits rows of ids[0..n-2]
 // (appended to r's), so a prompt run in pieces adds each piece's.

@@ -67,6 +67,7 @@ def _sampling_options(args) -> dict:
         min_p=args.min_p, typical_p=args.typical_p, mirostat=args.mirostat, mirostat_tau=args.mirostat_tau,
         mirostat_eta=args.mirostat_eta, dynatemp_range=args.dynatemp_range, dynatemp_exponent=args.dynatemp_exponent,
         exponential_decay_length_penalty=args.exponential_decay_length_penalty,
+        guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt,
         dry_multiplier=args.dry_multiplier, dry_base=args.dry_base,
         dry_allowed_length=args.dry_allowed_length, dry_penalty_last_n=args.dry_penalty_last_n,
         top_n_sigma=args.top_n_sigma, epsilon_cutoff=args.epsilon_cutoff, eta_cutoff=args.eta_cutoff,
@@ -362,6 +363,11 @@ def _add_decoding_arguments(g, seed_help: str) -> None:
                         "instead of the other filters (default: 0, off)")
     s.add_argument("--mirostat-tau", type=float, default=5.0, help="mirostat's target surprise, in bits (default: %(default)s)")
     s.add_argument("--mirostat-eta", type=float, default=0.1, help="mirostat's learning rate (default: %(default)s)")
+    s.add_argument("--guidance-scale", type=float, default=None, metavar="S",
+                   help="classifier-free guidance (transformers'): > 1 follows the prompt more closely, "
+                        "against --negative-prompt (default: off)")
+    s.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="what guidance steers away from (default: the prompt's last token alone)")
     s.add_argument("--dynatemp-range", type=float, default=None, metavar="R",
                    help="dynamic temperature (llama.cpp's): from temperature - R for a confident model to "
                         "temperature + R for an unsure one, applied after the filters (default: off)")

@@ -354,7 +354,7 @@ class _Request:
                  length_penalty=1.0, early_stopping=False, prompt_lookup_num_tokens=None,
                  max_matching_ngram_size=2, logits_processor=None, stopping_criteria=None,
                  prefix_allowed_tokens_fn=None, assistant_model=None, num_assistant_tokens=None, grammar=None,
-                 token_healing=False):
+                 token_healing=False, guidance_scale=None, negative_prompt=None):
         if not hasattr(model, "_core") or not hasattr(model, "config"):
             raise TypeError(f"model must be a pygpt.Model (from pygpt.load), got {type(model).__name__}")
         if model._core is None:
@@ -446,6 +446,7 @@ class _Request:
             if opt.prompt_lookup_num_tokens:
                 raise ValueError("assistant_model and prompt_lookup_num_tokens both make drafts: choose one")
             opt.assistant_model = assistant_model._core
+        self._guide(opt, guidance_scale, negative_prompt, V)
         opt.length_penalty = _float("length_penalty", length_penalty)
         if early_stopping is True or early_stopping is False:
             opt.early_stopping = (_core.EarlyStopping.when_full if early_stopping
@@ -501,6 +502,27 @@ class _Request:
                                  f"pass truncate='left' to keep its end")
             self.prompts.append(ids)
         self.healed = self._heal(_bool("token_healing", token_healing), grammar is not None)
+
+    def _guide(self, opt, scale, negative, V: int) -> None:
+        """Classifier-free guidance: guidance_scale (None or 1: off) and the negative prompt (text
+        or ids; None: the prompt's last token, as transformers' default)."""
+        if scale is not None:
+            opt.guidance_scale = _float("guidance_scale", scale)
+        if negative is None:
+            return
+        if opt.guidance_scale == 1.0:
+            raise ValueError("negative_prompt goes with guidance_scale (other than 1)")
+        if isinstance(negative, str):
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer: give negative_prompt as token ids")
+            ids = self.tokenizer.encode(negative, allowed_special="all")
+        elif isinstance(negative, (list, tuple, np.ndarray)):
+            ids = _token_list("negative_prompt", negative, V)
+        else:
+            raise TypeError(f"negative_prompt must be text or a list of token ids, not {type(negative).__name__}")
+        if not ids:
+            raise ValueError("negative_prompt is empty: give at least one token (None: the prompt's last token)")
+        opt.negative_prompt = ids
 
     def _heal(self, on: bool, has_grammar: bool) -> list:
         """Token healing: each prompt's last token is dropped and the first generated token must

@@ -117,12 +117,14 @@ def test_generate_options_reach_the_api(pygpt_cmd, model_dir, model):
 def test_generate_truncation_and_xtc_options_reach_the_api(pygpt_cmd, model_dir, model):
     args = ["--top-n-sigma", "1.5", "--epsilon-cutoff", "0.0005", "--eta-cutoff", "0.001", "--xtc-probability", "0.5",
             "--xtc-threshold", "0.05", "--seed", "4", "--temperature", "1.1", "--dynatemp-range", "0.5",
-            "--dynatemp-exponent", "0.8", "--exponential-decay-length-penalty", "3,1.4"]
+            "--dynatemp-exponent", "0.8", "--exponential-decay-length-penalty", "3,1.4", "--guidance-scale", "1.5",
+            "--negative-prompt", "The end"]
     r = run(pygpt_cmd, "generate", "-m", model_dir, PROMPT, "-n", "12", *args)
     assert r.returncode == 0, r.stderr
     want = model.generate(PROMPT, max_new_tokens=12, top_n_sigma=1.5, epsilon_cutoff=0.0005, eta_cutoff=0.001,
                           xtc_probability=0.5, xtc_threshold=0.05, seed=4, temperature=1.1, top_p=0.95,
-                          dynatemp_range=0.5, dynatemp_exponent=0.8, exponential_decay_length_penalty=(3, 1.4)).text
+                          dynatemp_range=0.5, dynatemp_exponent=0.8, exponential_decay_length_penalty=(3, 1.4),
+                          guidance_scale=1.5, negative_prompt="The end").text
     assert r.stdout.decode("utf-8") == want
     assert want != model.generate(PROMPT, max_new_tokens=12, seed=4, temperature=1.1, top_p=0.95).text
     assert_one_line_error(run(pygpt_cmd, "generate", "-m", model_dir, "hi", "--eta-cutoff", "1"), "eta_cutoff")

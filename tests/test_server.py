@@ -221,12 +221,14 @@ def test_bad_requests_are_400_with_a_message(url, body, match):
 def test_llama_cpp_sampling_fields(url, model):
     body = {"prompt": PROMPTS[0], "max_tokens": 10, "temperature": 1.0, "seed": 5, "top_n_sigma": 1.0,
             "xtc_probability": 0.5, "xtc_threshold": 0.05, "epsilon_cutoff": 0.001, "eta_cutoff": 0.001,
-            "dynatemp_range": 0.5, "dynatemp_exponent": 1.5, "exponential_decay_length_penalty": [3, 1.2]}
+            "dynatemp_range": 0.5, "dynatemp_exponent": 1.5, "exponential_decay_length_penalty": [3, 1.2],
+            "guidance_scale": 1.5, "negative_prompt": "The end"}
     status, text = post(url, body)
     assert status == 200, text
     want = model.generate(PROMPTS[0], max_new_tokens=10, temperature=1.0, seed=5, top_n_sigma=1.0,
                           xtc_probability=0.5, xtc_threshold=0.05, epsilon_cutoff=0.001, eta_cutoff=0.001,
-                          dynatemp_range=0.5, dynatemp_exponent=1.5, exponential_decay_length_penalty=(3, 1.2))
+                          dynatemp_range=0.5, dynatemp_exponent=1.5, exponential_decay_length_penalty=(3, 1.2),
+                          guidance_scale=1.5, negative_prompt="The end")
     assert json.loads(text)["choices"][0]["text"] == want.text
     body = {"prompt": PROMPTS[0], "max_tokens": 10, "seed": 5, "mirostat": 2, "mirostat_tau": 4.0, "mirostat_eta": 0.2}
     status, text = post(url, body)
