@@ -445,3 +445,54 @@ def test_a_stream_can_end_with_the_usage(url, model):
                        ({"stream_options": {"other": 1}}, "stream_options")]:
         status, text = post(url, {**body, **bad})
         assert status == 400 and match in json.loads(text)["error"]["message"]
+
+
+def _random_value(rng, depth=0):
+    kinds = ["int", "float", "str", "bool", "none", "list", "dict", "big", "neg"]
+    kind = kinds[rng.integers(len(kinds) if depth < 2 else 7)]
+    return {"int": lambda: int(rng.integers(0, 5)), "float": lambda: float(rng.normal()),
+            "str": lambda: rng.choice(["", "hi", "x" * 300, "<|endoftext|>", "é", "\ud800"[:0] + "\n"]),
+            "bool": lambda: bool(rng.integers(2)), "none": lambda: None, "big": lambda: 10 ** 12,
+            "neg": lambda: -int(rng.integers(1, 5)),
+            "list": lambda: [_random_value(rng, depth + 1) for _ in range(int(rng.integers(0, 3)))],
+            "dict": lambda: {str(rng.choice(["type", "role", "content", "schema", "a"])): _random_value(rng, depth + 1)
+                             for _ in range(int(rng.integers(0, 3)))}}[kind]()
+
+
+FUZZ_FIELDS = {
+    "/v1/completions": ["prompt", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "logprobs", "echo",
+                        "best_of", "logit_bias", "response_format", "grammar", "stream", "stream_options",
+                        "token_healing", "guidance_scale", "negative_prompt", "exponential_decay_length_penalty",
+                        "dynatemp_range", "min_tokens", "suffix", "top_k", "mirostat"],
+    "/v1/chat/completions": ["messages", "max_tokens", "max_completion_tokens", "temperature", "n", "stop", "seed",
+                             "logprobs", "top_logprobs", "stream", "stream_options", "response_format", "tools"],
+    "/v1/embeddings": ["input", "encoding_format", "dimensions", "pooling", "model"],
+    "/tokenize": ["content", "with_pieces"],
+    "/detokenize": ["tokens"],
+}
+
+
+@pytest.mark.parametrize("path", FUZZ_FIELDS)
+def test_random_request_bodies_get_an_answer_never_a_server_error(url, path):
+    """Every POST endpoint, bodies of random fields and values (a fixed seed): a 200 or a 400
+    with OpenAI's error object, never a 500 or a dropped connection."""
+    import zlib
+
+    rng = np.random.default_rng(zlib.crc32(path.encode()))
+    seen = set()
+    for i in range(150):
+        fields = FUZZ_FIELDS[path]
+        size = min(len(fields), int(rng.integers(0, 5)))
+        body = {str(k): _random_value(rng) for k in rng.choice(fields, size=size, replace=False)}
+        if path.endswith("completions") and "max_tokens" not in body:
+            body["max_tokens"] = 3  # keep generations short
+        if path == "/v1/chat/completions" and i % 2:
+            body["messages"] = [{"role": "user", "content": "Hi"}]  # valid, so that the other fields get a go
+        if path == "/v1/embeddings" and i % 2:
+            body["input"] = "Hi"
+        status, text = post(url, body, path=path)
+        seen.add(status)
+        assert status in (200, 400), (body, status, text)
+        if status == 400:
+            assert json.loads(text)["error"]["type"] == "invalid_request_error", text
+    assert seen == {200, 400}
