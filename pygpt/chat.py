@@ -167,6 +167,7 @@ def _compile_jinja(source: str, name: str) -> Callable:
     return render
 
 
+_CONTINUE_MARK = "CONTINUE_FINAL_MESSAGE_TAG "  # transformers' mark, so templates that test for text see the same
 _REPLY = "PYGPTREPLY7Q"  # marks in a probe conversation, text no template changes
 _NEXT = "PYGPTNEXT7Q"
 
@@ -249,15 +250,44 @@ class ChatTemplate:
         own = os.path.join(os.fspath(path), CHAT_TEMPLATE_FILE)
         return cls.load(own if os.path.isfile(own) else "plain")
 
-    def render(self, messages, add_generation_prompt: bool = True) -> str:
-        """The conversation as prompt text; add_generation_prompt: end with the start of the
-        assistant's turn, for the model to write it. Bad messages are a ValueError."""
+    def render(self, messages, add_generation_prompt: Optional[bool] = None,
+               continue_final_message: bool = False) -> str:
+        """The conversation as prompt text. add_generation_prompt (default: unless continuing):
+        end with the start of the assistant's turn, for the model to write it.
+        continue_final_message: end inside the last message instead, right after its text, for
+        the model to go on with it ("Sure, here is" -> the rest), as transformers'
+        apply_chat_template does: its text is marked, rendered and cut at the mark (where the
+        template dropped the whitespace after it, the text is cut before that whitespace too).
+        Bad messages are a ValueError."""
+        if not isinstance(continue_final_message, bool):
+            raise TypeError(f"continue_final_message must be True or False, got {continue_final_message!r}")
+        if add_generation_prompt is None:
+            add_generation_prompt = not continue_final_message
         if not isinstance(add_generation_prompt, bool):
             raise TypeError(f"add_generation_prompt must be True or False, got {add_generation_prompt!r}")
-        text = self._render(check_messages(messages), add_generation_prompt)
+        if add_generation_prompt and continue_final_message:
+            raise ValueError("continue_final_message and add_generation_prompt do not go together: one continues the "
+                             "last message, the other starts a new assistant message")
+        checked = check_messages(messages)
+        if continue_final_message:
+            checked[-1] = {**checked[-1], "content": checked[-1]["content"] + _CONTINUE_MARK}
+        text = self._render(checked, add_generation_prompt)
         if not isinstance(text, str):
             raise TypeError(f"chat template {self.name} rendered a {type(text).__name__}, not text")
+        if continue_final_message:
+            at = text.rfind(_CONTINUE_MARK.strip())
+            if at < 0:
+                raise ValueError(f"continue_final_message: chat template {self.name} does not write the final "
+                                 "message's text as it is, so there is no place to continue it")
+            text = text[:at] if text.startswith(_CONTINUE_MARK, at) else text[:at].rstrip()
         return text
+
+    def continuing(self) -> "ChatTemplate":
+        """This template for a reply that continues the last message: its text is kept whole
+        (no whitespace stripped: the space may be the reply's)."""
+        copy = ChatTemplate.__new__(ChatTemplate)
+        copy.__dict__.update(self.__dict__, lstrip_reply=False)
+        return copy
 
     def with_stop(self, stop=None) -> list:
         """The caller's stop strings (None, a str or a list) and the template's."""
@@ -283,12 +313,15 @@ def resolve(model, template) -> ChatTemplate:
 
 
 def _prompt(model, messages, template, stop, options) -> tuple:
-    """(template, prompt text, stop strings) of a chat call."""
+    """(template, prompt text, stop strings) of a chat call (options' continue_final_message
+    taken out)."""
     chosen = resolve(model, template)
     if options.get("echo"):
         raise ValueError("chat() returns the reply alone, so no echo: render the prompt with "
                          "apply_chat_template() and call generate()")
-    return chosen, chosen.render(messages), chosen.with_stop(stop)
+    cont = options.pop("continue_final_message", False)
+    prompt = chosen.render(messages, continue_final_message=cont)
+    return (chosen.continuing() if cont else chosen), prompt, chosen.with_stop(stop)
 
 
 def _replies(out, template: ChatTemplate):

@@ -147,12 +147,16 @@ class Model:
 
         return ChatTemplate.from_model(self.path)
 
-    def apply_chat_template(self, messages, add_generation_prompt: bool = True, template=None) -> str:
+    def apply_chat_template(self, messages, add_generation_prompt=None, template=None,
+                            continue_final_message: bool = False) -> str:
         """A conversation (OpenAI's messages) as prompt text, under template: the model's own
-        (None), a pygpt.ChatTemplate, or a built-in's name ("plain", "chatml") or a .jinja file."""
+        (None), a pygpt.ChatTemplate, or a built-in's name ("plain", "chatml") or a .jinja file.
+        add_generation_prompt (default: True unless continue_final_message) ends it with the
+        start of an assistant turn; continue_final_message ends it inside the last message, for
+        the model to go on with it (ChatTemplate.render)."""
         from .chat import resolve
 
-        return resolve(self, template).render(messages, add_generation_prompt)
+        return resolve(self, template).render(messages, add_generation_prompt, continue_final_message)
 
     def chat(self, messages, template=None, **kwargs):
         """The assistant's reply to a conversation: generate() (same options and output) on

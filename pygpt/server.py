@@ -50,8 +50,9 @@ completions ones (not prompt, suffix, best_of, echo), with max_completion_tokens
 OpenAI's chat form ({"content": [{"token", "logprob", "bytes", "top_logprobs"}]}), and stream as
 chat.completion.chunk events (each choice's {"role": "assistant"} delta first, content deltas,
 a chunk with its finish_reason; stream_options {"include_usage": true}: a last chunk with the
-usage). tools, tool_choice, functions, audio, tool messages and image or audio content are
-refused (400).
+usage); continue_final_message (vLLM's): the prompt ends inside the last message and the reply
+goes on with it. tools, tool_choice, functions, audio, tool messages and image or audio content
+are refused (400).
 """
 
 from __future__ import annotations
@@ -245,6 +246,7 @@ class _Call:
     include_usage: bool = False  # streamed: a last chunk with the usage (chat's stream_options)
     keep: int = 0                # best_of: the choices a prompt answered (of num_return_sequences); 0: all
     logprobs: bool = False       # the client asked for logprobs (best_of asks for them itself)
+    template: object = None      # chat: the template its reply is read with
 
 
 MAX_BEST_OF = 20  # OpenAI's limit
@@ -290,7 +292,9 @@ _TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "functions", "fun
 
 
 def chat_options(body: dict, template, n_ctx: int) -> tuple:
-    """(prompt, pygpt generate options) for an OpenAI chat completions request body: the
+    """(prompt, pygpt generate options, the template its reply is read with) for an OpenAI chat
+    completions request body (continue_final_message, vLLM's: the prompt ends inside the last
+    message, and the reply goes on with it, leading space kept): the
     messages rendered by template (a pygpt.ChatTemplate), whose stop strings join the request's;
     the other fields as completion_options takes them, but logprobs (true or false) with
     top_logprobs (k), and max_completion_tokens (or max_tokens; default: the rest of the
@@ -307,8 +311,10 @@ def chat_options(body: dict, template, n_ctx: int) -> tuple:
     for key in ("prompt", "suffix", "best_of", "echo"):  # completions' own
         if key in fields:
             raise RequestError(f"unknown field '{key}'")
+    cont = _flag(fields, "continue_final_message")  # vLLM's: go on with the last (assistant) message
+    fields.pop("continue_final_message", None)
     try:
-        prompt = template.render(fields.pop("messages", None))
+        prompt = template.render(fields.pop("messages", None), continue_final_message=cont)
     except ValueError as e:
         raise RequestError(str(e)) from None
     limit = fields.pop("max_completion_tokens", None)
@@ -324,7 +330,7 @@ def chat_options(body: dict, template, n_ctx: int) -> tuple:
     fields["logprobs"] = (0 if top is None else _top_count("top_logprobs", top)) if logprobs else None
     options = completion_options(fields)
     options["stop"] = template.with_stop(options.get("stop"))
-    return prompt, options
+    return prompt, options, (template.continuing() if cont else template)
 
 
 def _include_usage(body, stream: bool) -> bool:
@@ -339,9 +345,9 @@ def _include_usage(body, stream: bool) -> bool:
 
 
 def _chat_call(body, template, n_ctx: int) -> _Call:
-    prompt, options = chat_options(body, template, n_ctx)
+    prompt, options, template = chat_options(body, template, n_ctx)
     stream = _flag(body, "stream")
-    return _Call(prompt, options, stream, _include_usage(body, stream))
+    return _Call(prompt, options, stream, _include_usage(body, stream), template=template)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -445,6 +451,7 @@ class Handler(BaseHTTPRequestHandler):
         if started is None:
             return
         call, result = started
+        template = call.template
         logprobs = bool(call.options.get("logprobs"))
         head = self._head("chatcmpl-", "chat.completion.chunk" if call.stream else "chat.completion")
         tokenizer = self.server.model.tokenizer

@@ -73,13 +73,13 @@ def url(model):
         yield base
 
 
-def hf_render(template, messages, add_generation_prompt):
+def hf_render(template, messages, add_generation_prompt, **kw):
     """transformers' apply_chat_template with template, on a GPT-2 tokenizer."""
     transformers = pytest.importorskip("transformers")
     tok = transformers.GPT2TokenizerFast(vocab_file=os.path.join(GPT2_TOKENIZER, "vocab.json"),
                                          merges_file=os.path.join(GPT2_TOKENIZER, "merges.txt"))
     tok.chat_template = template
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kw)
 
 
 # -- templates ------------------------------------------------------------------------------------
@@ -300,6 +300,43 @@ def test_chat_stream_is_chat(model, template):
         model.chat_stream(ONE, echo=True)
     with pytest.raises(ValueError, match="one sequence"):
         model.chat_stream(ONE, num_return_sequences=2)
+
+
+PREFILLED = CONV + [{"role": "assistant", "content": "Sure, here "}]
+
+
+@pytest.mark.parametrize("jinja", ["CHATML_JINJA", "LLAMA2_JINJA", "ZEPHYR_JINJA"])
+def test_continue_final_message_is_transformers(jinja):
+    source = globals()[jinja]
+    got = ChatTemplate.from_jinja(source).render(PREFILLED, continue_final_message=True)
+    assert got == hf_render(source, PREFILLED, False, continue_final_message=True)
+    assert got.rstrip().endswith("Sure, here")
+
+
+def test_continue_final_message(model):
+    plain = ChatTemplate.load("plain")
+    prompt = plain.render(PREFILLED, continue_final_message=True)
+    assert prompt == plain.render(CONV) + " Sure, here"  # the plain template strips the message's last space
+    assert model.apply_chat_template(PREFILLED, continue_final_message=True) == prompt
+    with pytest.raises(ValueError, match="do not go together"):
+        plain.render(PREFILLED, add_generation_prompt=True, continue_final_message=True)
+    with pytest.raises(TypeError, match="continue_final_message"):
+        plain.render(PREFILLED, continue_final_message=1)
+    dropping = ChatTemplate("drop", lambda messages, gen: "no text here")
+    with pytest.raises(ValueError, match="no place to continue"):
+        dropping.render(PREFILLED, continue_final_message=True)
+    # chat() goes on with the message: the reply keeps its leading space (it may be the reply's)
+    out = model.chat(PREFILLED, continue_final_message=True, max_new_tokens=12)
+    want = model.generate(prompt, max_new_tokens=12, stop=list(PLAIN_STOP))
+    assert out.tokens == want.tokens and out.text == want.text
+    assert "".join(model.chat_stream(PREFILLED, continue_final_message=True, max_new_tokens=12)) == want.text
+    # and so does the server
+    with serving(model) as url:
+        r = json.loads(post(url, {"messages": PREFILLED, "continue_final_message": True, "max_tokens": 12,
+                                  "temperature": 0}, path=CHAT)[1])
+        assert r["choices"][0]["message"]["content"] == want.text
+        status, text = post(url, {"messages": PREFILLED, "continue_final_message": "yes"}, path=CHAT)
+        assert status == 400 and "continue_final_message" in text
 
 
 def test_async_chat(model):
