@@ -143,6 +143,51 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _fit_conversation(model, template, messages: list, room: int) -> None:
+    """Drops the oldest messages (not a leading system message) until the conversation's prompt
+    leaves `room` tokens of the context, keeping at least the last message, and starting with
+    a user's (templates may insist on turns that alternate)."""
+    first = 1 if messages and messages[0]["role"] == "system" else 0
+    n_ctx = model.config["n_ctx"]
+    while len(messages) - first > 1 and \
+            len(model.tokenizer.encode(model.apply_chat_template(messages, template=template), allowed_special="all")) \
+            + room > n_ctx:
+        del messages[first]
+        while len(messages) - first > 1 and messages[first]["role"] != "user":
+            del messages[first]
+
+
+def cmd_chat(args) -> int:
+    """A conversation on stdin and stdout: each line read is the user's message, the reply is
+    streamed back; the conversation so far is the next reply's context."""
+    model = _load(args.model, args.threads, args.kv_cache)
+    if model.tokenizer is None:
+        raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
+    template = args.chat_template
+    options = dict(_sampling_options(args), **_assistant_options(args))
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    interactive = sys.stdin.isatty()
+    turn = 0
+    while True:
+        if interactive:
+            _write(sys.stderr, "> ")
+        line = sys.stdin.readline()
+        if not line:
+            break
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\r\n")})
+        _fit_conversation(model, template, messages, min(args.max_new_tokens, model.config["n_ctx"] // 2))
+        seed = None if args.seed is None else args.seed + turn  # turn k samples with seed + k
+        reply = model.chat_stream(messages, template=template, seed=seed, **options)
+        for piece in reply:
+            _write(sys.stdout, piece)
+        _write(sys.stdout, "\n")
+        messages.append({"role": "assistant", "content": reply.output.text})
+        turn += 1
+    return 0
+
+
 def _batch_lines(f):
     """(line number, the input's JSON object) for each non-empty line of a batch input file."""
     import json
@@ -486,6 +531,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "caches of the last N finished sequences; 0: off (default: %(default)s)")
     _add_runtime_arguments(bt)
     bt.set_defaults(func=cmd_batch)
+
+    ch = sub.add_parser(
+        "chat", help="a conversation: each line of stdin a message, each reply streamed to stdout",
+        description="Chat with a model: each line read from stdin is the user's message; the assistant's reply is "
+                    "streamed to stdout, one line of output a reply (a reply's own line breaks stay). The "
+                    "conversation so far is the context of the next reply (its oldest turns are dropped when it "
+                    "outgrows the context). The messages become a prompt through a chat template (Model.chat). "
+                    "The same decoding options as generate.")
+    ch.add_argument("-m", "--model", metavar="DIR", default=None, help=model_help)
+    ch.add_argument("--system", metavar="TEXT", default=None, help="a system message first (default: none)")
+    ch.add_argument("--chat-template", metavar="NAME|FILE", default=None,
+                    help="'plain', 'chatml' or a Jinja file (default: the model folder's chat_template.jinja, "
+                         "else plain)")
+    _add_decoding_arguments(ch, "random seed: turn k samples with seed + k (default: a new one each turn)")
+    _add_runtime_arguments(ch)
+    ch.set_defaults(func=cmd_chat)
 
     i = sub.add_parser("info", help="show a model's configuration, size, ISA path and threads",
                        description="Show a model's configuration, data type, file size, the SIMD path (ISA) "

@@ -284,6 +284,25 @@ def test_tokenize(pygpt_cmd, model_dir, model):
     assert r.stdout.decode().splitlines() == ["17250\tb'Hi'", "612\tb' there'"]
 
 
+def test_chat(pygpt_cmd, model_dir, model):
+    r = run(pygpt_cmd, "chat", "-m", model_dir, "-n", "8", "-t", "0", "--system", "You are a bard.",
+            input=b"Hello there\n\nHow are you?\n")
+    assert r.returncode == 0, r.stderr
+    messages = [{"role": "system", "content": "You are a bard."}]
+    want = ""
+    for line in ("Hello there", "How are you?"):  # the blank line is no message
+        messages.append({"role": "user", "content": line})
+        reply = model.chat(messages, max_new_tokens=8).text
+        messages.append({"role": "assistant", "content": reply})
+        want += reply + "\n"
+    assert r.stdout.decode("utf-8") == want
+    # a long conversation drops its oldest turns instead of failing (the tiny model: 64 positions)
+    r = run(pygpt_cmd, "chat", "-m", model_dir, "-n", "8", "-t", "0", "--chat-template", "chatml",
+            input=b"".join(b"tell me more about the weather %d\n" % i for i in range(12)))
+    assert r.returncode == 0, r.stderr
+    assert_one_line_error(run(pygpt_cmd, "chat", "-m", model_dir, "--echo", input=b"hi\n"), "echo")
+
+
 def test_token_healing(pygpt_cmd, model_dir, model):
     r = run(pygpt_cmd, "generate", "-m", model_dir, "Hello wor", "-n", "6", "-t", "0", "--token-healing")
     assert r.returncode == 0, r.stderr
