@@ -143,11 +143,22 @@ def _compile_jinja(source: str, name: str) -> Callable:
         # templates come with models, as untrusted as any download; older sandboxes can be escaped
         raise ImportError(f"chat templates need jinja2 >= 3.1.6 (this is {jinja2.__version__}): pip install -U jinja2")
 
+    import jinja2.ext
+
     def raise_exception(message):
         raise jinja2.TemplateError(message)
 
+    class Generation(jinja2.ext.Extension):
+        """transformers' {% generation %} ... {% endgeneration %}: it marks the assistant's text
+        for training masks; rendering, it is its body."""
+        tags = {"generation"}
+
+        def parse(self, parser):
+            next(parser.stream)
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                       extensions=["jinja2.ext.loopcontrols"])
+                                                       extensions=["jinja2.ext.loopcontrols", Generation])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)

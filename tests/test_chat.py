@@ -302,6 +302,19 @@ def test_chat_stream_is_chat(model, template):
         model.chat_stream(ONE, num_return_sequences=2)
 
 
+GENERATION_TAG_JINJA = ("{% for m in messages %}{% if m['role'] == 'assistant' %}{{ 'Bot: ' }}{% generation %}"
+                        "{{ m['content'] }}{% endgeneration %}{{ '\n' }}{% else %}{{ m['role'] + ': ' + m['content'] + '\n' }}"
+                        "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Bot:' }}{% endif %}")
+
+
+def test_the_generation_tag_renders_its_body():
+    """transformers' {% generation %} blocks (for training masks) render as their contents."""
+    convo = CONV + [{"role": "assistant", "content": "I am."}, {"role": "user", "content": "Truly?"}]
+    for gen in (True, False):
+        assert ChatTemplate.from_jinja(GENERATION_TAG_JINJA).render(convo, gen) == \
+            hf_render(GENERATION_TAG_JINJA, convo, gen)
+
+
 PREFILLED = CONV + [{"role": "assistant", "content": "Sure, here "}]
 
 
