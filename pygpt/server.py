@@ -39,7 +39,8 @@ or an unsupported schema keyword is a 400). model and user are accepted and igno
 best_of (at least n, at most 20) samples best_of choices a prompt and answers the n with the
 highest mean log-probability a generated token (OpenAI's "best"; usage counts every sampled
 token); suffix, best_of > n with stream, and echo with logprobs and stream are refused (400),
-as is anything else unknown.
+as is anything else unknown. A client that closes its connection before its answer (streamed
+or not) stops its generation.
 
 Chat: the messages (system, developer, user, assistant; content a string or text parts) become a
 prompt through the server's chat template (--chat-template: the model folder's
@@ -61,6 +62,8 @@ import base64
 import functools
 import json
 import secrets
+import select
+import socket
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -71,6 +74,7 @@ from .chat import resolve as resolve_chat_template
 from .grammar import Grammar
 
 MAX_BODY_BYTES = 1 << 20
+CLIENT_CHECK_SECONDS = 0.05  # how often a request that waits looks whether its client is still there
 
 # OpenAI field -> pygpt generate option
 _SAME = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "echo", "top_k", "min_p",
@@ -468,7 +472,9 @@ class Handler(BaseHTTPRequestHandler):
     def _run(self, read):
         """Starts the request read(body) describes (a _Call) in the server's batcher: (the call,
         its ChoiceStream when streamed, else its outputs as one list, prompt-major: OpenAI's
-        order of choices), or None once a bad request (400) or a failure (500) is answered."""
+        order of choices), or None once a bad request (400) or a failure (500) is answered, or
+        once the client has gone away while it waited (its generation is then cancelled, as a
+        stream's is)."""
         try:
             call = read(self._body())
             if self.server.assistant is not None:
@@ -476,7 +482,16 @@ class Handler(BaseHTTPRequestHandler):
             if call.stream:
                 tokens = bool(call.options.get("logprobs"))
                 return call, self.server.batcher.stream_choices(call.prompt, tokens=tokens, **call.options)
-            out = self.server.batcher.generate(call.prompt, **call.options)
+            job = self.server.batcher.submit(call.prompt, **call.options)
+            while True:
+                try:
+                    out = job.result(timeout=CLIENT_CHECK_SECONDS)
+                    break
+                except TimeoutError:
+                    if self._client_gone():
+                        job.cancel()
+                        self.close_connection = True
+                        return None
         except (RequestError, ValueError, TypeError, MemoryError) as e:
             self._error(400, str(e) or type(e).__name__)
             return None
@@ -485,6 +500,15 @@ class Handler(BaseHTTPRequestHandler):
             return None
         return call, [o for g in (out if isinstance(out, list) else [out])
                       for o in (g if isinstance(g, list) else [g])]
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its end (the socket reads as ended; a client that sends
+        more, a pipelined request, is still there)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def _head(self, prefix: str, kind: str) -> dict:
         """The fields every response (and chunk) of a request starts with."""

@@ -496,3 +496,37 @@ def test_random_request_bodies_get_an_answer_never_a_server_error(url, path):
         if status == 400:
             assert json.loads(text)["error"]["type"] == "invalid_request_error", text
     assert seen == {200, 400}
+
+
+def test_a_client_that_goes_away_stops_its_generation(hf_model_factory):
+    """A request that is not streamed, whose client closes the connection while it waits, is
+    cancelled (its sequences leave the batch) instead of running to max_tokens."""
+    import socket
+    import time
+
+    from pygpt import server as srv_module
+
+    model = pygpt.load(hf_model_factory("gpt2")[2])  # 124M shape: 400 tokens take seconds
+    srv = srv_module.Server(model, "127.0.0.1", 0)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        body = json.dumps({"prompt": "Hello", "max_tokens": 400, "ignore_eos": True, "temperature": 0}).encode()
+        with socket.create_connection(srv.server_address[:2]) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            deadline = time.time() + 30
+            while srv.batcher.steps < 3 and time.time() < deadline:  # it is generating
+                time.sleep(0.01)
+        time.sleep(1.0)  # the handler notices (it looks every 0.05 s) and the batcher drops it
+        steps = srv.batcher.steps
+        time.sleep(0.5)
+        assert srv.batcher.steps == steps < 400  # idle, long before 400 tokens
+        # the server still answers the next client
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        status, text = post(url, {"prompt": "Hi", "max_tokens": 2})
+        assert status == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(timeout=30)
