@@ -10,7 +10,7 @@ sequence reuses its keys and values (--prefix-cache; usage.prompt_tokens_details
     POST /v1/chat/completions  {"messages": [{"role": "user", "content": "Hi"}], ...}: OpenAI's
                            chat request and response (below)
     GET  /v1/models        the model served (and /v1/models/NAME, that one)
-    GET  /health           {"status": "ok"}
+    GET  /health           {"status": "ok"} (the one endpoint open without the API key, with --api-key)
     POST /tokenize         {"content": "text", "with_pieces": false} -> {"tokens": [ids]} (or with
                            pieces, [{"id": id, "piece": text}], a piece that is not whole UTF-8 as
                            its list of bytes), the text encoded as a prompt is (llama.cpp server's)
@@ -389,7 +389,34 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- endpoints ----------------------------------------------------------------------------
 
+    def _authorized(self) -> bool:
+        """With an API key (--api-key): whether the request carries it, as OpenAI's clients send
+        it ("Authorization: Bearer <key>"); a request without it gets a 401."""
+        key = self.server.api_key
+        if key is None:
+            return True
+        sent = self.headers.get("Authorization", "")
+        if sent.startswith("Bearer ") and secrets.compare_digest(sent[len("Bearer "):].strip().encode(), key.encode()):
+            return True
+        if self.command == "POST":
+            self._skip_body()
+        self._error(401, "a valid API key is needed: send \"Authorization: Bearer <key>\"", "authentication_error")
+        return False
+
+    def _skip_body(self) -> None:
+        """Reads a refused request's body (within the size limit), so the connection stays in step."""
+        try:
+            n = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            n = 0
+        if 0 < n <= MAX_BODY_BYTES:
+            self.rfile.read(n)
+        elif n:
+            self.close_connection = True
+
     def do_GET(self):
+        if self.path != "/health" and not self._authorized():
+            return
         served = {"id": self.server.model_name, "object": "model", "created": self.server.created, "owned_by": "pygpt"}
         if self.path == "/health":
             self._send_json(200, {"status": "ok"})
@@ -414,6 +441,8 @@ class Handler(BaseHTTPRequestHandler):
         return (tokenize if self.path == "/tokenize" else detokenize)(model.tokenizer, body)
 
     def do_POST(self):
+        if not self._authorized():
+            return
         if self.path in ("/tokenize", "/detokenize", "/v1/embeddings"):
             try:
                 answer = self._answer(self._body())
@@ -661,8 +690,12 @@ class Server(ThreadingHTTPServer):
     def __init__(self, model, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
                  verbose: bool = False, max_batch: int = DEFAULT_MAX_BATCH,
                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK, prefix_cache: int = DEFAULT_PREFIX_CACHE,
-                 assistant=None, chat_template=None):
+                 assistant=None, chat_template=None, api_key: str | None = None):
         import os
+
+        if api_key is not None and (not isinstance(api_key, str) or not api_key or not api_key.isprintable()):
+            raise ValueError("api_key must be a non-empty printable string")
+        self.api_key = api_key  # every request but GET /health must carry "Authorization: Bearer <key>"
 
         self.model = model
         self.assistant = assistant  # a pygpt.Model drafting for every request (assisted decoding), or None
@@ -705,21 +738,26 @@ def add_arguments(p) -> None:
                    help="how /v1/chat/completions turns messages into a prompt: 'plain' (a User:/Assistant: "
                         "transcript), 'chatml', or a Jinja template file as Hugging Face's (needs jinja2) "
                         "(default: the model folder's chat_template.jinja, else plain)")
+    p.add_argument("--api-key", metavar="KEY", default=None,
+                   help="answer only requests that send \"Authorization: Bearer KEY\" (as OpenAI's clients do), "
+                        "all but GET /health; a 401 otherwise (default: $PYGPT_API_KEY, else none)")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
 
 
 def run(args) -> int:
     """Serves until interrupted (Ctrl-C)."""
+    import os
+
     from .model import load
 
     model = load(args.model, n_threads=args.threads, kv_cache=args.kv_cache)
     assistant = load(args.assistant, n_threads=args.threads) if args.assistant else None
     server = Server(model, args.host, args.port, verbose=args.verbose, max_batch=args.max_batch,
                     prefill_chunk=args.prefill_chunk, prefix_cache=args.prefix_cache, assistant=assistant,
-                    chat_template=args.chat_template)
+                    chat_template=args.chat_template, api_key=args.api_key or os.environ.get("PYGPT_API_KEY"))
     host, port = server.server_address[:2]
     print(f"pygpt: serving {server.model_name} on http://{host}:{port}/v1/completions and /v1/chat/completions "
-          f"(chat template: {server.chat_template.name})", flush=True)
+          f"(chat template: {server.chat_template.name}{'; API key required' if server.api_key else ''})", flush=True)
     try:
         server.serve_forever()
     finally:

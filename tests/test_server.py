@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import pygpt
+import pygpt.server
 from conftest import GPT2_TOKENIZER, get, post, serving, sse_events
 
 pytest.importorskip("torch")
@@ -530,3 +531,55 @@ def test_a_client_that_goes_away_stops_its_generation(hf_model_factory):
         srv.shutdown()
         srv.server_close()
         t.join(timeout=30)
+
+
+def test_an_api_key_guards_every_endpoint_but_health(model):
+    key = "sk-test-123"
+    with serving(model, api_key=key) as url:
+        def call(method, path, headers, body=None):
+            data = json.dumps(body).encode() if body is not None else None
+            req = urllib.request.Request(url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json", **headers})
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+
+        good = {"Authorization": f"Bearer {key}"}
+        for bad in ({}, {"Authorization": "Bearer nope"}, {"Authorization": key}, {"Authorization": "Basic x"}):
+            for method, path, body in [("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2}),
+                                       ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+                                       ("POST", "/v1/embeddings", {"input": "x"}), ("POST", "/tokenize", {"content": "x"}),
+                                       ("GET", "/v1/models", None)]:
+                status, text = call(method, path, bad, body)
+                assert status == 401, (path, bad)
+                assert json.loads(text)["error"]["type"] == "authentication_error"
+        assert call("GET", "/health", {}) == (200, json.dumps({"status": "ok"}))
+        status, text = call("POST", "/v1/completions", good, {"prompt": "Hi", "max_tokens": 2})
+        assert status == 200 and json.loads(text)["usage"]["completion_tokens"] == 2
+        assert call("GET", "/v1/models", good)[0] == 200
+    with pytest.raises(ValueError, match="api_key"):
+        pygpt.server.Server(model, "127.0.0.1", 0, api_key="")
+
+
+def test_serve_api_key_option(pygpt_cmd, model):
+    """pygpt serve --api-key, or $PYGPT_API_KEY."""
+    import os
+
+    for args, env in ((["--api-key", "k1"], {}), ([], {"PYGPT_API_KEY": "k1"})):
+        p = subprocess.Popen(pygpt_cmd + ["serve", "--port", "0", *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+        try:
+            line = p.stdout.readline()
+            assert "API key required" in line, line + p.stderr.read()
+            base = "http://" + line.split("http://", 1)[1].split("/v1/", 1)[0]
+            with pytest.raises(urllib.error.HTTPError) as e:
+                get(base, "/v1/models")
+            assert e.value.code == 401
+            req = urllib.request.Request(base + "/v1/models", headers={"Authorization": "Bearer k1"})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                assert r.status == 200
+        finally:
+            p.terminate()
+            p.wait(timeout=30)
