@@ -265,8 +265,19 @@ class Batcher:
         self._thread: Optional[threading.Thread] = None
         self.steps = 0             # forward calls run so far
         self.most_sequences = 0    # the most sequences one step has run
+        self.running = 0           # sequences in the batch now
+        # what the finished and cancelled requests ran: prompt tokens (those a prefix cache
+        # gave not counted: cached_tokens), and tokens generated
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self.generated_tokens = 0
 
     # -- public API ----------------------------------------------------------------------------
+
+    def waiting(self) -> int:
+        """Requests queued for a place in the batch."""
+        with self._cv:
+            return len(self._waiting)
 
     def submit(self, prompt, **options) -> Job:
         """Queues a request (model.generate's arguments, checked here) and returns its Job."""
@@ -403,10 +414,12 @@ class Batcher:
                     running -= job.req.n_sequences
                     job._finish(error=e)
             for job in [j for j in active if j.cancelled]:
+                self._count(gen, job)
                 self._drop(gen, job)
                 active.remove(job)
                 running -= job.req.n_sequences
                 job._finish(error=BatcherClosed("the request was cancelled"))
+            self.running = running
             if not active:
                 continue
             self.most_sequences = max(self.most_sequences, gen.n_live)
@@ -446,10 +459,22 @@ class Batcher:
                         error = e
                     if error is None:
                         outputs = job.req.outputs(gen, job.first, self._timings(gen, job, now))
+                    self._count(gen, job)
                     self._drop(gen, job)
                     active.remove(job)
                     running -= job.req.n_sequences
                     job._finish(outputs, error)
+            self.running = running
+
+    def _count(self, gen, job: Job) -> None:
+        """Adds what a request leaving the batch ran to the counters (pygpt serve's /metrics)."""
+        results = [gen.result(i) for i in range(job.first, job.first + job.req.n_sequences)]
+        if not any(gen.started(i) for i in range(job.first, job.first + job.req.n_sequences)):
+            return  # cancelled before its prompt ran
+        cached = sum(r["cached_tokens"] for r in results[::job.req.options.num_return_sequences])
+        self.prompt_tokens += sum(len(p) for p in job.req.prompts) - cached
+        self.cached_tokens += cached
+        self.generated_tokens += sum(len(r["tokens"]) for r in results)
 
     @staticmethod
     def _drop(gen, job: Job) -> None:

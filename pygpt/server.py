@@ -10,6 +10,7 @@ sequence reuses its keys and values (--prefix-cache; usage.prompt_tokens_details
     POST /v1/chat/completions  {"messages": [{"role": "user", "content": "Hi"}], ...}: OpenAI's
                            chat request and response (below)
     GET  /v1/models        the model served (and /v1/models/NAME, that one)
+    GET  /metrics          counters and gauges in Prometheus' text format (requests, tokens, batch)
     GET  /health           {"status": "ok"} (the one endpoint open without the API key, with --api-key)
     POST /tokenize         {"content": "text", "with_pieces": false} -> {"tokens": [ids]} (or with
                            pieces, [{"id": id, "piece": text}], a piece that is not whole UTF-8 as
@@ -64,6 +65,7 @@ import json
 import secrets
 import select
 import socket
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -414,8 +416,16 @@ class Handler(BaseHTTPRequestHandler):
         elif n:
             self.close_connection = True
 
+    def send_response(self, code, message=None):
+        # (a request line too malformed to parse has no command or path yet)
+        self.server.count(getattr(self, "command", None), getattr(self, "path", ""), code)
+        super().send_response(code, message)
+
     def do_GET(self):
         if self.path != "/health" and not self._authorized():
+            return
+        if self.path == "/metrics":
+            self._send_metrics()
             return
         served = {"id": self.server.model_name, "object": "model", "created": self.server.created, "owned_by": "pygpt"}
         if self.path == "/health":
@@ -529,6 +539,35 @@ class Handler(BaseHTTPRequestHandler):
             return None
         return call, [o for g in (out if isinstance(out, list) else [out])
                       for o in (g if isinstance(g, list) else [g])]
+
+    def _send_metrics(self) -> None:
+        """GET /metrics: counters and gauges in Prometheus' text format (llama.cpp server's
+        --metrics, under pygpt_ names)."""
+        srv, b = self.server, self.server.batcher
+        lines = []
+
+        def metric(name, kind, text, samples):
+            lines.extend([f"# HELP pygpt_{name} {text}", f"# TYPE pygpt_{name} {kind}"])
+            lines.extend(f"pygpt_{name}{labels} {value}" for labels, value in samples)
+
+        with srv.lock:
+            answered = sorted(srv.answered.items())
+        metric("requests_total", "counter", "Requests answered, by method, endpoint and status.",
+               [(f'{{method="{m}",endpoint="{e}",status="{c}"}}', n) for (m, e, c), n in answered])
+        metric("prompt_tokens_total", "counter", "Prompt tokens run (a prefix cache's not counted).",
+               [("", b.prompt_tokens)])
+        metric("cached_prompt_tokens_total", "counter", "Prompt tokens a prefix cache gave.", [("", b.cached_tokens)])
+        metric("generated_tokens_total", "counter", "Tokens generated.", [("", b.generated_tokens)])
+        metric("steps_total", "counter", "Forward calls of the batch.", [("", b.steps)])
+        metric("sequences_running", "gauge", "Sequences in the batch now.", [("", b.running)])
+        metric("requests_waiting", "gauge", "Requests waiting for a place in the batch.", [("", b.waiting())])
+        metric("batch_sequences_max", "gauge", "The most sequences one step has run.", [("", b.most_sequences)])
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _client_gone(self) -> bool:
         """Whether the client closed its end (the socket reads as ended; a client that sends
@@ -706,7 +745,19 @@ class Server(ThreadingHTTPServer):
         self.model_name = name or os.path.basename(os.path.normpath(model.path))
         self.created = int(time.time())
         self.verbose = verbose
+        self.lock = threading.Lock()
+        self.answered: dict = {}  # (method, endpoint, status) -> requests (GET /metrics)
         super().__init__((host, port), Handler)
+
+    ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/tokenize",
+                 "/detokenize", "/health", "/metrics")
+
+    def count(self, method: str, path: str, status: int) -> None:
+        """One more answer (endpoints outside ENDPOINTS counted as "other": no label per path)."""
+        endpoint = path if path in self.ENDPOINTS else "/v1/models/*" if path.startswith("/v1/models/") else "other"
+        key = (method if method in ("GET", "POST") else "other", endpoint, int(status))  # bounded labels
+        with self.lock:
+            self.answered[key] = self.answered.get(key, 0) + 1
 
     def server_close(self) -> None:
         super().server_close()

@@ -583,3 +583,38 @@ def test_serve_api_key_option(pygpt_cmd, model):
         finally:
             p.terminate()
             p.wait(timeout=30)
+
+
+def test_metrics(model):
+    import socket
+
+    with serving(model) as url:
+        for _ in range(2):
+            assert post(url, {"prompt": "Hello", "max_tokens": 4, "ignore_eos": True, "n": 2})[0] == 200
+        assert post(url, {"prompt": "Hello", "temperature": -1})[0] == 400
+        assert post(url, {"input": "Hello"}, path="/v1/embeddings")[0] == 200
+        host, port = url[len("http://"):].split(":")
+        with socket.create_connection((host, int(port))) as s:  # a request line that does not parse
+            s.sendall(b"GARBAGE\r\n\r\n")
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+            assert b"400" in answer
+        with urllib.request.urlopen(url + "/metrics", timeout=60) as r:
+            assert r.headers["Content-Type"].startswith("text/plain")
+            text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    assert values['pygpt_requests_total{method="POST",endpoint="/v1/completions",status="200"}'] == 2
+    assert values['pygpt_requests_total{method="POST",endpoint="/v1/completions",status="400"}'] == 1
+    assert values['pygpt_requests_total{method="POST",endpoint="/v1/embeddings",status="200"}'] == 1
+    assert values['pygpt_requests_total{method="other",endpoint="other",status="400"}'] == 1
+    n_prompt = len(model.tokenizer.encode("Hello"))
+    assert values["pygpt_generated_tokens_total"] == 2 * 2 * 4
+    assert values["pygpt_prompt_tokens_total"] + values["pygpt_cached_prompt_tokens_total"] == 2 * n_prompt
+    assert values["pygpt_steps_total"] >= 4 and values["pygpt_batch_sequences_max"] == 2
+    assert values["pygpt_sequences_running"] == 0 and values["pygpt_requests_waiting"] == 0
+    assert "# TYPE pygpt_generated_tokens_total counter" in text
