@@ -226,7 +226,10 @@ def embeddings(model, body, name: str) -> dict:
     n_embd = model.config["n_embd"]
     if body.get("dimensions") is not None and body["dimensions"] != n_embd:
         raise RequestError(f"this model's embeddings have {n_embd} dimensions; 'dimensions' cannot change that")
-    seqs = token_ids(model, split_inputs(body["input"])[0], truncate=False)
+    items = split_inputs(body["input"])[0]
+    if len(items) > MAX_EMBEDDING_INPUTS:
+        raise RequestError(f"'input' has {len(items)} items, more than {MAX_EMBEDDING_INPUTS} (OpenAI's limit)")
+    seqs = token_ids(model, items, truncate=False)
     vectors = embed_ids(model, seqs, pooling)
     data = [{"object": "embedding", "index": i,
              "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") if fmt == "base64"
@@ -255,7 +258,8 @@ class _Call:
     template: object = None      # chat: the template its reply is read with
 
 
-MAX_BEST_OF = 20  # OpenAI's limit
+MAX_BEST_OF = 20  # OpenAI's limits
+MAX_EMBEDDING_INPUTS = 2048
 
 
 def _completion_call(body) -> _Call:

@@ -391,6 +391,7 @@ def test_embeddings_are_model_embed(url, model):
     ({"input": "x", "pooling": "none"}, "pooling"),
     ({"input": "x", "dimensions": 8}, "dimensions"),
     ({"input": "x", "temperature": 1}, "unknown field 'temperature'"),
+    ({"input": ["x"] * 2049}, "more than 2048"),
     ([1, 2], "JSON object"),
 ])
 def test_bad_embedding_requests(url, body, match):
