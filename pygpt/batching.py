@@ -297,6 +297,19 @@ class Batcher:
         req = _stream_request(self.model, prompt, options)
         return BatchedStream(lambda sink: self._submit(req, sink), req)
 
+    def chat(self, messages, template=None, **options):
+        """model.chat, run in the shared batch (with prefix_cache, a conversation's next turn
+        reuses the keys and values of the turns before it)."""
+        from . import chat
+
+        return chat.chat(self.model, messages, template, runner=self, **options)
+
+    def chat_stream(self, messages, template=None, **options):
+        """model.chat_stream, run in the shared batch."""
+        from . import chat
+
+        return chat.chat_stream(self.model, messages, template, runner=self, **options)
+
     def stream_choices(self, prompt, *, tokens: bool = False, **options) -> ChoiceStream:
         """The text of every sequence of a request as it is generated, as (index, piece) pairs
         (a batch of prompts, num_return_sequences > 1; see ChoiceStream), for servers that

@@ -343,11 +343,12 @@ def _replies(out, template: ChatTemplate):
     return [reply(o) for o in out] if isinstance(out, list) else reply(out)
 
 
-def chat(model, messages, template=None, *, stop=None, **options):
+def chat(model, messages, template=None, *, stop=None, runner=None, **options):
     """model.chat: generate() on the conversation's prompt under template (None: the model's
-    own), the template's stop strings added to stop; the output's text is the reply."""
+    own), the template's stop strings added to stop; the output's text is the reply. runner:
+    what generates (the model, or a pygpt.Batcher over it: Batcher.chat)."""
     chosen, prompt, stop = _prompt(model, messages, template, stop, options)
-    return _replies(model.generate(prompt, stop=stop, **options), chosen)
+    return _replies((runner or model).generate(prompt, stop=stop, **options), chosen)
 
 
 async def achat(model, messages, template=None, *, stop=None, **options):
@@ -409,10 +410,10 @@ class AsyncReplyStream(ReplyStream):
                 return piece
 
 
-def chat_stream(model, messages, template=None, *, stop=None, **options) -> ReplyStream:
+def chat_stream(model, messages, template=None, *, stop=None, runner=None, **options) -> ReplyStream:
     """model.chat_stream: chat() with the reply streamed (model.stream's options)."""
     chosen, prompt, stop = _prompt(model, messages, template, stop, options)
-    return ReplyStream(model.stream(prompt, stop=stop, **options), chosen)
+    return ReplyStream((runner or model).stream(prompt, stop=stop, **options), chosen)
 
 
 def achat_stream(model, messages, template=None, *, stop=None, **options) -> AsyncReplyStream:

@@ -160,6 +160,8 @@ def _fit_conversation(model, template, messages: list, room: int) -> None:
 def cmd_chat(args) -> int:
     """A conversation on stdin and stdout: each line read is the user's message, the reply is
     streamed back; the conversation so far is the next reply's context."""
+    import pygpt
+
     model = _load(args.model, args.threads, args.kv_cache)
     if model.tokenizer is None:
         raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
@@ -167,6 +169,17 @@ def cmd_chat(args) -> int:
     options = dict(_sampling_options(args), **_assistant_options(args))
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
+    # a batcher keeps the last turn's keys and values: the next prompt, which starts with it,
+    # runs only its new tokens
+    batcher = pygpt.Batcher(model, max_batch=1, prefix_cache=1)
+    try:
+        _chat_turns(model, batcher, template, options, messages, interactive, args)
+    finally:
+        batcher.close()
+    return 0
+
+
+def _chat_turns(model, batcher, template, options, messages, interactive, args) -> None:
     turn = 0
     while True:
         if interactive:
@@ -179,13 +192,12 @@ def cmd_chat(args) -> int:
         messages.append({"role": "user", "content": line.rstrip("\r\n")})
         _fit_conversation(model, template, messages, min(args.max_new_tokens, model.config["n_ctx"] // 2))
         seed = None if args.seed is None else args.seed + turn  # turn k samples with seed + k
-        reply = model.chat_stream(messages, template=template, seed=seed, **options)
+        reply = batcher.chat_stream(messages, template=template, seed=seed, **options)
         for piece in reply:
             _write(sys.stdout, piece)
         _write(sys.stdout, "\n")
         messages.append({"role": "assistant", "content": reply.output.text})
         turn += 1
-    return 0
 
 
 def _batch_lines(f):

@@ -352,6 +352,21 @@ def test_continue_final_message(model):
         assert status == 400 and "continue_final_message" in text
 
 
+def test_batcher_chat_reuses_the_conversation_so_far(model):
+    """Batcher.chat / chat_stream: the same replies as model.chat; with a prefix cache, the next
+    turn's prompt (the conversation so far and the new message) runs only its new tokens."""
+    messages = list(CONV)
+    with pygpt.Batcher(model, prefix_cache=2) as b:
+        first = b.chat(messages, max_new_tokens=10)
+        assert first.tokens == model.chat(messages, max_new_tokens=10).tokens
+        messages += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And then?"}]
+        stream = b.chat_stream(messages, max_new_tokens=10)
+        text = "".join(stream)
+    want = model.chat(messages, max_new_tokens=10)
+    assert text == want.text and stream.output.tokens == want.tokens
+    assert stream.output.timings.cached_tokens > len(model.tokenizer.encode(model.apply_chat_template(CONV))) // 2
+
+
 def test_async_chat(model):
     import asyncio
 
