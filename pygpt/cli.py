@@ -328,6 +328,7 @@ def cmd_info(args) -> int:
         ("file size", f"{model._core.file_bytes / 2 ** 20:.1f} MiB"),
         ("in 2 MiB pages", _huge_pages(model)),
         ("tokenizer", f"{model.tokenizer.vocab_size} tokens" if model.tokenizer is not None else "none"),
+        ("chat template", "chat_template.jinja" if model.chat_template.name != "plain" else "plain (built in)"),
         ("isa", model.isa),
         ("threads", model.n_threads),
         ("pygpt", pygpt.__version__),

@@ -409,10 +409,12 @@ def converted(hf_folder, tmp_path, **files):
     {"chat_template.jinja": CHATML_JINJA,  # transformers' newer layout, preferred over the config's
      "tokenizer_config.json": json.dumps({"chat_template": LLAMA2_JINJA})},
 ], ids=["config-string", "config-list", "jinja-file"])
-def test_the_converter_keeps_a_chat_template(hf_folder, tmp_path, files):
+def test_the_converter_keeps_a_chat_template(hf_folder, tmp_path, files, pygpt_cmd):
     out = converted(hf_folder, tmp_path, **files)
     with open(os.path.join(out, "chat_template.jinja"), encoding="utf-8") as f:
         assert f.read() == CHATML_JINJA
+    info = subprocess.run(pygpt_cmd + ["info", out], capture_output=True, text=True, timeout=120).stdout
+    assert re.search(r"^chat template +chat_template\.jinja$", info, re.M), info
     model = pygpt.load(out)
     assert model.chat_template.stop == CHATML_STOP
     assert model.apply_chat_template(CONV) == hf_render(CHATML_JINJA, CONV, True)

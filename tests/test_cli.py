@@ -268,6 +268,7 @@ def test_info(pygpt_cmd, model_dir, model):
     assert fields["dtype"] == c["dtype"]
     assert fields["kv cache"] == pygpt.model.auto_kv_cache(c["dtype"]) + " (auto)"
     assert fields["isa"] == model.isa
+    assert fields["chat template"] == "plain (built in)"  # the folder has no chat_template.jinja
     assert fields["threads"] == "1"
     assert fields["file size"].endswith("MiB")
     assert fields["in 2 MiB pages"] == "unknown" or re.fullmatch(r"[0-9.]+ MiB \([0-9]+%\)", fields["in 2 MiB pages"])
