@@ -273,7 +273,7 @@ void bind_generate(py::module_& m) {
         .def_readwrite("stop_token_ids", &GenerateOptions::stop_token_ids)
         .def_readwrite("ignore_eos", &GenerateOptions::ignore_eos)
         .def_readwrite("guidance_scale", &GenerateOptions::guidance_scale)
-        .def_readwrite("negative_prompt", &GenerateOptions::negative_prompt)
+        .def_readwrite("negative_prompts", &GenerateOptions::negative_prompts)
         .def_property("heal", [](const GenerateOptions& o) {
             py::list out;
             for (const auto& h : o.heal) out.append(py::bytes(h));

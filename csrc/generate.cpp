@@ -205,11 +205,16 @@ void check_request(const Model& model, const Tokenizer* tokenizer, const std::ve
         if (opt.prompt_lookup_num_tokens > 0 || opt.assistant_model)
             bad("guidance_scale does not go with drafts (prompt_lookup_num_tokens, assistant_model)");
     }
-    if (int64_t(opt.negative_prompt.size()) > n_ctx)
-        bad("negative_prompt has " + std::to_string(opt.negative_prompt.size()) +
-            " tokens, more than the model's context of " + std::to_string(n_ctx));
-    for (int32_t t : opt.negative_prompt)
-        if (t < 0 || t >= V) bad("negative_prompt: token id " + std::to_string(t) + " is outside the vocabulary");
+    if (opt.negative_prompts.size() > 1 && opt.negative_prompts.size() != prompts.size())
+        bad("negative prompts: one for every prompt, or one a prompt (" + std::to_string(prompts.size()) + ")");
+    for (const auto& negative : opt.negative_prompts) {
+        if (negative.empty()) bad("a negative prompt is empty");
+        if (int64_t(negative.size()) > n_ctx)
+            bad("a negative prompt has " + std::to_string(negative.size()) +
+                " tokens, more than the model's context of " + std::to_string(n_ctx));
+        for (int32_t t : negative)
+            if (t < 0 || t >= V) bad("a negative prompt's token id " + std::to_string(t) + " is outside the vocabulary");
+    }
     if (opt.prompt_lookup_num_tokens > 0 && opt.num_beams > 1)
         bad("prompt lookup decoding (prompt_lookup_num_tokens > 0) does not go with beam search (num_beams > 1)");
     if (prompts.empty()) bad("no prompt to generate from");
@@ -339,7 +344,9 @@ size_t Generation::add(std::vector<std::vector<int32_t>> prompts, GenerateOption
             s->history = prompts[p];
             s->n_prompt = prompts[p].size();
             if (opt.guided())
-                s->negative = opt.negative_prompt.empty() ? std::vector<int32_t>{prompts[p].back()} : opt.negative_prompt;
+                s->negative = opt.negative_prompts.empty()      ? std::vector<int32_t>{prompts[p].back()}
+                              : opt.negative_prompts.size() == 1 ? opt.negative_prompts[0]
+                                                                 : opt.negative_prompts[p];
             seqs_.emplace(next_id_++, std::move(s));
             n_live_++;
         }

@@ -57,12 +57,12 @@ struct GenerateOptions {
     std::vector<std::string> heal;
     // classifier-free guidance (transformers' guidance_scale; 1: off; Sanchez et al. 2023):
     // each next-token distribution is scale * (log p(x | sequence) - log p(x | negative)) +
-    // log p(x | negative), before every other processor. The negative sequence is
-    // negative_prompt (empty: the prompt's last token, as transformers' default) and then the
-    // tokens generated; it runs beside the sequence, a token a step, in the same forward calls.
-    // Not with beam search or drafts.
+    // log p(x | negative), before every other processor. The negative sequence is a negative
+    // prompt (none given: the prompt's last token, as transformers' default; one: for every
+    // prompt; else one a prompt) and then the tokens generated; it runs beside the sequence,
+    // a token a step, in the same forward calls. Not with beam search or drafts.
     double guidance_scale = 1.0;
-    std::vector<int32_t> negative_prompt;
+    std::vector<std::vector<int32_t>> negative_prompts;
     bool guided() const { return guidance_scale != 1.0; }
     // seconds (0: no limit): a sequence stops ("length") at its first token past this long after
     // its request was added (transformers' max_time)

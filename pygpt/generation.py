@@ -446,7 +446,6 @@ class _Request:
             if opt.prompt_lookup_num_tokens:
                 raise ValueError("assistant_model and prompt_lookup_num_tokens both make drafts: choose one")
             opt.assistant_model = assistant_model._core
-        self._guide(opt, guidance_scale, negative_prompt, V)
         opt.length_penalty = _float("length_penalty", length_penalty)
         if early_stopping is True or early_stopping is False:
             opt.early_stopping = (_core.EarlyStopping.when_full if early_stopping
@@ -502,27 +501,41 @@ class _Request:
                                  f"pass truncate='left' to keep its end")
             self.prompts.append(ids)
         self.healed = self._heal(_bool("token_healing", token_healing), grammar is not None)
+        self._guide(opt, guidance_scale, negative_prompt, V)
 
     def _guide(self, opt, scale, negative, V: int) -> None:
-        """Classifier-free guidance: guidance_scale (None or 1: off) and the negative prompt (text
-        or ids; None: the prompt's last token, as transformers' default)."""
+        """Classifier-free guidance: guidance_scale (None or 1: off) and the negative prompt: text
+        or ids for every prompt, or a list of them, one a prompt of a batch (None: each prompt's
+        last token, as transformers' default)."""
         if scale is not None:
             opt.guidance_scale = _float("guidance_scale", scale)
         if negative is None:
             return
         if opt.guidance_scale == 1.0:
             raise ValueError("negative_prompt goes with guidance_scale (other than 1)")
-        if isinstance(negative, str):
-            if self.tokenizer is None:
-                raise ValueError("this model has no tokenizer: give negative_prompt as token ids")
-            ids = self.tokenizer.encode(negative, allowed_special="all")
-        elif isinstance(negative, (list, tuple, np.ndarray)):
-            ids = _token_list("negative_prompt", negative, V)
-        else:
-            raise TypeError(f"negative_prompt must be text or a list of token ids, not {type(negative).__name__}")
-        if not ids:
-            raise ValueError("negative_prompt is empty: give at least one token (None: the prompt's last token)")
-        opt.negative_prompt = ids
+        one = isinstance(negative, (str, np.ndarray)) or (isinstance(negative, (list, tuple)) and
+                                                           all(_is_int(t) for t in negative))
+        if not one and not isinstance(negative, (list, tuple)):
+            raise TypeError(f"negative_prompt must be text or a list of token ids (or a list of those, one a prompt), "
+                            f"not {type(negative).__name__}")
+        items = [negative] if one else list(negative)
+        if not one and len(items) != len(self.prompts):
+            raise ValueError(f"negative_prompt: {len(items)} negative prompts for {len(self.prompts)} prompts")
+        negatives = []
+        for i, item in enumerate(items):
+            name = "negative_prompt" if one else f"negative_prompt[{i}]"
+            if isinstance(item, str):
+                if self.tokenizer is None:
+                    raise ValueError("this model has no tokenizer: give negative_prompt as token ids")
+                ids = self.tokenizer.encode(item, allowed_special="all")
+            elif isinstance(item, (list, tuple, np.ndarray)):
+                ids = _token_list(name, item, V)
+            else:
+                raise TypeError(f"{name} must be text or a list of token ids, not {type(item).__name__}")
+            if not ids:
+                raise ValueError(f"{name} is empty: give at least one token (None: the prompt's last token)")
+            negatives.append(ids)
+        opt.negative_prompts = negatives
 
     def _heal(self, on: bool, has_grammar: bool) -> list:
         """Token healing: each prompt's last token is dropped and the first generated token must

@@ -84,6 +84,25 @@ def test_batches_samples_streams_and_the_batcher(tiny):
         assert b.generate(PROMPT, **kw).tokens == one.tokens
 
 
+def test_a_negative_prompt_a_prompt(tiny):
+    _, m = tiny
+    prompts, negatives = [PROMPT, "Once upon"], [NEGATIVE, m.tokenizer.encode("A dark night")]
+    outs = m.generate(prompts, max_new_tokens=10, guidance_scale=2.0, negative_prompt=negatives)
+    for p, neg, out in zip(prompts, negatives, outs):
+        assert out.tokens == m.generate(p, max_new_tokens=10, guidance_scale=2.0, negative_prompt=neg).tokens
+    # one negative prompt for the whole batch
+    shared = m.generate(prompts, max_new_tokens=10, guidance_scale=2.0, negative_prompt=NEGATIVE)
+    assert shared[0].tokens == outs[0].tokens
+    assert shared[1].tokens == m.generate(prompts[1], max_new_tokens=10, guidance_scale=2.0,
+                                          negative_prompt=NEGATIVE).tokens
+    with pytest.raises(ValueError, match="3 negative prompts for 2 prompts"):
+        m.generate(prompts, guidance_scale=2.0, negative_prompt=[NEGATIVE] * 3)
+    with pytest.raises(TypeError, match=r"negative_prompt\[1\] must be"):
+        m.generate(prompts, guidance_scale=2.0, negative_prompt=[NEGATIVE, 5.0])
+    with pytest.raises(ValueError, match=r"negative_prompt\[0\] is empty"):
+        m.generate(prompts, guidance_scale=2.0, negative_prompt=["", NEGATIVE])
+
+
 def test_a_long_negative_prompt_ends_the_sequence_when_its_context_fills(tiny):
     _, m = tiny
     n_ctx = m.config["n_ctx"]
