@@ -255,8 +255,7 @@ void BeamSearch::score_row(Beam& beam, const float* row, std::vector<Candidate>&
 
 // The bytes `token` adds to beam's text (before it joins the beam's history).
 std::string_view BeamSearch::piece(const Beam& beam, int32_t token) const {
-    const bool first = beam.history.size() == beam.n_prompt;
-    return text_bytes(*tok_, token, first, first && !opt_.heal.empty() ? opt_.heal[beam.prompt_index] : "");
+    return text_bytes(*tok_, token, beam.history.size() == beam.n_prompt, opt_, beam.prompt_index);
 }
 
 // One step of group g from its candidates: new finished hypotheses, the next running beams

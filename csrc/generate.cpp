@@ -66,9 +66,11 @@ std::shared_ptr<const std::vector<uint8_t>> healing_tokens(const Tokenizer& toke
     return allowed;
 }
 
-std::string_view text_bytes(const Tokenizer& tokenizer, int32_t token, bool first, const std::string& heal) {
+std::string_view text_bytes(const Tokenizer& tokenizer, int32_t token, bool first, const GenerateOptions& opt,
+                            size_t p) {
     std::string_view b = tokenizer.token_bytes(token);
-    if (!first || heal.empty()) return b;
+    if (!first || opt.heal.empty() || opt.heal[p].empty()) return b;
+    const std::string& heal = opt.heal[p];
     if (b.substr(0, heal.size()) != heal)  // the sampler's mask comes after every processor
         throw std::logic_error("token healing: the first token does not start with the prompt's last token");
     return b.substr(heal.size());
@@ -582,8 +584,7 @@ void Generation::advance() {
     for (size_t g = 0; g < fresh.size(); g++) {
         Seq& first = *fresh[g][0];
         const bool ends = first.cache->pos + steps[g].n_tokens == int64_t(first.n_prompt);
-        if (!first.opt().guided() || !ends || first.opt().max_new_tokens == 0 || int64_t(first.n_prompt) >= n_ctx_)
-            continue;
+        if (!first.opt().guided() || !ends || no_room(first)) continue;
         first.neg_cache = model_.new_cache();
         steps.push_back({first.neg_cache.get(), first.negative.data(), int64_t(first.negative.size()), false});
         negatives.emplace_back(fresh[g], steps.size() - 1);
@@ -609,7 +610,7 @@ void Generation::advance() {
                                 opt.top_logprobs, first.r, first.idx);
         if (end < len) continue;  // more of the prompt next step
         first_tokens = true;
-        const bool no_room = opt.max_new_tokens == 0 || len >= n_ctx_;
+        const bool no_room = this->no_room(first);
         for (Seq* s : fresh[g]) {
             s->started = true;
             s->fed.assign(1, -1);  // one row: the prompt's last
@@ -694,6 +695,11 @@ static std::vector<int32_t> lookup_draft(const std::vector<int32_t>& h, int64_t 
 
 // The longest draft a running sequence can still take after its next token: the budget of new
 // tokens and the context.
+// No token to generate after s's prompt: max_new_tokens 0, or the prompt fills the context.
+bool Generation::no_room(const Seq& s) const {
+    return s.opt().max_new_tokens == 0 || int64_t(s.n_prompt) >= n_ctx_;
+}
+
 int64_t Generation::draft_room(const Seq& s) const {
     return std::min(s.opt().max_new_tokens - int64_t(s.r.tokens.size()), n_ctx_ - s.cache->pos) - 1;
 }
@@ -910,8 +916,7 @@ void Generation::accept(Seq& s, int32_t token, const float* row) {
     if (tok_ && !opt.ignore_eos && token == tok_->eot_id()) return finish(s, "eos");
     if (tok_ && token < tok_->vocab_size()) {
         const size_t old = s.bytes.size();
-        const bool first = s.r.tokens.size() == 1;
-        s.bytes += text_bytes(*tok_, token, first, first && !opt.heal.empty() ? opt.heal[s.r.prompt_index] : "");
+        s.bytes += text_bytes(*tok_, token, s.r.tokens.size() == 1, opt, s.r.prompt_index);
         // a stop string ending in the new bytes starts at most max_stop_ - 1 bytes before them
         const size_t from = old + 1 > s.req->max_stop ? old + 1 - s.req->max_stop : 0;
         size_t hit = std::string::npos;

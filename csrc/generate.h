@@ -186,8 +186,10 @@ std::unique_ptr<Decoding> make_decoding(Model& model, const Tokenizer* tokenizer
 // with `heal`, end tokens and special tokens left out), a byte a token id; null for "".
 std::shared_ptr<const std::vector<uint8_t>> healing_tokens(const Tokenizer& tokenizer, const std::string& heal,
                                                            int64_t vocab_size);
-// A generated token's bytes in the text: without the healed prompt bytes for the first one.
-std::string_view text_bytes(const Tokenizer& tokenizer, int32_t token, bool first, const std::string& heal);
+// A generated token's bytes in the text: for the first one (`first`) of prompt p's sequence,
+// without the bytes token healing took from the prompt (opt.heal).
+std::string_view text_bytes(const Tokenizer& tokenizer, int32_t token, bool first, const GenerateOptions& opt,
+                            size_t p);
 
 // The tokens that end a sequence: eos (unless ignore_eos or no tokenizer), then stop_token_ids.
 std::vector<int32_t> end_tokens(const Tokenizer* tokenizer, const GenerateOptions& options);
@@ -282,6 +284,7 @@ private:
     void recount();
     Seq& seq(size_t i) const;
     int64_t draft_room(const Seq& s) const;
+    bool no_room(const Seq& s) const;  // its prompt leaves it no token to generate
     void feed(Seq& s);
     void draft_with_assistants(const std::vector<Seq*>& running);
     int64_t next_draft(Seq& s, const float* row, const Model& assistant);

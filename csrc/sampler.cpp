@@ -171,10 +171,13 @@ void Sampler::process(float* s, const std::vector<int32_t>& history, size_t n_pr
     if (params_.bans_ngrams()) ban_repeated_ngrams(s, history);
     if (params_.delays_the_end() && history.size() < n_prompt + size_t(params_.min_new_tokens))
         for (int32_t id : params_.end_tokens) s[id] = kNegInf;
-    if (params_.decays_length() && n_generated(history, n_prompt) > size_t(params_.decay_start)) {
-        // in float, as transformers computes it on float32 scores
-        const float k = float(std::pow(params_.decay_factor, double(n_generated(history, n_prompt) - params_.decay_start)) - 1);
-        for (int32_t id : params_.end_tokens) s[id] += std::abs(s[id]) * k;
+    if (params_.decays_length()) {
+        const size_t n = n_generated(history, n_prompt);
+        if (n > size_t(params_.decay_start)) {
+            // in float, as transformers computes it on float32 scores
+            const float k = float(std::pow(params_.decay_factor, double(n - size_t(params_.decay_start))) - 1);
+            for (int32_t id : params_.end_tokens) s[id] += std::abs(s[id]) * k;
+        }
     }
     if (grammar_ && with_grammar) {
         grammar_->sync(history, n_prompt);

@@ -13,6 +13,8 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from .generation import _is_int
+
 POOLINGS = ("mean", "last", "none")
 
 Input = Union[str, Sequence[int]]
@@ -21,8 +23,7 @@ Input = Union[str, Sequence[int]]
 def _is_ids(x) -> bool:
     if isinstance(x, np.ndarray):
         return x.ndim == 1 and np.issubdtype(x.dtype, np.integer)
-    return isinstance(x, (list, tuple)) and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
-                                                 for i in x)
+    return isinstance(x, (list, tuple)) and all(_is_int(i) for i in x)
 
 
 def split_inputs(inputs) -> tuple:
