@@ -29,7 +29,7 @@ import time
 from typing import Callable, Iterator, Optional
 
 from . import _core
-from .generation import GenerationOutput, Timings, _Request, _stream_request
+from .generation import BEAM_OPTIONS, GenerationOutput, Timings, _Request, _stream_request
 
 DEFAULT_MAX_BATCH = 16
 # prompt tokens a step runs at most: a long prompt that joins delays the running sequences'
@@ -281,7 +281,7 @@ class Batcher:
 
     def submit(self, prompt, **options) -> Job:
         """Queues a request (model.generate's arguments, checked here) and returns its Job."""
-        return self._submit(_Request(self.model, prompt, **options))
+        return self._submit(_Request(self.model, prompt, leave_out=BEAM_OPTIONS, **options))
 
     def generate(self, prompt, **options):
         """model.generate, run in the shared batch: waits for the outputs."""
@@ -315,7 +315,7 @@ class Batcher:
         (a batch of prompts, num_return_sequences > 1; see ChoiceStream), for servers that
         stream several choices; tokens=True: (index, piece, tokens) with the new tokens (and
         their logprobs)."""
-        req = _Request(self.model, prompt, **options)
+        req = _Request(self.model, prompt, leave_out=BEAM_OPTIONS, **options)
         if req.tokenizer is None:
             raise ValueError("stream_choices() yields text and this model has no tokenizer; use generate()")
         return ChoiceStream(lambda sink: self._submit(req, sink, tokens), req, tokens)

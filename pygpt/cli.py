@@ -55,15 +55,23 @@ def _load(path, threads, kv_cache="auto"):
     return pygpt.load(path, n_threads=threads, kv_cache=kv_cache)
 
 
-def _sampling_options(args) -> dict:
-    """generate options from the sampling and stopping arguments (all but the seed)."""
-    temperature = args.temperature
-    if temperature is None:  # beam search is deterministic: it samples only when asked to (and fails)
-        temperature = 0.0 if getattr(args, "num_beams", 1) > 1 else CLI_TEMPERATURE
-    return dict(
-        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, max_time=args.max_time,
-        temperature=temperature,
-        top_k=args.top_k, top_p=args.top_p if args.top_p is not None else None if args.mirostat else CLI_TOP_P,
+def _sampling_options(args, defaults: dict) -> dict:
+    """generate options from the sampling and stopping arguments (all but the seed). An option
+    the command line leaves out is the model's own (defaults: its generation_config), else the
+    command line's: CLI_MAX_NEW_TOKENS, and CLI_TEMPERATURE (greedy with beams) and top-p
+    CLI_TOP_P where the model sets no temperature (a model that samples says how)."""
+    max_new_tokens, temperature, top_p = args.max_new_tokens, args.temperature, args.top_p
+    if max_new_tokens is None and "max_new_tokens" not in defaults:
+        max_new_tokens = CLI_MAX_NEW_TOKENS
+    if temperature is None and "temperature" not in defaults:  # beam search samples only when asked to (and fails)
+        beams = args.num_beams if getattr(args, "num_beams", None) is not None else defaults.get("num_beams", 1)
+        temperature = 0.0 if beams > 1 else CLI_TEMPERATURE
+    if top_p is None and not args.mirostat and "temperature" not in defaults and "top_p" not in defaults:
+        top_p = CLI_TOP_P
+    beam_search = {k: getattr(args, k, None) for k in ("num_beams", "length_penalty")}  # generate's only
+    options = dict(
+        max_new_tokens=max_new_tokens, min_new_tokens=args.min_new_tokens, max_time=args.max_time,
+        temperature=temperature, top_k=args.top_k, top_p=top_p,
         min_p=args.min_p, typical_p=args.typical_p, mirostat=args.mirostat, mirostat_tau=args.mirostat_tau,
         mirostat_eta=args.mirostat_eta, dynatemp_range=args.dynatemp_range, dynatemp_exponent=args.dynatemp_exponent,
         exponential_decay_length_penalty=args.exponential_decay_length_penalty,
@@ -76,7 +84,8 @@ def _sampling_options(args) -> dict:
         frequency_penalty=args.frequency_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
         stop=args.stop or None, ignore_eos=args.ignore_eos, echo=args.echo,
         truncate="left" if args.truncate else None, prompt_lookup_num_tokens=args.prompt_lookup,
-        token_healing=args.token_healing, **_grammar_options(args))
+        token_healing=args.token_healing, **beam_search, **_grammar_options(args))
+    return {k: v for k, v in options.items() if v is not None}  # None: the model's default, else pygpt's
 
 
 def _grammar_options(args) -> dict:
@@ -121,9 +130,9 @@ def cmd_generate(args) -> int:
     model = _load(args.model, args.threads, args.kv_cache)
     if model.tokenizer is None:
         raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
-    options = dict(_sampling_options(args), seed=args.seed, **_assistant_options(args))
-    if args.num_beams > 1:  # the best beam is known at the end: print it then
-        out = model.generate(prompt, num_beams=args.num_beams, length_penalty=args.length_penalty, **options)
+    options = dict(_sampling_options(args, model.generation_config), seed=args.seed, **_assistant_options(args))
+    if options.get("num_beams", model.generation_config.get("num_beams", 1)) > 1:  # known at the end: print it then
+        out = model.generate(prompt, **options)
         wrote = out.text
         _write(sys.stdout, wrote)
     else:
@@ -166,7 +175,7 @@ def cmd_chat(args) -> int:
     if model.tokenizer is None:
         raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
     template = args.chat_template
-    options = dict(_sampling_options(args), **_assistant_options(args))
+    options = dict(_sampling_options(args, model.generation_config), **_assistant_options(args))
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
     # a batcher keeps the last turn's keys and values: the next prompt, which starts with it,
@@ -190,7 +199,8 @@ def _chat_turns(model, batcher, template, options, messages, interactive, args) 
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line.rstrip("\r\n")})
-        _fit_conversation(model, template, messages, min(args.max_new_tokens, model.config["n_ctx"] // 2))
+        room = options.get("max_new_tokens", model.generation_config.get("max_new_tokens", 50))
+        _fit_conversation(model, template, messages, min(room, model.config["n_ctx"] // 2))
         seed = None if args.seed is None else args.seed + turn  # turn k samples with seed + k
         reply = batcher.chat_stream(messages, template=template, seed=seed, **options)
         for piece in reply:
@@ -231,7 +241,7 @@ def cmd_batch(args) -> int:
     model = _load(args.model, args.threads, args.kv_cache)
     if model.tokenizer is None:
         raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
-    options = dict(_sampling_options(args), **_assistant_options(args))
+    options = dict(_sampling_options(args, model.generation_config), **_assistant_options(args))
     _Request(model, [0], seed=0, **options)  # a bad option fails here, once, not on every line
     seed = args.seed
     try:
@@ -329,6 +339,8 @@ def cmd_info(args) -> int:
         ("in 2 MiB pages", _huge_pages(model)),
         ("tokenizer", f"{model.tokenizer.vocab_size} tokens" if model.tokenizer is not None else "none"),
         ("chat template", "chat_template.jinja" if model.chat_template.name != "plain" else "plain (built in)"),
+        ("generation defaults", ", ".join(f"{k}={v!r}" for k, v in model.generation_config.items()) or
+         "none (pygpt's)"),
         ("isa", model.isa),
         ("threads", model.n_threads),
         ("pygpt", pygpt.__version__),
@@ -396,8 +408,9 @@ def _non_negative_int(text):
 
 def _add_decoding_arguments(g, seed_help: str) -> None:
     """The options generate and batch share: length, sampling, stopping and output."""
-    g.add_argument("-n", "--max-new-tokens", type=_non_negative_int, default=CLI_MAX_NEW_TOKENS, metavar="N",
-                   help="generate at most N tokens; fewer at the end of the context (default: %(default)s)")
+    g.add_argument("-n", "--max-new-tokens", type=_non_negative_int, default=None, metavar="N",
+                   help="generate at most N tokens; fewer at the end of the context (default: the model's "
+                        f"generation_config.json, else {CLI_MAX_NEW_TOKENS})")
     s = g.add_argument_group("sampling")
     s.add_argument("-t", "--temperature", type=float, default=None,
                    help=f"0 = greedy (default: {CLI_TEMPERATURE}; 0 with --num-beams)")
@@ -464,8 +477,8 @@ def _add_decoding_arguments(g, seed_help: str) -> None:
     st = g.add_argument_group("stopping and output")
     st.add_argument("--max-time", type=float, default=None, metavar="SECONDS",
                     help="stop after this many seconds (default: no limit)")
-    st.add_argument("--min-new-tokens", type=_non_negative_int, default=0, metavar="N",
-                    help="do not end (eos or stop tokens) before N tokens (default: %(default)s)")
+    st.add_argument("--min-new-tokens", type=_non_negative_int, default=None, metavar="N",
+                    help="do not end (eos or stop tokens) before N tokens (default: 0)")
     st.add_argument("--stop", action="append", metavar="TEXT",
                     help="stop when the text contains TEXT (not printed); may be repeated")
     st.add_argument("--ignore-eos", action="store_true", help="keep going past <|endoftext|>")
@@ -505,18 +518,20 @@ def build_parser() -> argparse.ArgumentParser:
         "generate", help="continue a prompt, streaming the text to stdout",
         description="Continue PROMPT and stream the generated text to stdout. The command line samples "
                     f"with temperature {CLI_TEMPERATURE} and top-p {CLI_TOP_P} by default (the Python API "
-                    "is greedy by default); --temperature 0 gives greedy decoding.")
+                    "is greedy by default); --temperature 0 gives greedy decoding. Options left out "
+                    "take the model's own defaults first, where its folder has a generation_config.json "
+                    "(see 'pygpt info').")
     g.add_argument("prompt", metavar="PROMPT", help="the text to continue; '-' reads it from stdin "
                                                    "(one trailing newline is dropped)")
     g.add_argument("-m", "--model", metavar="DIR", default=None, help=model_help)
     _add_decoding_arguments(g, "random seed: the same seed gives the same text (default: a new one each run)")
     b = g.add_argument_group("beam search")
-    b.add_argument("--num-beams", type=_positive_int, default=1, metavar="N",
+    b.add_argument("--num-beams", type=_positive_int, default=None, metavar="N",
                    help="> 1: search N beams for the most likely continuation (deterministic; printed "
-                        "when done, not streamed) (default: %(default)s)")
-    b.add_argument("--length-penalty", type=float, default=1.0,
+                        "when done, not streamed) (default: 1)")
+    b.add_argument("--length-penalty", type=float, default=None,
                    help="a beam scores its log-probability / length ** this: > 0 favours longer "
-                        "sequences (default: %(default)s)")
+                        "sequences (default: 1.0)")
     _add_runtime_arguments(g)
     g.set_defaults(func=cmd_generate)
 

@@ -25,7 +25,9 @@ import shutil
 import numpy as np
 
 from ._format import DTYPES, FORMAT_VERSION, expected_tensors, read_safetensors_header, validate_config
+from . import generation_config
 from .chat import CHAT_TEMPLATE_FILE
+from .generation_config import FILE as GENERATION_CONFIG_FILE
 
 
 class ConversionError(ValueError):
@@ -147,10 +149,10 @@ def _hub_tokenizer(model_id):
         hf_hub_download(model_id, "merges.txt")
     except Exception:  # noqa: BLE001 - a model without tokenizer files converts without them
         return None
-    for name in ("tokenizer_config.json", CHAT_TEMPLATE_FILE):
+    for name in ("tokenizer_config.json", CHAT_TEMPLATE_FILE, GENERATION_CONFIG_FILE):
         try:
             hf_hub_download(model_id, name)
-        except Exception:  # noqa: BLE001 - most models have no chat template
+        except Exception:  # noqa: BLE001 - most models have no chat template (or generation config)
             pass
     return os.path.dirname(vocab)
 
@@ -352,6 +354,23 @@ def _chat_template(folder, verbose: bool = False):
     return template
 
 
+def _generation_config(folder):
+    """A Hugging Face folder's generation_config.json as text, checked to be a JSON object that
+    pygpt reads (pygpt/generation_config.py), or None where the folder has none."""
+    if folder is None:
+        return None
+    path = os.path.join(folder, GENERATION_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        generation_config.read(json.loads(text), where=path)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ConversionError(f"{path}: {e}") from None
+    return text
+
+
 def _find_tokenizer(folder):
     if folder is None:
         return None
@@ -385,6 +404,7 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
         raise FileNotFoundError(f"{tokenizer}: no vocab.json + merges.txt (or encoder.json + vocab.bpe)")
     sd, cfg, tok_src = read_source(source, config)
     tok_dir = _find_tokenizer(os.fspath(tokenizer)) if tokenizer is not None else _find_tokenizer(tok_src)
+    defaults = _generation_config(tok_src)  # the source's own sampling defaults
     template = _chat_template(tok_src, verbose)  # the source's own, else the tokenizer folder's
     if template is None and tokenizer is not None:
         template = _chat_template(os.fspath(tokenizer), verbose)
@@ -462,6 +482,12 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
             f.write(template)
     elif os.path.isfile(template_path):  # an earlier conversion's: not this source's template
         os.remove(template_path)
+    defaults_path = os.path.join(out_dir, GENERATION_CONFIG_FILE)
+    if defaults is not None:
+        with open(defaults_path, "w", encoding="utf-8", newline="") as f:
+            f.write(defaults)
+    elif os.path.isfile(defaults_path):  # likewise an earlier conversion's
+        os.remove(defaults_path)
     return out_dir
 
 

@@ -338,10 +338,34 @@ def _split_prompts(prompt) -> Tuple[list, bool]:
     return items, True
 
 
+# beam search's options: the model's defaults for them are left out where beams cannot run
+BEAM_OPTIONS = ("num_beams", "length_penalty", "early_stopping")
+
+
 class _Request:
     """Everything one generate/stream call needs, checked."""
 
-    def __init__(self, model, prompt, *, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=0.0, top_k=None,
+    def __init__(self, model, prompt, *, leave_out: tuple = (), **options):
+        """The options a call leaves out come from the model's generation_config.json, as in
+        transformers (pygpt/generation_config.py), but those in leave_out: what the caller cannot
+        run (beam search in a stream or a Batcher)."""
+        defaults = {k: v for k, v in (getattr(model, "generation_config", None) or {}).items()
+                    if k not in options and k not in leave_out}
+        try:
+            self._setup(model, prompt, **defaults, **options)
+        except (TypeError, ValueError) as e:
+            if defaults and e.args and isinstance(e.args[0], str):  # say where the values the call left out came from
+                given = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
+                e.args = (f"{e.args[0]} (the model's generation_config.json gave {given}: pass an option to "
+                          "override it)",) + e.args[1:]
+            raise
+
+    @classmethod
+    def check(cls, model, options: dict) -> None:
+        """Raises what generate would for these options, the model's defaults left out."""
+        cls.__new__(cls)._setup(model, [0], seed=0, **options)
+
+    def _setup(self, model, prompt, *, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=0.0, top_k=None,
                  top_p=None, min_p=None, typical_p=None, top_n_sigma=None, epsilon_cutoff=None, eta_cutoff=None,
                  xtc_probability=None, xtc_threshold=None, mirostat=0, mirostat_tau=5.0, mirostat_eta=0.1,
                  dynatemp_range=None, dynatemp_exponent=1.0, exponential_decay_length_penalty=None,
@@ -783,8 +807,12 @@ def astream(model, prompt: Prompt, **options) -> AsyncTextStream:
     return AsyncTextStream(_stream_request(model, prompt, options))
 
 
+# the model's defaults a stream cannot follow: it runs one sequence, without beams
+STREAM_LEAVES_OUT = BEAM_OPTIONS + ("num_return_sequences",)
+
+
 def _stream_request(model, prompt, options) -> _Request:
-    req = _Request(model, prompt, **options)
+    req = _Request(model, prompt, leave_out=STREAM_LEAVES_OUT, **options)
     if req.batch:
         raise ValueError("stream() takes one prompt; use generate() for a batch")
     if req.options.num_return_sequences != 1:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import time
+import warnings
 
 import numpy as np
 
@@ -48,6 +50,8 @@ class Model:
             kv_cache = auto_kv_cache(self.config["dtype"])
         self._core = _core.Model(st_path, self.config, tensors, n_threads, isa or "", kv_cache)
         self.tokenizer = self._load_tokenizer(path)
+        self._generation_config = {}
+        self.generation_config = self._load_generation_config(path)
         self.load_seconds = time.perf_counter() - t0
 
     def _load_tokenizer(self, path):
@@ -61,6 +65,47 @@ class Model:
             raise ModelFormatError(f"{path}: tokenizer has {tok.vocab_size} tokens but the model only "
                                    f"{self.config['vocab_size']}")
         return tok
+
+    def _load_generation_config(self, path) -> dict:
+        """The options of the folder's generation_config.json ({} without one); a ModelFormatError
+        where the file is malformed, a warning naming the keys pygpt cannot follow."""
+        from . import generation_config
+
+        file = os.path.join(path, generation_config.FILE)
+        if not os.path.isfile(file):
+            return {}
+        try:
+            with open(file, encoding="utf-8") as f:
+                raw = json.load(f)
+            eot = self.tokenizer.eot_id if self.tokenizer is not None else None
+            options, ignored = generation_config.read(raw, file, eot)
+            self._check_options(options)
+        except (UnicodeDecodeError, ValueError, TypeError) as e:
+            raise ModelFormatError(f"{file}: {e}" if not str(e).startswith(file) else str(e)) from None
+        if ignored:
+            warnings.warn(f"{file}: pygpt ignores {', '.join(ignored)} (docs/GENERATION.md, \"The model's "
+                          "defaults\")", UserWarning, stacklevel=4)
+        return options
+
+    def _check_options(self, options: dict) -> None:
+        from .generation import _Request
+
+        if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+            raise TypeError("generation_config must be a dict of generate options, e.g. {'temperature': 0.7}")
+        if options:
+            _Request.check(self, options)
+
+    @property
+    def generation_config(self) -> dict:
+        """The options generate() takes when a call leaves them out: the folder's
+        generation_config.json read as pygpt options (docs/GENERATION.md). Assign a dict to
+        change them ({} for pygpt's own defaults); it is checked as generate's options are."""
+        return self._generation_config
+
+    @generation_config.setter
+    def generation_config(self, options: dict) -> None:
+        self._check_options(options)
+        self._generation_config = dict(options)
 
     # -- facts ---------------------------------------------------------------------------
     @property

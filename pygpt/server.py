@@ -144,13 +144,19 @@ def _top_count(name: str, value) -> int:
     return value
 
 
-def completion_options(body: dict) -> dict:
-    """pygpt generate options for an OpenAI completions request body (checked by generate)."""
+# OpenAI's defaults, where the model's generation_config.json sets none (as vLLM's server)
+OPENAI_DEFAULTS = {"max_new_tokens": 16, "temperature": 1.0}
+
+
+def completion_options(body: dict, defaults: dict | None = None) -> dict:
+    """pygpt generate options for an OpenAI completions request body (checked by generate);
+    defaults: the model's generation_config, which OpenAI's own defaults give way to."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     if body.get("suffix") is not None:
         raise RequestError("'suffix' is not supported by this server")
-    options = {"max_new_tokens": 16, "temperature": 1.0}  # OpenAI's defaults
+    options = {k: v for k, v in OPENAI_DEFAULTS.items() if k not in (defaults or {})}
+    options["num_return_sequences"] = 1  # n's default, whatever the model's num_return_sequences
     grammar = _constraint(body)
     if grammar is not None:
         options["grammar"] = grammar
@@ -262,9 +268,9 @@ MAX_BEST_OF = 20  # OpenAI's limits
 MAX_EMBEDDING_INPUTS = 2048
 
 
-def _completion_call(body) -> _Call:
+def _completion_call(body, defaults: dict) -> _Call:
     options = completion_options({k: v for k, v in body.items() if k != "stream_options"}
-                                 if isinstance(body, dict) else body)
+                                 if isinstance(body, dict) else body, defaults)
     stream = _flag(body, "stream")
     if stream and options.get("logprobs") and options.get("echo"):
         raise RequestError("'echo' with 'logprobs' is not supported with 'stream'")
@@ -301,14 +307,15 @@ def _best(outs: list, call: _Call) -> list:
 _TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call")
 
 
-def chat_options(body: dict, template, n_ctx: int) -> tuple:
+def chat_options(body: dict, template, n_ctx: int, defaults: dict | None = None) -> tuple:
     """(prompt, pygpt generate options, the template its reply is read with) for an OpenAI chat
     completions request body (continue_final_message, vLLM's: the prompt ends inside the last
     message, and the reply goes on with it, leading space kept): the
     messages rendered by template (a pygpt.ChatTemplate), whose stop strings join the request's;
     the other fields as completion_options takes them, but logprobs (true or false) with
     top_logprobs (k), and max_completion_tokens (or max_tokens; default: the rest of the
-    context, as OpenAI's chat has no limit but the model's)."""
+    context, as OpenAI's chat has no limit but the model's, unless the model's defaults set
+    max_new_tokens)."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     fields = dict(body)
@@ -332,14 +339,14 @@ def chat_options(body: dict, template, n_ctx: int) -> tuple:
         if fields.get("max_tokens") is not None:
             raise RequestError("give one of 'max_tokens' and 'max_completion_tokens'")
         fields["max_tokens"] = limit
-    elif fields.get("max_tokens") is None:
+    elif fields.get("max_tokens") is None and "max_new_tokens" not in (defaults or {}):
         fields["max_tokens"] = n_ctx  # generation stops where the context is full
     logprobs, top = _flag(fields, "logprobs"), fields.pop("top_logprobs", None)
     if top is not None and not logprobs:
         raise RequestError("'top_logprobs' needs 'logprobs': true")
     fields["logprobs"] = (0 if top is None else _top_count("top_logprobs", top)) if logprobs else None
-    options = completion_options(fields)
-    options["stop"] = template.with_stop(options.get("stop"))
+    options = completion_options(fields, defaults)
+    options["stop"] = template.with_stop(options.get("stop", (defaults or {}).get("stop")))
     return prompt, options, (template.continuing() if cont else template)
 
 
@@ -354,8 +361,8 @@ def _include_usage(body, stream: bool) -> bool:
     return _flag(stream_options or {}, "include_usage")
 
 
-def _chat_call(body, template, n_ctx: int) -> _Call:
-    prompt, options, template = chat_options(body, template, n_ctx)
+def _chat_call(body, template, model) -> _Call:
+    prompt, options, template = chat_options(body, template, model.config["n_ctx"], model.generation_config)
     stream = _flag(body, "stream")
     return _Call(prompt, options, stream, _include_usage(body, stream), template=template)
 
@@ -471,7 +478,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path != "/v1/completions":
             self._error(404, f"no such endpoint: POST {self.path}", "not_found_error")
             return
-        started = self._run(_completion_call)
+        started = self._run(lambda body: _completion_call(body, self.server.model.generation_config))
         if started is None:
             return
         call, result = started
@@ -494,7 +501,7 @@ class Handler(BaseHTTPRequestHandler):
         """POST /v1/chat/completions: the messages rendered by the server's chat template, then
         as a completion; the reply as the template defines it."""
         template = self.server.chat_template
-        started = self._run(lambda body: _chat_call(body, template, self.server.model.config["n_ctx"]))
+        started = self._run(lambda body: _chat_call(body, template, self.server.model))
         if started is None:
             return
         call, result = started
