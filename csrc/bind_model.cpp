@@ -1,5 +1,7 @@
 // Python bindings of Model and KVCache. Every call that computes releases the GIL.
 #include <algorithm>
+#include <memory>
+#include <optional>
 
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
@@ -48,20 +50,30 @@ py::array_t<float> run(Model& model, KVCache& cache, const std::vector<int32_t>&
 
 // Final hidden states of sequences, each run from a fresh cache in one forward call: every
 // row of each ([sum n_i, C]) or the last row of each ([n, C]).
-py::array_t<float> hidden_states(Model& model, const std::vector<IdArray>& seqs, bool all_rows) {
+// Final hidden states of token sequences run together in one forward call: each appended to
+// its cache in `caches` (a sequence continued over several calls), or from a fresh one.
+py::array_t<float> hidden_states(Model& model, const std::vector<IdArray>& seqs, bool all_rows,
+                                 const std::optional<std::vector<std::shared_ptr<KVCache>>>& given) {
     if (seqs.empty()) throw std::invalid_argument("no sequences");
+    if (given && given->size() != seqs.size()) throw std::invalid_argument("caches: one a sequence");
     std::vector<std::vector<int32_t>> ids;
     for (const auto& a : seqs) {
         ids.push_back(to_ids(a));
         if (ids.back().empty()) throw std::invalid_argument("empty input: at least one token id is needed");
     }
-    std::vector<std::unique_ptr<KVCache>> caches;
+    std::vector<std::unique_ptr<KVCache>> fresh;
     std::vector<SeqStep> steps;
-    for (const auto& v : ids) {
-        // the positions it needs (fewer pages touched than n_ctx's; a longer one fails in forward)
-        caches.push_back(model.new_cache(std::min<int64_t>((int64_t)v.size(), model.config().n_ctx)));
+    for (size_t i = 0; i < ids.size(); i++) {
+        const auto& v = ids[i];
+        KVCache* cache = given ? (*given)[i].get() : nullptr;
+        if (given && !cache) throw std::invalid_argument("caches: None is not a KV cache");
+        if (!cache) {
+            // the positions it needs (fewer pages touched than n_ctx's; a longer one fails in forward)
+            fresh.push_back(model.new_cache(std::min<int64_t>((int64_t)v.size(), model.config().n_ctx)));
+            cache = fresh.back().get();
+        }
         SeqStep step;
-        step.cache = caches.back().get();
+        step.cache = cache;
         step.tokens = v.data();
         step.n_tokens = (int64_t)v.size();
         step.all_logits = all_rows;
@@ -133,7 +145,8 @@ void bind_model(py::module_& m) {
         .def_property_readonly("file_bytes", &Model::file_bytes)
         .def_property_readonly("copied_bytes", &Model::copied_bytes,
                                "Bytes of weights copied out of the mapping to realign them (0 for our files).")
-        .def("new_cache", [](const Model& m) { return std::shared_ptr<KVCache>(m.new_cache()); })
+        .def("new_cache", [](const Model& m, int64_t positions) { return std::shared_ptr<KVCache>(m.new_cache(positions)); },
+             py::arg("positions") = 0, "A cache for up to `positions` positions (0: n_ctx).")
         .def("logits", [](Model& m, const IdArray& ids) {
             auto cache = m.new_cache();
             return run(m, *cache, to_ids(ids), true);
@@ -143,8 +156,10 @@ void bind_model(py::module_& m) {
         }, py::arg("cache"), py::arg("ids"), py::arg("all_logits") = false,
            "Appends ids to the cache's sequence; logits of every new token or of the last one.")
         .def("hidden_states", &hidden_states, py::arg("seqs"), py::arg("all_rows") = true,
-             "Final hidden states (ln_f output) of token sequences run together, each from a fresh cache: "
-             "[sum of lengths, n_embd] with all_rows, else [len(seqs), n_embd] (each one's last token).");
+             py::arg("caches") = py::none(),
+             "Final hidden states (ln_f output) of token sequences run together, each appended to its cache "
+             "of `caches` or from a fresh one: [sum of lengths, n_embd] with all_rows, else [len(seqs), "
+             "n_embd] (each one's last token).");
 }
 
 }  // namespace pygpt

@@ -28,6 +28,8 @@ import threading
 import time
 from typing import Callable, Iterator, Optional
 
+import numpy as np
+
 from . import _core
 from .generation import BEAM_OPTIONS, GenerationOutput, Timings, _Request, _stream_request
 
@@ -112,6 +114,22 @@ class Job:
                 fn()
             except Exception:  # noqa: BLE001 - a waiter that is gone (its event loop closed)
                 pass
+
+
+class EmbeddingJob(Job):
+    """One embedding request (Batcher.submit_embed): its forward calls, run by the scheduler
+    between generation steps; result() gives model.embed's answer."""
+
+    def __init__(self, run, single: bool):
+        super().__init__(None)
+        self.run = run
+        self.single = single
+
+    def result(self, timeout: Optional[float] = None):
+        vectors = self.outputs(timeout)
+        if self.single:
+            return vectors[0]
+        return vectors if self.run.pooling == "none" else np.stack(vectors)
 
 
 class ChoiceStream:
@@ -243,6 +261,10 @@ class Batcher:
     values instead of running them (a request that continues an earlier one's text, a shared
     few-shot prefix); timings.cached_tokens counts them. Not for echo with logprobs.
     Outputs are the same whatever these settings.
+
+    embed() runs embedding requests in the same thread, a forward call of at most
+    prefill_chunk tokens (n_ctx with 0) between two generation steps, so that a large one
+    delays the running sequences' tokens by a call each, not by all of its calls.
     """
 
     def __init__(self, model, max_batch: int = DEFAULT_MAX_BATCH, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
@@ -261,6 +283,7 @@ class Batcher:
         self.prefix_cache = prefix_cache
         self._cv = threading.Condition()
         self._waiting: collections.deque = collections.deque()
+        self._embeddings: collections.deque = collections.deque()  # EmbeddingJobs, first come first served
         self._closed = False
         self._thread: Optional[threading.Thread] = None
         self.steps = 0             # forward calls run so far
@@ -271,6 +294,7 @@ class Batcher:
         self.prompt_tokens = 0
         self.cached_tokens = 0
         self.generated_tokens = 0
+        self.embedded_tokens = 0   # tokens of the finished embedding requests
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -309,6 +333,33 @@ class Batcher:
         from . import chat
 
         return chat.chat_stream(self.model, messages, template, runner=self, **options)
+
+    def submit_embed(self, inputs, pooling: str = "mean", normalize: bool = True,
+                     truncate: bool = False) -> EmbeddingJob:
+        """Queues an embedding request (model.embed's arguments, checked here) and returns its
+        job; job.result() gives model.embed's answer, the same bits."""
+        from .embeddings import EmbeddingRun, split_inputs, token_ids
+
+        if not isinstance(truncate, bool):
+            raise TypeError("truncate must be True or False")
+        items, single = split_inputs(inputs)
+        job = EmbeddingJob(EmbeddingRun(self.model, token_ids(self.model, items, truncate), pooling, normalize), single)
+        with self._cv:
+            if self._closed:
+                raise BatcherClosed("this batcher is closed")
+            self._embeddings.append(job)
+            self._start()
+            self._cv.notify()
+        return job
+
+    def embed(self, inputs, pooling: str = "mean", normalize: bool = True, truncate: bool = False):
+        """model.embed, run by the scheduler between generation steps (see the class)."""
+        job = self.submit_embed(inputs, pooling, normalize, truncate)
+        try:
+            return job.result()
+        except BaseException:  # Ctrl-C while waiting: stop the request too
+            job.cancel()
+            raise
 
     def stream_choices(self, prompt, *, tokens: bool = False, **options) -> ChoiceStream:
         """The text of every sequence of a request as it is generated, as (index, piece) pairs
@@ -369,11 +420,15 @@ class Batcher:
             if self._closed:
                 raise BatcherClosed("this batcher is closed")
             self._waiting.append(job)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="pygpt-batcher", daemon=True)
-                self._thread.start()
+            self._start()
             self._cv.notify()
         return job
+
+    def _start(self) -> None:
+        """Starts the scheduler thread, the first time (with self._cv held)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pygpt-batcher", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         active: list = []
@@ -382,8 +437,9 @@ class Batcher:
         except BaseException as e:  # a bug of ours: fail every request rather than leave it waiting
             with self._cv:
                 self._closed = True
-                jobs = active + list(self._waiting)
+                jobs = active + list(self._waiting) + list(self._embeddings)
                 self._waiting.clear()
+                self._embeddings.clear()
             for job in jobs:
                 if not job.done():
                     job._finish(error=RuntimeError(f"the batcher failed: {type(e).__name__}: {e}"))
@@ -404,13 +460,15 @@ class Batcher:
         running = 0  # sequences of the active jobs
         while True:
             with self._cv:
-                while not self._closed and not self._waiting and not active:
+                while not self._closed and not self._waiting and not active and not self._embeddings:
                     self._cv.wait()
                 if self._closed:
-                    for job in active + list(self._waiting):
+                    for job in active + list(self._waiting) + list(self._embeddings):
                         job._finish(error=BatcherClosed("the batcher was closed"))
                     self._waiting.clear()
+                    self._embeddings.clear()
                     return
+                embedding = self._embeddings[0] if self._embeddings else None
                 for job in [j for j in self._waiting if j.cancelled]:  # cancelled before its turn
                     self._waiting.remove(job)
                     job._finish(error=BatcherClosed("the request was cancelled"))
@@ -433,6 +491,8 @@ class Batcher:
                 running -= job.req.n_sequences
                 job._finish(error=BatcherClosed("the request was cancelled"))
             self.running = running
+            if embedding is not None:
+                self._embed_step(embedding)
             if not active:
                 continue
             self.most_sequences = max(self.most_sequences, gen.n_live)
@@ -478,6 +538,22 @@ class Batcher:
                     running -= job.req.n_sequences
                     job._finish(outputs, error)
             self.running = running
+
+    def _embed_step(self, job: EmbeddingJob) -> None:
+        """One forward call of the first embedding request; finishes it when it is done."""
+        outputs = error = None
+        try:
+            if job.cancelled:
+                raise BatcherClosed("the request was cancelled")
+            if not job.run.step(self.prefill_chunk or self.model.config["n_ctx"]):
+                return
+            outputs = job.run.vectors
+            self.embedded_tokens += job.run.tokens
+        except Exception as e:  # noqa: BLE001 - a request that fails (memory, say) fails alone
+            error = e
+        with self._cv:
+            self._embeddings.popleft()
+        job._finish(outputs, error)
 
     def _count(self, gen, job: Job) -> None:
         """Adds what a request leaving the batch ran to the counters (pygpt serve's /metrics)."""

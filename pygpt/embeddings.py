@@ -2,9 +2,10 @@
 
 The hidden states are the ln_f output, what transformers' GPT2Model returns as
 last_hidden_state and what the LM head multiplies by the token embeddings. Inputs run
-together in forward calls of up to n_ctx tokens, each sequence from a fresh cache; a
-sequence's rows never depend on what else is in the call, so a text gets the same bits alone
-or in a batch.
+together in forward calls of up to n_ctx tokens (in a Batcher, of up to its prefill_chunk,
+between its generation steps), each sequence from a fresh cache; a sequence's rows never
+depend on what else is in the call, nor on where a longer one is cut between calls, so a
+text gets the same bits alone or in a batch.
 """
 
 from __future__ import annotations
@@ -66,17 +67,6 @@ def token_ids(model, inputs: list, truncate: bool) -> list:
     return out
 
 
-def _calls(seqs: list, budget: int):
-    """Runs of consecutive sequences of at most `budget` tokens in all (a longer one alone)."""
-    start, total = 0, 0
-    for i, s in enumerate(seqs):
-        if i > start and total + s.size > budget:
-            yield start, i
-            start, total = i, 0
-        total += s.size
-    yield start, len(seqs)
-
-
 def embed(model, inputs, pooling: str = "mean", normalize: bool = True, truncate: bool = False):
     """Embeddings of a text or token id list ([n_embd] float32), or of a list of them ([n,
     n_embd]).
@@ -95,25 +85,86 @@ def embed(model, inputs, pooling: str = "mean", normalize: bool = True, truncate
     return vectors[0] if single else vectors if pooling == "none" else np.stack(vectors)
 
 
-def embed_ids(model, seqs: list, pooling: str = "mean", normalize: bool = True) -> list:
-    """embed() of checked token id arrays (token_ids): a list with a vector (or, pooling
-    "none", an array of token vectors) a sequence."""
+def check_pooling(pooling: str, normalize: bool) -> None:
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {', '.join(map(repr, POOLINGS))}, not {pooling!r}")
     if not isinstance(normalize, bool):
         raise TypeError("normalize must be True or False")
-    core = model._live()
-    vectors = []
-    for a, b in _calls(seqs, model.config["n_ctx"]):
-        rows = core.hidden_states(seqs[a:b], pooling != "last")
-        if pooling == "last":
-            vectors.extend(rows)
-            continue
+
+
+def embed_ids(model, seqs: list, pooling: str = "mean", normalize: bool = True) -> list:
+    """embed() of checked token id arrays (token_ids): a list with a vector (or, pooling
+    "none", an array of token vectors) a sequence."""
+    run = EmbeddingRun(model, seqs, pooling, normalize)
+    while not run.step(model.config["n_ctx"]):
+        pass
+    return run.vectors
+
+
+class EmbeddingRun:
+    """The forward calls of one embedding request, a call at a time, so that a Batcher can run
+    them between its generation steps: step(budget) runs the next inputs, whole while they fit
+    in `budget` tokens; an input longer than what is left starts the next call, or is cut at
+    `budget` when it would be the call's first, and goes on in the next calls from its KV cache.
+    A sequence's rows are the same bits however it is cut and whatever runs beside it
+    (tests/test_embeddings.py), so the vectors are embed()'s."""
+
+    def __init__(self, model, seqs: list, pooling: str = "mean", normalize: bool = True):
+        check_pooling(pooling, normalize)
+        self._core = model._live()
+        self.seqs, self.pooling, self.normalize = seqs, pooling, normalize
+        self.tokens = sum(s.size for s in seqs)
+        self._next, self._at = 0, 0      # the input and token to run next
+        self._cache = None               # the KV cache of an input cut between two calls
+        self._rows: list = []            # the rows of the input cut so far
+        self.vectors: list = []          # a vector (or, pooling "none", rows) an input done
+
+    def done(self) -> bool:
+        return self._next == len(self.seqs)
+
+    def step(self, budget: int) -> bool:
+        """Runs one forward call of at most budget tokens; True once every input is done."""
+        pieces, caches, left, cut = [], [], budget, None
+        for i in range(self._next, len(self.seqs)):
+            s = self.seqs[i]
+            start = self._at if i == self._next else 0
+            n = s.size - start
+            if n > left and pieces:
+                break
+            n = min(n, left)
+            cache = self._cache if start > 0 else None
+            if start + n < s.size:  # cut here: it goes on from this cache in the next call
+                cut = cache = cache if cache is not None else self._core.new_cache(s.size)
+            pieces.append(s[start:start + n])
+            caches.append(cache)
+            left -= n
+            if cut is not None or left == 0:
+                break
+        if all(c is None for c in caches):
+            caches = None
+        else:  # the others from fresh caches, as hidden_states gives them without
+            caches = [c if c is not None else self._core.new_cache(p.size) for c, p in zip(caches, pieces)]
+        rows = self._core.hidden_states(pieces, self.pooling != "last", caches)
         at = 0
-        for s in seqs[a:b]:
-            states = rows[at:at + s.size]
-            at += s.size
-            vectors.append(states if pooling == "none" else states.mean(0, dtype=np.float64).astype(np.float32))
-    if normalize:
-        vectors = [v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), np.float32(1e-12)) for v in vectors]
-    return vectors
+        for piece in pieces:
+            k = piece.size if self.pooling != "last" else 1
+            part, at = rows[at:at + k], at + k
+            self._at += piece.size
+            if self._at < self.seqs[self._next].size:  # the piece cut: the rest in the next call
+                self._rows.append(part)
+                break
+            self._finish(np.concatenate(self._rows + [part]) if self._rows else part)
+            self._next, self._at, self._rows = self._next + 1, 0, []
+        self._cache = cut
+        return self.done()
+
+    def _finish(self, states: np.ndarray) -> None:
+        if self.pooling == "last":
+            v = states[-1]
+        elif self.pooling == "none":
+            v = states
+        else:
+            v = states.mean(0, dtype=np.float64).astype(np.float32)
+        if self.normalize:
+            v = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), np.float32(1e-12))
+        self.vectors.append(v)

@@ -212,10 +212,12 @@ def detokenize(tokenizer, body) -> dict:
     return {"content": tokenizer.decode(ids)}
 
 
-def embeddings(model, body, name: str) -> dict:
-    """The /v1/embeddings answer (OpenAI's): a unit vector an input, pooled as asked."""
-    from .embeddings import embed_ids, split_inputs, token_ids
+def embeddings(batcher, body, name: str) -> dict:
+    """The /v1/embeddings answer (OpenAI's): a unit vector an input, pooled as asked, computed by
+    the batcher between its generation steps."""
+    from .embeddings import split_inputs, token_ids
 
+    model = batcher.model
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     for key in body:
@@ -236,7 +238,7 @@ def embeddings(model, body, name: str) -> dict:
     if len(items) > MAX_EMBEDDING_INPUTS:
         raise RequestError(f"'input' has {len(items)} items, more than {MAX_EMBEDDING_INPUTS} (OpenAI's limit)")
     seqs = token_ids(model, items, truncate=False)
-    vectors = embed_ids(model, seqs, pooling)
+    vectors = batcher.submit_embed(seqs, pooling).result()
     data = [{"object": "embedding", "index": i,
              "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") if fmt == "base64"
              else v.tolist()} for i, v in enumerate(vectors)]
@@ -453,10 +455,10 @@ class Handler(BaseHTTPRequestHandler):
             self._error(404, f"no such endpoint: GET {self.path}", "not_found_error")
 
     def _answer(self, body) -> dict:
-        """The answer of an endpoint that computes at once: /tokenize, /detokenize, /v1/embeddings."""
+        """The answer of an endpoint that answers in one piece: /tokenize, /detokenize, /v1/embeddings."""
         model = self.server.model
         if self.path == "/v1/embeddings":
-            return embeddings(model, body, self.server.model_name)
+            return embeddings(self.server.batcher, body, self.server.model_name)
         if model.tokenizer is None:
             raise RequestError("the model has no tokenizer")
         return (tokenize if self.path == "/tokenize" else detokenize)(model.tokenizer, body)
@@ -569,6 +571,8 @@ class Handler(BaseHTTPRequestHandler):
                [("", b.prompt_tokens)])
         metric("cached_prompt_tokens_total", "counter", "Prompt tokens a prefix cache gave.", [("", b.cached_tokens)])
         metric("generated_tokens_total", "counter", "Tokens generated.", [("", b.generated_tokens)])
+        metric("embedded_tokens_total", "counter", "Tokens of the embedding requests answered.",
+               [("", b.embedded_tokens)])
         metric("steps_total", "counter", "Forward calls of the batch.", [("", b.steps)])
         metric("sequences_running", "gauge", "Sequences in the batch now.", [("", b.running)])
         metric("requests_waiting", "gauge", "Requests waiting for a place in the batch.", [("", b.waiting())])

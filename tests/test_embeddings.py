@@ -78,6 +78,58 @@ def test_a_batch_gives_each_input_the_bits_it_gets_alone(hf_model_factory, pooli
         assert np.array_equal(b, a)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "last", "none"])
+@pytest.mark.parametrize("budget", [1, 7, 16, 37])
+def test_inputs_cut_between_calls_get_the_same_bits(hf_model_factory, pooling, budget):
+    """EmbeddingRun with a small budget: long inputs go on over several calls from their
+    caches, several short ones share a call, and the vectors are embed()'s, bit for bit."""
+    from pygpt.embeddings import EmbeddingRun, token_ids
+
+    _, _, out = hf_model_factory("odd")
+    m = pygpt.load(out)
+    rng = np.random.default_rng(6)
+    inputs = [rng.integers(0, 1001, n).tolist() for n in (1, 30, 5, 37, 3, 3, 20)]
+    run = EmbeddingRun(m, token_ids(m, inputs, False), pooling)
+    calls = 0
+    while not run.step(budget):
+        calls += 1
+    assert calls + 1 >= -(-sum(map(len, inputs)) // budget)
+    for v, x in zip(run.vectors, inputs):
+        assert np.array_equal(v, m.embed(x, pooling=pooling))
+
+
+def test_a_batcher_embeds_between_generation_steps(hf_model_factory):
+    """Batcher.embed gives model.embed's bits, a forward call of at most prefill_chunk tokens
+    between two steps of the running sequences: a stream goes on while it runs."""
+    m = pygpt.load()
+    texts = ["The cat sat on the mat. " * k for k in (1, 9, 20, 3, 14)]
+    want = m.embed(texts)
+    with pygpt.Batcher(m, prefill_chunk=16) as b:
+        assert np.array_equal(b.embed(texts), want)
+        assert np.array_equal(b.embed(texts[1]), want[1])
+        assert all(np.array_equal(x, y) for x, y in zip(b.embed(texts[:2], pooling="none"),
+                                                       m.embed(texts[:2], pooling="none")))
+        stream = iter(b.stream("Once upon a time", max_new_tokens=40, ignore_eos=True))
+        next(stream)
+        job = b.submit_embed(texts)
+        while_embedding = sum(1 for _ in stream if not job.done())
+        calls = -(-sum(len(m.tokenizer.encode(t)) for t in texts) // 16)  # at least
+        assert while_embedding >= min(calls, 39) - 2  # a token a call, give or take the start
+        assert np.array_equal(job.result(), want)
+        n = [len(m.tokenizer.encode(t)) for t in texts]
+        assert b.embedded_tokens == sum(n) + n[1] + n[0] + n[1] + sum(n)  # the four requests'
+        with pytest.raises(ValueError, match="pooling must be one of"):
+            b.embed("x", pooling="max")
+        with pytest.raises(ValueError, match=r"inputs\[1\] is empty"):
+            b.submit_embed(["ok", ""])
+        job = b.submit_embed(texts)
+        job.cancel()
+        with pytest.raises(pygpt.BatcherClosed, match="cancelled"):
+            job.result()
+    with pytest.raises(pygpt.BatcherClosed):
+        b.embed("x")
+
+
 def test_truncate(hf_model_factory):
     _, _, out = hf_model_factory("odd")
     m = pygpt.load(out)
@@ -126,7 +178,7 @@ def test_bad_inputs(hf_model_factory):
         m.embed("x")
 
 
-def test_the_core_refuses_what_the_python_side_checks():
+def test_the_core_refuses_what_the_python_side_checks(hf_model_factory):
     """The binding's own checks (a caller of _core reaches it without embed's)."""
     m = pygpt.load()
     core = m._core
@@ -138,6 +190,17 @@ def test_the_core_refuses_what_the_python_side_checks():
         core.hidden_states([np.array([m.config["vocab_size"]], np.int32)])
     with pytest.raises(ValueError, match="n_ctx|sequence of"):
         core.hidden_states([np.zeros(m.config["n_ctx"] + 1, np.int32)])
+    short = core.new_cache(4)
+    with pytest.raises(ValueError, match="sequence of 5"):
+        core.hidden_states([np.zeros(5, np.int32)], True, [short])
+    with pytest.raises(ValueError, match="one a sequence"):
+        core.hidden_states([np.zeros(2, np.int32)], True, [short, short])
+    with pytest.raises(ValueError, match="appears twice"):
+        core.hidden_states([np.zeros(1, np.int32)] * 2, True, [short, short])
+    with pytest.raises(ValueError, match="another model"):
+        pygpt.load(hf_model_factory("odd")[2])._core.hidden_states([np.zeros(1, np.int32)], True, [short])
+    with pytest.raises(ValueError, match="positions out of range"):
+        core.new_cache(m.config["n_ctx"] + 1)
 
 
 @pytest.mark.parametrize("dtype, floor", [("bf16", 0.999), ("f16", 0.9999), ("int8", 0.99), ("int4", 0.9)])

@@ -615,6 +615,7 @@ def test_metrics(model):
     assert values['pygpt_requests_total{method="other",endpoint="other",status="400"}'] == 1
     n_prompt = len(model.tokenizer.encode("Hello"))
     assert values["pygpt_generated_tokens_total"] == 2 * 2 * 4
+    assert values["pygpt_embedded_tokens_total"] == n_prompt
     assert values["pygpt_prompt_tokens_total"] + values["pygpt_cached_prompt_tokens_total"] == 2 * n_prompt
     assert values["pygpt_steps_total"] >= 4 and values["pygpt_batch_sequences_max"] == 2
     assert values["pygpt_sequences_running"] == 0 and values["pygpt_requests_waiting"] == 0

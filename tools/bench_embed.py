@@ -12,6 +12,15 @@ speed over it, and how close the engine's vectors are to transformers' (lowest c
 similarity over the texts; random weights, so this checks the computation, not quality).
 
     python tools/bench_embed.py --threads 2 --dtypes f32,bf16,int8
+
+--beside-stream measures instead what an embedding request does to a generation running beside
+it (pygpt serve's case): a Batcher streams --stream-tokens tokens while another thread embeds
+the passages, either with model.embed (each forward call of up to n_ctx tokens holds the model,
+and the stream waits for it) or with batcher.embed (calls of at most prefill_chunk tokens
+between two steps). Prints the longest wait between two pieces of the stream and the
+embedding's seconds, medians over the rounds, the two ways in turns in one process.
+
+    python tools/bench_embed.py --beside-stream --threads 2 --dtypes f32 --texts 16 --tokens 250
 """
 
 from __future__ import annotations
@@ -115,11 +124,59 @@ def table(cases: list, results: list, args, n_tokens: int) -> str:
     return "\n".join(lines)
 
 
+def beside_stream(path: str, args) -> str:
+    """The --beside-stream report (see the module's docstring)."""
+    import threading
+
+    import pygpt
+
+    model = pygpt.load(path, n_threads=args.threads)
+    texts = passages(args.texts, args.tokens)
+    with pygpt.Batcher(model) as batcher:
+        ways = {"model.embed": model.embed, "batcher.embed": batcher.embed}
+        gaps: dict = {w: [] for w in ways}
+        seconds: dict = {w: [] for w in ways}
+        batcher.embed(texts[:2])  # warm up
+        for _ in range(args.rounds):
+            for way, embed in ways.items():
+                stream = iter(batcher.stream("Once upon a time", max_new_tokens=args.stream_tokens, ignore_eos=True))
+                next(stream)
+                span = {}
+
+                def run():
+                    span["start"] = time.perf_counter()
+                    embed(texts)
+                    span["end"] = time.perf_counter()
+
+                t = threading.Thread(target=run)
+                t.start()
+                times = [time.perf_counter()]
+                for _piece in stream:
+                    times.append(time.perf_counter())
+                t.join()
+                during = [b - a for a, b in zip(times, times[1:]) if b > span["start"] and a < span["end"]]
+                gaps[way].append(max(during) if during else 0.0)
+                seconds[way].append(span["end"] - span["start"])
+    lines = [f"{args.shape} {os.path.basename(path)}, {args.threads} threads: a {args.stream_tokens}-token stream beside "
+             f"an embedding of {args.texts} texts of about {args.tokens} tokens, {args.rounds} rounds in turns, "
+             f"{time.strftime('%Y-%m-%d %H:%M')}", "",
+             "| embedding by | longest wait between two stream pieces, ms: median (range) | embedding s: median |",
+             "|---|---|---|"]
+    for way in ways:
+        g = gaps[way]
+        lines.append(f"| {way} | {1000 * statistics.median(g):.0f} ({1000 * min(g):.0f}-{1000 * max(g):.0f}) | "
+                     f"{statistics.median(seconds[way]):.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_beam.engine_arguments(ap, "f32,bf16,int8", "transformers,llama.cpp", 5)
     ap.add_argument("--texts", type=int, default=32, help="texts a run (default: %(default)s)")
     ap.add_argument("--tokens", type=int, default=128, help="about this many tokens a text (default: %(default)s)")
+    ap.add_argument("--beside-stream", action="store_true",
+                    help="measure a stream's waits beside an embedding request instead (see above)")
+    ap.add_argument("--stream-tokens", type=int, default=200, help="--beside-stream: the stream's tokens")
     args = ap.parse_args(argv)
     if args.worker:
         worker(json.loads(args.worker))
@@ -131,6 +188,9 @@ def main(argv=None) -> int:
     dtypes = [d for d in args.dtypes.split(",") if d]
     llama_types = ("f32",) if "llama.cpp" in peers else ()
     paths = bench.make_models(args.workdir, args.shape, dtypes, False, bench_beam.log, llama_types)
+    if args.beside_stream:
+        print(beside_stream(paths[dtypes[0]], args))
+        return 0
     common = dict(threads=args.threads, texts=args.texts, tokens=args.tokens, tokenizer=paths["hf"])
     cases = [dict(common, engine="pygpt", dtype=d, path=paths[d]) for d in dtypes]
     if "transformers" in peers:
