@@ -318,6 +318,17 @@ def test_bench_embed_runs_engines_in_turns_and_compares_their_vectors(load_tool,
         bench_embed.passages(10_000, 1000)
 
 
+def test_bench_embed_beside_a_stream_reports_both_ways(load_tool, hf_model_factory):
+    import argparse
+
+    bench_embed = load_tool("bench_embed")
+    _, _, f32_dir = hf_model_factory("tiny")
+    args = argparse.Namespace(shape="tiny", threads=1, texts=3, tokens=10, rounds=2, stream_tokens=12)
+    rows = bench_embed.beside_stream(f32_dir, args).splitlines()
+    assert rows[0].startswith("tiny pygpt, 1 threads: a 12-token stream beside an embedding of 3 texts")
+    assert [r.split(" | ")[0] for r in rows[-2:]] == ["| model.embed", "| batcher.embed"]
+
+
 def test_bench_lookup_compares_prompt_lookup_with_plain_greedy(load_tool, tmp_path, capsys):
     import pygpt.convert
 
