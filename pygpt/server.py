@@ -12,6 +12,8 @@ sequence reuses its keys and values (--prefix-cache; usage.prompt_tokens_details
     GET  /v1/models        the model served (and /v1/models/NAME, that one)
     GET  /metrics          counters and gauges in Prometheus' text format (requests, tokens, batch)
     GET  /health           {"status": "ok"} (the one endpoint open without the API key, with --api-key)
+    OPTIONS (any)          a browser's CORS preflight, with --cors-origin (pages of those origins may
+                           call the server; their answers carry Access-Control-Allow-Origin)
     POST /tokenize         {"content": "text", "with_pieces": false} -> {"tokens": [ids]} (or with
                            pieces, [{"id": id, "piece": text}], a piece that is not whole UTF-8 as
                            its list of bytes), the text encoded as a prompt is (llama.cpp server's)
@@ -434,6 +436,36 @@ class Handler(BaseHTTPRequestHandler):
         self.server.count(getattr(self, "command", None), getattr(self, "path", ""), code)
         super().send_response(code, message)
 
+    def end_headers(self):
+        allowed = self._allowed_origin()
+        if allowed is not None:  # CORS (--cors-origin): a page of that origin may read the answer
+            self.send_header("Access-Control-Allow-Origin", allowed)
+            if allowed != "*":
+                self.send_header("Vary", "Origin")
+        super().end_headers()
+
+    def _allowed_origin(self):
+        """The Access-Control-Allow-Origin of this answer: "*", the request's Origin, or None."""
+        origins = self.server.cors_origins
+        headers = getattr(self, "headers", None)
+        origin = headers.get("Origin") if headers is not None else None
+        if not origins or origin is None:
+            return None
+        return "*" if "*" in origins else origin if origin in origins else None
+
+    def do_OPTIONS(self):
+        """A browser's CORS preflight, answered without the API key (a preflight never carries it)."""
+        if not self.server.cors_origins:
+            self._error(405, "OPTIONS: CORS is off (pygpt serve --cors-origin)", "invalid_request_error")
+            return
+        self.send_response(204)
+        if self._allowed_origin() is not None:
+            self.send_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+            self.send_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+            self.send_header("Access-Control-Max-Age", "86400")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def do_GET(self):
         if self.path != "/health" and not self._authorized():
             return
@@ -744,12 +776,17 @@ class Server(ThreadingHTTPServer):
     def __init__(self, model, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
                  verbose: bool = False, max_batch: int = DEFAULT_MAX_BATCH,
                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK, prefix_cache: int = DEFAULT_PREFIX_CACHE,
-                 assistant=None, chat_template=None, api_key: str | None = None):
+                 assistant=None, chat_template=None, api_key: str | None = None, cors_origins=None):
         import os
 
         if api_key is not None and (not isinstance(api_key, str) or not api_key or not api_key.isprintable()):
             raise ValueError("api_key must be a non-empty printable string")
         self.api_key = api_key  # every request but GET /health must carry "Authorization: Bearer <key>"
+        cors_origins = list(cors_origins or [])
+        if not all(isinstance(o, str) and (o == "*" or "://" in o) and o.isprintable() for o in cors_origins):
+            raise ValueError(f"cors_origins must be '*' or origins such as 'http://localhost:3000', got {cors_origins!r}")
+        # pages of these origins (browsers' Origin header; "*": any) may read the answers (CORS)
+        self.cors_origins = [o.rstrip("/") for o in cors_origins]
 
         self.model = model
         self.assistant = assistant  # a pygpt.Model drafting for every request (assisted decoding), or None
@@ -807,6 +844,10 @@ def add_arguments(p) -> None:
     p.add_argument("--api-key", metavar="KEY", default=None,
                    help="answer only requests that send \"Authorization: Bearer KEY\" (as OpenAI's clients do), "
                         "all but GET /health; a 401 otherwise (default: $PYGPT_API_KEY, else none)")
+    p.add_argument("--cors-origin", metavar="ORIGIN", action="append", default=None,
+                   help="let web pages of ORIGIN (e.g. http://localhost:3000; '*': any site) call the server "
+                        "from a browser (CORS); may be repeated (default: none: browsers keep pages of other "
+                        "sites from reading the answers)")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
 
 
@@ -820,7 +861,8 @@ def run(args) -> int:
     assistant = load(args.assistant, n_threads=args.threads) if args.assistant else None
     server = Server(model, args.host, args.port, verbose=args.verbose, max_batch=args.max_batch,
                     prefill_chunk=args.prefill_chunk, prefix_cache=args.prefix_cache, assistant=assistant,
-                    chat_template=args.chat_template, api_key=args.api_key or os.environ.get("PYGPT_API_KEY"))
+                    chat_template=args.chat_template, api_key=args.api_key or os.environ.get("PYGPT_API_KEY"),
+                    cors_origins=args.cors_origin)
     host, port = server.server_address[:2]
     print(f"pygpt: serving {server.model_name} on http://{host}:{port}/v1/completions and /v1/chat/completions "
           f"(chat template: {server.chat_template.name}{'; API key required' if server.api_key else ''})", flush=True)

@@ -586,6 +586,69 @@ def test_serve_api_key_option(pygpt_cmd, model):
             p.wait(timeout=30)
 
 
+def cors_call(url, method, path, headers, body=None):
+    """(status, response headers) of a request with headers."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            r.read()
+            return r.status, r.headers
+    except urllib.error.HTTPError as e:
+        e.read()
+        return e.code, e.headers
+
+
+def test_cors_lets_the_named_origins_read_answers(model):
+    app = "http://localhost:3000"
+    with serving(model, cors_origins=[app + "/"], api_key="k") as url:
+        key = {"Authorization": "Bearer k"}
+        status, h = cors_call(url, "GET", "/v1/models", {"Origin": app, **key})
+        assert status == 200 and h["Access-Control-Allow-Origin"] == app and h["Vary"] == "Origin"
+        status, h = cors_call(url, "POST", "/v1/completions", {"Origin": app, "Content-Type": "application/json", **key},
+                              {"prompt": "Hi", "max_tokens": 2})
+        assert status == 200 and h["Access-Control-Allow-Origin"] == app
+        status, h = cors_call(url, "GET", "/v1/models", {"Origin": app})  # the 401 is readable too
+        assert status == 401 and h["Access-Control-Allow-Origin"] == app
+        status, h = cors_call(url, "GET", "/v1/models", {"Origin": "http://evil.example", **key})
+        assert status == 200 and "Access-Control-Allow-Origin" not in h
+        assert "Access-Control-Allow-Origin" not in cors_call(url, "GET", "/health", {})[1]  # no Origin: no header
+        # the preflight: no API key, the methods and headers a page may use
+        status, h = cors_call(url, "OPTIONS", "/v1/chat/completions",
+                              {"Origin": app, "Access-Control-Request-Method": "POST",
+                               "Access-Control-Request-Headers": "authorization, content-type"})
+        assert status == 204 and h["Access-Control-Allow-Origin"] == app
+        assert "POST" in h["Access-Control-Allow-Methods"]
+        assert {"authorization", "content-type"} <= {x.strip().lower() for x in h["Access-Control-Allow-Headers"].split(",")}
+        status, h = cors_call(url, "OPTIONS", "/v1/models", {"Origin": "http://evil.example"})
+        assert status == 204 and "Access-Control-Allow-Origin" not in h
+    with serving(model, cors_origins=["*"]) as url:
+        assert cors_call(url, "GET", "/health", {"Origin": "http://any.example"})[1]["Access-Control-Allow-Origin"] == "*"
+    with serving(model) as url:  # off by default
+        status, h = cors_call(url, "OPTIONS", "/v1/models", {"Origin": app})
+        assert status == 405 and "Access-Control-Allow-Origin" not in h
+        assert "Access-Control-Allow-Origin" not in cors_call(url, "GET", "/health", {"Origin": app})[1]
+    for bad in (["localhost"], ["http://a\n"], [3]):
+        with pytest.raises(ValueError, match="cors_origins"):
+            pygpt.server.Server(model, "127.0.0.1", 0, cors_origins=bad)
+
+
+def test_serve_cors_option(pygpt_cmd):
+    p = subprocess.Popen(pygpt_cmd + ["serve", "--port", "0", "--cors-origin", "http://a.example", "--cors-origin",
+                                      "http://b.example"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        base = "http://" + line.split("http://", 1)[1].split("/v1/", 1)[0]
+        for origin in ("http://a.example", "http://b.example"):
+            assert cors_call(base, "GET", "/health", {"Origin": origin})[1]["Access-Control-Allow-Origin"] == origin
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+    r = subprocess.run(pygpt_cmd + ["serve", "--port", "0", "--cors-origin", "localhost"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0 and "cors_origins must be" in r.stderr
+
+
 def test_metrics(model):
     import socket
 
