@@ -615,6 +615,13 @@ def build_parser() -> argparse.ArgumentParser:
     perplexity.add_arguments(pp)
     pp.set_defaults(func=perplexity.run)
 
+    from . import bench
+
+    bn = sub.add_parser("bench", help="a model's prefill and decode speed on this machine (as llama-bench)",
+                        description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_arguments(bn)
+    bn.set_defaults(func=bench.run)
+
     from . import convert
 
     cv = sub.add_parser("convert", help="convert a GPT-2 checkpoint into a pygpt model folder",

@@ -511,3 +511,38 @@ def test_batch_missing_file_and_bad_options(pygpt_cmd, model_dir, tmp_path):
     src.write_text("hi\n")
     assert run(pygpt_cmd, "batch", str(src), "--max-batch", "0").returncode == 2  # argparse
     assert_one_line_error(run(pygpt_cmd, "batch", str(src), "-m", model_dir, "--top-p", "2"), "top_p")
+
+
+def test_bench_reports_each_test_at_each_thread_count(model_dir, capsys, tmp_path):
+    import json
+
+    from pygpt import cli
+
+    assert cli.main(["bench", "-m", model_dir, "--threads", "1,2", "-p", "7,16", "-n", "5", "--batch", "1,3",
+                     "-r", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| model | dtype | kv cache | isa | threads | test | tokens/s |"
+    rows = [line.split(" | ") for line in lines[2:]]
+    assert [(r[4], r[5]) for r in rows] == [(t, name) for t in "12" for name in ("pp7", "pp16", "tg5", "tg5@3")]
+    assert all(float(r[6].split(" ± ")[0]) > 0 for r in rows)
+    # --json: the runs behind each figure; a folder's sampling defaults do not change the tests
+    (tmp_path / "m").mkdir()
+    for name in os.listdir(model_dir):
+        os.symlink(os.path.join(model_dir, name), tmp_path / "m" / name)
+    (tmp_path / "m" / "generation_config.json").write_text('{"do_sample": true, "num_return_sequences": 4}')
+    assert cli.main(["bench", "-m", str(tmp_path / "m"), "--threads", "1", "-p", "8", "-n", "4", "-r", "3",
+                     "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["test"], len(r["runs"])) for r in rows] == [("pp8", 3), ("tg4", 3)]
+    assert rows[1]["tokens_per_s"] == pytest.approx(sum(rows[1]["runs"]) / 3)
+
+
+def test_bench_bad_arguments(pygpt_cmd, model_dir):
+    n_ctx = pygpt.load(model_dir).config["n_ctx"]
+    assert_one_line_error(run(pygpt_cmd, "bench", "-m", model_dir, "-p", str(n_ctx + 1)), f"pp{n_ctx + 1}", "context")
+    assert_one_line_error(run(pygpt_cmd, "bench", "-m", model_dir, "-p", "8", "-n", str(n_ctx - 1)), f"tg{n_ctx - 1}",
+                          "context")
+    assert_one_line_error(run(pygpt_cmd, "bench", "-m", model_dir, "-p", "8", "-r", "0"), "--repetitions")
+    for args, message in ((["--threads", "0"], "expected integers >= 1"), (["-p", "a,b"], "expected integers")):
+        r = run(pygpt_cmd, "bench", "-m", model_dir, *args)
+        assert r.returncode == 2 and message in r.stderr.decode()
