@@ -6,6 +6,7 @@ Sources:
   * a nanoGPT checkpoint (ckpt.pt with "model_args" and "model")
   * an llm.c checkpoint (gpt2_124M.bin: fp32 version 3 or bf16 version 5)
   * a plain state_dict (.pt, .bin or .safetensors) with `config=` (a config.json)
+  * any of these with PEFT LoRA adapters merged in (`lora=`: pygpt/lora.py)
 
 Every source becomes the same canonical tensors (docs/FORMAT.md): linear weights as
 [n_out, n_in] (Hugging Face's Conv1D stores [n_in, n_out] and is transposed), the tied
@@ -396,8 +397,10 @@ def _drop_from_page_cache(path):
 
 
 def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, group_size: int | None = None,
-            vocab_size: int | None = None, verbose: bool = False) -> str:
-    """Converts `source` into the pygpt model folder `out_dir`; returns out_dir."""
+            vocab_size: int | None = None, verbose: bool = False, lora=None) -> str:
+    """Converts `source` into the pygpt model folder `out_dir`; returns out_dir. `lora`: a
+    peft LoRA adapter folder, or a list of them, merged in order into the float32 weights
+    before any quantization."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if tokenizer is not None and _find_tokenizer(os.fspath(tokenizer)) is None:
@@ -410,6 +413,10 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
         template = _chat_template(os.fspath(tokenizer), verbose)
 
     arrays = _canonical(sd, cfg)
+    if lora:
+        from .lora import merge_adapters
+
+        arrays = merge_adapters(arrays, lora)
     bias = "h.0.attn.c_attn.bias" in arrays
     cfg = dict(cfg)
     # nanoGPT and llm.c pad the vocabulary (50257 -> 50304) for speed: trim to the real size
@@ -516,12 +523,14 @@ def add_arguments(p) -> None:
     p.add_argument("--tokenizer", help="folder with vocab.json + merges.txt when the source has none")
     p.add_argument("--config", help="config.json for a plain state_dict")
     p.add_argument("--vocab-size", type=int, help="trim a padded vocabulary to this size")
+    p.add_argument("--lora", action="append", metavar="DIR",
+                   help="a peft LoRA adapter folder to merge in (repeat to merge several, in order)")
 
 
 def run(args) -> int:
     """Runs the convert command for parsed `args`."""
     convert(args.source, args.out, dtype=args.dtype, tokenizer=args.tokenizer, config=args.config,
-            group_size=args.group_size, vocab_size=args.vocab_size, verbose=True)
+            group_size=args.group_size, vocab_size=args.vocab_size, verbose=True, lora=args.lora)
     print(f"wrote {args.out}")
     return 0
 

@@ -6,6 +6,7 @@
   python tools/convert.py ckpt.pt out/m --tokenizer DIR    # nanoGPT checkpoint
   python tools/convert.py gpt2_124M.bin out/m --tokenizer DIR   # llm.c checkpoint
   python tools/convert.py weights.pt out/m --config config.json --tokenizer DIR
+  python tools/convert.py path/to/hf_folder out/m --lora ADAPTER_DIR   # merge a PEFT LoRA adapter
 """
 
 import sys
