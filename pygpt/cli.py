@@ -89,11 +89,16 @@ def _sampling_options(args, defaults: dict) -> dict:
 
 
 def _grammar_options(args) -> dict:
-    """grammar, from --grammar FILE, --json-schema FILE or --json."""
+    """grammar, from --grammar FILE, --json-schema FILE, --regex PATTERN or --json."""
     from .grammar import Grammar
 
     if args.json:
         return dict(grammar=Grammar.json())
+    if args.regex is not None:
+        try:
+            return dict(grammar=Grammar.from_regex(args.regex))
+        except ValueError as e:
+            raise CliError(f"--regex: {e}") from None
     path = args.grammar or args.json_schema
     if path is None:
         return {}
@@ -473,6 +478,9 @@ def _add_decoding_arguments(g, seed_help: str) -> None:
                    help="generate only text that a GBNF grammar (llama.cpp's format) in FILE matches")
     c.add_argument("--json-schema", metavar="FILE", default=None,
                    help="generate only JSON valid under the JSON schema in FILE")
+    c.add_argument("--regex", metavar="PATTERN", default=None,
+                   help="generate only text that the regular expression matches whole (re.fullmatch; "
+                        "\\d \\w \\s as ASCII classes)")
     c.add_argument("--json", action="store_true", help="generate only a JSON object")
     st = g.add_argument_group("stopping and output")
     st.add_argument("--max-time", type=float, default=None, metavar="SECONDS",

@@ -483,6 +483,14 @@ class Grammar:
         return cls(json_schema_to_gbnf(schema))
 
     @classmethod
+    def from_regex(cls, pattern: str) -> "Grammar":
+        """The texts re.fullmatch(pattern, text, re.ASCII) accepts; see pygpt/regex.py for
+        what it supports (what describes a regular language)."""
+        from .regex import regex_to_gbnf
+
+        return cls(regex_to_gbnf(pattern))
+
+    @classmethod
     def json(cls, object_only: bool = True) -> "Grammar":
         """Any JSON object (OpenAI's ``response_format={"type": "json_object"}``), or with
         object_only=False any JSON value."""

@@ -37,8 +37,9 @@ negative_prompt, dry_multiplier, dry_base, dry_allowed_length, dry_penalty_last_
 no_repeat_ngram_size, min_tokens, ignore_eos, token_healing. Constrained output: response_format as OpenAI's
 ({"type": "json_object"}: a JSON object; {"type": "json_schema", "json_schema": {"schema":
 {...}}}: JSON valid under the schema; {"type": "text"}: no constraint), or llama.cpp server's
-grammar (GBNF text) and json_schema (a schema), one of the three (pygpt.Grammar; a bad grammar
-or an unsupported schema keyword is a 400). model and user are accepted and ignored;
+grammar (GBNF text) and json_schema (a schema), or regex (the text re.fullmatch accepts, as
+vLLM's guided_regex), one of them (pygpt.Grammar; a bad grammar, regex or an unsupported
+schema keyword is a 400). model and user are accepted and ignored;
 best_of (at least n, at most 20) samples best_of choices a prompt and answers the n with the
 highest mean log-probability a generated token (OpenAI's "best"; usage counts every sampled
 token); suffix, best_of > n with stream, and echo with logprobs and stream are refused (400),
@@ -102,11 +103,13 @@ def _grammar(kind: str, text: str) -> Grammar:
         return Grammar(text)
     if kind == "schema":
         return Grammar.from_json_schema(json.loads(text))
+    if kind == "regex":
+        return Grammar.from_regex(text)
     return Grammar.json()
 
 
 def _constraint(body: dict):
-    """The grammar a request asks for (response_format, grammar, json_schema), or None."""
+    """The grammar a request asks for (response_format, grammar, json_schema, regex), or None."""
     asked = []
     fmt = body.get("response_format")
     if fmt is not None:
@@ -127,8 +130,12 @@ def _constraint(body: dict):
         asked.append(("gbnf", body["grammar"]))
     if body.get("json_schema") is not None:
         asked.append(("schema", body["json_schema"]))
+    if body.get("regex") is not None:
+        if not isinstance(body["regex"], str):
+            raise RequestError("'regex' must be a regular expression (a string)")
+        asked.append(("regex", body["regex"]))
     if len(asked) > 1:
-        raise RequestError("give one of 'response_format', 'grammar' and 'json_schema'")
+        raise RequestError("give one of 'response_format', 'grammar', 'json_schema' and 'regex'")
     if not asked:
         return None
     kind, value = asked[0]
@@ -163,7 +170,8 @@ def completion_options(body: dict, defaults: dict | None = None) -> dict:
     if grammar is not None:
         options["grammar"] = grammar
     for key, value in body.items():
-        if key in ("prompt", "best_of", "response_format", "grammar", "json_schema", *_IGNORED) or value is None:
+        if key in ("prompt", "best_of", "response_format", "grammar", "json_schema", "regex", *_IGNORED) or \
+                value is None:
             continue
         if key in _SAME:
             options[key] = value
