@@ -85,10 +85,12 @@ def _sequence_bias(value, where: str) -> dict:
     return {ids: bias for ids, bias in items}  # the ids and biases are checked as generate's
 
 
-def read(raw, where: str = FILE, eot_id: int | None = None) -> tuple[dict, list]:
+def read(raw, where: str = FILE, eot_id: int | None = None, vocab_size: int | None = None) -> tuple[dict, list]:
     """(pygpt options, the keys ignored because pygpt cannot follow them) of a parsed
-    generation_config.json. eot_id: the tokenizer's end token, which eos_token_id need not repeat.
-    The option values are checked where they are used (generate's own checks)."""
+    generation_config.json. eot_id: the tokenizer's end token, which eos_token_id need not repeat;
+    vocab_size: eos ids at or past it are left out (transformers' GPT2Config says 50256 for
+    every vocabulary: a token the model cannot generate never ends it). The option values are
+    checked where they are used (generate's own checks)."""
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: must be a JSON object, got {type(raw).__name__}")
     options, ignored = {}, []
@@ -99,7 +101,7 @@ def read(raw, where: str = FILE, eot_id: int | None = None) -> tuple[dict, list]
             if value != _SAME[key] or isinstance(value, bool) != isinstance(_SAME[key], bool):
                 options[key] = value
         elif key == "eos_token_id":
-            stops = [i for i in _ids(key, value, where) if i != eot_id]
+            stops = [i for i in _ids(key, value, where) if i != eot_id and (vocab_size is None or i < vocab_size)]
             if stops:
                 options["stop_token_ids"] = stops
         elif key == "stop_strings":

@@ -78,7 +78,7 @@ class Model:
             with open(file, encoding="utf-8") as f:
                 raw = json.load(f)
             eot = self.tokenizer.eot_id if self.tokenizer is not None else None
-            options, ignored = generation_config.read(raw, file, eot)
+            options, ignored = generation_config.read(raw, file, eot, self.config["vocab_size"])
             self._check_options(options)
         except (UnicodeDecodeError, ValueError, TypeError) as e:
             raise ModelFormatError(f"{file}: {e}" if not str(e).startswith(file) else str(e)) from None

@@ -146,6 +146,7 @@ def test_reading_the_file():
     read = generation_config.read
     assert read({"eos_token_id": EOT}, eot_id=EOT) == ({}, [])
     assert read({"eos_token_id": [EOT, 13]}, eot_id=EOT) == ({"stop_token_ids": [13]}, [])
+    assert read({"eos_token_id": [EOT, 13]}, vocab_size=1000) == ({"stop_token_ids": [13]}, [])  # EOT never comes
     assert read({"suppress_tokens": [3, 4]})[0] == {"logit_bias": {3: float("-inf"), 4: float("-inf")}}
     assert read({"sequence_bias": {"(1, 2)": -1.0, "(3,)": 2.0}})[0] == {"sequence_bias": {(1, 2): -1.0, (3,): 2.0}}
     assert read({"sequence_bias": [[[1, 2], -1.0]]})[0] == {"sequence_bias": {(1, 2): -1.0}}
