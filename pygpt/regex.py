@@ -145,10 +145,51 @@ class _Writer:
             return "(" + self.sequence(list(items), first, last, inner) + ")"
         if name in ("MAX_REPEAT", "MIN_REPEAT"):  # a lazy repetition allows the same texts
             lo, hi, items = arg
-            body = "(" + self.sequence(list(items), False, False, dotall) + ")"
+            if _nullable_sequence(items):  # Y{lo,hi} = (Y without the empty text){0,hi}: the matcher
+                body = self.non_empty(list(items), dotall)  # refuses to repeat what reads nothing
+                if body is None:
+                    return '""'
+                body, lo = "(" + body + ")", 0
+            else:
+                body = "(" + self.sequence(list(items), False, False, dotall) + ")"
             if hi == _c.MAXREPEAT:
                 return body + ("*" if lo == 0 else "+" if lo == 1 else f"{{{lo},}}")
             return body + ("?" if (lo, hi) == (0, 1) else f"{{{lo}}}" if lo == hi else f"{{{lo},{hi}}}")
+        raise ValueError(f"the pattern uses {name.lower()}, which pygpt's grammars do not support")
+
+    def non_empty(self, items: list, dotall: bool):
+        """GBNF of the non-empty texts a sequence matches, or None where it matches only the
+        empty one: for a sequence of elements that can all be empty, the alternatives "element
+        i non-empty, the ones before it empty, the ones after it anything"."""
+        if not _nullable_sequence(items):
+            return self.sequence(items, False, False, dotall)
+        alternatives = []
+        for i, (op, arg) in enumerate(items):
+            head = self.non_empty_element(str(op), arg, dotall)
+            if head is not None:
+                rest = self.sequence(items[i + 1:], False, False, dotall) if items[i + 1:] else ""
+                alternatives.append(head + (" " + rest if rest else ""))
+        return "(" + " | ".join(alternatives) + ")" if alternatives else None
+
+    def non_empty_element(self, name: str, arg, dotall: bool):
+        """non_empty() of one element that can be empty."""
+        if name == "BRANCH":
+            alternatives = [a for a in (self.non_empty(list(alt), dotall) for alt in arg[1]) if a is not None]
+            return "(" + " | ".join(alternatives) + ")" if alternatives else None
+        if name == "SUBPATTERN":
+            _group, add, remove, items = arg
+            _check_flags(add)
+            inner = True if add & re.DOTALL else False if remove & re.DOTALL else dotall
+            return self.non_empty(list(items), inner)
+        if name in ("MAX_REPEAT", "MIN_REPEAT"):  # Y{0,hi} less the empty text: Y' Y'{0,hi-1}
+            lo, hi, items = arg
+            body = self.non_empty(list(items), dotall)
+            if body is None:
+                return None
+            more = "*" if hi == _c.MAXREPEAT else "?" if hi == 2 else f"{{0,{hi - 1}}}" if hi > 1 else ""
+            return f"({body})" + (f" ({body}){more}" if more else "")
+        if name == "AT":
+            return None
         raise ValueError(f"the pattern uses {name.lower()}, which pygpt's grammars do not support")
 
     @staticmethod
@@ -175,6 +216,23 @@ class _Writer:
                 raise ValueError(f"the pattern uses {name.lower()} in a character class, which pygpt does not support")
         ranges = _union(ranges)
         return _complement(ranges) if negate else ranges
+
+
+def _nullable(name: str, arg) -> bool:
+    """Whether an element of a parse tree can match the empty text."""
+    if name in ("LITERAL", "NOT_LITERAL", "ANY", "IN"):
+        return False
+    if name == "BRANCH":
+        return any(_nullable_sequence(alt) for alt in arg[1])
+    if name == "SUBPATTERN":
+        return _nullable_sequence(arg[3])
+    if name in ("MAX_REPEAT", "MIN_REPEAT"):
+        return arg[0] == 0 or _nullable_sequence(arg[2])
+    return True  # anchors; what the writer refuses never gets here
+
+
+def _nullable_sequence(items) -> bool:
+    return all(_nullable(str(op), arg) for op, arg in items)
 
 
 def _check_flags(flags: int) -> None:

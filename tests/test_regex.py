@@ -29,6 +29,10 @@ PATTERNS = [
     (r"(ab|a)(bc|c)*?", "abcc"),
     (r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?", "-1.5e3"),
     (r"(a|^b)c", "bc"),
+    (r"(a?b?)+c", "bac"),     # repetitions of what can be empty
+    (r"(a*){2,3}x", "aax"),
+    (r"((a?)?|b)*", "abba"),
+    (r"(\s*)*x(){3}", " x"),
     (r"", ""),
 ]
 
@@ -114,3 +118,32 @@ def test_command_line_and_server(pygpt_cmd):
                              ({"regex": "a", "grammar": 'root ::= "a"'}, "give one of")):
             status, body = post(url, {"prompt": "x", **bad})
             assert status == 400 and message in json.loads(body)["error"]["message"]
+
+
+def random_regex(rng: random.Random, depth: int = 0) -> str:
+    """A random pattern of the supported constructs, groups nested up to 3 deep. No unbounded
+    repetition of a group that holds one: Python's re can take minutes to fail such a match."""
+    atoms = ["a", "b", "\\.", "\\d", "\\w", "\\s", "\\D", ".", "[a-c]", "[^a]", "[\\d_]", "[^\\s,]", "\\n", "x"]
+    bounded = ["", "", "?", "{2}", "{1,3}", "{0,2}?"]
+    parts = []
+    for _ in range(rng.randint(1, 3)):
+        if rng.random() < 0.25 and depth < 3:
+            inner = random_regex(rng, depth + 1)
+            if rng.random() < 0.5:
+                inner += "|" + random_regex(rng, depth + 1)
+            atom = rng.choice(["(", "(?:", "(?s:"]) + inner + ")"
+            unbounded = not any(q in inner for q in ("*", "+", ",}"))
+        else:
+            atom, unbounded = rng.choice(atoms), True
+        parts.append(atom + rng.choice(bounded + (["*", "+", "*?", "{2,}"] if unbounded else [])))
+    return "".join(parts)
+
+
+def test_random_patterns_agree_with_re():
+    """200 random patterns: each compiles, and agrees with re.fullmatch on 300 random strings."""
+    rng = random.Random(7)
+    for _ in range(200):
+        pattern = random_regex(rng)
+        g = pygpt.Grammar.from_regex(pattern)
+        for text in candidates(pattern, 300, seed=rng.randrange(10 ** 6)):
+            assert g.matches(text) == bool(re.fullmatch(pattern, text, re.ASCII)), (pattern, text)
