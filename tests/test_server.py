@@ -88,6 +88,11 @@ def test_token_id_prompts_echo_and_stop(url, model):
     stop = plain[3:6]
     r = json.loads(post(url, {"prompt": PROMPTS[0], "max_tokens": 10, "temperature": 0, "stop": stop})[1])
     assert r["choices"][0]["text"] == plain[:plain.index(stop)] and r["choices"][0]["finish_reason"] == "stop"
+    tokens = model.generate(PROMPTS[0], max_new_tokens=10).tokens  # vLLM's stop_token_ids: stop after one
+    r = json.loads(post(url, {"prompt": PROMPTS[0], "max_tokens": 10, "temperature": 0, "stop_token_ids": [tokens[4]],
+                              "logprobs": 0})[1])
+    assert r["choices"][0]["finish_reason"] == "stop"
+    assert len(r["choices"][0]["logprobs"]["tokens"]) == tokens.index(tokens[4]) + 1
 
 
 def test_logprobs_are_generates_in_openais_lists(url, model):
