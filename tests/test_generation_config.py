@@ -236,3 +236,41 @@ def test_server_takes_them_before_openais(tiny, tmp_path):
         assert r["usage"]["completion_tokens"] == 5
         r = json.loads(post(url, {"prompt": PROMPT, "max_tokens": 2, "temperature": 0})[1])
         assert r["usage"]["completion_tokens"] == 2
+
+
+def test_random_files_load_or_fail_cleanly(tiny, tmp_path):
+    """Random values for transformers' keys: each file loads (and generates), or is a
+    ModelFormatError; nothing else escapes."""
+    import random
+
+    _, out = tiny
+    keys = ["do_sample", "temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
+            "repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "sequence_bias", "suppress_tokens",
+            "eos_token_id", "stop_strings", "max_new_tokens", "min_new_tokens", "max_time", "num_beams",
+            "length_penalty", "early_stopping", "num_return_sequences", "guidance_scale", "token_healing",
+            "exponential_decay_length_penalty", "prompt_lookup_num_tokens", "max_matching_ngram_size",
+            "max_length", "penalty_alpha", "pad_token_id", "use_cache"]
+    values = [None, True, False, 0, 1, 2, -1, 3, 50256, 50257, 10 ** 12, 0.0, 0.5, 1.0, 1.5, -0.5, 1e308,
+              float("nan"), float("inf"), "", "x", [], [1], [[]], [[1, 2]], [[1, 2], 0.5], [3, 1.5], {},
+              {"(1, 2)": 1.0}, {"(1,)": float("nan")}, {"x": 1}, [[[1], 2.0]], ["\n"]]
+    rng = random.Random(11)
+    folder = folder_with(tmp_path, out, {})
+    loaded = 0
+    for _ in range(150):
+        raw = {k: rng.choice(values) for k in rng.sample(keys, rng.randint(1, 4))}
+        with open(os.path.join(folder, generation_config.FILE), "w") as f:
+            json.dump(raw, f)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                m = pygpt.load(folder)
+        except pygpt.ModelFormatError:
+            continue
+        loaded += 1
+        try:
+            outs = m.generate([1, 2, 3], max_new_tokens=3, max_time=5.0)
+        except MemoryError:  # a default of 10**12 sequences: refused before anything is allocated
+            assert 10 ** 12 in (raw.get("num_return_sequences"), raw.get("num_beams")), raw
+            continue
+        assert all(len(o.tokens) <= 3 for o in (outs if isinstance(outs, list) else [outs])), raw
+    assert loaded > 15
