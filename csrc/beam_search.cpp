@@ -275,12 +275,12 @@ void BeamSearch::select(Group& g, std::vector<Candidate>& candidates) {
     std::vector<const Candidate*> next;
     for (size_t i = 0; i < candidates.size(); i++) {
         const Candidate& c = candidates[i];
-        std::string text;  // the candidate's text when it ends (cut before a stop string)
-        const char* reason = ending(*g.beams[size_t(c.beam)], c, at_limit, text);
+        std::string text, stop;  // the candidate's text when it ends (cut before a stop string), that string
+        const char* reason = ending(*g.beams[size_t(c.beam)], c, at_limit, text, stop);
         if (!reason) {
             if (next.size() < N) next.push_back(&c);
         } else if (i < N && may_finish) {
-            add_finished(g, c, gen_len, reason, std::move(text));
+            add_finished(g, c, gen_len, reason, std::move(text), std::move(stop));
         }
     }
 
@@ -346,8 +346,10 @@ void BeamSearch::select(Group& g, std::vector<Candidate>& candidates) {
 
 // Why `token` after `beam` ends the sequence, as Generation decides it (a stop token, eos, a
 // stop string in the generated text, the length limit), or null if it does not; `text` then
-// gets the sequence's text bytes (without the end token, cut before the stop string).
-const char* BeamSearch::ending(const Beam& beam, const Candidate& c, bool at_limit, std::string& text) const {
+// gets the sequence's text bytes (without the end token, cut before the stop string), and
+// `stop_string` the stop string.
+const char* BeamSearch::ending(const Beam& beam, const Candidate& c, bool at_limit, std::string& text,
+                               std::string& stop_string) const {
     const int32_t token = c.token;
     if (std::find(opt_.stop_token_ids.begin(), opt_.stop_token_ids.end(), token) != opt_.stop_token_ids.end()) {
         text = beam.bytes;
@@ -363,10 +365,11 @@ const char* BeamSearch::ending(const Beam& beam, const Candidate& c, bool at_lim
         const size_t old = beam.bytes.size();
         const size_t from = old + 1 > max_stop_ ? old + 1 - max_stop_ : 0;
         const std::string tail = beam.bytes.substr(from).append(piece);
-        size_t hit = std::string::npos;
-        for (const auto& stop : opt_.stop) hit = std::min(hit, tail.find(stop));
+        const std::string* which = nullptr;
+        const size_t hit = find_stop(opt_.stop, tail, 0, &which);
         if (hit != std::string::npos) {
             text = beam.bytes.substr(0, from) + tail.substr(0, hit);
+            stop_string = *which;
             return "stop";
         }
     }
@@ -385,7 +388,8 @@ const char* BeamSearch::ending(const Beam& beam, const Candidate& c, bool at_lim
 
 // Candidate c of group g ends here (`reason`, with its text bytes): kept among the num_beams
 // best finished hypotheses if its normalised score makes it.
-void BeamSearch::add_finished(Group& g, const Candidate& c, int64_t gen_len, const char* reason, std::string text) {
+void BeamSearch::add_finished(Group& g, const Candidate& c, int64_t gen_len, const char* reason, std::string text,
+                              std::string stop_string) {
     const float score = float(double(c.score) / std::pow(double(gen_len), opt_.length_penalty));
     const size_t N = size_t(opt_.num_beams);
     if (g.finished.size() == N && !(score > g.finished.back().score)) return;
@@ -403,6 +407,9 @@ void BeamSearch::add_finished(Group& g, const Candidate& c, int64_t gen_len, con
         }
     }
     h.finish_reason = reason;
+    h.stop_string = std::move(stop_string);
+    if (std::find(opt_.stop_token_ids.begin(), opt_.stop_token_ids.end(), c.token) != opt_.stop_token_ids.end())
+        h.stop_token = c.token;  // (ending() tests them first)
     h.text = std::move(text);  // bytes, made valid UTF-8 by finish()
     h.has_score = true;
     h.score = score;

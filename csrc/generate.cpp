@@ -16,6 +16,18 @@
 
 namespace pygpt {
 
+size_t find_stop(const std::vector<std::string>& stops, std::string_view text, size_t from, const std::string** which) {
+    size_t hit = std::string::npos;
+    for (const auto& stop : stops) {
+        const size_t at = text.find(stop, from);
+        if (at < hit) {
+            hit = at;
+            *which = &stop;
+        }
+    }
+    return hit;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
@@ -911,17 +923,20 @@ void Generation::accept(Seq& s, int32_t token, const float* row) {
         s.r.logprobs.push_back(s.logprob);
         if (opt.top_logprobs > 0) s.r.top_logprobs.push_back(std::move(s.top));
     }
-    if (std::find(opt.stop_token_ids.begin(), opt.stop_token_ids.end(), token) != opt.stop_token_ids.end())
+    if (std::find(opt.stop_token_ids.begin(), opt.stop_token_ids.end(), token) != opt.stop_token_ids.end()) {
+        s.r.stop_token = token;
         return finish(s, "stop");
+    }
     if (tok_ && !opt.ignore_eos && token == tok_->eot_id()) return finish(s, "eos");
     if (tok_ && token < tok_->vocab_size()) {
         const size_t old = s.bytes.size();
         s.bytes += text_bytes(*tok_, token, s.r.tokens.size() == 1, opt, s.r.prompt_index);
         // a stop string ending in the new bytes starts at most max_stop_ - 1 bytes before them
         const size_t from = old + 1 > s.req->max_stop ? old + 1 - s.req->max_stop : 0;
-        size_t hit = std::string::npos;
-        for (const auto& stop : opt.stop) hit = std::min(hit, s.bytes.find(stop, from));
+        const std::string* which = nullptr;
+        size_t hit = find_stop(opt.stop, s.bytes, from, &which);
         if (hit != std::string::npos) {
+            s.r.stop_string = *which;
             // text before a stop string is never released early (release_text holds back any
             // suffix that may begin one), so the cut never takes back text already handed out
             hit = std::max(hit, s.released);

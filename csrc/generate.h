@@ -107,6 +107,10 @@ struct SequenceResult {
     std::vector<int32_t> tokens;     // generated, the stopping token(s) included
     std::string text;                // valid UTF-8, cut before whatever stopped generation
     std::string finish_reason;       // "length" | "stop" | "eos" ("error": contain_errors); "" while running
+    // what ended it with "stop": a string of opt.stop, or an id of opt.stop_token_ids (-1:
+    // neither; a grammar or a stopping criterion)
+    std::string stop_string;
+    int32_t stop_token = -1;
     // Log-probabilities under the model's raw distribution (softmax of the logits, before any
     // processor): for each generated token, and, with prompt_logprobs, for prompt tokens 1..n-1.
     std::vector<float> logprobs;
@@ -190,6 +194,10 @@ std::shared_ptr<const std::vector<uint8_t>> healing_tokens(const Tokenizer& toke
 // without the bytes token healing took from the prompt (opt.heal).
 std::string_view text_bytes(const Tokenizer& tokenizer, int32_t token, bool first, const GenerateOptions& opt,
                             size_t p);
+
+// Where the first of `stops` starts in text at or after `from` (npos: none), and which one it
+// is (the earliest; of those starting there, the first listed).
+size_t find_stop(const std::vector<std::string>& stops, std::string_view text, size_t from, const std::string** which);
 
 // The tokens that end a sequence: eos (unless ignore_eos or no tokenizer), then stop_token_ids.
 std::vector<int32_t> end_tokens(const Tokenizer* tokenizer, const GenerateOptions& options);

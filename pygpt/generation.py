@@ -79,6 +79,9 @@ class GenerationOutput:
     score:         with beam search (num_beams > 1), the sequence's score: the sum of its
                    processed log-probabilities / (generated length ** length_penalty), as
                    transformers' sequences_scores; None otherwise.
+    stop_reason:   with finish_reason "stop", what stopped it: the stop string (of `stop`) or
+                   the token id (of `stop_token_ids`); None otherwise, and for a grammar with
+                   nothing left to match or a stopping criterion (vLLM's stop_reason).
     """
 
     text: Optional[str]
@@ -89,6 +92,7 @@ class GenerationOutput:
     logprobs: Optional[List[Optional[float]]] = None
     top_logprobs: Optional[List[Optional[List[Tuple[int, float]]]]] = None
     score: Optional[float] = None
+    stop_reason: Union[str, int, None] = None
 
     def __str__(self) -> str:
         return self.text if self.text is not None else str(self.tokens)
@@ -637,7 +641,7 @@ class _Request:
                         tops = [None] + [list(map(tuple, row)) for row in r["prompt_top_logprobs"]] + tops
             outs.append(GenerationOutput(text=text, tokens=tokens, finish_reason=r["finish_reason"],
                                          timings=timings, prompt_tokens=list(prompt), logprobs=lps,
-                                         top_logprobs=tops, score=r["score"]))
+                                         top_logprobs=tops, score=r["score"], stop_reason=r["stop_reason"]))
         return outs
 
     def shape(self, outs: list):

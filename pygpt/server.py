@@ -54,7 +54,8 @@ completions ones (not prompt, suffix, best_of, echo), with max_completion_tokens
 (default: the rest of the context), logprobs true or false and top_logprobs (0 to 20) in
 OpenAI's chat form ({"content": [{"token", "logprob", "bytes", "top_logprobs"}]}), and stream as
 chat.completion.chunk events (each choice's {"role": "assistant"} delta first, content deltas,
-a chunk with its finish_reason; stream_options {"include_usage": true}: a last chunk with the
+a chunk with its finish_reason (and stop_reason, vLLM's: the stop string or stop token id that ended
+it, else null); stream_options {"include_usage": true}: a last chunk with the
 usage); continue_final_message (vLLM's): the prompt ends inside the last message and the reply
 goes on with it. tools, tool_choice, functions, audio, tool messages and image or audio content
 are refused (400).
@@ -534,7 +535,7 @@ class Handler(BaseHTTPRequestHandler):
         usage = _usage(result, call.options)  # every sampled token, best_of's others too
         if call.keep:
             result = _best(result, call)
-        choices = [{"text": o.text, "index": i, "finish_reason": _finish(o),
+        choices = [{"text": o.text, "index": i, "finish_reason": _finish(o), "stop_reason": o.stop_reason,
                     "logprobs": _logprobs(o.tokens, o.logprobs, o.top_logprobs, tokenizer)[0] if logprobs else None}
                    for i, o in enumerate(result)]
         self._send_json(200, {**head, "choices": choices, "usage": usage})
@@ -557,7 +558,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         choices = [{"index": i, "message": {"role": "assistant", "content": template.reply(o.text)},
                     "logprobs": {"content": _chat_logprobs(o.tokens, o.logprobs, o.top_logprobs, tokenizer)}
-                    if logprobs else None, "finish_reason": _finish(o)}
+                    if logprobs else None, "finish_reason": _finish(o), "stop_reason": o.stop_reason}
                    for i, o in enumerate(result)]
         self._send_json(200, {**head, "choices": choices, "usage": _usage(result, call.options)})
 
@@ -704,7 +705,8 @@ def _completion_chunks(it, head: dict, call: _Call, tokenizer):
         return {"text": piece, "index": index, "logprobs": lps, "finish_reason": None}
 
     def end(index, out):
-        return {"text": "", "index": index, "logprobs": None, "finish_reason": _finish(out)}
+        return {"text": "", "index": index, "logprobs": None, "finish_reason": _finish(out),
+                "stop_reason": out.stop_reason}
 
     yield from _choice_chunks(it, head, delta, end)
     if call.include_usage:
@@ -734,7 +736,8 @@ def _chat_chunks(it, head: dict, call: _Call, template, tokenizer):
         return {"index": index, "delta": {"content": piece}, "logprobs": lps, "finish_reason": None}
 
     def end(index, out):
-        return {"index": index, "delta": {}, "logprobs": None, "finish_reason": _finish(out)}
+        return {"index": index, "delta": {}, "logprobs": None, "finish_reason": _finish(out),
+                "stop_reason": out.stop_reason}
 
     for index in range(call.options.get("num_return_sequences", 1)):
         yield {**head, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,

@@ -276,6 +276,36 @@ def test_stop_token_ids(model):
     assert out.text == model.tokenizer.decode(ref.tokens[:k])  # the stop token's text is left out
 
 
+def test_stop_reason_says_what_stopped(model):
+    """vLLM's stop_reason: the stop string or stop token id, the same from generate, a stream,
+    a Batcher and beam search; None for eos, the length, a grammar's end."""
+    ref = model.generate(PROMPTS[0], max_new_tokens=20, ignore_eos=True)
+    assert ref.finish_reason == "length" and ref.stop_reason is None
+    stop_id = ref.tokens[5]
+    assert model.generate(PROMPTS[0], max_new_tokens=20, ignore_eos=True, stop_token_ids=[stop_id]).stop_reason == stop_id
+    text = ref.text
+    first, later = text[6:9], text[7:12]  # overlapping: the one that starts first wins
+    stops = ["never there", later, first]
+    out = model.generate(PROMPTS[0], max_new_tokens=20, ignore_eos=True, stop=stops)
+    assert out.finish_reason == "stop" and out.stop_reason == first and out.text == text[:6]
+    stream = model.stream(PROMPTS[0], max_new_tokens=20, ignore_eos=True, stop=stops)
+    assert "".join(stream) == text[:6] and stream.output.stop_reason == first
+    with pygpt.Batcher(model) as b:
+        assert b.generate(PROMPTS[0], max_new_tokens=20, ignore_eos=True, stop=stops).stop_reason == first
+    beams = model.generate(PROMPTS[0], max_new_tokens=20, ignore_eos=True, num_beams=3, num_return_sequences=3)
+    stop = beams[0].text[4:7]
+    outs = model.generate(PROMPTS[0], max_new_tokens=20, ignore_eos=True, num_beams=3, num_return_sequences=3,
+                          stop=[stop], length_penalty=0.0)  # the short ones that stop score best
+    assert [o.stop_reason for o in outs if o.finish_reason == "stop"] and \
+        all(o.stop_reason == (stop if o.finish_reason == "stop" else None) for o in outs)
+    outs = model.generate(PROMPTS[0], max_new_tokens=20, ignore_eos=True, num_beams=3, num_return_sequences=3,
+                          stop_token_ids=[beams[0].tokens[3]], length_penalty=0.0)
+    assert all(o.stop_reason == (beams[0].tokens[3] if o.finish_reason == "stop" else None) for o in outs)
+    assert any(o.finish_reason == "stop" for o in outs)
+    assert model.generate(PROMPTS[0], max_new_tokens=10, logit_bias={EOT: 100.0}).stop_reason is None
+    assert model.generate(PROMPTS[0], grammar=pygpt.Grammar('root ::= "ab"')).stop_reason is None
+
+
 def test_eos_stops_unless_ignored(model):
     out = model.generate(PROMPTS[0], max_new_tokens=10, logit_bias={EOT: 100.0})
     assert out.tokens == [EOT] and out.finish_reason == "eos" and out.text == ""

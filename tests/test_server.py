@@ -93,6 +93,11 @@ def test_token_id_prompts_echo_and_stop(url, model):
                               "logprobs": 0})[1])
     assert r["choices"][0]["finish_reason"] == "stop"
     assert len(r["choices"][0]["logprobs"]["tokens"]) == tokens.index(tokens[4]) + 1
+    assert r["choices"][0]["stop_reason"] == tokens[4]  # vLLM's: what stopped it
+    r = json.loads(post(url, {"prompt": PROMPTS[0], "max_tokens": 10, "temperature": 0, "stop": ["zz", stop]})[1])
+    assert r["choices"][0]["stop_reason"] == stop
+    r = json.loads(post(url, {"prompt": PROMPTS[0], "max_tokens": 2, "temperature": 0, "ignore_eos": True})[1])
+    assert r["choices"][0]["stop_reason"] is None
 
 
 def test_logprobs_are_generates_in_openais_lists(url, model):
