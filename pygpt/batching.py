@@ -344,13 +344,7 @@ class Batcher:
             raise TypeError("truncate must be True or False")
         items, single = split_inputs(inputs)
         job = EmbeddingJob(EmbeddingRun(self.model, token_ids(self.model, items, truncate), pooling, normalize), single)
-        with self._cv:
-            if self._closed:
-                raise BatcherClosed("this batcher is closed")
-            self._embeddings.append(job)
-            self._start()
-            self._cv.notify()
-        return job
+        return self._enqueue(self._embeddings, job)
 
     def embed(self, inputs, pooling: str = "mean", normalize: bool = True, truncate: bool = False):
         """model.embed, run by the scheduler between generation steps (see the class)."""
@@ -415,20 +409,19 @@ class Batcher:
     def _submit(self, req: _Request, sink=None, tokens: bool = False) -> Job:
         if req.options.num_beams != 1:
             raise ValueError("a Batcher does not run beam search (num_beams > 1): use model.generate")
-        job = Job(req, sink, tokens)
+        return self._enqueue(self._waiting, Job(req, sink, tokens))
+
+    def _enqueue(self, queue: collections.deque, job: Job) -> Job:
+        """Queues a job for the scheduler, whose thread starts with the first one."""
         with self._cv:
             if self._closed:
                 raise BatcherClosed("this batcher is closed")
-            self._waiting.append(job)
-            self._start()
+            queue.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pygpt-batcher", daemon=True)
+                self._thread.start()
             self._cv.notify()
         return job
-
-    def _start(self) -> None:
-        """Starts the scheduler thread, the first time (with self._cv held)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="pygpt-batcher", daemon=True)
-            self._thread.start()
 
     def _run(self) -> None:
         active: list = []
