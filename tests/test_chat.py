@@ -455,7 +455,8 @@ def test_a_chat_completion_is_model_chat(url, model):
     assert r["object"] == "chat.completion" and r["id"].startswith("chatcmpl-") and r["model"] == "bard"
     assert isinstance(r["created"], int)
     assert r["choices"] == [{"index": 0, "message": {"role": "assistant", "content": want.text}, "logprobs": None,
-                             "finish_reason": "length" if want.finish_reason == "length" else "stop"}]
+                             "finish_reason": "length" if want.finish_reason == "length" else "stop",
+                             "stop_reason": want.stop_reason}]
     cached = r["usage"].pop("prompt_tokens_details")["cached_tokens"]
     n_prompt = len(want.prompt_tokens)
     assert r["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": len(want.tokens),
@@ -485,7 +486,8 @@ def test_a_streamed_chat_completion_is_the_same_reply(url, model):
     assert "".join(c["choices"][0]["delta"]["content"] for c in deltas) == whole["choices"][0]["message"]["content"]
     assert not deltas[0]["choices"][0]["delta"]["content"][0].isspace()  # the transcript's space is not sent
     assert last["choices"] == [{"index": 0, "delta": {}, "logprobs": None,
-                                "finish_reason": whole["choices"][0]["finish_reason"]}]
+                                "finish_reason": whole["choices"][0]["finish_reason"],
+                                "stop_reason": whole["choices"][0]["stop_reason"]}]
     assert usage["choices"] == [] and all(c["usage"] is None for c in chunks[:-1])
     for u in (usage["usage"], whole["usage"]):
         u.pop("prompt_tokens_details")

@@ -40,7 +40,8 @@ def test_completion_is_generate(url, model):
     r = json.loads(text)
     want = model.generate(PROMPTS[0], max_new_tokens=12)
     assert r["object"] == "text_completion" and r["model"] == "tiny" and r["id"].startswith("cmpl-")
-    assert r["choices"] == [{"text": want.text, "index": 0, "logprobs": None, "finish_reason": "length"}]
+    assert r["choices"] == [{"text": want.text, "index": 0, "logprobs": None, "finish_reason": "length",
+                             "stop_reason": None}]
     cached = r["usage"].pop("prompt_tokens_details")["cached_tokens"]  # depends on what ran before
     assert r["usage"] == {"prompt_tokens": len(want.prompt_tokens), "completion_tokens": 12,
                           "total_tokens": len(want.prompt_tokens) + 12}
