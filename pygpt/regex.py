@@ -6,15 +6,16 @@ pygpt's grammar matcher (pygpt/grammar.py). Everything that describes a regular 
 supported: literals and escapes, ``.``, classes (``[a-z]``, ``[^,]``, ``\\d \\w \\s`` and their
 negations, inside classes too), groups of any kind that only group (``(...)``, ``(?:...)``,
 ``(?P<name>...)``), alternatives, the repetitions ``* + ? {m} {m,} {m,n}`` and their lazy forms
-(the same texts), the flags ``(?s)`` (DOTALL), ``(?x)`` (VERBOSE) and ``(?a)``, and ``^ \\A``
-at the start and ``$ \\Z`` at the end.
+(the same texts), the flags ``(?s)`` (DOTALL), ``(?i)`` (IGNORECASE: ASCII letters in both
+cases, as with ``re.ASCII``), ``(?x)`` (VERBOSE) and ``(?a)``, scoped ones (``(?i:...)``,
+``(?-s:...)``) too, and ``^ \\A`` at the start and ``$ \\Z`` at the end.
 
 ``\\d \\w \\s`` are ASCII classes, as with ``re.ASCII`` (without it, Python's ``\\d`` also
 matches other scripts' digits, which a grammar would have to list). Refused, with a
 ``ValueError`` that names them, are what regular grammars cannot say or what would change the
 texts allowed: backreferences, lookahead and lookbehind, ``\\b`` and ``\\B``, anchors inside
-the pattern, conditionals, atomic groups and possessive repetitions, and the flags IGNORECASE
-(write both cases: ``[Yy]es``), LOCALE and MULTILINE.
+the pattern, conditionals, atomic groups and possessive repetitions, and the flags LOCALE and
+MULTILINE.
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ _ASCII = {  # \d \w \s as with re.ASCII
     "WORD": [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)],
     "SPACE": [(0x09, 0x0D), (0x20, 0x20)],
 }
-_UNSUPPORTED_FLAGS = {re.IGNORECASE: "IGNORECASE (write both cases, [Yy]es)", re.LOCALE: "LOCALE",
-                      re.MULTILINE: "MULTILINE"}
+_UNSUPPORTED_FLAGS = {re.LOCALE: "LOCALE", re.MULTILINE: "MULTILINE"}
 _REFUSED = {
     "GROUPREF": "backreferences", "GROUPREF_EXISTS": "conditional groups (?(1)...)",
     "ASSERT": "lookahead and lookbehind", "ASSERT_NOT": "lookahead and lookbehind",
@@ -98,13 +98,13 @@ def _literal(text: str) -> str:
 class _Writer:
     """Writes a parse tree as one GBNF expression."""
 
-    def sequence(self, items: list, first: bool, last: bool, dotall: bool) -> str:
+    def sequence(self, items: list, first: bool, last: bool, flags: int) -> str:
         """items: a parse tree's elements, as GBNF; first / last: whether they start / end the
-        text, where ^ and $ are allowed; dotall: whether . matches a newline."""
+        text, where ^ and $ are allowed; flags: the re flags in force (DOTALL, IGNORECASE)."""
         parts, text = [], ""
         for i, (op, arg) in enumerate(items):
             name = str(op)
-            if name == "LITERAL":
+            if name == "LITERAL" and not (flags & re.IGNORECASE and chr(arg).isascii() and chr(arg).isalpha()):
                 text += chr(arg)
                 continue
             if text:
@@ -118,72 +118,68 @@ class _Writer:
                     continue
                 what = "\\b and \\B" if "BOUNDARY" in at else "anchors (^, $, \\A, \\Z) inside the pattern"
                 raise ValueError(f"the pattern uses {what}, which a grammar of the whole text cannot say")
-            parts.append(self.element(name, arg, first and i == 0, last and i == len(items) - 1, dotall))
+            parts.append(self.element(name, arg, first and i == 0, last and i == len(items) - 1, flags))
         if text:
             parts.append(_literal(text))
         return " ".join(parts) if parts else '""'
 
-    def element(self, name: str, arg, first: bool, last: bool, dotall: bool) -> str:
+    def element(self, name: str, arg, first: bool, last: bool, flags: int) -> str:
         if name in _REFUSED:
             raise ValueError(f"the pattern uses {_REFUSED[name]}, which a grammar cannot say")
+        if name == "LITERAL":  # a letter under IGNORECASE: both cases
+            return _class(_fold([(arg, arg)]))
         if name == "NOT_LITERAL":
-            return _class(_complement([(arg, arg)]))
+            return _class(_complement(_fold([(arg, arg)]) if flags & re.IGNORECASE else [(arg, arg)]))
         if name == "ANY":
-            return _class(_complement([] if dotall else [(0x0A, 0x0A)]))
+            return _class(_complement([] if flags & re.DOTALL else [(0x0A, 0x0A)]))
         if name == "IN":
-            return _class(self.class_ranges(arg))
+            return _class(self.class_ranges(arg, bool(flags & re.IGNORECASE)))
         if name == "BRANCH":
-            return "(" + " | ".join(self.sequence(list(alt), first, last, dotall) for alt in arg[1]) + ")"
+            return "(" + " | ".join(self.sequence(list(alt), first, last, flags) for alt in arg[1]) + ")"
         if name == "SUBPATTERN":
             _group, add, remove, items = arg
             _check_flags(add)
-            inner = dotall
-            if add & re.DOTALL:
-                inner = True
-            if remove & re.DOTALL:
-                inner = False
-            return "(" + self.sequence(list(items), first, last, inner) + ")"
+            return "(" + self.sequence(list(items), first, last, (flags | add) & ~remove) + ")"
         if name in ("MAX_REPEAT", "MIN_REPEAT"):  # a lazy repetition allows the same texts
             lo, hi, items = arg
             if _nullable_sequence(items):  # Y{lo,hi} = (Y without the empty text){0,hi}: the matcher
-                body = self.non_empty(list(items), dotall)  # refuses to repeat what reads nothing
+                body = self.non_empty(list(items), flags)  # refuses to repeat what reads nothing
                 if body is None:
                     return '""'
                 body, lo = "(" + body + ")", 0
             else:
-                body = "(" + self.sequence(list(items), False, False, dotall) + ")"
+                body = "(" + self.sequence(list(items), False, False, flags) + ")"
             if hi == _c.MAXREPEAT:
                 return body + ("*" if lo == 0 else "+" if lo == 1 else f"{{{lo},}}")
             return body + ("?" if (lo, hi) == (0, 1) else f"{{{lo}}}" if lo == hi else f"{{{lo},{hi}}}")
         raise ValueError(f"the pattern uses {name.lower()}, which pygpt's grammars do not support")
 
-    def non_empty(self, items: list, dotall: bool):
+    def non_empty(self, items: list, flags: int):
         """GBNF of the non-empty texts a sequence matches, or None where it matches only the
         empty one: for a sequence of elements that can all be empty, the alternatives "element
         i non-empty, the ones before it empty, the ones after it anything"."""
         if not _nullable_sequence(items):
-            return self.sequence(items, False, False, dotall)
+            return self.sequence(items, False, False, flags)
         alternatives = []
         for i, (op, arg) in enumerate(items):
-            head = self.non_empty_element(str(op), arg, dotall)
+            head = self.non_empty_element(str(op), arg, flags)
             if head is not None:
-                rest = self.sequence(items[i + 1:], False, False, dotall) if items[i + 1:] else ""
+                rest = self.sequence(items[i + 1:], False, False, flags) if items[i + 1:] else ""
                 alternatives.append(head + (" " + rest if rest else ""))
         return "(" + " | ".join(alternatives) + ")" if alternatives else None
 
-    def non_empty_element(self, name: str, arg, dotall: bool):
+    def non_empty_element(self, name: str, arg, flags: int):
         """non_empty() of one element that can be empty."""
         if name == "BRANCH":
-            alternatives = [a for a in (self.non_empty(list(alt), dotall) for alt in arg[1]) if a is not None]
+            alternatives = [a for a in (self.non_empty(list(alt), flags) for alt in arg[1]) if a is not None]
             return "(" + " | ".join(alternatives) + ")" if alternatives else None
         if name == "SUBPATTERN":
             _group, add, remove, items = arg
             _check_flags(add)
-            inner = True if add & re.DOTALL else False if remove & re.DOTALL else dotall
-            return self.non_empty(list(items), inner)
+            return self.non_empty(list(items), (flags | add) & ~remove)
         if name in ("MAX_REPEAT", "MIN_REPEAT"):  # Y{0,hi} less the empty text: Y' Y'{0,hi-1}
             lo, hi, items = arg
-            body = self.non_empty(list(items), dotall)
+            body = self.non_empty(list(items), flags)
             if body is None:
                 return None
             more = "*" if hi == _c.MAXREPEAT else "?" if hi == 2 else f"{{0,{hi - 1}}}" if hi > 1 else ""
@@ -193,8 +189,9 @@ class _Writer:
         raise ValueError(f"the pattern uses {name.lower()}, which pygpt's grammars do not support")
 
     @staticmethod
-    def class_ranges(items: list) -> list:
-        """The code points of a [...] (or \\d, \\w, \\s) as ranges."""
+    def class_ranges(items: list, ignore_case: bool = False) -> list:
+        """The code points of a [...] (or \\d, \\w, \\s) as ranges; with ignore_case, its
+        letters' other cases too (ASCII ones, as re.IGNORECASE with re.ASCII)."""
         negate, ranges = False, []
         for op, arg in items:
             name = str(op)
@@ -214,8 +211,18 @@ class _Writer:
                     raise ValueError(f"the pattern uses the class {cat.lower()}, which pygpt does not support")
             else:
                 raise ValueError(f"the pattern uses {name.lower()} in a character class, which pygpt does not support")
-        ranges = _union(ranges)
+        ranges = _fold(ranges) if ignore_case else _union(ranges)
         return _complement(ranges) if negate else ranges
+
+
+def _fold(ranges: list) -> list:
+    """Code point ranges with the other case of their ASCII letters."""
+    out = list(ranges)
+    for a, b in ranges:
+        for lo, hi, shift in ((0x41, 0x5A, 0x20), (0x61, 0x7A, -0x20)):
+            if a <= hi and b >= lo:
+                out.append((max(a, lo) + shift, min(b, hi) + shift))
+    return _union(out)
 
 
 def _nullable(name: str, arg) -> bool:
@@ -250,7 +257,5 @@ def regex_to_gbnf(pattern: str) -> str:
     except re.error as e:
         raise ValueError(f"not a valid regular expression: {e}") from None
     state = getattr(tree, "state", None) or getattr(tree, "pattern", None)  # 3.11+ / 3.9-3.10
-    flags = state.flags
-    _check_flags(flags)
-    dotall = bool(flags & re.DOTALL)
-    return "root ::= " + _Writer().sequence(list(tree), True, True, dotall) + "\n"
+    _check_flags(state.flags)
+    return "root ::= " + _Writer().sequence(list(tree), True, True, state.flags) + "\n"
