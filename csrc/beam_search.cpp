@@ -275,7 +275,8 @@ void BeamSearch::select(Group& g, std::vector<Candidate>& candidates) {
     std::vector<const Candidate*> next;
     for (size_t i = 0; i < candidates.size(); i++) {
         const Candidate& c = candidates[i];
-        std::string text, stop;  // the candidate's text when it ends (cut before a stop string), that string
+        std::string text;  // the candidate's text when it ends (cut before a stop string)
+        StopCause stop;    // and the stop token or string that ended it
         const char* reason = ending(*g.beams[size_t(c.beam)], c, at_limit, text, stop);
         if (!reason) {
             if (next.size() < N) next.push_back(&c);
@@ -347,12 +348,13 @@ void BeamSearch::select(Group& g, std::vector<Candidate>& candidates) {
 // Why `token` after `beam` ends the sequence, as Generation decides it (a stop token, eos, a
 // stop string in the generated text, the length limit), or null if it does not; `text` then
 // gets the sequence's text bytes (without the end token, cut before the stop string), and
-// `stop_string` the stop string.
+// `stop` the stop token or string that ended it.
 const char* BeamSearch::ending(const Beam& beam, const Candidate& c, bool at_limit, std::string& text,
-                               std::string& stop_string) const {
+                               StopCause& stop) const {
     const int32_t token = c.token;
     if (std::find(opt_.stop_token_ids.begin(), opt_.stop_token_ids.end(), token) != opt_.stop_token_ids.end()) {
         text = beam.bytes;
+        stop.token = token;
         return "stop";
     }
     if (tok_ && !opt_.ignore_eos && token == tok_->eot_id()) {
@@ -369,7 +371,7 @@ const char* BeamSearch::ending(const Beam& beam, const Candidate& c, bool at_lim
         const size_t hit = find_stop(opt_.stop, tail, 0, &which);
         if (hit != std::string::npos) {
             text = beam.bytes.substr(0, from) + tail.substr(0, hit);
-            stop_string = *which;
+            stop.string = *which;
             return "stop";
         }
     }
@@ -389,7 +391,7 @@ const char* BeamSearch::ending(const Beam& beam, const Candidate& c, bool at_lim
 // Candidate c of group g ends here (`reason`, with its text bytes): kept among the num_beams
 // best finished hypotheses if its normalised score makes it.
 void BeamSearch::add_finished(Group& g, const Candidate& c, int64_t gen_len, const char* reason, std::string text,
-                              std::string stop_string) {
+                              StopCause stop) {
     const float score = float(double(c.score) / std::pow(double(gen_len), opt_.length_penalty));
     const size_t N = size_t(opt_.num_beams);
     if (g.finished.size() == N && !(score > g.finished.back().score)) return;
@@ -407,9 +409,7 @@ void BeamSearch::add_finished(Group& g, const Candidate& c, int64_t gen_len, con
         }
     }
     h.finish_reason = reason;
-    h.stop_string = std::move(stop_string);
-    if (std::find(opt_.stop_token_ids.begin(), opt_.stop_token_ids.end(), c.token) != opt_.stop_token_ids.end())
-        h.stop_token = c.token;  // (ending() tests them first)
+    h.stop = std::move(stop);
     h.text = std::move(text);  // bytes, made valid UTF-8 by finish()
     h.has_score = true;
     h.score = score;

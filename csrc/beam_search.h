@@ -54,10 +54,10 @@ private:
     void score_row(Beam& beam, const float* row, std::vector<Candidate>& out, int thread);
     void select(Group& g, std::vector<Candidate>& candidates);
     const char* ending(const Beam& beam, const Candidate& c, bool at_limit, std::string& text,
-                       std::string& stop_string) const;
+                       StopCause& stop) const;
     std::string_view piece(const Beam& beam, int32_t token) const;
     void add_finished(Group& g, const Candidate& c, int64_t gen_len, const char* reason, std::string text,
-                      std::string stop_string);
+                      StopCause stop);
     void finish(Group& g);
 
     Model& model_;

@@ -116,8 +116,8 @@ py::dict result_dict(const SequenceResult& r) {
     d["tokens"] = r.tokens;
     d["text"] = py::str(r.text);
     d["finish_reason"] = r.finish_reason.empty() ? py::object(py::none()) : py::object(py::str(r.finish_reason));
-    d["stop_reason"] = r.stop_token >= 0          ? py::object(py::int_(r.stop_token))
-                       : !r.stop_string.empty() ? py::object(py::str(r.stop_string))
+    d["stop_reason"] = r.stop.token >= 0          ? py::object(py::int_(r.stop.token))
+                       : !r.stop.string.empty() ? py::object(py::str(r.stop.string))
                                                 : py::object(py::none());
     d["logprobs"] = r.logprobs;
     d["top_logprobs"] = top_list(r.top_logprobs);

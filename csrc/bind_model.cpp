@@ -48,10 +48,9 @@ py::array_t<float> run(Model& model, KVCache& cache, const std::vector<int32_t>&
     return out;
 }
 
-// Final hidden states of sequences, each run from a fresh cache in one forward call: every
+// Final hidden states of token sequences run together in one forward call, each appended to
+// its cache in `caches` (a sequence continued over several calls) or from a fresh one: every
 // row of each ([sum n_i, C]) or the last row of each ([n, C]).
-// Final hidden states of token sequences run together in one forward call: each appended to
-// its cache in `caches` (a sequence continued over several calls), or from a fresh one.
 py::array_t<float> hidden_states(Model& model, const std::vector<IdArray>& seqs, bool all_rows,
                                  const std::optional<std::vector<std::shared_ptr<KVCache>>>& given) {
     if (seqs.empty()) throw std::invalid_argument("no sequences");

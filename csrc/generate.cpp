@@ -705,13 +705,13 @@ static std::vector<int32_t> lookup_draft(const std::vector<int32_t>& h, int64_t 
     return {};
 }
 
-// The longest draft a running sequence can still take after its next token: the budget of new
-// tokens and the context.
 // No token to generate after s's prompt: max_new_tokens 0, or the prompt fills the context.
 bool Generation::no_room(const Seq& s) const {
     return s.opt().max_new_tokens == 0 || int64_t(s.n_prompt) >= n_ctx_;
 }
 
+// The longest draft a running sequence can still take after its next token: the budget of new
+// tokens and the context.
 int64_t Generation::draft_room(const Seq& s) const {
     return std::min(s.opt().max_new_tokens - int64_t(s.r.tokens.size()), n_ctx_ - s.cache->pos) - 1;
 }
@@ -924,7 +924,7 @@ void Generation::accept(Seq& s, int32_t token, const float* row) {
         if (opt.top_logprobs > 0) s.r.top_logprobs.push_back(std::move(s.top));
     }
     if (std::find(opt.stop_token_ids.begin(), opt.stop_token_ids.end(), token) != opt.stop_token_ids.end()) {
-        s.r.stop_token = token;
+        s.r.stop.token = token;
         return finish(s, "stop");
     }
     if (tok_ && !opt.ignore_eos && token == tok_->eot_id()) return finish(s, "eos");
@@ -936,7 +936,7 @@ void Generation::accept(Seq& s, int32_t token, const float* row) {
         const std::string* which = nullptr;
         size_t hit = find_stop(opt.stop, s.bytes, from, &which);
         if (hit != std::string::npos) {
-            s.r.stop_string = *which;
+            s.r.stop.string = *which;
             // text before a stop string is never released early (release_text holds back any
             // suffix that may begin one), so the cut never takes back text already handed out
             hit = std::max(hit, s.released);

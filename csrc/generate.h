@@ -100,6 +100,13 @@ struct GenerateOptions {
     bool has_hooks() const { return logits_hook != nullptr || stop_hook != nullptr; }
 };
 
+// What ended a sequence with "stop": a string of opt.stop, or an id of opt.stop_token_ids
+// (neither: a grammar with nothing left to match, or a stopping criterion).
+struct StopCause {
+    std::string string;              // "": not a stop string
+    int32_t token = -1;              // -1: not a stop token
+};
+
 using TopLogprobs = std::vector<std::pair<int32_t, float>>;  // (id, log-prob), most likely first
 
 struct SequenceResult {
@@ -107,10 +114,7 @@ struct SequenceResult {
     std::vector<int32_t> tokens;     // generated, the stopping token(s) included
     std::string text;                // valid UTF-8, cut before whatever stopped generation
     std::string finish_reason;       // "length" | "stop" | "eos" ("error": contain_errors); "" while running
-    // what ended it with "stop": a string of opt.stop, or an id of opt.stop_token_ids (-1:
-    // neither; a grammar or a stopping criterion)
-    std::string stop_string;
-    int32_t stop_token = -1;
+    StopCause stop;                  // what ended it with "stop"
     // Log-probabilities under the model's raw distribution (softmax of the logits, before any
     // processor): for each generated token, and, with prompt_logprobs, for prompt tokens 1..n-1.
     std::vector<float> logprobs;
