@@ -28,8 +28,6 @@ import threading
 import time
 from typing import Callable, Iterator, Optional
 
-import numpy as np
-
 from . import _core
 from .generation import BEAM_OPTIONS, GenerationOutput, Timings, _Request, _stream_request
 
@@ -120,16 +118,13 @@ class EmbeddingJob(Job):
     """One embedding request (Batcher.submit_embed): its forward calls, run by the scheduler
     between generation steps; result() gives model.embed's answer."""
 
-    def __init__(self, run, single: bool):
+    def __init__(self, run):
         super().__init__(None)
         self.run = run
-        self.single = single
 
     def result(self, timeout: Optional[float] = None):
-        vectors = self.outputs(timeout)
-        if self.single:
-            return vectors[0]
-        return vectors if self.run.pooling == "none" else np.stack(vectors)
+        self.outputs(timeout)  # waits; raises what failed the request
+        return self.run.answer()
 
 
 class ChoiceStream:
@@ -338,13 +333,10 @@ class Batcher:
                      truncate: bool = False) -> EmbeddingJob:
         """Queues an embedding request (model.embed's arguments, checked here) and returns its
         job; job.result() gives model.embed's answer, the same bits."""
-        from .embeddings import EmbeddingRun, split_inputs, token_ids
+        from .embeddings import EmbeddingRun
 
-        if not isinstance(truncate, bool):
-            raise TypeError("truncate must be True or False")
-        items, single = split_inputs(inputs)
-        job = EmbeddingJob(EmbeddingRun(self.model, token_ids(self.model, items, truncate), pooling, normalize), single)
-        return self._enqueue(self._embeddings, job)
+        return self._enqueue(self._embeddings, EmbeddingJob(EmbeddingRun.of(self.model, inputs, pooling, normalize,
+                                                                              truncate)))
 
     def embed(self, inputs, pooling: str = "mean", normalize: bool = True, truncate: bool = False):
         """model.embed, run by the scheduler between generation steps (see the class)."""

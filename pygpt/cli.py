@@ -61,8 +61,8 @@ def _sampling_options(args, defaults: dict) -> dict:
     command line's: CLI_MAX_NEW_TOKENS, and CLI_TEMPERATURE (greedy with beams) and top-p
     CLI_TOP_P where the model sets no temperature (a model that samples says how)."""
     max_new_tokens, temperature, top_p = args.max_new_tokens, args.temperature, args.top_p
-    if max_new_tokens is None and "max_new_tokens" not in defaults:
-        max_new_tokens = CLI_MAX_NEW_TOKENS
+    if max_new_tokens is None:  # always given: pygpt chat fits the conversation to it
+        max_new_tokens = defaults.get("max_new_tokens", CLI_MAX_NEW_TOKENS)
     if temperature is None and "temperature" not in defaults:  # beam search samples only when asked to (and fails)
         beams = args.num_beams if getattr(args, "num_beams", None) is not None else defaults.get("num_beams", 1)
         temperature = 0.0 if beams > 1 else CLI_TEMPERATURE
@@ -204,8 +204,7 @@ def _chat_turns(model, batcher, template, options, messages, interactive, args) 
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line.rstrip("\r\n")})
-        room = options.get("max_new_tokens", model.generation_config.get("max_new_tokens", 50))
-        _fit_conversation(model, template, messages, min(room, model.config["n_ctx"] // 2))
+        _fit_conversation(model, template, messages, min(options["max_new_tokens"], model.config["n_ctx"] // 2))
         seed = None if args.seed is None else args.seed + turn  # turn k samples with seed + k
         reply = batcher.chat_stream(messages, template=template, seed=seed, **options)
         for piece in reply:

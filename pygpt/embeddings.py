@@ -77,28 +77,10 @@ def embed(model, inputs, pooling: str = "mean", normalize: bool = True, truncate
     normalize: scale each vector (each token's, with "none") to unit length, so that a dot
     product is the cosine similarity (OpenAI's embeddings are normalised so).
     truncate: embed the first n_ctx tokens of a longer input instead of raising ValueError."""
-    if not isinstance(truncate, bool):
-        raise TypeError("truncate must be True or False")
-    model._live()
-    items, single = split_inputs(inputs)
-    vectors = embed_ids(model, token_ids(model, items, truncate), pooling, normalize)
-    return vectors[0] if single else vectors if pooling == "none" else np.stack(vectors)
-
-
-def check_pooling(pooling: str, normalize: bool) -> None:
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {', '.join(map(repr, POOLINGS))}, not {pooling!r}")
-    if not isinstance(normalize, bool):
-        raise TypeError("normalize must be True or False")
-
-
-def embed_ids(model, seqs: list, pooling: str = "mean", normalize: bool = True) -> list:
-    """embed() of checked token id arrays (token_ids): a list with a vector (or, pooling
-    "none", an array of token vectors) a sequence."""
-    run = EmbeddingRun(model, seqs, pooling, normalize)
+    run = EmbeddingRun.of(model, inputs, pooling, normalize, truncate)
     while not run.step(model.config["n_ctx"]):
         pass
-    return run.vectors
+    return run.answer()
 
 
 class EmbeddingRun:
@@ -109,15 +91,34 @@ class EmbeddingRun:
     A sequence's rows are the same bits however it is cut and whatever runs beside it
     (tests/test_embeddings.py), so the vectors are embed()'s."""
 
-    def __init__(self, model, seqs: list, pooling: str = "mean", normalize: bool = True):
-        check_pooling(pooling, normalize)
+    def __init__(self, model, seqs: list, pooling: str = "mean", normalize: bool = True, single: bool = False):
+        """seqs: checked token id arrays (token_ids); single: one input was given (answer())."""
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(map(repr, POOLINGS))}, not {pooling!r}")
+        if not isinstance(normalize, bool):
+            raise TypeError("normalize must be True or False")
         self._core = model._live()
-        self.seqs, self.pooling, self.normalize = seqs, pooling, normalize
+        self.seqs, self.pooling, self.normalize, self.single = seqs, pooling, normalize, single
         self.tokens = sum(s.size for s in seqs)
         self._next, self._at = 0, 0      # the input and token to run next
         self._cache = None               # the KV cache of an input cut between two calls
         self._rows: list = []            # the rows of the input cut so far
         self.vectors: list = []          # a vector (or, pooling "none", rows) an input done
+
+    @classmethod
+    def of(cls, model, inputs, pooling: str, normalize: bool, truncate: bool) -> "EmbeddingRun":
+        """The run of embed()'s arguments, checked (texts encoded)."""
+        if not isinstance(truncate, bool):
+            raise TypeError("truncate must be True or False")
+        model._live()
+        items, single = split_inputs(inputs)
+        return cls(model, token_ids(model, items, truncate), pooling, normalize, single)
+
+    def answer(self):
+        """The vectors, shaped as embed() returns them (once done)."""
+        if self.single:
+            return self.vectors[0]
+        return self.vectors if self.pooling == "none" else np.stack(self.vectors)
 
     def done(self) -> bool:
         return self._next == len(self.seqs)

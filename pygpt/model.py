@@ -50,8 +50,7 @@ class Model:
             kv_cache = auto_kv_cache(self.config["dtype"])
         self._core = _core.Model(st_path, self.config, tensors, n_threads, isa or "", kv_cache)
         self.tokenizer = self._load_tokenizer(path)
-        self._generation_config = {}
-        self.generation_config = self._load_generation_config(path)
+        self._generation_config = self._load_generation_config(path)  # checked as it is read
         self.load_seconds = time.perf_counter() - t0
 
     def _load_tokenizer(self, path):

@@ -226,7 +226,7 @@ def detokenize(tokenizer, body) -> dict:
 def embeddings(batcher, body, name: str) -> dict:
     """The /v1/embeddings answer (OpenAI's): a unit vector an input, pooled as asked, computed by
     the batcher between its generation steps."""
-    from .embeddings import split_inputs, token_ids
+    from .embeddings import split_inputs
 
     model = batcher.model
     if not isinstance(body, dict):
@@ -248,12 +248,12 @@ def embeddings(batcher, body, name: str) -> dict:
     items = split_inputs(body["input"])[0]
     if len(items) > MAX_EMBEDDING_INPUTS:
         raise RequestError(f"'input' has {len(items)} items, more than {MAX_EMBEDDING_INPUTS} (OpenAI's limit)")
-    seqs = token_ids(model, items, truncate=False)
-    vectors = batcher.submit_embed(seqs, pooling).result()
+    job = batcher.submit_embed(items, pooling)  # (a list: a batch, even of one)
+    vectors = job.result()
     data = [{"object": "embedding", "index": i,
              "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") if fmt == "base64"
              else v.tolist()} for i, v in enumerate(vectors)]
-    n = sum(s.size for s in seqs)
+    n = job.run.tokens
     return {"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": n, "total_tokens": n}}
 
 
