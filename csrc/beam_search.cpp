@@ -347,8 +347,8 @@ void BeamSearch::select(Group& g, std::vector<Candidate>& candidates) {
 
 // Why `token` after `beam` ends the sequence, as Generation decides it (a stop token, eos, a
 // stop string in the generated text, the length limit), or null if it does not; `text` then
-// gets the sequence's text bytes (without the end token, cut before the stop string), and
-// `stop` the stop token or string that ended it.
+// gets the sequence's text bytes (without the end token, cut before the stop string, or after
+// it with include_stop_str_in_output), and `stop` the stop token or string that ended it.
 const char* BeamSearch::ending(const Beam& beam, const Candidate& c, bool at_limit, std::string& text,
                                StopCause& stop) const {
     const int32_t token = c.token;
@@ -370,7 +370,8 @@ const char* BeamSearch::ending(const Beam& beam, const Candidate& c, bool at_lim
         const std::string* which = nullptr;
         const size_t hit = find_stop(opt_.stop, tail, 0, &which);
         if (hit != std::string::npos) {
-            text = beam.bytes.substr(0, from) + tail.substr(0, hit);
+            const size_t end = hit + (opt_.include_stop_str_in_output ? which->size() : 0);
+            text = beam.bytes.substr(0, from) + tail.substr(0, end);
             stop.string = *which;
             return "stop";
         }

@@ -273,6 +273,7 @@ void bind_generate(py::module_& m) {
         .def_readwrite("max_new_tokens", &GenerateOptions::max_new_tokens)
         .def_readwrite("min_new_tokens", &GenerateOptions::min_new_tokens)
         .def_readwrite("stop", &GenerateOptions::stop)
+        .def_readwrite("include_stop_str_in_output", &GenerateOptions::include_stop_str_in_output)
         .def_readwrite("stop_token_ids", &GenerateOptions::stop_token_ids)
         .def_readwrite("ignore_eos", &GenerateOptions::ignore_eos)
         .def_readwrite("guidance_scale", &GenerateOptions::guidance_scale)

@@ -937,6 +937,7 @@ void Generation::accept(Seq& s, int32_t token, const float* row) {
         size_t hit = find_stop(opt.stop, s.bytes, from, &which);
         if (hit != std::string::npos) {
             s.r.stop.string = *which;
+            if (opt.include_stop_str_in_output) hit += which->size();
             // text before a stop string is never released early (release_text holds back any
             // suffix that may begin one), so the cut never takes back text already handed out
             hit = std::max(hit, s.released);

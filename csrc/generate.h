@@ -48,6 +48,7 @@ struct GenerateOptions {
     int64_t max_new_tokens = 16;
     int64_t min_new_tokens = 0;             // eos and stop_token_ids are banned before this many
     std::vector<std::string> stop;          // UTF-8, non-empty
+    bool include_stop_str_in_output = false;  // the text ends after the stop string, not before it
     std::vector<int32_t> stop_token_ids;
     bool ignore_eos = false;
     // token healing (the bindings' callers drop each prompt's last token and pass its bytes):
@@ -112,7 +113,8 @@ using TopLogprobs = std::vector<std::pair<int32_t, float>>;  // (id, log-prob), 
 struct SequenceResult {
     size_t prompt_index = 0;         // which prompt (sequences are prompt-major)
     std::vector<int32_t> tokens;     // generated, the stopping token(s) included
-    std::string text;                // valid UTF-8, cut before whatever stopped generation
+    std::string text;                // valid UTF-8, cut before whatever stopped generation (after a
+                                     // stop string with include_stop_str_in_output)
     std::string finish_reason;       // "length" | "stop" | "eos" ("error": contain_errors); "" while running
     StopCause stop;                  // what ended it with "stop"
     // Log-probabilities under the model's raw distribution (softmax of the logits, before any

@@ -63,8 +63,9 @@ class GenerationOutput:
     """One generated sequence.
 
     text:          the generated text (the prompt's text first when echo=True); never holds
-                   what stopped generation (a stop string, a stop token, eos). None when the
-                   model has no tokenizer.
+                   what stopped generation (a stop string, a stop token, eos), but the stop
+                   string with include_stop_str_in_output. None when the model has no
+                   tokenizer.
     tokens:        the generated token ids (prompt ids first when echo=True), the token(s)
                    that stopped generation included.
     finish_reason: "length" (max_new_tokens or the context is full), "stop" (a stop string or
@@ -376,7 +377,7 @@ class _Request:
                  dry_multiplier=None, dry_base=1.75, dry_allowed_length=2, dry_penalty_last_n=-1,
                  dry_sequence_breakers=None, max_time=None, repetition_penalty=None, presence_penalty=None,
                  frequency_penalty=None, no_repeat_ngram_size=None, logit_bias=None, sequence_bias=None,
-                 bad_words_ids=None, stop=None,
+                 bad_words_ids=None, stop=None, include_stop_str_in_output=False,
                  stop_token_ids=None, ignore_eos=False, seed=None, logprobs=False, top_logprobs=0,
                  echo=False, num_return_sequences=1, truncate=None, min_new_tokens=0, num_beams=1,
                  length_penalty=1.0, early_stopping=False, prompt_lookup_num_tokens=None,
@@ -408,6 +409,7 @@ class _Request:
         if stop and self.tokenizer is None:
             raise ValueError("stop strings need a model with a tokenizer (vocab.json + merges.txt)")
         opt.stop = list(stop)
+        opt.include_stop_str_in_output = _bool("include_stop_str_in_output", include_stop_str_in_output)
         if stop_token_ids is None:
             stop_token_ids = []
         if _is_int(stop_token_ids) or not isinstance(stop_token_ids, (list, tuple, set, frozenset, np.ndarray)):
@@ -676,6 +678,7 @@ def generate(model, prompt: Union[Prompt, Sequence[Prompt]], **options):
       bad_words_ids           [[id, ...], ...]: never generate these sequences (their last
                               token is banned after the ones before it), as transformers'
       stop                    str or list of str: stop when the text contains one (not included)
+      include_stop_str_in_output=False    True: the text ends after the stop string (vLLM's)
       stop_token_ids          stop after one of these tokens (not in the text)
       ignore_eos=False        keep going past <|endoftext|>
       seed                    int: the same seed gives the same tokens, whatever the batch or

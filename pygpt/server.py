@@ -34,7 +34,7 @@ the choice's previous chunk); and pygpt's own top_k, min_p, typical_p, top_n_sig
 epsilon_cutoff, eta_cutoff, xtc_probability, xtc_threshold, mirostat, mirostat_tau, mirostat_eta,
 dynatemp_range, dynatemp_exponent, exponential_decay_length_penalty ([start, factor]), guidance_scale,
 negative_prompt, dry_multiplier, dry_base, dry_allowed_length, dry_penalty_last_n, dry_sequence_breakers, repetition_penalty,
-no_repeat_ngram_size, min_tokens, ignore_eos, token_healing, stop_token_ids (vLLM's). Constrained output: response_format as OpenAI's
+no_repeat_ngram_size, min_tokens, ignore_eos, token_healing, stop_token_ids and include_stop_str_in_output (vLLM's). Constrained output: response_format as OpenAI's
 ({"type": "json_object"}: a JSON object; {"type": "json_schema", "json_schema": {"schema":
 {...}}}: JSON valid under the schema; {"type": "text"}: no constraint), or llama.cpp server's
 grammar (GBNF text) and json_schema (a schema), or regex (the text re.fullmatch accepts, as
@@ -88,7 +88,7 @@ _SAME = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_
          "eta_cutoff", "xtc_probability", "xtc_threshold", "mirostat", "mirostat_tau", "mirostat_eta",
          "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers",
          "token_healing", "dynatemp_range", "dynatemp_exponent", "exponential_decay_length_penalty",
-         "guidance_scale", "negative_prompt", "stop_token_ids")
+         "guidance_scale", "negative_prompt", "stop_token_ids", "include_stop_str_in_output")
 _RENAMED = {"max_tokens": "max_new_tokens", "n": "num_return_sequences", "min_tokens": "min_new_tokens"}
 _IGNORED = ("model", "user", "stream")
 

@@ -258,6 +258,48 @@ def test_random_stop_strings(model, seed):
                    if model.tokenizer.decode_bytes(ref.tokens[:k]).find(stop.encode()) >= 0)
         assert out.tokens == ref.tokens[:end]
         assert "".join(model.stream(PROMPTS[seed % 3], stop=stops, **kw)) == out.text
+        # vLLM's include_stop_str_in_output: the same tokens, the text up to the stop string's end
+        kept = model.generate(PROMPTS[seed % 3], stop=stops, include_stop_str_in_output=True, **kw)
+        assert kept.text == raw[:hit + len(stop.encode())].decode("utf-8", errors="replace")
+        assert kept.tokens == out.tokens and kept.stop_reason == stop
+        assert "".join(model.stream(PROMPTS[seed % 3], stop=stops, include_stop_str_in_output=True, **kw)) == kept.text
+
+
+def test_include_stop_str_in_output_everywhere(model):
+    """include_stop_str_in_output keeps the stop string (only it: not what its last token holds
+    past it) in generate, streams, the Batcher, prompt lookup and beam search."""
+    ref = model.generate(PROMPTS[1], max_new_tokens=24, ignore_eos=True)
+    pieces = token_texts(model, ref.tokens)
+    i = next(i for i in range(3, len(pieces) - 1) if len(pieces[i]) >= 2 and len(pieces[i + 1]) >= 3)
+    stop = pieces[i][-2:] + pieces[i + 1][:1]  # ends inside token i + 1
+    kept = ref.text[:ref.text.find(stop) + len(stop)]
+    kw = dict(max_new_tokens=24, ignore_eos=True, stop=stop, include_stop_str_in_output=True)
+    out = model.generate(PROMPTS[1], **kw)
+    assert out.text == kept and out.finish_reason == "stop" and out.stop_reason == stop
+    assert out.tokens == ref.tokens[:next(k for k in range(1, len(pieces) + 1) if stop in "".join(pieces[:k]))]
+    stream = model.stream(PROMPTS[1], **kw)
+    assert "".join(stream) == kept == stream.output.text
+    assert model.generate(PROMPTS[1], prompt_lookup_num_tokens=3, **kw).text == kept
+    assert model.generate(PROMPTS[1], echo=True, **kw).text == PROMPTS[1] + kept
+    with pygpt.Batcher(model) as b:
+        assert b.generate(PROMPTS[1], **kw).text == kept
+        assert "".join(b.stream(PROMPTS[1], **kw)) == kept
+    # stop token ids stay out of the text: the option is about stop strings
+    k = ref.tokens.index(ref.tokens[4])
+    assert model.generate(PROMPTS[1], max_new_tokens=24, ignore_eos=True, stop_token_ids=[ref.tokens[4]],
+                          include_stop_str_in_output=True).text == model.tokenizer.decode(ref.tokens[:k])
+    beams = model.generate(PROMPTS[0], max_new_tokens=12, ignore_eos=True, num_beams=3)
+    stop = beams.text[3:6]
+    bkw = dict(max_new_tokens=12, ignore_eos=True, num_beams=3, num_return_sequences=3, stop=stop,
+               length_penalty=0.0)
+    cut = model.generate(PROMPTS[0], **bkw)
+    whole = model.generate(PROMPTS[0], include_stop_str_in_output=True, **bkw)
+    assert [o.tokens for o in whole] == [o.tokens for o in cut]
+    assert any(o.finish_reason == "stop" for o in whole)
+    for c, w in zip(cut, whole):
+        assert w.text == (c.text + stop if c.finish_reason == "stop" else c.text)
+    with pytest.raises(TypeError, match="include_stop_str_in_output"):
+        model.generate(PROMPTS[1], stop=stop, include_stop_str_in_output="yes")
 
 
 def test_stop_string_in_the_first_token_gives_empty_text(model):

@@ -97,6 +97,9 @@ def test_token_id_prompts_echo_and_stop(url, model):
     assert r["choices"][0]["stop_reason"] == tokens[4]  # vLLM's: what stopped it
     r = json.loads(post(url, {"prompt": PROMPTS[0], "max_tokens": 10, "temperature": 0, "stop": ["zz", stop]})[1])
     assert r["choices"][0]["stop_reason"] == stop
+    r = json.loads(post(url, {"prompt": PROMPTS[0], "max_tokens": 10, "temperature": 0, "stop": stop,
+                              "include_stop_str_in_output": True})[1])  # vLLM's
+    assert r["choices"][0]["text"] == plain[:plain.index(stop) + len(stop)]
     r = json.loads(post(url, {"prompt": PROMPTS[0], "max_tokens": 2, "temperature": 0, "ignore_eos": True})[1])
     assert r["choices"][0]["stop_reason"] is None
 
