@@ -8,6 +8,8 @@ transformers' for GPT-2: greedy decoding with every filter off.
 from __future__ import annotations
 
 import asyncio
+import difflib
+import inspect
 import math
 import numbers
 import os
@@ -18,7 +20,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _core
+from . import _core, generation_config
 from .grammar import as_grammar
 
 Prompt = Union[str, Sequence[int]]  # one prompt; a batch is a sequence of them
@@ -354,8 +356,12 @@ class _Request:
         """The options a call leaves out come from the model's generation_config.json, as in
         transformers (pygpt/generation_config.py), but those in leave_out: what the caller cannot
         run (beam search in a stream or a Batcher)."""
-        defaults = {k: v for k, v in (getattr(model, "generation_config", None) or {}).items()
-                    if k not in options and k not in leave_out}
+        model_defaults = getattr(model, "generation_config", None) or {}
+        tokenizer = getattr(model, "tokenizer", None)
+        eot_id = tokenizer.eot_id if tokenizer is not None and tokenizer.eot_id >= 0 else None
+        options = generation_config.from_call(options, model_defaults, eot_id)
+        _check_names(options)
+        defaults = {k: v for k, v in model_defaults.items() if k not in options and k not in leave_out}
         try:
             self._setup(model, prompt, **defaults, **options)
         except (TypeError, ValueError) as e:
@@ -368,6 +374,7 @@ class _Request:
     @classmethod
     def check(cls, model, options: dict) -> None:
         """Raises what generate would for these options, the model's defaults left out."""
+        _check_names(options)
         cls.__new__(cls)._setup(model, [0], seed=0, **options)
 
     def _setup(self, model, prompt, *, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, temperature=0.0, top_k=None,
@@ -658,6 +665,24 @@ class _Request:
 # -- public API ----------------------------------------------------------------------------------
 
 
+# the options generate takes (_Request._setup's keyword arguments)
+OPTIONS = frozenset(inspect.signature(_Request._setup).parameters) - {"self", "model", "prompt"}
+# transformers' names for what pygpt counts otherwise
+_HINTS = {"max_length": "use max_new_tokens: pygpt counts new tokens, transformers' max_length the prompt's too",
+          "min_length": "use min_new_tokens: pygpt counts new tokens, transformers' min_length the prompt's too",
+          "streamer": "use model.stream(...), which yields the text as it comes",
+          "generation_config": "pass the options themselves; model.generation_config holds a model's defaults"}
+
+
+def _check_names(options: dict) -> None:
+    """A TypeError naming an option generate does not take, and what was meant where it can tell."""
+    for name in options:
+        if name not in OPTIONS:
+            close = difflib.get_close_matches(name, OPTIONS, n=1)
+            hint = _HINTS.get(name) or (f"did you mean {close[0]!r}?" if close else "see help(pygpt.generate)")
+            raise TypeError(f"unknown generation option {name!r} ({hint})")
+
+
 def generate(model, prompt: Union[Prompt, Sequence[Prompt]], **options):
     """Generates a continuation of prompt with model (a pygpt.Model).
 
@@ -681,6 +706,10 @@ def generate(model, prompt: Union[Prompt, Sequence[Prompt]], **options):
       include_stop_str_in_output=False    True: the text ends after the stop string (vLLM's)
       stop_token_ids          stop after one of these tokens (not in the text)
       ignore_eos=False        keep going past <|endoftext|>
+      do_sample, eos_token_id, pad_token_id   transformers' names, taken as transformers does:
+                              do_sample=True samples (temperature 1 and top_k 50 unless given),
+                              False is greedy; eos_token_id replaces the end tokens;
+                              pad_token_id is checked and unused (no padding here)
       seed                    int: the same seed gives the same tokens, whatever the batch or
                               thread count; None: a random seed
       logprobs=False, top_logprobs=0      log-probabilities of the tokens (see GenerationOutput)

@@ -136,3 +136,49 @@ def read(raw, where: str = FILE, eot_id: int | None = None, vocab_size: int | No
     if options.get("top_k") == 0:  # transformers' "no top-k"
         del options["top_k"]
     return options, ignored
+
+
+# transformers' generate() keyword arguments that are not pygpt options, which a call may pass
+# as a transformers user writes them (from_call)
+CALL_KEYS = ("do_sample", "eos_token_id", "pad_token_id")
+
+
+def from_call(options: dict, defaults: dict, eot_id: int | None) -> dict:
+    """A call's options with transformers' do_sample, eos_token_id and pad_token_id turned into
+    pygpt's, as transformers' generate() takes them:
+      * do_sample=True samples at the call's temperature, else the model's default, else 1.0,
+        with top_k 50 unless the call or the model sets one; do_sample=False is greedy;
+      * eos_token_id (an id or a list) replaces the model's end tokens: the ids become
+        stop_token_ids, and <|endoftext|> ends generation only if it is one of them;
+      * pad_token_id is checked and dropped: pygpt runs batches without padding."""
+    if not any(key in options for key in CALL_KEYS):
+        return options
+    options = dict(options)
+    pad = options.pop("pad_token_id", None)
+    if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or pad < 0):
+        raise ValueError(f"pad_token_id must be a token id, got {pad!r}")
+    if "eos_token_id" in options:
+        eos = options.pop("eos_token_id")
+        if eos is not None:
+            if "stop_token_ids" in options or "ignore_eos" in options:
+                raise ValueError("give transformers' eos_token_id or pygpt's stop_token_ids and ignore_eos, not both")
+            ids = _ids("eos_token_id", eos, "generate")
+            options["stop_token_ids"] = [i for i in ids if i != eot_id]
+            options["ignore_eos"] = eot_id not in ids
+    if "do_sample" in options:
+        do_sample = options.pop("do_sample")
+        if not isinstance(do_sample, bool):
+            raise TypeError(f"do_sample must be True or False, got {do_sample!r}")
+        if not do_sample:
+            options["temperature"] = 0.0
+        else:
+            if options.get("num_beams", defaults.get("num_beams", 1)) != 1:
+                raise ValueError("do_sample=True with num_beams > 1 is transformers' beam sampling, which pygpt "
+                                 "does not run: sample (num_beams=1) or search (do_sample=False)")
+            if "temperature" not in options:
+                options["temperature"] = defaults.get("temperature") or 1.0
+            elif options["temperature"] == 0:
+                raise ValueError("do_sample=True needs a temperature > 0 (do_sample=False is greedy)")
+            if "top_k" not in options and "top_k" not in defaults:
+                options["top_k"] = 50
+    return options

@@ -96,6 +96,60 @@ def test_exponential_decay_length_penalty_matches_transformers(tiny, model):
     assert beams.tokens == [t for t in ref[0, len(ids):].tolist()][:len(beams.tokens)]
 
 
+def test_transformers_call_names(tiny, model):
+    """A transformers user's generate() call runs as written: do_sample, eos_token_id (which
+    replaces the end tokens) and pad_token_id, with transformers' tokens."""
+    ids = model.tokenizer.encode(PROMPTS[1])
+    plain = model.generate(ids, max_new_tokens=24, ignore_eos=True).tokens
+    stop = plain[6]
+    for eos in (stop, [stop, EOT], [stop]):
+        with torch.no_grad():
+            ref = tiny[0].generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, pad_token_id=EOT,
+                                   eos_token_id=eos)[0, len(ids):].tolist()
+        out = model.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=EOT, eos_token_id=eos)
+        assert out.tokens == ref[:len(out.tokens)] and out.tokens[-1] == stop and out.finish_reason == "stop"
+    # eos_token_id without <|endoftext|> makes it an ordinary token, as in transformers
+    ended = model.generate(ids, max_new_tokens=40, logit_bias={EOT: 5.0})
+    assert ended.finish_reason == "eos"
+    kept = model.generate(ids, max_new_tokens=40, logit_bias={EOT: 5.0}, eos_token_id=[1])
+    assert kept.finish_reason == "length" and kept.tokens[:len(ended.tokens)] == ended.tokens
+    # do_sample=True: transformers' temperature 1 and top_k 50 unless given
+    sampled = model.generate(ids, max_new_tokens=12, do_sample=True, seed=3).tokens
+    assert sampled == model.generate(ids, max_new_tokens=12, temperature=1.0, top_k=50, seed=3).tokens
+    assert model.generate(ids, max_new_tokens=12, do_sample=True, top_k=0, top_p=0.9, seed=3).tokens == \
+        model.generate(ids, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=3).tokens
+    assert model.generate(ids, max_new_tokens=12, do_sample=False, temperature=0.9, seed=3).tokens == \
+        model.generate(ids, max_new_tokens=12).tokens  # greedy whatever the temperature, as transformers
+    saved = model.generation_config
+    try:  # the model's defaults come before transformers' own, as in transformers
+        model.generation_config = {"temperature": 0.6, "top_k": 5}
+        assert model.generate(ids, max_new_tokens=12, do_sample=True, seed=3).tokens == \
+            model.generate(ids, max_new_tokens=12, temperature=0.6, top_k=5, seed=3).tokens
+        model.generation_config = {"temperature": 0.6}
+        assert model.generate(ids, max_new_tokens=12, do_sample=False, seed=3).tokens == \
+            model.generate(ids, max_new_tokens=12, temperature=0.0).tokens
+    finally:
+        model.generation_config = saved
+    with pygpt.Batcher(model) as b:
+        assert b.generate(ids, max_new_tokens=12, do_sample=True, seed=3).tokens == sampled
+    for options, error, match in [
+        (dict(do_sample="yes"), TypeError, "do_sample must be True or False"),
+        (dict(do_sample=True, num_beams=3), ValueError, "beam sampling"),
+        (dict(do_sample=True, temperature=0), ValueError, "temperature > 0"),
+        (dict(eos_token_id="x"), ValueError, "eos_token_id must be a token id"),
+        (dict(eos_token_id=[2, 10**9]), ValueError, "stop_token_ids"),
+        (dict(eos_token_id=2, stop_token_ids=[3]), ValueError, "not both"),
+        (dict(pad_token_id=-1), ValueError, "pad_token_id must be a token id"),
+        (dict(max_length=30), TypeError, "unknown generation option 'max_length' \\(use max_new_tokens"),
+        (dict(temprature=0.5), TypeError, "did you mean 'temperature'"),
+        (dict(colour="red"), TypeError, "unknown generation option 'colour'"),
+    ]:
+        with pytest.raises(error, match=match):
+            model.generate(ids, **options)
+    with pytest.raises(TypeError, match="did you mean 'top_p'"):
+        model.stream(ids, topp=0.5)
+
+
 def test_bad_words_and_sequence_bias_match_transformers(tiny, model):
     # this random model repeats one token: ban it after itself, then bias what came instead
     ids = model.tokenizer.encode(PROMPTS[1])
@@ -678,8 +732,8 @@ def test_bad_arguments(model, prompt, kw, exc, match):
 
 
 def test_unknown_option_is_a_type_error(model):
-    with pytest.raises(TypeError, match="do_sample"):
-        model.generate("hi", do_sample=True)
+    with pytest.raises(TypeError, match="unknown generation option 'beam_width'"):
+        model.generate("hi", beam_width=3)
 
 
 def test_stream_takes_one_sequence(model):
