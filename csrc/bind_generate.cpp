@@ -310,6 +310,16 @@ void bind_generate(py::module_& m) {
             "vocab_size) in place; stop(prompt_index, ids, logits) -> bool after each token. ids: int64, "
             "prompt first. They run on the thread that steps the generation, taking the GIL.");
 
+    py::class_<PrefixCache, std::shared_ptr<PrefixCache>>(m, "PrefixCache", R"pbdoc(
+        The KV caches of the last `capacity` finished sequences of one model's generations, from
+        which a later prompt that starts with the same tokens takes its prefix (csrc/prefix_cache.h).
+        Thread-safe.)pbdoc")
+        .def(py::init<int64_t>(), py::arg("capacity"))
+        .def_property("capacity", &PrefixCache::capacity, &PrefixCache::set_capacity,
+                      "How many finished sequences' caches it keeps (0: none); fewer drops the oldest.")
+        .def("__len__", &PrefixCache::size)
+        .def("clear", &PrefixCache::clear, py::call_guard<py::gil_scoped_release>(), "Frees every kept cache.");
+
     py::class_<PyGeneration> generation(m, "Generation", R"pbdoc(
         One batched generation: prompts (lists of token ids) in, sequences out, prompt-major
         (prompt p, sample j is sequence p * num_return_sequences + j); beam search when
@@ -317,15 +327,20 @@ void bind_generate(py::module_& m) {
         the GIL; run() checks for Ctrl-C between tokens and raises KeyboardInterrupt.)pbdoc");
     generation
         .def(py::init([](std::shared_ptr<Model> model, std::shared_ptr<Tokenizer> tokenizer,
-                         std::vector<std::vector<int32_t>> prompts, const GenerateOptions& options) {
+                         std::vector<std::vector<int32_t>> prompts, const GenerateOptions& options,
+                         std::shared_ptr<PrefixCache> prefix_cache) {
                  if (!model) throw std::invalid_argument("model must not be None");
                  auto g = std::make_unique<PyGeneration>();
                  g->model = std::move(model);
                  g->tokenizer = std::move(tokenizer);
-                 g->gen = make_decoding(*g->model, g->tokenizer.get(), std::move(prompts), options);
+                 g->gen = make_decoding(*g->model, g->tokenizer.get(), std::move(prompts), options,
+                                        std::move(prefix_cache));
                  return g;
              }),
-             py::arg("model"), py::arg("tokenizer"), py::arg("prompts"), py::arg("options"))
+             py::arg("model"), py::arg("tokenizer"), py::arg("prompts"), py::arg("options"),
+             py::arg("prefix_cache") = nullptr,
+             "One request; sampling takes prompts' prefixes from prefix_cache (a PrefixCache of this model) "
+             "and keeps its finished sequences' caches there.")
         .def(py::init([](std::shared_ptr<Model> model, std::shared_ptr<Tokenizer> tokenizer) {
                  if (!model) throw std::invalid_argument("model must not be None");
                  auto g = std::make_unique<PyGeneration>();

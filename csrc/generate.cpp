@@ -251,10 +251,11 @@ void check_request(const Model& model, const Tokenizer* tokenizer, const std::ve
 }
 
 std::unique_ptr<Decoding> make_decoding(Model& model, const Tokenizer* tokenizer,
-                                        std::vector<std::vector<int32_t>> prompts, GenerateOptions options) {
+                                        std::vector<std::vector<int32_t>> prompts, GenerateOptions options,
+                                        std::shared_ptr<PrefixCache> kept) {
     if (options.num_beams > 1)
         return std::make_unique<BeamSearch>(model, tokenizer, std::move(prompts), std::move(options));
-    return std::make_unique<Generation>(model, tokenizer, std::move(prompts), std::move(options));
+    return std::make_unique<Generation>(model, tokenizer, std::move(prompts), std::move(options), std::move(kept));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -320,12 +321,13 @@ struct Generation::Seq {
     const GenerateOptions& opt() const { return req->opt; }
 };
 
-Generation::Generation(Model& model, const Tokenizer* tokenizer)
-    : model_(model), tok_(tokenizer), V_(model.config().vocab_size), n_ctx_(model.config().n_ctx) {}
+Generation::Generation(Model& model, const Tokenizer* tokenizer, std::shared_ptr<PrefixCache> kept)
+    : model_(model), tok_(tokenizer), V_(model.config().vocab_size), n_ctx_(model.config().n_ctx),
+      kept_(kept ? std::move(kept) : std::make_shared<PrefixCache>()) {}
 
 Generation::Generation(Model& model, const Tokenizer* tokenizer, std::vector<std::vector<int32_t>> prompts,
-                       GenerateOptions options)
-    : Generation(model, tokenizer) {
+                       GenerateOptions options, std::shared_ptr<PrefixCache> kept)
+    : Generation(model, tokenizer, std::move(kept)) {
     add(std::move(prompts), std::move(options));
 }
 
@@ -398,43 +400,29 @@ void Generation::remove(size_t i) {
 // A finished (or removed) sequence's cache: kept for prefix caching, or freed (n_ctx positions
 // of keys and values).
 void Generation::retire(Seq& s) {
-    if (prefix_cache_ > 0) {
-        Kept k;
+    if (prefix_cache() > 0) {
+        KeptCache k;
         k.tokens.assign(s.history.begin(), s.history.begin() + s.cache->pos);  // what the cache ran
         k.cache = std::move(s.cache);
         k.draft_cache = std::move(s.draft_cache);  // it ran a prefix of the history, maybe longer
         k.assistant = s.opt().assistant_model;
-        kept_.push_back(std::move(k));
-        while (int64_t(kept_.size()) > prefix_cache_) kept_.pop_front();
+        kept_->keep(std::move(k));
     }
     s.cache.reset();
     s.draft_cache.reset();
     s.neg_cache.reset();
 }
 
-// How many leading tokens of s's prompt, all but its last (whose logits row is needed), the
-// first n of `tokens` share.
-static int64_t shared_prefix(const std::vector<int32_t>& history, size_t n_prompt, const int32_t* tokens, int64_t n) {
-    const int64_t m = std::min(n, int64_t(n_prompt) - 1);
-    int64_t k = 0;
-    while (k < m && tokens[k] == history[k]) k++;
-    return k;
-}
-
-// Prefix caching: the longest prefix of first's prompt that a kept cache (kept < kept_.size())
-// or another sequence's cache (seq) holds.
+// Prefix caching: the longest prefix of first's prompt that a kept cache (kept) or another
+// sequence's cache (seq) holds.
 Generation::Prefix Generation::find_prefix(const Seq& first) const {
-    Prefix best{0, kept_.size(), nullptr};
-    for (size_t i = 0; i < kept_.size(); i++) {
-        const int64_t n = shared_prefix(first.history, first.n_prompt, kept_[i].tokens.data(),
-                                        int64_t(kept_[i].tokens.size()));
-        if (n > best.n) best = {n, i, nullptr};
-    }
+    Prefix best{kept_->longest(first.history, first.n_prompt), true, nullptr};
     for (const auto& [id, s] : seqs_) {  // running, or part way through its prompt
         if (s.get() == &first || !s->live || !s->cache) continue;
         const int64_t n = shared_prefix(first.history, first.n_prompt, s->history.data(), s->cache->pos);
-        if (n > best.n) best = {n, kept_.size(), s.get()};
+        if (n > best.n) best = {n, false, s.get()};
     }
+    if (best.n == 0) best.kept = false;
     return best;
 }
 
@@ -445,8 +433,8 @@ Generation::Prefix Generation::find_prefix(const Seq& first) const {
 // shared preamble then run it once).
 bool Generation::start_prompt(Seq& first, const std::vector<std::vector<Seq*>>& fresh) {
     constexpr int64_t kDeferFor = 32;  // about what one decode step costs in prefill
-    Prefix best{0, kept_.size(), nullptr};
-    if (prefix_cache_ > 0 && !first.opt().prompt_logprobs) {
+    Prefix best{0, false, nullptr};
+    if (prefix_cache() > 0 && !first.opt().prompt_logprobs) {
         best = find_prefix(first);
         for (const auto& group : fresh) {
             const Seq& o = *group[0];
@@ -455,15 +443,15 @@ bool Generation::start_prompt(Seq& first, const std::vector<std::vector<Seq*>>& 
         }
     }
     const Model* assistant = first.opt().assistant_model.get();
-    if (best.kept < kept_.size()) {
-        Kept& k = kept_[best.kept];
+    KeptCache k;  // none if another thread's call took it since find_prefix (best.n is then 0)
+    if (best.kept) k = kept_->take(first.history, first.n_prompt, &best.n);
+    if (k.cache) {
         first.cache = std::move(k.cache);
         first.cache->pos = best.n;
         if (k.draft_cache && k.assistant.get() == assistant) {  // the assistant's keys and values too
             first.draft_cache = std::move(k.draft_cache);
             first.draft_cache->pos = std::min(first.draft_cache->pos, best.n);
         }
-        kept_.erase(kept_.begin() + int64_t(best.kept));
     } else {
         first.cache = model_.new_cache();  // allocated here, without the GIL
         if (best.seq) {
@@ -485,12 +473,6 @@ bool Generation::finished(size_t i) const { return !seq(i).live; }
 void Generation::set_prefill_chunk(int64_t n) {
     if (n < 0) throw std::invalid_argument("prefill_chunk must be >= 0 (0: whole prompts)");
     prefill_chunk_ = n;
-}
-
-void Generation::set_prefix_cache(int64_t n) {
-    if (n < 0) throw std::invalid_argument("prefix_cache must be >= 0 (0: off)");
-    prefix_cache_ = n;
-    while (int64_t(kept_.size()) > prefix_cache_) kept_.pop_front();
 }
 
 const SequenceResult& Generation::result(size_t i) const { return seq(i).r; }

@@ -22,7 +22,6 @@
 #pragma once
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -32,6 +31,7 @@
 #include <vector>
 
 #include "model.h"
+#include "prefix_cache.h"
 #include "sampler.h"
 #include "tokenizer.h"
 
@@ -188,9 +188,11 @@ private:
 void check_request(const Model& model, const Tokenizer* tokenizer, const std::vector<std::vector<int32_t>>& prompts,
                    const GenerateOptions& options);
 
-// A Generation, or a BeamSearch when options.num_beams > 1.
+// A Generation (taking prefixes from `kept` and keeping its caches there, if not null), or a
+// BeamSearch when options.num_beams > 1.
 std::unique_ptr<Decoding> make_decoding(Model& model, const Tokenizer* tokenizer,
-                                        std::vector<std::vector<int32_t>> prompts, GenerateOptions options);
+                                        std::vector<std::vector<int32_t>> prompts, GenerateOptions options,
+                                        std::shared_ptr<PrefixCache> kept = nullptr);
 
 // Token healing: the tokens a prompt's first generated token may be (those whose bytes start
 // with `heal`, end tokens and special tokens left out), a byte a token id; null for "".
@@ -235,11 +237,13 @@ void add_prompt_logprobs(const float* rows, const int32_t* ids, size_t n, int64_
 class Generation : public Decoding {
 public:
     // An empty batch, for add(). tokenizer may be null: then there is no text, no eos and no
-    // stop strings.
-    Generation(Model& model, const Tokenizer* tokenizer);
+    // stop strings. `kept`: the prefix cache to take prompts' prefixes from and keep finished
+    // sequences' caches in (shared with other generations of the model); null: its own, off
+    // until set_prefix_cache.
+    Generation(Model& model, const Tokenizer* tokenizer, std::shared_ptr<PrefixCache> kept = nullptr);
     // One request, as add() (sequences 0 .. prompts * num_return_sequences - 1).
     Generation(Model& model, const Tokenizer* tokenizer, std::vector<std::vector<int32_t>> prompts,
-               GenerateOptions options);
+               GenerateOptions options, std::shared_ptr<PrefixCache> kept = nullptr);
     ~Generation() override;
 
     // Adds a request: its sequences get the ids first .. first + prompts * num_return_sequences
@@ -260,8 +264,9 @@ public:
     // finished ones, whose caches are kept (taken over), and runs only the rest; a prompt that
     // shares a longer prefix with one running in this step waits a step for it. Not for a
     // request with prompt_logprobs, which needs every prompt row. Outputs do not change.
-    void set_prefix_cache(int64_t n);
-    int64_t prefix_cache() const { return prefix_cache_; }
+    // (The capacity of the prefix cache, which may be shared.)
+    void set_prefix_cache(int64_t n) { kept_->set_capacity(n); }
+    int64_t prefix_cache() const { return kept_->capacity(); }
     // What a sequence's token choice throws (its processors, the caller's hooks, every token
     // filtered out) fails the step (false, the default), or, when true, only that sequence:
     // it stops with finish_reason "error", and rethrow_error(i) throws what it threw.
@@ -288,7 +293,7 @@ private:
     void advance();
     struct Prefix {                     // where a prompt's first n tokens' keys and values are
         int64_t n;
-        size_t kept;                    // kept_[kept], if < kept_.size()
+        bool kept;                      // in a kept cache
         const Seq* seq;                 // else this sequence's cache, if not null
     };
     Prefix find_prefix(const Seq& first) const;
@@ -319,16 +324,8 @@ private:
     std::map<size_t, std::unique_ptr<Seq>> seqs_;  // by id: steps batch them in this order
     size_t next_id_ = 0;
     int64_t prefill_chunk_ = 0;
-    int64_t prefix_cache_ = 0;
     bool contain_errors_ = false;
-    struct Kept {                       // a finished sequence's cache, for prefix caching
-        std::vector<int32_t> tokens;    // the tokens whose keys and values it holds
-        std::unique_ptr<KVCache> cache;
-        // and its assistant's (the first draft_cache->pos of those tokens), if it had one
-        std::unique_ptr<KVCache> draft_cache;
-        std::shared_ptr<Model> assistant;  // held: a cache is only ever reused by its own model
-    };
-    std::deque<Kept> kept_;             // the last prefix_cache_ ones, oldest first
+    std::shared_ptr<PrefixCache> kept_;  // finished sequences' caches, for prefix caching
     std::vector<float> logits_;
     std::vector<float> draft_logits_;  // the assistant models'
 };

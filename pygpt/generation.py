@@ -41,7 +41,7 @@ class Timings:
     time_to_first_token: float    # seconds from the start to the first generated token
     draft_tokens: int = 0         # prompt lookup: draft tokens proposed,
     accepted_draft_tokens: int = 0  # and those taken (the token chosen there)
-    cached_tokens: int = 0        # prefix caching (pygpt.Batcher): prompt tokens not run, their
+    cached_tokens: int = 0        # prefix caching (model.prefix_cache, a Batcher's): prompt tokens not run, their
                                   # keys and values copied from another sequence's cache
     assistant_tokens: int = 0     # assisted decoding: tokens the assistant model ran (its share
                                   # of the prompt, the tokens taken, the drafts)
@@ -609,7 +609,8 @@ class _Request:
 
     def start(self) -> "_core.Generation":
         tok_core = self.tokenizer._core if self.tokenizer is not None else None
-        return _core.Generation(self.model._core, tok_core, self.prompts, self.options)
+        return _core.Generation(self.model._core, tok_core, self.prompts, self.options,
+                                getattr(self.model, "_prefix_cache", None))
 
     def prompt_text(self, p: int) -> Optional[str]:
         """Prompt p as the caller gave it (with a healed token's bytes)."""

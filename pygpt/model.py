@@ -18,6 +18,7 @@ from ._core import ModelFormatError
 _SMAPS_HEADER = re.compile(r"^[0-9a-f]+-[0-9a-f]+$")
 
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
+DEFAULT_PREFIX_CACHE = 1  # finished sequences whose KV caches generate keeps
 
 
 class Model:
@@ -29,7 +30,7 @@ class Model:
     """
 
     def __init__(self, path: str, n_threads: int | None = None, isa: str | None = None,
-                 check_finite: bool = False, kv_cache: str = "auto"):
+                 check_finite: bool = False, kv_cache: str = "auto", prefix_cache: int = DEFAULT_PREFIX_CACHE):
         t0 = time.perf_counter()
         path = os.fspath(path)
         self.path = path
@@ -49,6 +50,8 @@ class Model:
         if kv_cache == "auto":
             kv_cache = auto_kv_cache(self.config["dtype"])
         self._core = _core.Model(st_path, self.config, tensors, n_threads, isa or "", kv_cache)
+        self._prefix_cache = _core.PrefixCache(0)
+        self.prefix_cache = prefix_cache
         self.tokenizer = self._load_tokenizer(path)
         self._generation_config = self._load_generation_config(path)  # checked as it is read
         self.load_seconds = time.perf_counter() - t0
@@ -105,6 +108,19 @@ class Model:
     def generation_config(self, options: dict) -> None:
         self._check_options(options)
         self._generation_config = dict(options)
+
+    @property
+    def prefix_cache(self) -> int:
+        """How many finished sequences' KV caches generate keeps (0: none): a later prompt that
+        starts with the tokens one of them ran (a few-shot preamble, a conversation's earlier
+        turns) runs only the rest. Outputs do not change. Assign to change it."""
+        return self._prefix_cache.capacity
+
+    @prefix_cache.setter
+    def prefix_cache(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"prefix_cache must be an integer >= 0 (0: off), got {n!r}")
+        self._prefix_cache.capacity = n
 
     # -- facts ---------------------------------------------------------------------------
     @property
@@ -263,8 +279,9 @@ class Model:
         return perplexity.perplexity(self, text, stride=stride, progress=progress)
 
     def close(self) -> None:
-        """Unmaps the weights. The model cannot be used afterwards."""
+        """Unmaps the weights and frees the kept KV caches. The model cannot be used afterwards."""
         self._core = None
+        self._prefix_cache.clear()
 
     def __enter__(self):
         return self
@@ -282,7 +299,7 @@ def auto_kv_cache(weights_dtype: str) -> str:
 
 
 def load(path: str | os.PathLike | None = None, n_threads: int | None = None, check_finite: bool = False,
-         kv_cache: str = "auto") -> Model:
+         kv_cache: str = "auto", prefix_cache: int = DEFAULT_PREFIX_CACHE) -> Model:
     """Loads a pygpt model folder; with no path, the small model shipped in the package.
 
     check_finite=True also reads every weight and raises ModelFormatError naming the first
@@ -293,9 +310,14 @@ def load(path: str | os.PathLike | None = None, n_threads: int | None = None, ch
     scale per position and head (a little over a quarter of the f32 bytes; llama.cpp's q8_0
     cache type, at a larger cost in precision); "f32" keeps them as computed; "auto" (the
     default) is f32 for f32 weights, f16 for bf16 and f16, int8 for int8 and int4 (auto_kv_cache,
-    docs/GENERATION.md)."""
+    docs/GENERATION.md).
+    prefix_cache=n keeps the KV caches of the last n sequences generate finished (1 by default;
+    0: none), so that a prompt that starts with the tokens one of them ran (a few-shot preamble,
+    a conversation so far) runs only the rest, as llama.cpp reuses its context; outputs are the
+    same bits either way. Each kept cache holds the positions it ran (about 74 KB a token for
+    gpt2 with the f32 cache)."""
     if path is None:
         if not os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "config.json")):
             raise FileNotFoundError("this pygpt install ships no default model; pass a model folder")
         path = DEFAULT_MODEL_DIR
-    return Model(path, n_threads=n_threads, check_finite=check_finite, kv_cache=kv_cache)
+    return Model(path, n_threads=n_threads, check_finite=check_finite, kv_cache=kv_cache, prefix_cache=prefix_cache)

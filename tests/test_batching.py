@@ -103,8 +103,9 @@ def assert_timings(got, want, options):
     echo = options.get("echo", False)
     counts = [generated(o, echo) for o in outs]
     # prompt tokens either ran or came from another sequence's cache (prefix caching)
-    assert t.prefill_tokens + t.cached_tokens == w.prefill_tokens == sum(len(o.prompt_tokens) for o in outs[::n])
-    assert w.cached_tokens == 0 and (t.cached_tokens == 0 or not (echo and options.get("logprobs")))
+    assert t.prefill_tokens + t.cached_tokens == w.prefill_tokens + w.cached_tokens == \
+        sum(len(o.prompt_tokens) for o in outs[::n])
+    assert t.cached_tokens == w.cached_tokens == 0 or not (echo and options.get("logprobs"))
     assert t.decode_tokens == w.decode_tokens == sum(counts) - sum(1 for c in counts if c > 0)
     assert t.draft_tokens == w.draft_tokens
     assert t.accepted_draft_tokens == w.accepted_draft_tokens
