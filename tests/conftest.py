@@ -59,14 +59,22 @@ def subprocesses_import_the_tested_pygpt():
     """Child Pythons (CLI, tools, isolation tests) must import the pygpt under test. With
     `python -c` or `-m`, Python puts the working directory first on sys.path, and in CI that
     is a source tree whose pygpt/ has no compiled _core: PYTHONSAFEPATH (3.11+) turns that
-    off, and PYTHONPATH names the tested package's parent."""
+    off (before 3.11, the tests run from an empty folder instead), and PYTHONPATH names the
+    tested package's parent."""
+    import tempfile
+
     import pygpt
 
     parent = os.path.dirname(os.path.dirname(os.path.abspath(pygpt.__file__)))
     old = {k: os.environ.get(k) for k in ("PYTHONSAFEPATH", "PYTHONPATH")}
     os.environ["PYTHONSAFEPATH"] = "1"
     os.environ["PYTHONPATH"] = parent + (os.pathsep + old["PYTHONPATH"] if old["PYTHONPATH"] else "")
-    yield
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as empty:
+        if sys.version_info < (3, 11):
+            os.chdir(empty)
+        yield
+        os.chdir(cwd)
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
