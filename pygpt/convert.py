@@ -6,6 +6,7 @@ Sources:
   * a nanoGPT checkpoint (ckpt.pt with "model_args" and "model")
   * an llm.c checkpoint (gpt2_124M.bin: fp32 version 3 or bf16 version 5)
   * a plain state_dict (.pt, .bin or .safetensors) with `config=` (a config.json)
+  * a GGUF file of llama.cpp (any weight type the gguf package expands; pygpt/gguf_source.py)
   * any of these with PEFT LoRA adapters merged in (`lora=`: pygpt/lora.py)
 
 Every source becomes the same canonical tensors (docs/FORMAT.md): linear weights as
@@ -18,10 +19,12 @@ and downloads from the hub transformers.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
 import shutil
+import tempfile
 
 import numpy as np
 
@@ -226,6 +229,13 @@ def read_source(source, config=None):
         sd, cfg = _read_hf_folder(source)
         return sd, cfg, source
     if os.path.isfile(source):
+        from . import gguf_source
+
+        if gguf_source.is_gguf(source):  # llama.cpp's file, with its tokenizer
+            folder = tempfile.mkdtemp(prefix="pygpt-gguf-")
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            sd, cfg = gguf_source.read(source, folder)
+            return sd, cfg, folder
         if config is not None:  # a plain state_dict
             with open(config) as f:
                 raw = json.load(f)
@@ -514,7 +524,7 @@ DESCRIPTION = ("Convert a GPT-2 (Hugging Face id or folder, nanoGPT ckpt.pt, llm
 
 def add_arguments(p) -> None:
     """The arguments of the convert command, on an argparse parser."""
-    p.add_argument("source", help="model id, Hugging Face folder, or checkpoint file")
+    p.add_argument("source", help="model id, Hugging Face folder, checkpoint file, or llama.cpp GGUF file")
     p.add_argument("out", help="output folder")
     p.add_argument("--dtype", choices=DTYPES, default="f32", help="weight storage type (default f32)")
     p.add_argument("--group-size", type=int, default=None,

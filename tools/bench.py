@@ -202,11 +202,15 @@ def make_models(workdir: str, shape: str, dtypes, want_ct2: bool, log, llama_typ
     return paths
 
 
-def write_gguf(hf_dir: str, out: str, tokenizer_dir: str | None = None) -> None:
-    """The HF GPT-2 in `hf_dir` as an f32 GGUF file llama.cpp loads (its "gpt2" architecture):
+def write_gguf(hf_dir: str, out: str, tokenizer_dir: str | None = None, matrix_type: str = "F32",
+               head_type: str | None = None, chat_template: str | None = None) -> None:
+    """The HF GPT-2 in `hf_dir` as a GGUF file llama.cpp loads (its "gpt2" architecture):
     gguf's tensor-name map gives the names; Conv1D weights (in, out) are stored as (out, in);
     the tied LM head is written as output.weight, as llama.cpp's converter does; the
-    tokenizer is the byte-level BPE of `tokenizer_dir` (default `hf_dir`: vocab.json, merges.txt)."""
+    tokenizer is the byte-level BPE of `tokenizer_dir` (default `hf_dir`: vocab.json, merges.txt).
+    Matrices are stored as f32 (tools/bench.py then runs llama.cpp's own quantizer), or as
+    `matrix_type` (a GGMLQuantizationType name gguf's quantize writes: F16, BF16, Q8_0), the
+    LM head as `head_type` (default: the same), for tests of pygpt's GGUF reading."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -238,6 +242,16 @@ def write_gguf(hf_dir: str, out: str, tokenizer_dir: str | None = None) -> None:
     w.add_token_merges(merges)
     w.add_bos_token_id(eos)
     w.add_eos_token_id(eos)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
+
+    def add(name, t, kind):
+        qtype = gguf.GGMLQuantizationType[kind]
+        if t.ndim != 2 or qtype == gguf.GGMLQuantizationType.F32 or name == "position_embd.weight":
+            w.add_tensor(name, t)
+        else:
+            w.add_tensor(name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
+
     conv1d = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
     for name, t in tensors.items():
         if name.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers of old checkpoints
@@ -246,9 +260,9 @@ def write_gguf(hf_dir: str, out: str, tokenizer_dir: str | None = None) -> None:
         if new is None:
             raise ValueError(f"{hf_dir}: no GGUF name for tensor {name}")
         t = np.ascontiguousarray(t.T if name.endswith(conv1d) else t, dtype=np.float32)
-        w.add_tensor(new, t)
+        add(new, t, matrix_type)
         if new == "token_embd.weight" and "lm_head.weight" not in tensors:
-            w.add_tensor("output.weight", t)
+            add("output.weight", t, head_type or matrix_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
