@@ -17,6 +17,7 @@ namespace pygpt {
 namespace {
 
 using IdArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
 DType parse_dtype(const std::string& s) {
     DType d;
@@ -144,6 +145,13 @@ void bind_model(py::module_& m) {
         .def_property_readonly("file_bytes", &Model::file_bytes)
         .def_property_readonly("copied_bytes", &Model::copied_bytes,
                                "Bytes of weights copied out of the mapping to realign them (0 for our files).")
+        .def("set_lora", [](Model& m, const std::string& name, const FloatArray& a, const FloatArray& b) {
+            if (a.ndim() != 2 || b.ndim() != 2) throw std::invalid_argument("set_lora: A and B must be 2-D arrays");
+            m.set_lora(name, a.data(), a.shape(0), a.shape(1), b.data(), b.shape(0), b.shape(1));
+        }, py::arg("name"), py::arg("a"), py::arg("b"),
+           "Adds (x A^T) B^T to the linear layer `name` (e.g. 'h.0.attn.c_attn'): A [rank, n_in], B [n_out, rank], "
+           "float32, copied. Once per layer, before the first forward pass (pygpt.lora builds them).")
+        .def_property_readonly("lora_bytes", &Model::lora_bytes, "Bytes of the layers' low-rank terms (A and B).")
         .def("new_cache", [](const Model& m, int64_t positions) { return std::shared_ptr<KVCache>(m.new_cache(positions)); },
              py::arg("positions") = 0, "A cache for up to `positions` positions (0: n_ctx).")
         .def("logits", [](Model& m, const IdArray& ids) {

@@ -223,6 +223,80 @@ int64_t Model::logit_rows(const std::vector<SeqStep>& steps) {
 }
 
 // ----------------------------------------------------------------------------
+// Low-rank terms: LoRA adapters applied at load time (pygpt/lora.py builds A and B)
+
+void Model::set_lora(const std::string& name, const float* a, int64_t a_rows, int64_t a_cols, const float* b,
+                     int64_t b_rows, int64_t b_cols) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (ran_) throw std::invalid_argument("set_lora: adapters are set at load, before the first forward pass");
+    Linear* lin = nullptr;
+    for (int64_t l = 0; l < config_.n_layer && !lin; l++) {
+        const std::string p = "h." + std::to_string(l) + ".";
+        Block& blk = w_.h[l];
+        for (auto [suffix, layer] : {std::pair<const char*, Linear*>{"attn.c_attn", &blk.c_attn},
+                                     {"attn.c_proj", &blk.attn_proj}, {"mlp.c_fc", &blk.c_fc},
+                                     {"mlp.c_proj", &blk.mlp_proj}})
+            if (name == p + suffix) lin = layer;
+    }
+    if (!lin)
+        throw std::invalid_argument("set_lora: '" + name + "' is not a linear layer of this model (h.N.attn.c_attn, "
+                                    "h.N.attn.c_proj, h.N.mlp.c_fc or h.N.mlp.c_proj, N < " +
+                                    std::to_string(config_.n_layer) + ")");
+    if (lin->lora.rank) throw std::invalid_argument("set_lora: '" + name + "' has its low-rank term already");
+    const int64_t n_out = lin->w.n_out, n_in = lin->w.n_in;
+    if (a_rows < 1 || a_cols != n_in || b_rows != n_out || b_cols != a_rows)
+        throw std::invalid_argument("set_lora: '" + name + "': A [" + std::to_string(a_rows) + ", " +
+                                    std::to_string(a_cols) + "] and B [" + std::to_string(b_rows) + ", " +
+                                    std::to_string(b_cols) + "] are not [rank, n_in] and [n_out, rank] of the layer's "
+                                    "[n_out, n_in] = [" + std::to_string(n_out) + ", " + std::to_string(n_in) +
+                                    "], rank >= 1");
+    const int64_t rank = a_rows;
+    auto finite = [](const float* p, int64_t n) {
+        return std::all_of(p, p + n, [](float v) { return std::isfinite(v); });
+    };
+    if (!finite(a, rank * n_in) || !finite(b, n_out * rank))
+        throw std::invalid_argument("set_lora: '" + name + "': A or B holds NaN or infinity");
+    lin->lora.a.assign(a, a + rank * n_in);
+    lin->lora.b.assign(b, b + n_out * rank);
+    lin->lora.rank = rank;
+    max_lora_rank_ = std::max(max_lora_rank_, rank);
+}
+
+size_t Model::lora_bytes() const {
+    size_t n = 0;
+    for (const Block& blk : w_.h)
+        for (const Linear* lin : {&blk.c_attn, &blk.attn_proj, &blk.c_fc, &blk.mlp_proj})
+            n += (lin->lora.a.size() + lin->lora.b.size()) * sizeof(float);
+    return n;
+}
+
+// A view of f32 weights [n_out, n_in]
+static Matrix f32_matrix(const float* data, int64_t n_out, int64_t n_in) {
+    Matrix m;
+    m.dtype = DType::F32;
+    m.n_out = n_out;
+    m.n_in = n_in;
+    m.data = data;
+    return m;
+}
+
+// u = x A^T, rows [r0, r1) ([T, rank]; x [T, n_in]).
+void Model::low_rank_down(const Linear& lin, const float* x, int64_t r0, int64_t r1, float* u) const {
+    const LowRank& lr = lin.lora;
+    kernels_->linear(f32_matrix(lr.a.data(), lr.rank, lin.w.n_in), nullptr, x + r0 * lin.w.n_in, r1 - r0,
+                     u + r0 * lr.rank, 0, lr.rank);
+}
+
+// y += u B^T, columns [c0, c1) of every row (u [T, rank], y [T, n_out]).
+void Model::low_rank_up(const Linear& lin, const float* u, int64_t T, float* y, int64_t c0, int64_t c1) {
+    const LowRank& lr = lin.lora;
+    const int64_t n_out = lin.w.n_out;
+    float* d = lora_d_.data();  // [T, n_out]: each thread writes its own columns
+    kernels_->linear(f32_matrix(lr.b.data(), n_out, lr.rank), nullptr, u, T, d, c0, c1);
+    for (int64_t r = 0; r < T; r++) kernels_->add(y + r * n_out + c0, d + r * n_out + c0, c1 - c0);
+}
+
+// ----------------------------------------------------------------------------
 // Forward pass
 //
 // One team of threads (threads.h) runs the whole pass. The matrix products, attention and
@@ -267,6 +341,7 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits, float* hid
         T += s.n_tokens;
     }
     if (T == 0) return;
+    ran_ = true;
     row_seq_.resize(T);
     row_pos_.resize(T);
     for (int64_t si = 0, r = 0; si < (int64_t)steps.size(); si++)
@@ -287,6 +362,10 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits, float* hid
     att_.resize(T * C);
     proj_.resize(T * C);             // output of a sublayer's projection
     fc_.resize(T * 4 * C);
+    if (max_lora_rank_ > 0) {
+        lora_u_.resize(copies * T * max_lora_rank_);
+        lora_d_.resize(T * 4 * C);  // the widest layer's outputs
+    }
     last_.resize(copies * last_rows_.size() * C);
     scores_.resize((size_t)n_threads_ * kAttentionRows * (cfg.n_ctx + kAttentionRows));
     att_blocks_.clear();  // attention: runs of up to kAttentionRows rows of one sequence
@@ -384,25 +463,36 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
     k.linear(w_.wte, nullptr, last, R, logits, o0, o1);
 }
 
-// y = x W^T + b, this thread's part; epilogue(c0, c1) runs on each range of columns it wrote.
+// y = x W^T + b (+ (x A^T) B^T with a low-rank term), this thread's part; epilogue(c0, c1)
+// runs on each range of columns it wrote, once they are whole.
 //   Few rows (each thread has its own copy of x): a static share of the columns, the
-//   activations prepared by each thread for itself inside the kernel.
-//   A prompt: the threads prepare the activations once, each its rows [r0, r1), then claim
-//   chunks of columns as they go (Team::next_chunk), so a thread slowed by the OS or the
-//   host does fewer of them.
-// Columns are split in multiples of `unit`.
+//   activations prepared by each thread for itself inside the kernel; a low-rank term's
+//   u = x A^T, which every column needs, computed by each thread for itself.
+//   A prompt: the threads prepare the activations once, each its rows [r0, r1) (and those
+//   rows of u), then claim chunks of columns as they go (Team::next_chunk), so a thread
+//   slowed by the OS or the host does fewer of them.
+// Columns are split in multiples of `unit`. Every value is the kernels' for its row and
+// column alone (kernels.h), whichever thread computes it.
 template <class Epilogue>
 void Model::linear(const Team& team, const Linear& lin, const float* x, int64_t T, float* y, int64_t r0, int64_t r1,
                    Epilogue&& epilogue, int64_t unit) {
     const Kernels& k = *kernels_;
     const int64_t n_out = lin.w.n_out;
+    const bool low_rank = lin.lora.rank > 0;
     if (T <= kMaxOwnCopyRows) {
         int64_t o0, o1;
         team.split(n_out, unit, &o0, &o1);
         k.linear(lin.w, lin.b, x, T, y, o0, o1);
+        if (low_rank && o0 < o1) {
+            float* u = lora_u_.data() + team.id * T * max_lora_rank_;  // this thread's own
+            low_rank_down(lin, x, 0, T, u);
+            low_rank_up(lin, u, T, y, o0, o1);
+        }
         epilogue(o0, o1);
         return;
     }
+    float* u = lora_u_.data();  // shared: each thread computes its rows
+    if (low_rank) low_rank_down(lin, x, r0, r1, u);
     k.prepare(lin.w, x, T, r0, r1, prep_.get());
     team.sync();
     const int64_t units = (n_out + unit - 1) / unit;
@@ -410,6 +500,7 @@ void Model::linear(const Team& team, const Linear& lin, const float* x, int64_t 
     int64_t c0, c1;
     while (team.next_chunk(n_out, chunk, &c0, &c1)) {
         k.linear_prepared(lin.w, lin.b, prep_.get(), T, y, c0, c1);
+        if (low_rank) low_rank_up(lin, u, T, y, c0, c1);
         epilogue(c0, c1);
     }
 }

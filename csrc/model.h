@@ -35,9 +35,19 @@ struct TensorInfo {
     int64_t begin = 0, end = 0;
 };
 
+// A low-rank term added to a linear layer's product: y = x W^T + b + (x A^T) B^T, in f32.
+// LoRA adapters applied at load time, unmerged (the weights W stay as stored, any dtype):
+// several adapters stacked along the rank, each one's scaling folded into its columns of B.
+struct LowRank {
+    int64_t rank = 0;             // 0: none
+    std::vector<float> a;         // A [rank, n_in]
+    std::vector<float> b;         // B [n_out, rank]
+};
+
 struct Linear {
     Matrix w;                     // [n_out, n_in]
     const float* b = nullptr;     // [n_out] or null
+    LowRank lora;                 // rank 0 unless an adapter adapts the layer (Model::set_lora)
 };
 
 struct LayerNorm {
@@ -149,11 +159,23 @@ public:
     // Rows `forward` will write for these steps.
     static int64_t logit_rows(const std::vector<SeqStep>& steps);
 
+    // Gives the linear layer `name` ("h.3.attn.c_attn", "h.3.attn.c_proj", "h.3.mlp.c_fc" or
+    // "h.3.mlp.c_proj") the low-rank term (x A^T) B^T: a = A [a_rows, a_cols] = [rank, n_in],
+    // b = B [b_rows, b_cols] = [n_out, rank], row-major f32, copied. Once per layer, before the
+    // first forward pass (keys and values cached without it would not match). Throws
+    // std::invalid_argument on a bad name, shape, value or call.
+    void set_lora(const std::string& name, const float* a, int64_t a_rows, int64_t a_cols, const float* b,
+                  int64_t b_rows, int64_t b_cols);
+    // Bytes of the low-rank terms' A and B.
+    size_t lora_bytes() const;
+
 private:
     void forward_team(const Team& team, const std::vector<SeqStep>& steps, int64_t T, float* logits, float* hidden);
     template <class Epilogue>
     void linear(const Team& team, const Linear& lin, const float* x, int64_t T, float* y, int64_t r0, int64_t r1,
                 Epilogue&& epilogue, int64_t unit);
+    void low_rank_down(const Linear& lin, const float* x, int64_t r0, int64_t r1, float* u) const;
+    void low_rank_up(const Linear& lin, const float* u, int64_t T, float* y, int64_t c0, int64_t c1);
     void layernorm_rows(const LayerNorm& ln, const float* x, int64_t r0, int64_t r1, float* out) const;
     void append_kv(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, int64_t o0, int64_t o1);
     void attention(const Team& team, const std::vector<SeqStep>& steps, int64_t l, const float* qkv, float* out);
@@ -166,10 +188,13 @@ private:
     std::vector<std::vector<uint8_t>> copies_;  // tensors that had to be realigned
     size_t copied_bytes_ = 0;
     Weights w_;
+    int64_t max_lora_rank_ = 0;  // of any layer's low-rank term
+    bool ran_ = false;           // a forward pass has run (set_lora is refused from then on)
     std::mutex mutex_;
 
     // activations, grown as needed and reused across calls (no allocation per token)
     std::vector<float> x_, xn_, qkv_, att_, proj_, fc_, last_, scores_;
+    std::vector<float> lora_u_, lora_d_;  // low-rank terms: x A^T (a copy per thread for few rows), (x A^T) B^T
     std::unique_ptr<uint8_t[], FreeDeleter> prep_;  // a prompt's prepared activations (Kernels::prepare)
     size_t prep_bytes_ = 0;
     std::vector<int64_t> row_seq_, row_pos_;  // sequence index and position of each row
