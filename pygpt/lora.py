@@ -1,4 +1,5 @@
-"""Merges PEFT LoRA adapters into a GPT-2's weights at conversion (convert.py's `lora=`).
+"""PEFT LoRA adapters: merged into a GPT-2's weights at conversion (convert.py's `lora=`), or
+applied at load time, unmerged (pygpt.load's `lora=`: low_rank_terms, at the end).
 
 An adapter folder is what peft's save_pretrained writes: adapter_config.json and
 adapter_model.safetensors (or adapter_model.bin, a pickle that needs torch). peft itself is
@@ -15,23 +16,30 @@ from rank_pattern / alpha_pattern. Tensors an adapter saves whole (modules_to_sa
 biases of bias="all" or "lora_only") replace the base's before its deltas are added, as when
 peft loads the adapter and then merges it.
 
-What cannot be merged exactly is a ConversionError, never a different model: DoRA and the
-other LoRA variants, initialisations that change the base weights (PiSSA, OLoRA, CorDA,
-LoftQ, LoRA-GA), adapter types other than LoRA, layers GPT-2 lacks, shapes that do not fit
-the base, and a LoRA on only one of the token embedding and the LM head, which pygpt stores
-as one tensor.
+What cannot be merged exactly is an AdapterError (a ConversionError), never a different
+model: DoRA and the other LoRA variants, initialisations that change the base weights (PiSSA,
+OLoRA, CorDA, LoftQ, LoRA-GA), adapter types other than LoRA, layers GPT-2 lacks, shapes that
+do not fit the base, and a LoRA on only one of the token embedding and the LM head, which
+pygpt stores as one tensor. A missing folder or file is a FileNotFoundError.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import re
 
 import numpy as np
 
 from .convert import ConversionError, _load_state_file
+
+
+class AdapterError(ConversionError):
+    """A PEFT adapter pygpt cannot apply: merged at conversion (convert's lora=) or at load time
+    (pygpt.load's lora=). A ConversionError, and so a ValueError."""
+
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -83,7 +91,12 @@ def read_adapter(folder) -> tuple[dict, dict]:
     for name in WEIGHT_FILES:
         p = os.path.join(folder, name)
         if os.path.isfile(p):
-            return config, _read_tensors(p)
+            try:
+                return config, _read_tensors(p)
+            except AdapterError:
+                raise
+            except ConversionError as e:  # convert's reader: a file it cannot read
+                raise AdapterError(str(e)) from None
     raise FileNotFoundError(f"{folder}: no {' or '.join(WEIGHT_FILES)}")
 
 
@@ -102,9 +115,9 @@ def _read_config(path) -> dict:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
     except (UnicodeDecodeError, ValueError) as e:
-        raise ConversionError(f"{path}: not a JSON file: {e}") from None
+        raise AdapterError(f"{path}: not a JSON file: {e}") from None
     if not isinstance(raw, dict):
-        raise ConversionError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+        raise AdapterError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     config = {**DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
     _check_mergeable(config, path)
     _check_values(config, path)
@@ -114,18 +127,18 @@ def _read_config(path) -> dict:
 def _check_mergeable(config, path) -> None:
     kind = config.get("peft_type")
     if kind != "LORA":
-        raise ConversionError(f"{path}: peft_type {kind!r} is not a LoRA adapter: pygpt merges LoRA (\"LORA\") only")
+        raise AdapterError(f"{path}: peft_type {kind!r} is not a LoRA adapter: pygpt applies LoRA (\"LORA\") only")
     if config.get("use_dora"):
-        raise ConversionError(f"{path}: a DoRA adapter (use_dora) rescales each weight by a learned magnitude: "
-                              "pygpt merges plain LoRA only; merge it with peft's merge_and_unload and convert that")
+        raise AdapterError(f"{path}: a DoRA adapter (use_dora) rescales each weight by a learned magnitude: "
+                           "pygpt applies plain LoRA only; merge it with peft's merge_and_unload and convert that")
     init = config.get("init_lora_weights", True)
     if not any(init is v or (isinstance(v, str) and init == v) for v in PLAIN_INITS):
-        raise ConversionError(f"{path}: init_lora_weights {init!r} changes the base weights, so the adapter does not "
-                              "apply to the base model as saved; save it with peft's "
-                              "path_initial_model_for_weight_conversion to get a plain LoRA")
+        raise AdapterError(f"{path}: init_lora_weights {init!r} changes the base weights, so the adapter does not "
+                           "apply to the base model as saved; save it with peft's "
+                           "path_initial_model_for_weight_conversion to get a plain LoRA")
     for key, value in config.items():
         if key not in NEUTRAL_KEYS and value:
-            raise ConversionError(f"{path}: {key} = {value!r} is a LoRA feature pygpt cannot merge")
+            raise AdapterError(f"{path}: {key} = {value!r} is a LoRA feature pygpt cannot merge")
 
 
 def _check_values(config, path) -> None:
@@ -149,7 +162,7 @@ def _check_values(config, path) -> None:
     if config["bias"] not in BIASES:
         problems.append(f"bias must be one of {BIASES}, got {config['bias']!r}")
     if problems:
-        raise ConversionError(f"{path}: {'; '.join(problems)}")
+        raise AdapterError(f"{path}: {'; '.join(problems)}")
 
 
 def _is_regex(pattern) -> bool:
@@ -160,18 +173,18 @@ def _is_regex(pattern) -> bool:
         return False
 
 
-def _check_targets(config, arrays, where) -> None:
+def _check_targets(config, layers, where) -> None:
     """Each name of a target_modules list must name a GPT-2 layer (peft matches the end of a
-    module's path); a regex, or "all-linear", leaves it to the saved tensors."""
+    module's path); a regex, or "all-linear", leaves it to the saved tensors. layers: our names
+    of the base's matrices ("wte", "h.0.attn.c_attn", ...)."""
     targets = config.get("target_modules")
     if not isinstance(targets, list):
         return
-    layers = ["transformer." + name.removesuffix(".weight") for name, a in arrays.items() if a.ndim == 2]
-    layers.append("lm_head")
+    layers = ["transformer." + name for name in layers] + ["lm_head"]
     for target in targets:
         if not any(layer == target or layer.endswith("." + str(target)) for layer in layers):
-            raise ConversionError(f"{where}: target_modules names {target!r}, which is not a layer of this GPT-2 "
-                                  "(c_attn, c_proj, c_fc, wte, wpe, lm_head): an adapter for another model")
+            raise AdapterError(f"{where}: target_modules names {target!r}, which is not a layer of this GPT-2 "
+                               "(c_attn, c_proj, c_fc, wte, wpe, lm_head): an adapter for another model")
 
 
 def _pattern_value(patterns: dict, path: str, default):
@@ -197,10 +210,10 @@ def _our_name(path: str) -> str:
 
 
 def _merge(arrays, config, tensors, where) -> None:
-    _check_targets(config, arrays, where)
+    _check_targets(config, [name.removesuffix(".weight") for name, a in arrays.items() if a.ndim == 2], where)
     loras, whole = _split(tensors, where)
     if not loras and not whole:
-        raise ConversionError(f"{where}: the adapter holds no tensors")
+        raise AdapterError(f"{where}: the adapter holds no tensors")
     for name, (key, a) in whole.items():
         _replace(arrays, name, key, a, where)
     _untie_head(loras, config, where)
@@ -219,16 +232,16 @@ def _split(tensors, where) -> tuple[dict, dict]:
         if m:
             loras.setdefault(m[1], {})[m[2]] = a
         elif "lora_" in key:
-            raise ConversionError(f"{where}: tensor '{key}' belongs to a LoRA variant pygpt cannot merge "
-                                  "(plain LoRA has lora_A / lora_B, or lora_embedding_A / _B)")
+            raise AdapterError(f"{where}: tensor '{key}' belongs to a LoRA variant pygpt cannot merge "
+                               "(plain LoRA has lora_A / lora_B, or lora_embedding_A / _B)")
         elif ".original_module." not in key:
             name = _whole_name(key)
             if name in whole and not np.array_equal(whole[name][1], a):
-                raise ConversionError(f"{where}: '{whole[name][0]}' and '{key}' are two different values of '{name}'")
+                raise AdapterError(f"{where}: '{whole[name][0]}' and '{key}' are two different values of '{name}'")
             whole[name] = (key, a)
     for path, parts in loras.items():
         if not (set(parts) - {"lora_B.bias"} in (_LINEAR_PARTS, _EMBEDDING_PARTS)):
-            raise ConversionError(f"{where}: the LoRA of '{path}' has {sorted(parts)}: it needs an A and a B")
+            raise AdapterError(f"{where}: the LoRA of '{path}' has {sorted(parts)}: it needs an A and a B")
     return loras, whole
 
 
@@ -241,20 +254,20 @@ def _whole_name(key) -> str:
 def _replace(arrays, name, key, a, where) -> None:
     """A tensor saved whole (modules_to_save, a bias of bias="all" / "lora_only") replaces the base's."""
     if name not in arrays:
-        raise ConversionError(f"{where}: tensor '{key}' is not one of this GPT-2's")
+        raise AdapterError(f"{where}: tensor '{key}' is not one of this GPT-2's")
     base = arrays[name]
     if name == "wte.weight":
         if a.shape == base.shape and np.array_equal(a, base):
             return  # a copy of the base's (peft's save_embedding_layers)
-        raise ConversionError(f"{where}: '{key}' replaces the token embedding (modules_to_save), and peft replaces it "
-                              "on one side only of the embedding / LM head that pygpt stores as one tensor")
+        raise AdapterError(f"{where}: '{key}' replaces the token embedding (modules_to_save), and peft replaces it "
+                           "on one side only of the embedding / LM head that pygpt stores as one tensor")
     if a.ndim == 2 and name != "wpe.weight":
-        raise ConversionError(f"{where}: '{key}' replaces a whole linear layer (modules_to_save), whose layout, "
-                              "Conv1D's [n_in, n_out] or Linear's [n_out, n_in], the adapter does not record; merge "
-                              "it with peft's merge_and_unload and convert that")
+        raise AdapterError(f"{where}: '{key}' replaces a whole linear layer (modules_to_save), whose layout, "
+                           "Conv1D's [n_in, n_out] or Linear's [n_out, n_in], the adapter does not record; merge "
+                           "it with peft's merge_and_unload and convert that")
     if a.shape != base.shape:
-        raise ConversionError(f"{where}: tensor '{key}' has shape {list(a.shape)}, the base model's "
-                              f"{list(base.shape)}: an adapter for another model")
+        raise AdapterError(f"{where}: tensor '{key}' has shape {list(a.shape)}, the base model's "
+                           f"{list(base.shape)}: an adapter for another model")
     arrays[name] = np.ascontiguousarray(a, dtype=np.float32)
 
 
@@ -269,17 +282,17 @@ def _untie_head(loras, config, where) -> None:
         return
     if head is None or wte is None:
         one, other = ("token embedding (wte)", "LM head") if head is None else ("LM head (lm_head)", "token embedding")
-        raise ConversionError(f"{where}: a LoRA on the {one} alone leaves the {other} tied to it unchanged, "
-                              "and pygpt stores the two as one tensor; train it with "
-                              "LoraConfig(target_modules=[..., \"lm_head\"], ensure_weight_tying=True)")
+        raise AdapterError(f"{where}: a LoRA on the {one} alone leaves the {other} tied to it unchanged, "
+                           "and pygpt stores the two as one tensor; train it with "
+                           "LoraConfig(target_modules=[..., \"lm_head\"], ensure_weight_tying=True)")
     e, h = loras[wte], loras[head]
     tied = (set(h) == _LINEAR_PARTS and set(e) == _EMBEDDING_PARTS
             and np.array_equal(h["lora_A.weight"], e["lora_embedding_B"].T)
             and np.array_equal(h["lora_B.weight"], e["lora_embedding_A"].T)
             and _rank_and_scaling(config, head) == _rank_and_scaling(config, wte))
     if not tied:
-        raise ConversionError(f"{where}: the LoRAs on the token embedding (wte) and the LM head differ, and pygpt "
-                              "stores the two as one tensor (peft's ensure_weight_tying=True makes them one)")
+        raise AdapterError(f"{where}: the LoRAs on the token embedding (wte) and the LM head differ, and pygpt "
+                           "stores the two as one tensor (peft's ensure_weight_tying=True makes them one)")
     del loras[head]
 
 
@@ -289,8 +302,8 @@ def _add_delta(arrays, path, parts, r, scaling, where) -> None:
     name = _our_name(path)
     embedding = "lora_embedding_A" in parts
     if f"{name}.weight" not in arrays or arrays[f"{name}.weight"].ndim != 2 or embedding != (name in ("wte", "wpe")):
-        raise ConversionError(f"{where}: '{path}' is not a layer of this GPT-2 that LoRA adapts "
-                              "(c_attn, c_proj, c_fc; wte, wpe): an adapter for another model")
+        raise AdapterError(f"{where}: '{path}' is not a layer of this GPT-2 that LoRA adapts "
+                           "(c_attn, c_proj, c_fc; wte, wpe): an adapter for another model")
     w = arrays[f"{name}.weight"]
     if embedding:
         a, b = parts["lora_embedding_A"], parts["lora_embedding_B"]
@@ -298,21 +311,120 @@ def _add_delta(arrays, path, parts, r, scaling, where) -> None:
     else:
         a, b = parts["lora_A.weight"], parts["lora_B.weight"]
         down, up = a, b
-    n_out, n_in = w.shape
-    if down.shape != (r, n_in) or up.shape != (n_out, r):
-        raise ConversionError(f"{where}: the LoRA of '{path}' has A {list(a.shape)} and B {list(b.shape)}, which do "
-                              f"not fit the base layer [n_out, n_in] = {list(w.shape)} with r = {r} (the config's "
-                              "r / rank_pattern): an adapter for another model, or a config that is not its own")
+    _check_fits(path, a, b, down, up, w.shape, r, where)
     arrays[f"{name}.weight"] = (w + scaling * (up.astype(np.float64) @ down)).astype(np.float32)
     if "lora_B.bias" in parts:
         _add_bias(arrays, path, scaling * parts["lora_B.bias"].astype(np.float64), where)
 
 
+def _check_fits(path, a, b, down, up, shape, r, where) -> None:
+    """down [r, n_in] and up [n_out, r], made of the LoRA's A and B, fit a layer [n_out, n_in]."""
+    n_out, n_in = shape
+    if down.shape != (r, n_in) or up.shape != (n_out, r):
+        raise AdapterError(f"{where}: the LoRA of '{path}' has A {list(a.shape)} and B {list(b.shape)}, which do "
+                           f"not fit the base layer [n_out, n_in] = {list(shape)} with r = {r} (the config's "
+                           "r / rank_pattern): an adapter for another model, or a config that is not its own")
+
+
 def _add_bias(arrays, path, delta, where) -> None:
     name = f"{_our_name(path)}.bias"
     if name not in arrays:
-        raise ConversionError(f"{where}: the LoRA of '{path}' has a bias (lora_bias), and the base layer has none")
+        raise AdapterError(f"{where}: the LoRA of '{path}' has a bias (lora_bias), and the base layer has none")
     if delta.shape != arrays[name].shape:
-        raise ConversionError(f"{where}: the LoRA bias of '{path}' has shape {list(delta.shape)}, the base layer's "
-                              f"{list(arrays[name].shape)}")
+        raise AdapterError(f"{where}: the LoRA bias of '{path}' has shape {list(delta.shape)}, the base layer's "
+                           f"{list(arrays[name].shape)}")
     arrays[name] = (arrays[name] + delta).astype(np.float32)
+
+
+# -- applied at load time, unmerged (pygpt.load's lora=) ------------------------------------------
+
+MERGE_INSTEAD = "merge the adapter into the model at conversion instead (pygpt convert SOURCE OUT --lora ADAPTER)"
+
+
+def adapter_list(lora) -> list:
+    """pygpt.load's lora= as [(folder, scale)]: None, a folder, or a list (or tuple) of folders
+    and (folder, scale) pairs. A TypeError names what is not one, a ValueError a scale that is
+    not finite."""
+    if lora is None:
+        return []
+    if isinstance(lora, (str, os.PathLike)):
+        return [(os.fspath(lora), 1.0)]
+    if not isinstance(lora, (list, tuple)):
+        raise TypeError(f"lora must be an adapter folder or a list of folders and (folder, scale) pairs, "
+                        f"not {type(lora).__name__}")
+    if len(lora) == 2 and isinstance(lora[0], (str, os.PathLike)) and _is_number(lora[1]):
+        raise TypeError(f"lora={lora!r}: a (folder, scale) pair goes in a list: lora=[{lora!r}]")
+    adapters = []
+    for item in lora:
+        if isinstance(item, (str, os.PathLike)):
+            folder, scale = item, 1.0
+        elif isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], (str, os.PathLike)):
+            folder, scale = item
+            if not _is_number(scale):
+                raise TypeError(f"lora: the scale of {os.fspath(folder)!r} must be a number, got {scale!r}")
+            if not math.isfinite(scale):
+                raise ValueError(f"lora: the scale of {os.fspath(folder)!r} must be finite, got {scale}")
+        else:
+            raise TypeError(f"lora: each item must be an adapter folder or a (folder, scale) pair, got {item!r}")
+        adapters.append((os.fspath(folder), float(scale)))
+    return adapters
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+def linear_shapes(config: dict) -> dict:
+    """{our name: (n_out, n_in)} of the linear layers of a GPT-2 of this config (pygpt's config.json)."""
+    C = config["n_embd"]
+    shapes = {}
+    for i in range(config["n_layer"]):
+        shapes.update({f"h.{i}.attn.c_attn": (3 * C, C), f"h.{i}.attn.c_proj": (C, C),
+                       f"h.{i}.mlp.c_fc": (4 * C, C), f"h.{i}.mlp.c_proj": (C, 4 * C)})
+    return shapes
+
+
+def low_rank_terms(adapters, config: dict) -> dict:
+    """{our layer name: (A [R, n_in], B [n_out, R])}, float32, that apply the [(folder, scale)]
+    adapters unmerged to a GPT-2 of this config: y = x W^T + b + (x A^T) B^T. Each adapter's
+    A and B stack along R in order, its LoRA's scaling times its scale folded into its columns
+    of B (float64, then rounded once). What only a merge can do is an AdapterError naming it."""
+    shapes = linear_shapes(config)
+    layers = ["wte", "wpe", *shapes]
+    terms = {}  # layer: ([A, ...], [B, ...])
+    for folder, scale in adapters:
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{folder}: no such adapter folder" if not os.path.exists(folder)
+                                    else f"{folder}: not a folder (an adapter is a folder with {CONFIG_FILE})")
+        adapter_config, tensors = read_adapter(folder)
+        _check_targets(adapter_config, layers, folder)
+        loras, whole = _split(tensors, folder)
+        if not loras and not whole:
+            raise AdapterError(f"{folder}: the adapter holds no tensors")
+        _untie_head(loras, adapter_config, folder)  # a LoRA on the LM head alone cannot be merged either
+        for path, parts in loras.items():
+            name = _our_name(path)
+            if name in ("wte", "wpe"):
+                what = "position embedding" if name == "wpe" else "token embedding / LM head"
+                raise AdapterError(f"{folder}: a LoRA on the {what} ('{path}') cannot be applied at load time, only "
+                                   f"on the linear layers c_attn, c_proj and c_fc; {MERGE_INSTEAD}")
+            if name not in shapes or set(parts) - {"lora_B.bias"} != _LINEAR_PARTS:
+                raise AdapterError(f"{folder}: '{path}' is not a linear layer of this GPT-2 "
+                                   "(c_attn, c_proj, c_fc): an adapter for another model")
+            if "lora_B.bias" in parts:
+                raise AdapterError(f"{folder}: the LoRA of '{path}' has a bias (lora_bias), which pygpt does not add "
+                                   f"at load time; {MERGE_INSTEAD}")
+            a, b = parts["lora_A.weight"], parts["lora_B.weight"]
+            r, scaling = _rank_and_scaling(adapter_config, path)
+            _check_fits(path, a, b, a, b, shapes[name], r, folder)
+            down, up = terms.setdefault(name, ([], []))
+            down.append(a.astype(np.float32))
+            up.append((b.astype(np.float64) * (scaling * scale)).astype(np.float32))
+        if whole:
+            key = next(iter(whole.values()))[0]
+            raise AdapterError(f"{folder}: '{key}' is a tensor the adapter saves whole (modules_to_save, or a bias of "
+                               "bias=\"all\" / \"lora_only\"), which replaces the base model's: pygpt applies only "
+                               f"LoRA pairs at load time; {MERGE_INSTEAD}")
+    return {name: (np.ascontiguousarray(np.concatenate(down, axis=0)), np.ascontiguousarray(np.concatenate(up, axis=1)))
+            for name, (down, up) in terms.items()}
+

@@ -30,10 +30,16 @@ class Model:
     """
 
     def __init__(self, path: str, n_threads: int | None = None, isa: str | None = None,
-                 check_finite: bool = False, kv_cache: str = "auto", prefix_cache: int = DEFAULT_PREFIX_CACHE):
+                 check_finite: bool = False, kv_cache: str = "auto", prefix_cache: int = DEFAULT_PREFIX_CACHE,
+                 lora=None):
         t0 = time.perf_counter()
         path = os.fspath(path)
         self.path = path
+        adapters = []
+        if lora is not None:  # a bad argument fails before anything is read
+            from .lora import adapter_list
+
+            adapters = adapter_list(lora)
         self.config = _format.read_config(path)
         st_path = os.path.join(path, "model.safetensors")
         tensors = _format.read_safetensors_header(st_path)
@@ -49,7 +55,15 @@ class Model:
             raise ValueError(f"kv_cache must be 'auto', 'f32', 'f16' or 'int8', not {kv_cache!r}")
         if kv_cache == "auto":
             kv_cache = auto_kv_cache(self.config["dtype"])
+        terms = {}
+        if adapters:  # every adapter read and checked before the weights are mapped
+            from .lora import low_rank_terms
+
+            terms = low_rank_terms(adapters, self.config)
         self._core = _core.Model(st_path, self.config, tensors, n_threads, isa or "", kv_cache)
+        for layer, (a, b) in terms.items():
+            self._core.set_lora(layer, a, b)
+        self._lora = tuple(adapters)
         self._prefix_cache = _core.PrefixCache(0)
         self.prefix_cache = prefix_cache
         self.tokenizer = self._load_tokenizer(path)
@@ -148,6 +162,12 @@ class Model:
                 total += int(fields[1]) * 1024
                 found = True
         return total if found else None
+
+    @property
+    def lora(self) -> tuple:
+        """The LoRA adapters applied at load (pygpt.load's lora=), in order: a tuple of (folder,
+        scale); () for none. Fixed for the model's life."""
+        return self._lora
 
     @property
     def kv_cache(self) -> str:
@@ -299,7 +319,7 @@ def auto_kv_cache(weights_dtype: str) -> str:
 
 
 def load(path: str | os.PathLike | None = None, n_threads: int | None = None, check_finite: bool = False,
-         kv_cache: str = "auto", prefix_cache: int = DEFAULT_PREFIX_CACHE) -> Model:
+         kv_cache: str = "auto", prefix_cache: int = DEFAULT_PREFIX_CACHE, lora=None) -> Model:
     """Loads a pygpt model folder; with no path, the small model shipped in the package.
 
     check_finite=True also reads every weight and raises ModelFormatError naming the first
@@ -315,9 +335,16 @@ def load(path: str | os.PathLike | None = None, n_threads: int | None = None, ch
     0: none), so that a prompt that starts with the tokens one of them ran (a few-shot preamble,
     a conversation so far) runs only the rest, as llama.cpp reuses its context; outputs are the
     same bits either way. Each kept cache holds the positions it ran (about 74 KB a token for
-    gpt2 with the f32 cache)."""
+    gpt2 with the f32 cache).
+    lora applies PEFT LoRA adapters unmerged, at any weight dtype (llama.cpp's --lora and
+    --lora-scaled): an adapter folder, or a list of folders and (folder, scale) pairs. Each adapted
+    linear layer adds (x A^T) B^T in float32 to its product, the weights left as stored;
+    model.lora says what was applied. What only a merge can do (a LoRA on the embedding or LM
+    head, tensors saved whole, LoRA biases) is a pygpt.lora.AdapterError (a ValueError) that says
+    to merge the adapter at conversion instead (docs/FORMAT.md, "LoRA adapters")."""
     if path is None:
         if not os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "config.json")):
             raise FileNotFoundError("this pygpt install ships no default model; pass a model folder")
         path = DEFAULT_MODEL_DIR
-    return Model(path, n_threads=n_threads, check_finite=check_finite, kv_cache=kv_cache, prefix_cache=prefix_cache)
+    return Model(path, n_threads=n_threads, check_finite=check_finite, kv_cache=kv_cache, prefix_cache=prefix_cache,
+                 lora=lora)
