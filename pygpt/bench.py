@@ -39,6 +39,8 @@ def _ints(text: str) -> list:
 
 def add_arguments(p) -> None:
     """The arguments of the bench command, on an argparse parser."""
+    from . import lora
+
     p.add_argument("-m", "--model", metavar="DIR", default=None,
                    help="model folder (default: the model shipped with pygpt)")
     p.add_argument("--threads", type=_ints, default=None, metavar="T[,T...]",
@@ -53,6 +55,7 @@ def add_arguments(p) -> None:
                    help="runs of each test after a warm-up run (default: %(default)s)")
     p.add_argument("--kv-cache", choices=("auto", "f32", "f16", "int8"), default="auto",
                    help="KV cache type (default: auto)")
+    lora.add_arguments(p)
     p.add_argument("--json", action="store_true", help="one JSON object a test instead of the table")
 
 
@@ -73,6 +76,12 @@ def measure(model, test: str, size: int, batch: int, repetitions: int, rng) -> l
     return speeds
 
 
+def _name(model) -> str:
+    """The model folder's name, and its adapters (applied at load) if any."""
+    name = os.path.basename(os.path.normpath(model.path))
+    return name + (f" + {len(model.lora)} LoRA" if model.lora else "")
+
+
 def run(args) -> int:
     """Prints a row a test and thread count."""
     from ._threads import default_threads
@@ -83,7 +92,7 @@ def run(args) -> int:
     tests = [("pp", n, 1) for n in args.prompt] + [("tg", n, b) for n in args.new for b in args.batch]
     rows = []
     for i, threads in enumerate(args.threads or [default_threads()]):
-        model = load(args.model, n_threads=threads, kv_cache=args.kv_cache)
+        model = load(args.model, n_threads=threads, kv_cache=args.kv_cache, lora=args.lora)
         model.generation_config = {}  # greedy, one sequence: not the folder's sampling or beams
         if i == 0:
             n_ctx = model.config["n_ctx"]
@@ -97,7 +106,7 @@ def run(args) -> int:
         for test, size, batch in tests:
             speeds = measure(model, test, size, batch, args.repetitions, rng)
             name = f"{test}{size}" + (f"@{batch}" if batch > 1 else "")
-            row = dict(model=os.path.basename(os.path.normpath(model.path)), dtype=model.config["dtype"], kv_cache=model.kv_cache, isa=model.isa,
+            row = dict(model=_name(model), dtype=model.config["dtype"], kv_cache=model.kv_cache, isa=model.isa,
                        threads=threads, test=name, tokens_per_s=statistics.mean(speeds),
                        stdev=statistics.stdev(speeds) if len(speeds) > 1 else 0.0, runs=speeds,
                        date=time.strftime("%Y-%m-%d %H:%M"))

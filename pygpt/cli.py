@@ -47,12 +47,12 @@ def _read_prompt(prompt: str) -> str:
     return text[:-1] if text.endswith("\n") else text  # the newline `echo` adds
 
 
-def _load(path, threads, kv_cache="auto"):
+def _load(path, threads, kv_cache="auto", lora=None):
     import pygpt
 
     if path is not None and not os.path.isdir(path):
         raise CliError(f"{path}: no such model folder" if not os.path.exists(path) else f"{path}: not a folder")
-    return pygpt.load(path, n_threads=threads, kv_cache=kv_cache)
+    return pygpt.load(path, n_threads=threads, kv_cache=kv_cache, lora=lora)
 
 
 def _sampling_options(args, defaults: dict) -> dict:
@@ -132,7 +132,7 @@ def _assistant_options(args) -> dict:
 
 def cmd_generate(args) -> int:
     prompt = _read_prompt(args.prompt)
-    model = _load(args.model, args.threads, args.kv_cache)
+    model = _load(args.model, args.threads, args.kv_cache, args.lora)
     if model.tokenizer is None:
         raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
     options = dict(_sampling_options(args, model.generation_config), seed=args.seed, **_assistant_options(args))
@@ -176,7 +176,7 @@ def cmd_chat(args) -> int:
     streamed back; the conversation so far is the next reply's context."""
     import pygpt
 
-    model = _load(args.model, args.threads, args.kv_cache)
+    model = _load(args.model, args.threads, args.kv_cache, args.lora)
     if model.tokenizer is None:
         raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
     template = args.chat_template
@@ -242,7 +242,7 @@ def cmd_batch(args) -> int:
     import pygpt
     from .generation import _Request
 
-    model = _load(args.model, args.threads, args.kv_cache)
+    model = _load(args.model, args.threads, args.kv_cache, args.lora)
     if model.tokenizer is None:
         raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
     options = dict(_sampling_options(args, model.generation_config), **_assistant_options(args))
@@ -322,10 +322,17 @@ def _huge_pages(model) -> str:
     return f"{n / 2 ** 20:.1f} MiB ({100 * n / model._core.file_bytes:.0f}%)"
 
 
+def _adapters(model) -> str:
+    if not model.lora:
+        return "none"
+    applied = ", ".join(f"{os.path.abspath(folder)} (scale {scale:g})" for folder, scale in model.lora)
+    return f"{applied}; {model._core.lora_bytes / 2 ** 20:.2f} MiB of f32 A and B"
+
+
 def cmd_info(args) -> int:
     import pygpt
 
-    model = _load(args.model, args.threads)
+    model = _load(args.model, args.threads, lora=args.lora)
     c = model.config
     n_params = c["n_layer"] * 12 * c["n_embd"] ** 2 + (c["vocab_size"] + c["n_ctx"]) * c["n_embd"]
     rows = [
@@ -341,6 +348,7 @@ def cmd_info(args) -> int:
         ("kv cache", f"{model.kv_cache} (auto)"),
         ("file size", f"{model._core.file_bytes / 2 ** 20:.1f} MiB"),
         ("in 2 MiB pages", _huge_pages(model)),
+        ("lora adapters", _adapters(model)),
         ("tokenizer", f"{model.tokenizer.vocab_size} tokens" if model.tokenizer is not None else "none"),
         ("chat template", "chat_template.jinja" if model.chat_template.name != "plain" else "plain (built in)"),
         ("generation defaults", ", ".join(f"{k}={v!r}" for k, v in model.generation_config.items()) or
@@ -357,7 +365,7 @@ def cmd_info(args) -> int:
 def cmd_embed(args) -> int:
     import json
 
-    model = _load(args.model, args.threads)
+    model = _load(args.model, args.threads, lora=args.lora)
     texts = [_read_prompt(t) for t in args.texts]
     vectors = model.embed(texts, pooling=args.pooling, normalize=not args.no_normalize, truncate=args.truncate)
     _write(sys.stdout, "".join(json.dumps(v.tolist()) + "\n" for v in vectors))
@@ -503,11 +511,14 @@ def _add_decoding_arguments(g, seed_help: str) -> None:
 
 
 def _add_runtime_arguments(g) -> None:
+    from . import lora
+
     g.add_argument("--threads", type=_positive_int, default=None, help="threads (default: physical cores)")
     g.add_argument("--kv-cache", choices=("auto", "f32", "f16", "int8"), default="auto",
                    help="how the KV cache stores keys and values; f16 halves its memory and reads, int8 (a scale per "
                         "position and head) leaves 27%%; auto: f32 for "
                         "f32 weights, f16 for bf16/f16, int8 for int8/int4 (default: %(default)s)")
+    lora.add_arguments(g)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -519,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pygpt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+
+    from . import lora
 
     model_help = "model folder (from pygpt convert); default: the model shipped with pygpt"
     g = sub.add_parser(
@@ -588,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "its kernels use on this CPU and the thread count.")
     i.add_argument("model", metavar="DIR", nargs="?", default=None, help=model_help)
     i.add_argument("--threads", type=_positive_int, default=None, help="threads (default: physical cores)")
+    lora.add_arguments(i)
     i.set_defaults(func=cmd_info)
 
     t = sub.add_parser("tokenize", help="print the token ids of a text",
@@ -612,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--truncate", action="store_true", help="embed the first n_ctx tokens of a longer text "
                                                             "(default: refuse it)")
     e.add_argument("--threads", type=_positive_int, default=None, help="threads (default: physical cores)")
+    lora.add_arguments(e)
     e.set_defaults(func=cmd_embed)
 
     from . import perplexity

@@ -25,6 +25,7 @@ pygpt stores as one tensor. A missing folder or file is a FileNotFoundError.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import numbers
@@ -428,3 +429,31 @@ def low_rank_terms(adapters, config: dict) -> dict:
     return {name: (np.ascontiguousarray(np.concatenate(down, axis=0)), np.ascontiguousarray(np.concatenate(up, axis=1)))
             for name, (down, up) in terms.items()}
 
+
+# -- command line: --lora DIR, --lora-scaled DIR SCALE (every command that loads a model) ---------
+
+
+def add_arguments(p) -> None:
+    """--lora DIR and --lora-scaled DIR SCALE, each repeatable, on an argparse parser or group:
+    args.lora is then None or pygpt.load's lora= list, in the order given."""
+    p.add_argument("--lora", metavar="DIR", action=_AppendAdapter, dest="lora", default=None,
+                   help="apply the PEFT LoRA adapter in DIR at load time, unmerged, at any weight dtype (it costs "
+                        "some speed; 'pygpt convert --lora' merges it into the weights instead); may be repeated")
+    p.add_argument("--lora-scaled", metavar=("DIR", "SCALE"), nargs=2, action=_AppendAdapter, dest="lora",
+                   help="the same with the adapter's effect times SCALE (1: as trained); may be repeated")
+
+
+class _AppendAdapter(argparse.Action):
+    """Appends a folder (--lora) or a (folder, scale) pair (--lora-scaled) to args.lora."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if isinstance(values, list):  # --lora-scaled DIR SCALE
+            folder, text = values
+            try:
+                scale = float(text)
+            except ValueError:
+                raise argparse.ArgumentError(self, f"SCALE must be a number, got {text!r}") from None
+            if not math.isfinite(scale):
+                raise argparse.ArgumentError(self, f"SCALE must be finite, got {text!r}")
+            values = (folder, scale)
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), values])

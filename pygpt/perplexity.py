@@ -109,12 +109,15 @@ def perplexity(model, text: Union[str, Sequence[int]], stride: Optional[int] = N
 
 def add_arguments(p) -> None:
     """The arguments of the perplexity command, on an argparse parser."""
+    from . import lora
+
     p.add_argument("file", help="UTF-8 text file to score")
     p.add_argument("-m", "--model", default=None, help="pygpt model folder (default: the shipped model)")
     p.add_argument("--stride", type=int, default=None,
                    help="tokens between window starts, 1..n_ctx (default n_ctx: disjoint windows)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: physical cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lora.add_arguments(p)
 
 
 def run(args) -> int:
@@ -127,7 +130,7 @@ def run(args) -> int:
         raise FileNotFoundError(f"no such file: {args.file}")
     with open(args.file, encoding="utf-8") as f:
         text = f.read()
-    model = load(args.model, n_threads=args.threads)
+    model = load(args.model, n_threads=args.threads, lora=args.lora)
     if model.tokenizer is None:
         raise ValueError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
     ids = model.tokenizer.encode(text)
