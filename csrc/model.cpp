@@ -291,7 +291,7 @@ void Model::low_rank_down(const Linear& lin, const float* x, int64_t r0, int64_t
 void Model::low_rank_up(const Linear& lin, const float* u, int64_t T, float* y, int64_t c0, int64_t c1) {
     const LowRank& lr = lin.lora;
     const int64_t n_out = lin.w.n_out;
-    float* d = lora_d_.data();  // [T, n_out]: each thread writes its own columns
+    float* d = lora_d_;  // [T, n_out]: each thread writes its own columns
     kernels_->linear(f32_matrix(lr.b.data(), n_out, lr.rank), nullptr, u, T, d, c0, c1);
     for (int64_t r = 0; r < T; r++) kernels_->add(y + r * n_out + c0, d + r * n_out + c0, c1 - c0);
 }
@@ -363,8 +363,15 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits, float* hid
     proj_.resize(T * C);             // output of a sublayer's projection
     fc_.resize(T * 4 * C);
     if (max_lora_rank_ > 0) {
-        lora_u_.resize(copies * T * max_lora_rank_);
-        lora_d_.resize(T * 4 * C);  // the widest layer's outputs
+        const int64_t d_floats = (T * 4 * C + 15) / 16 * 16;  // the widest layer's outputs
+        lora_u_stride_ = (T * max_lora_rank_ + 15) / 16 * 16;
+        const size_t bytes = (d_floats + copies * lora_u_stride_) * sizeof(float);
+        if (bytes > lora_scratch_bytes_) {
+            lora_scratch_.reset(cache_lines((int64_t)bytes));
+            lora_scratch_bytes_ = bytes;
+        }
+        lora_d_ = reinterpret_cast<float*>(lora_scratch_.get());
+        lora_u_ = lora_d_ + d_floats;
     }
     last_.resize(copies * last_rows_.size() * C);
     scores_.resize((size_t)n_threads_ * kAttentionRows * (cfg.n_ctx + kAttentionRows));
@@ -484,14 +491,14 @@ void Model::linear(const Team& team, const Linear& lin, const float* x, int64_t 
         team.split(n_out, unit, &o0, &o1);
         k.linear(lin.w, lin.b, x, T, y, o0, o1);
         if (low_rank && o0 < o1) {
-            float* u = lora_u_.data() + team.id * T * max_lora_rank_;  // this thread's own
+            float* u = lora_u_ + team.id * lora_u_stride_;  // this thread's own
             low_rank_down(lin, x, 0, T, u);
             low_rank_up(lin, u, T, y, o0, o1);
         }
         epilogue(o0, o1);
         return;
     }
-    float* u = lora_u_.data();  // shared: each thread computes its rows
+    float* u = lora_u_;  // shared: each thread computes its rows
     if (low_rank) low_rank_down(lin, x, r0, r1, u);
     k.prepare(lin.w, x, T, r0, r1, prep_.get());
     team.sync();

@@ -194,7 +194,13 @@ private:
 
     // activations, grown as needed and reused across calls (no allocation per token)
     std::vector<float> x_, xn_, qkv_, att_, proj_, fc_, last_, scores_;
-    std::vector<float> lora_u_, lora_d_;  // low-rank terms: x A^T (a copy per thread for few rows), (x A^T) B^T
+    // low-rank terms: (x A^T) B^T [T, widest n_out], then u = x A^T [T, rank] (few rows: a copy
+    // per thread, lora_u_stride_ floats apart), each starting a cache line (threads write them)
+    std::unique_ptr<uint8_t[], FreeDeleter> lora_scratch_;
+    size_t lora_scratch_bytes_ = 0;
+    float* lora_d_ = nullptr;
+    float* lora_u_ = nullptr;
+    int64_t lora_u_stride_ = 0;
     std::unique_ptr<uint8_t[], FreeDeleter> prep_;  // a prompt's prepared activations (Kernels::prepare)
     size_t prep_bytes_ = 0;
     std::vector<int64_t> row_seq_, row_pos_;  // sequence index and position of each row
