@@ -341,7 +341,7 @@ def load(path: str | os.PathLike | None = None, n_threads: int | None = None, ch
     linear layer adds (x A^T) B^T in float32 to its product, the weights left as stored;
     model.lora says what was applied. What only a merge can do (a LoRA on the embedding or LM
     head, tensors saved whole, LoRA biases) is a pygpt.lora.AdapterError (a ValueError) that says
-    to merge the adapter at conversion instead (docs/FORMAT.md, "LoRA adapters")."""
+    to merge the adapter at conversion instead (docs/GENERATION.md, "LoRA adapters at load time")."""
     if path is None:
         if not os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "config.json")):
             raise FileNotFoundError("this pygpt install ships no default model; pass a model folder")
