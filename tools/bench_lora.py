@@ -97,10 +97,11 @@ def main(argv=None) -> int:
           f"median of {args.rounds} rounds")
     print("| adapter | A, B MiB | decode tok/s | vs base | prefill tok/s | vs base |")
     print("|---|---|---|---|---|---|")
+    base_dec, base_pre = statistics.median(decode["base"]), statistics.median(prefill["base"])
     for name, m in models.items():
         dec, pre = statistics.median(decode[name]), statistics.median(prefill[name])
-        print(f"| {name} | {m._core.lora_bytes / 2 ** 20:.2f} | {dec:.1f} | {dec / statistics.median(decode['base']):.3f} "
-              f"| {pre:.0f} | {pre / statistics.median(prefill['base']):.3f} |")
+        print(f"| {name} | {m._core.lora_bytes / 2 ** 20:.2f} | {dec:.1f} | {dec / base_dec:.3f} | {pre:.0f} "
+              f"| {pre / base_pre:.3f} |")
     return 0
 
 
