@@ -829,6 +829,8 @@ class Server(ThreadingHTTPServer):
 
 def add_arguments(p) -> None:
     """The arguments of the serve command, on an argparse parser."""
+    from . import lora
+
     p.add_argument("-m", "--model", metavar="DIR", default=None,
                    help="model folder (default: the model shipped with pygpt)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
@@ -836,6 +838,7 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=None, help="threads (default: physical cores)")
     p.add_argument("--kv-cache", choices=("auto", "f32", "f16", "int8"), default="auto",
                    help="KV cache type (default: auto)")
+    lora.add_arguments(p)
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
                    help="most sequences generated at once; more requests wait (default: %(default)s)")
     p.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK, metavar="N",
@@ -868,7 +871,7 @@ def run(args) -> int:
 
     from .model import load
 
-    model = load(args.model, n_threads=args.threads, kv_cache=args.kv_cache)
+    model = load(args.model, n_threads=args.threads, kv_cache=args.kv_cache, lora=args.lora)
     assistant = load(args.assistant, n_threads=args.threads) if args.assistant else None
     server = Server(model, args.host, args.port, verbose=args.verbose, max_batch=args.max_batch,
                     prefill_chunk=args.prefill_chunk, prefix_cache=args.prefix_cache, assistant=assistant,

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 import warnings
 
 import numpy as np
@@ -496,6 +497,23 @@ def test_command_line(tmp_path, tiny):
     r = run_cli("embed", "-m", out, "--lora", folder, "Hello")
     assert r.returncode == 0, r.stderr
     np.testing.assert_allclose(json.loads(r.stdout), pygpt.load(out, lora=folder).embed("Hello"), atol=1e-6)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(pygpt.__file__))))
+    p = subprocess.Popen([sys.executable, "-m", "pygpt", "serve", "-m", out, "--port", "0", "--lora-scaled", folder,
+                          "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:  # pygpt serve answers with the adapted model
+        line = p.stdout.readline()
+        assert line.startswith("pygpt: serving"), line + p.stderr.read()
+        url = "http://" + line.split("http://", 1)[1].split("/v1/", 1)[0] + "/v1/completions"
+        body = json.dumps({"prompt": "The meaning of life is", "max_tokens": 8, "temperature": 0, "ignore_eos": True})
+        request = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            text = json.loads(answer.read())["choices"][0]["text"]
+        want = pygpt.load(out, lora=half).generate("The meaning of life is", max_new_tokens=8, ignore_eos=True)
+        assert text == want.text
+        assert text != pygpt.load(out).generate("The meaning of life is", max_new_tokens=8, ignore_eos=True).text
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
 
 
 @pytest.mark.parametrize("args,match", [
@@ -518,7 +536,6 @@ def test_every_command_that_loads_a_model_takes_adapters():
     from pygpt import cli
 
     commands = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-    # serve: pygpt/server.py's run loads its model itself, not through cli._load (to do there)
-    for name in set(commands) - {"tokenize", "convert", "serve"}:
+    for name in set(commands) - {"tokenize", "convert"}:
         flags = {flag for action in commands[name]._actions for flag in action.option_strings}
         assert {"--lora", "--lora-scaled"} <= flags, name
