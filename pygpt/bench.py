@@ -71,6 +71,8 @@ def measure(model, test: str, size: int, batch: int, repetitions: int, rng) -> l
     for run in range(repetitions + 1):
         out = model.generate(prompts, max_new_tokens=new, ignore_eos=True)
         t = (out[0] if isinstance(out, list) else out).timings
+        if test == "pp" and t.prefill_tokens != size:  # a model that kept the prompt's keys and values
+            raise RuntimeError(f"pp{size} ran {t.prefill_tokens} prompt tokens: load the model with prefix_cache=0")
         if run:
             speeds.append(t.prefill_tokens_per_s if test == "pp" else t.decode_tokens_per_s)
     return speeds
@@ -92,7 +94,8 @@ def run(args) -> int:
     tests = [("pp", n, 1) for n in args.prompt] + [("tg", n, b) for n in args.new for b in args.batch]
     rows = []
     for i, threads in enumerate(args.threads or [default_threads()]):
-        model = load(args.model, n_threads=threads, kv_cache=args.kv_cache, lora=args.lora)
+        # prefix_cache=0: each run computes its whole prompt
+        model = load(args.model, n_threads=threads, kv_cache=args.kv_cache, lora=args.lora, prefix_cache=0)
         model.generation_config = {}  # greedy, one sequence: not the folder's sampling or beams
         if i == 0:
             n_ctx = model.config["n_ctx"]

@@ -537,6 +537,22 @@ def test_bench_reports_each_test_at_each_thread_count(model_dir, capsys, tmp_pat
     assert rows[1]["tokens_per_s"] == pytest.approx(sum(rows[1]["runs"]) / 3)
 
 
+def test_bench_computes_every_prompt_it_times(model_dir):
+    """pp runs the same prompt again and again: a model that keeps prompts' keys and values
+    (the default prefix_cache) would time the last token alone, so bench loads without it and
+    measure refuses such a model."""
+    import numpy as np
+
+    from pygpt import bench
+
+    model = pygpt.load(model_dir)
+    assert model.prefix_cache > 0
+    with pytest.raises(RuntimeError, match="pp8 ran 1 prompt tokens: load the model with prefix_cache=0"):
+        bench.measure(model, "pp", 8, 1, 2, np.random.default_rng(0))
+    model.prefix_cache = 0
+    assert len(bench.measure(model, "pp", 8, 1, 2, np.random.default_rng(0))) == 2
+
+
 def test_bench_bad_arguments(pygpt_cmd, model_dir):
     n_ctx = pygpt.load(model_dir).config["n_ctx"]
     assert_one_line_error(run(pygpt_cmd, "bench", "-m", model_dir, "-p", str(n_ctx + 1)), f"pp{n_ctx + 1}", "context")

@@ -18,6 +18,7 @@ Prints every round's figures and each build's median as a ratio to the first bui
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -38,7 +39,9 @@ def worker(a: dict) -> float:
     import bench
 
     bench.drop_page_cache(a["model"])
-    model = pygpt.load(a["model"], n_threads=a["threads"])
+    # prefix_cache=0 where the build has one: every run computes its whole prompt, as in older builds
+    cache = {"prefix_cache": 0} if "prefix_cache" in inspect.signature(pygpt.load).parameters else {}
+    model = pygpt.load(a["model"], n_threads=a["threads"], **cache)
     rng = np.random.default_rng(1)
     prompts = [rng.integers(0, model.config["vocab_size"], a["prompt"]).tolist() for _ in range(a["batch"])]
     model.generate(prompts[0][:8], max_new_tokens=4, ignore_eos=True)

@@ -100,7 +100,7 @@ def main(argv=None) -> int:
 
     import pygpt
 
-    model = pygpt.load(args.model, n_threads=args.threads)
+    model = pygpt.load(args.model, n_threads=args.threads, prefix_cache=0)  # every run computes its prompt
     threads = model.n_threads
     engines = {"pygpt": (model, run_pygpt, pygpt.Grammar)}
     if args.gguf:

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     print("| model | prompt tokens | k | s (median) | against no drafts | draft tokens right |")
     print("|---|---|---|---|---|---|")
     for path in args.models:
-        model = pygpt.load(path, n_threads=args.threads)
+        model = pygpt.load(path, n_threads=args.threads, prefix_cache=0)  # every run computes its prompt
         tok = model.tokenizer
         if tok is None:
             raise SystemExit(f"{path}: no tokenizer")

@@ -74,12 +74,13 @@ def main(argv=None) -> int:
 
     import pygpt
 
-    base = pygpt.load(args.model, n_threads=args.threads)
+    base = pygpt.load(args.model, n_threads=args.threads, prefix_cache=0)  # every run computes its prompt
     models = {"base": base}
     with tempfile.TemporaryDirectory() as work:
         for i, (rank, target) in enumerate(args.adapters):
             folder = write_adapter(os.path.join(work, f"r{rank}-{target}"), base.config, rank, target, seed=i)
-            models[f"r{rank} {target}"] = pygpt.load(args.model, n_threads=args.threads, lora=folder)
+            models[f"r{rank} {target}"] = pygpt.load(args.model, n_threads=args.threads, lora=folder,
+                                                       prefix_cache=0)
     for m in models.values():
         m.generation_config = {}  # greedy: not the folder's sampling
     prompt = np.random.default_rng(0).integers(0, base.config["vocab_size"], args.prompt).tolist()

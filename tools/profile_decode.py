@@ -40,7 +40,7 @@ def worker(a: dict) -> list:
     import numpy as np
     import pygpt
 
-    model = pygpt.load(a["model"], n_threads=a["threads"])
+    model = pygpt.load(a["model"], n_threads=a["threads"], prefix_cache=0)  # every run computes its prompt
     prompts = [np.random.default_rng(10 + i).integers(0, model.config["vocab_size"] - 1, a["prompt"]).tolist()
                for i in range(a["batch"])]
     model.generate(prompts[0][:8], max_new_tokens=4, ignore_eos=True)
