@@ -27,9 +27,11 @@ SHAPES = {
 
 
 def make_hf_model(path, seed=0, **shape):
-    """A GPT2LMHeadModel with seeded random weights, saved with save_pretrained."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """A GPT2LMHeadModel with seeded random weights, saved with save_pretrained (a test that
+    needs one is skipped where torch and transformers are not installed)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    GPT2Config, GPT2LMHeadModel = transformers.GPT2Config, transformers.GPT2LMHeadModel
 
     torch.manual_seed(seed)
     config = GPT2Config(**shape)
@@ -45,7 +47,7 @@ def make_hf_model(path, seed=0, **shape):
 
 def write_bin_folder(model, hf_dir, folder):
     """A Hugging Face folder with the model pickled (pytorch_model.bin) and hf_dir's config."""
-    import torch
+    torch = pytest.importorskip("torch")
 
     os.makedirs(folder, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(folder, "pytorch_model.bin"))

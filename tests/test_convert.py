@@ -7,13 +7,14 @@ import os
 
 import numpy as np
 import pytest
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-import pygpt
-import pygpt.convert
-from conftest import GPT2_TOKENIZER, write_bin_folder
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+import pygpt  # noqa: E402
+import pygpt.convert  # noqa: E402
+from conftest import GPT2_TOKENIZER, write_bin_folder  # noqa: E402
 
 
 # -- a small nanoGPT-compatible module (same parameter names and math as nanoGPT's model.py)

@@ -3,10 +3,11 @@ batching, and bad inputs."""
 
 import numpy as np
 import pytest
-import torch
 
-import pygpt
-from reference_gpt2 import gpt2_hidden
+torch = pytest.importorskip("torch")
+
+import pygpt  # noqa: E402
+from reference_gpt2 import gpt2_hidden  # noqa: E402
 
 
 def random_ids(n, vocab, seed=0):

@@ -9,13 +9,14 @@ import subprocess
 import warnings
 
 import pytest
-import torch
-from transformers import GenerationConfig
 
-import pygpt
-import pygpt.convert
-from pygpt import generation_config
-from conftest import make_hf_model, post, serving, SHAPES
+torch = pytest.importorskip("torch")
+GenerationConfig = pytest.importorskip("transformers").GenerationConfig
+
+import pygpt  # noqa: E402
+import pygpt.convert  # noqa: E402
+from pygpt import generation_config  # noqa: E402
+from conftest import make_hf_model, post, serving, SHAPES  # noqa: E402
 
 EOT = 50256
 PROMPT = "Hello, my dog is a"

@@ -3,9 +3,10 @@ and against the same guidance written as a Python logits_processor for sampling.
 
 import numpy as np
 import pytest
-import torch
 
-import pygpt
+torch = pytest.importorskip("torch")
+
+import pygpt  # noqa: E402
 
 EOT = 50256
 PROMPT = "Hello, my dog is a"

@@ -5,10 +5,11 @@ import platform
 
 import numpy as np
 import pytest
-import torch
 
-import pygpt
-from reference_gpt2 import gpt2_logits
+torch = pytest.importorskip("torch")
+
+import pygpt  # noqa: E402
+from reference_gpt2 import gpt2_logits  # noqa: E402
 
 ISAS = pygpt.system_info()["isas"]
 
