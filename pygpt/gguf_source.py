@@ -108,9 +108,9 @@ def _tie(sd: dict, bits: dict) -> None:
     one, the finer; two tensors of one type that differ are an untied model (convert refuses it)."""
     head, wte = "lm_head.weight", "wte.weight"
     if head in sd and wte in sd and bits[head] != bits[wte] and sd[head].shape == sd[wte].shape:
-        finer = head if bits[head] > bits[wte] else wte
-        sd[wte] = sd.pop(finer) if finer == head else sd[wte]
-        sd.pop(head, None)
+        if bits[head] > bits[wte]:
+            sd[wte] = sd[head]
+        del sd[head]
 
 
 def _our_name(name: str):
