@@ -232,11 +232,9 @@ void Model::set_lora(const std::string& name, const float* a, int64_t a_rows, in
     Linear* lin = nullptr;
     for (int64_t l = 0; l < config_.n_layer && !lin; l++) {
         const std::string p = "h." + std::to_string(l) + ".";
-        Block& blk = w_.h[l];
-        for (auto [suffix, layer] : {std::pair<const char*, Linear*>{"attn.c_attn", &blk.c_attn},
-                                     {"attn.c_proj", &blk.attn_proj}, {"mlp.c_fc", &blk.c_fc},
-                                     {"mlp.c_proj", &blk.mlp_proj}})
-            if (name == p + suffix) lin = layer;
+        const std::array<Linear*, 4> layers = w_.h[l].linears();
+        for (size_t i = 0; i < layers.size(); i++)
+            if (name == p + Block::kLinearNames[i]) lin = layers[i];
     }
     if (!lin)
         throw std::invalid_argument("set_lora: '" + name + "' is not a linear layer of this model (h.N.attn.c_attn, "
@@ -265,8 +263,7 @@ void Model::set_lora(const std::string& name, const float* a, int64_t a_rows, in
 size_t Model::lora_bytes() const {
     size_t n = 0;
     for (const Block& blk : w_.h)
-        for (const Linear* lin : {&blk.c_attn, &blk.attn_proj, &blk.c_fc, &blk.mlp_proj})
-            n += (lin->lora.a.size() + lin->lora.b.size()) * sizeof(float);
+        for (const Linear* lin : blk.linears()) n += (lin->lora.a.size() + lin->lora.b.size()) * sizeof(float);
     return n;
 }
 
@@ -382,8 +379,7 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits, float* hid
     if (copies == 1) {  // a prompt: activations prepared once for all threads (linear)
         size_t bytes = 0;
         for (const Block& b : w_.h)
-            for (const Linear* lin : {&b.c_attn, &b.attn_proj, &b.c_fc, &b.mlp_proj})
-                bytes = std::max(bytes, kernels_->prepared_bytes(lin->w, T));
+            for (const Linear* lin : b.linears()) bytes = std::max(bytes, kernels_->prepared_bytes(lin->w, T));
         if (bytes > prep_bytes_) {
             prep_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
             if (!prep_) throw std::bad_alloc();

@@ -1,6 +1,7 @@
 // GPT-2: configuration, weights (views into the mmapped safetensors file), KV cache and
 // the forward pass. The forward pass in model.cpp reads top to bottom like the math.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -62,6 +63,12 @@ struct Block {
     LayerNorm ln_2;
     Linear c_fc;                  // [4C, C]
     Linear mlp_proj;              // [C, 4C]
+
+    // The linear layers in the order of the pass, and their names after "h.N." (the tensors'
+    // names, less ".weight").
+    static constexpr const char* kLinearNames[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+    std::array<Linear*, 4> linears() { return {&c_attn, &attn_proj, &c_fc, &mlp_proj}; }
+    std::array<const Linear*, 4> linears() const { return {&c_attn, &attn_proj, &c_fc, &mlp_proj}; }
 };
 
 struct Weights {
