@@ -30,6 +30,7 @@ from typing import Callable, Iterator, Optional
 
 from . import _core
 from .generation import BEAM_OPTIONS, GenerationOutput, Timings, _Request, _stream_request
+from .model import check_prefix_cache
 
 DEFAULT_MAX_BATCH = 16
 # prompt tokens a step runs at most: a long prompt that joins delays the running sequences'
@@ -270,12 +271,10 @@ class Batcher:
             raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
         if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 0:
             raise ValueError(f"prefill_chunk must be an integer >= 0 (0: whole prompts), got {prefill_chunk!r}")
-        if isinstance(prefix_cache, bool) or not isinstance(prefix_cache, int) or prefix_cache < 0:
-            raise ValueError(f"prefix_cache must be an integer >= 0 (0: off), got {prefix_cache!r}")
         self.model = model
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
-        self.prefix_cache = prefix_cache
+        self.prefix_cache = check_prefix_cache(prefix_cache)
         self._cv = threading.Condition()
         self._waiting: collections.deque = collections.deque()
         self._embeddings: collections.deque = collections.deque()  # EmbeddingJobs, first come first served

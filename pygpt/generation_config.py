@@ -36,6 +36,10 @@ _SAME = {
     "prompt_lookup_num_tokens": None, "max_matching_ngram_size": None,
 }
 
+# transformers' sampling defaults where do_sample is true and the temperature or top_k is not given
+SAMPLE_TEMPERATURE = 1.0
+SAMPLE_TOP_K = 50
+
 # keys that change what transformers returns or how it computes, not which tokens
 _NO_EFFECT = {
     "transformers_version", "_from_model_config", "bos_token_id", "pad_token_id", "decoder_start_token_id",
@@ -122,8 +126,8 @@ def read(raw, where: str = FILE, eot_id: int | None = None, vocab_size: int | No
     top_k = raw.get("top_k")
     if do_sample:
         temperature = raw.get("temperature")
-        options["temperature"] = 1.0 if temperature is None else temperature
-        options["top_k"] = 50 if top_k is None else top_k
+        options["temperature"] = SAMPLE_TEMPERATURE if temperature is None else temperature
+        options["top_k"] = SAMPLE_TOP_K if top_k is None else top_k
         if options.get("num_beams", 1) != 1:  # transformers' beam sampling
             ignored.append("num_beams (beam sampling)")
             for key in ("num_beams", "length_penalty", "early_stopping"):
@@ -176,9 +180,9 @@ def from_call(options: dict, defaults: dict, eot_id: int | None) -> dict:
                 raise ValueError("do_sample=True with num_beams > 1 is transformers' beam sampling, which pygpt "
                                  "does not run: sample (num_beams=1) or search (do_sample=False)")
             if "temperature" not in options:
-                options["temperature"] = defaults.get("temperature") or 1.0
+                options["temperature"] = defaults.get("temperature") or SAMPLE_TEMPERATURE
             elif options["temperature"] == 0:
                 raise ValueError("do_sample=True needs a temperature > 0 (do_sample=False is greedy)")
             if "top_k" not in options and "top_k" not in defaults:
-                options["top_k"] = 50
+                options["top_k"] = SAMPLE_TOP_K
     return options

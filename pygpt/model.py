@@ -132,9 +132,7 @@ class Model:
 
     @prefix_cache.setter
     def prefix_cache(self, n: int) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"prefix_cache must be an integer >= 0 (0: off), got {n!r}")
-        self._prefix_cache.capacity = n
+        self._prefix_cache.capacity = check_prefix_cache(n)
 
     # -- facts ---------------------------------------------------------------------------
     @property
@@ -308,6 +306,14 @@ class Model:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def check_prefix_cache(n) -> int:
+    """n, checked as a prefix cache's size (a model's or a Batcher's): finished sequences whose
+    KV caches are kept, 0 for none."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"prefix_cache must be an integer >= 0 (0: off), got {n!r}")
+    return n
 
 
 def auto_kv_cache(weights_dtype: str) -> str:
