@@ -34,6 +34,7 @@ import re
 
 import numpy as np
 
+from ._format import expected_tensors
 from .convert import ConversionError, _load_state_file
 
 
@@ -213,8 +214,6 @@ def _our_name(path: str) -> str:
 def _merge(arrays, config, tensors, where) -> None:
     _check_targets(config, [name.removesuffix(".weight") for name, a in arrays.items() if a.ndim == 2], where)
     loras, whole = _split(tensors, where)
-    if not loras and not whole:
-        raise AdapterError(f"{where}: the adapter holds no tensors")
     for name, (key, a) in whole.items():
         _replace(arrays, name, key, a, where)
     _untie_head(loras, config, where)
@@ -226,7 +225,7 @@ def _split(tensors, where) -> tuple[dict, dict]:
     """({module path: {tensor: array}} of the LoRAs, {our name: (key, array)} of the tensors
     saved whole). peft saves a modules_to_save layer's trained copy under the layer's name,
     and with bias="all" its wrapper's copy (".modules_to_save.") and the original it leaves
-    unused (".original_module.", skipped) too."""
+    unused (".original_module.", skipped) too. An adapter that holds neither is an AdapterError."""
     loras, whole = {}, {}
     for key, a in tensors.items():
         m = _LORA_TENSOR.fullmatch(key)
@@ -243,6 +242,8 @@ def _split(tensors, where) -> tuple[dict, dict]:
     for path, parts in loras.items():
         if not (set(parts) - {"lora_B.bias"} in (_LINEAR_PARTS, _EMBEDDING_PARTS)):
             raise AdapterError(f"{where}: the LoRA of '{path}' has {sorted(parts)}: it needs an A and a B")
+    if not loras and not whole:
+        raise AdapterError(f"{where}: the adapter holds no tensors")
     return loras, whole
 
 
@@ -376,13 +377,11 @@ def _is_number(v) -> bool:
 
 
 def linear_shapes(config: dict) -> dict:
-    """{our name: (n_out, n_in)} of the linear layers of a GPT-2 of this config (pygpt's config.json)."""
-    C = config["n_embd"]
-    shapes = {}
-    for i in range(config["n_layer"]):
-        shapes.update({f"h.{i}.attn.c_attn": (3 * C, C), f"h.{i}.attn.c_proj": (C, C),
-                       f"h.{i}.mlp.c_fc": (4 * C, C), f"h.{i}.mlp.c_proj": (C, 4 * C)})
-    return shapes
+    """{our name: (n_out, n_in)} of the linear layers of a GPT-2 of this config (pygpt's
+    config.json), as the model file lays them out (_format.expected_tensors)."""
+    specs = expected_tensors({**config, "dtype": "f32"})
+    return {name.removesuffix(".weight"): tuple(shape) for name, (_, shape) in specs.items()
+            if name.startswith("h.") and name.endswith(".weight") and len(shape) == 2}
 
 
 def low_rank_terms(adapters, config: dict) -> dict:
@@ -400,8 +399,6 @@ def low_rank_terms(adapters, config: dict) -> dict:
         adapter_config, tensors = read_adapter(folder)
         _check_targets(adapter_config, layers, folder)
         loras, whole = _split(tensors, folder)
-        if not loras and not whole:
-            raise AdapterError(f"{folder}: the adapter holds no tensors")
         _untie_head(loras, adapter_config, folder)  # a LoRA on the LM head alone cannot be merged either
         for path, parts in loras.items():
             name = _our_name(path)
