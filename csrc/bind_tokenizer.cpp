@@ -94,12 +94,21 @@ py::list to_list(const std::vector<int32_t>& ids) {
     return out;
 }
 
-py::list encode(const Tokenizer& tok, py::handle text, py::object allowed) {
+// allowed: True/False (all specials or none), or a list of special token ids
+struct Allowed {
+    explicit Allowed(const py::object& allowed)
+        : as_flag(allowed.is_none() || PyBool_Check(allowed.ptr())),
+          flag(!allowed.is_none() && allowed.ptr() == Py_True),
+          subset(as_flag ? std::vector<int32_t>{} : allowed.cast<std::vector<int32_t>>()) {}
+    bool as_flag, flag;
+    std::vector<int32_t> subset;
+};
+
+py::list encode(const Tokenizer& tok, py::handle text, py::object allowed_special) {
     const std::string_view utf8 = utf8_of(text);
-    // allowed: True/False (all specials or none), or a list of special token ids
-    const bool as_flag = allowed.is_none() || PyBool_Check(allowed.ptr());
-    const bool flag = !allowed.is_none() && allowed.ptr() == Py_True;
-    const std::vector<int32_t> subset = as_flag ? std::vector<int32_t>{} : allowed.cast<std::vector<int32_t>>();
+    const Allowed allowed(allowed_special);
+    const bool as_flag = allowed.as_flag, flag = allowed.flag;
+    const std::vector<int32_t>& subset = allowed.subset;
     std::vector<int32_t> ids;
     if (utf8.size() >= kReleaseGilFrom) {
         py::gil_scoped_release unlocked;  // safe: utf8 points into `text`, which the caller holds
@@ -110,7 +119,8 @@ py::list encode(const Tokenizer& tok, py::handle text, py::object allowed) {
     return to_list(ids);
 }
 
-py::list encode_batch(const Tokenizer& tok, py::handle texts, bool allow_special, int n_threads) {
+py::list encode_batch(const Tokenizer& tok, py::handle texts, py::object allowed_special, int n_threads) {
+    const Allowed allowed(allowed_special);
     if (PyUnicode_Check(texts.ptr())) throw py::type_error("texts must be a sequence of str, not str");
     py::object seq =
         py::reinterpret_steal<py::object>(PySequence_Fast(texts.ptr(), "texts must be a sequence of str"));
@@ -126,7 +136,8 @@ py::list encode_batch(const Tokenizer& tok, py::handle texts, bool allow_special
     std::vector<std::vector<int32_t>> results;
     {
         py::gil_scoped_release unlocked;
-        results = tok.encode_batch(views, allow_special, n_threads);
+        results = allowed.as_flag ? tok.encode_batch(views, allowed.flag, n_threads)
+                                  : tok.encode_batch(views, allowed.subset, n_threads);
     }
     py::list out(results.size());
     for (size_t i = 0; i < results.size(); ++i) PyList_SET_ITEM(out.ptr(), i, to_list(results[i]).release().ptr());
@@ -158,7 +169,7 @@ void bind_tokenizer(py::module_& m) {
              py::arg("token_bytes"), py::arg("merges"), py::arg("specials"))
         .def("encode", &encode, py::arg("text"), py::arg("allowed_special") = py::none(),
              "ids of text; allowed_special: True (all), False/None (none) or a list of special ids.")
-        .def("encode_batch", &encode_batch, py::arg("texts"), py::arg("allow_special") = false,
+        .def("encode_batch", &encode_batch, py::arg("texts"), py::arg("allowed_special") = py::none(),
              py::arg("n_threads") = 0, "encode of each text, on n_threads threads (0: all cores), GIL released.")
         .def(
             "decode_bytes",

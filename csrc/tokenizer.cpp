@@ -550,19 +550,23 @@ std::vector<int32_t> Tokenizer::encode(std::string_view utf8, bool allow_special
     return out;
 }
 
-std::vector<int32_t> Tokenizer::encode(std::string_view utf8, const std::vector<int32_t>& allowed_special_ids) const {
+std::vector<bool> Tokenizer::special_mask(const std::vector<int32_t>& ids) const {
     std::vector<bool> allowed(specials_.size(), false);
-    bool any = false;
-    for (int32_t id : allowed_special_ids) {
+    for (int32_t id : ids) {
         bool found = false;
         for (size_t k = 0; k < specials_.size(); ++k)
-            if (specials_[k].second == id) allowed[k] = any = found = true;
+            if (specials_[k].second == id) allowed[k] = found = true;
         if (!found) throw std::invalid_argument("id " + std::to_string(id) + " is not a special token");
     }
+    return allowed;
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view utf8, const std::vector<int32_t>& allowed_special_ids) const {
+    const std::vector<bool> allowed = special_mask(allowed_special_ids);
     std::vector<int32_t> out;
     out.reserve(utf8.size() / 4 + 8);
     Session s;
-    if (any)
+    if (std::find(allowed.begin(), allowed.end(), true) != allowed.end())
         encode_with_specials(utf8, allowed, s, out);
     else
         encode_ordinary(utf8, s, out);
@@ -571,11 +575,21 @@ std::vector<int32_t> Tokenizer::encode(std::string_view utf8, const std::vector<
 
 std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std::string_view>& texts,
                                                           bool allow_special, int n_threads) const {
+    return encode_batch(texts, std::vector<bool>(specials_.size(), allow_special), n_threads);
+}
+
+std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std::string_view>& texts,
+                                                          const std::vector<int32_t>& allowed_special_ids,
+                                                          int n_threads) const {
+    return encode_batch(texts, special_mask(allowed_special_ids), n_threads);
+}
+
+std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std::string_view>& texts,
+                                                          const std::vector<bool>& allowed, int n_threads) const {
     std::vector<std::vector<int32_t>> results(texts.size());
     if (n_threads <= 0) n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     n_threads = static_cast<int>(std::min<size_t>(static_cast<size_t>(n_threads), std::max<size_t>(texts.size(), 1)));
-    const std::vector<bool> all(specials_.size(), true);
-    const bool with_specials = allow_special && !specials_.empty();
+    const bool with_specials = std::find(allowed.begin(), allowed.end(), true) != allowed.end();
     std::atomic<size_t> next{0};
     std::vector<std::exception_ptr> errors(texts.size());
     auto work = [&] {
@@ -584,7 +598,7 @@ std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std:
             try {
                 results[i].reserve(texts[i].size() / 4 + 8);
                 if (with_specials)
-                    encode_with_specials(texts[i], all, s, results[i]);
+                    encode_with_specials(texts[i], allowed, s, results[i]);
                 else
                     encode_ordinary(texts[i], s, results[i]);
             } catch (...) {

@@ -39,6 +39,9 @@ public:
     // Many texts on n_threads threads (<= 0: hardware concurrency). Same results as encode.
     std::vector<std::vector<int32_t>> encode_batch(const std::vector<std::string_view>& texts,
                                                    bool allow_special, int n_threads) const;
+    std::vector<std::vector<int32_t>> encode_batch(const std::vector<std::string_view>& texts,
+                                                   const std::vector<int32_t>& allowed_special_ids,
+                                                   int n_threads) const;
 
     // Concatenated raw token bytes (not necessarily valid UTF-8). Ids out of range: std::invalid_argument.
     std::string decode(const std::vector<int32_t>& ids) const;
@@ -56,6 +59,10 @@ public:
 
 private:
     void encode_ordinary(std::string_view text, Session& s, std::vector<int32_t>& out) const;
+    // allowed[k]: whether specials_[k] is recognised; ids that are not special: std::invalid_argument.
+    std::vector<bool> special_mask(const std::vector<int32_t>& ids) const;
+    std::vector<std::vector<int32_t>> encode_batch(const std::vector<std::string_view>& texts,
+                                                   const std::vector<bool>& allowed, int n_threads) const;
     void encode_with_specials(std::string_view text, const std::vector<bool>& allowed, Session& s,
                               std::vector<int32_t>& out) const;
     void bpe(const uint8_t* p, size_t n, Session& s, std::vector<int32_t>& out) const;

@@ -130,11 +130,18 @@ def _assistant_options(args) -> dict:
 # -- subcommands ---------------------------------------------------------------------------------
 
 
-def cmd_generate(args) -> int:
-    prompt = _read_prompt(args.prompt)
+def _load_with_tokenizer(args):
+    """_load for the commands that take text: a model folder without a tokenizer is an error."""
     model = _load(args.model, args.threads, args.kv_cache, args.lora)
     if model.tokenizer is None:
-        raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
+        raise CliError(f"{model.path}: the model folder has no tokenizer (tokenizer.json, or vocab.json + "
+                       "merges.txt)")
+    return model
+
+
+def cmd_generate(args) -> int:
+    prompt = _read_prompt(args.prompt)
+    model = _load_with_tokenizer(args)
     options = dict(_sampling_options(args, model.generation_config), seed=args.seed, **_assistant_options(args))
     if options.get("num_beams", model.generation_config.get("num_beams", 1)) > 1:  # known at the end: print it then
         out = model.generate(prompt, **options)
@@ -176,9 +183,7 @@ def cmd_chat(args) -> int:
     streamed back; the conversation so far is the next reply's context."""
     import pygpt
 
-    model = _load(args.model, args.threads, args.kv_cache, args.lora)
-    if model.tokenizer is None:
-        raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
+    model = _load_with_tokenizer(args)
     template = args.chat_template
     options = dict(_sampling_options(args, model.generation_config), **_assistant_options(args))
     messages = [{"role": "system", "content": args.system}] if args.system else []
@@ -242,9 +247,7 @@ def cmd_batch(args) -> int:
     import pygpt
     from .generation import _Request
 
-    model = _load(args.model, args.threads, args.kv_cache, args.lora)
-    if model.tokenizer is None:
-        raise CliError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
+    model = _load_with_tokenizer(args)
     options = dict(_sampling_options(args, model.generation_config), **_assistant_options(args))
     _Request(model, [0], seed=0, **options)  # a bad option fails here, once, not on every line
     seed = args.seed
@@ -606,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tokenize", help="print the token ids of a text",
                        description="Print the GPT-2 token ids of TEXT, using the tokenizer in DIR.")
-    t.add_argument("model", metavar="DIR", help="model (or tokenizer) folder with vocab.json + merges.txt")
+    t.add_argument("model", metavar="DIR", help="model (or tokenizer) folder with tokenizer.json or vocab.json + merges.txt")
     t.add_argument("text", metavar="TEXT", help="the text; '-' reads it from stdin (one trailing newline dropped)")
     t.add_argument("--pieces", action="store_true", help="one token per line: id and its bytes")
     t.add_argument("--special", action="store_true",

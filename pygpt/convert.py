@@ -32,6 +32,7 @@ from ._format import DTYPES, FORMAT_VERSION, expected_tensors, read_safetensors_
 from . import generation_config
 from .chat import CHAT_TEMPLATE_FILE
 from .generation_config import FILE as GENERATION_CONFIG_FILE
+from .tokenizer import ENDOFTEXT, HF_TOKENIZER, HF_TOKENIZER_CONFIG, Tokenizer, find_tokenizer
 
 
 class ConversionError(ValueError):
@@ -144,21 +145,25 @@ def _read_hf_hub(model_id):
 
 
 def _hub_tokenizer(model_id):
-    """The folder (in the Hugging Face cache) holding the model's vocab.json + merges.txt, and
-    its chat template's files where it has them."""
+    """The folder (in the Hugging Face cache) holding the model's tokenizer.json, or its
+    vocab.json + merges.txt, and its chat template's files where it has them."""
     from huggingface_hub import hf_hub_download
 
-    try:
-        vocab = hf_hub_download(model_id, "vocab.json")
-        hf_hub_download(model_id, "merges.txt")
-    except Exception:  # noqa: BLE001 - a model without tokenizer files converts without them
+    folder = None
+    for files in ((HF_TOKENIZER,), *TOKENIZER_FILES[:1]):
+        try:
+            folder = os.path.dirname([hf_hub_download(model_id, name) for name in files][0])
+            break
+        except Exception:  # noqa: BLE001 - a model without tokenizer files converts without them
+            pass
+    if folder is None:
         return None
-    for name in ("tokenizer_config.json", CHAT_TEMPLATE_FILE, GENERATION_CONFIG_FILE):
+    for name in (HF_TOKENIZER_CONFIG, CHAT_TEMPLATE_FILE, GENERATION_CONFIG_FILE):
         try:
             hf_hub_download(model_id, name)
         except Exception:  # noqa: BLE001 - most models have no chat template (or generation config)
             pass
-    return os.path.dirname(vocab)
+    return folder
 
 
 def _read_nanogpt(ckpt, where):
@@ -344,7 +349,7 @@ def _chat_template(folder, verbose: bool = False):
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             return f.read()
-    path = os.path.join(folder, "tokenizer_config.json")
+    path = os.path.join(folder, HF_TOKENIZER_CONFIG)
     if not os.path.isfile(path):
         return None
     try:
@@ -383,12 +388,36 @@ def _generation_config(folder):
 
 
 def _find_tokenizer(folder):
-    if folder is None:
+    """folder, if it holds a tokenizer (tokenizer.json, vocab.json + merges.txt, ...), else None."""
+    if folder is None or find_tokenizer(folder) is None:
         return None
+    return folder
+
+
+def _write_tokenizer(tokenizer: Tokenizer, tok_dir: str, out_dir: str) -> None:
+    """Copies the tokenizer's files from tok_dir: its tokenizer.json, else its vocab.json +
+    merges.txt (or encoder.json + vocab.bpe) and, where it has added tokens, a
+    tokenizer_config.json listing them (as transformers does). Another conversion's tokenizer
+    files in out_dir are removed first."""
+    for name in (HF_TOKENIZER, HF_TOKENIZER_CONFIG, *(f for files in TOKENIZER_FILES for f in files)):
+        if os.path.isfile(os.path.join(out_dir, name)):
+            os.remove(os.path.join(out_dir, name))
+    if find_tokenizer(tok_dir) == HF_TOKENIZER:
+        shutil.copyfile(os.path.join(tok_dir, HF_TOKENIZER), os.path.join(out_dir, HF_TOKENIZER))
+        return
     for files in TOKENIZER_FILES:
-        if all(os.path.isfile(os.path.join(folder, f)) for f in files):
-            return folder
-    return None
+        if all(os.path.isfile(os.path.join(tok_dir, f)) for f in files):
+            for name in files:
+                shutil.copyfile(os.path.join(tok_dir, name), os.path.join(out_dir, name))
+            break
+    added = tokenizer.added_tokens
+    if set(added) - {ENDOFTEXT}:
+        specials = tokenizer.special_tokens
+        listed = {str(i): {"content": text, "special": text in specials} for text, i in sorted(added.items(),
+                                                                                          key=lambda kv: kv[1])}
+        with open(os.path.join(out_dir, HF_TOKENIZER_CONFIG), "w", encoding="utf-8") as f:
+            json.dump({"added_tokens_decoder": listed}, f, indent=2, ensure_ascii=False)
+            f.write("\n")
 
 
 def _drop_from_page_cache(path):
@@ -414,9 +443,11 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if tokenizer is not None and _find_tokenizer(os.fspath(tokenizer)) is None:
-        raise FileNotFoundError(f"{tokenizer}: no vocab.json + merges.txt (or encoder.json + vocab.bpe)")
+        raise FileNotFoundError(f"{tokenizer}: no tokenizer.json, vocab.json + merges.txt (or encoder.json "
+                                "+ vocab.bpe)")
     sd, cfg, tok_src = read_source(source, config)
     tok_dir = _find_tokenizer(os.fspath(tokenizer)) if tokenizer is not None else _find_tokenizer(tok_src)
+    tok = Tokenizer.from_dir(tok_dir) if tok_dir is not None else None  # checked before anything is written
     defaults = _generation_config(tok_src)  # the source's own sampling defaults
     template = _chat_template(tok_src, verbose)  # the source's own, else the tokenizer folder's
     if template is None and tokenizer is not None:
@@ -430,8 +461,8 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
     bias = "h.0.attn.c_attn.bias" in arrays
     cfg = dict(cfg)
     # nanoGPT and llm.c pad the vocabulary (50257 -> 50304) for speed: trim to the real size
-    if vocab_size is None and tok_dir is not None:
-        vocab_size = _tokenizer_size(tok_dir)
+    if vocab_size is None and tok is not None:
+        vocab_size = tok.vocab_size
     if vocab_size is not None and arrays["wte.weight"].shape[0] > vocab_size >= 1:
         arrays["wte.weight"] = np.ascontiguousarray(arrays["wte.weight"][:vocab_size])
         cfg["vocab_size"] = vocab_size
@@ -485,14 +516,11 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump({**config_json, "source": os.path.basename(os.fspath(source).rstrip("/"))}, f, indent=2)
         f.write("\n")
-    if tok_dir is not None:
-        for files in TOKENIZER_FILES:
-            if all(os.path.isfile(os.path.join(tok_dir, f)) for f in files):
-                for fname in files:
-                    shutil.copyfile(os.path.join(tok_dir, fname), os.path.join(out_dir, fname))
-                break
+    if tok is not None:
+        _write_tokenizer(tok, tok_dir, out_dir)
     elif verbose:
-        print("warning: no tokenizer files found; pass tokenizer=DIR to add vocab.json + merges.txt")
+        print("warning: no tokenizer files found; pass tokenizer=DIR to add tokenizer.json or vocab.json + "
+              "merges.txt")
     template_path = os.path.join(out_dir, CHAT_TEMPLATE_FILE)
     if template is not None:
         with open(template_path, "w", encoding="utf-8", newline="") as f:
@@ -508,15 +536,6 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
     return out_dir
 
 
-def _tokenizer_size(folder) -> int:
-    for vocab_name in ("vocab.json", "encoder.json"):
-        p = os.path.join(folder, vocab_name)
-        if os.path.isfile(p):
-            with open(p, encoding="utf-8") as f:
-                return len(json.load(f))
-    raise FileNotFoundError(f"{folder}: no vocab.json")
-
-
 DESCRIPTION = ("Convert a GPT-2 (Hugging Face id or folder, nanoGPT ckpt.pt, llm.c .bin, or a plain "
                "state_dict with --config) into a pygpt model folder. Safetensors sources and llm.c "
                "checkpoints need no PyTorch; pickles and downloads need pip install 'pygpt[convert]'.")
@@ -530,7 +549,8 @@ def add_arguments(p) -> None:
     p.add_argument("--group-size", type=int, default=None,
                    help="int8/int4: inputs per scale, 0 = one scale per row, else a multiple of 64 "
                         "(default: int8 per row, int4 64)")
-    p.add_argument("--tokenizer", help="folder with vocab.json + merges.txt when the source has none")
+    p.add_argument("--tokenizer", help="folder with tokenizer.json or vocab.json + merges.txt when the source "
+                   "has none")
     p.add_argument("--config", help="config.json for a plain state_dict")
     p.add_argument("--vocab-size", type=int, help="trim a padded vocabulary to this size")
     p.add_argument("--lora", action="append", metavar="DIR",

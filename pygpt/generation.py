@@ -414,7 +414,7 @@ class _Request:
         if any(s == "" for s in stop):
             raise ValueError("stop strings must not be empty")
         if stop and self.tokenizer is None:
-            raise ValueError("stop strings need a model with a tokenizer (vocab.json + merges.txt)")
+            raise ValueError("stop strings need a model with a tokenizer (tokenizer.json or vocab.json + merges.txt)")
         opt.stop = list(stop)
         opt.include_stop_str_in_output = _bool("include_stop_str_in_output", include_stop_str_in_output)
         if stop_token_ids is None:
@@ -432,7 +432,7 @@ class _Request:
                 not all(isinstance(b, str) for b in dry_sequence_breakers):
             raise TypeError("dry_sequence_breakers must be a list of str")
         if dry_sequence_breakers and self.tokenizer is None:
-            raise ValueError("dry_sequence_breakers need a model with a tokenizer (vocab.json + merges.txt)")
+            raise ValueError("dry_sequence_breakers need a model with a tokenizer (tokenizer.json or vocab.json + merges.txt)")
         # the breakers' token ids (a pass over the vocabulary, kept per tokenizer) only for DRY
         dry_on = dry_multiplier is not None and dry_multiplier != 0
         breakers = self.tokenizer.tokens_containing(dry_sequence_breakers) if dry_on and dry_sequence_breakers else []
@@ -502,7 +502,7 @@ class _Request:
         if grammar is not None:
             grammar = as_grammar(grammar)
             if self.tokenizer is None:
-                raise ValueError("a grammar needs a model with a tokenizer (vocab.json + merges.txt)")
+                raise ValueError("a grammar needs a model with a tokenizer (tokenizer.json or vocab.json + merges.txt)")
             opt.sampling.grammar = grammar._core
             opt.sampling.grammar_vocab = self.tokenizer.vocab_trie()
         if truncate not in (None, "left"):
@@ -585,7 +585,7 @@ class _Request:
         if not on:
             return healed
         if self.tokenizer is None:
-            raise ValueError("token_healing needs a model with a tokenizer (vocab.json + merges.txt)")
+            raise ValueError("token_healing needs a model with a tokenizer (tokenizer.json or vocab.json + merges.txt)")
         if has_grammar:
             raise ValueError("token_healing does not go with a grammar (the grammar would have to match the "
                              "healed prompt text too)")

@@ -20,6 +20,7 @@ import numpy as np
 
 from .chat import CHAT_TEMPLATE_FILE
 from .convert import ConversionError
+from .tokenizer import HF_TOKENIZER_CONFIG
 
 MAGIC = b"GGUF"
 
@@ -55,8 +56,8 @@ def _field(reader, key, where, default=None):
 
 def read(path: str, tokenizer_dir: str):
     """(state_dict of float32 arrays under our names, config) of a GGUF GPT-2; its tokenizer
-    is written into tokenizer_dir (vocab.json, merges.txt, and chat_template.jinja if the
-    file has a chat template)."""
+    is written into tokenizer_dir (vocab.json, merges.txt, tokenizer_config.json if it has added
+    tokens, and chat_template.jinja if the file has a chat template)."""
     gguf = _gguf()
     try:
         reader = gguf.GGUFReader(path)
@@ -127,17 +128,38 @@ def _our_name(name: str):
 
 def _write_tokenizer(reader, path: str, folder: str) -> None:
     """vocab.json and merges.txt of the file's byte-level BPE (its tokens are GPT-2's
-    byte-to-unicode strings, as vocab.json holds them)."""
+    byte-to-unicode strings, as vocab.json holds them), and a tokenizer_config.json listing its
+    added tokens. llama.cpp's converter writes a Hugging Face tokenizer's added tokens as
+    CONTROL (special) or USER_DEFINED tokens holding their text, and pads the list to the
+    embedding's rows with UNUSED "[PAD<id>]" tokens: the pads are left out (the converter then
+    drops their rows), the added tokens at the end of the list follow the vocabulary, and those
+    inside it are listed as added tokens too."""
     if "tokenizer.ggml.tokens" not in reader.fields:
         return
     model = _field(reader, "tokenizer.ggml.model", path, default="gpt2")
     if model != "gpt2":
         raise ConversionError(f"{path}: tokenizer model {model!r}: pygpt reads GPT-2's byte-level BPE (\"gpt2\")")
+    TokenType = _gguf().TokenType
     tokens = _field(reader, "tokenizer.ggml.tokens", path)
     merges = _field(reader, "tokenizer.ggml.merges", path, default=[])
+    types = _field(reader, "tokenizer.ggml.token_type", path, default=[TokenType.NORMAL] * len(tokens))
     if len(set(tokens)) != len(tokens):
         raise ConversionError(f"{path}: tokenizer.ggml.tokens lists a token twice")
+    if len(types) != len(tokens):
+        raise ConversionError(f"{path}: tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
+    n = len(tokens)
+    while n > 1 and types[n - 1] == TokenType.UNUSED:
+        n -= 1
+    added_types = (TokenType.CONTROL, TokenType.USER_DEFINED)
+    k = n
+    while k > 1 and types[k - 1] in added_types:
+        k -= 1
     with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump({t: i for i, t in enumerate(tokens)}, f, ensure_ascii=False)
+        json.dump({t: i for i, t in enumerate(tokens[:k])}, f, ensure_ascii=False)
     with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8", newline="\n") as f:
         f.write("#version: 0.2\n" + "".join(m + "\n" for m in merges))
+    added = {str(i): {"content": tokens[i], "special": types[i] == TokenType.CONTROL}
+             for i in range(n) if types[i] in added_types}
+    if added:
+        with open(os.path.join(folder, HF_TOKENIZER_CONFIG), "w", encoding="utf-8") as f:
+            json.dump({"added_tokens_decoder": added}, f, ensure_ascii=False)

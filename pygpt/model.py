@@ -71,10 +71,10 @@ class Model:
         self.load_seconds = time.perf_counter() - t0
 
     def _load_tokenizer(self, path):
-        if not (os.path.isfile(os.path.join(path, "vocab.json")) or
-                os.path.isfile(os.path.join(path, "encoder.json"))):
+        from .tokenizer import Tokenizer, find_tokenizer
+
+        if find_tokenizer(path) is None:
             return None
-        from .tokenizer import Tokenizer
 
         tok = Tokenizer.from_dir(path)
         if tok.vocab_size > self.config["vocab_size"]:

@@ -132,7 +132,8 @@ def run(args) -> int:
         text = f.read()
     model = load(args.model, n_threads=args.threads, lora=args.lora)
     if model.tokenizer is None:
-        raise ValueError(f"{model.path}: the model folder has no tokenizer (vocab.json + merges.txt)")
+        raise ValueError(f"{model.path}: the model folder has no tokenizer (tokenizer.json, or vocab.json + "
+                         "merges.txt)")
     ids = model.tokenizer.encode(text)
     nll, count = negative_log_likelihood(model, ids, stride=args.stride,
                                          progress=False if args.no_progress else None)

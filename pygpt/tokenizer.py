@@ -1,7 +1,7 @@
 """GPT-2 byte-level BPE tokenizer, in C++ (csrc/tokenizer.cpp), with no tokenizer dependency.
 
-    tok = pygpt.Tokenizer.from_dir("gpt2-tokenizer/")   # vocab.json + merges.txt (Hugging Face)
-                                                        # or encoder.json + vocab.bpe (OpenAI)
+    tok = pygpt.Tokenizer.from_dir("gpt2-tokenizer/")   # tokenizer.json, vocab.json + merges.txt
+                                                        # (Hugging Face) or encoder.json + vocab.bpe
     ids = tok.encode("Hello world")                     # [15496, 995]
     tok.decode(ids)                                     # 'Hello world'
 
@@ -15,6 +15,10 @@ its id. One difference: tiktoken's default is `disallowed_special="all"` (a spec
 text raises ValueError); ours is `disallowed_special=()`, and passing "all" gives tiktoken's
 behaviour.
 
+A fine-tune's added tokens (Hugging Face's tokenizer.json, or tokenizer_config.json beside
+vocab.json) extend the vocabulary: the special ones are special tokens, the others are always
+matched whole before BPE, as transformers does (docs/FORMAT.md).
+
 The files are parsed here with the json module; the C++ core receives plain, validated data
 (the bytes of every token, merges as id pairs) and checks it again.
 """
@@ -24,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from typing import AbstractSet, Iterable, Sequence, Union
+from typing import AbstractSet, Iterable, Optional, Sequence, Union
 
 from . import _core
 from ._threads import check_threads
@@ -33,6 +37,19 @@ from ._core import ModelFormatError
 ENDOFTEXT = "<|endoftext|>"
 # (vocabulary, merges) file names: Hugging Face layout first, then OpenAI's original one.
 LAYOUTS = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
+# The `tokenizers` library's file: what transformers saves (alone, since transformers 5).
+HF_TOKENIZER = "tokenizer.json"
+# Where transformers (4.34 and later) lists the added tokens of a tokenizer saved as vocab.json + merges.txt.
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def find_tokenizer(folder) -> Optional[str]:
+    """The file that makes `folder` hold a tokenizer (tokenizer.json, vocab.json, encoder.json),
+    or None."""
+    for name in (HF_TOKENIZER, *(vocab for vocab, _ in LAYOUTS)):
+        if os.path.isfile(os.path.join(folder, name)):
+            return name
+    return None
 
 AllowedSpecial = Union[str, AbstractSet[str], Iterable[str]]
 
@@ -80,31 +97,53 @@ def _read_text(path: str) -> str:
         raise ModelFormatError(f"{path}: not UTF-8 text: {e}") from None
 
 
-def _load_vocab(path: str) -> dict:
+def _load_json(path: str, what: str):
     try:
-        vocab = json.loads(_read_text(path))
+        return json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise ModelFormatError(f"{path}: not valid JSON: {e}") from None
     except RecursionError:  # e.g. "[[[[..." nested deeper than the json module can parse
-        raise ModelFormatError(f"{path}: not a vocabulary (JSON nested too deeply)") from None
+        raise ModelFormatError(f"{path}: not {what} (JSON nested too deeply)") from None
+
+
+def _check_vocab(vocab, where: str) -> dict:
     if not isinstance(vocab, dict) or not vocab:
-        raise ModelFormatError(f"{path}: expected a JSON object mapping each token to its id")
+        raise ModelFormatError(f"{where}: expected a JSON object mapping each token to its id")
     n = len(vocab)
     seen = {}
     for token, idx in vocab.items():
         if isinstance(idx, bool) or not isinstance(idx, int):
-            raise ModelFormatError(f"{path}: id of token {token!r} must be an integer, got {idx!r}")
+            raise ModelFormatError(f"{where}: id of token {token!r} must be an integer, got {idx!r}")
         if not 0 <= idx < n:
-            raise ModelFormatError(f"{path}: id {idx} of token {token!r} is outside 0..{n - 1} "
+            raise ModelFormatError(f"{where}: id {idx} of token {token!r} is outside 0..{n - 1} "
                                    "(ids must be dense)")
         if idx in seen:
-            raise ModelFormatError(f"{path}: tokens {seen[idx]!r} and {token!r} have the same id {idx}")
+            raise ModelFormatError(f"{where}: tokens {seen[idx]!r} and {token!r} have the same id {idx}")
         seen[idx] = token
     return vocab
 
 
-def _load_merges(path: str, vocab: dict) -> list:
+def _load_vocab(path: str) -> dict:
+    return _check_vocab(_load_json(path, "a vocabulary"), path)
+
+
+def _merge_ids(pairs, vocab: dict) -> list:
+    """[(where, left, right)] of token strings -> [(left id, right id)], each checked."""
     merges = []
+    for where, left, right in pairs:
+        for part in (left, right):
+            if part not in vocab:
+                raise ModelFormatError(f"{where}: merge {left + ' ' + right!r} uses {part!r}, "
+                                       "which is not in the vocabulary")
+        if left + right not in vocab:
+            raise ModelFormatError(f"{where}: merge {left + ' ' + right!r} makes {left + right!r}, "
+                                   "which is not in the vocabulary")
+        merges.append((vocab[left], vocab[right]))
+    return merges
+
+
+def _load_merges(path: str, vocab: dict) -> list:
+    pairs = []
     lines = _read_text(path).split("\n")
     first = 1 if lines and lines[0].startswith("#version") else 0
     for lineno, line in enumerate(lines[first:], start=first + 1):
@@ -114,16 +153,124 @@ def _load_merges(path: str, vocab: dict) -> list:
         parts = line.split(" ")
         if len(parts) != 2 or not parts[0] or not parts[1]:
             raise ModelFormatError(f"{path}:{lineno}: expected two tokens separated by one space, got {line!r}")
-        left, right = parts
-        for part in parts:
-            if part not in vocab:
-                raise ModelFormatError(f"{path}:{lineno}: merge {line!r} uses {part!r}, "
-                                       "which is not in the vocabulary")
-        if left + right not in vocab:
-            raise ModelFormatError(f"{path}:{lineno}: merge {line!r} makes {left + right!r}, "
-                                   "which is not in the vocabulary")
-        merges.append((vocab[left], vocab[right]))
-    return merges
+        pairs.append((f"{path}:{lineno}", *parts))
+    return _merge_ids(pairs, vocab)
+
+
+def _expect(cond: bool, where: str, what: str) -> None:
+    if not cond:
+        raise ModelFormatError(f"{where}: {what}: pygpt reads GPT-2's byte-level BPE only")
+
+
+def _read_tokenizer_json(path: str):
+    """(vocab, merges as [(where, left, right)], added tokens [(id, text, special)]) of a
+    tokenizer.json, refused unless it describes GPT-2's tokenizer: a byte-level BPE with
+    GPT-2's pre-tokenizer and no normalizer."""
+    tj = _load_json(path, "a tokenizer")
+    if not isinstance(tj, dict) or not isinstance(tj.get("model"), dict):
+        raise ModelFormatError(f"{path}: not a tokenizers file (no \"model\" object)")
+    model = tj["model"]
+    _expect(model.get("type") == "BPE", path, f"the model is {model.get('type')!r}, not BPE")
+    for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
+        _expect(not model.get(key), path, f"the BPE has {key} {model.get(key)!r}")
+    for key in ("byte_fallback", "ignore_merges"):
+        _expect(not model.get(key), path, f"the BPE has {key} set")
+    pre = tj.get("pre_tokenizer")
+    _expect(isinstance(pre, dict) and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+            and not pre.get("add_prefix_space", False), path,
+            f"the pre-tokenizer is {pre!r}, not GPT-2's (ByteLevel, use_regex, no add_prefix_space)")
+    _expect(tj.get("normalizer") is None, path, f"it has a normalizer, {tj.get('normalizer')!r}")
+    decoder = tj.get("decoder")
+    _expect(decoder is None or isinstance(decoder, dict) and decoder.get("type") == "ByteLevel", path,
+            f"the decoder is {decoder!r}, not ByteLevel")
+    vocab = _check_vocab(model.get("vocab"), f"{path}: model.vocab")
+    raw = model.get("merges")
+    if not isinstance(raw, list):
+        raise ModelFormatError(f"{path}: model.merges must be a list")
+    pairs = []
+    for k, m in enumerate(raw):
+        parts = m.split(" ") if isinstance(m, str) else m  # "a b" (tokenizers < 0.20) or ["a", "b"]
+        if (not isinstance(parts, list) or len(parts) != 2
+                or not all(isinstance(x, str) and x for x in parts)):
+            raise ModelFormatError(f"{path}: model.merges[{k}] must be two tokens, got {m!r}")
+        pairs.append((f"{path}: model.merges[{k}]", *parts))
+    added = tj.get("added_tokens", [])
+    if not isinstance(added, list):
+        raise ModelFormatError(f"{path}: added_tokens must be a list")
+    return vocab, pairs, [_added_token(t, t.get("id") if isinstance(t, dict) else None, path) for t in added]
+
+
+def _added_token(t, id, where: str):
+    """(id, text, special) of one of Hugging Face's added tokens (an AddedToken's dict)."""
+    if (not isinstance(t, dict) or isinstance(id, bool) or not isinstance(id, int)
+            or not isinstance(t.get("content"), str) or not t["content"]):
+        raise ModelFormatError(f"{where}: an added token must have an integer id and a non-empty "
+                               f"content, got {t!r}")
+    for flag in ("lstrip", "rstrip", "single_word"):
+        if t.get(flag):
+            raise ModelFormatError(f"{where}: added token {t['content']!r} has {flag} set, which "
+                                   "pygpt does not follow")
+    return id, t["content"], bool(t.get("special", False))
+
+
+def _config_added_tokens(folder: str, vocab: dict) -> list:
+    """The added tokens listed in a folder's tokenizer_config.json (added_tokens_decoder), beside
+    a vocab.json + merges.txt; []: none. A legacy added_tokens.json without that list is refused."""
+    path = os.path.join(folder, HF_TOKENIZER_CONFIG)
+    config = _load_json(path, "a tokenizer config") if os.path.isfile(path) else {}
+    if not isinstance(config, dict):
+        raise ModelFormatError(f"{path}: expected a JSON object")
+    decoder = config.get("added_tokens_decoder")
+    if decoder is None:
+        legacy = os.path.join(folder, "added_tokens.json")
+        if os.path.isfile(legacy):
+            raise ModelFormatError(f"{legacy}: added tokens listed there alone are not read; save the "
+                                   "tokenizer again with transformers (4.34 or later writes them to "
+                                   "tokenizer_config.json, 5 to tokenizer.json)")
+        return []
+    if not isinstance(decoder, dict):
+        raise ModelFormatError(f"{path}: added_tokens_decoder must be an object")
+    added = []
+    for key, t in decoder.items():
+        try:
+            id = int(key)
+        except ValueError:
+            raise ModelFormatError(f"{path}: added_tokens_decoder key {key!r} is not an id") from None
+        added.append(_added_token(t, id, path))
+    return added
+
+
+def _check_added(added: list, vocab: dict, where: str) -> list:
+    """The added tokens, checked: one inside the vocabulary is that token; the others take the
+    ids that follow the vocabulary, with no gap; no two share an id or a text."""
+    n = len(vocab)
+    token_of = {j: t for t, j in vocab.items()} if any(i < n for i, _, _ in added) else {}
+    ids, texts = set(), set()
+    for i, text, _ in added:
+        if i in ids or text in texts:
+            raise ModelFormatError(f"{where}: added token {text!r} (id {i}) repeats an id or a text")
+        ids.add(i)
+        texts.add(text)
+        if i < 0:
+            raise ModelFormatError(f"{where}: added token {text!r} has the negative id {i}")
+        if i < n and token_of[i] != text and _bytes_or_none(token_of[i]) != text.encode("utf-8"):
+            raise ModelFormatError(f"{where}: added token {text!r} has id {i}, which the vocabulary "
+                                   f"gives to {token_of[i]!r}")
+        if i >= n and text in vocab:
+            raise ModelFormatError(f"{where}: added token {text!r} has id {i}, but the vocabulary has "
+                                   f"it as {vocab[text]}")
+    beyond = sorted(i for i in ids if i >= n)
+    if beyond != list(range(n, n + len(beyond))):
+        raise ModelFormatError(f"{where}: the added tokens' ids past the vocabulary ({n} tokens) must "
+                               f"be {n}, {n + 1}, ... with no gap, got {beyond[:8]}")
+    return added
+
+
+def _bytes_or_none(token: str):
+    try:
+        return _token_to_bytes(token)
+    except ValueError:
+        return None
 
 
 class StreamDecoder:
@@ -160,52 +307,90 @@ class StreamDecoder:
 class Tokenizer:
     """GPT-2 byte-level BPE: text -> ids -> text. Thread-safe; encode/decode release the GIL."""
 
-    def __init__(self, token_bytes: Sequence[bytes], merges: Sequence[tuple], special_tokens=None):
+    def __init__(self, token_bytes: Sequence[bytes], merges: Sequence[tuple], special_tokens=None,
+                 added_tokens=None):
         """token_bytes[id] = raw bytes of that token; merges = (left id, right id) by rank;
-        special_tokens = {text: id} (each token_bytes[id] must equal the UTF-8 of text)."""
+        special_tokens = {text: id} (each token_bytes[id] must equal the UTF-8 of text);
+        added_tokens = {text: id}, likewise: tokens that are not special but, as Hugging Face's
+        added tokens, are always matched whole in a text before BPE."""
         specials = dict(special_tokens or {})
-        self._core = _core.Tokenizer(list(token_bytes), [tuple(m) for m in merges], list(specials.items()))
+        added = dict(added_tokens or {})
+        both = specials.keys() & added.keys()
+        if both:
+            raise ValueError(f"tokens both special and added: {sorted(both)!r}")
+        self._core = _core.Tokenizer(list(token_bytes), [tuple(m) for m in merges],
+                                     list(specials.items()) + list(added.items()))
         self._specials = specials
+        self._added = added
+        self._added_ids = list(added.values())
         self._vocab_trie = None
         self._trie_lock = threading.Lock()
         self._containing = {}
 
     @classmethod
     def from_dir(cls, path: Union[str, os.PathLike], *, special_tokens: Iterable[str] = None) -> "Tokenizer":
-        """Loads vocab.json + merges.txt (Hugging Face) or encoder.json + vocab.bpe (OpenAI) from a folder.
+        """Loads a folder's tokenizer, as transformers does: its tokenizer.json (what transformers
+        saves), else vocab.json + merges.txt (the added tokens of tokenizer_config.json with
+        them), else OpenAI's encoder.json + vocab.bpe.
 
-        special_tokens: vocabulary entries to treat as special tokens. Default: "<|endoftext|>"
-        if the vocabulary has it. Raises FileNotFoundError if the files are missing and
-        pygpt.ModelFormatError (a ValueError) if they are malformed.
+        special_tokens: the tokens to treat as special. Default: the added tokens marked special,
+        and "<|endoftext|>" if the vocabulary has it. Raises FileNotFoundError if the files are
+        missing and pygpt.ModelFormatError (a ValueError) if they are malformed or describe a
+        tokenizer other than GPT-2's byte-level BPE.
         """
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"tokenizer folder not found: {path}")
+        hf_file = os.path.join(path, HF_TOKENIZER)
+        if os.path.isfile(hf_file):
+            return cls.from_file(hf_file, special_tokens=special_tokens)
         for vocab_name, merges_name in LAYOUTS:
             vocab_path, merges_path = os.path.join(path, vocab_name), os.path.join(path, merges_name)
             if os.path.isfile(vocab_path) or os.path.isfile(merges_path):
                 for p in (vocab_path, merges_path):
                     if not os.path.isfile(p):
                         raise FileNotFoundError(f"tokenizer file missing: {p}")
-                return cls.from_files(vocab_path, merges_path, special_tokens=special_tokens)
-        raise FileNotFoundError(f"no tokenizer in {path}: expected vocab.json + merges.txt "
+                vocab = _load_vocab(vocab_path)
+                added = _config_added_tokens(path, vocab)
+                return cls._build(vocab, lambda: _load_merges(merges_path, vocab), added, special_tokens,
+                                  f"{vocab_path}, {merges_path}")
+        raise FileNotFoundError(f"no tokenizer in {path}: expected tokenizer.json, vocab.json + merges.txt "
                                 "or encoder.json + vocab.bpe")
 
     @classmethod
     def from_files(cls, vocab_path: str, merges_path: str, *, special_tokens: Iterable[str] = None) -> "Tokenizer":
         """Loads a vocabulary JSON file (token -> id) and a merges file ("left right" per line, by rank)."""
         vocab = _load_vocab(vocab_path)
+        return cls._build(vocab, lambda: _load_merges(merges_path, vocab), [], special_tokens,
+                          f"{vocab_path}, {merges_path}")
+
+    @classmethod
+    def from_file(cls, path: Union[str, os.PathLike], *, special_tokens: Iterable[str] = None) -> "Tokenizer":
+        """Loads a Hugging Face tokenizer.json (the `tokenizers` library's file) of a GPT-2
+        byte-level BPE, with its added tokens."""
+        path = os.fspath(path)
+        vocab, pairs, added = _read_tokenizer_json(path)
+        return cls._build(vocab, lambda: _merge_ids(pairs, vocab), added, special_tokens, path)
+
+    @classmethod
+    def _build(cls, vocab: dict, merges, added: list, special_tokens, where: str) -> "Tokenizer":
+        """vocab: {byte-level token: id}, dense; merges(): the merges as id pairs; added: the
+        added tokens [(id, text, special)] (ids past the vocabulary's extend it)."""
+        added = _check_added(added, vocab, where)
+        ids = {**vocab, **{text: i for i, text, _ in added}}
         if special_tokens is None:
             names = [ENDOFTEXT] if ENDOFTEXT in vocab else []
+            names += [text for _, text, special in added if special and text not in names]
         else:
             if isinstance(special_tokens, str):
                 raise TypeError("special_tokens must be an iterable of str, not str")
             names = list(special_tokens)
             for name in names:
-                if name not in vocab:
-                    raise ValueError(f"special token {name!r} is not in {vocab_path}")
-        specials = {name: vocab[name] for name in names}
-        token_bytes = [b""] * len(vocab)
+                if name not in ids:
+                    raise ValueError(f"special token {name!r} is not in {where}")
+        specials = {name: ids[name] for name in names}
+        plain_added = {text: i for i, text, _ in added if text not in specials}  # matched whole, as HF does
+        token_bytes = [b""] * (len(vocab) + sum(i >= len(vocab) for i, _, _ in added))
         for token, idx in vocab.items():
             if token in specials:
                 token_bytes[idx] = token.encode("utf-8")
@@ -213,12 +398,14 @@ class Tokenizer:
             try:
                 token_bytes[idx] = _token_to_bytes(token)
             except ValueError as e:
-                raise ModelFormatError(f"{vocab_path}: {e}") from None
-        merges = _load_merges(merges_path, vocab)
+                raise ModelFormatError(f"{where}: {e}") from None
+        for i, text, _ in added:
+            token_bytes[i] = text.encode("utf-8")
+        merges = merges()
         try:
-            return cls(token_bytes, merges, specials)
+            return cls(token_bytes, merges, specials, plain_added)
         except ValueError as e:  # checks only the core makes (e.g. a byte without a token)
-            raise ModelFormatError(f"{vocab_path}, {merges_path}: {e}") from None
+            raise ModelFormatError(f"{where}: {e}") from None
 
     # -- encode ------------------------------------------------------------------------------
 
@@ -263,18 +450,26 @@ class Tokenizer:
         """Token ids of text. Special token texts are plain text unless listed in allowed_special
         (a set of strings, or "all"). disallowed_special (a set, or "all" = every special not
         allowed) makes such texts raise ValueError instead, as tiktoken does by default.
+        Added tokens that are not special (Hugging Face's, `added_tokens`) are always matched.
         Raises TypeError for non-str, ValueError for a str that is not valid Unicode (lone
         surrogates)."""
         if not allowed_special and not disallowed_special:
-            return self._core.encode(text, False)
+            return self._core.encode(text, self._matched(False))
         allowed = self._allowed(allowed_special) if allowed_special else False
         if disallowed_special:
             self._check_disallowed(text, allowed, disallowed_special)
-        return self._core.encode(text, allowed)
+        return self._core.encode(text, self._matched(allowed))
 
     def encode_ordinary(self, text: str) -> list:
         """encode(text) with every special token text treated as plain text."""
-        return self._core.encode(text, False)
+        return self._core.encode(text, self._matched(False))
+
+    def _matched(self, allowed):
+        """The core's `allowed` (True: every special, False: none, or a list of ids) with the
+        added tokens that are not special, which every encoding matches."""
+        if not self._added_ids or allowed is True:
+            return allowed
+        return (allowed or []) + self._added_ids
 
     def encode_batch(self, texts: Sequence[str], *, allowed_special: AllowedSpecial = frozenset(),
                      disallowed_special: AllowedSpecial = (), n_threads: int = None) -> list:
@@ -288,17 +483,17 @@ class Tokenizer:
             texts = list(texts)
             for text in texts:
                 self._check_disallowed(text, allowed, disallowed_special)
-        if isinstance(allowed, list):  # a strict subset of the specials: not batched in C++
-            if isinstance(texts, str):
-                raise TypeError("texts must be a sequence of str, not str")
-            return [self._core.encode(t, allowed) for t in texts]
-        return self._core.encode_batch(texts, allowed, n_threads)
+        return self._core.encode_batch(texts, self._matched(allowed), n_threads)
 
     # -- decode ------------------------------------------------------------------------------
 
-    def decode(self, ids: Iterable[int]) -> str:
+    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
         """Text of ids. Never raises for valid ids: invalid UTF-8 becomes U+FFFD (errors="replace").
-        Ids outside [0, vocab_size): ValueError; non-int ids: TypeError."""
+        Ids outside [0, vocab_size): ValueError; non-int ids: TypeError. skip_special_tokens
+        leaves the special tokens out, as transformers' decode does."""
+        if skip_special_tokens and self._specials:
+            specials = set(self._specials.values())
+            ids = [i for i in ids if not (isinstance(i, int) and i in specials)]
         return self._core.decode(ids)
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
@@ -347,6 +542,12 @@ class Tokenizer:
     def special_tokens(self) -> dict:
         """{text: id} of the special tokens."""
         return dict(self._specials)
+
+    @property
+    def added_tokens(self) -> dict:
+        """{text: id} of Hugging Face's added vocabulary (transformers' get_added_vocab()): the
+        special tokens, and the added tokens that are not special (always matched whole)."""
+        return {**self._specials, **self._added}
 
     @property
     def n_merges(self) -> int:

@@ -203,14 +203,17 @@ def make_models(workdir: str, shape: str, dtypes, want_ct2: bool, log, llama_typ
 
 
 def write_gguf(hf_dir: str, out: str, tokenizer_dir: str | None = None, matrix_type: str = "F32",
-               head_type: str | None = None, chat_template: str | None = None) -> None:
+               head_type: str | None = None, chat_template: str | None = None, added_tokens=()) -> None:
     """The HF GPT-2 in `hf_dir` as a GGUF file llama.cpp loads (its "gpt2" architecture):
     gguf's tensor-name map gives the names; Conv1D weights (in, out) are stored as (out, in);
     the tied LM head is written as output.weight, as llama.cpp's converter does; the
     tokenizer is the byte-level BPE of `tokenizer_dir` (default `hf_dir`: vocab.json, merges.txt).
     Matrices are stored as f32 (tools/bench.py then runs llama.cpp's own quantizer), or as
     `matrix_type` (a GGMLQuantizationType name gguf's quantize writes: F16, BF16, Q8_0), the
-    LM head as `head_type` (default: the same), for tests of pygpt's GGUF reading."""
+    LM head as `head_type` (default: the same), for tests of pygpt's GGUF reading.
+    `added_tokens`: (text, special) of a fine-tune's added tokens, after the vocabulary, as
+    llama.cpp's converter writes them (CONTROL or USER_DEFINED, holding their text); the list is
+    padded to the embedding's rows with UNUSED "[PAD<id>]" tokens, as it pads it."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -235,10 +238,17 @@ def write_gguf(hf_dir: str, out: str, tokenizer_dir: str | None = None, matrix_t
     if [vocab[t] for t in tokens] != list(range(len(tokens))):
         raise ValueError(f"{tokenizer_dir}/vocab.json: ids are not 0..{len(tokens) - 1}")
     eos = vocab.get("<|endoftext|>", len(tokens) - 1)
+    types = [gguf.TokenType.CONTROL if i == eos else gguf.TokenType.NORMAL for i in range(len(tokens))]
+    for text, special in added_tokens:
+        tokens.append(text)
+        types.append(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
+    rows = cfg["vocab_size"]
+    types += [gguf.TokenType.UNUSED] * (rows - len(tokens))
+    tokens += [f"[PAD{i}]" for i in range(len(tokens), rows)]
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
     w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.CONTROL if i == eos else gguf.TokenType.NORMAL for i in range(len(tokens))])
+    w.add_token_types(types)
     w.add_token_merges(merges)
     w.add_bos_token_id(eos)
     w.add_eos_token_id(eos)
