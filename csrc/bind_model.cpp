@@ -122,6 +122,9 @@ void bind_model(py::module_& m) {
                  c.bias = cfg["bias"].cast<bool>();
                  c.dtype = parse_dtype(cfg["dtype"].cast<std::string>());
                  c.group = cfg.contains("quant_group_size") ? cfg["quant_group_size"].cast<int64_t>() : 0;
+                 if (cfg.contains("scale_attn_weights")) c.scale_attn_weights = cfg["scale_attn_weights"].cast<bool>();
+                 if (cfg.contains("scale_attn_by_inverse_layer_idx"))
+                     c.scale_attn_by_inverse_layer_idx = cfg["scale_attn_by_inverse_layer_idx"].cast<bool>();
                  std::vector<TensorInfo> infos;
                  for (const auto& t : tensors) {
                      TensorInfo info;

@@ -557,9 +557,18 @@ void Model::append_kv(const std::vector<SeqStep>& steps, int64_t l, const float*
 // caches in step; each row's result is the same whichever rows share its call.
 static_assert(kAttentionHeads <= kAttentionRows, "scratch holds kAttentionRows rows of scores");
 
+// The factor of layer l's attention scores q.k: 1/sqrt(head_dim), as GPT-2 has it, unless the
+// config says otherwise (ModelConfig).
+float Model::attention_scale(int64_t l) const {
+    const int64_t HS = config_.n_embd / config_.n_head;
+    float scale = config_.scale_attn_weights ? 1.0f / std::sqrt((float)HS) : 1.0f;
+    if (config_.scale_attn_by_inverse_layer_idx) scale /= float(l + 1);
+    return scale;
+}
+
 void Model::attention(const Team& team, const std::vector<SeqStep>& steps, int64_t l, const float* qkv, float* out) {
     const int64_t C = config_.n_embd, NH = config_.n_head, HS = C / NH;
-    const float scale = 1.0f / std::sqrt((float)HS);
+    const float scale = attention_scale(l);
     float* scratch = scores_.data() + (size_t)team.id * kAttentionRows * (config_.n_ctx + kAttentionRows);
     AttentionHead heads[kAttentionHeads];
     int n_heads = 0;

@@ -25,6 +25,10 @@ struct ModelConfig {
     bool bias = true;  // linear layers and layer norms have biases (nanoGPT bias=False: none)
     DType dtype = DType::F32;  // storage type of the linear weights and wte
     int64_t group = 0;         // q8/q4 group size
+    // Attention scores are q.k / sqrt(head_dim) (scale_attn_weights), further divided by the
+    // layer's number, 1 to n_layer (scale_attn_by_inverse_layer_idx): Hugging Face GPT2Config's.
+    bool scale_attn_weights = true;
+    bool scale_attn_by_inverse_layer_idx = false;
 };
 
 // One tensor of model.safetensors, as parsed and validated by Python (pygpt/_format.py).
@@ -185,6 +189,7 @@ private:
     void low_rank_up(const Linear& lin, const float* u, int64_t T, float* y, int64_t c0, int64_t c1);
     void layernorm_rows(const LayerNorm& ln, const float* x, int64_t r0, int64_t r1, float* out) const;
     void append_kv(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, int64_t o0, int64_t o1);
+    float attention_scale(int64_t l) const;
     void attention(const Team& team, const std::vector<SeqStep>& steps, int64_t l, const float* qkv, float* out);
 
     ModelConfig config_;

@@ -39,6 +39,10 @@ def read_config(model_dir: str) -> dict:
     return validate_config(cfg, path)
 
 
+# Hugging Face GPT2Config's attention scaling, and GPT-2's values (docs/FORMAT.md).
+ATTENTION_SCALING = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False}
+
+
 def validate_config(cfg, where: str = "config.json") -> dict:
     if not isinstance(cfg, dict):
         raise ModelFormatError(f"{where}: expected a JSON object")
@@ -78,6 +82,11 @@ def validate_config(cfg, where: str = "config.json") -> dict:
         if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g <= MAX_DIM:
             raise ModelFormatError(f"{where}: 'quant_group_size' must be an integer in 0..{MAX_DIM}, got {g!r}")
         out["quant_group_size"] = g
+    for key, default in ATTENTION_SCALING.items():  # optional: GPT-2's own without them
+        v = cfg.get(key, default)
+        if not isinstance(v, bool):
+            raise ModelFormatError(f"{where}: '{key}' must be true or false, got {v!r}")
+        out[key] = v
     return out
 
 

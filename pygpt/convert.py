@@ -28,7 +28,8 @@ import tempfile
 
 import numpy as np
 
-from ._format import DTYPES, FORMAT_VERSION, expected_tensors, read_safetensors_header, validate_config
+from ._format import (ATTENTION_SCALING, DTYPES, FORMAT_VERSION, expected_tensors, read_safetensors_header,
+                      validate_config)
 from . import generation_config
 from .chat import CHAT_TEMPLATE_FILE
 from .generation_config import FILE as GENERATION_CONFIG_FILE
@@ -109,10 +110,18 @@ def _config_from_hf(hf: dict, where: str) -> dict:
         act = hf.get("activation_function", "gelu_new")
         if act not in HF_ACTIVATIONS:
             raise ConversionError(f"{where}: activation_function {act!r} is not supported")
+        if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+            raise ConversionError(f"{where}: n_inner {hf['n_inner']!r}: pygpt's MLP is 4 x n_embd wide "
+                                  f"({4 * hf['n_embd']}), as GPT-2's")
+        if hf.get("add_cross_attention"):
+            raise ConversionError(f"{where}: add_cross_attention: a GPT-2 with cross-attention (an "
+                                  "encoder-decoder's decoder) is not supported")
+        scaling = {key: hf.get(key, default) for key, default in ATTENTION_SCALING.items()}
         return {
             "n_layer": hf["n_layer"], "n_head": hf["n_head"], "n_embd": hf["n_embd"],
             "n_ctx": hf.get("n_positions", hf.get("n_ctx")), "vocab_size": hf["vocab_size"],
             "layer_norm_epsilon": hf.get("layer_norm_epsilon", 1e-5), "activation": HF_ACTIVATIONS[act],
+            **{key: v for key, v in scaling.items() if v != ATTENTION_SCALING[key]},  # GPT-2's: not written
         }
     except KeyError as e:
         raise ConversionError(f"{where}: GPT-2 config lacks {e}") from None
@@ -476,6 +485,7 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
         "n_ctx": int(cfg["n_ctx"]), "vocab_size": int(cfg["vocab_size"]),
         "layer_norm_epsilon": float(cfg["layer_norm_epsilon"]), "activation": cfg["activation"],
         "bias": bias, "dtype": dtype,
+        **{key: cfg[key] for key in ATTENTION_SCALING if key in cfg},
     }
     if dtype in ("int8", "int4"):
         from . import quantize

@@ -316,3 +316,68 @@ def test_a_broken_safetensors_file_is_a_conversion_error(tmp_path):
     p.write_bytes(b"\xff" * 16)
     with pytest.raises(pygpt.convert.ConversionError, match="cannot read safetensors"):
         pygpt.convert._read_safetensors(str(p))
+
+
+# -- Hugging Face GPT2Config options that change the math ------------------------------------------
+
+
+@pytest.mark.parametrize("options", [
+    dict(scale_attn_by_inverse_layer_idx=True),  # Stanford CRFM's GPT-2s (Mistral): scores / layer number
+    dict(scale_attn_weights=False),
+    dict(scale_attn_weights=False, scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True),
+])
+def test_attention_scaling_options_are_followed(tmp_path, options):
+    """GPT2Config's attention scaling: scores q.k times 1/sqrt(head_dim) unless
+    scale_attn_weights is false, then divided by the layer's number where
+    scale_attn_by_inverse_layer_idx; reorder_and_upcast_attn changes nothing in float32.
+    Sharp attention (large query and key weights) makes the scale matter."""
+    from conftest import make_hf_model
+
+    hf = make_hf_model(tmp_path / "hf", seed=5, n_layer=4, n_head=2, n_embd=64, n_positions=64, **options)
+    with torch.no_grad():
+        for block in hf.transformer.h:
+            block.attn.c_attn.weight.mul_(6)
+    hf.save_pretrained(tmp_path / "hf")
+    pygpt.convert.convert(str(tmp_path / "hf"), str(tmp_path / "out"))
+    with open(tmp_path / "out" / "config.json") as f:
+        written = json.load(f)
+    assert {k: v for k, v in written.items() if k.startswith("scale_attn")} == {
+        k: v for k, v in options.items() if k.startswith("scale_attn")}  # GPT-2's values are not written
+    model = pygpt.load(tmp_path / "out")
+    ids = [(i * 7919 + 11) % 50256 for i in range(48)]
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(model.logits(ids) - ref).max() <= 2e-5 * np.abs(ref).max()
+    # one step at a time (the KV cache's attention path) as the prompt's
+    out = model.generate(ids[:8], max_new_tokens=12, temperature=0, ignore_eos=True)
+    want = hf.generate(torch.tensor([ids[:8]]), attention_mask=torch.ones(1, 8, dtype=torch.long), max_new_tokens=12,
+                       min_new_tokens=12, do_sample=False, pad_token_id=50256)[0, 8:].tolist()
+    assert out.tokens == want
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(n_inner=100), "n_inner 100"),
+    (dict(add_cross_attention=True), "cross-attention"),
+])
+def test_config_options_pygpt_cannot_follow_are_refused(tmp_path, options, match):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"n_layer": 1, "n_head": 1, "n_embd": 8, "n_positions": 4, "vocab_size": 300,
+                               **options}))
+    torch.save({}, tmp_path / "w.pt")
+    with pytest.raises(pygpt.convert.ConversionError, match=match):
+        pygpt.convert.convert(str(tmp_path / "w.pt"), str(tmp_path / "o"), config=str(cfg))
+
+
+def test_attention_scaling_in_config_is_checked(tmp_path, hf_model_factory):
+    _, _, out_dir = hf_model_factory("tiny")
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(out_dir, folder)
+    with open(folder / "config.json") as f:
+        cfg = json.load(f)
+    for bad in ("yes", 1, None):
+        with open(folder / "config.json", "w") as f:
+            json.dump({**cfg, "scale_attn_by_inverse_layer_idx": bad}, f)
+        with pytest.raises(pygpt.ModelFormatError, match="scale_attn_by_inverse_layer_idx"):
+            pygpt.load(folder)

@@ -256,7 +256,8 @@ def test_converted_model_keeps_its_added_tokens(tuned_model, hf_tuned):
     got = model.logits(ids)
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
     out = model.generate(text, max_new_tokens=12, temperature=0, ignore_eos=True)
-    want = hf.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, min_new_tokens=12, pad_token_id=0,
+    want = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                       max_new_tokens=12, do_sample=False, min_new_tokens=12, pad_token_id=50257,
                        suppress_tokens=list(range(50263, 50304)))[0, len(ids):].tolist()  # not the padding
     assert out.tokens == want
 
