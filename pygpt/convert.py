@@ -138,7 +138,37 @@ def _read_hf_folder(folder):
         p = os.path.join(folder, name)
         if os.path.isfile(p):
             return _load_state_file(p), config
-    raise ConversionError(f"{folder}: no model.safetensors or pytorch_model.bin")
+        if os.path.isfile(p + ".index.json"):
+            return _load_shards(p + ".index.json"), config
+    raise ConversionError(f"{folder}: no model.safetensors or pytorch_model.bin (or their shards' "
+                          "index.json)")
+
+
+def _load_shards(index_path):
+    """The state_dict of a checkpoint save_pretrained split in shards (its weight_map names
+    each tensor's file, beside the index)."""
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        files = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConversionError(f"{index_path}: not a shard index (a weight_map of tensor -> file): {e}") from None
+    sd = {}
+    for name in files:
+        if not isinstance(name, str) or os.path.basename(name) != name:
+            raise ConversionError(f"{index_path}: shard {name!r} is not a file name beside the index")
+        path = os.path.join(os.path.dirname(index_path), name)
+        if not os.path.isfile(path):
+            raise ConversionError(f"{index_path}: shard {name} is missing")
+        shard = _load_state_file(path)
+        for key in shard:
+            if key in sd:
+                raise ConversionError(f"{index_path}: tensor '{key}' is in two shards")
+        sd.update(shard)
+    missing = sorted(set(weight_map) - set(sd))
+    if missing:
+        raise ConversionError(f"{index_path}: tensors the index lists are in no shard: {missing[:5]}")
+    return sd
 
 
 def _read_hf_hub(model_id):

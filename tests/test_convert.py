@@ -381,3 +381,47 @@ def test_attention_scaling_in_config_is_checked(tmp_path, hf_model_factory):
             json.dump({**cfg, "scale_attn_by_inverse_layer_idx": bad}, f)
         with pytest.raises(pygpt.ModelFormatError, match="scale_attn_by_inverse_layer_idx"):
             pygpt.load(folder)
+
+
+# -- checkpoints save_pretrained split in shards ------------------------------------------------
+
+
+def same_weights(a_dir, b_dir):
+    from safetensors.numpy import load_file
+
+    a, b = (load_file(os.path.join(d, "model.safetensors")) for d in (a_dir, b_dir))
+    return sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_sharded_checkpoints_convert(tmp_path, hf_model_factory):
+    """save_pretrained splits a checkpoint larger than max_shard_size (5 GB in transformers 4:
+    gpt2-xl) into files an index.json names; as pickles too (pytorch_model.bin.index.json)."""
+    model, hf_dir, out_dir = hf_model_factory("tiny")
+    sharded = tmp_path / "sharded"
+    model.save_pretrained(sharded, max_shard_size="600KB")
+    shards = [f for f in os.listdir(sharded) if f.endswith(".safetensors")]
+    assert len(shards) >= 2 and "model.safetensors.index.json" in os.listdir(sharded)
+    pygpt.convert.convert(str(sharded), str(tmp_path / "out"), tokenizer=GPT2_TOKENIZER)
+    assert same_weights(tmp_path / "out", out_dir)
+
+    pickled = tmp_path / "pickled"
+    write_bin_folder(model, hf_dir, pickled)
+    sd = torch.load(pickled / "pytorch_model.bin")
+    os.remove(pickled / "pytorch_model.bin")
+    names = sorted(sd)
+    weight_map = {}
+    for k, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+        torch.save({n: sd[n] for n in part}, pickled / f"pytorch_model-0000{k + 1}-of-00002.bin")
+        weight_map.update({n: f"pytorch_model-0000{k + 1}-of-00002.bin" for n in part})
+    index = pickled / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    pygpt.convert.convert(str(pickled), str(tmp_path / "out2"), tokenizer=GPT2_TOKENIZER)
+    assert same_weights(tmp_path / "out2", out_dir)
+
+    # a broken index or a missing shard: a ConversionError that names it
+    for text, match in [("{", "not a shard index"), (json.dumps({"weight_map": {"a": "../x.bin"}}), "beside"),
+                        (json.dumps({"weight_map": {"a": "gone.bin"}}), "gone.bin is missing"),
+                        (json.dumps({"weight_map": {**weight_map, "extra": weight_map[names[0]]}}), "in no shard")]:
+        index.write_text(text)
+        with pytest.raises(pygpt.convert.ConversionError, match=match):
+            pygpt.convert.convert(str(pickled), str(tmp_path / "bad"))
