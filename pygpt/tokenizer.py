@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import warnings
 from typing import AbstractSet, Iterable, Optional, Sequence, Union
 
 from . import _core
@@ -194,10 +195,27 @@ def _read_tokenizer_json(path: str):
                 or not all(isinstance(x, str) and x for x in parts)):
             raise ModelFormatError(f"{path}: model.merges[{k}] must be two tokens, got {m!r}")
         pairs.append((f"{path}: model.merges[{k}]", *parts))
+    _warn_of_post_processor(tj.get("post_processor"), path)
     added = tj.get("added_tokens", [])
     if not isinstance(added, list):
         raise ModelFormatError(f"{path}: added_tokens must be a list")
     return vocab, pairs, [_added_token(t, t.get("id") if isinstance(t, dict) else None, path) for t in added]
+
+
+def _warn_of_post_processor(post, where: str) -> None:
+    """A post-processor that adds tokens to every text (transformers' add_bos_token, say) is not
+    followed: pygpt's encode gives the text's tokens only. Say so once, at load."""
+    processors = post.get("processors", []) if isinstance(post, dict) and post.get("type") == "Sequence" else [post]
+    for p in processors:
+        if not isinstance(p, dict):
+            continue
+        if p.get("type") in ("BertProcessing", "RobertaProcessing") or (
+                p.get("type") == "TemplateProcessing" and any(
+                    isinstance(piece, dict) and "SpecialToken" in piece for piece in p.get("single", []))):
+            warnings.warn(f"{where}: its post-processor ({p.get('type')}) adds special tokens to each text "
+                          "(as transformers' add_bos_token does); pygpt's encode and generate do not: put "
+                          "them in the prompt where the model expects them", stacklevel=4)
+            return
 
 
 def _added_token(t, id, where: str):
@@ -213,7 +231,7 @@ def _added_token(t, id, where: str):
     return id, t["content"], bool(t.get("special", False))
 
 
-def _config_added_tokens(folder: str, vocab: dict) -> list:
+def _config_added_tokens(folder: str) -> list:
     """The added tokens listed in a folder's tokenizer_config.json (added_tokens_decoder), beside
     a vocab.json + merges.txt; []: none. A legacy added_tokens.json without that list is refused."""
     path = os.path.join(folder, HF_TOKENIZER_CONFIG)
@@ -351,7 +369,7 @@ class Tokenizer:
                     if not os.path.isfile(p):
                         raise FileNotFoundError(f"tokenizer file missing: {p}")
                 vocab = _load_vocab(vocab_path)
-                added = _config_added_tokens(path, vocab)
+                added = _config_added_tokens(path)
                 return cls._build(vocab, lambda: _load_merges(merges_path, vocab), added, special_tokens,
                                   f"{vocab_path}, {merges_path}")
         raise FileNotFoundError(f"no tokenizer in {path}: expected tokenizer.json, vocab.json + merges.txt "

@@ -366,3 +366,26 @@ def test_a_token_cannot_be_both_special_and_added():
         Tokenizer(byte_tokens, [], {"<|x|>": 256}, {"<|x|>": 256})
     t = Tokenizer(byte_tokens, [], None, {"<|x|>": 256})
     assert t.encode("a<|x|>") == [97, 256] and t.special_tokens == {} and t.added_tokens == {"<|x|>": 256}
+
+
+def test_a_post_processor_that_adds_tokens_is_named(saved, tmp_path):
+    """transformers' add_bos_token writes a post-processor that puts <|endoftext|> before every
+    text; pygpt's encode gives a text's own tokens, and says so when it loads such a file."""
+    import transformers
+
+    vocab, merges = gpt2_files()
+    with_bos = transformers.GPT2TokenizerFast(vocab=vocab, merges=merges, add_bos_token=True)
+    assert with_bos.encode("Hello world") == [50256, 15496, 995]
+    with_bos.save_pretrained(tmp_path / "bos")
+    with open(tmp_path / "bos" / "tokenizer.json", encoding="utf-8") as f:
+        bos = json.load(f)["post_processor"]
+    for post in (bos, {"type": "Sequence", "processors": [{"type": "ByteLevel"}, bos]}):
+        folder = edit(saved, tmp_path, lambda d: d.update(post_processor=post))
+        with pytest.warns(UserWarning, match="adds special tokens to each text"):
+            tok = Tokenizer.from_dir(folder)
+        assert tok.encode("Hello world") == [15496, 995]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Tokenizer.from_dir(saved)  # GPT-2's adds nothing: no warning
