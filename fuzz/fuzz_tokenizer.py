@@ -12,6 +12,8 @@ The first byte picks the operation on the rest:
      streamed text (StreamDecoder push + flush) == decode_bytes decoded with errors="replace"
   4: tokenizer files from the input (vocab.json NUL merges.txt): ModelFormatError or a
      tokenizer that round-trips
+  5: a Hugging Face tokenizer.json from the input: ModelFormatError or a tokenizer that
+     round-trips (its added tokens too: their bytes are their text)
 Only those exceptions may escape; anything else, a wrong round trip or a crash is a finding.
 """
 
@@ -23,6 +25,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 
 try:
     import atheris
@@ -54,7 +57,7 @@ def roundtrip(tok, text: str, allowed=frozenset()) -> None:
 def check_one(data: bytes) -> None:
     if not data:
         return
-    mode, body = data[0] % 5, data[1:]
+    mode, body = data[0] % 6, data[1:]
     fdp = atheris.FuzzedDataProvider(body)
     if mode in (0, 1):
         text = fdp.ConsumeUnicodeNoSurrogates(len(body))
@@ -82,6 +85,18 @@ def check_one(data: bytes) -> None:
         streamed = "".join(dec.push(i) for i in ids) + dec.flush()
         assert streamed == text
         assert TOK.decode_bytes(ids).decode("utf-8", "replace") == text
+    elif mode == 5:
+        folder = os.path.join(WORK, "hf")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "tokenizer.json"), "wb") as f:
+            f.write(body)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a post-processor that adds tokens is named in a warning
+                tok = Tokenizer.from_dir(folder)
+        except ModelFormatError:
+            return
+        roundtrip(tok, fdp.ConsumeUnicodeNoSurrogates(64))
     else:
         vocab_text, _, merges_text = body.partition(b"\0")
         vocab_path, merges_path = os.path.join(WORK, "vocab.json"), os.path.join(WORK, "merges.txt")

@@ -21,6 +21,18 @@ def write_folder(path: str) -> None:
     hf.write_model(path, cfg=CFG, seed=0)
 
 
+def hf_tokenizer_json() -> dict:
+    """A small tokenizer.json as transformers saves one: the 256 bytes and a few merges, with
+    added tokens (special and not) past the vocabulary."""
+    vocab, merges = hf.byte_level_vocab(n_merges=8)
+    n = len(vocab)
+    added = [{"id": n, "content": "<|im_start|>", "special": True}, {"id": n + 1, "content": " word", "special": False}]
+    return {"version": "1.0", "added_tokens": added, "normalizer": None,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+            "post_processor": None, "decoder": {"type": "ByteLevel"},
+            "model": {"type": "BPE", "vocab": vocab, "merges": [m.split(" ") for m in merges]}}
+
+
 def main() -> None:
     raw, header = hf.pack_safetensors(hf.tiny_tensors(CFG))
     cfg = json.dumps(CFG).encode()
@@ -40,6 +52,7 @@ def main() -> None:
         "surrogates": b"\x02abc\xed\xa0\x80def\xff",
         "decode": b"\x03" + struct.pack("<8i", 15496, 995, 50256, 220, 94, 127, 4, 50257),
         "files": b"\x04" + json.dumps({"a": 0, "b": 1, "ab": 2}).encode() + b"\x00a b\n",
+        "hf-json": b"\x05" + json.dumps(hf_tokenizer_json()).encode(),
     }
     for target, seeds in (("format", fmt), ("tokenizer", tok)):
         d = os.path.join(HERE, "corpus", target)

@@ -508,6 +508,9 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
     cfg["vocab_size"] = min(cfg["vocab_size"], arrays["wte.weight"].shape[0])
     if arrays["wte.weight"].shape[0] != cfg["vocab_size"]:
         arrays["wte.weight"] = np.ascontiguousarray(arrays["wte.weight"][: cfg["vocab_size"]])
+    if tok is not None and tok.vocab_size > cfg["vocab_size"]:
+        raise ConversionError(f"the tokenizer has {tok.vocab_size} tokens but the model's embedding only "
+                              f"{cfg['vocab_size']} rows (tokens added without resize_token_embeddings?)")
 
     config_json = {
         "format": "pygpt", "format_version": FORMAT_VERSION, "architecture": "gpt2",

@@ -389,3 +389,12 @@ def test_a_post_processor_that_adds_tokens_is_named(saved, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Tokenizer.from_dir(saved)  # GPT-2's adds nothing: no warning
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused_at_conversion(saved, tmp_path):
+    """Tokens added to the tokenizer without resize_token_embeddings: the model has no rows for
+    them. The converter says so (before, the folder was written and failed to load)."""
+    make_hf_model(tmp_path / "hf", seed=1, n_layer=1, n_head=2, n_embd=32, n_positions=32)
+    with pytest.raises(pygpt.convert.ConversionError, match="50263 tokens but the model's embedding only 50257"):
+        pygpt.convert.convert(str(tmp_path / "hf"), str(tmp_path / "out"), tokenizer=str(saved))
+    assert not os.path.exists(tmp_path / "out")
