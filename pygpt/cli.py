@@ -332,6 +332,17 @@ def _adapters(model) -> str:
     return f"{applied}; {model._core.lora_bytes / 2 ** 20:.2f} MiB of f32 A and B"
 
 
+def _tokenizer_line(tok) -> str:
+    """pygpt info's tokenizer line: its size and the tokens a fine-tune added past <|endoftext|>."""
+    if tok is None:
+        return "none"
+    added = sorted((i, text) for text, i in tok.added_tokens.items() if text != "<|endoftext|>")
+    if not added:
+        return f"{tok.vocab_size} tokens"
+    shown = ", ".join(repr(text) for _, text in added[:6]) + (", ..." if len(added) > 6 else "")
+    return f"{tok.vocab_size} tokens, {len(added)} added ({shown})"
+
+
 def cmd_info(args) -> int:
     import pygpt
 
@@ -352,7 +363,7 @@ def cmd_info(args) -> int:
         ("file size", f"{model._core.file_bytes / 2 ** 20:.1f} MiB"),
         ("in 2 MiB pages", _huge_pages(model)),
         ("lora adapters", _adapters(model)),
-        ("tokenizer", f"{model.tokenizer.vocab_size} tokens" if model.tokenizer is not None else "none"),
+        ("tokenizer", _tokenizer_line(model.tokenizer)),
         ("chat template", "chat_template.jinja" if model.chat_template.name != "plain" else "plain (built in)"),
         ("generation defaults", ", ".join(f"{k}={v!r}" for k, v in model.generation_config.items()) or
          "none (pygpt's)"),

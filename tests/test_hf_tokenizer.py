@@ -398,3 +398,14 @@ def test_a_tokenizer_larger_than_the_model_is_refused_at_conversion(saved, tmp_p
     with pytest.raises(pygpt.convert.ConversionError, match="50263 tokens but the model's embedding only 50257"):
         pygpt.convert.convert(str(tmp_path / "hf"), str(tmp_path / "out"), tokenizer=str(saved))
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_info_lists_the_added_tokens(tuned_model, pygpt_cmd):
+    import subprocess
+
+    _, _, out_dir = tuned_model
+    run = subprocess.run(pygpt_cmd + ["info", str(out_dir)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    line = next(ln for ln in run.stdout.splitlines() if ln.startswith("tokenizer"))
+    assert line.split(None, 1)[1] == ("50263 tokens, 6 added ('<|pad|>', '<|im_start|>', '<|im_end|>', "
+                                      "'pygptword', ' spacedword', '<|im')")
