@@ -139,6 +139,10 @@ def _write_tokenizer(reader, path: str, folder: str) -> None:
     model = _field(reader, "tokenizer.ggml.model", path, default="gpt2")
     if model != "gpt2":
         raise ConversionError(f"{path}: tokenizer model {model!r}: pygpt reads GPT-2's byte-level BPE (\"gpt2\")")
+    pre = _field(reader, "tokenizer.ggml.pre", path, default="gpt-2")  # files before llama.cpp wrote it: GPT-2's
+    if pre != "gpt-2":
+        raise ConversionError(f"{path}: tokenizer.ggml.pre {pre!r}: pygpt splits text as GPT-2 does (\"gpt-2\"), "
+                              "not as this tokenizer's pre-tokenizer")
     TokenType = _gguf().TokenType
     tokens = _field(reader, "tokenizer.ggml.tokens", path)
     merges = _field(reader, "tokenizer.ggml.merges", path, default=[])

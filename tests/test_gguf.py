@@ -138,11 +138,14 @@ def _rewrite(src, dst, arch="gpt2", rename=None, head=None):
     ("renamed", "'blk.0.attn_q.weight' is not one of a GPT-2's"),
     ("untied", "not tied"),
     ("truncated", "not a readable GGUF file"),
+    ("pre-tokenizer", "tokenizer.ggml.pre 'llama3'"),
 ])
 def test_what_is_not_a_gpt2_gguf_is_refused(bench, tiny, tmp_path, case, match):
     src = write(bench, tiny[0], tmp_path / "src.gguf")
     dst = tmp_path / "bad.gguf"
-    if case == "llama":
+    if case == "pre-tokenizer":  # another model's split of text into words, with GPT-2's vocabulary
+        write(bench, tiny[0], dst, tokenizer_pre="llama3")
+    elif case == "llama":
         _rewrite(src, dst, arch="llama")
     elif case == "renamed":
         _rewrite(src, dst, rename={"blk.0.attn_qkv.weight": "blk.0.attn_q.weight"})

@@ -203,7 +203,8 @@ def make_models(workdir: str, shape: str, dtypes, want_ct2: bool, log, llama_typ
 
 
 def write_gguf(hf_dir: str, out: str, tokenizer_dir: str | None = None, matrix_type: str = "F32",
-               head_type: str | None = None, chat_template: str | None = None, added_tokens=()) -> None:
+               head_type: str | None = None, chat_template: str | None = None, added_tokens=(),
+               tokenizer_pre: str = "gpt-2") -> None:
     """The HF GPT-2 in `hf_dir` as a GGUF file llama.cpp loads (its "gpt2" architecture):
     gguf's tensor-name map gives the names; Conv1D weights (in, out) are stored as (out, in);
     the tied LM head is written as output.weight, as llama.cpp's converter does; the
@@ -213,7 +214,8 @@ def write_gguf(hf_dir: str, out: str, tokenizer_dir: str | None = None, matrix_t
     LM head as `head_type` (default: the same), for tests of pygpt's GGUF reading.
     `added_tokens`: (text, special) of a fine-tune's added tokens, after the vocabulary, as
     llama.cpp's converter writes them (CONTROL or USER_DEFINED, holding their text); the list is
-    padded to the embedding's rows with UNUSED "[PAD<id>]" tokens, as it pads it."""
+    padded to the embedding's rows with UNUSED "[PAD<id>]" tokens, as it pads it.
+    `tokenizer_pre`: the pre-tokenizer's name (tokenizer.ggml.pre)."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -246,7 +248,7 @@ def write_gguf(hf_dir: str, out: str, tokenizer_dir: str | None = None, matrix_t
     types += [gguf.TokenType.UNUSED] * (rows - len(tokens))
     tokens += [f"[PAD{i}]" for i in range(len(tokens), rows)]
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
+    w.add_tokenizer_pre(tokenizer_pre)
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
