@@ -44,6 +44,7 @@ HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "ge
                   "gelu": "gelu_erf"}
 LLMC_MAGIC = 20240326
 _MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")  # a model id: name or owner/name
 TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
 
 
@@ -296,9 +297,9 @@ def read_source(source, config=None):
             sd, cfg = _read_nanogpt(obj, source)
             return sd, cfg, None
         raise ConversionError(f"{source}: a plain state_dict needs config= (--config) with its GPT-2 config")
-    if os.sep in source or source.startswith(".") or source.endswith((".pt", ".bin", ".safetensors")):
+    if not _HUB_ID.fullmatch(source) or ".." in source or source.endswith((".pt", ".bin", ".safetensors", ".gguf")):
         raise FileNotFoundError(f"no such file or folder: {source}")
-    return _read_hf_hub(source)
+    return _read_hf_hub(source)  # "gpt2", "openai-community/gpt2": a Hugging Face model id
 
 
 # -- canonical tensors ----------------------------------------------------------------------

@@ -409,3 +409,43 @@ def test_info_lists_the_added_tokens(tuned_model, pygpt_cmd):
     line = next(ln for ln in run.stdout.splitlines() if ln.startswith("tokenizer"))
     assert line.split(None, 1)[1] == ("50263 tokens, 6 added ('<|pad|>', '<|im_start|>', '<|im_end|>', "
                                       "'pygptword', ' spacedword', '<|im')")
+
+
+def test_a_model_id_downloads_its_tokenizer_json(tuned_model, hf_tuned, monkeypatch, tmp_path):
+    """`convert("user/model", out)`: the weights through transformers' from_pretrained, the
+    tokenizer and the other files through huggingface_hub's hf_hub_download (tokenizer.json
+    first). The hub is faked here by a local folder: no download happens."""
+    import huggingface_hub
+    import transformers
+
+    _, hf_dir, _ = tuned_model
+    hub = tmp_path / "hub"
+    shutil.copytree(hf_dir, hub)
+    template = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
+    (hub / "chat_template.jinja").write_text(template, encoding="utf-8")
+    cache = tmp_path / "cache"
+    fetched = []
+
+    def fake_download(repo_id, filename, **kw):
+        assert repo_id == "someone/tuned-gpt2"
+        fetched.append(filename)
+        if not os.path.isfile(hub / filename):
+            raise huggingface_hub.errors.EntryNotFoundError(f"{filename} not in {repo_id}")
+        os.makedirs(cache, exist_ok=True)
+        return shutil.copy(hub / filename, cache / filename)
+
+    real = transformers.GPT2LMHeadModel.from_pretrained
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(transformers.GPT2LMHeadModel, "from_pretrained",
+                        lambda model_id, **kw: real(str(hub) if model_id == "someone/tuned-gpt2" else model_id, **kw))
+    out = pygpt.convert.convert("someone/tuned-gpt2", str(tmp_path / "out"))
+    assert fetched[0] == "tokenizer.json" and "vocab.json" not in fetched
+    assert {"tokenizer.json", "chat_template.jinja", "generation_config.json"} <= set(os.listdir(out))
+    model = pygpt.load(out)
+    assert model.config["vocab_size"] == 50263
+    assert model.tokenizer.added_tokens == hf_tuned.get_added_vocab()
+    assert model.chat_template.stop == ("<|im_end|>",)
+    # what cannot be a model id is a missing path
+    for missing in ("no/such/folder", "./gpt2", "../gpt2", "ckpt.pt", "model.gguf", str(tmp_path / "gone")):
+        with pytest.raises(FileNotFoundError, match="no such file or folder"):
+            pygpt.convert.convert(missing, str(tmp_path / "x"))
