@@ -230,6 +230,22 @@ void bind_kernels(py::module_& m) {
         return out;
     });
 
+    // y [T, n_out] plus x [T, K] w, w [K, n_out], in columns [o_begin, o_end) (a copy of y is
+    // returned).
+    m.def("_kernel_add_product", [](const std::string& isa, const F32& y, const F32& x, const F32& w, int64_t o_begin,
+                                    int64_t o_end) {
+        if (y.ndim() != 2 || x.ndim() != 2 || w.ndim() != 2 || x.shape(0) != y.shape(0) ||
+            w.shape(0) != x.shape(1) || w.shape(1) != y.shape(1))
+            throw std::invalid_argument("need y [T, n_out], x [T, K], w [K, n_out]");
+        const int64_t T = y.shape(0), n_out = y.shape(1), K = x.shape(1);
+        if (o_begin < 0 || o_begin > o_end || o_end > n_out)
+            throw std::invalid_argument("need 0 <= o_begin <= o_end <= n_out");
+        F32 out({T, n_out});
+        std::memcpy(out.mutable_data(), y.data(), y.size() * sizeof(float));
+        select_kernels(isa.c_str()).add_product(out.mutable_data(), x.data(), w.data(), K, n_out, T, o_begin, o_end);
+        return out;
+    });
+
     // q [HS]; k, v [n_keys, ld] with the head in columns [0, HS), as f32 or as f16 bits.
     m.def("_kernel_attention_row", [](const std::string& isa, const F32& q, const F32& k, const F32& v, float scale) {
         return attention_row_binding(isa, q, k, v, scale);

@@ -78,6 +78,17 @@ struct Kernels {
     // y += x
     void (*add)(float* y, const float* x, int64_t n);
 
+    // y[t, o] += sum_k x[t, k] * w[k, o]   for t < T, o_begin <= o < o_end, k < K: x [T, K],
+    // w [K, n_out] (row-major: the transpose of a linear layer's weight), y [T, n_out], all f32.
+    // The two products of a low-rank term (x A^T) B^T (Model::set_lora keeps A and B
+    // transposed), whose few columns (u = x A^T) or short sums (K = rank in u B^T) the tiles of
+    // linear are not built for: here each x[t, k] multiplies a run of row k of w, vectorised
+    // along the columns, and y is read and written once. Each sum is the chain
+    // s = fma(x[t, k], w[k, o], s) over k from s = 0, then y += s: the same bits on every ISA,
+    // whatever T and the range.
+    void (*add_product)(float* y, const float* x, const float* w, int64_t K, int64_t n_out, int64_t T,
+                        int64_t o_begin, int64_t o_end);
+
     // Single query rows, each its own head of causal attention against its own keys
     // (decode: one head of one sequence each), for one head h = heads[i]:
     //   s_j = scale * h.q . k_j  (j < h.n_keys),  p = softmax(s),  h.out = sum_j p_j v_j

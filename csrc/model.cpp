@@ -255,7 +255,9 @@ void Model::set_lora(const std::string& name, const float* a, int64_t a_rows, in
     if (!finite(a, rank * n_in) || !finite(b, n_out * rank))
         throw std::invalid_argument("set_lora: '" + name + "': A or B holds NaN or infinity");
     lin->lora.a.assign(a, a + rank * n_in);
-    lin->lora.b.assign(b, b + n_out * rank);
+    lin->lora.bt.resize(rank * n_out);
+    for (int64_t o = 0; o < n_out; o++)
+        for (int64_t j = 0; j < rank; j++) lin->lora.bt[j * n_out + o] = b[o * rank + j];
     lin->lora.rank = rank;
     max_lora_rank_ = std::max(max_lora_rank_, rank);
 }
@@ -263,7 +265,7 @@ void Model::set_lora(const std::string& name, const float* a, int64_t a_rows, in
 size_t Model::lora_bytes() const {
     size_t n = 0;
     for (const Block& blk : w_.h)
-        for (const Linear* lin : blk.linears()) n += (lin->lora.a.size() + lin->lora.b.size()) * sizeof(float);
+        for (const Linear* lin : blk.linears()) n += (lin->lora.a.size() + lin->lora.bt.size()) * sizeof(float);
     return n;
 }
 
@@ -285,12 +287,9 @@ void Model::low_rank_down(const Linear& lin, const float* x, int64_t r0, int64_t
 }
 
 // y += u B^T, columns [c0, c1) of every row (u [T, rank], y [T, n_out]).
-void Model::low_rank_up(const Linear& lin, const float* u, int64_t T, float* y, int64_t c0, int64_t c1) {
+void Model::low_rank_up(const Linear& lin, const float* u, int64_t T, float* y, int64_t c0, int64_t c1) const {
     const LowRank& lr = lin.lora;
-    const int64_t n_out = lin.w.n_out;
-    float* d = lora_d_;  // [T, n_out]: each thread writes its own columns
-    kernels_->linear(f32_matrix(lr.b.data(), n_out, lr.rank), nullptr, u, T, d, c0, c1);
-    for (int64_t r = 0; r < T; r++) kernels_->add(y + r * n_out + c0, d + r * n_out + c0, c1 - c0);
+    kernels_->add_product(y, u, lr.bt.data(), lr.rank, lin.w.n_out, T, c0, c1);
 }
 
 // ----------------------------------------------------------------------------
@@ -360,15 +359,13 @@ void Model::forward(const std::vector<SeqStep>& steps, float* logits, float* hid
     proj_.resize(T * C);             // output of a sublayer's projection
     fc_.resize(T * 4 * C);
     if (max_lora_rank_ > 0) {
-        const int64_t d_floats = (T * 4 * C + 15) / 16 * 16;  // the widest layer's outputs
         lora_u_stride_ = (T * max_lora_rank_ + 15) / 16 * 16;
-        const size_t bytes = (d_floats + copies * lora_u_stride_) * sizeof(float);
+        const size_t bytes = copies * lora_u_stride_ * sizeof(float);
         if (bytes > lora_scratch_bytes_) {
             lora_scratch_.reset(cache_lines((int64_t)bytes));
             lora_scratch_bytes_ = bytes;
         }
-        lora_d_ = reinterpret_cast<float*>(lora_scratch_.get());
-        lora_u_ = lora_d_ + d_floats;
+        lora_u_ = reinterpret_cast<float*>(lora_scratch_.get());
     }
     last_.resize(copies * last_rows_.size() * C);
     scores_.resize((size_t)n_threads_ * kAttentionRows * (cfg.n_ctx + kAttentionRows));

@@ -46,7 +46,7 @@ struct TensorInfo {
 struct LowRank {
     int64_t rank = 0;             // 0: none
     std::vector<float> a;         // A [rank, n_in]
-    std::vector<float> b;         // B [n_out, rank]
+    std::vector<float> bt;        // B^T [rank, n_out] (transposed at set_lora for Kernels::add_product)
 };
 
 struct Linear {
@@ -172,9 +172,9 @@ public:
 
     // Gives the linear layer `name` ("h.3.attn.c_attn", "h.3.attn.c_proj", "h.3.mlp.c_fc" or
     // "h.3.mlp.c_proj") the low-rank term (x A^T) B^T: a = A [a_rows, a_cols] = [rank, n_in],
-    // b = B [b_rows, b_cols] = [n_out, rank], row-major f32, copied. Once per layer, before the
-    // first forward pass (keys and values cached without it would not match). Throws
-    // std::invalid_argument on a bad name, shape, value or call.
+    // b = B [b_rows, b_cols] = [n_out, rank], row-major f32, copied (B transposed). Once per
+    // layer, before the first forward pass (keys and values cached without it would not match).
+    // Throws std::invalid_argument on a bad name, shape, value or call.
     void set_lora(const std::string& name, const float* a, int64_t a_rows, int64_t a_cols, const float* b,
                   int64_t b_rows, int64_t b_cols);
     // Bytes of the low-rank terms' A and B.
@@ -186,7 +186,7 @@ private:
     void linear(const Team& team, const Linear& lin, const float* x, int64_t T, float* y, int64_t r0, int64_t r1,
                 Epilogue&& epilogue, int64_t unit);
     void low_rank_down(const Linear& lin, const float* x, int64_t r0, int64_t r1, float* u) const;
-    void low_rank_up(const Linear& lin, const float* u, int64_t T, float* y, int64_t c0, int64_t c1);
+    void low_rank_up(const Linear& lin, const float* u, int64_t T, float* y, int64_t c0, int64_t c1) const;
     void layernorm_rows(const LayerNorm& ln, const float* x, int64_t r0, int64_t r1, float* out) const;
     void append_kv(const std::vector<SeqStep>& steps, int64_t l, const float* qkv, int64_t T, int64_t o0, int64_t o1);
     float attention_scale(int64_t l) const;
@@ -206,11 +206,10 @@ private:
 
     // activations, grown as needed and reused across calls (no allocation per token)
     std::vector<float> x_, xn_, qkv_, att_, proj_, fc_, last_, scores_;
-    // low-rank terms: (x A^T) B^T [T, widest n_out], then u = x A^T [T, rank] (few rows: a copy
-    // per thread, lora_u_stride_ floats apart), each starting a cache line (threads write them)
+    // low-rank terms: u = x A^T [T, rank] (few rows: a copy per thread, lora_u_stride_ floats
+    // apart), each starting a cache line (threads write them)
     std::unique_ptr<uint8_t[], FreeDeleter> lora_scratch_;
     size_t lora_scratch_bytes_ = 0;
-    float* lora_d_ = nullptr;
     float* lora_u_ = nullptr;
     int64_t lora_u_stride_ = 0;
     std::unique_ptr<uint8_t[], FreeDeleter> prep_;  // a prompt's prepared activations (Kernels::prepare)

@@ -219,6 +219,48 @@ def test_add(isa):
         np.testing.assert_array_equal(_core._kernel_add(isa, y, x), y + x)
 
 
+def product_reference(y, x, w, o_begin, o_end):
+    """add_product's arithmetic in NumPy: per output the chain s = fma(x[t, k], w[k, o], s) from
+    s = 0, then y + s in float32. A fused step is emulated in float64 (the product exact, the sum
+    rounded to float64, then to float32): that double rounding differs from the one rounding of
+    an FMA only for a sum within about 2^-29 ulp of a float32 midpoint, which these draws never
+    meet."""
+    s = np.zeros((len(y), o_end - o_begin), np.float32)
+    for k in range(x.shape[1]):
+        s = (x[:, k : k + 1].astype(np.float64) * w[k, o_begin:o_end] + s).astype(np.float32)
+    out = y.copy()
+    out[:, o_begin:o_end] += s
+    return out
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("T,K,n_out", [(1, 1, 1), (1, 8, 37), (3, 5, 17), (7, 16, 131), (13, 3, 200), (6, 24, 64),
+                                       (21, 77, 16), (11, 130, 5)])
+def test_add_product(isa, T, K, n_out):
+    """The bits of NumPy's chain of fused multiply-adds and of the scalar reference on every ISA,
+    for any column range and T (odd sizes: tiles of 4 and 8 rows and single rows, blocks of
+    vectors of columns, single vectors and a masked tail); columns outside the range untouched.
+    The shapes of both low-rank products: u B^T (short sums K = rank, many columns) and x A^T
+    (long sums, `rank` columns)."""
+    rng = np.random.default_rng(T * 1000 + K * 10 + n_out)
+    y = rng.standard_normal((T, n_out)).astype(np.float32)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    w = rng.standard_normal((K, n_out)).astype(np.float32)
+    full = _core._kernel_add_product(isa, y, x, w, 0, n_out)
+    np.testing.assert_array_equal(full, product_reference(y, x, w, 0, n_out))
+    np.testing.assert_array_equal(full, _core._kernel_add_product("scalar", y, x, w, 0, n_out))
+    want = y.astype(np.float64) + x.astype(np.float64) @ w.astype(np.float64)
+    assert np.abs(full - want).max() < RTOL_F32_SUM * (1 + np.abs(x).max() * np.abs(w).sum(axis=0).max())
+    for o_begin, o_end in [(0, 0), (1, n_out), (n_out // 3, n_out - n_out // 4), (n_out - 1, n_out)]:
+        part = _core._kernel_add_product(isa, y, x, w, o_begin, o_end)
+        np.testing.assert_array_equal(part[:, o_begin:o_end], full[:, o_begin:o_end])
+        np.testing.assert_array_equal(np.delete(part, np.s_[o_begin:o_end], axis=1),
+                                      np.delete(y, np.s_[o_begin:o_end], axis=1))
+    for t in range(T):  # a row alone
+        np.testing.assert_array_equal(_core._kernel_add_product(isa, y[t : t + 1], x[t : t + 1], w, 0, n_out)[0],
+                                      full[t])
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("n_keys,hs,ld", [(1, 64, 64), (5, 7, 13), (33, 64, 192), (100, 80, 97), (17, 130, 131)])
 def test_attention_row(isa, n_keys, hs, ld):

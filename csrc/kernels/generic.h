@@ -35,6 +35,8 @@ void layernorm(float* out, const float* x, const float* gamma, const float* beta
 void gelu_tanh(float* x, int64_t n);
 void gelu_erf(float* x, int64_t n);
 void add(float* y, const float* x, int64_t n);
+void add_product(float* y, const float* x, const float* w, int64_t K, int64_t n_out, int64_t T, int64_t o_begin,
+                 int64_t o_end);
 uint16_t f32_to_f16(float f);
 void attention_rows(float* out, int64_t ld_out, const float* q, int64_t ld_q, int64_t n_rows, const float* k,
                     const float* v, int64_t ld, int64_t n_keys, int64_t head_dim, float scale, float* scores);

@@ -1,5 +1,6 @@
 // Small ops hand-written for AVX-512 and AVX2 (the scalar path uses generic.cpp):
-// layer norm, GELU (tanh form), y += x and one query row of causal attention.
+// layer norm, GELU (tanh form), y += x, y += x W (add_product) and one query row of
+// causal attention.
 // V is this ISA's f32 vector (16 or 8 lanes); the Vec helpers below hide the width.
 #include <algorithm>
 #include <cmath>
@@ -158,6 +159,62 @@ void add(float* y, const float* x, int64_t n) {
     int64_t i = 0;
     for (; i + N <= n; i += N) vstore(y + i, vadd(vload(y + i), vload(x + i)));
     if (i < n) vstore_n(y + i, vadd(vload_n(y + i, n - i), vload_n(x + i, n - i)), n - i);
+}
+
+// add_product's tile: rows [0, RT) of x and y (K and n_out floats apart), columns [0, CV * N)
+// of y and w, or with tail > 0 one vector of `tail` columns (CV = 1). Per k, CV vectors of row
+// k of w and RT broadcasts of x feed RT * CV FMAs into accumulators that stay in registers; y
+// is read and written once, at the end.
+template <int RT, int CV>
+static inline void product_tile(float* y, const float* x, const float* w, int64_t K, int64_t n_out,
+                                int64_t tail) {
+    V acc[RT * CV];
+#pragma GCC unroll 32
+    for (int i = 0; i < RT * CV; i++) acc[i] = vzero();
+    for (int64_t k = 0; k < K; k++) {
+        const float* wk = w + k * n_out;
+        V wv[CV];
+#pragma GCC unroll 8
+        for (int v = 0; v < CV; v++) wv[v] = tail ? vload_n(wk, tail) : vload(wk + v * N);
+#pragma GCC unroll 8
+        for (int r = 0; r < RT; r++) {
+            const V xr = vset(x[r * K + k]);
+#pragma GCC unroll 8
+            for (int v = 0; v < CV; v++) acc[r * CV + v] = vfma(xr, wv[v], acc[r * CV + v]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < RT; r++) {
+        float* yr = y + r * n_out;
+#pragma GCC unroll 8
+        for (int v = 0; v < CV; v++) {
+            if (tail) vstore_n(yr, vadd(vload_n(yr, tail), acc[r * CV]), tail);
+            else vstore(yr + v * N, vadd(vload(yr + v * N), acc[r * CV + v]));
+        }
+    }
+}
+
+// Columns [c, c + CV * N) (or `tail` of them) of every row: tiles of RT rows, then rows one
+// at a time.
+template <int RT, int CV>
+static inline void product_columns(float* y, const float* x, const float* w, int64_t K, int64_t n_out, int64_t T,
+                                   int64_t c, int64_t tail) {
+    int64_t t = 0;
+    for (; t + RT <= T; t += RT) product_tile<RT, CV>(y + t * n_out + c, x + t * K, w + c, K, n_out, tail);
+    for (; t < T; t++) product_tile<1, CV>(y + t * n_out + c, x + t * K, w + c, K, n_out, tail);
+}
+
+void add_product(float* y, const float* x, const float* w, int64_t K, int64_t n_out, int64_t T, int64_t o_begin,
+                 int64_t o_end) {
+    // Blocks of CV_WIDE vectors of columns in tiles of 4 rows: AVX-512 16 accumulators of 32
+    // registers, AVX2 12 of 16 (the others hold a row of w and a broadcast of x). A narrow rest
+    // (u = x A^T has only `rank` columns) a vector at a time in tiles of 8 rows: 8 FMA chains
+    // in flight, enough to hide their latency.
+    constexpr int CV_WIDE = N == 16 ? 4 : 3;
+    int64_t c = o_begin;
+    for (; c + CV_WIDE * N <= o_end; c += CV_WIDE * N) product_columns<4, CV_WIDE>(y, x, w, K, n_out, T, c, 0);
+    for (; c + N <= o_end; c += N) product_columns<8, 1>(y, x, w, K, n_out, T, c, 0);
+    if (c < o_end) product_columns<8, 1>(y, x, w, K, n_out, T, c, o_end - c);
 }
 
 // scores[j] = exp(scale * scores[j] - max) for j < n_keys; returns 1 / their sum.

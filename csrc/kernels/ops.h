@@ -11,6 +11,8 @@ namespace simd {
 void layernorm(float* out, const float* x, const float* gamma, const float* beta, int64_t C, float eps);
 void gelu_tanh(float* x, int64_t n);
 void add(float* y, const float* x, int64_t n);
+void add_product(float* y, const float* x, const float* w, int64_t K, int64_t n_out, int64_t T, int64_t o_begin,
+                 int64_t o_end);
 void to_f16(const float* x, uint16_t* out, int64_t n);
 float quantize_kv(const float* x, int8_t* q, int64_t n);
 int64_t argmax(const float* x, int64_t n);
