@@ -254,7 +254,9 @@ void Model::set_lora(const std::string& name, const float* a, int64_t a_rows, in
     };
     if (!finite(a, rank * n_in) || !finite(b, n_out * rank))
         throw std::invalid_argument("set_lora: '" + name + "': A or B holds NaN or infinity");
-    lin->lora.a.assign(a, a + rank * n_in);
+    lin->lora.at.resize(n_in * rank);
+    for (int64_t j = 0; j < rank; j++)
+        for (int64_t i = 0; i < n_in; i++) lin->lora.at[i * rank + j] = a[j * n_in + i];
     lin->lora.bt.resize(rank * n_out);
     for (int64_t o = 0; o < n_out; o++)
         for (int64_t j = 0; j < rank; j++) lin->lora.bt[j * n_out + o] = b[o * rank + j];
@@ -265,25 +267,16 @@ void Model::set_lora(const std::string& name, const float* a, int64_t a_rows, in
 size_t Model::lora_bytes() const {
     size_t n = 0;
     for (const Block& blk : w_.h)
-        for (const Linear* lin : blk.linears()) n += (lin->lora.a.size() + lin->lora.bt.size()) * sizeof(float);
+        for (const Linear* lin : blk.linears()) n += (lin->lora.at.size() + lin->lora.bt.size()) * sizeof(float);
     return n;
-}
-
-// A view of f32 weights [n_out, n_in]
-static Matrix f32_matrix(const float* data, int64_t n_out, int64_t n_in) {
-    Matrix m;
-    m.dtype = DType::F32;
-    m.n_out = n_out;
-    m.n_in = n_in;
-    m.data = data;
-    return m;
 }
 
 // u = x A^T, rows [r0, r1) ([T, rank]; x [T, n_in]).
 void Model::low_rank_down(const Linear& lin, const float* x, int64_t r0, int64_t r1, float* u) const {
     const LowRank& lr = lin.lora;
-    kernels_->linear(f32_matrix(lr.a.data(), lr.rank, lin.w.n_in), nullptr, x + r0 * lin.w.n_in, r1 - r0,
-                     u + r0 * lr.rank, 0, lr.rank);
+    std::fill(u + r0 * lr.rank, u + r1 * lr.rank, 0.0f);
+    kernels_->add_product(u + r0 * lr.rank, x + r0 * lin.w.n_in, lr.at.data(), lin.w.n_in, lr.rank, r1 - r0, 0,
+                          lr.rank);
 }
 
 // y += u B^T, columns [c0, c1) of every row (u [T, rank], y [T, n_out]).

@@ -45,8 +45,9 @@ struct TensorInfo {
 // several adapters stacked along the rank, each one's scaling folded into its columns of B.
 struct LowRank {
     int64_t rank = 0;             // 0: none
-    std::vector<float> a;         // A [rank, n_in]
-    std::vector<float> bt;        // B^T [rank, n_out] (transposed at set_lora for Kernels::add_product)
+    // transposed at set_lora, as Kernels::add_product takes them
+    std::vector<float> at;        // A^T [n_in, rank]
+    std::vector<float> bt;        // B^T [rank, n_out]
 };
 
 struct Linear {
@@ -172,7 +173,7 @@ public:
 
     // Gives the linear layer `name` ("h.3.attn.c_attn", "h.3.attn.c_proj", "h.3.mlp.c_fc" or
     // "h.3.mlp.c_proj") the low-rank term (x A^T) B^T: a = A [a_rows, a_cols] = [rank, n_in],
-    // b = B [b_rows, b_cols] = [n_out, rank], row-major f32, copied (B transposed). Once per
+    // b = B [b_rows, b_cols] = [n_out, rank], row-major f32, copied (transposed). Once per
     // layer, before the first forward pass (keys and values cached without it would not match).
     // Throws std::invalid_argument on a bad name, shape, value or call.
     void set_lora(const std::string& name, const float* a, int64_t a_rows, int64_t a_cols, const float* b,
