@@ -539,3 +539,15 @@ def test_every_command_that_loads_a_model_takes_adapters():
     for name in set(commands) - {"tokenize", "convert"}:
         flags = {flag for action in commands[name]._actions for flag in action.option_strings}
         assert {"--lora", "--lora-scaled"} <= flags, name
+
+
+def test_the_benchmark_tool(odd, load_tool, capsys):
+    """tools/bench_lora.py: a row an adapter; with --new 1 there is no decode step to time."""
+    _, folder = odd
+    tool = load_tool("bench_lora")
+    for new, decode_cell in ((3, "1.000"), (1, "n/a")):
+        assert tool.main(["-m", folder, "--threads", "1", "--prompt", "8", "--new", str(new), "--rounds", "1",
+                          "--adapters", "r2:c_attn,r4:all"]) == 0
+        rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+        assert [r.split(" | ")[0] for r in rows[1:]] == ["| base", "| r2 c_attn", "| r4 all"]  # after the header
+        assert rows[1].split(" | ")[3] == decode_cell and rows[1].endswith("| 1.000 |")
