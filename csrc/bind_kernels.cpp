@@ -329,7 +329,7 @@ void bind_kernels(py::module_& m) {
         const std::string name = select_kernels(isa.c_str()).name;
         auto fn = &scalar::probe_read;
 #if defined(PYGPT_X86)
-        if (name == "avx512bf16") fn = &avx512bf16::probe_read;
+        if (name == "avx512bf16" || name == "amx") fn = &avx512bf16::probe_read;
         else if (name == "avx512") fn = &avx512::probe_read;
         else if (name == "avx2" || name == "avx2vnni") fn = &avx2::probe_read;
 #endif
@@ -343,7 +343,7 @@ void bind_kernels(py::module_& m) {
         const std::string name = select_kernels(isa.c_str()).name;
         auto fn = &scalar::probe_fma;
 #if defined(PYGPT_X86)
-        if (name == "avx512bf16") fn = &avx512bf16::probe_fma;
+        if (name == "avx512bf16" || name == "amx") fn = &avx512bf16::probe_fma;
         else if (name == "avx512") fn = &avx512::probe_fma;
         else if (name == "avx2" || name == "avx2vnni") fn = &avx2::probe_fma;
 #endif

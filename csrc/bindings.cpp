@@ -29,6 +29,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("cpu_has_avx2_vnni", &pygpt::cpu_has_avx2_vnni);
     m.def("cpu_has_avx512", &pygpt::cpu_has_avx512);
     m.def("cpu_has_avx512_bf16", &pygpt::cpu_has_avx512_bf16);
+    m.def("cpu_has_amx", &pygpt::cpu_has_amx);
     m.def("cpu_has_neon", &pygpt::cpu_has_neon);
     m.def("cpu_has_neon_dot", &pygpt::cpu_has_neon_dot);
     m.def("physical_cores", &pygpt::physical_cores);

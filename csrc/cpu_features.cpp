@@ -12,6 +12,9 @@
 #include "kernels.h"
 
 #include <unistd.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#endif
 
 #if defined(PYGPT_X86)
 #include <cpuid.h>
@@ -74,6 +77,25 @@ bool cpu_has_avx512_bf16() {
 #endif
 }
 
+bool cpu_has_amx() {
+#if defined(PYGPT_AMX) && defined(__linux__)
+    // AMX-TILE and AMX-INT8 are CPUID.(EAX=7, ECX=0):EDX bits 24 and 25. Linux gives a
+    // process the tiles' 8 KiB of register state only when asked (arch_prctl
+    // ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, Linux 5.16 and later), once for all its
+    // threads; the answer is kept, since asking again changes nothing.
+    static const bool granted = [] {
+        unsigned eax, ebx, ecx, edx;
+        if (!cpu_has_avx512_bf16() || !__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+        if (!(edx & (1u << 24)) || !(edx & (1u << 25))) return false;
+        constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+        return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+    }();
+    return granted;
+#else
+    return false;
+#endif
+}
+
 bool cpu_has_neon() {
 #if defined(PYGPT_AARCH64)
     return true;
@@ -102,6 +124,9 @@ const Kernels& select_kernels(const char* isa) {
     }
     if (want.empty() || want == "auto") {
 #if defined(PYGPT_X86)
+#if defined(PYGPT_AMX)
+        if (cpu_has_amx()) return amx::kernel_table();
+#endif
         if (cpu_has_avx512_bf16()) return avx512bf16::kernel_table();
         if (cpu_has_avx512()) return avx512::kernel_table();
 #if defined(PYGPT_AVX2VNNI)
@@ -140,6 +165,16 @@ const Kernels& select_kernels(const char* isa) {
             throw std::invalid_argument("PYGPT_ISA=avx512bf16: this CPU lacks AVX-512 (F/BW/VL/DQ/VNNI/BF16)");
         return avx512bf16::kernel_table();
     }
+    if (want == "amx") {
+#if defined(PYGPT_AMX)
+        if (!cpu_has_amx())
+            throw std::invalid_argument(
+                "PYGPT_ISA=amx: this CPU lacks AMX-TILE/AMX-INT8 (or AVX-512 BF16), or the OS did not grant the tiles");
+        return amx::kernel_table();
+#else
+        throw std::invalid_argument("PYGPT_ISA=amx: this build has no amx path (its compiler lacked AMX)");
+#endif
+    }
 #endif
 #if defined(PYGPT_AARCH64)
     if (want == "neon") return neon::kernel_table();
@@ -149,11 +184,11 @@ const Kernels& select_kernels(const char* isa) {
         return neondot::kernel_table();
     }
 #endif
-    if (want == "avx2" || want == "avx2vnni" || want == "avx512" || want == "avx512bf16" || want == "neon" ||
-        want == "neondot")
+    if (want == "avx2" || want == "avx2vnni" || want == "avx512" || want == "avx512bf16" || want == "amx" ||
+        want == "neon" || want == "neondot")
         throw std::invalid_argument("PYGPT_ISA=" + want + ": not a kernel path of this CPU architecture");
     throw std::invalid_argument("unknown ISA '" + want +
-                                "' (expected scalar, avx2, avx2vnni, avx512, avx512bf16, neon, neondot or auto)");
+                                "' (expected scalar, avx2, avx2vnni, avx512, avx512bf16, amx, neon, neondot or auto)");
 }
 
 // Physical cores: distinct (package, core) pairs in /proc/cpuinfo; falls back to the

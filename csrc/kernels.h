@@ -1,5 +1,5 @@
 // The kernel interface: one table of function pointers per ISA (scalar, avx2, avx2vnni,
-// avx512, avx512bf16; scalar, neon, neondot on AArch64).
+// avx512, avx512bf16, amx; scalar, neon, neondot on AArch64).
 // Every file in csrc/kernels/ is compiled once per ISA with that ISA's flags, inside
 // namespace pygpt::<isa> (the macro PYGPT_KERNEL_NS), and exposes kernel_table().
 // cpu_features.cpp picks one table at model load (PYGPT_ISA=<name> forces one).
@@ -40,7 +40,7 @@ constexpr int kAttentionHeads = 4;  // at most this many heads per attention_hea
 constexpr int kAttentionRows = 8;   // at most this many rows per attention_rows call
 
 struct Kernels {
-    const char* name;  // "scalar", "avx2", "avx2vnni", "avx512", "avx512bf16", "neon", "neondot"
+    const char* name;  // "scalar", "avx2", "avx2vnni", "avx512", "avx512bf16", "amx", "neon", "neondot"
 
     // y[t, o] = x[t, :] . W[o, :] + (bias ? bias[o] : 0)   for t < T, o_begin <= o < o_end.
     // x: f32 [T, n_in]; y: f32 [T, n_out] (only columns [o_begin, o_end) are written).
@@ -150,6 +150,7 @@ namespace avx2 { const Kernels& kernel_table(); }
 namespace avx2vnni { const Kernels& kernel_table(); }  // built where the assembler knows AVX-VNNI
 namespace avx512 { const Kernels& kernel_table(); }
 namespace avx512bf16 { const Kernels& kernel_table(); }
+namespace amx { const Kernels& kernel_table(); }  // built where the compiler knows AMX
 namespace neon { const Kernels& kernel_table(); }
 namespace neondot { const Kernels& kernel_table(); }
 
@@ -162,6 +163,7 @@ bool cpu_has_avx2();
 bool cpu_has_avx2_vnni();    // that and AVX-VNNI, and a build with the avx2vnni path
 bool cpu_has_avx512();       // AVX-512 F/BW/VL/DQ and VNNI (and AVX2)
 bool cpu_has_avx512_bf16();  // that and AVX512-BF16
+bool cpu_has_amx();          // that, AMX-TILE and AMX-INT8 granted by the OS, and a build with the amx path
 bool cpu_has_neon();      // AArch64 (where NEON is part of the base ISA)
 bool cpu_has_neon_dot();  // AArch64 with the dot-product instructions (SDOT; ARMv8.2 DotProd)
 int physical_cores();

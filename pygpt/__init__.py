@@ -30,12 +30,14 @@ def system_info() -> dict:
         "isa": _core.select_isa(""),
         "isas": ["scalar"] + ["avx2"] * _core.cpu_has_avx2() + ["avx2vnni"] * _core.cpu_has_avx2_vnni()
         + ["avx512"] * _core.cpu_has_avx512()
-        + ["avx512bf16"] * _core.cpu_has_avx512_bf16() + ["neon"] * _core.cpu_has_neon()
+        + ["avx512bf16"] * _core.cpu_has_avx512_bf16() + ["amx"] * _core.cpu_has_amx()
+        + ["neon"] * _core.cpu_has_neon()
         + ["neondot"] * _core.cpu_has_neon_dot(),
         "cpu_avx2": _core.cpu_has_avx2(),
         "cpu_avx2_vnni": _core.cpu_has_avx2_vnni(),
         "cpu_avx512": _core.cpu_has_avx512(),
         "cpu_avx512_bf16": _core.cpu_has_avx512_bf16(),
+        "cpu_amx": _core.cpu_has_amx(),
         "cpu_neon": _core.cpu_has_neon(),
         "cpu_neon_dot": _core.cpu_has_neon_dot(),
         "physical_cores": _core.physical_cores(),

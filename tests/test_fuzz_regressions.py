@@ -170,12 +170,13 @@ def test_model_with_more_threads_than_the_system_allows():
 def _isa_param(isa):
     supported = {"scalar": True, "avx2": _core.cpu_has_avx2(), "avx2vnni": _core.cpu_has_avx2_vnni(),
                  "avx512": _core.cpu_has_avx512(), "avx512bf16": _core.cpu_has_avx512_bf16(),
-                 "neon": _core.cpu_has_neon(), "neondot": _core.cpu_has_neon_dot()}[isa]
+                 "amx": _core.cpu_has_amx(), "neon": _core.cpu_has_neon(), "neondot": _core.cpu_has_neon_dot()}[isa]
     marks = [pytest.mark.skipif(not supported, reason=f"this CPU cannot run {isa}")]
     return pytest.param(isa, marks=marks)
 
 
-@pytest.mark.parametrize("isa", [_isa_param(i) for i in ("scalar", "avx2", "avx2vnni", "avx512", "avx512bf16", "neon", "neondot")])
+@pytest.mark.parametrize("isa", [_isa_param(i) for i in ("scalar", "avx2", "avx2vnni", "avx512", "avx512bf16", "amx", "neon",
+                                                          "neondot")])
 def test_nan_in_attention_propagates_on_every_isa(tmp_path, isa):
     cfg = hf.tiny_config()
     dtype, raw, shape = hf.tiny_tensors(cfg)["h.0.attn.c_attn.weight"]

@@ -14,9 +14,11 @@ ISAS = pygpt.system_info()["isas"]
 # Relative tolerance (against the largest |W||x| row norm) of a kernel's f32 accumulation
 # versus float64: sums of a few hundred products in f32, any order.
 RTOL_F32_SUM = 2e-6 * 8
-# bf16 weights on the avx512bf16 path meet activations rounded to bf16 (8 bits of mantissa):
-# the reference rounds them too, so only the f32 accumulation differs. Every other path
-# widens bf16 weights to f32 (test_bf16_widened_is_f32_of_the_same_values).
+# bf16 weights on the avx512bf16 path (and amx, which keeps its float kernels) meet
+# activations rounded to bf16 (8 bits of mantissa): the reference rounds them too, so only
+# the f32 accumulation differs. Every other path widens bf16 weights to f32
+# (test_bf16_widened_is_f32_of_the_same_values).
+BF16_DOT_ISAS = ("avx512bf16", "amx")
 
 
 def bf16_round(a):
@@ -61,7 +63,7 @@ def reference(w, dtype, group, x, bias, isa):
         isum = np.einsum("tgk,ogk->tog", q.reshape(len(x), -1, g).astype(np.float64), wq.reshape(len(w), -1, g))
         y = (isum * scales[None].astype(np.float64)).sum(axis=2) * sx[:, None]
     else:
-        xa = bf16_round(x) if (dtype == "bf16" and isa == "avx512bf16") else x
+        xa = bf16_round(x) if (dtype == "bf16" and isa in BF16_DOT_ISAS) else x
         y = xa.astype(np.float64) @ wf.astype(np.float64).T
     if bias is not None:
         y = y + bias
@@ -125,7 +127,7 @@ def test_linear_matches_reference(isa, dtype, n_out, n_in, group, T):
         # exact integer sums per group and a fixed float sequence (docs/FORMAT.md): every
         # ISA gives the scalar reference's bits
         assert np.array_equal(y, y0), f"{isa} {dtype}: differs from the scalar reference"
-    elif not (dtype == "bf16" and isa == "avx512bf16"):
+    elif not (dtype == "bf16" and isa in BF16_DOT_ISAS):
         assert np.abs(y - y0).max() / scale < RTOL_F32_SUM
 
 
@@ -587,6 +589,23 @@ def test_linear_float_prefill_panels(isa, dtype, n_in):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype,n_out,n_in,group", [("int8", 45, 768, 0), ("int8", 33, 384, 192), ("int4", 35, 768, 64),
+                                                    ("int4", 18, 384, 192), ("int8", 50, 300, 0)])
+def test_quant_token_tiles_match_scalar(isa, dtype, n_out, n_in, group):
+    """int8 and int4 at token counts around the tiles' edges (the amx path runs 16 and 32
+    tokens a pass and pads a last pass), odd panel counts, columns claimed in chunks that
+    start inside a panel, and more tokens than one token block: the scalar reference's bits."""
+    rng = np.random.default_rng(n_out * 7 + n_in)
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    bias = rng.standard_normal(n_out).astype(np.float32)
+    x = rng.standard_normal((700, n_in)).astype(np.float32)
+    for T in (2, 15, 16, 17, 31, 32, 33, 47, 65, 700):
+        y = run_linear(isa, dtype, w, group, x[:T], bias)
+        assert np.array_equal(y, run_linear("scalar", dtype, w, group, x[:T], bias)), f"{isa} T={T}"
+        assert np.array_equal(y, run_linear(isa, dtype, w, group, x[:T], bias, n_threads=2, chunk=5)), f"T={T}"
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("n_out,n_in,group", [(35, 768, 64), (17, 320, 64), (18, 384, 192), (37, 100, 0), (6, 256, 128)])
 def test_q4_small_batches_match_scalar(isa, n_out, n_in, group):
     """int4 small batches (T = 2..8: their own tiles on AVX-512) give the scalar reference's bits."""
@@ -601,7 +620,7 @@ def test_q4_small_batches_match_scalar(isa, n_out, n_in, group):
             assert np.array_equal(y, run_linear(isa, "int4", w, group, x, bias, n_threads=n_threads)), f"T={T}"
 
 
-@pytest.mark.parametrize("isa", [i for i in ISAS if i != "avx512bf16"])
+@pytest.mark.parametrize("isa", [i for i in ISAS if i not in BF16_DOT_ISAS])
 @pytest.mark.parametrize("n_in", [67, 768, 3100])
 def test_bf16_widened_is_f32_of_the_same_values(isa, n_in):
     """Without AVX512-BF16, bf16 weights are widened to f32 exactly and multiplied as f32

@@ -110,10 +110,11 @@ def test_system_info_reports_isa_and_threads(monkeypatch):
     info = pygpt.system_info()
     assert info["isa"] == info["isas"][-1]  # the widest path the CPU runs
     assert info["isas"][0] == "scalar"
-    assert set(info["isas"]) <= {"scalar", "avx2", "avx2vnni", "avx512", "avx512bf16", "neon", "neondot"}
+    assert set(info["isas"]) <= {"scalar", "avx2", "avx2vnni", "avx512", "avx512bf16", "amx", "neon", "neondot"}
     assert ("avx2" in info["isas"]) == info["cpu_avx2"] and ("avx512" in info["isas"]) == info["cpu_avx512"]
     assert ("avx2vnni" in info["isas"]) == info["cpu_avx2_vnni"] and (info["cpu_avx2"] or not info["cpu_avx2_vnni"])
     assert ("avx512bf16" in info["isas"]) == info["cpu_avx512_bf16"] and (info["cpu_avx512"] or not info["cpu_avx512_bf16"])
+    assert ("amx" in info["isas"]) == info["cpu_amx"] and (info["cpu_avx512_bf16"] or not info["cpu_amx"])
     assert info["cpu_avx2"] or not info["cpu_avx512"]
     assert ("neon" in info["isas"]) == info["cpu_neon"] == (platform.machine() in ("aarch64", "arm64"))
     assert ("neondot" in info["isas"]) == info["cpu_neon_dot"] and (info["cpu_neon"] or not info["cpu_neon_dot"])
@@ -128,7 +129,7 @@ def test_forced_isa_unknown_is_a_clear_error(hf_model_factory, monkeypatch):
 
 
 THIS_ARCH_ISAS = ["neon", "neondot"] if platform.machine() in ("aarch64", "arm64") else [
-    "avx2", "avx2vnni", "avx512", "avx512bf16"]
+    "avx2", "avx2vnni", "avx512", "avx512bf16", "amx"]
 
 
 @pytest.mark.parametrize("isa", [i for i in THIS_ARCH_ISAS if i not in ISAS])
@@ -141,7 +142,7 @@ def test_forced_isa_this_cpu_lacks_is_a_clear_error(hf_model_factory, monkeypatc
         pygpt.load(out)
 
 
-OTHER_ARCH_ISAS = ["avx2", "avx2vnni", "avx512", "avx512bf16"] if platform.machine() in ("aarch64", "arm64") else ["neon", "neondot"]
+OTHER_ARCH_ISAS = ["avx2", "avx2vnni", "avx512", "avx512bf16", "amx"] if platform.machine() in ("aarch64", "arm64") else ["neon", "neondot"]
 
 
 @pytest.mark.parametrize("other", OTHER_ARCH_ISAS)

@@ -27,6 +27,8 @@
 // and +10% at 2, int4 +4% at 2 threads; with it batch-8 decode was 7-13% faster).
 // AVX2 does the same 8 rows at a time, with vpmaddubsw + vpmaddwd, or with AVX-VNNI's
 // 256-bit vpdpbusd where the CPU has it (the avx2vnni path: PYGPT_VNNI256).
+// The amx path (PYGPT_AMX) runs prompts on AMX tiles, whose rows are the panels' blocks as
+// stored (q4: unpacked), where the groups span two blocks or more (use_tiles).
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -264,15 +266,22 @@ constexpr int TT_Q = 6;  // tokens per tile: 12 int + 12 float accumulators
 
 // A q4 panel unpacked into the q8 layout (16 vectors per block, vector j = inputs 4j..4j+3
 // of the 16 rows): its stored vector j holds inputs 4j.. in its low nibbles (out j) and
-// 32 + 4j.. in its high nibbles (out 8 + j).
+// 32 + 4j.. in its high nibbles (out 8 + j). Signed: the weights themselves (nibble - 8)
+// rather than the stored unsigned nibbles.
+template <bool Signed = false>
 static void unpack_panel_q4(const Panel& P, const QShape& s, __m512i* out) {
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), eight = _mm512_set1_epi8(8);
     for (int64_t b = 0; b < s.nb; b++) {
         prefetch_block_ahead(P, s, b);
         for (int j = 0; j < 8; j++) {
             const __m512i v = _mm512_loadu_si512(P.w + b * 512 + j * 64);
-            _mm512_store_si512(out + b * 16 + j, _mm512_and_si512(v, m4));
-            _mm512_store_si512(out + b * 16 + 8 + j, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+            __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            if (Signed) {
+                lo = _mm512_sub_epi8(lo, eight);
+                hi = _mm512_sub_epi8(hi, eight);
+            }
+            _mm512_store_si512(out + b * 16 + j, lo);
+            _mm512_store_si512(out + b * 16 + 8 + j, hi);
         }
     }
 }
@@ -359,6 +368,193 @@ static void panels_many(const uint8_t* w, const float* scales, const QShape& s, 
         else packed_tokens<1>(pw, pstride, ps, s, xq, corr, sx, T, bv, y + p0 * kPanel, masks);
     }
 }
+
+#if defined(PYGPT_AMX)
+// ---- AMX tiles (the amx path: Sapphire Rapids and later) -------------------------------
+
+// TDPBSUD multiplies a tile of 16 tokens x 64 activation bytes (signed) by a tile of 16
+// rows of 64 bytes (unsigned) holding 4 inputs of each of 16 outputs per row: the layout of
+// a stored q8 panel block (and of a q4 one unpacked), run j = tile row j. Each sum it gives
+// is the exact int32 product of a block, so the tiles keep the accumulation contract: per
+// group, the tiles' sums plus corr are scaled and added in every other path's float order.
+// Tiles 0, 1: activations of tokens [t, t + 16), [t + 16, t + 32); 2, 3: a block of two
+// panels; 4 + 2i + j: the sums of activations i and panel j. Every tile is 16 rows of 64
+// bytes; rows past the last token are read from a zero-padded copy and their sums dropped.
+struct alignas(64) TileConfig {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+};
+
+static void configure_tiles() {
+    TileConfig c;
+    for (int i = 0; i < 8; i++) {
+        c.colsb[i] = 64;
+        c.rows[i] = 16;
+    }
+    _tile_loadconfig(&c);
+}
+
+// Which layers run on the tiles: prompts (more than FEW_TOKENS tokens) of weights whose
+// groups span two blocks or more (int8's default of a scale per row, int4 at groups of 128
+// or more). Each tile of sums costs a product, a store to memory and the vector work of its
+// scaling, once per group: with groups of one block (int4's default of 64) the tiles ran no
+// faster than AVX-512 VNNI, and with 8 tokens or fewer (batched decode) slower, on a
+// Sapphire Rapids VM (BENCHMARKS.md, "Kernel paths").
+static inline bool use_tiles(const QShape& s, int64_t T) {
+    return T > FEW_TOKENS && s.bpg >= 2;
+}
+constexpr int AMX_TT = 32;     // tokens per pass (two activation tiles)
+constexpr int AMX_GROUPS = 4;  // groups per step
+
+// tmm C += tmm A x tmm B: q8 multiplies the stored unsigned bytes (corr subtracts their
+// offset later), q4 its panels unpacked to signed weights (no correction). A macro: GCC's
+// tile intrinsics paste the register numbers into their assembly as written.
+#define PYGPT_TILE_PRODUCT(Q4, C, A, B) \
+    do {                                \
+        if (Q4) _tile_dpbssd(C, A, B);  \
+        else _tile_dpbsud(C, A, B);     \
+    } while (0)
+
+// One step: the int32 sums of groups [g0, g0 + ng) for NT x 16 tokens (rows x + r * xs) and
+// NP panels (blocks of 1024 bytes at pw, the second panel pstride bytes on), those of group
+// g0 + k stored to sums[k][2i + j]. With each block b it prefetches into L2 block b of the
+// two panels at `ahead` (unless null): the next panels, while these are in use.
+template <bool Q4, int NT, int NP>
+static void amx_sums(const uint8_t* pw, int64_t pstride, const QShape& s, const int8_t* x, int64_t g0, int ng,
+                     const uint8_t* ahead, int32_t (*sums)[4][256]) {
+    for (int k = 0; k < ng; k++) {
+        _tile_zero(4);
+        if (NP == 2) _tile_zero(5);
+        if (NT == 2) _tile_zero(6);
+        if (NT == 2 && NP == 2) _tile_zero(7);
+        for (int64_t b = (g0 + k) * s.bpg, b_end = b + s.bpg; b < b_end; b++) {
+            if (ahead)
+                for (int i = 0; i < 1024; i += 64) {
+                    _mm_prefetch((const char*)ahead + b * 1024 + i, _MM_HINT_T1);
+                    _mm_prefetch((const char*)ahead + pstride + b * 1024 + i, _MM_HINT_T1);
+                }
+            _tile_loadd(2, pw + b * 1024, 64);
+            _tile_loadd(0, x + b * 64, s.xs);
+            PYGPT_TILE_PRODUCT(Q4, 4, 0, 2);
+            if (NP == 2) {
+                _tile_loadd(3, pw + pstride + b * 1024, 64);
+                PYGPT_TILE_PRODUCT(Q4, 5, 0, 3);
+            }
+            if (NT == 2) {
+                _tile_loadd(1, x + 16 * s.xs + b * 64, s.xs);
+                PYGPT_TILE_PRODUCT(Q4, 6, 1, 2);
+                if (NP == 2) PYGPT_TILE_PRODUCT(Q4, 7, 1, 3);
+            }
+        }
+        _tile_stored(4, sums[k][0], 64);
+        if (NP == 2) _tile_stored(5, sums[k][1], 64);
+        if (NT == 2) _tile_stored(6, sums[k][2], 64);
+        if (NT == 2 && NP == 2) _tile_stored(7, sums[k][3], 64);
+    }
+}
+
+// A step: tokens [t, t + n) of the call (a pass), panels p0 and p0 + 1 (np of them), groups
+// [g0, g0 + ng); its sums in sums[buf].
+struct AmxStep {
+    int64_t t, p0, g0;
+    int n, np, ng, buf;
+};
+
+// The float side of a step, 16 tokens x 16 outputs at a time with the sums in registers (the
+// contract's sequence): acc = fma(scale[o, g], float(sum + corr), acc) from acc = 0 over the
+// groups, kept in `acc` between the steps of a pass's panels, and after the last group
+// y = fma(acc, sx, bias).
+template <bool Q4>
+static void amx_finish(const AmxStep& st, const int32_t (*sums)[4][256], const uint8_t* w, const float* scales,
+                       const QShape& s, const int32_t* corr, const float* sx, const float* bias, float* y,
+                       int64_t o_begin, int64_t o_end, __m512 (*acc)[2]) {
+    const bool first = st.g0 == 0, last = st.g0 + st.ng == s.n_groups;
+    for (int j = 0; j < st.np; j++) {
+        const Panel P = panel_at(w, scales, s, st.p0 + j, o_begin, o_end);
+        const __mmask16 mask = (__mmask16)P.mask;
+        const __m512 bv = bias && last ? _mm512_maskz_loadu_ps(mask, bias + P.o) : _mm512_setzero_ps();
+        for (int i = 0; i * 16 < st.n; i++) {
+            const int rows = st.n - 16 * i < 16 ? st.n - 16 * i : 16;
+            const int64_t t0 = st.t + 16 * i;
+            __m512 a[16];
+#pragma GCC unroll 16
+            for (int r = 0; r < 16; r++) a[r] = first || r >= rows ? _mm512_setzero_ps() : acc[16 * i + r][j];
+            for (int k = 0; k < st.ng; k++) {
+                const int64_t g = st.g0 + k;
+                const __m512 sc = _mm512_loadu_ps(P.ps + g * 16);
+                const int32_t* sm = sums[k][2 * i + j];
+#pragma GCC unroll 16
+                for (int r = 0; r < 16; r++) {
+                    if (r >= rows) break;
+                    __m512i v = _mm512_load_si512(sm + 16 * r);
+                    if (!Q4) v = _mm512_add_epi32(v, _mm512_set1_epi32(corr[(t0 + r) * s.n_groups + g]));
+                    a[r] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(v), a[r]);
+                }
+            }
+            for (int r = 0; r < rows; r++) {
+                if (last)
+                    _mm512_mask_storeu_ps(y + (t0 + r) * s.n_out + P.o, mask,
+                                          _mm512_fmadd_ps(a[r], _mm512_set1_ps(sx[t0 + r]), bv));
+                else acc[16 * i + r][j] = a[r];
+            }
+        }
+    }
+}
+
+// Rows [o_begin, o_end) for T tokens on the tiles, 32 tokens a pass (tokens outer: a pass
+// writes its 32 rows of y as it goes along them, where 128 rows at once, each n_out floats
+// apart, fell into few cache sets), two panels at a time, AMX_GROUPS groups a step. q4 panels
+// are unpacked once for all T tokens into `unpacked` (all the range's panels); q8 panels are
+// used as stored, the next two prefetched during the first pass. The tokens of a last pass
+// of fewer than 32 are copied into `tail` (AMX_TT rows of xs bytes) and zero-padded. Each
+// step is finished one step late, so that the vector work of one overlaps the tiles'
+// products of the next, and reads sums stored long before.
+template <bool Q4>
+static void panels_amx(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq,
+                       const int32_t* corr, const float* sx, int64_t T, const float* bias, float* y,
+                       int64_t o_begin, int64_t o_end, __m512i* unpacked, int8_t* tail) {
+    const int64_t t_tail = T / AMX_TT * AMX_TT;
+    if (t_tail < T) {
+        std::memcpy(tail, xq + t_tail * s.xs, (size_t)((T - t_tail) * s.xs));
+        std::memset(tail + (T - t_tail) * s.xs, 0, (size_t)((AMX_TT - (T - t_tail)) * s.xs));
+    }
+    const int64_t p_begin = o_begin / kPanel, p_end = (o_end + kPanel - 1) / kPanel, pstride = s.nb * 16;
+    if (Q4)
+        for (int64_t p = p_begin; p < p_end; p++)
+            unpack_panel_q4<true>(panel_at(w, scales, s, p, o_begin, o_end), s, unpacked + (p - p_begin) * pstride);
+    // panel p's blocks: q8 as stored, q4 unpacked (1024 bytes a block either way)
+    const uint8_t* pw = Q4 ? (const uint8_t*)unpacked - p_begin * pstride * 64 : w;
+    const int64_t pbytes = Q4 ? pstride * 64 : s.panel_bytes;
+    alignas(64) int32_t sums[2][AMX_GROUPS][4][256];  // two steps' sums
+    __m512 acc[AMX_TT][2];                             // the float sums of the pass and panels being finished
+    AmxStep prev{0, 0, 0, 0, 0, 0, -1};
+    for (int64_t t = 0; t < T; t += AMX_TT) {
+        const int n = (int)(T - t < AMX_TT ? T - t : AMX_TT);
+        const int8_t* x = t < t_tail ? xq + t * s.xs : tail;
+        for (int64_t p0 = p_begin; p0 < p_end; p0 += 2) {
+            const int np = p_end - p0 < 2 ? 1 : 2;
+            const uint8_t* pp = pw + p0 * pbytes;
+            const uint8_t* ahead = !Q4 && t == 0 && p0 + 3 < p_end ? pp + 2 * pbytes : nullptr;
+            for (int64_t g0 = 0; g0 < s.n_groups; g0 += AMX_GROUPS) {
+                const int ng = (int)(s.n_groups - g0 < AMX_GROUPS ? s.n_groups - g0 : AMX_GROUPS);
+                const int buf = prev.buf == 0 ? 1 : 0;
+                if (n > 16) {
+                    if (np == 2) amx_sums<Q4, 2, 2>(pp, pbytes, s, x, g0, ng, ahead, sums[buf]);
+                    else amx_sums<Q4, 2, 1>(pp, pbytes, s, x, g0, ng, ahead, sums[buf]);
+                } else {
+                    if (np == 2) amx_sums<Q4, 1, 2>(pp, pbytes, s, x, g0, ng, ahead, sums[buf]);
+                    else amx_sums<Q4, 1, 1>(pp, pbytes, s, x, g0, ng, ahead, sums[buf]);
+                }
+                if (prev.buf >= 0)
+                    amx_finish<Q4>(prev, sums[prev.buf], w, scales, s, corr, sx, bias, y, o_begin, o_end, acc);
+                prev = {t, p0, g0, n, np, ng, buf};
+            }
+        }
+    }
+    amx_finish<Q4>(prev, sums[prev.buf], w, scales, s, corr, sx, bias, y, o_begin, o_end, acc);
+}
+#endif  // PYGPT_AMX
 
 #else  // AVX2: byte products with vpmaddubsw, or AVX-VNNI's vpdpbusd (avx2vnni)
 
@@ -648,6 +844,23 @@ void quant_linear_prepared(const Matrix& m, const float* bias, const void* prep,
     const QPrepared a = quant_prepared(s, T, const_cast<void*>(prep));
     const uint8_t* w = (const uint8_t*)m.data;
     const int64_t tb = token_block(s.xs + s.n_groups * 4, TT_Q);
+#if defined(PYGPT_AMX)
+    if (use_tiles(s, T)) {
+        // this thread's scratch: its q4 panels unpacked, then the last pass's tokens
+        const int64_t n_panels = Q4 ? (o_end + kPanel - 1) / kPanel - o_begin / kPanel : 0;
+        const size_t unpacked_bytes = (size_t)n_panels * s.nb * 16 * 64;
+        uint8_t* scratch = (uint8_t*)thread_scratch(0, unpacked_bytes + (size_t)AMX_TT * s.xs);
+        if (!scratch) throw std::bad_alloc();
+        configure_tiles();
+        const int64_t tb = token_block(s.xs + s.n_groups * 4, AMX_TT);
+        for (int64_t t0 = 0; t0 < T; t0 += tb)
+            panels_amx<Q4>(w, m.scales, s, a.xq + t0 * s.xs, a.corr + t0 * s.n_groups, a.sx + t0,
+                           T - t0 < tb ? T - t0 : tb, bias, y + t0 * s.n_out, o_begin, o_end, (__m512i*)scratch,
+                           (int8_t*)(scratch + unpacked_bytes));
+        _tile_release();
+        return;
+    }
+#endif
 #if defined(__AVX512F__)
     __m512i* unpacked = nullptr;  // this thread's scratch for NP_Q unpacked q4 panels
     if (Q4 && T > FEW_TOKENS && !(unpacked = (__m512i*)thread_scratch(0, (size_t)NP_Q * s.nb * 16 * 64)))
