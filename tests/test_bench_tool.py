@@ -2,9 +2,12 @@
 "other KV" measurement beside each batch row, and the table and ratio lines it renders."""
 
 import importlib.util
+import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -13,10 +16,55 @@ import hostile_files as hf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# llama-cpp-python is a benchmark peer, not a test dependency (it compiles llama.cpp); its
+# calls run in a child process (in_child), so the parent never imports it
+needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                     reason="llama-cpp-python is not installed")
+
 
 @pytest.fixture(scope="module")
 def bench(load_tool):
     return load_tool("bench")
+
+
+def in_child(code: str, what: str, **inputs):
+    """Runs `code` in a fresh Python process, with tools/bench.py imported as `bench`, the
+    keyword `inputs` as the dict `a` and `result(value)` to hand back a JSON value; returns
+    that value. A child that a signal kills, or that exits with an error, fails the calling
+    test with a message naming `what` and the signal or exit status: a peer that crashes
+    (llama-cpp-python 0.3.36 segfaults on q8_0 on an Intel Xeon with AMX) fails one test
+    instead of killing pytest."""
+    prelude = textwrap.dedent(f"""\
+        import json, sys
+        sys.path.insert(0, {os.path.join(ROOT, "tools")!r})
+        import bench
+        a = json.loads(sys.argv[1])
+        def result(value):
+            print("RESULT " + json.dumps(value), flush=True)
+        """)
+    p = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code), json.dumps(inputs)],
+                       capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if p.returncode < 0:
+        failure = f"died with {signal.Signals(-p.returncode).name}"
+    elif p.returncode > 0:
+        failure = f"exited with status {p.returncode}"
+    elif not lines:
+        failure = "handed back no result"
+    else:
+        return json.loads(lines[-1][len("RESULT "):])
+    pytest.fail(f"{what} {failure}\n{p.stderr[-2000:]}")
+
+
+def test_in_child_returns_the_childs_result_and_a_crash_fails_the_test_naming_the_signal():
+    """The isolation the llama.cpp tests run under: the child's JSON result comes back (here a
+    value of tools/bench.py, imported as the child snippets import it); a child killed by
+    SIGSEGV, or one that raises, is a test failure naming what died and how."""
+    assert in_child("result(bench.LLAMA_FTYPES[a['q']])", "bench", q="q8_0") == "LLAMA_FTYPE_MOSTLY_Q8_0"
+    with pytest.raises(pytest.fail.Exception, match="^llama.cpp on q8_0 died with SIGSEGV"):
+        in_child("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)", "llama.cpp on q8_0")
+    with pytest.raises(pytest.fail.Exception, match="(?s)^llama.cpp on f16 exited with status 1\n.*ValueError: no"):
+        in_child("raise ValueError('no')", "llama.cpp on f16")
 
 
 def test_kv_bytes_per_token(bench):
@@ -149,12 +197,12 @@ def test_write_gguf_stores_each_tensor_as_llama_cpp_names_and_lays_it_out(bench,
     assert bench.gguf_weight_bytes_per_token(out) == bench.weight_bytes_per_token(f32_dir)
 
 
+@needs_llama_cpp
 def test_llama_cpp_runs_the_written_gguf_like_transformers(bench, hf_model_factory, tmp_path):
-    """Where llama-cpp-python is installed (a benchmark peer, not a test dependency: it
-    compiles llama.cpp): llama.cpp's logits from bench.py's f32 GGUF equal transformers' to
-    f32 rounding, its quantized files keep the greedy tokens, and the worker reports."""
+    """Where llama-cpp-python is installed: llama.cpp's logits from bench.py's f32 GGUF equal
+    transformers' to f32 rounding, its quantized files keep the greedy tokens, and the worker
+    reports. Each llama.cpp call runs in a child process (in_child)."""
     pytest.importorskip("gguf")
-    llama_cpp = pytest.importorskip("llama_cpp")
     import torch
 
     model, hf_dir, _ = hf_model_factory("tiny")
@@ -167,19 +215,28 @@ def test_llama_cpp_runs_the_written_gguf_like_transformers(bench, hf_model_facto
                                 eos_token_id=None)[0, len(ids):].tolist()
     for q, atol in (("f32", 1e-4), ("f16", None), ("q8_0", None)):
         path = f32 if q == "f32" else str(tmp_path / f"tiny-{q}.gguf")
-        if q != "f32":
-            bench.llama_quantize(f32, path, q)
-        llm = llama_cpp.Llama(model_path=path, n_ctx=64, logits_all=True, verbose=False)
-        llm.eval(ids)
+        scores = str(tmp_path / f"scores-{q}.npy")
+        tokens = in_child("""
+            import llama_cpp
+            import numpy as np
+
+            if a["q"] != "f32":
+                bench.llama_quantize(a["f32"], a["path"], a["q"])
+            llm = llama_cpp.Llama(model_path=a["path"], n_ctx=64, logits_all=True, verbose=False)
+            llm.eval(a["ids"])
+            np.save(a["scores"], np.asarray(llm.scores[:len(a["ids"])]))
+            tokens = []
+            for t in llm.generate(a["ids"], top_k=1, temp=0.0, reset=True):
+                tokens.append(int(t))
+                if len(tokens) == a["n"]:
+                    break
+            result(tokens)
+            """, f"llama.cpp on {q}", f32=f32, path=path, q=q, ids=ids, scores=scores, n=len(greedy))
         if atol:
-            np.testing.assert_allclose(np.asarray(llm.scores[:len(ids)]), ref, atol=atol, rtol=0)
-        tokens = []
-        for t in llm.generate(ids, top_k=1, temp=0.0, reset=True):
-            tokens.append(t)
-            if len(tokens) == len(greedy):
-                break
+            np.testing.assert_allclose(np.load(scores), ref, atol=atol, rtol=0)
         assert tokens == greedy, q
-    r = bench.worker_llamacpp({"path": f32, "threads": 1, "prompt": 8, "new": 4, "runs": 1, "probe_runs": True})
+    r = in_child("result(bench.worker_llamacpp(a))", "llama.cpp's worker", path=f32, threads=1, prompt=8, new=4,
+                 runs=1, probe_runs=True)
     assert r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 and r["ttft_s"] > 0 and r["peak_rss_mib"] > 0
     assert r["kv_cache"] == "f16" and len(r["probed_runs"]) == 1 and all(x > 0 for x in r["probed_runs"][0])
 
@@ -243,28 +300,35 @@ def test_peers_measure_batched_decode_and_the_report_compares_it(bench, hf_model
     assert "| 300 |" in md and "| 100 |" in md
 
 
+@needs_llama_cpp
 def test_llama_cpp_batch_decodes_every_prompt_as_transformers_does_alone(bench, hf_model_factory, tmp_path):
     """llama.cpp's batch (LlamaBatch: one context, a KV sequence per prompt, one llama_decode
-    a step) gives each prompt, whatever its length, transformers' greedy tokens for it alone."""
+    a step) gives each prompt, whatever its length, transformers' greedy tokens for it alone.
+    llama.cpp runs in a child process (in_child)."""
     pytest.importorskip("gguf")
-    llama_cpp = pytest.importorskip("llama_cpp")
     import torch
 
     model, hf_dir, _ = hf_model_factory("tiny")
     path = str(tmp_path / "tiny-f32.gguf")
     bench.write_gguf(hf_dir, path, tokenizer_dir=os.path.join(ROOT, "tests", "data", "gpt2-tokenizer"))
     prompts = [p[:n] for p, n in zip(bench.batch_prompts({"prompt": 12, "batch": 3}), (12, 5, 9))]
-    llm = llama_cpp.Llama(model_path=path, n_ctx=64, n_threads=1, n_threads_batch=1, verbose=False)
-    with bench.LlamaBatch(llm, prompts) as batch:
-        tokens, tok_s = batch.run(6)
-        assert batch.run(6)[0] == tokens  # the cache is cleared between runs
+    runs = in_child("""
+        import llama_cpp
+
+        llm = llama_cpp.Llama(model_path=a["path"], n_ctx=64, n_threads=1, n_threads_batch=1, verbose=False)
+        with bench.LlamaBatch(llm, a["prompts"]) as batch:
+            result([batch.run(6), batch.run(6)])
+        """, "llama.cpp's batch", path=path, prompts=prompts)
+    (tokens, tok_s), (again, _) = runs
+    assert again == tokens  # the cache is cleared between runs
     assert tok_s > 0
     with torch.no_grad():
         for p, got in zip(prompts, tokens):
             want = model.generate(torch.tensor([p]), max_new_tokens=7, do_sample=False, pad_token_id=0,
                                   eos_token_id=None)[0, len(p):].tolist()
             assert got == want
-    r = bench.worker_llamacpp({"path": path, "threads": 1, "prompt": 8, "new": 4, "runs": 1, "batch": 2})
+    r = in_child("result(bench.worker_llamacpp(a))", "llama.cpp's worker", path=path, threads=1, prompt=8, new=4,
+                 runs=1, batch=2)
     assert r["batch_decode_tok_s"] > 0
 
 
