@@ -150,6 +150,19 @@ def test_worker_peak_rss_is_one_models(bench, tmp_path):
     assert base_mib + 0.9 * weights_mib < r["peak_rss_mib"] < base_mib + 1.5 * weights_mib, (base_mib, weights_mib)
 
 
+def test_run_case_names_the_signal_that_killed_a_worker(bench, tmp_path, monkeypatch):
+    """A worker a signal kills gets the error "worker died with SIGSEGV" in its row (a signal
+    without a name, "signal 40"); one that exits with an error, the last line of its stderr."""
+    worker = tmp_path / "worker.py"
+    monkeypatch.setattr(bench, "__file__", str(worker))  # run_case runs this file as the worker
+    case = {"engine": "llama.cpp", "threads": 1}
+    worker.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    assert bench.run_case(case, timeout=60) == {"error": "worker died with SIGSEGV"}
+    worker.write_text("raise SystemExit('no such model')\n")
+    assert bench.run_case(case, timeout=60) == {"error": "no such model"}
+    assert bench.signal_name(40) == "signal 40"
+
+
 def test_write_gguf_stores_each_tensor_as_llama_cpp_names_and_lays_it_out(bench, hf_model_factory, tmp_path):
     """llama.cpp's rows run a GGUF file bench.py writes from the same HF model: every tensor
     under llama.cpp's gpt2 name, Conv1D weights transposed to (out, in), the tied LM head

@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -792,11 +793,23 @@ def worker_env(args: dict) -> dict:
     return env
 
 
+def signal_name(n: int) -> str:
+    """Signal n's name: SIGSEGV for 11, "signal 40" for one without a name (real-time)."""
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
+
+
 def run_case(args: dict, timeout: float = 1800) -> dict:
-    """Runs one worker in a fresh process; returns its result (or {"error": ...})."""
+    """Runs one worker in a fresh process; returns its result, or {"error": ...}: the signal
+    that killed it (llama-cpp-python 0.3.36 segfaults on q8_0 on an Intel Xeon with AMX),
+    else the last line it wrote to stderr."""
     p = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(args)],
                        capture_output=True, text=True, timeout=timeout, env=worker_env(args))
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if p.returncode < 0:
+        return {"error": f"worker died with {signal_name(-p.returncode)}"}
     if p.returncode != 0 or not lines:
         return {"error": (p.stderr.strip().splitlines() or ["no output"])[-1]}
     return json.loads(lines[-1][len("RESULT "):])
