@@ -339,6 +339,7 @@ class Tokenizer:
         self._core = _core.Tokenizer(list(token_bytes), [tuple(m) for m in merges],
                                      list(specials.items()) + list(added.items()))
         self._specials = specials
+        self._special_ids = frozenset(specials.values())
         self._added = added
         self._added_ids = list(added.values())
         self._vocab_trie = None
@@ -509,9 +510,8 @@ class Tokenizer:
         """Text of ids. Never raises for valid ids: invalid UTF-8 becomes U+FFFD (errors="replace").
         Ids outside [0, vocab_size): ValueError; non-int ids: TypeError. skip_special_tokens
         leaves the special tokens out, as transformers' decode does."""
-        if skip_special_tokens and self._specials:
-            specials = set(self._specials.values())
-            ids = [i for i in ids if not (isinstance(i, int) and i in specials)]
+        if skip_special_tokens and self._special_ids:
+            ids = [i for i in ids if not (isinstance(i, int) and i in self._special_ids)]
         return self._core.decode(ids)
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
@@ -536,8 +536,7 @@ class Tokenizer:
         with self._trie_lock:
             if key not in self._containing:
                 needles = [t.encode("utf-8") for t in key if t]
-                specials = set(self._specials.values())
-                self._containing[key] = [i for i in range(self.vocab_size) if i not in specials
+                self._containing[key] = [i for i in range(self.vocab_size) if i not in self._special_ids
                                          and any(n in self._core.token_bytes(i) for n in needles)]
             return self._containing[key]
 
