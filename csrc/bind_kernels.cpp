@@ -30,6 +30,11 @@ PYGPT_DECLARE_PROBES(avx512)
 PYGPT_DECLARE_PROBES(avx512bf16)
 #endif
 #undef PYGPT_DECLARE_PROBES
+#if defined(PYGPT_AMX)
+namespace amx {
+double probe_tiles(int64_t iters, int n_threads);
+}
+#endif
 
 namespace {
 
@@ -355,6 +360,23 @@ void bind_kernels(py::module_& m) {
             seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         }
         return py::make_tuple(seconds, flops);
+    });
+    m.def("_probe_tiles", [](int64_t iters, int n_threads) {
+#if defined(PYGPT_AMX)
+        if (!cpu_has_amx()) throw std::invalid_argument("_probe_tiles: this CPU has no amx path");
+        double ops, seconds;
+        {
+            py::gil_scoped_release release;
+            const auto t0 = std::chrono::steady_clock::now();
+            ops = amx::probe_tiles(iters, n_threads);
+            seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        }
+        return py::make_tuple(seconds, ops);
+#else
+        (void)iters;
+        (void)n_threads;
+        throw std::invalid_argument("_probe_tiles: this build has no amx path");
+#endif
     });
 }
 

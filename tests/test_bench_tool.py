@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 import hostile_files as hf
+import pygpt
+from pygpt import _core
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -115,6 +117,35 @@ def test_worker_measures_the_other_kv_cache_and_the_table_shows_it(bench, hf_mod
     tok_s = r["probed_prefill_runs"][0][0]
     line = [x for x in bench.speed_markdown(meta, [r], None).splitlines() if x.startswith("pygpt prefill with")][0]
     assert f"{dtype} 1 thr {r['prefill_pct_per_run']:.0f}% ({tok_s:.0f} tok/s, probes " in line
+
+
+def test_prefill_multiples_per_isa_and_the_amx_tile_peak(bench):
+    """Each dtype's prefill peak as a multiple of the f32 FMA peak: bf16 2x with AVX512-BF16,
+    int8/int4 4x with VNNI, and on the amx path int8 the measured tile rate; the table's
+    header names the tile peak when there is one."""
+    assert bench.prefill_multiples("avx2", 1e11, None) == {"f32": 1, "f16": 1, "bf16": 1, "int8": 1, "int4": 1}
+    assert bench.prefill_multiples("avx512", 1e11, None) == {"f32": 1, "f16": 1, "bf16": 1, "int8": 4, "int4": 4}
+    assert bench.prefill_multiples("avx512bf16", 1e11, None)["bf16"] == 2
+    amx = bench.prefill_multiples("amx", 1e11, 3e12)
+    assert amx["int8"] == pytest.approx(30.0) and amx["int4"] == 4 and amx["bf16"] == 2
+    meta = {"date": "today", "cpu": "cpu", "cores": 2, "isa": "amx", "prompt": 8, "new": 4, "runs": 1,
+            "shapes": ["124M"], "threads": [1, 2], "bandwidth": {1: 1e10, 2: 2e10}, "fma_peak": {1: 1e11, 2: 2e11},
+            "tile_peak": {1: 3e12, 2: 5e12}}
+    md = bench.speed_markdown(meta, [], None)
+    assert "; AMX int8 tile peak 1 thr 3000 GOP/s, 2 thr 5000 GOP/s (int8 prefill's % peak is of it)." in md
+    assert "tile peak" not in bench.speed_markdown(dict(meta, tile_peak=None), [], None)
+
+
+@pytest.mark.skipif(not pygpt.system_info()["cpu_amx"], reason="no AMX on this CPU")
+def test_tile_peak_probe_runs_where_the_cpu_has_amx(bench):
+    """The AMX probe (four chains of int8 tile products per thread) reports a positive rate."""
+    assert bench.tile_peak(1, iters=20_000) > 0
+
+
+@pytest.mark.skipif(pygpt.system_info()["cpu_amx"], reason="this CPU has AMX")
+def test_tile_probe_without_amx_is_a_clear_error():
+    with pytest.raises(ValueError, match="no amx path"):
+        _core._probe_tiles(10, 1)
 
 
 def test_decode_pct_per_run_takes_each_runs_higher_probe(bench):

@@ -129,6 +129,30 @@ def fma_peak(n_threads: int, iters: int = 20_000_000) -> float:
     return best
 
 
+def tile_peak(n_threads: int, iters: int = 3_000_000) -> float:
+    """int8 operations per second of AMX tile products on n_threads threads, best of 3 (the
+    amx path's prompt kernels: int8 weights with a scale per row; about 120 ms each)."""
+    from pygpt import _core
+
+    best = 0.0
+    for _ in range(3):
+        seconds, ops = _core._probe_tiles(iters, n_threads)
+        best = max(best, ops / seconds)
+    return best
+
+
+def prefill_multiples(isa: str, fma: float, tiles: float | None) -> dict:
+    """Each dtype's prefill peak as a multiple of the f32 FMA peak on that ISA: bf16 twice
+    (vdpbf16ps), int8 and int4 four times (vpdpbusd: four products a lane); on the amx path
+    int8 the measured tile rate instead (int4's default groups of 64 stay on vpdpbusd)."""
+    vnni = isa in ("avx512", "avx512bf16", "amx")
+    mult = {"f32": 1, "f16": 1, "bf16": 2 if isa in ("avx512bf16", "amx") else 1,
+            "int8": 4 if vnni else 1, "int4": 4 if vnni else 1}
+    if isa == "amx" and tiles:
+        mult["int8"] = tiles / fma
+    return mult
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set (VmHWM: unlike ru_maxrss, not inherited across exec)."""
     try:
@@ -832,7 +856,9 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
            "Machine limits measured in this run: read bandwidth "
            + ", ".join(f"{t} thread{'s' if t > 1 else ''} {bw / 1e9:.1f} GB/s" for t, bw in meta["bandwidth"].items())
            + " (at the start; each decode row uses the higher of the probes right before and after it); "
-           + "f32 FMA peak " + ", ".join(f"{t} thr {p / 1e9:.0f} GFLOP/s" for t, p in meta["fma_peak"].items()) + ".",
+           + "f32 FMA peak " + ", ".join(f"{t} thr {p / 1e9:.0f} GFLOP/s" for t, p in meta["fma_peak"].items())
+           + ("; AMX int8 tile peak " + ", ".join(f"{t} thr {p / 1e9:.0f} GOP/s" for t, p in meta["tile_peak"].items())
+              + " (int8 prefill's % peak is of it)" if meta.get("tile_peak") else "") + ".",
            ""]
     for shape in meta["shapes"]:
         out += [f"### {shape} (n_layer {SHAPES[shape][0]}, n_embd {SHAPES[shape][2]})", "",
@@ -870,7 +896,9 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
              "its own two probes): ", "decode_pct_per_run", "probed_runs", True, ".1f", "GB/s"),
             ("pygpt prefill with the f32 FMA rate probed right before and after each run (the worker "
              f"runs the prompt {meta['runs']} more times; median of each run's share of the higher "
-             "of its own two probes, times 2 for bf16 and 4 for int8 and int4): ", "prefill_pct_per_run",
+             "of its own two probes, times 2 for bf16 and 4 for int8 and int4"
+             + (", int8 times the tile peak over the FMA peak" if meta.get("tile_peak") else "") + "): ",
+             "prefill_pct_per_run",
              "probed_prefill_runs", False, ".0f", "GFLOP/s"),
         ]
         for head, pct, runs, named, tok_fmt, unit in per_run_lines:
@@ -1117,10 +1145,11 @@ def main(argv=None) -> int:
             "bandwidth": {t: read_bandwidth(t) for t in threads}, "fma_peak": {}, "turns": []}
     all_threads = sorted(set(threads) | {int(t) for t in (args.large_threads or "").split(",") if t})
     meta["fma_peak"] = {t: fma_peak(t) for t in all_threads}
-    log(f"bandwidth {meta['bandwidth']}, FMA peak {meta['fma_peak']}")
-    vnni = info["isa"] in ("avx512", "avx512bf16")
-    mult = {"f32": 1, "f16": 1, "bf16": 2 if info["isa"] == "avx512bf16" else 1,
-            "int8": 4 if vnni else 1, "int4": 4 if vnni else 1}
+    if info["isa"] == "amx":
+        meta["tile_peak"] = {t: tile_peak(t) for t in all_threads}
+    log(f"bandwidth {meta['bandwidth']}, FMA peak {meta['fma_peak']}, tile peak {meta.get('tile_peak')}")
+    mults = {t: prefill_multiples(info["isa"], meta["fma_peak"][t], meta.get("tile_peak", {}).get(t))
+             for t in all_threads}
     rows = []
     for shape in shapes:
         shape_llama = llama_types if shape != "12x64" else [q for q in llama_types if q == "f32"]
@@ -1159,11 +1188,12 @@ def main(argv=None) -> int:
                 if engine == "pygpt" and "error" not in r:
                     r["bw_sustained"] = sustained_bandwidth(t)
                     r["decode_pct_sustained"] = 100 * r["decode_tok_s"] * per_tok / r["bw_sustained"]
-                    peak = meta["fma_peak"][t] * mult[dt]
+                    peak = meta["fma_peak"][t] * mults[t][dt]
                     flops = flops_per_prompt_token(shape, args.prompt)
                     r["prefill_pct"] = 100 * r["prefill_tok_s"] * flops / peak
                     if r.get("probed_prefill_runs"):
-                        r["prefill_pct_per_run"] = prefill_pct_per_run(r["probed_prefill_runs"], flops, mult[dt])
+                        r["prefill_pct_per_run"] = prefill_pct_per_run(r["probed_prefill_runs"], flops,
+                                                                       mults[t][dt])
                 log(f"  -> {json.dumps({k: v for k, v in r.items() if k not in ('engine', 'shape')})}")
                 rows.append(r)
         if args.turns and shape != "12x64":

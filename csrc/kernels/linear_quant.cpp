@@ -379,21 +379,8 @@ static void panels_many(const uint8_t* w, const float* scales, const QShape& s, 
 // group, the tiles' sums plus corr are scaled and added in every other path's float order.
 // Tiles 0, 1: activations of tokens [t, t + 16), [t + 16, t + 32); 2, 3: a block of two
 // panels; 4 + 2i + j: the sums of activations i and panel j. Every tile is 16 rows of 64
-// bytes; rows past the last token are read from a zero-padded copy and their sums dropped.
-struct alignas(64) TileConfig {
-    uint8_t palette = 1, start_row = 0, reserved[14] = {};
-    uint16_t colsb[16] = {};
-    uint8_t rows[16] = {};
-};
-
-static void configure_tiles() {
-    TileConfig c;
-    for (int i = 0; i < 8; i++) {
-        c.colsb[i] = 64;
-        c.rows[i] = 16;
-    }
-    _tile_loadconfig(&c);
-}
+// bytes (configure_tiles); rows past the last token are read from a zero-padded copy and
+// their sums dropped.
 
 // Which layers run on the tiles: prompts (more than FEW_TOKENS tokens) of weights whose
 // groups span two blocks or more (int8's default of a scale per row, int4 at groups of 128

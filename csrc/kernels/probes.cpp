@@ -3,6 +3,8 @@
 
 #include <omp.h>
 
+#include "kernels/simd.h"
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -102,6 +104,42 @@ double probe_fma(int64_t iters, int n_threads) {
 #endif
     return (sink == 12345.0f ? 1.0 : 0.0) + 2.0 * 12 * lanes * (double)iters * nt_used;
 }
+
+#if defined(PYGPT_AMX)
+double probe_tiles(int64_t iters, int n_threads) {
+    int nt_used = 1;
+#pragma omp parallel num_threads(n_threads)
+    {
+#pragma omp single
+        nt_used = omp_get_num_threads();
+        alignas(64) int8_t a[16 * 64], b[16 * 64];
+        alignas(64) int32_t c[16 * 16];
+        for (int i = 0; i < 16 * 64; i++) {
+            a[i] = (int8_t)(i % 7 - 3);
+            b[i] = (int8_t)(i % 5 - 2);
+        }
+        simd::configure_tiles();
+        _tile_loadd(0, a, 64);
+        _tile_loadd(1, b, 64);
+        _tile_zero(4);
+        _tile_zero(5);
+        _tile_zero(6);
+        _tile_zero(7);
+        // four sums, as the kernels keep (six ran at half the rate on a Sapphire Rapids VM)
+        for (int64_t it = 0; it < iters; it++) {
+            _tile_dpbssd(4, 0, 1);
+            _tile_dpbssd(5, 0, 1);
+            _tile_dpbssd(6, 0, 1);
+            _tile_dpbssd(7, 0, 1);
+        }
+        _tile_stored(7, c, 64);  // the sums are kept, so the products cannot be dropped
+        _tile_release();
+        volatile int32_t sink = c[0];
+        (void)sink;
+    }
+    return 2.0 * 4 * 16 * 16 * 64 * (double)iters * nt_used;
+}
+#endif
 
 }  // namespace PYGPT_KERNEL_NS
 }  // namespace pygpt

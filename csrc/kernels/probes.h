@@ -10,5 +10,10 @@ namespace PYGPT_KERNEL_NS {
 float probe_read(const float* a, int64_t n, int reps, int n_threads);
 // Runs `iters` rounds of independent FMA chains per thread; returns the f32 FLOPs done.
 double probe_fma(int64_t iters, int n_threads);
+#if defined(PYGPT_AMX)
+// Runs `iters` rounds of four independent AMX int8 tile products (TDPBSSD) per thread; returns
+// the int8 operations done (2 per multiply-add).
+double probe_tiles(int64_t iters, int n_threads);
+#endif
 }  // namespace PYGPT_KERNEL_NS
 }  // namespace pygpt

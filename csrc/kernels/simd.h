@@ -42,6 +42,25 @@ static inline void* thread_scratch(int slot, size_t bytes) {
 
 static inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+#if defined(PYGPT_AMX)
+// AMX: the calling thread's 8 tiles as 16 rows of 64 bytes each (palette 1). Release them
+// (_tile_release) when done, so that the thread's context switches stop saving 8 KiB.
+struct alignas(64) TileConfig {
+    uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+};
+
+static inline void configure_tiles() {
+    TileConfig c;
+    for (int i = 0; i < 8; i++) {
+        c.colsb[i] = 64;
+        c.rows[i] = 16;
+    }
+    _tile_loadconfig(&c);
+}
+#endif
+
 // Tokens per block of a linear layer: activations of a block about half of L2 (a multiple
 // of the tile's tt tokens).
 static inline int64_t token_block(int64_t x_row_bytes, int64_t tt) {
