@@ -570,3 +570,25 @@ def test_bench_serve_preamble_runs_a_shared_preamble_once_with_prefix_caching(lo
     assert (int(rows[0][3]), int(rows[0][4].rstrip(" |"))) == (32 * 52, 0)
     run_on, reused_on = int(rows[1][3]), int(rows[1][4].rstrip(" |"))
     assert run_on + reused_on == 32 * 52 and reused_on >= 31 * 40  # each later prompt reused the preamble
+
+
+def test_bench_paths_runs_each_path_in_turns_and_reports_the_ratios(load_tool, hf_model_factory, capsys):
+    """tools/bench_paths.py: every round measures each kernel path's prefill, decode and batched
+    decode on one model; the report gives the medians and the median per-round ratio to the
+    first path. A path the CPU lacks is a clear error, not a traceback."""
+    tool = load_tool("bench_paths")
+    _, _, out = hf_model_factory("tiny")
+    isas = ["scalar", pygpt.system_info()["isa"]]
+    results = tool.run(out, isas, threads=1, rounds=2, prompt=12, new=3, batch=2)
+    assert set(results) == set(isas)
+    assert all(len(v) == 2 and min(v) > 0 for r in results.values() for v in r.values())
+    lines = tool.report({"a": {"prefill": [1.0, 2.0], "decode": [4.0, 4.0], "batch": [3.0, 1.0]},
+                         "b": {"prefill": [2.0, 2.0], "decode": [2.0, 4.0], "batch": [3.0, 3.0]}})
+    assert lines == ["a: prefill 1.5 tok/s, decode 4.0 tok/s, batch 2.0 tok/s",
+                     "b: prefill 2.0 tok/s, decode 3.0 tok/s, batch 3.0 tok/s",
+                     "b / a: prefill 1.500x, decode 0.750x, batch 2.000x"]
+    assert tool.main([out, "--isas", "scalar", "--rounds", "1", "--prompt", "6", "--new", "2", "--batch", "1",
+                      "--threads", "1"]) == 0
+    assert "scalar: prefill" in capsys.readouterr().out
+    assert tool.main([out, "--isas", "sse9"]) == 2
+    assert "unknown ISA" in capsys.readouterr().err
