@@ -24,7 +24,8 @@ dtype's next-token distribution against f32 (the "bench.py:quality" markers).
 
 Needs: torch, transformers, matplotlib; ctranslate2 for its rows; llama-cpp-python and gguf
 for llama.cpp's (pip install ".[bench]" installs them all; llama-cpp-python compiles
-llama.cpp for this CPU, some minutes; a peer not installed is skipped). llama.cpp's models
+llama.cpp for this CPU, some minutes; a peer not installed is skipped; on a CPU with AMX its
+0.3.36 build segfaults on q8_0 unless built without AMX: BENCHMARKS.md, "Kernel paths"). llama.cpp's models
 are written here from the same HF model with gguf's writer and tensor-name map (f32), then
 quantized by llama.cpp itself (llama_model_quantize: f16, bf16, q8_0, q4_0, with its
 default recipe for each).
