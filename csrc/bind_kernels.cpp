@@ -38,6 +38,18 @@ double probe_tiles(int64_t iters, int n_threads);
 
 namespace {
 
+// Runs probe(iters, n_threads) with the GIL released: (seconds, the operations it reports).
+py::tuple timed_probe(double (*probe)(int64_t, int), int64_t iters, int n_threads) {
+    double ops, seconds;
+    {
+        py::gil_scoped_release release;
+        const auto t0 = std::chrono::steady_clock::now();
+        ops = probe(iters, n_threads);
+        seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    return py::make_tuple(seconds, ops);
+}
+
 using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using U8 = py::array_t<uint8_t, py::array::c_style>;
 using U16 = py::array_t<uint16_t, py::array::c_style>;
@@ -352,26 +364,12 @@ void bind_kernels(py::module_& m) {
         else if (name == "avx512") fn = &avx512::probe_fma;
         else if (name == "avx2" || name == "avx2vnni") fn = &avx2::probe_fma;
 #endif
-        double flops, seconds;
-        {
-            py::gil_scoped_release release;
-            const auto t0 = std::chrono::steady_clock::now();
-            flops = fn(iters, n_threads);
-            seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        }
-        return py::make_tuple(seconds, flops);
+        return timed_probe(fn, iters, n_threads);
     });
     m.def("_probe_tiles", [](int64_t iters, int n_threads) {
 #if defined(PYGPT_AMX)
         if (!cpu_has_amx()) throw std::invalid_argument("_probe_tiles: this CPU has no amx path");
-        double ops, seconds;
-        {
-            py::gil_scoped_release release;
-            const auto t0 = std::chrono::steady_clock::now();
-            ops = amx::probe_tiles(iters, n_threads);
-            seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        }
-        return py::make_tuple(seconds, ops);
+        return timed_probe(&amx::probe_tiles, iters, n_threads);
 #else
         (void)iters;
         (void)n_threads;

@@ -25,8 +25,8 @@ dtype's next-token distribution against f32 (the "bench.py:quality" markers).
 Needs: torch, transformers, matplotlib; ctranslate2 for its rows; llama-cpp-python and gguf
 for llama.cpp's (pip install ".[bench]" installs them all; llama-cpp-python compiles
 llama.cpp for this CPU, some minutes; a peer not installed is skipped; on a CPU with AMX its
-0.3.36 build segfaults on q8_0 unless built without AMX: BENCHMARKS.md, "Kernel paths"). llama.cpp's models
-are written here from the same HF model with gguf's writer and tensor-name map (f32), then
+0.3.36 build segfaults on q8_0 unless built without AMX: BENCHMARKS.md, "Kernel paths").
+llama.cpp's models are written here from the same HF model with gguf's writer and tensor-name map (f32), then
 quantized by llama.cpp itself (llama_model_quantize: f16, bf16, q8_0, q4_0, with its
 default recipe for each).
 """
@@ -118,16 +118,17 @@ def sustained_bandwidth(n_threads: int, mib: int = 512, passes: int = 40) -> flo
     return passes * a.nbytes / _core._probe_read_seconds(a, passes, n_threads, "")
 
 
+def best_rate(probe) -> float:
+    """The best of 3 calls of probe() -> (seconds, operations), in operations per second."""
+    return max(ops / seconds for seconds, ops in (probe() for _ in range(3)))
+
+
 def fma_peak(n_threads: int, iters: int = 20_000_000) -> float:
     """f32 FLOP/s of independent FMA chains on n_threads threads, best of 3 (20M iterations:
     about 85 ms each at 2 threads; 2M: about 13 ms)."""
     from pygpt import _core
 
-    best = 0.0
-    for _ in range(3):
-        seconds, flops = _core._probe_fma(iters, n_threads, "")
-        best = max(best, flops / seconds)
-    return best
+    return best_rate(lambda: _core._probe_fma(iters, n_threads, ""))
 
 
 def tile_peak(n_threads: int, iters: int = 3_000_000) -> float:
@@ -135,11 +136,7 @@ def tile_peak(n_threads: int, iters: int = 3_000_000) -> float:
     amx path's prompt kernels: int8 weights with a scale per row; about 120 ms each)."""
     from pygpt import _core
 
-    best = 0.0
-    for _ in range(3):
-        seconds, ops = _core._probe_tiles(iters, n_threads)
-        best = max(best, ops / seconds)
-    return best
+    return best_rate(lambda: _core._probe_tiles(iters, n_threads))
 
 
 def prefill_multiples(isa: str, fma: float, tiles: float | None) -> dict:
