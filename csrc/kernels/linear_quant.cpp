@@ -830,7 +830,6 @@ void quant_linear_prepared(const Matrix& m, const float* bias, const void* prep,
     const QShape s = quant_shape(m);
     const QPrepared a = quant_prepared(s, T, const_cast<void*>(prep));
     const uint8_t* w = (const uint8_t*)m.data;
-    const int64_t tb = token_block(s.xs + s.n_groups * 4, TT_Q);
 #if defined(PYGPT_AMX)
     if (use_tiles(s, T)) {
         // this thread's scratch: its q4 panels unpacked, then the last pass's tokens
@@ -848,6 +847,7 @@ void quant_linear_prepared(const Matrix& m, const float* bias, const void* prep,
         return;
     }
 #endif
+    const int64_t tb = token_block(s.xs + s.n_groups * 4, TT_Q);
 #if defined(__AVX512F__)
     __m512i* unpacked = nullptr;  // this thread's scratch for NP_Q unpacked q4 panels
     if (Q4 && T > FEW_TOKENS && !(unpacked = (__m512i*)thread_scratch(0, (size_t)NP_Q * s.nb * 16 * 64)))
