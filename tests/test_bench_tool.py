@@ -4,7 +4,6 @@
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -29,11 +28,12 @@ def bench(load_tool):
     return load_tool("bench")
 
 
-def in_child(code: str, what: str, **inputs):
+def in_child(bench, code: str, what: str, **inputs):
     """Runs `code` in a fresh Python process, with tools/bench.py imported as `bench`, the
-    keyword `inputs` as the dict `a` and `result(value)` to hand back a JSON value; returns
+    """Runs `code` in a fresh Python process, with tools/bench.py imported as `bench`, the
     that value. A child that a signal kills, or that exits with an error, fails the calling
-    test with a message naming `what` and the signal or exit status: a peer that crashes
+    test with a message naming `what` and the signal (bench.signal_name: the parent's `bench`
+    module) or exit status: a peer that crashes
     (llama-cpp-python 0.3.36 segfaults on q8_0 on an Intel Xeon with AMX) fails one test
     instead of killing pytest."""
     prelude = textwrap.dedent(f"""\
@@ -48,7 +48,7 @@ def in_child(code: str, what: str, **inputs):
                        capture_output=True, text=True, timeout=600)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if p.returncode < 0:
-        failure = f"died with {signal.Signals(-p.returncode).name}"
+        failure = f"died with {bench.signal_name(-p.returncode)}"
     elif p.returncode > 0:
         failure = f"exited with status {p.returncode}"
     elif not lines:
@@ -58,15 +58,17 @@ def in_child(code: str, what: str, **inputs):
     pytest.fail(f"{what} {failure}\n{p.stderr[-2000:]}")
 
 
-def test_in_child_returns_the_childs_result_and_a_crash_fails_the_test_naming_the_signal():
+def test_in_child_returns_the_childs_result_and_a_crash_fails_the_test_naming_the_signal(bench):
     """The isolation the llama.cpp tests run under: the child's JSON result comes back (here a
     value of tools/bench.py, imported as the child snippets import it); a child killed by
     SIGSEGV, or one that raises, is a test failure naming what died and how."""
-    assert in_child("result(bench.LLAMA_FTYPES[a['q']])", "bench", q="q8_0") == "LLAMA_FTYPE_MOSTLY_Q8_0"
+    assert in_child(bench, "result(bench.LLAMA_FTYPES[a['q']])", "bench", q="q8_0") == "LLAMA_FTYPE_MOSTLY_Q8_0"
     with pytest.raises(pytest.fail.Exception, match="^llama.cpp on q8_0 died with SIGSEGV"):
-        in_child("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)", "llama.cpp on q8_0")
+        in_child(bench, "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)", "llama.cpp on q8_0")
+    with pytest.raises(pytest.fail.Exception, match="^llama.cpp on bf16 died with signal 40\n"):  # a real-time one
+        in_child(bench, "import os\nos.kill(os.getpid(), 40)", "llama.cpp on bf16")
     with pytest.raises(pytest.fail.Exception, match="(?s)^llama.cpp on f16 exited with status 1\n.*ValueError: no"):
-        in_child("raise ValueError('no')", "llama.cpp on f16")
+        in_child(bench, "raise ValueError('no')", "llama.cpp on f16")
 
 
 def test_kv_bytes_per_token(bench):
@@ -260,7 +262,7 @@ def test_llama_cpp_runs_the_written_gguf_like_transformers(bench, hf_model_facto
     for q, atol in (("f32", 1e-4), ("f16", None), ("q8_0", None)):
         path = f32 if q == "f32" else str(tmp_path / f"tiny-{q}.gguf")
         scores = str(tmp_path / f"scores-{q}.npy")
-        tokens = in_child("""
+        tokens = in_child(bench, """
             import llama_cpp
             import numpy as np
 
@@ -279,7 +281,7 @@ def test_llama_cpp_runs_the_written_gguf_like_transformers(bench, hf_model_facto
         if atol:
             np.testing.assert_allclose(np.load(scores), ref, atol=atol, rtol=0)
         assert tokens == greedy, q
-    r = in_child("result(bench.worker_llamacpp(a))", "llama.cpp's worker", path=f32, threads=1, prompt=8, new=4,
+    r = in_child(bench, "result(bench.worker_llamacpp(a))", "llama.cpp's worker", path=f32, threads=1, prompt=8, new=4,
                  runs=1, probe_runs=True)
     assert r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 and r["ttft_s"] > 0 and r["peak_rss_mib"] > 0
     assert r["kv_cache"] == "f16" and len(r["probed_runs"]) == 1 and all(x > 0 for x in r["probed_runs"][0])
@@ -356,7 +358,7 @@ def test_llama_cpp_batch_decodes_every_prompt_as_transformers_does_alone(bench, 
     path = str(tmp_path / "tiny-f32.gguf")
     bench.write_gguf(hf_dir, path, tokenizer_dir=os.path.join(ROOT, "tests", "data", "gpt2-tokenizer"))
     prompts = [p[:n] for p, n in zip(bench.batch_prompts({"prompt": 12, "batch": 3}), (12, 5, 9))]
-    runs = in_child("""
+    runs = in_child(bench, """
         import llama_cpp
 
         llm = llama_cpp.Llama(model_path=a["path"], n_ctx=64, n_threads=1, n_threads_batch=1, verbose=False)
@@ -371,7 +373,7 @@ def test_llama_cpp_batch_decodes_every_prompt_as_transformers_does_alone(bench, 
             want = model.generate(torch.tensor([p]), max_new_tokens=7, do_sample=False, pad_token_id=0,
                                   eos_token_id=None)[0, len(p):].tolist()
             assert got == want
-    r = in_child("result(bench.worker_llamacpp(a))", "llama.cpp's worker", path=path, threads=1, prompt=8, new=4,
+    r = in_child(bench, "result(bench.worker_llamacpp(a))", "llama.cpp's worker", path=path, threads=1, prompt=8, new=4,
                  runs=1, batch=2)
     assert r["batch_decode_tok_s"] > 0
 
