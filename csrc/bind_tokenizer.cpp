@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 #include <pybind11/stl.h>
@@ -161,12 +162,18 @@ void bind_tokenizer(py::module_& m) {
         token_bytes: list of bytes, one per id. merges: list of (left id, right id), by rank.
         specials: list of (text, id).)pbdoc")
         .def(py::init([](std::vector<std::string> token_bytes, const std::vector<std::pair<int32_t, int32_t>>& merges,
-                         std::vector<std::pair<std::string, int32_t>> specials) {
-                 auto tok = std::make_shared<Tokenizer>(std::move(token_bytes), merges, std::move(specials));
+                         std::vector<std::pair<std::string, int32_t>> specials,
+                         const std::vector<std::tuple<bool, bool, bool>>& matching) {
+                 std::vector<TokenMatch> how;
+                 for (const auto& [lstrip, rstrip, single_word] : matching) how.push_back({lstrip, rstrip, single_word});
+                 auto tok = std::make_shared<Tokenizer>(std::move(token_bytes), merges, std::move(specials),
+                                                        std::move(how));
                  reserve_ints(tok->vocab_size());
                  return tok;
              }),
-             py::arg("token_bytes"), py::arg("merges"), py::arg("specials"))
+             py::arg("token_bytes"), py::arg("merges"), py::arg("specials"),
+             py::arg("matching") = std::vector<std::tuple<bool, bool, bool>>(),
+             "matching: (lstrip, rstrip, single_word) of each of specials, or empty (all False).")
         .def("encode", &encode, py::arg("text"), py::arg("allowed_special") = py::none(),
              "ids of text; allowed_special: True (all), False/None (none) or a list of special ids.")
         .def("encode_batch", &encode_batch, py::arg("texts"), py::arg("allowed_special") = py::none(),

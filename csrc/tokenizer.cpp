@@ -207,8 +207,15 @@ private:
 Tokenizer::~Tokenizer() = default;
 
 Tokenizer::Tokenizer(std::vector<std::string> token_bytes, const std::vector<std::pair<int32_t, int32_t>>& merges,
-                     std::vector<std::pair<std::string, int32_t>> specials)
-    : tokens_(std::move(token_bytes)), specials_(std::move(specials)), tables_(std::make_unique<Tables>()) {
+                     std::vector<std::pair<std::string, int32_t>> specials, std::vector<TokenMatch> matching)
+    : tokens_(std::move(token_bytes)),
+      specials_(std::move(specials)),
+      matching_(std::move(matching)),
+      tables_(std::make_unique<Tables>()) {
+    if (matching_.empty()) matching_.resize(specials_.size());
+    if (matching_.size() != specials_.size())
+        throw std::invalid_argument("matching has " + std::to_string(matching_.size()) + " entries for " +
+                                    std::to_string(specials_.size()) + " special tokens");
     const size_t n_vocab = tokens_.size();
     if (n_vocab < 256 || n_vocab > size_t(INT32_MAX / 2))
         throw std::invalid_argument("vocabulary must have between 256 and 2^30 tokens, got " +
@@ -391,14 +398,14 @@ constexpr AsciiClasses kAscii;
     throw std::invalid_argument("text is not valid UTF-8 (byte offset " + std::to_string(i) + ")");
 }
 
-// Decodes (and validates) the code point at b[i] and returns its class; len = its byte length.
-inline CharClass class_at(const uint8_t* b, size_t n, size_t i, uint32_t& len) {
+// Decodes (and validates) the code point at b[i]; len = its byte length.
+inline uint32_t code_point_at(const uint8_t* b, size_t n, size_t i, uint32_t& len) {
     const uint32_t c = b[i];
     if (c < 0x80) {
         len = 1;
-        return static_cast<CharClass>(kAscii.cls[c]);
+        return c;
     }
-    uint32_t cp;
+    uint32_t cp = 0;
     auto cont = [&](size_t k) {
         if (i + k >= n || (b[i + k] & 0xC0) != 0x80) bad_utf8(i);
         return static_cast<uint32_t>(b[i + k] & 0x3F);
@@ -419,7 +426,25 @@ inline CharClass class_at(const uint8_t* b, size_t n, size_t i, uint32_t& len) {
     } else {
         bad_utf8(i);
     }
-    return unicode::char_class(cp);
+    return cp;
+}
+
+// The code point that ends at b[end] (0 < end <= n); len = its byte length.
+inline uint32_t code_point_before(const uint8_t* b, size_t n, size_t end, uint32_t& len) {
+    size_t i = end - 1;
+    while (i > 0 && end - i < 4 && (b[i] & 0xC0) == 0x80) --i;
+    const uint32_t cp = code_point_at(b, n, i, len);
+    if (i + len != end) bad_utf8(i);
+    return cp;
+}
+
+// The class of the code point at b[i]; len = its byte length.
+inline CharClass class_at(const uint8_t* b, size_t n, size_t i, uint32_t& len) {
+    if (b[i] < 0x80) {
+        len = 1;
+        return static_cast<CharClass>(kAscii.cls[b[i]]);
+    }
+    return unicode::char_class(code_point_at(b, n, i, len));
 }
 
 // End (byte offset) of the piece that starts at b[i].
@@ -513,12 +538,21 @@ void Tokenizer::encode_ordinary(std::string_view text, Session& s, std::vector<i
     }
 }
 
+// The allowed specials split the text, the pieces between them encoded as ordinary text. Of
+// the matches, the leftmost wins, the longest of those that start there, and the search goes
+// on after it (Hugging Face's added tokens: leftmost-longest matches that do not overlap). A
+// single_word token with a word character on either side is no match: the search goes on
+// after it, its text left to the ordinary piece around it. lstrip / rstrip widen a match over
+// the white space before / after it; the left one stops where the match before it ended.
 void Tokenizer::encode_with_specials(std::string_view text, const std::vector<bool>& allowed, Session& s,
                                      std::vector<int32_t>& out) const {
     constexpr size_t kUnknown = std::string_view::npos - 1;
     std::vector<size_t> next(specials_.size(), kUnknown);  // next occurrence of each special at or after pos
-    size_t pos = 0;
-    while (pos < text.size()) {
+    const auto* b = reinterpret_cast<const uint8_t*>(text.data());
+    const size_t n = text.size();
+    size_t piece = 0, pos = 0;  // the text not yet encoded starts at piece; the search goes on at pos
+    uint32_t len = 0;
+    while (pos < n) {
         size_t best = std::string_view::npos, best_k = 0;
         for (size_t k = 0; k < specials_.size(); ++k) {
             if (!allowed[k]) continue;
@@ -532,11 +566,22 @@ void Tokenizer::encode_with_specials(std::string_view text, const std::vector<bo
             }
         }
         if (best == std::string_view::npos) break;
-        encode_ordinary(text.substr(pos, best - pos), s, out);
+        const TokenMatch& m = matching_[best_k];
+        size_t start = best, stop = best + specials_[best_k].first.size();
+        pos = stop;
+        if (m.single_word && ((start > 0 && unicode::is_word_char(code_point_before(b, n, start, len))) ||
+                              (stop < n && unicode::is_word_char(code_point_at(b, n, stop, len)))))
+            continue;
+        if (m.lstrip)
+            while (start > piece && unicode::char_class(code_point_before(b, n, start, len)) == unicode::kSpace)
+                start -= len;
+        if (m.rstrip)
+            while (stop < n && class_at(b, n, stop, len) == unicode::kSpace) stop += len;
+        encode_ordinary(text.substr(piece, start - piece), s, out);
         out.push_back(specials_[best_k].second);
-        pos = best + specials_[best_k].first.size();
+        piece = pos = stop;
     }
-    if (pos < text.size()) encode_ordinary(text.substr(pos), s, out);
+    if (piece < n) encode_ordinary(text.substr(piece), s, out);
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view utf8, bool allow_special) const {

@@ -19,14 +19,24 @@
 
 namespace pygpt {
 
+// How a special or added token is matched in a text, as Hugging Face's AddedToken has it:
+//   lstrip:      the white space (Unicode White_Space) before it is part of the match (dropped);
+//   rstrip:      likewise the white space after it;
+//   single_word: it is matched only where no word character (\w) touches it on either side.
+struct TokenMatch {
+    bool lstrip = false, rstrip = false, single_word = false;
+};
+
 class Tokenizer {
 public:
     // token_bytes: [n_vocab] raw bytes of each id (byte-level unicode already mapped back to bytes).
     // merges:      [n_merges] (left id, right id), index = rank (0 merges first).
     // specials:    (text, id) of special tokens such as "<|endoftext|>"; token_bytes[id] must equal text.
+    // matching:    how each of specials is matched (empty: none strips, none is single_word).
     Tokenizer(std::vector<std::string> token_bytes,
               const std::vector<std::pair<int32_t, int32_t>>& merges,
-              std::vector<std::pair<std::string, int32_t>> specials);
+              std::vector<std::pair<std::string, int32_t>> specials,
+              std::vector<TokenMatch> matching = {});
     ~Tokenizer();
     Tokenizer(const Tokenizer&) = delete;
     Tokenizer& operator=(const Tokenizer&) = delete;
@@ -69,6 +79,7 @@ private:
 
     std::vector<std::string> tokens_;                          // [n_vocab] id -> bytes
     std::vector<std::pair<std::string, int32_t>> specials_;    // text -> id
+    std::vector<TokenMatch> matching_;                         // [specials_.size()]
     std::unique_ptr<Tables> tables_;
     int32_t byte_id_[256];                                     // id of each single-byte token
     int32_t eot_id_ = -1;

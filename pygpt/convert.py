@@ -450,11 +450,11 @@ def _write_tokenizer(tokenizer: Tokenizer, tok_dir: str, out_dir: str) -> None:
             for name in files:
                 shutil.copyfile(os.path.join(tok_dir, name), os.path.join(out_dir, name))
             break
-    added = tokenizer.added_tokens
+    added, matching = tokenizer.added_tokens, tokenizer.matching
     if set(added) - {ENDOFTEXT}:
         specials = tokenizer.special_tokens
-        listed = {str(i): {"content": text, "special": text in specials} for text, i in sorted(added.items(),
-                                                                                          key=lambda kv: kv[1])}
+        listed = {str(i): {"content": text, "special": text in specials, **matching.get(text, {})}
+                  for text, i in sorted(added.items(), key=lambda kv: kv[1])}
         with open(os.path.join(out_dir, HF_TOKENIZER_CONFIG), "w", encoding="utf-8") as f:
             json.dump({"added_tokens_decoder": listed}, f, indent=2, ensure_ascii=False)
             f.write("\n")

@@ -17,7 +17,8 @@ behaviour.
 
 A fine-tune's added tokens (Hugging Face's tokenizer.json, or tokenizer_config.json beside
 vocab.json) extend the vocabulary: the special ones are special tokens, the others are always
-matched whole before BPE, as transformers does (docs/FORMAT.md).
+matched whole before BPE, as transformers does, each with its lstrip, rstrip and
+single_word flags (docs/FORMAT.md).
 
 The files are parsed here with the json module; the C++ core receives plain, validated data
 (the bytes of every token, merges as id pairs) and checks it again.
@@ -218,17 +219,21 @@ def _warn_of_post_processor(post, where: str) -> None:
             return
 
 
+MATCH_FLAGS = ("lstrip", "rstrip", "single_word")
+
+
 def _added_token(t, id, where: str):
-    """(id, text, special) of one of Hugging Face's added tokens (an AddedToken's dict)."""
+    """(id, text, special, matching) of one of Hugging Face's added tokens (an AddedToken's
+    dict); matching: {flag: True} of its MATCH_FLAGS set."""
     if (not isinstance(t, dict) or isinstance(id, bool) or not isinstance(id, int)
             or not isinstance(t.get("content"), str) or not t["content"]):
         raise ModelFormatError(f"{where}: an added token must have an integer id and a non-empty "
                                f"content, got {t!r}")
-    for flag in ("lstrip", "rstrip", "single_word"):
-        if t.get(flag):
-            raise ModelFormatError(f"{where}: added token {t['content']!r} has {flag} set, which "
-                                   "pygpt does not follow")
-    return id, t["content"], bool(t.get("special", False))
+    for flag in (*MATCH_FLAGS, "special"):
+        if not isinstance(t.get(flag, False), bool):
+            raise ModelFormatError(f"{where}: added token {t['content']!r} has {flag} {t[flag]!r}, "
+                                   "not true or false")
+    return id, t["content"], t.get("special", False), {flag: True for flag in MATCH_FLAGS if t.get(flag)}
 
 
 def _config_added_tokens(folder: str) -> list:
@@ -262,9 +267,9 @@ def _check_added(added: list, vocab: dict, where: str) -> list:
     """The added tokens, checked: one inside the vocabulary is that token; the others take the
     ids that follow the vocabulary, with no gap; no two share an id or a text."""
     n = len(vocab)
-    token_of = {j: t for t, j in vocab.items()} if any(i < n for i, _, _ in added) else {}
+    token_of = {j: t for t, j in vocab.items()} if any(i < n for i, *_ in added) else {}
     ids, texts = set(), set()
-    for i, text, _ in added:
+    for i, text, *_ in added:
         if i in ids or text in texts:
             raise ModelFormatError(f"{where}: added token {text!r} (id {i}) repeats an id or a text")
         ids.add(i)
@@ -326,18 +331,28 @@ class Tokenizer:
     """GPT-2 byte-level BPE: text -> ids -> text. Thread-safe; encode/decode release the GIL."""
 
     def __init__(self, token_bytes: Sequence[bytes], merges: Sequence[tuple], special_tokens=None,
-                 added_tokens=None):
+                 added_tokens=None, matching=None):
         """token_bytes[id] = raw bytes of that token; merges = (left id, right id) by rank;
         special_tokens = {text: id} (each token_bytes[id] must equal the UTF-8 of text);
         added_tokens = {text: id}, likewise: tokens that are not special but, as Hugging Face's
-        added tokens, are always matched whole in a text before BPE."""
+        added tokens, are always matched whole in a text before BPE. matching = {text: {flag:
+        bool}} for special or added tokens matched as Hugging Face's AddedToken flags say:
+        "lstrip" (the white space before the token is part of it, dropped), "rstrip" (the white
+        space after it) and "single_word" (matched only where no word character touches it)."""
         specials = dict(special_tokens or {})
         added = dict(added_tokens or {})
         both = specials.keys() & added.keys()
         if both:
             raise ValueError(f"tokens both special and added: {sorted(both)!r}")
-        self._core = _core.Tokenizer(list(token_bytes), [tuple(m) for m in merges],
-                                     list(specials.items()) + list(added.items()))
+        matching = {text: self._flags(text, flags) for text, flags in dict(matching or {}).items()}
+        unknown = matching.keys() - specials.keys() - added.keys()
+        if unknown:
+            raise ValueError(f"matching names tokens that are neither special nor added: {sorted(unknown)!r}")
+        tokens = list(specials.items()) + list(added.items())
+        self._core = _core.Tokenizer(
+            list(token_bytes), [tuple(m) for m in merges], tokens,
+            [tuple(matching.get(text, {}).get(flag, False) for flag in MATCH_FLAGS) for text, _ in tokens])
+        self._matching = {text: flags for text, flags in matching.items() if flags}
         self._specials = specials
         self._special_ids = frozenset(specials.values())
         self._added = added
@@ -345,6 +360,18 @@ class Tokenizer:
         self._vocab_trie = None
         self._trie_lock = threading.Lock()
         self._containing = {}
+
+    @staticmethod
+    def _flags(text, flags) -> dict:
+        """{flag: True} of the MATCH_FLAGS set in `flags` (a dict of bools)."""
+        if not isinstance(flags, dict):
+            raise TypeError(f"matching[{text!r}] must be a dict of flags, got {type(flags).__name__}")
+        for flag, value in flags.items():
+            if flag not in MATCH_FLAGS:
+                raise ValueError(f"matching[{text!r}]: unknown flag {flag!r} (flags: {', '.join(MATCH_FLAGS)})")
+            if not isinstance(value, bool):
+                raise TypeError(f"matching[{text!r}][{flag!r}] must be a bool, got {value!r}")
+        return {flag: True for flag in MATCH_FLAGS if flags.get(flag)}
 
     @classmethod
     def from_dir(cls, path: Union[str, os.PathLike], *, special_tokens: Iterable[str] = None) -> "Tokenizer":
@@ -396,10 +423,10 @@ class Tokenizer:
         """vocab: {byte-level token: id}, dense; merges(): the merges as id pairs; added: the
         added tokens [(id, text, special)] (ids past the vocabulary's extend it)."""
         added = _check_added(added, vocab, where)
-        ids = {**vocab, **{text: i for i, text, _ in added}}
+        ids = {**vocab, **{text: i for i, text, *_ in added}}
         if special_tokens is None:
             names = [ENDOFTEXT] if ENDOFTEXT in vocab else []
-            names += [text for _, text, special in added if special and text not in names]
+            names += [text for _, text, special, _ in added if special and text not in names]
         else:
             if isinstance(special_tokens, str):
                 raise TypeError("special_tokens must be an iterable of str, not str")
@@ -408,8 +435,9 @@ class Tokenizer:
                 if name not in ids:
                     raise ValueError(f"special token {name!r} is not in {where}")
         specials = {name: ids[name] for name in names}
-        plain_added = {text: i for i, text, _ in added if text not in specials}  # matched whole, as HF does
-        token_bytes = [b""] * (len(vocab) + sum(i >= len(vocab) for i, _, _ in added))
+        plain_added = {text: i for i, text, *_ in added if text not in specials}  # matched whole, as HF does
+        matching = {text: flags for _, text, _, flags in added if flags}
+        token_bytes = [b""] * (len(vocab) + sum(i >= len(vocab) for i, *_ in added))
         for token, idx in vocab.items():
             if token in specials:
                 token_bytes[idx] = token.encode("utf-8")
@@ -418,11 +446,11 @@ class Tokenizer:
                 token_bytes[idx] = _token_to_bytes(token)
             except ValueError as e:
                 raise ModelFormatError(f"{where}: {e}") from None
-        for i, text, _ in added:
+        for i, text, *_ in added:
             token_bytes[i] = text.encode("utf-8")
         merges = merges()
         try:
-            return cls(token_bytes, merges, specials, plain_added)
+            return cls(token_bytes, merges, specials, plain_added, matching)
         except ValueError as e:  # checks only the core makes (e.g. a byte without a token)
             raise ModelFormatError(f"{where}: {e}") from None
 
@@ -565,6 +593,12 @@ class Tokenizer:
         """{text: id} of Hugging Face's added vocabulary (transformers' get_added_vocab()): the
         special tokens, and the added tokens that are not special (always matched whole)."""
         return {**self._specials, **self._added}
+
+    @property
+    def matching(self) -> dict:
+        """{text: {flag: True}} of the special and added tokens with lstrip, rstrip or
+        single_word set (Hugging Face's AddedToken flags; see __init__)."""
+        return {text: dict(flags) for text, flags in self._matching.items()}
 
     @property
     def n_merges(self) -> int:
