@@ -13,7 +13,8 @@ The first byte picks the operation on the rest:
   4: tokenizer files from the input (vocab.json NUL merges.txt): ModelFormatError or a
      tokenizer that round-trips
   5: a Hugging Face tokenizer.json from the input: ModelFormatError or a tokenizer that
-     round-trips (its added tokens too: their bytes are their text)
+     round-trips (its added tokens too: their bytes are their text; those that strip the
+     white space around them drop it, so there only the text without white space must)
 Only those exceptions may escape; anything else, a wrong round trip or a crash is a finding.
 """
 
@@ -46,11 +47,23 @@ WORK = tempfile.mkdtemp(prefix="pygpt-fuzz-tok-", dir="/dev/shm" if os.path.isdi
 atexit.register(shutil.rmtree, WORK, ignore_errors=True)
 
 
+# Unicode's White_Space (what an added token's lstrip / rstrip takes)
+WHITE_SPACE = {chr(c) for c in [*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029,
+                                0x202F, 0x205F, 0x3000]}
+
+
+def without_white_space(text: str) -> str:
+    return "".join(c for c in text if c not in WHITE_SPACE)
+
+
 def roundtrip(tok, text: str, allowed=frozenset()) -> None:
     ids = tok.encode(text, allowed_special=allowed)
     assert all(0 <= i < tok.vocab_size for i in ids), ids
     back = tok.decode(ids)
-    assert back == text, (text, ids, back)
+    if tok.matching:  # white space beside a token that strips it is dropped
+        assert without_white_space(back) == without_white_space(text), (text, ids, back)
+    else:
+        assert back == text, (text, ids, back)
     assert tok.encode_batch([text, text], allowed_special=allowed, n_threads=2) == [ids, ids]
 
 

@@ -21,12 +21,16 @@ def write_folder(path: str) -> None:
     hf.write_model(path, cfg=CFG, seed=0)
 
 
-def hf_tokenizer_json() -> dict:
+def hf_tokenizer_json(matching: bool = False) -> dict:
     """A small tokenizer.json as transformers saves one: the 256 bytes and a few merges, with
-    added tokens (special and not) past the vocabulary."""
+    added tokens (special and not) past the vocabulary; matching: two more with the matching
+    flags (lstrip and rstrip, single_word)."""
     vocab, merges = hf.byte_level_vocab(n_merges=8)
     n = len(vocab)
     added = [{"id": n, "content": "<|im_start|>", "special": True}, {"id": n + 1, "content": " word", "special": False}]
+    if matching:
+        added += [{"id": n + 2, "content": "<B>", "lstrip": True, "rstrip": True},
+                  {"id": n + 3, "content": "<W>", "single_word": True, "special": True}]
     return {"version": "1.0", "added_tokens": added, "normalizer": None,
             "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
             "post_processor": None, "decoder": {"type": "ByteLevel"},
@@ -53,6 +57,7 @@ def main() -> None:
         "decode": b"\x03" + struct.pack("<8i", 15496, 995, 50256, 220, 94, 127, 4, 50257),
         "files": b"\x04" + json.dumps({"a": 0, "b": 1, "ab": 2}).encode() + b"\x00a b\n",
         "hf-json": b"\x05" + json.dumps(hf_tokenizer_json()).encode(),
+        "hf-json-matching": b"\x05" + json.dumps(hf_tokenizer_json(matching=True)).encode(),
     }
     for target, seeds in (("format", fmt), ("tokenizer", tok)):
         d = os.path.join(HERE, "corpus", target)
