@@ -30,12 +30,11 @@ def bench(load_tool):
 
 def in_child(bench, code: str, what: str, **inputs):
     """Runs `code` in a fresh Python process, with tools/bench.py imported as `bench`, the
-    """Runs `code` in a fresh Python process, with tools/bench.py imported as `bench`, the
+    keyword `inputs` as the dict `a` and `result(value)` to hand back a JSON value; returns
     that value. A child that a signal kills, or that exits with an error, fails the calling
-    test with a message naming `what` and the signal (bench.signal_name: the parent's `bench`
-    module) or exit status: a peer that crashes
-    (llama-cpp-python 0.3.36 segfaults on q8_0 on an Intel Xeon with AMX) fails one test
-    instead of killing pytest."""
+    test with a message naming `what` and the signal (named by the parent's `bench`:
+    signal_name) or exit status: a peer that crashes (llama-cpp-python 0.3.36 segfaults on
+    q8_0 on an Intel Xeon with AMX) fails one test instead of killing pytest."""
     prelude = textwrap.dedent(f"""\
         import json, sys
         sys.path.insert(0, {os.path.join(ROOT, "tools")!r})
