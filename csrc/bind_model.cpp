@@ -125,6 +125,8 @@ void bind_model(py::module_& m) {
                  if (cfg.contains("scale_attn_weights")) c.scale_attn_weights = cfg["scale_attn_weights"].cast<bool>();
                  if (cfg.contains("scale_attn_by_inverse_layer_idx"))
                      c.scale_attn_by_inverse_layer_idx = cfg["scale_attn_by_inverse_layer_idx"].cast<bool>();
+                 if (cfg.contains("tie_word_embeddings"))
+                     c.tie_word_embeddings = cfg["tie_word_embeddings"].cast<bool>();
                  std::vector<TensorInfo> infos;
                  for (const auto& t : tensors) {
                      TensorInfo info;

@@ -207,6 +207,7 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
         w_.h.push_back(b);
     }
     w_.ln_f = layer_norm("ln_f");
+    w_.lm_head = cfg.tie_word_embeddings ? w_.wte : load_matrix(tt, "lm_head.weight", cfg, V, C);
     tt.check_all_used();
 }
 
@@ -439,7 +440,7 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
         k.add(x + r0 * C, proj + r0 * C, (r1 - r0) * C);
     }
 
-    // logits = ln_f(x) @ wte^T, only for the rows asked for
+    // logits = ln_f(x) @ lm_head^T (wte, tied), only for the rows asked for
     int64_t i0 = 0, i1 = R;
     if (!own_copy) {
         team.sync();  // the rows asked for may be other threads'
@@ -453,7 +454,7 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
     rows_done();
     int64_t o0, o1;
     team.split(cfg.vocab_size, kColumnUnit, &o0, &o1);
-    k.linear(w_.wte, nullptr, last, R, logits, o0, o1);
+    k.linear(w_.lm_head, nullptr, last, R, logits, o0, o1);
 }
 
 // y = x W^T + b (+ (x A^T) B^T with a low-rank term), this thread's part; epilogue(c0, c1)

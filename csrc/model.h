@@ -29,6 +29,9 @@ struct ModelConfig {
     // layer's number, 1 to n_layer (scale_attn_by_inverse_layer_idx): Hugging Face GPT2Config's.
     bool scale_attn_weights = true;
     bool scale_attn_by_inverse_layer_idx = false;
+    // The LM head is wte (GPT-2's tied head) or a matrix of its own, lm_head.weight
+    // (tie_word_embeddings false).
+    bool tie_word_embeddings = true;
 };
 
 // One tensor of model.safetensors, as parsed and validated by Python (pygpt/_format.py).
@@ -77,7 +80,8 @@ struct Block {
 };
 
 struct Weights {
-    Matrix wte;                   // [V, C]  token embedding, also the LM head (tied)
+    Matrix wte;                   // [V, C]  token embedding
+    Matrix lm_head;               // [V, C]  the LM head: wte again (tied) or its own matrix
     const float* wpe = nullptr;   // [n_ctx, C]  position embedding
     std::vector<Block> h;         // n_layer blocks
     LayerNorm ln_f;

@@ -41,6 +41,9 @@ def read_config(model_dir: str) -> dict:
 
 # Hugging Face GPT2Config's attention scaling, and GPT-2's values (docs/FORMAT.md).
 ATTENTION_SCALING = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False}
+# Hugging Face's name: true (GPT-2's, and the default) when the LM head is the token
+# embedding; false when the file also holds an LM head of its own, lm_head.weight.
+OPTIONAL_FLAGS = {**ATTENTION_SCALING, "tie_word_embeddings": True}
 
 
 def validate_config(cfg, where: str = "config.json") -> dict:
@@ -82,7 +85,7 @@ def validate_config(cfg, where: str = "config.json") -> dict:
         if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g <= MAX_DIM:
             raise ModelFormatError(f"{where}: 'quant_group_size' must be an integer in 0..{MAX_DIM}, got {g!r}")
         out["quant_group_size"] = g
-    for key, default in ATTENTION_SCALING.items():  # optional: GPT-2's own without them
+    for key, default in OPTIONAL_FLAGS.items():  # optional: GPT-2's own without them
         v = cfg.get(key, default)
         if not isinstance(v, bool):
             raise ModelFormatError(f"{where}: '{key}' must be true or false, got {v!r}")
@@ -128,6 +131,8 @@ def expected_tensors(cfg: dict) -> dict:
         linear(p + "mlp.c_fc", 4 * C, C)
         linear(p + "mlp.c_proj", C, 4 * C)
     layer_norm("ln_f")
+    if not cfg.get("tie_word_embeddings", True):
+        specs.update(_matrix_specs("lm_head.weight", V, C, cfg))
     return specs
 
 

@@ -11,7 +11,8 @@ Sources:
 
 Every source becomes the same canonical tensors (docs/FORMAT.md): linear weights as
 [n_out, n_in] (Hugging Face's Conv1D stores [n_in, n_out] and is transposed), the tied
-token embedding stored once, buffers that are not weights dropped. Sources in safetensors
+token embedding stored once (an LM head that differs from it kept as lm_head.weight),
+buffers that are not weights dropped. Sources in safetensors
 files (a Hugging Face folder with model.safetensors, a .safetensors state_dict) and llm.c
 checkpoints convert with numpy alone; pickled checkpoints (.bin, .pt, nanoGPT) need torch,
 and downloads from the hub transformers.
@@ -123,6 +124,7 @@ def _config_from_hf(hf: dict, where: str) -> dict:
             "n_ctx": hf.get("n_positions", hf.get("n_ctx")), "vocab_size": hf["vocab_size"],
             "layer_norm_epsilon": hf.get("layer_norm_epsilon", 1e-5), "activation": HF_ACTIVATIONS[act],
             **{key: v for key, v in scaling.items() if v != ATTENTION_SCALING[key]},  # GPT-2's: not written
+            "tie_word_embeddings": hf.get("tie_word_embeddings", True) is not False,
         }
     except KeyError as e:
         raise ConversionError(f"{where}: GPT-2 config lacks {e}") from None
@@ -321,10 +323,18 @@ def _canonical(sd: dict, cfg: dict) -> dict:
         raise ConversionError("not a GPT-2 state_dict: no h.0.attn.c_attn.weight")
     # Conv1D (Hugging Face / OpenAI) stores [in, out]; nn.Linear (nanoGPT, llm.c) [out, in].
     conv1d = tuple(out["h.0.attn.c_attn.weight"].shape) == (C, 3 * C)
-    lm_head = out.pop("lm_head.weight", None)
-    wte = out["wte.weight"]
-    if lm_head is not None and lm_head.shape == wte.shape and not bool((lm_head == wte).all()):
-        raise ConversionError("the LM head is not tied to the token embedding: not a GPT-2 model pygpt supports")
+    # GPT-2's LM head is the token embedding (tied; a copy saved beside it is dropped); one
+    # that differs is kept as lm_head.weight, a matrix of its own (tie_word_embeddings false)
+    lm_head, wte = out.get("lm_head.weight"), out["wte.weight"]
+    if lm_head is not None:
+        if tuple(lm_head.shape) != tuple(wte.shape):
+            raise ConversionError(f"the LM head has shape {list(lm_head.shape)}, the token embedding "
+                                  f"{list(wte.shape)}: a GPT-2's are both [vocab_size, n_embd]")
+        if bool((lm_head == wte).all()):
+            del out["lm_head.weight"]
+    elif cfg.get("tie_word_embeddings") is False:
+        raise ConversionError("the config says the LM head is not tied (tie_word_embeddings false) "
+                              "but the source has no lm_head.weight")
     arrays = {}
     for name, t in out.items():
         a = t.detach().float().cpu().numpy() if hasattr(t, "detach") else np.asarray(t, dtype=np.float32)
@@ -504,11 +514,12 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
     if vocab_size is None and tok is not None:
         vocab_size = tok.vocab_size
     if vocab_size is not None and arrays["wte.weight"].shape[0] > vocab_size >= 1:
-        arrays["wte.weight"] = np.ascontiguousarray(arrays["wte.weight"][:vocab_size])
         cfg["vocab_size"] = vocab_size
     cfg["vocab_size"] = min(cfg["vocab_size"], arrays["wte.weight"].shape[0])
-    if arrays["wte.weight"].shape[0] != cfg["vocab_size"]:
-        arrays["wte.weight"] = np.ascontiguousarray(arrays["wte.weight"][: cfg["vocab_size"]])
+    untied = "lm_head.weight" in arrays
+    for name in ("wte.weight", "lm_head.weight") if untied else ("wte.weight",):
+        if arrays[name].shape[0] != cfg["vocab_size"]:
+            arrays[name] = np.ascontiguousarray(arrays[name][: cfg["vocab_size"]])
     if tok is not None and tok.vocab_size > cfg["vocab_size"]:
         raise ConversionError(f"the tokenizer has {tok.vocab_size} tokens but the model's embedding only "
                               f"{cfg['vocab_size']} rows (tokens added without resize_token_embeddings?)")
@@ -520,6 +531,7 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
         "layer_norm_epsilon": float(cfg["layer_norm_epsilon"]), "activation": cfg["activation"],
         "bias": bias, "dtype": dtype,
         **{key: cfg[key] for key in ATTENTION_SCALING if key in cfg},
+        **({"tie_word_embeddings": False} if untied else {}),  # GPT-2's tied head: not written
     }
     if dtype in ("int8", "int4"):
         from . import quantize
@@ -548,7 +560,7 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
     tensors = {}
     for name in expected:
         w = arrays[name]
-        if name == "wte.weight" or (name.endswith(".weight") and w.ndim == 2 and name != "wpe.weight"):
+        if name.endswith(".weight") and w.ndim == 2 and name != "wpe.weight":
             _quantize_into(tensors, name, w, dtype, group_size)
         else:
             tensors[name] = ("F32", w)

@@ -106,7 +106,7 @@ def read(path: str, tokenizer_dir: str):
 def _tie(sd: dict, bits: dict) -> None:
     """llama.cpp's quantizer stores the LM head (output.weight) of a tied model at another type
     than the token embedding (q6_K beside q4_0, say): two roundings of one tensor. pygpt keeps
-    one, the finer; two tensors of one type that differ are an untied model (convert refuses it)."""
+    one, the finer; two tensors of one type that differ are an untied model (kept as two)."""
     head, wte = "lm_head.weight", "wte.weight"
     if head in sd and wte in sd and bits[head] != bits[wte] and sd[head].shape == sd[wte].shape:
         if bits[head] > bits[wte]:

@@ -213,15 +213,16 @@ def _our_name(path: str) -> str:
 
 def _merge(arrays, config, tensors, where) -> None:
     _check_targets(config, [name.removesuffix(".weight") for name, a in arrays.items() if a.ndim == 2], where)
-    loras, whole = _split(tensors, where)
+    tied = "lm_head.weight" not in arrays  # an untied LM head is a linear layer of its own
+    loras, whole = _split(tensors, where, tied)
     for name, (key, a) in whole.items():
         _replace(arrays, name, key, a, where)
-    _untie_head(loras, config, where)
+    _untie_head(loras, config, where, tied)
     for path, parts in loras.items():
         _add_delta(arrays, path, parts, *_rank_and_scaling(config, path), where)
 
 
-def _split(tensors, where) -> tuple[dict, dict]:
+def _split(tensors, where, tied: bool = True) -> tuple[dict, dict]:
     """({module path: {tensor: array}} of the LoRAs, {our name: (key, array)} of the tensors
     saved whole). peft saves a modules_to_save layer's trained copy under the layer's name,
     and with bias="all" its wrapper's copy (".modules_to_save.") and the original it leaves
@@ -235,7 +236,7 @@ def _split(tensors, where) -> tuple[dict, dict]:
             raise AdapterError(f"{where}: tensor '{key}' belongs to a LoRA variant pygpt cannot merge "
                                "(plain LoRA has lora_A / lora_B, or lora_embedding_A / _B)")
         elif ".original_module." not in key:
-            name = _whole_name(key)
+            name = _whole_name(key, tied)
             if name in whole and not np.array_equal(whole[name][1], a):
                 raise AdapterError(f"{where}: '{whole[name][0]}' and '{key}' are two different values of '{name}'")
             whole[name] = (key, a)
@@ -247,10 +248,10 @@ def _split(tensors, where) -> tuple[dict, dict]:
     return loras, whole
 
 
-def _whole_name(key) -> str:
+def _whole_name(key, tied: bool = True) -> str:
     m = _WHOLE_TENSOR.fullmatch(key)
     name = f"{_our_name(m[1])}.{m[2]}" if m else key
-    return "wte.weight" if name == "lm_head.weight" else name  # tied
+    return "wte.weight" if tied and name == "lm_head.weight" else name
 
 
 def _replace(arrays, name, key, a, where) -> None:
@@ -258,12 +259,14 @@ def _replace(arrays, name, key, a, where) -> None:
     if name not in arrays:
         raise AdapterError(f"{where}: tensor '{key}' is not one of this GPT-2's")
     base = arrays[name]
-    if name == "wte.weight":
+    untied = "lm_head.weight" in arrays  # wte and lm_head two tensors, each [V, C] as peft saves it
+    if name == "wte.weight" and not untied:
         if a.shape == base.shape and np.array_equal(a, base):
             return  # a copy of the base's (peft's save_embedding_layers)
         raise AdapterError(f"{where}: '{key}' replaces the token embedding (modules_to_save), and peft replaces it "
                            "on one side only of the embedding / LM head that pygpt stores as one tensor")
-    if a.ndim == 2 and name != "wpe.weight":
+    known_layout = {"wpe.weight"} | ({"wte.weight", "lm_head.weight"} if untied else set())  # [rows, C]
+    if a.ndim == 2 and name not in known_layout:
         raise AdapterError(f"{where}: '{key}' replaces a whole linear layer (modules_to_save), whose layout, "
                            "Conv1D's [n_in, n_out] or Linear's [n_out, n_in], the adapter does not record; merge "
                            "it with peft's merge_and_unload and convert that")
@@ -273,11 +276,14 @@ def _replace(arrays, name, key, a, where) -> None:
     arrays[name] = np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _untie_head(loras, config, where) -> None:
-    """pygpt stores the token embedding and the LM head as one tensor, so a LoRA on either
+def _untie_head(loras, config, where, tied: bool = True) -> None:
+    """pygpt stores the token embedding and a tied LM head as one tensor, so a LoRA on either
     merges only where both carry the same one, as peft's ensure_weight_tying makes them
     (lm_head's A and B are wte's B.T and A.T); that one merges into wte.
-    (peft's merge_and_unload adds it to the shared weight twice.)"""
+    (peft's merge_and_unload adds it to the shared weight twice.) An untied head (`tied`
+    false) is a layer of its own, its LoRA merged into it."""
+    if not tied:
+        return
     wte = next((p for p in loras if _our_name(p) == "wte"), None)
     head = next((p for p in loras if _our_name(p) == "lm_head"), None)
     if wte is None and head is None:
@@ -398,12 +404,14 @@ def low_rank_terms(adapters, config: dict) -> dict:
                                     else f"{folder}: not a folder (an adapter is a folder with {CONFIG_FILE})")
         adapter_config, tensors = read_adapter(folder)
         _check_targets(adapter_config, layers, folder)
-        loras, whole = _split(tensors, folder)
-        _untie_head(loras, adapter_config, folder)  # a LoRA on the LM head alone cannot be merged either
+        tied = config.get("tie_word_embeddings", True)
+        loras, whole = _split(tensors, folder, tied)
+        _untie_head(loras, adapter_config, folder, tied)  # a LoRA on the LM head alone cannot be merged either
         for path, parts in loras.items():
             name = _our_name(path)
-            if name in ("wte", "wpe"):
-                what = "position embedding" if name == "wpe" else "token embedding / LM head"
+            if name in ("wte", "wpe", "lm_head"):
+                what = {"wpe": "position embedding", "lm_head": "LM head"}.get(
+                    name, "token embedding / LM head" if tied else "token embedding")
                 raise AdapterError(f"{folder}: a LoRA on the {what} ('{path}') cannot be applied at load time, only "
                                    f"on the linear layers c_attn, c_proj and c_fc; {MERGE_INSTEAD}")
             if name not in shapes or set(parts) - {"lora_B.bias"} != _LINEAR_PARTS:

@@ -63,7 +63,7 @@ def gpt2_logits(model_dir, ids, kv_cache="f32"):  # [T] -> [T, V]
     """kv_cache="f16": keys and values rounded to half floats, as pygpt's f16 KV cache stores
     them; "int8": quantized as its int8 cache stores them (int8_rows)."""
     x, w = _hidden_and_weights(model_dir, ids, kv_cache)
-    return x @ w["wte.weight"].T  # tied LM head
+    return x @ w.get("lm_head.weight", w["wte.weight"]).T  # the LM head: wte where tied
 
 
 def gpt2_hidden(model_dir, ids):  # [T] -> [T, C]

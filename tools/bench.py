@@ -346,15 +346,14 @@ def convert_to(src, out, dt, tokenizer, fallback_group, log):
 
 
 def weight_bytes_per_token(model_dir: str) -> int:
-    """Bytes of weights one decode step reads: everything but the position embedding (one
-    row of it is read)."""
+    """Bytes of weights one decode step reads: everything but the position embedding, and the
+    token embedding where the LM head is a matrix of its own (one row of each is read)."""
     from pygpt import _format
 
-    total = 0
-    for name, _dtype, _shape, begin, end in _format.read_safetensors_header(os.path.join(model_dir, "model.safetensors")):
-        if name != "wpe.weight":
-            total += end - begin
-    return total
+    tensors = _format.read_safetensors_header(os.path.join(model_dir, "model.safetensors"))
+    rows_only = {"wpe.weight"} | ({"wte.weight", "wte.weight_scales"} if any(t[0] == "lm_head.weight" for t in tensors)
+                                 else set())
+    return sum(end - begin for name, _dtype, _shape, begin, end in tensors if name not in rows_only)
 
 
 def kv_bytes_per_token(shape: str, prompt: int, new: int, kv_cache: str = "f32") -> float:
