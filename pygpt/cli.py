@@ -348,7 +348,8 @@ def cmd_info(args) -> int:
 
     model = _load(args.model, args.threads, lora=args.lora)
     c = model.config
-    n_params = c["n_layer"] * 12 * c["n_embd"] ** 2 + (c["vocab_size"] + c["n_ctx"]) * c["n_embd"]
+    tied = c.get("tie_word_embeddings", True)
+    n_params = c["n_layer"] * 12 * c["n_embd"] ** 2 + ((1 if tied else 2) * c["vocab_size"] + c["n_ctx"]) * c["n_embd"]
     rows = [
         ("model", os.path.abspath(model.path)),
         ("architecture", "GPT-2"),
@@ -359,6 +360,7 @@ def cmd_info(args) -> int:
         ("vocab_size", c["vocab_size"]),
         ("parameters", f"~{n_params / 1e6:.1f} M"),
         ("dtype", c["dtype"]),
+        ("lm head", "tied (the token embedding)" if tied else "its own (lm_head.weight)"),
         ("kv cache", f"{model.kv_cache} (auto)"),
         ("file size", f"{model._core.file_bytes / 2 ** 20:.1f} MiB"),
         ("in 2 MiB pages", _huge_pages(model)),

@@ -266,6 +266,7 @@ def test_info(pygpt_cmd, model_dir, model):
     for key in ("n_layer", "n_head", "n_embd", "n_ctx", "vocab_size"):
         assert fields[key] == str(c[key])
     assert fields["dtype"] == c["dtype"]
+    assert fields["lm head"] == "tied (the token embedding)"
     assert fields["kv cache"] == pygpt.model.auto_kv_cache(c["dtype"]) + " (auto)"
     assert fields["isa"] == model.isa
     assert fields["chat template"] == "plain (built in)"  # the folder has no chat_template.jinja

@@ -5,7 +5,9 @@ config and files that disagree about it refused."""
 
 import json
 import os
+import re
 import shutil
+import subprocess
 import warnings
 
 import numpy as np
@@ -164,3 +166,13 @@ def test_the_benchmark_counts_the_head_once(untied, load_tool, tmp_path):
     for dt in ("f32", "int4"):
         tied = pygpt.convert.convert(str(tmp_path / "hf"), str(tmp_path / dt), dtype=dt, group_size=GROUP.get(dt))
         assert bench.weight_bytes_per_token(untied[2][dt]) == bench.weight_bytes_per_token(tied)
+
+
+def test_info_names_the_head(untied, pygpt_cmd):
+    r = subprocess.run(pygpt_cmd + ["info", untied[2]["int8"], "--threads", "1"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    fields = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in r.stdout.splitlines())
+    assert fields["lm head"] == "its own (lm_head.weight)"
+    C, V, L, T = SHAPE["n_embd"], SHAPE["vocab_size"], SHAPE["n_layer"], SHAPE["n_positions"]
+    assert fields["parameters"] == f"~{(L * 12 * C * C + (2 * V + T) * C) / 1e6:.1f} M"
