@@ -516,10 +516,10 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
     if vocab_size is not None and arrays["wte.weight"].shape[0] > vocab_size >= 1:
         cfg["vocab_size"] = vocab_size
     cfg["vocab_size"] = min(cfg["vocab_size"], arrays["wte.weight"].shape[0])
-    untied = "lm_head.weight" in arrays
-    for name in ("wte.weight", "lm_head.weight") if untied else ("wte.weight",):
-        if arrays[name].shape[0] != cfg["vocab_size"]:
+    for name in ("wte.weight", "lm_head.weight"):
+        if name in arrays and arrays[name].shape[0] != cfg["vocab_size"]:
             arrays[name] = np.ascontiguousarray(arrays[name][: cfg["vocab_size"]])
+    untied = "lm_head.weight" in arrays
     if tok is not None and tok.vocab_size > cfg["vocab_size"]:
         raise ConversionError(f"the tokenizer has {tok.vocab_size} tokens but the model's embedding only "
                               f"{cfg['vocab_size']} rows (tokens added without resize_token_embeddings?)")

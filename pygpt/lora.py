@@ -216,7 +216,7 @@ def _merge(arrays, config, tensors, where) -> None:
     tied = "lm_head.weight" not in arrays  # an untied LM head is a linear layer of its own
     loras, whole = _split(tensors, where, tied)
     for name, (key, a) in whole.items():
-        _replace(arrays, name, key, a, where)
+        _replace(arrays, name, key, a, where, tied)
     _untie_head(loras, config, where, tied)
     for path, parts in loras.items():
         _add_delta(arrays, path, parts, *_rank_and_scaling(config, path), where)
@@ -254,18 +254,18 @@ def _whole_name(key, tied: bool = True) -> str:
     return "wte.weight" if tied and name == "lm_head.weight" else name
 
 
-def _replace(arrays, name, key, a, where) -> None:
-    """A tensor saved whole (modules_to_save, a bias of bias="all" / "lora_only") replaces the base's."""
+def _replace(arrays, name, key, a, where, tied: bool = True) -> None:
+    """A tensor saved whole (modules_to_save, a bias of bias="all" / "lora_only") replaces the base's.
+    Untied (`tied` false), wte and lm_head are two tensors, each [V, C] as peft saves it."""
     if name not in arrays:
         raise AdapterError(f"{where}: tensor '{key}' is not one of this GPT-2's")
     base = arrays[name]
-    untied = "lm_head.weight" in arrays  # wte and lm_head two tensors, each [V, C] as peft saves it
-    if name == "wte.weight" and not untied:
+    if name == "wte.weight" and tied:
         if a.shape == base.shape and np.array_equal(a, base):
             return  # a copy of the base's (peft's save_embedding_layers)
         raise AdapterError(f"{where}: '{key}' replaces the token embedding (modules_to_save), and peft replaces it "
                            "on one side only of the embedding / LM head that pygpt stores as one tensor")
-    known_layout = {"wpe.weight"} | ({"wte.weight", "lm_head.weight"} if untied else set())  # [rows, C]
+    known_layout = {"wpe.weight"} | (set() if tied else {"wte.weight", "lm_head.weight"})  # [rows, C]
     if a.ndim == 2 and name not in known_layout:
         raise AdapterError(f"{where}: '{key}' replaces a whole linear layer (modules_to_save), whose layout, "
                            "Conv1D's [n_in, n_out] or Linear's [n_out, n_in], the adapter does not record; merge "
@@ -398,13 +398,13 @@ def low_rank_terms(adapters, config: dict) -> dict:
     shapes = linear_shapes(config)
     layers = ["wte", "wpe", *shapes]
     terms = {}  # layer: ([A, ...], [B, ...])
+    tied = config.get("tie_word_embeddings", True)
     for folder, scale in adapters:
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{folder}: no such adapter folder" if not os.path.exists(folder)
                                     else f"{folder}: not a folder (an adapter is a folder with {CONFIG_FILE})")
         adapter_config, tensors = read_adapter(folder)
         _check_targets(adapter_config, layers, folder)
-        tied = config.get("tie_word_embeddings", True)
         loras, whole = _split(tensors, folder, tied)
         _untie_head(loras, adapter_config, folder, tied)  # a LoRA on the LM head alone cannot be merged either
         for path, parts in loras.items():

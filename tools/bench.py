@@ -351,8 +351,8 @@ def weight_bytes_per_token(model_dir: str) -> int:
     from pygpt import _format
 
     tensors = _format.read_safetensors_header(os.path.join(model_dir, "model.safetensors"))
-    rows_only = {"wpe.weight"} | ({"wte.weight", "wte.weight_scales"} if any(t[0] == "lm_head.weight" for t in tensors)
-                                 else set())
+    untied = any(t[0] == "lm_head.weight" for t in tensors)
+    rows_only = {"wpe.weight", "wte.weight", "wte.weight_scales"} if untied else {"wpe.weight"}
     return sum(end - begin for name, _dtype, _shape, begin, end in tensors if name not in rows_only)
 
 
