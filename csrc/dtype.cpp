@@ -33,4 +33,9 @@ StoredShape stored_shape(DType d, int64_t n_out, int64_t n_in, int64_t group) {
     return {n_out, n_in, d == DType::F32 ? 4 : 2, 0, 0};
 }
 
+bool quant_group_fits(int64_t group, int64_t n_in) {
+    if (group <= 0 || n_in <= 0 || n_in % group != 0) return false;
+    return group == n_in || group % 64 == 0 || (group == 32 && n_in % 64 == 0);
+}
+
 }  // namespace pygpt

@@ -144,6 +144,10 @@ struct StoredShape {
 };
 constexpr int64_t kPanel = 16;
 StoredShape stored_shape(DType d, int64_t n_out, int64_t n_in, int64_t group);
+// Whether q8/q4 weights of n_in inputs can have `group` inputs per scale: n_in (one scale per
+// row), a multiple of 64 dividing n_in (whole blocks), or 32 where n_in is a multiple of 64
+// (two groups a block: its first and second 32 inputs) (dtype.cpp).
+bool quant_group_fits(int64_t group, int64_t n_in);
 
 namespace scalar { const Kernels& kernel_table(); }
 namespace avx2 { const Kernels& kernel_table(); }

@@ -152,12 +152,13 @@ Matrix load_matrix(TensorTable& tt, const std::string& name, const ModelConfig& 
     m.n_out = n_out;
     m.n_in = n_in;
     if (cfg.dtype == DType::Q8 || cfg.dtype == DType::Q4) {
-        // group 0: one scale per row; else a multiple of 64 dividing n_in (the kernels step 64 inputs)
+        // group 0: one scale per row; else a multiple of 64 dividing n_in (the kernels step 64
+        // inputs), or 32 (half a block) where n_in is a multiple of 64
         const int64_t group = cfg.group == 0 ? n_in : cfg.group;
-        if (group < 0 || n_in % group != 0 || (group != n_in && group % 64 != 0))
+        if (!quant_group_fits(group, n_in))
             throw FormatError("tensor '" + name + "': quant_group_size " + std::to_string(cfg.group) +
-                              " must be 0 (per row) or a multiple of 64 dividing its " + std::to_string(n_in) +
-                              " inputs");
+                              " must be 0 (per row), a multiple of 64 dividing its " + std::to_string(n_in) +
+                              " inputs, or 32 where they are a multiple of 64");
         m.group = group;
         const StoredShape s = stored_shape(cfg.dtype, n_out, n_in, group);
         m.data = tt.get(name, storage_dtype(cfg.dtype), {s.data_rows, s.data_cols});

@@ -603,7 +603,7 @@ def add_arguments(p) -> None:
     p.add_argument("out", help="output folder")
     p.add_argument("--dtype", choices=DTYPES, default="f32", help="weight storage type (default f32)")
     p.add_argument("--group-size", type=int, default=None,
-                   help="int8/int4: inputs per scale, 0 = one scale per row, else a multiple of 64 "
+                   help="int8/int4: inputs per scale, 0 = one scale per row, else 32 or a multiple of 64 "
                         "(default: int8 per row, int4 64)")
     p.add_argument("--tokenizer", help="folder with tokenizer.json or vocab.json + merges.txt when the source "
                    "has none")

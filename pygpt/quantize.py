@@ -14,8 +14,9 @@ docs/FORMAT.md, "Quantized layouts"):
                      scale(o, g) at [o // 16, g * 16 + o % 16].
 
 ``group`` is the number of inputs per scale: 0 means one scale per row (group = n_in),
-otherwise a multiple of 64 that divides n_in. Rows past n_out in the last panel and inputs
-past n_in in the last block hold q = 0 (scale 0 for the rows).
+otherwise a multiple of 64 that divides n_in, or 32 where n_in is a multiple of 64 (two
+groups a block: its first and second 32 inputs, llama.cpp's block size). Rows past n_out in
+the last panel and inputs past n_in in the last block hold q = 0 (scale 0 for the rows).
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ def _group(n_in: int, group: int) -> int:
     """The effective group size, validated."""
     if group == 0:
         return n_in
+    if group == 32 and n_in % BLOCK == 0:
+        return group
     if group < 0 or n_in % group != 0 or (group != n_in and group % BLOCK != 0):
         raise ValueError(
-            f"group size {group} does not fit {n_in} inputs: use 0 (one scale per row) "
-            f"or a multiple of {BLOCK} that divides {n_in}"
+            f"group size {group} does not fit {n_in} inputs: use 0 (one scale per row), "
+            f"a multiple of {BLOCK} that divides {n_in}, or 32 (inputs a multiple of {BLOCK})"
         )
     return group
 

@@ -104,12 +104,17 @@ CASES = [  # dtype, n_out, n_in, group
     ("int4", 17, 320, 64),  # an odd number of blocks: the last pair is half empty
     ("int4", 18, 384, 192),  # groups of 3 blocks straddle the pairs
     ("int4", 16, 512, 256),
+    ("int8", 37, 128, 32),  # groups of 32: two a block (its vectors 0..7 and 8..15)
+    ("int8", 45, 768, 32),
+    ("int4", 35, 768, 32),  # two a block: its low nibbles and its high nibbles
+    ("int4", 17, 320, 32),
+    ("int4", 21, 64, 32),
 ]
 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype,n_out,n_in,group", CASES)
-@pytest.mark.parametrize("T", [1, 7])
+@pytest.mark.parametrize("T", [1, 7, 13])
 def test_linear_matches_reference(isa, dtype, n_out, n_in, group, T):
     rng = np.random.default_rng(n_out * 1000 + n_in + T)
     w = rng.standard_normal((n_out, n_in)).astype(np.float32)
@@ -181,7 +186,10 @@ def test_linear_rejects_bad_buffers():
     with pytest.raises(ValueError, match="scales"):
         _core._kernel_linear("scalar", "int8", np.zeros(1024, np.uint8), np.zeros(3, np.float32), None, x, 3, 64)
     with pytest.raises(ValueError, match="group"):
-        _core._kernel_linear("scalar", "int8", np.zeros(1024, np.uint8), np.zeros(32, np.float32), None, x, 3, 32)
+        _core._kernel_linear("scalar", "int8", np.zeros(1024, np.uint8), np.zeros(32, np.float32), None, x, 3, 48)
+    x96 = np.zeros((1, 96), np.float32)  # groups of 32 need whole blocks of 64 inputs
+    with pytest.raises(ValueError, match="group"):
+        _core._kernel_linear("scalar", "int8", np.zeros(2048, np.uint8), np.zeros(48, np.float32), None, x96, 3, 32)
     with pytest.raises(ValueError, match="ISA"):
         _core._kernel_linear("sse9", "f32", np.zeros(3 * 256, np.uint8), None, None, x, 3)
 
@@ -488,7 +496,8 @@ def test_to_f16_rounds_like_numpy(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("dtype,group", [("f32", 0), ("f16", 0), ("bf16", 0), ("int8", 0), ("int4", 64)])
+@pytest.mark.parametrize("dtype,group",
+                         [("f32", 0), ("f16", 0), ("bf16", 0), ("int8", 0), ("int4", 64), ("int8", 32), ("int4", 32)])
 def test_linear_thread_invariant_when_split(isa, dtype, group):
     """Big enough that linear really splits rows across threads (small products run on
     fewer threads): results are bitwise equal for 1, 2 and 3 threads and any T."""
@@ -502,7 +511,8 @@ def test_linear_thread_invariant_when_split(isa, dtype, group):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("dtype,group", [("f32", 0), ("f16", 0), ("bf16", 0), ("int8", 0), ("int4", 64)])
+@pytest.mark.parametrize("dtype,group",
+                         [("f32", 0), ("f16", 0), ("bf16", 0), ("int8", 0), ("int4", 64), ("int8", 32), ("int4", 32)])
 @pytest.mark.parametrize("T", [1, 2, 7, 37, 200])
 def test_linear_prepared_once_claimed_in_chunks(isa, dtype, group, T):
     """A prompt's products: the threads prepare the activations once, each a share of the

@@ -6,7 +6,8 @@ import pytest
 from pygpt import quantize as qz
 
 
-@pytest.mark.parametrize("dtype,group", [("int8", 0), ("int8", 64), ("int4", 64), ("int4", 0), ("int4", 128)])
+@pytest.mark.parametrize("dtype,group",
+                         [("int8", 0), ("int8", 64), ("int4", 64), ("int4", 0), ("int4", 128), ("int8", 32), ("int4", 32)])
 def test_round_trip_error_is_bounded(dtype, group):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((9, 256)).astype(np.float32)
@@ -22,7 +23,8 @@ def test_round_trip_error_is_bounded(dtype, group):
 
 def test_shapes_match_tensor_specs():
     rng = np.random.default_rng(1)
-    for dtype, group, n_in in [("int8", 0, 67), ("int8", 64, 192), ("int4", 64, 192), ("int4", 0, 100)]:
+    for dtype, group, n_in in [("int8", 0, 67), ("int8", 64, 192), ("int4", 64, 192), ("int4", 0, 100),
+                               ("int8", 32, 128), ("int4", 32, 192), ("int4", 32, 32)]:
         w = rng.standard_normal((5, n_in)).astype(np.float32)
         tensors = qz.quantize("h.0.mlp.c_fc.weight", w, dtype, group)
         specs = qz.tensor_specs("h.0.mlp.c_fc.weight", 5, n_in, dtype, group)
@@ -95,12 +97,31 @@ def test_zero_weights():
         np.testing.assert_array_equal(qz.dequantize(parts, dtype, 2, 64), 0)
 
 
-@pytest.mark.parametrize("group", [32, 50, -2, 100])
+@pytest.mark.parametrize("group", [96, 50, -2, 100, 16])
 def test_bad_groups_are_value_errors(group):
     with pytest.raises(ValueError, match="group size"):
         qz.quantize_matrix(np.zeros((2, 192), np.float32), "int8", group)
     with pytest.raises(ValueError, match="group size"):
         qz.tensor_specs("w", 2, 192, "int4", group)
+
+
+def test_groups_of_32_need_whole_blocks():
+    """32 inputs a scale: two groups in each block of 64, so the inputs must fill the blocks
+    (a row of 32 inputs alone is one group, the per-row case)."""
+    with pytest.raises(ValueError, match="group size 32"):
+        qz.quantize_matrix(np.zeros((2, 96), np.float32), "int4", 32)
+    assert qz.tensor_specs("w", 2, 32, "int4", 32)["w_scales"] == ("F32", (1, 16))
+    assert qz.tensor_specs("w", 2, 128, "int4", 32)["w_scales"] == ("F32", (1, 64))
+
+
+def test_groups_of_32_scale_each_half_block():
+    """At 32 inputs a scale, the first and second halves of a block (for int4 the low and the
+    high nibbles of its bytes) get scales of their own, as llama.cpp's q4_0 blocks do."""
+    levels = np.tile(np.arange(-8, 8), 2)  # every level of int4, twice: 32 inputs
+    w = np.concatenate([levels, 0.1 * levels]).astype(np.float32)[None]
+    parts = qz.quantize_matrix(w, "int4", 32)
+    np.testing.assert_allclose(qz.row_scales(parts["_scales"], 1)[0], [1.0, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(qz.dequantize(parts, "int4", 1, 64), w, rtol=0, atol=1e-6)
 
 
 def test_bad_dtype_and_shape():
@@ -121,6 +142,9 @@ LOGIT_TOLERANCE = {
     "bf16": (4e-2, 1e-2),
     "int8": (0.12, 0.03),
     "int4": (1.2, 0.3),
+    # groups of 32 (llama.cpp's block): measured int8 4.4e-2 / 1.0e-2, int4 0.42 / 0.10
+    "int8-g32": (0.12, 0.03),
+    "int4-g32": (1.2, 0.3),
 }
 
 
@@ -134,10 +158,11 @@ def dtype_models(tmp_path_factory):
     make_hf_model(str(base / "hf"), n_layer=2, n_head=2, n_embd=128, n_positions=64, vocab_size=1000,
                   bos_token_id=0, eos_token_id=0)
     out = {}
-    for dt, group in [("f32", 0), ("f16", 0), ("bf16", 0), ("int8", 64), ("int4", 64)]:
-        out[dt] = str(base / dt)
+    for key, dt, group in [("f32", "f32", 0), ("f16", "f16", 0), ("bf16", "bf16", 0), ("int8", "int8", 64),
+                           ("int4", "int4", 64), ("int8-g32", "int8", 32), ("int4-g32", "int4", 32)]:
+        out[key] = str(base / key)
         kw = {"group_size": group} if group else {}
-        pygpt.convert.convert(str(base / "hf"), out[dt], dtype=dt, **kw)
+        pygpt.convert.convert(str(base / "hf"), out[key], dtype=dt, **kw)
     return out
 
 
@@ -157,7 +182,7 @@ def test_dtype_logits_close_to_f32(dtype_models, dtype):
     assert err.max() > 0  # really a different dtype
 
 
-@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "int8", "int4"])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16", "int8", "int4", "int8-g32", "int4-g32"])
 def test_dtype_logits_identical_for_any_thread_count(dtype_models, dtype):
     import pygpt
 
@@ -166,7 +191,7 @@ def test_dtype_logits_identical_for_any_thread_count(dtype_models, dtype):
         assert np.array_equal(first, pygpt.load(dtype_models[dtype], n_threads=n).logits(IDS)), f"{n} threads"
 
 
-@pytest.mark.parametrize("dtype", ["f32", "bf16", "int8", "int4"])
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "int8", "int4", "int4-g32"])
 def test_dtype_sequence_same_alone_or_in_a_batch(dtype_models, dtype):
     """Greedy tokens of a prompt do not change when other prompts run in the same batch."""
     import pygpt

@@ -97,8 +97,9 @@ void matrix_row(const Matrix& w, int64_t row, float* out) {
 
 void check_quant(const Matrix& w) {
     if (w.dtype != DType::Q8 && w.dtype != DType::Q4) throw std::invalid_argument("not a quantized matrix");
-    if (!w.scales || w.group <= 0 || w.n_in % w.group != 0 || (w.group != w.n_in && w.group % 64 != 0))
-        throw std::invalid_argument("quantized matrix: group size must be n_in or a multiple of 64 dividing n_in");
+    if (!w.scales || !quant_group_fits(w.group, w.n_in))
+        throw std::invalid_argument(
+            "quantized matrix: group size must be n_in, a multiple of 64 dividing n_in, or 32 (n_in a multiple of 64)");
 }
 
 // Panels of 16 rows (docs/FORMAT.md); per block of 64 inputs, runs of 64 bytes, run j

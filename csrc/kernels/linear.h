@@ -34,7 +34,10 @@ void linear_prepared(const Matrix& w, const float* bias, const void* prep, int64
 struct QShape {
     bool q4;
     int64_t n_in, n_out, n_groups;
-    int64_t bpg;          // blocks of 64 inputs per group
+    bool half;            // groups of 32 inputs, two a block: its first and second 32 inputs
+                          // (q4: its low and high nibbles); the kernels' H paths
+    int64_t bpg;          // blocks of 64 inputs per group (1 where half)
+    int64_t gk;           // inputs of a group as the kernels step them: bpg * 64, or 32
     int64_t nb;           // blocks of 64 inputs per row (n_in padded)
     int64_t xs;           // stride of the quantized activations: n_in padded to 128 with zeros
     int64_t block_bytes;  // bytes of a panel's block: 16 rows x 64 inputs (q8 1024, q4 512)
@@ -47,7 +50,9 @@ static inline QShape quant_shape(const Matrix& m) {
     s.n_in = m.n_in;
     s.n_out = m.n_out;
     s.n_groups = m.n_in / m.group;
+    s.half = m.group == 32 && m.n_in % 64 == 0;  // (a row of 32 inputs alone is one group)
     s.bpg = (m.group + 63) / 64;
+    s.gk = s.half ? 32 : s.bpg * 64;
     s.nb = (m.n_in + 63) / 64;
     s.xs = round_up(m.n_in, 128);
     s.block_bytes = (s.q4 ? 32 : 64) * kPanel;

@@ -100,6 +100,14 @@ static float quantize_row(const float* x, const QShape& s, int offset, int8_t* x
         _mm512_storeu_si512(xq + k, _mm512_permutexvar_epi32(order, _mm512_max_epi8(b, _mm512_set1_epi8(-127))));
     }
     const __m512i off = _mm512_set1_epi8((char)offset);
+    if (s.half) {  // a block's first 32 bytes are dwords 0..7 of its sums, its second 32 8..15
+        for (int64_t b = 0; b < s.nb; b++) {
+            const __m512i c = _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, _mm512_loadu_si512(xq + b * 64));
+            corr[2 * b] = -_mm512_mask_reduce_add_epi32(0x00ff, c);
+            corr[2 * b + 1] = -_mm512_mask_reduce_add_epi32(0xff00, c);
+        }
+        return m > 0.0f ? m / 127.0f : 0.0f;
+    }
     for (int64_t g = 0, block = 0; g < s.n_groups; g++) {
         __m512i c = _mm512_setzero_si512();
         for (int64_t b = 0; b < s.bpg; b++, block++) c = _mm512_dpbusd_epi32(c, off, _mm512_loadu_si512(xq + block * 64));
@@ -124,19 +132,26 @@ static inline void store_outputs(const Panel& P, __m512 acc, float sx, const flo
 
 // ---- one token ------------------------------------------------------------------------
 
-// q8: per block the 16 stored vectors (inputs 4j..4j+3 of the 16 rows), 4 chains.
+// q8: N stored vectors at wb (inputs 4j..4j+3 of the 16 rows, against xb + 4j) into the 4
+// chains a[j & 3].
+template <int N>
+static inline void q8_run(const uint8_t* wb, const int8_t* xb, __m512i* a) {
+#pragma GCC unroll 16
+    for (int j = 0; j < N; j++) a[j & 3] = dpbusd_bcst(a[j & 3], _mm512_loadu_si512(wb + j * 64), xb + 4 * j);
+}
+
+// q8, one token: per group its blocks' 16 stored vectors each, or (H: groups of 32) half a
+// block's 8, in 4 chains.
+template <bool H>
 static void q8_decode_panel(const Panel& P, const QShape& s, const int8_t* xq, const int32_t* corr, float sx,
                             const float* bias, float* y) {
     __m512 acc = _mm512_setzero_ps();
     for (int64_t g = 0, b = 0; g < s.n_groups; g++) {
         __m512i a[4] = {_mm512_set1_epi32(corr[g]), _mm512_setzero_si512(), _mm512_setzero_si512(),
                         _mm512_setzero_si512()};
-        for (const int64_t b_end = b + s.bpg; b < b_end; b++) {
-            const uint8_t* wb = P.w + b * 1024;
-            const int8_t* xb = xq + b * 64;
-#pragma GCC unroll 16
-            for (int j = 0; j < 16; j++) a[j & 3] = dpbusd_bcst(a[j & 3], _mm512_loadu_si512(wb + j * 64), xb + 4 * j);
-        }
+        if (H) q8_run<8>(P.w + g * 512, xq + g * 32, a);
+        else
+            for (const int64_t b_end = b + s.bpg; b < b_end; b++) q8_run<16>(P.w + b * 1024, xq + b * 64, a);
         const __m512i isum = _mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), _mm512_add_epi32(a[2], a[3]));
         acc = _mm512_fmadd_ps(_mm512_loadu_ps(P.ps + g * 16), _mm512_cvtepi32_ps(isum), acc);
     }
@@ -144,41 +159,52 @@ static void q8_decode_panel(const Panel& P, const QShape& s, const int8_t* xq, c
 }
 
 // A vector loaded into a register, once: the compiler otherwise folds the load into each
-// instruction that uses it (two ANDs in q4_decode_panel), loading it twice.
+// instruction that uses it (two ANDs in q4_block), loading it twice.
 static inline __m512i load_once(const uint8_t* p) {
     __m512i v = _mm512_loadu_si512(p);
     __asm__("" : "+v"(v));
     return v;
 }
 
-// q4: per block 8 stored vectors, each against 4 activation bytes broadcast twice: its low
-// nibbles (v & 0x0f) and its high nibbles left in place (v & 0xf0, 16 times their value:
-// one instruction fewer than shifting them down); the block's exact high sum is then
-// shifted back (exact: a multiple of 16, at most 240 * 127 * 32 per lane and block). Each
-// vector is loaded once (load_once): loaded twice, with the 16 broadcasts, the loads and not
-// vpdpbusd bounded the kernel (a 768 x 768 matrix in L2, one thread, in a throwaway loop over
-// 4 KiB pages: 37 -> 59 GB/s; tools/kernel_loops/q4_tiles 768 measures the kept kernel).
+// q4, one block of 8 stored vectors against one token: *lo += the products of its low
+// nibbles (inputs 0..31), *hi += those of its high nibbles (inputs 32..63). Each vector
+// against 4 activation bytes broadcast twice: its low nibbles (v & 0x0f) and its high
+// nibbles left in place (v & 0xf0, 16 times their value: one instruction fewer than shifting
+// them down), whose exact sum is shifted back (a multiple of 16, at most 240 * 127 * 32 per
+// lane). 4 chains. Each vector is loaded once (load_once): loaded twice, with the 16
+// broadcasts, the loads and not vpdpbusd bounded the kernel (a 768 x 768 matrix in L2, one
+// thread, in a throwaway loop over 4 KiB pages: 37 -> 59 GB/s; tools/kernel_loops/q4_tiles
+// 768 measures the kept kernel).
+static inline void q4_block(const uint8_t* wb, const int8_t* xb, __m512i* lo, __m512i* hi) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m4h = _mm512_set1_epi8((char)0xf0);
+    __m512i lo0 = *lo, lo1 = _mm512_setzero_si512(), hi0 = _mm512_setzero_si512(), hi1 = hi0;
+#pragma GCC unroll 4
+    for (int j = 0; j < 8; j += 2) {
+        const __m512i v0 = load_once(wb + j * 64), v1 = load_once(wb + j * 64 + 64);
+        lo0 = dpbusd_bcst(lo0, _mm512_and_si512(v0, m4), xb + 4 * j);
+        hi0 = dpbusd_bcst(hi0, _mm512_and_si512(v0, m4h), xb + 32 + 4 * j);
+        lo1 = dpbusd_bcst(lo1, _mm512_and_si512(v1, m4), xb + 4 * j + 4);
+        hi1 = dpbusd_bcst(hi1, _mm512_and_si512(v1, m4h), xb + 36 + 4 * j);
+    }
+    *lo = _mm512_add_epi32(lo0, lo1);
+    *hi = _mm512_add_epi32(*hi, _mm512_srai_epi32(_mm512_add_epi32(hi0, hi1), 4));
+}
+
+// q4, one token: per group its blocks (q4_block), or (H: groups of 32) per block two groups,
+// its low nibbles' and its high nibbles'.
+template <bool H>
 static void q4_decode_panel(const Panel& P, const QShape& s, const int8_t* xq, const int32_t* corr, float sx,
                             const float* bias, float* y) {
-    const __m512i m4 = _mm512_set1_epi8(0x0f), m4h = _mm512_set1_epi8((char)0xf0);
     __m512 acc = _mm512_setzero_ps();
-    for (int64_t g = 0, b = 0; g < s.n_groups; g++) {
-        __m512i lo0 = _mm512_set1_epi32(corr[g]), lo1 = _mm512_setzero_si512();
-        for (const int64_t b_end = b + s.bpg; b < b_end; b++) {
-            const uint8_t* wb = P.w + b * 512;
-            const int8_t* xb = xq + b * 64;
-            __m512i hi0 = _mm512_setzero_si512(), hi1 = hi0;
-#pragma GCC unroll 4
-            for (int j = 0; j < 8; j += 2) {
-                const __m512i v0 = load_once(wb + j * 64), v1 = load_once(wb + j * 64 + 64);
-                lo0 = dpbusd_bcst(lo0, _mm512_and_si512(v0, m4), xb + 4 * j);
-                hi0 = dpbusd_bcst(hi0, _mm512_and_si512(v0, m4h), xb + 32 + 4 * j);
-                lo1 = dpbusd_bcst(lo1, _mm512_and_si512(v1, m4), xb + 4 * j + 4);
-                hi1 = dpbusd_bcst(hi1, _mm512_and_si512(v1, m4h), xb + 36 + 4 * j);
-            }
-            lo0 = _mm512_add_epi32(lo0, _mm512_srai_epi32(_mm512_add_epi32(hi0, hi1), 4));
+    for (int64_t g = 0, b = 0; g < s.n_groups; g += H ? 2 : 1) {
+        __m512i lo = _mm512_set1_epi32(corr[g]), hi = H ? _mm512_set1_epi32(corr[g + 1]) : _mm512_setzero_si512();
+        for (const int64_t b_end = b + s.bpg; b < b_end; b++) q4_block(P.w + b * 512, xq + b * 64, &lo, &hi);
+        if (H) {
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(P.ps + g * 16), _mm512_cvtepi32_ps(lo), acc);
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(P.ps + g * 16 + 16), _mm512_cvtepi32_ps(hi), acc);
+        } else {
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(P.ps + g * 16), _mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi)), acc);
         }
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(P.ps + g * 16), _mm512_cvtepi32_ps(_mm512_add_epi32(lo0, lo1)), acc);
     }
     store_outputs(P, acc, sx, bias, y);
 }
@@ -188,19 +214,20 @@ static void q4_decode_panel(const Panel& P, const QShape& s, const int8_t* xq, c
 // TT tokens, one panel: each stored vector loaded once (q4: unpacked once into its low and
 // high nibbles) and used at once for the TT tokens against their 4 activation bytes
 // broadcast. Per token C chains of integer accumulators (C = 2 for few tokens: the
-// vpdpbusd latency), summed at the group's end.
-template <bool Q4, int TT>
+// vpdpbusd latency), summed at the group's end. H (groups of 32): per token one chain per
+// group of the block (q4: its low and high nibbles; q8: its vectors 0..7 and 8..15).
+template <bool Q4, bool H, int TT>
 static void panel_tile(const Panel& P, const QShape& s, const int8_t* xq, const int32_t* corr, const float* sx,
                        const float* bias, float* y) {
-    constexpr int C = TT <= 4 ? 2 : 1;
+    constexpr int C = H || TT <= 4 ? 2 : 1;
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     __m512 facc[TT];
     for (int t = 0; t < TT; t++) facc[t] = _mm512_setzero_ps();
-    for (int64_t g = 0, b = 0; g < s.n_groups; g++) {
+    for (int64_t g = 0, b = 0; g < s.n_groups; g += H ? 2 : 1) {
         __m512i iacc[TT][C];
         for (int t = 0; t < TT; t++) {
             iacc[t][0] = _mm512_set1_epi32(corr[t * s.n_groups + g]);
-            if (C == 2) iacc[t][C - 1] = _mm512_setzero_si512();
+            if (C == 2) iacc[t][C - 1] = H ? _mm512_set1_epi32(corr[t * s.n_groups + g + 1]) : _mm512_setzero_si512();
         }
         for (const int64_t b_end = b + s.bpg; b < b_end; b++) {
             prefetch_block_ahead(P, s, b);
@@ -219,15 +246,23 @@ static void panel_tile(const Panel& P, const QShape& s, const int8_t* xq, const 
 #pragma GCC unroll 16
                 for (int j = 0; j < 16; j++) {
                     const __m512i v = _mm512_loadu_si512(wb + j * 64);
-                    for (int t = 0; t < TT; t++)
-                        iacc[t][(j & 1) * (C - 1)] = dpbusd_bcst(iacc[t][(j & 1) * (C - 1)], v, xb + t * s.xs + 4 * j);
+                    const int c = H ? j / 8 : (j & 1) * (C - 1);
+                    for (int t = 0; t < TT; t++) iacc[t][c] = dpbusd_bcst(iacc[t][c], v, xb + t * s.xs + 4 * j);
                 }
             }
         }
         const __m512 sc = _mm512_loadu_ps(P.ps + g * 16);
-        for (int t = 0; t < TT; t++) {
-            const __m512i isum = C == 2 ? _mm512_add_epi32(iacc[t][0], iacc[t][C - 1]) : iacc[t][0];
-            facc[t] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(isum), facc[t]);
+        if (H) {
+            const __m512 sc1 = _mm512_loadu_ps(P.ps + g * 16 + 16);
+            for (int t = 0; t < TT; t++) {
+                facc[t] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(iacc[t][0]), facc[t]);
+                facc[t] = _mm512_fmadd_ps(sc1, _mm512_cvtepi32_ps(iacc[t][C - 1]), facc[t]);
+            }
+        } else {
+            for (int t = 0; t < TT; t++) {
+                const __m512i isum = C == 2 ? _mm512_add_epi32(iacc[t][0], iacc[t][C - 1]) : iacc[t][0];
+                facc[t] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(isum), facc[t]);
+            }
         }
     }
     for (int t = 0; t < TT; t++) store_outputs(P, facc[t], sx[t], bias, y + t * s.n_out);
@@ -237,23 +272,23 @@ static void panel_tile(const Panel& P, const QShape& s, const int8_t* xq, const 
 // prompt tiles.
 constexpr int64_t FEW_TOKENS = 8;
 
-template <bool Q4>
+template <bool Q4, bool H>
 static void panels_few(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq, const int32_t* corr,
                        const float* sx, int64_t T, const float* bias, float* y, int64_t o_begin, int64_t o_end) {
     for (int64_t p = o_begin / kPanel; p * kPanel < o_end; p++) {
         const Panel P = panel_at(w, scales, s, p, o_begin, o_end);
         switch (T) {
             case 1:
-                if (Q4) q4_decode_panel(P, s, xq, corr, sx[0], bias, y);
-                else q8_decode_panel(P, s, xq, corr, sx[0], bias, y);
+                if (Q4) q4_decode_panel<H>(P, s, xq, corr, sx[0], bias, y);
+                else q8_decode_panel<H>(P, s, xq, corr, sx[0], bias, y);
                 break;
-            case 2: panel_tile<Q4, 2>(P, s, xq, corr, sx, bias, y); break;
-            case 3: panel_tile<Q4, 3>(P, s, xq, corr, sx, bias, y); break;
-            case 4: panel_tile<Q4, 4>(P, s, xq, corr, sx, bias, y); break;
-            case 5: panel_tile<Q4, 5>(P, s, xq, corr, sx, bias, y); break;
-            case 6: panel_tile<Q4, 6>(P, s, xq, corr, sx, bias, y); break;
-            case 7: panel_tile<Q4, 7>(P, s, xq, corr, sx, bias, y); break;
-            case 8: panel_tile<Q4, 8>(P, s, xq, corr, sx, bias, y); break;
+            case 2: panel_tile<Q4, H, 2>(P, s, xq, corr, sx, bias, y); break;
+            case 3: panel_tile<Q4, H, 3>(P, s, xq, corr, sx, bias, y); break;
+            case 4: panel_tile<Q4, H, 4>(P, s, xq, corr, sx, bias, y); break;
+            case 5: panel_tile<Q4, H, 5>(P, s, xq, corr, sx, bias, y); break;
+            case 6: panel_tile<Q4, H, 6>(P, s, xq, corr, sx, bias, y); break;
+            case 7: panel_tile<Q4, H, 7>(P, s, xq, corr, sx, bias, y); break;
+            case 8: panel_tile<Q4, H, 8>(P, s, xq, corr, sx, bias, y); break;
             default: throw std::logic_error("panels_few: 1 to FEW_TOKENS tokens");
         }
     }
@@ -296,7 +331,7 @@ static inline void packed_tile(const __m512i* pw, int64_t pstride, const float* 
     __m512 facc[TT][NP];
     for (int t = 0; t < TT; t++)
         for (int p = 0; p < NP; p++) facc[t][p] = _mm512_setzero_ps();
-    const int64_t steps = s.bpg * 16;  // 4-input steps per group
+    const int64_t steps = s.gk / 4;  // 4-input steps per group
     const int8_t* xg = xq;
     const __m512i* wg = pw;
     for (int64_t g = 0; g < s.n_groups; g++, xg += steps * 4, wg += steps) {
@@ -389,7 +424,7 @@ static void panels_many(const uint8_t* w, const float* scales, const QShape& s, 
 // faster than AVX-512 VNNI, and with 8 tokens or fewer (batched decode) slower, on a
 // Sapphire Rapids VM (BENCHMARKS.md, "Kernel paths").
 static inline bool use_tiles(const QShape& s, int64_t T) {
-    return T > FEW_TOKENS && s.bpg >= 2;
+    return T > FEW_TOKENS && s.bpg >= 2 && !s.half;
 }
 constexpr int AMX_TT = 32;     // tokens per pass (two activation tiles)
 constexpr int AMX_GROUPS = 4;  // groups per step
@@ -588,8 +623,57 @@ static inline __m256i half_lanes(const Panel& P, int h) {
     return _mm256_cmpeq_epi32(_mm256_and_si256(hbits, lane_bits), lane_bits);
 }
 
+// H (groups of 32), rows 8h..8h+7 of a panel: vector j (0..7) of group g's weights, as
+// stored (unsigned): q4 the low (g even) or high (g odd) nibbles of stored vector j of block
+// g / 2, q8 stored vector 8 (g & 1) + j of it.
+template <bool Q4>
+static inline __m256i group_vector(const Panel& P, const QShape& s, int64_t g, int j, int h) {
+    const uint8_t* wb = P.w + (g >> 1) * s.block_bytes + h * 32;
+    if (!Q4) return _mm256_loadu_si256((const __m256i*)(wb + (8 * (g & 1) + j) * 64));
+    const __m256i v = _mm256_loadu_si256((const __m256i*)(wb + j * 64)), m4 = _mm256_set1_epi8(0x0f);
+    return _mm256_and_si256(g & 1 ? _mm256_srli_epi16(v, 4) : v, m4);
+}
+
+// H: the int32 sums of group g (rows 8h..8h+7, one per lane) for TT tokens, corr included.
+template <bool Q4, int TT>
+static inline void group_sums(const Panel& P, const QShape& s, int64_t g, int h, const int8_t* xq,
+                              const int32_t* corr, __m256i* iacc) {
+    const int8_t* xg = xq + g * 32;
+    for (int t = 0; t < TT; t++) iacc[t] = _mm256_set1_epi32(corr[t * s.n_groups + g]);
+#if defined(PYGPT_VNNI256)
+    __m256i iacc2[TT];  // odd vectors: two chains
+    for (int t = 0; t < TT; t++) iacc2[t] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j += 2) {
+        const __m256i v0 = group_vector<Q4>(P, s, g, j, h), v1 = group_vector<Q4>(P, s, g, j + 1, h);
+        for (int t = 0; t < TT; t++) {
+            iacc[t] = dpbusd256(iacc[t], v0, bcast4(xg + t * s.xs + 4 * j));
+            iacc2[t] = dpbusd256(iacc2[t], v1, bcast4(xg + t * s.xs + 4 * j + 4));
+        }
+    }
+    for (int t = 0; t < TT; t++) iacc[t] = _mm256_add_epi32(iacc[t], iacc2[t]);
+#else
+    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
+    __m256i s16[TT];  // q4: 8 products of at most 2 * 15 * 127 add up exactly in 16 bits
+    for (int t = 0; t < TT; t++) s16[t] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j++) {
+        const __m256i v = group_vector<Q4>(P, s, g, j, h);
+        for (int t = 0; t < TT; t++) {
+            const __m256i xv = bcast4(xg + t * s.xs + 4 * j);
+            if (Q4) s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(v, xv));
+            else
+                iacc[t] = _mm256_add_epi32(
+                    iacc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(xv),
+                                                                    _mm256_sign_epi8(_mm256_xor_si256(v, flip), xv)),
+                                               ones));
+        }
+    }
+    if (Q4)
+        for (int t = 0; t < TT; t++) iacc[t] = _mm256_add_epi32(iacc[t], _mm256_madd_epi16(s16[t], ones));
+#endif
+}
+
 // TT >= 2 tokens (one token: panel_one_token), one panel, 8 rows at a time (half h of each
-// stored vector), one row per lane.
+// stored vector), one row per lane. H (groups of 32, any TT): group by group (group_sums).
 // Each half vector (4 bytes of each of 8 rows) is loaded (q4: unpacked) once for the TT
 // tokens, against 4 activation bytes broadcast, each row's 4-input product in its lane:
 // - AVX-VNNI: vpdpbusd on the stored unsigned bytes (q + 128, or nibbles q + 8), the
@@ -598,7 +682,7 @@ static inline __m256i half_lanes(const Panel& P, int h) {
 //   2 * 15 * 127 = 3810, so the 8 products of 4 vectors add up exactly in 16 bits first.
 //   q8: |x| times w * sign(x) (w = stored ^ 0x80, pairs at most 2 * 127 * 127), widened at
 //   once; its sums are the plain signed products, so q8 gets no offset correction (corr = 0).
-template <bool Q4, int TT>
+template <bool Q4, bool H, int TT>
 static void panel_tile(const Panel& P, const QShape& s, const int8_t* xq, const int32_t* corr, const float* sx,
                        const float* bias, float* y) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
@@ -607,7 +691,14 @@ static void panel_tile(const Panel& P, const QShape& s, const int8_t* xq, const 
         if (_mm256_testz_si256(lanes, lanes)) continue;
         __m256 acc[TT];
         for (int t = 0; t < TT; t++) acc[t] = _mm256_setzero_ps();
-        for (int64_t g = 0, b = 0; g < s.n_groups; g++) {
+        for (int64_t g = 0; H && g < s.n_groups; g++) {
+            if (h == 0 && !(g & 1)) prefetch_block_ahead(P, s, g >> 1);
+            __m256i iacc[TT];
+            group_sums<Q4, TT>(P, s, g, h, xq, corr, iacc);
+            const __m256 sc = _mm256_loadu_ps(P.ps + g * 16 + 8 * h);
+            for (int t = 0; t < TT; t++) acc[t] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(iacc[t]), acc[t]);
+        }
+        for (int64_t g = 0, b = 0; !H && g < s.n_groups; g++) {
             __m256i iacc[TT];
             for (int t = 0; t < TT; t++) iacc[t] = _mm256_set1_epi32(corr[t * s.n_groups + g]);
 #if defined(PYGPT_VNNI256)
@@ -760,7 +851,8 @@ static void panel_one_token(const Panel& P, const QShape& s, const int8_t* xq, c
     }
 }
 
-template <bool Q4>
+// H (groups of 32): one token as panel_tile's two passes, one a half (not tuned).
+template <bool Q4, bool H>
 static void panels_avx2(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq,
                         const int32_t* corr, const float* sx, int64_t T, const float* bias, float* y,
                         int64_t o_begin, int64_t o_end) {
@@ -768,14 +860,17 @@ static void panels_avx2(const uint8_t* w, const float* scales, const QShape& s, 
         const Panel P = panel_at(w, scales, s, p, o_begin, o_end);
         int64_t t = 0;
         for (; t + TT_Q <= T; t += TT_Q)
-            panel_tile<Q4, TT_Q>(P, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bias, y + t * s.n_out);
+            panel_tile<Q4, H, TT_Q>(P, s, xq + t * s.xs, corr + t * s.n_groups, sx + t, bias, y + t * s.n_out);
         const int8_t* xt = xq + t * s.xs;
         const int32_t* ct = corr + t * s.n_groups;
         switch (T - t) {
             case 0: break;
-            case 1: panel_one_token<Q4>(P, s, xt, ct, sx[t], bias, y + t * s.n_out); break;
-            case 2: panel_tile<Q4, 2>(P, s, xt, ct, sx + t, bias, y + t * s.n_out); break;
-            case 3: panel_tile<Q4, 3>(P, s, xt, ct, sx + t, bias, y + t * s.n_out); break;
+            case 1:
+                if (H) panel_tile<Q4, H, 1>(P, s, xt, ct, sx + t, bias, y + t * s.n_out);
+                else panel_one_token<Q4>(P, s, xt, ct, sx[t], bias, y + t * s.n_out);
+                break;
+            case 2: panel_tile<Q4, H, 2>(P, s, xt, ct, sx + t, bias, y + t * s.n_out); break;
+            case 3: panel_tile<Q4, H, 3>(P, s, xt, ct, sx + t, bias, y + t * s.n_out); break;
             default: throw std::logic_error("panels_avx2: a tile of at most TT_Q tokens");
         }
     }
@@ -793,7 +888,7 @@ static float quantize_row(const float* x, const QShape& s, int offset, int8_t* x
     for (int64_t g = 0; g < s.n_groups; g++) {
         int32_t sum = 0;
         if (offset)
-            for (int64_t k = g * s.bpg * 64; k < (g + 1) * s.bpg * 64; k++) sum += xq[k];
+            for (int64_t k = g * s.gk; k < (g + 1) * s.gk; k++) sum += xq[k];
         corr[g] = -offset * sum;
     }
     return sx;
@@ -860,10 +955,14 @@ void quant_linear_prepared(const Matrix& m, const float* bias, const void* prep,
         const float* sx0 = a.sx + t0;
         float* y0 = y + t0 * s.n_out;
 #if defined(__AVX512F__)
-        if (nt <= FEW_TOKENS) panels_few<Q4>(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end);
+        if (nt <= FEW_TOKENS) {
+            if (s.half) panels_few<Q4, true>(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end);
+            else panels_few<Q4, false>(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end);
+        }
         else panels_many<Q4>(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end, unpacked);
 #else
-        panels_avx2<Q4>(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end);
+        if (s.half) panels_avx2<Q4, true>(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end);
+        else panels_avx2<Q4, false>(w, m.scales, s, xq0, c0, sx0, nt, bias, y0, o_begin, o_end);
 #endif
     }
 }

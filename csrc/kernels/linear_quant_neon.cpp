@@ -86,7 +86,9 @@ static inline int32x4_t row_sums(int32x4_t acc_lo, int32x4_t acc_hi) {
 // group): the sums over the groups (the contract's acc) of row 4(m + q) + i for token t
 // into out[(q * TT + t) * 4 + i]. One token takes the whole panel (4 quads: each stored
 // vector used whole, 8 independent accumulator chains), two tokens 2 quads, more 1.
-template <bool Q4, int TT, int NQ>
+// H (groups of 32): group g is half of block g / 2, its first 32 inputs (q4: the low
+// nibbles of its 8 vectors; q8: its vectors 0..7) or its second (the high nibbles; 8..15).
+template <bool Q4, bool H, int TT, int NQ>
 static void quads_tile(const uint8_t* pw, const float* ps, const QShape& s, int m, const int8_t* xq, float* out) {
     float32x4_t facc[NQ][TT];
     for (int q = 0; q < NQ; q++)
@@ -96,7 +98,17 @@ static void quads_tile(const uint8_t* pw, const float* ps, const QShape& s, int 
         int32x4_t lo[NQ][TT], hi[NQ][TT];
         for (int q = 0; q < NQ; q++)
             for (int t = 0; t < TT; t++) lo[q][t] = hi[q][t] = vdupq_n_s32(0);
-        for (const int64_t b_end = b + s.bpg; b < b_end; b++) {
+        if (H) {
+            const uint8_t* wb = wq + (g >> 1) * s.block_bytes + (Q4 ? 0 : (g & 1) * 512);
+            const int8_t* xg = xq + g * 32;
+            for (int j = 0; j < 8; j++)
+                for (int q = 0; q < NQ; q++) {
+                    const uint8x16_t v = vld1q_u8(wb + j * 64 + 16 * q);
+                    const int8x16_t w = !Q4 ? q8_weights(v) : g & 1 ? q4_high_weights(v) : q4_low_weights(v);
+                    for (int t = 0; t < TT; t++) madd16(lo[q][t], hi[q][t], w, bcast4(xg + t * s.xs + 4 * j));
+                }
+        }
+        for (const int64_t b_end = H ? b : b + s.bpg; b < b_end; b++) {
             const uint8_t* wb = wq + b * s.block_bytes;
             const int8_t* xb = xq + b * 64;
             if (Q4) {
@@ -128,7 +140,7 @@ static void quads_tile(const uint8_t* pw, const float* ps, const QShape& s, int 
 }
 
 // The rows [o_begin, o_end) of panel pw for tt tokens: y = fma(acc, sx, bias).
-template <bool Q4, int TT>
+template <bool Q4, bool H, int TT>
 static void panel_tokens(const uint8_t* pw, const float* ps, const QShape& s, int64_t o0, const int8_t* xq,
                          const float* sx, const float* bias, float* y, int64_t o_begin, int64_t o_end) {
     constexpr int NQ = TT == 1 ? 4 : TT == 2 ? 2 : 1;
@@ -136,7 +148,7 @@ static void panel_tokens(const uint8_t* pw, const float* ps, const QShape& s, in
     for (int m = 0; m < 4; m += NQ) {
         const int64_t o = o0 + 4 * m;
         if (o + 4 * NQ <= o_begin || o >= o_end) continue;
-        quads_tile<Q4, TT, NQ>(pw, ps, s, m, xq, out);
+        quads_tile<Q4, H, TT, NQ>(pw, ps, s, m, xq, out);
         for (int q = 0; q < NQ; q++)
             for (int t = 0; t < TT; t++)
                 for (int i = 0; i < 4; i++) {
@@ -148,7 +160,7 @@ static void panel_tokens(const uint8_t* pw, const float* ps, const QShape& s, in
 }
 
 // Rows [o_begin, o_end) for T prepared tokens: panel by panel, TT_Q tokens at a time.
-template <bool Q4>
+template <bool Q4, bool H>
 static void quant_rows(const Matrix& mat, const QShape& s, const int8_t* xq, const float* sx, int64_t T,
                        const float* bias, float* y, int64_t o_begin, int64_t o_end) {
     const uint8_t* w = (const uint8_t*)mat.data;
@@ -161,14 +173,14 @@ static void quant_rows(const Matrix& mat, const QShape& s, const int8_t* xq, con
             float* yt = y + t0 * s.n_out;
             const int64_t o = p * kPanel;
             switch (T - t0 < TT_Q ? T - t0 : TT_Q) {
-                case 1: panel_tokens<Q4, 1>(pw, ps, s, o, xt, st, bias, yt, o_begin, o_end); break;
-                case 2: panel_tokens<Q4, 2>(pw, ps, s, o, xt, st, bias, yt, o_begin, o_end); break;
-                case 3: panel_tokens<Q4, 3>(pw, ps, s, o, xt, st, bias, yt, o_begin, o_end); break;
-                case 4: panel_tokens<Q4, 4>(pw, ps, s, o, xt, st, bias, yt, o_begin, o_end); break;
-                case 5: panel_tokens<Q4, 5>(pw, ps, s, o, xt, st, bias, yt, o_begin, o_end); break;
-                case 6: panel_tokens<Q4, 6>(pw, ps, s, o, xt, st, bias, yt, o_begin, o_end); break;
-                case 7: panel_tokens<Q4, 7>(pw, ps, s, o, xt, st, bias, yt, o_begin, o_end); break;
-                default: panel_tokens<Q4, 8>(pw, ps, s, o, xt, st, bias, yt, o_begin, o_end); break;
+                case 1: panel_tokens<Q4, H, 1>(pw, ps, s, o, xt, st, bias, yt, o_begin, o_end); break;
+                case 2: panel_tokens<Q4, H, 2>(pw, ps, s, o, xt, st, bias, yt, o_begin, o_end); break;
+                case 3: panel_tokens<Q4, H, 3>(pw, ps, s, o, xt, st, bias, yt, o_begin, o_end); break;
+                case 4: panel_tokens<Q4, H, 4>(pw, ps, s, o, xt, st, bias, yt, o_begin, o_end); break;
+                case 5: panel_tokens<Q4, H, 5>(pw, ps, s, o, xt, st, bias, yt, o_begin, o_end); break;
+                case 6: panel_tokens<Q4, H, 6>(pw, ps, s, o, xt, st, bias, yt, o_begin, o_end); break;
+                case 7: panel_tokens<Q4, H, 7>(pw, ps, s, o, xt, st, bias, yt, o_begin, o_end); break;
+                default: panel_tokens<Q4, H, 8>(pw, ps, s, o, xt, st, bias, yt, o_begin, o_end); break;
             }
         }
     }
@@ -199,8 +211,13 @@ void quant_linear_prepared(const Matrix& m, const float* bias, const void* prep,
     const QShape s = quant_shape(m);
     const int8_t* xq = (const int8_t*)prep;
     const float* sx = prepared_scales(s, T, const_cast<void*>(prep));
-    if (s.q4) quant_rows<true>(m, s, xq, sx, T, bias, y, o_begin, o_end);
-    else quant_rows<false>(m, s, xq, sx, T, bias, y, o_begin, o_end);
+    if (s.q4) {
+        if (s.half) quant_rows<true, true>(m, s, xq, sx, T, bias, y, o_begin, o_end);
+        else quant_rows<true, false>(m, s, xq, sx, T, bias, y, o_begin, o_end);
+    } else {
+        if (s.half) quant_rows<false, true>(m, s, xq, sx, T, bias, y, o_begin, o_end);
+        else quant_rows<false, false>(m, s, xq, sx, T, bias, y, o_begin, o_end);
+    }
 }
 
 }  // namespace simd
