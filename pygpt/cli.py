@@ -343,6 +343,14 @@ def _tokenizer_line(tok) -> str:
     return f"{tok.vocab_size} tokens, {len(added)} added ({shown})"
 
 
+def _dtype_line(c: dict) -> str:
+    """The weights' dtype, and for int8 / int4 how many weights share a scale."""
+    if c["dtype"] not in ("int8", "int4"):
+        return c["dtype"]
+    g = c["quant_group_size"]
+    return f"{c['dtype']} (a scale per {g} weights)" if g else f"{c['dtype']} (a scale per row)"
+
+
 def cmd_info(args) -> int:
     import pygpt
 
@@ -359,7 +367,7 @@ def cmd_info(args) -> int:
         ("n_ctx", c["n_ctx"]),
         ("vocab_size", c["vocab_size"]),
         ("parameters", f"~{n_params / 1e6:.1f} M"),
-        ("dtype", c["dtype"]),
+        ("dtype", _dtype_line(c)),
         ("lm head", "tied (the token embedding)" if tied else "its own (lm_head.weight)"),
         ("kv cache", f"{model.kv_cache} (auto)"),
         ("file size", f"{model._core.file_bytes / 2 ** 20:.1f} MiB"),

@@ -44,6 +44,8 @@ class ConversionError(ValueError):
 HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
                   "gelu": "gelu_erf"}
 LLMC_MAGIC = 20240326
+# the type of a source's block-quantized matrices that int8 / int4 at groups of 32 store exactly
+SOURCE_BLOCKS = {"int4": "q4_0", "int8": "q8_0"}
 _MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")  # a model id: name or owner/name
 TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
@@ -538,7 +540,12 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
 
         if group_size is None:  # the default group, or one scale per row where it does not fit
             group_size = quantize.DEFAULT_GROUP[dtype]
-            if group_size and cfg["n_embd"] % group_size:
+            widths = (cfg["n_embd"], 4 * cfg["n_embd"])  # the inputs of the matrices
+            if cfg.get("source_type") == SOURCE_BLOCKS.get(dtype) and all(quantize.group_fits(n, 32) for n in widths):
+                group_size = 32  # a q4_0 / q8_0 GGUF file's blocks: its weights again (gguf_source.py)
+                if verbose:
+                    print(f"{dtype} in groups of 32, the blocks of the source's {cfg['source_type']}")
+            elif group_size and cfg["n_embd"] % group_size:
                 group_size = 0
         config_json["quant_group_size"] = int(group_size)
     try:

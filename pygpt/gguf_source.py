@@ -5,10 +5,14 @@ tokenizer the file carries (its byte-level BPE tokens and merges, written out as
 merges.txt), with its chat template if it has one.
 
 GGUF stores each matrix [n_out, n_in] (nn.Linear's layout, ours) and the LM head as
-output.weight, which must equal token_embd.weight: pygpt ties them, as GPT-2 does. The
-quantization of a q8_0 or q4_0 file is not carried over: its weights are expanded to float32,
-and --dtype quantizes them again (int8 of a q8_0 file, or int4 of a q4_0 one, adds the error of
-a second rounding to the first).
+output.weight, which must equal token_embd.weight: pygpt ties them, as GPT-2 does. A q8_0 or
+q4_0 file's weights are expanded to float32 and --dtype quantizes them again. Its blocks are 32
+weights with a scale each, and int8 and int4 at groups of 32 store the same weights: the config
+this returns names the type of the file's layer matrices ("source_type": "q4_0" or "q8_0",
+when they all have it), and the converter then defaults to groups of 32 for the matching
+--dtype, where quantizing again gives back the file's weights exactly (a block quantized as
+ggml's reference quantizer does holds its largest magnitude at -8 or +-127, which sets the
+same scale again).
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ def read(path: str, tokenizer_dir: str):
     ffn = int(_field(reader, "gpt2.feed_forward_length", path, default=4 * C))
     if ffn != 4 * C:
         raise ConversionError(f"{path}: feed_forward_length {ffn}, and GPT-2's MLP is 4 * n_embd = {4 * C} wide")
-    sd, bits = {}, {}
+    sd, bits, types = {}, {}, set()
     for t in reader.tensors:
         name = _our_name(t.name)
         if name is None:
@@ -93,7 +97,11 @@ def read(path: str, tokenizer_dir: str):
         sd[name] = np.ascontiguousarray(np.asarray(a, dtype=np.float32).reshape(shape))
         block, size = gguf.GGML_QUANT_SIZES[t.tensor_type]
         bits[name] = 8 * size / block
+        if name.startswith("h.") and name.endswith(".weight") and len(shape) == 2:
+            types.add(t.tensor_type.name.lower())
     _tie(sd, bits)
+    if len(types) == 1 and types <= {"q4_0", "q8_0"}:
+        cfg["source_type"] = types.pop()
     cfg["vocab_size"] = sd["wte.weight"].shape[0] if "wte.weight" in sd else 0
     _write_tokenizer(reader, path, tokenizer_dir)
     template = reader.fields.get("tokenizer.chat_template")

@@ -44,6 +44,15 @@ def _group(n_in: int, group: int) -> int:
     return group
 
 
+def group_fits(n_in: int, group: int) -> bool:
+    """Whether rows of n_in inputs can have `group` inputs per scale (0: one per row)."""
+    try:
+        _group(n_in, group)
+    except ValueError:
+        return False
+    return True
+
+
 def _check(dtype: str) -> None:
     if dtype not in DTYPES:
         raise ValueError(f"unknown quantized dtype {dtype!r}: expected one of {DTYPES}")

@@ -223,6 +223,9 @@ def test_quantized_group_that_does_not_fit_is_a_clear_error(tmp_path, hf_model_f
     _, hf_dir, _ = hf_model_factory("tiny")
     with pytest.raises(ValueError, match="group size 48"):
         pygpt.convert.convert(hf_dir, str(tmp_path / "q"), dtype="int8", group_size=48)
+    _, odd_dir, _ = hf_model_factory("odd")  # 36 and 144 inputs: groups of 32 need whole blocks of 64
+    with pytest.raises(ValueError, match="group size 32 does not fit 36 inputs"):
+        pygpt.convert.convert(odd_dir, str(tmp_path / "q32"), dtype="int4", group_size=32)
 
 
 def test_nanogpt_activation_recorded_in_model_args(tmp_path):

@@ -2,7 +2,8 @@
 package (tools/bench.py's write_gguf, which tools/bench.py gives llama.cpp) at f32, f16 and
 q8_0 convert to the model the Hugging Face folder converts to (f32: the same bits; q8_0: the
 weights a numpy decoder of q8_0 blocks written here gives), with the file's tokenizer and chat
-template; what is not a GPT-2 GGUF is a ConversionError."""
+template; q4_0 and q8_0 files at int4 and int8 keep their weights exactly (groups of 32); what
+is not a GPT-2 GGUF is a ConversionError."""
 
 import json
 import os
@@ -50,6 +51,17 @@ def q8_0_decode(raw: np.ndarray, n_out: int, n_in: int) -> np.ndarray:
     return (d * q).reshape(n_out, n_in)
 
 
+def q4_0_decode(raw: np.ndarray, n_out: int, n_in: int) -> np.ndarray:
+    """ggml's q4_0, read independently of the gguf package: blocks of 32 weights, each an f16
+    scale d and 16 bytes, byte i holding weight i in its low nibble and weight 16 + i in its
+    high one, weight = d * (nibble - 8)."""
+    blocks = raw.reshape(-1, 18)
+    d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
+    nib = blocks[:, 2:]
+    q = np.concatenate([nib & 0x0F, nib >> 4], axis=1).astype(np.float32) - 8
+    return (d * q).reshape(n_out, n_in)
+
+
 def test_an_f32_file_converts_to_the_hugging_face_folders_model(bench, tiny, tmp_path):
     hf_dir, ref_dir = tiny
     out = pygpt.convert.convert(write(bench, hf_dir, tmp_path / "m.gguf"), str(tmp_path / "out"))
@@ -89,6 +101,39 @@ def test_f16_and_q8_0_files_give_their_own_weights(bench, tiny, tmp_path):
     # quantized again at conversion
     out = pygpt.convert.convert(str(tmp_path / "Q8_0.gguf"), str(tmp_path / "int8"), dtype="int8")
     assert pygpt.load(out).config["dtype"] == "int8"
+
+
+@pytest.mark.parametrize("kind,dtype,decode", [("Q4_0", "int4", q4_0_decode), ("Q8_0", "int8", q8_0_decode)])
+def test_int4_of_a_q4_0_file_and_int8_of_a_q8_0_file_keep_its_weights(bench, tiny, tmp_path, kind, dtype, decode):
+    """The file's blocks are 32 weights a scale: at the matching dtype the converter defaults
+    to groups of 32, and the model holds exactly the file's weights (no second rounding). A
+    --group-size given is still what is used, and another dtype keeps its own default."""
+    from pygpt import quantize as qz
+
+    hf_dir, ref_dir = tiny
+    path = write(bench, hf_dir, tmp_path / f"{kind}.gguf", matrix_type=kind)
+    raw = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    shapes = {k: v.shape for k, v in load_file(os.path.join(ref_dir, "model.safetensors")).items()}
+    out = pygpt.convert.convert(path, str(tmp_path / "exact"), dtype=dtype)
+    assert pygpt.load(out).config["quant_group_size"] == 32
+    got = load_file(os.path.join(out, "model.safetensors"))
+    for theirs, ours in (("blk.1.ffn_up.weight", "h.1.mlp.c_fc.weight"), ("blk.0.attn_qkv.weight", "h.0.attn.c_attn.weight"),
+                         ("blk.1.ffn_down.weight", "h.1.mlp.c_proj.weight"), ("token_embd.weight", "wte.weight")):
+        assert raw[theirs].tensor_type.name == kind
+        expect = decode(np.asarray(raw[theirs].data), *shapes[ours])
+        back = qz.dequantize({"": got[ours], "_scales": got[ours + "_scales"]}, dtype, *shapes[ours])
+        assert np.array_equal(back, expect), ours
+    # the same weights as the file's float32 expansion: the logits differ by the activations'
+    # int8 rounding alone
+    f32 = pygpt.convert.convert(path, str(tmp_path / "f32"))
+    model, ref = pygpt.load(out), pygpt.load(f32)
+    ids = ref.tokenizer.encode(TEXT)
+    a, b = model.logits(ids), ref.logits(ids)
+    assert np.abs(a - b).max() < 0.05 * np.abs(b).max()
+    per_row = pygpt.convert.convert(path, str(tmp_path / "per_row"), dtype=dtype, group_size=0)
+    assert pygpt.load(per_row).config["quant_group_size"] == 0
+    other = pygpt.convert.convert(path, str(tmp_path / "other"), dtype="int8" if dtype == "int4" else "int4")
+    assert pygpt.load(other).config["quant_group_size"] == 0  # its own default (64 does not fit 32 wide)
 
 
 def test_the_finer_of_two_roundings_of_the_tied_head(bench, tiny, tmp_path):

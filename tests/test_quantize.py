@@ -201,3 +201,12 @@ def test_dtype_sequence_same_alone_or_in_a_batch(dtype_models, dtype):
     alone = [m.generate(p, max_new_tokens=6, ignore_eos=True).tokens for p in prompts]
     batch = [o.tokens for o in m.generate(prompts, max_new_tokens=6, ignore_eos=True)]
     assert alone == batch
+
+
+@pytest.mark.parametrize("key,line", [("int8", "int8 (a scale per 64 weights)"), ("int4-g32", "int4 (a scale per 32 weights)")])
+def test_info_names_the_group(dtype_models, pygpt_cmd, key, line):
+    import subprocess
+
+    r = subprocess.run([*pygpt_cmd, "info", dtype_models[key], "--threads", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert any(ln.split(None, 1) == ["dtype", line] for ln in r.stdout.splitlines()), r.stdout
