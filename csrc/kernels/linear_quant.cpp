@@ -166,8 +166,9 @@ static inline __m512i load_once(const uint8_t* p) {
     return v;
 }
 
-// q4, one block of 8 stored vectors against one token: *lo += the products of its low
-// nibbles (inputs 0..31), *hi += those of its high nibbles (inputs 32..63). Each vector
+// q4, one block of 8 stored vectors against one token: the products of its low nibbles
+// (inputs 0..31) added to the two chains *lo0, *lo1, and the sum of those of its high
+// nibbles (inputs 32..63) returned. Each vector
 // against 4 activation bytes broadcast twice: its low nibbles (v & 0x0f) and its high
 // nibbles left in place (v & 0xf0, 16 times their value: one instruction fewer than shifting
 // them down), whose exact sum is shifted back (a multiple of 16, at most 240 * 127 * 32 per
@@ -175,9 +176,9 @@ static inline __m512i load_once(const uint8_t* p) {
 // broadcasts, the loads and not vpdpbusd bounded the kernel (a 768 x 768 matrix in L2, one
 // thread, in a throwaway loop over 4 KiB pages: 37 -> 59 GB/s; tools/kernel_loops/q4_tiles
 // 768 measures the kept kernel).
-static inline void q4_block(const uint8_t* wb, const int8_t* xb, __m512i* lo, __m512i* hi) {
+static inline __m512i q4_block(const uint8_t* wb, const int8_t* xb, __m512i* lo0_, __m512i* lo1_) {
     const __m512i m4 = _mm512_set1_epi8(0x0f), m4h = _mm512_set1_epi8((char)0xf0);
-    __m512i lo0 = *lo, lo1 = _mm512_setzero_si512(), hi0 = _mm512_setzero_si512(), hi1 = hi0;
+    __m512i lo0 = *lo0_, lo1 = *lo1_, hi0 = _mm512_setzero_si512(), hi1 = hi0;
 #pragma GCC unroll 4
     for (int j = 0; j < 8; j += 2) {
         const __m512i v0 = load_once(wb + j * 64), v1 = load_once(wb + j * 64 + 64);
@@ -186,8 +187,9 @@ static inline void q4_block(const uint8_t* wb, const int8_t* xb, __m512i* lo, __
         lo1 = dpbusd_bcst(lo1, _mm512_and_si512(v1, m4), xb + 4 * j + 4);
         hi1 = dpbusd_bcst(hi1, _mm512_and_si512(v1, m4h), xb + 36 + 4 * j);
     }
-    *lo = _mm512_add_epi32(lo0, lo1);
-    *hi = _mm512_add_epi32(*hi, _mm512_srai_epi32(_mm512_add_epi32(hi0, hi1), 4));
+    *lo0_ = lo0;
+    *lo1_ = lo1;
+    return _mm512_srai_epi32(_mm512_add_epi32(hi0, hi1), 4);
 }
 
 // q4, one token: per group its blocks (q4_block), or (H: groups of 32) per block two groups,
@@ -197,14 +199,14 @@ static void q4_decode_panel(const Panel& P, const QShape& s, const int8_t* xq, c
                             const float* bias, float* y) {
     __m512 acc = _mm512_setzero_ps();
     for (int64_t g = 0, b = 0; g < s.n_groups; g += H ? 2 : 1) {
-        __m512i lo = _mm512_set1_epi32(corr[g]), hi = H ? _mm512_set1_epi32(corr[g + 1]) : _mm512_setzero_si512();
-        for (const int64_t b_end = b + s.bpg; b < b_end; b++) q4_block(P.w + b * 512, xq + b * 64, &lo, &hi);
-        if (H) {
-            acc = _mm512_fmadd_ps(_mm512_loadu_ps(P.ps + g * 16), _mm512_cvtepi32_ps(lo), acc);
-            acc = _mm512_fmadd_ps(_mm512_loadu_ps(P.ps + g * 16 + 16), _mm512_cvtepi32_ps(hi), acc);
-        } else {
-            acc = _mm512_fmadd_ps(_mm512_loadu_ps(P.ps + g * 16), _mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi)), acc);
+        __m512i lo0 = _mm512_set1_epi32(corr[g]), lo1 = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+        for (const int64_t b_end = b + s.bpg; b < b_end; b++) {
+            const __m512i h = q4_block(P.w + b * 512, xq + b * 64, &lo0, &lo1);
+            if (H) hi = _mm512_add_epi32(_mm512_set1_epi32(corr[g + 1]), h);
+            else lo0 = _mm512_add_epi32(lo0, h);
         }
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(P.ps + g * 16), _mm512_cvtepi32_ps(_mm512_add_epi32(lo0, lo1)), acc);
+        if (H) acc = _mm512_fmadd_ps(_mm512_loadu_ps(P.ps + g * 16 + 16), _mm512_cvtepi32_ps(hi), acc);
     }
     store_outputs(P, acc, sx, bias, y);
 }
