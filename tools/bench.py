@@ -1018,7 +1018,7 @@ def replace_section(md_path: str, marker: str, text: str) -> None:
 
 def quality(args, log) -> str:
     import pygpt
-    from pygpt import perplexity
+    from pygpt import convert, perplexity, quantize
 
     with open(args.text, encoding="utf-8") as f:
         text = f.read()
@@ -1056,6 +1056,15 @@ def quality(args, log) -> str:
             measure("f32, int8 KV cache", pygpt.load(out, kv_cache="int8"), size)
         if dt in ("int8", "int4"):  # against the f16 cache (their default is int8)
             measure(label + ", f16 KV cache", pygpt.load(out, kv_cache="f16"), size)
+        n_embd = m.config["n_embd"]
+        if dt in ("int8", "int4") and all(quantize.group_fits(n, 32) for n in (n_embd, 4 * n_embd)):
+            out32 = out + "-g32"  # llama.cpp's block size
+            if not os.path.isfile(os.path.join(out32, "config.json")):
+                log(f"converting {args.quality} to {dt} in groups of 32")
+                convert.convert(args.quality, out32, dtype=dt, tokenizer=args.tokenizer, group_size=32)
+            m32 = pygpt.load(out32)
+            measure(f"{dt} (group 32), {m32.kv_cache} KV cache", m32,
+                    os.path.getsize(os.path.join(out32, "model.safetensors")))
     base = rows[0][1]
     n_layer, n_embd = m.config["n_layer"], m.config["n_embd"]
     lines = [f"Trained model `{os.path.basename(os.path.normpath(args.quality))}` "
