@@ -593,3 +593,28 @@ def test_bench_paths_runs_each_path_in_turns_and_reports_the_ratios(load_tool, h
     assert "scalar: prefill" in capsys.readouterr().out
     assert tool.main([out, "--isas", "sse9"]) == 2
     assert "unknown ISA" in capsys.readouterr().err
+
+
+def test_quality_report_rows_per_dtype_and_groups_of_32(bench, tmp_path):
+    """--quality: a row per dtype (the quantized ones also with the f16 KV cache, and in
+    groups of 32 where the widths allow), perplexity and KL against f32's own row."""
+    import argparse
+
+    from conftest import make_hf_model
+
+    hf_dir = str(tmp_path / "hf")
+    make_hf_model(hf_dir, n_layer=2, n_head=2, n_embd=64, n_positions=64, vocab_size=50257)
+    text = tmp_path / "text.txt"
+    with open(os.path.join(os.path.dirname(__file__), "data", "corpus", "eval-areopagitica.txt"), encoding="utf-8") as f:
+        text.write_text(f.read()[:3000], encoding="utf-8")
+    args = argparse.Namespace(quality=hf_dir, tokenizer=os.path.join(os.path.dirname(__file__), "data", "gpt2-tokenizer"),
+                              text=str(text), dtypes=["f32", "int4"],
+                              workdir=str(tmp_path / "work"))
+    md = bench.quality(args, log=lambda msg: None)
+    rows = {ln.split(" | ")[0].lstrip("| "): ln.split(" | ") for ln in md.splitlines() if ln.startswith("| ")}
+    assert set(rows) >= {"f32", "f32, f16 KV cache", "int4 (group 64), int8 KV cache",
+                         "int4 (group 64), f16 KV cache", "int4 (group 32), int8 KV cache"}, rows
+    assert rows["f32"][3] == "+0.00%" and rows["f32"][5] == "100.00%"
+    assert float(rows["int4 (group 32), int8 KV cache"][4]) > 0  # a KL of its own: really quantized
+    with open(os.path.join(str(tmp_path / "work"), "quality-int4-g32", "config.json")) as f:
+        assert json.load(f)["quant_group_size"] == 32
