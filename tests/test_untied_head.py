@@ -29,7 +29,7 @@ from test_quantize import LOGIT_TOLERANCE  # noqa: E402  (measured on this same 
 
 SHAPE = dict(n_layer=2, n_head=2, n_embd=128, n_positions=64, vocab_size=1000, bos_token_id=0, eos_token_id=0)
 IDS = np.random.default_rng(0).integers(0, 1000, 40)
-GROUP = {"int8": 64, "int4": 64}
+GROUP = {"int8": 64, "int4": 64, "int8-g32": 32, "int4-g32": 32}  # test_quantize's keys: dtype[-g32]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,8 @@ def untied(tmp_path_factory):
     assert model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr()
     out = {}
     for dt in LOGIT_TOLERANCE.keys() | {"f32"}:
-        out[dt] = pygpt.convert.convert(str(base / "hf"), str(base / dt), dtype=dt, group_size=GROUP.get(dt))
+        out[dt] = pygpt.convert.convert(str(base / "hf"), str(base / dt), dtype=dt.split("-")[0],
+                                        group_size=GROUP.get(dt))
     return model, str(base / "hf"), out
 
 

@@ -636,41 +636,45 @@ static inline __m256i group_vector(const Panel& P, const QShape& s, int64_t g, i
     return _mm256_and_si256(g & 1 ? _mm256_srli_epi16(v, 4) : v, m4);
 }
 
-// H: the int32 sums of group g (rows 8h..8h+7, one per lane) for TT tokens, corr included.
-template <bool Q4, int TT>
-static inline void group_sums(const Panel& P, const QShape& s, int64_t g, int h, const int8_t* xq,
+// H: the int32 sums of group g for TT tokens and NH halves of the panel's rows (h0, then
+// h0 + 1: rows 8h..8h+7, one per lane), corr included: iacc[t * NH + k] for half h0 + k.
+template <bool Q4, int TT, int NH>
+static inline void group_sums(const Panel& P, const QShape& s, int64_t g, int h0, const int8_t* xq,
                               const int32_t* corr, __m256i* iacc) {
     const int8_t* xg = xq + g * 32;
-    for (int t = 0; t < TT; t++) iacc[t] = _mm256_set1_epi32(corr[t * s.n_groups + g]);
+    for (int t = 0; t < TT; t++)
+        for (int k = 0; k < NH; k++) iacc[t * NH + k] = _mm256_set1_epi32(corr[t * s.n_groups + g]);
 #if defined(PYGPT_VNNI256)
-    __m256i iacc2[TT];  // odd vectors: two chains
-    for (int t = 0; t < TT; t++) iacc2[t] = _mm256_setzero_si256();
-    for (int j = 0; j < 8; j += 2) {
-        const __m256i v0 = group_vector<Q4>(P, s, g, j, h), v1 = group_vector<Q4>(P, s, g, j + 1, h);
-        for (int t = 0; t < TT; t++) {
-            iacc[t] = dpbusd256(iacc[t], v0, bcast4(xg + t * s.xs + 4 * j));
-            iacc2[t] = dpbusd256(iacc2[t], v1, bcast4(xg + t * s.xs + 4 * j + 4));
+    __m256i iacc2[TT * NH];  // odd vectors: two chains
+    for (int i = 0; i < TT * NH; i++) iacc2[i] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j += 2)
+        for (int k = 0; k < NH; k++) {
+            const __m256i v0 = group_vector<Q4>(P, s, g, j, h0 + k), v1 = group_vector<Q4>(P, s, g, j + 1, h0 + k);
+            for (int t = 0; t < TT; t++) {
+                iacc[t * NH + k] = dpbusd256(iacc[t * NH + k], v0, bcast4(xg + t * s.xs + 4 * j));
+                iacc2[t * NH + k] = dpbusd256(iacc2[t * NH + k], v1, bcast4(xg + t * s.xs + 4 * j + 4));
+            }
         }
-    }
-    for (int t = 0; t < TT; t++) iacc[t] = _mm256_add_epi32(iacc[t], iacc2[t]);
+    for (int i = 0; i < TT * NH; i++) iacc[i] = _mm256_add_epi32(iacc[i], iacc2[i]);
 #else
     const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
-    __m256i s16[TT];  // q4: 8 products of at most 2 * 15 * 127 add up exactly in 16 bits
-    for (int t = 0; t < TT; t++) s16[t] = _mm256_setzero_si256();
-    for (int j = 0; j < 8; j++) {
-        const __m256i v = group_vector<Q4>(P, s, g, j, h);
-        for (int t = 0; t < TT; t++) {
-            const __m256i xv = bcast4(xg + t * s.xs + 4 * j);
-            if (Q4) s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(v, xv));
-            else
-                iacc[t] = _mm256_add_epi32(
-                    iacc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(xv),
-                                                                    _mm256_sign_epi8(_mm256_xor_si256(v, flip), xv)),
-                                               ones));
+    __m256i s16[TT * NH];  // q4: 8 products of at most 2 * 15 * 127 add up exactly in 16 bits
+    for (int i = 0; i < TT * NH; i++) s16[i] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j++)
+        for (int k = 0; k < NH; k++) {
+            const __m256i v = group_vector<Q4>(P, s, g, j, h0 + k);
+            for (int t = 0; t < TT; t++) {
+                const __m256i xv = bcast4(xg + t * s.xs + 4 * j);
+                __m256i& a = iacc[t * NH + k];
+                if (Q4) s16[t * NH + k] = _mm256_add_epi16(s16[t * NH + k], _mm256_maddubs_epi16(v, xv));
+                else
+                    a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(xv),
+                                                                                   _mm256_sign_epi8(_mm256_xor_si256(v, flip), xv)),
+                                                              ones));
+            }
         }
-    }
     if (Q4)
-        for (int t = 0; t < TT; t++) iacc[t] = _mm256_add_epi32(iacc[t], _mm256_madd_epi16(s16[t], ones));
+        for (int i = 0; i < TT * NH; i++) iacc[i] = _mm256_add_epi32(iacc[i], _mm256_madd_epi16(s16[i], ones));
 #endif
 }
 
@@ -696,7 +700,7 @@ static void panel_tile(const Panel& P, const QShape& s, const int8_t* xq, const 
         for (int64_t g = 0; H && g < s.n_groups; g++) {
             if (h == 0 && !(g & 1)) prefetch_block_ahead(P, s, g >> 1);
             __m256i iacc[TT];
-            group_sums<Q4, TT>(P, s, g, h, xq, corr, iacc);
+            group_sums<Q4, TT, 1>(P, s, g, h, xq, corr, iacc);
             const __m256 sc = _mm256_loadu_ps(P.ps + g * 16 + 8 * h);
             for (int t = 0; t < TT; t++) acc[t] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(iacc[t]), acc[t]);
         }
@@ -777,13 +781,19 @@ static void panel_tile(const Panel& P, const QShape& s, const int8_t* xq, const 
 // One token (decode), both halves of each stored vector in one pass: the panel is read as
 // one stream, once, and each activation broadcast serves its 16 rows. panel_tile's two
 // passes, one a half, decoded at 0.74-0.89x this speed (124M, 1-2 threads, int8 and int4;
-// avx2vnni 0.73-0.90x).
-template <bool Q4>
+// avx2vnni 0.73-0.90x). H (groups of 32): group by group, both halves (group_sums).
+template <bool Q4, bool H>
 static void panel_one_token(const Panel& P, const QShape& s, const int8_t* xq, const int32_t* corr, float sx,
                             const float* bias, float* y) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
     __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t g = 0, b = 0; g < s.n_groups; g++) {
+    for (int64_t g = 0; H && g < s.n_groups; g++) {
+        __m256i iacc[2];
+        group_sums<Q4, 1, 2>(P, s, g, 0, xq, corr, iacc);
+        for (int h = 0; h < 2; h++)
+            acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(P.ps + g * 16 + 8 * h), _mm256_cvtepi32_ps(iacc[h]), acc[h]);
+    }
+    for (int64_t g = 0, b = 0; !H && g < s.n_groups; g++) {
         __m256i iacc[2] = {_mm256_set1_epi32(corr[g]), _mm256_set1_epi32(corr[g])};
 #if defined(PYGPT_VNNI256)
         __m256i iacc2[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};  // q4: high nibbles; q8: odd j
@@ -853,7 +863,6 @@ static void panel_one_token(const Panel& P, const QShape& s, const int8_t* xq, c
     }
 }
 
-// H (groups of 32): one token as panel_tile's two passes, one a half (not tuned).
 template <bool Q4, bool H>
 static void panels_avx2(const uint8_t* w, const float* scales, const QShape& s, const int8_t* xq,
                         const int32_t* corr, const float* sx, int64_t T, const float* bias, float* y,
@@ -867,10 +876,7 @@ static void panels_avx2(const uint8_t* w, const float* scales, const QShape& s, 
         const int32_t* ct = corr + t * s.n_groups;
         switch (T - t) {
             case 0: break;
-            case 1:
-                if (H) panel_tile<Q4, H, 1>(P, s, xt, ct, sx + t, bias, y + t * s.n_out);
-                else panel_one_token<Q4>(P, s, xt, ct, sx[t], bias, y + t * s.n_out);
-                break;
+            case 1: panel_one_token<Q4, H>(P, s, xt, ct, sx[t], bias, y + t * s.n_out); break;
             case 2: panel_tile<Q4, H, 2>(P, s, xt, ct, sx + t, bias, y + t * s.n_out); break;
             case 3: panel_tile<Q4, H, 3>(P, s, xt, ct, sx + t, bias, y + t * s.n_out); break;
             default: throw std::logic_error("panels_avx2: a tile of at most TT_Q tokens");

@@ -29,14 +29,14 @@ int main(int argc, char** argv) {
         auto t = std::chrono::steady_clock::now();
         for (int r = 0; r < reps; r++)
             for (int64_t p = 0; p < panels; p++)
-                q4_decode_panel(panel_at(w, scales.data(), s, p, 0, n_out), s, xq.data(), corr.data(), 1.0f, nullptr,
-                                y.data());
+                q4_decode_panel<false>(panel_at(w, scales.data(), s, p, 0, n_out), s, xq.data(), corr.data(), 1.0f, nullptr,
+                                       y.data());
         const double one = seconds_since(t);
         t = std::chrono::steady_clock::now();
         for (int r = 0; r < reps; r++)
             for (int64_t p = 0; p < panels; p++)
-                panel_tile<true, 8>(panel_at(w, scales.data(), s, p, 0, n_out), s, xq.data(), corr.data(), sx.data(),
-                                    nullptr, y.data());
+                panel_tile<true, false, 8>(panel_at(w, scales.data(), s, p, 0, n_out), s, xq.data(), corr.data(), sx.data(),
+                                           nullptr, y.data());
         const double eight = seconds_since(t);
         std::printf("n_out %lld: one token %.1f GB/s, 8 tokens %.2f G vpdpbusd/s\n", (long long)n_out,
                     reps * weight_bytes / one / 1e9, reps * weight_bytes / 64 * 16 / eight / 1e9);
