@@ -208,7 +208,7 @@ Model::Model(const std::string& path, const ModelConfig& cfg, const std::vector<
         w_.h.push_back(b);
     }
     w_.ln_f = layer_norm("ln_f");
-    w_.lm_head = cfg.tie_word_embeddings ? w_.wte : load_matrix(tt, "lm_head.weight", cfg, V, C);
+    w_.lm_head.w = cfg.tie_word_embeddings ? w_.wte : load_matrix(tt, "lm_head.weight", cfg, V, C);
     tt.check_all_used();
 }
 
@@ -231,7 +231,7 @@ void Model::set_lora(const std::string& name, const float* a, int64_t a_rows, in
                      int64_t b_rows, int64_t b_cols) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (ran_) throw std::invalid_argument("set_lora: adapters are set at load, before the first forward pass");
-    Linear* lin = nullptr;
+    Linear* lin = name == "lm_head" ? &w_.lm_head : nullptr;  // the output only, tied or not (as peft's forward)
     for (int64_t l = 0; l < config_.n_layer && !lin; l++) {
         const std::string p = "h." + std::to_string(l) + ".";
         const std::array<Linear*, 4> layers = w_.h[l].linears();
@@ -241,7 +241,7 @@ void Model::set_lora(const std::string& name, const float* a, int64_t a_rows, in
     if (!lin)
         throw std::invalid_argument("set_lora: '" + name + "' is not a linear layer of this model (h.N.attn.c_attn, "
                                     "h.N.attn.c_proj, h.N.mlp.c_fc or h.N.mlp.c_proj, N < " +
-                                    std::to_string(config_.n_layer) + ")");
+                                    std::to_string(config_.n_layer) + ", or lm_head)");
     if (lin->lora.rank) throw std::invalid_argument("set_lora: '" + name + "' has its low-rank term already");
     const int64_t n_out = lin->w.n_out, n_in = lin->w.n_in;
     if (a_rows < 1 || a_cols != n_in || b_rows != n_out || b_cols != a_rows)
@@ -267,7 +267,7 @@ void Model::set_lora(const std::string& name, const float* a, int64_t a_rows, in
 }
 
 size_t Model::lora_bytes() const {
-    size_t n = 0;
+    size_t n = (w_.lm_head.lora.at.size() + w_.lm_head.lora.bt.size()) * sizeof(float);
     for (const Block& blk : w_.h)
         for (const Linear* lin : blk.linears()) n += (lin->lora.at.size() + lin->lora.bt.size()) * sizeof(float);
     return n;
@@ -452,10 +452,14 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
     if (hidden && (!own_copy || team.id == 0))  // own copies: every thread has all R rows
         std::copy(last + i0 * C, last + i1 * C, hidden + i0 * C);
     if (!logits) return;
+    const Linear& head = w_.lm_head;
+    float* u = lora_u_ + (own_copy ? team.id * lora_u_stride_ : 0);  // a LoRA's x A^T: this thread's rows
+    if (head.lora.rank) low_rank_down(head, last, i0, i1, u);
     rows_done();
     int64_t o0, o1;
     team.split(cfg.vocab_size, kColumnUnit, &o0, &o1);
-    k.linear(w_.lm_head, nullptr, last, R, logits, o0, o1);
+    k.linear(head.w, nullptr, last, R, logits, o0, o1);
+    if (head.lora.rank) low_rank_up(head, u, R, logits, o0, o1);
 }
 
 // y = x W^T + b (+ (x A^T) B^T with a low-rank term), this thread's part; epilogue(c0, c1)

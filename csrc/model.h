@@ -81,7 +81,8 @@ struct Block {
 
 struct Weights {
     Matrix wte;                   // [V, C]  token embedding
-    Matrix lm_head;               // [V, C]  the LM head: wte again (tied) or its own matrix
+    Linear lm_head;               // [V, C]  the LM head: wte again (tied) or its own matrix; no bias
+                                  // (a low-rank term: a LoRA on lm_head, at load time)
     const float* wpe = nullptr;   // [n_ctx, C]  position embedding
     std::vector<Block> h;         // n_layer blocks
     LayerNorm ln_f;

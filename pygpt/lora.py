@@ -390,12 +390,44 @@ def linear_shapes(config: dict) -> dict:
             if name.startswith("h.") and name.endswith(".weight") and len(shape) == 2}
 
 
-def low_rank_terms(adapters, config: dict) -> dict:
+def _is_stored_copy(base, config: dict, name: str, a) -> bool:
+    """Whether `a`, a tensor an adapter saved whole, is the model's own `name` as its file stores
+    it (base: (model.safetensors path, its header's [(name, dtype, shape, begin, end)])):
+    encoded as the converter encodes that dtype, byte for byte."""
+    from .convert import _quantize_into
+
+    if base is None:
+        return False
+    path, header = base
+    where = {t[0]: t for t in header}
+    encoded = {}
+    try:
+        _quantize_into(encoded, name, np.ascontiguousarray(a, dtype=np.float32), config["dtype"],
+                       config.get("quant_group_size", 0))
+    except ValueError:  # a shape the dtype's layout does not take: not this model's
+        return False
+    for tname, (st_dtype, arr) in encoded.items():
+        t = where.get(tname)
+        if t is None or t[1] != st_dtype or list(t[2]) != list(arr.shape):
+            return False
+        with open(path, "rb") as f:
+            f.seek(t[3])
+            if f.read(t[4] - t[3]) != np.ascontiguousarray(arr).tobytes():
+                return False
+    return True
+
+
+def low_rank_terms(adapters, config: dict, base=None) -> dict:
     """{our layer name: (A [R, n_in], B [n_out, R])}, float32, that apply the [(folder, scale)]
     adapters unmerged to a GPT-2 of this config: y = x W^T + b + (x A^T) B^T. Each adapter's
     A and B stack along R in order, its LoRA's scaling times its scale folded into its columns
-    of B (float64, then rounded once). What only a merge can do is an AdapterError naming it."""
-    shapes = linear_shapes(config)
+    of B (float64, then rounded once). A LoRA on the LM head ("lm_head", [V, C]) adapts the
+    logits alone, tied to the embedding or not, as peft's forward applies it (a merge would
+    change the tied embedding too). peft saves the embedding's and the head's weights whole
+    beside such a LoRA (save_embedding_layers): a copy of the model's own is passed over,
+    which `base` (model.safetensors and its header, _is_stored_copy) lets it check. What only
+    a merge can do is an AdapterError naming it."""
+    shapes = {**linear_shapes(config), "lm_head": (config["vocab_size"], config["n_embd"])}
     layers = ["wte", "wpe", *shapes]
     terms = {}  # layer: ([A, ...], [B, ...])
     tied = config.get("tie_word_embeddings", True)
@@ -406,17 +438,15 @@ def low_rank_terms(adapters, config: dict) -> dict:
         adapter_config, tensors = read_adapter(folder)
         _check_targets(adapter_config, layers, folder)
         loras, whole = _split(tensors, folder, tied)
-        _untie_head(loras, adapter_config, folder, tied)  # a LoRA on the LM head alone cannot be merged either
         for path, parts in loras.items():
             name = _our_name(path)
-            if name in ("wte", "wpe", "lm_head"):
-                what = {"wpe": "position embedding", "lm_head": "LM head"}.get(
-                    name, "token embedding / LM head" if tied else "token embedding")
+            if name in ("wte", "wpe"):
+                what = "position embedding" if name == "wpe" else "token embedding"
                 raise AdapterError(f"{folder}: a LoRA on the {what} ('{path}') cannot be applied at load time, only "
-                                   f"on the linear layers c_attn, c_proj and c_fc; {MERGE_INSTEAD}")
+                                   f"on the linear layers c_attn, c_proj and c_fc and the LM head; {MERGE_INSTEAD}")
             if name not in shapes or set(parts) - {"lora_B.bias"} != _LINEAR_PARTS:
                 raise AdapterError(f"{folder}: '{path}' is not a linear layer of this GPT-2 "
-                                   "(c_attn, c_proj, c_fc): an adapter for another model")
+                                   "(c_attn, c_proj, c_fc, lm_head): an adapter for another model")
             if "lora_B.bias" in parts:
                 raise AdapterError(f"{folder}: the LoRA of '{path}' has a bias (lora_bias), which pygpt does not add "
                                    f"at load time; {MERGE_INSTEAD}")
@@ -426,6 +456,8 @@ def low_rank_terms(adapters, config: dict) -> dict:
             down, up = terms.setdefault(name, ([], []))
             down.append(a.astype(np.float32))
             up.append((b.astype(np.float64) * (scaling * scale)).astype(np.float32))
+        whole = {name: (key, a) for name, (key, a) in whole.items()
+                 if not (name in ("wte.weight", "lm_head.weight") and _is_stored_copy(base, config, name, a))}
         if whole:
             key = next(iter(whole.values()))[0]
             raise AdapterError(f"{folder}: '{key}' is a tensor the adapter saves whole (modules_to_save, or a bias of "

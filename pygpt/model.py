@@ -59,7 +59,7 @@ class Model:
         if adapters:  # every adapter read and checked before the weights are mapped
             from .lora import low_rank_terms
 
-            terms = low_rank_terms(adapters, self.config)
+            terms = low_rank_terms(adapters, self.config, base=(st_path, tensors))
         self._core = _core.Model(st_path, self.config, tensors, n_threads, isa or "", kv_cache)
         for layer, (a, b) in terms.items():
             self._core.set_lora(layer, a, b)

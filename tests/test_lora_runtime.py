@@ -24,6 +24,7 @@ from transformers import GPT2LMHeadModel  # noqa: E402
 import pygpt  # noqa: E402
 import pygpt.convert  # noqa: E402
 from pygpt import quantize  # noqa: E402
+from pygpt._format import read_safetensors_header  # noqa: E402
 from pygpt.lora import AdapterError, linear_shapes, low_rank_terms  # noqa: E402
 from reference_gpt2 import gpt2_logits  # noqa: E402
 from test_lora import F32_TOL, IDS, LINEAR, assert_close, edit_config, make_adapter, torch_logits  # noqa: E402
@@ -68,6 +69,9 @@ VARIANTS = {
                      alpha_pattern={"attn.c_attn": 5, "c_proj": 24, "h.0.mlp.c_proj": 11}),
     "regex_targets": dict(target_modules=r".*\.h\.[02]\.(attn\.c_attn|mlp\.c_proj)"),
     "rank_1": dict(target_modules=["c_proj"], r=1, lora_alpha=3),
+    # the tied LM head: peft's forward adapts the logits alone (the embedding stays the base's)
+    "lm_head": dict(target_modules=["c_attn", "lm_head"]),
+    "lm_head_only": dict(target_modules=["lm_head"], r=2, lora_alpha=5),
 }
 
 
@@ -223,6 +227,33 @@ def test_quantized_bases_against_the_reference(tmp_path, dtype_models, dtype):
     assert np.sqrt((effect ** 2).mean()) > 10 * rms_base, "the adapter changes too little to test"
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "int8", "int4"])
+def test_a_lora_on_the_lm_head_adds_to_the_logits_of_any_dtype(tmp_path, dtype_models, dtype):
+    """A LoRA on the (tied) LM head adds (h A^T) B^T to the logits, h the final hidden states,
+    at any weight dtype; peft saves the head's weights whole beside it (save_embedding_layers),
+    which passes as the model's own where, encoded as the model stores them, they are its bytes
+    (quantized, or rounded to bf16), and is refused where they are not."""
+    folder = dtype_models[dtype]
+    make_adapter(dtype_models["hf"], tmp_path / "a", target_modules=["lm_head"], r=3, lora_alpha=6)
+    saved = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+    assert any(k.endswith("lm_head.base_layer.weight") for k in saved)  # the copy this test is about
+    st = os.path.join(folder, "model.safetensors")
+    with open(os.path.join(folder, "config.json")) as f:
+        a, b = low_rank_terms([(str(tmp_path / "a"), 1.0)], json.load(f), base=(st, read_safetensors_header(st)))["lm_head"]
+    ids = np.random.default_rng(1).integers(0, 1000, 24).tolist()
+    base = pygpt.load(folder)
+    h = base.embed(ids, pooling="none", normalize=False).astype(np.float64)
+    want = base.logits(ids) + (h @ a.T.astype(np.float64)) @ b.T.astype(np.float64)
+    got = pygpt.load(folder, lora=str(tmp_path / "a")).logits(ids)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    assert big_change(got, base.logits(ids))
+    key = next(k for k in saved if k.endswith("lm_head.base_layer.weight"))
+    saved[key] = saved[key] * 1.01  # a vocabulary changed in training: not the model's own
+    save_file(saved, str(tmp_path / "a" / "adapter_model.safetensors"))
+    with pytest.raises(AdapterError, match=r"'lm_head\.base_layer\.weight' is a tensor the adapter saves whole"):
+        pygpt.load(folder, lora=str(tmp_path / "a"))
+
+
 # -- the same bits for any thread count, alone or in a batch ---------------------------------------
 
 
@@ -335,8 +366,8 @@ MERGE = r"merge the adapter into the model at conversion instead \(pygpt convert
 
 @pytest.mark.parametrize("config,match", [
     (dict(target_modules=["c_attn", "lm_head"], ensure_weight_tying=True),
-     r"a LoRA on the token embedding / LM head \('transformer.wte'\) cannot be applied at load time, only on "
-     r"the linear layers c_attn, c_proj and c_fc"),
+     r"a LoRA on the token embedding \('transformer.wte'\) cannot be applied at load time, only on "
+     r"the linear layers c_attn, c_proj and c_fc and the LM head"),
     (dict(target_modules=["wpe", "c_attn"]), r"a LoRA on the position embedding \('transformer.wpe'\)"),
     (dict(target_modules=["c_attn"], modules_to_save=["ln_f"]), r"'transformer.ln_f.(weight|bias)' is a tensor the "
                                                                 r"adapter saves whole \(modules_to_save"),
@@ -352,17 +383,21 @@ def test_what_only_a_merge_can_do_is_refused(tmp_path, odd, config, match):
     pygpt.convert.convert(hf_dir, str(tmp_path / "merged"), lora=str(tmp_path / "a"))  # which it can
 
 
-@pytest.mark.parametrize("target,match", [
-    ("wte", r"a LoRA on the token embedding \(wte\) alone leaves the LM head tied to it unchanged"),
-    ("lm_head", r"a LoRA on the LM head \(lm_head\) alone leaves the token embedding tied to it unchanged"),
-])
-def test_what_neither_can_do_is_refused_as_by_the_merge(tmp_path, odd, target, match):
+def test_a_lora_on_one_of_the_tied_embedding_and_head_is_refused_where_it_cannot_be_applied(tmp_path, odd):
+    """pygpt stores the tied embedding and LM head as one tensor: a LoRA on the head alone
+    runs at load time (it adds to the logits, as peft's forward does) but cannot be merged;
+    one on the embedding alone neither."""
     hf_dir, out = odd
-    make_adapter(hf_dir, tmp_path / "a", target_modules=[target])
-    for apply in (lambda: pygpt.load(out, lora=str(tmp_path / "a")),
-                  lambda: pygpt.convert.convert(hf_dir, str(tmp_path / "merged"), lora=str(tmp_path / "a"))):
+    make_adapter(hf_dir, tmp_path / "wte", target_modules=["wte"])
+    with pytest.raises(AdapterError, match=r"a LoRA on the token embedding \('transformer.wte'\) cannot be applied "
+                                           r"at load time"):
+        pygpt.load(out, lora=str(tmp_path / "wte"))
+    model = make_adapter(hf_dir, tmp_path / "head", target_modules=["lm_head"])
+    assert_close(pygpt.load(out, lora=str(tmp_path / "head")).logits(IDS), torch_logits(model, IDS))
+    for target, match in (("wte", r"a LoRA on the token embedding \(wte\) alone leaves the LM head tied to it"),
+                          ("head", r"a LoRA on the LM head \(lm_head\) alone leaves the token embedding tied to it")):
         with pytest.raises(AdapterError, match=match):
-            apply()
+            pygpt.convert.convert(hf_dir, str(tmp_path / "merged"), lora=str(tmp_path / target))
 
 
 def test_an_adapter_for_another_model_is_refused(tmp_path, odd, hf_model_factory):

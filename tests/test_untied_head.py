@@ -153,10 +153,13 @@ def test_loras_on_the_head_and_the_embedding_merge_as_peft_applies_them(odd_unti
         warnings.simplefilter("ignore")
         assert_close(got, torch_logits(model.merge_and_unload()))
     assert np.abs(got - pygpt.load(base).logits(ODD_IDS)).max() > 1e-2 * np.abs(want).max()
-    make_adapter(hf_dir, tmp_path / "h", target_modules=["lm_head"])  # alone: no tie to keep
-    pygpt.convert.convert(hf_dir, str(tmp_path / "m2"), lora=str(tmp_path / "h"))
-    with pytest.raises(AdapterError, match=r"a LoRA on the LM head \('lm_head'\) cannot be applied at load time"):
-        pygpt.load(base, lora=str(tmp_path / "h"))
+    head = make_adapter(hf_dir, tmp_path / "h", target_modules=["lm_head", "c_attn"])  # alone: no tie to keep
+    merged = pygpt.load(pygpt.convert.convert(hf_dir, str(tmp_path / "m2"), lora=str(tmp_path / "h"))).logits(ODD_IDS)
+    assert_close(merged, torch_logits(head))
+    for n_threads in (1, 2):  # and at load time, unmerged (the wte LoRA above is refused there)
+        assert_close(pygpt.load(base, lora=str(tmp_path / "h"), n_threads=n_threads).logits(ODD_IDS), torch_logits(head))
+    with pytest.raises(AdapterError, match=r"a LoRA on the token embedding \('transformer.wte'\) cannot be applied"):
+        pygpt.load(base, lora=str(tmp_path / "a"))
 
 
 def test_the_benchmark_counts_the_head_once(untied, load_tool, tmp_path):
