@@ -531,7 +531,10 @@ def test_bench_serve_join_compares_prefill_chunk_settings(load_tool, tmp_path, c
     assert "| clients |" not in out  # no client table asked for
     rows = [r.split(" | ") for r in out.splitlines() if r.startswith(f"| {DEFAULT_MODEL_DIR} |")]
     assert [r[1] for r in rows] == ["whole", "8"]
-    assert all(float(r[2]) > 0 and float(r[3]) > 0 and float(r[4].rstrip(" |")) > 0 for r in rows)
+    # seconds, 3 decimals: a stream whose pieces all queued up while its client waited for the
+    # others to start reads a longest wait of 0.000 on a loaded machine, so only their form is
+    # asserted (the joining request's tokens are checked by the tool itself)
+    assert all(float(r[2]) >= 0 and float(r[3]) >= 0 and float(r[4].rstrip(" |")) >= 0 for r in rows)
 
 
 def test_bench_serve_turns_compares_prefix_caching_off_and_on(load_tool, tmp_path, capsys):
