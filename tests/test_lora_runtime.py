@@ -582,7 +582,7 @@ def test_the_benchmark_tool(odd, load_tool, capsys):
     tool = load_tool("bench_lora")
     for new, decode_cell in ((3, "1.000"), (1, "n/a")):
         assert tool.main(["-m", folder, "--threads", "1", "--prompt", "8", "--new", str(new), "--rounds", "1",
-                          "--adapters", "r2:c_attn,r4:all"]) == 0
+                          "--adapters", "r2:c_attn,r4:all,r3:lm_head"]) == 0
         rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
-        assert [r.split(" | ")[0] for r in rows[1:]] == ["| base", "| r2 c_attn", "| r4 all"]  # after the header
+        assert [r.split(" | ")[0] for r in rows[1:]] == ["| base", "| r2 c_attn", "| r4 all", "| r3 lm_head"]
         assert rows[1].split(" | ")[3] == decode_cell and rows[1].endswith("| 1.000 |")

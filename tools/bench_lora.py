@@ -8,8 +8,8 @@ tokens/s of each and its ratio to the base model's (and the prefill's, for the r
 
 The adapters are random peft-format LoRA folders written here (safetensors under the names
 peft saves, adapter_config.json): --adapters r8:c_attn,r16:all makes one of rank 8 on every
-c_attn and one of rank 16 on every linear layer (c_attn, c_proj, c_fc); their values do not
-change the speed. peft and torch are not needed.
+c_attn and one of rank 16 on every linear layer (c_attn, c_proj, c_fc); rN:lm_head one on
+the LM head. Their values do not change the speed. peft and torch are not needed.
 
     python tools/bench_lora.py -m /tmp/pygpt-bench/pygpt-124M-int8 --threads 2 --rounds 7
 """
@@ -25,7 +25,8 @@ import tempfile
 
 import numpy as np
 
-TARGETS = {"c_attn": ["attn.c_attn"], "all": ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]}
+TARGETS = {"c_attn": ["attn.c_attn"], "all": ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"],
+           "lm_head": ["lm_head"]}
 
 
 def write_adapter(folder: str, config: dict, rank: int, target: str, seed: int = 0) -> str:
@@ -36,10 +37,12 @@ def write_adapter(folder: str, config: dict, rank: int, target: str, seed: int =
 
     rng = np.random.default_rng(seed)
     tensors = {}
-    for name, (n_out, n_in) in linear_shapes(config).items():
+    layers = {f"transformer.{name}": shape for name, shape in linear_shapes(config).items()}
+    layers["lm_head"] = (config["vocab_size"], config["n_embd"])
+    for name, (n_out, n_in) in layers.items():
         if not any(name.endswith(t) for t in TARGETS[target]):
             continue
-        key = f"base_model.model.transformer.{name}"
+        key = f"base_model.model.{name}"
         tensors[f"{key}.lora_A.weight"] = (rng.standard_normal((rank, n_in)) / np.sqrt(n_in)).astype(np.float32)
         tensors[f"{key}.lora_B.weight"] = (rng.standard_normal((n_out, rank)) * 0.01).astype(np.float32)
     os.makedirs(folder, exist_ok=True)
@@ -56,7 +59,7 @@ def adapter_spec(text: str) -> list:
     for item in text.split(","):
         rank, _, target = item.partition(":")
         if not rank.startswith("r") or not rank[1:].isdigit() or int(rank[1:]) < 1 or target not in TARGETS:
-            raise argparse.ArgumentTypeError(f"expected rN:c_attn or rN:all items, got {item!r}")
+            raise argparse.ArgumentTypeError(f"expected rN:c_attn, rN:all or rN:lm_head items, got {item!r}")
         specs.append((int(rank[1:]), target))
     return specs
 
