@@ -231,19 +231,26 @@ void Model::set_lora(const std::string& name, const float* a, int64_t a_rows, in
                      int64_t b_rows, int64_t b_cols) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (ran_) throw std::invalid_argument("set_lora: adapters are set at load, before the first forward pass");
-    Linear* lin = name == "lm_head" ? &w_.lm_head : nullptr;  // the output only, tied or not (as peft's forward)
-    for (int64_t l = 0; l < config_.n_layer && !lin; l++) {
+    // the term's place and its [n_out, n_in]: a linear layer's; the LM head's (the logits alone,
+    // tied or not, as peft's forward adapts them); an embedding's [C, rows] (its row i is x = e_i)
+    const int64_t C = config_.n_embd;
+    LowRank* lr = nullptr;
+    int64_t n_out = 0, n_in = 0;
+    auto at = [&](LowRank& target, int64_t out, int64_t in) { lr = &target, n_out = out, n_in = in; };
+    if (name == "lm_head") at(w_.lm_head.lora, config_.vocab_size, C);
+    else if (name == "wte") at(w_.wte_lora, C, config_.vocab_size);
+    else if (name == "wpe") at(w_.wpe_lora, C, config_.n_ctx);
+    for (int64_t l = 0; l < config_.n_layer && !lr; l++) {
         const std::string p = "h." + std::to_string(l) + ".";
         const std::array<Linear*, 4> layers = w_.h[l].linears();
         for (size_t i = 0; i < layers.size(); i++)
-            if (name == p + Block::kLinearNames[i]) lin = layers[i];
+            if (name == p + Block::kLinearNames[i]) at(layers[i]->lora, layers[i]->w.n_out, layers[i]->w.n_in);
     }
-    if (!lin)
-        throw std::invalid_argument("set_lora: '" + name + "' is not a linear layer of this model (h.N.attn.c_attn, "
-                                    "h.N.attn.c_proj, h.N.mlp.c_fc or h.N.mlp.c_proj, N < " +
-                                    std::to_string(config_.n_layer) + ", or lm_head)");
-    if (lin->lora.rank) throw std::invalid_argument("set_lora: '" + name + "' has its low-rank term already");
-    const int64_t n_out = lin->w.n_out, n_in = lin->w.n_in;
+    if (!lr)
+        throw std::invalid_argument("set_lora: '" + name + "' is not a layer of this model that takes a LoRA "
+                                    "(h.N.attn.c_attn, h.N.attn.c_proj, h.N.mlp.c_fc or h.N.mlp.c_proj, N < " +
+                                    std::to_string(config_.n_layer) + "; lm_head, wte, wpe)");
+    if (lr->rank) throw std::invalid_argument("set_lora: '" + name + "' has its low-rank term already");
     if (a_rows < 1 || a_cols != n_in || b_rows != n_out || b_cols != a_rows)
         throw std::invalid_argument("set_lora: '" + name + "': A [" + std::to_string(a_rows) + ", " +
                                     std::to_string(a_cols) + "] and B [" + std::to_string(b_rows) + ", " +
@@ -256,18 +263,19 @@ void Model::set_lora(const std::string& name, const float* a, int64_t a_rows, in
     };
     if (!finite(a, rank * n_in) || !finite(b, n_out * rank))
         throw std::invalid_argument("set_lora: '" + name + "': A or B holds NaN or infinity");
-    lin->lora.at.resize(n_in * rank);
+    lr->at.resize(n_in * rank);
     for (int64_t j = 0; j < rank; j++)
-        for (int64_t i = 0; i < n_in; i++) lin->lora.at[i * rank + j] = a[j * n_in + i];
-    lin->lora.bt.resize(rank * n_out);
+        for (int64_t i = 0; i < n_in; i++) lr->at[i * rank + j] = a[j * n_in + i];
+    lr->bt.resize(rank * n_out);
     for (int64_t o = 0; o < n_out; o++)
-        for (int64_t j = 0; j < rank; j++) lin->lora.bt[j * n_out + o] = b[o * rank + j];
-    lin->lora.rank = rank;
+        for (int64_t j = 0; j < rank; j++) lr->bt[j * n_out + o] = b[o * rank + j];
+    lr->rank = rank;
     max_lora_rank_ = std::max(max_lora_rank_, rank);
 }
 
 size_t Model::lora_bytes() const {
-    size_t n = (w_.lm_head.lora.at.size() + w_.lm_head.lora.bt.size()) * sizeof(float);
+    size_t n = 0;
+    for (const LowRank* lr : {&w_.lm_head.lora, &w_.wte_lora, &w_.wpe_lora}) n += (lr->at.size() + lr->bt.size()) * sizeof(float);
     for (const Block& blk : w_.h)
         for (const Linear* lin : blk.linears()) n += (lin->lora.at.size() + lin->lora.bt.size()) * sizeof(float);
     return n;
@@ -405,11 +413,17 @@ void Model::forward_team(const Team& team, const std::vector<SeqStep>& steps, in
     const int64_t qkv_unit = std::lcm(kColumnUnit, C / cfg.n_head);  // c_attn: whole heads too
     auto no_epilogue = [](int64_t, int64_t) {};
 
-    // x = wte[token] + wpe[position]
+    // x = wte[token] + wpe[position], each with its LoRA's row: += A^T[i] B^T
+    auto add_lora_row = [&](const LowRank& lr, int64_t i, float* row) {
+        if (lr.rank) k.add_product(row, lr.at.data() + i * lr.rank, lr.bt.data(), lr.rank, C, 1, 0, C);
+    };
     for (int64_t r = r0; r < r1; r++) {
         const SeqStep& s = steps[row_seq_[r]];
-        k.matrix_row(w_.wte, s.tokens[row_pos_[r] - s.cache->pos], x + r * C);
+        const int32_t token = s.tokens[row_pos_[r] - s.cache->pos];
+        k.matrix_row(w_.wte, token, x + r * C);
         k.add(x + r * C, w_.wpe + row_pos_[r] * C, C);
+        add_lora_row(w_.wte_lora, token, x + r * C);
+        add_lora_row(w_.wpe_lora, row_pos_[r], x + r * C);
     }
 
     for (int64_t l = 0; l < cfg.n_layer; l++) {

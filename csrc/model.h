@@ -84,6 +84,9 @@ struct Weights {
     Linear lm_head;               // [V, C]  the LM head: wte again (tied) or its own matrix; no bias
                                   // (a low-rank term: a LoRA on lm_head, at load time)
     const float* wpe = nullptr;   // [n_ctx, C]  position embedding
+    // LoRAs on the embeddings (at load time): row i of the table gets A^T[i] B^T, A [rank, rows]
+    // and B [C, rank] (peft's lora_embedding_A and _B), kept as at [rows, rank] and bt [rank, C]
+    LowRank wte_lora, wpe_lora;
     std::vector<Block> h;         // n_layer blocks
     LayerNorm ln_f;
 };

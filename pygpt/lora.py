@@ -401,8 +401,9 @@ def _is_stored_copy(base, config: dict, name: str, a) -> bool:
     path, header = base
     where = {t[0]: t for t in header}
     encoded = {}
+    dtype = "f32" if name == "wpe.weight" else config["dtype"]  # the position embedding is stored as f32
     try:
-        _quantize_into(encoded, name, np.ascontiguousarray(a, dtype=np.float32), config["dtype"],
+        _quantize_into(encoded, name, np.ascontiguousarray(a, dtype=np.float32), dtype,
                        config.get("quant_group_size", 0))
     except ValueError:  # a shape the dtype's layout does not take: not this model's
         return False
@@ -421,14 +422,18 @@ def low_rank_terms(adapters, config: dict, base=None) -> dict:
     """{our layer name: (A [R, n_in], B [n_out, R])}, float32, that apply the [(folder, scale)]
     adapters unmerged to a GPT-2 of this config: y = x W^T + b + (x A^T) B^T. Each adapter's
     A and B stack along R in order, its LoRA's scaling times its scale folded into its columns
-    of B (float64, then rounded once). A LoRA on the LM head ("lm_head", [V, C]) adapts the
-    logits alone, tied to the embedding or not, as peft's forward applies it (a merge would
-    change the tied embedding too). peft saves the embedding's and the head's weights whole
-    beside such a LoRA (save_embedding_layers): a copy of the model's own is passed over,
-    which `base` (model.safetensors and its header, _is_stored_copy) lets it check. What only
-    a merge can do is an AdapterError naming it."""
-    shapes = {**linear_shapes(config), "lm_head": (config["vocab_size"], config["n_embd"])}
-    layers = ["wte", "wpe", *shapes]
+    of B (float64, then rounded once). As peft's forward applies them: a LoRA on the LM head
+    ("lm_head", [V, C]) adapts the logits alone, and one on an embedding ("wte" or "wpe",
+    taken as a layer [C, rows] whose input is row i's one-hot: peft's lora_embedding_A [R, rows]
+    and _B [C, R]) the embedding alone, tied to the head or not (a merge would change both of a
+    tied pair). peft saves the embeddings' and the head's weights whole beside such LoRAs
+    (save_embedding_layers): a copy of the model's own is passed over, which `base`
+    (model.safetensors and its header, _is_stored_copy) lets it check. What only a merge can
+    do is an AdapterError naming it."""
+    C = config["n_embd"]
+    shapes = {**linear_shapes(config), "lm_head": (config["vocab_size"], C), "wte": (C, config["vocab_size"]),
+              "wpe": (C, config["n_ctx"])}
+    layers = list(shapes)
     terms = {}  # layer: ([A, ...], [B, ...])
     tied = config.get("tie_word_embeddings", True)
     for folder, scale in adapters:
@@ -440,24 +445,23 @@ def low_rank_terms(adapters, config: dict, base=None) -> dict:
         loras, whole = _split(tensors, folder, tied)
         for path, parts in loras.items():
             name = _our_name(path)
-            if name in ("wte", "wpe"):
-                what = "position embedding" if name == "wpe" else "token embedding"
-                raise AdapterError(f"{folder}: a LoRA on the {what} ('{path}') cannot be applied at load time, only "
-                                   f"on the linear layers c_attn, c_proj and c_fc and the LM head; {MERGE_INSTEAD}")
-            if name not in shapes or set(parts) - {"lora_B.bias"} != _LINEAR_PARTS:
-                raise AdapterError(f"{folder}: '{path}' is not a linear layer of this GPT-2 "
-                                   "(c_attn, c_proj, c_fc, lm_head): an adapter for another model")
+            embedding = name in ("wte", "wpe")
+            if name not in shapes or set(parts) - {"lora_B.bias"} != (_EMBEDDING_PARTS if embedding else _LINEAR_PARTS):
+                raise AdapterError(f"{folder}: '{path}' is not a layer of this GPT-2 that LoRA adapts "
+                                   "(c_attn, c_proj, c_fc, lm_head; wte, wpe): an adapter for another model")
             if "lora_B.bias" in parts:
                 raise AdapterError(f"{folder}: the LoRA of '{path}' has a bias (lora_bias), which pygpt does not add "
                                    f"at load time; {MERGE_INSTEAD}")
-            a, b = parts["lora_A.weight"], parts["lora_B.weight"]
+            a, b = (parts["lora_embedding_A"], parts["lora_embedding_B"]) if embedding else (
+                parts["lora_A.weight"], parts["lora_B.weight"])
             r, scaling = _rank_and_scaling(adapter_config, path)
             _check_fits(path, a, b, a, b, shapes[name], r, folder)
             down, up = terms.setdefault(name, ([], []))
             down.append(a.astype(np.float32))
             up.append((b.astype(np.float64) * (scaling * scale)).astype(np.float32))
         whole = {name: (key, a) for name, (key, a) in whole.items()
-                 if not (name in ("wte.weight", "lm_head.weight") and _is_stored_copy(base, config, name, a))}
+                 if not (name in ("wte.weight", "wpe.weight", "lm_head.weight")
+                         and _is_stored_copy(base, config, name, a))}
         if whole:
             key = next(iter(whole.values()))[0]
             raise AdapterError(f"{folder}: '{key}' is a tensor the adapter saves whole (modules_to_save, or a bias of "

@@ -72,6 +72,10 @@ VARIANTS = {
     # the tied LM head: peft's forward adapts the logits alone (the embedding stays the base's)
     "lm_head": dict(target_modules=["c_attn", "lm_head"]),
     "lm_head_only": dict(target_modules=["lm_head"], r=2, lora_alpha=5),
+    # the embeddings: each adapted row added to the lookup (the tied head keeps the base's)
+    "embeddings": dict(target_modules=["wte", "wpe", "c_fc"]),
+    # peft's tied pair: the embedding's LoRA and the head's (its A and B the embedding's B.T, A.T)
+    "tied_pair": dict(target_modules=["c_attn", "lm_head"], ensure_weight_tying=True),
 }
 
 
@@ -365,10 +369,6 @@ MERGE = r"merge the adapter into the model at conversion instead \(pygpt convert
 
 
 @pytest.mark.parametrize("config,match", [
-    (dict(target_modules=["c_attn", "lm_head"], ensure_weight_tying=True),
-     r"a LoRA on the token embedding \('transformer.wte'\) cannot be applied at load time, only on "
-     r"the linear layers c_attn, c_proj and c_fc and the LM head"),
-    (dict(target_modules=["wpe", "c_attn"]), r"a LoRA on the position embedding \('transformer.wpe'\)"),
     (dict(target_modules=["c_attn"], modules_to_save=["ln_f"]), r"'transformer.ln_f.(weight|bias)' is a tensor the "
                                                                 r"adapter saves whole \(modules_to_save"),
     (dict(target_modules=["c_fc"], bias="all"), r"saves whole \(modules_to_save, or a bias of bias=\"all\""),
@@ -383,17 +383,16 @@ def test_what_only_a_merge_can_do_is_refused(tmp_path, odd, config, match):
     pygpt.convert.convert(hf_dir, str(tmp_path / "merged"), lora=str(tmp_path / "a"))  # which it can
 
 
-def test_a_lora_on_one_of_the_tied_embedding_and_head_is_refused_where_it_cannot_be_applied(tmp_path, odd):
-    """pygpt stores the tied embedding and LM head as one tensor: a LoRA on the head alone
-    runs at load time (it adds to the logits, as peft's forward does) but cannot be merged;
-    one on the embedding alone neither."""
+def test_a_lora_on_one_of_the_tied_embedding_and_head_runs_at_load_time_only(tmp_path, odd):
+    """pygpt stores the tied embedding and LM head as one tensor: a LoRA on either alone runs
+    at load time (on the lookup or on the logits, as peft's forward applies it) but cannot be
+    merged."""
     hf_dir, out = odd
-    make_adapter(hf_dir, tmp_path / "wte", target_modules=["wte"])
-    with pytest.raises(AdapterError, match=r"a LoRA on the token embedding \('transformer.wte'\) cannot be applied "
-                                           r"at load time"):
-        pygpt.load(out, lora=str(tmp_path / "wte"))
-    model = make_adapter(hf_dir, tmp_path / "head", target_modules=["lm_head"])
-    assert_close(pygpt.load(out, lora=str(tmp_path / "head")).logits(IDS), torch_logits(model, IDS))
+    for target in ("wte", "lm_head"):
+        model = make_adapter(hf_dir, tmp_path / target.removeprefix("lm_"), target_modules=[target])
+        got = pygpt.load(out, lora=str(tmp_path / target.removeprefix("lm_"))).logits(IDS)
+        assert_close(got, torch_logits(model, IDS))
+        assert big_change(got, pygpt.load(out).logits(IDS))
     for target, match in (("wte", r"a LoRA on the token embedding \(wte\) alone leaves the LM head tied to it"),
                           ("head", r"a LoRA on the LM head \(lm_head\) alone leaves the token embedding tied to it")):
         with pytest.raises(AdapterError, match=match):
@@ -417,7 +416,7 @@ def test_an_adapter_for_another_model_is_refused(tmp_path, odd, hf_model_factory
     for old, new in (("h.0.", "h.3."), ("transformer.h.0.attn.c_attn", "model.layers.0.self_attn.q_proj")):
         tensors = load_file(path)
         save_file({k.replace(old, new): v for k, v in tensors.items()}, path)
-        with pytest.raises(AdapterError, match=r"'.*(h\.3|q_proj).*' is not a linear layer of this GPT-2"):
+        with pytest.raises(AdapterError, match=r"'.*(h\.3|q_proj).*' is not a layer of this GPT-2 that LoRA adapts"):
             pygpt.load(out, lora=str(tmp_path / "r4"))
     edit_config(tmp_path / "r4", target_modules=["q_proj"])
     with pytest.raises(AdapterError, match=r"target_modules names 'q_proj', which is not a layer of this GPT-2"):
@@ -483,8 +482,9 @@ def test_the_core_checks_what_it_is_given(odd):
     core = pygpt.load(out)._core
     a, b = np.ones((2, 36), np.float32), np.ones((108, 2), np.float32)
     for name, a_, b_, match in [
-        ("h.3.attn.c_attn", a, b, r"'h.3.attn.c_attn' is not a linear layer of this model .* N < 3"),
-        ("wte", a, b, "is not a linear layer"),
+        ("h.3.attn.c_attn", a, b, r"'h.3.attn.c_attn' is not a layer of this model that takes a LoRA .* N < 3"),
+        ("h.0.ln_1", a, b, "is not a layer of this model that takes a LoRA"),
+        ("wte", a, b, r"'wte': A \[2, 36\] and B \[108, 2\] .* \[n_out, n_in\] = \[36, 1001\]"),  # [C, V]
         ("h.0.attn.c_attn", a, b[:36], r"A \[2, 36\] and B \[36, 2\] are not \[rank, n_in\] and \[n_out, rank\] of "
                                         r"the layer's \[n_out, n_in\] = \[108, 36\]"),
         ("h.0.attn.c_attn", a[:, :35], b, r"A \[2, 35\]"),
