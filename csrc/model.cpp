@@ -236,15 +236,15 @@ void Model::set_lora(const std::string& name, const float* a, int64_t a_rows, in
     const int64_t C = config_.n_embd;
     LowRank* lr = nullptr;
     int64_t n_out = 0, n_in = 0;
-    auto at = [&](LowRank& target, int64_t out, int64_t in) { lr = &target, n_out = out, n_in = in; };
-    if (name == "lm_head") at(w_.lm_head.lora, config_.vocab_size, C);
-    else if (name == "wte") at(w_.wte_lora, C, config_.vocab_size);
-    else if (name == "wpe") at(w_.wpe_lora, C, config_.n_ctx);
+    auto place = [&](LowRank& target, int64_t out, int64_t in) { lr = &target, n_out = out, n_in = in; };
+    if (name == "lm_head") place(w_.lm_head.lora, config_.vocab_size, C);
+    else if (name == "wte") place(w_.wte_lora, C, config_.vocab_size);
+    else if (name == "wpe") place(w_.wpe_lora, C, config_.n_ctx);
     for (int64_t l = 0; l < config_.n_layer && !lr; l++) {
         const std::string p = "h." + std::to_string(l) + ".";
         const std::array<Linear*, 4> layers = w_.h[l].linears();
         for (size_t i = 0; i < layers.size(); i++)
-            if (name == p + Block::kLinearNames[i]) at(layers[i]->lora, layers[i]->w.n_out, layers[i]->w.n_in);
+            if (name == p + Block::kLinearNames[i]) place(layers[i]->lora, layers[i]->w.n_out, layers[i]->w.n_in);
     }
     if (!lr)
         throw std::invalid_argument("set_lora: '" + name + "' is not a layer of this model that takes a LoRA "
