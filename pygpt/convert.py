@@ -539,14 +539,12 @@ def convert(source, out_dir, dtype: str = "f32", tokenizer=None, config=None, gr
         from . import quantize
 
         if group_size is None:  # the default group, or one scale per row where it does not fit
-            group_size = quantize.DEFAULT_GROUP[dtype]
-            widths = (cfg["n_embd"], 4 * cfg["n_embd"])  # the inputs of the matrices
-            if cfg.get("source_type") == SOURCE_BLOCKS.get(dtype) and all(quantize.group_fits(n, 32) for n in widths):
-                group_size = 32  # a q4_0 / q8_0 GGUF file's blocks: its weights again (gguf_source.py)
-                if verbose:
-                    print(f"{dtype} in groups of 32, the blocks of the source's {cfg['source_type']}")
-            elif group_size and cfg["n_embd"] % group_size:
+            blocks = cfg.get("source_type") == SOURCE_BLOCKS.get(dtype)  # a q4_0 / q8_0 GGUF file's (gguf_source.py)
+            group_size = 32 if blocks else quantize.DEFAULT_GROUP[dtype]
+            if not all(quantize.group_fits(n, group_size) for n in (cfg["n_embd"], 4 * cfg["n_embd"])):
                 group_size = 0
+            elif blocks and verbose:
+                print(f"{dtype} in groups of 32, the blocks of the source's {cfg['source_type']}: its weights again")
         config_json["quant_group_size"] = int(group_size)
     try:
         validated = validate_config(config_json)

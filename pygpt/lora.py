@@ -407,11 +407,11 @@ def _is_stored_copy(base, config: dict, name: str, a) -> bool:
                        config.get("quant_group_size", 0))
     except ValueError:  # a shape the dtype's layout does not take: not this model's
         return False
-    for tname, (st_dtype, arr) in encoded.items():
-        t = where.get(tname)
-        if t is None or t[1] != st_dtype or list(t[2]) != list(arr.shape):
-            return False
-        with open(path, "rb") as f:
+    with open(path, "rb") as f:
+        for tname, (st_dtype, arr) in encoded.items():
+            t = where.get(tname)
+            if t is None or t[1] != st_dtype or list(t[2]) != list(arr.shape):
+                return False
             f.seek(t[3])
             if f.read(t[4] - t[3]) != np.ascontiguousarray(arr).tobytes():
                 return False
