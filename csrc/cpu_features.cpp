@@ -79,14 +79,14 @@ bool cpu_has_avx512_bf16() {
 
 bool cpu_has_amx() {
 #if defined(PYGPT_AMX) && defined(__linux__)
-    // AMX-TILE and AMX-INT8 are CPUID.(EAX=7, ECX=0):EDX bits 24 and 25. Linux gives a
+    // AMX-BF16, AMX-TILE and AMX-INT8 are CPUID.(EAX=7, ECX=0):EDX bits 22, 24 and 25. Linux gives a
     // process the tiles' 8 KiB of register state only when asked (arch_prctl
     // ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, Linux 5.16 and later), once for all its
     // threads; the answer is kept, since asking again changes nothing.
     static const bool granted = [] {
         unsigned eax, ebx, ecx, edx;
         if (!cpu_has_avx512_bf16() || !__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
-        if (!(edx & (1u << 24)) || !(edx & (1u << 25))) return false;
+        if (!(edx & (1u << 22)) || !(edx & (1u << 24)) || !(edx & (1u << 25))) return false;
         constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
         return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
     }();
@@ -169,7 +169,7 @@ const Kernels& select_kernels(const char* isa) {
 #if defined(PYGPT_AMX)
         if (!cpu_has_amx())
             throw std::invalid_argument(
-                "PYGPT_ISA=amx: this CPU lacks AMX-TILE/AMX-INT8 (or AVX-512 BF16), or the OS did not grant the tiles");
+                "PYGPT_ISA=amx: this CPU lacks AMX-TILE/AMX-INT8/AMX-BF16 (or AVX-512 BF16), or the OS did not grant the tiles");
         return amx::kernel_table();
 #else
         throw std::invalid_argument("PYGPT_ISA=amx: this build has no amx path (its compiler lacked AMX)");

@@ -167,7 +167,7 @@ bool cpu_has_avx2();
 bool cpu_has_avx2_vnni();    // that and AVX-VNNI, and a build with the avx2vnni path
 bool cpu_has_avx512();       // AVX-512 F/BW/VL/DQ and VNNI (and AVX2)
 bool cpu_has_avx512_bf16();  // that and AVX512-BF16
-bool cpu_has_amx();          // that, AMX-TILE and AMX-INT8 granted by the OS, and a build with the amx path
+bool cpu_has_amx();          // that, AMX-TILE, AMX-INT8 and AMX-BF16 granted by the OS, and a build with the amx path
 bool cpu_has_neon();      // AArch64 (where NEON is part of the base ISA)
 bool cpu_has_neon_dot();  // AArch64 with the dot-product instructions (SDOT; ARMv8.2 DotProd)
 int physical_cores();

@@ -615,6 +615,32 @@ def test_quant_token_tiles_match_scalar(isa, dtype, n_out, n_in, group):
         assert np.array_equal(y, run_linear(isa, dtype, w, group, x[:T], bias, n_threads=2, chunk=5)), f"T={T}"
 
 
+@pytest.mark.parametrize("isa", [i for i in ISAS if i in BF16_DOT_ISAS])
+@pytest.mark.parametrize("n_out,n_in", [(45, 768), (19, 2080), (16, 64), (3, 96), (50, 3072)])
+def test_bf16_token_tiles(isa, n_out, n_in):
+    """bf16 where the amx path runs every token count on AMX-BF16 tiles (inputs a multiple of
+    32): token counts around the blocks of 16 and the passes of 32 (a lone token in a padded
+    last block included), panels of 16 rows cut by n_out, the range or a chunk, and more
+    tokens than one token block. Close to the reference, and each row's bits those of the
+    row alone, on any thread count and chunking."""
+    rng = np.random.default_rng(n_out * 5 + n_in)
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    bias = rng.standard_normal(n_out).astype(np.float32)
+    x = rng.standard_normal((700, n_in)).astype(np.float32)
+    rows = [run_linear(isa, "bf16", w, 0, x[t : t + 1], bias)[0] for t in range(34)]
+    _, _, wf = encode(w, "bf16", 0)
+    for T in (1, 2, 15, 16, 17, 31, 32, 33, 700):
+        y = run_linear(isa, "bf16", w, 0, x[:T], bias)
+        ref = reference(w, "bf16", 0, x[:T], bias, isa)
+        scale = np.abs(x[:T]).max() * np.abs(wf).sum(axis=1).max()
+        assert np.abs(y - ref).max() / scale < RTOL_F32_SUM, f"T={T}"
+        for t in range(min(T, 34)):
+            assert np.array_equal(y[t], rows[t]), f"T={T} row {t}"
+        for n_threads, chunk in ((2, 5), (3, 0), (2, 16)):
+            assert np.array_equal(y, run_linear(isa, "bf16", w, 0, x[:T], bias, n_threads, chunk)), f"T={T}"
+    assert np.array_equal(run_linear(isa, "bf16", w, 0, x[650:], bias), y[650:])
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("n_out,n_in,group", [(35, 768, 64), (17, 320, 64), (18, 384, 192), (37, 100, 0), (6, 256, 128)])
 def test_q4_small_batches_match_scalar(isa, n_out, n_in, group):

@@ -20,7 +20,8 @@
 //   float weights: one vector accumulator per output with the lane structure of simd.h
 //     (f32: FMA over 16 / 8 inputs; f16: weights converted by F16C; bf16: AVX512-BF16's
 //     vdpbf16ps against activations rounded to bf16, or elsewhere weights widened to f32),
-//     reduced by simd.h's fixed tree;
+//     reduced by simd.h's fixed tree; on the amx path bf16 layers whose inputs are a
+//     multiple of 32 run on AMX-BF16 tiles at every T instead (linear_bf16_amx.cpp);
 //   quantized weights: activations quantized per token to int8 (scale max|x| / 127), the
 //     exact int32 dot product per (output, group), then scaled and summed over the groups in
 //     order, as generic::quant_linear does: every path equals the scalar reference bit for
@@ -45,19 +46,34 @@ static bool is_quant(const Matrix& m) {
     throw std::invalid_argument("linear: unsupported weight dtype");
 }
 
+// Weights that linear_self_prepared serves: quantized ones, and on the amx path bf16 ones on
+// the tiles.
+static bool self_prepared(const Matrix& m) {
+#if defined(PYGPT_AMX)
+    if (bf16_tiles(m)) return true;
+#endif
+    return is_quant(m);
+}
+
 void linear(const Matrix& m, const float* bias, const float* x, int64_t T, float* y, int64_t o_begin,
             int64_t o_end) {
     if (T <= 0 || o_begin >= o_end) return;
-    if (is_quant(m)) linear_self_prepared(m, bias, x, T, y, o_begin, o_end);
+    if (self_prepared(m)) linear_self_prepared(m, bias, x, T, y, o_begin, o_end);
     else linear_float(m, bias, x, T, y, o_begin, o_end);
 }
 
 size_t prepared_bytes(const Matrix& m, int64_t T) {
+#if defined(PYGPT_AMX)
+    if (bf16_tiles(m)) return bf16_tiles_prepared_bytes(m, T);
+#endif
     return is_quant(m) ? quant_prepared_bytes(m, T) : float_prepared_bytes(m, T);
 }
 
 void prepare(const Matrix& m, const float* x, int64_t T, int64_t r_begin, int64_t r_end, void* prep) {
     if (r_begin >= r_end) return;
+#if defined(PYGPT_AMX)
+    if (bf16_tiles(m)) return bf16_tiles_prepare(m, x, T, r_begin, r_end, prep);
+#endif
     if (is_quant(m)) quant_prepare(m, x, T, r_begin, r_end, prep);
     else float_prepare(m, x, T, r_begin, r_end, prep);
 }
@@ -65,6 +81,9 @@ void prepare(const Matrix& m, const float* x, int64_t T, int64_t r_begin, int64_
 void linear_prepared(const Matrix& m, const float* bias, const void* prep, int64_t T, float* y, int64_t o_begin,
                      int64_t o_end) {
     if (T <= 0 || o_begin >= o_end) return;
+#if defined(PYGPT_AMX)
+    if (bf16_tiles(m)) return bf16_tiles_linear_prepared(m, bias, prep, T, y, o_begin, o_end);
+#endif
     if (is_quant(m)) quant_linear_prepared(m, bias, prep, T, y, o_begin, o_end);
     else float_linear_prepared(m, bias, prep, T, y, o_begin, o_end);
 }

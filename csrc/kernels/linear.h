@@ -20,6 +20,14 @@ size_t float_prepared_bytes(const Matrix& w, int64_t T);
 void float_prepare(const Matrix& w, const float* x, int64_t T, int64_t r_begin, int64_t r_end, void* prep);
 void float_linear_prepared(const Matrix& w, const float* bias, const void* prep, int64_t T, float* y,
                            int64_t o_begin, int64_t o_end);
+#if defined(PYGPT_AMX)
+// bf16 weights on AMX tiles, at every T, where bf16_tiles(w) (linear_bf16_amx.cpp).
+bool bf16_tiles(const Matrix& w);
+size_t bf16_tiles_prepared_bytes(const Matrix& w, int64_t T);
+void bf16_tiles_prepare(const Matrix& w, const float* x, int64_t T, int64_t r_begin, int64_t r_end, void* prep);
+void bf16_tiles_linear_prepared(const Matrix& w, const float* bias, const void* prep, int64_t T, float* y,
+                                int64_t o_begin, int64_t o_end);
+#endif
 // q8 / q4 weights (linear_quant.cpp).
 size_t quant_prepared_bytes(const Matrix& w, int64_t T);
 void quant_prepare(const Matrix& w, const float* x, int64_t T, int64_t r_begin, int64_t r_end, void* prep);
