@@ -94,19 +94,35 @@ inline void write_outputs(const float* c, bool column, int rows, int tokens, con
     for (int t = 0; t < tokens; t++) _mm512_mask_storeu_ps(y + t * ldy, mask, _mm512_add_ps(col[t], b));
 }
 
-// C tile 4 + 2i + j = panel j (A: tile 2 + j) x block i (B: tile i) over every input, from
-// zero, stored to c[2i + j] (rows c_stride bytes apart): NP panels (16 rows w_stride bytes
-// apart from p0, p1) by NB blocks of tokens (b0, b1; 16 pairs of a step b_stride bytes apart).
+// C tile 4 + 2i + j = panel j (A: tile 2 + j) x block i (B: tile i) over the steps [s0, s1)
+// of 32 inputs: NP panels (16 rows w_stride bytes apart from p0, p1) by NB blocks of tokens
+// (b0, b1; the 16 pairs of a step b_stride bytes apart). The tiles start from zero (s0 == 0)
+// or from c (the sums so far: a float stored and loaded back is the same float, so the
+// chain of each output is the same however the steps are cut) and end in c[2i + j] (rows
+// c_stride bytes apart). With each step it prefetches into L2 the lines
+// [line0 + (s - s0) * per_step, + per_step) of `ahead` (at most ahead_lines; none if null).
 // Templates: the tile intrinsics take their registers as constants.
 template <int NB, int NP>
 void panel_products(const uint16_t* p0, const uint16_t* p1, int64_t w_stride, const uint32_t* b0,
-                    const uint32_t* b1, int64_t b_stride, int64_t n_steps, float (*c)[256], int64_t c_stride) {
-    _tile_zero(4);
-    if (NP == 2) _tile_zero(5);
-    if (NB == 2) _tile_zero(6);
-    if (NB == 2 && NP == 2) _tile_zero(7);
+                    const uint32_t* b1, int64_t b_stride, int64_t s0, int64_t s1, float (*c)[256],
+                    int64_t c_stride, const char* ahead, int64_t ahead_lines, int64_t line0, int64_t per_step) {
+    if (s0 == 0) {
+        _tile_zero(4);
+        if (NP == 2) _tile_zero(5);
+        if (NB == 2) _tile_zero(6);
+        if (NB == 2 && NP == 2) _tile_zero(7);
+    } else {
+        _tile_loadd(4, c[0], c_stride);
+        if (NP == 2) _tile_loadd(5, c[1], c_stride);
+        if (NB == 2) _tile_loadd(6, c[2], c_stride);
+        if (NB == 2 && NP == 2) _tile_loadd(7, c[3], c_stride);
+    }
     const int64_t b_step = b_stride / 4 * 16;  // uint32 pairs of a step
-    for (int64_t s = 0; s < n_steps; s++) {
+    for (int64_t s = s0; s < s1; s++) {
+        if (ahead)
+            for (int64_t l = line0 + (s - s0) * per_step, e = l + per_step < ahead_lines ? l + per_step : ahead_lines;
+                 l < e; l++)
+                _mm_prefetch(ahead + l * 64, _MM_HINT_T1);
         _tile_loadd(2, p0 + s * STEP, w_stride);
         _tile_loadd(0, b0 + s * b_step, b_stride);
         _tile_dpbf16ps(4, 2, 0);
@@ -164,21 +180,31 @@ void bf16_tiles_linear_prepared(const Matrix& m, const float* bias, const void* 
     const int64_t width = block_width(T), block_pairs = width * (n_in / 2), b_stride = width * 4;
     const uint16_t* w = (const uint16_t*)m.data;
     const uint32_t* xp = (const uint32_t*)prep;
-    // A panel reaching past the last row (only the matrix's last one can): its rows copied
-    // into this thread's scratch, zero-padded to 16.
-    uint16_t* last = nullptr;
-    if (o_begin + round_up(o_end - o_begin, BLOCK) > n_out &&
-        !(last = (uint16_t*)thread_scratch(0, (size_t)(BLOCK * w_stride))))
-        throw std::bad_alloc();
-    // Below 16 tokens (decode, batched decode) one panel at a time: 16 rows streamed from
-    // DRAM side by side ran faster than 32 (BENCHMARKS.md); prompts two panels by two blocks.
-    const int panels = T > BLOCK ? 2 : 1;
+    // Below 16 tokens (decode, batched decode): one panel at a time over all the inputs (16
+    // rows streamed from DRAM side by side ran faster than 32). Prompts: two panels by two
+    // blocks, the inputs in chunks of K_STEPS steps, each chunk of the two panels (16 KiB)
+    // kept in L1 while every pass of 32 tokens runs over it, its sums stored between chunks
+    // (from L2, a pass's operands moved 64 bytes a cycle: as much as the products).
+    const bool prompt = T > BLOCK;
+    const int panels = prompt ? 2 : 1;
+    constexpr int64_t K_STEPS = 8;
+    const int64_t k_steps = prompt ? K_STEPS : n_steps;
     const int64_t tb = token_block(n_in * 2, 2 * BLOCK);  // tokens whose activations stay in L2
-    alignas(64) float c[4][256];
+    const int64_t max_passes = ((T < tb ? T : tb) + 2 * width - 1) / (2 * width);
     const int64_t c_stride = width == 1 ? 4 : 64;
+    // This thread's scratch: the sums of every pass of a token block (4 tiles each), then a
+    // panel reaching past the last row (only the matrix's last one can), its rows copied and
+    // zero-padded to 16.
+    const size_t c_bytes = (size_t)max_passes * 4 * 256 * sizeof(float);
+    const bool needs_last = o_begin + round_up(o_end - o_begin, BLOCK) > n_out;
+    char* scratch = (char*)thread_scratch(0, c_bytes + (needs_last ? (size_t)(BLOCK * w_stride) : 0));
+    if (!scratch) throw std::bad_alloc();
+    float(*sums)[4][256] = (float(*)[4][256])scratch;
+    uint16_t* last = needs_last ? (uint16_t*)(scratch + c_bytes) : nullptr;
     configure_bf16_tiles(width);
     for (int64_t t0 = 0; t0 < T; t0 += tb) {
         const int64_t t_end = t0 + tb < T ? t0 + tb : T;
+        const int64_t passes = (t_end - t0 + 2 * width - 1) / (2 * width);
         for (int64_t o = o_begin; o < o_end; o += panels * BLOCK) {
             const int np = panels == 2 && o_end - o > BLOCK ? 2 : 1;
             const uint16_t* panel[2] = {w + o * n_in, np == 2 ? w + (o + BLOCK) * n_in : nullptr};
@@ -190,24 +216,46 @@ void bf16_tiles_linear_prepared(const Matrix& m, const float* bias, const void* 
                     panel[j] = last;
                 }
             }
-            for (int64_t t = t0; t < t_end; t += 2 * width) {
+            // Prompts: the next two panels' rows (one piece of memory) prefetched into L2
+            // while these run, spread evenly over their passes and chunks; decode leaves its
+            // stream to the hardware prefetchers, which follow it better alone.
+            const int64_t o_next = o + 2 * BLOCK, next_end = o_next + 2 * BLOCK < o_end ? o_next + 2 * BLOCK : o_end;
+            const char* ahead = prompt && o_next < o_end ? (const char*)(w + o_next * n_in) : nullptr;
+            const int64_t ahead_lines = ahead ? (next_end - o_next) * w_stride / 64 : 0;
+            const int64_t per_step = (ahead_lines + passes * n_steps - 1) / (passes * n_steps);
+            for (int64_t s0 = 0; s0 < n_steps; s0 += k_steps) {
+                const int64_t s1 = s0 + k_steps < n_steps ? s0 + k_steps : n_steps;
+                for (int64_t i = 0; i < passes; i++) {
+                    const int64_t t = t0 + i * 2 * width;
+                    const int nb = t_end - t > width ? 2 : 1;
+                    const uint32_t* b0 = xp + t / width * block_pairs;
+                    const uint32_t* b1 = b0 + block_pairs;
+                    const int64_t line0 = (s0 * passes + i * (s1 - s0)) * per_step;
+                    float(*c)[256] = sums[i];
+                    if (nb == 2 && np == 2)
+                        panel_products<2, 2>(panel[0], panel[1], w_stride, b0, b1, b_stride, s0, s1, c, c_stride,
+                                             ahead, ahead_lines, line0, per_step);
+                    else if (nb == 2)
+                        panel_products<2, 1>(panel[0], panel[1], w_stride, b0, b1, b_stride, s0, s1, c, c_stride,
+                                             ahead, ahead_lines, line0, per_step);
+                    else if (np == 2)
+                        panel_products<1, 2>(panel[0], panel[1], w_stride, b0, b1, b_stride, s0, s1, c, c_stride,
+                                             ahead, ahead_lines, line0, per_step);
+                    else
+                        panel_products<1, 1>(panel[0], panel[1], w_stride, b0, b1, b_stride, s0, s1, c, c_stride,
+                                             ahead, ahead_lines, line0, per_step);
+                }
+            }
+            for (int64_t i = 0; i < passes; i++) {
+                const int64_t t = t0 + i * 2 * width;
                 const int nb = t_end - t > width ? 2 : 1;
-                const uint32_t* b0 = xp + t / width * block_pairs;
-                const uint32_t* b1 = b0 + block_pairs;
-                if (nb == 2 && np == 2)
-                    panel_products<2, 2>(panel[0], panel[1], w_stride, b0, b1, b_stride, n_steps, c, c_stride);
-                else if (nb == 2)
-                    panel_products<2, 1>(panel[0], panel[1], w_stride, b0, b1, b_stride, n_steps, c, c_stride);
-                else if (np == 2)
-                    panel_products<1, 2>(panel[0], panel[1], w_stride, b0, b1, b_stride, n_steps, c, c_stride);
-                else panel_products<1, 1>(panel[0], panel[1], w_stride, b0, b1, b_stride, n_steps, c, c_stride);
-                for (int i = 0; i < nb; i++)
+                for (int b = 0; b < nb; b++)
                     for (int j = 0; j < np; j++) {
-                        const int64_t oj = o + j * BLOCK, ti = t + i * width;
+                        const int64_t oj = o + j * BLOCK, tb_ = t + b * width;
                         const int rows = (int)(o_end - oj < BLOCK ? o_end - oj : BLOCK);
-                        const int tokens = (int)(t_end - ti < width ? t_end - ti : width);
-                        write_outputs(c[2 * i + j], width == 1, rows, tokens, bias ? bias + oj : nullptr, y + ti * n_out + oj,
-                                      n_out);
+                        const int tokens = (int)(t_end - tb_ < width ? t_end - tb_ : width);
+                        write_outputs(sums[i][2 * b + j], width == 1, rows, tokens, bias ? bias + oj : nullptr,
+                                      y + tb_ * n_out + oj, n_out);
                     }
             }
         }
