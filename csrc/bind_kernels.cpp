@@ -33,6 +33,7 @@ PYGPT_DECLARE_PROBES(avx512bf16)
 #if defined(PYGPT_AMX)
 namespace amx {
 double probe_tiles(int64_t iters, int n_threads);
+double probe_tiles_bf16(int64_t iters, int n_threads);
 }
 #endif
 
@@ -366,16 +367,21 @@ void bind_kernels(py::module_& m) {
 #endif
         return timed_probe(fn, iters, n_threads);
     });
-    m.def("_probe_tiles", [](int64_t iters, int n_threads) {
+    m.def(
+        "_probe_tiles",
+        [](int64_t iters, int n_threads, const std::string& kind) {
+            if (kind != "int8" && kind != "bf16")
+                throw std::invalid_argument("_probe_tiles: kind must be 'int8' or 'bf16', got '" + kind + "'");
 #if defined(PYGPT_AMX)
-        if (!cpu_has_amx()) throw std::invalid_argument("_probe_tiles: this CPU has no amx path");
-        return timed_probe(&amx::probe_tiles, iters, n_threads);
+            if (!cpu_has_amx()) throw std::invalid_argument("_probe_tiles: this CPU has no amx path");
+            return timed_probe(kind == "bf16" ? &amx::probe_tiles_bf16 : &amx::probe_tiles, iters, n_threads);
 #else
-        (void)iters;
-        (void)n_threads;
-        throw std::invalid_argument("_probe_tiles: this build has no amx path");
+            (void)iters;
+            (void)n_threads;
+            throw std::invalid_argument("_probe_tiles: this build has no amx path");
 #endif
-    });
+        },
+        py::arg("iters"), py::arg("n_threads"), py::arg("kind") = "int8");
 }
 
 }  // namespace pygpt

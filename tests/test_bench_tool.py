@@ -129,24 +129,36 @@ def test_prefill_multiples_per_isa_and_the_amx_tile_peak(bench):
     assert bench.prefill_multiples("avx512bf16", 1e11, None)["bf16"] == 2
     amx = bench.prefill_multiples("amx", 1e11, 3e12)
     assert amx["int8"] == pytest.approx(30.0) and amx["int4"] == 4 and amx["bf16"] == 2
+    amx = bench.prefill_multiples("amx", 1e11, 3e12, 1.5e12)
+    assert amx["int8"] == pytest.approx(30.0) and amx["bf16"] == pytest.approx(15.0) and amx["f32"] == 1
+    assert bench.prefill_multiples("avx512bf16", 1e11, None, 1.5e12)["bf16"] == 2  # tiles on the amx path only
     meta = {"date": "today", "cpu": "cpu", "cores": 2, "isa": "amx", "prompt": 8, "new": 4, "runs": 1,
             "shapes": ["124M"], "threads": [1, 2], "bandwidth": {1: 1e10, 2: 2e10}, "fma_peak": {1: 1e11, 2: 2e11},
             "tile_peak": {1: 3e12, 2: 5e12}}
     md = bench.speed_markdown(meta, [], None)
     assert "; AMX int8 tile peak 1 thr 3000 GOP/s, 2 thr 5000 GOP/s (int8 prefill's % peak is of it)." in md
     assert "tile peak" not in bench.speed_markdown(dict(meta, tile_peak=None), [], None)
+    md = bench.speed_markdown(dict(meta, tile_peak_bf16={1: 1.5e12, 2: 2.5e12}), [], None)
+    assert ("(int8 prefill's % peak is of it); AMX bf16 tile peak 1 thr 1500 GFLOP/s, 2 thr 2500 GFLOP/s "
+            "(bf16 prefill's % peak is of it).") in md
 
 
 @pytest.mark.skipif(not pygpt.system_info()["cpu_amx"], reason="no AMX on this CPU")
 def test_tile_peak_probe_runs_where_the_cpu_has_amx(bench):
-    """The AMX probe (four chains of int8 tile products per thread) reports a positive rate."""
-    assert bench.tile_peak(1, iters=20_000) > 0
+    """The AMX probes (four chains of int8 or bf16 tile products per thread) report positive
+    rates; bf16's is about half int8's (16 x 16 x 32 products an instruction against 64)."""
+    int8, bf16 = bench.tile_peak(1, iters=20_000), bench.tile_peak(1, iters=20_000, kind="bf16")
+    assert int8 > 0 and bf16 > 0
+    with pytest.raises(ValueError, match="kind must be 'int8' or 'bf16'"):
+        _core._probe_tiles(10, 1, "f16")
 
 
 @pytest.mark.skipif(pygpt.system_info()["cpu_amx"], reason="this CPU has AMX")
 def test_tile_probe_without_amx_is_a_clear_error():
     with pytest.raises(ValueError, match="no amx path"):
         _core._probe_tiles(10, 1)
+    with pytest.raises(ValueError, match="no amx path"):
+        _core._probe_tiles(10, 1, "bf16")
 
 
 def test_decode_pct_per_run_takes_each_runs_higher_probe(bench):

@@ -131,23 +131,27 @@ def fma_peak(n_threads: int, iters: int = 20_000_000) -> float:
     return best_rate(lambda: _core._probe_fma(iters, n_threads, ""))
 
 
-def tile_peak(n_threads: int, iters: int = 3_000_000) -> float:
-    """int8 operations per second of AMX tile products on n_threads threads, best of 3 (the
-    amx path's prompt kernels: int8 weights with a scale per row; about 120 ms each)."""
+def tile_peak(n_threads: int, iters: int = 3_000_000, kind: str = "int8") -> float:
+    """Operations per second of AMX tile products on n_threads threads, best of 3: int8
+    (the amx path's int8 prompt kernels; about 120 ms each) or bf16 (its bf16 kernels; FLOPs,
+    2 per multiply-add)."""
     from pygpt import _core
 
-    return best_rate(lambda: _core._probe_tiles(iters, n_threads))
+    return best_rate(lambda: _core._probe_tiles(iters, n_threads, kind))
 
 
-def prefill_multiples(isa: str, fma: float, tiles: float | None) -> dict:
+def prefill_multiples(isa: str, fma: float, tiles: float | None, tiles_bf16: float | None = None) -> dict:
     """Each dtype's prefill peak as a multiple of the f32 FMA peak on that ISA: bf16 twice
     (vdpbf16ps), int8 and int4 four times (vpdpbusd: four products a lane); on the amx path
-    int8 the measured tile rate instead (int4's default groups of 64 stay on vpdpbusd)."""
+    int8 and bf16 the measured tile rates instead (int4's default groups of 64 stay on
+    vpdpbusd)."""
     vnni = isa in ("avx512", "avx512bf16", "amx")
     mult = {"f32": 1, "f16": 1, "bf16": 2 if isa in ("avx512bf16", "amx") else 1,
             "int8": 4 if vnni else 1, "int4": 4 if vnni else 1}
     if isa == "amx" and tiles:
         mult["int8"] = tiles / fma
+    if isa == "amx" and tiles_bf16:
+        mult["bf16"] = tiles_bf16 / fma
     return mult
 
 
@@ -855,7 +859,10 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
            + " (at the start; each decode row uses the higher of the probes right before and after it); "
            + "f32 FMA peak " + ", ".join(f"{t} thr {p / 1e9:.0f} GFLOP/s" for t, p in meta["fma_peak"].items())
            + ("; AMX int8 tile peak " + ", ".join(f"{t} thr {p / 1e9:.0f} GOP/s" for t, p in meta["tile_peak"].items())
-              + " (int8 prefill's % peak is of it)" if meta.get("tile_peak") else "") + ".",
+              + " (int8 prefill's % peak is of it)" if meta.get("tile_peak") else "")
+           + ("; AMX bf16 tile peak " + ", ".join(f"{t} thr {p / 1e9:.0f} GFLOP/s"
+                                                  for t, p in meta["tile_peak_bf16"].items())
+              + " (bf16 prefill's % peak is of it)" if meta.get("tile_peak_bf16") else "") + ".",
            ""]
     for shape in meta["shapes"]:
         out += [f"### {shape} (n_layer {SHAPES[shape][0]}, n_embd {SHAPES[shape][2]})", "",
@@ -894,7 +901,8 @@ def speed_markdown(meta: dict, rows: list, chart: str | None) -> str:
             ("pygpt prefill with the f32 FMA rate probed right before and after each run (the worker "
              f"runs the prompt {meta['runs']} more times; median of each run's share of the higher "
              "of its own two probes, times 2 for bf16 and 4 for int8 and int4"
-             + (", int8 times the tile peak over the FMA peak" if meta.get("tile_peak") else "") + "): ",
+             + (", int8 times the tile peak over the FMA peak" if meta.get("tile_peak") else "")
+             + (", bf16 times the bf16 tile peak over it" if meta.get("tile_peak_bf16") else "") + "): ",
              "prefill_pct_per_run",
              "probed_prefill_runs", False, ".0f", "GFLOP/s"),
         ]
@@ -1153,8 +1161,11 @@ def main(argv=None) -> int:
     meta["fma_peak"] = {t: fma_peak(t) for t in all_threads}
     if info["isa"] == "amx":
         meta["tile_peak"] = {t: tile_peak(t) for t in all_threads}
-    log(f"bandwidth {meta['bandwidth']}, FMA peak {meta['fma_peak']}, tile peak {meta.get('tile_peak')}")
-    mults = {t: prefill_multiples(info["isa"], meta["fma_peak"][t], meta.get("tile_peak", {}).get(t))
+        meta["tile_peak_bf16"] = {t: tile_peak(t, kind="bf16") for t in all_threads}
+    log(f"bandwidth {meta['bandwidth']}, FMA peak {meta['fma_peak']}, tile peaks {meta.get('tile_peak')}, "
+        f"bf16 {meta.get('tile_peak_bf16')}")
+    mults = {t: prefill_multiples(info["isa"], meta["fma_peak"][t], meta.get("tile_peak", {}).get(t),
+                                  meta.get("tile_peak_bf16", {}).get(t))
              for t in all_threads}
     rows = []
     for shape in shapes:

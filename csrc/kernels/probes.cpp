@@ -139,6 +139,40 @@ double probe_tiles(int64_t iters, int n_threads) {
     }
     return 2.0 * 4 * 16 * 16 * 64 * (double)iters * nt_used;
 }
+
+double probe_tiles_bf16(int64_t iters, int n_threads) {
+    int nt_used = 1;
+#pragma omp parallel num_threads(n_threads)
+    {
+#pragma omp single
+        nt_used = omp_get_num_threads();
+        alignas(64) uint16_t a[16 * 32], b[16 * 32];
+        alignas(64) float c[16 * 16];
+        for (int i = 0; i < 16 * 32; i++) {
+            a[i] = (uint16_t)(0x3F80 + i % 7);  // bf16 values near 1
+            b[i] = (uint16_t)(0x3F00 + i % 5);
+        }
+        simd::configure_tiles();
+        _tile_loadd(0, a, 64);
+        _tile_loadd(1, b, 64);
+        _tile_zero(4);
+        _tile_zero(5);
+        _tile_zero(6);
+        _tile_zero(7);
+        // four sums, as the bf16 prompt kernels keep (linear_bf16_amx.cpp)
+        for (int64_t it = 0; it < iters; it++) {
+            _tile_dpbf16ps(4, 0, 1);
+            _tile_dpbf16ps(5, 0, 1);
+            _tile_dpbf16ps(6, 0, 1);
+            _tile_dpbf16ps(7, 0, 1);
+        }
+        _tile_stored(7, c, 64);
+        _tile_release();
+        volatile float sink = c[0];
+        (void)sink;
+    }
+    return 2.0 * 4 * 16 * 16 * 32 * (double)iters * nt_used;
+}
 #endif
 
 }  // namespace PYGPT_KERNEL_NS

@@ -14,6 +14,8 @@ double probe_fma(int64_t iters, int n_threads);
 // Runs `iters` rounds of four independent AMX int8 tile products (TDPBSSD) per thread; returns
 // the int8 operations done (2 per multiply-add).
 double probe_tiles(int64_t iters, int n_threads);
+// The same with AMX-BF16 tile products (TDPBF16PS); returns the FLOPs done (2 per multiply-add).
+double probe_tiles_bf16(int64_t iters, int n_threads);
 #endif
 }  // namespace PYGPT_KERNEL_NS
 }  // namespace pygpt
