@@ -14,9 +14,9 @@ ISAS = pygpt.system_info()["isas"]
 # Relative tolerance (against the largest |W||x| row norm) of a kernel's f32 accumulation
 # versus float64: sums of a few hundred products in f32, any order.
 RTOL_F32_SUM = 2e-6 * 8
-# bf16 weights on the avx512bf16 path (and amx, which keeps its float kernels) meet
-# activations rounded to bf16 (8 bits of mantissa): the reference rounds them too, so only
-# the f32 accumulation differs. Every other path widens bf16 weights to f32
+# bf16 weights on the avx512bf16 path (vdpbf16ps) and the amx path (AMX-BF16 tiles where n_in
+# is a multiple of 32, else vdpbf16ps) meet activations rounded to bf16 (8 bits of mantissa):
+# the reference rounds them too, so only the f32 accumulation differs. Every other path widens bf16 weights to f32
 # (test_bf16_widened_is_f32_of_the_same_values).
 BF16_DOT_ISAS = ("avx512bf16", "amx")
 
@@ -636,7 +636,7 @@ def test_bf16_token_tiles(isa, n_out, n_in):
         assert np.abs(y - ref).max() / scale < RTOL_F32_SUM, f"T={T}"
         for t in range(min(T, 34)):
             assert np.array_equal(y[t], rows[t]), f"T={T} row {t}"
-        for n_threads, chunk in ((2, 5), (3, 0), (2, 16)):
+        for n_threads, chunk in ((2, 5), (3, 0), (2, 16), (3, 7)):  # (3, 7): rows prepared from mid-block
             assert np.array_equal(y, run_linear(isa, "bf16", w, 0, x[:T], bias, n_threads, chunk)), f"T={T}"
     assert np.array_equal(run_linear(isa, "bf16", w, 0, x[650:], bias), y[650:])
 

@@ -180,12 +180,11 @@ void bf16_tiles_prepare(const Matrix& m, const float* x, int64_t T, int64_t r_be
     uint32_t* out = (uint32_t*)prep;
     const __m512i column = _mm512_mullo_epi32(_mm512_set1_epi32((int)width),
                                               _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-    int64_t t = r_begin;
-    if (width == BLOCK) {
-        // whole blocks of 16 tokens: a step's 16 pairs of each token, then transposed (a
-        // sixth of the time of scattering them)
-        alignas(64) float pairs[16][16];
-        for (; t % BLOCK == 0 && t + BLOCK <= r_end; t += BLOCK) {
+    alignas(64) float pairs[16][16];
+    for (int64_t t = r_begin; t < r_end;) {
+        if (width == BLOCK && t % BLOCK == 0 && t + BLOCK <= r_end) {
+            // a whole block: a step's 16 pairs of each of its tokens, transposed (a 64 x 768
+            // layer at 128 tokens took half the time than with every token scattered)
             uint32_t* o = out + t * (n_in / 2);
             for (int64_t k = 0; k < n_in; k += STEP) {
                 for (int j = 0; j < 16; j++) {
@@ -197,19 +196,20 @@ void bf16_tiles_prepare(const Matrix& m, const float* x, int64_t T, int64_t r_be
                 transpose16(pairs[0], rows);
                 for (int p = 0; p < 16; p++) _mm512_storeu_ps((float*)(o + (k / 2 + p) * BLOCK), rows[p]);
             }
+            t += BLOCK;
+            continue;
         }
-    }
-    for (; t < r_end; t++) {
         // token t's pairs, 16 a step (rounded to nearest even, as pack_tile rounds them for
         // vdpbf16ps), down its column of the block
         uint32_t* o = out + t / width * width * (n_in / 2) + t % width;
         const float* xt = x + t * n_in;
         for (int64_t k = 0; k < n_in; k += STEP) {
-            const __m512i pairs =
+            const __m512i step_pairs =
                 (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(xt + k + 16), _mm512_loadu_ps(xt + k));
-            if (width == 1) _mm512_storeu_si512(o + k / 2, pairs);
-            else _mm512_i32scatter_epi32(o + k / 2 * width, column, pairs, 4);
+            if (width == 1) _mm512_storeu_si512(o + k / 2, step_pairs);
+            else _mm512_i32scatter_epi32(o + k / 2 * width, column, step_pairs, 4);
         }
+        t++;
     }
     if (r_end == T && padded_tokens(T) > T) {  // the last block's missing tokens: zeros
         const int64_t t = T % width;
