@@ -152,6 +152,16 @@ def test_linear_batch_and_thread_invariant(isa, dtype, n_out, n_in, group):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype,group", [("f32", 0), ("bf16", 0), ("int8", 0), ("int4", 64)])
+def test_linear_of_no_tokens(isa, dtype, group):
+    """Zero tokens: an empty result, through linear and through prepare + linear_prepared."""
+    w = np.random.default_rng(0).standard_normal((35, 768)).astype(np.float32)
+    x = np.zeros((0, 768), np.float32)
+    for chunk in (0, 5):
+        assert run_linear(isa, dtype, w, group, x, None, n_threads=2, chunk=chunk).shape == (0, 35)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_linear_large_prefill_shape(isa):
     """More tokens than one token block and rows not a multiple of the tile."""
     rng = np.random.default_rng(3)

@@ -38,7 +38,7 @@ constexpr int64_t STEP = 32;   // inputs per tile product
 // pair p of token j at p * width + j (a pair: two bf16 in a uint32). A block's `width` pairs
 // from p = 16 c on are then the B tile of inputs [32 c, 32 c + 32), in one piece.
 inline int64_t block_width(int64_t T) { return T < BLOCK ? T : BLOCK; }
-inline int64_t padded_tokens(int64_t T) { return round_up(T, block_width(T)); }
+inline int64_t padded_tokens(int64_t T) { return T > 0 ? round_up(T, block_width(T)) : 0; }
 
 // Tiles 0, 1: B (16 pairs of `width` tokens); 2, 3: A (16 weight rows of 32 inputs); 4-7: C
 // (16 outputs by `width` tokens).
