@@ -114,7 +114,7 @@ CASES = [  # dtype, n_out, n_in, group
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype,n_out,n_in,group", CASES)
-@pytest.mark.parametrize("T", [1, 7, 13])
+@pytest.mark.parametrize("T", [1, 7, 10, 13, 17])
 def test_linear_matches_reference(isa, dtype, n_out, n_in, group, T):
     rng = np.random.default_rng(n_out * 1000 + n_in + T)
     w = rng.standard_normal((n_out, n_in)).astype(np.float32)

@@ -41,14 +41,18 @@ static PYGPT_ALWAYS_INLINE __m256 tree8(__m256 h0, __m256 h1, __m256 h2, __m256 
 #if defined(__AVX512F__)
 using VecF = __m512;
 constexpr int LANES = 16;
-#ifndef PYGPT_RF
+#ifndef PYGPT_RF  // tile shape, rows x tokens (a build option for experiments: R 4 up to 8 tokens)
 #define PYGPT_RF 4
 #define PYGPT_TTF 4
 #endif
 // 16 accumulators + 4 weights + 1 activation of 32 registers: 4 x 6 (24 accumulators) has
-// fewer loads per FMA but its 24 outputs need two 16-wide reductions (one half empty), and
-// the reductions, not the loads, are what a tile over 768 inputs waits on (4 x 4: ~92
-// GFLOP/s on 3072 x 768 at T = 128 vs ~88 for 4 x 6, one thread)
+// fewer loads per FMA but its 24 outputs need two 16-wide reductions (one half empty), and on
+// a Zen 4 the reductions, not the loads, are what a tile over 768 inputs waits on (4 x 4:
+// ~92 GFLOP/s on 3072 x 768 at T = 128 vs ~88 for 4 x 6, one thread). On a Sapphire Rapids
+// VM (two 512-bit FMA ports; f32 2304 x 768 at T = 128, one thread) 4 x 6 read ~141 GFLOP/s
+// against 116-132 for 4 x 4, then 140 for 4 x 4 a few minutes later (6 x 4 and 5 x 5
+// ~125-135, 3 x 8 ~95-100); a 124M prompt 1.03-1.09x and batched decode of 8 tokens
+// 0.96-0.98x (BENCHMARKS.md, "Kernel paths"): 4 x 4 everywhere
 constexpr int R_F = PYGPT_RF, TT_F = PYGPT_TTF;
 
 struct WF32 {
@@ -317,16 +321,24 @@ static inline void float_tile(const uint8_t* w, int64_t w_stride, const typename
             for (int r = 0; r < R; r++) acc[t * R + r] = W::madd(acc[t * R + r], wv[r], xv);
         }
     }
-    if constexpr (R == 4 && TT <= TT_F) {
-        // tiles of 4 rows (every tile of a prefill panel): reduced in registers, the 4 sums of
-        // token t one 128-bit store
-        __m256 lo, hi;
-        reduce_tile_regs<TT * R>(acc, lo, hi);
+    if constexpr (R == 4 && TT <= 8) {
+        // tiles of 4 rows (every tile of a prefill panel): reduced in registers, 4 tokens at
+        // a time, the 4 sums of token t one 128-bit store
         const __m128 b = bias ? _mm_loadu_ps(bias) : _mm_setzero_ps();
+        constexpr int T0 = TT < 4 ? TT : 4;
+        __m256 lo, hi;
+        reduce_tile_regs<T0 * R>(acc, lo, hi);
         _mm_storeu_ps(y, _mm_add_ps(_mm256_castps256_ps128(lo), b));
-        if (TT > 1) _mm_storeu_ps(y + ldy, _mm_add_ps(_mm256_extractf128_ps(lo, 1), b));
-        if (TT > 2) _mm_storeu_ps(y + 2 * ldy, _mm_add_ps(_mm256_castps256_ps128(hi), b));
-        if (TT > 3) _mm_storeu_ps(y + 3 * ldy, _mm_add_ps(_mm256_extractf128_ps(hi, 1), b));
+        if (T0 > 1) _mm_storeu_ps(y + ldy, _mm_add_ps(_mm256_extractf128_ps(lo, 1), b));
+        if (T0 > 2) _mm_storeu_ps(y + 2 * ldy, _mm_add_ps(_mm256_castps256_ps128(hi), b));
+        if (T0 > 3) _mm_storeu_ps(y + 3 * ldy, _mm_add_ps(_mm256_extractf128_ps(hi, 1), b));
+        if constexpr (TT > 4) {
+            reduce_tile_regs<(TT - 4) * R>(acc + 16, lo, hi);
+            _mm_storeu_ps(y + 4 * ldy, _mm_add_ps(_mm256_castps256_ps128(lo), b));
+            if (TT > 5) _mm_storeu_ps(y + 5 * ldy, _mm_add_ps(_mm256_extractf128_ps(lo, 1), b));
+            if (TT > 6) _mm_storeu_ps(y + 6 * ldy, _mm_add_ps(_mm256_castps256_ps128(hi), b));
+            if (TT > 7) _mm_storeu_ps(y + 7 * ldy, _mm_add_ps(_mm256_extractf128_ps(hi, 1), b));
+        }
         return;
     }
     float sums[TT * R];
