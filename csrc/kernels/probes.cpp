@@ -106,17 +106,26 @@ double probe_fma(int64_t iters, int n_threads) {
 }
 
 #if defined(PYGPT_AMX)
-double probe_tiles(int64_t iters, int n_threads) {
+// `iters` rounds of four independent tile products per thread, int8 (TDPBSSD) or bf16
+// (TDPBF16PS); returns the operations done (2 per multiply-add).
+template <bool BF16>
+static double tile_products(int64_t iters, int n_threads) {
     int nt_used = 1;
 #pragma omp parallel num_threads(n_threads)
     {
 #pragma omp single
         nt_used = omp_get_num_threads();
-        alignas(64) int8_t a[16 * 64], b[16 * 64];
+        alignas(64) uint8_t a[1024], b[1024];
         alignas(64) int32_t c[16 * 16];
-        for (int i = 0; i < 16 * 64; i++) {
-            a[i] = (int8_t)(i % 7 - 3);
-            b[i] = (int8_t)(i % 5 - 2);
+        for (int i = 0; i < 512; i++) {
+            if (BF16) {  // bf16 values near 1 and near 0.5
+                const uint16_t ai = (uint16_t)(0x3F80 + i % 7), bi = (uint16_t)(0x3F00 + i % 5);
+                std::memcpy(a + 2 * i, &ai, 2);
+                std::memcpy(b + 2 * i, &bi, 2);
+            } else {
+                a[2 * i] = a[2 * i + 1] = (uint8_t)(i % 7 - 3);
+                b[2 * i] = b[2 * i + 1] = (uint8_t)(i % 5 - 2);
+            }
         }
         simd::configure_tiles();
         _tile_loadd(0, a, 64);
@@ -127,52 +136,29 @@ double probe_tiles(int64_t iters, int n_threads) {
         _tile_zero(7);
         // four sums, as the kernels keep (six ran at half the rate on a Sapphire Rapids VM)
         for (int64_t it = 0; it < iters; it++) {
-            _tile_dpbssd(4, 0, 1);
-            _tile_dpbssd(5, 0, 1);
-            _tile_dpbssd(6, 0, 1);
-            _tile_dpbssd(7, 0, 1);
+            if (BF16) {
+                _tile_dpbf16ps(4, 0, 1);
+                _tile_dpbf16ps(5, 0, 1);
+                _tile_dpbf16ps(6, 0, 1);
+                _tile_dpbf16ps(7, 0, 1);
+            } else {
+                _tile_dpbssd(4, 0, 1);
+                _tile_dpbssd(5, 0, 1);
+                _tile_dpbssd(6, 0, 1);
+                _tile_dpbssd(7, 0, 1);
+            }
         }
         _tile_stored(7, c, 64);  // the sums are kept, so the products cannot be dropped
         _tile_release();
         volatile int32_t sink = c[0];
         (void)sink;
     }
-    return 2.0 * 4 * 16 * 16 * 64 * (double)iters * nt_used;
+    // a product: 16 x 16 outputs of 64 int8 or 32 bf16 multiply-adds each
+    return 2.0 * 4 * 16 * 16 * (BF16 ? 32 : 64) * (double)iters * nt_used;
 }
 
-double probe_tiles_bf16(int64_t iters, int n_threads) {
-    int nt_used = 1;
-#pragma omp parallel num_threads(n_threads)
-    {
-#pragma omp single
-        nt_used = omp_get_num_threads();
-        alignas(64) uint16_t a[16 * 32], b[16 * 32];
-        alignas(64) float c[16 * 16];
-        for (int i = 0; i < 16 * 32; i++) {
-            a[i] = (uint16_t)(0x3F80 + i % 7);  // bf16 values near 1
-            b[i] = (uint16_t)(0x3F00 + i % 5);
-        }
-        simd::configure_tiles();
-        _tile_loadd(0, a, 64);
-        _tile_loadd(1, b, 64);
-        _tile_zero(4);
-        _tile_zero(5);
-        _tile_zero(6);
-        _tile_zero(7);
-        // four sums, as the bf16 prompt kernels keep (linear_bf16_amx.cpp)
-        for (int64_t it = 0; it < iters; it++) {
-            _tile_dpbf16ps(4, 0, 1);
-            _tile_dpbf16ps(5, 0, 1);
-            _tile_dpbf16ps(6, 0, 1);
-            _tile_dpbf16ps(7, 0, 1);
-        }
-        _tile_stored(7, c, 64);
-        _tile_release();
-        volatile float sink = c[0];
-        (void)sink;
-    }
-    return 2.0 * 4 * 16 * 16 * 32 * (double)iters * nt_used;
-}
+double probe_tiles(int64_t iters, int n_threads) { return tile_products<false>(iters, n_threads); }
+double probe_tiles_bf16(int64_t iters, int n_threads) { return tile_products<true>(iters, n_threads); }
 #endif
 
 }  // namespace PYGPT_KERNEL_NS
