@@ -94,6 +94,12 @@ inline void write_outputs(const float* c, bool column, int rows, int tokens, con
     for (int t = 0; t < tokens; t++) _mm512_mask_storeu_ps(y + t * ldy, mask, _mm512_add_ps(col[t], b));
 }
 
+// Lines [l0, l0 + n) of `ahead` (none past `lines`, none if null) prefetched into L2.
+inline void prefetch_lines(const char* ahead, int64_t l0, int64_t n, int64_t lines) {
+    if (!ahead) return;
+    for (int64_t l = l0, e = l0 + n < lines ? l0 + n : lines; l < e; l++) _mm_prefetch(ahead + l * 64, _MM_HINT_T1);
+}
+
 // C tile 4 + 2i + j = panel j (A: tile 2 + j) x block i (B: tile i) over the steps [s0, s1)
 // of 32 inputs: NP panels (16 rows w_stride bytes apart from p0, p1) by NB blocks of tokens
 // (b0, b1; the 16 pairs of a step b_stride bytes apart). The tiles start from zero (s0 == 0)
@@ -127,10 +133,7 @@ void panel_products(const uint16_t* p0, const uint16_t* p1, int64_t w_stride, co
         _tile_loadd(3, p1 + s0 * STEP, w_stride);
         _tile_loadd(1, b1 + s0 * b_step, b_stride);
         for (int64_t s = s0; s < s1; s++) {
-            if (ahead)
-                for (int64_t l = line0 + (s - s0) * per_step, e = l + per_step < ahead_lines ? l + per_step : ahead_lines;
-                     l < e; l++)
-                    _mm_prefetch(ahead + l * 64, _MM_HINT_T1);
+            prefetch_lines(ahead, line0 + (s - s0) * per_step, per_step, ahead_lines);
             const bool more = s + 1 < s1;
             _tile_dpbf16ps(4, 2, 0);
             _tile_dpbf16ps(5, 3, 0);
@@ -143,23 +146,21 @@ void panel_products(const uint16_t* p0, const uint16_t* p1, int64_t w_stride, co
                 _tile_loadd(1, b1 + (s + 1) * b_step, b_stride);
             }
         }
-    } else
-    for (int64_t s = s0; s < s1; s++) {
-        if (ahead)
-            for (int64_t l = line0 + (s - s0) * per_step, e = l + per_step < ahead_lines ? l + per_step : ahead_lines;
-                 l < e; l++)
-                _mm_prefetch(ahead + l * 64, _MM_HINT_T1);
-        _tile_loadd(2, p0 + s * STEP, w_stride);
-        _tile_loadd(0, b0 + s * b_step, b_stride);
-        _tile_dpbf16ps(4, 2, 0);
-        if (NP == 2) {
-            _tile_loadd(3, p1 + s * STEP, w_stride);
-            _tile_dpbf16ps(5, 3, 0);
-        }
-        if (NB == 2) {
-            _tile_loadd(1, b1 + s * b_step, b_stride);
-            _tile_dpbf16ps(6, 2, 1);
-            if (NP == 2) _tile_dpbf16ps(7, 3, 1);
+    } else {
+        for (int64_t s = s0; s < s1; s++) {
+            prefetch_lines(ahead, line0 + (s - s0) * per_step, per_step, ahead_lines);
+            _tile_loadd(2, p0 + s * STEP, w_stride);
+            _tile_loadd(0, b0 + s * b_step, b_stride);
+            _tile_dpbf16ps(4, 2, 0);
+            if (NP == 2) {
+                _tile_loadd(3, p1 + s * STEP, w_stride);
+                _tile_dpbf16ps(5, 3, 0);
+            }
+            if (NB == 2) {
+                _tile_loadd(1, b1 + s * b_step, b_stride);
+                _tile_dpbf16ps(6, 2, 1);
+                if (NP == 2) _tile_dpbf16ps(7, 3, 1);
+            }
         }
     }
     _tile_stored(4, c[0], c_stride);
