@@ -16,8 +16,8 @@ ISAS = pygpt.system_info()["isas"]
 RTOL_F32_SUM = 2e-6 * 8
 # bf16 weights on the avx512bf16 path (vdpbf16ps) and the amx path (AMX-BF16 tiles where n_in
 # is a multiple of 32, else vdpbf16ps) meet activations rounded to bf16 (8 bits of mantissa):
-# the reference rounds them too, so only the f32 accumulation differs. Every other path widens bf16 weights to f32
-# (test_bf16_widened_is_f32_of_the_same_values).
+# the reference rounds them too, so only the f32 accumulation differs. Every other path
+# widens bf16 weights to f32 (test_bf16_widened_is_f32_of_the_same_values).
 BF16_DOT_ISAS = ("avx512bf16", "amx")
 
 

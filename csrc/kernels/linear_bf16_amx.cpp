@@ -185,7 +185,7 @@ void bf16_tiles_prepare(const Matrix& m, const float* x, int64_t T, int64_t r_be
     for (int64_t t = r_begin; t < r_end;) {
         if (width == BLOCK && t % BLOCK == 0 && t + BLOCK <= r_end) {
             // a whole block: a step's 16 pairs of each of its tokens, transposed (a 64 x 768
-            // layer at 128 tokens took half the time than with every token scattered)
+            // layer at 128 tokens took half the time it took with every token scattered)
             uint32_t* o = out + t * (n_in / 2);
             for (int64_t k = 0; k < n_in; k += STEP) {
                 for (int j = 0; j < 16; j++) {
@@ -230,7 +230,8 @@ void bf16_tiles_linear_prepared(const Matrix& m, const float* bias, const void* 
     // rows streamed from DRAM side by side ran faster than 32). Prompts: two panels by two
     // blocks, the inputs in chunks of K_STEPS steps, each chunk of the two panels (16 KiB)
     // kept in L1 while every pass of 32 tokens runs over it, its sums stored between chunks
-    // (from L2, a pass's operands moved 64 bytes a cycle: as much as the products).
+    // (all of a pass's operands from L2 would take 64 bytes a cycle to keep up with the
+    // products; one layer ran 1.2x with chunks of 8 steps, BENCHMARKS.md).
     const bool prompt = T > BLOCK;
     const int panels = prompt ? 2 : 1;
     constexpr int64_t K_STEPS = 8;
@@ -238,15 +239,20 @@ void bf16_tiles_linear_prepared(const Matrix& m, const float* bias, const void* 
     const int64_t tb = token_block(n_in * 2, 2 * BLOCK);  // tokens whose activations stay in L2
     const int64_t max_passes = ((T < tb ? T : tb) + 2 * width - 1) / (2 * width);
     const int64_t c_stride = width == 1 ? 4 : 64;
-    // This thread's scratch: the sums of every pass of a token block (4 tiles each), then a
-    // panel reaching past the last row (only the matrix's last one can), its rows copied and
+    // This thread's scratch: the sums of every pass of a token block (4 tiles each), then the
+    // range's last panel where it reaches past the matrix's last row, its rows copied once and
     // zero-padded to 16.
     const size_t c_bytes = (size_t)2 * max_passes * 4 * 256 * sizeof(float);
-    const bool needs_last = o_begin + round_up(o_end - o_begin, BLOCK) > n_out;
+    const int64_t o_last = o_begin + (o_end - 1 - o_begin) / BLOCK * BLOCK;
+    const bool needs_last = o_last + BLOCK > n_out;
     char* scratch = (char*)thread_scratch(0, c_bytes + (needs_last ? (size_t)(BLOCK * w_stride) : 0));
     if (!scratch) throw std::bad_alloc();
     float(*sums)[4][256] = (float(*)[4][256])scratch;  // two sets of max_passes passes' sums
     uint16_t* last = needs_last ? (uint16_t*)(scratch + c_bytes) : nullptr;
+    if (needs_last) {
+        std::memset(last, 0, (size_t)(BLOCK * w_stride));
+        std::memcpy(last, w + o_last * n_in, (size_t)((n_out - o_last) * w_stride));
+    }
     // The sums of the panels done last, written to y a share at a time while the tiles run
     // the next ones (the transposes and stores overlap the tile products, which took turns
     // with them before: 9% of a prompt layer's time): tile q = 4 i + 2 b + j of set `set`
@@ -275,14 +281,8 @@ void bf16_tiles_linear_prepared(const Matrix& m, const float* bias, const void* 
             const int np = panels == 2 && o_end - o > BLOCK ? 2 : 1;
             const int set = 1 - pending.set;
             const uint16_t* panel[2] = {w + o * n_in, np == 2 ? w + (o + BLOCK) * n_in : nullptr};
-            for (int j = 0; j < np; j++) {
-                const int64_t oj = o + j * BLOCK;
-                if (oj + BLOCK > n_out) {
-                    std::memset(last, 0, (size_t)(BLOCK * w_stride));
-                    std::memcpy(last, w + oj * n_in, (size_t)((n_out - oj) * w_stride));
-                    panel[j] = last;
-                }
-            }
+            for (int j = 0; j < np; j++)
+                if (o + j * BLOCK == o_last && needs_last) panel[j] = last;
             // Prompts: the next two panels' rows (one piece of memory) prefetched into L2
             // while these run, spread evenly over their passes and chunks; decode leaves its
             // stream to the hardware prefetchers, which follow it better alone.
