@@ -445,12 +445,23 @@ static inline void float_row_panel(const uint8_t* w, int64_t w_stride, const typ
 // One token (decode): the rows one after another, so each thread reads one sequential
 // stream, the accumulators of LANES rows reduced together. Per output the same steps as
 // float_tile with TT = 1, so the same result. Reading two or four rows side by side (to
-// overlap their FMA chains) halved the bandwidth. No software prefetch: the hardware
-// prefetchers follow one sequential stream best alone (124M decode with a prefetch 1 KB
-// ahead, alternating processes: f16 -19%, bf16 -13%, f32 -7% at 1 thread, about even at 2).
+// overlap their FMA chains) halved the bandwidth.
+// Each row is one chain of FMAs, whose waiting FMAs fill the scheduler, so the core runs
+// only a row or two ahead of its loads: on the amx path (Sapphire Rapids and later) the
+// stream is prefetched ROW_PREFETCH_BYTES ahead into L2, within the thread's rows (124M
+// decode in alternating processes on a Xeon with AMX: f16 1.59x at 2 threads, 1.34x at 1;
+// f32 1.08x, 1.06x; 4 KB ahead less, 16 KB the same as 8). Elsewhere none: on the AMD
+// machine a prefetch 1 KB ahead into L1 lost (f16 -19%, bf16 -13%, f32 -7% at 1 thread,
+// about even at 2); this distance and level are not measured there.
+#if defined(PYGPT_AMX)
+constexpr int64_t ROW_PREFETCH_BYTES = 8192;
+#else
+constexpr int64_t ROW_PREFETCH_BYTES = 0;
+#endif
 template <class W>
 static void float_rows_one_token(const uint8_t* w, int64_t w_stride, const typename W::X* x, int64_t n_in,
                                  const float* bias, float* y, int64_t o_begin, int64_t o_end) {
+    const int64_t pf_end = o_end * w_stride - ROW_PREFETCH_BYTES;  // offsets prefetched from: up to the last row
     for (int64_t o0 = o_begin; o0 < o_end; o0 += LANES) {
         const int n = o_end - o0 < LANES ? (int)(o_end - o0) : LANES;
         VecF acc[LANES];
@@ -458,7 +469,12 @@ static void float_rows_one_token(const uint8_t* w, int64_t w_stride, const typen
             const uint8_t* wr = w + (o0 + r) * w_stride;
             VecF a = vzero();
             int64_t k = 0;
-            for (; k + W::K <= n_in; k += W::K) a = W::madd(a, W::load(wr, k), W::loadx(x, k));
+            for (; k + W::K <= n_in; k += W::K) {
+                const int64_t at = (o0 + r) * w_stride + k * W::BYTES;
+                if (ROW_PREFETCH_BYTES && (k * W::BYTES) % 64 == 0 && at < pf_end)  // once per 64 bytes
+                    _mm_prefetch((const char*)w + at + ROW_PREFETCH_BYTES, _MM_HINT_T1);
+                a = W::madd(a, W::load(wr, k), W::loadx(x, k));
+            }
             if (k < n_in) a = W::madd(a, W::load_tail(wr, k, n_in - k), W::loadx_tail(x, k, n_in - k));
             acc[r] = a;
         }
