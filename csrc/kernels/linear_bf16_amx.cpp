@@ -283,11 +283,14 @@ void bf16_tiles_linear_prepared(const Matrix& m, const float* bias, const void* 
             const uint16_t* panel[2] = {w + o * n_in, np == 2 ? w + (o + BLOCK) * n_in : nullptr};
             for (int j = 0; j < np; j++)
                 if (o + j * BLOCK == o_last && needs_last) panel[j] = last;
-            // Prompts: the next two panels' rows (one piece of memory) prefetched into L2
-            // while these run, spread evenly over their passes and chunks; decode leaves its
-            // stream to the hardware prefetchers, which follow it better alone.
-            const int64_t o_next = o + 2 * BLOCK, next_end = o_next + 2 * BLOCK < o_end ? o_next + 2 * BLOCK : o_end;
-            const char* ahead = prompt && o_next < o_end ? (const char*)(w + o_next * n_in) : nullptr;
+            // The next panels' rows (one piece of memory; two panels for prompts, one below
+            // 16 tokens) prefetched into L2 while these run, spread evenly over their passes
+            // and chunks (124M bf16 decode, alternating processes: 1.05-1.09x at 2 threads,
+            // 1.02x at 1, batch-8 1.14x, against the hardware prefetchers alone; two panels
+            // ahead 1.03x)
+            const int64_t o_next = o + panels * BLOCK;
+            const int64_t next_end = o_next + panels * BLOCK < o_end ? o_next + panels * BLOCK : o_end;
+            const char* ahead = o_next < o_end ? (const char*)(w + o_next * n_in) : nullptr;
             const int64_t ahead_lines = ahead ? (next_end - o_next) * w_stride / 64 : 0;
             const int64_t per_step = (ahead_lines + passes * n_steps - 1) / (passes * n_steps);
             int64_t call = 0;
