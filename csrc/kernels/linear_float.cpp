@@ -446,13 +446,14 @@ static inline void float_row_panel(const uint8_t* w, int64_t w_stride, const typ
 // stream, the accumulators of LANES rows reduced together. Per output the same steps as
 // float_tile with TT = 1, so the same result. Reading two or four rows side by side (to
 // overlap their FMA chains) halved the bandwidth.
-// Each row is one chain of FMAs, whose waiting FMAs fill the scheduler, so the core runs
-// only a row or two ahead of its loads: on the amx path (Sapphire Rapids and later) the
-// stream is prefetched ROW_PREFETCH_BYTES ahead into L2, within the thread's rows (124M
-// decode in alternating processes on a Xeon with AMX: f16 1.59x at 2 threads, 1.34x at 1;
-// f32 1.08x, 1.06x; 4 KB ahead less, 16 KB the same as 8). Elsewhere none: on the AMD
-// machine a prefetch 1 KB ahead into L1 lost (f16 -19%, bf16 -13%, f32 -7% at 1 thread,
-// about even at 2); this distance and level are not measured there.
+// Each row is one chain of FMAs (48 at 768 inputs), and the rows hardly overlap: f16 rows
+// from L2 ran at about one chain's latency each (1.5 KB in ~180 cycles, one thread, on a
+// Xeon with AMX), so the core runs little ahead of its loads. On the amx path (Sapphire
+// Rapids and later) the stream is prefetched ROW_PREFETCH_BYTES ahead into L2, within the
+// thread's rows (124M decode in alternating processes on that Xeon: f16 1.59x at 2 threads,
+// 1.34x at 1; f32 1.08x, 1.06x; 4 KB ahead less, 16 KB the same as 8). Elsewhere none: on
+// the AMD machine a prefetch 1 KB ahead into L1 lost (f16 -19%, bf16 -13%, f32 -7% at 1
+// thread, about even at 2); 8 KB into L2 is not measured there.
 #if defined(PYGPT_AMX)
 constexpr int64_t ROW_PREFETCH_BYTES = 8192;
 #else
