@@ -452,7 +452,7 @@ static inline void float_row_panel(const uint8_t* w, int64_t w_stride, const typ
 // Rapids and later) the stream is prefetched ROW_PREFETCH_BYTES ahead into L2, within the
 // thread's rows (124M decode in alternating processes on that Xeon: f16 1.59x at 2 threads,
 // 1.34x at 1; f32 1.08x, 1.06x; 4 KB ahead less, 16 KB the same as 8). Elsewhere none: on
-// the AMD machine a prefetch 1 KB ahead into L1 lost (f16 -19%, bf16 -13%, f32 -7% at 1
+// the AMD machine a prefetch 1 KB ahead lost (f16 -19%, bf16 -13%, f32 -7% at 1
 // thread, about even at 2); 8 KB into L2 is not measured there.
 #if defined(PYGPT_AMX)
 constexpr int64_t ROW_PREFETCH_BYTES = 8192;
